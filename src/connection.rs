@@ -1,0 +1,484 @@
+//! Connecting to PostgreSQL and reading the facts a person needs before anything else: which server,
+//! as whom, whether logical decoding is on, and whether this role may replicate.
+//!
+//! A [`ConnectionSpec`] is what the engine connects with; it comes from the desktop form
+//! ([`ConnectionForm`]), a `postgres://` URL, or (later) a saved profile. The password travels inside it as
+//! a [`Secret`] and goes nowhere but to the server.
+//!
+//! Invariants: the host name, not a resolved address, is what TLS sees (SNI and name checks need it); a
+//! connection attempt is bounded by [`ConnectionSpec::connect_timeout`]; nothing here writes to the server.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::secrets::Secret;
+use crate::tls::{client_config, SslMode};
+
+/// The port PostgreSQL listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 5432;
+
+/// How long to wait for a server to answer before giving up.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything needed to open a connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionSpec {
+    /// Host name, IP address, or the directory of a Unix socket (starting with `/`).
+    pub host: String,
+    /// TCP port (also the suffix of the Unix socket's file name).
+    pub port: u16,
+    /// Role to log in as.
+    pub user: String,
+    /// Password, if the server asks for one.
+    pub password: Option<Secret>,
+    /// Database to connect to.
+    pub database: String,
+    /// TLS policy.
+    pub sslmode: SslMode,
+    /// PEM file of trusted certificate authorities for `verify-ca` / `verify-full`.
+    pub sslrootcert: Option<PathBuf>,
+    /// Shown in `pg_stat_activity.application_name`.
+    pub application_name: String,
+    /// Upper bound for reaching the server and logging in.
+    pub connect_timeout: Duration,
+}
+
+impl ConnectionSpec {
+    /// A spec with Tidepool's defaults for everything but the server, user and database.
+    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>, database: impl Into<String>) -> Self {
+        ConnectionSpec {
+            host: host.into(),
+            port,
+            user: user.into(),
+            password: None,
+            database: database.into(),
+            sslmode: SslMode::default(),
+            sslrootcert: None,
+            application_name: "tidepool".into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// `host:port` as shown in messages (IPv6 addresses in brackets).
+    pub fn target(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('/') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Parses a `postgres://` or `postgresql://` URL. A password in the URL is kept as a [`Secret`]; the
+    /// caller decides whether it was acceptable to receive it that way.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url.trim()).map_err(|e| Error::invalid_input("connection URL", e))?;
+        if parsed.scheme() != "postgres" && parsed.scheme() != "postgresql" {
+            return Err(Error::invalid_input(
+                "connection URL",
+                format!("scheme '{}' is not postgres:// or postgresql://", parsed.scheme()),
+            ));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Ipv6(addr)) => addr.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(Error::invalid_input("connection URL", "no host name")),
+        };
+        let decode = |field: &str, raw: &str| -> Result<String> {
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| Error::invalid_input(field, "is not valid UTF-8 after percent-decoding"))
+        };
+        let user = decode("user", parsed.username())?;
+        let database = decode("database", parsed.path().trim_start_matches('/'))?;
+        let mut spec = ConnectionSpec::new(
+            host,
+            parsed.port().unwrap_or(DEFAULT_PORT),
+            if user.is_empty() { "postgres".to_string() } else { user },
+            if database.is_empty() { "postgres".to_string() } else { database },
+        );
+        if let Some(password) = parsed.password() {
+            spec.password = Some(Secret::new(decode("password", password)?));
+        }
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "sslmode" => spec.sslmode = value.parse()?,
+                "sslrootcert" => spec.sslrootcert = Some(PathBuf::from(value.as_ref())),
+                "application_name" => spec.application_name = value.into_owned(),
+                "connect_timeout" => {
+                    let secs: u64 = value.parse().map_err(|_| {
+                        Error::invalid_input("connect_timeout", format!("'{value}' is not a whole number of seconds"))
+                    })?;
+                    spec.connect_timeout = Duration::from_secs(secs.max(1));
+                }
+                // Accepted and left to the driver's defaults until profiles (issue 3) map them.
+                "channel_binding" | "options" | "target_session_attrs" => {}
+                other => {
+                    return Err(Error::invalid_input(
+                        "connection URL",
+                        format!("unknown parameter '{other}'"),
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    fn driver_config(&self, sslmode: DriverSslMode) -> Config {
+        let mut config = Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.database)
+            .application_name(&self.application_name)
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .ssl_mode(sslmode);
+        if let Some(password) = &self.password {
+            config.password(password.expose());
+        }
+        config
+    }
+}
+
+/// The connection form as the desktop app sends it: Estuary Flow's fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionForm {
+    /// `host[:port]`; `[v6addr]:port` for IPv6.
+    pub address: String,
+    /// Role to log in as.
+    pub user: String,
+    /// Password as typed.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Database name.
+    pub database: String,
+    /// libpq sslmode.
+    #[serde(default)]
+    pub sslmode: SslMode,
+}
+
+impl ConnectionForm {
+    /// Validates the form into a spec; errors name the field at fault.
+    pub fn into_spec(self) -> Result<ConnectionSpec> {
+        let (host, port) = parse_address(&self.address)?;
+        let user = self.user.trim();
+        if user.is_empty() {
+            return Err(Error::invalid_input("user", "is empty"));
+        }
+        let database = self.database.trim();
+        if database.is_empty() {
+            return Err(Error::invalid_input("database", "is empty"));
+        }
+        let mut spec = ConnectionSpec::new(host, port, user, database);
+        spec.password = self.password.filter(|p| !p.is_empty());
+        spec.sslmode = self.sslmode;
+        Ok(spec)
+    }
+}
+
+/// Splits a server address `host[:port]` (`[::1]:5432` for IPv6; a bare IPv6 address has no port).
+pub fn parse_address(address: &str) -> Result<(String, u16)> {
+    const FIELD: &str = "server address";
+    let address = address.trim();
+    if address.is_empty() {
+        return Err(Error::invalid_input(FIELD, "is empty"));
+    }
+    if address.chars().any(char::is_whitespace) {
+        return Err(Error::invalid_input(FIELD, "contains white space"));
+    }
+    if address.contains("://") {
+        return Err(Error::invalid_input(FIELD, "is a URL; use Autofill with URL, or give host[:port]"));
+    }
+    let port_of = |text: &str| -> Result<u16> {
+        match text.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(Error::invalid_input(FIELD, format!("port '{text}' is not a number from 1 to 65535"))),
+        }
+    };
+    if let Some(rest) = address.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| Error::invalid_input(FIELD, "'[' without a closing ']'"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(Error::invalid_input(FIELD, format!("'{host}' is not an IPv6 address")));
+        }
+        return match after {
+            "" => Ok((host.to_string(), DEFAULT_PORT)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host.to_string(), port_of(port)?)),
+                None => Err(Error::invalid_input(FIELD, format!("unexpected '{after}' after ']'"))),
+            },
+        };
+    }
+    match address.matches(':').count() {
+        0 => Ok((address.to_string(), DEFAULT_PORT)),
+        1 => {
+            let (host, port) = address.split_once(':').expect("one colon");
+            if host.is_empty() {
+                return Err(Error::invalid_input(FIELD, "no host before ':'"));
+            }
+            Ok((host.to_string(), port_of(port)?))
+        }
+        _ if address.parse::<std::net::Ipv6Addr>().is_ok() => Ok((address.to_string(), DEFAULT_PORT)),
+        _ => Err(Error::invalid_input(FIELD, "write an IPv6 address with a port as [address]:port")),
+    }
+}
+
+/// Opens an ordinary (non-replication) connection. The connection's I/O runs on a spawned task that ends
+/// when the returned client is dropped.
+pub async fn connect(spec: &ConnectionSpec) -> Result<Client> {
+    let target = spec.target();
+    match spec.sslmode {
+        SslMode::Disable => connect_with(spec, DriverSslMode::Disable, &target).await,
+        SslMode::Allow => match connect_with(spec, DriverSslMode::Disable, &target).await {
+            Ok(client) => Ok(client),
+            Err(_) => connect_with(spec, DriverSslMode::Require, &target).await,
+        },
+        SslMode::Prefer => connect_with(spec, DriverSslMode::Prefer, &target).await,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            connect_with(spec, DriverSslMode::Require, &target).await
+        }
+    }
+}
+
+async fn connect_with(spec: &ConnectionSpec, sslmode: DriverSslMode, target: &str) -> Result<Client> {
+    let config = spec.driver_config(sslmode);
+    let attempt = async {
+        if sslmode == DriverSslMode::Disable {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(drive(connection, target.to_string()));
+            Ok(client)
+        } else {
+            let tls = MakeRustlsConnect::new(client_config(spec.sslmode, spec.sslrootcert.as_deref())?);
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(drive(connection, target.to_string()));
+            Ok(client)
+        }
+    };
+    // The driver's own timeout covers reaching the socket; this one also bounds the TLS handshake and the
+    // login, so a server that accepts and then says nothing cannot hang the caller.
+    match tokio::time::timeout(spec.connect_timeout + Duration::from_secs(1), attempt).await {
+        Ok(result) => result.map_err(|e: ConnectError| e.into_error(target, spec.sslmode)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "{target}: no answer within {} s; check the server address, the port and any firewall",
+                spec.connect_timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+enum ConnectError {
+    Driver(tokio_postgres::Error),
+    Engine(Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ConnectError::Driver(e)
+    }
+}
+
+impl From<Error> for ConnectError {
+    fn from(e: Error) -> Self {
+        ConnectError::Engine(e)
+    }
+}
+
+impl ConnectError {
+    fn into_error(self, target: &str, sslmode: SslMode) -> Error {
+        match self {
+            ConnectError::Engine(e) => e,
+            ConnectError::Driver(e) => {
+                let err = Error::from_postgres(&e, target);
+                if err.kind() == ErrorKind::Tls && sslmode.requires_tls() {
+                    Error::new(
+                        ErrorKind::Tls,
+                        format!("{} (sslmode={sslmode} needs an encrypted connection)", err.message()),
+                    )
+                } else if err.kind() == ErrorKind::Authentication
+                    && err.message().contains("no encryption")
+                    && !sslmode.requires_tls()
+                {
+                    Error::new(
+                        ErrorKind::Tls,
+                        format!("{}; the server only accepts encrypted connections: use sslmode=require", err.message()),
+                    )
+                } else {
+                    err
+                }
+            }
+        }
+    }
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>, target: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(target = %target, error = %e, "connection ended with an error");
+    }
+}
+
+/// On what grounds the role may open a replication connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "basis", rename_all = "camelCase")]
+pub enum ReplicationRight {
+    /// The role is a superuser.
+    Superuser,
+    /// The role has the REPLICATION attribute itself.
+    Attribute,
+    /// The role is a member of a role with REPLICATION, as Neon's roles are of `neon_superuser`.
+    Membership {
+        /// The role that has REPLICATION.
+        role: String,
+    },
+    /// The role may not replicate.
+    None,
+}
+
+impl ReplicationRight {
+    /// Whether the role may replicate on any grounds.
+    pub fn allowed(&self) -> bool {
+        !matches!(self, ReplicationRight::None)
+    }
+}
+
+/// What [`test_connection`] learns about a server.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerFacts {
+    /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub server_version: String,
+    /// `server_version_num`, e.g. 150018.
+    pub server_version_num: i32,
+    /// The role the session runs as.
+    pub current_user: String,
+    /// The database connected to.
+    pub database: String,
+    /// `wal_level`; logical decoding needs `logical`.
+    pub wal_level: String,
+    /// Whether, and why, the role may replicate.
+    pub replication: ReplicationRight,
+    /// Whether the session is encrypted.
+    pub tls: bool,
+    /// Time for one `SELECT 1` round trip, in milliseconds.
+    pub round_trip_ms: f64,
+}
+
+const FACTS_SQL: &str = "\
+SELECT current_setting('server_version'),
+       current_setting('server_version_num')::int4,
+       current_user::text,
+       current_database()::text,
+       current_setting('wal_level'),
+       r.rolsuper,
+       r.rolreplication,
+       (SELECT g.rolname::text FROM pg_roles g
+         WHERE g.rolreplication AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
+         ORDER BY g.rolname LIMIT 1),
+       COALESCE((SELECT s.ssl FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()), false)
+  FROM pg_roles r
+ WHERE r.rolname = current_user";
+
+/// Connects and reads the facts shown after "Test connection".
+pub async fn test_connection(spec: &ConnectionSpec) -> Result<ServerFacts> {
+    let client = connect(spec).await?;
+    let target = spec.target();
+    let started = Instant::now();
+    client.simple_query("SELECT 1").await.map_err(|e| Error::from_postgres(&e, &target))?;
+    let round_trip = started.elapsed();
+    let row = client.query_one(FACTS_SQL, &[]).await.map_err(|e| Error::from_postgres(&e, &target))?;
+    let replication = if row.get::<_, bool>(5) {
+        ReplicationRight::Superuser
+    } else if row.get::<_, bool>(6) {
+        ReplicationRight::Attribute
+    } else if let Some(role) = row.get::<_, Option<String>>(7) {
+        ReplicationRight::Membership { role }
+    } else {
+        ReplicationRight::None
+    };
+    Ok(ServerFacts {
+        server_version: row.get(0),
+        server_version_num: row.get(1),
+        current_user: row.get(2),
+        database: row.get(3),
+        wal_level: row.get(4),
+        replication,
+        tls: row.get(8),
+        round_trip_ms: round_trip.as_secs_f64() * 1000.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        let cases: &[(&str, (&str, u16))] = &[
+            ("localhost", ("localhost", 5432)),
+            ("db.example.com:6543", ("db.example.com", 6543)),
+            ("127.0.0.1:5433", ("127.0.0.1", 5433)),
+            ("[::1]:5434", ("::1", 5434)),
+            ("[::1]", ("::1", 5432)),
+            ("::1", ("::1", 5432)),
+            (" ep-cool-darkness-123456.us-east-2.aws.neon.tech:5432 ", ("ep-cool-darkness-123456.us-east-2.aws.neon.tech", 5432)),
+        ];
+        for (input, (host, port)) in cases {
+            assert_eq!(parse_address(input).unwrap(), (host.to_string(), *port), "{input}");
+        }
+    }
+
+    #[test]
+    fn bad_addresses_name_the_field() {
+        for input in ["", "host:0", "host:65536", "host:abc", ":5432", "[::1", "[nothex]:1", "a b", "1:2:3:x", "postgres://h/db"] {
+            let err = parse_address(input).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{input}");
+            assert!(err.message().starts_with("server address:"), "{input}: {}", err.message());
+        }
+    }
+
+    #[test]
+    fn form_fields_are_validated_by_name() {
+        let form = |address: &str, user: &str, database: &str| ConnectionForm {
+            address: address.into(),
+            user: user.into(),
+            password: Some(Secret::new("pw")),
+            database: database.into(),
+            sslmode: SslMode::Require,
+        };
+        assert!(form("h", "", "d").into_spec().unwrap_err().message().starts_with("user:"));
+        assert!(form("h", "u", " ").into_spec().unwrap_err().message().starts_with("database:"));
+        let spec = form("h:1", "u", "d").into_spec().unwrap();
+        assert_eq!((spec.host.as_str(), spec.port, spec.sslmode), ("h", 1, SslMode::Require));
+    }
+
+    #[test]
+    fn urls_parse_with_percent_encoding_and_ipv6() {
+        let spec = ConnectionSpec::from_url("postgresql://us%40er:p%3Ass@[::1]:6000/my%20db?sslmode=require").unwrap();
+        assert_eq!(spec.host, "::1");
+        assert_eq!(spec.port, 6000);
+        assert_eq!(spec.user, "us@er");
+        assert_eq!(spec.database, "my db");
+        assert_eq!(spec.password.as_ref().unwrap().expose(), "p:ss");
+        assert_eq!(spec.sslmode, SslMode::Require);
+        assert_eq!(spec.target(), "[::1]:6000");
+        let err = ConnectionSpec::from_url("mysql://h/db").unwrap_err();
+        assert!(err.message().starts_with("connection URL:"));
+        let err = ConnectionSpec::from_url("postgres://h/db?sslmode=verify").unwrap_err();
+        assert!(err.message().starts_with("sslmode:"));
+    }
+}

@@ -1,0 +1,196 @@
+//! The one error type of the engine.
+//!
+//! Every failure that can reach a person carries a [`ErrorKind`] that callers (the desktop shell, the
+//! command line, tests) match on, and a message written for a person: it names the field or object at
+//! fault and, where there is one, what to do next. Nothing matches on message text outside this module.
+//!
+//! Invariant: a message never contains a secret. Errors from the PostgreSQL driver are rendered from their
+//! structured parts (SQLSTATE, server message, detail, hint), which never carry the password.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// What went wrong, coarsely enough that a UI can choose what to show and what to offer next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ErrorKind {
+    /// A value given by a person (a form field, a flag, a connection string) is malformed.
+    InvalidInput,
+    /// The server could not be reached, or the connection broke.
+    Connection,
+    /// The server refused the credentials.
+    Authentication,
+    /// TLS could not be negotiated or a certificate check failed.
+    Tls,
+    /// The role lacks a privilege the operation needs.
+    Permission,
+    /// A named object (database, table, slot, publication, profile) does not exist.
+    NotFound,
+    /// The server reported an error not covered by a more specific kind.
+    Postgres,
+    /// The OS keychain could not be opened or refused an operation.
+    Keychain,
+    /// A bug or an unexpected state of the machine (a missing binary, a full disk).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind's name as the UI and `--json` output show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "InvalidInput",
+            ErrorKind::Connection => "Connection",
+            ErrorKind::Authentication => "Authentication",
+            ErrorKind::Tls => "Tls",
+            ErrorKind::Permission => "Permission",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::Postgres => "Postgres",
+            ErrorKind::Keychain => "Keychain",
+            ErrorKind::Internal => "Internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An engine error: a kind to match on and a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` with a message for a person.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into() }
+    }
+
+    /// A malformed value; `field` names what the person has to correct.
+    pub fn invalid_input(field: &str, problem: impl fmt::Display) -> Self {
+        Error::new(ErrorKind::InvalidInput, format!("{field}: {problem}"))
+    }
+
+    /// An unexpected state, with the context it happened in.
+    pub fn internal(context: impl fmt::Display) -> Self {
+        Error::new(ErrorKind::Internal, context.to_string())
+    }
+
+    /// What went wrong, to match on.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error with `context` put in front of its message, keeping its kind.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        Error { kind: self.kind, message: format!("{context}: {}", self.message) }
+    }
+
+    /// Classifies an error from the PostgreSQL driver. `target` names the server (host and port) so the
+    /// message says where the failure happened.
+    pub fn from_postgres(err: &tokio_postgres::Error, target: &str) -> Self {
+        use tokio_postgres::error::SqlState;
+
+        if let Some(db) = err.as_db_error() {
+            let code = db.code();
+            let kind = if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            {
+                ErrorKind::Authentication
+            } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+                ErrorKind::Permission
+            } else if *code == SqlState::INVALID_CATALOG_NAME
+                || *code == SqlState::UNDEFINED_TABLE
+                || *code == SqlState::UNDEFINED_OBJECT
+            {
+                ErrorKind::NotFound
+            } else if code.code().starts_with("08") {
+                ErrorKind::Connection
+            } else {
+                ErrorKind::Postgres
+            };
+            let mut message = format!("{target}: {} (SQLSTATE {})", db.message(), code.code());
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!("; {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(&format!("; hint: {hint}"));
+            }
+            if kind == ErrorKind::Authentication {
+                message.push_str("; check the user name and password");
+            }
+            return Error::new(kind, message);
+        }
+
+        // The driver's error kinds are private; its Display names them. This is the one place that reads
+        // it, and the TLS prefix has been stable since tokio-postgres 0.5.
+        let rendered = err.to_string();
+        let cause = std::error::Error::source(err).map(|s| s.to_string());
+        let detail = match &cause {
+            Some(cause) if !rendered.contains(cause.as_str()) => format!("{rendered}: {cause}"),
+            _ => rendered.clone(),
+        };
+        if rendered.starts_with("error performing TLS handshake") {
+            return Error::new(ErrorKind::Tls, format!("{target}: {detail}"));
+        }
+        if rendered.starts_with("error connecting to server")
+            || rendered.starts_with("timeout waiting for server")
+            || rendered.starts_with("connection closed")
+            || rendered.starts_with("error communicating with the server")
+        {
+            return Error::new(
+                ErrorKind::Connection,
+                format!("{target}: {detail}; check the server address and that the server accepts connections"),
+            );
+        }
+        if detail.contains("password missing") {
+            return Error::new(
+                ErrorKind::Authentication,
+                format!("{target}: the server asks for a password and none was given"),
+            );
+        }
+        if rendered.starts_with("error authenticating") {
+            return Error::new(ErrorKind::Authentication, format!("{target}: {detail}"));
+        }
+        Error::new(ErrorKind::Postgres, format!("{target}: {detail}"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::internal(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_as_kind_and_message() {
+        let err = Error::invalid_input("server address", "port must be a number from 1 to 65535");
+        let json = serde_json::to_value(&err).unwrap();
+        assert_eq!(json["kind"], "InvalidInput");
+        assert_eq!(json["message"], "server address: port must be a number from 1 to 65535");
+    }
+
+    #[test]
+    fn context_keeps_the_kind() {
+        let err = Error::new(ErrorKind::NotFound, "no such slot").context("starting capture");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(err.message(), "starting capture: no such slot");
+    }
+}

@@ -1,0 +1,15 @@
+//! Tidepool's engine: from a PostgreSQL or Neon database to a live, local, queryable stream of its
+//! changes. Everything the desktop app can do is a call into this crate, so it can be tested without a
+//! window and done from the `tidepool` command line.
+//!
+//! Modules are named after the domain. Errors are [`Error`] values with a [`ErrorKind`] to match on.
+
+pub mod cluster;
+pub mod connection;
+pub mod error;
+pub mod pgpass;
+pub mod secrets;
+pub mod sql;
+pub mod tls;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,79 @@
+//! The `tidepool check` command: the same facts as the form, as text or JSON; passwords never in argv.
+
+use std::process::Command;
+
+use crate::harness::{self, TestDb};
+
+fn tidepool() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidepool"));
+    command.env_remove("PGPASSWORD").env("PGPASSFILE", "/nonexistent");
+    command
+}
+
+fn url(db: &TestDb) -> String {
+    format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", db.cluster.port(), db.name)
+}
+
+#[test]
+fn check_prints_json_facts_with_the_password_from_the_environment() {
+    let db = TestDb::new(harness::plain(), "cli_json");
+    let output = tidepool()
+        .args(["check", "--json", "--url", &url(&db)])
+        .env("PGPASSWORD", db.cluster.superuser_password().expose())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let facts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(facts["walLevel"], "logical");
+    assert_eq!(facts["database"], db.name.as_str());
+    assert_eq!(facts["replication"]["basis"], "superuser");
+    assert!(facts["serverVersion"].as_str().unwrap().starts_with("15."));
+}
+
+#[test]
+fn check_reads_the_password_file() {
+    let db = TestDb::new(harness::plain(), "cli_pgpass");
+    let dir = tempdir("pgpass");
+    let file = dir.join("pgpass");
+    std::fs::write(
+        &file,
+        format!("127.0.0.1:{}:{}:postgres:{}\n", db.cluster.port(), db.name, db.cluster.superuser_password().expose()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let output = tidepool().args(["check", "--url", &url(&db)]).env("PGPASSFILE", &file).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("wal_level        logical"), "{text}");
+    assert!(text.contains("may replicate    yes (superuser)"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn check_refuses_a_password_in_the_url_and_reports_the_kind() {
+    let output = tidepool()
+        .args(["check", "--json", "--url", "postgres://u:secret@127.0.0.1:1/db"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "InvalidInput");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("--url:"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
+}
+
+#[test]
+fn check_reports_a_wrong_password_as_authentication() {
+    let db = TestDb::new(harness::plain(), "cli_auth");
+    let output = tidepool().args(["check", "--url", &url(&db)]).env("PGPASSWORD", "wrong").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error (Authentication):"), "{stderr}");
+}
+
+fn tempdir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidepool-test-{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,77 @@
+//! The test harness: process-wide throwaway clusters (plain, TLS, TLS-only, `wal_level=replica`) started
+//! on first use, and a fresh database per test. The engine's [`Cluster`] stops and removes each cluster
+//! when the test binary exits, also after a panic, and the kernel kills the servers if it is killed.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use tidepool::cluster::{Cluster, ClusterOptions};
+use tidepool::connection::ConnectionSpec;
+use tidepool::sql;
+
+fn shared(cell: &'static OnceLock<Cluster>, options: impl FnOnce() -> ClusterOptions) -> &'static Cluster {
+    cell.get_or_init(|| Cluster::start(options()).expect("starting a throwaway PostgreSQL cluster"))
+}
+
+/// A cluster with `wal_level=logical`, no TLS.
+pub fn plain() -> &'static Cluster {
+    static CELL: OnceLock<Cluster> = OnceLock::new();
+    shared(&CELL, ClusterOptions::default)
+}
+
+/// A cluster that offers TLS with a certificate from its own test authority.
+pub fn tls() -> &'static Cluster {
+    static CELL: OnceLock<Cluster> = OnceLock::new();
+    shared(&CELL, || ClusterOptions { tls: true, ..Default::default() })
+}
+
+/// A cluster that refuses unencrypted TCP connections.
+pub fn tls_only() -> &'static Cluster {
+    static CELL: OnceLock<Cluster> = OnceLock::new();
+    shared(&CELL, || ClusterOptions { tls: true, tls_only: true, ..Default::default() })
+}
+
+/// A unique name for a test's objects (databases, roles), readable in a server log.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database of a test's own on `cluster`.
+pub struct TestDb {
+    pub cluster: &'static Cluster,
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates a fresh database named after `prefix`.
+    pub fn new(cluster: &'static Cluster, prefix: &str) -> TestDb {
+        let name = unique(prefix);
+        cluster.psql("postgres", &format!("CREATE DATABASE {};", sql::ident(&name))).expect("CREATE DATABASE");
+        TestDb { cluster, name }
+    }
+
+    /// A superuser connection spec over TCP with the password.
+    pub fn spec(&self) -> ConnectionSpec {
+        self.cluster.spec(&self.name)
+    }
+
+    /// Runs SQL as the superuser in this database.
+    pub fn sql(&self, sql: &str) -> String {
+        self.cluster.psql(&self.name, sql).expect("test SQL")
+    }
+
+    /// Creates a login role with `attributes` (e.g. `REPLICATION`) and returns a spec that logs in as it.
+    pub fn role(&self, prefix: &str, attributes: &str, password: &str) -> ConnectionSpec {
+        let role = unique(prefix);
+        self.sql(&format!(
+            "CREATE ROLE {} LOGIN {attributes} PASSWORD {};",
+            sql::ident(&role),
+            sql::literal(password)
+        ));
+        let mut spec = self.spec();
+        spec.user = role;
+        spec.password = Some(tidepool::secrets::Secret::new(password));
+        spec
+    }
+}

@@ -1,0 +1,7 @@
+//! Engine integration tests against real PostgreSQL 15 clusters started by the tests themselves.
+//! One binary (one cluster start-up per variant); each test works in its own database.
+
+mod harness;
+
+mod cli;
+mod connection;
