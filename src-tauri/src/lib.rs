@@ -1,0 +1,52 @@
+//! Tidepool's desktop shell. Deliberately thin: every `#[tauri::command]` delegates to one engine call,
+//! so everything the window can do can also be tested without it and done from the `tidepool` command
+//! line. Errors reach the UI as the engine's `{kind, message}`.
+//!
+//! Invariant: nothing here logs or returns a password; the form's password arrives as a
+//! [`tidepool::secrets::Secret`] and is only handed to the engine.
+
+mod commands;
+
+use tauri::Manager;
+
+/// Starts the app: logging to a file in the app's log folder, then the main window.
+pub fn run() {
+    if let Err(message) = display_available() {
+        eprintln!("{message}");
+        std::process::exit(2);
+    }
+    tauri::Builder::default()
+        .setup(|app| {
+            let log_dir = app.path().app_log_dir()?;
+            std::fs::create_dir_all(&log_dir)?;
+            init_logging(&log_dir);
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "Tidepool started");
+            Ok(())
+        })
+        .invoke_handler(tauri::generate_handler![commands::test_connection])
+        .run(tauri::generate_context!())
+        .expect("the Tauri runtime failed to start");
+}
+
+fn init_logging(dir: &std::path::Path) {
+    let file = tracing_appender::rolling::daily(dir, "tidepool.log");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG").unwrap_or_else(|_| "info".into());
+    // A second initialisation (tests that build the app twice) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(file).try_init();
+}
+
+/// On Linux, GTK aborts with an opaque message when there is no display; say what to do instead.
+fn display_available() -> Result<(), String> {
+    if !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("DISPLAY") || set("WAYLAND_DISPLAY") {
+        Ok(())
+    } else {
+        Err("Tidepool is a desktop app and found no display (neither DISPLAY nor WAYLAND_DISPLAY is set).\n\
+             Start it from a graphical session, or under a virtual display: xvfb-run -a tidepool-desktop.\n\
+             Everything it does is also available without a window: run `tidepool --help`."
+            .to_string())
+    }
+}
