@@ -47,6 +47,39 @@ pub struct ConnectionSpec {
     pub application_name: String,
     /// Upper bound for reaching the server and logging in.
     pub connect_timeout: Duration,
+    /// Server options sent at start-up (libpq `options`; Neon accepts `endpoint=<id>` here).
+    pub options: Option<String>,
+    /// SCRAM channel binding policy.
+    pub channel_binding: ChannelBinding,
+}
+
+/// libpq's `channel_binding`: whether SCRAM authentication binds to the TLS channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when the server and the channel allow it.
+    #[default]
+    Prefer,
+    /// Refuse to authenticate without binding.
+    Require,
+}
+
+impl std::str::FromStr for ChannelBinding {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "disable" => Ok(ChannelBinding::Disable),
+            "prefer" => Ok(ChannelBinding::Prefer),
+            "require" => Ok(ChannelBinding::Require),
+            other => Err(Error::invalid_input(
+                "channel_binding",
+                format!("'{other}' is not one of disable, prefer, require"),
+            )),
+        }
+    }
 }
 
 impl ConnectionSpec {
@@ -62,6 +95,8 @@ impl ConnectionSpec {
             sslrootcert: None,
             application_name: "tidepool".into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            options: None,
+            channel_binding: ChannelBinding::default(),
         }
     }
 
@@ -74,62 +109,6 @@ impl ConnectionSpec {
         }
     }
 
-    /// Parses a `postgres://` or `postgresql://` URL. A password in the URL is kept as a [`Secret`]; the
-    /// caller decides whether it was acceptable to receive it that way.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let parsed = url::Url::parse(url.trim()).map_err(|e| Error::invalid_input("connection URL", e))?;
-        if parsed.scheme() != "postgres" && parsed.scheme() != "postgresql" {
-            return Err(Error::invalid_input(
-                "connection URL",
-                format!("scheme '{}' is not postgres:// or postgresql://", parsed.scheme()),
-            ));
-        }
-        let host = match parsed.host() {
-            Some(url::Host::Ipv6(addr)) => addr.to_string(),
-            Some(host) => host.to_string(),
-            None => return Err(Error::invalid_input("connection URL", "no host name")),
-        };
-        let decode = |field: &str, raw: &str| -> Result<String> {
-            percent_encoding::percent_decode_str(raw)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-                .map_err(|_| Error::invalid_input(field, "is not valid UTF-8 after percent-decoding"))
-        };
-        let user = decode("user", parsed.username())?;
-        let database = decode("database", parsed.path().trim_start_matches('/'))?;
-        let mut spec = ConnectionSpec::new(
-            host,
-            parsed.port().unwrap_or(DEFAULT_PORT),
-            if user.is_empty() { "postgres".to_string() } else { user },
-            if database.is_empty() { "postgres".to_string() } else { database },
-        );
-        if let Some(password) = parsed.password() {
-            spec.password = Some(Secret::new(decode("password", password)?));
-        }
-        for (key, value) in parsed.query_pairs() {
-            match key.as_ref() {
-                "sslmode" => spec.sslmode = value.parse()?,
-                "sslrootcert" => spec.sslrootcert = Some(PathBuf::from(value.as_ref())),
-                "application_name" => spec.application_name = value.into_owned(),
-                "connect_timeout" => {
-                    let secs: u64 = value.parse().map_err(|_| {
-                        Error::invalid_input("connect_timeout", format!("'{value}' is not a whole number of seconds"))
-                    })?;
-                    spec.connect_timeout = Duration::from_secs(secs.max(1));
-                }
-                // Accepted and left to the driver's defaults until profiles (issue 3) map them.
-                "channel_binding" | "options" | "target_session_attrs" => {}
-                other => {
-                    return Err(Error::invalid_input(
-                        "connection URL",
-                        format!("unknown parameter '{other}'"),
-                    ))
-                }
-            }
-        }
-        Ok(spec)
-    }
-
     fn driver_config(&self, sslmode: DriverSslMode) -> Config {
         let mut config = Config::new();
         config
@@ -140,7 +119,15 @@ impl ConnectionSpec {
             .application_name(&self.application_name)
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
-            .ssl_mode(sslmode);
+            .ssl_mode(sslmode)
+            .channel_binding(match self.channel_binding {
+                ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+                ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+                ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+            });
+        if let Some(options) = &self.options {
+            config.options(options);
+        }
         if let Some(password) = &self.password {
             config.password(password.expose());
         }
@@ -464,21 +451,5 @@ mod tests {
         assert!(form("h", "u", " ").into_spec().unwrap_err().message().starts_with("database:"));
         let spec = form("h:1", "u", "d").into_spec().unwrap();
         assert_eq!((spec.host.as_str(), spec.port, spec.sslmode), ("h", 1, SslMode::Require));
-    }
-
-    #[test]
-    fn urls_parse_with_percent_encoding_and_ipv6() {
-        let spec = ConnectionSpec::from_url("postgresql://us%40er:p%3Ass@[::1]:6000/my%20db?sslmode=require").unwrap();
-        assert_eq!(spec.host, "::1");
-        assert_eq!(spec.port, 6000);
-        assert_eq!(spec.user, "us@er");
-        assert_eq!(spec.database, "my db");
-        assert_eq!(spec.password.as_ref().unwrap().expose(), "p:ss");
-        assert_eq!(spec.sslmode, SslMode::Require);
-        assert_eq!(spec.target(), "[::1]:6000");
-        let err = ConnectionSpec::from_url("mysql://h/db").unwrap_err();
-        assert!(err.message().starts_with("connection URL:"));
-        let err = ConnectionSpec::from_url("postgres://h/db?sslmode=verify").unwrap_err();
-        assert!(err.message().starts_with("sslmode:"));
     }
 }

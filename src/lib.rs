@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod connection;
+pub mod conninfo;
 pub mod error;
 pub mod pgpass;
 pub mod secrets;

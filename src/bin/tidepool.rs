@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
+use tidepool::conninfo::Conninfo;
 use tidepool::secrets::Secret;
 use tidepool::{pgpass, Error, ErrorKind};
 
@@ -70,7 +71,7 @@ async fn check(url: &str, json: bool) -> Result<(), Error> {
 
 /// Parses `--url` and finds the password without it ever being an argument.
 fn spec_from_url(url: &str) -> Result<ConnectionSpec, Error> {
-    let mut spec = ConnectionSpec::from_url(url)?;
+    let mut spec = Conninfo::parse(url)?.into_spec();
     if spec.password.is_some() {
         return Err(Error::invalid_input(
             "--url",
