@@ -38,13 +38,21 @@ pub struct ClusterOptions {
     pub tls: bool,
     /// Refuse unencrypted TCP connections (`hostssl` lines only).
     pub tls_only: bool,
+    /// The names and addresses the server certificate is valid for.
+    pub tls_names: Vec<String>,
     /// Extra `postgresql.conf` settings.
     pub settings: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { wal_level: "logical".into(), tls: false, tls_only: false, settings: Vec::new() }
+        ClusterOptions {
+            wal_level: "logical".into(),
+            tls: false,
+            tls_only: false,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+            settings: Vec::new(),
+        }
     }
 }
 
@@ -126,7 +134,7 @@ impl Cluster {
         );
         let mut ca_pem = None;
         if options.tls || options.tls_only {
-            let material = TestCertificates::generate()?;
+            let material = TestCertificates::generate(&options.tls_names)?;
             for (name, pem) in [("server.crt", &material.server_cert), ("server.key", &material.server_key)] {
                 let path = data.join(name);
                 std::fs::write(&path, pem)?;
@@ -457,7 +465,7 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A test certificate authority and a server certificate it signed, valid for `localhost` and 127.0.0.1.
+/// A test certificate authority and a server certificate it signed for the given names.
 struct TestCertificates {
     ca_cert: String,
     server_cert: String,
@@ -465,19 +473,19 @@ struct TestCertificates {
 }
 
 impl TestCertificates {
-    fn generate() -> Result<TestCertificates> {
+    fn generate(names: &[String]) -> Result<TestCertificates> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let tls_error = |e: rcgen::Error| Error::internal(format!("generating test certificates: {e}"));
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "Tidepool test authority");
+        // A name of its own per cluster, as two real authorities would have.
+        ca_params.distinguished_name.push(DnType::CommonName, format!("Tidepool test authority {}", random_hex(4)?));
         let ca_key = KeyPair::generate().map_err(tls_error)?;
         let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_error)?;
 
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(tls_error)?;
-        params.distinguished_name.push(DnType::CommonName, "localhost");
+        let mut params = CertificateParams::new(names.to_vec()).map_err(tls_error)?;
+        params.distinguished_name.push(DnType::CommonName, names.first().map_or("localhost", String::as_str));
         let key = KeyPair::generate().map_err(tls_error)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let cert = params.signed_by(&key, &issuer).map_err(tls_error)?;

@@ -288,7 +288,7 @@ impl ConnectError {
             ConnectError::Engine(e) => e,
             ConnectError::Driver(e) => {
                 let err = Error::from_postgres(&e, target);
-                if err.kind() == ErrorKind::Tls && sslmode.requires_tls() {
+                if err.kind() == ErrorKind::Tls && sslmode.requires_tls() && err.message().contains("does not support TLS") {
                     Error::new(
                         ErrorKind::Tls,
                         format!("{} (sslmode={sslmode} needs an encrypted connection)", err.message()),

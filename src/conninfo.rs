@@ -47,7 +47,7 @@ pub struct Conninfo {
 
 /// Something worth telling the person about a parsed connection string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Advice {
     /// A Neon pooled (`-pooler`) host: PgBouncer in transaction mode cannot carry logical replication.
     NeonPooler {

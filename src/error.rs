@@ -144,6 +144,9 @@ impl Error {
             _ => rendered.clone(),
         };
         if rendered.starts_with("error performing TLS handshake") {
+            if let Some(tls) = rustls_cause(err) {
+                return Error::new(ErrorKind::Tls, format!("{target}: {}", describe_tls(tls, target)));
+            }
             return Error::new(ErrorKind::Tls, format!("{target}: {detail}"));
         }
         if rendered.starts_with("error connecting to server")
@@ -162,10 +165,58 @@ impl Error {
                 format!("{target}: the server asks for a password and none was given"),
             );
         }
-        if rendered.starts_with("error authenticating") {
-            return Error::new(ErrorKind::Authentication, format!("{target}: {detail}"));
+        if rendered.starts_with("error authenticating") || rendered.starts_with("authentication error") {
+            let mut message = format!("{target}: {detail}");
+            if detail.contains("channel binding") {
+                message.push_str("; channel_binding=require needs TLS (sslmode=require or stronger) and SCRAM");
+            }
+            return Error::new(ErrorKind::Authentication, message);
         }
         Error::new(ErrorKind::Postgres, format!("{target}: {detail}"))
+    }
+}
+
+/// The rustls error behind a driver error. `io::Error::source` skips its own payload, so the walk looks
+/// inside each `io::Error` as well.
+fn rustls_cause(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(current) = next {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// Says which certificate check failed and what to do about it.
+fn describe_tls(err: &rustls::Error, target: &str) -> String {
+    use rustls::CertificateError as C;
+    let host = target.rsplit_once(':').map(|(h, _)| h).unwrap_or(target);
+    match err {
+        rustls::Error::InvalidCertificate(reason @ (C::UnknownIssuer | C::BadSignature)) => format!(
+            "certificate check failed: the server's certificate was not issued by a trusted authority ({reason:?}). \
+             Give the authority's certificate as sslrootcert, or use sslmode=require to encrypt without verifying"
+        ),
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+            "certificate check failed: the server's certificate does not name the host '{host}' (NotValidForName). \
+             Connect by a name the certificate lists, or use sslmode=verify-ca to check only the authority"
+        ),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "certificate check failed: the server's certificate has expired (Expired)".to_string()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "certificate check failed: the server's certificate is not valid yet; check this machine's clock".to_string()
+        }
+        rustls::Error::InvalidCertificate(other) => format!("certificate check failed: {other:?}"),
+        other => format!("TLS handshake failed: {other}"),
     }
 }
 

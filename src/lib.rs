@@ -9,6 +9,7 @@ pub mod connection;
 pub mod conninfo;
 pub mod error;
 pub mod pgpass;
+pub mod profile;
 pub mod secrets;
 pub mod sql;
 pub mod tls;

@@ -31,6 +31,26 @@ pub fn tls_only() -> &'static Cluster {
     shared(&CELL, || ClusterOptions { tls: true, tls_only: true, ..Default::default() })
 }
 
+/// A TLS cluster whose certificate names only `db.invalid`: its authority is right, its name is not.
+pub fn tls_wrong_name() -> &'static Cluster {
+    static CELL: OnceLock<Cluster> = OnceLock::new();
+    shared(&CELL, || ClusterOptions { tls: true, tls_names: vec!["db.invalid".into()], ..Default::default() })
+}
+
+/// A folder of a test's own under the system's temp folder, removed by the caller.
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidepool-test-{}-{}", unique(prefix), std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a temp folder");
+    dir
+}
+
+/// Writes a cluster's test authority to a PEM file in `dir`.
+pub fn ca_file(cluster: &Cluster, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("root.crt");
+    std::fs::write(&path, cluster.ca_pem().expect("a TLS cluster")).expect("writing the CA file");
+    path
+}
+
 /// A unique name for a test's objects (databases, roles), readable in a server log.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -5,3 +5,5 @@ mod harness;
 
 mod cli;
 mod connection;
+mod profiles;
+mod tls;

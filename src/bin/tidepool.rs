@@ -7,9 +7,10 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
 use tidepool::conninfo::Conninfo;
+use tidepool::profile::{self, PasswordStorage, ProfileDraft, Profiles, SecretState};
 use tidepool::secrets::Secret;
 use tidepool::{pgpass, Error, ErrorKind};
 
@@ -24,12 +25,59 @@ struct Cli {
 enum Command {
     /// Connects and shows the server's version, the role, wal_level and whether the role may replicate.
     Check {
-        /// postgres://user@host[:port]/database[?sslmode=…] — without the password.
-        #[arg(long)]
-        url: String,
+        #[command(flatten)]
+        target: Target,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Saved connection profiles (shared with the desktop app; passwords live in the OS keychain).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+/// Which database: a connection string or a saved profile.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A postgres:// URL or key=value string, without the password.
+    #[arg(long)]
+    url: Option<String>,
+    /// A saved profile's name.
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Saves a profile; its password (from PGPASSWORD, ~/.pgpass or a prompt) goes to the OS keychain.
+    Add {
+        /// The profile's name.
+        #[arg(long)]
+        name: String,
+        /// A postgres:// URL or key=value string, without the password.
+        #[arg(long)]
+        url: String,
+        /// Publication to capture from (default tidepool_publication).
+        #[arg(long)]
+        publication: Option<String>,
+        /// Replication slot (default tidepool_slot).
+        #[arg(long)]
+        slot: Option<String>,
+        /// Store no password; ask for it each time.
+        #[arg(long)]
+        ask_password: bool,
+    },
+    /// Lists the saved profiles and whether the keychain holds each one's password.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes a profile and its password in the keychain.
+    Remove {
+        /// The profile's name.
+        name: String,
     },
 }
 
@@ -43,7 +91,11 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let (result, json) = match cli.command {
-        Command::Check { url, json } => (check(&url, json).await, json),
+        Command::Check { target, json } => (check(&target, json).await, json),
+        Command::Profile(command) => {
+            let json = matches!(command, ProfileCommand::List { json: true });
+            (profile_command(command).await, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,8 +110,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn check(url: &str, json: bool) -> Result<(), Error> {
-    let spec = spec_from_url(url)?;
+async fn check(target: &Target, json: bool) -> Result<(), Error> {
+    let spec = spec_for(target)?;
     let facts = connection::test_connection(&spec).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&facts).map_err(Error::internal)?);
@@ -67,6 +119,30 @@ async fn check(url: &str, json: bool) -> Result<(), Error> {
         print!("{}", render_facts(&facts));
     }
     Ok(())
+}
+
+fn profiles() -> Result<Profiles, Error> {
+    Ok(Profiles::open(&profile::data_dir()?))
+}
+
+/// The spec for `--url` or `--profile`, with the password found without it ever being an argument.
+fn spec_for(target: &Target) -> Result<ConnectionSpec, Error> {
+    match (&target.url, &target.profile) {
+        (Some(url), _) => spec_from_url(url),
+        (None, Some(name)) => {
+            let profiles = profiles()?;
+            let profile = profiles.get(name)?;
+            let typed = match profile.password {
+                PasswordStorage::Keychain => None,
+                PasswordStorage::AskEachTime => {
+                    let spec = profiles.spec(name, None)?;
+                    password_for(&spec)?
+                }
+            };
+            profiles.spec(name, typed)
+        }
+        (None, None) => Err(Error::invalid_input("--url", "give --url or --profile")),
+    }
 }
 
 /// Parses `--url` and finds the password without it ever being an argument.
@@ -102,6 +178,66 @@ fn password_for(spec: &ConnectionSpec) -> Result<Option<Secret>, Error> {
         return Ok((!typed.is_empty()).then(|| Secret::new(typed)));
     }
     Ok(None)
+}
+
+async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
+    let profiles = profiles()?;
+    match command {
+        ProfileCommand::Add { name, url, publication, slot, ask_password } => {
+            let fill = profile::autofill(&url)?;
+            if fill.password.is_some() {
+                return Err(Error::invalid_input(
+                    "--url",
+                    "contains a password, which would be visible to every process on this machine; remove it \
+                     and set PGPASSWORD, add it to ~/.pgpass, or type it when asked",
+                ));
+            }
+            let draft = ProfileDraft {
+                name,
+                publication,
+                slot,
+                password_storage: if ask_password { PasswordStorage::AskEachTime } else { PasswordStorage::Keychain },
+                ..fill.draft
+            };
+            let password = if ask_password { None } else { password_for(&Conninfo::parse(&url)?.into_spec())? };
+            let view = profiles.save(None, draft, password)?;
+            println!("saved profile '{}' ({}): password {}", view.profile.name, view.address, describe_secret(&view.secret));
+        }
+        ProfileCommand::List { json } => {
+            let views = profiles.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views).map_err(Error::internal)?);
+            } else if views.is_empty() {
+                println!("no profiles; add one with `tidepool profile add --name NAME --url URL`");
+            } else {
+                for view in views {
+                    println!(
+                        "{:<24} {}@{}/{}  sslmode={}  password {}",
+                        view.profile.name,
+                        view.profile.user,
+                        view.address,
+                        view.profile.database,
+                        view.profile.sslmode,
+                        describe_secret(&view.secret)
+                    );
+                }
+            }
+        }
+        ProfileCommand::Remove { name } => {
+            profiles.delete(&name)?;
+            println!("removed profile '{name}' and its password in the keychain");
+        }
+    }
+    Ok(())
+}
+
+fn describe_secret(state: &SecretState) -> &'static str {
+    match state {
+        SecretState::InKeychain => "in the keychain",
+        SecretState::MissingFromKeychain => "not in the keychain (give it when editing the profile)",
+        SecretState::AskEachTime => "asked each time",
+        SecretState::KeychainUnavailable => "unknown: the keychain cannot be opened",
+    }
 }
 
 fn render_facts(facts: &ServerFacts) -> String {

@@ -1,0 +1,584 @@
+//! Saved connection profiles: Estuary Flow's connection fields, kept in `profiles.json` in Tidepool's
+//! data directory, with the password in the OS keychain.
+//!
+//! Invariants:
+//! - `profiles.json` never holds a password; a profile's password is in the keychain under the
+//!   profile's stable id (so a rename keeps it), or is asked for each time.
+//! - Deleting a profile deletes its keychain entry first; if the keychain cannot be reached the profile
+//!   stays, so no secret is orphaned.
+//! - The file is replaced atomically (write, fsync, rename), so a crash leaves the old or the new list.
+//! - Names are unique (ignoring case); every field error names the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::{parse_address, test_connection, ChannelBinding, ConnectionSpec, ServerFacts};
+use crate::conninfo::{Advice, Conninfo};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secrets::{Keychain, Secret, SecretKey};
+use crate::tls::SslMode;
+
+/// The publication a new profile uses unless told otherwise.
+pub const DEFAULT_PUBLICATION: &str = "tidepool_publication";
+/// The replication slot a new profile uses unless told otherwise.
+pub const DEFAULT_SLOT: &str = "tidepool_slot";
+
+/// Where a profile's password lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PasswordStorage {
+    /// In the OS keychain.
+    #[default]
+    Keychain,
+    /// Nowhere: asked for each time it is needed.
+    AskEachTime,
+}
+
+/// A saved profile, as stored (no password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// Stable id; keys the keychain entry.
+    pub id: String,
+    /// Name shown in lists; unique.
+    pub name: String,
+    /// Host name, IP address or socket directory.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Role to log in as.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// TLS policy.
+    pub sslmode: SslMode,
+    /// Trusted authorities for verify-ca / verify-full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
+    /// Server options (Neon: `endpoint=<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
+    /// SCRAM channel binding.
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
+    /// Publication to capture from.
+    pub publication: String,
+    /// Replication slot to stream from.
+    pub slot: String,
+    /// `application_name` shown in `pg_stat_activity`.
+    pub application_name: String,
+    /// Where the password lives.
+    pub password: PasswordStorage,
+}
+
+impl Profile {
+    /// `host:port` for display.
+    pub fn address(&self) -> String {
+        self.spec_without_password().target()
+    }
+
+    fn spec_without_password(&self) -> ConnectionSpec {
+        let mut spec = ConnectionSpec::new(&self.host, self.port, &self.user, &self.database);
+        spec.sslmode = self.sslmode;
+        spec.sslrootcert = self.sslrootcert.clone();
+        spec.options = self.options.clone();
+        spec.channel_binding = self.channel_binding;
+        spec.application_name = self.application_name.clone();
+        spec
+    }
+
+    fn keychain_label(&self) -> String {
+        format!("Tidepool: database password for {}@{}/{}", self.user, self.address(), self.database)
+    }
+}
+
+/// A profile as the form (or `tidepool profile add`) gives it: the fields a person fills in.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProfileDraft {
+    /// Name.
+    pub name: String,
+    /// `host[:port]`.
+    pub address: String,
+    /// Role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// TLS policy.
+    pub sslmode: SslMode,
+    /// Root certificate file, or empty.
+    pub sslrootcert: Option<String>,
+    /// Server options, or empty.
+    pub options: Option<String>,
+    /// Channel binding.
+    pub channel_binding: ChannelBinding,
+    /// Publication, or empty for the default.
+    pub publication: Option<String>,
+    /// Slot, or empty for the default.
+    pub slot: Option<String>,
+    /// Application name, or empty for `tidepool`.
+    pub application_name: Option<String>,
+    /// Where the password goes.
+    pub password_storage: PasswordStorage,
+}
+
+/// What "Autofill with URL" gives back: the form's fields, the password that was in the pasted string
+/// (only so the form's password field can be filled; it is stored only on save), and advice.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autofill {
+    /// The fields, ready for the form.
+    pub draft: ProfileDraft,
+    /// The password found in the pasted string, handed back to the form it came from.
+    pub password: Option<RevealedSecret>,
+    /// E.g. a Neon `-pooler` host, with the direct host to switch to.
+    pub advice: Vec<Advice>,
+}
+
+/// A secret deliberately handed back to the UI that just supplied it (Autofill only). Any other path
+/// keeps [`Secret`], which cannot be serialized.
+pub struct RevealedSecret(Secret);
+
+impl Serialize for RevealedSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.expose())
+    }
+}
+
+impl std::fmt::Debug for RevealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevealedSecret(<redacted>)")
+    }
+}
+
+/// Parses a pasted URL or `key=value` string into the form's fields.
+pub fn autofill(text: &str) -> Result<Autofill> {
+    let info = Conninfo::parse(text)?;
+    let advice = info.advice();
+    let password = info.password.clone().map(RevealedSecret);
+    let spec = info.into_spec();
+    let draft = ProfileDraft {
+        name: String::new(),
+        address: spec.target(),
+        user: spec.user,
+        database: spec.database,
+        sslmode: spec.sslmode,
+        sslrootcert: spec.sslrootcert.map(|p| p.to_string_lossy().into_owned()),
+        options: spec.options,
+        channel_binding: spec.channel_binding,
+        publication: None,
+        slot: None,
+        application_name: Some(spec.application_name),
+        password_storage: PasswordStorage::Keychain,
+    };
+    Ok(Autofill { draft, password, advice })
+}
+
+/// Whether a profile's password can be had without asking, as shown next to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SecretState {
+    /// The keychain holds the password.
+    InKeychain,
+    /// The profile says keychain, but there is no entry (deleted outside Tidepool, or never given).
+    MissingFromKeychain,
+    /// The profile asks each time.
+    AskEachTime,
+    /// The keychain could not be opened.
+    KeychainUnavailable,
+}
+
+/// A profile with the state of its secret.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileView {
+    /// The profile.
+    #[serde(flatten)]
+    pub profile: Profile,
+    /// `host:port`.
+    pub address: String,
+    /// Where its password stands.
+    pub secret: SecretState,
+}
+
+/// Where the keychain comes from: the OS (opened on each use, so unlocking it later works) or a given
+/// one (tests).
+#[derive(Debug, Clone)]
+enum KeychainSource {
+    Platform,
+    Given(Keychain),
+}
+
+/// The saved profiles in one data directory.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    file: PathBuf,
+    keychain: KeychainSource,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ProfileFile {
+    version: u32,
+    profiles: Vec<Profile>,
+}
+
+impl Profiles {
+    /// The profiles in `data_dir`, with the OS keychain.
+    pub fn open(data_dir: &Path) -> Profiles {
+        Profiles { file: data_dir.join("profiles.json"), keychain: KeychainSource::Platform }
+    }
+
+    /// The profiles in `data_dir`, with a given keychain.
+    pub fn with_keychain(data_dir: &Path, keychain: Keychain) -> Profiles {
+        Profiles { file: data_dir.join("profiles.json"), keychain: KeychainSource::Given(keychain) }
+    }
+
+    fn keychain(&self) -> Result<Keychain> {
+        match &self.keychain {
+            KeychainSource::Platform => Keychain::open(),
+            KeychainSource::Given(keychain) => Ok(keychain.clone()),
+        }
+    }
+
+    fn load(&self) -> Result<ProfileFile> {
+        match std::fs::read(&self.file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::internal(format!("{} is not a valid profile list: {e}", self.file.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProfileFile { version: 1, profiles: vec![] }),
+            Err(e) => Err(Error::internal(format!("reading {}: {e}", self.file.display()))),
+        }
+    }
+
+    fn store(&self, file: &ProfileFile) -> Result<()> {
+        let dir = self.file.parent().ok_or_else(|| Error::internal("the profile file has no folder"))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+        let json = serde_json::to_vec_pretty(file).map_err(Error::internal)?;
+        write_atomically(&self.file, &json)
+    }
+
+    /// Every profile, each with the state of its secret.
+    pub fn list(&self) -> Result<Vec<ProfileView>> {
+        let profiles = self.load()?.profiles;
+        let keychain = if profiles.iter().any(|p| p.password == PasswordStorage::Keychain) {
+            self.keychain().ok()
+        } else {
+            None
+        };
+        Ok(profiles
+            .into_iter()
+            .map(|profile| {
+                let secret = match (profile.password, &keychain) {
+                    (PasswordStorage::AskEachTime, _) => SecretState::AskEachTime,
+                    (PasswordStorage::Keychain, None) => SecretState::KeychainUnavailable,
+                    (PasswordStorage::Keychain, Some(keychain)) => {
+                        match keychain.get(&SecretKey::ProfilePassword(profile.id.clone())) {
+                            Ok(Some(_)) => SecretState::InKeychain,
+                            Ok(None) => SecretState::MissingFromKeychain,
+                            Err(_) => SecretState::KeychainUnavailable,
+                        }
+                    }
+                };
+                ProfileView { address: profile.address(), profile, secret }
+            })
+            .collect())
+    }
+
+    /// The profile with this id or name.
+    pub fn get(&self, id_or_name: &str) -> Result<Profile> {
+        self.load()?
+            .profiles
+            .into_iter()
+            .find(|p| p.id == id_or_name || p.name.eq_ignore_ascii_case(id_or_name))
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no profile named '{id_or_name}'")))
+    }
+
+    /// Creates (`id` = None) or updates a profile. A given password goes to the keychain when the
+    /// profile keeps it there; switching to "ask each time" removes the stored one.
+    pub fn save(&self, id: Option<&str>, draft: ProfileDraft, password: Option<Secret>) -> Result<ProfileView> {
+        let mut file = self.load()?;
+        let existing = match id {
+            Some(id) => Some(
+                file.profiles
+                    .iter()
+                    .position(|p| p.id == id)
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no profile with id '{id}'")))?,
+            ),
+            None => None,
+        };
+        let profile_id = match existing {
+            Some(index) => file.profiles[index].id.clone(),
+            None => new_id()?,
+        };
+        let profile = validate(profile_id, draft)?;
+        if file.profiles.iter().any(|p| p.id != profile.id && p.name.eq_ignore_ascii_case(&profile.name)) {
+            return Err(Error::invalid_input("name", format!("a profile named '{}' exists already", profile.name)));
+        }
+
+        let key = SecretKey::ProfilePassword(profile.id.clone());
+        match profile.password {
+            PasswordStorage::Keychain => {
+                if let Some(password) = password.filter(|p| !p.is_empty()) {
+                    self.keychain()?.set(&key, &profile.keychain_label(), &password)?;
+                }
+            }
+            PasswordStorage::AskEachTime => {
+                if existing.is_some_and(|i| file.profiles[i].password == PasswordStorage::Keychain) {
+                    self.keychain()?.delete(&key)?;
+                }
+            }
+        }
+        match existing {
+            Some(index) => file.profiles[index] = profile.clone(),
+            None => file.profiles.push(profile.clone()),
+        }
+        file.version = 1;
+        self.store(&file)?;
+        tracing::info!(profile = %profile.name, "profile saved");
+        let view = self.list()?.into_iter().find(|v| v.profile.id == profile.id);
+        view.ok_or_else(|| Error::internal("the saved profile vanished"))
+    }
+
+    /// Deletes a profile and its keychain entry.
+    pub fn delete(&self, id_or_name: &str) -> Result<()> {
+        let profile = self.get(id_or_name)?;
+        if profile.password == PasswordStorage::Keychain {
+            self.keychain()
+                .map_err(|e| e.context("the profile was kept so its password is not left behind in the keychain"))?
+                .delete(&SecretKey::ProfilePassword(profile.id.clone()))?;
+        }
+        let mut file = self.load()?;
+        file.profiles.retain(|p| p.id != profile.id);
+        self.store(&file)?;
+        tracing::info!(profile = %profile.name, "profile deleted");
+        Ok(())
+    }
+
+    /// A connection spec for the profile: the password from `typed` if given, else from the keychain.
+    pub fn spec(&self, id_or_name: &str, typed: Option<Secret>) -> Result<ConnectionSpec> {
+        let profile = self.get(id_or_name)?;
+        let mut spec = profile.spec_without_password();
+        spec.password = match typed.filter(|p| !p.is_empty()) {
+            Some(password) => Some(password),
+            None if profile.password == PasswordStorage::Keychain => {
+                let found = self.keychain()?.get(&SecretKey::ProfilePassword(profile.id.clone()))?;
+                if found.is_none() {
+                    return Err(Error::new(
+                        ErrorKind::Keychain,
+                        format!("the keychain has no password for profile '{}'; edit the profile to enter it", profile.name),
+                    ));
+                }
+                found
+            }
+            None => None,
+        };
+        Ok(spec)
+    }
+
+    /// Connects with a saved profile and reads the server's facts.
+    pub async fn test(&self, id_or_name: &str, typed: Option<Secret>) -> Result<ServerFacts> {
+        let profiles = self.clone();
+        let name = id_or_name.to_string();
+        // The keychain's D-Bus calls block; keep them off the async workers.
+        let spec = tokio::task::spawn_blocking(move || profiles.spec(&name, typed))
+            .await
+            .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??;
+        test_connection(&spec).await
+    }
+}
+
+fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
+    let name = draft.name.trim().to_string();
+    if name.is_empty() {
+        return Err(Error::invalid_input("name", "is empty"));
+    }
+    if name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::invalid_input("name", "must be at most 64 characters, without control characters"));
+    }
+    let (host, port) = parse_address(&draft.address)?;
+    let user = draft.user.trim().to_string();
+    if user.is_empty() {
+        return Err(Error::invalid_input("user", "is empty"));
+    }
+    let database = draft.database.trim().to_string();
+    if database.is_empty() {
+        return Err(Error::invalid_input("database", "is empty"));
+    }
+    let optional = |value: Option<String>| value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let publication = optional(draft.publication).unwrap_or_else(|| DEFAULT_PUBLICATION.into());
+    if publication.len() > 63 {
+        return Err(Error::invalid_input("publication", "is longer than PostgreSQL's 63-byte limit for names"));
+    }
+    let slot = optional(draft.slot).unwrap_or_else(|| DEFAULT_SLOT.into());
+    if slot.len() > 63 || !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(Error::invalid_input(
+            "slot",
+            "may contain only lower-case letters, digits and underscores, at most 63 (PostgreSQL's rule for slot names)",
+        ));
+    }
+    let sslrootcert = optional(draft.sslrootcert).map(PathBuf::from);
+    if let Some(path) = &sslrootcert {
+        if !path.is_file() {
+            return Err(Error::invalid_input("sslrootcert", format!("{} is not a file", path.display())));
+        }
+    }
+    Ok(Profile {
+        id,
+        name,
+        host,
+        port,
+        user,
+        database,
+        sslmode: draft.sslmode,
+        sslrootcert,
+        options: optional(draft.options),
+        channel_binding: draft.channel_binding,
+        publication,
+        slot,
+        application_name: optional(draft.application_name).unwrap_or_else(|| "tidepool".into()),
+        password: draft.password_storage,
+    })
+}
+
+fn new_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::internal(format!("reading random bytes: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))
+}
+
+/// Tidepool's data directory: `TIDEPOOL_DATA_DIR`, else the platform's data folder (on Linux
+/// `~/.local/share/dev.tidepool.desktop`, the desktop app's own data dir, so the app and the command
+/// line share profiles).
+pub fn data_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TIDEPOOL_DATA_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    dirs::data_dir()
+        .map(|dir| dir.join("dev.tidepool.desktop"))
+        .ok_or_else(|| Error::internal("no data folder: set HOME or TIDEPOOL_DATA_DIR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profiles() -> (Profiles, Keychain, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tidepool-profiles-{}", new_id().unwrap()));
+        let keychain = Keychain::with_store(keyring_core::mock::Store::new().unwrap(), "mock");
+        (Profiles::with_keychain(&dir, keychain.clone()), keychain, dir)
+    }
+
+    fn draft(name: &str) -> ProfileDraft {
+        ProfileDraft {
+            name: name.into(),
+            address: "db.example.com:6543".into(),
+            user: "cdc_role".into(),
+            database: "app".into(),
+            sslmode: SslMode::Require,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn save_keeps_the_password_in_the_keychain_and_out_of_the_file() {
+        let (profiles, keychain, dir) = profiles();
+        let view = profiles.save(None, draft("Prod"), Some(Secret::new("s3cr3t-pw"))).unwrap();
+        assert_eq!(view.secret, SecretState::InKeychain);
+        assert_eq!(view.profile.publication, DEFAULT_PUBLICATION);
+        let file = std::fs::read_to_string(dir.join("profiles.json")).unwrap();
+        assert!(!file.contains("s3cr3t-pw"));
+        let key = SecretKey::ProfilePassword(view.profile.id.clone());
+        assert_eq!(keychain.get(&key).unwrap().unwrap().expose(), "s3cr3t-pw");
+        assert_eq!(profiles.spec("prod", None).unwrap().password.unwrap().expose(), "s3cr3t-pw");
+
+        // Renaming keeps the secret; deleting removes it.
+        let mut renamed = draft("Production");
+        renamed.publication = Some("My Pub".into());
+        let view = profiles.save(Some(&view.profile.id), renamed, None).unwrap();
+        assert_eq!(view.secret, SecretState::InKeychain);
+        assert!(profiles.get("Prod").is_err());
+        profiles.delete("Production").unwrap();
+        assert!(keychain.get(&key).unwrap().is_none());
+        assert!(profiles.list().unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ask_each_time_stores_nothing_and_switching_to_it_removes_the_secret() {
+        let (profiles, keychain, dir) = profiles();
+        let view = profiles.save(None, draft("Staging"), Some(Secret::new("pw"))).unwrap();
+        let key = SecretKey::ProfilePassword(view.profile.id.clone());
+        let mut ask = draft("Staging");
+        ask.password_storage = PasswordStorage::AskEachTime;
+        let view = profiles.save(Some(&view.profile.id), ask, Some(Secret::new("ignored"))).unwrap();
+        assert_eq!(view.secret, SecretState::AskEachTime);
+        assert!(keychain.get(&key).unwrap().is_none());
+        assert!(profiles.spec("Staging", None).unwrap().password.is_none());
+        assert_eq!(profiles.spec("Staging", Some(Secret::new("typed"))).unwrap().password.unwrap().expose(), "typed");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn invalid_drafts_name_the_field() {
+        let (profiles, _, dir) = profiles();
+        profiles.save(None, draft("Taken"), None).unwrap();
+        let cases: Vec<(Box<dyn Fn(&mut ProfileDraft)>, &str)> = vec![
+            (Box::new(|d| d.name = " ".into()), "name"),
+            (Box::new(|d| d.name = "taken".into()), "name"),
+            (Box::new(|d| d.name = "x".repeat(65)), "name"),
+            (Box::new(|d| d.address = "h:0".into()), "server address"),
+            (Box::new(|d| d.user = "".into()), "user"),
+            (Box::new(|d| d.database = "".into()), "database"),
+            (Box::new(|d| d.slot = Some("Bad-Slot".into())), "slot"),
+            (Box::new(|d| d.publication = Some("p".repeat(64))), "publication"),
+            (Box::new(|d| d.sslrootcert = Some("/nonexistent/ca.pem".into())), "sslrootcert"),
+        ];
+        for (change, field) in cases {
+            let mut d = draft("New");
+            change(&mut d);
+            let err = profiles.save(None, d, None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+        }
+        assert_eq!(profiles.list().unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn autofill_fills_the_form_and_flags_neon_poolers() {
+        let fill = autofill(
+            "postgresql://neondb_owner:AbC123dEf@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require",
+        )
+        .unwrap();
+        assert_eq!(fill.draft.address, "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech:5432");
+        assert_eq!(fill.draft.user, "neondb_owner");
+        assert_eq!(fill.draft.database, "neondb");
+        assert_eq!(fill.draft.sslmode, SslMode::Require);
+        assert_eq!(fill.advice.len(), 1);
+        let json = serde_json::to_value(&fill).unwrap();
+        assert_eq!(json["password"], "AbC123dEf");
+        assert_eq!(json["advice"][0]["directHost"], "ep-cool-darkness-123456.us-east-2.aws.neon.tech");
+        assert!(!format!("{fill:?}").contains("AbC123dEf"));
+    }
+}
