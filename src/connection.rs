@@ -1,9 +1,9 @@
 //! Connecting to PostgreSQL and reading the facts a person needs before anything else: which server,
 //! as whom, whether logical decoding is on, and whether this role may replicate.
 //!
-//! A [`ConnectionSpec`] is what the engine connects with; it comes from the desktop form
-//! ([`ConnectionForm`]), a `postgres://` URL, or (later) a saved profile. The password travels inside it as
-//! a [`Secret`] and goes nowhere but to the server.
+//! A [`ConnectionSpec`] is what the engine connects with; it comes from a connection string
+//! ([`crate::conninfo`]) or a profile ([`crate::profile`]). The password travels inside it as a [`Secret`]
+//! and goes nowhere but to the server.
 //!
 //! Invariants: the host name, not a resolved address, is what TLS sees (SNI and name checks need it); a
 //! connection attempt is bounded by [`ConnectionSpec::connect_timeout`]; nothing here writes to the server.
@@ -132,43 +132,6 @@ impl ConnectionSpec {
             config.password(password.expose());
         }
         config
-    }
-}
-
-/// The connection form as the desktop app sends it: Estuary Flow's fields.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionForm {
-    /// `host[:port]`; `[v6addr]:port` for IPv6.
-    pub address: String,
-    /// Role to log in as.
-    pub user: String,
-    /// Password as typed.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// Database name.
-    pub database: String,
-    /// libpq sslmode.
-    #[serde(default)]
-    pub sslmode: SslMode,
-}
-
-impl ConnectionForm {
-    /// Validates the form into a spec; errors name the field at fault.
-    pub fn into_spec(self) -> Result<ConnectionSpec> {
-        let (host, port) = parse_address(&self.address)?;
-        let user = self.user.trim();
-        if user.is_empty() {
-            return Err(Error::invalid_input("user", "is empty"));
-        }
-        let database = self.database.trim();
-        if database.is_empty() {
-            return Err(Error::invalid_input("database", "is empty"));
-        }
-        let mut spec = ConnectionSpec::new(host, port, user, database);
-        spec.password = self.password.filter(|p| !p.is_empty());
-        spec.sslmode = self.sslmode;
-        Ok(spec)
     }
 }
 
@@ -436,20 +399,5 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{input}");
             assert!(err.message().starts_with("server address:"), "{input}: {}", err.message());
         }
-    }
-
-    #[test]
-    fn form_fields_are_validated_by_name() {
-        let form = |address: &str, user: &str, database: &str| ConnectionForm {
-            address: address.into(),
-            user: user.into(),
-            password: Some(Secret::new("pw")),
-            database: database.into(),
-            sslmode: SslMode::Require,
-        };
-        assert!(form("h", "", "d").into_spec().unwrap_err().message().starts_with("user:"));
-        assert!(form("h", "u", " ").into_spec().unwrap_err().message().starts_with("database:"));
-        let spec = form("h:1", "u", "d").into_spec().unwrap();
-        assert_eq!((spec.host.as_str(), spec.port, spec.sslmode), ("h", 1, SslMode::Require));
     }
 }

@@ -376,6 +376,27 @@ impl Profiles {
         Ok(spec)
     }
 
+    /// Connects with the form's values as they stand (saved or not) and reads the server's facts. The
+    /// password is the typed one, else, for a saved profile that keeps it there, the keychain's.
+    pub async fn test_draft(&self, id: Option<String>, mut draft: ProfileDraft, typed: Option<Secret>) -> Result<ServerFacts> {
+        if draft.name.trim().is_empty() {
+            draft.name = "unsaved connection".into();
+        }
+        let profile = validate(id.clone().unwrap_or_default(), draft)?;
+        let mut spec = profile.spec_without_password();
+        spec.password = match (typed.filter(|p| !p.is_empty()), id) {
+            (Some(password), _) => Some(password),
+            (None, Some(id)) if profile.password == PasswordStorage::Keychain => {
+                let profiles = self.clone();
+                tokio::task::spawn_blocking(move || profiles.keychain()?.get(&SecretKey::ProfilePassword(id)))
+                    .await
+                    .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??
+            }
+            _ => None,
+        };
+        test_connection(&spec).await
+    }
+
     /// Connects with a saved profile and reads the server's facts.
     pub async fn test(&self, id_or_name: &str, typed: Option<Secret>) -> Result<ServerFacts> {
         let profiles = self.clone();

@@ -174,6 +174,38 @@ impl Keychain {
 
 const SECRET_SERVICE: &str = "Secret Service";
 
+/// Whether the Neon API key is in the keychain, as Settings shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NeonKeyStatus {
+    /// A key is stored.
+    pub stored: bool,
+}
+
+impl Keychain {
+    /// Stores the Neon API key (Settings). It is checked only for shape here; the Neon client reports a
+    /// key Neon refuses.
+    pub fn set_neon_api_key(&self, key: &Secret) -> Result<NeonKeyStatus> {
+        let value = key.expose().trim();
+        if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid_input("Neon API key", "must be one word without spaces (copy it from Neon's Account settings → API keys)"));
+        }
+        self.set(&SecretKey::NeonApiKey, "Tidepool: Neon API key", &Secret::new(value))?;
+        Ok(NeonKeyStatus { stored: true })
+    }
+
+    /// Whether the Neon API key is stored.
+    pub fn neon_api_key_status(&self) -> Result<NeonKeyStatus> {
+        Ok(NeonKeyStatus { stored: self.get(&SecretKey::NeonApiKey)?.is_some() })
+    }
+
+    /// Removes the Neon API key.
+    pub fn remove_neon_api_key(&self) -> Result<NeonKeyStatus> {
+        self.delete(&SecretKey::NeonApiKey)?;
+        Ok(NeonKeyStatus { stored: false })
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn platform_store() -> std::result::Result<(Arc<CredentialStore>, &'static str), KeyringError> {
     let store: Arc<CredentialStore> = zbus_secret_service_keyring_store::Store::new()?;

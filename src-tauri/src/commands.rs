@@ -1,9 +1,72 @@
-//! The commands the UI may call. Each is one line: validate the transport value, call the engine.
+//! The commands the UI may call. Each is one engine call; errors reach the UI as `{kind, message}`.
+//! Commands that touch the keychain (blocking D-Bus calls) run off the main thread (`async`).
 
-use tidepool::connection::{self, ConnectionForm, ServerFacts};
+use tauri::State;
+use tidepool::connection::ServerFacts;
+use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
+use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
+use tidepool::Error;
 
-/// Connects with the form's values and reads the server's facts.
+/// Every saved profile with the state of its password.
+#[tauri::command(async)]
+pub fn list_profiles(profiles: State<'_, Profiles>) -> Result<Vec<ProfileView>, Error> {
+    profiles.list()
+}
+
+/// Creates (`id` = null) or updates a profile; a given password goes to the keychain.
+#[tauri::command(async)]
+pub fn save_profile(
+    profiles: State<'_, Profiles>,
+    id: Option<String>,
+    draft: ProfileDraft,
+    password: Option<Secret>,
+) -> Result<ProfileView, Error> {
+    profiles.save(id.as_deref(), draft, password)
+}
+
+/// Deletes a profile and its password in the keychain.
+#[tauri::command(async)]
+pub fn delete_profile(profiles: State<'_, Profiles>, id: String) -> Result<(), Error> {
+    profiles.delete(&id)
+}
+
+/// "Autofill with URL": the form's fields from a pasted URL or key=value string.
 #[tauri::command]
-pub async fn test_connection(form: ConnectionForm) -> Result<ServerFacts, tidepool::Error> {
-    connection::test_connection(&form.into_spec()?).await
+pub fn autofill(text: String) -> Result<Autofill, Error> {
+    profile::autofill(&text)
+}
+
+/// "Test connection" with the form as it stands; the password typed, else the keychain's.
+#[tauri::command]
+pub async fn test_connection(
+    profiles: State<'_, Profiles>,
+    id: Option<String>,
+    draft: ProfileDraft,
+    password: Option<Secret>,
+) -> Result<ServerFacts, Error> {
+    profiles.test_draft(id, draft, password).await
+}
+
+/// Whether the OS keychain opens.
+#[tauri::command(async)]
+pub fn keychain_status() -> KeychainStatus {
+    Keychain::status()
+}
+
+/// Whether a Neon API key is stored.
+#[tauri::command(async)]
+pub fn neon_key_status() -> Result<NeonKeyStatus, Error> {
+    Keychain::open()?.neon_api_key_status()
+}
+
+/// Stores the Neon API key in the keychain.
+#[tauri::command(async)]
+pub fn set_neon_key(key: Secret) -> Result<NeonKeyStatus, Error> {
+    Keychain::open()?.set_neon_api_key(&key)
+}
+
+/// Removes the Neon API key from the keychain.
+#[tauri::command(async)]
+pub fn remove_neon_key() -> Result<NeonKeyStatus, Error> {
+    Keychain::open()?.remove_neon_api_key()
 }

@@ -7,23 +7,41 @@
 
 mod commands;
 
-use tauri::Manager;
-
 /// Starts the app: logging to a file in the app's log folder, then the main window.
 pub fn run() {
     if let Err(message) = display_available() {
         eprintln!("{message}");
         std::process::exit(2);
     }
+    // The engine's data dir (TIDEPOOL_DATA_DIR, else the platform's, the same as Tauri's app data dir),
+    // so the app and the `tidepool` command line share profiles.
+    let data_dir = match tidepool::profile::data_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("Tidepool cannot start: {}", e.message());
+            std::process::exit(2);
+        }
+    };
     tauri::Builder::default()
-        .setup(|app| {
-            let log_dir = app.path().app_log_dir()?;
+        .manage(tidepool::profile::Profiles::open(&data_dir))
+        .setup(move |_app| {
+            let log_dir = data_dir.join("logs");
             std::fs::create_dir_all(&log_dir)?;
             init_logging(&log_dir);
-            tracing::info!(version = env!("CARGO_PKG_VERSION"), "Tidepool started");
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "Tidepool started");
             Ok(())
         })
-        .invoke_handler(tauri::generate_handler![commands::test_connection])
+        .invoke_handler(tauri::generate_handler![
+            commands::list_profiles,
+            commands::save_profile,
+            commands::delete_profile,
+            commands::autofill,
+            commands::test_connection,
+            commands::keychain_status,
+            commands::neon_key_status,
+            commands::set_neon_key,
+            commands::remove_neon_key,
+        ])
         .run(tauri::generate_context!())
         .expect("the Tauri runtime failed to start");
 }

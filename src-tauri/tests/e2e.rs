@@ -4,7 +4,7 @@
 //! Needs a display (the test command runs Xvfb) and `tauri-driver` (on PATH or in `TAURI_DRIVER`).
 //! Screenshots of the window after each case go to `artifacts/e2e/` (or `TIDEPOOL_ARTIFACTS`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -43,7 +43,8 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
+    /// A driver whose app instances keep their data (profiles, logs) in `data_dir`.
+    fn start(data_dir: &Path) -> Driver {
         assert!(
             std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some(),
             "the desktop end-to-end tests need a display: run them through the README's test command, \
@@ -55,6 +56,7 @@ impl Driver {
             .args(["--port", &port.to_string(), "--native-port", &free_port().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .env("TIDEPOOL_DATA_DIR", data_dir)
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {program:?} (install it with `cargo install tauri-driver`): {e}"));
@@ -137,6 +139,51 @@ async fn fill_connection_form(client: &Client, password: &str, database: &str) {
     client.find(Locator::Css(&by_test_id("test-connection"))).await.unwrap().click().await.unwrap();
 }
 
+async fn click(client: &Client, id: &str) {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id(id)))
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {id}: {e:?}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {id}: {e:?}"));
+}
+
+/// Waits until the element's text satisfies `ok`, and returns it.
+async fn wait_for_text(client: &Client, id: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = text_of(client, id).await;
+        if ok(&text) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn temp_data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidepool-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
 fn fresh_database(name: &str) -> String {
     cluster().psql("postgres", &format!("CREATE DATABASE {};", tidepool::sql::ident(name))).unwrap();
     name.to_string()
@@ -146,7 +193,8 @@ fn fresh_database(name: &str) -> String {
 async fn test_connection_shows_the_servers_facts() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let database = fresh_database("e2e_facts");
-    let driver = Driver::start();
+    let data = temp_data_dir("facts");
+    let driver = Driver::start(&data);
     let client = driver.session().await;
 
     let password = cluster().superuser_password().expose().to_string();
@@ -166,7 +214,8 @@ async fn test_connection_shows_the_servers_facts() {
 async fn a_wrong_password_shows_an_authentication_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let database = fresh_database("e2e_wrong_password");
-    let driver = Driver::start();
+    let data = temp_data_dir("wrong_password");
+    let driver = Driver::start(&data);
     let client = driver.session().await;
 
     fill_connection_form(&client, "definitely-wrong", &database).await;
@@ -179,4 +228,63 @@ async fn a_wrong_password_shows_an_authentication_error() {
     assert_eq!(kind, "Authentication");
     assert!(message.contains("password authentication failed"), "{message}");
     assert!(!page.contains("definitely-wrong"), "the typed password is in the page's markup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_keychain() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "this test uses the real Secret Service: run it through script/test"
+    );
+    let database = fresh_database("e2e_profile");
+    let data = temp_data_dir("profile");
+    let password = cluster().superuser_password().expose().to_string();
+    let driver = Driver::start(&data);
+
+    // Autofill from a URL and save.
+    let client = driver.session().await;
+    click(&client, "autofill-open").await;
+    fill(
+        &client,
+        "autofill-input",
+        &format!("postgresql://postgres:{password}@127.0.0.1:{}/{database}?sslmode=disable", cluster().port()),
+    )
+    .await;
+    click(&client, "autofill-apply").await;
+    assert_eq!(
+        client.find(Locator::Css(&by_test_id("database"))).await.unwrap().prop("value").await.unwrap().as_deref(),
+        Some(database.as_str())
+    );
+    fill(&client, "name", "Local e2e").await;
+    screenshot(&client, "profile-autofilled").await;
+    click(&client, "save-profile").await;
+    let state = wait_for_text(&client, "secret-Local e2e", |t| t == "Password in keychain").await;
+    assert_eq!(state, "Password in keychain");
+    screenshot(&client, "profile-saved").await;
+    client.close().await.unwrap();
+
+    // Restart: a new app process reads the same data directory.
+    let client = driver.session().await;
+    click(&client, "profile-Local e2e").await;
+    assert_eq!(text_of(&client, "secret-Local e2e").await, "Password in keychain");
+    click(&client, "test-connection").await;
+    let wal_level = text_of(&client, "fact-wal-level").await;
+    let db = text_of(&client, "fact-database").await;
+    screenshot(&client, "profile-after-restart").await;
+    client.close().await.unwrap();
+    assert_eq!(wal_level, "logical");
+    assert_eq!(db, database);
+
+    // The password is in the keychain (as libsecret's own client sees it) and in no file Tidepool wrote.
+    let profiles: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("profiles.json")).unwrap()).unwrap();
+    let id = profiles["profiles"][0]["id"].as_str().unwrap();
+    let lookup = Command::new("secret-tool")
+        .args(["lookup", "service", "Tidepool", "username", &format!("profile-{id}")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&lookup.stdout), password);
+    assert_eq!(files_containing(&data, &password), Vec::<String>::new());
+    assert!(data.join("logs").is_dir(), "the app writes its log in its data directory");
 }

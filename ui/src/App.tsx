@@ -1,17 +1,73 @@
 import logo from "../../icons/tidepool.svg";
-import { ConnectionPanel } from "./components/ConnectionPanel";
+import { useCallback, useEffect, useState } from "react";
+
+import { ErrorNotice } from "./components/ErrorNotice";
+import { ProfileEditor } from "./components/ProfileEditor";
+import { ProfileList } from "./components/ProfileList";
+import { SettingsPanel } from "./components/SettingsPanel";
+import * as backend from "./lib/backend";
+import type { BackendError, ProfileView } from "./lib/types";
+
+type View = { screen: "profile"; id: string | null } | { screen: "settings" };
 
 export function App() {
+  const [profiles, setProfiles] = useState<ProfileView[] | null>(null);
+  const [loadError, setLoadError] = useState<BackendError | null>(null);
+  const [view, setView] = useState<View>({ screen: "profile", id: null });
+
+  const reload = useCallback(async () => {
+    try {
+      setProfiles(await backend.listProfiles());
+      setLoadError(null);
+    } catch (error) {
+      setLoadError(error as BackendError);
+      setProfiles([]);
+    }
+  }, []);
+
+  useEffect(() => {
+    void reload();
+  }, [reload]);
+
+  const selected = view.screen === "profile" && view.id ? (profiles?.find((p) => p.id === view.id) ?? null) : null;
   return (
     <div className="app">
       <header className="topbar">
         <img src={logo} alt="" width={28} height={28} />
         <h1>Tidepool</h1>
         <span className="muted">PostgreSQL changes, live and local</span>
+        <span className="spacer" />
+        <button type="button" className="secondary" data-testid="open-settings" onClick={() => setView({ screen: "settings" })}>
+          Settings
+        </button>
       </header>
-      <main>
-        <ConnectionPanel />
-      </main>
+      <div className="layout">
+        <ProfileList
+          profiles={profiles}
+          selected={view.screen === "profile" ? view.id : null}
+          onSelect={(id) => setView({ screen: "profile", id })}
+          onNew={() => setView({ screen: "profile", id: null })}
+        />
+        <main>
+          {loadError && <ErrorNotice error={loadError} testId="load-error" />}
+          {view.screen === "settings" ? (
+            <SettingsPanel />
+          ) : (
+            <ProfileEditor
+              key={view.id ?? "new"}
+              profile={selected}
+              onSaved={(saved) => {
+                void reload();
+                setView({ screen: "profile", id: saved.id });
+              }}
+              onDeleted={() => {
+                void reload();
+                setView({ screen: "profile", id: null });
+              }}
+            />
+          )}
+        </main>
+      </div>
     </div>
   );
 }

@@ -23,13 +23,62 @@ export type SslMode = "disable" | "allow" | "prefer" | "require" | "verify-ca" |
 
 export const SSL_MODES: SslMode[] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
-/** The connection form, as Estuary Flow's PostgreSQL capture names its fields. */
-export interface ConnectionForm {
+export type ChannelBinding = "disable" | "prefer" | "require";
+
+export type PasswordStorage = "keychain" | "askEachTime";
+
+/** A profile as the form edits it: Estuary Flow's fields (the password travels separately). */
+export interface ProfileDraft {
+  name: string;
   address: string;
   user: string;
-  password: string;
   database: string;
   sslmode: SslMode;
+  sslrootcert: string | null;
+  options: string | null;
+  channelBinding: ChannelBinding;
+  publication: string | null;
+  slot: string | null;
+  applicationName: string | null;
+  passwordStorage: PasswordStorage;
+}
+
+/** Where a saved profile's password stands. */
+export type SecretState = "inKeychain" | "missingFromKeychain" | "askEachTime" | "keychainUnavailable";
+
+/** A saved profile as the engine lists it. */
+export interface ProfileView {
+  id: string;
+  name: string;
+  host: string;
+  port: number;
+  user: string;
+  database: string;
+  sslmode: SslMode;
+  sslrootcert?: string;
+  options?: string;
+  channelBinding: ChannelBinding;
+  publication: string;
+  slot: string;
+  applicationName: string;
+  password: PasswordStorage;
+  address: string;
+  secret: SecretState;
+}
+
+export type Advice = { kind: "neonPooler"; pooledHost: string; directHost: string };
+
+/** What "Autofill with URL" returns. `password` is the one that was in the pasted text, if any. */
+export interface Autofill {
+  draft: ProfileDraft;
+  password: string | null;
+  advice: Advice[];
+}
+
+export type KeychainStatus = { state: "available"; backend: string } | { state: "unavailable"; reason: string };
+
+export interface NeonKeyStatus {
+  stored: boolean;
 }
 
 export type ReplicationRight =
@@ -57,4 +106,40 @@ export function isBackendError(value: unknown): value is BackendError {
     typeof (value as BackendError).kind === "string" &&
     typeof (value as BackendError).message === "string"
   );
+}
+
+/** A blank form with the engine's defaults. */
+export function emptyDraft(): ProfileDraft {
+  return {
+    name: "",
+    address: "",
+    user: "",
+    database: "postgres",
+    sslmode: "prefer",
+    sslrootcert: null,
+    options: null,
+    channelBinding: "prefer",
+    publication: null,
+    slot: null,
+    applicationName: null,
+    passwordStorage: "keychain",
+  };
+}
+
+/** The form's fields for a saved profile. */
+export function draftOf(profile: ProfileView): ProfileDraft {
+  return {
+    name: profile.name,
+    address: profile.address,
+    user: profile.user,
+    database: profile.database,
+    sslmode: profile.sslmode,
+    sslrootcert: profile.sslrootcert ?? null,
+    options: profile.options ?? null,
+    channelBinding: profile.channelBinding,
+    publication: profile.publication,
+    slot: profile.slot,
+    applicationName: profile.applicationName,
+    passwordStorage: profile.password,
+  };
 }

@@ -1,10 +1,19 @@
 // The only module that talks to the desktop shell. Everything else imports from here, so the UI can be
-// tested with this module mocked, and the shell's command names live in one place.
+// tested with this module replaced, and the shell's command names live in one place.
 import { invoke } from "@tauri-apps/api/core";
 
-import { isBackendError, type BackendError, type ConnectionForm, type ServerFacts } from "../types";
+import {
+  isBackendError,
+  type Autofill,
+  type BackendError,
+  type KeychainStatus,
+  type NeonKeyStatus,
+  type ProfileDraft,
+  type ProfileView,
+  type ServerFacts,
+} from "../types";
 
-async function call<T>(command: string, args: Record<string, unknown>): Promise<T> {
+async function call<T>(command: string, args: Record<string, unknown> = {}): Promise<T> {
   try {
     return await invoke<T>(command, args);
   } catch (error) {
@@ -17,7 +26,26 @@ function toBackendError(error: unknown): BackendError {
   return { kind: "Internal", message: String(error) };
 }
 
-/** Connects with the form's values and reads the server's facts. */
-export function testConnection(form: ConnectionForm): Promise<ServerFacts> {
-  return call<ServerFacts>("test_connection", { form });
-}
+/** Empty strings mean "not given" to the engine. */
+const orNull = (password: string): string | null => (password === "" ? null : password);
+
+export const listProfiles = () => call<ProfileView[]>("list_profiles");
+
+export const saveProfile = (id: string | null, draft: ProfileDraft, password: string) =>
+  call<ProfileView>("save_profile", { id, draft, password: orNull(password) });
+
+export const deleteProfile = (id: string) => call<void>("delete_profile", { id });
+
+export const autofill = (text: string) => call<Autofill>("autofill", { text });
+
+/** Tests the form as it stands; an empty password means "use the keychain's" for a saved profile. */
+export const testConnection = (id: string | null, draft: ProfileDraft, password: string) =>
+  call<ServerFacts>("test_connection", { id, draft, password: orNull(password) });
+
+export const keychainStatus = () => call<KeychainStatus>("keychain_status");
+
+export const neonKeyStatus = () => call<NeonKeyStatus>("neon_key_status");
+
+export const setNeonKey = (key: string) => call<NeonKeyStatus>("set_neon_key", { key });
+
+export const removeNeonKey = () => call<NeonKeyStatus>("remove_neon_key");

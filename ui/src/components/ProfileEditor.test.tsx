@@ -1,0 +1,177 @@
+import { render, screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import type { ProfileView, ServerFacts } from "../lib/types";
+import { ProfileEditor } from "./ProfileEditor";
+
+// A fake backend: each test says how calls answer; calls are recorded with their arguments.
+const backend = vi.hoisted(() => ({
+  calls: [] as { command: string; args: unknown[] }[],
+  answers: {} as Record<string, (...args: unknown[]) => Promise<unknown>>,
+}));
+vi.mock("../lib/backend", () => {
+  const command =
+    (name: string) =>
+    (...args: unknown[]) => {
+      backend.calls.push({ command: name, args });
+      const answer = backend.answers[name];
+      return answer ? answer(...args) : new Promise(() => {});
+    };
+  return {
+    autofill: command("autofill"),
+    saveProfile: command("saveProfile"),
+    testConnection: command("testConnection"),
+    deleteProfile: command("deleteProfile"),
+  };
+});
+
+const answer = (name: string, fn: (...args: unknown[]) => Promise<unknown>) => (backend.answers[name] = fn);
+const callsOf = (name: string) => backend.calls.filter((c) => c.command === name).map((c) => c.args);
+
+const FACTS: ServerFacts = {
+  serverVersion: "15.18 (Debian 15.18-0+deb12u1)",
+  serverVersionNum: 150018,
+  currentUser: "cdc_role",
+  database: "neondb",
+  walLevel: "logical",
+  replication: { basis: "membership", role: "neon_superuser" },
+  tls: true,
+  roundTripMs: 1.234,
+};
+
+const SAVED: ProfileView = {
+  id: "abc123",
+  name: "Prod",
+  host: "db.example.com",
+  port: 6543,
+  user: "cdc_role",
+  database: "neondb",
+  sslmode: "require",
+  channelBinding: "prefer",
+  publication: "tidepool_publication",
+  slot: "tidepool_slot",
+  applicationName: "tidepool",
+  password: "keychain",
+  address: "db.example.com:6543",
+  secret: "inKeychain",
+};
+
+const POOLED = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech";
+const DIRECT = "ep-cool-darkness-123456.us-east-2.aws.neon.tech";
+
+describe("ProfileEditor", () => {
+  beforeEach(() => {
+    backend.calls = [];
+    backend.answers = {};
+  });
+
+  it("autofills from a URL, flags a Neon pooled host and switches to the direct host", async () => {
+    answer("autofill", async () => ({
+      draft: {
+        name: "",
+        address: `${POOLED}:5432`,
+        user: "neondb_owner",
+        database: "neondb",
+        sslmode: "require",
+        sslrootcert: null,
+        options: null,
+        channelBinding: "prefer",
+        publication: null,
+        slot: null,
+        applicationName: "tidepool",
+        passwordStorage: "keychain",
+      },
+      password: "AbC123dEf",
+      advice: [{ kind: "neonPooler", pooledHost: POOLED, directHost: DIRECT }],
+    }));
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("autofill-open"));
+    await user.type(screen.getByTestId("autofill-input"), "postgresql://x");
+    await user.click(screen.getByTestId("autofill-apply"));
+
+    expect(callsOf("autofill")).toEqual([["postgresql://x"]]);
+    expect((screen.getByTestId("address") as HTMLInputElement).value).toBe(`${POOLED}:5432`);
+    expect((screen.getByTestId("user") as HTMLInputElement).value).toBe("neondb_owner");
+    expect((screen.getByTestId("password") as HTMLInputElement).value).toBe("AbC123dEf");
+    expect((screen.getByTestId("sslmode") as HTMLSelectElement).value).toBe("require");
+    expect(document.body.innerHTML).not.toContain("AbC123dEf");
+
+    await user.click(screen.getByTestId("switch-direct-host"));
+    expect((screen.getByTestId("address") as HTMLInputElement).value).toBe(`${DIRECT}:5432`);
+    expect(screen.queryByTestId("pooler-warning")).toBeNull();
+  });
+
+  it("saves the fields with the typed password, then forgets the password", async () => {
+    answer("saveProfile", async () => SAVED);
+    const onSaved = vi.fn();
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={onSaved} onDeleted={() => {}} />);
+    await user.type(screen.getByTestId("name"), "Prod");
+    await user.type(screen.getByTestId("address"), "db.example.com:6543");
+    await user.type(screen.getByTestId("user"), "cdc_role");
+    await user.type(screen.getByTestId("password"), "hunter2");
+    await user.click(screen.getByTestId("save-profile"));
+
+    await waitFor(() => expect(onSaved).toHaveBeenCalledWith(SAVED));
+    const [[id, draft, password]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>, string]];
+    expect(id).toBeNull();
+    expect(draft).toMatchObject({ name: "Prod", address: "db.example.com:6543", user: "cdc_role", database: "postgres", passwordStorage: "keychain" });
+    expect(draft).not.toHaveProperty("password");
+    expect(password).toBe("hunter2");
+    expect((screen.getByTestId("password") as HTMLInputElement).value).toBe("");
+  });
+
+  it("tests a saved profile with the keychain's password when none is typed", async () => {
+    answer("testConnection", async () => FACTS);
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={() => {}} />);
+    expect(screen.getByText(/Stored in the OS keychain. Leave empty to keep it/)).toBeTruthy();
+    await user.click(screen.getByTestId("test-connection"));
+    expect(await screen.findByTestId("fact-server-version")).toHaveProperty("textContent", FACTS.serverVersion);
+    const [[id, , password]] = callsOf("testConnection") as [[string, unknown, string]];
+    expect(id).toBe("abc123");
+    expect(password).toBe("");
+  });
+
+  it("shows an error's kind and offers to ask each time when the keychain fails on save", async () => {
+    answer("saveProfile", async () => {
+      throw { kind: "Keychain", message: "the OS keychain could not be opened (no D-Bus session)" };
+    });
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("save-profile"));
+    expect((await screen.findByTestId("connection-error-kind")).textContent).toBe("Keychain");
+    expect(screen.getByTestId("connection-error").textContent).toContain("Keychain problem");
+    await user.click(screen.getByTestId("use-ask-each-time"));
+    expect((screen.getByTestId("storage-ask") as HTMLInputElement).checked).toBe(true);
+  });
+
+  it("deletes only after confirmation", async () => {
+    answer("deleteProfile", async () => undefined);
+    const onDeleted = vi.fn();
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={onDeleted} />);
+    await user.click(screen.getByTestId("delete-profile"));
+    expect(callsOf("deleteProfile")).toEqual([]);
+    expect(screen.getByText(/and its password in the keychain/)).toBeTruthy();
+    await user.click(screen.getByTestId("confirm-delete"));
+    await waitFor(() => expect(onDeleted).toHaveBeenCalled());
+    expect(callsOf("deleteProfile")).toEqual([["abc123"]]);
+  });
+
+  it("disables the buttons while a test runs", async () => {
+    let resolve: (facts: ServerFacts) => void = () => {};
+    answer("testConnection", () => new Promise((r) => (resolve = r as (facts: ServerFacts) => void)));
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("test-connection"));
+    const button = screen.getByTestId("test-connection") as HTMLButtonElement;
+    expect(button.disabled).toBe(true);
+    expect(button.textContent).toBe("Testing…");
+    resolve(FACTS);
+    await screen.findByTestId("server-facts");
+    expect(button.disabled).toBe(false);
+  });
+});

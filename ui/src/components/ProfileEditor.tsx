@@ -1,0 +1,275 @@
+import { useEffect, useRef, useState, type FormEvent } from "react";
+
+import * as backend from "../lib/backend";
+import {
+  emptyDraft,
+  draftOf,
+  SSL_MODES,
+  type Advice,
+  type BackendError,
+  type ProfileDraft,
+  type ProfileView,
+  type ServerFacts,
+  type SslMode,
+} from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+import { ServerFactsView } from "./ServerFactsView";
+
+type Result =
+  | { status: "idle" }
+  | { status: "busy"; what: "testing" | "saving" | "deleting" }
+  | { status: "connected"; facts: ServerFacts }
+  | { status: "saved" }
+  | { status: "failed"; error: BackendError; during: "test" | "save" | "delete" | "autofill" };
+
+interface Props {
+  /** The saved profile being edited, or null for a new one. */
+  profile: ProfileView | null;
+  onSaved: (profile: ProfileView) => void;
+  onDeleted: () => void;
+}
+
+/** The connection form: Estuary Flow's fields, Sequin's Autofill with URL, save, test, delete. */
+export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
+  const [draft, setDraft] = useState<ProfileDraft>(() => (profile ? draftOf(profile) : emptyDraft()));
+  const [showAdvanced, setShowAdvanced] = useState(false);
+  const [autofillOpen, setAutofillOpen] = useState(false);
+  const [advice, setAdvice] = useState<Advice[]>([]);
+  const [result, setResult] = useState<Result>({ status: "idle" });
+  const [confirmDelete, setConfirmDelete] = useState(false);
+  // The password is an uncontrolled field read only when needed: React mirrors a controlled input's
+  // value into its `value` attribute, which would put the password into the page's markup.
+  const passwordRef = useRef<HTMLInputElement>(null);
+  const autofillRef = useRef<HTMLTextAreaElement>(null);
+
+  useEffect(() => {
+    setDraft(profile ? draftOf(profile) : emptyDraft());
+    setResult({ status: "idle" });
+    setAdvice([]);
+    setConfirmDelete(false);
+    if (passwordRef.current) passwordRef.current.value = "";
+  }, [profile]);
+
+  const update = <K extends keyof ProfileDraft>(key: K, value: ProfileDraft[K]) =>
+    setDraft((previous) => ({ ...previous, [key]: value }));
+  const password = () => passwordRef.current?.value ?? "";
+  const busy = result.status === "busy";
+
+  async function applyAutofill() {
+    try {
+      const fill = await backend.autofill(autofillRef.current?.value ?? "");
+      setDraft((previous) => ({ ...fill.draft, name: previous.name, passwordStorage: previous.passwordStorage }));
+      if (fill.password !== null && passwordRef.current) passwordRef.current.value = fill.password;
+      if (autofillRef.current) autofillRef.current.value = "";
+      setAdvice(fill.advice);
+      setShowAdvanced(fill.draft.sslmode !== "prefer" || fill.draft.options !== null);
+      setAutofillOpen(false);
+      setResult({ status: "idle" });
+    } catch (error) {
+      setResult({ status: "failed", error: error as BackendError, during: "autofill" });
+    }
+  }
+
+  function switchToDirectHost(item: Advice) {
+    setDraft((previous) => ({ ...previous, address: previous.address.replace(item.pooledHost, item.directHost) }));
+    setAdvice((list) => list.filter((a) => a !== item));
+  }
+
+  async function save(event: FormEvent) {
+    event.preventDefault();
+    setResult({ status: "busy", what: "saving" });
+    try {
+      const saved = await backend.saveProfile(profile?.id ?? null, draft, password());
+      if (passwordRef.current) passwordRef.current.value = "";
+      setResult({ status: "saved" });
+      onSaved(saved);
+    } catch (error) {
+      setResult({ status: "failed", error: error as BackendError, during: "save" });
+    }
+  }
+
+  async function test() {
+    setResult({ status: "busy", what: "testing" });
+    try {
+      const facts = await backend.testConnection(profile?.id ?? null, draft, password());
+      setResult({ status: "connected", facts });
+    } catch (error) {
+      setResult({ status: "failed", error: error as BackendError, during: "test" });
+    }
+  }
+
+  async function remove() {
+    if (!profile) return;
+    setResult({ status: "busy", what: "deleting" });
+    try {
+      await backend.deleteProfile(profile.id);
+      onDeleted();
+    } catch (error) {
+      setResult({ status: "failed", error: error as BackendError, during: "delete" });
+    }
+  }
+
+  const keepsPassword = profile?.password === "keychain" && profile.secret === "inKeychain";
+  return (
+    <section className="card" aria-labelledby="editor-heading">
+      <div className="card-head">
+        <h2 id="editor-heading">{profile ? profile.name : "New connection"}</h2>
+        <button type="button" className="secondary" data-testid="autofill-open" onClick={() => setAutofillOpen((v) => !v)}>
+          Autofill with URL
+        </button>
+      </div>
+      {autofillOpen && (
+        <div className="autofill">
+          <label>
+            Connection string
+            <textarea
+              ref={autofillRef}
+              data-testid="autofill-input"
+              rows={2}
+              spellCheck={false}
+              placeholder="postgresql://user:password@ep-cool-darkness-123456.us-east-2.aws.neon.tech/neondb?sslmode=require"
+            />
+            <span className="hint">A postgres:// URL or key=value pairs. The password goes to the keychain when you save.</span>
+          </label>
+          <div className="actions">
+            <button type="button" data-testid="autofill-apply" onClick={applyAutofill}>
+              Fill in the form
+            </button>
+          </div>
+        </div>
+      )}
+      {advice.map((item) => (
+        <div className="warning" role="status" key={item.pooledHost} data-testid="pooler-warning">
+          <strong>This is Neon's pooled host.</strong> Logical replication needs the direct host: connection pooling
+          (PgBouncer in transaction mode) cannot carry a replication connection.{" "}
+          <button type="button" className="link" data-testid="switch-direct-host" onClick={() => switchToDirectHost(item)}>
+            Use {item.directHost}
+          </button>
+        </div>
+      ))}
+      <form onSubmit={save} className="form" noValidate>
+        <label>
+          Name
+          <input data-testid="name" value={draft.name} onChange={(e) => update("name", e.target.value)} placeholder="Production" autoComplete="off" />
+        </label>
+        <label>
+          Server address
+          <input
+            data-testid="address"
+            value={draft.address}
+            onChange={(e) => update("address", e.target.value)}
+            placeholder="ep-cool-darkness-123456.us-east-2.aws.neon.tech:5432"
+            autoComplete="off"
+            spellCheck={false}
+          />
+          <span className="hint">host[:port]; the port defaults to 5432</span>
+        </label>
+        <label>
+          User
+          <input data-testid="user" value={draft.user} onChange={(e) => update("user", e.target.value)} placeholder="cdc_role" autoComplete="off" spellCheck={false} />
+        </label>
+        <label>
+          Password
+          <input data-testid="password" type="password" ref={passwordRef} autoComplete="off" />
+          <span className="hint">
+            {draft.passwordStorage === "askEachTime"
+              ? "Not stored: typed each time you connect."
+              : keepsPassword
+                ? "Stored in the OS keychain. Leave empty to keep it; type a new one to replace it."
+                : "Stored only in the OS keychain, never in a file."}
+          </span>
+        </label>
+        <label>
+          Database
+          <input data-testid="database" value={draft.database} onChange={(e) => update("database", e.target.value)} autoComplete="off" spellCheck={false} />
+        </label>
+        <fieldset className="inline">
+          <legend>Password storage</legend>
+          <label className="radio">
+            <input type="radio" name="storage" data-testid="storage-keychain" checked={draft.passwordStorage === "keychain"} onChange={() => update("passwordStorage", "keychain")} />
+            OS keychain
+          </label>
+          <label className="radio">
+            <input type="radio" name="storage" data-testid="storage-ask" checked={draft.passwordStorage === "askEachTime"} onChange={() => update("passwordStorage", "askEachTime")} />
+            Ask each time
+          </label>
+        </fieldset>
+        <button type="button" className="link" onClick={() => setShowAdvanced((v) => !v)} aria-expanded={showAdvanced}>
+          {showAdvanced ? "Hide advanced options" : "Advanced options"}
+        </button>
+        {showAdvanced && (
+          <div className="advanced">
+            <label>
+              SSL mode
+              <select data-testid="sslmode" value={draft.sslmode} onChange={(e) => update("sslmode", e.target.value as SslMode)}>
+                {SSL_MODES.map((mode) => (
+                  <option key={mode} value={mode}>
+                    {mode}
+                  </option>
+                ))}
+              </select>
+              <span className="hint">As libpq: require encrypts; verify-ca checks the authority; verify-full also checks the host name.</span>
+            </label>
+            <label>
+              Root certificate file
+              <input data-testid="sslrootcert" value={draft.sslrootcert ?? ""} onChange={(e) => update("sslrootcert", e.target.value || null)} placeholder="system roots" spellCheck={false} />
+            </label>
+            <label>
+              Publication
+              <input data-testid="publication" value={draft.publication ?? ""} onChange={(e) => update("publication", e.target.value || null)} placeholder="tidepool_publication" spellCheck={false} />
+            </label>
+            <label>
+              Replication slot
+              <input data-testid="slot" value={draft.slot ?? ""} onChange={(e) => update("slot", e.target.value || null)} placeholder="tidepool_slot" spellCheck={false} />
+            </label>
+            <label>
+              Application name
+              <input data-testid="application-name" value={draft.applicationName ?? ""} onChange={(e) => update("applicationName", e.target.value || null)} placeholder="tidepool" spellCheck={false} />
+            </label>
+          </div>
+        )}
+        <div className="actions">
+          <button type="submit" data-testid="save-profile" disabled={busy}>
+            {result.status === "busy" && result.what === "saving" ? "Saving…" : "Save"}
+          </button>
+          <button type="button" className="secondary" data-testid="test-connection" disabled={busy} onClick={test}>
+            {result.status === "busy" && result.what === "testing" ? "Testing…" : "Test connection"}
+          </button>
+          {profile && !confirmDelete && (
+            <button type="button" className="danger" data-testid="delete-profile" disabled={busy} onClick={() => setConfirmDelete(true)}>
+              Delete
+            </button>
+          )}
+          {profile && confirmDelete && (
+            <span className="confirm">
+              Delete “{profile.name}” and its password in the keychain?{" "}
+              <button type="button" className="danger" data-testid="confirm-delete" onClick={remove}>
+                Delete
+              </button>{" "}
+              <button type="button" className="secondary" onClick={() => setConfirmDelete(false)}>
+                Cancel
+              </button>
+            </span>
+          )}
+        </div>
+      </form>
+      <div aria-live="polite">
+        {result.status === "saved" && (
+          <p className="ok" data-testid="saved">
+            Saved.
+          </p>
+        )}
+        {result.status === "connected" && <ServerFactsView facts={result.facts} />}
+        {result.status === "failed" && (
+          <ErrorNotice error={result.error} testId="connection-error">
+            {result.error.kind === "Keychain" && result.during === "save" && (
+              <button type="button" className="link" data-testid="use-ask-each-time" onClick={() => update("passwordStorage", "askEachTime")}>
+                Ask for the password each time instead
+              </button>
+            )}
+          </ErrorNotice>
+        )}
+      </div>
+    </section>
+  );
+}

@@ -1,0 +1,48 @@
+import { render, screen } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { describe, expect, it, vi } from "vitest";
+
+import type { ProfileView } from "../lib/types";
+import { ProfileList } from "./ProfileList";
+
+const profile = (name: string, secret: ProfileView["secret"]): ProfileView => ({
+  id: name,
+  name,
+  host: "h",
+  port: 5432,
+  user: "u",
+  database: "d",
+  sslmode: "prefer",
+  channelBinding: "prefer",
+  publication: "p",
+  slot: "s",
+  applicationName: "tidepool",
+  password: secret === "askEachTime" ? "askEachTime" : "keychain",
+  address: "h:5432",
+  secret,
+});
+
+describe("ProfileList", () => {
+  it("shows where each profile's password stands and selects on click", async () => {
+    const onSelect = vi.fn();
+    render(
+      <ProfileList
+        profiles={[profile("A", "inKeychain"), profile("B", "missingFromKeychain"), profile("C", "askEachTime")]}
+        selected="A"
+        onSelect={onSelect}
+        onNew={() => {}}
+      />,
+    );
+    expect(screen.getByTestId("secret-A").textContent).toBe("Password in keychain");
+    expect(screen.getByTestId("secret-B").textContent).toBe("Password missing from keychain");
+    expect(screen.getByTestId("secret-C").textContent).toBe("Asks for the password");
+    expect(screen.getByTestId("profile-A").getAttribute("aria-current")).toBe("true");
+    await userEvent.setup().click(screen.getByTestId("profile-B"));
+    expect(onSelect).toHaveBeenCalledWith("B");
+  });
+
+  it("explains the empty state", () => {
+    render(<ProfileList profiles={[]} selected={null} onSelect={() => {}} onNew={() => {}} />);
+    expect(screen.getByTestId("no-profiles").textContent).toContain("Autofill with URL");
+  });
+});
