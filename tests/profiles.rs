@@ -178,3 +178,17 @@ fn without_a_keychain_nothing_is_saved_and_ask_each_time_still_works() {
     assert_eq!(profiles.get("Asks").unwrap().password, PasswordStorage::AskEachTime);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_neon_api_key_lives_in_the_keychain_only() {
+    require_keyring_session();
+    let keychain = tidepool::secrets::Keychain::open().unwrap();
+    let err = keychain.set_neon_api_key(&Secret::new("two words")).unwrap_err();
+    assert!(err.message().starts_with("Neon API key:"), "{}", err.message());
+
+    assert!(keychain.set_neon_api_key(&Secret::new("  napi_test_0123456789  ")).unwrap().stored);
+    assert!(keychain.neon_api_key_status().unwrap().stored);
+    assert_eq!(secret_tool_lookup("neon-api-key").as_deref(), Some("napi_test_0123456789"));
+    assert!(!keychain.remove_neon_api_key().unwrap().stored);
+    assert_eq!(secret_tool_lookup("neon-api-key"), None);
+}
