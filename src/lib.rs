@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod connection;
 pub mod conninfo;
 pub mod error;
+pub mod pgoutput;
 pub mod pgpass;
 pub mod profile;
 pub mod secrets;
