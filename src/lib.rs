@@ -4,6 +4,7 @@
 //!
 //! Modules are named after the domain. Errors are [`Error`] values with a [`ErrorKind`] to match on.
 
+pub mod capture;
 pub mod cluster;
 pub mod connection;
 pub mod conninfo;
@@ -11,8 +12,12 @@ pub mod error;
 pub mod pgoutput;
 pub mod pgpass;
 pub mod profile;
+pub mod replication;
 pub mod secrets;
+pub mod slot;
 pub mod sql;
+pub mod store;
 pub mod tls;
+pub mod value;
 
 pub use error::{Error, ErrorKind, Result};

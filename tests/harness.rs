@@ -81,6 +81,11 @@ impl TestDb {
         self.cluster.psql(&self.name, sql).expect("test SQL")
     }
 
+    /// The server's current WAL insert position: every transaction committed so far ends at or before it.
+    pub fn current_lsn(&self) -> tidepool::pgoutput::Lsn {
+        self.sql("SELECT pg_current_wal_lsn();").trim().parse().expect("an LSN")
+    }
+
     /// Creates a login role with `attributes` (e.g. `REPLICATION`) and returns a spec that logs in as it.
     pub fn role(&self, prefix: &str, attributes: &str, password: &str) -> ConnectionSpec {
         let role = unique(prefix);

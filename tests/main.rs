@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod capture;
 mod cli;
 mod connection;
 mod profiles;

@@ -4,12 +4,15 @@
 //! Passwords never travel in arguments: a `--url` that carries one is refused; the password comes from
 //! `PGPASSWORD`, the libpq password file, or a prompt on the terminal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
+use tidepool::capture::CaptureOptions;
 use tidepool::conninfo::Conninfo;
+use tidepool::pgoutput::Lsn;
 use tidepool::profile::{self, PasswordStorage, ProfileDraft, Profiles, SecretState};
 use tidepool::secrets::Secret;
 use tidepool::{pgpass, Error, ErrorKind};
@@ -34,6 +37,49 @@ enum Command {
     /// Saved connection profiles (shared with the desktop app; passwords live in the OS keychain).
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Streams every change from a pgoutput slot into a local store, exactly once.
+    Capture {
+        #[command(flatten)]
+        target: Target,
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Publication to decode with (default: the profile's, else tidepool_publication).
+        #[arg(long)]
+        publication: Option<String>,
+        /// Replication slot (default: the profile's, else tidepool_slot).
+        #[arg(long)]
+        slot: Option<String>,
+        /// Create the slot if it does not exist.
+        #[arg(long)]
+        create_slot: bool,
+        /// Exit once every transaction committed at or before this LSN (X/Y) is stored.
+        #[arg(long)]
+        stop_at_lsn: Option<String>,
+    },
+    /// Lists the store's collections: name, current rows, changes.
+    Collections {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a collection's current rows (or its change log) as JSON lines.
+    Preview {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// The collection, e.g. public/orders.
+        collection: String,
+        /// The change log in order instead of the current rows.
+        #[arg(long)]
+        changes: bool,
+        /// At most this many documents.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// Which database: a connection string or a saved profile.
@@ -96,6 +142,11 @@ async fn main() -> ExitCode {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
         }
+        Command::Capture { target, store, publication, slot, create_slot, stop_at_lsn } => {
+            (capture(&target, store, publication, slot, create_slot, stop_at_lsn).await, false)
+        }
+        Command::Collections { store, json } => (collections(&store, json), json),
+        Command::Preview { store, collection, changes, limit } => (preview(&store, &collection, changes, limit), false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -229,6 +280,67 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+async fn capture(
+    target: &Target,
+    store: PathBuf,
+    publication: Option<String>,
+    slot: Option<String>,
+    create_slot: bool,
+    stop_at_lsn: Option<String>,
+) -> Result<(), Error> {
+    let spec = spec_for(target)?;
+    let saved = match &target.profile {
+        Some(name) => Some(profiles()?.get(name)?),
+        None => None,
+    };
+    let publication = publication
+        .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
+        .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into());
+    let slot = slot.or_else(|| saved.as_ref().map(|p| p.slot.clone())).unwrap_or_else(|| profile::DEFAULT_SLOT.into());
+    let stop_at = stop_at_lsn.map(|l| l.parse::<Lsn>().map_err(|e| Error::invalid_input("--stop-at-lsn", e.message()))).transpose()?;
+    let options = CaptureOptions { spec, store_dir: store, publication, slot, create_slot, stop_at };
+    let report = tidepool::capture::run(options).await?;
+    eprintln!(
+        "stored {} transactions ({} changes, {} already stored skipped); checkpoint {}",
+        report.transactions, report.changes, report.skipped_transactions, report.checkpoint
+    );
+    Ok(())
+}
+
+fn collections(store: &std::path::Path, json: bool) -> Result<(), Error> {
+    let store = open_existing_store(store)?;
+    let collections = store.collections()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&collections).map_err(Error::internal)?);
+    } else {
+        for c in collections {
+            println!("{}\t{}\t{}", c.name, c.rows, c.changes);
+        }
+    }
+    Ok(())
+}
+
+fn preview(store: &std::path::Path, collection: &str, changes: bool, limit: usize) -> Result<(), Error> {
+    let store = open_existing_store(store)?;
+    let mut out = std::io::stdout().lock();
+    let docs = if changes {
+        store.changes(collection, 0, limit)?.into_iter().map(|(_, d)| d).collect()
+    } else {
+        store.rows(collection, limit)?
+    };
+    for doc in docs {
+        writeln!(out, "{doc}").map_err(Error::internal)?;
+    }
+    Ok(())
+}
+
+fn open_existing_store(dir: &std::path::Path) -> Result<tidepool::store::Store, Error> {
+    if !dir.join("tidepool.db").exists() {
+        return Err(Error::new(ErrorKind::NotFound, format!("--store: {} holds no Tidepool store", dir.display())));
+    }
+    tidepool::store::Store::open(dir)
 }
 
 fn describe_secret(state: &SecretState) -> &'static str {

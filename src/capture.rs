@@ -1,0 +1,515 @@
+//! Capture: every insert, update, delete and truncate from a pgoutput slot, stored exactly once.
+//!
+//! The stream is decoded message by message ([`crate::pgoutput`]); each source transaction is written
+//! into the store inside a store batch, and the batch is committed together with the new checkpoint
+//! (the transaction's end LSN). Several source transactions share one batch while more are already
+//! waiting, so a busy stream pays one fsync per batch, an idle one per transaction.
+//!
+//! Invariants (what is acknowledged to PostgreSQL and when):
+//! - The LSN confirmed to the server is always the store's checkpoint, and it is confirmed only after
+//!   the store commit that wrote it has returned. `confirmed_flush_lsn` never passes the checkpoint.
+//! - Exactly once: streaming resumes at the checkpoint, and a transaction whose commit record lies
+//!   before the checkpoint (one stored whose confirmation never reached the server) is skipped whole.
+//! - An idle slot still advances: a keepalive's position is stored as the checkpoint and confirmed when
+//!   no transaction is open and nothing is unstored, so WAL is not retained while captured tables are
+//!   quiet.
+//! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
+//!   FULL), else from the stored row, else the column is left out and named in `_meta.unknown`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value as Json};
+use tokio_postgres::Client;
+
+use crate::connection::{connect, ConnectionSpec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
+use crate::replication::{Event, Stream, StreamOptions};
+use crate::slot;
+use crate::sql;
+use crate::store::{CollectionSpec, Op, Store};
+use crate::value::{builtin, Kind};
+
+/// What to capture and where to.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// The source database.
+    pub spec: ConnectionSpec,
+    /// The store folder.
+    pub store_dir: PathBuf,
+    /// Publication to decode with.
+    pub publication: String,
+    /// Slot to stream from.
+    pub slot: String,
+    /// Create the slot when it does not exist.
+    pub create_slot: bool,
+    /// Stop once every transaction committed at or before this LSN is stored.
+    pub stop_at: Option<Lsn>,
+}
+
+/// What a capture run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureReport {
+    /// Source transactions stored.
+    pub transactions: u64,
+    /// Changes stored.
+    pub changes: u64,
+    /// Transactions skipped because they were stored before (resent after a crash).
+    pub skipped_transactions: u64,
+    /// The checkpoint at the end.
+    pub checkpoint: String,
+}
+
+/// Most changes one store batch may group across source transactions before it is committed.
+const MAX_BATCH_CHANGES: u64 = 20_000;
+/// Longest a batch may stay open while more transactions keep arriving.
+const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
+
+struct ColumnInfo {
+    name: String,
+    type_oid: u32,
+    kind: Kind,
+}
+
+struct Relation {
+    collection: String,
+    schema: String,
+    table: String,
+    columns: Vec<ColumnInfo>,
+    key: Vec<usize>,
+    recorded: bool,
+}
+
+struct Transaction {
+    final_lsn: Lsn,
+    xid: u32,
+    ts_ms: i64,
+    skip: bool,
+    index: u64,
+}
+
+struct Capture {
+    options: CaptureOptions,
+    store: Store,
+    sql: Option<Client>,
+    relations: HashMap<u32, Relation>,
+    types: HashMap<u32, Kind>,
+    checkpoint: Lsn,
+    report: CaptureReport,
+}
+
+enum Outcome {
+    Stopped,
+    Ended,
+}
+
+/// Runs a capture until `stop_at` is reached (or forever). Connection losses are retried with backoff
+/// from the checkpoint; other errors end the run.
+pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
+    let store = Store::open(&options.store_dir)?;
+    let checkpoint = store.checkpoint()?;
+    let sql = connect(&options.spec).await?;
+    check_publication(&sql, &options.publication).await?;
+    slot::ensure(&sql, &options.slot, options.create_slot).await?;
+    let mut capture = Capture {
+        options,
+        store,
+        sql: Some(sql),
+        relations: HashMap::new(),
+        types: HashMap::new(),
+        checkpoint,
+        report: CaptureReport::default(),
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = Instant::now();
+        let result = capture.stream().await;
+        // Whatever happened, an open batch holds only unconfirmed work: drop it, resume from the checkpoint.
+        capture.store.rollback()?;
+        match result {
+            Ok(Outcome::Stopped) => break,
+            Ok(Outcome::Ended) => tracing::warn!("the server ended the replication stream; reconnecting"),
+            Err(e) if e.kind() == ErrorKind::Connection => tracing::warn!(error = %e, "replication connection lost; reconnecting"),
+            Err(e) => return Err(e),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(250);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        capture.sql = None;
+        capture.relations.clear();
+    }
+    capture.report.checkpoint = capture.checkpoint.to_string();
+    Ok(capture.report)
+}
+
+async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
+    let exists = sql
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| Error::from_postgres(&e, "reading pg_publication"))?
+        .is_some();
+    if !exists {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("publication {} does not exist; create it with CREATE PUBLICATION {} FOR TABLE …", sql::ident(publication), sql::ident(publication)),
+        ));
+    }
+    Ok(())
+}
+
+impl Capture {
+    async fn stream(&mut self) -> Result<Outcome> {
+        if self.reached_stop() {
+            return Ok(Outcome::Stopped);
+        }
+        let mut stream = Stream::start(StreamOptions {
+            spec: &self.options.spec,
+            slot: &self.options.slot,
+            publication: &self.options.publication,
+            start: self.checkpoint,
+        })
+        .await?;
+        let mut decoder = Decoder::new(1);
+        let mut tx: Option<Transaction> = None;
+        let mut pending: Option<Event> = None;
+        let mut batch_started = Instant::now();
+        let mut batch_end = self.checkpoint;
+        loop {
+            let event = match pending.take() {
+                Some(event) => event,
+                None => match stream.next().await? {
+                    Some(event) => event,
+                    None => return Ok(Outcome::Ended),
+                },
+            };
+            match event {
+                Event::Begin { final_lsn, commit_time_micros, xid } => {
+                    let skip = final_lsn < self.checkpoint;
+                    if !skip && !self.store.in_batch() {
+                        self.store.begin()?;
+                        batch_started = Instant::now();
+                    }
+                    tx = Some(Transaction { final_lsn, xid, ts_ms: postgres_time_to_unix_ms(commit_time_micros), skip, index: 0 });
+                }
+                Event::Data(bytes) => {
+                    let message = decoder.decode(&bytes).map_err(|e| Error::internal(format!("decoding pgoutput: {e}")))?;
+                    self.message(message, tx.as_mut()).await?;
+                }
+                Event::Commit { end_lsn, .. } => {
+                    let Some(done) = tx.take() else {
+                        return Err(Error::internal("a Commit arrived without a Begin"));
+                    };
+                    if done.skip {
+                        self.report.skipped_transactions += 1;
+                        continue;
+                    }
+                    self.report.transactions += 1;
+                    batch_end = end_lsn;
+                    // Keep the batch open while more is already waiting, within bounds.
+                    if self.store.batch_len() < MAX_BATCH_CHANGES && batch_started.elapsed() < MAX_BATCH_AGE {
+                        if let Some(next) = stream.next_ready().await? {
+                            pending = Some(next);
+                            continue;
+                        }
+                    }
+                    self.flush(&stream, batch_end)?;
+                    if self.reached_stop() {
+                        stream.stop().await;
+                        return Ok(Outcome::Stopped);
+                    }
+                }
+                Event::KeepAlive { wal_end } => {
+                    if tx.is_none() {
+                        if self.store.in_batch() {
+                            self.flush(&stream, batch_end)?;
+                        }
+                        // Nothing is open or unstored: the server's position is safe to store and confirm,
+                        // which lets an idle slot release WAL.
+                        if wal_end > self.checkpoint {
+                            self.flush(&stream, wal_end)?;
+                        }
+                        if self.reached_stop() {
+                            stream.stop().await;
+                            return Ok(Outcome::Stopped);
+                        }
+                    }
+                }
+                Event::Message { .. } => {}
+            }
+        }
+    }
+
+    fn reached_stop(&self) -> bool {
+        self.options.stop_at.is_some_and(|stop| self.checkpoint >= stop)
+    }
+
+    /// Commits the open batch (or just the checkpoint) and only then confirms it to the server.
+    fn flush(&mut self, stream: &Stream, checkpoint: Lsn) -> Result<()> {
+        let changes = self.store.batch_len();
+        self.store.commit(checkpoint)?;
+        stream.confirm(checkpoint);
+        self.checkpoint = checkpoint;
+        if changes > 0 {
+            tracing::debug!(%checkpoint, changes, "stored");
+        }
+        Ok(())
+    }
+
+    async fn message(&mut self, message: Message, tx: Option<&mut Transaction>) -> Result<()> {
+        match message {
+            Message::Relation { relid, namespace, name, columns, .. } => {
+                let mut infos = Vec::with_capacity(columns.len());
+                for column in &columns {
+                    let kind = self.kind_of(column.type_oid).await?;
+                    infos.push(ColumnInfo { name: column.name.clone(), type_oid: column.type_oid, kind });
+                }
+                let key = columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
+                let collection = format!("{namespace}/{name}");
+                self.relations.insert(relid, Relation { collection, schema: namespace, table: name, columns: infos, key, recorded: false });
+                Ok(())
+            }
+            Message::Type { oid, .. } => {
+                // A type may have changed (ALTER TYPE … ADD VALUE keeps enums text; a new domain needs a lookup).
+                self.types.remove(&oid);
+                Ok(())
+            }
+            Message::Insert { relid, new, .. } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+                self.record_relation(relid)?;
+                let rel = self.relation(relid)?;
+                let (fields, unknown) = row_fields(rel, &new, None, None)?;
+                let key = key_of(rel, &fields, tx);
+                let doc = document(fields, meta(Op::Create, rel, tx, None, &unknown));
+                let collection = rel.collection.clone();
+                self.store.apply(&collection, tx.final_lsn, Op::Create, &key, None, &doc)?;
+                self.count(tx);
+                Ok(())
+            }
+            Message::Update { relid, old, new, .. } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+                self.record_relation(relid)?;
+                let rel = self.relation(relid)?;
+                // The stored row, for unchanged TOAST values the WAL did not carry.
+                let stored = if new.contains(&Value::UnchangedToast) {
+                    let lookup_key = match &old {
+                        Some((_, old_values)) => key_of(rel, &row_fields(rel, old_values, None, None)?.0, tx),
+                        None => key_of(rel, &row_fields(rel, &new, None, None)?.0, tx),
+                    };
+                    self.store.row(&rel.collection, &lookup_key)?
+                } else {
+                    None
+                };
+                let old_values = old.as_ref().map(|(_, values)| values.as_slice());
+                let (fields, unknown) = row_fields(rel, &new, old_values, stored.as_ref())?;
+                let key = key_of(rel, &fields, tx);
+                let (old_key, before) = match &old {
+                    Some((kind, values)) => {
+                        let (old_fields, _) = row_fields(rel, values, None, None)?;
+                        let before = match kind {
+                            OldKind::Full => Json::Object(old_fields.clone()),
+                            OldKind::Key => Json::Object(key_fields(rel, &old_fields)),
+                        };
+                        (Some(key_of(rel, &old_fields, tx)), Some(before))
+                    }
+                    None => (None, None),
+                };
+                let doc = document(fields, meta(Op::Update, rel, tx, before, &unknown));
+                let collection = rel.collection.clone();
+                self.store.apply(&collection, tx.final_lsn, Op::Update, &key, old_key.as_deref(), &doc)?;
+                self.count(tx);
+                Ok(())
+            }
+            Message::Delete { relid, old_kind, old, .. } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+                self.record_relation(relid)?;
+                let rel = self.relation(relid)?;
+                let (old_fields, _) = row_fields(rel, &old, None, None)?;
+                let key = key_of(rel, &old_fields, tx);
+                let fields = match old_kind {
+                    OldKind::Full => old_fields,
+                    OldKind::Key => key_fields(rel, &old_fields),
+                };
+                let doc = document(fields, meta(Op::Delete, rel, tx, None, &[]));
+                let collection = rel.collection.clone();
+                self.store.apply(&collection, tx.final_lsn, Op::Delete, &key, None, &doc)?;
+                self.count(tx);
+                Ok(())
+            }
+            Message::Truncate { options, relids, .. } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+                for relid in relids {
+                    self.record_relation(relid)?;
+                    let rel = self.relation(relid)?;
+                    let mut m = meta(Op::Truncate, rel, tx, None, &[]);
+                    m.insert("truncate".into(), json!({"cascade": options & 1 != 0, "restartIdentity": options & 2 != 0}));
+                    let doc = document(Map::new(), m);
+                    let collection = rel.collection.clone();
+                    self.store.apply(&collection, tx.final_lsn, Op::Truncate, "", None, &doc)?;
+                    self.count(tx);
+                }
+                Ok(())
+            }
+            // Begin and Commit arrive as events; the rest needs no action with protocol version 1.
+            _ => Ok(()),
+        }
+    }
+
+    fn count(&mut self, tx: &mut Transaction) {
+        tx.index += 1;
+        self.report.changes += 1;
+    }
+
+    fn relation(&self, relid: u32) -> Result<&Relation> {
+        self.relations
+            .get(&relid)
+            .ok_or_else(|| Error::internal(format!("pgoutput: a change for relation {relid} arrived before its Relation message")))
+    }
+
+    /// Records the relation's collection (its key and columns) in the open batch, once per Relation.
+    fn record_relation(&mut self, relid: u32) -> Result<()> {
+        let rel = self.relations.get_mut(&relid).ok_or_else(|| Error::internal(format!("pgoutput: unknown relation {relid}")))?;
+        if rel.recorded {
+            return Ok(());
+        }
+        let spec = CollectionSpec {
+            name: rel.collection.clone(),
+            schema: rel.schema.clone(),
+            table: rel.table.clone(),
+            key: rel.key.iter().map(|&i| rel.columns[i].name.clone()).collect(),
+            columns: Json::Array(rel.columns.iter().map(|c| json!({"name": c.name, "typeOid": c.type_oid})).collect()),
+        };
+        self.store.put_collection(&spec)?;
+        rel.recorded = true;
+        Ok(())
+    }
+
+    /// How a type's values map to JSON: built-ins directly, others from the catalog (enums are text,
+    /// domains their base type, arrays of their element type).
+    async fn kind_of(&mut self, oid: u32) -> Result<Kind> {
+        if let Some(kind) = builtin(oid) {
+            return Ok(kind);
+        }
+        if let Some(kind) = self.types.get(&oid) {
+            return Ok(kind.clone());
+        }
+        let mut current = oid;
+        let mut wrappers: Vec<char> = Vec::new();
+        let kind = loop {
+            if let Some(kind) = builtin(current) {
+                break kind;
+            }
+            if wrappers.len() > 16 {
+                break Kind::Text;
+            }
+            if self.sql.is_none() {
+                self.sql = Some(connect(&self.options.spec).await?);
+            }
+            let sql = self.sql.as_ref().expect("connected above");
+            let row = sql
+                .query_opt("SELECT typtype::text, typbasetype, typelem, typdelim::text, typcategory::text FROM pg_type WHERE oid = $1", &[&current])
+                .await
+                .map_err(|e| Error::from_postgres(&e, "reading pg_type"))?;
+            let Some(row) = row else { break Kind::Text };
+            let (typtype, base, elem, delim, category): (String, u32, u32, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            if typtype == "d" {
+                current = base;
+            } else if category == "A" && elem != 0 {
+                wrappers.push(delim.chars().next().unwrap_or(','));
+                current = elem;
+            } else {
+                break Kind::Text;
+            }
+        };
+        let kind = wrappers.into_iter().rev().fold(kind, |element, delimiter| Kind::Array { element: Box::new(element), delimiter });
+        self.types.insert(oid, kind.clone());
+        Ok(kind)
+    }
+}
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01.
+fn postgres_time_to_unix_ms(micros: i64) -> i64 {
+    micros.div_euclid(1000).saturating_add(946_684_800_000)
+}
+
+/// A row's columns as JSON. Unchanged TOAST values come from `old` (REPLICA IDENTITY FULL) or
+/// `stored`; those found in neither are left out and returned by name.
+fn row_fields(rel: &Relation, values: &[Value], old: Option<&[Value]>, stored: Option<&Json>) -> Result<(Map<String, Json>, Vec<String>)> {
+    let mut fields = Map::with_capacity(values.len());
+    let mut unknown = Vec::new();
+    for (i, column) in rel.columns.iter().enumerate() {
+        let value = match values.get(i).unwrap_or(&Value::Null) {
+            Value::Null => Json::Null,
+            Value::Text(bytes) => text_value(rel, column, bytes)?,
+            Value::Binary(_) => return Err(Error::internal("pgoutput sent a binary value although text was requested")),
+            Value::UnchangedToast => match (old.and_then(|o| o.get(i)), stored.and_then(|s| s.get(&column.name))) {
+                (Some(Value::Text(bytes)), _) => text_value(rel, column, bytes)?,
+                (_, Some(previous)) => previous.clone(),
+                _ => {
+                    unknown.push(column.name.clone());
+                    continue;
+                }
+            },
+        };
+        fields.insert(column.name.clone(), value);
+    }
+    Ok((fields, unknown))
+}
+
+fn text_value(rel: &Relation, column: &ColumnInfo, bytes: &[u8]) -> Result<Json> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::internal(format!("{}.{}: a value is not UTF-8 text", rel.collection, column.name)))?;
+    column.kind.to_json(text).map_err(|e| Error::internal(format!("{} column {}: {e}", rel.collection, column.name)))
+}
+
+fn key_fields(rel: &Relation, fields: &Map<String, Json>) -> Map<String, Json> {
+    let mut key = Map::new();
+    for &i in &rel.key {
+        let name = &rel.columns[i].name;
+        key.insert(name.clone(), fields.get(name).cloned().unwrap_or(Json::Null));
+    }
+    key
+}
+
+/// The canonical key: a JSON array of the key columns' values; a table without a key is keyed by the
+/// change's position in the stream, so every change stays its own row.
+fn key_of(rel: &Relation, fields: &Map<String, Json>, tx: &Transaction) -> String {
+    if rel.key.is_empty() {
+        return json!([tx.final_lsn.to_string(), tx.index]).to_string();
+    }
+    let values: Vec<&Json> = rel.key.iter().map(|&i| fields.get(&rel.columns[i].name).unwrap_or(&Json::Null)).collect();
+    serde_json::to_string(&values).unwrap_or_default()
+}
+
+fn meta(op: Op, rel: &Relation, tx: &Transaction, before: Option<Json>, unknown: &[String]) -> Map<String, Json> {
+    let mut meta = Map::new();
+    meta.insert("op".into(), Json::String(op.code().into()));
+    meta.insert(
+        "source".into(),
+        json!({
+            "schema": rel.schema,
+            "table": rel.table,
+            "lsn": tx.final_lsn.to_string(),
+            "txid": tx.xid,
+            "ts_ms": tx.ts_ms,
+        }),
+    );
+    if let Some(before) = before {
+        meta.insert("before".into(), before);
+    }
+    if !unknown.is_empty() {
+        meta.insert("unknown".into(), json!(unknown));
+    }
+    meta
+}
+
+fn document(mut fields: Map<String, Json>, meta: Map<String, Json>) -> String {
+    fields.insert("_meta".into(), Json::Object(meta));
+    Json::Object(fields).to_string()
+}

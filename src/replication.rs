@@ -1,0 +1,172 @@
+//! The replication connection: `replication=database`, START_REPLICATION with pgoutput, keepalives and
+//! standby status updates, over TLS when the profile asks for it.
+//!
+//! The transport is pgwire-replication 0.5 (tokio-postgres has no streaming-replication protocol). This
+//! module is the only place that knows it, so it can be replaced: the rest of the engine sees
+//! [`Event`]s and calls [`Stream::confirm`].
+//!
+//! Invariants:
+//! - The position reported to the server (write = flush = apply) is only ever what [`Stream::confirm`]
+//!   was given, i.e. what the capture has durably stored; it starts at the stored checkpoint.
+//! - Keepalives that ask for a reply are answered by the transport with that same confirmed position.
+//! - The session pins every setting that text output depends on ([`crate::value::SESSION_OPTIONS`]).
+//! - The password goes only to the server; the transport's config (which derives `Debug` with the
+//!   password in it) is never logged.
+
+use std::time::Duration;
+
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+
+use crate::connection::ConnectionSpec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pgoutput::Lsn;
+use crate::sql;
+use crate::tls::SslMode;
+
+/// What the replication stream delivers.
+#[derive(Debug)]
+pub enum Event {
+    /// A transaction begins (its Begin message: the commit record's LSN, commit time, xid).
+    Begin { final_lsn: Lsn, commit_time_micros: i64, xid: u32 },
+    /// A pgoutput message other than Begin and Commit.
+    Data(bytes::Bytes),
+    /// The transaction commits; `end_lsn` is where the next one can start.
+    Commit { commit_lsn: Lsn, end_lsn: Lsn, commit_time_micros: i64 },
+    /// The server's position while there is nothing to send.
+    KeepAlive { wal_end: Lsn },
+    /// A `pg_logical_emit_message` message.
+    Message { lsn: Lsn, prefix: String },
+}
+
+/// An open replication stream.
+pub struct Stream {
+    client: ReplicationClient,
+    target: String,
+}
+
+/// Where and what to stream.
+pub struct StreamOptions<'a> {
+    /// The server and credentials.
+    pub spec: &'a ConnectionSpec,
+    /// Slot to stream from.
+    pub slot: &'a str,
+    /// Publication to decode with.
+    pub publication: &'a str,
+    /// Where to start: the stored checkpoint (`0/0` starts at the slot's `confirmed_flush_lsn`).
+    pub start: Lsn,
+}
+
+impl Stream {
+    /// Connects, authenticates and starts streaming.
+    pub async fn start(options: StreamOptions<'_>) -> Result<Stream> {
+        // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let spec = options.spec;
+        let target = spec.target();
+        let tls = match spec.sslmode {
+            SslMode::Disable | SslMode::Allow => TlsConfig::disabled(),
+            SslMode::Prefer => TlsConfig { mode: pgwire_replication::SslMode::Prefer, ..TlsConfig::disabled() },
+            SslMode::Require => TlsConfig::require(),
+            SslMode::VerifyCa => TlsConfig::verify_ca(spec.sslrootcert.clone()),
+            SslMode::VerifyFull => TlsConfig::verify_full(spec.sslrootcert.clone()).with_sni_hostname(&spec.host),
+        };
+        let mut session_options = crate::value::SESSION_OPTIONS.to_string();
+        if let Some(extra) = &spec.options {
+            session_options = format!("{extra} {session_options}");
+        }
+        let config = ReplicationConfig::new(
+            &spec.host,
+            &spec.user,
+            spec.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+            &spec.database,
+            options.slot,
+            // publication_names is parsed as a list of identifiers: quote it as one.
+            sql::ident(options.publication),
+        )
+        .with_port(spec.port)
+        .with_tls(tls)
+        .with_start_lsn(pgwire_replication::Lsn(options.start.0))
+        .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
+        .with_status_interval(Duration::from_secs(1))
+        .with_options(session_options)
+        .with_application_name(&spec.application_name);
+        let connect = ReplicationClient::connect(config);
+        let client = match tokio::time::timeout(spec.connect_timeout + Duration::from_secs(2), connect).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(transport_error(&target, options.slot, e)),
+            Err(_) => {
+                return Err(Error::new(ErrorKind::Connection, format!("{target}: the replication connection did not start within {} s", spec.connect_timeout.as_secs())))
+            }
+        };
+        Ok(Stream { client, target })
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Event>> {
+        loop {
+            let event = self.client.recv().await.map_err(|e| transport_error(&self.target, "", e))?;
+            let Some(event) = event else { return Ok(None) };
+            return Ok(Some(match event {
+                ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                    Event::Begin { final_lsn: Lsn(final_lsn.0), commit_time_micros, xid }
+                }
+                ReplicationEvent::XLogData { data, .. } => Event::Data(data),
+                ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
+                    Event::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time_micros }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive { wal_end: Lsn(wal_end.0) },
+                ReplicationEvent::Message { lsn, prefix, .. } => Event::Message { lsn: Lsn(lsn.0), prefix },
+                ReplicationEvent::StoppedAt { .. } => return Ok(None),
+            }));
+        }
+    }
+
+    /// The next event if one is already waiting, without waiting for one.
+    pub async fn next_ready(&mut self) -> Result<Option<Event>> {
+        use futures_util::FutureExt;
+        match self.next().now_or_never() {
+            Some(result) => result,
+            None => Ok(None),
+        }
+    }
+
+    /// Reports `lsn` as written, flushed and applied: call only once everything up to it is stored.
+    pub fn confirm(&self, lsn: Lsn) {
+        self.client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+    }
+
+    /// Ends the stream cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.client.shutdown().await;
+    }
+}
+
+/// Classifies a transport error by its variant and, for server errors, by SQLSTATE (the transport
+/// renders server errors as "message (SQLSTATE xxxxx)").
+fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError) -> Error {
+    use pgwire_replication::PgWireError as E;
+    let text = e.to_string();
+    let sqlstate = text.rsplit_once("(SQLSTATE ").and_then(|(_, rest)| rest.strip_suffix(')')).map(str::to_string);
+    let kind = match (&e, sqlstate.as_deref()) {
+        (E::Io(_), _) | (E::Task(_), _) => ErrorKind::Connection,
+        (E::Auth(_), _) => ErrorKind::Authentication,
+        (E::Tls(_), _) => ErrorKind::Tls,
+        (E::Server(_), Some("28P01" | "28000")) => ErrorKind::Authentication,
+        (E::Server(_), Some("42501")) => ErrorKind::Permission,
+        (E::Server(_), Some("42704" | "3D000")) => ErrorKind::NotFound,
+        (E::Server(_), Some(code)) if code.starts_with("08") || code.starts_with("57") => ErrorKind::Connection,
+        _ => ErrorKind::Postgres,
+    };
+    let mut message = format!("{target}: replication: {text}");
+    if kind == ErrorKind::NotFound && !slot.is_empty() {
+        message.push_str(&format!(
+            "; create the slot with `tidepool capture … --create-slot` or SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
+            sql::literal(slot)
+        ));
+    }
+    // 55006 object_in_use: "replication slot … is active for PID …".
+    if sqlstate.as_deref() == Some("55006") {
+        message.push_str("; another client is streaming from this slot (a slot serves one consumer at a time)");
+    }
+    Error::new(kind, message)
+}

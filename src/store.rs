@@ -1,0 +1,407 @@
+//! The local collection store: for each collection, its change log and its current rows reduced by key,
+//! in one SQLite database (`tidepool.db` in the store folder; WAL journal, `synchronous=FULL`).
+//!
+//! Invariants:
+//! - Changes and the capture's checkpoint LSN are committed in the same SQLite transaction
+//!   ([`Store::commit`]); the capture reports an LSN to PostgreSQL only after that commit returns, so
+//!   nothing is acknowledged before it is durably stored.
+//! - A batch holds whole source transactions: a crash rolls back to the last checkpoint, never into the
+//!   middle of a source transaction.
+//! - Rows are reduced by key: an insert or update replaces the row, a delete removes it, a truncate
+//!   empties the collection; every one of them is also appended to the change log, in order.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::pgoutput::Lsn;
+
+/// Operations recorded in the change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    /// Insert (Estuary's `c`).
+    Create,
+    /// Update (`u`).
+    Update,
+    /// Delete (`d`).
+    Delete,
+    /// Truncate (`t`).
+    Truncate,
+}
+
+impl Op {
+    /// The one-letter code used in documents.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// A collection's description, as the capture last saw its table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionSpec {
+    /// Name, `schema/table` unless renamed.
+    pub name: String,
+    /// Source schema.
+    pub schema: String,
+    /// Source table.
+    pub table: String,
+    /// Key column names, in key order.
+    pub key: Vec<String>,
+    /// Columns as `[{"name":…, "typeOid":…}]`.
+    pub columns: Json,
+}
+
+/// A collection's counts, for `tidepool collections`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionInfo {
+    /// Name.
+    pub name: String,
+    /// Current rows.
+    pub rows: u64,
+    /// Entries in the change log.
+    pub changes: u64,
+}
+
+/// The store in one folder. Writes happen in a batch: [`Store::begin`], then [`Store::apply`] and
+/// friends, then [`Store::commit`] with the new checkpoint (dropping the store rolls an open batch back).
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    batch: Option<u64>,
+}
+
+fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::internal(format!("store: {context}: {e}"))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::invalid_input("--store", format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("tidepool.db");
+        let conn = Connection::open(&path).map_err(sqlite("opening"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = OFF;
+             PRAGMA cache_size = -32768;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS collections (
+               name TEXT PRIMARY KEY,
+               schema_name TEXT NOT NULL,
+               table_name TEXT NOT NULL,
+               key_columns TEXT NOT NULL,
+               columns TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS changes (
+               seq INTEGER PRIMARY KEY,
+               collection TEXT NOT NULL,
+               lsn INTEGER NOT NULL,
+               op TEXT NOT NULL,
+               doc TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS changes_by_collection ON changes (collection, seq);
+             CREATE TABLE IF NOT EXISTS rows (
+               collection TEXT NOT NULL,
+               key TEXT NOT NULL,
+               doc TEXT NOT NULL,
+               PRIMARY KEY (collection, key)) WITHOUT ROWID;",
+        )
+        .map_err(sqlite("creating the schema"))?;
+        Ok(Store { conn, path, batch: None })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoint: the end LSN of the last stored source transaction (or of the last idle
+    /// keepalive), `0/0` for a new store.
+    pub fn checkpoint(&self) -> Result<Lsn> {
+        read_checkpoint(&self.conn)
+    }
+
+    /// Starts a batch: one SQLite transaction for one or more whole source transactions.
+    pub fn begin(&mut self) -> Result<()> {
+        if self.batch.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite("beginning a transaction"))?;
+            self.batch = Some(0);
+        }
+        Ok(())
+    }
+
+    /// Whether a batch is open.
+    pub fn in_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Changes written in the open batch.
+    pub fn batch_len(&self) -> u64 {
+        self.batch.unwrap_or(0)
+    }
+
+    /// Abandons the open batch.
+    pub fn rollback(&mut self) -> Result<()> {
+        if self.batch.take().is_some() {
+            self.conn.execute_batch("ROLLBACK").map_err(sqlite("rolling back"))?;
+        }
+        Ok(())
+    }
+
+    fn in_open_batch(&self, what: &str) -> Result<()> {
+        if self.batch.is_none() {
+            return Err(Error::internal(format!("store: {what} outside a batch")));
+        }
+        Ok(())
+    }
+
+    /// Every collection with its counts.
+    pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT c.name,
+                        (SELECT count(*) FROM rows r WHERE r.collection = c.name),
+                        (SELECT count(*) FROM changes h WHERE h.collection = c.name)
+                   FROM collections c ORDER BY c.name",
+            )
+            .map_err(sqlite("listing collections"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(CollectionInfo { name: r.get(0)?, rows: r.get::<_, i64>(1)? as u64, changes: r.get::<_, i64>(2)? as u64 })
+            })
+            .map_err(sqlite("listing collections"))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(sqlite("listing collections"))
+    }
+
+    /// A collection's description.
+    pub fn collection(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        self.conn
+            .query_row(
+                "SELECT name, schema_name, table_name, key_columns, columns FROM collections WHERE name = ?1",
+                [name],
+                |r| {
+                    let key: String = r.get(3)?;
+                    let columns: String = r.get(4)?;
+                    Ok(CollectionSpec {
+                        name: r.get(0)?,
+                        schema: r.get(1)?,
+                        table: r.get(2)?,
+                        key: serde_json::from_str(&key).unwrap_or_default(),
+                        columns: serde_json::from_str(&columns).unwrap_or(Json::Null),
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite("reading a collection"))
+    }
+
+    fn require(&self, name: &str) -> Result<()> {
+        if self.collection(name)?.is_none() {
+            return Err(Error::new(crate::ErrorKind::NotFound, format!("no collection named '{name}' in {}", self.path.display())));
+        }
+        Ok(())
+    }
+
+    /// Current rows in key order, at most `limit`.
+    pub fn rows(&self, collection: &str, limit: usize) -> Result<Vec<Json>> {
+        self.require(collection)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT doc FROM rows WHERE collection = ?1 ORDER BY key LIMIT ?2")
+            .map_err(sqlite("reading rows"))?;
+        let docs = stmt
+            .query_map(params![collection, limit as i64], |r| r.get::<_, String>(0))
+            .map_err(sqlite("reading rows"))?;
+        docs.map(|d| parse(d.map_err(sqlite("reading rows"))?)).collect()
+    }
+
+    /// The change log in order, at most `limit` entries after position `after` (0 for the start).
+    pub fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<Vec<(u64, Json)>> {
+        self.require(collection)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, doc FROM changes WHERE collection = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+            .map_err(sqlite("reading changes"))?;
+        let docs = stmt
+            .query_map(params![collection, after as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
+            .map_err(sqlite("reading changes"))?;
+        docs.map(|d| {
+            let (seq, doc) = d.map_err(sqlite("reading changes"))?;
+            Ok((seq, parse(doc)?))
+        })
+        .collect()
+    }
+}
+
+fn parse(doc: String) -> Result<Json> {
+    serde_json::from_str(&doc).map_err(|e| Error::internal(format!("store: a stored document is not JSON: {e}")))
+}
+
+fn read_checkpoint(conn: &Connection) -> Result<Lsn> {
+    let value: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'checkpoint'", [], |r| r.get(0))
+        .optional()
+        .map_err(sqlite("reading the checkpoint"))?;
+    Ok(Lsn(value.and_then(|v| v.parse().ok()).unwrap_or(0)))
+}
+
+impl Store {
+    /// Records (or updates) a collection's description, in the open batch.
+    pub fn put_collection(&mut self, spec: &CollectionSpec) -> Result<()> {
+        self.in_open_batch("recording a collection")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO collections (name, schema_name, table_name, key_columns, columns) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET key_columns = excluded.key_columns, columns = excluded.columns",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    spec.name,
+                    spec.schema,
+                    spec.table,
+                    serde_json::to_string(&spec.key).unwrap_or_default(),
+                    spec.columns.to_string()
+                ])
+            })
+            .map_err(sqlite("recording a collection"))?;
+        Ok(())
+    }
+
+    /// The current row under `key`, including the open batch's own writes.
+    pub fn row(&self, collection: &str, key: &str) -> Result<Option<Json>> {
+        let doc: Option<String> = self
+            .conn
+            .prepare_cached("SELECT doc FROM rows WHERE collection = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row(params![collection, key], |r| r.get(0)).optional())
+            .map_err(sqlite("reading a row"))?;
+        doc.map(parse).transpose()
+    }
+
+    /// Appends a change to the log and applies it to the current rows. `key` is the canonical key of
+    /// the row after the change; `old_key` the key before it, when an update changed the key.
+    pub fn apply(&mut self, collection: &str, lsn: Lsn, op: Op, key: &str, old_key: Option<&str>, doc: &str) -> Result<()> {
+        self.in_open_batch("writing a change")?;
+        self.conn
+            .prepare_cached("INSERT INTO changes (collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![collection, lsn.0 as i64, op.code(), doc]))
+            .map_err(sqlite("appending a change"))?;
+        if let Some(old) = old_key.filter(|old| *old != key) {
+            self.delete_row(collection, old)?;
+        }
+        match op {
+            Op::Create | Op::Update => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO rows (collection, key, doc) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (collection, key) DO UPDATE SET doc = excluded.doc",
+                    )
+                    .and_then(|mut s| s.execute(params![collection, key, doc]))
+                    .map_err(sqlite("writing a row"))?;
+            }
+            Op::Delete => self.delete_row(collection, key)?,
+            Op::Truncate => {
+                self.conn
+                    .prepare_cached("DELETE FROM rows WHERE collection = ?1")
+                    .and_then(|mut s| s.execute([collection]))
+                    .map_err(sqlite("truncating rows"))?;
+            }
+        }
+        self.batch = self.batch.map(|n| n + 1);
+        Ok(())
+    }
+
+    fn delete_row(&mut self, collection: &str, key: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM rows WHERE collection = ?1 AND key = ?2")
+            .and_then(|mut s| s.execute(params![collection, key]))
+            .map_err(sqlite("deleting a row"))?;
+        Ok(())
+    }
+
+    /// Commits the open batch (opening one if needed) with `checkpoint` as the new checkpoint. Returns
+    /// once SQLite has fsynced; only then may the capture confirm `checkpoint` to PostgreSQL.
+    pub fn commit(&mut self, checkpoint: Lsn) -> Result<()> {
+        self.begin()?;
+        let current = read_checkpoint(&self.conn)?;
+        if checkpoint < current {
+            self.rollback()?;
+            return Err(Error::internal(format!("store: the checkpoint would move back from {current} to {checkpoint}")));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('checkpoint', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [checkpoint.0.to_string()],
+            )
+            .map_err(sqlite("writing the checkpoint"))?;
+        self.conn.execute_batch("COMMIT").map_err(sqlite("committing"))?;
+        self.batch = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (Store, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tidepool-store-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (Store::open(&dir).unwrap(), dir)
+    }
+
+    fn spec(name: &str) -> CollectionSpec {
+        CollectionSpec { name: name.into(), schema: "public".into(), table: "t".into(), key: vec!["id".into()], columns: Json::Array(vec![]) }
+    }
+
+    #[test]
+    fn rows_are_reduced_by_key_and_the_log_keeps_every_change() {
+        let (mut store, dir) = store();
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        store.apply("public/t", Lsn(10), Op::Create, "[1]", None, r#"{"id":1,"v":"a"}"#).unwrap();
+        store.apply("public/t", Lsn(10), Op::Create, "[2]", None, r#"{"id":2,"v":"b"}"#).unwrap();
+        store.apply("public/t", Lsn(10), Op::Update, "[1]", None, r#"{"id":1,"v":"c"}"#).unwrap();
+        store.apply("public/t", Lsn(10), Op::Update, "[3]", Some("[2]"), r#"{"id":3,"v":"b"}"#).unwrap();
+        assert_eq!(store.batch_len(), 4);
+        store.commit(Lsn(20)).unwrap();
+        assert_eq!(store.rows("public/t", 10).unwrap(), vec![serde_json::json!({"id":1,"v":"c"}), serde_json::json!({"id":3,"v":"b"})]);
+        store.begin().unwrap();
+        store.apply("public/t", Lsn(30), Op::Delete, "[1]", None, r#"{"id":1}"#).unwrap();
+        store.commit(Lsn(40)).unwrap();
+        assert_eq!(store.collections().unwrap(), vec![CollectionInfo { name: "public/t".into(), rows: 1, changes: 5 }]);
+        assert_eq!(store.checkpoint().unwrap(), Lsn(40));
+        store.begin().unwrap();
+        store.apply("public/t", Lsn(50), Op::Truncate, "", None, r#"{}"#).unwrap();
+        store.commit(Lsn(60)).unwrap();
+        assert_eq!(store.collections().unwrap()[0].rows, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_uncommitted_batch_leaves_nothing_behind_and_the_checkpoint_never_moves_back() {
+        let (mut store, dir) = store();
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        store.apply("public/t", Lsn(10), Op::Create, "[1]", None, "{}").unwrap();
+        // Dropped without commit: as after a crash.
+        drop(store);
+        let mut store = Store::open(&dir).unwrap();
+        assert!(store.collections().unwrap().is_empty());
+        assert_eq!(store.checkpoint().unwrap(), Lsn(0));
+        assert!(store.apply("public/t", Lsn(10), Op::Create, "[1]", None, "{}").is_err(), "writes need a batch");
+        store.commit(Lsn(100)).unwrap();
+        assert!(store.commit(Lsn(50)).is_err());
+        assert_eq!(store.checkpoint().unwrap(), Lsn(100));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

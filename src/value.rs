@@ -1,0 +1,442 @@
+//! PostgreSQL values (their text output) → JSON, with one documented mapping for every built-in type.
+//!
+//! | PostgreSQL                                   | JSON                                                  |
+//! |----------------------------------------------|-------------------------------------------------------|
+//! | int2, int4, int8, oid, xid                   | number (exact: int8 stays an i64)                     |
+//! | numeric                                      | string keeping every digit; `"NaN"`, `"Infinity"`     |
+//! | float4, float8                               | number; `"NaN"`, `"Infinity"`, `"-Infinity"` strings  |
+//! | bool                                         | true / false                                          |
+//! | text, varchar, bpchar, name, char, citext…   | string                                                |
+//! | json, jsonb                                  | the JSON value itself, embedded                       |
+//! | bytea                                        | base64 string                                         |
+//! | uuid                                         | string                                                |
+//! | date                                         | `"2024-01-31"`; BC as ISO 8601 years (`"-0043-03-15"`)|
+//! | time                                         | `"13:45:00.5"`                                        |
+//! | timetz                                       | `"13:45:00+05:30"`                                    |
+//! | timestamp                                    | RFC 3339 in UTC, `"2024-01-31T13:45:00.5Z"`            |
+//! | timestamptz                                  | RFC 3339 in UTC, `"2024-01-31T13:45:00.5Z"`            |
+//! | date / timestamp(tz) ±infinity               | `"infinity"` / `"-infinity"`                          |
+//! | interval                                     | ISO 8601 duration string, `"P1Y2M3DT4H5M6S"`          |
+//! | arrays of any of these (nested, NULLs)       | JSON arrays of the element mapping, null for NULL     |
+//! | enums                                        | string                                                |
+//! | domains                                      | as their base type                                    |
+//! | anything else (money, inet, point, ranges…)  | its text output, as a string                          |
+//!
+//! Text, not binary, transfer: pgoutput's and COPY's text forms are one format, so a row gives the same
+//! document whether the backfill or the stream brought it. The session pins what text output depends on
+//! ([`SESSION_OPTIONS`]). timestamp (without time zone) is reported in UTC with `Z`, as Estuary Flow does.
+//!
+//! Invariant: conversion never panics; malformed text is a typed error naming the type.
+
+use base64::Engine as _;
+use serde_json::{Number, Value as Json};
+
+/// Startup options that fix every setting text output depends on.
+pub const SESSION_OPTIONS: &str =
+    "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=1 -c bytea_output=hex";
+
+/// How a column's values become JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// bool.
+    Bool,
+    /// Integer types.
+    Integer,
+    /// float4, float8.
+    Float,
+    /// numeric.
+    Numeric,
+    /// Text-like types, enums, and anything without a mapping of its own.
+    Text,
+    /// json, jsonb.
+    Json,
+    /// bytea.
+    Bytea,
+    /// uuid.
+    Uuid,
+    /// date.
+    Date,
+    /// time.
+    Time,
+    /// timetz.
+    TimeTz,
+    /// timestamp.
+    Timestamp,
+    /// timestamptz.
+    TimestampTz,
+    /// interval.
+    Interval,
+    /// An array of `element`, whose text form separates elements by `delimiter`.
+    Array {
+        /// The elements' kind.
+        element: Box<Kind>,
+        /// `typdelim` (`,` for all but box).
+        delimiter: char,
+    },
+}
+
+/// A built-in type's kind by OID; `None` for types that need a catalog lookup (enums, domains, arrays
+/// of those, extension types).
+pub fn builtin(oid: u32) -> Option<Kind> {
+    let array = |element: Kind| Some(Kind::Array { element: Box::new(element), delimiter: ',' });
+    Some(match oid {
+        16 => Kind::Bool,
+        20 | 21 | 23 | 26 | 28 | 29 | 5069 => Kind::Integer,
+        700 | 701 => Kind::Float,
+        1700 => Kind::Numeric,
+        18 | 19 | 25 | 1042 | 1043 => Kind::Text,
+        114 | 3802 => Kind::Json,
+        17 => Kind::Bytea,
+        2950 => Kind::Uuid,
+        1082 => Kind::Date,
+        1083 => Kind::Time,
+        1266 => Kind::TimeTz,
+        1114 => Kind::Timestamp,
+        1184 => Kind::TimestampTz,
+        1186 => Kind::Interval,
+        1000 => return array(Kind::Bool),
+        1005 | 1007 | 1016 | 1028 | 1011 | 1012 => return array(Kind::Integer),
+        1021 | 1022 => return array(Kind::Float),
+        1231 => return array(Kind::Numeric),
+        1002 | 1003 | 1009 | 1014 | 1015 => return array(Kind::Text),
+        199 | 3807 => return array(Kind::Json),
+        1001 => return array(Kind::Bytea),
+        2951 => return array(Kind::Uuid),
+        1182 => return array(Kind::Date),
+        1183 => return array(Kind::Time),
+        1270 => return array(Kind::TimeTz),
+        1115 => return array(Kind::Timestamp),
+        1185 => return array(Kind::TimestampTz),
+        1187 => return array(Kind::Interval),
+        // Other built-in types (money, inet, cidr, macaddr, geometric, ranges, tsvector, xml, bit…):
+        // their text output is the clearest JSON form.
+        oid if oid < 16384 => Kind::Text,
+        _ => return None,
+    })
+}
+
+/// Why a value's text could not be converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} value {text:?}: {problem}")]
+pub struct ValueError {
+    kind: &'static str,
+    text: String,
+    problem: &'static str,
+}
+
+fn error(kind: &'static str, text: &str, problem: &'static str) -> ValueError {
+    let text: String = text.chars().take(64).collect();
+    ValueError { kind, text, problem }
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Bool => "bool",
+            Kind::Integer => "integer",
+            Kind::Float => "float",
+            Kind::Numeric => "numeric",
+            Kind::Text => "text",
+            Kind::Json => "json",
+            Kind::Bytea => "bytea",
+            Kind::Uuid => "uuid",
+            Kind::Date => "date",
+            Kind::Time => "time",
+            Kind::TimeTz => "timetz",
+            Kind::Timestamp => "timestamp",
+            Kind::TimestampTz => "timestamptz",
+            Kind::Interval => "interval",
+            Kind::Array { .. } => "array",
+        }
+    }
+
+    /// Converts one value's text output to JSON.
+    pub fn to_json(&self, text: &str) -> Result<Json, ValueError> {
+        let name = self.name();
+        Ok(match self {
+            Kind::Bool => match text {
+                "t" | "true" => Json::Bool(true),
+                "f" | "false" => Json::Bool(false),
+                _ => return Err(error(name, text, "is not t or f")),
+            },
+            Kind::Integer => match text.parse::<i64>() {
+                Ok(n) => Json::Number(n.into()),
+                // xid8 and oid can exceed i64; keep them exact.
+                Err(_) => match text.parse::<u64>() {
+                    Ok(n) => Json::Number(n.into()),
+                    Err(_) => return Err(error(name, text, "is not an integer")),
+                },
+            },
+            Kind::Float => match text {
+                "NaN" | "Infinity" | "-Infinity" => Json::String(text.to_string()),
+                _ => {
+                    let f: f64 = text.parse().map_err(|_| error(name, text, "is not a number"))?;
+                    Number::from_f64(f).map(Json::Number).ok_or_else(|| error(name, text, "is not finite"))?
+                }
+            },
+            Kind::Numeric => {
+                let ok = matches!(text, "NaN" | "Infinity" | "-Infinity")
+                    || (!text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | 'e' | 'E' | '+')));
+                if !ok {
+                    return Err(error(name, text, "is not a numeric"));
+                }
+                Json::String(text.to_string())
+            }
+            Kind::Text | Kind::Uuid | Kind::Time | Kind::Interval => Json::String(text.to_string()),
+            Kind::Json => serde_json::from_str(text).map_err(|_| error(name, text, "is not valid JSON"))?,
+            Kind::Bytea => {
+                let hex = text.strip_prefix("\\x").ok_or_else(|| error(name, text, "is not in hex format (\\x…)"))?;
+                Json::String(base64::engine::general_purpose::STANDARD.encode(decode_hex(hex).ok_or_else(|| error(name, text, "has invalid hex digits"))?))
+            }
+            Kind::Date => Json::String(date(text).ok_or_else(|| error(name, text, "is not an ISO date"))?),
+            Kind::TimeTz => Json::String(time_with_offset(text).ok_or_else(|| error(name, text, "is not an ISO time with offset"))?),
+            Kind::Timestamp | Kind::TimestampTz => {
+                Json::String(timestamp(text).ok_or_else(|| error(name, text, "is not an ISO timestamp"))?)
+            }
+            Kind::Array { element, delimiter } => {
+                let mut parser = ArrayParser { chars: text.as_bytes(), at: 0, delimiter: *delimiter as u8 };
+                parser.skip_dimensions();
+                let value = parser.array(element).ok_or_else(|| error(name, text, "is not a valid array literal"))?;
+                if parser.at != parser.chars.len() {
+                    return Err(error(name, text, "has text after the array"));
+                }
+                value
+            }
+        })
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    hex.as_bytes().chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
+}
+
+/// `YYYY-MM-DD[ BC]` → ISO 8601 (astronomical year numbering for BC), or ±infinity as is.
+fn date(text: &str) -> Option<String> {
+    if text == "infinity" || text == "-infinity" {
+        return Some(text.to_string());
+    }
+    let (body, bc) = match text.strip_suffix(" BC") {
+        Some(body) => (body, true),
+        None => (text, false),
+    };
+    let (year, rest) = body.split_once('-')?;
+    if year.is_empty() || !year.bytes().all(|b| b.is_ascii_digit()) || rest.len() != 5 {
+        return None;
+    }
+    if !bc {
+        return Some(body.to_string());
+    }
+    let year: i64 = year.parse().ok()?;
+    Some(format!("-{:04}-{rest}", year - 1))
+}
+
+/// `HH:MM:SS[.f]±HH[:MM[:SS]]` → `HH:MM:SS[.f]±HH:MM` (seconds in an offset are kept as `:SS`).
+fn time_with_offset(text: &str) -> Option<String> {
+    let split = text.rfind(['+', '-'])?;
+    let (time, offset) = text.split_at(split);
+    Some(format!("{time}{}", offset_of(offset)?))
+}
+
+fn offset_of(offset: &str) -> Option<String> {
+    let sign = offset.get(..1)?;
+    let parts: Vec<&str> = offset[1..].split(':').collect();
+    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    if sign == "+" && parts.iter().all(|p| *p == "00") {
+        return Some("Z".to_string());
+    }
+    Some(match parts.len() {
+        1 => format!("{sign}{}:00", parts[0]),
+        _ => format!("{sign}{}", parts.join(":")),
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM]][ BC]` → RFC 3339 (`T`, offset, `Z` for UTC and for values
+/// without a zone), or ±infinity as is.
+fn timestamp(text: &str) -> Option<String> {
+    if text == "infinity" || text == "-infinity" {
+        return Some(text.to_string());
+    }
+    let (body, bc) = match text.strip_suffix(" BC") {
+        Some(body) => (body, true),
+        None => (text, false),
+    };
+    let (day, time) = body.split_once(' ')?;
+    let day = date(&if bc { format!("{day} BC") } else { day.to_string() })?;
+    let (clock, offset) = match time.find(['+', '-']) {
+        Some(at) => (&time[..at], offset_of(&time[at..])?),
+        None => (time, "Z".to_string()),
+    };
+    if clock.len() < 8 {
+        return None;
+    }
+    Some(format!("{day}T{clock}{offset}"))
+}
+
+struct ArrayParser<'a> {
+    chars: &'a [u8],
+    at: usize,
+    delimiter: u8,
+}
+
+impl ArrayParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.chars.get(self.at).copied()
+    }
+
+    fn skip_space(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            self.at += 1;
+        }
+    }
+
+    /// Arrays with non-default bounds start with `[lo:hi]…=`; the bounds do not change the JSON.
+    fn skip_dimensions(&mut self) {
+        if self.peek() == Some(b'[') {
+            if let Some(eq) = self.chars.iter().position(|&c| c == b'=') {
+                self.at = eq + 1;
+            }
+        }
+    }
+
+    fn array(&mut self, element: &Kind) -> Option<Json> {
+        self.skip_space();
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.at += 1;
+        let mut items = Vec::new();
+        self.skip_space();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Some(Json::Array(items));
+        }
+        loop {
+            self.skip_space();
+            let item = match self.peek()? {
+                b'{' => self.array(element)?,
+                b'"' => {
+                    self.at += 1;
+                    let mut raw = Vec::new();
+                    loop {
+                        match self.peek()? {
+                            b'\\' => {
+                                raw.push(*self.chars.get(self.at + 1)?);
+                                self.at += 2;
+                            }
+                            b'"' => {
+                                self.at += 1;
+                                break;
+                            }
+                            c => {
+                                raw.push(c);
+                                self.at += 1;
+                            }
+                        }
+                    }
+                    element.to_json(std::str::from_utf8(&raw).ok()?).ok()?
+                }
+                _ => {
+                    let mut raw = Vec::new();
+                    while let Some(c) = self.peek() {
+                        if c == self.delimiter || c == b'}' {
+                            break;
+                        }
+                        if c == b'\\' {
+                            raw.push(*self.chars.get(self.at + 1)?);
+                            self.at += 2;
+                        } else {
+                            raw.push(c);
+                            self.at += 1;
+                        }
+                    }
+                    let text = std::str::from_utf8(&raw).ok()?.trim_end();
+                    if text.eq_ignore_ascii_case("NULL") {
+                        Json::Null
+                    } else {
+                        element.to_json(text).ok()?
+                    }
+                }
+            };
+            items.push(item);
+            self.skip_space();
+            match self.peek()? {
+                b'}' => {
+                    self.at += 1;
+                    return Some(Json::Array(items));
+                }
+                c if c == self.delimiter => self.at += 1,
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn convert(oid: u32, text: &str) -> Json {
+        builtin(oid).unwrap().to_json(text).unwrap_or_else(|e| panic!("{oid} {text}: {e}"))
+    }
+
+    #[test]
+    fn scalars_map_as_documented() {
+        assert_eq!(convert(16, "t"), json!(true));
+        assert_eq!(convert(20, "-9223372036854775808"), json!(i64::MIN));
+        assert_eq!(convert(26, "4294967295"), json!(4294967295u64));
+        assert_eq!(convert(1700, "12345678901234567890.000000000000000001"), json!("12345678901234567890.000000000000000001"));
+        assert_eq!(convert(1700, "NaN"), json!("NaN"));
+        assert_eq!(convert(701, "1.5"), json!(1.5));
+        assert_eq!(convert(701, "-Infinity"), json!("-Infinity"));
+        assert_eq!(convert(700, "NaN"), json!("NaN"));
+        assert_eq!(convert(3802, r#"{"a": [1, 2.5, null]}"#), json!({"a": [1, 2.5, null]}));
+        assert_eq!(convert(17, "\\x00ff10"), json!("AP8Q"));
+        assert_eq!(convert(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        assert_eq!(convert(1082, "2024-01-31"), json!("2024-01-31"));
+        assert_eq!(convert(1082, "0044-03-15 BC"), json!("-0043-03-15"));
+        assert_eq!(convert(1082, "infinity"), json!("infinity"));
+        assert_eq!(convert(1083, "13:45:00.5"), json!("13:45:00.5"));
+        assert_eq!(convert(1266, "13:45:00+05:30"), json!("13:45:00+05:30"));
+        assert_eq!(convert(1266, "13:45:00-08"), json!("13:45:00-08:00"));
+        assert_eq!(convert(1114, "2024-01-31 13:45:00.5"), json!("2024-01-31T13:45:00.5Z"));
+        assert_eq!(convert(1184, "2024-01-31 13:45:00+00"), json!("2024-01-31T13:45:00Z"));
+        assert_eq!(convert(1184, "-infinity"), json!("-infinity"));
+        assert_eq!(convert(1186, "P1Y2M3DT4H5M6.5S"), json!("P1Y2M3DT4H5M6.5S"));
+        assert_eq!(convert(790, "$1.00"), json!("$1.00"));
+    }
+
+    #[test]
+    fn arrays_nest_and_keep_nulls_and_quotes() {
+        assert_eq!(convert(1007, "{1,NULL,3}"), json!([1, null, 3]));
+        assert_eq!(convert(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
+        assert_eq!(convert(1007, "[0:1]={5,6}"), json!([5, 6]));
+        assert_eq!(convert(1009, r#"{"a b","c\"d",NULL,"NULL",plain}"#), json!(["a b", "c\"d", null, "NULL", "plain"]));
+        assert_eq!(convert(1009, "{}"), json!([]));
+        assert_eq!(convert(3807, r#"{"{\"k\": 1}",null}"#), json!([{"k": 1}, null]));
+        assert_eq!(convert(1231, "{1.50,NaN}"), json!(["1.50", "NaN"]));
+    }
+
+    #[test]
+    fn malformed_text_is_an_error_naming_the_type() {
+        for (oid, text) in [(16, "yes"), (23, "1.5"), (114, "{"), (17, "00"), (17, "\\xZZ"), (1007, "{1,2"), (1007, "{1}x"), (1082, "yesterday"), (1700, "ten")] {
+            let err = builtin(oid).unwrap().to_json(text).unwrap_err();
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_text_makes_any_kind_panic(text in "\\PC{0,40}") {
+            for oid in [16, 20, 700, 1700, 25, 114, 17, 2950, 1082, 1083, 1266, 1114, 1184, 1186, 1007, 1009, 1015] {
+                let _ = builtin(oid).unwrap().to_json(&text);
+            }
+        }
+    }
+}
