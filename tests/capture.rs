@@ -248,3 +248,61 @@ async fn a_missing_slot_or_publication_is_reported_with_the_fix() {
     assert_eq!(err.kind(), tidepool::ErrorKind::NotFound);
     assert!(err.message().contains(r#"CREATE PUBLICATION "No Such ""Pub""" FOR TABLE"#), "{}", err.message());
 }
+
+#[test]
+fn the_command_line_captures_lists_and_previews() {
+    let source = Source::new("cap_cli", "CREATE TABLE t (id int PRIMARY KEY, v text);");
+    source.db.sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'); UPDATE t SET v = 'c' WHERE id = 1;");
+    let stop = source.db.current_lsn().to_string();
+    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", source.db.cluster.port(), source.db.name);
+    let store = source.store.to_str().unwrap();
+    let tidepool = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"));
+        command.env("PGPASSWORD", source.db.cluster.superuser_password().expose()).env("PGPASSFILE", "/nonexistent");
+        command
+    };
+    let captured = tidepool()
+        .args(["capture", "--url", &url, "--store", store, "--publication", "tidepool_pub", "--slot", &source.slot, "--stop-at-lsn", &stop])
+        .output()
+        .unwrap();
+    assert!(captured.status.success(), "{}", String::from_utf8_lossy(&captured.stderr));
+
+    let listed = tidepool().args(["collections", "--store", store]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "public/t\t2\t3\n");
+
+    let rows = tidepool().args(["preview", "--store", store, "public/t"]).output().unwrap();
+    let rows: Vec<Json> = String::from_utf8_lossy(&rows.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(data).collect::<Vec<_>>(), vec![json!({"id": 1, "v": "c"}), json!({"id": 2, "v": "b"})]);
+
+    let changes = tidepool().args(["preview", "--store", store, "public/t", "--changes", "--limit", "2"]).output().unwrap();
+    let changes: Vec<Json> = String::from_utf8_lossy(&changes.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(ops(&changes), vec!["c", "c"]);
+
+    let missing = tidepool().args(["preview", "--store", store, "public/nope"]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error (NotFound): no collection named 'public/nope'"));
+}
+
+#[tokio::test]
+async fn a_million_row_transaction_arrives_whole() {
+    let source = Source::new("cap_million", "CREATE TABLE big (id int PRIMARY KEY, h text);");
+    source.db.sql("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;");
+    let started = std::time::Instant::now();
+    let report = source.catch_up().await;
+    eprintln!("1M-row transaction captured in {:?}", started.elapsed());
+    assert_eq!((report.transactions, report.changes), (1, 1_000_000));
+    let info = &source.store().collections().unwrap()[0];
+    assert_eq!((info.rows, info.changes), (1_000_000, 1_000_000));
+    let last = source.store().changes("public/big", 999_999, 1).unwrap();
+    assert_eq!(data(&last[0].1), json!({"id": 1000000, "h": format!("{:x}", md5_of("1000000"))}));
+}
+
+/// MD5 as PostgreSQL's md5() computes it, to check a value end to end.
+fn md5_of(text: &str) -> u128 {
+    let out = std::process::Command::new("md5sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    let mut out = out;
+    out.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = out.wait_with_output().unwrap();
+    u128::from_str_radix(String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap(), 16).unwrap()
+}

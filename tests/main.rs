@@ -6,5 +6,6 @@ mod harness;
 mod capture;
 mod cli;
 mod connection;
+mod crash;
 mod profiles;
 mod tls;
