@@ -33,6 +33,36 @@ use crate::sql;
 use crate::store::{CollectionSpec, Op, Store};
 use crate::value::{builtin, Kind};
 
+/// What one store commit made durable, reported to an [`Observer`].
+#[derive(Debug, Clone)]
+pub struct Flush {
+    /// The new checkpoint.
+    pub checkpoint: Lsn,
+    /// Changes in the commit.
+    pub changes: u64,
+    /// Commit times of the source transactions in the commit (microseconds since 2000-01-01, the
+    /// server's clock), for commit-to-stored latency.
+    pub commit_times_micros: Vec<i64>,
+    /// When the store commit returned (microseconds since 2000-01-01, this machine's clock).
+    pub stored_at_micros: i64,
+}
+
+/// Called after every store commit, on the capture's task: keep it quick.
+#[derive(Clone)]
+pub struct Observer(pub std::sync::Arc<dyn Fn(&Flush) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// Microseconds since 2000-01-01 on this machine's clock, PostgreSQL's epoch.
+pub fn now_postgres_micros() -> i64 {
+    let since_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    since_unix.as_micros() as i64 - 946_684_800_000_000
+}
+
 /// What to capture and where to.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
@@ -48,6 +78,8 @@ pub struct CaptureOptions {
     pub create_slot: bool,
     /// Stop once every transaction committed at or before this LSN is stored.
     pub stop_at: Option<Lsn>,
+    /// Told about every store commit (metrics, latency, the desktop's live view).
+    pub observer: Option<Observer>,
 }
 
 /// What a capture run did.
@@ -88,6 +120,7 @@ struct Transaction {
     final_lsn: Lsn,
     xid: u32,
     ts_ms: i64,
+    commit_time_micros: i64,
     skip: bool,
     index: u64,
 }
@@ -100,6 +133,8 @@ struct Capture {
     types: HashMap<u32, Kind>,
     checkpoint: Lsn,
     report: CaptureReport,
+    /// Commit times of the transactions in the open batch, for the observer.
+    batch_commit_times: Vec<i64>,
 }
 
 enum Outcome {
@@ -123,6 +158,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         types: HashMap::new(),
         checkpoint,
         report: CaptureReport::default(),
+        batch_commit_times: Vec::new(),
     };
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -130,6 +166,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         let result = capture.stream().await;
         // Whatever happened, an open batch holds only unconfirmed work: drop it, resume from the checkpoint.
         capture.store.rollback()?;
+        capture.batch_commit_times.clear();
         match result {
             Ok(Outcome::Stopped) => break,
             Ok(Outcome::Ended) => tracing::warn!("the server ended the replication stream; reconnecting"),
@@ -195,7 +232,14 @@ impl Capture {
                         self.store.begin()?;
                         batch_started = Instant::now();
                     }
-                    tx = Some(Transaction { final_lsn, xid, ts_ms: postgres_time_to_unix_ms(commit_time_micros), skip, index: 0 });
+                    tx = Some(Transaction {
+                        final_lsn,
+                        xid,
+                        ts_ms: postgres_time_to_unix_ms(commit_time_micros),
+                        commit_time_micros,
+                        skip,
+                        index: 0,
+                    });
                 }
                 Event::Data(bytes) => {
                     let message = decoder.decode(&bytes).map_err(|e| Error::internal(format!("decoding pgoutput: {e}")))?;
@@ -209,7 +253,7 @@ impl Capture {
                         self.report.skipped_transactions += 1;
                         continue;
                     }
-                    self.report.transactions += 1;
+                    self.batch_commit_times.push(done.commit_time_micros);
                     batch_end = end_lsn;
                     // Keep the batch open while more is already waiting, within bounds.
                     if self.store.batch_len() < MAX_BATCH_CHANGES && batch_started.elapsed() < MAX_BATCH_AGE {
@@ -255,6 +299,13 @@ impl Capture {
         self.store.commit(checkpoint)?;
         stream.confirm(checkpoint);
         self.checkpoint = checkpoint;
+        let commit_times_micros = std::mem::take(&mut self.batch_commit_times);
+        // Counted only once stored: a batch lost with its connection is not in the report.
+        self.report.transactions += commit_times_micros.len() as u64;
+        self.report.changes += changes;
+        if let Some(observer) = &self.options.observer {
+            (observer.0)(&Flush { checkpoint, changes, commit_times_micros, stored_at_micros: now_postgres_micros() });
+        }
         if changes > 0 {
             tracing::debug!(%checkpoint, changes, "stored");
         }
@@ -362,7 +413,6 @@ impl Capture {
 
     fn count(&mut self, tx: &mut Transaction) {
         tx.index += 1;
-        self.report.changes += 1;
     }
 
     fn relation(&self, relid: u32) -> Result<&Relation> {

@@ -34,6 +34,7 @@ impl Source {
             slot: self.slot.clone(),
             create_slot: false,
             stop_at,
+            observer: None,
         }
     }
 

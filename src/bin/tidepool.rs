@@ -300,7 +300,7 @@ async fn capture(
         .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into());
     let slot = slot.or_else(|| saved.as_ref().map(|p| p.slot.clone())).unwrap_or_else(|| profile::DEFAULT_SLOT.into());
     let stop_at = stop_at_lsn.map(|l| l.parse::<Lsn>().map_err(|e| Error::invalid_input("--stop-at-lsn", e.message()))).transpose()?;
-    let options = CaptureOptions { spec, store_dir: store, publication, slot, create_slot, stop_at };
+    let options = CaptureOptions { spec, store_dir: store, publication, slot, create_slot, stop_at, observer: None };
     let report = tidepool::capture::run(options).await?;
     eprintln!(
         "stored {} transactions ({} changes, {} already stored skipped); checkpoint {}",
