@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use tokio_postgres::Client;
 
 use crate::connection::{connect, ConnectionSpec};
@@ -103,6 +103,8 @@ const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
 
 struct ColumnInfo {
     name: String,
+    /// `"name":`, escaped once per Relation message.
+    member: String,
     type_oid: u32,
     kind: Kind,
 }
@@ -318,7 +320,10 @@ impl Capture {
                 let mut infos = Vec::with_capacity(columns.len());
                 for column in &columns {
                     let kind = self.kind_of(column.type_oid).await?;
-                    infos.push(ColumnInfo { name: column.name.clone(), type_oid: column.type_oid, kind });
+                    let mut member = String::new();
+                    crate::value::write_json_string(&column.name, &mut member);
+                    member.push(':');
+                    infos.push(ColumnInfo { name: column.name.clone(), member, type_oid: column.type_oid, kind });
                 }
                 let key = columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
                 let collection = format!("{namespace}/{name}");
@@ -334,62 +339,55 @@ impl Capture {
                 let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
-                let (fields, unknown) = row_fields(rel, &new, None, None)?;
-                let key = key_of(rel, &fields, tx);
-                let doc = document(fields, meta(Op::Create, rel, tx, None, &unknown));
+                let row = write_row(rel, &new, Columns::All, None, None, tx)?;
+                let doc = document(&row.members, &meta(Op::Create, rel, tx, None, &row.unknown));
                 let collection = rel.collection.clone();
-                self.store.apply(&collection, tx.final_lsn, Op::Create, &key, None, &doc)?;
-                self.count(tx);
+                self.store.apply(&collection, tx.final_lsn, Op::Create, &row.key, None, doc)?;
+                tx.index += 1;
                 Ok(())
             }
             Message::Update { relid, old, new, .. } => {
                 let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
                 self.record_relation(relid)?;
-                let rel = self.relation(relid)?;
+                // A field borrow, not `self.relation()`: the store is written below while `rel` is alive.
+                let rel = self.relations.get(&relid).ok_or_else(|| Error::internal(format!("pgoutput: unknown relation {relid}")))?;
+                let old_row = match &old {
+                    Some((kind, values)) => {
+                        let columns = if *kind == OldKind::Full { Columns::All } else { Columns::Key };
+                        Some(write_row(rel, values, columns, None, None, tx)?)
+                    }
+                    None => None,
+                };
                 // The stored row, for unchanged TOAST values the WAL did not carry.
                 let stored = if new.contains(&Value::UnchangedToast) {
-                    let lookup_key = match &old {
-                        Some((_, old_values)) => key_of(rel, &row_fields(rel, old_values, None, None)?.0, tx),
-                        None => key_of(rel, &row_fields(rel, &new, None, None)?.0, tx),
+                    let lookup_key = match &old_row {
+                        Some(old_row) => old_row.key.clone(),
+                        None => write_row(rel, &new, Columns::Key, None, None, tx)?.key,
                     };
                     self.store.row(&rel.collection, &lookup_key)?
                 } else {
                     None
                 };
                 let old_values = old.as_ref().map(|(_, values)| values.as_slice());
-                let (fields, unknown) = row_fields(rel, &new, old_values, stored.as_ref())?;
-                let key = key_of(rel, &fields, tx);
-                let (old_key, before) = match &old {
-                    Some((kind, values)) => {
-                        let (old_fields, _) = row_fields(rel, values, None, None)?;
-                        let before = match kind {
-                            OldKind::Full => Json::Object(old_fields.clone()),
-                            OldKind::Key => Json::Object(key_fields(rel, &old_fields)),
-                        };
-                        (Some(key_of(rel, &old_fields, tx)), Some(before))
-                    }
-                    None => (None, None),
-                };
-                let doc = document(fields, meta(Op::Update, rel, tx, before, &unknown));
+                let row = write_row(rel, &new, Columns::All, old_values, stored.as_ref(), tx)?;
+                let before = old_row.as_ref().map(|o| format!("{{{}}}", o.members));
+                let doc = document(&row.members, &meta(Op::Update, rel, tx, before.as_deref(), &row.unknown));
                 let collection = rel.collection.clone();
-                self.store.apply(&collection, tx.final_lsn, Op::Update, &key, old_key.as_deref(), &doc)?;
-                self.count(tx);
+                let old_key = old_row.as_ref().map(|o| o.key.as_str());
+                self.store.apply(&collection, tx.final_lsn, Op::Update, &row.key, old_key, doc)?;
+                tx.index += 1;
                 Ok(())
             }
             Message::Delete { relid, old_kind, old, .. } => {
                 let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
-                let (old_fields, _) = row_fields(rel, &old, None, None)?;
-                let key = key_of(rel, &old_fields, tx);
-                let fields = match old_kind {
-                    OldKind::Full => old_fields,
-                    OldKind::Key => key_fields(rel, &old_fields),
-                };
-                let doc = document(fields, meta(Op::Delete, rel, tx, None, &[]));
+                let columns = if old_kind == OldKind::Full { Columns::All } else { Columns::Key };
+                let row = write_row(rel, &old, columns, None, None, tx)?;
+                let doc = document(&row.members, &meta(Op::Delete, rel, tx, None, &[]));
                 let collection = rel.collection.clone();
-                self.store.apply(&collection, tx.final_lsn, Op::Delete, &key, None, &doc)?;
-                self.count(tx);
+                self.store.apply(&collection, tx.final_lsn, Op::Delete, &row.key, None, doc)?;
+                tx.index += 1;
                 Ok(())
             }
             Message::Truncate { options, relids, .. } => {
@@ -398,21 +396,18 @@ impl Capture {
                     self.record_relation(relid)?;
                     let rel = self.relation(relid)?;
                     let mut m = meta(Op::Truncate, rel, tx, None, &[]);
-                    m.insert("truncate".into(), json!({"cascade": options & 1 != 0, "restartIdentity": options & 2 != 0}));
-                    let doc = document(Map::new(), m);
+                    m.pop();
+                    m.push_str(&format!(",\"truncate\":{{\"cascade\":{},\"restartIdentity\":{}}}}}", options & 1 != 0, options & 2 != 0));
+                    let doc = document("", &m);
                     let collection = rel.collection.clone();
-                    self.store.apply(&collection, tx.final_lsn, Op::Truncate, "", None, &doc)?;
-                    self.count(tx);
+                    self.store.apply(&collection, tx.final_lsn, Op::Truncate, "", None, doc)?;
+                    tx.index += 1;
                 }
                 Ok(())
             }
             // Begin and Commit arrive as events; the rest needs no action with protocol version 1.
             _ => Ok(()),
         }
-    }
-
-    fn count(&mut self, tx: &mut Transaction) {
-        tx.index += 1;
     }
 
     fn relation(&self, relid: u32) -> Result<&Relation> {
@@ -488,78 +483,132 @@ fn postgres_time_to_unix_ms(micros: i64) -> i64 {
     micros.div_euclid(1000).saturating_add(946_684_800_000)
 }
 
-/// A row's columns as JSON. Unchanged TOAST values come from `old` (REPLICA IDENTITY FULL) or
-/// `stored`; those found in neither are left out and returned by name.
-fn row_fields(rel: &Relation, values: &[Value], old: Option<&[Value]>, stored: Option<&Json>) -> Result<(Map<String, Json>, Vec<String>)> {
-    let mut fields = Map::with_capacity(values.len());
+/// Which columns of a tuple go into a document.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Columns {
+    /// Every column.
+    All,
+    /// Only the key's (a delete's or an old key's 'K' tuple).
+    Key,
+}
+
+/// A row written as JSON object members (`"a":1,"b":"x"`), with its canonical key.
+struct RowJson {
+    members: String,
+    key: String,
+    unknown: Vec<String>,
+}
+
+/// Writes a tuple's columns as JSON members. Unchanged TOAST values come from `old` (REPLICA IDENTITY
+/// FULL) or `stored`; those found in neither are left out and returned by name. The key is a JSON
+/// array of the key columns' values; a table without a key is keyed by the change's position in the
+/// stream, so every change stays its own row.
+fn write_row(rel: &Relation, values: &[Value], columns: Columns, old: Option<&[Value]>, stored: Option<&Json>, tx: &Transaction) -> Result<RowJson> {
+    let mut members = String::with_capacity(64 + values.len() * 16);
     let mut unknown = Vec::new();
+    let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
     for (i, column) in rel.columns.iter().enumerate() {
-        let value = match values.get(i).unwrap_or(&Value::Null) {
-            Value::Null => Json::Null,
-            Value::Text(bytes) => text_value(rel, column, bytes)?,
-            Value::Binary(_) => return Err(Error::internal("pgoutput sent a binary value although text was requested")),
+        let is_key = rel.key.contains(&i);
+        if columns == Columns::Key && !is_key {
+            continue;
+        }
+        let value = values.get(i).unwrap_or(&Value::Null);
+        let filled;
+        let value = match value {
             Value::UnchangedToast => match (old.and_then(|o| o.get(i)), stored.and_then(|s| s.get(&column.name))) {
-                (Some(Value::Text(bytes)), _) => text_value(rel, column, bytes)?,
-                (_, Some(previous)) => previous.clone(),
+                (Some(text @ Value::Text(_)), _) => text,
+                (_, Some(previous)) => {
+                    filled = previous.to_string();
+                    push_member(&mut members, column);
+                    let start = members.len();
+                    members.push_str(&filled);
+                    if is_key {
+                        key_spans.push((i, start..members.len()));
+                    }
+                    continue;
+                }
                 _ => {
                     unknown.push(column.name.clone());
                     continue;
                 }
             },
+            other => other,
         };
-        fields.insert(column.name.clone(), value);
+        push_member(&mut members, column);
+        let start = members.len();
+        match value {
+            Value::Null | Value::UnchangedToast => members.push_str("null"),
+            Value::Text(bytes) => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| Error::internal(format!("{}.{}: a value is not UTF-8 text", rel.collection, column.name)))?;
+                column
+                    .kind
+                    .write_json(text, &mut members)
+                    .map_err(|e| Error::internal(format!("{} column {}: {e}", rel.collection, column.name)))?;
+            }
+            Value::Binary(_) => return Err(Error::internal("pgoutput sent a binary value although text was requested")),
+        }
+        if is_key {
+            key_spans.push((i, start..members.len()));
+        }
     }
-    Ok((fields, unknown))
+    let key = if rel.key.is_empty() {
+        json!([tx.final_lsn.to_string(), tx.index]).to_string()
+    } else {
+        let mut key = String::from("[");
+        for (n, &k) in rel.key.iter().enumerate() {
+            if n > 0 {
+                key.push(',');
+            }
+            match key_spans.iter().find(|(i, _)| *i == k) {
+                Some((_, span)) => key.push_str(&members[span.clone()]),
+                None => key.push_str("null"),
+            }
+        }
+        key.push(']');
+        key
+    };
+    Ok(RowJson { members, key, unknown })
 }
 
-fn text_value(rel: &Relation, column: &ColumnInfo, bytes: &[u8]) -> Result<Json> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| Error::internal(format!("{}.{}: a value is not UTF-8 text", rel.collection, column.name)))?;
-    column.kind.to_json(text).map_err(|e| Error::internal(format!("{} column {}: {e}", rel.collection, column.name)))
-}
-
-fn key_fields(rel: &Relation, fields: &Map<String, Json>) -> Map<String, Json> {
-    let mut key = Map::new();
-    for &i in &rel.key {
-        let name = &rel.columns[i].name;
-        key.insert(name.clone(), fields.get(name).cloned().unwrap_or(Json::Null));
+fn push_member(members: &mut String, column: &ColumnInfo) {
+    if !members.is_empty() {
+        members.push(',');
     }
-    key
+    members.push_str(&column.member);
 }
 
-/// The canonical key: a JSON array of the key columns' values; a table without a key is keyed by the
-/// change's position in the stream, so every change stays its own row.
-fn key_of(rel: &Relation, fields: &Map<String, Json>, tx: &Transaction) -> String {
-    if rel.key.is_empty() {
-        return json!([tx.final_lsn.to_string(), tx.index]).to_string();
-    }
-    let values: Vec<&Json> = rel.key.iter().map(|&i| fields.get(&rel.columns[i].name).unwrap_or(&Json::Null)).collect();
-    serde_json::to_string(&values).unwrap_or_default()
-}
-
-fn meta(op: Op, rel: &Relation, tx: &Transaction, before: Option<Json>, unknown: &[String]) -> Map<String, Json> {
-    let mut meta = Map::new();
-    meta.insert("op".into(), Json::String(op.code().into()));
-    meta.insert(
-        "source".into(),
-        json!({
-            "schema": rel.schema,
-            "table": rel.table,
-            "lsn": tx.final_lsn.to_string(),
-            "txid": tx.xid,
-            "ts_ms": tx.ts_ms,
-        }),
-    );
+/// The `_meta` object: op, source, and `before` / `unknown` when there are any.
+fn meta(op: Op, rel: &Relation, tx: &Transaction, before: Option<&str>, unknown: &[String]) -> String {
+    let mut meta = String::with_capacity(160);
+    meta.push_str("{\"op\":\"");
+    meta.push_str(op.code());
+    meta.push_str("\",\"source\":{\"schema\":");
+    crate::value::write_json_string(&rel.schema, &mut meta);
+    meta.push_str(",\"table\":");
+    crate::value::write_json_string(&rel.table, &mut meta);
+    meta.push_str(&format!(",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}}}", tx.final_lsn, tx.xid, tx.ts_ms));
     if let Some(before) = before {
-        meta.insert("before".into(), before);
+        meta.push_str(",\"before\":");
+        meta.push_str(before);
     }
     if !unknown.is_empty() {
-        meta.insert("unknown".into(), json!(unknown));
+        meta.push_str(",\"unknown\":");
+        meta.push_str(&json!(unknown).to_string());
     }
+    meta.push('}');
     meta
 }
 
-fn document(mut fields: Map<String, Json>, meta: Map<String, Json>) -> String {
-    fields.insert("_meta".into(), Json::Object(meta));
-    Json::Object(fields).to_string()
+fn document(members: &str, meta: &str) -> String {
+    let mut doc = String::with_capacity(members.len() + meta.len() + 12);
+    doc.push('{');
+    doc.push_str(members);
+    if !members.is_empty() {
+        doc.push(',');
+    }
+    doc.push_str("\"_meta\":");
+    doc.push_str(meta);
+    doc.push('}');
+    doc
 }

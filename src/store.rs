@@ -9,6 +9,8 @@
 //!   middle of a source transaction.
 //! - Rows are reduced by key: an insert or update replaces the row, a delete removes it, a truncate
 //!   empties the collection; every one of them is also appended to the change log, in order.
+//! - A document is written once: the change log holds it, and a row is the key's pointer to the change
+//!   that last wrote it (so a row always equals a logged document).
 
 use std::path::{Path, PathBuf};
 
@@ -78,7 +80,26 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     batch: Option<u64>,
+    /// Collection name → its integer id in the tables.
+    ids: std::collections::HashMap<String, i64>,
+    /// The next change's position in the log.
+    next_seq: i64,
+    /// Inserts and upserts not yet written, so they can be written many rows per statement. Anything
+    /// that must see them (a read, a delete, a key change, a truncate, a commit) writes them first.
+    pending: Vec<Pending>,
 }
+
+struct Pending {
+    seq: i64,
+    collection: i64,
+    lsn: Lsn,
+    op: Op,
+    key: String,
+    doc: String,
+}
+
+/// Rows per multi-row INSERT.
+const CHUNK: usize = 64;
 
 fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::internal(format!("store: {context}: {e}"))
@@ -94,29 +115,38 @@ impl Store {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = OFF;
-             PRAGMA cache_size = -32768;
+             PRAGMA cache_size = -65536;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS collections (
-               name TEXT PRIMARY KEY,
+               id INTEGER PRIMARY KEY,
+               name TEXT NOT NULL UNIQUE,
                schema_name TEXT NOT NULL,
                table_name TEXT NOT NULL,
                key_columns TEXT NOT NULL,
                columns TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS changes (
                seq INTEGER PRIMARY KEY,
-               collection TEXT NOT NULL,
+               collection INTEGER NOT NULL,
                lsn INTEGER NOT NULL,
                op TEXT NOT NULL,
                doc TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS changes_by_collection ON changes (collection, seq);
              CREATE TABLE IF NOT EXISTS rows (
-               collection TEXT NOT NULL,
+               collection INTEGER NOT NULL,
                key TEXT NOT NULL,
-               doc TEXT NOT NULL,
+               seq INTEGER NOT NULL,
                PRIMARY KEY (collection, key)) WITHOUT ROWID;",
         )
         .map_err(sqlite("creating the schema"))?;
-        Ok(Store { conn, path, batch: None })
+        let ids = collection_ids(&conn)?;
+        let next_seq = next_seq(&conn)?;
+        Ok(Store { conn, path, batch: None, ids, next_seq, pending: Vec::with_capacity(CHUNK) })
+    }
+
+    fn id_of(&self, name: &str) -> Result<i64> {
+        self.ids.get(name).copied().ok_or_else(|| {
+            Error::new(crate::ErrorKind::NotFound, format!("no collection named '{name}' in {}", self.path.display()))
+        })
     }
 
     /// The database file.
@@ -151,8 +181,12 @@ impl Store {
 
     /// Abandons the open batch.
     pub fn rollback(&mut self) -> Result<()> {
+        self.pending.clear();
         if self.batch.take().is_some() {
             self.conn.execute_batch("ROLLBACK").map_err(sqlite("rolling back"))?;
+            // Collections first recorded in the batch are gone with it, and so are their positions.
+            self.ids = collection_ids(&self.conn)?;
+            self.next_seq = next_seq(&self.conn)?;
         }
         Ok(())
     }
@@ -170,8 +204,8 @@ impl Store {
             .conn
             .prepare(
                 "SELECT c.name,
-                        (SELECT count(*) FROM rows r WHERE r.collection = c.name),
-                        (SELECT count(*) FROM changes h WHERE h.collection = c.name)
+                        (SELECT count(*) FROM rows r WHERE r.collection = c.id),
+                        (SELECT count(*) FROM changes h WHERE h.collection = c.id)
                    FROM collections c ORDER BY c.name",
             )
             .map_err(sqlite("listing collections"))?;
@@ -205,35 +239,30 @@ impl Store {
             .map_err(sqlite("reading a collection"))
     }
 
-    fn require(&self, name: &str) -> Result<()> {
-        if self.collection(name)?.is_none() {
-            return Err(Error::new(crate::ErrorKind::NotFound, format!("no collection named '{name}' in {}", self.path.display())));
-        }
-        Ok(())
-    }
-
     /// Current rows in key order, at most `limit`.
     pub fn rows(&self, collection: &str, limit: usize) -> Result<Vec<Json>> {
-        self.require(collection)?;
+        let id = self.id_of(collection)?;
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT doc FROM rows WHERE collection = ?1 ORDER BY key LIMIT ?2")
+            .prepare_cached(
+                "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 ORDER BY r.key LIMIT ?2",
+            )
             .map_err(sqlite("reading rows"))?;
         let docs = stmt
-            .query_map(params![collection, limit as i64], |r| r.get::<_, String>(0))
+            .query_map(params![id, limit as i64], |r| r.get::<_, String>(0))
             .map_err(sqlite("reading rows"))?;
         docs.map(|d| parse(d.map_err(sqlite("reading rows"))?)).collect()
     }
 
     /// The change log in order, at most `limit` entries after position `after` (0 for the start).
     pub fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<Vec<(u64, Json)>> {
-        self.require(collection)?;
+        let id = self.id_of(collection)?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, doc FROM changes WHERE collection = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
-            .query_map(params![collection, after as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
+            .query_map(params![id, after as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
             .map_err(sqlite("reading changes"))?;
         docs.map(|d| {
             let (seq, doc) = d.map_err(sqlite("reading changes"))?;
@@ -245,6 +274,16 @@ impl Store {
 
 fn parse(doc: String) -> Result<Json> {
     serde_json::from_str(&doc).map_err(|e| Error::internal(format!("store: a stored document is not JSON: {e}")))
+}
+
+fn collection_ids(conn: &Connection) -> Result<std::collections::HashMap<String, i64>> {
+    let mut stmt = conn.prepare("SELECT name, id FROM collections").map_err(sqlite("reading collections"))?;
+    let pairs = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(sqlite("reading collections"))?;
+    pairs.collect::<std::result::Result<_, _>>().map_err(sqlite("reading collections"))
+}
+
+fn next_seq(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT COALESCE(max(seq), 0) + 1 FROM changes", [], |r| r.get(0)).map_err(sqlite("reading the log's end"))
 }
 
 fn read_checkpoint(conn: &Connection) -> Result<Lsn> {
@@ -259,68 +298,134 @@ impl Store {
     /// Records (or updates) a collection's description, in the open batch.
     pub fn put_collection(&mut self, spec: &CollectionSpec) -> Result<()> {
         self.in_open_batch("recording a collection")?;
-        self.conn
+        let id: i64 = self
+            .conn
             .prepare_cached(
                 "INSERT INTO collections (name, schema_name, table_name, key_columns, columns) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (name) DO UPDATE SET key_columns = excluded.key_columns, columns = excluded.columns",
+                 ON CONFLICT (name) DO UPDATE SET key_columns = excluded.key_columns, columns = excluded.columns
+                 RETURNING id",
             )
             .and_then(|mut s| {
-                s.execute(params![
-                    spec.name,
-                    spec.schema,
-                    spec.table,
-                    serde_json::to_string(&spec.key).unwrap_or_default(),
-                    spec.columns.to_string()
-                ])
+                s.query_row(
+                    params![spec.name, spec.schema, spec.table, serde_json::to_string(&spec.key).unwrap_or_default(), spec.columns.to_string()],
+                    |r| r.get(0),
+                )
             })
             .map_err(sqlite("recording a collection"))?;
+        self.ids.insert(spec.name.clone(), id);
         Ok(())
     }
 
     /// The current row under `key`, including the open batch's own writes.
-    pub fn row(&self, collection: &str, key: &str) -> Result<Option<Json>> {
+    pub fn row(&mut self, collection: &str, key: &str) -> Result<Option<Json>> {
+        let id = self.id_of(collection)?;
+        self.write_pending()?;
         let doc: Option<String> = self
             .conn
-            .prepare_cached("SELECT doc FROM rows WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row(params![collection, key], |r| r.get(0)).optional())
+            .prepare_cached("SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 AND r.key = ?2")
+            .and_then(|mut s| s.query_row(params![id, key], |r| r.get(0)).optional())
             .map_err(sqlite("reading a row"))?;
         doc.map(parse).transpose()
     }
 
     /// Appends a change to the log and applies it to the current rows. `key` is the canonical key of
     /// the row after the change; `old_key` the key before it, when an update changed the key.
-    pub fn apply(&mut self, collection: &str, lsn: Lsn, op: Op, key: &str, old_key: Option<&str>, doc: &str) -> Result<()> {
+    pub fn apply(&mut self, collection: &str, lsn: Lsn, op: Op, key: &str, old_key: Option<&str>, doc: impl Into<String>) -> Result<()> {
+        let doc = doc.into();
         self.in_open_batch("writing a change")?;
-        self.conn
-            .prepare_cached("INSERT INTO changes (collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut s| s.execute(params![collection, lsn.0 as i64, op.code(), doc]))
-            .map_err(sqlite("appending a change"))?;
-        if let Some(old) = old_key.filter(|old| *old != key) {
-            self.delete_row(collection, old)?;
-        }
-        match op {
-            Op::Create | Op::Update => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO rows (collection, key, doc) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (collection, key) DO UPDATE SET doc = excluded.doc",
-                    )
-                    .and_then(|mut s| s.execute(params![collection, key, doc]))
-                    .map_err(sqlite("writing a row"))?;
+        let id = self.id_of(collection)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let key_changed = old_key.is_some_and(|old| old != key);
+        if matches!(op, Op::Create | Op::Update) && !key_changed {
+            self.pending.push(Pending { seq, collection: id, lsn, op, key: key.to_string(), doc });
+            if self.pending.len() >= CHUNK {
+                self.write_pending()?;
             }
-            Op::Delete => self.delete_row(collection, key)?,
-            Op::Truncate => {
-                self.conn
-                    .prepare_cached("DELETE FROM rows WHERE collection = ?1")
-                    .and_then(|mut s| s.execute([collection]))
-                    .map_err(sqlite("truncating rows"))?;
+        } else {
+            self.write_pending()?;
+            self.conn
+                .prepare_cached("INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .and_then(|mut s| s.execute(params![seq, id, lsn.0 as i64, op.code(), doc]))
+                .map_err(sqlite("appending a change"))?;
+            if let Some(old) = old_key.filter(|_| key_changed) {
+                self.delete_row(id, old)?;
+            }
+            match op {
+                Op::Create | Op::Update => self.upsert_row(id, key, seq)?,
+                Op::Delete => self.delete_row(id, key)?,
+                Op::Truncate => {
+                    self.conn
+                        .prepare_cached("DELETE FROM rows WHERE collection = ?1")
+                        .and_then(|mut s| s.execute([id]))
+                        .map_err(sqlite("truncating rows"))?;
+                }
             }
         }
         self.batch = self.batch.map(|n| n + 1);
         Ok(())
     }
 
-    fn delete_row(&mut self, collection: &str, key: &str) -> Result<()> {
+    fn upsert_row(&mut self, collection: i64, key: &str, seq: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO rows (collection, key, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
+            )
+            .and_then(|mut s| s.execute(params![collection, key, seq]))
+            .map_err(sqlite("writing a row"))?;
+        Ok(())
+    }
+
+    /// Writes the buffered inserts and upserts: full chunks with one statement per table, the rest row
+    /// by row. Within a statement SQLite applies rows in order, so a key written twice ends at the later.
+    fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut chunks = pending.chunks_exact(CHUNK);
+        for chunk in &mut chunks {
+            let changes_sql = format!(
+                "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES {}",
+                vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
+            );
+            let mut stmt = self.conn.prepare_cached(&changes_sql).map_err(sqlite("appending changes"))?;
+            for (i, p) in chunk.iter().enumerate() {
+                let at = i * 5;
+                stmt.raw_bind_parameter(at + 1, p.seq).map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 2, p.collection).map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 3, p.lsn.0 as i64).map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 4, p.op.code()).map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 5, p.doc.as_str()).map_err(sqlite("appending changes"))?;
+            }
+            stmt.raw_execute().map_err(sqlite("appending changes"))?;
+            let rows_sql = format!(
+                "INSERT INTO rows (collection, key, seq) VALUES {} ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
+                vec!["(?, ?, ?)"; CHUNK].join(", ")
+            );
+            let mut stmt = self.conn.prepare_cached(&rows_sql).map_err(sqlite("writing rows"))?;
+            for (i, p) in chunk.iter().enumerate() {
+                let at = i * 3;
+                stmt.raw_bind_parameter(at + 1, p.collection).map_err(sqlite("writing rows"))?;
+                stmt.raw_bind_parameter(at + 2, p.key.as_str()).map_err(sqlite("writing rows"))?;
+                stmt.raw_bind_parameter(at + 3, p.seq).map_err(sqlite("writing rows"))?;
+            }
+            stmt.raw_execute().map_err(sqlite("writing rows"))?;
+        }
+        for p in chunks.remainder() {
+            self.conn
+                .prepare_cached("INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .and_then(|mut s| s.execute(params![p.seq, p.collection, p.lsn.0 as i64, p.op.code(), p.doc]))
+                .map_err(sqlite("appending a change"))?;
+            self.upsert_row(p.collection, &p.key, p.seq)?;
+        }
+        self.pending = pending;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn delete_row(&mut self, collection: i64, key: &str) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM rows WHERE collection = ?1 AND key = ?2")
             .and_then(|mut s| s.execute(params![collection, key]))
@@ -332,6 +437,7 @@ impl Store {
     /// once SQLite has fsynced; only then may the capture confirm `checkpoint` to PostgreSQL.
     pub fn commit(&mut self, checkpoint: Lsn) -> Result<()> {
         self.begin()?;
+        self.write_pending()?;
         let current = read_checkpoint(&self.conn)?;
         if checkpoint < current {
             self.rollback()?;
@@ -384,6 +490,33 @@ mod tests {
         store.apply("public/t", Lsn(50), Op::Truncate, "", None, r#"{}"#).unwrap();
         store.commit(Lsn(60)).unwrap();
         assert_eq!(store.collections().unwrap()[0].rows, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn chunked_writes_keep_the_order_of_changes() {
+        let (mut store, dir) = store();
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        for i in 0..150 {
+            store.apply("public/t", Lsn(1), Op::Create, &format!("[{i}]"), None, format!(r#"{{"id":{i},"v":0}}"#)).unwrap();
+        }
+        // Within the next chunk: the same key twice, then a delete and a key change that flush it.
+        store.apply("public/t", Lsn(2), Op::Update, "[7]", None, r#"{"id":7,"v":1}"#).unwrap();
+        store.apply("public/t", Lsn(2), Op::Update, "[7]", None, r#"{"id":7,"v":2}"#).unwrap();
+        store.apply("public/t", Lsn(2), Op::Delete, "[8]", None, r#"{"id":8}"#).unwrap();
+        store.apply("public/t", Lsn(2), Op::Update, "[200]", Some("[9]"), r#"{"id":200,"v":3}"#).unwrap();
+        assert_eq!(store.row("public/t", "[7]").unwrap().unwrap()["v"], 2, "reads see buffered writes");
+        store.commit(Lsn(3)).unwrap();
+        let info = &store.collections().unwrap()[0];
+        assert_eq!((info.rows, info.changes), (149, 154));
+        let changes = store.changes("public/t", 0, 1000).unwrap();
+        let seqs: Vec<u64> = changes.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=154).collect::<Vec<_>>());
+        assert_eq!(changes[151].1, serde_json::json!({"id":7,"v":2}));
+        let rows = store.rows("public/t", 1000).unwrap();
+        assert!(rows.iter().all(|r| r["id"] != 8 && r["id"] != 9));
+        assert!(rows.contains(&serde_json::json!({"id":200,"v":3})));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

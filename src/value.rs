@@ -206,6 +206,64 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// Appends the value's JSON to `out`: the same JSON as [`Kind::to_json`], written without building
+    /// a `serde_json::Value` for the common kinds (the capture's hot path).
+    pub fn write_json(&self, text: &str, out: &mut String) -> Result<(), ValueError> {
+        match self {
+            Kind::Integer => {
+                if text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
+                    return Err(error("integer", text, "is not an integer"));
+                }
+                out.push_str(text);
+            }
+            Kind::Float if !matches!(text, "NaN" | "Infinity" | "-Infinity") => {
+                match text.parse::<f64>() {
+                    // PostgreSQL's shortest round-trip output ("1.5", "1e+30", "-0") is valid JSON as it is.
+                    Ok(f) if f.is_finite() && !text.starts_with('.') && !text.starts_with("-.") => out.push_str(text),
+                    _ => out.push_str(&self.to_json(text)?.to_string()),
+                }
+            }
+            Kind::Bool => out.push_str(match text {
+                "t" | "true" => "true",
+                "f" | "false" => "false",
+                _ => return Err(error("bool", text, "is not t or f")),
+            }),
+            Kind::Text | Kind::Uuid | Kind::Time | Kind::Interval => write_json_string(text, out),
+            // json and jsonb text output is JSON already (json keeps its validated input as is).
+            Kind::Json => out.push_str(text),
+            _ => out.push_str(&self.to_json(text)?.to_string()),
+        }
+        Ok(())
+    }
+}
+
+/// Appends `text` as a JSON string literal.
+pub fn write_json_string(text: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if escaped.is_empty() {
+            out.push_str(&format!("\\u{byte:04x}"));
+        } else {
+            out.push_str(escaped);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
+}
+
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if hex.len() % 2 != 0 {
         return None;
@@ -431,7 +489,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn writing_json_directly_gives_the_same_json() {
+        let cases: &[(u32, &str)] = &[
+            (16, "f"), (20, "-42"), (26, "4294967295"), (701, "1e+30"), (701, "-0"), (701, "NaN"), (700, "1.5"),
+            (1700, "1.50"), (25, "tab\there \"q\" \\ \u{1} é"), (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            (3802, r#"{"a": [1, {"b": null}]}"#), (17, "\\x00ff"), (1114, "2024-01-31 13:45:00"), (1007, "{1,NULL}"),
+        ];
+        for (oid, text) in cases {
+            let kind = builtin(*oid).unwrap();
+            let mut out = String::new();
+            kind.write_json(text, &mut out).unwrap();
+            let written: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{oid} {text:?} wrote {out}: {e}"));
+            assert_eq!(written, kind.to_json(text).unwrap(), "{oid} {text:?}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn written_text_is_always_the_json_string(text in "\\PC{0,40}") {
+            let mut out = String::new();
+            write_json_string(&text, &mut out);
+            proptest::prop_assert_eq!(serde_json::from_str::<Json>(&out).unwrap(), Json::String(text));
+        }
+
         #[test]
         fn no_text_makes_any_kind_panic(text in "\\PC{0,40}") {
             for oid in [16, 20, 700, 1700, 25, 114, 17, 2950, 1082, 1083, 1266, 1114, 1184, 1186, 1007, 1009, 1015] {
