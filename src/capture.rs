@@ -125,6 +125,27 @@ struct Transaction {
     commit_time_micros: i64,
     skip: bool,
     index: u64,
+    /// `_meta.source` per relation, the same for every change of that table in this transaction.
+    sources: Vec<(u32, String)>,
+}
+
+impl Transaction {
+    fn source(&mut self, relid: u32, rel: &Relation) -> &str {
+        let at = match self.sources.iter().position(|(id, _)| *id == relid) {
+            Some(at) => at,
+            None => {
+                let mut source = String::with_capacity(96);
+                source.push_str("{\"schema\":");
+                crate::value::write_json_string(&rel.schema, &mut source);
+                source.push_str(",\"table\":");
+                crate::value::write_json_string(&rel.table, &mut source);
+                source.push_str(&format!(",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}}}", self.final_lsn, self.xid, self.ts_ms));
+                self.sources.push((relid, source));
+                self.sources.len() - 1
+            }
+        };
+        &self.sources[at].1
+    }
 }
 
 struct Capture {
@@ -241,6 +262,7 @@ impl Capture {
                         commit_time_micros,
                         skip,
                         index: 0,
+                        sources: Vec::new(),
                     });
                 }
                 Event::Data(bytes) => {
@@ -340,7 +362,7 @@ impl Capture {
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
                 let row = write_row(rel, &new, Columns::All, None, None, tx)?;
-                let doc = document(&row.members, &meta(Op::Create, rel, tx, None, &row.unknown));
+                let doc = document(&row.members, &meta(Op::Create, relid, rel, tx, None, &row.unknown));
                 let collection = rel.collection.clone();
                 self.store.apply(&collection, tx.final_lsn, Op::Create, &row.key, None, doc)?;
                 tx.index += 1;
@@ -371,7 +393,7 @@ impl Capture {
                 let old_values = old.as_ref().map(|(_, values)| values.as_slice());
                 let row = write_row(rel, &new, Columns::All, old_values, stored.as_ref(), tx)?;
                 let before = old_row.as_ref().map(|o| format!("{{{}}}", o.members));
-                let doc = document(&row.members, &meta(Op::Update, rel, tx, before.as_deref(), &row.unknown));
+                let doc = document(&row.members, &meta(Op::Update, relid, rel, tx, before.as_deref(), &row.unknown));
                 let collection = rel.collection.clone();
                 let old_key = old_row.as_ref().map(|o| o.key.as_str());
                 self.store.apply(&collection, tx.final_lsn, Op::Update, &row.key, old_key, doc)?;
@@ -384,7 +406,7 @@ impl Capture {
                 let rel = self.relation(relid)?;
                 let columns = if old_kind == OldKind::Full { Columns::All } else { Columns::Key };
                 let row = write_row(rel, &old, columns, None, None, tx)?;
-                let doc = document(&row.members, &meta(Op::Delete, rel, tx, None, &[]));
+                let doc = document(&row.members, &meta(Op::Delete, relid, rel, tx, None, &[]));
                 let collection = rel.collection.clone();
                 self.store.apply(&collection, tx.final_lsn, Op::Delete, &row.key, None, doc)?;
                 tx.index += 1;
@@ -395,7 +417,7 @@ impl Capture {
                 for relid in relids {
                     self.record_relation(relid)?;
                     let rel = self.relation(relid)?;
-                    let mut m = meta(Op::Truncate, rel, tx, None, &[]);
+                    let mut m = meta(Op::Truncate, relid, rel, tx, None, &[]);
                     m.pop();
                     m.push_str(&format!(",\"truncate\":{{\"cascade\":{},\"restartIdentity\":{}}}}}", options & 1 != 0, options & 2 != 0));
                     let doc = document("", &m);
@@ -579,15 +601,12 @@ fn push_member(members: &mut String, column: &ColumnInfo) {
 }
 
 /// The `_meta` object: op, source, and `before` / `unknown` when there are any.
-fn meta(op: Op, rel: &Relation, tx: &Transaction, before: Option<&str>, unknown: &[String]) -> String {
+fn meta(op: Op, relid: u32, rel: &Relation, tx: &mut Transaction, before: Option<&str>, unknown: &[String]) -> String {
     let mut meta = String::with_capacity(160);
     meta.push_str("{\"op\":\"");
     meta.push_str(op.code());
-    meta.push_str("\",\"source\":{\"schema\":");
-    crate::value::write_json_string(&rel.schema, &mut meta);
-    meta.push_str(",\"table\":");
-    crate::value::write_json_string(&rel.table, &mut meta);
-    meta.push_str(&format!(",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}}}", tx.final_lsn, tx.xid, tx.ts_ms));
+    meta.push_str("\",\"source\":");
+    meta.push_str(tx.source(relid, rel));
     if let Some(before) = before {
         meta.push_str(",\"before\":");
         meta.push_str(before);
