@@ -215,12 +215,17 @@ impl Kind {
                 if text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
                     return Err(error("integer", text, "is not an integer"));
                 }
-                out.push_str(text);
+                // Rust accepts "+5"; JSON does not. PostgreSQL never prints it, but the check is cheap.
+                if is_json_number(text) {
+                    out.push_str(text);
+                } else {
+                    out.push_str(&self.to_json(text)?.to_string());
+                }
             }
             Kind::Float if !matches!(text, "NaN" | "Infinity" | "-Infinity") => {
                 match text.parse::<f64>() {
                     // PostgreSQL's shortest round-trip output ("1.5", "1e+30", "-0") is valid JSON as it is.
-                    Ok(f) if f.is_finite() && !text.starts_with('.') && !text.starts_with("-.") => out.push_str(text),
+                    Ok(f) if f.is_finite() && is_json_number(text) => out.push_str(text),
                     _ => out.push_str(&self.to_json(text)?.to_string()),
                 }
             }
@@ -236,6 +241,39 @@ impl Kind {
         }
         Ok(())
     }
+}
+
+/// Whether `text` follows JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = usize::from(bytes.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while bytes.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - start
+    };
+    let whole = digits(&mut i);
+    if whole == 0 || (whole > 1 && bytes[i - whole] == b'0') {
+        return false;
+    }
+    if bytes.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == bytes.len()
 }
 
 /// Appends `text` as a JSON string literal.
@@ -505,7 +543,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_json_numbers_are_copied_as_they_are() {
+        for ok in ["0", "-0", "1.5", "1e+30", "1E-05", "-12.250", "9223372036854775807"] {
+            assert!(is_json_number(ok), "{ok}");
+        }
+        for bad in ["+5", "1.", ".5", "-.5", "01", "1e", "1e+", "", "-", "inf", "0x10"] {
+            assert!(!is_json_number(bad), "{bad}");
+        }
+        let mut out = String::new();
+        builtin(701).unwrap().write_json("+1.", &mut out).unwrap();
+        assert_eq!(out, "1.0");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn direct_writing_agrees_with_the_mapping_for_numbers(text in "[-+]?[0-9]{0,4}(\\.[0-9]{0,3})?([eE][-+]?[0-9]{0,3})?") {
+            for oid in [20, 701] {
+                let kind = builtin(oid).unwrap();
+                let mut out = String::new();
+                if let (Ok(mapped), Ok(())) = (kind.to_json(&text), kind.write_json(&text, &mut out)) {
+                    // 0 and 0.0 are one JSON number; compare numbers by value.
+                    let written = serde_json::from_str::<Json>(&out).unwrap();
+                    proptest::prop_assert_eq!(written.as_f64(), mapped.as_f64(), "{} vs {}", written, mapped);
+                }
+            }
+        }
+
         #[test]
         fn written_text_is_always_the_json_string(text in "\\PC{0,40}") {
             let mut out = String::new();
