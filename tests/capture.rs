@@ -307,3 +307,78 @@ fn md5_of(text: &str) -> u128 {
     let output = out.wait_with_output().unwrap();
     u128::from_str_radix(String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap(), 16).unwrap()
 }
+
+#[tokio::test]
+async fn capture_streams_over_tls_with_verify_full() {
+    let db = TestDb::new(harness::tls(), "cap_tls");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION tidepool_pub FOR ALL TABLES;");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput');", db.name));
+    db.sql("INSERT INTO t VALUES (1), (2);");
+    let dir = harness::temp_dir("cap_tls");
+    let mut spec = db.spec();
+    spec.host = "localhost".into();
+    spec.sslmode = tidepool::tls::SslMode::VerifyFull;
+    spec.sslrootcert = Some(harness::ca_file(db.cluster, &dir));
+    let options = CaptureOptions {
+        spec,
+        store_dir: dir.join("store"),
+        publication: "tidepool_pub".into(),
+        slot: db.name.clone(),
+        create_slot: false,
+        stop_at: Some(db.current_lsn()),
+        observer: None,
+    };
+    let report = run(options.clone()).await.unwrap();
+    assert_eq!(report.changes, 2);
+    // Without the authority, verify-full refuses the server's certificate.
+    let mut untrusted = options;
+    untrusted.spec.sslrootcert = None;
+    untrusted.store_dir = dir.join("other");
+    let err = run(untrusted).await.unwrap_err();
+    assert_eq!(err.kind(), tidepool::ErrorKind::Tls, "{err:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn added_dropped_and_renamed_columns_update_the_collection() {
+    let source = Source::new("cap_schema", "CREATE TABLE t (id int PRIMARY KEY, a text, b text);");
+    source.db.sql("INSERT INTO t VALUES (1, 'a', 'b');");
+    source.db.sql("ALTER TABLE t ADD COLUMN c int; ALTER TABLE t DROP COLUMN b; ALTER TABLE t RENAME COLUMN a TO a2;");
+    source.db.sql("INSERT INTO t VALUES (2, 'x', 3);");
+    source.catch_up().await;
+    let changes = source.changes("public/t");
+    assert_eq!(data(&changes[0]), json!({"id": 1, "a": "a", "b": "b"}));
+    assert_eq!(data(&changes[1]), json!({"id": 2, "a2": "x", "c": 3}));
+    let spec = source.store().collection("public/t").unwrap().unwrap();
+    let names: Vec<&str> = spec.columns.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["id", "a2", "c"]);
+    assert_eq!(spec.key, vec!["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replication_connection_is_resumed_from_the_checkpoint() {
+    let source = Source::new("cap_reconnect", "CREATE TABLE t (id int PRIMARY KEY);");
+    source.db.sql("INSERT INTO t SELECT generate_series(1, 10);");
+    let far = Lsn(u64::MAX);
+    let capture = tokio::spawn(run(source.options(Some(far))));
+    // Wait until the stream is up and has stored the first rows, then cut it from the server's side.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while source.store().collections().map(|c| c.first().map_or(0, |c| c.changes)).unwrap_or(0) < 10 {
+        assert!(std::time::Instant::now() < deadline, "the capture never stored the first rows");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let terminated = source.db.sql(&format!(
+        "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{}' AND active;",
+        source.slot
+    ));
+    assert_eq!(terminated.trim(), "1");
+    source.db.sql("INSERT INTO t SELECT generate_series(11, 20);");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while source.store().collections().unwrap()[0].changes < 20 {
+        assert!(std::time::Instant::now() < deadline, "the capture did not resume after the connection was cut");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    capture.abort();
+    assert_eq!(source.changes("public/t").len(), 20);
+    assert_eq!(source.rows("public/t").len(), 20);
+}
