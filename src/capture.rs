@@ -465,36 +465,10 @@ impl Capture {
         if let Some(kind) = self.types.get(&oid) {
             return Ok(kind.clone());
         }
-        let mut current = oid;
-        let mut wrappers: Vec<char> = Vec::new();
-        let kind = loop {
-            if let Some(kind) = builtin(current) {
-                break kind;
-            }
-            if wrappers.len() > 16 {
-                break Kind::Text;
-            }
-            if self.sql.is_none() {
-                self.sql = Some(connect(&self.options.spec).await?);
-            }
-            let sql = self.sql.as_ref().expect("connected above");
-            let row = sql
-                .query_opt("SELECT typtype::text, typbasetype, typelem, typdelim::text, typcategory::text FROM pg_type WHERE oid = $1", &[&current])
-                .await
-                .map_err(|e| Error::from_postgres(&e, "reading pg_type"))?;
-            let Some(row) = row else { break Kind::Text };
-            let (typtype, base, elem, delim, category): (String, u32, u32, String, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            if typtype == "d" {
-                current = base;
-            } else if category == "A" && elem != 0 {
-                wrappers.push(delim.chars().next().unwrap_or(','));
-                current = elem;
-            } else {
-                break Kind::Text;
-            }
-        };
-        let kind = wrappers.into_iter().rev().fold(kind, |element, delimiter| Kind::Array { element: Box::new(element), delimiter });
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let kind = crate::discovery::kind_of(self.sql.as_ref().expect("connected above"), oid).await?;
         self.types.insert(oid, kind.clone());
         Ok(kind)
     }

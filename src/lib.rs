@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cluster;
 pub mod connection;
 pub mod conninfo;
+pub mod discovery;
 pub mod error;
 pub mod pgoutput;
 pub mod pgpass;

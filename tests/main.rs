@@ -7,5 +7,6 @@ mod capture;
 mod cli;
 mod connection;
 mod crash;
+mod discovery;
 mod profiles;
 mod tls;

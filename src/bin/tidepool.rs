@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         stop_at_lsn: Option<String>,
     },
+    /// Lists the tables the role can read as collections: key, JSON Schema, size, publication membership.
+    Discover {
+        #[command(flatten)]
+        target: Target,
+        /// Mark which tables this publication publishes (default: the profile's).
+        #[arg(long)]
+        publication: Option<String>,
+        /// Print JSON (with the JSON Schemas) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists the store's collections: name, current rows, changes.
     Collections {
         /// The store folder.
@@ -145,6 +156,7 @@ async fn main() -> ExitCode {
         Command::Capture { target, store, publication, slot, create_slot, stop_at_lsn } => {
             (capture(&target, store, publication, slot, create_slot, stop_at_lsn).await, false)
         }
+        Command::Discover { target, publication, json } => (discover(&target, publication, json).await, json),
         Command::Collections { store, json } => (collections(&store, json), json),
         Command::Preview { store, collection, changes, limit } => (preview(&store, &collection, changes, limit), false),
     };
@@ -306,6 +318,40 @@ async fn capture(
         "stored {} transactions ({} changes, {} already stored skipped); checkpoint {}",
         report.transactions, report.changes, report.skipped_transactions, report.checkpoint
     );
+    Ok(())
+}
+
+async fn discover(target: &Target, publication: Option<String>, json: bool) -> Result<(), Error> {
+    let spec = spec_for(target)?;
+    let publication = match (publication, &target.profile) {
+        (Some(p), _) => Some(p),
+        (None, Some(name)) => Some(profiles()?.get(name)?.publication),
+        (None, None) => None,
+    };
+    let client = connection::connect(&spec).await?;
+    let tables = tidepool::discovery::discover(&client, publication.as_deref()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tables).map_err(Error::internal)?);
+        return Ok(());
+    }
+    for t in &tables {
+        let key = match t.key_source {
+            tidepool::discovery::KeySource::PrimaryKey => format!("primary key ({})", t.key.join(", ")),
+            tidepool::discovery::KeySource::UniqueIndex => {
+                format!("unique index {} ({})", t.key_index.as_deref().unwrap_or("?"), t.key.join(", "))
+            }
+            tidepool::discovery::KeySource::None => "no key: captured as changes keyed by position".to_string(),
+        };
+        let rows = t.estimated_rows.map_or("rows unknown".to_string(), |r| format!("~{r} rows"));
+        let published = if publication.is_some() { if t.in_publication { ", published" } else { ", not published" } } else { "" };
+        println!(
+            "{}\t{key}; {rows}, {} kB{}{published}; replica identity {}",
+            t.collection.name,
+            t.size_bytes / 1024,
+            if t.partitioned { ", partitioned" } else { "" },
+            t.replica_identity
+        );
+    }
     Ok(())
 }
 
