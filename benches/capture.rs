@@ -125,6 +125,8 @@ async fn latency(bench: &Bench) -> (f64, f64, usize) {
         create_slot: false,
         stop_at: None,
         observer: Some(observer),
+        backfill: Vec::new(),
+        backfill_progress: None,
     };
     let capture = tokio::spawn(run(options));
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -64,7 +64,7 @@ pub fn now_postgres_micros() -> i64 {
 }
 
 /// What to capture and where to.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CaptureOptions {
     /// The source database.
     pub spec: ConnectionSpec,
@@ -80,6 +80,22 @@ pub struct CaptureOptions {
     pub stop_at: Option<Lsn>,
     /// Told about every store commit (metrics, latency, the desktop's live view).
     pub observer: Option<Observer>,
+    /// Tables (schema, table) to backfill before streaming, read in the new slot's snapshot.
+    pub backfill: Vec<(String, String)>,
+    /// Told how the backfill progresses.
+    pub backfill_progress: Option<std::sync::Arc<dyn Fn(&crate::backfill::BackfillProgress) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CaptureOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureOptions")
+            .field("spec", &self.spec)
+            .field("store_dir", &self.store_dir)
+            .field("publication", &self.publication)
+            .field("slot", &self.slot)
+            .field("backfill", &self.backfill)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a capture run did.
@@ -92,6 +108,8 @@ pub struct CaptureReport {
     pub changes: u64,
     /// Transactions skipped because they were stored before (resent after a crash).
     pub skipped_transactions: u64,
+    /// Rows the backfill stored.
+    pub backfilled_rows: u64,
     /// The checkpoint at the end.
     pub checkpoint: String,
 }
@@ -101,32 +119,56 @@ const MAX_BATCH_CHANGES: u64 = 20_000;
 /// Longest a batch may stay open while more transactions keep arriving.
 const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
 
-struct ColumnInfo {
-    name: String,
+pub(crate) struct ColumnInfo {
+    pub(crate) name: String,
     /// `"name":`, escaped once per Relation message.
-    member: String,
-    type_oid: u32,
-    kind: Kind,
+    pub(crate) member: String,
+    pub(crate) type_oid: u32,
+    pub(crate) kind: Kind,
 }
 
-struct Relation {
-    collection: String,
-    schema: String,
-    table: String,
-    columns: Vec<ColumnInfo>,
-    key: Vec<usize>,
-    recorded: bool,
+impl ColumnInfo {
+    pub(crate) fn new(name: String, type_oid: u32, kind: Kind) -> ColumnInfo {
+        let mut member = String::new();
+        crate::value::write_json_string(&name, &mut member);
+        member.push(':');
+        ColumnInfo { name, member, type_oid, kind }
+    }
 }
 
-struct Transaction {
-    final_lsn: Lsn,
-    xid: u32,
-    ts_ms: i64,
-    commit_time_micros: i64,
-    skip: bool,
-    index: u64,
+pub(crate) struct Relation {
+    pub(crate) collection: String,
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) columns: Vec<ColumnInfo>,
+    pub(crate) key: Vec<usize>,
+    pub(crate) recorded: bool,
+}
+
+impl Relation {
+    /// The collection's description for the store.
+    pub(crate) fn spec(&self) -> CollectionSpec {
+        CollectionSpec {
+            name: self.collection.clone(),
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            key: self.key.iter().map(|&i| self.columns[i].name.clone()).collect(),
+            columns: Json::Array(self.columns.iter().map(|c| json!({"name": c.name, "typeOid": c.type_oid})).collect()),
+        }
+    }
+}
+
+pub(crate) struct Transaction {
+    pub(crate) final_lsn: Lsn,
+    pub(crate) xid: u32,
+    pub(crate) ts_ms: i64,
+    pub(crate) commit_time_micros: i64,
+    pub(crate) skip: bool,
+    pub(crate) index: u64,
+    /// Rows read by a backfill in the snapshot, not changes from the stream.
+    pub(crate) snapshot: bool,
     /// `_meta.source` per relation, the same for every change of that table in this transaction.
-    sources: Vec<(u32, String)>,
+    pub(crate) sources: Vec<(u32, String)>,
 }
 
 impl Transaction {
@@ -139,7 +181,8 @@ impl Transaction {
                 crate::value::write_json_string(&rel.schema, &mut source);
                 source.push_str(",\"table\":");
                 crate::value::write_json_string(&rel.table, &mut source);
-                source.push_str(&format!(",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}}}", self.final_lsn, self.xid, self.ts_ms));
+                source.push_str(&format!(",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}", self.final_lsn, self.xid, self.ts_ms));
+                source.push_str(if self.snapshot { ",\"snapshot\":true}" } else { "}" });
                 self.sources.push((relid, source));
                 self.sources.len() - 1
             }
@@ -168,10 +211,24 @@ enum Outcome {
 /// Runs a capture until `stop_at` is reached (or forever). Connection losses are retried with backoff
 /// from the checkpoint; other errors end the run.
 pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
-    let store = Store::open(&options.store_dir)?;
-    let checkpoint = store.checkpoint()?;
+    let mut store = Store::open(&options.store_dir)?;
+    let mut checkpoint = store.checkpoint()?;
     let sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
+    let mut backfilled_rows = 0;
+    if !options.backfill.is_empty() {
+        if checkpoint > Lsn(0) {
+            return Err(Error::invalid_input(
+                "--tables",
+                format!("this store has captured up to {checkpoint} already; backfilling tables into a running capture is not supported yet"),
+            ));
+        }
+        for (schema, table) in &options.backfill {
+            check_published(&sql, &options.publication, schema, table).await?;
+        }
+        backfilled_rows = initial_backfill(&options, &sql, &mut store).await?;
+        checkpoint = store.checkpoint()?;
+    }
     slot::ensure(&sql, &options.slot, options.create_slot).await?;
     let mut capture = Capture {
         options,
@@ -180,7 +237,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         relations: HashMap::new(),
         types: HashMap::new(),
         checkpoint,
-        report: CaptureReport::default(),
+        report: CaptureReport { backfilled_rows, ..CaptureReport::default() },
         batch_commit_times: Vec::new(),
     };
     let mut backoff = Duration::from_millis(250);
@@ -206,6 +263,78 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
     }
     capture.report.checkpoint = capture.checkpoint.to_string();
     Ok(capture.report)
+}
+
+/// Creates the slot with an exported snapshot, reads the tables in it, and commits their rows with the
+/// slot's consistent point as the checkpoint. A slot left by an interrupted backfill (recorded in the
+/// store) is replaced; any other existing slot is refused, because its snapshot is gone.
+async fn initial_backfill(options: &CaptureOptions, sql: &Client, store: &mut Store) -> Result<u64> {
+    const OWNED: &str = "backfill_slot";
+    if slot::find(sql, &options.slot).await?.is_some() {
+        if store.meta(OWNED)?.as_deref() == Some(options.slot.as_str()) {
+            tracing::warn!(slot = %options.slot, "an earlier backfill was interrupted; starting it over with a new slot");
+            sql.execute("SELECT pg_drop_replication_slot($1)", &[&options.slot])
+                .await
+                .map_err(|e| Error::from_postgres(&e, "dropping the interrupted backfill's slot"))?;
+        } else {
+            return Err(Error::invalid_input(
+                "slot",
+                format!(
+                    "{} exists already; a consistent backfill needs a new slot created with its snapshot: choose another slot \
+                     name, drop this one (SELECT pg_drop_replication_slot({})), or capture only new changes (--no-backfill)",
+                    sql::ident(&options.slot),
+                    sql::literal(&options.slot)
+                ),
+            ));
+        }
+    }
+    // Recorded before the slot exists, so a crash in between is recognised next time.
+    store.set_meta(OWNED, &options.slot)?;
+    store.commit(Lsn(0))?;
+    let session = crate::replication::SnapshotSession::create(&options.spec, &options.slot).await?;
+    let mut progress = |p: &crate::backfill::BackfillProgress| {
+        if let Some(callback) = &options.backfill_progress {
+            callback(p);
+        }
+    };
+    let result = crate::backfill::run(&options.spec, store, &options.backfill, &session.snapshot, session.consistent_point, &mut progress).await;
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            store.rollback()?;
+            session.close().await;
+            return Err(e);
+        }
+    };
+    store.commit(session.consistent_point)?;
+    let consistent_point = session.consistent_point;
+    session.close().await;
+    tracing::info!(rows, %consistent_point, "backfill stored");
+    Ok(rows)
+}
+
+async fn check_published(sql: &Client, publication: &str, schema: &str, table: &str) -> Result<()> {
+    let published = sql
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3
+             UNION ALL
+             SELECT 1 FROM pg_publication p JOIN pg_class c ON c.relname = $3 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = $2
+              WHERE p.pubname = $1 AND p.puballtables",
+            &[&publication, &schema, &table],
+        )
+        .await
+        .map_err(|e| Error::from_postgres(&e, "reading pg_publication_tables"))?
+        .is_some();
+    if !published {
+        return Err(Error::invalid_input(
+            "--tables",
+            format!(
+                "{}.{} is not in publication {}: its changes would not be captured after the backfill; add it with ALTER PUBLICATION {} ADD TABLE {}.{}",
+                sql::ident(schema), sql::ident(table), sql::ident(publication), sql::ident(publication), sql::ident(schema), sql::ident(table)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
@@ -262,6 +391,7 @@ impl Capture {
                         commit_time_micros,
                         skip,
                         index: 0,
+                        snapshot: false,
                         sources: Vec::new(),
                     });
                 }
@@ -342,10 +472,7 @@ impl Capture {
                 let mut infos = Vec::with_capacity(columns.len());
                 for column in &columns {
                     let kind = self.kind_of(column.type_oid).await?;
-                    let mut member = String::new();
-                    crate::value::write_json_string(&column.name, &mut member);
-                    member.push(':');
-                    infos.push(ColumnInfo { name: column.name.clone(), member, type_oid: column.type_oid, kind });
+                    infos.push(ColumnInfo::new(column.name.clone(), column.type_oid, kind));
                 }
                 let key = columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
                 let collection = format!("{namespace}/{name}");
@@ -444,14 +571,7 @@ impl Capture {
         if rel.recorded {
             return Ok(());
         }
-        let spec = CollectionSpec {
-            name: rel.collection.clone(),
-            schema: rel.schema.clone(),
-            table: rel.table.clone(),
-            key: rel.key.iter().map(|&i| rel.columns[i].name.clone()).collect(),
-            columns: Json::Array(rel.columns.iter().map(|c| json!({"name": c.name, "typeOid": c.type_oid})).collect()),
-        };
-        self.store.put_collection(&spec)?;
+        self.store.put_collection(&rel.spec())?;
         rel.recorded = true;
         Ok(())
     }
@@ -475,13 +595,13 @@ impl Capture {
 }
 
 /// PostgreSQL timestamps count microseconds from 2000-01-01.
-fn postgres_time_to_unix_ms(micros: i64) -> i64 {
+pub(crate) fn postgres_time_to_unix_ms(micros: i64) -> i64 {
     micros.div_euclid(1000).saturating_add(946_684_800_000)
 }
 
 /// Which columns of a tuple go into a document.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Columns {
+pub(crate) enum Columns {
     /// Every column.
     All,
     /// Only the key's (a delete's or an old key's 'K' tuple).
@@ -489,17 +609,17 @@ enum Columns {
 }
 
 /// A row written as JSON object members (`"a":1,"b":"x"`), with its canonical key.
-struct RowJson {
-    members: String,
-    key: String,
-    unknown: Vec<String>,
+pub(crate) struct RowJson {
+    pub(crate) members: String,
+    pub(crate) key: String,
+    pub(crate) unknown: Vec<String>,
 }
 
 /// Writes a tuple's columns as JSON members. Unchanged TOAST values come from `old` (REPLICA IDENTITY
 /// FULL) or `stored`; those found in neither are left out and returned by name. The key is a JSON
 /// array of the key columns' values; a table without a key is keyed by the change's position in the
 /// stream, so every change stays its own row.
-fn write_row(rel: &Relation, values: &[Value], columns: Columns, old: Option<&[Value]>, stored: Option<&Json>, tx: &Transaction) -> Result<RowJson> {
+pub(crate) fn write_row(rel: &Relation, values: &[Value], columns: Columns, old: Option<&[Value]>, stored: Option<&Json>, tx: &Transaction) -> Result<RowJson> {
     let mut members = String::with_capacity(64 + values.len() * 16);
     let mut unknown = Vec::new();
     let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
@@ -575,7 +695,7 @@ fn push_member(members: &mut String, column: &ColumnInfo) {
 }
 
 /// The `_meta` object: op, source, and `before` / `unknown` when there are any.
-fn meta(op: Op, relid: u32, rel: &Relation, tx: &mut Transaction, before: Option<&str>, unknown: &[String]) -> String {
+pub(crate) fn meta(op: Op, relid: u32, rel: &Relation, tx: &mut Transaction, before: Option<&str>, unknown: &[String]) -> String {
     let mut meta = String::with_capacity(160);
     meta.push_str("{\"op\":\"");
     meta.push_str(op.code());
@@ -593,7 +713,7 @@ fn meta(op: Op, relid: u32, rel: &Relation, tx: &mut Transaction, before: Option
     meta
 }
 
-fn document(members: &str, meta: &str) -> String {
+pub(crate) fn document(members: &str, meta: &str) -> String {
     let mut doc = String::with_capacity(members.len() + meta.len() + 12);
     doc.push('{');
     doc.push_str(members);

@@ -4,6 +4,7 @@
 //!
 //! Modules are named after the domain. Errors are [`Error`] values with a [`ErrorKind`] to match on.
 
+pub mod backfill;
 pub mod capture;
 pub mod cluster;
 pub mod connection;

@@ -56,13 +56,10 @@ pub struct StreamOptions<'a> {
     pub start: Lsn,
 }
 
-impl Stream {
-    /// Connects, authenticates and starts streaming.
-    pub async fn start(options: StreamOptions<'_>) -> Result<Stream> {
-        // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let spec = options.spec;
-        let target = spec.target();
+fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
+    // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let spec = options.spec;
         let tls = match spec.sslmode {
             SslMode::Disable | SslMode::Allow => TlsConfig::disabled(),
             SslMode::Prefer => TlsConfig { mode: pgwire_replication::SslMode::Prefer, ..TlsConfig::disabled() },
@@ -74,7 +71,7 @@ impl Stream {
         if let Some(extra) = &spec.options {
             session_options = format!("{extra} {session_options}");
         }
-        let config = ReplicationConfig::new(
+        ReplicationConfig::new(
             &spec.host,
             &spec.user,
             spec.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
@@ -89,8 +86,15 @@ impl Stream {
         .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
         .with_status_interval(Duration::from_secs(1))
         .with_options(session_options)
-        .with_application_name(&spec.application_name);
-        let connect = ReplicationClient::connect(config);
+        .with_application_name(&spec.application_name)
+}
+
+impl Stream {
+    /// Connects, authenticates and starts streaming.
+    pub async fn start(options: StreamOptions<'_>) -> Result<Stream> {
+        let spec = options.spec;
+        let target = spec.target();
+        let connect = ReplicationClient::connect(config(&options));
         let client = match tokio::time::timeout(spec.connect_timeout + Duration::from_secs(2), connect).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(transport_error(&target, options.slot, e)),
@@ -138,6 +142,54 @@ impl Stream {
     /// Ends the stream cleanly.
     pub async fn stop(mut self) {
         let _ = self.client.shutdown().await;
+    }
+}
+
+/// A replication session that created a slot with an exported snapshot. The snapshot stays valid
+/// until the session ends, so keep it open until every table has been read in it.
+pub struct SnapshotSession {
+    client: ReplicationClient,
+    /// Where streaming from the new slot starts: the snapshot sees exactly the transactions before it.
+    pub consistent_point: Lsn,
+    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
+impl SnapshotSession {
+    /// Creates `slot` (pgoutput) and exports its snapshot.
+    pub async fn create(spec: &ConnectionSpec, slot: &str) -> Result<SnapshotSession> {
+        let target = spec.target();
+        let options = StreamOptions { spec, slot, publication: "", start: Lsn(0) };
+        let mut client = ReplicationClient::connect_gated(config(&options)).await.map_err(|e| transport_error(&target, slot, e))?;
+        let rows = client
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')", sql::ident(slot)))
+            .await
+            .map_err(|e| transport_error(&target, "", e))?;
+        let field = |i: usize| -> Result<String> {
+            rows.first()
+                .and_then(|row| row.get(i).cloned().flatten())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no row"))
+        };
+        let consistent_point: Lsn = field(1)?.parse()?;
+        let snapshot = field(2)?;
+        Ok(SnapshotSession { client, consistent_point, snapshot })
+    }
+
+    /// Ends the session; the snapshot is released, the slot stays. The session never started
+    /// streaming, so there is nothing to drain: the transport's graceful shutdown would wait for a stream
+    /// that never comes, so the connection is closed instead (see `Drop`).
+    pub async fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for SnapshotSession {
+    /// An interrupted backfill must not leave the session (and its open transaction) behind: the next
+    /// CREATE_REPLICATION_SLOT would wait for that transaction forever. Cancelling the transport's task
+    /// closes the connection, and the server ends the session.
+    fn drop(&mut self) {
+        self.client.abort();
     }
 }
 

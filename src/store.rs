@@ -179,6 +179,23 @@ impl Store {
         self.batch.unwrap_or(0)
     }
 
+    /// A value the engine keeps about this store (e.g. the slot a backfill created).
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(sqlite("reading meta"))
+    }
+
+    /// Sets a meta value in the open batch (committed with it).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.begin()?;
+        self.conn
+            .execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])
+            .map_err(sqlite("writing meta"))?;
+        Ok(())
+    }
+
     /// Abandons the open batch.
     pub fn rollback(&mut self) -> Result<()> {
         self.pending.clear();

@@ -35,6 +35,8 @@ impl Source {
             create_slot: false,
             stop_at,
             observer: None,
+            backfill: Vec::new(),
+            backfill_progress: None,
         }
     }
 
@@ -327,6 +329,8 @@ async fn capture_streams_over_tls_with_verify_full() {
         create_slot: false,
         stop_at: Some(db.current_lsn()),
         observer: None,
+        backfill: Vec::new(),
+        backfill_progress: None,
     };
     let report = run(options.clone()).await.unwrap();
     assert_eq!(report.changes, 2);

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backfill;
 mod capture;
 mod cli;
 mod connection;

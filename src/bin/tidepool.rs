@@ -56,6 +56,13 @@ enum Command {
         /// Exit once every transaction committed at or before this LSN (X/Y) is stored.
         #[arg(long)]
         stop_at_lsn: Option<String>,
+        /// Tables to capture, schema.table,…: their existing rows are backfilled first, in the snapshot of
+        /// a new slot, then their changes stream from where the snapshot ends.
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Capture only new changes of --tables, without backfilling their existing rows.
+        #[arg(long)]
+        no_backfill: bool,
     },
     /// Lists the tables the role can read as collections: key, JSON Schema, size, publication membership.
     Discover {
@@ -153,8 +160,9 @@ async fn main() -> ExitCode {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
         }
-        Command::Capture { target, store, publication, slot, create_slot, stop_at_lsn } => {
-            (capture(&target, store, publication, slot, create_slot, stop_at_lsn).await, false)
+        Command::Capture { target, store, publication, slot, create_slot, stop_at_lsn, tables, no_backfill } => {
+            let tables = if no_backfill { Vec::new() } else { tables };
+            (capture(&target, store, publication, slot, create_slot, stop_at_lsn, tables).await, false)
         }
         Command::Discover { target, publication, json } => (discover(&target, publication, json).await, json),
         Command::Collections { store, json } => (collections(&store, json), json),
@@ -301,7 +309,9 @@ async fn capture(
     slot: Option<String>,
     create_slot: bool,
     stop_at_lsn: Option<String>,
+    tables: Vec<String>,
 ) -> Result<(), Error> {
+    let backfill = tables.iter().map(|t| tidepool::backfill::parse_table_name(t)).collect::<Result<Vec<_>, _>>()?;
     let spec = spec_for(target)?;
     let saved = match &target.profile {
         Some(name) => Some(profiles()?.get(name)?),
@@ -312,11 +322,27 @@ async fn capture(
         .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into());
     let slot = slot.or_else(|| saved.as_ref().map(|p| p.slot.clone())).unwrap_or_else(|| profile::DEFAULT_SLOT.into());
     let stop_at = stop_at_lsn.map(|l| l.parse::<Lsn>().map_err(|e| Error::invalid_input("--stop-at-lsn", e.message()))).transpose()?;
-    let options = CaptureOptions { spec, store_dir: store, publication, slot, create_slot, stop_at, observer: None };
+    let progress: std::sync::Arc<dyn Fn(&tidepool::backfill::BackfillProgress) + Send + Sync> = std::sync::Arc::new(|p| {
+        let of = p.estimated_rows.map_or(String::new(), |e| format!(" of ~{e}"));
+        let left = p.seconds_left.map_or(String::new(), |s| format!(", ~{s:.0} s left"));
+        let state = if p.done { "done" } else { "reading" };
+        eprintln!("backfill {}: {state} {} rows{of} ({:.0} rows/s{left})", p.collection, p.rows, p.rows_per_second);
+    });
+    let options = CaptureOptions {
+        spec,
+        store_dir: store,
+        publication,
+        slot,
+        create_slot: create_slot || !backfill.is_empty(),
+        stop_at,
+        observer: None,
+        backfill,
+        backfill_progress: Some(progress),
+    };
     let report = tidepool::capture::run(options).await?;
     eprintln!(
-        "stored {} transactions ({} changes, {} already stored skipped); checkpoint {}",
-        report.transactions, report.changes, report.skipped_transactions, report.checkpoint
+        "backfilled {} rows; stored {} transactions ({} changes, {} already stored skipped); checkpoint {}",
+        report.backfilled_rows, report.transactions, report.changes, report.skipped_transactions, report.checkpoint
     );
     Ok(())
 }
