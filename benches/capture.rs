@@ -28,12 +28,17 @@ impl Bench {
     }
 
     fn current_lsn(&self) -> Lsn {
-        self.sql("SELECT pg_current_wal_lsn();").trim().parse().unwrap()
+        self.sql("SELECT pg_current_wal_lsn();")
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     fn create_slots(&self, names: &[&str]) {
         for name in names {
-            self.sql(&format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput');"));
+            self.sql(&format!(
+                "SELECT pg_create_logical_replication_slot('{name}', 'pgoutput');"
+            ));
         }
     }
 
@@ -41,9 +46,25 @@ impl Bench {
     fn pg_recvlogical(&self, slot: &str, end: Lsn) -> f64 {
         let started = Instant::now();
         let status = Command::new(self.cluster.bin_dir().join("pg_recvlogical"))
-            .args(["-h", "127.0.0.1", "-p", &self.cluster.port().to_string(), "-U", "postgres", "-d", self.db])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.cluster.port().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                self.db,
+            ])
             .args(["--slot", slot, "--start", "--no-loop", "-f", "/dev/null"])
-            .args(["--endpos", &end.to_string(), "-o", "proto_version=1", "-o", "publication_names=bench_pub"])
+            .args([
+                "--endpos",
+                &end.to_string(),
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=bench_pub",
+            ])
             .env("PGPASSWORD", self.cluster.superuser_password().expose())
             .stdout(Stdio::null())
             .status()
@@ -54,12 +75,25 @@ impl Bench {
 
     /// Seconds and peak RSS (MiB) of `tidepool capture` storing `slot` up to `end` in a fresh store.
     fn tidepool(&self, slot: &str, end: Lsn) -> (f64, f64) {
-        let store = std::env::temp_dir().join(format!("tidepool-bench-{slot}-{}", std::process::id()));
+        let store =
+            std::env::temp_dir().join(format!("tidepool-bench-{slot}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&store);
-        let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", self.cluster.port(), self.db);
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+            self.cluster.port(),
+            self.db
+        );
         let started = Instant::now();
         let child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
-            .args(["capture", "--url", &url, "--store", store.to_str().unwrap(), "--publication", "bench_pub"])
+            .args([
+                "capture",
+                "--url",
+                &url,
+                "--store",
+                store.to_str().unwrap(),
+                "--publication",
+                "bench_pub",
+            ])
             .args(["--slot", slot, "--stop-at-lsn", &end.to_string()])
             .env("PGPASSWORD", self.cluster.superuser_password().expose())
             .stdout(Stdio::null())
@@ -96,12 +130,21 @@ fn throughput(bench: &Bench, workload: &'static str, table: &str, sql: &str, cha
     bench.create_slots(&[&limit_slot, &tidepool_slot]);
     let started = Instant::now();
     bench.sql(sql);
-    eprintln!("{workload}: workload written in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{workload}: workload written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let end = bench.current_lsn();
     let limit_secs = bench.pg_recvlogical(&limit_slot, end);
     let (tidepool_secs, rss_mib) = bench.tidepool(&tidepool_slot, end);
     bench.sql(&format!("SELECT pg_drop_replication_slot('{limit_slot}'); SELECT pg_drop_replication_slot('{tidepool_slot}');"));
-    Row { workload, changes, limit_secs, tidepool_secs, rss_mib }
+    Row {
+        workload,
+        changes,
+        limit_secs,
+        tidepool_secs,
+        rss_mib,
+    }
 }
 
 async fn latency(bench: &Bench) -> (f64, f64, usize) {
@@ -113,7 +156,12 @@ async fn latency(bench: &Bench) -> (f64, f64, usize) {
     let sink = latencies.clone();
     let observer = Observer(Arc::new(move |flush| {
         let mut sink = sink.lock().unwrap();
-        sink.extend(flush.commit_times_micros.iter().map(|c| flush.stored_at_micros - c));
+        sink.extend(
+            flush
+                .commit_times_micros
+                .iter()
+                .map(|c| flush.stored_at_micros - c),
+        );
     }));
     let mut spec = bench.cluster.spec(bench.db);
     spec.application_name = "tidepool-bench".into();
@@ -133,12 +181,18 @@ async fn latency(bench: &Bench) -> (f64, f64, usize) {
 
     // A steady 1,000 single-row transactions per second for 10 s.
     let writer = tidepool::connection::connect(&spec).await.unwrap();
-    let insert = writer.prepare("INSERT INTO lat (v) VALUES ($1)").await.unwrap();
+    let insert = writer
+        .prepare("INSERT INTO lat (v) VALUES ($1)")
+        .await
+        .unwrap();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for i in 0..10_000 {
         tick.tick().await;
-        writer.execute(&insert, &[&format!("row {i}")]).await.unwrap();
+        writer
+            .execute(&insert, &[&format!("row {i}")])
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     capture.abort();
@@ -150,14 +204,23 @@ async fn latency(bench: &Bench) -> (f64, f64, usize) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cluster = Cluster::start(ClusterOptions {
-        settings: vec![("max_wal_size".into(), "'4GB'".into()), ("checkpoint_timeout".into(), "'30min'".into())],
+        settings: vec![
+            ("max_wal_size".into(), "'4GB'".into()),
+            ("checkpoint_timeout".into(), "'30min'".into()),
+        ],
         ..Default::default()
     })
     .expect("starting PostgreSQL");
     cluster.psql("postgres", "CREATE DATABASE bench;").unwrap();
-    let bench = Bench { cluster, db: "bench" };
+    let bench = Bench {
+        cluster,
+        db: "bench",
+    };
     bench.sql(
         "CREATE TABLE big (id int PRIMARY KEY, h text);
          CREATE TABLE small (id bigserial PRIMARY KEY, h text);
@@ -183,7 +246,13 @@ fn main() {
         let ours = row.changes as f64 / row.tidepool_secs;
         println!(
             "| {} | {:.0} changes/s ({:.2} s) | {:.0} changes/s ({:.2} s) | {:.2}× | {:.0} MiB |",
-            row.workload, limit, row.limit_secs, ours, row.tidepool_secs, ours / limit, row.rss_mib
+            row.workload,
+            limit,
+            row.limit_secs,
+            ours,
+            row.tidepool_secs,
+            ours / limit,
+            row.rss_mib
         );
     }
     println!();

@@ -17,7 +17,10 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::capture::{document, meta, now_postgres_micros, postgres_time_to_unix_ms, write_row, ColumnInfo, Columns, Relation, Transaction};
+use crate::capture::{
+    document, meta, now_postgres_micros, postgres_time_to_unix_ms, write_row, ColumnInfo, Columns,
+    Relation, Transaction,
+};
 use crate::connection::{connect, ConnectionSpec};
 use crate::discovery::{discover, kind_of, DiscoveredTable};
 use crate::error::{Error, ErrorKind, Result};
@@ -62,9 +65,16 @@ pub fn parse_table_name(name: &str) -> Result<(String, String)> {
     }
     parts.push(current);
     match parts.as_slice() {
-        [schema, table] if !schema.is_empty() && !table.is_empty() && !quoted => Ok((schema.clone(), table.clone())),
+        [schema, table] if !schema.is_empty() && !table.is_empty() && !quoted => {
+            Ok((schema.clone(), table.clone()))
+        }
         [table] if !table.is_empty() && !quoted => Ok(("public".into(), table.clone())),
-        _ => Err(Error::invalid_input("--tables", format!("'{name}' is not schema.table (quote names that contain dots: \"my.schema\".t)"))),
+        _ => Err(Error::invalid_input(
+            "--tables",
+            format!(
+                "'{name}' is not schema.table (quote names that contain dots: \"my.schema\".t)"
+            ),
+        )),
     }
 }
 
@@ -78,23 +88,51 @@ pub async fn run(
     progress: &mut (dyn FnMut(&BackfillProgress) + Send),
 ) -> Result<u64> {
     let mut spec = spec.clone();
-    spec.options = Some(format!("{} {}", spec.options.clone().unwrap_or_default(), crate::value::SESSION_OPTIONS));
+    spec.options = Some(format!(
+        "{} {}",
+        spec.options.clone().unwrap_or_default(),
+        crate::value::SESSION_OPTIONS
+    ));
     let client = connect(&spec).await?;
     let target = spec.target();
     client
-        .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};", sql::literal(snapshot)))
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};",
+            sql::literal(snapshot)
+        ))
         .await
         .map_err(|e| Error::from_postgres(&e, &target))?;
     let discovered = discover(&client, None).await?;
     store.begin()?;
     let mut total = 0;
     for (relid, (schema, table)) in tables.iter().enumerate() {
-        let found = discovered.iter().find(|t| &t.schema == schema && &t.table == table).ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("--tables: {}.{} is not a table this role can read", sql::ident(schema), sql::ident(table)))
-        })?;
-        total += copy_table(&client, store, found, relid as u32, consistent_point, progress).await?;
+        let found = discovered
+            .iter()
+            .find(|t| &t.schema == schema && &t.table == table)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "--tables: {}.{} is not a table this role can read",
+                        sql::ident(schema),
+                        sql::ident(table)
+                    ),
+                )
+            })?;
+        total += copy_table(
+            &client,
+            store,
+            found,
+            relid as u32,
+            consistent_point,
+            progress,
+        )
+        .await?;
     }
-    client.batch_execute("COMMIT").await.map_err(|e| Error::from_postgres(&e, &target))?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| Error::from_postgres(&e, &target))?;
     Ok(total)
 }
 
@@ -108,9 +146,17 @@ async fn copy_table(
 ) -> Result<u64> {
     let mut columns = Vec::with_capacity(found.columns.len());
     for column in &found.columns {
-        columns.push(ColumnInfo::new(column.name.clone(), column.type_oid, kind_of(client, column.type_oid).await?));
+        columns.push(ColumnInfo::new(
+            column.name.clone(),
+            column.type_oid,
+            kind_of(client, column.type_oid).await?,
+        ));
     }
-    let key = found.key.iter().filter_map(|k| found.columns.iter().position(|c| &c.name == k)).collect();
+    let key = found
+        .key
+        .iter()
+        .filter_map(|k| found.columns.iter().position(|c| &c.name == k))
+        .collect();
     let rel = Relation {
         collection: found.collection.name.clone(),
         schema: found.schema.clone(),
@@ -131,7 +177,12 @@ async fn copy_table(
         snapshot: true,
         sources: Vec::new(),
     };
-    let list = found.columns.iter().map(|c| sql::ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let list = found
+        .columns
+        .iter()
+        .map(|c| sql::ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
     let qualified = format!("{}.{}", sql::ident(&found.schema), sql::ident(&found.table));
     // A partitioned table cannot be COPY's source itself; a query over it reads every partition.
     let copy = if found.partitioned {
@@ -139,14 +190,20 @@ async fn copy_table(
     } else {
         format!("COPY {qualified} ({list}) TO STDOUT")
     };
-    let stream = client.copy_out(copy.as_str()).await.map_err(|e| Error::from_postgres(&e, &qualified))?;
+    let stream = client
+        .copy_out(copy.as_str())
+        .await
+        .map_err(|e| Error::from_postgres(&e, &qualified))?;
     futures_util::pin_mut!(stream);
     let started = Instant::now();
     let mut pending: Vec<u8> = Vec::new();
     let mut values: Vec<Value> = Vec::with_capacity(found.columns.len());
     let report = |rows: u64, done: bool, progress: &mut (dyn FnMut(&BackfillProgress) + Send)| {
         let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        let seconds_left = found.estimated_rows.filter(|_| rate > 0.0 && !done).map(|est| (est as f64 - rows as f64).max(0.0) / rate);
+        let seconds_left = found
+            .estimated_rows
+            .filter(|_| rate > 0.0 && !done)
+            .map(|est| (est as f64 - rows as f64).max(0.0) / rate);
         progress(&BackfillProgress {
             collection: found.collection.name.clone(),
             rows,
@@ -166,10 +223,21 @@ async fn copy_table(
         let mut start = 0;
         while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
             let line = &pending[start..start + end];
-            parse_copy_line(line, &mut values).map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
+            parse_copy_line(line, &mut values)
+                .map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
             let row = write_row(&rel, &values, Columns::All, None, None, &tx)?;
-            let doc = document(&row.members, &meta(Op::Create, relid, &rel, &mut tx, None, &[]));
-            store.apply(&rel.collection, consistent_point, Op::Create, &row.key, None, doc)?;
+            let doc = document(
+                &row.members,
+                &meta(Op::Create, relid, &rel, &mut tx, None, &[]),
+            );
+            store.apply(
+                &rel.collection,
+                consistent_point,
+                Op::Create,
+                &row.key,
+                None,
+                doc,
+            )?;
             tx.index += 1;
             if tx.index % 100_000 == 0 {
                 report(tx.index, false, progress);
@@ -179,7 +247,9 @@ async fn copy_table(
         pending.drain(..start);
     }
     if !pending.is_empty() {
-        return Err(Error::internal(format!("{qualified}: COPY ended in the middle of a row")));
+        return Err(Error::internal(format!(
+            "{qualified}: COPY ended in the middle of a row"
+        )));
     }
     report(tx.index, true, progress);
     Ok(tx.index)
@@ -206,7 +276,9 @@ pub fn parse_copy_line(line: &[u8], values: &mut Vec<Value>) -> std::result::Res
                 i += 1;
                 continue;
             }
-            let next = *field.get(i + 1).ok_or("a field ends with a lone backslash")?;
+            let next = *field
+                .get(i + 1)
+                .ok_or("a field ends with a lone backslash")?;
             i += 2;
             match next {
                 b'b' => out.push(8),
@@ -278,11 +350,26 @@ mod tests {
 
     #[test]
     fn table_names_take_schema_quotes_and_dots() {
-        assert_eq!(parse_table_name("public.t").unwrap(), ("public".into(), "t".into()));
-        assert_eq!(parse_table_name("t").unwrap(), ("public".into(), "t".into()));
-        assert_eq!(parse_table_name(r#""my.schema"."Ta""ble""#).unwrap(), ("my.schema".into(), "Ta\"ble".into()));
+        assert_eq!(
+            parse_table_name("public.t").unwrap(),
+            ("public".into(), "t".into())
+        );
+        assert_eq!(
+            parse_table_name("t").unwrap(),
+            ("public".into(), "t".into())
+        );
+        assert_eq!(
+            parse_table_name(r#""my.schema"."Ta""ble""#).unwrap(),
+            ("my.schema".into(), "Ta\"ble".into())
+        );
         for bad in ["a.b.c", "", ".t", "\"open.t"] {
-            assert!(parse_table_name(bad).unwrap_err().message().starts_with("--tables:"), "{bad}");
+            assert!(
+                parse_table_name(bad)
+                    .unwrap_err()
+                    .message()
+                    .starts_with("--tables:"),
+                "{bad}"
+            );
         }
     }
 

@@ -59,7 +59,9 @@ impl std::fmt::Debug for Observer {
 
 /// Microseconds since 2000-01-01 on this machine's clock, PostgreSQL's epoch.
 pub fn now_postgres_micros() -> i64 {
-    let since_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     since_unix.as_micros() as i64 - 946_684_800_000_000
 }
 
@@ -83,7 +85,8 @@ pub struct CaptureOptions {
     /// Tables (schema, table) to backfill before streaming, read in the new slot's snapshot.
     pub backfill: Vec<(String, String)>,
     /// Told how the backfill progresses.
-    pub backfill_progress: Option<std::sync::Arc<dyn Fn(&crate::backfill::BackfillProgress) + Send + Sync>>,
+    pub backfill_progress:
+        Option<std::sync::Arc<dyn Fn(&crate::backfill::BackfillProgress) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for CaptureOptions {
@@ -132,7 +135,12 @@ impl ColumnInfo {
         let mut member = String::new();
         crate::value::write_json_string(&name, &mut member);
         member.push(':');
-        ColumnInfo { name, member, type_oid, kind }
+        ColumnInfo {
+            name,
+            member,
+            type_oid,
+            kind,
+        }
     }
 }
 
@@ -152,8 +160,17 @@ impl Relation {
             name: self.collection.clone(),
             schema: self.schema.clone(),
             table: self.table.clone(),
-            key: self.key.iter().map(|&i| self.columns[i].name.clone()).collect(),
-            columns: Json::Array(self.columns.iter().map(|c| json!({"name": c.name, "typeOid": c.type_oid})).collect()),
+            key: self
+                .key
+                .iter()
+                .map(|&i| self.columns[i].name.clone())
+                .collect(),
+            columns: Json::Array(
+                self.columns
+                    .iter()
+                    .map(|c| json!({"name": c.name, "typeOid": c.type_oid}))
+                    .collect(),
+            ),
         }
     }
 }
@@ -181,8 +198,15 @@ impl Transaction {
                 crate::value::write_json_string(&rel.schema, &mut source);
                 source.push_str(",\"table\":");
                 crate::value::write_json_string(&rel.table, &mut source);
-                source.push_str(&format!(",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}", self.final_lsn, self.xid, self.ts_ms));
-                source.push_str(if self.snapshot { ",\"snapshot\":true}" } else { "}" });
+                source.push_str(&format!(
+                    ",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}",
+                    self.final_lsn, self.xid, self.ts_ms
+                ));
+                source.push_str(if self.snapshot {
+                    ",\"snapshot\":true}"
+                } else {
+                    "}"
+                });
                 self.sources.push((relid, source));
                 self.sources.len() - 1
             }
@@ -237,7 +261,10 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         relations: HashMap::new(),
         types: HashMap::new(),
         checkpoint,
-        report: CaptureReport { backfilled_rows, ..CaptureReport::default() },
+        report: CaptureReport {
+            backfilled_rows,
+            ..CaptureReport::default()
+        },
         batch_commit_times: Vec::new(),
     };
     let mut backoff = Duration::from_millis(250);
@@ -249,8 +276,12 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         capture.batch_commit_times.clear();
         match result {
             Ok(Outcome::Stopped) => break,
-            Ok(Outcome::Ended) => tracing::warn!("the server ended the replication stream; reconnecting"),
-            Err(e) if e.kind() == ErrorKind::Connection => tracing::warn!(error = %e, "replication connection lost; reconnecting"),
+            Ok(Outcome::Ended) => {
+                tracing::warn!("the server ended the replication stream; reconnecting")
+            }
+            Err(e) if e.kind() == ErrorKind::Connection => {
+                tracing::warn!(error = %e, "replication connection lost; reconnecting")
+            }
             Err(e) => return Err(e),
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -268,14 +299,20 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
 /// Creates the slot with an exported snapshot, reads the tables in it, and commits their rows with the
 /// slot's consistent point as the checkpoint. A slot left by an interrupted backfill (recorded in the
 /// store) is replaced; any other existing slot is refused, because its snapshot is gone.
-async fn initial_backfill(options: &CaptureOptions, sql: &Client, store: &mut Store) -> Result<u64> {
+async fn initial_backfill(
+    options: &CaptureOptions,
+    sql: &Client,
+    store: &mut Store,
+) -> Result<u64> {
     const OWNED: &str = "backfill_slot";
     if slot::find(sql, &options.slot).await?.is_some() {
         if store.meta(OWNED)?.as_deref() == Some(options.slot.as_str()) {
             tracing::warn!(slot = %options.slot, "an earlier backfill was interrupted; starting it over with a new slot");
             sql.execute("SELECT pg_drop_replication_slot($1)", &[&options.slot])
                 .await
-                .map_err(|e| Error::from_postgres(&e, "dropping the interrupted backfill's slot"))?;
+                .map_err(|e| {
+                    Error::from_postgres(&e, "dropping the interrupted backfill's slot")
+                })?;
         } else {
             return Err(Error::invalid_input(
                 "slot",
@@ -297,7 +334,15 @@ async fn initial_backfill(options: &CaptureOptions, sql: &Client, store: &mut St
             callback(p);
         }
     };
-    let result = crate::backfill::run(&options.spec, store, &options.backfill, &session.snapshot, session.consistent_point, &mut progress).await;
+    let result = crate::backfill::run(
+        &options.spec,
+        store,
+        &options.backfill,
+        &session.snapshot,
+        session.consistent_point,
+        &mut progress,
+    )
+    .await;
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {
@@ -339,14 +384,21 @@ async fn check_published(sql: &Client, publication: &str, schema: &str, table: &
 
 async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
     let exists = sql
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(|e| Error::from_postgres(&e, "reading pg_publication"))?
         .is_some();
     if !exists {
         return Err(Error::new(
             ErrorKind::NotFound,
-            format!("publication {} does not exist; create it with CREATE PUBLICATION {} FOR TABLE …", sql::ident(publication), sql::ident(publication)),
+            format!(
+                "publication {} does not exist; create it with CREATE PUBLICATION {} FOR TABLE …",
+                sql::ident(publication),
+                sql::ident(publication)
+            ),
         ));
     }
     Ok(())
@@ -378,7 +430,11 @@ impl Capture {
                 },
             };
             match event {
-                Event::Begin { final_lsn, commit_time_micros, xid } => {
+                Event::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    xid,
+                } => {
                     let skip = final_lsn < self.checkpoint;
                     if !skip && !self.store.in_batch() {
                         self.store.begin()?;
@@ -396,7 +452,9 @@ impl Capture {
                     });
                 }
                 Event::Data(bytes) => {
-                    let message = decoder.decode(&bytes).map_err(|e| Error::internal(format!("decoding pgoutput: {e}")))?;
+                    let message = decoder
+                        .decode(&bytes)
+                        .map_err(|e| Error::internal(format!("decoding pgoutput: {e}")))?;
                     self.message(message, tx.as_mut()).await?;
                 }
                 Event::Commit { end_lsn, .. } => {
@@ -410,7 +468,9 @@ impl Capture {
                     self.batch_commit_times.push(done.commit_time_micros);
                     batch_end = end_lsn;
                     // Keep the batch open while more is already waiting, within bounds.
-                    if self.store.batch_len() < MAX_BATCH_CHANGES && batch_started.elapsed() < MAX_BATCH_AGE {
+                    if self.store.batch_len() < MAX_BATCH_CHANGES
+                        && batch_started.elapsed() < MAX_BATCH_AGE
+                    {
                         if let Some(next) = stream.next_ready().await? {
                             pending = Some(next);
                             continue;
@@ -444,7 +504,9 @@ impl Capture {
     }
 
     fn reached_stop(&self) -> bool {
-        self.options.stop_at.is_some_and(|stop| self.checkpoint >= stop)
+        self.options
+            .stop_at
+            .is_some_and(|stop| self.checkpoint >= stop)
     }
 
     /// Commits the open batch (or just the checkpoint) and only then confirms it to the server.
@@ -458,7 +520,12 @@ impl Capture {
         self.report.transactions += commit_times_micros.len() as u64;
         self.report.changes += changes;
         if let Some(observer) = &self.options.observer {
-            (observer.0)(&Flush { checkpoint, changes, commit_times_micros, stored_at_micros: now_postgres_micros() });
+            (observer.0)(&Flush {
+                checkpoint,
+                changes,
+                commit_times_micros,
+                stored_at_micros: now_postgres_micros(),
+            });
         }
         if changes > 0 {
             tracing::debug!(%checkpoint, changes, "stored");
@@ -468,15 +535,36 @@ impl Capture {
 
     async fn message(&mut self, message: Message, tx: Option<&mut Transaction>) -> Result<()> {
         match message {
-            Message::Relation { relid, namespace, name, columns, .. } => {
+            Message::Relation {
+                relid,
+                namespace,
+                name,
+                columns,
+                ..
+            } => {
                 let mut infos = Vec::with_capacity(columns.len());
                 for column in &columns {
                     let kind = self.kind_of(column.type_oid).await?;
                     infos.push(ColumnInfo::new(column.name.clone(), column.type_oid, kind));
                 }
-                let key = columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
+                let key = columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.key)
+                    .map(|(i, _)| i)
+                    .collect();
                 let collection = format!("{namespace}/{name}");
-                self.relations.insert(relid, Relation { collection, schema: namespace, table: name, columns: infos, key, recorded: false });
+                self.relations.insert(
+                    relid,
+                    Relation {
+                        collection,
+                        schema: namespace,
+                        table: name,
+                        columns: infos,
+                        key,
+                        recorded: false,
+                    },
+                );
                 Ok(())
             }
             Message::Type { oid, .. } => {
@@ -485,24 +573,40 @@ impl Capture {
                 Ok(())
             }
             Message::Insert { relid, new, .. } => {
-                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+                let Some(tx) = tx.filter(|t| !t.skip) else {
+                    return Ok(());
+                };
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
                 let row = write_row(rel, &new, Columns::All, None, None, tx)?;
-                let doc = document(&row.members, &meta(Op::Create, relid, rel, tx, None, &row.unknown));
+                let doc = document(
+                    &row.members,
+                    &meta(Op::Create, relid, rel, tx, None, &row.unknown),
+                );
                 let collection = rel.collection.clone();
-                self.store.apply(&collection, tx.final_lsn, Op::Create, &row.key, None, doc)?;
+                self.store
+                    .apply(&collection, tx.final_lsn, Op::Create, &row.key, None, doc)?;
                 tx.index += 1;
                 Ok(())
             }
-            Message::Update { relid, old, new, .. } => {
-                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+            Message::Update {
+                relid, old, new, ..
+            } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else {
+                    return Ok(());
+                };
                 self.record_relation(relid)?;
                 // A field borrow, not `self.relation()`: the store is written below while `rel` is alive.
-                let rel = self.relations.get(&relid).ok_or_else(|| Error::internal(format!("pgoutput: unknown relation {relid}")))?;
+                let rel = self.relations.get(&relid).ok_or_else(|| {
+                    Error::internal(format!("pgoutput: unknown relation {relid}"))
+                })?;
                 let old_row = match &old {
                     Some((kind, values)) => {
-                        let columns = if *kind == OldKind::Full { Columns::All } else { Columns::Key };
+                        let columns = if *kind == OldKind::Full {
+                            Columns::All
+                        } else {
+                            Columns::Key
+                        };
                         Some(write_row(rel, values, columns, None, None, tx)?)
                     }
                     None => None,
@@ -520,36 +624,67 @@ impl Capture {
                 let old_values = old.as_ref().map(|(_, values)| values.as_slice());
                 let row = write_row(rel, &new, Columns::All, old_values, stored.as_ref(), tx)?;
                 let before = old_row.as_ref().map(|o| format!("{{{}}}", o.members));
-                let doc = document(&row.members, &meta(Op::Update, relid, rel, tx, before.as_deref(), &row.unknown));
+                let doc = document(
+                    &row.members,
+                    &meta(Op::Update, relid, rel, tx, before.as_deref(), &row.unknown),
+                );
                 let collection = rel.collection.clone();
                 let old_key = old_row.as_ref().map(|o| o.key.as_str());
-                self.store.apply(&collection, tx.final_lsn, Op::Update, &row.key, old_key, doc)?;
+                self.store.apply(
+                    &collection,
+                    tx.final_lsn,
+                    Op::Update,
+                    &row.key,
+                    old_key,
+                    doc,
+                )?;
                 tx.index += 1;
                 Ok(())
             }
-            Message::Delete { relid, old_kind, old, .. } => {
-                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+            Message::Delete {
+                relid,
+                old_kind,
+                old,
+                ..
+            } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else {
+                    return Ok(());
+                };
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
-                let columns = if old_kind == OldKind::Full { Columns::All } else { Columns::Key };
+                let columns = if old_kind == OldKind::Full {
+                    Columns::All
+                } else {
+                    Columns::Key
+                };
                 let row = write_row(rel, &old, columns, None, None, tx)?;
                 let doc = document(&row.members, &meta(Op::Delete, relid, rel, tx, None, &[]));
                 let collection = rel.collection.clone();
-                self.store.apply(&collection, tx.final_lsn, Op::Delete, &row.key, None, doc)?;
+                self.store
+                    .apply(&collection, tx.final_lsn, Op::Delete, &row.key, None, doc)?;
                 tx.index += 1;
                 Ok(())
             }
-            Message::Truncate { options, relids, .. } => {
-                let Some(tx) = tx.filter(|t| !t.skip) else { return Ok(()) };
+            Message::Truncate {
+                options, relids, ..
+            } => {
+                let Some(tx) = tx.filter(|t| !t.skip) else {
+                    return Ok(());
+                };
                 for relid in relids {
                     self.record_relation(relid)?;
                     let rel = self.relation(relid)?;
                     let mut m = meta(Op::Truncate, relid, rel, tx, None, &[]);
                     m.pop();
-                    m.push_str(&format!(",\"truncate\":{{\"cascade\":{},\"restartIdentity\":{}}}}}", options & 1 != 0, options & 2 != 0));
+                    m.push_str(&format!(
+                        ",\"truncate\":{{\"cascade\":{},\"restartIdentity\":{}}}}}",
+                        options & 1 != 0,
+                        options & 2 != 0
+                    ));
                     let doc = document("", &m);
                     let collection = rel.collection.clone();
-                    self.store.apply(&collection, tx.final_lsn, Op::Truncate, "", None, doc)?;
+                    self.store
+                        .apply(&collection, tx.final_lsn, Op::Truncate, "", None, doc)?;
                     tx.index += 1;
                 }
                 Ok(())
@@ -560,14 +695,19 @@ impl Capture {
     }
 
     fn relation(&self, relid: u32) -> Result<&Relation> {
-        self.relations
-            .get(&relid)
-            .ok_or_else(|| Error::internal(format!("pgoutput: a change for relation {relid} arrived before its Relation message")))
+        self.relations.get(&relid).ok_or_else(|| {
+            Error::internal(format!(
+                "pgoutput: a change for relation {relid} arrived before its Relation message"
+            ))
+        })
     }
 
     /// Records the relation's collection (its key and columns) in the open batch, once per Relation.
     fn record_relation(&mut self, relid: u32) -> Result<()> {
-        let rel = self.relations.get_mut(&relid).ok_or_else(|| Error::internal(format!("pgoutput: unknown relation {relid}")))?;
+        let rel = self
+            .relations
+            .get_mut(&relid)
+            .ok_or_else(|| Error::internal(format!("pgoutput: unknown relation {relid}")))?;
         if rel.recorded {
             return Ok(());
         }
@@ -588,7 +728,8 @@ impl Capture {
         if self.sql.is_none() {
             self.sql = Some(connect(&self.options.spec).await?);
         }
-        let kind = crate::discovery::kind_of(self.sql.as_ref().expect("connected above"), oid).await?;
+        let kind =
+            crate::discovery::kind_of(self.sql.as_ref().expect("connected above"), oid).await?;
         self.types.insert(oid, kind.clone());
         Ok(kind)
     }
@@ -619,7 +760,14 @@ pub(crate) struct RowJson {
 /// FULL) or `stored`; those found in neither are left out and returned by name. The key is a JSON
 /// array of the key columns' values; a table without a key is keyed by the change's position in the
 /// stream, so every change stays its own row.
-pub(crate) fn write_row(rel: &Relation, values: &[Value], columns: Columns, old: Option<&[Value]>, stored: Option<&Json>, tx: &Transaction) -> Result<RowJson> {
+pub(crate) fn write_row(
+    rel: &Relation,
+    values: &[Value],
+    columns: Columns,
+    old: Option<&[Value]>,
+    stored: Option<&Json>,
+    tx: &Transaction,
+) -> Result<RowJson> {
     let mut members = String::with_capacity(64 + values.len() * 16);
     let mut unknown = Vec::new();
     let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
@@ -631,7 +779,10 @@ pub(crate) fn write_row(rel: &Relation, values: &[Value], columns: Columns, old:
         let value = values.get(i).unwrap_or(&Value::Null);
         let filled;
         let value = match value {
-            Value::UnchangedToast => match (old.and_then(|o| o.get(i)), stored.and_then(|s| s.get(&column.name))) {
+            Value::UnchangedToast => match (
+                old.and_then(|o| o.get(i)),
+                stored.and_then(|s| s.get(&column.name)),
+            ) {
                 (Some(text @ Value::Text(_)), _) => text,
                 (_, Some(previous)) => {
                     filled = previous.to_string();
@@ -655,14 +806,21 @@ pub(crate) fn write_row(rel: &Relation, values: &[Value], columns: Columns, old:
         match value {
             Value::Null | Value::UnchangedToast => members.push_str("null"),
             Value::Text(bytes) => {
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| Error::internal(format!("{}.{}: a value is not UTF-8 text", rel.collection, column.name)))?;
-                column
-                    .kind
-                    .write_json(text, &mut members)
-                    .map_err(|e| Error::internal(format!("{} column {}: {e}", rel.collection, column.name)))?;
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    Error::internal(format!(
+                        "{}.{}: a value is not UTF-8 text",
+                        rel.collection, column.name
+                    ))
+                })?;
+                column.kind.write_json(text, &mut members).map_err(|e| {
+                    Error::internal(format!("{} column {}: {e}", rel.collection, column.name))
+                })?;
             }
-            Value::Binary(_) => return Err(Error::internal("pgoutput sent a binary value although text was requested")),
+            Value::Binary(_) => {
+                return Err(Error::internal(
+                    "pgoutput sent a binary value although text was requested",
+                ))
+            }
         }
         if is_key {
             key_spans.push((i, start..members.len()));
@@ -684,7 +842,11 @@ pub(crate) fn write_row(rel: &Relation, values: &[Value], columns: Columns, old:
         key.push(']');
         key
     };
-    Ok(RowJson { members, key, unknown })
+    Ok(RowJson {
+        members,
+        key,
+        unknown,
+    })
 }
 
 fn push_member(members: &mut String, column: &ColumnInfo) {
@@ -695,7 +857,14 @@ fn push_member(members: &mut String, column: &ColumnInfo) {
 }
 
 /// The `_meta` object: op, source, and `before` / `unknown` when there are any.
-pub(crate) fn meta(op: Op, relid: u32, rel: &Relation, tx: &mut Transaction, before: Option<&str>, unknown: &[String]) -> String {
+pub(crate) fn meta(
+    op: Op,
+    relid: u32,
+    rel: &Relation,
+    tx: &mut Transaction,
+    before: Option<&str>,
+    unknown: &[String],
+) -> String {
     let mut meta = String::with_capacity(160);
     meta.push_str("{\"op\":\"");
     meta.push_str(op.code());

@@ -127,15 +127,18 @@ impl Cluster {
         let port = free_port()?;
         let mut conf = format!(
             "\n# tidepool throwaway cluster\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
-             unix_socket_directories = '{}'\nwal_level = {}\nmax_replication_slots = 16\n\
-             max_wal_senders = 16\nfsync = off\nfull_page_writes = off\nsynchronous_commit = on\n",
+             unix_socket_directories = '{}'\nwal_level = {}\nmax_replication_slots = 64\n\
+             max_wal_senders = 32\nfsync = off\nfull_page_writes = off\nsynchronous_commit = on\n",
             path_str(&root)?,
             options.wal_level
         );
         let mut ca_pem = None;
         if options.tls || options.tls_only {
             let material = TestCertificates::generate(&options.tls_names)?;
-            for (name, pem) in [("server.crt", &material.server_cert), ("server.key", &material.server_key)] {
+            for (name, pem) in [
+                ("server.crt", &material.server_cert),
+                ("server.key", &material.server_key),
+            ] {
                 let path = data.join(name);
                 std::fs::write(&path, pem)?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -184,12 +187,20 @@ impl Cluster {
         let log = std::fs::File::create(root.join("server.log"))?;
         owner.chown(&root.join("server.log"))?;
         let mut postgres = owner.command(&bin.join("postgres"), &root);
-        postgres.args(["-D", path_str(&data)?]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        postgres
+            .args(["-D", path_str(&data)?])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         cluster.inner.spawn_server(postgres)?;
         cluster.wait_until_ready(&data)?;
         cluster.psql(
             "postgres",
-            &format!("ALTER ROLE {} PASSWORD {};", sql::ident(SUPERUSER), sql::literal(cluster.inner.password.expose())),
+            &format!(
+                "ALTER ROLE {} PASSWORD {};",
+                sql::ident(SUPERUSER),
+                sql::literal(cluster.inner.password.expose())
+            ),
         )?;
         Ok(cluster)
     }
@@ -229,7 +240,12 @@ impl Cluster {
 
     /// A spec for the superuser over the Unix socket (trusted, no password): for administration.
     pub fn admin_spec(&self, database: &str) -> ConnectionSpec {
-        let mut spec = ConnectionSpec::new(self.inner.root.to_string_lossy(), self.inner.port, SUPERUSER, database);
+        let mut spec = ConnectionSpec::new(
+            self.inner.root.to_string_lossy(),
+            self.inner.port,
+            SUPERUSER,
+            database,
+        );
         spec.sslmode = SslMode::Disable;
         spec
     }
@@ -240,7 +256,16 @@ impl Cluster {
         let mut child = Command::new(self.inner.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.inner.root)
-            .args(["-p", &self.inner.port.to_string(), "-U", SUPERUSER, "-d", database, "-f", "-"])
+            .args([
+                "-p",
+                &self.inner.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-f",
+                "-",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -278,11 +303,16 @@ impl Cluster {
                 }
             }
             if !self.inner.running() {
-                let log = std::fs::read_to_string(self.inner.root.join("server.log")).unwrap_or_default();
-                return Err(Error::internal(format!("the PostgreSQL server exited during start-up:\n{log}")));
+                let log =
+                    std::fs::read_to_string(self.inner.root.join("server.log")).unwrap_or_default();
+                return Err(Error::internal(format!(
+                    "the PostgreSQL server exited during start-up:\n{log}"
+                )));
             }
             if Instant::now() > deadline {
-                return Err(Error::internal("the PostgreSQL server did not become ready within 60 s"));
+                return Err(Error::internal(
+                    "the PostgreSQL server did not become ready within 60 s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -339,7 +369,10 @@ impl Inner {
         if let Some(server) = server {
             if !server.keeper.is_finished() {
                 // Immediate shutdown: a throwaway cluster has nothing worth a checkpoint.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid), nix::sys::signal::SIGQUIT);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(server.pid),
+                    nix::sys::signal::SIGQUIT,
+                );
             }
             let _ = server.keeper.join();
         }
@@ -364,7 +397,9 @@ impl ServerUser {
             .ok_or_else(|| {
                 Error::internal("running as root needs the 'postgres' system user; install the postgresql package")
             })?;
-        Ok(ServerUser { ids: Some((user.uid.as_raw(), user.gid.as_raw())) })
+        Ok(ServerUser {
+            ids: Some((user.uid.as_raw(), user.gid.as_raw())),
+        })
     }
 
     fn command(&self, program: &Path, cwd: &Path) -> Command {
@@ -410,11 +445,17 @@ pub fn server_binaries() -> Result<PathBuf> {
 
 /// Removes clusters whose owning process is gone (it was killed before it could clean up).
 fn sweep_abandoned() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
-        let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if Path::new(&format!("/proc/{owner}")).exists() {
             continue;
         }
@@ -423,14 +464,17 @@ fn sweep_abandoned() {
             .ok()
             .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
         {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGQUIT);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGQUIT);
         }
         let _ = std::fs::remove_dir_all(entry.path());
     }
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let output = command.output().map_err(|e| Error::internal(format!("starting {command:?}: {e}")))?;
+    let output = command
+        .output()
+        .map_err(|e| Error::internal(format!("starting {command:?}: {e}")))?;
     if output.status.success() {
         Ok(())
     } else {
@@ -450,7 +494,8 @@ fn append(path: &Path, text: &str) -> Result<()> {
 }
 
 fn path_str(path: &Path) -> Result<&str> {
-    path.to_str().ok_or_else(|| Error::internal(format!("{} is not valid UTF-8", path.display())))
+    path.to_str()
+        .ok_or_else(|| Error::internal(format!("{} is not valid UTF-8", path.display())))
 }
 
 fn free_port() -> Result<u16> {
@@ -475,20 +520,31 @@ struct TestCertificates {
 impl TestCertificates {
     fn generate(names: &[String]) -> Result<TestCertificates> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let tls_error = |e: rcgen::Error| Error::internal(format!("generating test certificates: {e}"));
+        let tls_error =
+            |e: rcgen::Error| Error::internal(format!("generating test certificates: {e}"));
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         // A name of its own per cluster, as two real authorities would have.
-        ca_params.distinguished_name.push(DnType::CommonName, format!("Tidepool test authority {}", random_hex(4)?));
+        ca_params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Tidepool test authority {}", random_hex(4)?),
+        );
         let ca_key = KeyPair::generate().map_err(tls_error)?;
         let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_error)?;
 
         let mut params = CertificateParams::new(names.to_vec()).map_err(tls_error)?;
-        params.distinguished_name.push(DnType::CommonName, names.first().map_or("localhost", String::as_str));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().map_or("localhost", String::as_str),
+        );
         let key = KeyPair::generate().map_err(tls_error)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let cert = params.signed_by(&key, &issuer).map_err(tls_error)?;
-        Ok(TestCertificates { ca_cert: ca_cert.pem(), server_cert: cert.pem(), server_key: key.serialize_pem() })
+        Ok(TestCertificates {
+            ca_cert: ca_cert.pem(),
+            server_cert: cert.pem(),
+            server_key: key.serialize_pem(),
+        })
     }
 }

@@ -84,7 +84,12 @@ impl std::str::FromStr for ChannelBinding {
 
 impl ConnectionSpec {
     /// A spec with Tidepool's defaults for everything but the server, user and database.
-    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>, database: impl Into<String>) -> Self {
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        database: impl Into<String>,
+    ) -> Self {
         ConnectionSpec {
             host: host.into(),
             port,
@@ -146,12 +151,18 @@ pub fn parse_address(address: &str) -> Result<(String, u16)> {
         return Err(Error::invalid_input(FIELD, "contains white space"));
     }
     if address.contains("://") {
-        return Err(Error::invalid_input(FIELD, "is a URL; use Autofill with URL, or give host[:port]"));
+        return Err(Error::invalid_input(
+            FIELD,
+            "is a URL; use Autofill with URL, or give host[:port]",
+        ));
     }
     let port_of = |text: &str| -> Result<u16> {
         match text.parse::<u16>() {
             Ok(port) if port > 0 => Ok(port),
-            _ => Err(Error::invalid_input(FIELD, format!("port '{text}' is not a number from 1 to 65535"))),
+            _ => Err(Error::invalid_input(
+                FIELD,
+                format!("port '{text}' is not a number from 1 to 65535"),
+            )),
         }
     };
     if let Some(rest) = address.strip_prefix('[') {
@@ -159,13 +170,19 @@ pub fn parse_address(address: &str) -> Result<(String, u16)> {
             .split_once(']')
             .ok_or_else(|| Error::invalid_input(FIELD, "'[' without a closing ']'"))?;
         if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(Error::invalid_input(FIELD, format!("'{host}' is not an IPv6 address")));
+            return Err(Error::invalid_input(
+                FIELD,
+                format!("'{host}' is not an IPv6 address"),
+            ));
         }
         return match after {
             "" => Ok((host.to_string(), DEFAULT_PORT)),
             _ => match after.strip_prefix(':') {
                 Some(port) => Ok((host.to_string(), port_of(port)?)),
-                None => Err(Error::invalid_input(FIELD, format!("unexpected '{after}' after ']'"))),
+                None => Err(Error::invalid_input(
+                    FIELD,
+                    format!("unexpected '{after}' after ']'"),
+                )),
             },
         };
     }
@@ -178,8 +195,13 @@ pub fn parse_address(address: &str) -> Result<(String, u16)> {
             }
             Ok((host.to_string(), port_of(port)?))
         }
-        _ if address.parse::<std::net::Ipv6Addr>().is_ok() => Ok((address.to_string(), DEFAULT_PORT)),
-        _ => Err(Error::invalid_input(FIELD, "write an IPv6 address with a port as [address]:port")),
+        _ if address.parse::<std::net::Ipv6Addr>().is_ok() => {
+            Ok((address.to_string(), DEFAULT_PORT))
+        }
+        _ => Err(Error::invalid_input(
+            FIELD,
+            "write an IPv6 address with a port as [address]:port",
+        )),
     }
 }
 
@@ -200,7 +222,11 @@ pub async fn connect(spec: &ConnectionSpec) -> Result<Client> {
     }
 }
 
-async fn connect_with(spec: &ConnectionSpec, sslmode: DriverSslMode, target: &str) -> Result<Client> {
+async fn connect_with(
+    spec: &ConnectionSpec,
+    sslmode: DriverSslMode,
+    target: &str,
+) -> Result<Client> {
     let config = spec.driver_config(sslmode);
     let attempt = async {
         if sslmode == DriverSslMode::Disable {
@@ -208,7 +234,8 @@ async fn connect_with(spec: &ConnectionSpec, sslmode: DriverSslMode, target: &st
             tokio::spawn(drive(connection, target.to_string()));
             Ok(client)
         } else {
-            let tls = MakeRustlsConnect::new(client_config(spec.sslmode, spec.sslrootcert.as_deref())?);
+            let tls =
+                MakeRustlsConnect::new(client_config(spec.sslmode, spec.sslrootcert.as_deref())?);
             let (client, connection) = config.connect(tls).await?;
             tokio::spawn(drive(connection, target.to_string()));
             Ok(client)
@@ -251,10 +278,16 @@ impl ConnectError {
             ConnectError::Engine(e) => e,
             ConnectError::Driver(e) => {
                 let err = Error::from_postgres(&e, target);
-                if err.kind() == ErrorKind::Tls && sslmode.requires_tls() && err.message().contains("does not support TLS") {
+                if err.kind() == ErrorKind::Tls
+                    && sslmode.requires_tls()
+                    && err.message().contains("does not support TLS")
+                {
                     Error::new(
                         ErrorKind::Tls,
-                        format!("{} (sslmode={sslmode} needs an encrypted connection)", err.message()),
+                        format!(
+                            "{} (sslmode={sslmode} needs an encrypted connection)",
+                            err.message()
+                        ),
                     )
                 } else if err.kind() == ErrorKind::Authentication
                     && err.message().contains("no encryption")
@@ -348,9 +381,15 @@ pub async fn test_connection(spec: &ConnectionSpec) -> Result<ServerFacts> {
     let client = connect(spec).await?;
     let target = spec.target();
     let started = Instant::now();
-    client.simple_query("SELECT 1").await.map_err(|e| Error::from_postgres(&e, &target))?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| Error::from_postgres(&e, &target))?;
     let round_trip = started.elapsed();
-    let row = client.query_one(FACTS_SQL, &[]).await.map_err(|e| Error::from_postgres(&e, &target))?;
+    let row = client
+        .query_one(FACTS_SQL, &[])
+        .await
+        .map_err(|e| Error::from_postgres(&e, &target))?;
     let replication = if row.get::<_, bool>(5) {
         ReplicationRight::Superuser
     } else if row.get::<_, bool>(6) {
@@ -385,19 +424,41 @@ mod tests {
             ("[::1]:5434", ("::1", 5434)),
             ("[::1]", ("::1", 5432)),
             ("::1", ("::1", 5432)),
-            (" ep-cool-darkness-123456.us-east-2.aws.neon.tech:5432 ", ("ep-cool-darkness-123456.us-east-2.aws.neon.tech", 5432)),
+            (
+                " ep-cool-darkness-123456.us-east-2.aws.neon.tech:5432 ",
+                ("ep-cool-darkness-123456.us-east-2.aws.neon.tech", 5432),
+            ),
         ];
         for (input, (host, port)) in cases {
-            assert_eq!(parse_address(input).unwrap(), (host.to_string(), *port), "{input}");
+            assert_eq!(
+                parse_address(input).unwrap(),
+                (host.to_string(), *port),
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn bad_addresses_name_the_field() {
-        for input in ["", "host:0", "host:65536", "host:abc", ":5432", "[::1", "[nothex]:1", "a b", "1:2:3:x", "postgres://h/db"] {
+        for input in [
+            "",
+            "host:0",
+            "host:65536",
+            "host:abc",
+            ":5432",
+            "[::1",
+            "[nothex]:1",
+            "a b",
+            "1:2:3:x",
+            "postgres://h/db",
+        ] {
             let err = parse_address(input).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{input}");
-            assert!(err.message().starts_with("server address:"), "{input}: {}", err.message());
+            assert!(
+                err.message().starts_with("server address:"),
+                "{input}: {}",
+                err.message()
+            );
         }
     }
 }

@@ -47,7 +47,11 @@ pub struct Conninfo {
 
 /// Something worth telling the person about a parsed connection string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Advice {
     /// A Neon pooled (`-pooler`) host: PgBouncer in transaction mode cannot carry logical replication.
     NeonPooler {
@@ -86,7 +90,11 @@ impl Conninfo {
 
     /// The Neon advice for this host, if any.
     pub fn advice(&self) -> Vec<Advice> {
-        self.host.as_deref().and_then(neon_pooler).into_iter().collect()
+        self.host
+            .as_deref()
+            .and_then(neon_pooler)
+            .into_iter()
+            .collect()
     }
 
     /// A spec with libpq's defaults for what the string leaves out (`user` and `dbname` default to
@@ -130,9 +138,9 @@ impl Conninfo {
                 self.host = non_empty(value);
             }
             "hostaddr" => {
-                value
-                    .parse::<std::net::IpAddr>()
-                    .map_err(|_| Error::invalid_input("hostaddr", format!("'{value}' is not an IP address")))?;
+                value.parse::<std::net::IpAddr>().map_err(|_| {
+                    Error::invalid_input("hostaddr", format!("'{value}' is not an IP address"))
+                })?;
                 // With TLS the host name matters (SNI, name checks); hostaddr only fills a missing host.
                 if self.host.is_none() {
                     self.host = Some(value);
@@ -149,19 +157,44 @@ impl Conninfo {
             "application_name" => self.application_name = Some(value),
             "connect_timeout" => {
                 let secs = value.trim().parse::<u64>().map_err(|_| {
-                    Error::invalid_input("connect_timeout", format!("'{value}' is not a whole number of seconds"))
+                    Error::invalid_input(
+                        "connect_timeout",
+                        format!("'{value}' is not a whole number of seconds"),
+                    )
                 })?;
                 self.connect_timeout = Some(secs);
             }
             // Accepted and without effect here: they choose among several hosts or tune the client.
-            "target_session_attrs" | "load_balance_hosts" | "keepalives" | "keepalives_idle" | "gssencmode"
-            | "fallback_application_name" | "client_encoding" | "sslcompression" => {}
+            "target_session_attrs"
+            | "load_balance_hosts"
+            | "keepalives"
+            | "keepalives_idle"
+            | "gssencmode"
+            | "fallback_application_name"
+            | "client_encoding"
+            | "sslcompression" => {}
             "sslcert" | "sslkey" | "sslpassword" => {
-                return Err(Error::invalid_input(keyword, "client certificates are not supported yet"));
+                return Err(Error::invalid_input(
+                    keyword,
+                    "client certificates are not supported yet",
+                ));
             }
-            "service" | "passfile" | "requiressl" | "krbsrvname" | "gsslib" | "sslcrl" | "sslcrldir" | "sslsni"
-            | "ssl_min_protocol_version" | "ssl_max_protocol_version" | "requirepeer" | "replication" => {
-                return Err(Error::invalid_input(keyword, "is not supported by Tidepool"));
+            "service"
+            | "passfile"
+            | "requiressl"
+            | "krbsrvname"
+            | "gsslib"
+            | "sslcrl"
+            | "sslcrldir"
+            | "sslsni"
+            | "ssl_min_protocol_version"
+            | "ssl_max_protocol_version"
+            | "requirepeer"
+            | "replication" => {
+                return Err(Error::invalid_input(
+                    keyword,
+                    "is not supported by Tidepool",
+                ));
             }
             other => {
                 return Err(Error::invalid_input(
@@ -181,7 +214,10 @@ fn non_empty(value: String) -> Option<String> {
 fn parse_port(value: &str) -> Result<u16> {
     match value.trim().parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
-        _ => Err(Error::invalid_input("port", format!("'{value}' is not a number from 1 to 65535"))),
+        _ => Err(Error::invalid_input(
+            "port",
+            format!("'{value}' is not a number from 1 to 65535"),
+        )),
     }
 }
 
@@ -193,9 +229,15 @@ fn decode(part: &str, raw: &str) -> Result<String> {
 }
 
 fn parse_url(input: &str) -> Result<Conninfo> {
-    let rest = input.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
+    let rest = input
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     if rest.contains('#') {
-        return Err(Error::invalid_input("connection URL", "a '#' must be percent-encoded as %23"));
+        return Err(Error::invalid_input(
+            "connection URL",
+            "a '#' must be percent-encoded as %23",
+        ));
     }
     let (before_query, query) = match rest.split_once('?') {
         Some((before, query)) => (before, Some(query)),
@@ -222,20 +264,29 @@ fn parse_url(input: &str) -> Result<Conninfo> {
         None => authority,
     };
     if hostport.contains(',') {
-        return Err(Error::invalid_input("host", "several hosts are not supported; give the primary's host"));
+        return Err(Error::invalid_input(
+            "host",
+            "several hosts are not supported; give the primary's host",
+        ));
     }
     if let Some(bracketed) = hostport.strip_prefix('[') {
         let (host, after) = bracketed
             .split_once(']')
             .ok_or_else(|| Error::invalid_input("host", "'[' without a closing ']'"))?;
-        host.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| Error::invalid_input("host", format!("'{host}' is not an IPv6 address")))?;
+        host.parse::<std::net::Ipv6Addr>().map_err(|_| {
+            Error::invalid_input("host", format!("'{host}' is not an IPv6 address"))
+        })?;
         info.host = Some(host.to_string());
         match after {
             "" => {}
             _ => match after.strip_prefix(':') {
                 Some(port) => info.port = Some(parse_port(port)?),
-                None => return Err(Error::invalid_input("host", format!("unexpected '{after}' after ']'"))),
+                None => {
+                    return Err(Error::invalid_input(
+                        "host",
+                        format!("unexpected '{after}' after ']'"),
+                    ))
+                }
             },
         }
     } else {
@@ -244,8 +295,14 @@ fn parse_url(input: &str) -> Result<Conninfo> {
             None => (hostport, None),
         };
         let host = decode("host", host)?;
-        if host.chars().any(|c| c.is_whitespace() || c == '@' || c == ':') {
-            return Err(Error::invalid_input("host", format!("'{host}' is not a host name")));
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c == '@' || c == ':')
+        {
+            return Err(Error::invalid_input(
+                "host",
+                format!("'{host}' is not a host name"),
+            ));
         }
         info.host = non_empty(host);
         if let Some(port) = port {
@@ -260,7 +317,10 @@ fn parse_url(input: &str) -> Result<Conninfo> {
     if let Some(query) = query {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').ok_or_else(|| {
-                Error::invalid_input("connection URL", format!("query parameter '{pair}' has no '='"))
+                Error::invalid_input(
+                    "connection URL",
+                    format!("query parameter '{pair}' has no '='"),
+                )
             })?;
             let key = decode("connection URL", key)?;
             let value = decode(&key, value)?;
@@ -310,7 +370,10 @@ fn parse_keywords(input: &str) -> Result<Conninfo> {
                     }
                     Some(c) => value.push(c),
                     None => {
-                        return Err(Error::invalid_input(&keyword, "the quoted value has no closing quote"));
+                        return Err(Error::invalid_input(
+                            &keyword,
+                            "the quoted value has no closing quote",
+                        ));
                     }
                 }
             }
@@ -347,42 +410,126 @@ mod tests {
 
     /// What a parse should give: the fields that matter, or the field an error must name.
     enum Expect {
-        Ok { host: Option<&'static str>, port: Option<u16>, user: Option<&'static str>, password: Option<&'static str>, db: Option<&'static str> },
+        Ok {
+            host: Option<&'static str>,
+            port: Option<u16>,
+            user: Option<&'static str>,
+            password: Option<&'static str>,
+            db: Option<&'static str>,
+        },
         Sslmode(SslMode),
         Options(&'static str),
         Err(&'static str),
     }
     use Expect::*;
 
-    fn ok(host: Option<&'static str>, port: Option<u16>, user: Option<&'static str>, password: Option<&'static str>, db: Option<&'static str>) -> Expect {
-        Ok { host, port, user, password, db }
+    fn ok(
+        host: Option<&'static str>,
+        port: Option<u16>,
+        user: Option<&'static str>,
+        password: Option<&'static str>,
+        db: Option<&'static str>,
+    ) -> Expect {
+        Ok {
+            host,
+            port,
+            user,
+            password,
+            db,
+        }
     }
 
     #[test]
     fn connection_strings_parse_or_name_the_field_at_fault() {
         let cases: Vec<(&str, Expect)> = vec![
-            ("postgres://u:p@h:5433/db", ok(Some("h"), Some(5433), Some("u"), Some("p"), Some("db"))),
-            ("postgresql://u@h/db", ok(Some("h"), None, Some("u"), None, Some("db"))),
-            ("POSTGRES://u@h/db", ok(Some("h"), None, Some("u"), None, Some("db"))),
+            (
+                "postgres://u:p@h:5433/db",
+                ok(Some("h"), Some(5433), Some("u"), Some("p"), Some("db")),
+            ),
+            (
+                "postgresql://u@h/db",
+                ok(Some("h"), None, Some("u"), None, Some("db")),
+            ),
+            (
+                "POSTGRES://u@h/db",
+                ok(Some("h"), None, Some("u"), None, Some("db")),
+            ),
             ("postgres://h", ok(Some("h"), None, None, None, None)),
             ("postgres://", ok(None, None, None, None, None)),
-            ("postgres://u%40corp:p%3Aw%2Fd@h/my%20db", ok(Some("h"), None, Some("u@corp"), Some("p:w/d"), Some("my db"))),
-            ("postgres://u:p@ss@h/db", ok(Some("h"), None, Some("u"), Some("p@ss"), Some("db"))),
-            ("postgres://u:@h/db", ok(Some("h"), None, Some("u"), Some(""), Some("db"))),
-            ("postgres://[::1]:6000/db", ok(Some("::1"), Some(6000), None, None, Some("db"))),
-            ("postgres://[2001:db8::1]/db", ok(Some("2001:db8::1"), None, None, None, Some("db"))),
-            ("postgres://%2Fvar%2Frun%2Fpostgresql/db", ok(Some("/var/run/postgresql"), None, None, None, Some("db"))),
-            ("postgres:///db?host=/tmp&port=5499", ok(Some("/tmp"), Some(5499), None, None, Some("db"))),
-            ("postgres://h/db?user=a&password=b", ok(Some("h"), None, Some("a"), Some("b"), Some("db"))),
-            ("postgres://h/db?sslmode=verify-full", Sslmode(SslMode::VerifyFull)),
-            ("postgres://h/db?sslmode=verify-ca&sslrootcert=/etc/ca.pem", Sslmode(SslMode::VerifyCa)),
-            ("postgres://h/db?options=endpoint%3Dep-cool-123", Options("endpoint=ep-cool-123")),
-            ("postgres://h/db?channel_binding=require&application_name=x&connect_timeout=5", ok(Some("h"), None, None, None, Some("db"))),
-            ("host=h port=5433 user=u password=p dbname=db", ok(Some("h"), Some(5433), Some("u"), Some("p"), Some("db"))),
-            ("host = h  dbname = 'my db'", ok(Some("h"), None, None, None, Some("my db"))),
-            (r"password='it\'s \\ x' host=h", ok(Some("h"), None, None, Some(r"it's \ x"), None)),
-            ("password='' host=h", ok(Some("h"), None, None, Some(""), None)),
-            ("hostaddr=127.0.0.1 dbname=d", ok(Some("127.0.0.1"), None, None, None, Some("d"))),
+            (
+                "postgres://u%40corp:p%3Aw%2Fd@h/my%20db",
+                ok(
+                    Some("h"),
+                    None,
+                    Some("u@corp"),
+                    Some("p:w/d"),
+                    Some("my db"),
+                ),
+            ),
+            (
+                "postgres://u:p@ss@h/db",
+                ok(Some("h"), None, Some("u"), Some("p@ss"), Some("db")),
+            ),
+            (
+                "postgres://u:@h/db",
+                ok(Some("h"), None, Some("u"), Some(""), Some("db")),
+            ),
+            (
+                "postgres://[::1]:6000/db",
+                ok(Some("::1"), Some(6000), None, None, Some("db")),
+            ),
+            (
+                "postgres://[2001:db8::1]/db",
+                ok(Some("2001:db8::1"), None, None, None, Some("db")),
+            ),
+            (
+                "postgres://%2Fvar%2Frun%2Fpostgresql/db",
+                ok(Some("/var/run/postgresql"), None, None, None, Some("db")),
+            ),
+            (
+                "postgres:///db?host=/tmp&port=5499",
+                ok(Some("/tmp"), Some(5499), None, None, Some("db")),
+            ),
+            (
+                "postgres://h/db?user=a&password=b",
+                ok(Some("h"), None, Some("a"), Some("b"), Some("db")),
+            ),
+            (
+                "postgres://h/db?sslmode=verify-full",
+                Sslmode(SslMode::VerifyFull),
+            ),
+            (
+                "postgres://h/db?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+                Sslmode(SslMode::VerifyCa),
+            ),
+            (
+                "postgres://h/db?options=endpoint%3Dep-cool-123",
+                Options("endpoint=ep-cool-123"),
+            ),
+            (
+                "postgres://h/db?channel_binding=require&application_name=x&connect_timeout=5",
+                ok(Some("h"), None, None, None, Some("db")),
+            ),
+            (
+                "host=h port=5433 user=u password=p dbname=db",
+                ok(Some("h"), Some(5433), Some("u"), Some("p"), Some("db")),
+            ),
+            (
+                "host = h  dbname = 'my db'",
+                ok(Some("h"), None, None, None, Some("my db")),
+            ),
+            (
+                r"password='it\'s \\ x' host=h",
+                ok(Some("h"), None, None, Some(r"it's \ x"), None),
+            ),
+            (
+                "password='' host=h",
+                ok(Some("h"), None, None, Some(""), None),
+            ),
+            (
+                "hostaddr=127.0.0.1 dbname=d",
+                ok(Some("127.0.0.1"), None, None, None, Some("d")),
+            ),
             ("host=h sslmode=require", Sslmode(SslMode::Require)),
             ("   ", Err("connection string")),
             ("mysql://h/db", Err("connection string")),
@@ -395,8 +542,14 @@ mod tests {
             ("postgres://[nothex]/db", Err("host")),
             ("postgres://[::1]x/db", Err("host")),
             ("postgres://h/db?sslmode=verify", Err("sslmode")),
-            ("postgres://h/db?channel_binding=maybe", Err("channel_binding")),
-            ("postgres://h/db?connect_timeout=soon", Err("connect_timeout")),
+            (
+                "postgres://h/db?channel_binding=maybe",
+                Err("channel_binding"),
+            ),
+            (
+                "postgres://h/db?connect_timeout=soon",
+                Err("connect_timeout"),
+            ),
             ("postgres://h/db?frobnicate=1", Err("connection string")),
             ("postgres://h/db?sslmode", Err("connection URL")),
             ("postgres://h/db#frag", Err("connection URL")),
@@ -416,20 +569,38 @@ mod tests {
         for (input, expect) in cases {
             let result = Conninfo::parse(input);
             match expect {
-                Ok { host, port, user, password, db } => {
+                Ok {
+                    host,
+                    port,
+                    user,
+                    password,
+                    db,
+                } => {
                     let info = result.unwrap_or_else(|e| panic!("{input:?}: {}", e.message()));
                     assert_eq!(info.host.as_deref(), host, "{input:?} host");
                     assert_eq!(info.port, port, "{input:?} port");
                     assert_eq!(info.user.as_deref(), user, "{input:?} user");
-                    assert_eq!(info.password.as_ref().map(|p| p.expose()), password, "{input:?} password");
+                    assert_eq!(
+                        info.password.as_ref().map(|p| p.expose()),
+                        password,
+                        "{input:?} password"
+                    );
                     assert_eq!(info.dbname.as_deref(), db, "{input:?} dbname");
                 }
                 Sslmode(mode) => assert_eq!(result.unwrap().sslmode, Some(mode), "{input:?}"),
-                Options(options) => assert_eq!(result.unwrap().options.as_deref(), Some(options), "{input:?}"),
+                Options(options) => assert_eq!(
+                    result.unwrap().options.as_deref(),
+                    Some(options),
+                    "{input:?}"
+                ),
                 Err(field) => {
                     let err = result.expect_err(input);
                     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{input:?}");
-                    assert!(err.message().starts_with(&format!("{field}:")), "{input:?}: {}", err.message());
+                    assert!(
+                        err.message().starts_with(&format!("{field}:")),
+                        "{input:?}: {}",
+                        err.message()
+                    );
                 }
             }
         }
@@ -437,9 +608,17 @@ mod tests {
 
     #[test]
     fn errors_never_contain_the_password() {
-        for input in ["postgres://u:hunter2@h:bad/db", "password=hunter2 port=bad", "password='hunter2"] {
+        for input in [
+            "postgres://u:hunter2@h:bad/db",
+            "password=hunter2 port=bad",
+            "password='hunter2",
+        ] {
             let err = Conninfo::parse(input).unwrap_err();
-            assert!(!err.message().contains("hunter2"), "{input}: {}", err.message());
+            assert!(
+                !err.message().contains("hunter2"),
+                "{input}: {}",
+                err.message()
+            );
         }
     }
 
@@ -456,14 +635,22 @@ mod tests {
                 direct_host: "ep-cool-darkness-123456.us-east-2.aws.neon.tech".into(),
             }]
         );
-        assert!(Conninfo::parse("postgres://ep-cool-darkness-123456.us-east-2.aws.neon.tech/db").unwrap().advice().is_empty());
+        assert!(
+            Conninfo::parse("postgres://ep-cool-darkness-123456.us-east-2.aws.neon.tech/db")
+                .unwrap()
+                .advice()
+                .is_empty()
+        );
         assert!(neon_pooler("my-pooler.example.com").is_none());
     }
 
     #[test]
     fn defaults_follow_libpq_where_they_mean_something_here() {
         let spec = Conninfo::parse("postgres://alice@h").unwrap().into_spec();
-        assert_eq!((spec.user.as_str(), spec.database.as_str(), spec.port), ("alice", "alice", 5432));
+        assert_eq!(
+            (spec.user.as_str(), spec.database.as_str(), spec.port),
+            ("alice", "alice", 5432)
+        );
         assert_eq!(spec.sslmode, SslMode::Prefer);
     }
 

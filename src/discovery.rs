@@ -126,10 +126,19 @@ SELECT i.indrelid, i.indisprimary, ic.relname::text,
 pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<DiscoveredTable>> {
     let target = "discovery";
     let publication = publication.unwrap_or("");
-    let tables = client.query(TABLES_SQL, &[&publication]).await.map_err(|e| Error::from_postgres(&e, target))?;
+    let tables = client
+        .query(TABLES_SQL, &[&publication])
+        .await
+        .map_err(|e| Error::from_postgres(&e, target))?;
     let oids: Vec<u32> = tables.iter().map(|r| r.get(0)).collect();
-    let columns = client.query(COLUMNS_SQL, &[&oids]).await.map_err(|e| Error::from_postgres(&e, target))?;
-    let keys = client.query(KEYS_SQL, &[&oids]).await.map_err(|e| Error::from_postgres(&e, target))?;
+    let columns = client
+        .query(COLUMNS_SQL, &[&oids])
+        .await
+        .map_err(|e| Error::from_postgres(&e, target))?;
+    let keys = client
+        .query(KEYS_SQL, &[&oids])
+        .await
+        .map_err(|e| Error::from_postgres(&e, target))?;
 
     let mut discovered = Vec::with_capacity(tables.len());
     for row in tables {
@@ -139,15 +148,26 @@ pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<
         let table_columns: Vec<DiscoveredColumn> = columns
             .iter()
             .filter(|c| c.get::<_, u32>(0) == oid)
-            .map(|c| DiscoveredColumn { name: c.get(1), type_oid: c.get(2), type_name: c.get(3), nullable: c.get(4) })
+            .map(|c| DiscoveredColumn {
+                name: c.get(1),
+                type_oid: c.get(2),
+                type_name: c.get(3),
+                nullable: c.get(4),
+            })
             .collect();
         let candidate = keys
             .iter()
             .filter(|k| k.get::<_, u32>(0) == oid)
             .find(|k| k.get::<_, bool>(1) || k.get::<_, Option<bool>>(4).unwrap_or(false));
         let (key, key_source, key_index) = match candidate {
-            Some(k) if k.get::<_, bool>(1) => (k.get::<_, Vec<String>>(3), KeySource::PrimaryKey, None),
-            Some(k) => (k.get::<_, Vec<String>>(3), KeySource::UniqueIndex, Some(k.get::<_, String>(2))),
+            Some(k) if k.get::<_, bool>(1) => {
+                (k.get::<_, Vec<String>>(3), KeySource::PrimaryKey, None)
+            }
+            Some(k) => (
+                k.get::<_, Vec<String>>(3),
+                KeySource::UniqueIndex,
+                Some(k.get::<_, String>(2)),
+            ),
             None => (Vec::new(), KeySource::None, None),
         };
         let mut kinds = Vec::with_capacity(table_columns.len());
@@ -157,7 +177,10 @@ pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<
         let schema_json = json_schema(&schema, &table, &table_columns, &kinds, &key);
         let collection = CollectionDraft {
             name: format!("{schema}/{table}"),
-            key: key.iter().map(|k| format!("/{}", pointer_escape(k))).collect(),
+            key: key
+                .iter()
+                .map(|k| format!("/{}", pointer_escape(k)))
+                .collect(),
             schema: schema_json,
         };
         discovered.push(DiscoveredTable {
@@ -194,7 +217,8 @@ pub async fn kind_of(client: &Client, oid: u32) -> Result<Kind> {
             .await
             .map_err(|e| Error::from_postgres(&e, "reading pg_type"))?;
         let Some(row) = row else { break Kind::Text };
-        let (typtype, base, elem, delim, category): (String, u32, u32, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let (typtype, base, elem, delim, category): (String, u32, u32, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         if typtype == "d" {
             current = base;
         } else if category == "A" && elem != 0 {
@@ -204,7 +228,13 @@ pub async fn kind_of(client: &Client, oid: u32) -> Result<Kind> {
             break Kind::Text;
         }
     };
-    Ok(wrappers.into_iter().rev().fold(kind, |element, delimiter| Kind::Array { element: Box::new(element), delimiter }))
+    Ok(wrappers
+        .into_iter()
+        .rev()
+        .fold(kind, |element, delimiter| Kind::Array {
+            element: Box::new(element),
+            delimiter,
+        }))
 }
 
 /// RFC 6901 escaping of one pointer token.
@@ -235,7 +265,13 @@ pub fn value_schema(kind: &Kind) -> Json {
     }
 }
 
-fn json_schema(schema: &str, table: &str, columns: &[DiscoveredColumn], kinds: &[Kind], key: &[String]) -> Json {
+fn json_schema(
+    schema: &str,
+    table: &str,
+    columns: &[DiscoveredColumn],
+    kinds: &[Kind],
+    key: &[String],
+) -> Json {
     let mut properties = Map::new();
     for (column, kind) in columns.iter().zip(kinds) {
         let mut property = value_schema(kind);
@@ -254,8 +290,13 @@ fn json_schema(schema: &str, table: &str, columns: &[DiscoveredColumn], kinds: &
                 _ => property,
             };
         }
-        let nullability = if column.nullable { "nullable" } else { "non-nullable" };
-        property["description"] = json!(format!("(source type: {nullability} {})", column.type_name));
+        let nullability = if column.nullable {
+            "nullable"
+        } else {
+            "non-nullable"
+        };
+        property["description"] =
+            json!(format!("(source type: {nullability} {})", column.type_name));
         properties.insert(column.name.clone(), property);
     }
     properties.insert(
@@ -292,13 +333,35 @@ mod tests {
     #[test]
     fn nullable_columns_allow_null_and_keys_are_required() {
         let columns = vec![
-            DiscoveredColumn { name: "id".into(), type_oid: 23, type_name: "integer".into(), nullable: false },
-            DiscoveredColumn { name: "r".into(), type_oid: 701, type_name: "double precision".into(), nullable: true },
+            DiscoveredColumn {
+                name: "id".into(),
+                type_oid: 23,
+                type_name: "integer".into(),
+                nullable: false,
+            },
+            DiscoveredColumn {
+                name: "r".into(),
+                type_oid: 701,
+                type_name: "double precision".into(),
+                nullable: true,
+            },
         ];
-        let schema = json_schema("public", "t", &columns, &[Kind::Integer, Kind::Float], &["id".into()]);
+        let schema = json_schema(
+            "public",
+            "t",
+            &columns,
+            &[Kind::Integer, Kind::Float],
+            &["id".into()],
+        );
         assert_eq!(schema["required"], json!(["id"]));
         assert_eq!(schema["properties"]["id"]["type"], "integer");
-        assert_eq!(schema["properties"]["r"]["type"], json!(["number", "string", "null"]));
-        assert_eq!(schema["properties"]["id"]["description"], "(source type: non-nullable integer)");
+        assert_eq!(
+            schema["properties"]["r"]["type"],
+            json!(["number", "string", "null"])
+        );
+        assert_eq!(
+            schema["properties"]["id"]["description"],
+            "(source type: non-nullable integer)"
+        );
     }
 }

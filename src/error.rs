@@ -71,7 +71,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of `kind` with a message for a person.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// A malformed value; `field` names what the person has to correct.
@@ -96,7 +99,10 @@ impl Error {
 
     /// The same error with `context` put in front of its message, keeping its kind.
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Error { kind: self.kind, message: format!("{context}: {}", self.message) }
+        Error {
+            kind: self.kind,
+            message: format!("{context}: {}", self.message),
+        }
     }
 
     /// Classifies an error from the PostgreSQL driver. `target` names the server (host and port) so the
@@ -145,7 +151,10 @@ impl Error {
         };
         if rendered.starts_with("error performing TLS handshake") {
             if let Some(tls) = rustls_cause(err) {
-                return Error::new(ErrorKind::Tls, format!("{target}: {}", describe_tls(tls, target)));
+                return Error::new(
+                    ErrorKind::Tls,
+                    format!("{target}: {}", describe_tls(tls, target)),
+                );
             }
             return Error::new(ErrorKind::Tls, format!("{target}: {detail}"));
         }
@@ -165,10 +174,14 @@ impl Error {
                 format!("{target}: the server asks for a password and none was given"),
             );
         }
-        if rendered.starts_with("error authenticating") || rendered.starts_with("authentication error") {
+        if rendered.starts_with("error authenticating")
+            || rendered.starts_with("authentication error")
+        {
             let mut message = format!("{target}: {detail}");
             if detail.contains("channel binding") {
-                message.push_str("; channel_binding=require needs TLS (sslmode=require or stronger) and SCRAM");
+                message.push_str(
+                    "; channel_binding=require needs TLS (sslmode=require or stronger) and SCRAM",
+                );
             }
             return Error::new(ErrorKind::Authentication, message);
         }
@@ -235,7 +248,10 @@ mod tests {
         let err = Error::invalid_input("server address", "port must be a number from 1 to 65535");
         let json = serde_json::to_value(&err).unwrap();
         assert_eq!(json["kind"], "InvalidInput");
-        assert_eq!(json["message"], "server address: port must be a number from 1 to 65535");
+        assert_eq!(
+            json["message"],
+            "server address: port must be a number from 1 to 65535"
+        );
     }
 
     #[test]

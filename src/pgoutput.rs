@@ -27,7 +27,12 @@ impl std::str::FromStr for Lsn {
 
     /// Parses PostgreSQL's `X/Y` notation.
     fn from_str(s: &str) -> crate::Result<Lsn> {
-        let bad = || crate::Error::invalid_input("LSN", format!("'{s}' is not of the form X/Y in hexadecimal, e.g. 0/16B3748"));
+        let bad = || {
+            crate::Error::invalid_input(
+                "LSN",
+                format!("'{s}' is not of the form X/Y in hexadecimal, e.g. 0/16B3748"),
+            )
+        };
         let (high, low) = s.trim().split_once('/').ok_or_else(bad)?;
         let high = u32::from_str_radix(high, 16).map_err(|_| bad())?;
         let low = u32::from_str_radix(low, 16).map_err(|_| bad())?;
@@ -83,43 +88,133 @@ pub enum OldKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Begin of a transaction (sent at its commit, with protocol version 1).
-    Begin { final_lsn: Lsn, commit_time: i64, xid: u32 },
+    Begin {
+        final_lsn: Lsn,
+        commit_time: i64,
+        xid: u32,
+    },
     /// A `pg_logical_emit_message` message.
-    Message { xid: Option<u32>, transactional: bool, lsn: Lsn, prefix: String, content: Vec<u8> },
+    Message {
+        xid: Option<u32>,
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Vec<u8>,
+    },
     /// Commit of a transaction.
-    Commit { flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64 },
+    Commit {
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
     /// The origin of a transaction replicated from elsewhere.
     Origin { commit_lsn: Lsn, name: String },
     /// A table's description; replaces any earlier one for the same relid.
-    Relation { xid: Option<u32>, relid: u32, namespace: String, name: String, replica_identity: u8, columns: Vec<Column> },
+    Relation {
+        xid: Option<u32>,
+        relid: u32,
+        namespace: String,
+        name: String,
+        replica_identity: u8,
+        columns: Vec<Column>,
+    },
     /// A non-built-in type's name.
-    Type { xid: Option<u32>, oid: u32, namespace: String, name: String },
+    Type {
+        xid: Option<u32>,
+        oid: u32,
+        namespace: String,
+        name: String,
+    },
     /// A new row.
-    Insert { xid: Option<u32>, relid: u32, new: Vec<Value> },
+    Insert {
+        xid: Option<u32>,
+        relid: u32,
+        new: Vec<Value>,
+    },
     /// A changed row, with the old key or row when the WAL carries it.
-    Update { xid: Option<u32>, relid: u32, old: Option<(OldKind, Vec<Value>)>, new: Vec<Value> },
+    Update {
+        xid: Option<u32>,
+        relid: u32,
+        old: Option<(OldKind, Vec<Value>)>,
+        new: Vec<Value>,
+    },
     /// A removed row: its key, or the whole old row under REPLICA IDENTITY FULL.
-    Delete { xid: Option<u32>, relid: u32, old_kind: OldKind, old: Vec<Value> },
+    Delete {
+        xid: Option<u32>,
+        relid: u32,
+        old_kind: OldKind,
+        old: Vec<Value>,
+    },
     /// TRUNCATE of one or more tables.
-    Truncate { xid: Option<u32>, options: u8, relids: Vec<u32> },
+    Truncate {
+        xid: Option<u32>,
+        options: u8,
+        relids: Vec<u32>,
+    },
     /// Start of a streamed chunk of an in-progress transaction (version 2+).
     StreamStart { xid: u32, first_segment: bool },
     /// End of a streamed chunk.
     StreamStop,
     /// Commit of a streamed transaction.
-    StreamCommit { xid: u32, flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64 },
+    StreamCommit {
+        xid: u32,
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
     /// Abort of a streamed (sub)transaction; the LSN and time only with parallel streaming.
-    StreamAbort { xid: u32, subxid: u32, abort: Option<(Lsn, i64)> },
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+        abort: Option<(Lsn, i64)>,
+    },
     /// Begin of a prepared transaction (version 3+).
-    BeginPrepare { prepare_lsn: Lsn, end_lsn: Lsn, prepare_time: i64, xid: u32, gid: String },
+    BeginPrepare {
+        prepare_lsn: Lsn,
+        end_lsn: Lsn,
+        prepare_time: i64,
+        xid: u32,
+        gid: String,
+    },
     /// PREPARE TRANSACTION.
-    Prepare { flags: u8, prepare_lsn: Lsn, end_lsn: Lsn, prepare_time: i64, xid: u32, gid: String },
+    Prepare {
+        flags: u8,
+        prepare_lsn: Lsn,
+        end_lsn: Lsn,
+        prepare_time: i64,
+        xid: u32,
+        gid: String,
+    },
     /// COMMIT PREPARED.
-    CommitPrepared { flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64, xid: u32, gid: String },
+    CommitPrepared {
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+        xid: u32,
+        gid: String,
+    },
     /// ROLLBACK PREPARED.
-    RollbackPrepared { flags: u8, prepare_end_lsn: Lsn, rollback_end_lsn: Lsn, prepare_time: i64, rollback_time: i64, xid: u32, gid: String },
+    RollbackPrepared {
+        flags: u8,
+        prepare_end_lsn: Lsn,
+        rollback_end_lsn: Lsn,
+        prepare_time: i64,
+        rollback_time: i64,
+        xid: u32,
+        gid: String,
+    },
     /// PREPARE of a streamed transaction.
-    StreamPrepare { flags: u8, prepare_lsn: Lsn, end_lsn: Lsn, prepare_time: i64, xid: u32, gid: String },
+    StreamPrepare {
+        flags: u8,
+        prepare_lsn: Lsn,
+        end_lsn: Lsn,
+        prepare_time: i64,
+        xid: u32,
+        gid: String,
+    },
 }
 
 /// Why bytes are not a valid pgoutput message.
@@ -163,7 +258,12 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for protocol `version` (1–4).
     pub fn new(version: u32) -> Decoder {
-        Decoder { context: Context { in_stream: false, parallel_abort_info: version >= 4 } }
+        Decoder {
+            context: Context {
+                in_stream: false,
+                parallel_abort_info: version >= 4,
+            },
+        }
     }
 
     /// Decodes one message and updates the stream state.
@@ -188,7 +288,11 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let remaining = self.bytes.len() - self.at;
         if n > remaining {
-            return Err(DecodeError::Truncated { tag: self.tag, at: self.at, needed: n - remaining });
+            return Err(DecodeError::Truncated {
+                tag: self.tag,
+                at: self.at,
+                needed: n - remaining,
+            });
         }
         let slice = &self.bytes[self.at..self.at + n];
         self.at += n;
@@ -231,8 +335,14 @@ impl<'a> Reader<'a> {
         let end = rest
             .iter()
             .position(|&b| b == 0)
-            .ok_or(DecodeError::UnterminatedString { tag: self.tag, at: start })?;
-        let text = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::InvalidUtf8 { tag: self.tag, at: start })?;
+            .ok_or(DecodeError::UnterminatedString {
+                tag: self.tag,
+                at: start,
+            })?;
+        let text = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::InvalidUtf8 {
+            tag: self.tag,
+            at: start,
+        })?;
         self.at += end + 1;
         Ok(text.to_string())
     }
@@ -242,12 +352,20 @@ impl<'a> Reader<'a> {
         let remaining = self.bytes.len() - self.at;
         match usize::try_from(raw) {
             Ok(n) if n.saturating_mul(min_bytes_each) <= remaining => Ok(n),
-            _ => Err(DecodeError::InvalidLength { tag: self.tag, length: raw, at: self.at }),
+            _ => Err(DecodeError::InvalidLength {
+                tag: self.tag,
+                length: raw,
+                at: self.at,
+            }),
         }
     }
 
     fn xid_if(&mut self, present: bool) -> Result<Option<u32>, DecodeError> {
-        if present { self.u32().map(Some) } else { Ok(None) }
+        if present {
+            self.u32().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn tuple(&mut self) -> Result<Vec<Value>, DecodeError> {
@@ -263,9 +381,19 @@ impl<'a> Reader<'a> {
                     let raw = i64::from(self.i32()?);
                     let len = self.count(raw, 1)?;
                     let data = self.take(len)?.to_vec();
-                    if kind == b't' { Value::Text(data) } else { Value::Binary(data) }
+                    if kind == b't' {
+                        Value::Text(data)
+                    } else {
+                        Value::Binary(data)
+                    }
                 }
-                kind => return Err(DecodeError::UnknownValueKind { tag: self.tag, kind, at }),
+                kind => {
+                    return Err(DecodeError::UnknownValueKind {
+                        tag: self.tag,
+                        kind,
+                        at,
+                    })
+                }
             };
             values.push(value);
         }
@@ -277,7 +405,11 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             b'K' => Ok(OldKind::Key),
             b'O' => Ok(OldKind::Full),
-            marker => Err(DecodeError::UnexpectedMarker { tag: self.tag, marker, at }),
+            marker => Err(DecodeError::UnexpectedMarker {
+                tag: self.tag,
+                marker,
+                at,
+            }),
         }
     }
 
@@ -285,7 +417,11 @@ impl<'a> Reader<'a> {
         let at = self.at;
         match self.u8()? {
             b'N' => Ok(()),
-            marker => Err(DecodeError::UnexpectedMarker { tag: self.tag, marker, at }),
+            marker => Err(DecodeError::UnexpectedMarker {
+                tag: self.tag,
+                marker,
+                at,
+            }),
         }
     }
 }
@@ -293,10 +429,18 @@ impl<'a> Reader<'a> {
 /// Decodes one pgoutput message in the given context.
 pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
     let (&tag_byte, _) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    let mut r = Reader { bytes, at: 1, tag: tag_byte as char };
+    let mut r = Reader {
+        bytes,
+        at: 1,
+        tag: tag_byte as char,
+    };
     let streamed = context.in_stream;
     let message = match tag_byte {
-        b'B' => Message::Begin { final_lsn: r.lsn()?, commit_time: r.i64()?, xid: r.u32()? },
+        b'B' => Message::Begin {
+            final_lsn: r.lsn()?,
+            commit_time: r.i64()?,
+            xid: r.u32()?,
+        },
         b'M' => {
             let xid = r.xid_if(streamed)?;
             let transactional = r.u8()? & 1 == 1;
@@ -304,10 +448,24 @@ pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
             let prefix = r.string()?;
             let raw = i64::from(r.i32()?);
             let len = r.count(raw, 1)?;
-            Message::Message { xid, transactional, lsn, prefix, content: r.take(len)?.to_vec() }
+            Message::Message {
+                xid,
+                transactional,
+                lsn,
+                prefix,
+                content: r.take(len)?.to_vec(),
+            }
         }
-        b'C' => Message::Commit { flags: r.u8()?, commit_lsn: r.lsn()?, end_lsn: r.lsn()?, commit_time: r.i64()? },
-        b'O' => Message::Origin { commit_lsn: r.lsn()?, name: r.string()? },
+        b'C' => Message::Commit {
+            flags: r.u8()?,
+            commit_lsn: r.lsn()?,
+            end_lsn: r.lsn()?,
+            commit_time: r.i64()?,
+        },
+        b'O' => Message::Origin {
+            commit_lsn: r.lsn()?,
+            name: r.string()?,
+        },
         b'R' => {
             let xid = r.xid_if(streamed)?;
             let relid = r.u32()?;
@@ -326,14 +484,30 @@ pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
                     type_modifier: r.i32()?,
                 });
             }
-            Message::Relation { xid, relid, namespace, name, replica_identity, columns }
+            Message::Relation {
+                xid,
+                relid,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            }
         }
-        b'Y' => Message::Type { xid: r.xid_if(streamed)?, oid: r.u32()?, namespace: r.string()?, name: r.string()? },
+        b'Y' => Message::Type {
+            xid: r.xid_if(streamed)?,
+            oid: r.u32()?,
+            namespace: r.string()?,
+            name: r.string()?,
+        },
         b'I' => {
             let xid = r.xid_if(streamed)?;
             let relid = r.u32()?;
             r.expect_new()?;
-            Message::Insert { xid, relid, new: r.tuple()? }
+            Message::Insert {
+                xid,
+                relid,
+                new: r.tuple()?,
+            }
         }
         b'U' => {
             let xid = r.xid_if(streamed)?;
@@ -342,20 +516,40 @@ pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
             let old = match r.u8()? {
                 b'N' => None,
                 marker @ (b'K' | b'O') => {
-                    let kind = if marker == b'K' { OldKind::Key } else { OldKind::Full };
+                    let kind = if marker == b'K' {
+                        OldKind::Key
+                    } else {
+                        OldKind::Full
+                    };
                     let old = r.tuple()?;
                     r.expect_new()?;
                     Some((kind, old))
                 }
-                marker => return Err(DecodeError::UnexpectedMarker { tag: 'U', marker, at }),
+                marker => {
+                    return Err(DecodeError::UnexpectedMarker {
+                        tag: 'U',
+                        marker,
+                        at,
+                    })
+                }
             };
-            Message::Update { xid, relid, old, new: r.tuple()? }
+            Message::Update {
+                xid,
+                relid,
+                old,
+                new: r.tuple()?,
+            }
         }
         b'D' => {
             let xid = r.xid_if(streamed)?;
             let relid = r.u32()?;
             let old_kind = r.old_kind()?;
-            Message::Delete { xid, relid, old_kind, old: r.tuple()? }
+            Message::Delete {
+                xid,
+                relid,
+                old_kind,
+                old: r.tuple()?,
+            }
         }
         b'T' => {
             let xid = r.xid_if(streamed)?;
@@ -366,9 +560,16 @@ pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
             for _ in 0..n {
                 relids.push(r.u32()?);
             }
-            Message::Truncate { xid, options, relids }
+            Message::Truncate {
+                xid,
+                options,
+                relids,
+            }
         }
-        b'S' => Message::StreamStart { xid: r.u32()?, first_segment: r.u8()? == 1 },
+        b'S' => Message::StreamStart {
+            xid: r.u32()?,
+            first_segment: r.u8()? == 1,
+        },
         b'E' => Message::StreamStop,
         b'c' => Message::StreamCommit {
             xid: r.u32()?,
@@ -380,7 +581,11 @@ pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
         b'A' => {
             let xid = r.u32()?;
             let subxid = r.u32()?;
-            let abort = if context.parallel_abort_info { Some((r.lsn()?, r.i64()?)) } else { None };
+            let abort = if context.parallel_abort_info {
+                Some((r.lsn()?, r.i64()?))
+            } else {
+                None
+            };
             Message::StreamAbort { xid, subxid, abort }
         }
         b'b' => Message::BeginPrepare {
@@ -452,7 +657,11 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
                 Value::Null => out.push(b'n'),
                 Value::UnchangedToast => out.push(b'u'),
                 Value::Text(data) | Value::Binary(data) => {
-                    out.push(if matches!(value, Value::Text(_)) { b't' } else { b'b' });
+                    out.push(if matches!(value, Value::Text(_)) {
+                        b't'
+                    } else {
+                        b'b'
+                    });
                     out.extend_from_slice(&(data.len() as i32).to_be_bytes());
                     out.extend_from_slice(data);
                 }
@@ -461,13 +670,23 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
     };
     let lsn = |out: &mut Vec<u8>, lsn: &Lsn| out.extend_from_slice(&lsn.0.to_be_bytes());
     match message {
-        Message::Begin { final_lsn, commit_time, xid } => {
+        Message::Begin {
+            final_lsn,
+            commit_time,
+            xid,
+        } => {
             out.push(b'B');
             lsn(&mut out, final_lsn);
             out.extend_from_slice(&commit_time.to_be_bytes());
             out.extend_from_slice(&xid.to_be_bytes());
         }
-        Message::Message { xid: x, transactional, lsn: l, prefix, content } => {
+        Message::Message {
+            xid: x,
+            transactional,
+            lsn: l,
+            prefix,
+            content,
+        } => {
             out.push(b'M');
             xid(&mut out, x);
             out.push(u8::from(*transactional));
@@ -476,7 +695,12 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.extend_from_slice(&(content.len() as i32).to_be_bytes());
             out.extend_from_slice(content);
         }
-        Message::Commit { flags, commit_lsn, end_lsn, commit_time } => {
+        Message::Commit {
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+        } => {
             out.push(b'C');
             out.push(*flags);
             lsn(&mut out, commit_lsn);
@@ -488,7 +712,14 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             lsn(&mut out, commit_lsn);
             string(&mut out, name);
         }
-        Message::Relation { xid: x, relid, namespace, name, replica_identity, columns } => {
+        Message::Relation {
+            xid: x,
+            relid,
+            namespace,
+            name,
+            replica_identity,
+            columns,
+        } => {
             out.push(b'R');
             xid(&mut out, x);
             out.extend_from_slice(&relid.to_be_bytes());
@@ -503,7 +734,12 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
                 out.extend_from_slice(&column.type_modifier.to_be_bytes());
             }
         }
-        Message::Type { xid: x, oid, namespace, name } => {
+        Message::Type {
+            xid: x,
+            oid,
+            namespace,
+            name,
+        } => {
             out.push(b'Y');
             xid(&mut out, x);
             out.extend_from_slice(&oid.to_be_bytes());
@@ -517,7 +753,12 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.push(b'N');
             tuple(&mut out, new);
         }
-        Message::Update { xid: x, relid, old, new } => {
+        Message::Update {
+            xid: x,
+            relid,
+            old,
+            new,
+        } => {
             out.push(b'U');
             xid(&mut out, x);
             out.extend_from_slice(&relid.to_be_bytes());
@@ -528,14 +769,27 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.push(b'N');
             tuple(&mut out, new);
         }
-        Message::Delete { xid: x, relid, old_kind, old } => {
+        Message::Delete {
+            xid: x,
+            relid,
+            old_kind,
+            old,
+        } => {
             out.push(b'D');
             xid(&mut out, x);
             out.extend_from_slice(&relid.to_be_bytes());
-            out.push(if *old_kind == OldKind::Key { b'K' } else { b'O' });
+            out.push(if *old_kind == OldKind::Key {
+                b'K'
+            } else {
+                b'O'
+            });
             tuple(&mut out, old);
         }
-        Message::Truncate { xid: x, options, relids } => {
+        Message::Truncate {
+            xid: x,
+            options,
+            relids,
+        } => {
             out.push(b'T');
             xid(&mut out, x);
             out.extend_from_slice(&(relids.len() as i32).to_be_bytes());
@@ -550,7 +804,13 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.push(u8::from(*first_segment));
         }
         Message::StreamStop => out.push(b'E'),
-        Message::StreamCommit { xid, flags, commit_lsn, end_lsn, commit_time } => {
+        Message::StreamCommit {
+            xid,
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+        } => {
             out.push(b'c');
             out.extend_from_slice(&xid.to_be_bytes());
             out.push(*flags);
@@ -568,7 +828,13 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
                 out.extend_from_slice(&t.to_be_bytes());
             }
         }
-        Message::BeginPrepare { prepare_lsn, end_lsn, prepare_time, xid, gid } => {
+        Message::BeginPrepare {
+            prepare_lsn,
+            end_lsn,
+            prepare_time,
+            xid,
+            gid,
+        } => {
             out.push(b'b');
             lsn(&mut out, prepare_lsn);
             lsn(&mut out, end_lsn);
@@ -576,9 +842,27 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.extend_from_slice(&xid.to_be_bytes());
             string(&mut out, gid);
         }
-        Message::Prepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
-        | Message::StreamPrepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid } => {
-            out.push(if matches!(message, Message::Prepare { .. }) { b'P' } else { b'p' });
+        Message::Prepare {
+            flags,
+            prepare_lsn,
+            end_lsn,
+            prepare_time,
+            xid,
+            gid,
+        }
+        | Message::StreamPrepare {
+            flags,
+            prepare_lsn,
+            end_lsn,
+            prepare_time,
+            xid,
+            gid,
+        } => {
+            out.push(if matches!(message, Message::Prepare { .. }) {
+                b'P'
+            } else {
+                b'p'
+            });
             out.push(*flags);
             lsn(&mut out, prepare_lsn);
             lsn(&mut out, end_lsn);
@@ -586,7 +870,14 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.extend_from_slice(&xid.to_be_bytes());
             string(&mut out, gid);
         }
-        Message::CommitPrepared { flags, commit_lsn, end_lsn, commit_time, xid, gid } => {
+        Message::CommitPrepared {
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+            xid,
+            gid,
+        } => {
             out.push(b'K');
             out.push(*flags);
             lsn(&mut out, commit_lsn);
@@ -595,7 +886,15 @@ pub fn encode(message: &Message, context: Context) -> Vec<u8> {
             out.extend_from_slice(&xid.to_be_bytes());
             string(&mut out, gid);
         }
-        Message::RollbackPrepared { flags, prepare_end_lsn, rollback_end_lsn, prepare_time, rollback_time, xid, gid } => {
+        Message::RollbackPrepared {
+            flags,
+            prepare_end_lsn,
+            rollback_end_lsn,
+            prepare_time,
+            rollback_time,
+            xid,
+            gid,
+        } => {
             out.push(b'r');
             out.push(*flags);
             lsn(&mut out, prepare_end_lsn);
@@ -642,7 +941,11 @@ mod tests {
     /// Any message, with an xid exactly where the context puts one.
     fn message(context: Context) -> impl Strategy<Value = Message> {
         let xid = move || {
-            if context.in_stream { any::<u32>().prop_map(Some).boxed() } else { Just(None).boxed() }
+            if context.in_stream {
+                any::<u32>().prop_map(Some).boxed()
+            } else {
+                Just(None).boxed()
+            }
         };
         let abort = move || {
             if context.parallel_abort_info {
@@ -651,53 +954,225 @@ mod tests {
                 Just(None).boxed()
             }
         };
-        let column = (any::<bool>(), text(), any::<u32>(), any::<i32>())
-            .prop_map(|(key, name, type_oid, type_modifier)| Column { key, name, type_oid, type_modifier });
+        let column = (any::<bool>(), text(), any::<u32>(), any::<i32>()).prop_map(
+            |(key, name, type_oid, type_modifier)| Column {
+                key,
+                name,
+                type_oid,
+                type_modifier,
+            },
+        );
         prop_oneof![
-            (lsn(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, commit_time, xid)| Message::Begin { final_lsn, commit_time, xid }),
-            (xid(), any::<bool>(), lsn(), text(), proptest::collection::vec(any::<u8>(), 0..16))
-                .prop_map(|(xid, transactional, lsn, prefix, content)| Message::Message { xid, transactional, lsn, prefix, content }),
-            (any::<u8>(), lsn(), lsn(), any::<i64>())
-                .prop_map(|(flags, commit_lsn, end_lsn, commit_time)| Message::Commit { flags, commit_lsn, end_lsn, commit_time }),
-            (lsn(), text()).prop_map(|(commit_lsn, name)| Message::Origin { commit_lsn, name }),
-            (xid(), any::<u32>(), text(), text(), any::<u8>(), proptest::collection::vec(column, 0..5)).prop_map(
-                |(xid, relid, namespace, name, replica_identity, columns)| Message::Relation { xid, relid, namespace, name, replica_identity, columns }
-            ),
-            (xid(), any::<u32>(), text(), text()).prop_map(|(xid, oid, namespace, name)| Message::Type { xid, oid, namespace, name }),
-            (xid(), any::<u32>(), tuple()).prop_map(|(xid, relid, new)| Message::Insert { xid, relid, new }),
-            (xid(), any::<u32>(), proptest::option::of((old_kind(), tuple())), tuple())
-                .prop_map(|(xid, relid, old, new)| Message::Update { xid, relid, old, new }),
-            (xid(), any::<u32>(), old_kind(), tuple()).prop_map(|(xid, relid, old_kind, old)| Message::Delete { xid, relid, old_kind, old }),
-            (xid(), any::<u8>(), proptest::collection::vec(any::<u32>(), 0..5))
-                .prop_map(|(xid, options, relids)| Message::Truncate { xid, options, relids }),
-            (any::<u32>(), any::<bool>()).prop_map(|(xid, first_segment)| Message::StreamStart { xid, first_segment }),
-            Just(Message::StreamStop),
-            (any::<u32>(), any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(|(xid, flags, commit_lsn, end_lsn, commit_time)| {
-                Message::StreamCommit { xid, flags, commit_lsn, end_lsn, commit_time }
+            (lsn(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, commit_time, xid)| {
+                Message::Begin {
+                    final_lsn,
+                    commit_time,
+                    xid,
+                }
             }),
-            (any::<u32>(), any::<u32>(), abort()).prop_map(|(xid, subxid, abort)| Message::StreamAbort { xid, subxid, abort }),
-            (lsn(), lsn(), any::<i64>(), any::<u32>(), text()).prop_map(|(prepare_lsn, end_lsn, prepare_time, xid, gid)| {
-                Message::BeginPrepare { prepare_lsn, end_lsn, prepare_time, xid, gid }
-            }),
-            (any::<u8>(), lsn(), lsn(), any::<i64>(), any::<u32>(), text()).prop_map(|(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| {
-                Message::Prepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
-            }),
-            (any::<u8>(), lsn(), lsn(), any::<i64>(), any::<u32>(), text()).prop_map(|(flags, commit_lsn, end_lsn, commit_time, xid, gid)| {
-                Message::CommitPrepared { flags, commit_lsn, end_lsn, commit_time, xid, gid }
-            }),
-            (any::<u8>(), lsn(), lsn(), any::<i64>(), any::<i64>(), any::<u32>(), text()).prop_map(
-                |(flags, prepare_end_lsn, rollback_end_lsn, prepare_time, rollback_time, xid, gid)| Message::RollbackPrepared {
-                    flags, prepare_end_lsn, rollback_end_lsn, prepare_time, rollback_time, xid, gid
+            (
+                xid(),
+                any::<bool>(),
+                lsn(),
+                text(),
+                proptest::collection::vec(any::<u8>(), 0..16)
+            )
+                .prop_map(|(xid, transactional, lsn, prefix, content)| {
+                    Message::Message {
+                        xid,
+                        transactional,
+                        lsn,
+                        prefix,
+                        content,
+                    }
+                }),
+            (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
+                |(flags, commit_lsn, end_lsn, commit_time)| Message::Commit {
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time
                 }
             ),
-            (any::<u8>(), lsn(), lsn(), any::<i64>(), any::<u32>(), text()).prop_map(|(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| {
-                Message::StreamPrepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
+            (lsn(), text()).prop_map(|(commit_lsn, name)| Message::Origin { commit_lsn, name }),
+            (
+                xid(),
+                any::<u32>(),
+                text(),
+                text(),
+                any::<u8>(),
+                proptest::collection::vec(column, 0..5)
+            )
+                .prop_map(
+                    |(xid, relid, namespace, name, replica_identity, columns)| Message::Relation {
+                        xid,
+                        relid,
+                        namespace,
+                        name,
+                        replica_identity,
+                        columns
+                    }
+                ),
+            (xid(), any::<u32>(), text(), text()).prop_map(|(xid, oid, namespace, name)| {
+                Message::Type {
+                    xid,
+                    oid,
+                    namespace,
+                    name,
+                }
             }),
+            (xid(), any::<u32>(), tuple()).prop_map(|(xid, relid, new)| Message::Insert {
+                xid,
+                relid,
+                new
+            }),
+            (
+                xid(),
+                any::<u32>(),
+                proptest::option::of((old_kind(), tuple())),
+                tuple()
+            )
+                .prop_map(|(xid, relid, old, new)| Message::Update {
+                    xid,
+                    relid,
+                    old,
+                    new
+                }),
+            (xid(), any::<u32>(), old_kind(), tuple()).prop_map(|(xid, relid, old_kind, old)| {
+                Message::Delete {
+                    xid,
+                    relid,
+                    old_kind,
+                    old,
+                }
+            }),
+            (
+                xid(),
+                any::<u8>(),
+                proptest::collection::vec(any::<u32>(), 0..5)
+            )
+                .prop_map(|(xid, options, relids)| Message::Truncate {
+                    xid,
+                    options,
+                    relids
+                }),
+            (any::<u32>(), any::<bool>())
+                .prop_map(|(xid, first_segment)| Message::StreamStart { xid, first_segment }),
+            Just(Message::StreamStop),
+            (any::<u32>(), any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
+                |(xid, flags, commit_lsn, end_lsn, commit_time)| {
+                    Message::StreamCommit {
+                        xid,
+                        flags,
+                        commit_lsn,
+                        end_lsn,
+                        commit_time,
+                    }
+                }
+            ),
+            (any::<u32>(), any::<u32>(), abort())
+                .prop_map(|(xid, subxid, abort)| Message::StreamAbort { xid, subxid, abort }),
+            (lsn(), lsn(), any::<i64>(), any::<u32>(), text()).prop_map(
+                |(prepare_lsn, end_lsn, prepare_time, xid, gid)| {
+                    Message::BeginPrepare {
+                        prepare_lsn,
+                        end_lsn,
+                        prepare_time,
+                        xid,
+                        gid,
+                    }
+                }
+            ),
+            (
+                any::<u8>(),
+                lsn(),
+                lsn(),
+                any::<i64>(),
+                any::<u32>(),
+                text()
+            )
+                .prop_map(|(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| {
+                    Message::Prepare {
+                        flags,
+                        prepare_lsn,
+                        end_lsn,
+                        prepare_time,
+                        xid,
+                        gid,
+                    }
+                }),
+            (
+                any::<u8>(),
+                lsn(),
+                lsn(),
+                any::<i64>(),
+                any::<u32>(),
+                text()
+            )
+                .prop_map(|(flags, commit_lsn, end_lsn, commit_time, xid, gid)| {
+                    Message::CommitPrepared {
+                        flags,
+                        commit_lsn,
+                        end_lsn,
+                        commit_time,
+                        xid,
+                        gid,
+                    }
+                }),
+            (
+                any::<u8>(),
+                lsn(),
+                lsn(),
+                any::<i64>(),
+                any::<i64>(),
+                any::<u32>(),
+                text()
+            )
+                .prop_map(
+                    |(
+                        flags,
+                        prepare_end_lsn,
+                        rollback_end_lsn,
+                        prepare_time,
+                        rollback_time,
+                        xid,
+                        gid,
+                    )| Message::RollbackPrepared {
+                        flags,
+                        prepare_end_lsn,
+                        rollback_end_lsn,
+                        prepare_time,
+                        rollback_time,
+                        xid,
+                        gid
+                    }
+                ),
+            (
+                any::<u8>(),
+                lsn(),
+                lsn(),
+                any::<i64>(),
+                any::<u32>(),
+                text()
+            )
+                .prop_map(|(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| {
+                    Message::StreamPrepare {
+                        flags,
+                        prepare_lsn,
+                        end_lsn,
+                        prepare_time,
+                        xid,
+                        gid,
+                    }
+                }),
         ]
     }
 
     fn contexts() -> impl Strategy<Value = Context> {
-        (any::<bool>(), any::<bool>()).prop_map(|(in_stream, parallel_abort_info)| Context { in_stream, parallel_abort_info })
+        (any::<bool>(), any::<bool>()).prop_map(|(in_stream, parallel_abort_info)| Context {
+            in_stream,
+            parallel_abort_info,
+        })
     }
 
     proptest! {
@@ -731,22 +1206,50 @@ mod tests {
     fn a_huge_column_count_is_rejected_before_allocating() {
         let mut bytes = vec![b'I', 0, 0, 0, 1, b'N'];
         bytes.extend_from_slice(&i16::MAX.to_be_bytes());
-        assert!(matches!(decode(&bytes, Context::default()), Err(DecodeError::InvalidLength { tag: 'I', .. })));
+        assert!(matches!(
+            decode(&bytes, Context::default()),
+            Err(DecodeError::InvalidLength { tag: 'I', .. })
+        ));
         let mut bytes = vec![b'I', 0, 0, 0, 1, b'N', 0, 1, b't'];
         bytes.extend_from_slice(&(-5i32).to_be_bytes());
-        assert!(matches!(decode(&bytes, Context::default()), Err(DecodeError::InvalidLength { length: -5, .. })));
+        assert!(matches!(
+            decode(&bytes, Context::default()),
+            Err(DecodeError::InvalidLength { length: -5, .. })
+        ));
     }
 
     #[test]
     fn the_decoder_follows_stream_boundaries() {
         let mut decoder = Decoder::new(2);
-        let streamed = Context { in_stream: true, parallel_abort_info: false };
-        let insert = Message::Insert { xid: Some(7), relid: 1, new: vec![Value::Text(b"1".to_vec())] };
-        decoder.decode(&encode(&Message::StreamStart { xid: 7, first_segment: true }, Context::default())).unwrap();
+        let streamed = Context {
+            in_stream: true,
+            parallel_abort_info: false,
+        };
+        let insert = Message::Insert {
+            xid: Some(7),
+            relid: 1,
+            new: vec![Value::Text(b"1".to_vec())],
+        };
+        decoder
+            .decode(&encode(
+                &Message::StreamStart {
+                    xid: 7,
+                    first_segment: true,
+                },
+                Context::default(),
+            ))
+            .unwrap();
         assert_eq!(decoder.decode(&encode(&insert, streamed)).unwrap(), insert);
         decoder.decode(&[b'E']).unwrap();
-        let plain = Message::Insert { xid: None, relid: 1, new: vec![Value::Null] };
-        assert_eq!(decoder.decode(&encode(&plain, Context::default())).unwrap(), plain);
+        let plain = Message::Insert {
+            xid: None,
+            relid: 1,
+            new: vec![Value::Null],
+        };
+        assert_eq!(
+            decoder.decode(&encode(&plain, Context::default())).unwrap(),
+            plain
+        );
     }
 
     #[test]

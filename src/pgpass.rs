@@ -33,14 +33,20 @@ pub fn lookup(path: &Path, host: &str, port: u16, database: &str, user: &str) ->
 pub fn find(text: &str, host: &str, port: u16, database: &str, user: &str) -> Option<Secret> {
     let port = port.to_string();
     // libpq matches a Unix-socket connection against the entry "localhost".
-    let host = if host.starts_with('/') { "localhost" } else { host };
-    text.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()).find_map(|line| {
-        let fields = split_fields(line);
-        let [h, p, d, u, password] = <[String; 5]>::try_from(fields).ok()?;
-        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-        (matches(&h, host) && matches(&p, &port) && matches(&d, database) && matches(&u, user))
-            .then(|| Secret::new(password))
-    })
+    let host = if host.starts_with('/') {
+        "localhost"
+    } else {
+        host
+    };
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .find_map(|line| {
+            let fields = split_fields(line);
+            let [h, p, d, u, password] = <[String; 5]>::try_from(fields).ok()?;
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (matches(&h, host) && matches(&p, &port) && matches(&d, database) && matches(&u, user))
+                .then(|| Secret::new(password))
+        })
 }
 
 fn split_fields(line: &str) -> Vec<String> {
@@ -75,10 +81,16 @@ db.example.com:5432:app:alice:first
     #[test]
     fn first_matching_line_wins_with_wildcards_and_escapes() {
         let get = |h, p, d, u| find(FILE, h, p, d, u).map(|s| s.expose().to_string());
-        assert_eq!(get("db.example.com", 5432, "app", "alice").as_deref(), Some("first"));
+        assert_eq!(
+            get("db.example.com", 5432, "app", "alice").as_deref(),
+            Some("first")
+        );
         assert_eq!(get("db.example.com", 5433, "app", "alice"), None);
         assert_eq!(get("other", 1, "x", "bob").as_deref(), Some("with:colon"));
-        assert_eq!(get("127.0.0.1", 6000, "d", "carol").as_deref(), Some("any:thing"));
+        assert_eq!(
+            get("127.0.0.1", 6000, "d", "carol").as_deref(),
+            Some("any:thing")
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::connection::{parse_address, test_connection, ChannelBinding, ConnectionSpec, ServerFacts};
+use crate::connection::{
+    parse_address, test_connection, ChannelBinding, ConnectionSpec, ServerFacts,
+};
 use crate::conninfo::{Advice, Conninfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secrets::{Keychain, Secret, SecretKey};
@@ -89,7 +91,12 @@ impl Profile {
     }
 
     fn keychain_label(&self) -> String {
-        format!("Tidepool: database password for {}@{}/{}", self.user, self.address(), self.database)
+        format!(
+            "Tidepool: database password for {}@{}/{}",
+            self.user,
+            self.address(),
+            self.database
+        )
     }
 }
 
@@ -141,7 +148,10 @@ pub struct Autofill {
 pub struct RevealedSecret(Secret);
 
 impl Serialize for RevealedSecret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(self.0.expose())
     }
 }
@@ -172,7 +182,11 @@ pub fn autofill(text: &str) -> Result<Autofill> {
         application_name: Some(spec.application_name),
         password_storage: PasswordStorage::Keychain,
     };
-    Ok(Autofill { draft, password, advice })
+    Ok(Autofill {
+        draft,
+        password,
+        advice,
+    })
 }
 
 /// Whether a profile's password can be had without asking, as shown next to it.
@@ -226,12 +240,18 @@ struct ProfileFile {
 impl Profiles {
     /// The profiles in `data_dir`, with the OS keychain.
     pub fn open(data_dir: &Path) -> Profiles {
-        Profiles { file: data_dir.join("profiles.json"), keychain: KeychainSource::Platform }
+        Profiles {
+            file: data_dir.join("profiles.json"),
+            keychain: KeychainSource::Platform,
+        }
     }
 
     /// The profiles in `data_dir`, with a given keychain.
     pub fn with_keychain(data_dir: &Path, keychain: Keychain) -> Profiles {
-        Profiles { file: data_dir.join("profiles.json"), keychain: KeychainSource::Given(keychain) }
+        Profiles {
+            file: data_dir.join("profiles.json"),
+            keychain: KeychainSource::Given(keychain),
+        }
     }
 
     fn keychain(&self) -> Result<Keychain> {
@@ -244,16 +264,29 @@ impl Profiles {
     fn load(&self) -> Result<ProfileFile> {
         match std::fs::read(&self.file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::internal(format!("{} is not a valid profile list: {e}", self.file.display()))
+                Error::internal(format!(
+                    "{} is not a valid profile list: {e}",
+                    self.file.display()
+                ))
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProfileFile { version: 1, profiles: vec![] }),
-            Err(e) => Err(Error::internal(format!("reading {}: {e}", self.file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProfileFile {
+                version: 1,
+                profiles: vec![],
+            }),
+            Err(e) => Err(Error::internal(format!(
+                "reading {}: {e}",
+                self.file.display()
+            ))),
         }
     }
 
     fn store(&self, file: &ProfileFile) -> Result<()> {
-        let dir = self.file.parent().ok_or_else(|| Error::internal("the profile file has no folder"))?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+        let dir = self
+            .file
+            .parent()
+            .ok_or_else(|| Error::internal("the profile file has no folder"))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
         let json = serde_json::to_vec_pretty(file).map_err(Error::internal)?;
         write_atomically(&self.file, &json)
     }
@@ -261,7 +294,10 @@ impl Profiles {
     /// Every profile, each with the state of its secret.
     pub fn list(&self) -> Result<Vec<ProfileView>> {
         let profiles = self.load()?.profiles;
-        let keychain = if profiles.iter().any(|p| p.password == PasswordStorage::Keychain) {
+        let keychain = if profiles
+            .iter()
+            .any(|p| p.password == PasswordStorage::Keychain)
+        {
             self.keychain().ok()
         } else {
             None
@@ -280,7 +316,11 @@ impl Profiles {
                         }
                     }
                 };
-                ProfileView { address: profile.address(), profile, secret }
+                ProfileView {
+                    address: profile.address(),
+                    profile,
+                    secret,
+                }
             })
             .collect())
     }
@@ -291,40 +331,57 @@ impl Profiles {
             .profiles
             .into_iter()
             .find(|p| p.id == id_or_name || p.name.eq_ignore_ascii_case(id_or_name))
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no profile named '{id_or_name}'")))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no profile named '{id_or_name}'"),
+                )
+            })
     }
 
     /// Creates (`id` = None) or updates a profile. A given password goes to the keychain when the
     /// profile keeps it there; switching to "ask each time" removes the stored one.
-    pub fn save(&self, id: Option<&str>, draft: ProfileDraft, password: Option<Secret>) -> Result<ProfileView> {
+    pub fn save(
+        &self,
+        id: Option<&str>,
+        draft: ProfileDraft,
+        password: Option<Secret>,
+    ) -> Result<ProfileView> {
         let mut file = self.load()?;
-        let existing = match id {
-            Some(id) => Some(
-                file.profiles
-                    .iter()
-                    .position(|p| p.id == id)
-                    .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no profile with id '{id}'")))?,
-            ),
-            None => None,
-        };
+        let existing =
+            match id {
+                Some(id) => Some(file.profiles.iter().position(|p| p.id == id).ok_or_else(
+                    || Error::new(ErrorKind::NotFound, format!("no profile with id '{id}'")),
+                )?),
+                None => None,
+            };
         let profile_id = match existing {
             Some(index) => file.profiles[index].id.clone(),
             None => new_id()?,
         };
         let profile = validate(profile_id, draft)?;
-        if file.profiles.iter().any(|p| p.id != profile.id && p.name.eq_ignore_ascii_case(&profile.name)) {
-            return Err(Error::invalid_input("name", format!("a profile named '{}' exists already", profile.name)));
+        if file
+            .profiles
+            .iter()
+            .any(|p| p.id != profile.id && p.name.eq_ignore_ascii_case(&profile.name))
+        {
+            return Err(Error::invalid_input(
+                "name",
+                format!("a profile named '{}' exists already", profile.name),
+            ));
         }
 
         let key = SecretKey::ProfilePassword(profile.id.clone());
         match profile.password {
             PasswordStorage::Keychain => {
                 if let Some(password) = password.filter(|p| !p.is_empty()) {
-                    self.keychain()?.set(&key, &profile.keychain_label(), &password)?;
+                    self.keychain()?
+                        .set(&key, &profile.keychain_label(), &password)?;
                 }
             }
             PasswordStorage::AskEachTime => {
-                if existing.is_some_and(|i| file.profiles[i].password == PasswordStorage::Keychain) {
+                if existing.is_some_and(|i| file.profiles[i].password == PasswordStorage::Keychain)
+                {
                     self.keychain()?.delete(&key)?;
                 }
             }
@@ -336,7 +393,10 @@ impl Profiles {
         file.version = 1;
         self.store(&file)?;
         tracing::info!(profile = %profile.name, "profile saved");
-        let view = self.list()?.into_iter().find(|v| v.profile.id == profile.id);
+        let view = self
+            .list()?
+            .into_iter()
+            .find(|v| v.profile.id == profile.id);
         view.ok_or_else(|| Error::internal("the saved profile vanished"))
     }
 
@@ -345,7 +405,11 @@ impl Profiles {
         let profile = self.get(id_or_name)?;
         if profile.password == PasswordStorage::Keychain {
             self.keychain()
-                .map_err(|e| e.context("the profile was kept so its password is not left behind in the keychain"))?
+                .map_err(|e| {
+                    e.context(
+                        "the profile was kept so its password is not left behind in the keychain",
+                    )
+                })?
                 .delete(&SecretKey::ProfilePassword(profile.id.clone()))?;
         }
         let mut file = self.load()?;
@@ -362,7 +426,9 @@ impl Profiles {
         spec.password = match typed.filter(|p| !p.is_empty()) {
             Some(password) => Some(password),
             None if profile.password == PasswordStorage::Keychain => {
-                let found = self.keychain()?.get(&SecretKey::ProfilePassword(profile.id.clone()))?;
+                let found = self
+                    .keychain()?
+                    .get(&SecretKey::ProfilePassword(profile.id.clone()))?;
                 if found.is_none() {
                     return Err(Error::new(
                         ErrorKind::Keychain,
@@ -378,7 +444,12 @@ impl Profiles {
 
     /// Connects with the form's values as they stand (saved or not) and reads the server's facts. The
     /// password is the typed one, else, for a saved profile that keeps it there, the keychain's.
-    pub async fn test_draft(&self, id: Option<String>, mut draft: ProfileDraft, typed: Option<Secret>) -> Result<ServerFacts> {
+    pub async fn test_draft(
+        &self,
+        id: Option<String>,
+        mut draft: ProfileDraft,
+        typed: Option<Secret>,
+    ) -> Result<ServerFacts> {
         if draft.name.trim().is_empty() {
             draft.name = "unsaved connection".into();
         }
@@ -388,9 +459,11 @@ impl Profiles {
             (Some(password), _) => Some(password),
             (None, Some(id)) if profile.password == PasswordStorage::Keychain => {
                 let profiles = self.clone();
-                tokio::task::spawn_blocking(move || profiles.keychain()?.get(&SecretKey::ProfilePassword(id)))
-                    .await
-                    .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??
+                tokio::task::spawn_blocking(move || {
+                    profiles.keychain()?.get(&SecretKey::ProfilePassword(id))
+                })
+                .await
+                .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??
             }
             _ => None,
         };
@@ -415,7 +488,10 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
         return Err(Error::invalid_input("name", "is empty"));
     }
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(Error::invalid_input("name", "must be at most 64 characters, without control characters"));
+        return Err(Error::invalid_input(
+            "name",
+            "must be at most 64 characters, without control characters",
+        ));
     }
     let (host, port) = parse_address(&draft.address)?;
     let user = draft.user.trim().to_string();
@@ -426,13 +502,24 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
     if database.is_empty() {
         return Err(Error::invalid_input("database", "is empty"));
     }
-    let optional = |value: Option<String>| value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let optional = |value: Option<String>| {
+        value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let publication = optional(draft.publication).unwrap_or_else(|| DEFAULT_PUBLICATION.into());
     if publication.len() > 63 {
-        return Err(Error::invalid_input("publication", "is longer than PostgreSQL's 63-byte limit for names"));
+        return Err(Error::invalid_input(
+            "publication",
+            "is longer than PostgreSQL's 63-byte limit for names",
+        ));
     }
     let slot = optional(draft.slot).unwrap_or_else(|| DEFAULT_SLOT.into());
-    if slot.len() > 63 || !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+    if slot.len() > 63
+        || !slot
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
         return Err(Error::invalid_input(
             "slot",
             "may contain only lower-case letters, digits and underscores, at most 63 (PostgreSQL's rule for slot names)",
@@ -441,7 +528,10 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
     let sslrootcert = optional(draft.sslrootcert).map(PathBuf::from);
     if let Some(path) = &sslrootcert {
         if !path.is_file() {
-            return Err(Error::invalid_input("sslrootcert", format!("{} is not a file", path.display())));
+            return Err(Error::invalid_input(
+                "sslrootcert",
+                format!("{} is not a file", path.display()),
+            ));
         }
     }
     Ok(Profile {
@@ -507,7 +597,11 @@ mod tests {
     fn profiles() -> (Profiles, Keychain, PathBuf) {
         let dir = std::env::temp_dir().join(format!("tidepool-profiles-{}", new_id().unwrap()));
         let keychain = Keychain::with_store(keyring_core::mock::Store::new().unwrap(), "mock");
-        (Profiles::with_keychain(&dir, keychain.clone()), keychain, dir)
+        (
+            Profiles::with_keychain(&dir, keychain.clone()),
+            keychain,
+            dir,
+        )
     }
 
     fn draft(name: &str) -> ProfileDraft {
@@ -524,19 +618,31 @@ mod tests {
     #[test]
     fn save_keeps_the_password_in_the_keychain_and_out_of_the_file() {
         let (profiles, keychain, dir) = profiles();
-        let view = profiles.save(None, draft("Prod"), Some(Secret::new("s3cr3t-pw"))).unwrap();
+        let view = profiles
+            .save(None, draft("Prod"), Some(Secret::new("s3cr3t-pw")))
+            .unwrap();
         assert_eq!(view.secret, SecretState::InKeychain);
         assert_eq!(view.profile.publication, DEFAULT_PUBLICATION);
         let file = std::fs::read_to_string(dir.join("profiles.json")).unwrap();
         assert!(!file.contains("s3cr3t-pw"));
         let key = SecretKey::ProfilePassword(view.profile.id.clone());
         assert_eq!(keychain.get(&key).unwrap().unwrap().expose(), "s3cr3t-pw");
-        assert_eq!(profiles.spec("prod", None).unwrap().password.unwrap().expose(), "s3cr3t-pw");
+        assert_eq!(
+            profiles
+                .spec("prod", None)
+                .unwrap()
+                .password
+                .unwrap()
+                .expose(),
+            "s3cr3t-pw"
+        );
 
         // Renaming keeps the secret; deleting removes it.
         let mut renamed = draft("Production");
         renamed.publication = Some("My Pub".into());
-        let view = profiles.save(Some(&view.profile.id), renamed, None).unwrap();
+        let view = profiles
+            .save(Some(&view.profile.id), renamed, None)
+            .unwrap();
         assert_eq!(view.secret, SecretState::InKeychain);
         assert!(profiles.get("Prod").is_err());
         profiles.delete("Production").unwrap();
@@ -548,15 +654,27 @@ mod tests {
     #[test]
     fn ask_each_time_stores_nothing_and_switching_to_it_removes_the_secret() {
         let (profiles, keychain, dir) = profiles();
-        let view = profiles.save(None, draft("Staging"), Some(Secret::new("pw"))).unwrap();
+        let view = profiles
+            .save(None, draft("Staging"), Some(Secret::new("pw")))
+            .unwrap();
         let key = SecretKey::ProfilePassword(view.profile.id.clone());
         let mut ask = draft("Staging");
         ask.password_storage = PasswordStorage::AskEachTime;
-        let view = profiles.save(Some(&view.profile.id), ask, Some(Secret::new("ignored"))).unwrap();
+        let view = profiles
+            .save(Some(&view.profile.id), ask, Some(Secret::new("ignored")))
+            .unwrap();
         assert_eq!(view.secret, SecretState::AskEachTime);
         assert!(keychain.get(&key).unwrap().is_none());
         assert!(profiles.spec("Staging", None).unwrap().password.is_none());
-        assert_eq!(profiles.spec("Staging", Some(Secret::new("typed"))).unwrap().password.unwrap().expose(), "typed");
+        assert_eq!(
+            profiles
+                .spec("Staging", Some(Secret::new("typed")))
+                .unwrap()
+                .password
+                .unwrap()
+                .expose(),
+            "typed"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -572,15 +690,25 @@ mod tests {
             (Box::new(|d| d.user = "".into()), "user"),
             (Box::new(|d| d.database = "".into()), "database"),
             (Box::new(|d| d.slot = Some("Bad-Slot".into())), "slot"),
-            (Box::new(|d| d.publication = Some("p".repeat(64))), "publication"),
-            (Box::new(|d| d.sslrootcert = Some("/nonexistent/ca.pem".into())), "sslrootcert"),
+            (
+                Box::new(|d| d.publication = Some("p".repeat(64))),
+                "publication",
+            ),
+            (
+                Box::new(|d| d.sslrootcert = Some("/nonexistent/ca.pem".into())),
+                "sslrootcert",
+            ),
         ];
         for (change, field) in cases {
             let mut d = draft("New");
             change(&mut d);
             let err = profiles.save(None, d, None).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput);
-            assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+            assert!(
+                err.message().starts_with(&format!("{field}:")),
+                "{field}: {}",
+                err.message()
+            );
         }
         assert_eq!(profiles.list().unwrap().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
@@ -592,14 +720,20 @@ mod tests {
             "postgresql://neondb_owner:AbC123dEf@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require",
         )
         .unwrap();
-        assert_eq!(fill.draft.address, "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech:5432");
+        assert_eq!(
+            fill.draft.address,
+            "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech:5432"
+        );
         assert_eq!(fill.draft.user, "neondb_owner");
         assert_eq!(fill.draft.database, "neondb");
         assert_eq!(fill.draft.sslmode, SslMode::Require);
         assert_eq!(fill.advice.len(), 1);
         let json = serde_json::to_value(&fill).unwrap();
         assert_eq!(json["password"], "AbC123dEf");
-        assert_eq!(json["advice"][0]["directHost"], "ep-cool-darkness-123456.us-east-2.aws.neon.tech");
+        assert_eq!(
+            json["advice"][0]["directHost"],
+            "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
+        );
         assert!(!format!("{fill:?}").contains("AbC123dEf"));
     }
 }

@@ -27,11 +27,19 @@ use crate::tls::SslMode;
 #[derive(Debug)]
 pub enum Event {
     /// A transaction begins (its Begin message: the commit record's LSN, commit time, xid).
-    Begin { final_lsn: Lsn, commit_time_micros: i64, xid: u32 },
+    Begin {
+        final_lsn: Lsn,
+        commit_time_micros: i64,
+        xid: u32,
+    },
     /// A pgoutput message other than Begin and Commit.
     Data(bytes::Bytes),
     /// The transaction commits; `end_lsn` is where the next one can start.
-    Commit { commit_lsn: Lsn, end_lsn: Lsn, commit_time_micros: i64 },
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_micros: i64,
+    },
     /// The server's position while there is nothing to send.
     KeepAlive { wal_end: Lsn },
     /// A `pg_logical_emit_message` message.
@@ -60,33 +68,41 @@ fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
     // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let spec = options.spec;
-        let tls = match spec.sslmode {
-            SslMode::Disable | SslMode::Allow => TlsConfig::disabled(),
-            SslMode::Prefer => TlsConfig { mode: pgwire_replication::SslMode::Prefer, ..TlsConfig::disabled() },
-            SslMode::Require => TlsConfig::require(),
-            SslMode::VerifyCa => TlsConfig::verify_ca(spec.sslrootcert.clone()),
-            SslMode::VerifyFull => TlsConfig::verify_full(spec.sslrootcert.clone()).with_sni_hostname(&spec.host),
-        };
-        let mut session_options = crate::value::SESSION_OPTIONS.to_string();
-        if let Some(extra) = &spec.options {
-            session_options = format!("{extra} {session_options}");
+    let tls = match spec.sslmode {
+        SslMode::Disable | SslMode::Allow => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(spec.sslrootcert.clone()),
+        SslMode::VerifyFull => {
+            TlsConfig::verify_full(spec.sslrootcert.clone()).with_sni_hostname(&spec.host)
         }
-        ReplicationConfig::new(
-            &spec.host,
-            &spec.user,
-            spec.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
-            &spec.database,
-            options.slot,
-            // publication_names is parsed as a list of identifiers: quote it as one.
-            sql::ident(options.publication),
-        )
-        .with_port(spec.port)
-        .with_tls(tls)
-        .with_start_lsn(pgwire_replication::Lsn(options.start.0))
-        .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
-        .with_status_interval(Duration::from_secs(1))
-        .with_options(session_options)
-        .with_application_name(&spec.application_name)
+    };
+    let mut session_options = crate::value::SESSION_OPTIONS.to_string();
+    if let Some(extra) = &spec.options {
+        session_options = format!("{extra} {session_options}");
+    }
+    ReplicationConfig::new(
+        &spec.host,
+        &spec.user,
+        spec.password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default(),
+        &spec.database,
+        options.slot,
+        // publication_names is parsed as a list of identifiers: quote it as one.
+        sql::ident(options.publication),
+    )
+    .with_port(spec.port)
+    .with_tls(tls)
+    .with_start_lsn(pgwire_replication::Lsn(options.start.0))
+    .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
+    .with_status_interval(Duration::from_secs(1))
+    .with_options(session_options)
+    .with_application_name(&spec.application_name)
 }
 
 impl Stream {
@@ -95,11 +111,22 @@ impl Stream {
         let spec = options.spec;
         let target = spec.target();
         let connect = ReplicationClient::connect(config(&options));
-        let client = match tokio::time::timeout(spec.connect_timeout + Duration::from_secs(2), connect).await {
+        let client = match tokio::time::timeout(
+            spec.connect_timeout + Duration::from_secs(2),
+            connect,
+        )
+        .await
+        {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(transport_error(&target, options.slot, e)),
             Err(_) => {
-                return Err(Error::new(ErrorKind::Connection, format!("{target}: the replication connection did not start within {} s", spec.connect_timeout.as_secs())))
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "{target}: the replication connection did not start within {} s",
+                        spec.connect_timeout.as_secs()
+                    ),
+                ))
             }
         };
         Ok(Stream { client, target })
@@ -108,18 +135,39 @@ impl Stream {
     /// The next event, or `None` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<Event>> {
         loop {
-            let event = self.client.recv().await.map_err(|e| transport_error(&self.target, "", e))?;
+            let event = self
+                .client
+                .recv()
+                .await
+                .map_err(|e| transport_error(&self.target, "", e))?;
             let Some(event) = event else { return Ok(None) };
             return Ok(Some(match event {
-                ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
-                    Event::Begin { final_lsn: Lsn(final_lsn.0), commit_time_micros, xid }
-                }
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => Event::Begin {
+                    final_lsn: Lsn(final_lsn.0),
+                    commit_time_micros,
+                    xid,
+                },
                 ReplicationEvent::XLogData { data, .. } => Event::Data(data),
-                ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
-                    Event::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time_micros }
-                }
-                ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive { wal_end: Lsn(wal_end.0) },
-                ReplicationEvent::Message { lsn, prefix, .. } => Event::Message { lsn: Lsn(lsn.0), prefix },
+                ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                } => Event::Commit {
+                    commit_lsn: Lsn(lsn.0),
+                    end_lsn: Lsn(end_lsn.0),
+                    commit_time_micros,
+                },
+                ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
+                    wal_end: Lsn(wal_end.0),
+                },
+                ReplicationEvent::Message { lsn, prefix, .. } => Event::Message {
+                    lsn: Lsn(lsn.0),
+                    prefix,
+                },
                 ReplicationEvent::StoppedAt { .. } => return Ok(None),
             }));
         }
@@ -136,7 +184,8 @@ impl Stream {
 
     /// Reports `lsn` as written, flushed and applied: call only once everything up to it is stored.
     pub fn confirm(&self, lsn: Lsn) {
-        self.client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        self.client
+            .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
     }
 
     /// Ends the stream cleanly.
@@ -159,10 +208,20 @@ impl SnapshotSession {
     /// Creates `slot` (pgoutput) and exports its snapshot.
     pub async fn create(spec: &ConnectionSpec, slot: &str) -> Result<SnapshotSession> {
         let target = spec.target();
-        let options = StreamOptions { spec, slot, publication: "", start: Lsn(0) };
-        let mut client = ReplicationClient::connect_gated(config(&options)).await.map_err(|e| transport_error(&target, slot, e))?;
+        let options = StreamOptions {
+            spec,
+            slot,
+            publication: "",
+            start: Lsn(0),
+        };
+        let mut client = ReplicationClient::connect_gated(config(&options))
+            .await
+            .map_err(|e| transport_error(&target, slot, e))?;
         let rows = client
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')", sql::ident(slot)))
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                sql::ident(slot)
+            ))
             .await
             .map_err(|e| transport_error(&target, "", e))?;
         let field = |i: usize| -> Result<String> {
@@ -173,7 +232,11 @@ impl SnapshotSession {
         };
         let consistent_point: Lsn = field(1)?.parse()?;
         let snapshot = field(2)?;
-        Ok(SnapshotSession { client, consistent_point, snapshot })
+        Ok(SnapshotSession {
+            client,
+            consistent_point,
+            snapshot,
+        })
     }
 
     /// Ends the session; the snapshot is released, the slot stays. The session never started
@@ -198,7 +261,10 @@ impl Drop for SnapshotSession {
 fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError) -> Error {
     use pgwire_replication::PgWireError as E;
     let text = e.to_string();
-    let sqlstate = text.rsplit_once("(SQLSTATE ").and_then(|(_, rest)| rest.strip_suffix(')')).map(str::to_string);
+    let sqlstate = text
+        .rsplit_once("(SQLSTATE ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map(str::to_string);
     let kind = match (&e, sqlstate.as_deref()) {
         (E::Io(_), _) | (E::Task(_), _) => ErrorKind::Connection,
         (E::Auth(_), _) => ErrorKind::Authentication,
@@ -206,7 +272,9 @@ fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError)
         (E::Server(_), Some("28P01" | "28000")) => ErrorKind::Authentication,
         (E::Server(_), Some("42501")) => ErrorKind::Permission,
         (E::Server(_), Some("42704" | "3D000")) => ErrorKind::NotFound,
-        (E::Server(_), Some(code)) if code.starts_with("08") || code.starts_with("57") => ErrorKind::Connection,
+        (E::Server(_), Some(code)) if code.starts_with("08") || code.starts_with("57") => {
+            ErrorKind::Connection
+        }
         _ => ErrorKind::Postgres,
     };
     let mut message = format!("{target}: replication: {text}");
@@ -218,7 +286,9 @@ fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError)
     }
     // 55006 object_in_use: "replication slot … is active for PID …".
     if sqlstate.as_deref() == Some("55006") {
-        message.push_str("; another client is streaming from this slot (a slot serves one consumer at a time)");
+        message.push_str(
+            "; another client is streaming from this slot (a slot serves one consumer at a time)",
+        );
     }
     Error::new(kind, message)
 }

@@ -114,7 +114,9 @@ pub struct Keychain {
 
 impl fmt::Debug for Keychain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keychain").field("backend", &self.backend).finish()
+        f.debug_struct("Keychain")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
@@ -133,8 +135,12 @@ impl Keychain {
     /// Whether the platform keychain opens, without touching any entry.
     pub fn status() -> KeychainStatus {
         match Keychain::open() {
-            Ok(keychain) => KeychainStatus::Available { backend: keychain.backend.to_string() },
-            Err(e) => KeychainStatus::Unavailable { reason: e.message().to_string() },
+            Ok(keychain) => KeychainStatus::Available {
+                backend: keychain.backend.to_string(),
+            },
+            Err(e) => KeychainStatus::Unavailable {
+                reason: e.message().to_string(),
+            },
         }
     }
 
@@ -147,14 +153,26 @@ impl Keychain {
     /// keychain app.
     pub fn set(&self, key: &SecretKey, label: &str, secret: &Secret) -> Result<()> {
         let modifiers = HashMap::from([("label", label)]);
-        let modifiers = if self.backend == SECRET_SERVICE { Some(&modifiers) } else { None };
-        let entry = self.store.build(SERVICE, &key.account(), modifiers).map_err(|e| keychain_error("opening", &e))?;
-        entry.set_password(secret.expose()).map_err(|e| keychain_error("storing", &e))
+        let modifiers = if self.backend == SECRET_SERVICE {
+            Some(&modifiers)
+        } else {
+            None
+        };
+        let entry = self
+            .store
+            .build(SERVICE, &key.account(), modifiers)
+            .map_err(|e| keychain_error("opening", &e))?;
+        entry
+            .set_password(secret.expose())
+            .map_err(|e| keychain_error("storing", &e))
     }
 
     /// The secret under `key`, if there is one.
     pub fn get(&self, key: &SecretKey) -> Result<Option<Secret>> {
-        let entry = self.store.build(SERVICE, &key.account(), None).map_err(|e| keychain_error("opening", &e))?;
+        let entry = self
+            .store
+            .build(SERVICE, &key.account(), None)
+            .map_err(|e| keychain_error("opening", &e))?;
         match entry.get_password() {
             Ok(password) => Ok(Some(Secret::new(password))),
             Err(KeyringError::NoEntry) => Ok(None),
@@ -164,7 +182,10 @@ impl Keychain {
 
     /// Removes the secret under `key`; removing one that is not there is not an error.
     pub fn delete(&self, key: &SecretKey) -> Result<()> {
-        let entry = self.store.build(SERVICE, &key.account(), None).map_err(|e| keychain_error("opening", &e))?;
+        let entry = self
+            .store
+            .build(SERVICE, &key.account(), None)
+            .map_err(|e| keychain_error("opening", &e))?;
         match entry.delete_credential() {
             Ok(()) | Err(KeyringError::NoEntry) => Ok(()),
             Err(e) => Err(keychain_error("deleting", &e)),
@@ -188,15 +209,24 @@ impl Keychain {
     pub fn set_neon_api_key(&self, key: &Secret) -> Result<NeonKeyStatus> {
         let value = key.expose().trim();
         if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::invalid_input("Neon API key", "must be one word without spaces (copy it from Neon's Account settings → API keys)"));
+            return Err(Error::invalid_input(
+                "Neon API key",
+                "must be one word without spaces (copy it from Neon's Account settings → API keys)",
+            ));
         }
-        self.set(&SecretKey::NeonApiKey, "Tidepool: Neon API key", &Secret::new(value))?;
+        self.set(
+            &SecretKey::NeonApiKey,
+            "Tidepool: Neon API key",
+            &Secret::new(value),
+        )?;
         Ok(NeonKeyStatus { stored: true })
     }
 
     /// Whether the Neon API key is stored.
     pub fn neon_api_key_status(&self) -> Result<NeonKeyStatus> {
-        Ok(NeonKeyStatus { stored: self.get(&SecretKey::NeonApiKey)?.is_some() })
+        Ok(NeonKeyStatus {
+            stored: self.get(&SecretKey::NeonApiKey)?.is_some(),
+        })
     }
 
     /// Removes the Neon API key.
@@ -226,14 +256,18 @@ fn platform_store() -> std::result::Result<(Arc<CredentialStore>, &'static str),
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 fn platform_store() -> std::result::Result<(Arc<CredentialStore>, &'static str), KeyringError> {
-    Err(KeyringError::NotSupportedByStore("no keychain is supported on this operating system".into()))
+    Err(KeyringError::NotSupportedByStore(
+        "no keychain is supported on this operating system".into(),
+    ))
 }
 
 /// Renders a keyring error without the payloads that may hold secret bytes (`BadEncoding`,
 /// `BadDataFormat` carry the stored blob).
 fn describe(e: &KeyringError) -> String {
     match e {
-        KeyringError::PlatformFailure(inner) | KeyringError::NoStorageAccess(inner) => inner.to_string(),
+        KeyringError::PlatformFailure(inner) | KeyringError::NoStorageAccess(inner) => {
+            inner.to_string()
+        }
         KeyringError::BadEncoding(_) => "the stored value is not UTF-8 text".into(),
         KeyringError::BadDataFormat(_, inner) => format!("the stored value is malformed: {inner}"),
         KeyringError::NoEntry => "no such entry".into(),
@@ -258,9 +292,18 @@ fn keychain_error(action: &str, e: &KeyringError) -> Error {
     match e {
         KeyringError::NoStorageAccess(_) => Error::new(
             ErrorKind::Keychain,
-            format!("the OS keychain refused access while {action} a secret ({}); is it locked?", describe(e)),
+            format!(
+                "the OS keychain refused access while {action} a secret ({}); is it locked?",
+                describe(e)
+            ),
         ),
-        _ => Error::new(ErrorKind::Keychain, format!("{action} a secret in the OS keychain failed: {}", describe(e))),
+        _ => Error::new(
+            ErrorKind::Keychain,
+            format!(
+                "{action} a secret in the OS keychain failed: {}",
+                describe(e)
+            ),
+        ),
     }
 }
 
@@ -277,8 +320,12 @@ mod tests {
         let keychain = mock_keychain();
         let key = SecretKey::ProfilePassword("abc".into());
         assert!(keychain.get(&key).unwrap().is_none());
-        keychain.set(&key, "Tidepool: test", &Secret::new("pw1")).unwrap();
-        keychain.set(&key, "Tidepool: test", &Secret::new("pw2")).unwrap();
+        keychain
+            .set(&key, "Tidepool: test", &Secret::new("pw1"))
+            .unwrap();
+        keychain
+            .set(&key, "Tidepool: test", &Secret::new("pw2"))
+            .unwrap();
         assert_eq!(keychain.get(&key).unwrap().unwrap().expose(), "pw2");
         assert!(keychain.get(&SecretKey::NeonApiKey).unwrap().is_none());
         keychain.delete(&key).unwrap();

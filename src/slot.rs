@@ -108,12 +108,23 @@ async fn check(client: &Client, name: &str, create: bool) -> Result<SlotInfo> {
         }
     };
     if slot.plugin != "pgoutput" {
-        return Err(Error::invalid_input("slot", format!("{} uses the plugin '{}', Tidepool needs 'pgoutput'", sql::ident(name), slot.plugin)));
+        return Err(Error::invalid_input(
+            "slot",
+            format!(
+                "{} uses the plugin '{}', Tidepool needs 'pgoutput'",
+                sql::ident(name),
+                slot.plugin
+            ),
+        ));
     }
     if slot.database != database {
         return Err(Error::invalid_input(
             "slot",
-            format!("{} decodes database '{}', not '{database}': a slot belongs to one database", sql::ident(name), slot.database),
+            format!(
+                "{} decodes database '{}', not '{database}': a slot belongs to one database",
+                sql::ident(name),
+                slot.database
+            ),
         ));
     }
     if slot.wal_status.as_deref() == Some("lost") {
@@ -127,5 +138,8 @@ async fn check(client: &Client, name: &str, create: bool) -> Result<SlotInfo> {
 
 /// The slot's `confirmed_flush_lsn`.
 pub async fn confirmed_flush(client: &Client, name: &str) -> Result<Option<Lsn>> {
-    Ok(find(client, name).await?.and_then(|s| s.confirmed_flush_lsn).and_then(|l| l.parse().ok()))
+    Ok(find(client, name)
+        .await?
+        .and_then(|s| s.confirmed_flush_lsn)
+        .and_then(|l| l.parse().ok()))
 }

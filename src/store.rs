@@ -108,7 +108,9 @@ fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::invalid_input("--store", format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::invalid_input("--store", format!("cannot create {}: {e}", dir.display()))
+        })?;
         let path = dir.join("tidepool.db");
         let conn = Connection::open(&path).map_err(sqlite("opening"))?;
         conn.execute_batch(
@@ -140,12 +142,22 @@ impl Store {
         .map_err(sqlite("creating the schema"))?;
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
-        Ok(Store { conn, path, batch: None, ids, next_seq, pending: Vec::with_capacity(CHUNK) })
+        Ok(Store {
+            conn,
+            path,
+            batch: None,
+            ids,
+            next_seq,
+            pending: Vec::with_capacity(CHUNK),
+        })
     }
 
     fn id_of(&self, name: &str) -> Result<i64> {
         self.ids.get(name).copied().ok_or_else(|| {
-            Error::new(crate::ErrorKind::NotFound, format!("no collection named '{name}' in {}", self.path.display()))
+            Error::new(
+                crate::ErrorKind::NotFound,
+                format!("no collection named '{name}' in {}", self.path.display()),
+            )
         })
     }
 
@@ -163,7 +175,9 @@ impl Store {
     /// Starts a batch: one SQLite transaction for one or more whole source transactions.
     pub fn begin(&mut self) -> Result<()> {
         if self.batch.is_none() {
-            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite("beginning a transaction"))?;
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(sqlite("beginning a transaction"))?;
             self.batch = Some(0);
         }
         Ok(())
@@ -200,7 +214,9 @@ impl Store {
     pub fn rollback(&mut self) -> Result<()> {
         self.pending.clear();
         if self.batch.take().is_some() {
-            self.conn.execute_batch("ROLLBACK").map_err(sqlite("rolling back"))?;
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(sqlite("rolling back"))?;
             // Collections first recorded in the batch are gone with it, and so are their positions.
             self.ids = collection_ids(&self.conn)?;
             self.next_seq = next_seq(&self.conn)?;
@@ -228,10 +244,15 @@ impl Store {
             .map_err(sqlite("listing collections"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(CollectionInfo { name: r.get(0)?, rows: r.get::<_, i64>(1)? as u64, changes: r.get::<_, i64>(2)? as u64 })
+                Ok(CollectionInfo {
+                    name: r.get(0)?,
+                    rows: r.get::<_, i64>(1)? as u64,
+                    changes: r.get::<_, i64>(2)? as u64,
+                })
             })
             .map_err(sqlite("listing collections"))?;
-        rows.collect::<std::result::Result<_, _>>().map_err(sqlite("listing collections"))
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(sqlite("listing collections"))
     }
 
     /// A collection's description.
@@ -268,7 +289,8 @@ impl Store {
         let docs = stmt
             .query_map(params![id, limit as i64], |r| r.get::<_, String>(0))
             .map_err(sqlite("reading rows"))?;
-        docs.map(|d| parse(d.map_err(sqlite("reading rows"))?)).collect()
+        docs.map(|d| parse(d.map_err(sqlite("reading rows"))?))
+            .collect()
     }
 
     /// The change log in order, at most `limit` entries after position `after` (0 for the start).
@@ -279,7 +301,9 @@ impl Store {
             .prepare_cached("SELECT seq, doc FROM changes WHERE collection = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
-            .query_map(params![id, after as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
+            .query_map(params![id, after as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
             .map_err(sqlite("reading changes"))?;
         docs.map(|d| {
             let (seq, doc) = d.map_err(sqlite("reading changes"))?;
@@ -290,22 +314,34 @@ impl Store {
 }
 
 fn parse(doc: String) -> Result<Json> {
-    serde_json::from_str(&doc).map_err(|e| Error::internal(format!("store: a stored document is not JSON: {e}")))
+    serde_json::from_str(&doc)
+        .map_err(|e| Error::internal(format!("store: a stored document is not JSON: {e}")))
 }
 
 fn collection_ids(conn: &Connection) -> Result<std::collections::HashMap<String, i64>> {
-    let mut stmt = conn.prepare("SELECT name, id FROM collections").map_err(sqlite("reading collections"))?;
-    let pairs = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(sqlite("reading collections"))?;
-    pairs.collect::<std::result::Result<_, _>>().map_err(sqlite("reading collections"))
+    let mut stmt = conn
+        .prepare("SELECT name, id FROM collections")
+        .map_err(sqlite("reading collections"))?;
+    let pairs = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(sqlite("reading collections"))?;
+    pairs
+        .collect::<std::result::Result<_, _>>()
+        .map_err(sqlite("reading collections"))
 }
 
 fn next_seq(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT COALESCE(max(seq), 0) + 1 FROM changes", [], |r| r.get(0)).map_err(sqlite("reading the log's end"))
+    conn.query_row("SELECT COALESCE(max(seq), 0) + 1 FROM changes", [], |r| {
+        r.get(0)
+    })
+    .map_err(sqlite("reading the log's end"))
 }
 
 fn read_checkpoint(conn: &Connection) -> Result<Lsn> {
     let value: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'checkpoint'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'checkpoint'", [], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(sqlite("reading the checkpoint"))?;
     Ok(Lsn(value.and_then(|v| v.parse().ok()).unwrap_or(0)))
@@ -347,7 +383,15 @@ impl Store {
 
     /// Appends a change to the log and applies it to the current rows. `key` is the canonical key of
     /// the row after the change; `old_key` the key before it, when an update changed the key.
-    pub fn apply(&mut self, collection: &str, lsn: Lsn, op: Op, key: &str, old_key: Option<&str>, doc: impl Into<String>) -> Result<()> {
+    pub fn apply(
+        &mut self,
+        collection: &str,
+        lsn: Lsn,
+        op: Op,
+        key: &str,
+        old_key: Option<&str>,
+        doc: impl Into<String>,
+    ) -> Result<()> {
         let doc = doc.into();
         self.in_open_batch("writing a change")?;
         let id = self.id_of(collection)?;
@@ -355,7 +399,14 @@ impl Store {
         self.next_seq += 1;
         let key_changed = old_key.is_some_and(|old| old != key);
         if matches!(op, Op::Create | Op::Update) && !key_changed {
-            self.pending.push(Pending { seq, collection: id, lsn, op, key: key.to_string(), doc });
+            self.pending.push(Pending {
+                seq,
+                collection: id,
+                lsn,
+                op,
+                key: key.to_string(),
+                doc,
+            });
             if self.pending.len() >= CHUNK {
                 self.write_pending()?;
             }
@@ -407,26 +458,40 @@ impl Store {
                 "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES {}",
                 vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
             );
-            let mut stmt = self.conn.prepare_cached(&changes_sql).map_err(sqlite("appending changes"))?;
+            let mut stmt = self
+                .conn
+                .prepare_cached(&changes_sql)
+                .map_err(sqlite("appending changes"))?;
             for (i, p) in chunk.iter().enumerate() {
                 let at = i * 5;
-                stmt.raw_bind_parameter(at + 1, p.seq).map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 2, p.collection).map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 3, p.lsn.0 as i64).map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 4, p.op.code()).map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 5, p.doc.as_str()).map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 1, p.seq)
+                    .map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 2, p.collection)
+                    .map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 3, p.lsn.0 as i64)
+                    .map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 4, p.op.code())
+                    .map_err(sqlite("appending changes"))?;
+                stmt.raw_bind_parameter(at + 5, p.doc.as_str())
+                    .map_err(sqlite("appending changes"))?;
             }
             stmt.raw_execute().map_err(sqlite("appending changes"))?;
             let rows_sql = format!(
                 "INSERT INTO rows (collection, key, seq) VALUES {} ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
                 vec!["(?, ?, ?)"; CHUNK].join(", ")
             );
-            let mut stmt = self.conn.prepare_cached(&rows_sql).map_err(sqlite("writing rows"))?;
+            let mut stmt = self
+                .conn
+                .prepare_cached(&rows_sql)
+                .map_err(sqlite("writing rows"))?;
             for (i, p) in chunk.iter().enumerate() {
                 let at = i * 3;
-                stmt.raw_bind_parameter(at + 1, p.collection).map_err(sqlite("writing rows"))?;
-                stmt.raw_bind_parameter(at + 2, p.key.as_str()).map_err(sqlite("writing rows"))?;
-                stmt.raw_bind_parameter(at + 3, p.seq).map_err(sqlite("writing rows"))?;
+                stmt.raw_bind_parameter(at + 1, p.collection)
+                    .map_err(sqlite("writing rows"))?;
+                stmt.raw_bind_parameter(at + 2, p.key.as_str())
+                    .map_err(sqlite("writing rows"))?;
+                stmt.raw_bind_parameter(at + 3, p.seq)
+                    .map_err(sqlite("writing rows"))?;
             }
             stmt.raw_execute().map_err(sqlite("writing rows"))?;
         }
@@ -458,7 +523,9 @@ impl Store {
         let current = read_checkpoint(&self.conn)?;
         if checkpoint < current {
             self.rollback()?;
-            return Err(Error::internal(format!("store: the checkpoint would move back from {current} to {checkpoint}")));
+            return Err(Error::internal(format!(
+                "store: the checkpoint would move back from {current} to {checkpoint}"
+            )));
         }
         self.conn
             .execute(
@@ -466,7 +533,9 @@ impl Store {
                 [checkpoint.0.to_string()],
             )
             .map_err(sqlite("writing the checkpoint"))?;
-        self.conn.execute_batch("COMMIT").map_err(sqlite("committing"))?;
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(sqlite("committing"))?;
         self.batch = None;
         Ok(())
     }
@@ -477,13 +546,23 @@ mod tests {
     use super::*;
 
     fn store() -> (Store, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("tidepool-store-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let dir = std::env::temp_dir().join(format!(
+            "tidepool-store-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         (Store::open(&dir).unwrap(), dir)
     }
 
     fn spec(name: &str) -> CollectionSpec {
-        CollectionSpec { name: name.into(), schema: "public".into(), table: "t".into(), key: vec!["id".into()], columns: Json::Array(vec![]) }
+        CollectionSpec {
+            name: name.into(),
+            schema: "public".into(),
+            table: "t".into(),
+            key: vec!["id".into()],
+            columns: Json::Array(vec![]),
+        }
     }
 
     #[test]
@@ -491,20 +570,73 @@ mod tests {
         let (mut store, dir) = store();
         store.begin().unwrap();
         store.put_collection(&spec("public/t")).unwrap();
-        store.apply("public/t", Lsn(10), Op::Create, "[1]", None, r#"{"id":1,"v":"a"}"#).unwrap();
-        store.apply("public/t", Lsn(10), Op::Create, "[2]", None, r#"{"id":2,"v":"b"}"#).unwrap();
-        store.apply("public/t", Lsn(10), Op::Update, "[1]", None, r#"{"id":1,"v":"c"}"#).unwrap();
-        store.apply("public/t", Lsn(10), Op::Update, "[3]", Some("[2]"), r#"{"id":3,"v":"b"}"#).unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(10),
+                Op::Create,
+                "[1]",
+                None,
+                r#"{"id":1,"v":"a"}"#,
+            )
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(10),
+                Op::Create,
+                "[2]",
+                None,
+                r#"{"id":2,"v":"b"}"#,
+            )
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(10),
+                Op::Update,
+                "[1]",
+                None,
+                r#"{"id":1,"v":"c"}"#,
+            )
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(10),
+                Op::Update,
+                "[3]",
+                Some("[2]"),
+                r#"{"id":3,"v":"b"}"#,
+            )
+            .unwrap();
         assert_eq!(store.batch_len(), 4);
         store.commit(Lsn(20)).unwrap();
-        assert_eq!(store.rows("public/t", 10).unwrap(), vec![serde_json::json!({"id":1,"v":"c"}), serde_json::json!({"id":3,"v":"b"})]);
+        assert_eq!(
+            store.rows("public/t", 10).unwrap(),
+            vec![
+                serde_json::json!({"id":1,"v":"c"}),
+                serde_json::json!({"id":3,"v":"b"})
+            ]
+        );
         store.begin().unwrap();
-        store.apply("public/t", Lsn(30), Op::Delete, "[1]", None, r#"{"id":1}"#).unwrap();
+        store
+            .apply("public/t", Lsn(30), Op::Delete, "[1]", None, r#"{"id":1}"#)
+            .unwrap();
         store.commit(Lsn(40)).unwrap();
-        assert_eq!(store.collections().unwrap(), vec![CollectionInfo { name: "public/t".into(), rows: 1, changes: 5 }]);
+        assert_eq!(
+            store.collections().unwrap(),
+            vec![CollectionInfo {
+                name: "public/t".into(),
+                rows: 1,
+                changes: 5
+            }]
+        );
         assert_eq!(store.checkpoint().unwrap(), Lsn(40));
         store.begin().unwrap();
-        store.apply("public/t", Lsn(50), Op::Truncate, "", None, r#"{}"#).unwrap();
+        store
+            .apply("public/t", Lsn(50), Op::Truncate, "", None, r#"{}"#)
+            .unwrap();
         store.commit(Lsn(60)).unwrap();
         assert_eq!(store.collections().unwrap()[0].rows, 0);
         std::fs::remove_dir_all(dir).unwrap();
@@ -516,14 +648,56 @@ mod tests {
         store.begin().unwrap();
         store.put_collection(&spec("public/t")).unwrap();
         for i in 0..150 {
-            store.apply("public/t", Lsn(1), Op::Create, &format!("[{i}]"), None, format!(r#"{{"id":{i},"v":0}}"#)).unwrap();
+            store
+                .apply(
+                    "public/t",
+                    Lsn(1),
+                    Op::Create,
+                    &format!("[{i}]"),
+                    None,
+                    format!(r#"{{"id":{i},"v":0}}"#),
+                )
+                .unwrap();
         }
         // Within the next chunk: the same key twice, then a delete and a key change that flush it.
-        store.apply("public/t", Lsn(2), Op::Update, "[7]", None, r#"{"id":7,"v":1}"#).unwrap();
-        store.apply("public/t", Lsn(2), Op::Update, "[7]", None, r#"{"id":7,"v":2}"#).unwrap();
-        store.apply("public/t", Lsn(2), Op::Delete, "[8]", None, r#"{"id":8}"#).unwrap();
-        store.apply("public/t", Lsn(2), Op::Update, "[200]", Some("[9]"), r#"{"id":200,"v":3}"#).unwrap();
-        assert_eq!(store.row("public/t", "[7]").unwrap().unwrap()["v"], 2, "reads see buffered writes");
+        store
+            .apply(
+                "public/t",
+                Lsn(2),
+                Op::Update,
+                "[7]",
+                None,
+                r#"{"id":7,"v":1}"#,
+            )
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(2),
+                Op::Update,
+                "[7]",
+                None,
+                r#"{"id":7,"v":2}"#,
+            )
+            .unwrap();
+        store
+            .apply("public/t", Lsn(2), Op::Delete, "[8]", None, r#"{"id":8}"#)
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(2),
+                Op::Update,
+                "[200]",
+                Some("[9]"),
+                r#"{"id":200,"v":3}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            store.row("public/t", "[7]").unwrap().unwrap()["v"],
+            2,
+            "reads see buffered writes"
+        );
         store.commit(Lsn(3)).unwrap();
         let info = &store.collections().unwrap()[0];
         assert_eq!((info.rows, info.changes), (149, 154));
@@ -542,13 +716,20 @@ mod tests {
         let (mut store, dir) = store();
         store.begin().unwrap();
         store.put_collection(&spec("public/t")).unwrap();
-        store.apply("public/t", Lsn(10), Op::Create, "[1]", None, "{}").unwrap();
+        store
+            .apply("public/t", Lsn(10), Op::Create, "[1]", None, "{}")
+            .unwrap();
         // Dropped without commit: as after a crash.
         drop(store);
         let mut store = Store::open(&dir).unwrap();
         assert!(store.collections().unwrap().is_empty());
         assert_eq!(store.checkpoint().unwrap(), Lsn(0));
-        assert!(store.apply("public/t", Lsn(10), Op::Create, "[1]", None, "{}").is_err(), "writes need a batch");
+        assert!(
+            store
+                .apply("public/t", Lsn(10), Op::Create, "[1]", None, "{}")
+                .is_err(),
+            "writes need a batch"
+        );
         store.commit(Lsn(100)).unwrap();
         assert!(store.commit(Lsn(50)).is_err());
         assert_eq!(store.checkpoint().unwrap(), Lsn(100));

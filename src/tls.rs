@@ -20,7 +20,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -69,7 +71,10 @@ impl SslMode {
 
     /// Whether the mode refuses an unencrypted connection.
     pub fn requires_tls(self) -> bool {
-        matches!(self, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
     }
 }
 
@@ -126,15 +131,24 @@ fn root_store(root_cert: Option<&Path>) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     if let Some(path) = root_cert {
         let pem = std::fs::read(path).map_err(|e| {
-            Error::invalid_input("sslrootcert", format!("cannot read {}: {e}", path.display()))
+            Error::invalid_input(
+                "sslrootcert",
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         let mut found = 0;
         for cert in rustls_pemfile_certs(&pem) {
             let cert = cert.map_err(|e| {
-                Error::invalid_input("sslrootcert", format!("{} is not a PEM certificate file: {e}", path.display()))
+                Error::invalid_input(
+                    "sslrootcert",
+                    format!("{} is not a PEM certificate file: {e}", path.display()),
+                )
             })?;
             store.add(cert).map_err(|e| {
-                Error::invalid_input("sslrootcert", format!("{} holds a certificate rustls rejects: {e}", path.display()))
+                Error::invalid_input(
+                    "sslrootcert",
+                    format!("{} holds a certificate rustls rejects: {e}", path.display()),
+                )
             })?;
             found += 1;
         }
@@ -155,7 +169,9 @@ fn root_store(root_cert: Option<&Path>) -> Result<RootCertStore> {
     Ok(store)
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> impl Iterator<Item = Result<CertificateDer<'static>, String>> + '_ {
+fn rustls_pemfile_certs(
+    pem: &[u8],
+) -> impl Iterator<Item = Result<CertificateDer<'static>, String>> + '_ {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem).map(|r| r.map_err(|e| e.to_string()))
 }
@@ -184,7 +200,12 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -193,11 +214,18 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -216,7 +244,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -276,7 +310,11 @@ mod tests {
         std::fs::write(&file, "not a certificate").unwrap();
         let err = client_config(SslMode::VerifyFull, Some(&file)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert!(err.message().starts_with("sslrootcert:"), "{}", err.message());
+        assert!(
+            err.message().starts_with("sslrootcert:"),
+            "{}",
+            err.message()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

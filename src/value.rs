@@ -78,7 +78,12 @@ pub enum Kind {
 /// A built-in type's kind by OID; `None` for types that need a catalog lookup (enums, domains, arrays
 /// of those, extension types).
 pub fn builtin(oid: u32) -> Option<Kind> {
-    let array = |element: Kind| Some(Kind::Array { element: Box::new(element), delimiter: ',' });
+    let array = |element: Kind| {
+        Some(Kind::Array {
+            element: Box::new(element),
+            delimiter: ',',
+        })
+    };
     Some(match oid {
         16 => Kind::Bool,
         20 | 21 | 23 | 26 | 28 | 29 | 5069 => Kind::Integer,
@@ -126,7 +131,11 @@ pub struct ValueError {
 
 fn error(kind: &'static str, text: &str, problem: &'static str) -> ValueError {
     let text: String = text.chars().take(64).collect();
-    ValueError { kind, text, problem }
+    ValueError {
+        kind,
+        text,
+        problem,
+    }
 }
 
 impl Kind {
@@ -170,33 +179,57 @@ impl Kind {
             Kind::Float => match text {
                 "NaN" | "Infinity" | "-Infinity" => Json::String(text.to_string()),
                 _ => {
-                    let f: f64 = text.parse().map_err(|_| error(name, text, "is not a number"))?;
-                    Number::from_f64(f).map(Json::Number).ok_or_else(|| error(name, text, "is not finite"))?
+                    let f: f64 = text
+                        .parse()
+                        .map_err(|_| error(name, text, "is not a number"))?;
+                    Number::from_f64(f)
+                        .map(Json::Number)
+                        .ok_or_else(|| error(name, text, "is not finite"))?
                 }
             },
             Kind::Numeric => {
                 let ok = matches!(text, "NaN" | "Infinity" | "-Infinity")
-                    || (!text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | 'e' | 'E' | '+')));
+                    || (!text.is_empty()
+                        && text.chars().all(|c| {
+                            c.is_ascii_digit() || matches!(c, '-' | '.' | 'e' | 'E' | '+')
+                        }));
                 if !ok {
                     return Err(error(name, text, "is not a numeric"));
                 }
                 Json::String(text.to_string())
             }
             Kind::Text | Kind::Uuid | Kind::Time | Kind::Interval => Json::String(text.to_string()),
-            Kind::Json => serde_json::from_str(text).map_err(|_| error(name, text, "is not valid JSON"))?,
+            Kind::Json => {
+                serde_json::from_str(text).map_err(|_| error(name, text, "is not valid JSON"))?
+            }
             Kind::Bytea => {
-                let hex = text.strip_prefix("\\x").ok_or_else(|| error(name, text, "is not in hex format (\\x…)"))?;
-                Json::String(base64::engine::general_purpose::STANDARD.encode(decode_hex(hex).ok_or_else(|| error(name, text, "has invalid hex digits"))?))
+                let hex = text
+                    .strip_prefix("\\x")
+                    .ok_or_else(|| error(name, text, "is not in hex format (\\x…)"))?;
+                Json::String(base64::engine::general_purpose::STANDARD.encode(
+                    decode_hex(hex).ok_or_else(|| error(name, text, "has invalid hex digits"))?,
+                ))
             }
-            Kind::Date => Json::String(date(text).ok_or_else(|| error(name, text, "is not an ISO date"))?),
-            Kind::TimeTz => Json::String(time_with_offset(text).ok_or_else(|| error(name, text, "is not an ISO time with offset"))?),
-            Kind::Timestamp | Kind::TimestampTz => {
-                Json::String(timestamp(text).ok_or_else(|| error(name, text, "is not an ISO timestamp"))?)
+            Kind::Date => {
+                Json::String(date(text).ok_or_else(|| error(name, text, "is not an ISO date"))?)
             }
+            Kind::TimeTz => Json::String(
+                time_with_offset(text)
+                    .ok_or_else(|| error(name, text, "is not an ISO time with offset"))?,
+            ),
+            Kind::Timestamp | Kind::TimestampTz => Json::String(
+                timestamp(text).ok_or_else(|| error(name, text, "is not an ISO timestamp"))?,
+            ),
             Kind::Array { element, delimiter } => {
-                let mut parser = ArrayParser { chars: text.as_bytes(), at: 0, delimiter: *delimiter as u8 };
+                let mut parser = ArrayParser {
+                    chars: text.as_bytes(),
+                    at: 0,
+                    delimiter: *delimiter as u8,
+                };
                 parser.skip_dimensions();
-                let value = parser.array(element).ok_or_else(|| error(name, text, "is not a valid array literal"))?;
+                let value = parser
+                    .array(element)
+                    .ok_or_else(|| error(name, text, "is not a valid array literal"))?;
                 if parser.at != parser.chars.len() {
                     return Err(error(name, text, "has text after the array"));
                 }
@@ -307,7 +340,10 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         return None;
     }
     let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    hex.as_bytes().chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 /// `YYYY-MM-DD[ BC]` → ISO 8601 (astronomical year numbering for BC), or ±infinity as is.
@@ -340,7 +376,12 @@ fn time_with_offset(text: &str) -> Option<String> {
 fn offset_of(offset: &str) -> Option<String> {
     let sign = offset.get(..1)?;
     let parts: Vec<&str> = offset[1..].split(':').collect();
-    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.is_empty()
+        || parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
     if sign == "+" && parts.iter().all(|p| *p == "00") {
@@ -363,7 +404,11 @@ fn timestamp(text: &str) -> Option<String> {
         None => (text, false),
     };
     let (day, time) = body.split_once(' ')?;
-    let day = date(&if bc { format!("{day} BC") } else { day.to_string() })?;
+    let day = date(&if bc {
+        format!("{day} BC")
+    } else {
+        day.to_string()
+    })?;
     let (clock, offset) = match time.find(['+', '-']) {
         Some(at) => (&time[..at], offset_of(&time[at..])?),
         None => (time, "Z".to_string()),
@@ -479,7 +524,10 @@ mod tests {
     use serde_json::json;
 
     fn convert(oid: u32, text: &str) -> Json {
-        builtin(oid).unwrap().to_json(text).unwrap_or_else(|e| panic!("{oid} {text}: {e}"))
+        builtin(oid)
+            .unwrap()
+            .to_json(text)
+            .unwrap_or_else(|e| panic!("{oid} {text}: {e}"))
     }
 
     #[test]
@@ -487,22 +535,37 @@ mod tests {
         assert_eq!(convert(16, "t"), json!(true));
         assert_eq!(convert(20, "-9223372036854775808"), json!(i64::MIN));
         assert_eq!(convert(26, "4294967295"), json!(4294967295u64));
-        assert_eq!(convert(1700, "12345678901234567890.000000000000000001"), json!("12345678901234567890.000000000000000001"));
+        assert_eq!(
+            convert(1700, "12345678901234567890.000000000000000001"),
+            json!("12345678901234567890.000000000000000001")
+        );
         assert_eq!(convert(1700, "NaN"), json!("NaN"));
         assert_eq!(convert(701, "1.5"), json!(1.5));
         assert_eq!(convert(701, "-Infinity"), json!("-Infinity"));
         assert_eq!(convert(700, "NaN"), json!("NaN"));
-        assert_eq!(convert(3802, r#"{"a": [1, 2.5, null]}"#), json!({"a": [1, 2.5, null]}));
+        assert_eq!(
+            convert(3802, r#"{"a": [1, 2.5, null]}"#),
+            json!({"a": [1, 2.5, null]})
+        );
         assert_eq!(convert(17, "\\x00ff10"), json!("AP8Q"));
-        assert_eq!(convert(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        assert_eq!(
+            convert(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
         assert_eq!(convert(1082, "2024-01-31"), json!("2024-01-31"));
         assert_eq!(convert(1082, "0044-03-15 BC"), json!("-0043-03-15"));
         assert_eq!(convert(1082, "infinity"), json!("infinity"));
         assert_eq!(convert(1083, "13:45:00.5"), json!("13:45:00.5"));
         assert_eq!(convert(1266, "13:45:00+05:30"), json!("13:45:00+05:30"));
         assert_eq!(convert(1266, "13:45:00-08"), json!("13:45:00-08:00"));
-        assert_eq!(convert(1114, "2024-01-31 13:45:00.5"), json!("2024-01-31T13:45:00.5Z"));
-        assert_eq!(convert(1184, "2024-01-31 13:45:00+00"), json!("2024-01-31T13:45:00Z"));
+        assert_eq!(
+            convert(1114, "2024-01-31 13:45:00.5"),
+            json!("2024-01-31T13:45:00.5Z")
+        );
+        assert_eq!(
+            convert(1184, "2024-01-31 13:45:00+00"),
+            json!("2024-01-31T13:45:00Z")
+        );
         assert_eq!(convert(1184, "-infinity"), json!("-infinity"));
         assert_eq!(convert(1186, "P1Y2M3DT4H5M6.5S"), json!("P1Y2M3DT4H5M6.5S"));
         assert_eq!(convert(790, "$1.00"), json!("$1.00"));
@@ -513,15 +576,31 @@ mod tests {
         assert_eq!(convert(1007, "{1,NULL,3}"), json!([1, null, 3]));
         assert_eq!(convert(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
         assert_eq!(convert(1007, "[0:1]={5,6}"), json!([5, 6]));
-        assert_eq!(convert(1009, r#"{"a b","c\"d",NULL,"NULL",plain}"#), json!(["a b", "c\"d", null, "NULL", "plain"]));
+        assert_eq!(
+            convert(1009, r#"{"a b","c\"d",NULL,"NULL",plain}"#),
+            json!(["a b", "c\"d", null, "NULL", "plain"])
+        );
         assert_eq!(convert(1009, "{}"), json!([]));
-        assert_eq!(convert(3807, r#"{"{\"k\": 1}",null}"#), json!([{"k": 1}, null]));
+        assert_eq!(
+            convert(3807, r#"{"{\"k\": 1}",null}"#),
+            json!([{"k": 1}, null])
+        );
         assert_eq!(convert(1231, "{1.50,NaN}"), json!(["1.50", "NaN"]));
     }
 
     #[test]
     fn malformed_text_is_an_error_naming_the_type() {
-        for (oid, text) in [(16, "yes"), (23, "1.5"), (114, "{"), (17, "00"), (17, "\\xZZ"), (1007, "{1,2"), (1007, "{1}x"), (1082, "yesterday"), (1700, "ten")] {
+        for (oid, text) in [
+            (16, "yes"),
+            (23, "1.5"),
+            (114, "{"),
+            (17, "00"),
+            (17, "\\xZZ"),
+            (1007, "{1,2"),
+            (1007, "{1}x"),
+            (1082, "yesterday"),
+            (1700, "ten"),
+        ] {
             let err = builtin(oid).unwrap().to_json(text).unwrap_err();
             assert!(!err.to_string().is_empty());
         }
@@ -530,25 +609,47 @@ mod tests {
     #[test]
     fn writing_json_directly_gives_the_same_json() {
         let cases: &[(u32, &str)] = &[
-            (16, "f"), (20, "-42"), (26, "4294967295"), (701, "1e+30"), (701, "-0"), (701, "NaN"), (700, "1.5"),
-            (1700, "1.50"), (25, "tab\there \"q\" \\ \u{1} é"), (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
-            (3802, r#"{"a": [1, {"b": null}]}"#), (17, "\\x00ff"), (1114, "2024-01-31 13:45:00"), (1007, "{1,NULL}"),
+            (16, "f"),
+            (20, "-42"),
+            (26, "4294967295"),
+            (701, "1e+30"),
+            (701, "-0"),
+            (701, "NaN"),
+            (700, "1.5"),
+            (1700, "1.50"),
+            (25, "tab\there \"q\" \\ \u{1} é"),
+            (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            (3802, r#"{"a": [1, {"b": null}]}"#),
+            (17, "\\x00ff"),
+            (1114, "2024-01-31 13:45:00"),
+            (1007, "{1,NULL}"),
         ];
         for (oid, text) in cases {
             let kind = builtin(*oid).unwrap();
             let mut out = String::new();
             kind.write_json(text, &mut out).unwrap();
-            let written: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{oid} {text:?} wrote {out}: {e}"));
+            let written: Json = serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("{oid} {text:?} wrote {out}: {e}"));
             assert_eq!(written, kind.to_json(text).unwrap(), "{oid} {text:?}");
         }
     }
 
     #[test]
     fn only_json_numbers_are_copied_as_they_are() {
-        for ok in ["0", "-0", "1.5", "1e+30", "1E-05", "-12.250", "9223372036854775807"] {
+        for ok in [
+            "0",
+            "-0",
+            "1.5",
+            "1e+30",
+            "1E-05",
+            "-12.250",
+            "9223372036854775807",
+        ] {
             assert!(is_json_number(ok), "{ok}");
         }
-        for bad in ["+5", "1.", ".5", "-.5", "01", "1e", "1e+", "", "-", "inf", "0x10"] {
+        for bad in [
+            "+5", "1.", ".5", "-.5", "01", "1e", "1e+", "", "-", "inf", "0x10",
+        ] {
             assert!(!is_json_number(bad), "{bad}");
         }
         let mut out = String::new();

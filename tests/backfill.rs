@@ -38,7 +38,14 @@ fn source_rows(db: &TestDb) -> BTreeMap<i64, Json> {
 }
 
 fn stored_rows(store: &std::path::Path) -> BTreeMap<i64, Json> {
-    Store::open(store).unwrap().rows("public/t", 10_000_000).unwrap().iter().map(data).map(|r| (r["id"].as_i64().unwrap(), r)).collect()
+    Store::open(store)
+        .unwrap()
+        .rows("public/t", 10_000_000)
+        .unwrap()
+        .iter()
+        .map(data)
+        .map(|r| (r["id"].as_i64().unwrap(), r))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +86,10 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
     // Let the writers run through the backfill and some streaming after it.
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let backfilled = Store::open(&store).and_then(|s| s.checkpoint()).map(|c| c > Lsn(0)).unwrap_or(false);
+        let backfilled = Store::open(&store)
+            .and_then(|s| s.checkpoint())
+            .map(|c| c > Lsn(0))
+            .unwrap_or(false);
         if backfilled || started.elapsed() > Duration::from_secs(240) {
             break;
         }
@@ -101,11 +111,21 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
     let expected = source_rows(&db);
     let stored = stored_rows(&store);
     assert_eq!(stored.len(), expected.len());
-    let differing: Vec<_> = expected.iter().filter(|(id, row)| stored.get(id) != Some(row)).take(5).collect();
-    assert!(differing.is_empty(), "rows differ from the source, e.g. {differing:?}");
+    let differing: Vec<_> = expected
+        .iter()
+        .filter(|(id, row)| stored.get(id) != Some(row))
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "rows differ from the source, e.g. {differing:?}"
+    );
 
     // No change twice: each (op, id, version) once; each row backfilled at most once.
-    let changes = Store::open(&store).unwrap().changes("public/t", 0, 10_000_000).unwrap();
+    let changes = Store::open(&store)
+        .unwrap()
+        .changes("public/t", 0, 10_000_000)
+        .unwrap();
     let mut seen = HashSet::new();
     let mut backfilled = 0;
     for (_, doc) in &changes {
@@ -114,7 +134,10 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
         let identity = json!([snapshot, doc["_meta"]["op"], doc["id"], doc["version"]]).to_string();
         assert!(seen.insert(identity.clone()), "stored twice: {identity}");
     }
-    assert!(backfilled > 900_000 && backfilled <= 1_000_000, "{backfilled} rows backfilled");
+    assert!(
+        backfilled > 900_000 && backfilled <= 1_000_000,
+        "{backfilled} rows backfilled"
+    );
     std::fs::remove_dir_all(store).unwrap();
 }
 
@@ -125,9 +148,21 @@ async fn an_interrupted_backfill_starts_over_cleanly() {
             INSERT INTO t SELECT g, 0 FROM generate_series(1, 300000) g;");
     let store = harness::temp_dir("bf_interrupt");
     // A capture process killed with SIGKILL once it has read 100k rows of the backfill.
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", db.cluster.port(), db.name);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
-        .args(["capture", "--url", &url, "--store", store.to_str().unwrap(), "--publication", "bf_pub"])
+        .args([
+            "capture",
+            "--url",
+            &url,
+            "--store",
+            store.to_str().unwrap(),
+            "--publication",
+            "bf_pub",
+        ])
         .args(["--slot", &db.name, "--tables", "public.t"])
         .env("PGPASSWORD", db.cluster.superuser_password().expose())
         .stderr(std::process::Stdio::piped())
@@ -145,16 +180,29 @@ async fn an_interrupted_backfill_starts_over_cleanly() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(seen.last().is_some_and(|l| l.contains("reading 100000 rows")), "the backfill never reported 100k rows: {seen:?}");
-    assert_eq!(Store::open(&store).unwrap().checkpoint().unwrap(), Lsn(0), "the interrupted backfill left a checkpoint");
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("reading 100000 rows")),
+        "the backfill never reported 100k rows: {seen:?}"
+    );
+    assert_eq!(
+        Store::open(&store).unwrap().checkpoint().unwrap(),
+        Lsn(0),
+        "the interrupted backfill left a checkpoint"
+    );
     db.sql("UPDATE t SET version = 1 WHERE id <= 10;");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let report = run(options(&db, &store, Some(db.current_lsn()))).await.unwrap();
+    let report = run(options(&db, &store, Some(db.current_lsn())))
+        .await
+        .unwrap();
     assert_eq!(report.backfilled_rows, 300_000);
     assert_eq!(stored_rows(&store), source_rows(&db));
     let info = &Store::open(&store).unwrap().collections().unwrap()[0];
-    assert_eq!(info.changes, 300_000, "the first attempt's rows were not rolled back");
+    assert_eq!(
+        info.changes, 300_000,
+        "the first attempt's rows were not rolled back"
+    );
     std::fs::remove_dir_all(store).unwrap();
 }
 
@@ -162,16 +210,30 @@ async fn an_interrupted_backfill_starts_over_cleanly() {
 async fn an_existing_slot_is_refused_for_a_backfill_with_the_way_out() {
     let db = TestDb::new(harness::plain(), "bf_existing");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL); CREATE PUBLICATION bf_pub FOR TABLE t;");
-    db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput');", db.name));
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+        db.name
+    ));
     let store = harness::temp_dir("bf_existing");
-    let err = run(options(&db, &store, Some(db.current_lsn()))).await.unwrap_err();
+    let err = run(options(&db, &store, Some(db.current_lsn())))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), tidepool::ErrorKind::InvalidInput);
-    assert!(err.message().starts_with("slot:") && err.message().contains("--no-backfill"), "{}", err.message());
+    assert!(
+        err.message().starts_with("slot:") && err.message().contains("--no-backfill"),
+        "{}",
+        err.message()
+    );
 
     db.sql("CREATE TABLE unpublished (id int PRIMARY KEY);");
     let mut other = options(&db, &store, None);
     other.backfill = vec![("public".into(), "unpublished".into())];
     let err = run(other).await.unwrap_err();
-    assert!(err.message().contains("ALTER PUBLICATION \"bf_pub\" ADD TABLE \"public\".\"unpublished\""), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("ALTER PUBLICATION \"bf_pub\" ADD TABLE \"public\".\"unpublished\""),
+        "{}",
+        err.message()
+    );
     std::fs::remove_dir_all(store).unwrap();
 }

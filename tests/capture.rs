@@ -55,12 +55,20 @@ impl Source {
     }
 
     pub fn changes(&self, collection: &str) -> Vec<Json> {
-        self.store().changes(collection, 0, 1_000_000).unwrap().into_iter().map(|(_, d)| d).collect()
+        self.store()
+            .changes(collection, 0, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect()
     }
 
     pub fn confirmed_flush(&self) -> Lsn {
         self.db
-            .sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';", self.slot))
+            .sql(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
+                self.slot
+            ))
             .trim()
             .parse()
             .unwrap()
@@ -70,6 +78,11 @@ impl Source {
 impl Drop for Source {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.store);
+        // A slot left behind would pin WAL and use up the cluster's slots.
+        let _ = self.db.cluster.psql(
+            "postgres",
+            &format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{}' AND NOT active;", self.db.name),
+        );
     }
 }
 
@@ -81,7 +94,10 @@ pub fn data(doc: &Json) -> Json {
 }
 
 fn ops(changes: &[Json]) -> Vec<&str> {
-    changes.iter().map(|c| c["_meta"]["op"].as_str().unwrap()).collect()
+    changes
+        .iter()
+        .map(|c| c["_meta"]["op"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -104,7 +120,10 @@ async fn inserts_updates_deletes_and_truncates_arrive_with_their_documents() {
     assert_eq!(report.transactions, 7);
     assert_eq!(report.changes, 8);
 
-    assert_eq!(source.rows("public/a").iter().map(data).collect::<Vec<_>>(), vec![json!({"id": 3, "v": "y"})]);
+    assert_eq!(
+        source.rows("public/a").iter().map(data).collect::<Vec<_>>(),
+        vec![json!({"id": 3, "v": "y"})]
+    );
     let a = source.changes("public/a");
     assert_eq!(ops(&a), vec!["c", "c", "u", "u", "d"]);
     assert_eq!(data(&a[2]), json!({"id": 1, "v": "z"}));
@@ -118,16 +137,31 @@ async fn inserts_updates_deletes_and_truncates_arrive_with_their_documents() {
     assert!(source_meta["lsn"].as_str().unwrap().contains('/'));
     assert!(source_meta["txid"].as_u64().unwrap() > 0);
     let ts = source_meta["ts_ms"].as_i64().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    assert!((now - ts).abs() < 600_000, "ts_ms {ts} is not close to now {now}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now - ts).abs() < 600_000,
+        "ts_ms {ts} is not close to now {now}"
+    );
 
     let b = source.changes("public/b");
     assert_eq!(ops(&b), vec!["c", "t", "c"]);
-    assert_eq!(b[1]["_meta"]["truncate"], json!({"cascade": false, "restartIdentity": false}));
-    assert_eq!(source.rows("public/b").iter().map(data).collect::<Vec<_>>(), vec![json!({"k1": "k", "k2": 2, "n": "2"})]);
+    assert_eq!(
+        b[1]["_meta"]["truncate"],
+        json!({"cascade": false, "restartIdentity": false})
+    );
+    assert_eq!(
+        source.rows("public/b").iter().map(data).collect::<Vec<_>>(),
+        vec![json!({"k1": "k", "k2": 2, "n": "2"})]
+    );
 
     let collections = source.store().collections().unwrap();
-    let names: Vec<_> = collections.iter().map(|c| (c.name.as_str(), c.rows, c.changes)).collect();
+    let names: Vec<_> = collections
+        .iter()
+        .map(|c| (c.name.as_str(), c.rows, c.changes))
+        .collect();
     assert_eq!(names, vec![("public/a", 1, 5), ("public/b", 1, 3)]);
     assert!(source.confirmed_flush() <= source.store().checkpoint().unwrap());
 }
@@ -172,26 +206,48 @@ async fn every_type_maps_to_its_documented_json() {
 
 #[tokio::test]
 async fn an_unchanged_toasted_value_keeps_its_stored_value_and_is_never_null() {
-    let source = Source::new("cap_toast", "CREATE TABLE docs (id int PRIMARY KEY, big text, n int);");
+    let source = Source::new(
+        "cap_toast",
+        "CREATE TABLE docs (id int PRIMARY KEY, big text, n int);",
+    );
     // Written before the slot existed: the store never saw this row's large value.
-    let before_slot = TestDb { cluster: source.db.cluster, name: source.db.name.clone() };
-    before_slot.sql(&format!("SELECT pg_drop_replication_slot('{}');", source.slot));
+    let before_slot = TestDb {
+        cluster: source.db.cluster,
+        name: source.db.name.clone(),
+    };
+    before_slot.sql(&format!(
+        "SELECT pg_drop_replication_slot('{}');",
+        source.slot
+    ));
     before_slot.sql("ALTER TABLE docs ALTER COLUMN big SET STORAGE EXTERNAL; INSERT INTO docs VALUES (2, repeat('y', 10000), 0);");
-    before_slot.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput');", source.slot));
-    source.db.sql("INSERT INTO docs VALUES (1, repeat('x', 10000), 0);");
+    before_slot.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+        source.slot
+    ));
+    source
+        .db
+        .sql("INSERT INTO docs VALUES (1, repeat('x', 10000), 0);");
     source.catch_up().await;
-    source.db.sql("UPDATE docs SET n = 1 WHERE id = 1; UPDATE docs SET n = 1 WHERE id = 2;");
+    source
+        .db
+        .sql("UPDATE docs SET n = 1 WHERE id = 1; UPDATE docs SET n = 1 WHERE id = 2;");
     source.catch_up().await;
 
     let rows = source.rows("public/docs");
-    assert_eq!(rows[0]["big"].as_str().unwrap().len(), 10000, "the stored value fills the unchanged TOAST column");
+    assert_eq!(
+        rows[0]["big"].as_str().unwrap().len(),
+        10000,
+        "the stored value fills the unchanged TOAST column"
+    );
     assert_eq!(rows[0]["n"], 1);
     // Row 2's large value was never seen: it is left out and named, not turned into null.
     assert!(rows[1].get("big").is_none(), "{}", rows[1]);
     assert_eq!(rows[1]["_meta"]["unknown"], json!(["big"]));
 
     // With REPLICA IDENTITY FULL the old row carries the value.
-    source.db.sql("ALTER TABLE docs REPLICA IDENTITY FULL; UPDATE docs SET n = 2 WHERE id = 2;");
+    source
+        .db
+        .sql("ALTER TABLE docs REPLICA IDENTITY FULL; UPDATE docs SET n = 2 WHERE id = 2;");
     source.catch_up().await;
     let rows = source.rows("public/docs");
     assert_eq!(rows[1]["big"].as_str().unwrap().len(), 10000);
@@ -201,10 +257,15 @@ async fn an_unchanged_toasted_value_keeps_its_stored_value_and_is_never_null() {
 #[tokio::test]
 async fn a_restart_resumes_with_nothing_lost_or_duplicated() {
     let source = Source::new("cap_restart", "CREATE TABLE t (id int PRIMARY KEY, v int);");
-    source.db.sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;");
+    source
+        .db
+        .sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;");
     let first = source.catch_up().await;
     let checkpoint = source.store().checkpoint().unwrap();
-    assert!(source.confirmed_flush() <= checkpoint, "the slot confirmed more than was stored");
+    assert!(
+        source.confirmed_flush() <= checkpoint,
+        "the slot confirmed more than was stored"
+    );
     source.db.sql("UPDATE t SET v = 1 WHERE id <= 50; DELETE FROM t WHERE id > 90; INSERT INTO t VALUES (101, 5);");
     let second = source.catch_up().await;
     assert_eq!(first.changes + second.changes, 100 + 50 + 10 + 1);
@@ -221,13 +282,20 @@ async fn a_restart_resumes_with_nothing_lost_or_duplicated() {
 
 #[tokio::test]
 async fn an_idle_slot_advances_while_captured_tables_are_quiet() {
-    let source = Source::new("cap_idle", "CREATE TABLE captured (id int PRIMARY KEY); CREATE TABLE other_db_noise (id int);");
-    source.db.sql("DROP PUBLICATION tidepool_pub; CREATE PUBLICATION tidepool_pub FOR TABLE captured;");
+    let source = Source::new(
+        "cap_idle",
+        "CREATE TABLE captured (id int PRIMARY KEY); CREATE TABLE other_db_noise (id int);",
+    );
+    source
+        .db
+        .sql("DROP PUBLICATION tidepool_pub; CREATE PUBLICATION tidepool_pub FOR TABLE captured;");
     source.db.sql("INSERT INTO captured VALUES (1);");
     source.catch_up().await;
     let before = source.confirmed_flush();
     // WAL that the publication does not cover.
-    source.db.sql("INSERT INTO other_db_noise SELECT generate_series(1, 1000);");
+    source
+        .db
+        .sql("INSERT INTO other_db_noise SELECT generate_series(1, 1000);");
     let report = source.catch_up().await;
     assert_eq!(report.changes, 0);
     let after = source.confirmed_flush();
@@ -242,54 +310,124 @@ async fn a_missing_slot_or_publication_is_reported_with_the_fix() {
     options.slot = format!("{}_new", source.slot);
     let err = run(options.clone()).await.unwrap_err();
     assert_eq!(err.kind(), tidepool::ErrorKind::NotFound);
-    let fix = format!("pg_create_logical_replication_slot('{}', 'pgoutput')", options.slot);
+    let fix = format!(
+        "pg_create_logical_replication_slot('{}', 'pgoutput')",
+        options.slot
+    );
     assert!(err.message().contains(&fix), "{}", err.message());
     options.create_slot = true;
     run(options.clone()).await.unwrap();
     options.publication = "No Such \"Pub\"".into();
     let err = run(options).await.unwrap_err();
     assert_eq!(err.kind(), tidepool::ErrorKind::NotFound);
-    assert!(err.message().contains(r#"CREATE PUBLICATION "No Such ""Pub""" FOR TABLE"#), "{}", err.message());
+    assert!(
+        err.message()
+            .contains(r#"CREATE PUBLICATION "No Such ""Pub""" FOR TABLE"#),
+        "{}",
+        err.message()
+    );
 }
 
 #[test]
 fn the_command_line_captures_lists_and_previews() {
     let source = Source::new("cap_cli", "CREATE TABLE t (id int PRIMARY KEY, v text);");
-    source.db.sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'); UPDATE t SET v = 'c' WHERE id = 1;");
+    source
+        .db
+        .sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'); UPDATE t SET v = 'c' WHERE id = 1;");
     let stop = source.db.current_lsn().to_string();
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", source.db.cluster.port(), source.db.name);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        source.db.cluster.port(),
+        source.db.name
+    );
     let store = source.store.to_str().unwrap();
     let tidepool = || {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"));
-        command.env("PGPASSWORD", source.db.cluster.superuser_password().expose()).env("PGPASSFILE", "/nonexistent");
+        command
+            .env(
+                "PGPASSWORD",
+                source.db.cluster.superuser_password().expose(),
+            )
+            .env("PGPASSFILE", "/nonexistent");
         command
     };
     let captured = tidepool()
-        .args(["capture", "--url", &url, "--store", store, "--publication", "tidepool_pub", "--slot", &source.slot, "--stop-at-lsn", &stop])
+        .args([
+            "capture",
+            "--url",
+            &url,
+            "--store",
+            store,
+            "--publication",
+            "tidepool_pub",
+            "--slot",
+            &source.slot,
+            "--stop-at-lsn",
+            &stop,
+        ])
         .output()
         .unwrap();
-    assert!(captured.status.success(), "{}", String::from_utf8_lossy(&captured.stderr));
+    assert!(
+        captured.status.success(),
+        "{}",
+        String::from_utf8_lossy(&captured.stderr)
+    );
 
-    let listed = tidepool().args(["collections", "--store", store]).output().unwrap();
+    let listed = tidepool()
+        .args(["collections", "--store", store])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&listed.stdout), "public/t\t2\t3\n");
 
-    let rows = tidepool().args(["preview", "--store", store, "public/t"]).output().unwrap();
-    let rows: Vec<Json> = String::from_utf8_lossy(&rows.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.iter().map(data).collect::<Vec<_>>(), vec![json!({"id": 1, "v": "c"}), json!({"id": 2, "v": "b"})]);
+    let rows = tidepool()
+        .args(["preview", "--store", store, "public/t"])
+        .output()
+        .unwrap();
+    let rows: Vec<Json> = String::from_utf8_lossy(&rows.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows.iter().map(data).collect::<Vec<_>>(),
+        vec![json!({"id": 1, "v": "c"}), json!({"id": 2, "v": "b"})]
+    );
 
-    let changes = tidepool().args(["preview", "--store", store, "public/t", "--changes", "--limit", "2"]).output().unwrap();
-    let changes: Vec<Json> = String::from_utf8_lossy(&changes.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let changes = tidepool()
+        .args([
+            "preview",
+            "--store",
+            store,
+            "public/t",
+            "--changes",
+            "--limit",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let changes: Vec<Json> = String::from_utf8_lossy(&changes.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(ops(&changes), vec!["c", "c"]);
 
-    let missing = tidepool().args(["preview", "--store", store, "public/nope"]).output().unwrap();
+    let missing = tidepool()
+        .args(["preview", "--store", store, "public/nope"])
+        .output()
+        .unwrap();
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error (NotFound): no collection named 'public/nope'"));
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .starts_with("error (NotFound): no collection named 'public/nope'"));
 }
 
 #[tokio::test]
 async fn a_million_row_transaction_arrives_whole() {
-    let source = Source::new("cap_million", "CREATE TABLE big (id int PRIMARY KEY, h text);");
-    source.db.sql("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;");
+    let source = Source::new(
+        "cap_million",
+        "CREATE TABLE big (id int PRIMARY KEY, h text);",
+    );
+    source
+        .db
+        .sql("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;");
     let started = std::time::Instant::now();
     let report = source.catch_up().await;
     eprintln!("1M-row transaction captured in {:?}", started.elapsed());
@@ -297,24 +435,45 @@ async fn a_million_row_transaction_arrives_whole() {
     let info = &source.store().collections().unwrap()[0];
     assert_eq!((info.rows, info.changes), (1_000_000, 1_000_000));
     let last = source.store().changes("public/big", 999_999, 1).unwrap();
-    assert_eq!(data(&last[0].1), json!({"id": 1000000, "h": format!("{:x}", md5_of("1000000"))}));
+    assert_eq!(
+        data(&last[0].1),
+        json!({"id": 1000000, "h": format!("{:x}", md5_of("1000000"))})
+    );
 }
 
 /// MD5 as PostgreSQL's md5() computes it, to check a value end to end.
 fn md5_of(text: &str) -> u128 {
-    let out = std::process::Command::new("md5sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     let mut out = out;
-    out.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    out.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let output = out.wait_with_output().unwrap();
-    u128::from_str_radix(String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap(), 16).unwrap()
+    u128::from_str_radix(
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        16,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn capture_streams_over_tls_with_verify_full() {
     let db = TestDb::new(harness::tls(), "cap_tls");
     db.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION tidepool_pub FOR ALL TABLES;");
-    db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput');", db.name));
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+        db.name
+    ));
     db.sql("INSERT INTO t VALUES (1), (2);");
     let dir = harness::temp_dir("cap_tls");
     let mut spec = db.spec();
@@ -345,7 +504,10 @@ async fn capture_streams_over_tls_with_verify_full() {
 
 #[tokio::test]
 async fn added_dropped_and_renamed_columns_update_the_collection() {
-    let source = Source::new("cap_schema", "CREATE TABLE t (id int PRIMARY KEY, a text, b text);");
+    let source = Source::new(
+        "cap_schema",
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b text);",
+    );
     source.db.sql("INSERT INTO t VALUES (1, 'a', 'b');");
     source.db.sql("ALTER TABLE t ADD COLUMN c int; ALTER TABLE t DROP COLUMN b; ALTER TABLE t RENAME COLUMN a TO a2;");
     source.db.sql("INSERT INTO t VALUES (2, 'x', 3);");
@@ -354,7 +516,13 @@ async fn added_dropped_and_renamed_columns_update_the_collection() {
     assert_eq!(data(&changes[0]), json!({"id": 1, "a": "a", "b": "b"}));
     assert_eq!(data(&changes[1]), json!({"id": 2, "a2": "x", "c": 3}));
     let spec = source.store().collection("public/t").unwrap().unwrap();
-    let names: Vec<&str> = spec.columns.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = spec
+        .columns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["id", "a2", "c"]);
     assert_eq!(spec.key, vec!["id"]);
 }
@@ -362,13 +530,24 @@ async fn added_dropped_and_renamed_columns_update_the_collection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_replication_connection_is_resumed_from_the_checkpoint() {
     let source = Source::new("cap_reconnect", "CREATE TABLE t (id int PRIMARY KEY);");
-    source.db.sql("INSERT INTO t SELECT generate_series(1, 10);");
+    source
+        .db
+        .sql("INSERT INTO t SELECT generate_series(1, 10);");
     let far = Lsn(u64::MAX);
     let capture = tokio::spawn(run(source.options(Some(far))));
     // Wait until the stream is up and has stored the first rows, then cut it from the server's side.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while source.store().collections().map(|c| c.first().map_or(0, |c| c.changes)).unwrap_or(0) < 10 {
-        assert!(std::time::Instant::now() < deadline, "the capture never stored the first rows");
+    while source
+        .store()
+        .collections()
+        .map(|c| c.first().map_or(0, |c| c.changes))
+        .unwrap_or(0)
+        < 10
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never stored the first rows"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let terminated = source.db.sql(&format!(
@@ -376,10 +555,15 @@ async fn a_lost_replication_connection_is_resumed_from_the_checkpoint() {
         source.slot
     ));
     assert_eq!(terminated.trim(), "1");
-    source.db.sql("INSERT INTO t SELECT generate_series(11, 20);");
+    source
+        .db
+        .sql("INSERT INTO t SELECT generate_series(11, 20);");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while source.store().collections().unwrap()[0].changes < 20 {
-        assert!(std::time::Instant::now() < deadline, "the capture did not resume after the connection was cut");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture did not resume after the connection was cut"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     capture.abort();

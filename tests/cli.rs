@@ -6,12 +6,18 @@ use crate::harness::{self, TestDb};
 
 fn tidepool() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidepool"));
-    command.env_remove("PGPASSWORD").env("PGPASSFILE", "/nonexistent");
+    command
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/nonexistent");
     command
 }
 
 fn url(db: &TestDb) -> String {
-    format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", db.cluster.port(), db.name)
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    )
 }
 
 #[test]
@@ -22,7 +28,11 @@ fn check_prints_json_facts_with_the_password_from_the_environment() {
         .env("PGPASSWORD", db.cluster.superuser_password().expose())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let facts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(facts["walLevel"], "logical");
     assert_eq!(facts["database"], db.name.as_str());
@@ -37,12 +47,25 @@ fn check_reads_the_password_file() {
     let file = dir.join("pgpass");
     std::fs::write(
         &file,
-        format!("127.0.0.1:{}:{}:postgres:{}\n", db.cluster.port(), db.name, db.cluster.superuser_password().expose()),
+        format!(
+            "127.0.0.1:{}:{}:postgres:{}\n",
+            db.cluster.port(),
+            db.name,
+            db.cluster.superuser_password().expose()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let output = tidepool().args(["check", "--url", &url(&db)]).env("PGPASSFILE", &file).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tidepool()
+        .args(["check", "--url", &url(&db)])
+        .env("PGPASSFILE", &file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("wal_level        logical"), "{text}");
     assert!(text.contains("may replicate    yes (superuser)"), "{text}");
@@ -52,7 +75,12 @@ fn check_reads_the_password_file() {
 #[test]
 fn check_refuses_a_password_in_the_url_and_reports_the_kind() {
     let output = tidepool()
-        .args(["check", "--json", "--url", "postgres://u:secret@127.0.0.1:1/db"])
+        .args([
+            "check",
+            "--json",
+            "--url",
+            "postgres://u:secret@127.0.0.1:1/db",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -66,7 +94,11 @@ fn check_refuses_a_password_in_the_url_and_reports_the_kind() {
 #[test]
 fn check_reports_a_wrong_password_as_authentication() {
     let db = TestDb::new(harness::plain(), "cli_auth");
-    let output = tidepool().args(["check", "--url", &url(&db)]).env("PGPASSWORD", "wrong").output().unwrap();
+    let output = tidepool()
+        .args(["check", "--url", &url(&db)])
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error (Authentication):"), "{stderr}");

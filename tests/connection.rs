@@ -14,14 +14,22 @@ use crate::harness::{self, TestDb};
 async fn facts_are_read_from_the_server() {
     let db = TestDb::new(harness::plain(), "facts");
     let facts = test_connection(&db.spec()).await.unwrap();
-    assert!(facts.server_version.starts_with("15."), "{}", facts.server_version);
+    assert!(
+        facts.server_version.starts_with("15."),
+        "{}",
+        facts.server_version
+    );
     assert!((150000..160000).contains(&facts.server_version_num));
     assert_eq!(facts.current_user, "postgres");
     assert_eq!(facts.database, db.name);
     assert_eq!(facts.wal_level, "logical");
     assert_eq!(facts.replication, ReplicationRight::Superuser);
     assert!(!facts.tls);
-    assert!(facts.round_trip_ms > 0.0 && facts.round_trip_ms < 1000.0, "{}", facts.round_trip_ms);
+    assert!(
+        facts.round_trip_ms > 0.0 && facts.round_trip_ms < 1000.0,
+        "{}",
+        facts.round_trip_ms
+    );
 }
 
 #[tokio::test]
@@ -31,8 +39,16 @@ async fn a_wrong_password_is_an_authentication_error() {
     spec.password = Some(Secret::new("not-the-password"));
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Authentication, "{err:?}");
-    assert!(err.message().contains("password authentication failed"), "{}", err.message());
-    assert!(!err.message().contains("not-the-password"), "the password leaked into: {}", err.message());
+    assert!(
+        err.message().contains("password authentication failed"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("not-the-password"),
+        "the password leaked into: {}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -46,14 +62,26 @@ async fn a_missing_password_is_an_authentication_error() {
 
 #[tokio::test]
 async fn an_unreachable_port_is_a_connection_error_within_bounded_time() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut spec = ConnectionSpec::new("127.0.0.1", port, "postgres", "postgres");
     spec.connect_timeout = Duration::from_secs(3);
     let started = Instant::now();
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
-    assert!(err.message().contains(&format!("127.0.0.1:{port}")), "{}", err.message());
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        err.message().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -73,7 +101,11 @@ async fn a_silent_server_is_a_connection_error_after_the_timeout() {
     let started = Instant::now();
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
     hold.abort();
 }
 
@@ -84,7 +116,11 @@ async fn an_unknown_database_is_not_found() {
     spec.database = "does not exist".into();
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
-    assert!(err.message().contains("does not exist"), "{}", err.message());
+    assert!(
+        err.message().contains("does not exist"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -94,7 +130,11 @@ async fn sslmode_require_against_a_server_without_tls_is_a_tls_error() {
     spec.sslmode = SslMode::Require;
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls, "{err:?}");
-    assert!(err.message().contains("sslmode=require"), "{}", err.message());
+    assert!(
+        err.message().contains("sslmode=require"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -119,7 +159,11 @@ async fn a_tls_only_server_refuses_sslmode_disable_clearly() {
     spec.sslmode = SslMode::Disable;
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls, "{err:?}");
-    assert!(err.message().contains("use sslmode=require"), "{}", err.message());
+    assert!(
+        err.message().contains("use sslmode=require"),
+        "{}",
+        err.message()
+    );
     spec.sslmode = SslMode::Require;
     assert!(test_connection(&spec).await.unwrap().tls);
 }
@@ -134,11 +178,17 @@ async fn replication_rights_are_reported_with_their_basis() {
     assert_eq!(facts.current_user, plain.user);
 
     let replicator = db.role("cdc", "REPLICATION", "cdc-pw");
-    assert_eq!(test_connection(&replicator).await.unwrap().replication, ReplicationRight::Attribute);
+    assert_eq!(
+        test_connection(&replicator).await.unwrap().replication,
+        ReplicationRight::Attribute
+    );
 
     // Neon's roles get REPLICATION through membership in neon_superuser.
     let group = harness::unique("neon_superuser");
-    db.sql(&format!("CREATE ROLE {} NOLOGIN REPLICATION;", tidepool::sql::ident(&group)));
+    db.sql(&format!(
+        "CREATE ROLE {} NOLOGIN REPLICATION;",
+        tidepool::sql::ident(&group)
+    ));
     let member = db.role("member", "", "member-pw");
     db.sql(&format!(
         "GRANT {} TO {};",

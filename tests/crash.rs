@@ -31,9 +31,18 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let seed = std::env::var("TIDEPOOL_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("crash test seed: {seed} (rerun with TIDEPOOL_CRASH_SEED={seed})");
-    let source = Source::new("crash", "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL, payload text);");
+    let source = Source::new(
+        "crash",
+        "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL, payload text);",
+    );
     let spec = source.db.spec();
 
     // The workload: single-row statements and small multi-statement transactions, counted exactly.
@@ -59,7 +68,9 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
                     }
                     4..=7 => {
                         let id = live[random.below(live.len() as u64) as usize];
-                        sql.push_str(&format!("UPDATE t SET version = version + 1 WHERE id = {id};"));
+                        sql.push_str(&format!(
+                            "UPDATE t SET version = version + 1 WHERE id = {id};"
+                        ));
                     }
                     _ => {
                         let id = live.swap_remove(random.below(live.len() as u64) as usize);
@@ -75,14 +86,27 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     });
 
     // Capture processes killed with SIGKILL at random moments, over and over.
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", source.db.cluster.port(), source.db.name);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        source.db.cluster.port(),
+        source.db.name
+    );
     let mut random = Random(seed.rotate_left(17) | 1);
     let mut kills = 0;
     while !workload.is_finished() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
-            .args(["capture", "--url", &url, "--store", source.store.to_str().unwrap()])
+            .args([
+                "capture",
+                "--url",
+                &url,
+                "--store",
+                source.store.to_str().unwrap(),
+            ])
             .args(["--publication", "tidepool_pub", "--slot", &source.slot])
-            .env("PGPASSWORD", source.db.cluster.superuser_password().expose())
+            .env(
+                "PGPASSWORD",
+                source.db.cluster.superuser_password().expose(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -95,7 +119,10 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let total_changes = workload.await.unwrap();
     assert!(kills >= 5, "only {kills} kills happened");
     let report = source.catch_up().await;
-    eprintln!("{total_changes} source changes, {kills} kills; the final run stored {} and skipped {}", report.changes, report.skipped_transactions);
+    eprintln!(
+        "{total_changes} source changes, {kills} kills; the final run stored {} and skipped {}",
+        report.changes, report.skipped_transactions
+    );
 
     // Each source change is in the log exactly once.
     let changes = source.changes("public/t");
@@ -105,9 +132,17 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
             "d" => json!(["d", change["id"]]),
             op => json!([op, change["id"], change["version"]]),
         };
-        assert!(seen.insert(identity.to_string()), "stored twice: {identity}");
+        assert!(
+            seen.insert(identity.to_string()),
+            "stored twice: {identity}"
+        );
     }
-    assert_eq!(changes.len() as u64, total_changes, "the change log holds {} of {total_changes} changes", changes.len());
+    assert_eq!(
+        changes.len() as u64,
+        total_changes,
+        "the change log holds {} of {total_changes} changes",
+        changes.len()
+    );
 
     // The current rows equal the source table exactly.
     let source_rows: BTreeMap<i64, Json> = source
@@ -117,8 +152,12 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         .map(|l| serde_json::from_str::<Json>(l).unwrap())
         .map(|r| (r["id"].as_i64().unwrap(), r))
         .collect();
-    let stored_rows: BTreeMap<i64, Json> =
-        source.rows("public/t").iter().map(data).map(|r| (r["id"].as_i64().unwrap(), r)).collect();
+    let stored_rows: BTreeMap<i64, Json> = source
+        .rows("public/t")
+        .iter()
+        .map(data)
+        .map(|r| (r["id"].as_i64().unwrap(), r))
+        .collect();
     assert_eq!(stored_rows.len(), source_rows.len());
     for (id, row) in &source_rows {
         assert_eq!(stored_rows.get(id), Some(row), "row {id} differs");

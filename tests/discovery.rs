@@ -8,7 +8,10 @@ use tidepool::discovery::{discover, DiscoveredTable, KeySource};
 use crate::capture::Source;
 
 fn find<'a>(tables: &'a [DiscoveredTable], name: &str) -> &'a DiscoveredTable {
-    tables.iter().find(|t| t.collection.name == name).unwrap_or_else(|| panic!("{name} not discovered"))
+    tables
+        .iter()
+        .find(|t| t.collection.name == name)
+        .unwrap_or_else(|| panic!("{name} not discovered"))
 }
 
 #[tokio::test]
@@ -38,20 +41,47 @@ async fn tables_become_collections_with_keys_schemas_and_sizes() {
     let client = connect(&reader).await.unwrap();
     let tables = discover(&client, Some("tidepool_pub")).await.unwrap();
     let names: Vec<&str> = tables.iter().map(|t| t.collection.name.as_str()).collect();
-    assert_eq!(names, vec!["My Schema/Ta;ble \"x\"", "public/composite", "public/events", "public/fallback", "public/keyless"]);
+    assert_eq!(
+        names,
+        vec![
+            "My Schema/Ta;ble \"x\"",
+            "public/composite",
+            "public/events",
+            "public/fallback",
+            "public/keyless"
+        ]
+    );
 
     let composite = find(&tables, "public/composite");
-    assert_eq!((composite.key.clone(), composite.key_source), (vec!["b".to_string(), "a".to_string()], KeySource::PrimaryKey));
+    assert_eq!(
+        (composite.key.clone(), composite.key_source),
+        (
+            vec!["b".to_string(), "a".to_string()],
+            KeySource::PrimaryKey
+        )
+    );
     assert_eq!(composite.collection.key, vec!["/b", "/a"]);
     assert_eq!(composite.estimated_rows, Some(100));
     assert!(composite.size_bytes > 0 && composite.in_publication);
-    assert_eq!(composite.collection.schema["required"], serde_json::json!(["b", "a"]));
-    assert_eq!(composite.collection.schema["properties"]["v"]["description"], "(source type: nullable text)");
-    assert_eq!(composite.collection.schema["properties"]["v"]["type"], serde_json::json!(["string", "null"]));
+    assert_eq!(
+        composite.collection.schema["required"],
+        serde_json::json!(["b", "a"])
+    );
+    assert_eq!(
+        composite.collection.schema["properties"]["v"]["description"],
+        "(source type: nullable text)"
+    );
+    assert_eq!(
+        composite.collection.schema["properties"]["v"]["type"],
+        serde_json::json!(["string", "null"])
+    );
 
     // The unique index over a nullable column does not qualify; the one over a NOT NULL column does.
     let fallback = find(&tables, "public/fallback");
-    assert_eq!((fallback.key.clone(), fallback.key_source), (vec!["id".to_string()], KeySource::UniqueIndex));
+    assert_eq!(
+        (fallback.key.clone(), fallback.key_source),
+        (vec!["id".to_string()], KeySource::UniqueIndex)
+    );
     assert_eq!(fallback.key_index.as_deref(), Some("fallback_z_id"));
     assert!(!fallback.in_publication);
 
@@ -61,11 +91,17 @@ async fn tables_become_collections_with_keys_schemas_and_sizes() {
 
     let events = find(&tables, "public/events");
     assert!(events.partitioned);
-    assert!(!names.contains(&"public/events_2024"), "a partition was listed on its own");
+    assert!(
+        !names.contains(&"public/events_2024"),
+        "a partition was listed on its own"
+    );
 
     let hostile = find(&tables, "My Schema/Ta;ble \"x\"");
     assert_eq!(hostile.key, vec!["sélect"]);
-    assert_eq!(hostile.collection.schema["properties"]["a/b~c"]["type"], serde_json::json!(["string", "null"]));
+    assert_eq!(
+        hostile.collection.schema["properties"]["a/b~c"]["type"],
+        serde_json::json!(["string", "null"])
+    );
 }
 
 #[tokio::test]
@@ -92,7 +128,10 @@ async fn the_discovered_schemas_validate_the_captured_documents() {
     let changes = source.changes("public/t");
     assert_eq!(changes.len(), 4);
     for doc in changes.iter().filter(|d| d["_meta"]["op"] != "d") {
-        let errors: Vec<String> = validator.iter_errors(doc).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(doc)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
         assert!(errors.is_empty(), "{doc} does not validate: {errors:?}");
     }
     // A schema must also reject what does not fit: a string where an integer belongs.
@@ -103,22 +142,42 @@ async fn the_discovered_schemas_validate_the_captured_documents() {
 
 #[test]
 fn the_command_line_discovers_as_text_and_json() {
-    let source = Source::new("disc_cli", "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text);");
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", source.db.cluster.port(), source.db.name);
+    let source = Source::new(
+        "disc_cli",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text);",
+    );
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        source.db.cluster.port(),
+        source.db.name
+    );
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
             .args(args)
-            .env("PGPASSWORD", source.db.cluster.superuser_password().expose())
+            .env(
+                "PGPASSWORD",
+                source.db.cluster.superuser_password().expose(),
+            )
             .output()
             .unwrap()
     };
     let text = run(&["discover", "--url", &url, "--publication", "tidepool_pub"]);
-    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("public/t\tprimary key (id);"), "{text}");
-    assert!(text.contains("public/nokey\tno key: captured as changes keyed by position"), "{text}");
+    assert!(
+        text.contains("public/nokey\tno key: captured as changes keyed by position"),
+        "{text}"
+    );
     let json = run(&["discover", "--url", &url, "--json"]);
     let tables: Json = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(tables[1]["collection"]["key"], serde_json::json!(["/id"]));
-    assert_eq!(tables[1]["collection"]["schema"]["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        tables[1]["collection"]["schema"]["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
 }

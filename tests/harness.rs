@@ -9,7 +9,10 @@ use tidepool::cluster::{Cluster, ClusterOptions};
 use tidepool::connection::ConnectionSpec;
 use tidepool::sql;
 
-fn shared(cell: &'static OnceLock<Cluster>, options: impl FnOnce() -> ClusterOptions) -> &'static Cluster {
+fn shared(
+    cell: &'static OnceLock<Cluster>,
+    options: impl FnOnce() -> ClusterOptions,
+) -> &'static Cluster {
     cell.get_or_init(|| Cluster::start(options()).expect("starting a throwaway PostgreSQL cluster"))
 }
 
@@ -22,24 +25,39 @@ pub fn plain() -> &'static Cluster {
 /// A cluster that offers TLS with a certificate from its own test authority.
 pub fn tls() -> &'static Cluster {
     static CELL: OnceLock<Cluster> = OnceLock::new();
-    shared(&CELL, || ClusterOptions { tls: true, ..Default::default() })
+    shared(&CELL, || ClusterOptions {
+        tls: true,
+        ..Default::default()
+    })
 }
 
 /// A cluster that refuses unencrypted TCP connections.
 pub fn tls_only() -> &'static Cluster {
     static CELL: OnceLock<Cluster> = OnceLock::new();
-    shared(&CELL, || ClusterOptions { tls: true, tls_only: true, ..Default::default() })
+    shared(&CELL, || ClusterOptions {
+        tls: true,
+        tls_only: true,
+        ..Default::default()
+    })
 }
 
 /// A TLS cluster whose certificate names only `db.invalid`: its authority is right, its name is not.
 pub fn tls_wrong_name() -> &'static Cluster {
     static CELL: OnceLock<Cluster> = OnceLock::new();
-    shared(&CELL, || ClusterOptions { tls: true, tls_names: vec!["db.invalid".into()], ..Default::default() })
+    shared(&CELL, || ClusterOptions {
+        tls: true,
+        tls_names: vec!["db.invalid".into()],
+        ..Default::default()
+    })
 }
 
 /// A folder of a test's own under the system's temp folder, removed by the caller.
 pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidepool-test-{}-{}", unique(prefix), std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tidepool-test-{}-{}",
+        unique(prefix),
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("creating a temp folder");
     dir
 }
@@ -67,7 +85,12 @@ impl TestDb {
     /// Creates a fresh database named after `prefix`.
     pub fn new(cluster: &'static Cluster, prefix: &str) -> TestDb {
         let name = unique(prefix);
-        cluster.psql("postgres", &format!("CREATE DATABASE {};", sql::ident(&name))).expect("CREATE DATABASE");
+        cluster
+            .psql(
+                "postgres",
+                &format!("CREATE DATABASE {};", sql::ident(&name)),
+            )
+            .expect("CREATE DATABASE");
         TestDb { cluster, name }
     }
 
@@ -83,7 +106,10 @@ impl TestDb {
 
     /// The server's current WAL insert position: every transaction committed so far ends at or before it.
     pub fn current_lsn(&self) -> tidepool::pgoutput::Lsn {
-        self.sql("SELECT pg_current_wal_lsn();").trim().parse().expect("an LSN")
+        self.sql("SELECT pg_current_wal_lsn();")
+            .trim()
+            .parse()
+            .expect("an LSN")
     }
 
     /// Creates a login role with `attributes` (e.g. `REPLICATION`) and returns a spec that logs in as it.

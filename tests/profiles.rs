@@ -25,7 +25,10 @@ fn secret_tool_lookup(account: &str) -> Option<String> {
         .args(["lookup", "service", SERVICE, "username", account])
         .output()
         .expect("running secret-tool (package libsecret-tools)");
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Every file under `dir` that contains `needle`.
@@ -35,7 +38,9 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
         let path = entry.path();
         if path.is_dir() {
             found.extend(files_containing(&path, needle));
-        } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+        } else if std::fs::read(&path)
+            .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
             found.push(path.display().to_string());
         }
     }
@@ -61,10 +66,19 @@ async fn a_saved_profile_keeps_its_password_in_the_keychain_and_in_no_file() {
     let profiles = Profiles::open(&dir);
     let password = db.cluster.superuser_password().expose().to_string();
 
-    let view = profiles.save(None, draft(&db, "Local dev"), Some(Secret::new(password.clone()))).unwrap();
+    let view = profiles
+        .save(
+            None,
+            draft(&db, "Local dev"),
+            Some(Secret::new(password.clone())),
+        )
+        .unwrap();
     assert_eq!(view.secret, SecretState::InKeychain);
     let account = SecretKey::ProfilePassword(view.profile.id.clone()).account();
-    assert_eq!(secret_tool_lookup(&account).as_deref(), Some(password.as_str()));
+    assert_eq!(
+        secret_tool_lookup(&account).as_deref(),
+        Some(password.as_str())
+    );
     assert!(dir.join("profiles.json").exists());
     assert_eq!(files_containing(&dir, &password), Vec::<String>::new());
 
@@ -72,8 +86,13 @@ async fn a_saved_profile_keeps_its_password_in_the_keychain_and_in_no_file() {
     assert_eq!(facts.database, db.name);
 
     // A rename keeps the secret (it is keyed by the profile's id).
-    profiles.save(Some(&view.profile.id), draft(&db, "Renamed"), None).unwrap();
-    assert_eq!(profiles.test("Renamed", None).await.unwrap().database, db.name);
+    profiles
+        .save(Some(&view.profile.id), draft(&db, "Renamed"), None)
+        .unwrap();
+    assert_eq!(
+        profiles.test("Renamed", None).await.unwrap().database,
+        db.name
+    );
 
     profiles.delete("Renamed").unwrap();
     assert_eq!(secret_tool_lookup(&account), None);
@@ -87,20 +106,35 @@ async fn a_password_removed_from_the_keychain_is_reported_not_guessed() {
     let db = TestDb::new(harness::plain(), "profile_missing");
     let dir = harness::temp_dir("profile_missing");
     let profiles = Profiles::open(&dir);
-    let view = profiles.save(None, draft(&db, "Gone"), Some(Secret::new("pw"))).unwrap();
+    let view = profiles
+        .save(None, draft(&db, "Gone"), Some(Secret::new("pw")))
+        .unwrap();
     let account = SecretKey::ProfilePassword(view.profile.id.clone()).account();
-    let status = Command::new("secret-tool").args(["clear", "service", SERVICE, "username", &account]).status().unwrap();
+    let status = Command::new("secret-tool")
+        .args(["clear", "service", SERVICE, "username", &account])
+        .status()
+        .unwrap();
     assert!(status.success());
-    assert_eq!(profiles.list().unwrap()[0].secret, SecretState::MissingFromKeychain);
+    assert_eq!(
+        profiles.list().unwrap()[0].secret,
+        SecretState::MissingFromKeychain
+    );
     let err = profiles.test("Gone", None).await.unwrap_err();
     assert_eq!(err.kind(), tidepool::ErrorKind::Keychain);
-    assert!(err.message().contains("edit the profile"), "{}", err.message());
+    assert!(
+        err.message().contains("edit the profile"),
+        "{}",
+        err.message()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn tidepool(data_dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidepool"));
-    command.env("TIDEPOOL_DATA_DIR", data_dir).env_remove("PGPASSWORD").env("PGPASSFILE", "/nonexistent");
+    command
+        .env("TIDEPOOL_DATA_DIR", data_dir)
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/nonexistent");
     command
 }
 
@@ -110,32 +144,58 @@ fn the_command_line_saves_uses_and_removes_profiles() {
     let db = TestDb::new(harness::plain(), "profile_cli");
     let dir = harness::temp_dir("profile_cli");
     let password = db.cluster.superuser_password().expose();
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", db.cluster.port(), db.name);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
 
     let added = tidepool(&dir)
         .args(["profile", "add", "--name", "CLI profile", "--url", &url])
         .env("PGPASSWORD", password)
         .output()
         .unwrap();
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
     assert!(String::from_utf8_lossy(&added.stdout).contains("password in the keychain"));
 
     // No PGPASSWORD now: the password comes from the keychain.
-    let check = tidepool(&dir).args(["check", "--json", "--profile", "cli profile"]).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = tidepool(&dir)
+        .args(["check", "--json", "--profile", "cli profile"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let facts: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(facts["database"], db.name.as_str());
 
-    let list = tidepool(&dir).args(["profile", "list", "--json"]).output().unwrap();
+    let list = tidepool(&dir)
+        .args(["profile", "list", "--json"])
+        .output()
+        .unwrap();
     let views: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(views[0]["name"], "CLI profile");
     assert_eq!(views[0]["secret"], "inKeychain");
-    let account = SecretKey::ProfilePassword(views[0]["id"].as_str().unwrap().to_string()).account();
+    let account =
+        SecretKey::ProfilePassword(views[0]["id"].as_str().unwrap().to_string()).account();
     assert!(secret_tool_lookup(&account).is_some());
     assert_eq!(files_containing(&dir, password), Vec::<String>::new());
 
-    let removed = tidepool(&dir).args(["profile", "remove", "CLI profile"]).output().unwrap();
-    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let removed = tidepool(&dir)
+        .args(["profile", "remove", "CLI profile"])
+        .output()
+        .unwrap();
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
     assert_eq!(secret_tool_lookup(&account), None);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -145,7 +205,11 @@ fn without_a_keychain_nothing_is_saved_and_ask_each_time_still_works() {
     let db = TestDb::new(harness::plain(), "profile_nokeychain");
     let dir = harness::temp_dir("profile_nokeychain");
     let password = db.cluster.superuser_password().expose();
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", db.cluster.port(), db.name);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
     let no_bus = "unix:path=/nonexistent/tidepool-test-bus";
 
     let added = tidepool(&dir)
@@ -157,25 +221,50 @@ fn without_a_keychain_nothing_is_saved_and_ask_each_time_still_works() {
     assert!(!added.status.success());
     let stderr = String::from_utf8_lossy(&added.stderr);
     assert!(stderr.starts_with("error (Keychain):"), "{stderr}");
-    assert!(stderr.contains("ask for the password each time"), "{stderr}");
+    assert!(
+        stderr.contains("ask for the password each time"),
+        "{stderr}"
+    );
     assert_eq!(files_containing(&dir, password), Vec::<String>::new());
-    assert!(!dir.join("profiles.json").exists(), "a profile was saved although its password could not be");
+    assert!(
+        !dir.join("profiles.json").exists(),
+        "a profile was saved although its password could not be"
+    );
 
     let added = tidepool(&dir)
-        .args(["profile", "add", "--name", "Asks", "--url", &url, "--ask-password"])
+        .args([
+            "profile",
+            "add",
+            "--name",
+            "Asks",
+            "--url",
+            &url,
+            "--ask-password",
+        ])
         .env("DBUS_SESSION_BUS_ADDRESS", no_bus)
         .output()
         .unwrap();
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
     let check = tidepool(&dir)
         .args(["check", "--profile", "Asks"])
         .env("PGPASSWORD", password)
         .env("DBUS_SESSION_BUS_ADDRESS", no_bus)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let profiles = Profiles::open(&dir);
-    assert_eq!(profiles.get("Asks").unwrap().password, PasswordStorage::AskEachTime);
+    assert_eq!(
+        profiles.get("Asks").unwrap().password,
+        PasswordStorage::AskEachTime
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -183,12 +272,26 @@ fn without_a_keychain_nothing_is_saved_and_ask_each_time_still_works() {
 fn the_neon_api_key_lives_in_the_keychain_only() {
     require_keyring_session();
     let keychain = tidepool::secrets::Keychain::open().unwrap();
-    let err = keychain.set_neon_api_key(&Secret::new("two words")).unwrap_err();
-    assert!(err.message().starts_with("Neon API key:"), "{}", err.message());
+    let err = keychain
+        .set_neon_api_key(&Secret::new("two words"))
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("Neon API key:"),
+        "{}",
+        err.message()
+    );
 
-    assert!(keychain.set_neon_api_key(&Secret::new("  napi_test_0123456789  ")).unwrap().stored);
+    assert!(
+        keychain
+            .set_neon_api_key(&Secret::new("  napi_test_0123456789  "))
+            .unwrap()
+            .stored
+    );
     assert!(keychain.neon_api_key_status().unwrap().stored);
-    assert_eq!(secret_tool_lookup("neon-api-key").as_deref(), Some("napi_test_0123456789"));
+    assert_eq!(
+        secret_tool_lookup("neon-api-key").as_deref(),
+        Some("napi_test_0123456789")
+    );
     assert!(!keychain.remove_neon_api_key().unwrap().stored);
     assert_eq!(secret_tool_lookup("neon-api-key"), None);
 }

@@ -46,7 +46,11 @@ async fn verify_ca_ignores_the_name_and_verify_full_does_not() {
     spec.sslmode = SslMode::VerifyFull;
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls, "{err:?}");
-    assert!(err.message().contains("does not name the host 'localhost'"), "{}", err.message());
+    assert!(
+        err.message().contains("does not name the host 'localhost'"),
+        "{}",
+        err.message()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -60,7 +64,12 @@ async fn verify_ca_rejects_a_certificate_from_another_authority() {
     spec.sslmode = SslMode::VerifyCa;
     let err = test_connection(&spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls, "{err:?}");
-    assert!(err.message().contains("not issued by a trusted authority (UnknownIssuer)"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("not issued by a trusted authority (UnknownIssuer)"),
+        "{}",
+        err.message()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

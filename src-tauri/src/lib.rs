@@ -48,9 +48,14 @@ pub fn run() {
 
 fn init_logging(dir: &std::path::Path) {
     let file = tracing_appender::rolling::daily(dir, "tidepool.log");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
+        .unwrap_or_else(|_| "info".into());
     // A second initialisation (tests that build the app twice) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(file).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(file)
+        .try_init();
 }
 
 /// On Linux, GTK aborts with an opaque message when there is no display; say what to do instead.

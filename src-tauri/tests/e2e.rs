@@ -4,8 +4,8 @@
 //! Needs a display (the test command runs Xvfb) and `tauri-driver` (on PATH or in `TAURI_DRIVER`).
 //! Screenshots of the window after each case go to `artifacts/e2e/` (or `TIDEPOOL_ARTIFACTS`).
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,7 +31,11 @@ fn artifacts() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running tauri-driver in a process group of its own. Stopped with SIGTERM first (SIGKILL would leave
@@ -53,13 +57,20 @@ impl Driver {
         let program = std::env::var_os("TAURI_DRIVER").unwrap_or_else(|| "tauri-driver".into());
         let port = free_port();
         let child = Command::new(&program)
-            .args(["--port", &port.to_string(), "--native-port", &free_port().to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &free_port().to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .env("TIDEPOOL_DATA_DIR", data_dir)
             .process_group(0)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {program:?} (install it with `cargo install tauri-driver`): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("starting {program:?} (install it with `cargo install tauri-driver`): {e}")
+            });
         Driver { child, port }
     }
 
@@ -112,8 +123,14 @@ async fn fill(client: &Client, id: &str, value: &str) {
         .for_element(Locator::Css(&by_test_id(id)))
         .await
         .unwrap_or_else(|e| panic!("waiting for field {id}: {e:?}"));
-    field.clear().await.unwrap_or_else(|e| panic!("clearing {id}: {e:?}"));
-    field.send_keys(value).await.unwrap_or_else(|e| panic!("typing into {id}: {e:?}"));
+    field
+        .clear()
+        .await
+        .unwrap_or_else(|e| panic!("clearing {id}: {e:?}"));
+    field
+        .send_keys(value)
+        .await
+        .unwrap_or_else(|e| panic!("typing into {id}: {e:?}"));
 }
 
 async fn text_of(client: &Client, id: &str) -> String {
@@ -132,11 +149,22 @@ async fn screenshot(client: &Client, name: &str) {
 }
 
 async fn fill_connection_form(client: &Client, password: &str, database: &str) {
-    fill(client, "address", &format!("127.0.0.1:{}", cluster().port())).await;
+    fill(
+        client,
+        "address",
+        &format!("127.0.0.1:{}", cluster().port()),
+    )
+    .await;
     fill(client, "user", "postgres").await;
     fill(client, "password", password).await;
     fill(client, "database", database).await;
-    client.find(Locator::Css(&by_test_id("test-connection"))).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Css(&by_test_id("test-connection")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 async fn click(client: &Client, id: &str) {
@@ -177,7 +205,9 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
         let path = entry.path();
         if path.is_dir() {
             found.extend(files_containing(&path, needle));
-        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+        } else if std::fs::read(&path)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
             found.push(path.display().to_string());
         }
     }
@@ -185,7 +215,12 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
 }
 
 fn fresh_database(name: &str) -> String {
-    cluster().psql("postgres", &format!("CREATE DATABASE {};", tidepool::sql::ident(name))).unwrap();
+    cluster()
+        .psql(
+            "postgres",
+            &format!("CREATE DATABASE {};", tidepool::sql::ident(name)),
+        )
+        .unwrap();
     name.to_string()
 }
 
@@ -205,7 +240,10 @@ async fn test_connection_shows_the_servers_facts() {
     screenshot(&client, "connection-facts").await;
     client.close().await.unwrap();
 
-    assert!(version.starts_with("15."), "server version shown: {version}");
+    assert!(
+        version.starts_with("15."),
+        "server version shown: {version}"
+    );
     assert_eq!(wal_level, "logical");
     assert_eq!(db, database);
 }
@@ -226,8 +264,14 @@ async fn a_wrong_password_shows_an_authentication_error() {
     client.close().await.unwrap();
 
     assert_eq!(kind, "Authentication");
-    assert!(message.contains("password authentication failed"), "{message}");
-    assert!(!page.contains("definitely-wrong"), "the typed password is in the page's markup");
+    assert!(
+        message.contains("password authentication failed"),
+        "{message}"
+    );
+    assert!(
+        !page.contains("definitely-wrong"),
+        "the typed password is in the page's markup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,12 +292,22 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
     fill(
         &client,
         "autofill-input",
-        &format!("postgresql://postgres:{password}@127.0.0.1:{}/{database}?sslmode=disable", cluster().port()),
+        &format!(
+            "postgresql://postgres:{password}@127.0.0.1:{}/{database}?sslmode=disable",
+            cluster().port()
+        ),
     )
     .await;
     click(&client, "autofill-apply").await;
     assert_eq!(
-        client.find(Locator::Css(&by_test_id("database"))).await.unwrap().prop("value").await.unwrap().as_deref(),
+        client
+            .find(Locator::Css(&by_test_id("database")))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
         Some(database.as_str())
     );
     fill(&client, "name", "Local e2e").await;
@@ -267,7 +321,10 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
     // Restart: a new app process reads the same data directory.
     let client = driver.session().await;
     click(&client, "profile-Local e2e").await;
-    assert_eq!(text_of(&client, "secret-Local e2e").await, "Password in keychain");
+    assert_eq!(
+        text_of(&client, "secret-Local e2e").await,
+        "Password in keychain"
+    );
     click(&client, "test-connection").await;
     let wal_level = text_of(&client, "fact-wal-level").await;
     let db = text_of(&client, "fact-database").await;
@@ -281,10 +338,19 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
         serde_json::from_slice(&std::fs::read(data.join("profiles.json")).unwrap()).unwrap();
     let id = profiles["profiles"][0]["id"].as_str().unwrap();
     let lookup = Command::new("secret-tool")
-        .args(["lookup", "service", "Tidepool", "username", &format!("profile-{id}")])
+        .args([
+            "lookup",
+            "service",
+            "Tidepool",
+            "username",
+            &format!("profile-{id}"),
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&lookup.stdout), password);
     assert_eq!(files_containing(&data, &password), Vec::<String>::new());
-    assert!(data.join("logs").is_dir(), "the app writes its log in its data directory");
+    assert!(
+        data.join("logs").is_dir(),
+        "the app writes its log in its data directory"
+    );
 }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
 use tidepool::capture::CaptureOptions;
+use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
 use tidepool::conninfo::Conninfo;
 use tidepool::pgoutput::Lsn;
 use tidepool::profile::{self, PasswordStorage, ProfileDraft, Profiles, SecretState};
@@ -18,7 +18,11 @@ use tidepool::secrets::Secret;
 use tidepool::{pgpass, Error, ErrorKind};
 
 #[derive(Parser)]
-#[command(name = "tidepool", version, about = "From PostgreSQL to a live, local stream of its changes")]
+#[command(
+    name = "tidepool",
+    version,
+    about = "From PostgreSQL to a live, local stream of its changes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,7 +153,8 @@ enum ProfileCommand {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -160,13 +165,43 @@ async fn main() -> ExitCode {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
         }
-        Command::Capture { target, store, publication, slot, create_slot, stop_at_lsn, tables, no_backfill } => {
+        Command::Capture {
+            target,
+            store,
+            publication,
+            slot,
+            create_slot,
+            stop_at_lsn,
+            tables,
+            no_backfill,
+        } => {
             let tables = if no_backfill { Vec::new() } else { tables };
-            (capture(&target, store, publication, slot, create_slot, stop_at_lsn, tables).await, false)
+            (
+                capture(
+                    &target,
+                    store,
+                    publication,
+                    slot,
+                    create_slot,
+                    stop_at_lsn,
+                    tables,
+                )
+                .await,
+                false,
+            )
         }
-        Command::Discover { target, publication, json } => (discover(&target, publication, json).await, json),
+        Command::Discover {
+            target,
+            publication,
+            json,
+        } => (discover(&target, publication, json).await, json),
         Command::Collections { store, json } => (collections(&store, json), json),
-        Command::Preview { store, collection, changes, limit } => (preview(&store, &collection, changes, limit), false),
+        Command::Preview {
+            store,
+            collection,
+            changes,
+            limit,
+        } => (preview(&store, &collection, changes, limit), false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,7 +220,10 @@ async fn check(target: &Target, json: bool) -> Result<(), Error> {
     let spec = spec_for(target)?;
     let facts = connection::test_connection(&spec).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&facts).map_err(Error::internal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&facts).map_err(Error::internal)?
+        );
     } else {
         print!("{}", render_facts(&facts));
     }
@@ -238,14 +276,20 @@ fn password_for(spec: &ConnectionSpec) -> Result<Option<Secret>, Error> {
         return Ok(Some(Secret::new(password)));
     }
     if let Some(path) = pgpass::default_path() {
-        if let Some(password) = pgpass::lookup(&path, &spec.host, spec.port, &spec.database, &spec.user) {
+        if let Some(password) =
+            pgpass::lookup(&path, &spec.host, spec.port, &spec.database, &spec.user)
+        {
             return Ok(Some(password));
         }
     }
     if std::io::stdin().is_terminal() {
         let prompt = format!("Password for {}@{}: ", spec.user, spec.target());
-        let typed = rpassword::prompt_password(prompt)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("reading the password: {e}")))?;
+        let typed = rpassword::prompt_password(prompt).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("reading the password: {e}"),
+            )
+        })?;
         return Ok((!typed.is_empty()).then(|| Secret::new(typed)));
     }
     Ok(None)
@@ -254,7 +298,13 @@ fn password_for(spec: &ConnectionSpec) -> Result<Option<Secret>, Error> {
 async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
     let profiles = profiles()?;
     match command {
-        ProfileCommand::Add { name, url, publication, slot, ask_password } => {
+        ProfileCommand::Add {
+            name,
+            url,
+            publication,
+            slot,
+            ask_password,
+        } => {
             let fill = profile::autofill(&url)?;
             if fill.password.is_some() {
                 return Err(Error::invalid_input(
@@ -267,17 +317,33 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
                 name,
                 publication,
                 slot,
-                password_storage: if ask_password { PasswordStorage::AskEachTime } else { PasswordStorage::Keychain },
+                password_storage: if ask_password {
+                    PasswordStorage::AskEachTime
+                } else {
+                    PasswordStorage::Keychain
+                },
                 ..fill.draft
             };
-            let password = if ask_password { None } else { password_for(&Conninfo::parse(&url)?.into_spec())? };
+            let password = if ask_password {
+                None
+            } else {
+                password_for(&Conninfo::parse(&url)?.into_spec())?
+            };
             let view = profiles.save(None, draft, password)?;
-            println!("saved profile '{}' ({}): password {}", view.profile.name, view.address, describe_secret(&view.secret));
+            println!(
+                "saved profile '{}' ({}): password {}",
+                view.profile.name,
+                view.address,
+                describe_secret(&view.secret)
+            );
         }
         ProfileCommand::List { json } => {
             let views = profiles.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&views).map_err(Error::internal)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&views).map_err(Error::internal)?
+                );
             } else if views.is_empty() {
                 println!("no profiles; add one with `tidepool profile add --name NAME --url URL`");
             } else {
@@ -311,7 +377,10 @@ async fn capture(
     stop_at_lsn: Option<String>,
     tables: Vec<String>,
 ) -> Result<(), Error> {
-    let backfill = tables.iter().map(|t| tidepool::backfill::parse_table_name(t)).collect::<Result<Vec<_>, _>>()?;
+    let backfill = tables
+        .iter()
+        .map(|t| tidepool::backfill::parse_table_name(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let spec = spec_for(target)?;
     let saved = match &target.profile {
         Some(name) => Some(profiles()?.get(name)?),
@@ -320,14 +389,29 @@ async fn capture(
     let publication = publication
         .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
         .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into());
-    let slot = slot.or_else(|| saved.as_ref().map(|p| p.slot.clone())).unwrap_or_else(|| profile::DEFAULT_SLOT.into());
-    let stop_at = stop_at_lsn.map(|l| l.parse::<Lsn>().map_err(|e| Error::invalid_input("--stop-at-lsn", e.message()))).transpose()?;
-    let progress: std::sync::Arc<dyn Fn(&tidepool::backfill::BackfillProgress) + Send + Sync> = std::sync::Arc::new(|p| {
-        let of = p.estimated_rows.map_or(String::new(), |e| format!(" of ~{e}"));
-        let left = p.seconds_left.map_or(String::new(), |s| format!(", ~{s:.0} s left"));
-        let state = if p.done { "done" } else { "reading" };
-        eprintln!("backfill {}: {state} {} rows{of} ({:.0} rows/s{left})", p.collection, p.rows, p.rows_per_second);
-    });
+    let slot = slot
+        .or_else(|| saved.as_ref().map(|p| p.slot.clone()))
+        .unwrap_or_else(|| profile::DEFAULT_SLOT.into());
+    let stop_at = stop_at_lsn
+        .map(|l| {
+            l.parse::<Lsn>()
+                .map_err(|e| Error::invalid_input("--stop-at-lsn", e.message()))
+        })
+        .transpose()?;
+    let progress: std::sync::Arc<dyn Fn(&tidepool::backfill::BackfillProgress) + Send + Sync> =
+        std::sync::Arc::new(|p| {
+            let of = p
+                .estimated_rows
+                .map_or(String::new(), |e| format!(" of ~{e}"));
+            let left = p
+                .seconds_left
+                .map_or(String::new(), |s| format!(", ~{s:.0} s left"));
+            let state = if p.done { "done" } else { "reading" };
+            eprintln!(
+                "backfill {}: {state} {} rows{of} ({:.0} rows/s{left})",
+                p.collection, p.rows, p.rows_per_second
+            );
+        });
     let options = CaptureOptions {
         spec,
         store_dir: store,
@@ -357,19 +441,40 @@ async fn discover(target: &Target, publication: Option<String>, json: bool) -> R
     let client = connection::connect(&spec).await?;
     let tables = tidepool::discovery::discover(&client, publication.as_deref()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&tables).map_err(Error::internal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tables).map_err(Error::internal)?
+        );
         return Ok(());
     }
     for t in &tables {
         let key = match t.key_source {
-            tidepool::discovery::KeySource::PrimaryKey => format!("primary key ({})", t.key.join(", ")),
-            tidepool::discovery::KeySource::UniqueIndex => {
-                format!("unique index {} ({})", t.key_index.as_deref().unwrap_or("?"), t.key.join(", "))
+            tidepool::discovery::KeySource::PrimaryKey => {
+                format!("primary key ({})", t.key.join(", "))
             }
-            tidepool::discovery::KeySource::None => "no key: captured as changes keyed by position".to_string(),
+            tidepool::discovery::KeySource::UniqueIndex => {
+                format!(
+                    "unique index {} ({})",
+                    t.key_index.as_deref().unwrap_or("?"),
+                    t.key.join(", ")
+                )
+            }
+            tidepool::discovery::KeySource::None => {
+                "no key: captured as changes keyed by position".to_string()
+            }
         };
-        let rows = t.estimated_rows.map_or("rows unknown".to_string(), |r| format!("~{r} rows"));
-        let published = if publication.is_some() { if t.in_publication { ", published" } else { ", not published" } } else { "" };
+        let rows = t
+            .estimated_rows
+            .map_or("rows unknown".to_string(), |r| format!("~{r} rows"));
+        let published = if publication.is_some() {
+            if t.in_publication {
+                ", published"
+            } else {
+                ", not published"
+            }
+        } else {
+            ""
+        };
         println!(
             "{}\t{key}; {rows}, {} kB{}{published}; replica identity {}",
             t.collection.name,
@@ -385,7 +490,10 @@ fn collections(store: &std::path::Path, json: bool) -> Result<(), Error> {
     let store = open_existing_store(store)?;
     let collections = store.collections()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&collections).map_err(Error::internal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&collections).map_err(Error::internal)?
+        );
     } else {
         for c in collections {
             println!("{}\t{}\t{}", c.name, c.rows, c.changes);
@@ -394,11 +502,20 @@ fn collections(store: &std::path::Path, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn preview(store: &std::path::Path, collection: &str, changes: bool, limit: usize) -> Result<(), Error> {
+fn preview(
+    store: &std::path::Path,
+    collection: &str,
+    changes: bool,
+    limit: usize,
+) -> Result<(), Error> {
     let store = open_existing_store(store)?;
     let mut out = std::io::stdout().lock();
     let docs = if changes {
-        store.changes(collection, 0, limit)?.into_iter().map(|(_, d)| d).collect()
+        store
+            .changes(collection, 0, limit)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect()
     } else {
         store.rows(collection, limit)?
     };
@@ -410,7 +527,10 @@ fn preview(store: &std::path::Path, collection: &str, changes: bool, limit: usiz
 
 fn open_existing_store(dir: &std::path::Path) -> Result<tidepool::store::Store, Error> {
     if !dir.join("tidepool.db").exists() {
-        return Err(Error::new(ErrorKind::NotFound, format!("--store: {} holds no Tidepool store", dir.display())));
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("--store: {} holds no Tidepool store", dir.display()),
+        ));
     }
     tidepool::store::Store::open(dir)
 }
@@ -418,7 +538,9 @@ fn open_existing_store(dir: &std::path::Path) -> Result<tidepool::store::Store, 
 fn describe_secret(state: &SecretState) -> &'static str {
     match state {
         SecretState::InKeychain => "in the keychain",
-        SecretState::MissingFromKeychain => "not in the keychain (give it when editing the profile)",
+        SecretState::MissingFromKeychain => {
+            "not in the keychain (give it when editing the profile)"
+        }
         SecretState::AskEachTime => "asked each time",
         SecretState::KeychainUnavailable => "unknown: the keychain cannot be opened",
     }
@@ -428,13 +550,20 @@ fn render_facts(facts: &ServerFacts) -> String {
     let replication = match &facts.replication {
         ReplicationRight::Superuser => "yes (superuser)".to_string(),
         ReplicationRight::Attribute => "yes (REPLICATION attribute)".to_string(),
-        ReplicationRight::Membership { role } => format!("yes (member of {role}, which has REPLICATION)"),
-        ReplicationRight::None => "no: grant it with ALTER ROLE … REPLICATION, or use a role that has it".to_string(),
+        ReplicationRight::Membership { role } => {
+            format!("yes (member of {role}, which has REPLICATION)")
+        }
+        ReplicationRight::None => {
+            "no: grant it with ALTER ROLE … REPLICATION, or use a role that has it".to_string()
+        }
     };
     let wal = if facts.wal_level == "logical" {
         "logical".to_string()
     } else {
-        format!("{} (logical replication needs wal_level = logical)", facts.wal_level)
+        format!(
+            "{} (logical replication needs wal_level = logical)",
+            facts.wal_level
+        )
     };
     format!(
         "server version   {}\nuser             {}\ndatabase         {}\nwal_level        {}\nmay replicate    {}\n\
