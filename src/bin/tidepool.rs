@@ -258,14 +258,19 @@ fn spec_for(target: &Target) -> Result<ConnectionSpec, Error> {
 fn spec_from_url(url: &str) -> Result<ConnectionSpec, Error> {
     let mut spec = Conninfo::parse(url)?.into_spec();
     if spec.password.is_some() {
-        return Err(Error::invalid_input(
-            "--url",
-            "contains a password, which would be visible to every process on this machine; remove it and \
-             set PGPASSWORD, add it to ~/.pgpass, or type it when asked",
-        ));
+        return Err(password_in_url());
     }
     spec.password = password_for(&spec)?;
     Ok(spec)
+}
+
+/// Arguments are visible to every process on the machine: a password never travels in one.
+fn password_in_url() -> Error {
+    Error::invalid_input(
+        "--url",
+        "contains a password, which would be visible to every process on this machine; remove it and \
+         set PGPASSWORD, add it to ~/.pgpass, or type it when asked",
+    )
 }
 
 fn password_for(spec: &ConnectionSpec) -> Result<Option<Secret>, Error> {
@@ -307,11 +312,7 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
         } => {
             let fill = profile::autofill(&url)?;
             if fill.password.is_some() {
-                return Err(Error::invalid_input(
-                    "--url",
-                    "contains a password, which would be visible to every process on this machine; remove it \
-                     and set PGPASSWORD, add it to ~/.pgpass, or type it when asked",
-                ));
+                return Err(password_in_url());
             }
             let draft = ProfileDraft {
                 name,
