@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::connection::ConnectionSpec;
 use crate::error::{Error, Result};
-use crate::secrets::Secret;
+use crate::secrets::{random_hex, Secret};
 use crate::sql;
 use crate::tls::SslMode;
 
@@ -501,13 +501,6 @@ fn path_str(path: &Path) -> Result<&str> {
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A test certificate authority and a server certificate it signed for the given names.

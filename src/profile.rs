@@ -553,12 +553,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
 }
 
 fn new_id() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::internal(format!("reading random bytes: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::secrets::random_hex(8)
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.

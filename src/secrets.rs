@@ -67,6 +67,16 @@ impl Drop for Secret {
     }
 }
 
+/// `bytes` random bytes from the OS, hex-encoded: generated passwords and stable ids.
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| Error::internal(format!("reading random bytes: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The service name every Tidepool entry is stored under (`secret-tool lookup service Tidepool …`).
 pub const SERVICE: &str = "Tidepool";
 

@@ -101,6 +101,20 @@ struct Pending {
 /// Rows per multi-row INSERT.
 const CHUNK: usize = 64;
 
+/// The multi-row statements, built once.
+static CHANGES_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES {}",
+        vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
+    )
+});
+static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO rows (collection, key, seq) VALUES {} ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
+        vec!["(?, ?, ?)"; CHUNK].join(", ")
+    )
+});
+
 fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::internal(format!("store: {context}: {e}"))
 }
@@ -412,10 +426,7 @@ impl Store {
             }
         } else {
             self.write_pending()?;
-            self.conn
-                .prepare_cached("INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .and_then(|mut s| s.execute(params![seq, id, lsn.0 as i64, op.code(), doc]))
-                .map_err(sqlite("appending a change"))?;
+            self.insert_change(seq, id, lsn, op, &doc)?;
             if let Some(old) = old_key.filter(|_| key_changed) {
                 self.delete_row(id, old)?;
             }
@@ -431,6 +442,16 @@ impl Store {
             }
         }
         self.batch = self.batch.map(|n| n + 1);
+        Ok(())
+    }
+
+    fn insert_change(&self, seq: i64, collection: i64, lsn: Lsn, op: Op, doc: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![seq, collection, lsn.0 as i64, op.code(), doc]))
+            .map_err(sqlite("appending a change"))?;
         Ok(())
     }
 
@@ -454,52 +475,30 @@ impl Store {
         let pending = std::mem::take(&mut self.pending);
         let mut chunks = pending.chunks_exact(CHUNK);
         for chunk in &mut chunks {
-            let changes_sql = format!(
-                "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES {}",
-                vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
+            // Converted values live here so the statement can borrow them.
+            let converted: Vec<(i64, &str)> = chunk
+                .iter()
+                .map(|p| (p.lsn.0 as i64, p.op.code()))
+                .collect();
+            let changes = chunk.iter().zip(&converted).flat_map(
+                |(p, (lsn, op))| -> [&dyn rusqlite::ToSql; 5] {
+                    [&p.seq, &p.collection, lsn, op, &p.doc]
+                },
             );
-            let mut stmt = self
-                .conn
-                .prepare_cached(&changes_sql)
+            self.conn
+                .prepare_cached(&CHANGES_CHUNK_SQL)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(changes)))
                 .map_err(sqlite("appending changes"))?;
-            for (i, p) in chunk.iter().enumerate() {
-                let at = i * 5;
-                stmt.raw_bind_parameter(at + 1, p.seq)
-                    .map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 2, p.collection)
-                    .map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 3, p.lsn.0 as i64)
-                    .map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 4, p.op.code())
-                    .map_err(sqlite("appending changes"))?;
-                stmt.raw_bind_parameter(at + 5, p.doc.as_str())
-                    .map_err(sqlite("appending changes"))?;
-            }
-            stmt.raw_execute().map_err(sqlite("appending changes"))?;
-            let rows_sql = format!(
-                "INSERT INTO rows (collection, key, seq) VALUES {} ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
-                vec!["(?, ?, ?)"; CHUNK].join(", ")
-            );
-            let mut stmt = self
-                .conn
-                .prepare_cached(&rows_sql)
+            let rows = chunk
+                .iter()
+                .flat_map(|p| -> [&dyn rusqlite::ToSql; 3] { [&p.collection, &p.key, &p.seq] });
+            self.conn
+                .prepare_cached(&ROWS_CHUNK_SQL)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(rows)))
                 .map_err(sqlite("writing rows"))?;
-            for (i, p) in chunk.iter().enumerate() {
-                let at = i * 3;
-                stmt.raw_bind_parameter(at + 1, p.collection)
-                    .map_err(sqlite("writing rows"))?;
-                stmt.raw_bind_parameter(at + 2, p.key.as_str())
-                    .map_err(sqlite("writing rows"))?;
-                stmt.raw_bind_parameter(at + 3, p.seq)
-                    .map_err(sqlite("writing rows"))?;
-            }
-            stmt.raw_execute().map_err(sqlite("writing rows"))?;
         }
         for p in chunks.remainder() {
-            self.conn
-                .prepare_cached("INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .and_then(|mut s| s.execute(params![p.seq, p.collection, p.lsn.0 as i64, p.op.code(), p.doc]))
-                .map_err(sqlite("appending a change"))?;
+            self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc)?;
             self.upsert_row(p.collection, &p.key, p.seq)?;
         }
         self.pending = pending;
