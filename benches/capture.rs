@@ -173,7 +173,7 @@ async fn latency(bench: &Bench) -> (f64, f64, usize) {
         create_slot: false,
         stop_at: None,
         observer: Some(observer),
-        backfill: Vec::new(),
+        bindings: Vec::new(),
         backfill_progress: None,
     };
     let capture = tokio::spawn(run(options));

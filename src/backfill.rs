@@ -17,6 +17,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::binding::Binding;
 use crate::capture::{
     document, meta, now_postgres_micros, postgres_time_to_unix_ms, write_row, ColumnInfo, Columns,
     Relation, Transaction,
@@ -82,7 +83,7 @@ pub fn parse_table_name(name: &str) -> Result<(String, String)> {
 pub async fn run(
     spec: &ConnectionSpec,
     store: &mut Store,
-    tables: &[(String, String)],
+    tables: &[Binding],
     snapshot: &str,
     consistent_point: Lsn,
     progress: &mut (dyn FnMut(&BackfillProgress) + Send),
@@ -105,17 +106,17 @@ pub async fn run(
     let discovered = discover(&client, None).await?;
     store.begin()?;
     let mut total = 0;
-    for (relid, (schema, table)) in tables.iter().enumerate() {
+    for (relid, binding) in tables.iter().enumerate() {
         let found = discovered
             .iter()
-            .find(|t| &t.schema == schema && &t.table == table)
+            .find(|t| t.schema == binding.schema && t.table == binding.table)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
                     format!(
                         "--tables: {}.{} is not a table this role can read",
-                        sql::ident(schema),
-                        sql::ident(table)
+                        sql::ident(&binding.schema),
+                        sql::ident(&binding.table)
                     ),
                 )
             })?;
@@ -123,6 +124,7 @@ pub async fn run(
             &client,
             store,
             found,
+            &binding.collection,
             relid as u32,
             consistent_point,
             progress,
@@ -140,6 +142,7 @@ async fn copy_table(
     client: &tokio_postgres::Client,
     store: &mut Store,
     found: &DiscoveredTable,
+    collection: &str,
     relid: u32,
     consistent_point: Lsn,
     progress: &mut (dyn FnMut(&BackfillProgress) + Send),
@@ -158,12 +161,13 @@ async fn copy_table(
         .filter_map(|k| found.columns.iter().position(|c| &c.name == k))
         .collect();
     let rel = Relation {
-        collection: found.collection.name.clone(),
+        collection: collection.to_string(),
         schema: found.schema.clone(),
         table: found.table.clone(),
         columns,
         key,
         recorded: true,
+        handling: crate::capture::Handling::Store,
     };
     store.put_collection(&rel.spec())?;
     let now = now_postgres_micros();
@@ -205,7 +209,7 @@ async fn copy_table(
             .filter(|_| rate > 0.0 && !done)
             .map(|est| (est as f64 - rows as f64).max(0.0) / rate);
         progress(&BackfillProgress {
-            collection: found.collection.name.clone(),
+            collection: collection.to_string(),
             rows,
             estimated_rows: found.estimated_rows,
             rows_per_second: rate,

@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 use tokio_postgres::Client;
 
+use crate::binding::{default_collection_name, Binding, Definition, Mode};
 use crate::connection::{connect, ConnectionSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
@@ -65,6 +66,13 @@ pub fn now_postgres_micros() -> i64 {
     since_unix.as_micros() as i64 - 946_684_800_000_000
 }
 
+/// Told how a backfill progresses (from the capture's task or a backfill's).
+pub type ProgressCallback =
+    std::sync::Arc<dyn Fn(&crate::backfill::BackfillProgress) + Send + Sync>;
+
+/// A finished backfill's staging folder and outcome.
+type BackfillDone = (PathBuf, Result<u64>);
+
 /// What to capture and where to.
 #[derive(Clone)]
 pub struct CaptureOptions {
@@ -82,11 +90,13 @@ pub struct CaptureOptions {
     pub stop_at: Option<Lsn>,
     /// Told about every store commit (metrics, latency, the desktop's live view).
     pub observer: Option<Observer>,
-    /// Tables (schema, table) to backfill before streaming, read in the new slot's snapshot.
-    pub backfill: Vec<(String, String)>,
+    /// The tables to capture and their collections. Empty: the definition saved in the store, or with
+    /// none, every table in the publication under its default name. Given, it becomes the store's
+    /// definition; on a new store its `Full` bindings are backfilled in the new slot's snapshot, on a
+    /// running one new bindings are backfilled alongside the stream.
+    pub bindings: Vec<Binding>,
     /// Told how the backfill progresses.
-    pub backfill_progress:
-        Option<std::sync::Arc<dyn Fn(&crate::backfill::BackfillProgress) + Send + Sync>>,
+    pub backfill_progress: Option<ProgressCallback>,
 }
 
 impl std::fmt::Debug for CaptureOptions {
@@ -96,7 +106,7 @@ impl std::fmt::Debug for CaptureOptions {
             .field("store_dir", &self.store_dir)
             .field("publication", &self.publication)
             .field("slot", &self.slot)
-            .field("backfill", &self.backfill)
+            .field("bindings", &self.bindings)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +129,8 @@ pub struct CaptureReport {
 
 /// Most changes one store batch may group across source transactions before it is committed.
 const MAX_BATCH_CHANGES: u64 = 20_000;
+/// How often a running capture looks for an edited definition.
+const DEFINITION_POLL: Duration = Duration::from_secs(1);
 /// Longest a batch may stay open while more transactions keep arriving.
 const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
 
@@ -151,6 +163,78 @@ pub(crate) struct Relation {
     pub(crate) columns: Vec<ColumnInfo>,
     pub(crate) key: Vec<usize>,
     pub(crate) recorded: bool,
+    /// What happens to this table's changes.
+    pub(crate) handling: Handling,
+}
+
+/// What the capture does with a table's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handling {
+    /// Stored in its collection.
+    Store,
+    /// Not bound: dropped.
+    Ignore,
+    /// Its backfill is being read in a snapshot taken at `point`. Changes committed from `point` on
+    /// are held until the backfill's rows are in; earlier ones are in the snapshot, and are stored
+    /// only if the collection was live before (a re-backfill keeps its log complete).
+    Hold { point: Lsn, was_live: bool },
+}
+
+/// Where a change goes.
+enum Disposition {
+    Store,
+    Hold,
+    Ignore,
+}
+
+impl Handling {
+    fn disposition(self, final_lsn: Lsn) -> Disposition {
+        match self {
+            Handling::Store => Disposition::Store,
+            Handling::Ignore => Disposition::Ignore,
+            Handling::Hold { point, .. } if final_lsn >= point => Disposition::Hold,
+            Handling::Hold { was_live: true, .. } => Disposition::Store,
+            Handling::Hold { .. } => Disposition::Ignore,
+        }
+    }
+}
+
+/// The capture's own record of a binding (kept in the store's meta, apart from the definition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BindingState {
+    schema: String,
+    table: String,
+    collection: String,
+    /// The binding's backfill counter this state reflects.
+    backfill: u32,
+    /// Set while a backfill is being read: its snapshot's point.
+    #[serde(default)]
+    backfilling: Option<Lsn>,
+    /// Whether the collection was live before this backfill.
+    #[serde(default)]
+    was_live: bool,
+}
+
+impl BindingState {
+    fn handling(&self) -> Handling {
+        match self.backfilling {
+            Some(point) => Handling::Hold {
+                point,
+                was_live: self.was_live,
+            },
+            None => Handling::Store,
+        }
+    }
+}
+
+const STATE_KEY: &str = "bindings_state";
+
+/// A backfill running alongside the stream, in its own snapshot, into a staging store.
+struct RunningBackfill {
+    tables: Vec<(String, String)>,
+    staging: PathBuf,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Relation {
@@ -225,6 +309,27 @@ struct Capture {
     report: CaptureReport,
     /// Commit times of the transactions in the open batch, for the observer.
     batch_commit_times: Vec<i64>,
+    /// The definition in force (None: every published table under its default name) and its text as
+    /// saved, to notice edits.
+    definition: Option<Definition>,
+    definition_text: Option<String>,
+    /// Per bound table, what the capture has done about it.
+    states: Vec<BindingState>,
+    backfills: Vec<RunningBackfill>,
+    backfill_done: (
+        tokio::sync::mpsc::UnboundedSender<BackfillDone>,
+        tokio::sync::mpsc::UnboundedReceiver<BackfillDone>,
+    ),
+}
+
+impl Drop for Capture {
+    /// A capture that ends (or is cancelled) takes its running backfills with it; their temporary
+    /// slots go with their sessions, and the next run starts them over.
+    fn drop(&mut self) {
+        for backfill in &self.backfills {
+            backfill.task.abort();
+        }
+    }
 }
 
 enum Outcome {
@@ -236,24 +341,53 @@ enum Outcome {
 /// from the checkpoint; other errors end the run.
 pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
     let mut store = Store::open(&options.store_dir)?;
-    let mut checkpoint = store.checkpoint()?;
     let sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
+    if !options.bindings.is_empty() {
+        let definition = Definition {
+            profile: Definition::load(&store)?.and_then(|d| d.profile),
+            publication: options.publication.clone(),
+            slot: options.slot.clone(),
+            bindings: options.bindings.clone(),
+        };
+        definition.save(&mut store)?;
+    }
+    let definition_text = store.meta("definition")?;
+    let definition = Definition::load(&store)?;
+    let mut states: Vec<BindingState> = match store.meta(STATE_KEY)? {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            Error::internal(format!(
+                "store: the capture's binding state is unreadable: {e}"
+            ))
+        })?,
+        None => Vec::new(),
+    };
     let mut backfilled_rows = 0;
-    if !options.backfill.is_empty() {
-        if checkpoint > Lsn(0) {
-            return Err(Error::invalid_input(
-                "--tables",
-                format!("this store has captured up to {checkpoint} already; backfilling tables into a running capture is not supported yet"),
-            ));
+    if let Some(definition) = &definition {
+        if store.checkpoint()? == Lsn(0) && states.is_empty() {
+            let full: Vec<Binding> = definition
+                .bindings
+                .iter()
+                .filter(|b| b.mode == Mode::Full)
+                .cloned()
+                .collect();
+            for binding in &full {
+                check_published(&sql, &options.publication, &binding.schema, &binding.table)
+                    .await?;
+            }
+            states = definition.bindings.iter().map(live_state).collect();
+            let state_text = serde_json::to_string(&states).map_err(Error::internal)?;
+            if full.is_empty() {
+                store.set_meta(STATE_KEY, &state_text)?;
+                store.commit(Lsn(0))?;
+            } else {
+                backfilled_rows =
+                    initial_backfill(&options, &full, &state_text, &sql, &mut store).await?;
+            }
         }
-        for (schema, table) in &options.backfill {
-            check_published(&sql, &options.publication, schema, table).await?;
-        }
-        backfilled_rows = initial_backfill(&options, &sql, &mut store).await?;
-        checkpoint = store.checkpoint()?;
     }
     slot::ensure(&sql, &options.slot, options.create_slot).await?;
+    let checkpoint = store.checkpoint()?;
     let mut capture = Capture {
         options,
         store,
@@ -266,23 +400,31 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
             ..CaptureReport::default()
         },
         batch_commit_times: Vec::new(),
+        definition: None,
+        definition_text: None,
+        states,
+        backfills: Vec::new(),
+        backfill_done: tokio::sync::mpsc::unbounded_channel(),
     };
+    // Backfills a crash interrupted are started over by reconciling: their snapshots died with
+    // their sessions, so what they held is dropped and a new snapshot is taken.
+    capture.reconcile(definition, definition_text).await?;
     let mut backoff = Duration::from_millis(250);
-    loop {
+    let result = loop {
         let started = Instant::now();
         let result = capture.stream().await;
         // Whatever happened, an open batch holds only unconfirmed work: drop it, resume from the checkpoint.
         capture.store.rollback()?;
         capture.batch_commit_times.clear();
         match result {
-            Ok(Outcome::Stopped) => break,
+            Ok(Outcome::Stopped) => break Ok(()),
             Ok(Outcome::Ended) => {
                 tracing::warn!("the server ended the replication stream; reconnecting")
             }
             Err(e) if e.kind() == ErrorKind::Connection => {
                 tracing::warn!(error = %e, "replication connection lost; reconnecting")
             }
-            Err(e) => return Err(e),
+            Err(e) => break Err(e),
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(250);
@@ -291,9 +433,55 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         backoff = (backoff * 2).min(Duration::from_secs(30));
         capture.sql = None;
         capture.relations.clear();
-    }
+    };
+    result?;
     capture.report.checkpoint = capture.checkpoint.to_string();
-    Ok(capture.report)
+    Ok(std::mem::take(&mut capture.report))
+}
+
+/// "Save and publish": checks `definition`, makes its publication contain every bound table (creating
+/// the publication if it is missing), and saves the definition in the store in `store_dir`, where a
+/// running capture picks it up and [`run`] starts from it. Returns the statements it ran.
+pub async fn publish(
+    spec: &ConnectionSpec,
+    store_dir: &std::path::Path,
+    definition: &Definition,
+) -> Result<Vec<String>> {
+    definition.validate()?;
+    let client = connect(spec).await?;
+    let readable = crate::discovery::discover(&client, None).await?;
+    let mut tables = Vec::with_capacity(definition.bindings.len());
+    for binding in &definition.bindings {
+        let found = readable
+            .iter()
+            .find(|t| t.schema == binding.schema && t.table == binding.table)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "bindings: {} is not a table this role can read",
+                        binding.qualified()
+                    ),
+                )
+            })?;
+        tables.push((found.schema.clone(), found.table.clone(), found.partitioned));
+    }
+    let statements = crate::publication::plan(&client, &definition.publication, &tables).await?;
+    crate::publication::apply(&client, &statements).await?;
+    let mut store = Store::open(store_dir)?;
+    definition.save(&mut store)?;
+    Ok(statements)
+}
+
+fn live_state(binding: &Binding) -> BindingState {
+    BindingState {
+        schema: binding.schema.clone(),
+        table: binding.table.clone(),
+        collection: binding.collection.clone(),
+        backfill: binding.backfill,
+        backfilling: None,
+        was_live: false,
+    }
 }
 
 /// Creates the slot with an exported snapshot, reads the tables in it, and commits their rows with the
@@ -301,6 +489,8 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
 /// store) is replaced; any other existing slot is refused, because its snapshot is gone.
 async fn initial_backfill(
     options: &CaptureOptions,
+    tables: &[Binding],
+    state: &str,
     sql: &Client,
     store: &mut Store,
 ) -> Result<u64> {
@@ -328,7 +518,8 @@ async fn initial_backfill(
     // Recorded before the slot exists, so a crash in between is recognised next time.
     store.set_meta(OWNED, &options.slot)?;
     store.commit(Lsn(0))?;
-    let session = crate::replication::SnapshotSession::create(&options.spec, &options.slot).await?;
+    let session =
+        crate::replication::SnapshotSession::create(&options.spec, &options.slot, false).await?;
     let mut progress = |p: &crate::backfill::BackfillProgress| {
         if let Some(callback) = &options.backfill_progress {
             callback(p);
@@ -337,7 +528,7 @@ async fn initial_backfill(
     let result = crate::backfill::run(
         &options.spec,
         store,
-        &options.backfill,
+        tables,
         &session.snapshot,
         session.consistent_point,
         &mut progress,
@@ -351,6 +542,7 @@ async fn initial_backfill(
             return Err(e);
         }
     };
+    store.set_meta(STATE_KEY, state)?;
     store.commit(session.consistent_point)?;
     let consistent_point = session.consistent_point;
     session.close().await;
@@ -405,6 +597,262 @@ async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
 }
 
 impl Capture {
+    /// Where `schema.table`'s changes go: its collection and how they are handled.
+    fn handling_for(&self, schema: &str, table: &str) -> (String, Handling) {
+        if self.definition.is_none() {
+            return (default_collection_name(schema, table), Handling::Store);
+        }
+        match self
+            .states
+            .iter()
+            .find(|s| s.schema == schema && s.table == table)
+        {
+            Some(state) => (state.collection.clone(), state.handling()),
+            None => (default_collection_name(schema, table), Handling::Ignore),
+        }
+    }
+
+    /// Re-derives every known relation's collection and handling after the bindings changed.
+    fn refresh_relations(&mut self) {
+        let updates: Vec<(u32, String, Handling)> = self
+            .relations
+            .iter()
+            .map(|(id, rel)| {
+                let (collection, handling) = self.handling_for(&rel.schema, &rel.table);
+                (*id, collection, handling)
+            })
+            .collect();
+        for (id, collection, handling) in updates {
+            if let Some(rel) = self.relations.get_mut(&id) {
+                if rel.collection != collection {
+                    rel.recorded = false;
+                }
+                rel.collection = collection;
+                rel.handling = handling;
+            }
+        }
+    }
+
+    fn save_states(&mut self) -> Result<()> {
+        let text = serde_json::to_string(&self.states).map_err(Error::internal)?;
+        self.store.set_meta(STATE_KEY, &text)
+    }
+
+    /// Brings the capture in line with `definition` (called with no batch open): renames collections,
+    /// drops unbound tables, and starts a backfill, in a snapshot of its own, for each table that is
+    /// new and `Full`, whose backfill counter was raised, or whose backfill was interrupted.
+    async fn reconcile(
+        &mut self,
+        definition: Option<Definition>,
+        text: Option<String>,
+    ) -> Result<()> {
+        self.definition_text = text;
+        let Some(definition) = definition else {
+            self.definition = None;
+            return Ok(());
+        };
+        if definition.publication != self.options.publication
+            || definition.slot != self.options.slot
+        {
+            tracing::warn!(
+                "the definition names another publication or slot; that takes effect when the capture restarts"
+            );
+        }
+        self.store.begin()?;
+        let running = |states: &[(String, String)], b: &Binding| {
+            states.iter().any(|(s, t)| *s == b.schema && *t == b.table)
+        };
+        let in_flight: Vec<(String, String)> = self
+            .backfills
+            .iter()
+            .flat_map(|b| b.tables.iter().cloned())
+            .collect();
+        let mut to_backfill = Vec::new();
+        for binding in &definition.bindings {
+            if running(&in_flight, binding) {
+                // Looked at again when that backfill is in.
+                continue;
+            }
+            match self
+                .states
+                .iter_mut()
+                .find(|s| s.schema == binding.schema && s.table == binding.table)
+            {
+                None => {
+                    if binding.mode == Mode::Full {
+                        to_backfill.push((binding.clone(), false));
+                    } else {
+                        self.states.push(live_state(binding));
+                    }
+                }
+                Some(state) => {
+                    if state.collection != binding.collection {
+                        self.store
+                            .rename_collection(&state.collection, &binding.collection)?;
+                        tracing::info!(from = %state.collection, to = %binding.collection, "collection renamed");
+                        state.collection = binding.collection.clone();
+                    }
+                    if state.backfilling.is_some() {
+                        to_backfill.push((binding.clone(), state.was_live));
+                    } else if binding.backfill > state.backfill {
+                        to_backfill.push((binding.clone(), true));
+                    }
+                }
+            }
+        }
+        let before = self.states.len();
+        self.states
+            .retain(|s| definition.binding(&s.schema, &s.table).is_some());
+        if self.states.len() != before {
+            tracing::info!(
+                removed = before - self.states.len(),
+                "tables no longer bound; their collections stay in the store"
+            );
+        }
+        self.definition = Some(definition);
+        self.save_states()?;
+        self.store.commit(self.checkpoint)?;
+        if !to_backfill.is_empty() {
+            self.start_backfill(to_backfill).await?;
+        }
+        self.refresh_relations();
+        Ok(())
+    }
+
+    /// Takes a snapshot in a temporary slot created now and reads `tables` in it into a staging store,
+    /// on a task of its own, while the stream goes on. Every transaction the stream has stored so far
+    /// committed before the slot's consistent point, so from here on the stream holds these tables'
+    /// changes committed at or after it, and finishing ([`Capture::finish_backfill`]) applies them
+    /// after the snapshot's rows.
+    async fn start_backfill(&mut self, tables: Vec<(Binding, bool)>) -> Result<()> {
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        for (binding, _) in &tables {
+            check_published(
+                sql,
+                &self.options.publication,
+                &binding.schema,
+                &binding.table,
+            )
+            .await?;
+        }
+        let name = format!("tidepool_backfill_{}", crate::secrets::random_hex(6)?);
+        let session =
+            crate::replication::SnapshotSession::create(&self.options.spec, &name, true).await?;
+        let point = session.consistent_point;
+        self.store.begin()?;
+        for (binding, was_live) in &tables {
+            self.store.drop_held(&binding.collection)?;
+            self.states
+                .retain(|s| !(s.schema == binding.schema && s.table == binding.table));
+            self.states.push(BindingState {
+                backfilling: Some(point),
+                was_live: *was_live,
+                ..live_state(binding)
+            });
+        }
+        self.save_states()?;
+        self.store.commit(self.checkpoint)?;
+        self.refresh_relations();
+        let staging = self.options.store_dir.join("backfills").join(&name);
+        let _ = std::fs::remove_dir_all(&staging);
+        tracing::info!(tables = tables.len(), %point, "backfilling alongside the stream");
+        let spec = self.options.spec.clone();
+        let progress = self.options.backfill_progress.clone();
+        let done = self.backfill_done.0.clone();
+        let bindings: Vec<Binding> = tables.iter().map(|(b, _)| b.clone()).collect();
+        let dir = staging.clone();
+        let task = tokio::spawn(async move {
+            let result = async {
+                let mut store = Store::open(&dir)?;
+                let mut report = |p: &crate::backfill::BackfillProgress| {
+                    if let Some(callback) = &progress {
+                        callback(p);
+                    }
+                };
+                let rows = crate::backfill::run(
+                    &spec,
+                    &mut store,
+                    &bindings,
+                    &session.snapshot,
+                    point,
+                    &mut report,
+                )
+                .await?;
+                store.commit(point)?;
+                Ok(rows)
+            }
+            .await;
+            session.close().await;
+            let _ = done.send((dir, result));
+        });
+        self.backfills.push(RunningBackfill {
+            tables: tables
+                .iter()
+                .map(|(b, _)| (b.schema.clone(), b.table.clone()))
+                .collect(),
+            staging,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Brings a finished backfill in (called with no batch open): its rows, then the changes held
+    /// since its snapshot, in one store transaction; the tables are live from then on.
+    async fn finish_backfill(&mut self, staging: PathBuf, result: Result<u64>) -> Result<()> {
+        let Some(at) = self.backfills.iter().position(|b| b.staging == staging) else {
+            return Ok(());
+        };
+        let backfill = self.backfills.remove(at);
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) if e.kind() == ErrorKind::Connection => {
+                tracing::warn!(error = %e, "a backfill lost its connection; starting it over");
+                let _ = std::fs::remove_dir_all(&staging);
+                let definition = self.definition.clone();
+                let text = self.definition_text.clone();
+                return self.reconcile(definition, text).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut collections = Vec::new();
+        for (schema, table) in &backfill.tables {
+            if let Some(state) = self
+                .states
+                .iter_mut()
+                .find(|s| &s.schema == schema && &s.table == table)
+            {
+                collections.push((state.collection.clone(), state.was_live));
+                state.backfilling = None;
+                state.was_live = false;
+            }
+        }
+        let text = serde_json::to_string(&self.states).map_err(Error::internal)?;
+        self.store
+            .import_backfill(&staging, &collections, &[(STATE_KEY, &text)])?;
+        let _ = std::fs::remove_dir_all(&staging);
+        self.report.backfilled_rows += rows;
+        tracing::info!(rows, tables = collections.len(), "backfill brought in");
+        self.refresh_relations();
+        // The definition may have moved on while it ran.
+        let definition = self.definition.clone();
+        let text = self.definition_text.clone();
+        self.reconcile(definition, text).await
+    }
+
+    /// Picks up an edited definition (called between transactions).
+    async fn reload_definition(&mut self) -> Result<()> {
+        let text = self.store.meta("definition")?;
+        if text == self.definition_text {
+            return Ok(());
+        }
+        let definition = Definition::load(&self.store)?;
+        tracing::info!("the capture definition changed; applying it");
+        self.reconcile(definition, text).await
+    }
+
     async fn stream(&mut self) -> Result<Outcome> {
         if self.reached_stop() {
             return Ok(Outcome::Stopped);
@@ -421,13 +869,40 @@ impl Capture {
         let mut pending: Option<Event> = None;
         let mut batch_started = Instant::now();
         let mut batch_end = self.checkpoint;
+        let mut tick = tokio::time::interval(DEFINITION_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = match pending.take() {
-                Some(event) => event,
-                None => match stream.next().await? {
-                    Some(event) => event,
-                    None => return Ok(Outcome::Ended),
-                },
+            let next = match pending.take() {
+                Some(event) => Some(event),
+                // Between transactions: also bring in finished backfills and edited definitions.
+                None if tx.is_none() => {
+                    tokio::select! {
+                        biased;
+                        Some((staging, result)) = self.backfill_done.1.recv() => {
+                            if self.store.in_batch() {
+                                self.flush(&stream, batch_end)?;
+                            }
+                            self.finish_backfill(staging, result).await?;
+                            if self.reached_stop() {
+                                stream.stop().await;
+                                return Ok(Outcome::Stopped);
+                            }
+                            continue;
+                        }
+                        _ = tick.tick() => {
+                            if self.store.in_batch() {
+                                self.flush(&stream, batch_end)?;
+                            }
+                            self.reload_definition().await?;
+                            continue;
+                        }
+                        event = stream.next() => event?,
+                    }
+                }
+                None => stream.next().await?,
+            };
+            let Some(event) = next else {
+                return Ok(Outcome::Ended);
             };
             match event {
                 Event::Begin {
@@ -503,10 +978,13 @@ impl Capture {
         }
     }
 
+    /// The stop LSN is stored and no backfill is still being read.
     fn reached_stop(&self) -> bool {
-        self.options
-            .stop_at
-            .is_some_and(|stop| self.checkpoint >= stop)
+        self.backfills.is_empty()
+            && self
+                .options
+                .stop_at
+                .is_some_and(|stop| self.checkpoint >= stop)
     }
 
     /// Commits the open batch (or just the checkpoint) and only then confirms it to the server.
@@ -553,7 +1031,7 @@ impl Capture {
                     .filter(|(_, c)| c.key)
                     .map(|(i, _)| i)
                     .collect();
-                let collection = format!("{namespace}/{name}");
+                let (collection, handling) = self.handling_for(&namespace, &name);
                 self.relations.insert(
                     relid,
                     Relation {
@@ -563,6 +1041,7 @@ impl Capture {
                         columns: infos,
                         key,
                         recorded: false,
+                        handling,
                     },
                 );
                 Ok(())
@@ -576,6 +1055,10 @@ impl Capture {
                 let Some(tx) = tx.filter(|t| !t.skip) else {
                     return Ok(());
                 };
+                let disposition = self.disposition(relid, tx.final_lsn)?;
+                if matches!(disposition, Disposition::Ignore) {
+                    return Ok(());
+                }
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
                 let row = write_row(rel, &new, Columns::All, None, None, tx)?;
@@ -584,8 +1067,15 @@ impl Capture {
                     &meta(Op::Create, relid, rel, tx, None, &row.unknown),
                 );
                 let collection = rel.collection.clone();
-                self.store
-                    .apply(&collection, tx.final_lsn, Op::Create, &row.key, None, doc)?;
+                self.write(
+                    disposition,
+                    &collection,
+                    tx.final_lsn,
+                    Op::Create,
+                    &row.key,
+                    None,
+                    doc,
+                )?;
                 tx.index += 1;
                 Ok(())
             }
@@ -595,6 +1085,10 @@ impl Capture {
                 let Some(tx) = tx.filter(|t| !t.skip) else {
                     return Ok(());
                 };
+                let disposition = self.disposition(relid, tx.final_lsn)?;
+                if matches!(disposition, Disposition::Ignore) {
+                    return Ok(());
+                }
                 self.record_relation(relid)?;
                 // A field borrow, not `self.relation()`: the store is written below while `rel` is alive.
                 let rel = self.relations.get(&relid).ok_or_else(|| {
@@ -630,7 +1124,8 @@ impl Capture {
                 );
                 let collection = rel.collection.clone();
                 let old_key = old_row.as_ref().map(|o| o.key.as_str());
-                self.store.apply(
+                self.write(
+                    disposition,
                     &collection,
                     tx.final_lsn,
                     Op::Update,
@@ -650,6 +1145,10 @@ impl Capture {
                 let Some(tx) = tx.filter(|t| !t.skip) else {
                     return Ok(());
                 };
+                let disposition = self.disposition(relid, tx.final_lsn)?;
+                if matches!(disposition, Disposition::Ignore) {
+                    return Ok(());
+                }
                 self.record_relation(relid)?;
                 let rel = self.relation(relid)?;
                 let columns = if old_kind == OldKind::Full {
@@ -660,8 +1159,15 @@ impl Capture {
                 let row = write_row(rel, &old, columns, None, None, tx)?;
                 let doc = document(&row.members, &meta(Op::Delete, relid, rel, tx, None, &[]));
                 let collection = rel.collection.clone();
-                self.store
-                    .apply(&collection, tx.final_lsn, Op::Delete, &row.key, None, doc)?;
+                self.write(
+                    disposition,
+                    &collection,
+                    tx.final_lsn,
+                    Op::Delete,
+                    &row.key,
+                    None,
+                    doc,
+                )?;
                 tx.index += 1;
                 Ok(())
             }
@@ -672,6 +1178,10 @@ impl Capture {
                     return Ok(());
                 };
                 for relid in relids {
+                    let disposition = self.disposition(relid, tx.final_lsn)?;
+                    if matches!(disposition, Disposition::Ignore) {
+                        continue;
+                    }
                     self.record_relation(relid)?;
                     let rel = self.relation(relid)?;
                     let mut m = meta(Op::Truncate, relid, rel, tx, None, &[]);
@@ -683,14 +1193,45 @@ impl Capture {
                     ));
                     let doc = document("", &m);
                     let collection = rel.collection.clone();
-                    self.store
-                        .apply(&collection, tx.final_lsn, Op::Truncate, "", None, doc)?;
+                    self.write(
+                        disposition,
+                        &collection,
+                        tx.final_lsn,
+                        Op::Truncate,
+                        "",
+                        None,
+                        doc,
+                    )?;
                     tx.index += 1;
                 }
                 Ok(())
             }
             // Begin and Commit arrive as events; the rest needs no action with protocol version 1.
             _ => Ok(()),
+        }
+    }
+
+    /// Where a change of `relid` in the transaction committed at `final_lsn` goes.
+    fn disposition(&self, relid: u32, final_lsn: Lsn) -> Result<Disposition> {
+        Ok(self.relation(relid)?.handling.disposition(final_lsn))
+    }
+
+    /// Stores or holds a change.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        disposition: Disposition,
+        collection: &str,
+        lsn: Lsn,
+        op: Op,
+        key: &str,
+        old_key: Option<&str>,
+        doc: String,
+    ) -> Result<()> {
+        match disposition {
+            Disposition::Store => self.store.apply(collection, lsn, op, key, old_key, doc),
+            Disposition::Hold => self.store.hold(collection, lsn, op, key, old_key, &doc),
+            Disposition::Ignore => Ok(()),
         }
     }
 

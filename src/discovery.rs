@@ -176,7 +176,7 @@ pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<
         }
         let schema_json = json_schema(&schema, &table, &table_columns, &kinds, &key);
         let collection = CollectionDraft {
-            name: format!("{schema}/{table}"),
+            name: crate::binding::default_collection_name(&schema, &table),
             key: key
                 .iter()
                 .map(|k| format!("/{}", pointer_escape(k)))

@@ -5,6 +5,7 @@
 //! Modules are named after the domain. Errors are [`Error`] values with a [`ErrorKind`] to match on.
 
 pub mod backfill;
+pub mod binding;
 pub mod capture;
 pub mod cluster;
 pub mod connection;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod pgoutput;
 pub mod pgpass;
 pub mod profile;
+pub mod publication;
 pub mod replication;
 pub mod secrets;
 pub mod slot;

@@ -40,6 +40,20 @@ impl std::str::FromStr for Lsn {
     }
 }
 
+/// LSNs travel as PostgreSQL writes them, `X/Y`.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Lsn, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Decoding context that the bytes alone do not carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Context {

@@ -134,43 +134,41 @@ impl Stream {
 
     /// The next event, or `None` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<Event>> {
-        loop {
-            let event = self
-                .client
-                .recv()
-                .await
-                .map_err(|e| transport_error(&self.target, "", e))?;
-            let Some(event) = event else { return Ok(None) };
-            return Ok(Some(match event {
-                ReplicationEvent::Begin {
-                    final_lsn,
-                    xid,
-                    commit_time_micros,
-                } => Event::Begin {
-                    final_lsn: Lsn(final_lsn.0),
-                    commit_time_micros,
-                    xid,
-                },
-                ReplicationEvent::XLogData { data, .. } => Event::Data(data),
-                ReplicationEvent::Commit {
-                    lsn,
-                    end_lsn,
-                    commit_time_micros,
-                } => Event::Commit {
-                    commit_lsn: Lsn(lsn.0),
-                    end_lsn: Lsn(end_lsn.0),
-                    commit_time_micros,
-                },
-                ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
-                    wal_end: Lsn(wal_end.0),
-                },
-                ReplicationEvent::Message { lsn, prefix, .. } => Event::Message {
-                    lsn: Lsn(lsn.0),
-                    prefix,
-                },
-                ReplicationEvent::StoppedAt { .. } => return Ok(None),
-            }));
-        }
+        let event = self
+            .client
+            .recv()
+            .await
+            .map_err(|e| transport_error(&self.target, "", e))?;
+        let Some(event) = event else { return Ok(None) };
+        Ok(Some(match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => Event::Begin {
+                final_lsn: Lsn(final_lsn.0),
+                commit_time_micros,
+                xid,
+            },
+            ReplicationEvent::XLogData { data, .. } => Event::Data(data),
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => Event::Commit {
+                commit_lsn: Lsn(lsn.0),
+                end_lsn: Lsn(end_lsn.0),
+                commit_time_micros,
+            },
+            ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
+                wal_end: Lsn(wal_end.0),
+            },
+            ReplicationEvent::Message { lsn, prefix, .. } => Event::Message {
+                lsn: Lsn(lsn.0),
+                prefix,
+            },
+            ReplicationEvent::StoppedAt { .. } => return Ok(None),
+        }))
     }
 
     /// The next event if one is already waiting, without waiting for one.
@@ -205,8 +203,13 @@ pub struct SnapshotSession {
 }
 
 impl SnapshotSession {
-    /// Creates `slot` (pgoutput) and exports its snapshot.
-    pub async fn create(spec: &ConnectionSpec, slot: &str) -> Result<SnapshotSession> {
+    /// Creates `slot` (pgoutput) and exports its snapshot. A `temporary` slot exists only as long as
+    /// this session (a backfill added to a running capture needs its snapshot, not its stream).
+    pub async fn create(
+        spec: &ConnectionSpec,
+        slot: &str,
+        temporary: bool,
+    ) -> Result<SnapshotSession> {
         let target = spec.target();
         let options = StreamOptions {
             spec,
@@ -219,8 +222,9 @@ impl SnapshotSession {
             .map_err(|e| transport_error(&target, slot, e))?;
         let rows = client
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                sql::ident(slot)
+                "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput (SNAPSHOT 'export')",
+                sql::ident(slot),
+                if temporary { " TEMPORARY" } else { "" }
             ))
             .await
             .map_err(|e| transport_error(&target, "", e))?;

@@ -31,6 +31,27 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
 }
 
+/// Slot names are 1–63 of `a-z`, `0-9` and `_` (PostgreSQL's rule, checked here so the error names the
+/// field instead of arriving from the server).
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(Error::invalid_input(
+            "slot",
+            format!("'{name}' must be 1 to 63 characters long"),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return Err(Error::invalid_input(
+            "slot",
+            format!("'{name}' contains {bad:?}; slot names use only a-z, 0-9 and _"),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a slot, if it exists.
 pub async fn find(client: &Client, name: &str) -> Result<Option<SlotInfo>> {
     let row = client

@@ -35,6 +35,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation of a one-letter code.
+    pub fn from_code(code: &str) -> Option<Op> {
+        match code {
+            "c" => Some(Op::Create),
+            "u" => Some(Op::Update),
+            "d" => Some(Op::Delete),
+            "t" => Some(Op::Truncate),
+            _ => None,
+        }
+    }
+
     /// The one-letter code used in documents.
     pub fn code(self) -> &'static str {
         match self {
@@ -127,6 +138,10 @@ impl Store {
         })?;
         let path = dir.join("tidepool.db");
         let conn = Connection::open(&path).map_err(sqlite("opening"))?;
+        // Another process (the command line editing the definition, a preview) may hold the write
+        // lock for a moment; wait for it instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sqlite("opening"))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -151,7 +166,15 @@ impl Store {
                collection INTEGER NOT NULL,
                key TEXT NOT NULL,
                seq INTEGER NOT NULL,
-               PRIMARY KEY (collection, key)) WITHOUT ROWID;",
+               PRIMARY KEY (collection, key)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS held (
+               n INTEGER PRIMARY KEY,
+               collection TEXT NOT NULL,
+               lsn INTEGER NOT NULL,
+               op TEXT NOT NULL,
+               key TEXT NOT NULL,
+               old_key TEXT,
+               doc TEXT NOT NULL);",
         )
         .map_err(sqlite("creating the schema"))?;
         let ids = collection_ids(&conn)?;
@@ -218,6 +241,18 @@ impl Store {
     /// Sets a meta value in the open batch (committed with it).
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         self.begin()?;
+        self.conn
+            .execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])
+            .map_err(sqlite("writing meta"))?;
+        Ok(())
+    }
+
+    /// Sets a meta value in a transaction of its own, for writers other than the capture (the
+    /// definition editor). Refused while this store has a batch open.
+    pub fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        if self.batch.is_some() {
+            return Err(Error::internal("store: put_meta inside a batch"));
+        }
         self.conn
             .execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])
             .map_err(sqlite("writing meta"))?;
@@ -442,6 +477,201 @@ impl Store {
             }
         }
         self.batch = self.batch.map(|n| n + 1);
+        Ok(())
+    }
+
+    /// Keeps a change of a collection whose backfill is still being read, in the open batch, to be
+    /// applied after the backfill's rows by [`Store::import_backfill`]. Counts as a change of the batch.
+    pub fn hold(
+        &mut self,
+        collection: &str,
+        lsn: Lsn,
+        op: Op,
+        key: &str,
+        old_key: Option<&str>,
+        doc: &str,
+    ) -> Result<()> {
+        self.in_open_batch("holding a change")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO held (collection, lsn, op, key, old_key, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![collection, lsn.0 as i64, op.code(), key, old_key, doc])
+            })
+            .map_err(sqlite("holding a change"))?;
+        self.batch = self.batch.map(|n| n + 1);
+        Ok(())
+    }
+
+    /// Forgets the held changes of `collection` (its backfill is started over with a new snapshot).
+    pub fn drop_held(&mut self, collection: &str) -> Result<()> {
+        self.in_open_batch("dropping held changes")?;
+        self.conn
+            .execute("DELETE FROM held WHERE collection = ?1", [collection])
+            .map_err(sqlite("dropping held changes"))?;
+        Ok(())
+    }
+
+    /// Renames a collection (its rows and log stay), in the open batch.
+    pub fn rename_collection(&mut self, from: &str, to: &str) -> Result<()> {
+        self.in_open_batch("renaming a collection")?;
+        self.write_pending()?;
+        self.conn
+            .execute(
+                "UPDATE collections SET name = ?2 WHERE name = ?1",
+                [from, to],
+            )
+            .map_err(sqlite("renaming a collection"))?;
+        self.conn
+            .execute(
+                "UPDATE held SET collection = ?2 WHERE collection = ?1",
+                [from, to],
+            )
+            .map_err(sqlite("renaming a collection"))?;
+        self.ids = collection_ids(&self.conn)?;
+        Ok(())
+    }
+
+    /// Brings a finished backfill in from the store in `staging` (read in one snapshot): for each
+    /// `(collection, replace)` its documents are appended to the log and its rows become the
+    /// collection's rows (replacing the current ones when `replace`, for a re-backfill); then the
+    /// changes held since the snapshot are applied in order. All of it, and `meta`, commit in one
+    /// transaction that keeps the checkpoint where it is, so a crash leaves none of it or all of it.
+    pub fn import_backfill(
+        &mut self,
+        staging: &Path,
+        collections: &[(String, bool)],
+        meta: &[(&str, &str)],
+    ) -> Result<u64> {
+        if self.batch.is_some() {
+            return Err(Error::internal("store: import_backfill inside a batch"));
+        }
+        let file = staging.join("tidepool.db");
+        self.conn
+            .execute("ATTACH DATABASE ?1 AS staging", [file.to_string_lossy()])
+            .map_err(sqlite("attaching a backfill"))?;
+        let result = self.import_attached(collections, meta);
+        if result.is_err() {
+            let _ = self.rollback();
+        }
+        let detached = self
+            .conn
+            .execute_batch("DETACH DATABASE staging")
+            .map_err(sqlite("detaching a backfill"));
+        let rows = result?;
+        detached?;
+        Ok(rows)
+    }
+
+    fn import_attached(
+        &mut self,
+        collections: &[(String, bool)],
+        meta: &[(&str, &str)],
+    ) -> Result<u64> {
+        let checkpoint = self.checkpoint()?;
+        self.begin()?;
+        // Staging positions are unique across its collections: shifting them all past this log's end
+        // by one amount keeps them unique and in order.
+        let base = self.next_seq - 1;
+        let mut rows = 0;
+        for (collection, replace) in collections {
+            let staged: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT id FROM staging.collections WHERE name = ?1",
+                    [collection],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sqlite("reading a backfill's collection"))?;
+            let Some(staged) = staged else { continue };
+            self.conn
+                .execute(
+                    "INSERT INTO main.collections (name, schema_name, table_name, key_columns, columns)
+                     SELECT name, schema_name, table_name, key_columns, columns FROM staging.collections WHERE id = ?1
+                     ON CONFLICT (name) DO UPDATE SET key_columns = excluded.key_columns, columns = excluded.columns",
+                    [staged],
+                )
+                .map_err(sqlite("importing a backfill's collection"))?;
+            self.ids = collection_ids(&self.conn)?;
+            let id = self.id_of(collection)?;
+            if *replace {
+                self.conn
+                    .execute("DELETE FROM main.rows WHERE collection = ?1", [id])
+                    .map_err(sqlite("replacing rows"))?;
+            }
+            rows += self
+                .conn
+                .execute(
+                    "INSERT INTO main.changes (seq, collection, lsn, op, doc)
+                     SELECT ?1 + seq, ?2, lsn, op, doc FROM staging.changes WHERE collection = ?3 ORDER BY seq",
+                    params![base, id, staged],
+                )
+                .map_err(sqlite("importing a backfill's documents"))? as u64;
+            self.conn
+                .execute(
+                    "INSERT INTO main.rows (collection, key, seq)
+                     SELECT ?2, key, ?1 + seq FROM staging.rows WHERE collection = ?3
+                     ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
+                    params![base, id, staged],
+                )
+                .map_err(sqlite("importing a backfill's rows"))?;
+        }
+        self.next_seq = next_seq(&self.conn)?;
+        for (collection, _) in collections {
+            self.replay_held(collection)?;
+        }
+        for (key, value) in meta {
+            self.set_meta(key, value)?;
+        }
+        self.commit(checkpoint)?;
+        Ok(rows)
+    }
+
+    /// Applies the held changes of `collection` in order and forgets them.
+    fn replay_held(&mut self, collection: &str) -> Result<()> {
+        let held = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT lsn, op, key, old_key, doc FROM held WHERE collection = ?1 ORDER BY n",
+                )
+                .map_err(sqlite("reading held changes"))?;
+            let rows = stmt
+                .query_map([collection], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(sqlite("reading held changes"))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(sqlite("reading held changes"))?
+        };
+        if !held.is_empty() && !self.ids.contains_key(collection) {
+            return Err(Error::internal(format!(
+                "store: changes are held for '{collection}', which the backfill did not create"
+            )));
+        }
+        for (lsn, op, key, old_key, doc) in held {
+            let op = Op::from_code(&op)
+                .ok_or_else(|| Error::internal(format!("store: a held change has op '{op}'")))?;
+            self.apply(
+                collection,
+                Lsn(lsn as u64),
+                op,
+                &key,
+                old_key.as_deref(),
+                doc,
+            )?;
+        }
+        self.conn
+            .execute("DELETE FROM held WHERE collection = ?1", [collection])
+            .map_err(sqlite("dropping held changes"))?;
         Ok(())
     }
 

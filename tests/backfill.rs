@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
+use tidepool::binding::Binding;
 use tidepool::capture::{run, CaptureOptions};
 use tidepool::pgoutput::Lsn;
 use tidepool::store::Store;
@@ -24,7 +25,7 @@ fn options(db: &TestDb, store: &std::path::Path, stop_at: Option<Lsn>) -> Captur
         create_slot: true,
         stop_at,
         observer: None,
-        backfill: vec![("public".into(), "t".into())],
+        bindings: vec![Binding::new("public", "t")],
         backfill_progress: None,
     }
 }
@@ -104,7 +105,7 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
     capture.abort();
     let _ = capture.await;
     let mut catch_up = options(&db, &store, Some(db.current_lsn()));
-    catch_up.backfill.clear();
+    catch_up.bindings.clear();
     let report = run(catch_up).await.unwrap();
     eprintln!("catch-up stored {} changes", report.changes);
 
@@ -227,13 +228,403 @@ async fn an_existing_slot_is_refused_for_a_backfill_with_the_way_out() {
 
     db.sql("CREATE TABLE unpublished (id int PRIMARY KEY);");
     let mut other = options(&db, &store, None);
-    other.backfill = vec![("public".into(), "unpublished".into())];
+    other.bindings = vec![Binding::new("public", "unpublished")];
     let err = run(other).await.unwrap_err();
     assert!(
         err.message()
             .contains("ALTER PUBLICATION \"bf_pub\" ADD TABLE \"public\".\"unpublished\""),
         "{}",
         err.message()
+    );
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+/// Writers that insert, update and delete rows of `table` (ids 1..=rows, new ids above `base`) until
+/// `stop` is set.
+fn writers(
+    db: &TestDb,
+    table: &'static str,
+    rows: i64,
+    base: i64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2i64)
+        .map(|w| {
+            let spec = db.spec();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = tidepool::connection::connect(&spec).await.unwrap();
+                let mut n: i64 = 0;
+                let mut next_new = base + w * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = (n * 7919 + w * 104_729) % rows + 1;
+                    let sql = match n % 4 {
+                        0 | 1 => {
+                            format!("UPDATE {table} SET version = version + 1 WHERE id = {id}")
+                        }
+                        2 => format!("DELETE FROM {table} WHERE id = {id}"),
+                        _ => {
+                            next_new += 1;
+                            format!("INSERT INTO {table} VALUES ({next_new}, 0)")
+                        }
+                    };
+                    client.batch_execute(&sql).await.unwrap();
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+fn table_rows(db: &TestDb, table: &str) -> BTreeMap<i64, Json> {
+    db.sql(&format!(
+        "SELECT json_build_object('id', id, 'version', version) FROM {table} ORDER BY id;"
+    ))
+    .lines()
+    .map(|l| serde_json::from_str::<Json>(l).unwrap())
+    .map(|r| (r["id"].as_i64().unwrap(), r))
+    .collect()
+}
+
+/// The stored rows equal the source's, or the first differences are shown (not whole tables).
+fn assert_same_rows(stored: &BTreeMap<i64, Json>, source: &BTreeMap<i64, Json>) {
+    let differing: Vec<_> = source
+        .keys()
+        .chain(stored.keys())
+        .filter(|id| stored.get(id) != source.get(id))
+        .take(5)
+        .map(|id| (id, stored.get(id), source.get(id)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} stored rows, {} in the source; (id, stored, source) e.g. {differing:?}",
+        stored.len(),
+        source.len()
+    );
+}
+
+fn collection_rows(store: &std::path::Path, collection: &str) -> BTreeMap<i64, Json> {
+    Store::open(store)
+        .unwrap()
+        .rows(collection, 10_000_000)
+        .unwrap()
+        .iter()
+        .map(data)
+        .map(|r| (r["id"].as_i64().unwrap(), r))
+        .collect()
+}
+
+/// Every stream change (not a backfill document) of `collection` once, and the number of backfill
+/// documents.
+fn assert_no_change_twice(store: &std::path::Path, collection: &str) -> u64 {
+    let changes = Store::open(store)
+        .unwrap()
+        .changes(collection, 0, 10_000_000)
+        .unwrap();
+    let mut seen = HashSet::new();
+    let mut backfilled = 0;
+    for (_, doc) in &changes {
+        if doc["_meta"]["source"]["snapshot"] == json!(true) {
+            backfilled += 1;
+            continue;
+        }
+        let identity = json!([doc["_meta"]["op"], doc["id"], doc["version"]]).to_string();
+        assert!(seen.insert(identity.clone()), "stored twice: {identity}");
+    }
+    backfilled
+}
+
+/// Waits until the running capture's state lists every binding as live (no backfill in flight),
+/// with `table` among them.
+async fn wait_until_live(store: &std::path::Path, table: &str, backfill: u32) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let state: Option<Json> = Store::open(store)
+            .unwrap()
+            .meta("bindings_state")
+            .unwrap()
+            .map(|t| serde_json::from_str(&t).unwrap());
+        if let Some(Json::Array(states)) = &state {
+            let live = states.iter().all(|s| s["backfilling"].is_null());
+            let there = states
+                .iter()
+                .any(|s| s["table"] == json!(table) && s["backfill"] == json!(backfill));
+            if live && there {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "never live: {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_a_running_capture_arrives_without_gaps_or_doubles() {
+    let db = TestDb::new(harness::plain(), "bf_add");
+    db.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, version int NOT NULL);
+            CREATE TABLE b (id int PRIMARY KEY, version int NOT NULL);
+            CREATE PUBLICATION bf_pub FOR TABLE a;
+            INSERT INTO a SELECT g, 0 FROM generate_series(1, 20000) g;
+            INSERT INTO b SELECT g, 0 FROM generate_series(1, 300000) g; ANALYZE;",
+    );
+    let store = harness::temp_dir("bf_add");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = writers(&db, "a", 20_000, 100_000, &stop);
+    running.extend(writers(&db, "b", 300_000, 2_000_000, &stop));
+
+    let mut first = options(&db, &store, None);
+    first.bindings = vec![Binding::new("public", "a")];
+    let capture = tokio::spawn(run(first));
+    wait_until_live(&store, "a", 0).await;
+
+    // Bind b under another name while a streams and both tables are written to.
+    let mut definition = tidepool::binding::Definition::load_from(&store).unwrap();
+    let mut b = Binding::new("public", "b");
+    b.collection = "shop/things".into();
+    definition.bindings.push(b);
+    let ran = tidepool::capture::publish(&db.spec(), &store, &definition)
+        .await
+        .unwrap();
+    assert_eq!(
+        ran,
+        vec!["ALTER PUBLICATION \"bf_pub\" ADD TABLE \"public\".\"b\""]
+    );
+    wait_until_live(&store, "b", 0).await;
+    assert!(!capture.is_finished(), "the capture stopped: {capture:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in running {
+        writer.await.unwrap();
+    }
+    capture.abort();
+    let _ = capture.await;
+    let mut catch_up = options(&db, &store, Some(db.current_lsn()));
+    catch_up.bindings.clear();
+    run(catch_up).await.unwrap();
+
+    assert_same_rows(&collection_rows(&store, "public/a"), &table_rows(&db, "a"));
+    assert_same_rows(
+        &collection_rows(&store, "shop/things"),
+        &table_rows(&db, "b"),
+    );
+    assert_no_change_twice(&store, "public/a");
+    let backfilled = assert_no_change_twice(&store, "shop/things");
+    assert!(
+        backfilled > 250_000 && backfilled <= 300_000,
+        "{backfilled} rows of b backfilled"
+    );
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_backfilled_again_while_capturing_ends_equal_to_the_source() {
+    let db = TestDb::new(harness::plain(), "bf_again");
+    db.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, version int NOT NULL);
+            CREATE TABLE b (id int PRIMARY KEY, version int NOT NULL);
+            CREATE PUBLICATION bf_pub FOR TABLE a, b;
+            INSERT INTO a SELECT g, 0 FROM generate_series(1, 200000) g;
+            INSERT INTO b SELECT g, 0 FROM generate_series(1, 5000) g; ANALYZE;",
+    );
+    let store = harness::temp_dir("bf_again");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = writers(&db, "a", 200_000, 1_000_000, &stop);
+    running.extend(writers(&db, "b", 5_000, 100_000, &stop));
+    let mut first = options(&db, &store, None);
+    first.bindings = vec![Binding::new("public", "a"), Binding::new("public", "b")];
+    let capture = tokio::spawn(run(first));
+    wait_until_live(&store, "a", 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // What a user's "backfill again" does: raise the counter in the saved definition.
+    let mut definition = tidepool::binding::Definition::load_from(&store).unwrap();
+    definition.bindings[0].backfill += 1;
+    definition.save(&mut Store::open(&store).unwrap()).unwrap();
+    wait_until_live(&store, "a", 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in running {
+        writer.await.unwrap();
+    }
+    capture.abort();
+    let _ = capture.await;
+    let mut catch_up = options(&db, &store, Some(db.current_lsn()));
+    catch_up.bindings.clear();
+    run(catch_up).await.unwrap();
+
+    assert_same_rows(&collection_rows(&store, "public/a"), &table_rows(&db, "a"));
+    assert_same_rows(&collection_rows(&store, "public/b"), &table_rows(&db, "b"));
+    assert_no_change_twice(&store, "public/b");
+    let backfilled = assert_no_change_twice(&store, "public/a");
+    assert!(
+        backfilled > 350_000 && backfilled <= 400_000,
+        "{backfilled} backfill documents for two reads of a"
+    );
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+#[tokio::test]
+async fn save_and_publish_creates_the_publication_and_slot_with_renames_and_per_table_modes() {
+    let db = TestDb::new(harness::plain(), "bf_publish");
+    db.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, version int NOT NULL);
+            CREATE TABLE \"B table\" (id int PRIMARY KEY, version int NOT NULL);
+            INSERT INTO a SELECT g, 0 FROM generate_series(1, 10) g;
+            INSERT INTO \"B table\" SELECT g, 0 FROM generate_series(1, 10) g;",
+    );
+    let store = harness::temp_dir("bf_publish");
+    let mut alpha = Binding::new("public", "a");
+    alpha.collection = "shop/alpha".into();
+    let mut b = Binding::new("public", "B table");
+    b.mode = tidepool::binding::Mode::OnlyChanges;
+    let mut definition = tidepool::binding::Definition {
+        profile: None,
+        publication: "new pub".into(),
+        slot: db.name.clone(),
+        bindings: vec![alpha, b],
+    };
+    assert_eq!(definition.bindings[1].collection, "public/B_table");
+
+    // A bad name is refused before anything runs, naming the field.
+    definition.bindings[0].collection = "shop alpha".into();
+    let err = tidepool::capture::publish(&db.spec(), &store, &definition)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("collection: 'shop alpha'"),
+        "{err}"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM pg_publication;").trim(), "0");
+    definition.bindings[0].collection = "shop/alpha".into();
+
+    let ran = tidepool::capture::publish(&db.spec(), &store, &definition)
+        .await
+        .unwrap();
+    assert_eq!(
+        ran,
+        vec!["CREATE PUBLICATION \"new pub\" FOR TABLE \"public\".\"a\", \"public\".\"B table\""]
+    );
+    // Publishing again has nothing left to do.
+    assert!(tidepool::capture::publish(&db.spec(), &store, &definition)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The capture starts from the saved definition: the slot is created, a is backfilled, B is not.
+    let mut start = options(&db, &store, Some(db.current_lsn()));
+    start.publication = "new pub".into();
+    start.bindings.clear();
+    let report = run(start.clone()).await.unwrap();
+    assert_eq!(report.backfilled_rows, 10);
+    assert!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}';",
+            db.name
+        ))
+        .trim()
+            == "1"
+    );
+    db.sql("INSERT INTO a VALUES (11, 0); INSERT INTO \"B table\" VALUES (11, 0);");
+    start.stop_at = Some(db.current_lsn());
+    run(start.clone()).await.unwrap();
+    assert_eq!(collection_rows(&store, "shop/alpha").len(), 11);
+    assert_eq!(
+        collection_rows(&store, "public/B_table")
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![11],
+        "only new changes of B"
+    );
+
+    // Renaming a published collection keeps its rows and history.
+    let mut saved = tidepool::binding::Definition::load_from(&store).unwrap();
+    saved.bindings[0].collection = "shop/a2".into();
+    saved.save(&mut Store::open(&store).unwrap()).unwrap();
+    db.sql("UPDATE a SET version = 5 WHERE id = 1;");
+    start.stop_at = Some(db.current_lsn());
+    run(start).await.unwrap();
+    let renamed = collection_rows(&store, "shop/a2");
+    assert_eq!(renamed.len(), 11);
+    assert_eq!(renamed[&1]["version"], json!(5));
+    let names: Vec<String> = Store::open(&store)
+        .unwrap()
+        .collections()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, vec!["public/B_table", "shop/a2"]);
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+#[test]
+fn the_command_line_publishes_and_edits_bindings() {
+    let db = TestDb::new(harness::plain(), "bf_cli");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL); INSERT INTO t VALUES (1, 0), (2, 0);");
+    let store = harness::temp_dir("bf_cli");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
+    let tidepool = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(args)
+            .env("PGPASSWORD", db.cluster.superuser_password().expose())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let store_arg = store.to_str().unwrap();
+    let lsn = db.current_lsn().to_string();
+    let (ok, _, err) = tidepool(&[
+        "capture",
+        "--url",
+        &url,
+        "--store",
+        store_arg,
+        "--publication",
+        "cli_pub",
+        "--slot",
+        &db.name,
+        "--tables",
+        "public.t",
+        "--collection",
+        "public.t=shop/t",
+        "--publish",
+        "--stop-at-lsn",
+        &lsn,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("ran: CREATE PUBLICATION \"cli_pub\" FOR TABLE \"public\".\"t\""),
+        "{err}"
+    );
+    assert_eq!(collection_rows(&store, "shop/t").len(), 2);
+
+    let (ok, out, err) = tidepool(&["binding", "backfill", "--store", store_arg, "public.t"]);
+    assert!(ok, "{err}");
+    let (ok, out_json, _) = tidepool(&["binding", "list", "--store", store_arg, "--json"]);
+    assert!(ok, "{out}");
+    let listed: Json = serde_json::from_str(&out_json).unwrap();
+    assert_eq!(listed["bindings"][0]["collection"], json!("shop/t"));
+    assert_eq!(listed["bindings"][0]["backfill"], json!(1));
+
+    let (ok, _, err) = tidepool(&[
+        "binding", "rename", "--store", store_arg, "public.t", "bad name",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("collection: 'bad name'"), "{err}");
+    let (ok, _, err) = tidepool(&["binding", "backfill", "--store", store_arg, "public.nope"]);
+    assert!(
+        !ok && err.contains("table: public.nope is not bound"),
+        "{err}"
     );
     std::fs::remove_dir_all(store).unwrap();
 }

@@ -35,7 +35,7 @@ impl Source {
             create_slot: false,
             stop_at,
             observer: None,
-            backfill: Vec::new(),
+            bindings: Vec::new(),
             backfill_progress: None,
         }
     }
@@ -488,7 +488,7 @@ async fn capture_streams_over_tls_with_verify_full() {
         create_slot: false,
         stop_at: Some(db.current_lsn()),
         observer: None,
-        backfill: Vec::new(),
+        bindings: Vec::new(),
         backfill_progress: None,
     };
     let report = run(options.clone()).await.unwrap();

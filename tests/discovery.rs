@@ -44,7 +44,7 @@ async fn tables_become_collections_with_keys_schemas_and_sizes() {
     assert_eq!(
         names,
         vec![
-            "My Schema/Ta;ble \"x\"",
+            "My_Schema/Ta_ble__x_",
             "public/composite",
             "public/events",
             "public/fallback",
@@ -96,7 +96,7 @@ async fn tables_become_collections_with_keys_schemas_and_sizes() {
         "a partition was listed on its own"
     );
 
-    let hostile = find(&tables, "My Schema/Ta;ble \"x\"");
+    let hostile = find(&tables, "My_Schema/Ta_ble__x_");
     assert_eq!(hostile.key, vec!["sélect"]);
     assert_eq!(
         hostile.collection.schema["properties"]["a/b~c"]["type"],

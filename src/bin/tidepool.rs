@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tidepool::binding::{Binding, Definition, Mode};
 use tidepool::capture::CaptureOptions;
 use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
 use tidepool::conninfo::Conninfo;
 use tidepool::pgoutput::Lsn;
 use tidepool::profile::{self, PasswordStorage, ProfileDraft, Profiles, SecretState};
 use tidepool::secrets::Secret;
+use tidepool::store::Store;
 use tidepool::{pgpass, Error, ErrorKind};
 
 #[derive(Parser)]
@@ -67,7 +69,18 @@ enum Command {
         /// Capture only new changes of --tables, without backfilling their existing rows.
         #[arg(long)]
         no_backfill: bool,
+        /// Name a table's collection: schema.table=name (default schema/table). Repeatable.
+        #[arg(long = "collection", value_name = "TABLE=NAME")]
+        collections: Vec<String>,
+        /// Save and publish: first make the publication contain --tables (creating it if missing)
+        /// and create the slot.
+        #[arg(long)]
+        publish: bool,
     },
+    /// The tables a store's capture binds to collections; edits reach a running capture within a
+    /// second (a new table is backfilled alongside the stream).
+    #[command(subcommand)]
+    Binding(BindingCommand),
     /// Lists the tables the role can read as collections: key, JSON Schema, size, publication membership.
     Discover {
         #[command(flatten)]
@@ -101,6 +114,62 @@ enum Command {
         /// At most this many documents.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BindingCommand {
+    /// Lists the bindings: table, collection, mode, backfill counter.
+    List {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Binds one more table (adding it to the publication); its rows are backfilled alongside the
+    /// running capture unless --no-backfill.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// schema.table
+        table: String,
+        /// The collection's name (default schema/table).
+        #[arg(long)]
+        collection: Option<String>,
+        /// Only new changes, no backfill.
+        #[arg(long)]
+        no_backfill: bool,
+    },
+    /// Reads a bound table again (a re-backfill) while the capture runs.
+    Backfill {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// schema.table
+        table: String,
+    },
+    /// Renames a binding's collection (the stored rows and log keep their history).
+    Rename {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// schema.table
+        table: String,
+        /// The new collection name.
+        collection: String,
+    },
+    /// Stops capturing a table; its collection stays in the store.
+    Remove {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// schema.table
+        table: String,
     },
 }
 
@@ -174,21 +243,27 @@ async fn main() -> ExitCode {
             stop_at_lsn,
             tables,
             no_backfill,
-        } => {
-            let tables = if no_backfill { Vec::new() } else { tables };
-            (
-                capture(
-                    &target,
-                    store,
-                    publication,
-                    slot,
-                    create_slot,
-                    stop_at_lsn,
-                    tables,
-                )
-                .await,
-                false,
-            )
+            collections,
+            publish,
+        } => (
+            capture(CaptureArgs {
+                target,
+                store,
+                publication,
+                slot,
+                create_slot,
+                stop_at_lsn,
+                tables,
+                no_backfill,
+                collections,
+                publish,
+            })
+            .await,
+            false,
+        ),
+        Command::Binding(command) => {
+            let json = matches!(command, BindingCommand::List { json: true, .. });
+            (binding_command(command).await, json)
         }
         Command::Discover {
             target,
@@ -369,36 +444,108 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
     Ok(())
 }
 
-async fn capture(
-    target: &Target,
+struct CaptureArgs {
+    target: Target,
     store: PathBuf,
     publication: Option<String>,
     slot: Option<String>,
     create_slot: bool,
     stop_at_lsn: Option<String>,
     tables: Vec<String>,
-) -> Result<(), Error> {
-    let backfill = tables
+    no_backfill: bool,
+    collections: Vec<String>,
+    publish: bool,
+}
+
+/// `schema.table=name` pairs.
+fn collection_names(pairs: &[String]) -> Result<Vec<((String, String), String)>, Error> {
+    pairs
         .iter()
-        .map(|t| tidepool::backfill::parse_table_name(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let spec = spec_for(target)?;
-    let saved = match &target.profile {
+        .map(|pair| {
+            let (table, name) = pair.rsplit_once('=').ok_or_else(|| {
+                Error::invalid_input("--collection", format!("'{pair}' is not schema.table=name"))
+            })?;
+            Ok((
+                tidepool::backfill::parse_table_name(table)?,
+                name.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn bindings_for(
+    tables: &[String],
+    no_backfill: bool,
+    names: &[String],
+) -> Result<Vec<Binding>, Error> {
+    let names = collection_names(names)?;
+    let mut bindings = Vec::with_capacity(tables.len());
+    for table in tables {
+        let (schema, table) = tidepool::backfill::parse_table_name(table)?;
+        let mut binding = Binding::new(&schema, &table);
+        if no_backfill {
+            binding.mode = Mode::OnlyChanges;
+        }
+        if let Some((_, name)) = names
+            .iter()
+            .find(|(t, _)| *t == (schema.clone(), table.clone()))
+        {
+            binding.collection = name.clone();
+        }
+        bindings.push(binding);
+    }
+    if let Some(((schema, table), _)) = names.iter().find(|(t, _)| {
+        !bindings
+            .iter()
+            .any(|b| (b.schema.clone(), b.table.clone()) == *t)
+    }) {
+        return Err(Error::invalid_input(
+            "--collection",
+            format!("{schema}.{table} is not one of --tables"),
+        ));
+    }
+    Ok(bindings)
+}
+
+async fn capture(args: CaptureArgs) -> Result<(), Error> {
+    let bindings = bindings_for(&args.tables, args.no_backfill, &args.collections)?;
+    let spec = spec_for(&args.target)?;
+    let saved = match &args.target.profile {
         Some(name) => Some(profiles()?.get(name)?),
         None => None,
     };
-    let publication = publication
+    let publication = args
+        .publication
         .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
         .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into());
-    let slot = slot
+    let slot = args
+        .slot
         .or_else(|| saved.as_ref().map(|p| p.slot.clone()))
         .unwrap_or_else(|| profile::DEFAULT_SLOT.into());
-    let stop_at = stop_at_lsn
+    let stop_at = args
+        .stop_at_lsn
         .map(|l| {
             l.parse::<Lsn>()
                 .map_err(|e| Error::invalid_input("--stop-at-lsn", e.message()))
         })
         .transpose()?;
+    if args.publish {
+        if bindings.is_empty() {
+            return Err(Error::invalid_input(
+                "--tables",
+                "--publish needs the tables to capture",
+            ));
+        }
+        let definition = Definition {
+            profile: args.target.profile.clone(),
+            publication: publication.clone(),
+            slot: slot.clone(),
+            bindings: bindings.clone(),
+        };
+        for statement in tidepool::capture::publish(&spec, &args.store, &definition).await? {
+            eprintln!("ran: {statement}");
+        }
+    }
     let progress: std::sync::Arc<dyn Fn(&tidepool::backfill::BackfillProgress) + Send + Sync> =
         std::sync::Arc::new(|p| {
             let of = p
@@ -415,13 +562,13 @@ async fn capture(
         });
     let options = CaptureOptions {
         spec,
-        store_dir: store,
+        store_dir: args.store,
         publication,
         slot,
-        create_slot: create_slot || !backfill.is_empty(),
+        create_slot: args.create_slot || args.publish || !bindings.is_empty(),
         stop_at,
         observer: None,
-        backfill,
+        bindings,
         backfill_progress: Some(progress),
     };
     let report = tidepool::capture::run(options).await?;
@@ -430,6 +577,114 @@ async fn capture(
         report.backfilled_rows, report.transactions, report.changes, report.skipped_transactions, report.checkpoint
     );
     Ok(())
+}
+
+async fn binding_command(command: BindingCommand) -> Result<(), Error> {
+    match command {
+        BindingCommand::List { store, json } => {
+            let definition = Definition::load_from(&store)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&definition).map_err(Error::internal)?
+                );
+                return Ok(());
+            }
+            println!(
+                "publication {}, slot {}",
+                definition.publication, definition.slot
+            );
+            for b in &definition.bindings {
+                let mode = match b.mode {
+                    Mode::Full => "backfill",
+                    Mode::OnlyChanges => "only new changes",
+                };
+                println!(
+                    "{}.{} -> {} ({mode}, backfill #{})",
+                    b.schema, b.table, b.collection, b.backfill
+                );
+            }
+        }
+        BindingCommand::Add {
+            target,
+            store,
+            table,
+            collection,
+            no_backfill,
+        } => {
+            let mut definition = Definition::load_from(&store)?;
+            let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
+            if definition.binding(&schema, &table).is_some() {
+                return Err(Error::invalid_input(
+                    "table",
+                    format!("{schema}.{table} is bound already"),
+                ));
+            }
+            let mut binding = Binding::new(&schema, &table);
+            if let Some(name) = collection {
+                binding.collection = name;
+            }
+            if no_backfill {
+                binding.mode = Mode::OnlyChanges;
+            }
+            let collection = binding.collection.clone();
+            definition.bindings.push(binding);
+            let spec = spec_for(&target)?;
+            for statement in tidepool::capture::publish(&spec, &store, &definition).await? {
+                eprintln!("ran: {statement}");
+            }
+            eprintln!("bound {schema}.{table} to {collection}");
+        }
+        BindingCommand::Backfill { store, table } => {
+            edit_binding(&store, &table, |b| {
+                b.backfill += 1;
+                eprintln!(
+                    "{}.{}: backfill #{} requested",
+                    b.schema, b.table, b.backfill
+                );
+            })?;
+        }
+        BindingCommand::Rename {
+            store,
+            table,
+            collection,
+        } => {
+            edit_binding(&store, &table, |b| b.collection = collection.clone())?;
+        }
+        BindingCommand::Remove { store, table } => {
+            let mut definition = Definition::load_from(&store)?;
+            let (schema, name) = tidepool::backfill::parse_table_name(&table)?;
+            let before = definition.bindings.len();
+            definition
+                .bindings
+                .retain(|b| !(b.schema == schema && b.table == name));
+            if definition.bindings.len() == before {
+                return Err(Error::invalid_input(
+                    "table",
+                    format!("{table} is not bound"),
+                ));
+            }
+            definition.save(&mut Store::open(&store)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the store's definition, changes one binding, validates and saves it.
+fn edit_binding(
+    store: &std::path::Path,
+    table: &str,
+    change: impl FnOnce(&mut Binding),
+) -> Result<(), Error> {
+    let mut definition = Definition::load_from(store)?;
+    let (schema, name) = tidepool::backfill::parse_table_name(table)?;
+    let binding = definition
+        .bindings
+        .iter_mut()
+        .find(|b| b.schema == schema && b.table == name)
+        .ok_or_else(|| Error::invalid_input("table", format!("{table} is not bound")))?;
+    change(binding);
+    definition.save(&mut Store::open(store)?)
 }
 
 async fn discover(target: &Target, publication: Option<String>, json: bool) -> Result<(), Error> {
