@@ -480,6 +480,70 @@ impl Profiles {
             .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??;
         test_connection(&spec).await
     }
+
+    /// The spec for a saved profile with its keychain password, read off the async workers.
+    async fn spec_blocking(&self, id_or_name: &str) -> Result<ConnectionSpec> {
+        let profiles = self.clone();
+        let name = id_or_name.to_string();
+        tokio::task::spawn_blocking(move || profiles.spec(&name, None))
+            .await
+            .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
+    }
+
+    /// The store folder of the profile's capture: `stores/<profile id>` next to `profiles.json`.
+    pub fn store_dir(&self, id_or_name: &str) -> Result<PathBuf> {
+        let profile = self.get(id_or_name)?;
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        Ok(base.join("stores").join(profile.id))
+    }
+
+    /// The tables the profile's role can read, as collections, marked by the profile's publication.
+    pub async fn discover(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Vec<crate::discovery::DiscoveredTable>> {
+        let profile = self.get(id_or_name)?;
+        let spec = self.spec_blocking(id_or_name).await?;
+        let client = crate::connection::connect(&spec).await?;
+        crate::discovery::discover(&client, Some(&profile.publication)).await
+    }
+
+    /// The profile's saved capture definition, if it has one.
+    pub fn capture_definition(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<crate::binding::Definition>> {
+        let dir = self.store_dir(id_or_name)?;
+        if !dir.join("tidepool.db").exists() {
+            return Ok(None);
+        }
+        crate::binding::Definition::load(&crate::store::Store::open(&dir)?)
+    }
+
+    /// "Save and publish" for the profile: its publication and slot with `bindings`. Returns the
+    /// statements it ran to make the publication contain the tables.
+    pub async fn publish(
+        &self,
+        id_or_name: &str,
+        bindings: Vec<crate::binding::Binding>,
+    ) -> Result<Vec<String>> {
+        let profile = self.get(id_or_name)?;
+        if bindings.is_empty() {
+            return Err(Error::invalid_input(
+                "bindings",
+                "select at least one table",
+            ));
+        }
+        let definition = crate::binding::Definition {
+            profile: Some(profile.id.clone()),
+            publication: profile.publication.clone(),
+            slot: profile.slot.clone(),
+            bindings,
+        };
+        definition.validate()?;
+        let spec = self.spec_blocking(id_or_name).await?;
+        crate::capture::publish(&spec, &self.store_dir(id_or_name)?, &definition).await
+    }
 }
 
 fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {

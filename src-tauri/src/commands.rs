@@ -2,7 +2,9 @@
 //! Commands that touch the keychain (blocking D-Bus calls) run off the main thread (`async`).
 
 use tauri::State;
+use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
+use tidepool::discovery::DiscoveredTable;
 use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::Error;
@@ -69,4 +71,32 @@ pub fn set_neon_key(key: Secret) -> Result<NeonKeyStatus, Error> {
 #[tauri::command(async)]
 pub fn remove_neon_key() -> Result<NeonKeyStatus, Error> {
     Keychain::open()?.remove_neon_api_key()
+}
+
+/// The tables the profile's role can read, as collections (key, JSON Schema, publication membership).
+#[tauri::command]
+pub async fn discover_tables(
+    profiles: State<'_, Profiles>,
+    id: String,
+) -> Result<Vec<DiscoveredTable>, Error> {
+    profiles.discover(&id).await
+}
+
+/// The profile's saved capture definition, if any.
+#[tauri::command(async)]
+pub fn capture_definition(
+    profiles: State<'_, Profiles>,
+    id: String,
+) -> Result<Option<Definition>, Error> {
+    profiles.capture_definition(&id)
+}
+
+/// "Save and publish": saves the bindings and makes the publication contain their tables.
+#[tauri::command]
+pub async fn publish_capture(
+    profiles: State<'_, Profiles>,
+    id: String,
+    bindings: Vec<Binding>,
+) -> Result<Vec<String>, Error> {
+    profiles.publish(&id, bindings).await
 }

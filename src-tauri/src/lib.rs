@@ -41,6 +41,9 @@ pub fn run() {
             commands::neon_key_status,
             commands::set_neon_key,
             commands::remove_neon_key,
+            commands::discover_tables,
+            commands::capture_definition,
+            commands::publish_capture,
         ])
         .run(tauri::generate_context!())
         .expect("the Tauri runtime failed to start");

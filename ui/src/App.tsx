@@ -5,10 +5,12 @@ import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
 import { ProfileList } from "./components/ProfileList";
 import { SettingsPanel } from "./components/SettingsPanel";
+import { TablesPanel } from "./components/TablesPanel";
 import * as backend from "./lib/backend";
 import type { BackendError, ProfileView } from "./lib/types";
 
-type View = { screen: "profile"; id: string | null } | { screen: "settings" };
+type Tab = "connection" | "tables";
+type View = { screen: "profile"; id: string | null; tab?: Tab } | { screen: "settings" };
 
 export function App() {
   const [profiles, setProfiles] = useState<ProfileView[] | null>(null);
@@ -50,8 +52,26 @@ export function App() {
         />
         <main>
           {loadError && <ErrorNotice error={loadError} testId="load-error" />}
+          {view.screen === "profile" && selected && (
+            <nav className="tabs">
+              {(["connection", "tables"] as Tab[]).map((tab) => (
+                <button
+                  key={tab}
+                  type="button"
+                  data-testid={`tab-${tab}`}
+                  aria-current={(view.tab ?? "connection") === tab}
+                  className={(view.tab ?? "connection") === tab ? "tab current" : "tab"}
+                  onClick={() => setView({ screen: "profile", id: selected.id, tab })}
+                >
+                  {tab === "connection" ? "Connection" : "Tables"}
+                </button>
+              ))}
+            </nav>
+          )}
           {view.screen === "settings" ? (
             <SettingsPanel />
+          ) : view.tab === "tables" && selected ? (
+            <TablesPanel key={selected.id} profileId={selected.id} />
           ) : (
             <ProfileEditor
               key={view.id ?? "new"}

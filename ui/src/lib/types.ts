@@ -143,3 +143,49 @@ export function draftOf(profile: ProfileView): ProfileDraft {
     passwordStorage: profile.password,
   };
 }
+
+/** Where a table's key comes from. */
+export type KeySource = "primaryKey" | "uniqueIndex" | "none";
+
+export interface DiscoveredColumn {
+  name: string;
+  typeOid: number;
+  typeName: string;
+  nullable: boolean;
+}
+
+/** A table as discovery proposes it for capture. */
+export interface DiscoveredTable {
+  schema: string;
+  table: string;
+  partitioned: boolean;
+  columns: DiscoveredColumn[];
+  key: string[];
+  keySource: KeySource;
+  keyIndex: string | null;
+  replicaIdentity: string;
+  estimatedRows: number | null;
+  sizeBytes: number;
+  inPublication: boolean;
+  collection: { name: string; key: string[]; schema: unknown };
+}
+
+/** How a collection starts: its rows backfilled, or only changes from now on. */
+export type BindingMode = "full" | "onlyChanges";
+
+/** One table bound to one collection. */
+export interface Binding {
+  schema: string;
+  table: string;
+  collection: string;
+  mode: BindingMode;
+  backfill: number;
+}
+
+/** A capture's saved definition. */
+export interface CaptureDefinition {
+  profile: string | null;
+  publication: string;
+  slot: string;
+  bindings: Binding[];
+}

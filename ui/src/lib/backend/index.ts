@@ -6,6 +6,9 @@ import {
   isBackendError,
   type Autofill,
   type BackendError,
+  type Binding,
+  type CaptureDefinition,
+  type DiscoveredTable,
   type KeychainStatus,
   type NeonKeyStatus,
   type ProfileDraft,
@@ -49,3 +52,11 @@ export const neonKeyStatus = () => call<NeonKeyStatus>("neon_key_status");
 export const setNeonKey = (key: string) => call<NeonKeyStatus>("set_neon_key", { key });
 
 export const removeNeonKey = () => call<NeonKeyStatus>("remove_neon_key");
+
+export const discoverTables = (id: string) => call<DiscoveredTable[]>("discover_tables", { id });
+
+export const captureDefinition = (id: string) => call<CaptureDefinition | null>("capture_definition", { id });
+
+/** "Save and publish": returns the SQL statements that ran to make the publication contain the tables. */
+export const publishCapture = (id: string, bindings: Binding[]) =>
+  call<string[]>("publish_capture", { id, bindings });

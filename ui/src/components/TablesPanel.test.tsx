@@ -1,0 +1,116 @@
+import { render, screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import type { DiscoveredTable } from "../lib/types";
+import { TablesPanel } from "./TablesPanel";
+
+// A fake backend: each test says how calls answer; calls are recorded with their arguments.
+const backend = vi.hoisted(() => ({
+  calls: [] as { command: string; args: unknown[] }[],
+  answers: {} as Record<string, (...args: unknown[]) => Promise<unknown>>,
+}));
+vi.mock("../lib/backend", () => {
+  const command =
+    (name: string) =>
+    (...args: unknown[]) => {
+      backend.calls.push({ command: name, args });
+      const answer = backend.answers[name];
+      return answer ? answer(...args) : new Promise(() => {});
+    };
+  return {
+    discoverTables: command("discoverTables"),
+    captureDefinition: command("captureDefinition"),
+    publishCapture: command("publishCapture"),
+  };
+});
+
+const answer = (name: string, fn: (...args: unknown[]) => Promise<unknown>) => (backend.answers[name] = fn);
+const callsOf = (name: string) => backend.calls.filter((c) => c.command === name).map((c) => c.args);
+
+const table = (name: string, key: string[]): DiscoveredTable => ({
+  schema: "public",
+  table: name,
+  partitioned: false,
+  columns: [{ name: "id", typeOid: 23, typeName: "integer", nullable: key.length === 0 }],
+  key,
+  keySource: key.length ? "primaryKey" : "none",
+  keyIndex: null,
+  replicaIdentity: "default",
+  estimatedRows: 10,
+  sizeBytes: 8192,
+  inPublication: false,
+  collection: { name: `public/${name}`, key: key.map((k) => `/${k}`), schema: { title: `public/${name}` } },
+});
+
+beforeEach(() => {
+  backend.calls = [];
+  backend.answers = {};
+  answer("discoverTables", async () => [table("orders", ["id"]), table("events", [])]);
+});
+
+describe("TablesPanel", () => {
+  it("explains what capturing a table without a key means, and only for such tables", async () => {
+    answer("captureDefinition", async () => null);
+    render(<TablesPanel profileId="p1" />);
+    const note = await screen.findByTestId("keyless-note-public.events");
+    expect(note.textContent).toContain("keyed by its position in the stream");
+    expect(note.textContent).toContain("replica identity is FULL");
+    expect(screen.queryByTestId("keyless-note-public.orders")).toBeNull();
+    expect(screen.getByTestId("table-public.orders").textContent).toContain("primary key (id)");
+  });
+
+  it("publishes the selected tables with their new names and modes, and shows the SQL that ran", async () => {
+    answer("captureDefinition", async () => null);
+    answer("publishCapture", async () => ['ALTER PUBLICATION "p" ADD TABLE "public"."orders"']);
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await screen.findByTestId("tables-panel");
+    expect((screen.getByTestId("publish") as HTMLButtonElement).disabled).toBe(true);
+    await user.click(screen.getByTestId("select-public.orders"));
+    const name = screen.getByTestId("collection-public.orders");
+    await user.clear(name);
+    await user.type(name, "shop/orders");
+    await user.selectOptions(screen.getByTestId("mode-public.orders"), "onlyChanges");
+    await user.click(screen.getByTestId("publish"));
+    await screen.findByTestId("published");
+    expect(callsOf("publishCapture")).toEqual([
+      ["p1", [{ schema: "public", table: "orders", collection: "shop/orders", mode: "onlyChanges", backfill: 0 }]],
+    ]);
+    expect(screen.getByTestId("published-sql").textContent).toBe('ALTER PUBLICATION "p" ADD TABLE "public"."orders"');
+  });
+
+  it("starts from the saved capture and shows a refused name with the engine's message", async () => {
+    answer("captureDefinition", async () => ({
+      profile: "p1",
+      publication: "p",
+      slot: "s",
+      bindings: [{ schema: "public", table: "events", collection: "audit/events", mode: "full", backfill: 2 }],
+    }));
+    answer("publishCapture", async () => {
+      throw { kind: "InvalidInput", message: "collection: 'audit events' contains ' '" };
+    });
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    const name = (await screen.findByTestId("collection-public.events")) as HTMLInputElement;
+    expect(name.value).toBe("audit/events");
+    expect((screen.getByTestId("select-public.events") as HTMLInputElement).checked).toBe(true);
+    await user.clear(name);
+    await user.type(name, "audit events");
+    await user.click(screen.getByTestId("publish"));
+    await waitFor(() => expect(screen.getByTestId("publish-error-kind").textContent).toBe("InvalidInput"));
+    expect(screen.getByTestId("publish-error-message").textContent).toContain("collection: 'audit events'");
+    expect(callsOf("publishCapture")[0][1]).toEqual([
+      { schema: "public", table: "events", collection: "audit events", mode: "full", backfill: 2 },
+    ]);
+  });
+
+  it("shows why discovery failed", async () => {
+    answer("captureDefinition", async () => null);
+    answer("discoverTables", async () => {
+      throw { kind: "Authentication", message: "password authentication failed for user \"x\"" };
+    });
+    render(<TablesPanel profileId="p1" />);
+    expect((await screen.findByTestId("discover-error-kind")).textContent).toBe("Authentication");
+  });
+});

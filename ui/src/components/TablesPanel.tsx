@@ -1,0 +1,209 @@
+import { useEffect, useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError, Binding, BindingMode, DiscoveredTable } from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+
+/** A row of the picker: the discovered table and what the user chose for it. */
+interface Choice {
+  table: DiscoveredTable;
+  selected: boolean;
+  collection: string;
+  mode: BindingMode;
+  backfill: number;
+}
+
+type State =
+  | { status: "loading" }
+  | { status: "ready" }
+  | { status: "publishing" }
+  | { status: "published"; statements: string[] }
+  | { status: "failed"; error: BackendError; during: "discover" | "publish" };
+
+const keyLabel = (t: DiscoveredTable) =>
+  t.keySource === "primaryKey"
+    ? `primary key (${t.key.join(", ")})`
+    : t.keySource === "uniqueIndex"
+      ? `unique index ${t.keyIndex ?? ""} (${t.key.join(", ")})`
+      : "no key";
+
+const rowId = (t: DiscoveredTable) => `${t.schema}.${t.table}`;
+
+/**
+ * Estuary's binding picker: discover the tables, pick them, rename their collections, choose how each
+ * starts, then "Save and publish" (which adds them to the publication and saves the capture).
+ */
+export function TablesPanel({ profileId }: { profileId: string }) {
+  const [choices, setChoices] = useState<Choice[]>([]);
+  const [state, setState] = useState<State>({ status: "loading" });
+  const [schemaOf, setSchemaOf] = useState<string | null>(null);
+
+  useEffect(() => {
+    let live = true;
+    (async () => {
+      try {
+        const [tables, saved] = await Promise.all([
+          backend.discoverTables(profileId),
+          backend.captureDefinition(profileId),
+        ]);
+        if (!live) return;
+        setChoices(
+          tables.map((table) => {
+            const bound = saved?.bindings.find((b) => b.schema === table.schema && b.table === table.table);
+            return {
+              table,
+              selected: Boolean(bound),
+              collection: bound?.collection ?? table.collection.name,
+              mode: bound?.mode ?? "full",
+              backfill: bound?.backfill ?? 0,
+            };
+          }),
+        );
+        setState({ status: "ready" });
+      } catch (error) {
+        if (live) setState({ status: "failed", error: error as BackendError, during: "discover" });
+      }
+    })();
+    return () => {
+      live = false;
+    };
+  }, [profileId]);
+
+  const change = (id: string, patch: Partial<Choice>) =>
+    setChoices((previous) => previous.map((c) => (rowId(c.table) === id ? { ...c, ...patch } : c)));
+
+  async function publish() {
+    const bindings: Binding[] = choices
+      .filter((c) => c.selected)
+      .map((c) => ({
+        schema: c.table.schema,
+        table: c.table.table,
+        collection: c.collection.trim(),
+        mode: c.mode,
+        backfill: c.backfill,
+      }));
+    setState({ status: "publishing" });
+    try {
+      setState({ status: "published", statements: await backend.publishCapture(profileId, bindings) });
+    } catch (error) {
+      setState({ status: "failed", error: error as BackendError, during: "publish" });
+    }
+  }
+
+  if (state.status === "loading") return <p data-testid="tables-loading">Discovering tables…</p>;
+  if (state.status === "failed" && state.during === "discover")
+    return <ErrorNotice error={state.error} testId="discover-error" />;
+
+  const selected = choices.filter((c) => c.selected).length;
+  const shown = choices.find((c) => rowId(c.table) === schemaOf);
+  return (
+    <section className="panel" data-testid="tables-panel">
+      <h2>Tables</h2>
+      <p className="muted">
+        Each table becomes a collection keyed by its primary key. Pick the tables to capture, name their collections,
+        and choose whether their existing rows are backfilled.
+      </p>
+      <table className="tables">
+        <thead>
+          <tr>
+            <th />
+            <th>Table</th>
+            <th>Collection</th>
+            <th>Key</th>
+            <th>Rows</th>
+            <th>Start with</th>
+          </tr>
+        </thead>
+        <tbody>
+          {choices.map((c) => {
+            const id = rowId(c.table);
+            return (
+              <tr key={id} data-testid={`table-${id}`}>
+                <td>
+                  <input
+                    type="checkbox"
+                    aria-label={`capture ${id}`}
+                    data-testid={`select-${id}`}
+                    checked={c.selected}
+                    onChange={(e) => change(id, { selected: e.target.checked })}
+                  />
+                </td>
+                <td>
+                  {id}
+                  {c.table.partitioned && <span className="badge">partitioned</span>}
+                  {!c.table.inPublication && (
+                    <span className="badge" title="Save and publish adds it to the publication">
+                      not published yet
+                    </span>
+                  )}
+                </td>
+                <td>
+                  <input
+                    aria-label={`collection name for ${id}`}
+                    data-testid={`collection-${id}`}
+                    value={c.collection}
+                    onChange={(e) => change(id, { collection: e.target.value })}
+                  />
+                </td>
+                <td>
+                  {keyLabel(c.table)}
+                  {c.table.keySource === "none" && (
+                    <p className="note" data-testid={`keyless-note-${id}`}>
+                      This table has no primary key or unique index over non-null columns, so its rows cannot be
+                      told apart. It is captured as a change log: every insert, update and delete is its own
+                      document, keyed by its position in the stream, and the collection's "latest rows" are that log
+                      rather than the table's current state. PostgreSQL refuses updates and deletes on a published
+                      table without a key unless its replica identity is FULL. Add a primary key to capture it as
+                      rows.
+                    </p>
+                  )}
+                </td>
+                <td>{c.table.estimatedRows ?? "?"}</td>
+                <td>
+                  <select
+                    aria-label={`start ${id} with`}
+                    data-testid={`mode-${id}`}
+                    value={c.mode}
+                    onChange={(e) => change(id, { mode: e.target.value as BindingMode })}
+                  >
+                    <option value="full">existing rows, then changes</option>
+                    <option value="onlyChanges">only new changes</option>
+                  </select>
+                  <button type="button" className="link" data-testid={`schema-${id}`} onClick={() => setSchemaOf(id)}>
+                    schema
+                  </button>
+                </td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+      {shown && (
+        <pre className="schema" data-testid="collection-schema">
+          {JSON.stringify(shown.table.collection.schema, null, 2)}
+        </pre>
+      )}
+      <div className="actions">
+        <button
+          type="button"
+          data-testid="publish"
+          disabled={selected === 0 || state.status === "publishing"}
+          onClick={() => void publish()}
+        >
+          {state.status === "publishing" ? "Publishing…" : `Save and publish (${selected})`}
+        </button>
+      </div>
+      {state.status === "failed" && <ErrorNotice error={state.error} testId="publish-error" />}
+      {state.status === "published" && (
+        <div className="ok" data-testid="published">
+          Saved. {state.statements.length === 0 ? "The publication already had every table." : "Ran:"}
+          {state.statements.map((s) => (
+            <pre key={s} data-testid="published-sql">
+              {s}
+            </pre>
+          ))}
+        </div>
+      )}
+    </section>
+  );
+}
