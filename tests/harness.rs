@@ -22,6 +22,15 @@ pub fn plain() -> &'static Cluster {
     shared(&CELL, ClusterOptions::default)
 }
 
+/// A cluster with `wal_level=replica`: a server not ready for logical replication.
+pub fn replica() -> &'static Cluster {
+    static CELL: OnceLock<Cluster> = OnceLock::new();
+    shared(&CELL, || ClusterOptions {
+        wal_level: "replica".into(),
+        ..Default::default()
+    })
+}
+
 /// A cluster that offers TLS with a certificate from its own test authority.
 pub fn tls() -> &'static Cluster {
     static CELL: OnceLock<Cluster> = OnceLock::new();

@@ -9,5 +9,7 @@ mod cli;
 mod connection;
 mod crash;
 mod discovery;
+mod neon;
 mod profiles;
+mod setup;
 mod tls;

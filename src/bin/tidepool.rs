@@ -39,6 +39,23 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        scope: Scope,
+        /// Exit with status 3 when a check fails.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Runs one setup fix; with --dry-run, prints the SQL or HTTP request it would run.
+    Setup {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        scope: Scope,
+        /// Print what would run, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(subcommand)]
+        action: SetupCommand,
     },
     /// Saved connection profiles (shared with the desktop app; passwords live in the OS keychain).
     #[command(subcommand)]
@@ -114,6 +131,75 @@ enum Command {
         /// At most this many documents.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+/// The publication, slot and tables the checks and fixes are about.
+#[derive(Args)]
+struct Scope {
+    /// Publication (default: the profile's, else tidepool_publication).
+    #[arg(long)]
+    publication: Option<String>,
+    /// Slot (default: the profile's, else tidepool_slot).
+    #[arg(long)]
+    slot: Option<String>,
+    /// Tables to capture, schema.table,… (default: the publication's).
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    /// The Neon project the database belongs to (enables the Neon fixes).
+    #[arg(long)]
+    neon_project: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// ALTER SYSTEM SET wal_level = logical (then restart PostgreSQL).
+    WalLevel,
+    /// Gives a role REPLICATION.
+    GrantReplication {
+        /// The role (default: the connecting one).
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Creates a replication role with a generated password, saved with a new profile in the keychain.
+    CreateRole {
+        /// The new role.
+        #[arg(long)]
+        role: String,
+        /// The name of the new profile that uses it.
+        #[arg(long)]
+        save_as: String,
+    },
+    /// The three GRANTs of the setup guide for one schema.
+    GrantSchema {
+        /// The schema.
+        #[arg(long)]
+        schema: String,
+        /// The role (default: the connecting one).
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Creates the publication or adds the tables to it.
+    Publication,
+    /// Creates the slot (pgoutput).
+    CreateSlot,
+    /// Drops the slot: its consumer loses its position.
+    DropSlot {
+        /// Confirms the slot may go.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// ALTER TABLE … REPLICA IDENTITY FULL.
+    ReplicaIdentityFull {
+        /// schema.table
+        #[arg(long)]
+        table: String,
+    },
+    /// Neon: turns on logical replication for --neon-project (cannot be undone; restarts computes).
+    NeonLogicalReplication {
+        /// Confirms the restart and that it cannot be undone.
+        #[arg(long)]
+        confirm: bool,
     },
 }
 
@@ -229,7 +315,22 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let (result, json) = match cli.command {
-        Command::Check { target, json } => (check(&target, json).await, json),
+        Command::Check {
+            target,
+            json,
+            scope,
+            strict,
+        } => match check(&target, json, &scope).await {
+            Ok(true) if strict => return ExitCode::from(3),
+            Ok(_) => (Ok(()), json),
+            Err(e) => (Err(e), json),
+        },
+        Command::Setup {
+            target,
+            scope,
+            dry_run,
+            action,
+        } => (setup(&target, &scope, dry_run, action).await, false),
         Command::Profile(command) => {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
@@ -291,17 +392,212 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn check(target: &Target, json: bool) -> Result<(), Error> {
+/// The preflight target for the command line's scope.
+fn preflight_target(
+    target: &Target,
+    spec: &ConnectionSpec,
+    scope: &Scope,
+) -> Result<tidepool::preflight::Target, Error> {
+    let saved = match &target.profile {
+        Some(name) => Some(profiles()?.get(name)?),
+        None => None,
+    };
+    Ok(tidepool::preflight::Target {
+        host: spec.host.clone(),
+        publication: scope
+            .publication
+            .clone()
+            .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
+            .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into()),
+        slot: scope
+            .slot
+            .clone()
+            .or_else(|| saved.as_ref().map(|p| p.slot.clone()))
+            .unwrap_or_else(|| profile::DEFAULT_SLOT.into()),
+        tables: scope
+            .tables
+            .iter()
+            .map(|t| tidepool::backfill::parse_table_name(t))
+            .collect::<Result<_, _>>()?,
+        neon_project: scope.neon_project.clone(),
+        slot_warn_bytes: None,
+    })
+}
+
+/// Prints the server's facts and the preflight checklist; returns whether a check failed.
+async fn check(target: &Target, json: bool, scope: &Scope) -> Result<bool, Error> {
     let spec = spec_for(target)?;
     let facts = connection::test_connection(&spec).await?;
+    let preflight = preflight_target(target, &spec, scope)?;
+    let client = connection::connect(&spec).await?;
+    let checks = tidepool::preflight::run(&client, &preflight).await?;
+    let failed = checks
+        .iter()
+        .any(|c| c.status == tidepool::preflight::Status::Fail);
     if json {
+        let mut value = serde_json::to_value(&facts).map_err(Error::internal)?;
+        value["checks"] = serde_json::to_value(&checks).map_err(Error::internal)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&facts).map_err(Error::internal)?
+            serde_json::to_string_pretty(&value).map_err(Error::internal)?
         );
     } else {
         print!("{}", render_facts(&facts));
+        println!();
+        for c in &checks {
+            let mark = match c.status {
+                tidepool::preflight::Status::Pass => "pass",
+                tidepool::preflight::Status::Warn => "WARN",
+                tidepool::preflight::Status::Fail => "FAIL",
+            };
+            println!("[{mark}] {}: {}", c.title, c.explanation);
+            if let Some(fix) = &c.fix {
+                for line in &fix.preview {
+                    println!("       fix: {line}");
+                }
+            }
+        }
     }
+    Ok(failed)
+}
+
+async fn setup(
+    target: &Target,
+    scope: &Scope,
+    dry_run: bool,
+    command: SetupCommand,
+) -> Result<(), Error> {
+    use tidepool::setup::Action;
+    let spec = spec_for(target)?;
+    let preflight = preflight_target(target, &spec, scope)?;
+    let connecting = spec.user.clone();
+    let mut save_as = None;
+    let action = match command {
+        SetupCommand::WalLevel => Action::SetWalLevel,
+        SetupCommand::GrantReplication { role } => Action::GrantReplication {
+            role: role.unwrap_or(connecting),
+        },
+        SetupCommand::CreateRole {
+            role,
+            save_as: name,
+        } => {
+            save_as = Some(name);
+            Action::CreateReplicationRole { role }
+        }
+        SetupCommand::GrantSchema { schema, role } => Action::GrantSchemaAccess {
+            schema,
+            role: role.unwrap_or(connecting),
+        },
+        SetupCommand::Publication => {
+            let client = connection::connect(&spec).await?;
+            let mut tables = Vec::new();
+            for (schema, table) in &preflight.tables {
+                let partitioned = client
+                    .query_opt(
+                        "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                        &[schema, table],
+                    )
+                    .await
+                    .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+                    .map(|r| r.get::<_, bool>(0))
+                    .ok_or_else(|| Error::invalid_input("--tables", format!("{schema}.{table} does not exist")))?;
+                tables.push((schema.clone(), table.clone(), partitioned));
+            }
+            if tables.is_empty() {
+                return Err(Error::invalid_input(
+                    "--tables",
+                    "name the tables to publish",
+                ));
+            }
+            let statements =
+                tidepool::publication::plan(&client, &preflight.publication, &tables).await?;
+            Action::Publication {
+                publication: preflight.publication.clone(),
+                statements,
+            }
+        }
+        SetupCommand::CreateSlot => Action::CreateSlot {
+            slot: preflight.slot.clone(),
+        },
+        SetupCommand::DropSlot { confirm } => {
+            if !confirm && !dry_run {
+                return Err(Error::invalid_input(
+                    "--confirm",
+                    "dropping a slot loses its consumer's position; add --confirm",
+                ));
+            }
+            Action::DropSlot {
+                slot: preflight.slot.clone(),
+            }
+        }
+        SetupCommand::ReplicaIdentityFull { table } => {
+            let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
+            Action::ReplicaIdentityFull { schema, table }
+        }
+        SetupCommand::NeonLogicalReplication { confirm } => {
+            let project_id = preflight
+                .neon_project
+                .clone()
+                .ok_or_else(|| Error::invalid_input("--neon-project", "name the Neon project"))?;
+            if !confirm && !dry_run {
+                return Err(Error::invalid_input(
+                    "--confirm",
+                    "this cannot be undone and restarts the project's computes; add --confirm",
+                ));
+            }
+            Action::NeonEnableLogicalReplication { project_id }
+        }
+    };
+    if let Some(warning) = action.warning() {
+        eprintln!("note: {warning}");
+    }
+    for line in action.preview() {
+        println!("{line}");
+    }
+    if dry_run {
+        return Ok(());
+    }
+    if let Action::NeonEnableLogicalReplication { project_id } = &action {
+        tidepool::neon::Client::from_keychain()?
+            .enable_logical_replication(project_id)
+            .await?;
+        eprintln!("logical replication is on for Neon project {project_id}");
+        return Ok(());
+    }
+    let client = connection::connect(&spec).await?;
+    let password = action.run(&client).await?;
+    if let (Some(password), Some(name), Action::CreateReplicationRole { role }) =
+        (password, save_as, &action)
+    {
+        let profiles = profiles()?;
+        let based_on = target
+            .profile
+            .as_ref()
+            .map(|p| profiles.get(p))
+            .transpose()?;
+        let draft = ProfileDraft {
+            name: name.clone(),
+            address: format!("{}:{}", spec.host, spec.port),
+            user: role.clone(),
+            database: spec.database.clone(),
+            sslmode: spec.sslmode,
+            sslrootcert: spec.sslrootcert.as_ref().map(|p| p.display().to_string()),
+            options: None,
+            channel_binding: based_on
+                .as_ref()
+                .map(|p| p.channel_binding)
+                .unwrap_or_default(),
+            publication: Some(preflight.publication.clone()),
+            slot: Some(preflight.slot.clone()),
+            application_name: None,
+            password_storage: PasswordStorage::Keychain,
+        };
+        profiles.save(None, draft, Some(password))?;
+        eprintln!(
+            "created role {role}; its password is in the keychain with the new profile '{name}'"
+        );
+    }
+    eprintln!("done");
     Ok(())
 }
 

@@ -1,0 +1,485 @@
+//! Preflight: everything a capture needs from the server, checked before it starts, each with a status,
+//! an explanation and, where one exists, the fix ([`crate::setup::Action`]) that turns it into a pass.
+//!
+//! Invariant: checks only read (catalog queries and settings); nothing here changes the server. Fixes
+//! run only through [`crate::setup::Action::run`], after the user saw their preview.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::connection::ReplicationRight;
+use crate::error::{Error, Result};
+use crate::setup::Action;
+use crate::sql::ident;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Status {
+    /// Nothing to do.
+    Pass,
+    /// Works, but deserves attention.
+    Warn,
+    /// The capture cannot work until it is fixed.
+    Fail,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// Stable id, e.g. `wal_level`, `grants:public`, `replica_identity:public.t`.
+    pub id: String,
+    /// What is checked, for a person.
+    pub title: String,
+    /// How it came out.
+    pub status: Status,
+    /// What was found and why it matters.
+    pub explanation: String,
+    /// The fix, when there is one.
+    pub fix: Option<Fix>,
+}
+
+/// A fix with what it would run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fix {
+    /// The action to run once confirmed.
+    pub action: Action,
+    /// The exact SQL or HTTP request.
+    pub preview: Vec<String>,
+    /// What to know before confirming.
+    pub warning: Option<String>,
+}
+
+impl Fix {
+    fn of(action: Action) -> Fix {
+        Fix {
+            preview: action.preview(),
+            warning: action.warning().map(str::to_string),
+            action,
+        }
+    }
+}
+
+/// What to check against.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The server's host, to spot a Neon pooled host.
+    pub host: String,
+    /// The capture's publication.
+    pub publication: String,
+    /// The capture's slot.
+    pub slot: String,
+    /// The tables to capture; empty means the publication's tables.
+    pub tables: Vec<(String, String)>,
+    /// The Neon project the profile is linked to, if any.
+    pub neon_project: Option<String>,
+    /// Retained WAL above which the slot check warns (default [`LAG_WARN_BYTES`]).
+    pub slot_warn_bytes: Option<i64>,
+}
+
+/// Retained WAL above which the slot check warns (bytes).
+pub const LAG_WARN_BYTES: i64 = 1 << 30;
+
+fn check(id: &str, title: &str, status: Status, explanation: String, fix: Option<Action>) -> Check {
+    Check {
+        id: id.into(),
+        title: title.into(),
+        status,
+        explanation,
+        fix: fix.map(Fix::of),
+    }
+}
+
+fn is_neon(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    host.ends_with(".neon.tech") || host.ends_with(".neon.build")
+}
+
+/// Runs every check.
+pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
+    let q = |e: tokio_postgres::Error| Error::from_postgres(&e, "running the preflight checks");
+    let mut checks = Vec::new();
+
+    // A Neon pooled host cannot carry replication.
+    if let Some(crate::conninfo::Advice::NeonPooler { direct_host, .. }) =
+        crate::conninfo::neon_pooler(&target.host)
+    {
+        checks.push(check(
+            "pooler",
+            "Direct (not pooled) connection",
+            Status::Fail,
+            format!("{} is Neon's connection pooler (PgBouncer in transaction mode), which cannot carry logical replication; use the direct host {direct_host} in the profile", target.host),
+            None,
+        ));
+    } else {
+        checks.push(check(
+            "pooler",
+            "Direct (not pooled) connection",
+            Status::Pass,
+            "The host is a direct connection.".into(),
+            None,
+        ));
+    }
+
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_user::text, r.rolsuper, r.rolreplication,
+                    (SELECT g.rolname::text FROM pg_roles g
+                      WHERE g.rolreplication AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
+                      ORDER BY g.rolname LIMIT 1),
+                    current_setting('max_replication_slots')::int,
+                    (SELECT count(*) FROM pg_replication_slots)::int,
+                    current_setting('max_wal_senders')::int,
+                    (SELECT count(*) FROM pg_stat_replication)::int,
+                    current_database()::text
+               FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let wal_level: String = row.get(0);
+    let user: String = row.get(1);
+    let replication = match (
+        row.get::<_, bool>(2),
+        row.get::<_, bool>(3),
+        row.get::<_, Option<String>>(4),
+    ) {
+        (true, _, _) => ReplicationRight::Superuser,
+        (_, true, _) => ReplicationRight::Attribute,
+        (_, _, Some(role)) => ReplicationRight::Membership { role },
+        _ => ReplicationRight::None,
+    };
+    let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
+        (row.get(5), row.get(6), row.get(7), row.get(8));
+    let database: String = row.get(9);
+
+    // wal_level
+    if wal_level == "logical" {
+        checks.push(check(
+            "wal_level",
+            "wal_level is logical",
+            Status::Pass,
+            "Logical decoding is on.".into(),
+            None,
+        ));
+    } else {
+        let neon = is_neon(&target.host) || target.neon_project.is_some();
+        let fix = match (&target.neon_project, neon) {
+            (Some(project), _) => Some(Action::NeonEnableLogicalReplication {
+                project_id: project.clone(),
+            }),
+            (None, true) => None,
+            (None, false) => Some(Action::SetWalLevel),
+        };
+        let explanation = if neon && target.neon_project.is_none() {
+            format!("wal_level is '{wal_level}'. On Neon, logical replication is turned on for the project: link the profile to its Neon project (Settings needs a Neon API key) to do it from here, or use Project settings → Logical replication in the Neon Console.")
+        } else {
+            format!("wal_level is '{wal_level}'; logical decoding needs 'logical'.")
+        };
+        checks.push(check(
+            "wal_level",
+            "wal_level is logical",
+            Status::Fail,
+            explanation,
+            fix,
+        ));
+    }
+
+    // Replication right
+    match &replication {
+        ReplicationRight::None => checks.push(check(
+            "replication",
+            "The role may replicate",
+            Status::Fail,
+            format!("Role {} has neither REPLICATION nor superuser, nor membership in a role with REPLICATION. Give it REPLICATION (needs a superuser), or create a dedicated replication role and use it in the profile.", ident(&user)),
+            Some(Action::GrantReplication { role: user.clone() }),
+        )),
+        right => checks.push(check(
+            "replication",
+            "The role may replicate",
+            Status::Pass,
+            match right {
+                ReplicationRight::Superuser => "The role is a superuser.".into(),
+                ReplicationRight::Attribute => "The role has REPLICATION.".into(),
+                ReplicationRight::Membership { role } => format!("The role is a member of {}, which has REPLICATION.", ident(role)),
+                ReplicationRight::None => unreachable!("matched above"),
+            },
+            None,
+        )),
+    }
+
+    // Slot and sender room
+    let slot_row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active, active_pid, wal_status,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&target.slot],
+        )
+        .await
+        .map_err(q)?;
+    let free_slots = max_slots - used_slots;
+    let free_senders = max_senders - used_senders;
+    let (status, explanation) = if (slot_row.is_none() && free_slots <= 0) || free_senders <= 0 {
+        (Status::Fail, format!("{used_slots} of max_replication_slots = {max_slots} slots and {used_senders} of max_wal_senders = {max_senders} senders are in use: there is no room for this capture. Drop unused slots or raise the settings (restart needed)."))
+    } else if free_slots <= 1 || free_senders <= 1 {
+        (Status::Warn, format!("{used_slots} of {max_slots} slots and {used_senders} of {max_senders} WAL senders are in use: a backfill added later needs one more temporary slot."))
+    } else {
+        (Status::Pass, format!("{used_slots} of {max_slots} slots and {used_senders} of {max_senders} WAL senders are in use."))
+    };
+    checks.push(check(
+        "capacity",
+        "Room for a slot and a WAL sender",
+        status,
+        explanation,
+        None,
+    ));
+
+    // Tables: the given ones, else the publication's.
+    let tables: Vec<(String, String)> = if target.tables.is_empty() {
+        client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+                &[&target.publication],
+            )
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    } else {
+        target.tables.clone()
+    };
+
+    // Grants per schema
+    let mut schemas: Vec<&str> = tables.iter().map(|(s, _)| s.as_str()).collect();
+    schemas.sort_unstable();
+    schemas.dedup();
+    for schema in schemas {
+        let in_schema: Vec<&str> = tables
+            .iter()
+            .filter(|(s, _)| s == schema)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        let grants = |e| {
+            Error::from_postgres(
+                &e,
+                &format!("checking the grants on schema {}", ident(schema)),
+            )
+        };
+        let usage: bool = client
+            .query_one("SELECT has_schema_privilege($1::text, 'USAGE')", &[&schema])
+            .await
+            .map_err(grants)?
+            .get(0);
+        // Without USAGE, asking about a table in the schema is itself refused.
+        let unreadable: Vec<String> = if usage {
+            client
+                .query_one(
+                    "SELECT ARRAY(SELECT t FROM unnest($2::text[]) t
+                                   WHERE NOT has_table_privilege(format('%I.%I', $1::text, t), 'SELECT'))",
+                    &[&schema, &in_schema],
+                )
+                .await
+                .map_err(grants)?
+                .get(0)
+        } else {
+            Vec::new()
+        };
+        let id = format!("grants:{schema}");
+        let title = format!("The role can read schema {}", ident(schema));
+        if usage && unreadable.is_empty() {
+            checks.push(check(
+                &id,
+                &title,
+                Status::Pass,
+                format!(
+                    "USAGE on the schema and SELECT on its {} selected table(s).",
+                    in_schema.len()
+                ),
+                None,
+            ));
+        } else {
+            let what = if !usage {
+                "has no USAGE on the schema".to_string()
+            } else {
+                format!(
+                    "cannot SELECT from {}",
+                    unreadable
+                        .iter()
+                        .map(|t| ident(t))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            checks.push(check(
+                &id,
+                &title,
+                Status::Fail,
+                format!(
+                    "Role {} {what}; the backfill reads the tables with this role.",
+                    ident(&user)
+                ),
+                Some(Action::GrantSchemaAccess {
+                    schema: schema.into(),
+                    role: user.clone(),
+                }),
+            ));
+        }
+    }
+
+    // Publication
+    let partitioned: Vec<bool> = {
+        let mut flags = Vec::with_capacity(tables.len());
+        for (schema, table) in &tables {
+            let p = client
+                .query_opt(
+                    "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                    &[schema, table],
+                )
+                .await
+                .map_err(q)?
+                .map(|r| r.get::<_, bool>(0))
+                .ok_or_else(|| Error::new(crate::ErrorKind::NotFound, format!("tables: {}.{} does not exist", ident(schema), ident(table))))?;
+            flags.push(p);
+        }
+        flags
+    };
+    let planned: Vec<(String, String, bool)> = tables
+        .iter()
+        .zip(&partitioned)
+        .map(|((s, t), p)| (s.clone(), t.clone(), *p))
+        .collect();
+    let statements = crate::publication::plan(client, &target.publication, &planned).await?;
+    let exists = crate::publication::find(client, &target.publication)
+        .await?
+        .is_some();
+    if !exists {
+        checks.push(check(
+            "publication",
+            &format!(
+                "Publication {} exists with the tables",
+                ident(&target.publication)
+            ),
+            Status::Fail,
+            format!(
+                "Publication {} does not exist; pgoutput sends only what a publication names.",
+                ident(&target.publication)
+            ),
+            (!statements.is_empty()).then(|| Action::Publication {
+                publication: target.publication.clone(),
+                statements: statements.clone(),
+            }),
+        ));
+    } else if statements.is_empty() {
+        checks.push(check(
+            "publication",
+            &format!(
+                "Publication {} exists with the tables",
+                ident(&target.publication)
+            ),
+            Status::Pass,
+            format!("It publishes all {} table(s).", tables.len()),
+            None,
+        ));
+    } else {
+        checks.push(check("publication", &format!("Publication {} exists with the tables", ident(&target.publication)), Status::Fail,
+            "Some selected tables are not in the publication (or partitioned tables are not published through their root), so their changes would not arrive.".into(),
+            Some(Action::Publication { publication: target.publication.clone(), statements })));
+    }
+
+    // Slot
+    let slot_title = format!("Slot {} is ready", ident(&target.slot));
+    match slot_row {
+        None => checks.push(check("slot", &slot_title, Status::Fail,
+            format!("Slot {} does not exist. Save and publish creates it with a snapshot for the backfill; create it now only to capture changes without a backfill.", ident(&target.slot)),
+            Some(Action::CreateSlot { slot: target.slot.clone() }))),
+        Some(r) => {
+            let plugin: String = r.get(0);
+            let slot_db: Option<String> = r.get(1);
+            let active: bool = r.get(2);
+            let pid: Option<i32> = r.get(3);
+            let wal_status: Option<String> = r.get(4);
+            let retained: Option<i64> = r.get(5);
+            let lag: Option<i64> = r.get(6);
+            let drop = Some(Action::DropSlot { slot: target.slot.clone() });
+            if plugin != "pgoutput" || slot_db.as_deref() != Some(database.as_str()) {
+                checks.push(check("slot", &slot_title, Status::Fail,
+                    format!("Slot {} uses plugin '{plugin}' on database '{}'; Tidepool needs pgoutput on '{database}'. It belongs to something else: choose another slot name, or drop it if it is stale.", ident(&target.slot), slot_db.unwrap_or_default()), drop));
+            } else if wal_status.as_deref() == Some("lost") {
+                checks.push(check("slot", &slot_title, Status::Fail,
+                    format!("Slot {} was invalidated (wal_status = lost): the WAL it needed is gone. Drop it; the next Save and publish backfills again.", ident(&target.slot)), drop));
+            } else if active {
+                checks.push(check("slot", &slot_title, Status::Fail,
+                    format!("Slot {} is in use by server process {}: a slot serves one consumer at a time.", ident(&target.slot), pid.map_or("?".into(), |p| p.to_string())), None));
+            } else {
+                let retained = retained.unwrap_or(0);
+                let lag = lag.unwrap_or(0);
+                let mib = |b: i64| b as f64 / 1_048_576.0;
+                if retained > target.slot_warn_bytes.unwrap_or(LAG_WARN_BYTES) {
+                    checks.push(check("slot", &slot_title, Status::Warn,
+                        format!("Slot {} holds back {:.0} MiB of WAL ({:.0} MiB not yet confirmed). WAL piles up on the server until the capture catches up; on Neon an inactive slot is removed after a while. Start the capture, or drop the slot if it is stale.", ident(&target.slot), mib(retained), mib(lag)), drop));
+                } else {
+                    checks.push(check("slot", &slot_title, Status::Pass,
+                        format!("pgoutput on '{database}', not in use, wal_status {}, {:.1} MiB of WAL retained.", wal_status.unwrap_or_else(|| "?".into()), mib(retained)), None));
+                }
+            }
+        }
+    }
+
+    // Keys, replica identity, TOAST
+    for (schema, table) in &tables {
+        let r = client
+            .query_one(
+                "SELECT c.relreplident::text,
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident),
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND ty.typstorage <> 'p'
+                               ORDER BY a.attnum)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[schema, table],
+            )
+            .await
+            .map_err(q)?;
+        let identity: String = r.get(0);
+        let primary: bool = r.get(1);
+        let identity_index: bool = r.get(2);
+        let toastable: Vec<String> = r.get(3);
+        let id = format!("replica_identity:{schema}.{table}");
+        let title = format!("{}.{} identifies its rows", ident(schema), ident(table));
+        let fix = Some(Action::ReplicaIdentityFull {
+            schema: schema.clone(),
+            table: table.clone(),
+        });
+        let keyed = (identity == "d" && primary) || (identity == "i" && identity_index);
+        if identity == "f" {
+            checks.push(check(
+                &id,
+                &title,
+                Status::Pass,
+                "REPLICA IDENTITY FULL: updates and deletes carry the whole old row.".into(),
+                None,
+            ));
+        } else if !keyed {
+            checks.push(check(&id, &title, Status::Fail,
+                "No primary key and no replica identity index: PostgreSQL refuses updates and deletes on it once it is published, and its changes cannot be reduced to rows. Add a primary key, or set REPLICA IDENTITY FULL.".into(), fix));
+        } else if !toastable.is_empty() {
+            checks.push(check(&id, &title, Status::Warn,
+                format!("Keyed, but column(s) {} can be TOASTed: an update that leaves a large value unchanged does not carry it in the WAL. Tidepool fills it from the stored row; REPLICA IDENTITY FULL makes the WAL carry it.", toastable.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")), fix));
+        } else {
+            checks.push(check(
+                &id,
+                &title,
+                Status::Pass,
+                "Keyed by its primary key (or replica identity index).".into(),
+                None,
+            ));
+        }
+    }
+    Ok(checks)
+}

@@ -1,0 +1,238 @@
+//! Setup actions: the fixes preflight offers, each able to say exactly what it would run (SQL, or the
+//! Neon API request) before it runs it.
+//!
+//! Invariants:
+//! - [`Action::preview`] and [`Action::run`] come from the same statements, so what the user confirmed is
+//!   what runs. Every identifier is quoted by [`crate::sql::ident`] and every literal by
+//!   [`crate::sql::literal`]; nothing the user typed is pasted into SQL.
+//! - A generated password is never part of a preview: the preview shows a placeholder, and the password
+//!   goes from the generator straight into the server's statement and the OS keychain.
+//! - Nothing is dropped without an explicit action that names it ([`Action::DropSlot`]).
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::secrets::Secret;
+use crate::sql::{ident, literal};
+
+/// A fix preflight can offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Action {
+    /// `ALTER SYSTEM SET wal_level = logical` (takes effect after a restart).
+    SetWalLevel,
+    /// Gives an existing role the REPLICATION attribute.
+    GrantReplication {
+        /// The role.
+        role: String,
+    },
+    /// Creates a login role with REPLICATION and a generated password (kept in the keychain).
+    CreateReplicationRole {
+        /// The new role.
+        role: String,
+    },
+    /// The guide's three GRANTs for one schema.
+    GrantSchemaAccess {
+        /// The schema.
+        schema: String,
+        /// The role to grant to.
+        role: String,
+    },
+    /// Creates the publication or adds tables to it.
+    Publication {
+        /// The publication.
+        publication: String,
+        /// The statements (from [`crate::publication::plan`]).
+        statements: Vec<String>,
+    },
+    /// Creates a pgoutput slot.
+    CreateSlot {
+        /// The slot.
+        slot: String,
+    },
+    /// Drops a slot (after the user confirmed it is stale or foreign).
+    DropSlot {
+        /// The slot.
+        slot: String,
+    },
+    /// `ALTER TABLE … REPLICA IDENTITY FULL`.
+    ReplicaIdentityFull {
+        /// Schema.
+        schema: String,
+        /// Table.
+        table: String,
+    },
+    /// Neon: turns on logical replication for the project (cannot be undone; restarts its computes).
+    NeonEnableLogicalReplication {
+        /// The Neon project.
+        project_id: String,
+    },
+}
+
+/// Where a generated password goes in a preview.
+pub const PASSWORD_PLACEHOLDER: &str = "'<generated password, stored in the OS keychain>'";
+
+impl Action {
+    /// What it would run, as SQL statements or one HTTP request line with its JSON body.
+    pub fn preview(&self) -> Vec<String> {
+        match self {
+            Action::NeonEnableLogicalReplication { project_id } => vec![format!(
+                "PATCH /api/v2/projects/{project_id} {}",
+                crate::neon::enable_logical_replication_body()
+            )],
+            Action::CreateReplicationRole { role } => vec![format!(
+                "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {PASSWORD_PLACEHOLDER}",
+                ident(role)
+            )],
+            other => other.statements(),
+        }
+    }
+
+    /// What needs confirming beyond the statements themselves.
+    pub fn warning(&self) -> Option<&'static str> {
+        match self {
+            Action::SetWalLevel => Some("Takes effect only after PostgreSQL restarts; needs a superuser."),
+            Action::NeonEnableLogicalReplication { .. } => Some(
+                "Cannot be undone: wal_level becomes logical for every database of the project, and all of \
+                 its computes restart, dropping open connections.",
+            ),
+            Action::DropSlot { .. } => Some(
+                "Whoever streams from this slot loses their position: they must start over with a new backfill.",
+            ),
+            Action::ReplicaIdentityFull { .. } => Some(
+                "Every update and delete then writes the whole old row to the WAL: more WAL, more network, \
+                 in exchange for complete before-images and unchanged TOAST values.",
+            ),
+            _ => None,
+        }
+    }
+
+    fn statements(&self) -> Vec<String> {
+        match self {
+            Action::SetWalLevel => vec!["ALTER SYSTEM SET wal_level = logical".into()],
+            Action::GrantReplication { role } => {
+                vec![format!("ALTER ROLE {} WITH REPLICATION", ident(role))]
+            }
+            Action::GrantSchemaAccess { schema, role } => vec![
+                format!("GRANT USAGE ON SCHEMA {} TO {}", ident(schema), ident(role)),
+                format!(
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
+                    ident(schema),
+                    ident(role)
+                ),
+                format!(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}",
+                    ident(schema),
+                    ident(role)
+                ),
+            ],
+            Action::Publication { statements, .. } => statements.clone(),
+            Action::CreateSlot { slot } => vec![format!(
+                "SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
+                literal(slot)
+            )],
+            Action::DropSlot { slot } => {
+                vec![format!(
+                    "SELECT pg_drop_replication_slot({})",
+                    literal(slot)
+                )]
+            }
+            Action::ReplicaIdentityFull { schema, table } => vec![format!(
+                "ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                ident(schema),
+                ident(table)
+            )],
+            Action::CreateReplicationRole { .. } | Action::NeonEnableLogicalReplication { .. } => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs a SQL action on `client`. A new role's password is generated here and returned, for the
+    /// caller to put in the keychain; Neon actions go through [`crate::neon::Client`] instead.
+    pub async fn run(&self, client: &Client) -> Result<Option<Secret>> {
+        let (statements, password) = match self {
+            Action::NeonEnableLogicalReplication { .. } => {
+                return Err(Error::invalid_input(
+                    "action",
+                    "a Neon action runs through the Neon API, not SQL",
+                ))
+            }
+            Action::CreateReplicationRole { role } => {
+                let password = Secret::new(crate::secrets::random_hex(24)?);
+                let statement = format!(
+                    "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
+                    ident(role),
+                    literal(password.expose())
+                );
+                (vec![statement], Some(password))
+            }
+            other => (other.statements(), None),
+        };
+        for statement in &statements {
+            client.batch_execute(statement).await.map_err(|e| {
+                // The statement is named only when it carries no password.
+                let what = if password.is_some() {
+                    "creating the replication role".to_string()
+                } else {
+                    statement.clone()
+                };
+                Error::from_postgres(&e, &what)
+            })?;
+        }
+        Ok(password)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_quote_every_name_and_never_show_a_password() {
+        let hostile = "we\"ird; DROP TABLE x; --";
+        let grant = Action::GrantSchemaAccess {
+            schema: "Sales Dept".into(),
+            role: hostile.into(),
+        };
+        assert_eq!(
+            grant.preview(),
+            vec![
+                "GRANT USAGE ON SCHEMA \"Sales Dept\" TO \"we\"\"ird; DROP TABLE x; --\"",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA \"Sales Dept\" TO \"we\"\"ird; DROP TABLE x; --\"",
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA \"Sales Dept\" GRANT SELECT ON TABLES TO \"we\"\"ird; DROP TABLE x; --\"",
+            ]
+        );
+        let slot = Action::CreateSlot {
+            slot: "o'brien".into(),
+        };
+        assert_eq!(
+            slot.preview(),
+            vec!["SELECT pg_create_logical_replication_slot('o''brien', 'pgoutput')"]
+        );
+        let role = Action::CreateReplicationRole { role: "cdc".into() };
+        assert_eq!(
+            role.preview(),
+            vec![format!(
+                "CREATE ROLE \"cdc\" WITH LOGIN REPLICATION PASSWORD {PASSWORD_PLACEHOLDER}"
+            )]
+        );
+    }
+
+    #[test]
+    fn actions_travel_as_tagged_json() {
+        let action: Action = serde_json::from_str(
+            r#"{"action":"replicaIdentityFull","schema":"public","table":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            action,
+            Action::ReplicaIdentityFull {
+                schema: "public".into(),
+                table: "t".into()
+            }
+        );
+        assert!(action.warning().is_some());
+    }
+}

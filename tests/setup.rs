@@ -1,0 +1,408 @@
+//! Preflight checks in their pass and fail states, and every fix turning a fail into a pass, against
+//! real clusters; hostile names go through the fixes without injecting anything.
+
+use tidepool::connection::{connect, ConnectionSpec};
+use tidepool::preflight::{run, Check, Status, Target};
+use tidepool::setup::Action;
+
+use crate::harness::{self, TestDb};
+
+fn target(publication: &str, slot: &str, tables: &[(&str, &str)]) -> Target {
+    Target {
+        host: "127.0.0.1".into(),
+        publication: publication.into(),
+        slot: slot.into(),
+        tables: tables
+            .iter()
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .collect(),
+        neon_project: None,
+        slot_warn_bytes: None,
+    }
+}
+
+async fn checks(spec: &ConnectionSpec, target: &Target) -> Vec<Check> {
+    run(&connect(spec).await.unwrap(), target).await.unwrap()
+}
+
+fn find<'a>(checks: &'a [Check], id: &str) -> &'a Check {
+    checks
+        .iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("no check {id} in {checks:#?}"))
+}
+
+/// Runs a check's fix as `admin` and returns what it ran.
+async fn fix(admin: &ConnectionSpec, check: &Check) -> Vec<String> {
+    let fix = check
+        .fix
+        .as_ref()
+        .unwrap_or_else(|| panic!("{} has no fix", check.id));
+    fix.action
+        .run(&connect(admin).await.unwrap())
+        .await
+        .unwrap();
+    fix.preview.clone()
+}
+
+#[tokio::test]
+async fn wal_level_replica_fails_with_the_alter_system_fix() {
+    let db = TestDb::new(harness::replica(), "setup_wal");
+    let t = target("p", "s", &[]);
+    let found = checks(&db.spec(), &t).await;
+    let wal = find(&found, "wal_level");
+    assert_eq!(wal.status, Status::Fail);
+    assert!(wal.explanation.contains("'replica'"), "{}", wal.explanation);
+    assert_eq!(
+        fix(&db.spec(), wal).await,
+        vec!["ALTER SYSTEM SET wal_level = logical"]
+    );
+    // Written for the next restart (the cluster is shared, so it is taken back right away).
+    assert_eq!(
+        db.sql("SELECT setting FROM pg_file_settings WHERE name = 'wal_level' AND sourcefile LIKE '%postgresql.auto.conf';").trim(),
+        "logical"
+    );
+    db.sql("ALTER SYSTEM RESET wal_level;");
+
+    // On a Neon host without a linked project there is no SQL fix, and the explanation says where to go;
+    // linked, the fix is the API call.
+    let mut neon = t.clone();
+    neon.host = "ep-cool-darkness-123456.us-east-2.aws.neon.tech".into();
+    let found = checks(&db.spec(), &neon).await;
+    assert!(find(&found, "wal_level").fix.is_none());
+    assert!(find(&found, "wal_level").explanation.contains("Neon"));
+    neon.neon_project = Some("hidden-cell-763301".into());
+    let found = checks(&db.spec(), &neon).await;
+    let fix = find(&found, "wal_level").fix.clone().unwrap();
+    assert_eq!(
+        fix.preview,
+        vec![
+            r#"PATCH /api/v2/projects/hidden-cell-763301 {"project":{"settings":{"enable_logical_replication":true}}}"#
+        ]
+    );
+    assert!(fix.warning.unwrap().contains("Cannot be undone"));
+}
+
+#[tokio::test]
+async fn every_fail_turns_into_a_pass_with_its_fix() {
+    let db = TestDb::new(harness::plain(), "setup_fix");
+    db.sql(
+        "CREATE SCHEMA shop;
+            CREATE TABLE shop.orders (id int PRIMARY KEY, n int);
+            CREATE TABLE shop.log (at timestamptz, line int);
+            CREATE TABLE shop.docs (id int PRIMARY KEY, body text);",
+    );
+    let user = db.role("setup_user", "", "pw");
+    let t = target(
+        "setup pub",
+        &db.name,
+        &[("shop", "orders"), ("shop", "log"), ("shop", "docs")],
+    );
+    let found = checks(&user, &t).await;
+    assert_eq!(find(&found, "wal_level").status, Status::Pass);
+    assert_eq!(find(&found, "pooler").status, Status::Pass);
+    assert_eq!(find(&found, "capacity").status, Status::Pass);
+    for id in [
+        "replication",
+        "grants:shop",
+        "publication",
+        "slot",
+        "replica_identity:shop.log",
+    ] {
+        assert_eq!(
+            find(&found, id).status,
+            Status::Fail,
+            "{id}: {:?}",
+            find(&found, id)
+        );
+    }
+    assert_eq!(
+        find(&found, "replica_identity:shop.orders").status,
+        Status::Pass
+    );
+    // Keyed, but a text column can be TOASTed.
+    assert_eq!(
+        find(&found, "replica_identity:shop.docs").status,
+        Status::Warn
+    );
+
+    let admin = db.spec();
+    assert_eq!(
+        fix(&admin, find(&found, "replication")).await,
+        vec![format!("ALTER ROLE \"{}\" WITH REPLICATION", user.user)]
+    );
+    assert_eq!(fix(&admin, find(&found, "grants:shop")).await.len(), 3);
+    assert_eq!(
+        fix(&admin, find(&found, "publication")).await,
+        vec![
+            r#"CREATE PUBLICATION "setup pub" FOR TABLE "shop"."orders", "shop"."log", "shop"."docs""#
+        ]
+    );
+    fix(&admin, find(&found, "replica_identity:shop.log")).await;
+    fix(&admin, find(&found, "replica_identity:shop.docs")).await;
+    // The slot is created by the user (who may replicate now).
+    fix(&user, find(&found, "slot")).await;
+
+    let after = checks(&user, &t).await;
+    for c in &after {
+        assert_eq!(c.status, Status::Pass, "{c:#?}");
+    }
+
+    // A table added to the list later is missing from the publication: the fix adds it.
+    db.sql("CREATE TABLE shop.extra (id int PRIMARY KEY); GRANT SELECT ON shop.extra TO PUBLIC;");
+    let mut more = t.clone();
+    more.tables.push(("shop".into(), "extra".into()));
+    let found = checks(&user, &more).await;
+    assert_eq!(
+        fix(&admin, find(&found, "publication")).await,
+        vec![r#"ALTER PUBLICATION "setup pub" ADD TABLE "shop"."extra""#]
+    );
+    assert_eq!(
+        find(&checks(&user, &more).await, "publication").status,
+        Status::Pass
+    );
+    db.sql(&format!("SELECT pg_drop_replication_slot('{}');", db.name));
+}
+
+#[tokio::test]
+async fn foreign_and_stale_slots_are_flagged_with_a_drop_fix() {
+    let db = TestDb::new(harness::plain(), "setup_slot");
+    // Someone else's slot under our name: another plugin.
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'test_decoding');",
+        db.name
+    ));
+    let mut t = target("p", &db.name, &[]);
+    let found = checks(&db.spec(), &t).await;
+    let slot = find(&found, "slot");
+    assert_eq!(slot.status, Status::Fail);
+    assert!(
+        slot.explanation.contains("test_decoding"),
+        "{}",
+        slot.explanation
+    );
+    assert_eq!(
+        fix(&db.spec(), slot).await,
+        vec![format!("SELECT pg_drop_replication_slot('{}')", db.name)]
+    );
+    assert!(find(&checks(&db.spec(), &t).await, "slot")
+        .explanation
+        .contains("does not exist"));
+
+    // A stale pgoutput slot that holds back WAL: a warning, with the drop offered.
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput'); CREATE TABLE w (v text);
+         INSERT INTO w SELECT repeat('x', 1000) FROM generate_series(1, 2000);",
+        db.name
+    ));
+    t.slot_warn_bytes = Some(1024 * 1024);
+    let found = checks(&db.spec(), &t).await;
+    let slot = find(&found, "slot");
+    assert_eq!(slot.status, Status::Warn, "{slot:#?}");
+    assert!(
+        slot.explanation.contains("holds back"),
+        "{}",
+        slot.explanation
+    );
+    assert!(slot.fix.as_ref().unwrap().warning.is_some());
+    fix(&db.spec(), slot).await;
+}
+
+#[tokio::test]
+async fn a_pooled_neon_host_fails_with_the_direct_host() {
+    let db = TestDb::new(harness::plain(), "setup_pooler");
+    let mut t = target("p", "s", &[]);
+    t.host = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech".into();
+    let found = checks(&db.spec(), &t).await;
+    let pooler = find(&found, "pooler");
+    assert_eq!(pooler.status, Status::Fail);
+    assert!(pooler
+        .explanation
+        .contains("ep-cool-darkness-123456.us-east-2.aws.neon.tech"));
+}
+
+#[tokio::test]
+async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
+    let db = TestDb::new(harness::plain(), "setup_hostile");
+    let schema = "Sales \"Dept\"; DROP TABLE canary; --";
+    let table = "Ordér Table";
+    // Roles are cluster-wide: a reserved word, made unique per run, with a quote and a space.
+    let role_name = format!("select \"{}\"", harness::unique("r"));
+    let role = role_name.as_str();
+    let publication = "pub'; DROP TABLE canary; --";
+    let long = "é".repeat(31); // 62 bytes: near PostgreSQL's 63-byte limit
+    db.sql(&format!(
+        "CREATE TABLE canary (id int); CREATE SCHEMA {s}; CREATE TABLE {s}.{t} (id int, v text); CREATE TABLE {s}.{l} (id int PRIMARY KEY);",
+        s = tidepool::sql::ident(schema),
+        t = tidepool::sql::ident(table),
+        l = tidepool::sql::ident(&long),
+    ));
+    let admin_client = connect(&db.spec()).await.unwrap();
+    let created = Action::CreateReplicationRole { role: role.into() }
+        .run(&admin_client)
+        .await
+        .unwrap()
+        .expect("a generated password");
+    assert!(created.expose().len() >= 32);
+    Action::GrantSchemaAccess {
+        schema: schema.into(),
+        role: role.into(),
+    }
+    .run(&admin_client)
+    .await
+    .unwrap();
+    Action::ReplicaIdentityFull {
+        schema: schema.into(),
+        table: table.into(),
+    }
+    .run(&admin_client)
+    .await
+    .unwrap();
+    let statements = tidepool::publication::plan(
+        &admin_client,
+        publication,
+        &[
+            (schema.into(), table.into(), false),
+            (schema.into(), long.clone(), false),
+        ],
+    )
+    .await
+    .unwrap();
+    Action::Publication {
+        publication: publication.into(),
+        statements,
+    }
+    .run(&admin_client)
+    .await
+    .unwrap();
+
+    // The new role logs in with the generated password and passes every check on those tables.
+    let mut as_role = db.spec();
+    as_role.user = role.into();
+    as_role.password = Some(created);
+    let t = target(
+        publication,
+        "hostile_slot",
+        &[(schema, table), (schema, &long)],
+    );
+    let found = checks(&as_role, &t).await;
+    for id in ["replication", "publication", "wal_level"] {
+        assert_eq!(
+            find(&found, id).status,
+            Status::Pass,
+            "{:?}",
+            find(&found, id)
+        );
+    }
+    assert_eq!(
+        find(&found, &format!("grants:{schema}")).status,
+        Status::Pass
+    );
+    assert_eq!(
+        find(&found, &format!("replica_identity:{schema}.{table}")).status,
+        Status::Pass
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM canary;").trim(),
+        "0",
+        "the canary table is still there"
+    );
+    db.sql(&format!(
+        "DROP PUBLICATION {}; DROP OWNED BY {r}; DROP ROLE {r};",
+        tidepool::sql::ident(publication),
+        r = tidepool::sql::ident(role)
+    ));
+}
+
+#[test]
+fn the_command_line_prints_the_checklist_and_dry_runs_fixes() {
+    let db = TestDb::new(harness::plain(), "setup_cli");
+    db.sql("CREATE TABLE t (id int);");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(args)
+            .env("PGPASSWORD", db.cluster.superuser_password().expose())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "check",
+        "--json",
+        "--url",
+        &url,
+        "--tables",
+        "public.t",
+        "--publication",
+        "cli pub",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let publication = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "publication")
+        .unwrap();
+    assert_eq!(publication["status"], "fail");
+    assert_eq!(
+        publication["fix"]["preview"][0],
+        r#"CREATE PUBLICATION "cli pub" FOR TABLE "public"."t""#
+    );
+    let strict = run(&["check", "--strict", "--url", &url, "--tables", "public.t"]);
+    assert_eq!(strict.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&strict.stdout).contains("[FAIL]"));
+
+    let dry = run(&[
+        "setup",
+        "--url",
+        &url,
+        "--tables",
+        "public.t",
+        "--publication",
+        "cli pub",
+        "--dry-run",
+        "publication",
+    ]);
+    assert!(dry.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout).trim(),
+        r#"CREATE PUBLICATION "cli pub" FOR TABLE "public"."t""#
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication;").trim(),
+        "0",
+        "a dry run ran nothing"
+    );
+    let real = run(&[
+        "setup",
+        "--url",
+        &url,
+        "--tables",
+        "public.t",
+        "--publication",
+        "cli pub",
+        "publication",
+    ]);
+    assert!(
+        real.status.success(),
+        "{}",
+        String::from_utf8_lossy(&real.stderr)
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'cli pub';")
+            .trim(),
+        "1"
+    );
+    let refused = run(&["setup", "--url", &url, "--slot", "x", "drop-slot"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm"));
+}
