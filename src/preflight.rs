@@ -369,9 +369,17 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
                 "Publication {} does not exist; pgoutput sends only what a publication names.",
                 ident(&target.publication)
             ),
-            (!statements.is_empty()).then(|| Action::Publication {
+            Some(Action::Publication {
                 publication: target.publication.clone(),
-                statements: statements.clone(),
+                // With no tables chosen yet, the guide's alternative: every table, now and later.
+                statements: if statements.is_empty() {
+                    vec![format!(
+                        "CREATE PUBLICATION {} FOR ALL TABLES",
+                        ident(&target.publication)
+                    )]
+                } else {
+                    statements.clone()
+                },
             }),
         ));
     } else if statements.is_empty() {

@@ -520,6 +520,53 @@ impl Profiles {
         crate::binding::Definition::load(&crate::store::Store::open(&dir)?)
     }
 
+    /// The preflight checklist for the profile: its publication and slot, and the tables of its saved
+    /// capture (else the publication's).
+    pub async fn preflight(&self, id_or_name: &str) -> Result<Vec<crate::preflight::Check>> {
+        let profile = self.get(id_or_name)?;
+        let spec = self.spec_blocking(id_or_name).await?;
+        let tables = self
+            .capture_definition(id_or_name)?
+            .map(|d| {
+                d.bindings
+                    .into_iter()
+                    .map(|b| (b.schema, b.table))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let target = crate::preflight::Target {
+            host: profile.host.clone(),
+            publication: profile.publication.clone(),
+            slot: profile.slot.clone(),
+            tables,
+            neon_project: None,
+            slot_warn_bytes: None,
+        };
+        let client = crate::connection::connect(&spec).await?;
+        crate::preflight::run(&client, &target).await
+    }
+
+    /// Runs a fix the user confirmed, as the profile's role. A new role's generated password is saved
+    /// in the keychain with a new profile for it (named after the role), never shown.
+    pub async fn run_fix(&self, id_or_name: &str, action: crate::setup::Action) -> Result<()> {
+        let profile = self.get(id_or_name)?;
+        let spec = self.spec_blocking(id_or_name).await?;
+        let client = crate::connection::connect(&spec).await?;
+        let password = action.run(&client).await?;
+        if let (Some(password), crate::setup::Action::CreateReplicationRole { role }) =
+            (password, &action)
+        {
+            let mut draft = draft_of(&profile);
+            draft.name = format!("{} ({role})", profile.name);
+            draft.user = role.clone();
+            let profiles = self.clone();
+            tokio::task::spawn_blocking(move || profiles.save(None, draft, Some(password)))
+                .await
+                .map_err(|e| Error::internal(format!("writing the keychain: {e}")))??;
+        }
+        Ok(())
+    }
+
     /// "Save and publish" for the profile: its publication and slot with `bindings`. Returns the
     /// statements it ran to make the publication contain the tables.
     pub async fn publish(
@@ -543,6 +590,27 @@ impl Profiles {
         definition.validate()?;
         let spec = self.spec_blocking(id_or_name).await?;
         crate::capture::publish(&spec, &self.store_dir(id_or_name)?, &definition).await
+    }
+}
+
+/// A saved profile as a form would show it.
+fn draft_of(profile: &Profile) -> ProfileDraft {
+    ProfileDraft {
+        name: profile.name.clone(),
+        address: profile.address(),
+        user: profile.user.clone(),
+        database: profile.database.clone(),
+        sslmode: profile.sslmode,
+        sslrootcert: profile
+            .sslrootcert
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        options: profile.options.clone(),
+        channel_binding: profile.channel_binding,
+        publication: Some(profile.publication.clone()),
+        slot: Some(profile.slot.clone()),
+        application_name: Some(profile.application_name.clone()),
+        password_storage: PasswordStorage::Keychain,
     }
 }
 

@@ -5,8 +5,10 @@ use tauri::State;
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
 use tidepool::discovery::DiscoveredTable;
+use tidepool::preflight::Check;
 use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
+use tidepool::setup::Action;
 use tidepool::Error;
 
 /// Every saved profile with the state of its password.
@@ -99,4 +101,20 @@ pub async fn publish_capture(
     bindings: Vec<Binding>,
 ) -> Result<Vec<String>, Error> {
     profiles.publish(&id, bindings).await
+}
+
+/// The preflight checklist for a profile, each failing check with its fix and that fix's SQL.
+#[tauri::command]
+pub async fn preflight(profiles: State<'_, Profiles>, id: String) -> Result<Vec<Check>, Error> {
+    profiles.preflight(&id).await
+}
+
+/// Runs a fix the user saw and confirmed.
+#[tauri::command]
+pub async fn run_fix(
+    profiles: State<'_, Profiles>,
+    id: String,
+    action: Action,
+) -> Result<(), Error> {
+    profiles.run_fix(&id, action).await
 }

@@ -44,6 +44,8 @@ pub fn run() {
             commands::discover_tables,
             commands::capture_definition,
             commands::publish_capture,
+            commands::preflight,
+            commands::run_fix,
         ])
         .run(tauri::generate_context!())
         .expect("the Tauri runtime failed to start");

@@ -354,3 +354,61 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
         "the app writes its log in its data directory"
     );
 }
+
+#[tokio::test]
+async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = fresh_database("e2e_setup");
+    cluster()
+        .psql(&database, "CREATE TABLE orders (id int PRIMARY KEY);")
+        .unwrap();
+    let data = temp_data_dir("setup");
+    // A saved profile whose publication does not exist yet (its password in the real keychain).
+    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(serde_json::json!({
+        "name": "Setup e2e",
+        "address": format!("127.0.0.1:{}", cluster().port()),
+        "user": "postgres",
+        "database": database,
+        "sslmode": "disable",
+        "publication": "e2e pub",
+        "slot": "e2e_setup_slot",
+    }))
+    .unwrap();
+    tidepool::profile::Profiles::open(&data)
+        .save(None, draft, Some(cluster().superuser_password().clone()))
+        .unwrap();
+
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Setup e2e").await;
+    click(&client, "tab-setup").await;
+    let status = wait_for_text(&client, "check-publication-status", |t| !t.is_empty()).await;
+    assert_eq!(status, "Fail");
+    click(&client, "fix-publication").await;
+    let sql = text_of(&client, "fix-publication-sql").await;
+    assert_eq!(sql, "CREATE PUBLICATION \"e2e pub\" FOR ALL TABLES");
+    screenshot(&client, "setup-fix-preview").await;
+    // Nothing ran before the confirmation.
+    assert_eq!(
+        cluster()
+            .psql(&database, "SELECT count(*) FROM pg_publication;")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    click(&client, "fix-publication-run").await;
+    let status = wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
+    screenshot(&client, "setup-fixed").await;
+    client.close().await.unwrap();
+    assert_eq!(status, "Pass");
+    assert_eq!(
+        cluster()
+            .psql(
+                &database,
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'e2e pub';"
+            )
+            .unwrap()
+            .trim(),
+        "1"
+    );
+}

@@ -5,11 +5,12 @@ import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
 import { ProfileList } from "./components/ProfileList";
 import { SettingsPanel } from "./components/SettingsPanel";
+import { SetupPanel } from "./components/SetupPanel";
 import { TablesPanel } from "./components/TablesPanel";
 import * as backend from "./lib/backend";
 import type { BackendError, ProfileView } from "./lib/types";
 
-type Tab = "connection" | "tables";
+type Tab = "connection" | "setup" | "tables";
 type View = { screen: "profile"; id: string | null; tab?: Tab } | { screen: "settings" };
 
 export function App() {
@@ -54,7 +55,7 @@ export function App() {
           {loadError && <ErrorNotice error={loadError} testId="load-error" />}
           {view.screen === "profile" && selected && (
             <nav className="tabs">
-              {(["connection", "tables"] as Tab[]).map((tab) => (
+              {(["connection", "setup", "tables"] as Tab[]).map((tab) => (
                 <button
                   key={tab}
                   type="button"
@@ -63,13 +64,15 @@ export function App() {
                   className={(view.tab ?? "connection") === tab ? "tab current" : "tab"}
                   onClick={() => setView({ screen: "profile", id: selected.id, tab })}
                 >
-                  {tab === "connection" ? "Connection" : "Tables"}
+                  {tab === "connection" ? "Connection" : tab === "setup" ? "Setup" : "Tables"}
                 </button>
               ))}
             </nav>
           )}
           {view.screen === "settings" ? (
             <SettingsPanel />
+          ) : view.tab === "setup" && selected ? (
+            <SetupPanel key={selected.id} profileId={selected.id} />
           ) : view.tab === "tables" && selected ? (
             <TablesPanel key={selected.id} profileId={selected.id} />
           ) : (

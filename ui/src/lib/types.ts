@@ -189,3 +189,17 @@ export interface CaptureDefinition {
   slot: string;
   bindings: Binding[];
 }
+
+export type CheckStatus = "pass" | "warn" | "fail";
+
+/** A setup fix; the engine's tagged `Action`, sent back as it came when the user confirms. */
+export type SetupAction = { action: string } & Record<string, unknown>;
+
+/** One preflight check, with its fix and the exact SQL or API request the fix runs. */
+export interface PreflightCheck {
+  id: string;
+  title: string;
+  status: CheckStatus;
+  explanation: string;
+  fix: { action: SetupAction; preview: string[]; warning: string | null } | null;
+}

@@ -9,6 +9,8 @@ import {
   type Binding,
   type CaptureDefinition,
   type DiscoveredTable,
+  type PreflightCheck,
+  type SetupAction,
   type KeychainStatus,
   type NeonKeyStatus,
   type ProfileDraft,
@@ -60,3 +62,8 @@ export const captureDefinition = (id: string) => call<CaptureDefinition | null>(
 /** "Save and publish": returns the SQL statements that ran to make the publication contain the tables. */
 export const publishCapture = (id: string, bindings: Binding[]) =>
   call<string[]>("publish_capture", { id, bindings });
+
+export const preflight = (id: string) => call<PreflightCheck[]>("preflight", { id });
+
+/** Runs a fix the user saw (its SQL) and confirmed. */
+export const runFix = (id: string, action: SetupAction) => call<void>("run_fix", { id, action });

@@ -1,0 +1,72 @@
+import { render, screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import type { PreflightCheck } from "../lib/types";
+import { SetupPanel } from "./SetupPanel";
+
+const backend = vi.hoisted(() => ({
+  calls: [] as { command: string; args: unknown[] }[],
+  answers: {} as Record<string, (...args: unknown[]) => Promise<unknown>>,
+}));
+vi.mock("../lib/backend", () => {
+  const command =
+    (name: string) =>
+    (...args: unknown[]) => {
+      backend.calls.push({ command: name, args });
+      const answer = backend.answers[name];
+      return answer ? answer(...args) : new Promise(() => {});
+    };
+  return { preflight: command("preflight"), runFix: command("runFix") };
+});
+const answer = (name: string, fn: (...args: unknown[]) => Promise<unknown>) => (backend.answers[name] = fn);
+const callsOf = (name: string) => backend.calls.filter((c) => c.command === name).map((c) => c.args);
+
+const failing: PreflightCheck = {
+  id: "publication",
+  title: 'Publication "p" exists with the tables',
+  status: "fail",
+  explanation: 'Publication "p" does not exist.',
+  fix: {
+    action: { action: "publication", publication: "p", statements: ['CREATE PUBLICATION "p" FOR TABLE "public"."t"'] },
+    preview: ['CREATE PUBLICATION "p" FOR TABLE "public"."t"'],
+    warning: null,
+  },
+};
+
+beforeEach(() => {
+  backend.calls = [];
+  backend.answers = {};
+});
+
+describe("SetupPanel", () => {
+  it("shows the SQL before running it, runs only on confirm, and checks again", async () => {
+    let fixed = false;
+    answer("preflight", async () => [fixed ? { ...failing, status: "pass", fix: null } : failing]);
+    answer("runFix", async () => {
+      fixed = true;
+    });
+    const user = userEvent.setup();
+    render(<SetupPanel profileId="p1" />);
+    expect((await screen.findByTestId("check-publication-status")).textContent).toBe("Fail");
+    await user.click(screen.getByTestId("fix-publication"));
+    expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "public"."t"');
+    expect(callsOf("runFix")).toEqual([]);
+    await user.click(screen.getByTestId("fix-publication-run"));
+    await waitFor(() => expect(screen.getByTestId("check-publication-status").textContent).toBe("Pass"));
+    expect(callsOf("runFix")).toEqual([["p1", failing.fix!.action]]);
+    expect(screen.queryByTestId("fix-publication")).toBeNull();
+  });
+
+  it("shows a failed fix's error by kind", async () => {
+    answer("preflight", async () => [failing]);
+    answer("runFix", async () => {
+      throw { kind: "Permission", message: "must be owner of table t" };
+    });
+    const user = userEvent.setup();
+    render(<SetupPanel profileId="p1" />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    await user.click(screen.getByTestId("fix-publication-run"));
+    expect((await screen.findByTestId("setup-error-kind")).textContent).toBe("Permission");
+  });
+});
