@@ -24,7 +24,7 @@ use crate::capture::{
 };
 use crate::connection::{connect, ConnectionSpec};
 use crate::discovery::{discover, kind_of, DiscoveredTable};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::pgoutput::{Lsn, Value};
 use crate::sql;
 use crate::store::{Op, Store};
@@ -107,19 +107,7 @@ pub async fn run(
     store.begin()?;
     let mut total = 0;
     for (relid, binding) in tables.iter().enumerate() {
-        let found = discovered
-            .iter()
-            .find(|t| t.schema == binding.schema && t.table == binding.table)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "--tables: {}.{} is not a table this role can read",
-                        sql::ident(&binding.schema),
-                        sql::ident(&binding.table)
-                    ),
-                )
-            })?;
+        let found = binding.discovered_in(&discovered, "--tables")?;
         total += copy_table(
             &client,
             store,

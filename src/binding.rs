@@ -61,6 +61,26 @@ impl Binding {
         }
     }
 
+    /// This binding's table among `discovered`, or a NotFound error naming `field`.
+    pub fn discovered_in<'a>(
+        &self,
+        discovered: &'a [crate::discovery::DiscoveredTable],
+        field: &str,
+    ) -> Result<&'a crate::discovery::DiscoveredTable> {
+        discovered
+            .iter()
+            .find(|t| t.schema == self.schema && t.table == self.table)
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::NotFound,
+                    format!(
+                        "{field}: {} is not a table this role can read",
+                        self.qualified()
+                    ),
+                )
+            })
+    }
+
     /// `"schema"."table"`, for messages and SQL.
     pub fn qualified(&self) -> String {
         format!("{}.{}", sql::ident(&self.schema), sql::ident(&self.table))
@@ -124,24 +144,33 @@ impl Definition {
 
     /// The definition saved in `store`, if one was.
     pub fn load(store: &Store) -> Result<Option<Definition>> {
-        store
-            .meta(META_KEY)?
-            .map(|text| {
-                serde_json::from_str(&text).map_err(|e| {
-                    Error::internal(format!(
-                        "store: the saved capture definition is unreadable: {e}"
-                    ))
-                })
-            })
+        Definition::saved_text(store)?
+            .as_deref()
+            .map(Definition::parse)
             .transpose()
     }
 
+    /// The saved definition's text as stored (a running capture compares texts to notice edits).
+    pub fn saved_text(store: &Store) -> Result<Option<String>> {
+        store.meta(META_KEY)
+    }
+
+    /// A definition from its saved text.
+    pub fn parse(text: &str) -> Result<Definition> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::internal(format!(
+                "store: the saved capture definition is unreadable: {e}"
+            ))
+        })
+    }
+
     /// Validates and saves the definition in `store` (in a transaction of its own; a running capture
-    /// picks it up).
-    pub fn save(&self, store: &mut Store) -> Result<()> {
+    /// picks it up). Returns the text saved.
+    pub fn save(&self, store: &mut Store) -> Result<String> {
         self.validate()?;
         let text = serde_json::to_string(self).map_err(Error::internal)?;
-        store.put_meta(META_KEY, &text)
+        store.put_meta(META_KEY, &text)?;
+        Ok(text)
     }
 
     /// Loads the definition of the store in `dir`, for editing.

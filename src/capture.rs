@@ -343,17 +343,21 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
     let mut store = Store::open(&options.store_dir)?;
     let sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
+    let mut definition_text = Definition::saved_text(&store)?;
+    let mut definition = definition_text
+        .as_deref()
+        .map(Definition::parse)
+        .transpose()?;
     if !options.bindings.is_empty() {
-        let definition = Definition {
-            profile: Definition::load(&store)?.and_then(|d| d.profile),
+        let given = Definition {
+            profile: definition.and_then(|d| d.profile),
             publication: options.publication.clone(),
             slot: options.slot.clone(),
             bindings: options.bindings.clone(),
         };
-        definition.save(&mut store)?;
+        definition_text = Some(given.save(&mut store)?);
+        definition = Some(given);
     }
-    let definition_text = store.meta("definition")?;
-    let definition = Definition::load(&store)?;
     let mut states: Vec<BindingState> = match store.meta(STATE_KEY)? {
         Some(text) => serde_json::from_str(&text).map_err(|e| {
             Error::internal(format!(
@@ -452,18 +456,7 @@ pub async fn publish(
     let readable = crate::discovery::discover(&client, None).await?;
     let mut tables = Vec::with_capacity(definition.bindings.len());
     for binding in &definition.bindings {
-        let found = readable
-            .iter()
-            .find(|t| t.schema == binding.schema && t.table == binding.table)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "bindings: {} is not a table this role can read",
-                        binding.qualified()
-                    ),
-                )
-            })?;
+        let found = binding.discovered_in(&readable, "bindings")?;
         tables.push((found.schema.clone(), found.table.clone(), found.partitioned));
     }
     let statements = crate::publication::plan(&client, &definition.publication, &tables).await?;
@@ -811,9 +804,7 @@ impl Capture {
             Err(e) if e.kind() == ErrorKind::Connection => {
                 tracing::warn!(error = %e, "a backfill lost its connection; starting it over");
                 let _ = std::fs::remove_dir_all(&staging);
-                let definition = self.definition.clone();
-                let text = self.definition_text.clone();
-                return self.reconcile(definition, text).await;
+                return self.reconcile_again().await;
             }
             Err(e) => return Err(e),
         };
@@ -837,6 +828,11 @@ impl Capture {
         tracing::info!(rows, tables = collections.len(), "backfill brought in");
         self.refresh_relations();
         // The definition may have moved on while it ran.
+        self.reconcile_again().await
+    }
+
+    /// Reconciles with the definition in force again (a backfill ended: start what waited for it).
+    async fn reconcile_again(&mut self) -> Result<()> {
         let definition = self.definition.clone();
         let text = self.definition_text.clone();
         self.reconcile(definition, text).await
@@ -844,11 +840,11 @@ impl Capture {
 
     /// Picks up an edited definition (called between transactions).
     async fn reload_definition(&mut self) -> Result<()> {
-        let text = self.store.meta("definition")?;
+        let text = Definition::saved_text(&self.store)?;
         if text == self.definition_text {
             return Ok(());
         }
-        let definition = Definition::load(&self.store)?;
+        let definition = text.as_deref().map(Definition::parse).transpose()?;
         tracing::info!("the capture definition changed; applying it");
         self.reconcile(definition, text).await
     }

@@ -333,6 +333,19 @@ pub enum ReplicationRight {
 }
 
 impl ReplicationRight {
+    /// Reads the [`replication_columns!`] starting at column `first` of `row`.
+    pub(crate) fn from_columns(row: &tokio_postgres::Row, first: usize) -> ReplicationRight {
+        if row.get::<_, bool>(first) {
+            ReplicationRight::Superuser
+        } else if row.get::<_, bool>(first + 1) {
+            ReplicationRight::Attribute
+        } else if let Some(role) = row.get::<_, Option<String>>(first + 2) {
+            ReplicationRight::Membership { role }
+        } else {
+            ReplicationRight::None
+        }
+    }
+
     /// Whether the role may replicate on any grounds.
     pub fn allowed(&self) -> bool {
         !matches!(self, ReplicationRight::None)
@@ -361,20 +374,32 @@ pub struct ServerFacts {
     pub round_trip_ms: f64,
 }
 
-const FACTS_SQL: &str = "\
-SELECT current_setting('server_version'),
+/// The three columns [`ReplicationRight::from_columns`] reads, over `pg_roles r` of the current user:
+/// superuser, REPLICATION, and the first role with REPLICATION it is a member of.
+macro_rules! replication_columns {
+    () => {
+        "r.rolsuper, r.rolreplication,
+       (SELECT g.rolname::text FROM pg_roles g
+         WHERE g.rolreplication AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
+         ORDER BY g.rolname LIMIT 1)"
+    };
+}
+
+pub(crate) use replication_columns;
+
+const FACTS_SQL: &str = concat!(
+    "SELECT current_setting('server_version'),
        current_setting('server_version_num')::int4,
        current_user::text,
        current_database()::text,
        current_setting('wal_level'),
-       r.rolsuper,
-       r.rolreplication,
-       (SELECT g.rolname::text FROM pg_roles g
-         WHERE g.rolreplication AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
-         ORDER BY g.rolname LIMIT 1),
+       ",
+    replication_columns!(),
+    ",
        COALESCE((SELECT s.ssl FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()), false)
   FROM pg_roles r
- WHERE r.rolname = current_user";
+ WHERE r.rolname = current_user"
+);
 
 /// Connects and reads the facts shown after "Test connection".
 pub async fn test_connection(spec: &ConnectionSpec) -> Result<ServerFacts> {
@@ -390,15 +415,7 @@ pub async fn test_connection(spec: &ConnectionSpec) -> Result<ServerFacts> {
         .query_one(FACTS_SQL, &[])
         .await
         .map_err(|e| Error::from_postgres(&e, &target))?;
-    let replication = if row.get::<_, bool>(5) {
-        ReplicationRight::Superuser
-    } else if row.get::<_, bool>(6) {
-        ReplicationRight::Attribute
-    } else if let Some(role) = row.get::<_, Option<String>>(7) {
-        ReplicationRight::Membership { role }
-    } else {
-        ReplicationRight::None
-    };
+    let replication = ReplicationRight::from_columns(&row, 5);
     Ok(ServerFacts {
         server_version: row.get(0),
         server_version_num: row.get(1),

@@ -123,32 +123,27 @@ impl Client {
 
     /// Every project the key can see.
     pub async fn projects(&self) -> Result<Vec<Project>> {
-        let body = self.call(reqwest::Method::GET, "/projects", None).await?;
-        field(body, "projects")
+        self.list("/projects", "projects").await
     }
 
     /// A project's branches.
     pub async fn branches(&self, project: &str) -> Result<Vec<Branch>> {
-        let body = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/projects/{}/branches", seg(project)),
-                None,
-            )
-            .await?;
-        field(body, "branches")
+        self.list(&format!("/projects/{}/branches", seg(project)), "branches")
+            .await
     }
 
     /// A project's compute endpoints.
     pub async fn endpoints(&self, project: &str) -> Result<Vec<Endpoint>> {
-        let body = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/projects/{}/endpoints", seg(project)),
-                None,
-            )
-            .await?;
-        field(body, "endpoints")
+        self.list(
+            &format!("/projects/{}/endpoints", seg(project)),
+            "endpoints",
+        )
+        .await
+    }
+
+    /// GETs `path` and reads the list in the answer's `name` member.
+    async fn list<T: serde::de::DeserializeOwned>(&self, path: &str, name: &str) -> Result<T> {
+        field(self.call(reqwest::Method::GET, path, None).await?, name)
     }
 
     /// Turns on logical replication (cannot be undone; restarts the project's computes) and waits for

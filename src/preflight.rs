@@ -125,32 +125,24 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
 
     let row = client
         .query_one(
-            "SELECT current_setting('wal_level'), current_user::text, r.rolsuper, r.rolreplication,
-                    (SELECT g.rolname::text FROM pg_roles g
-                      WHERE g.rolreplication AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
-                      ORDER BY g.rolname LIMIT 1),
+            concat!(
+                "SELECT current_setting('wal_level'), current_user::text, ",
+                crate::connection::replication_columns!(),
+                ",
                     current_setting('max_replication_slots')::int,
                     (SELECT count(*) FROM pg_replication_slots)::int,
                     current_setting('max_wal_senders')::int,
                     (SELECT count(*) FROM pg_stat_replication)::int,
                     current_database()::text
-               FROM pg_roles r WHERE r.rolname = current_user",
+               FROM pg_roles r WHERE r.rolname = current_user"
+            ),
             &[],
         )
         .await
         .map_err(q)?;
     let wal_level: String = row.get(0);
     let user: String = row.get(1);
-    let replication = match (
-        row.get::<_, bool>(2),
-        row.get::<_, bool>(3),
-        row.get::<_, Option<String>>(4),
-    ) {
-        (true, _, _) => ReplicationRight::Superuser,
-        (_, true, _) => ReplicationRight::Attribute,
-        (_, _, Some(role)) => ReplicationRight::Membership { role },
-        _ => ReplicationRight::None,
-    };
+    let replication = ReplicationRight::from_columns(&row, 2);
     let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
         (row.get(5), row.get(6), row.get(7), row.get(8));
     let database: String = row.get(9);
@@ -332,31 +324,11 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     }
 
     // Publication
-    let partitioned: Vec<bool> = {
-        let mut flags = Vec::with_capacity(tables.len());
-        for (schema, table) in &tables {
-            let p = client
-                .query_opt(
-                    "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-                    &[schema, table],
-                )
-                .await
-                .map_err(q)?
-                .map(|r| r.get::<_, bool>(0))
-                .ok_or_else(|| Error::new(crate::ErrorKind::NotFound, format!("tables: {}.{} does not exist", ident(schema), ident(table))))?;
-            flags.push(p);
-        }
-        flags
-    };
-    let planned: Vec<(String, String, bool)> = tables
-        .iter()
-        .zip(&partitioned)
-        .map(|((s, t), p)| (s.clone(), t.clone(), *p))
-        .collect();
-    let statements = crate::publication::plan(client, &target.publication, &planned).await?;
-    let exists = crate::publication::find(client, &target.publication)
-        .await?
-        .is_some();
+    let planned = crate::publication::with_partitioning(client, &tables, "tables").await?;
+    let existing = crate::publication::find(client, &target.publication).await?;
+    let exists = existing.is_some();
+    let statements =
+        crate::publication::statements(existing.as_ref(), &target.publication, &planned);
     if !exists {
         checks.push(check(
             "publication",

@@ -472,20 +472,18 @@ impl Profiles {
 
     /// Connects with a saved profile and reads the server's facts.
     pub async fn test(&self, id_or_name: &str, typed: Option<Secret>) -> Result<ServerFacts> {
-        let profiles = self.clone();
-        let name = id_or_name.to_string();
-        // The keychain's D-Bus calls block; keep them off the async workers.
-        let spec = tokio::task::spawn_blocking(move || profiles.spec(&name, typed))
-            .await
-            .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??;
-        test_connection(&spec).await
+        test_connection(&self.spec_blocking(id_or_name, typed).await?).await
     }
 
-    /// The spec for a saved profile with its keychain password, read off the async workers.
-    async fn spec_blocking(&self, id_or_name: &str) -> Result<ConnectionSpec> {
+    /// [`Profiles::spec`] off the async workers: the keychain's D-Bus calls block.
+    async fn spec_blocking(
+        &self,
+        id_or_name: &str,
+        typed: Option<Secret>,
+    ) -> Result<ConnectionSpec> {
         let profiles = self.clone();
         let name = id_or_name.to_string();
-        tokio::task::spawn_blocking(move || profiles.spec(&name, None))
+        tokio::task::spawn_blocking(move || profiles.spec(&name, typed))
             .await
             .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
     }
@@ -503,7 +501,7 @@ impl Profiles {
         id_or_name: &str,
     ) -> Result<Vec<crate::discovery::DiscoveredTable>> {
         let profile = self.get(id_or_name)?;
-        let spec = self.spec_blocking(id_or_name).await?;
+        let spec = self.spec_blocking(id_or_name, None).await?;
         let client = crate::connection::connect(&spec).await?;
         crate::discovery::discover(&client, Some(&profile.publication)).await
     }
@@ -524,7 +522,7 @@ impl Profiles {
     /// capture (else the publication's).
     pub async fn preflight(&self, id_or_name: &str) -> Result<Vec<crate::preflight::Check>> {
         let profile = self.get(id_or_name)?;
-        let spec = self.spec_blocking(id_or_name).await?;
+        let spec = self.spec_blocking(id_or_name, None).await?;
         let tables = self
             .capture_definition(id_or_name)?
             .map(|d| {
@@ -550,7 +548,7 @@ impl Profiles {
     /// in the keychain with a new profile for it (named after the role), never shown.
     pub async fn run_fix(&self, id_or_name: &str, action: crate::setup::Action) -> Result<()> {
         let profile = self.get(id_or_name)?;
-        let spec = self.spec_blocking(id_or_name).await?;
+        let spec = self.spec_blocking(id_or_name, None).await?;
         let client = crate::connection::connect(&spec).await?;
         let password = action.run(&client).await?;
         if let (Some(password), crate::setup::Action::CreateReplicationRole { role }) =
@@ -587,8 +585,7 @@ impl Profiles {
             slot: profile.slot.clone(),
             bindings,
         };
-        definition.validate()?;
-        let spec = self.spec_blocking(id_or_name).await?;
+        let spec = self.spec_blocking(id_or_name, None).await?;
         crate::capture::publish(&spec, &self.store_dir(id_or_name)?, &definition).await
     }
 }

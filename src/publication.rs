@@ -69,7 +69,15 @@ pub async fn plan(
     name: &str,
     tables: &[(String, String, bool)],
 ) -> Result<Vec<String>> {
-    let existing = find(client, name).await?;
+    Ok(statements(find(client, name).await?.as_ref(), name, tables))
+}
+
+/// [`plan`] for a publication already read (`None`: it does not exist).
+pub fn statements(
+    existing: Option<&PublicationInfo>,
+    name: &str,
+    tables: &[(String, String, bool)],
+) -> Vec<String> {
     let partitioned = tables.iter().any(|(_, _, p)| *p);
     let qualified = |(schema, table, _): &(String, String, bool)| {
         format!("{}.{}", sql::ident(schema), sql::ident(table))
@@ -78,7 +86,7 @@ pub async fn plan(
     match existing {
         None => {
             if tables.is_empty() {
-                return Ok(statements);
+                return statements;
             }
             let list: Vec<String> = tables.iter().map(qualified).collect();
             statements.push(format!(
@@ -117,7 +125,40 @@ pub async fn plan(
             }
         }
     }
-    Ok(statements)
+    statements
+}
+
+/// `tables` with whether each is partitioned, as [`plan`] takes them; a table that does not exist is
+/// an error naming `field`.
+pub async fn with_partitioning(
+    client: &Client,
+    tables: &[(String, String)],
+    field: &str,
+) -> Result<Vec<(String, String, bool)>> {
+    let mut out = Vec::with_capacity(tables.len());
+    for (schema, table) in tables {
+        let partitioned = client
+            .query_opt(
+                "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[schema, table],
+            )
+            .await
+            .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+            .map(|r| r.get::<_, bool>(0))
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::NotFound,
+                    format!(
+                        "{field}: {}.{} does not exist",
+                        sql::ident(schema),
+                        sql::ident(table)
+                    ),
+                )
+            })?;
+        out.push((schema.clone(), table.clone(), partitioned));
+    }
+    Ok(out)
 }
 
 /// Runs planned statements in one transaction.

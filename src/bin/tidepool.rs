@@ -61,39 +61,7 @@ enum Command {
     #[command(subcommand)]
     Profile(ProfileCommand),
     /// Streams every change from a pgoutput slot into a local store, exactly once.
-    Capture {
-        #[command(flatten)]
-        target: Target,
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
-        /// Publication to decode with (default: the profile's, else tidepool_publication).
-        #[arg(long)]
-        publication: Option<String>,
-        /// Replication slot (default: the profile's, else tidepool_slot).
-        #[arg(long)]
-        slot: Option<String>,
-        /// Create the slot if it does not exist.
-        #[arg(long)]
-        create_slot: bool,
-        /// Exit once every transaction committed at or before this LSN (X/Y) is stored.
-        #[arg(long)]
-        stop_at_lsn: Option<String>,
-        /// Tables to capture, schema.table,…: their existing rows are backfilled first, in the snapshot of
-        /// a new slot, then their changes stream from where the snapshot ends.
-        #[arg(long, value_delimiter = ',')]
-        tables: Vec<String>,
-        /// Capture only new changes of --tables, without backfilling their existing rows.
-        #[arg(long)]
-        no_backfill: bool,
-        /// Name a table's collection: schema.table=name (default schema/table). Repeatable.
-        #[arg(long = "collection", value_name = "TABLE=NAME")]
-        collections: Vec<String>,
-        /// Save and publish: first make the publication contain --tables (creating it if missing)
-        /// and create the slot.
-        #[arg(long)]
-        publish: bool,
-    },
+    Capture(CaptureArgs),
     /// The tables a store's capture binds to collections; edits reach a running capture within a
     /// second (a new table is backfilled alongside the stream).
     #[command(subcommand)]
@@ -335,33 +303,7 @@ async fn main() -> ExitCode {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
         }
-        Command::Capture {
-            target,
-            store,
-            publication,
-            slot,
-            create_slot,
-            stop_at_lsn,
-            tables,
-            no_backfill,
-            collections,
-            publish,
-        } => (
-            capture(CaptureArgs {
-                target,
-                store,
-                publication,
-                slot,
-                create_slot,
-                stop_at_lsn,
-                tables,
-                no_backfill,
-                collections,
-                publish,
-            })
-            .await,
-            false,
-        ),
+        Command::Capture(args) => (capture(args).await, false),
         Command::Binding(command) => {
             let json = matches!(command, BindingCommand::List { json: true, .. });
             (binding_command(command).await, json)
@@ -392,28 +334,37 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The publication and slot given, else the profile's, else the defaults.
+fn publication_and_slot(
+    target: &Target,
+    publication: Option<String>,
+    slot: Option<String>,
+) -> Result<(String, String), Error> {
+    let saved = match &target.profile {
+        Some(name) => Some(profiles()?.get(name)?),
+        None => None,
+    };
+    Ok((
+        publication
+            .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
+            .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into()),
+        slot.or_else(|| saved.as_ref().map(|p| p.slot.clone()))
+            .unwrap_or_else(|| profile::DEFAULT_SLOT.into()),
+    ))
+}
+
 /// The preflight target for the command line's scope.
 fn preflight_target(
     target: &Target,
     spec: &ConnectionSpec,
     scope: &Scope,
 ) -> Result<tidepool::preflight::Target, Error> {
-    let saved = match &target.profile {
-        Some(name) => Some(profiles()?.get(name)?),
-        None => None,
-    };
+    let (publication, slot) =
+        publication_and_slot(target, scope.publication.clone(), scope.slot.clone())?;
     Ok(tidepool::preflight::Target {
         host: spec.host.clone(),
-        publication: scope
-            .publication
-            .clone()
-            .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
-            .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into()),
-        slot: scope
-            .slot
-            .clone()
-            .or_else(|| saved.as_ref().map(|p| p.slot.clone()))
-            .unwrap_or_else(|| profile::DEFAULT_SLOT.into()),
+        publication,
+        slot,
         tables: scope
             .tables
             .iter()
@@ -490,19 +441,9 @@ async fn setup(
         },
         SetupCommand::Publication => {
             let client = connection::connect(&spec).await?;
-            let mut tables = Vec::new();
-            for (schema, table) in &preflight.tables {
-                let partitioned = client
-                    .query_opt(
-                        "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-                        &[schema, table],
-                    )
-                    .await
-                    .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
-                    .map(|r| r.get::<_, bool>(0))
-                    .ok_or_else(|| Error::invalid_input("--tables", format!("{schema}.{table} does not exist")))?;
-                tables.push((schema.clone(), table.clone(), partitioned));
-            }
+            let tables =
+                tidepool::publication::with_partitioning(&client, &preflight.tables, "--tables")
+                    .await?;
             if tables.is_empty() {
                 return Err(Error::invalid_input(
                     "--tables",
@@ -740,16 +681,39 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
     Ok(())
 }
 
+/// What `tidepool capture` takes.
+#[derive(Args)]
 struct CaptureArgs {
+    #[command(flatten)]
     target: Target,
+    /// The store folder.
+    #[arg(long)]
     store: PathBuf,
+    /// Publication to decode with (default: the profile's, else tidepool_publication).
+    #[arg(long)]
     publication: Option<String>,
+    /// Replication slot (default: the profile's, else tidepool_slot).
+    #[arg(long)]
     slot: Option<String>,
+    /// Create the slot if it does not exist.
+    #[arg(long)]
     create_slot: bool,
+    /// Exit once every transaction committed at or before this LSN (X/Y) is stored.
+    #[arg(long)]
     stop_at_lsn: Option<String>,
+    /// Tables to capture, schema.table,…: their existing rows are backfilled first, in the snapshot of
+    /// a new slot, then their changes stream from where the snapshot ends.
+    #[arg(long, value_delimiter = ',')]
     tables: Vec<String>,
+    /// Capture only new changes of --tables, without backfilling their existing rows.
+    #[arg(long)]
     no_backfill: bool,
+    /// Name a table's collection: schema.table=name (default schema/table). Repeatable.
+    #[arg(long = "collection", value_name = "TABLE=NAME")]
     collections: Vec<String>,
+    /// Save and publish: first make the publication contain --tables (creating it if missing)
+    /// and create the slot.
+    #[arg(long)]
     publish: bool,
 }
 
@@ -806,18 +770,7 @@ fn bindings_for(
 async fn capture(args: CaptureArgs) -> Result<(), Error> {
     let bindings = bindings_for(&args.tables, args.no_backfill, &args.collections)?;
     let spec = spec_for(&args.target)?;
-    let saved = match &args.target.profile {
-        Some(name) => Some(profiles()?.get(name)?),
-        None => None,
-    };
-    let publication = args
-        .publication
-        .or_else(|| saved.as_ref().map(|p| p.publication.clone()))
-        .unwrap_or_else(|| profile::DEFAULT_PUBLICATION.into());
-    let slot = args
-        .slot
-        .or_else(|| saved.as_ref().map(|p| p.slot.clone()))
-        .unwrap_or_else(|| profile::DEFAULT_SLOT.into());
+    let (publication, slot) = publication_and_slot(&args.target, args.publication, args.slot)?;
     let stop_at = args
         .stop_at_lsn
         .map(|l| {
@@ -980,7 +933,8 @@ fn edit_binding(
         .find(|b| b.schema == schema && b.table == name)
         .ok_or_else(|| Error::invalid_input("table", format!("{table} is not bound")))?;
     change(binding);
-    definition.save(&mut Store::open(store)?)
+    definition.save(&mut Store::open(store)?)?;
+    Ok(())
 }
 
 async fn discover(target: &Target, publication: Option<String>, json: bool) -> Result<(), Error> {
