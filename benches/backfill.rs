@@ -9,35 +9,17 @@
 //! Reported: rows/s of both, the ratio Tidepool ÷ limit, and the Tidepool process's peak RSS.
 //! Run: `cargo bench --bench backfill` (release build; `TIDEPOOL_BENCH_ROWS` changes the 5M rows).
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::Instant;
-
-use tidepool::cluster::{Cluster, ClusterOptions};
-
-/// Waits for a child and returns its exit status and its own peak resident set size in KiB.
-fn wait_with_rusage(pid: i32) -> (i32, i64) {
-    let mut status = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    (libc::WEXITSTATUS(status), usage.ru_maxrss)
-}
 
 fn main() {
     let rows: u64 = std::env::var("TIDEPOOL_BENCH_ROWS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5_000_000);
-    let cluster = Cluster::start(ClusterOptions {
-        settings: vec![
-            ("max_wal_size".into(), "'4GB'".into()),
-            ("checkpoint_timeout".into(), "'30min'".into()),
-        ],
-        ..Default::default()
-    })
-    .expect("starting PostgreSQL");
-    cluster.psql("postgres", "CREATE DATABASE bench;").unwrap();
+    let cluster = support::cluster();
     let sql = |s: &str| cluster.psql("bench", s).expect("benchmark SQL");
     let started = Instant::now();
     sql(&format!(
@@ -95,7 +77,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("running tidepool capture");
-    let (status, max_rss_kib) = wait_with_rusage(child.id() as i32);
+    let (status, max_rss_kib) = support::wait_with_rusage(child.id() as i32);
     let tidepool_secs = started.elapsed().as_secs_f64();
     assert_eq!(status, 0, "tidepool capture failed");
     let stored = tidepool::store::Store::open(&store)

@@ -9,12 +9,14 @@
 //!
 //! Run: `cargo bench --bench capture` (release build). Figures go to stdout as a Markdown table.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidepool::capture::{run, CaptureOptions, Observer};
-use tidepool::cluster::{Cluster, ClusterOptions};
+use tidepool::cluster::Cluster;
 use tidepool::pgoutput::Lsn;
 
 struct Bench {
@@ -99,22 +101,12 @@ impl Bench {
             .stdout(Stdio::null())
             .spawn()
             .expect("running tidepool capture");
-        let (status, max_rss_kib) = wait_with_rusage(child.id() as i32);
+        let (status, max_rss_kib) = support::wait_with_rusage(child.id() as i32);
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(status, 0, "tidepool capture failed");
         let _ = std::fs::remove_dir_all(&store);
         (seconds, max_rss_kib as f64 / 1024.0)
     }
-}
-
-/// Waits for a child and returns its exit status and its own peak resident set size in KiB.
-fn wait_with_rusage(pid: i32) -> (i32, i64) {
-    let mut status = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
 struct Row {
@@ -208,15 +200,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cluster = Cluster::start(ClusterOptions {
-        settings: vec![
-            ("max_wal_size".into(), "'4GB'".into()),
-            ("checkpoint_timeout".into(), "'30min'".into()),
-        ],
-        ..Default::default()
-    })
-    .expect("starting PostgreSQL");
-    cluster.psql("postgres", "CREATE DATABASE bench;").unwrap();
+    let cluster = support::cluster();
     let bench = Bench {
         cluster,
         db: "bench",

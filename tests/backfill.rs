@@ -30,25 +30,6 @@ fn options(db: &TestDb, store: &std::path::Path, stop_at: Option<Lsn>) -> Captur
     }
 }
 
-fn source_rows(db: &TestDb) -> BTreeMap<i64, Json> {
-    db.sql("SELECT json_build_object('id', id, 'version', version) FROM t ORDER BY id;")
-        .lines()
-        .map(|l| serde_json::from_str::<Json>(l).unwrap())
-        .map(|r| (r["id"].as_i64().unwrap(), r))
-        .collect()
-}
-
-fn stored_rows(store: &std::path::Path) -> BTreeMap<i64, Json> {
-    Store::open(store)
-        .unwrap()
-        .rows("public/t", 10_000_000)
-        .unwrap()
-        .iter()
-        .map(data)
-        .map(|r| (r["id"].as_i64().unwrap(), r))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles() {
     let db = TestDb::new(harness::plain(), "bf_million");
@@ -58,29 +39,7 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
 
     // Writers that insert, update and delete all through the backfill and after it.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..2i32 {
-        let spec = db.spec();
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let client = tidepool::connection::connect(&spec).await.unwrap();
-            let mut n: i64 = 0;
-            let mut next_new = 2_000_000 + w * 1_000_000;
-            while !stop.load(Ordering::Relaxed) {
-                let id = ((n * 7919 + i64::from(w) * 104_729) % 1_000_000 + 1) as i32;
-                let sql = match n % 4 {
-                    0 | 1 => format!("UPDATE t SET version = version + 1 WHERE id = {id}"),
-                    2 => format!("DELETE FROM t WHERE id = {id}"),
-                    _ => {
-                        next_new += 1;
-                        format!("INSERT INTO t VALUES ({next_new}, 0)")
-                    }
-                };
-                client.batch_execute(&sql).await.unwrap();
-                n += 1;
-            }
-        }));
-    }
+    let running = writers(&db, "t", 1_000_000, 2_000_000, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let capture = tokio::spawn(run(options(&db, &store, None)));
@@ -97,7 +56,7 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    for writer in writers {
+    for writer in running {
         writer.await.unwrap();
     }
     eprintln!("backfill and writes took {:?}", started.elapsed());
@@ -109,18 +68,7 @@ async fn a_million_rows_backfill_under_concurrent_writes_without_gaps_or_doubles
     let report = run(catch_up).await.unwrap();
     eprintln!("catch-up stored {} changes", report.changes);
 
-    let expected = source_rows(&db);
-    let stored = stored_rows(&store);
-    assert_eq!(stored.len(), expected.len());
-    let differing: Vec<_> = expected
-        .iter()
-        .filter(|(id, row)| stored.get(id) != Some(row))
-        .take(5)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "rows differ from the source, e.g. {differing:?}"
-    );
+    assert_same_rows(&collection_rows(&store, "public/t"), &table_rows(&db, "t"));
 
     // No change twice: each (op, id, version) once; each row backfilled at most once.
     let changes = Store::open(&store)
@@ -198,7 +146,7 @@ async fn an_interrupted_backfill_starts_over_cleanly() {
         .await
         .unwrap();
     assert_eq!(report.backfilled_rows, 300_000);
-    assert_eq!(stored_rows(&store), source_rows(&db));
+    assert_same_rows(&collection_rows(&store, "public/t"), &table_rows(&db, "t"));
     let info = &Store::open(&store).unwrap().collections().unwrap()[0];
     assert_eq!(
         info.changes, 300_000,
@@ -334,6 +282,27 @@ fn assert_no_change_twice(store: &std::path::Path, collection: &str) -> u64 {
     backfilled
 }
 
+/// Lets the writers run a second more, stops them and the running capture, then catches up to now
+/// from the store's checkpoint with the saved definition.
+async fn stop_and_catch_up(
+    db: &TestDb,
+    store: &std::path::Path,
+    stop: &AtomicBool,
+    running: Vec<tokio::task::JoinHandle<()>>,
+    capture: tokio::task::JoinHandle<tidepool::Result<tidepool::capture::CaptureReport>>,
+) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in running {
+        writer.await.unwrap();
+    }
+    capture.abort();
+    let _ = capture.await;
+    let mut catch_up = options(db, store, Some(db.current_lsn()));
+    catch_up.bindings.clear();
+    run(catch_up).await.unwrap();
+}
+
 /// Waits until the running capture's state lists every binding as live (no backfill in flight),
 /// with `table` among them.
 async fn wait_until_live(store: &std::path::Path, table: &str, backfill: u32) {
@@ -392,16 +361,7 @@ async fn a_table_added_to_a_running_capture_arrives_without_gaps_or_doubles() {
     );
     wait_until_live(&store, "b", 0).await;
     assert!(!capture.is_finished(), "the capture stopped: {capture:?}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for writer in running {
-        writer.await.unwrap();
-    }
-    capture.abort();
-    let _ = capture.await;
-    let mut catch_up = options(&db, &store, Some(db.current_lsn()));
-    catch_up.bindings.clear();
-    run(catch_up).await.unwrap();
+    stop_and_catch_up(&db, &store, &stop, running, capture).await;
 
     assert_same_rows(&collection_rows(&store, "public/a"), &table_rows(&db, "a"));
     assert_same_rows(
@@ -442,16 +402,7 @@ async fn a_table_backfilled_again_while_capturing_ends_equal_to_the_source() {
     definition.bindings[0].backfill += 1;
     definition.save(&mut Store::open(&store).unwrap()).unwrap();
     wait_until_live(&store, "a", 1).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for writer in running {
-        writer.await.unwrap();
-    }
-    capture.abort();
-    let _ = capture.await;
-    let mut catch_up = options(&db, &store, Some(db.current_lsn()));
-    catch_up.bindings.clear();
-    run(catch_up).await.unwrap();
+    stop_and_catch_up(&db, &store, &stop, running, capture).await;
 
     assert_same_rows(&collection_rows(&store, "public/a"), &table_rows(&db, "a"));
     assert_same_rows(&collection_rows(&store, "public/b"), &table_rows(&db, "b"));
