@@ -4,30 +4,9 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import type { ProfileView, ServerFacts } from "../lib/types";
 import { ProfileEditor } from "./ProfileEditor";
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
-// A fake backend: each test says how calls answer; calls are recorded with their arguments.
-const backend = vi.hoisted(() => ({
-  calls: [] as { command: string; args: unknown[] }[],
-  answers: {} as Record<string, (...args: unknown[]) => Promise<unknown>>,
-}));
-vi.mock("../lib/backend", () => {
-  const command =
-    (name: string) =>
-    (...args: unknown[]) => {
-      backend.calls.push({ command: name, args });
-      const answer = backend.answers[name];
-      return answer ? answer(...args) : new Promise(() => {});
-    };
-  return {
-    autofill: command("autofill"),
-    saveProfile: command("saveProfile"),
-    testConnection: command("testConnection"),
-    deleteProfile: command("deleteProfile"),
-  };
-});
-
-const answer = (name: string, fn: (...args: unknown[]) => Promise<unknown>) => (backend.answers[name] = fn);
-const callsOf = (name: string) => backend.calls.filter((c) => c.command === name).map((c) => c.args);
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["autofill", "saveProfile", "testConnection", "deleteProfile"]));
 
 const FACTS: ServerFacts = {
   serverVersion: "15.18 (Debian 15.18-0+deb12u1)",
@@ -62,8 +41,7 @@ const DIRECT = "ep-cool-darkness-123456.us-east-2.aws.neon.tech";
 
 describe("ProfileEditor", () => {
   beforeEach(() => {
-    backend.calls = [];
-    backend.answers = {};
+    resetBackend();
   });
 
   it("autofills from a URL, flags a Neon pooled host and switches to the direct host", async () => {

@@ -4,23 +4,9 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import type { PreflightCheck } from "../lib/types";
 import { SetupPanel } from "./SetupPanel";
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
-const backend = vi.hoisted(() => ({
-  calls: [] as { command: string; args: unknown[] }[],
-  answers: {} as Record<string, (...args: unknown[]) => Promise<unknown>>,
-}));
-vi.mock("../lib/backend", () => {
-  const command =
-    (name: string) =>
-    (...args: unknown[]) => {
-      backend.calls.push({ command: name, args });
-      const answer = backend.answers[name];
-      return answer ? answer(...args) : new Promise(() => {});
-    };
-  return { preflight: command("preflight"), runFix: command("runFix") };
-});
-const answer = (name: string, fn: (...args: unknown[]) => Promise<unknown>) => (backend.answers[name] = fn);
-const callsOf = (name: string) => backend.calls.filter((c) => c.command === name).map((c) => c.args);
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["preflight", "runFix"]));
 
 const failing: PreflightCheck = {
   id: "publication",
@@ -35,8 +21,7 @@ const failing: PreflightCheck = {
 };
 
 beforeEach(() => {
-  backend.calls = [];
-  backend.answers = {};
+  resetBackend();
 });
 
 describe("SetupPanel", () => {

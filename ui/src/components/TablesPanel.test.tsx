@@ -4,29 +4,9 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import type { DiscoveredTable } from "../lib/types";
 import { TablesPanel } from "./TablesPanel";
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
-// A fake backend: each test says how calls answer; calls are recorded with their arguments.
-const backend = vi.hoisted(() => ({
-  calls: [] as { command: string; args: unknown[] }[],
-  answers: {} as Record<string, (...args: unknown[]) => Promise<unknown>>,
-}));
-vi.mock("../lib/backend", () => {
-  const command =
-    (name: string) =>
-    (...args: unknown[]) => {
-      backend.calls.push({ command: name, args });
-      const answer = backend.answers[name];
-      return answer ? answer(...args) : new Promise(() => {});
-    };
-  return {
-    discoverTables: command("discoverTables"),
-    captureDefinition: command("captureDefinition"),
-    publishCapture: command("publishCapture"),
-  };
-});
-
-const answer = (name: string, fn: (...args: unknown[]) => Promise<unknown>) => (backend.answers[name] = fn);
-const callsOf = (name: string) => backend.calls.filter((c) => c.command === name).map((c) => c.args);
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "publishCapture"]));
 
 const table = (name: string, key: string[]): DiscoveredTable => ({
   schema: "public",
@@ -44,8 +24,7 @@ const table = (name: string, key: string[]): DiscoveredTable => ({
 });
 
 beforeEach(() => {
-  backend.calls = [];
-  backend.answers = {};
+  resetBackend();
   answer("discoverTables", async () => [table("orders", ["id"]), table("events", [])]);
 });
 
