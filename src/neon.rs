@@ -63,6 +63,24 @@ pub struct Endpoint {
     pub kind: String,
 }
 
+/// The Neon project and branch a profile's database lives in: what the Neon fixes act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Link {
+    /// The project, e.g. `hidden-cell-763301`.
+    pub project_id: String,
+    /// The branch, e.g. `br-blue-tooth-671580`.
+    pub branch_id: String,
+}
+
+/// The endpoint id a Neon host names: its first label without `-pooler`
+/// (`ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech` → `ep-cool-darkness-123456`).
+pub fn endpoint_of_host(host: &str) -> Option<String> {
+    let first = host.split('.').next()?.to_ascii_lowercase();
+    let id = first.strip_suffix("-pooler").unwrap_or(&first);
+    id.starts_with("ep-").then(|| id.to_string())
+}
+
 /// The JSON body that turns on logical replication.
 pub fn enable_logical_replication_body() -> Json {
     json!({"project": {"settings": {"enable_logical_replication": true}}})
@@ -108,7 +126,15 @@ impl Client {
     /// A client with the API key from the keychain, for Neon's API (or the one `TIDEPOOL_NEON_API_URL`
     /// names, e.g. a local stand-in).
     pub fn from_keychain() -> Result<Client> {
-        let key = crate::secrets::Keychain::open()?
+        Client::with_keychain(&crate::secrets::Keychain::open()?, None)
+    }
+
+    /// [`Client::from_keychain`] with a given keychain, for `base` if given.
+    pub fn with_keychain(
+        keychain: &crate::secrets::Keychain,
+        base: Option<&str>,
+    ) -> Result<Client> {
+        let key = keychain
             .get(&crate::secrets::SecretKey::NeonApiKey)?
             .ok_or_else(|| {
                 Error::new(
@@ -116,8 +142,12 @@ impl Client {
                     "no Neon API key is stored: add one in Settings (or `tidepool neon key`)",
                 )
             })?;
-        let base =
-            std::env::var("TIDEPOOL_NEON_API_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.into());
+        let base = match base {
+            Some(base) => base.to_string(),
+            None => {
+                std::env::var("TIDEPOOL_NEON_API_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.into())
+            }
+        };
         Client::new(&base, key)
     }
 
@@ -128,17 +158,42 @@ impl Client {
 
     /// A project's branches.
     pub async fn branches(&self, project: &str) -> Result<Vec<Branch>> {
-        self.list(&format!("/projects/{}/branches", seg(project)), "branches")
-            .await
+        self.list(
+            &format!("/projects/{}/branches", segment(project)),
+            "branches",
+        )
+        .await
     }
 
     /// A project's compute endpoints.
     pub async fn endpoints(&self, project: &str) -> Result<Vec<Endpoint>> {
         self.list(
-            &format!("/projects/{}/endpoints", seg(project)),
+            &format!("/projects/{}/endpoints", segment(project)),
             "endpoints",
         )
         .await
+    }
+
+    /// The project and branch whose endpoint serves `host` (direct or pooled), looked up across every
+    /// project the key can see; `None` when no endpoint has that host's id.
+    pub async fn locate(&self, host: &str) -> Result<Option<Link>> {
+        let Some(endpoint) = endpoint_of_host(host) else {
+            return Ok(None);
+        };
+        for project in self.projects().await? {
+            if let Some(found) = self
+                .endpoints(&project.id)
+                .await?
+                .into_iter()
+                .find(|e| e.id.eq_ignore_ascii_case(&endpoint))
+            {
+                return Ok(Some(Link {
+                    project_id: project.id,
+                    branch_id: found.branch_id,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// GETs `path` and reads the list in the answer's `name` member.
@@ -152,7 +207,7 @@ impl Client {
         let body = self
             .call(
                 reqwest::Method::PATCH,
-                &format!("/projects/{}", seg(project)),
+                &format!("/projects/{}", segment(project)),
                 Some(enable_logical_replication_body()),
             )
             .await?;
@@ -164,7 +219,11 @@ impl Client {
         let body = self
             .call(
                 reqwest::Method::POST,
-                &format!("/projects/{}/branches/{}/roles", seg(project), seg(branch)),
+                &format!(
+                    "/projects/{}/branches/{}/roles",
+                    segment(project),
+                    segment(branch)
+                ),
                 Some(json!({"role": {"name": role}})),
             )
             .await?;
@@ -179,9 +238,9 @@ impl Client {
                 reqwest::Method::GET,
                 &format!(
                     "/projects/{}/branches/{}/roles/{}/reveal_password",
-                    seg(project),
-                    seg(branch),
-                    seg(role)
+                    segment(project),
+                    segment(branch),
+                    segment(role)
                 ),
                 None,
             )
@@ -196,9 +255,9 @@ impl Client {
                 reqwest::Method::POST,
                 &format!(
                     "/projects/{}/branches/{}/roles/{}/reset_password",
-                    seg(project),
-                    seg(branch),
-                    seg(role)
+                    segment(project),
+                    segment(branch),
+                    segment(role)
                 ),
                 None,
             )
@@ -238,7 +297,7 @@ impl Client {
                 let body = self
                     .call(
                         reqwest::Method::GET,
-                        &format!("/projects/{}/operations/{}", seg(project), seg(id)),
+                        &format!("/projects/{}/operations/{}", segment(project), segment(id)),
                         None,
                     )
                     .await?;
@@ -314,7 +373,7 @@ impl Client {
 }
 
 /// A path segment, percent-encoded (ids and role names come from users and from Neon).
-fn seg(part: &str) -> String {
+pub fn segment(part: &str) -> String {
     /// Everything but RFC 3986's unreserved characters.
     const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')

@@ -75,9 +75,14 @@ pub struct Target {
     pub tables: Vec<(String, String)>,
     /// The Neon project the profile is linked to, if any.
     pub neon_project: Option<String>,
+    /// The Neon branch the profile is linked to, if any (a role is created on a branch).
+    pub neon_branch: Option<String>,
     /// Retained WAL above which the slot check warns (default [`LAG_WARN_BYTES`]).
     pub slot_warn_bytes: Option<i64>,
 }
+
+/// The role the Neon fix creates for replication.
+pub const NEON_REPLICATION_ROLE: &str = "tidepool_cdc";
 
 /// Retained WAL above which the slot check warns (bytes).
 pub const LAG_WARN_BYTES: i64 = 1 << 30;
@@ -179,8 +184,32 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
         ));
     }
 
-    // Replication right
+    // Replication right. On Neon nobody is superuser; a role made through its API belongs to
+    // neon_superuser, which has REPLICATION.
+    let on_neon = is_neon(&target.host) || target.neon_project.is_some();
     match &replication {
+        ReplicationRight::None if on_neon => {
+            let fix = match (&target.neon_project, &target.neon_branch) {
+                (Some(project_id), Some(branch_id)) => Some(Action::NeonCreateRole {
+                    project_id: project_id.clone(),
+                    branch_id: branch_id.clone(),
+                    role: NEON_REPLICATION_ROLE.into(),
+                }),
+                _ => None,
+            };
+            let how = if fix.is_some() {
+                "Create a role through the Neon API (it belongs to neon_superuser, which has REPLICATION); Tidepool saves a profile for it."
+            } else {
+                "Link the profile to its Neon project to create one from here, or create a role in the Neon Console (Roles → Add role): roles made there belong to neon_superuser, which has REPLICATION."
+            };
+            checks.push(check(
+                "replication",
+                "The role may replicate",
+                Status::Fail,
+                format!("Role {} was created with SQL, so it is not in neon_superuser and may not replicate. {how}", ident(&user)),
+                fix,
+            ))
+        }
         ReplicationRight::None => checks.push(check(
             "replication",
             "The role may replicate",

@@ -72,6 +72,9 @@ pub struct Profile {
     pub application_name: String,
     /// Where the password lives.
     pub password: PasswordStorage,
+    /// The Neon project and branch the database lives in, when linked (enables the Neon fixes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neon: Option<crate::neon::Link>,
 }
 
 impl Profile {
@@ -229,6 +232,7 @@ enum KeychainSource {
 pub struct Profiles {
     file: PathBuf,
     keychain: KeychainSource,
+    neon_api: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -243,6 +247,7 @@ impl Profiles {
         Profiles {
             file: data_dir.join("profiles.json"),
             keychain: KeychainSource::Platform,
+            neon_api: None,
         }
     }
 
@@ -251,7 +256,15 @@ impl Profiles {
         Profiles {
             file: data_dir.join("profiles.json"),
             keychain: KeychainSource::Given(keychain),
+            neon_api: None,
         }
+    }
+
+    /// The same profiles, talking to the Neon API at `base` (a stand-in in tests) instead of
+    /// `TIDEPOOL_NEON_API_URL` or Neon's own.
+    pub fn with_neon_api(mut self, base: &str) -> Profiles {
+        self.neon_api = Some(base.to_string());
+        self
     }
 
     fn keychain(&self) -> Result<Keychain> {
@@ -359,7 +372,9 @@ impl Profiles {
             Some(index) => file.profiles[index].id.clone(),
             None => new_id()?,
         };
-        let profile = validate(profile_id, draft)?;
+        let mut profile = validate(profile_id, draft)?;
+        // The form does not carry the Neon link; editing the connection keeps it.
+        profile.neon = existing.and_then(|i| file.profiles[i].neon.clone());
         if file
             .profiles
             .iter()
@@ -537,32 +552,125 @@ impl Profiles {
             publication: profile.publication.clone(),
             slot: profile.slot.clone(),
             tables,
-            neon_project: None,
+            neon_project: profile.neon.as_ref().map(|l| l.project_id.clone()),
+            neon_branch: profile.neon.as_ref().map(|l| l.branch_id.clone()),
             slot_warn_bytes: None,
         };
         let client = crate::connection::connect(&spec).await?;
         crate::preflight::run(&client, &target).await
     }
 
-    /// Runs a fix the user confirmed, as the profile's role. A new role's generated password is saved
-    /// in the keychain with a new profile for it (named after the role), never shown.
+    /// Runs a fix the user confirmed: SQL as the profile's role, a Neon action through the Neon API
+    /// with the key in the keychain. A password that comes back never reaches the caller: a new role's
+    /// goes to the keychain with a new profile for it (named after the role, linked like this one); a
+    /// revealed or reset one replaces this profile's password in the keychain.
     pub async fn run_fix(&self, id_or_name: &str, action: crate::setup::Action) -> Result<()> {
+        use crate::setup::Action;
         let profile = self.get(id_or_name)?;
-        let spec = self.spec_blocking(id_or_name, None).await?;
-        let client = crate::connection::connect(&spec).await?;
-        let password = action.run(&client).await?;
-        if let (Some(password), crate::setup::Action::CreateReplicationRole { role }) =
-            (password, &action)
-        {
-            let mut draft = draft_of(&profile);
-            draft.name = format!("{} ({role})", profile.name);
-            draft.user = role.clone();
-            let profiles = self.clone();
-            tokio::task::spawn_blocking(move || profiles.save(None, draft, Some(password)))
+        let password = if action.is_neon() {
+            if let Action::NeonRevealPassword { role, .. }
+            | Action::NeonResetPassword { role, .. } = &action
+            {
+                if role != &profile.user {
+                    return Err(Error::invalid_input(
+                        "role",
+                        format!(
+                            "the profile logs in as '{}', not '{role}': only its own password is kept",
+                            profile.user
+                        ),
+                    ));
+                }
+            }
+            action.run_neon(&self.neon_client().await?).await?
+        } else {
+            let spec = self.spec_blocking(id_or_name, None).await?;
+            let client = crate::connection::connect(&spec).await?;
+            action.run(&client).await?
+        };
+        let Some(password) = password else {
+            return Ok(());
+        };
+        let profiles = self.clone();
+        match &action {
+            Action::CreateReplicationRole { role } | Action::NeonCreateRole { role, .. } => {
+                let mut draft = draft_of(&profile);
+                draft.name = format!("{} ({role})", profile.name);
+                draft.user = role.clone();
+                let link = profile.neon.clone();
+                tokio::task::spawn_blocking(move || {
+                    let view = profiles.save(None, draft, Some(password))?;
+                    profiles.link_neon(&view.profile.id, link)
+                })
                 .await
                 .map_err(|e| Error::internal(format!("writing the keychain: {e}")))??;
+            }
+            _ => {
+                let key = SecretKey::ProfilePassword(profile.id.clone());
+                let label = profile.keychain_label();
+                tokio::task::spawn_blocking(move || {
+                    profiles.keychain()?.set(&key, &label, &password)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("writing the keychain: {e}")))??;
+                if profile.password == PasswordStorage::AskEachTime {
+                    let mut draft = draft_of(&profile);
+                    draft.password_storage = PasswordStorage::Keychain;
+                    let profiles = self.clone();
+                    let id = profile.id.clone();
+                    tokio::task::spawn_blocking(move || profiles.save(Some(&id), draft, None))
+                        .await
+                        .map_err(|e| Error::internal(format!("saving the profile: {e}")))??;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Links the profile to a Neon project and branch (or unlinks it with `None`).
+    pub fn link_neon(
+        &self,
+        id_or_name: &str,
+        link: Option<crate::neon::Link>,
+    ) -> Result<ProfileView> {
+        let profile = self.get(id_or_name)?;
+        if let Some(link) = &link {
+            for (field, value) in [
+                ("projectId", &link.project_id),
+                ("branchId", &link.branch_id),
+            ] {
+                if value.trim().is_empty() || value.chars().any(char::is_control) {
+                    return Err(Error::invalid_input(
+                        field,
+                        "name a Neon project and branch",
+                    ));
+                }
+            }
+        }
+        let mut file = self.load()?;
+        for p in file.profiles.iter_mut().filter(|p| p.id == profile.id) {
+            p.neon = link.clone();
+        }
+        self.store(&file)?;
+        self.list()?
+            .into_iter()
+            .find(|v| v.profile.id == profile.id)
+            .ok_or_else(|| Error::internal("the linked profile vanished"))
+    }
+
+    /// A Neon API client with the key from this keychain (read off the async workers).
+    pub async fn neon_client(&self) -> Result<crate::neon::Client> {
+        let profiles = self.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::neon::Client::with_keychain(&profiles.keychain()?, profiles.neon_api.as_deref())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
+    }
+
+    /// The Neon project and branch whose endpoint serves the profile's host, if the key can see one.
+    pub async fn neon_locate(&self, id_or_name: &str) -> Result<Option<crate::neon::Link>> {
+        let profile = self.get(id_or_name)?;
+        self.neon_client().await?.locate(&profile.host).await
     }
 
     /// "Save and publish" for the profile: its publication and slot with `bindings`. Returns the
@@ -678,6 +786,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
         slot,
         application_name: optional(draft.application_name).unwrap_or_else(|| "tidepool".into()),
         password: draft.password_storage,
+        neon: None,
     })
 }
 

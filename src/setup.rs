@@ -68,18 +68,92 @@ pub enum Action {
         /// The Neon project.
         project_id: String,
     },
+    /// Neon: creates a role through the API (such roles belong to `neon_superuser`, which has
+    /// REPLICATION); Neon returns its password once, and it goes to the keychain with a new profile.
+    NeonCreateRole {
+        /// The Neon project.
+        project_id: String,
+        /// The branch.
+        branch_id: String,
+        /// The new role.
+        role: String,
+    },
+    /// Neon: reads a role's password into the keychain (for a profile whose password is missing).
+    NeonRevealPassword {
+        /// The Neon project.
+        project_id: String,
+        /// The branch.
+        branch_id: String,
+        /// The role (the profile's user).
+        role: String,
+    },
+    /// Neon: gives a role a new password, kept in the keychain; clients using the old one stop working.
+    NeonResetPassword {
+        /// The Neon project.
+        project_id: String,
+        /// The branch.
+        branch_id: String,
+        /// The role (the profile's user).
+        role: String,
+    },
 }
 
 /// Where a generated password goes in a preview.
 pub const PASSWORD_PLACEHOLDER: &str = "'<generated password, stored in the OS keychain>'";
 
 impl Action {
+    /// Whether it goes through the Neon API rather than SQL.
+    pub fn is_neon(&self) -> bool {
+        matches!(
+            self,
+            Action::NeonEnableLogicalReplication { .. }
+                | Action::NeonCreateRole { .. }
+                | Action::NeonRevealPassword { .. }
+                | Action::NeonResetPassword { .. }
+        )
+    }
+
     /// What it would run, as SQL statements or one HTTP request line with its JSON body.
     pub fn preview(&self) -> Vec<String> {
+        let role_path = |project: &str, branch: &str| {
+            format!(
+                "/api/v2/projects/{}/branches/{}/roles",
+                crate::neon::segment(project),
+                crate::neon::segment(branch)
+            )
+        };
         match self {
             Action::NeonEnableLogicalReplication { project_id } => vec![format!(
-                "PATCH /api/v2/projects/{project_id} {}",
+                "PATCH /api/v2/projects/{} {}",
+                crate::neon::segment(project_id),
                 crate::neon::enable_logical_replication_body()
+            )],
+            Action::NeonCreateRole {
+                project_id,
+                branch_id,
+                role,
+            } => vec![format!(
+                "POST {} {}",
+                role_path(project_id, branch_id),
+                serde_json::json!({"role": {"name": role}})
+            )],
+            Action::NeonRevealPassword {
+                project_id,
+                branch_id,
+                role,
+            } => vec![format!(
+                "GET {}/{}/reveal_password",
+                role_path(project_id, branch_id),
+                crate::neon::segment(role)
+            )],
+            Action::NeonResetPassword {
+                project_id,
+                branch_id,
+                role,
+            } => vec![format!(
+                "POST {}/{}/reset_password",
+                role_path(project_id, branch_id),
+                crate::neon::segment(role)
             )],
             Action::CreateReplicationRole { role } => vec![format!(
                 "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {PASSWORD_PLACEHOLDER}",
@@ -96,6 +170,14 @@ impl Action {
             Action::NeonEnableLogicalReplication { .. } => Some(
                 "Cannot be undone: wal_level becomes logical for every database of the project, and all of \
                  its computes restart, dropping open connections.",
+            ),
+            Action::NeonResetPassword { .. } => Some(
+                "Every client that uses the role's current password stops connecting until it gets the new \
+                 one (Tidepool keeps the new one in the OS keychain).",
+            ),
+            Action::NeonCreateRole { .. } => Some(
+                "The role's password is shown by Neon only once: Tidepool puts it straight into the OS \
+                 keychain with a new profile for the role.",
             ),
             Action::DropSlot { .. } => Some(
                 "Whoever streams from this slot loses their position: they must start over with a new backfill.",
@@ -143,9 +225,11 @@ impl Action {
                 ident(schema),
                 ident(table)
             )],
-            Action::CreateReplicationRole { .. } | Action::NeonEnableLogicalReplication { .. } => {
-                Vec::new()
-            }
+            Action::CreateReplicationRole { .. }
+            | Action::NeonEnableLogicalReplication { .. }
+            | Action::NeonCreateRole { .. }
+            | Action::NeonRevealPassword { .. }
+            | Action::NeonResetPassword { .. } => Vec::new(),
         }
     }
 
@@ -153,7 +237,7 @@ impl Action {
     /// caller to put in the keychain; Neon actions go through [`crate::neon::Client`] instead.
     pub async fn run(&self, client: &Client) -> Result<Option<Secret>> {
         let (statements, password) = match self {
-            Action::NeonEnableLogicalReplication { .. } => {
+            neon if neon.is_neon() => {
                 return Err(Error::invalid_input(
                     "action",
                     "a Neon action runs through the Neon API, not SQL",
@@ -182,6 +266,40 @@ impl Action {
             })?;
         }
         Ok(password)
+    }
+
+    /// Runs a Neon action through the API. A password Neon hands back (a new role's, a revealed or
+    /// reset one) is returned for the caller to put in the keychain.
+    pub async fn run_neon(&self, neon: &crate::neon::Client) -> Result<Option<Secret>> {
+        match self {
+            Action::NeonEnableLogicalReplication { project_id } => {
+                neon.enable_logical_replication(project_id).await?;
+                Ok(None)
+            }
+            Action::NeonCreateRole {
+                project_id,
+                branch_id,
+                role,
+            } => Ok(Some(neon.create_role(project_id, branch_id, role).await?)),
+            Action::NeonRevealPassword {
+                project_id,
+                branch_id,
+                role,
+            } => Ok(Some(
+                neon.reveal_password(project_id, branch_id, role).await?,
+            )),
+            Action::NeonResetPassword {
+                project_id,
+                branch_id,
+                role,
+            } => Ok(Some(
+                neon.reset_password(project_id, branch_id, role).await?,
+            )),
+            _ => Err(Error::invalid_input(
+                "action",
+                "a SQL action runs on the database, not through the Neon API",
+            )),
+        }
     }
 }
 

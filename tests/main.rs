@@ -10,6 +10,7 @@ mod connection;
 mod crash;
 mod discovery;
 mod neon;
+mod neon_api;
 mod profiles;
 mod setup;
 mod tls;

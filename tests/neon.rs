@@ -9,107 +9,31 @@ use serde_json::{json, Value as Json};
 use tidepool::neon::Client;
 use tidepool::secrets::Secret;
 use tidepool::ErrorKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One request as the stand-in saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Json,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+use crate::neon_api::{serve, Answer, Seen};
 
 /// Answers: (status, extra headers, body) per request, in order.
 type Script = Vec<(u16, Vec<(&'static str, &'static str)>, Json)>;
 
-/// A one-connection-at-a-time HTTP/1.1 stand-in for Neon's API that records what it was sent.
+/// A stand-in that answers `script` in order and records what it was sent.
 async fn stand_in(script: Script) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/api/v2", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        let mut script = script.into_iter();
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            // Serve requests on this connection until it closes (reqwest keeps it alive).
-            loop {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let header_end = loop {
-                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(end);
-                    }
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break None,
-                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                let Some(header_end) = header_end else { break };
-                let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
-                let mut lines = head.split("\r\n");
-                let mut request_line = lines.next().unwrap().split(' ');
-                let method = request_line.next().unwrap().to_string();
-                let path = request_line.next().unwrap().to_string();
-                let headers: Vec<(String, String)> = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-                    .collect();
-                let length: usize = headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = buffer[header_end + 4..].to_vec();
-                while body.len() < length {
-                    let n = socket.read(&mut chunk).await.unwrap();
-                    body.extend_from_slice(&chunk[..n]);
-                }
-                let body = if body.is_empty() {
-                    Json::Null
-                } else {
-                    serde_json::from_slice(&body).unwrap()
-                };
-                log.lock().unwrap().push(Seen {
-                    method,
-                    path,
-                    headers,
-                    body,
-                });
-                let (status, extra, answer) = script.next().unwrap_or((
-                    500,
-                    vec![],
-                    json!({"message": "the stand-in ran out of answers"}),
-                ));
-                let text = answer.to_string();
-                let mut response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-                    text.len()
-                );
-                for (name, value) in extra {
-                    response.push_str(&format!("{name}: {value}\r\n"));
-                }
-                response.push_str("\r\n");
-                response.push_str(&text);
-                if socket.write_all(response.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
+    let script = Mutex::new(script.into_iter());
+    serve(move |_| {
+        let (status, extra, body) = script.lock().unwrap().next().unwrap_or((
+            500,
+            vec![],
+            json!({"message": "the stand-in ran out of answers"}),
+        ));
+        Answer {
+            status,
+            headers: extra
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body,
         }
-    });
-    (base, seen)
+    })
+    .await
 }
 
 fn client(base: &str) -> Client {
@@ -290,4 +214,225 @@ async fn neon_errors_become_clear_messages_and_only_safe_requests_are_retried() 
         "502 then 200"
     );
     assert_eq!(seen.lock().unwrap().len(), 8);
+}
+
+/// The Neon API key is one keychain entry: tests that store it take turns.
+pub(crate) static NEON_KEY: Mutex<()> = Mutex::new(());
+
+#[tokio::test]
+async fn locating_a_host_finds_its_project_and_branch_through_the_endpoints() {
+    let (base, seen) = serve(|request| match request.path.as_str() {
+        "/api/v2/projects" => Answer::json(
+            200,
+            json!({"projects": [{"id": "p-one", "name": "a"}, {"id": "p-two", "name": "b"}]}),
+        ),
+        "/api/v2/projects/p-one/endpoints" => Answer::json(
+            200,
+            json!({"endpoints": [{"id": "ep-other-1", "host": "ep-other-1.eu-central-1.aws.neon.tech", "branch_id": "br-x"}]}),
+        ),
+        "/api/v2/projects/p-two/endpoints" => Answer::json(
+            200,
+            json!({"endpoints": [{"id": "ep-cool-darkness-123456", "host": "ep-cool-darkness-123456.us-east-2.aws.neon.tech", "branch_id": "br-dev"}]}),
+        ),
+        _ => Answer::json(404, json!({"message": "not found"})),
+    })
+    .await;
+    let neon = client(&base);
+    assert_eq!(
+        neon.locate("ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech")
+            .await
+            .unwrap(),
+        Some(tidepool::neon::Link {
+            project_id: "p-two".into(),
+            branch_id: "br-dev".into()
+        })
+    );
+    assert_eq!(neon.locate("db.example.com").await.unwrap(), None);
+    assert_eq!(
+        neon.locate("ep-gone-1.us-east-2.aws.neon.tech")
+            .await
+            .unwrap(),
+        None
+    );
+    // A host that names no endpoint costs no request.
+    assert_eq!(seen.lock().unwrap().len(), 6);
+}
+
+/// A stand-in for Neon backed by a real cluster: creating a role or resetting a password does it on
+/// the cluster, the way Neon does on its computes, so the test can log in with what reached the
+/// keychain. Roles it creates join `neon_superuser`, as Neon's do.
+async fn neon_over(db: &'static crate::harness::TestDb) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    db.sql(
+        "DO $$ BEGIN CREATE ROLE neon_superuser NOLOGIN REPLICATION; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+    );
+    serve(move |request| {
+        let parts: Vec<&str> = request.path.split('/').collect();
+        match (request.method.as_str(), &parts[3..]) {
+            ("POST", ["projects", "p-two", "branches", "br-dev", "roles"]) => {
+                let role = request.body["role"]["name"].as_str().unwrap_or("");
+                let password = crate::harness::unique("neon");
+                db.sql(&format!(
+                    "CREATE ROLE {} LOGIN PASSWORD {} IN ROLE neon_superuser;",
+                    tidepool::sql::ident(role),
+                    tidepool::sql::literal(&password)
+                ));
+                Answer::json(
+                    201,
+                    json!({"role": {"name": role, "password": password},
+                           "operations": [{"id": "op-role", "action": "apply_config", "status": "running"}]}),
+                )
+            }
+            ("GET", ["projects", "p-two", "operations", "op-role"]) => Answer::json(
+                200,
+                json!({"operation": {"id": "op-role", "status": "finished"}}),
+            ),
+            ("POST", ["projects", "p-two", "branches", "br-dev", "roles", role, "reset_password"]) => {
+                let role = percent_encoding::percent_decode_str(role).decode_utf8_lossy();
+                let password = crate::harness::unique("reset");
+                db.sql(&format!(
+                    "ALTER ROLE {} PASSWORD {};",
+                    tidepool::sql::ident(&role),
+                    tidepool::sql::literal(&password)
+                ));
+                Answer::json(
+                    200,
+                    json!({"role": {"name": role, "password": password}, "operations": []}),
+                )
+            }
+            _ => Answer::json(404, json!({"message": format!("no route {}", request.path)})),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_keychain() {
+    use tidepool::preflight::Status;
+    use tidepool::profile::{ProfileDraft, Profiles};
+    use tidepool::secrets::{Keychain, SecretKey};
+    let db: &'static _ = Box::leak(Box::new(crate::harness::TestDb::new(
+        crate::harness::plain(),
+        "neon_fix",
+    )));
+    let app = db.role("neon_app", "", "old-password");
+    let (base, seen) = neon_over(db).await;
+    let dir = crate::harness::temp_dir("neon_profiles");
+    let profiles = Profiles::open(&dir).with_neon_api(&base);
+    let draft = ProfileDraft {
+        name: "Shop".into(),
+        address: format!("127.0.0.1:{}", db.cluster.port()),
+        user: app.user.clone(),
+        database: db.name.clone(),
+        sslmode: tidepool::tls::SslMode::Disable,
+        ..Default::default()
+    };
+    let shop = profiles
+        .save(None, draft, Some(Secret::new("old-password")))
+        .unwrap()
+        .profile;
+    let link = tidepool::neon::Link {
+        project_id: "p-two".into(),
+        branch_id: "br-dev".into(),
+    };
+    let linked = profiles.link_neon("Shop", Some(link.clone())).unwrap();
+    assert_eq!(linked.profile.neon, Some(link.clone()));
+    // Editing the connection keeps the link.
+    let mut edit = ProfileDraft {
+        name: "Shop".into(),
+        address: format!("127.0.0.1:{}", db.cluster.port()),
+        user: app.user.clone(),
+        database: db.name.clone(),
+        ..Default::default()
+    };
+    edit.sslmode = tidepool::tls::SslMode::Disable;
+    profiles.save(Some(&shop.id), edit, None).unwrap();
+    assert_eq!(profiles.get("Shop").unwrap().neon, Some(link.clone()));
+
+    let _key = NEON_KEY.lock().unwrap_or_else(|e| e.into_inner());
+    Keychain::open()
+        .unwrap()
+        .set_neon_api_key(&Secret::new("napi_profile_key"))
+        .unwrap();
+
+    // The role was made with SQL: on a Neon-linked profile the fix is a role made through the API.
+    let checks = profiles.preflight("Shop").await.unwrap();
+    let replication = checks.iter().find(|c| c.id == "replication").unwrap();
+    assert_eq!(replication.status, Status::Fail);
+    let fix = replication.fix.clone().expect("a Neon fix");
+    assert_eq!(
+        fix.preview,
+        vec![
+            r#"POST /api/v2/projects/p-two/branches/br-dev/roles {"role":{"name":"tidepool_cdc"}}"#
+        ]
+    );
+    profiles.run_fix("Shop", fix.action).await.unwrap();
+    // Its password went from Neon's answer to the keychain, with a new profile linked like this one.
+    let created = profiles.get("Shop (tidepool_cdc)").unwrap();
+    assert_eq!(created.user, "tidepool_cdc");
+    assert_eq!(created.neon, Some(link.clone()));
+    let checks = profiles.preflight("Shop (tidepool_cdc)").await.unwrap();
+    let replication = checks.iter().find(|c| c.id == "replication").unwrap();
+    assert_eq!(
+        replication.status,
+        Status::Pass,
+        "{}",
+        replication.explanation
+    );
+
+    // Reset: the new password replaces the profile's in the keychain, and logging in works with it.
+    let reset = tidepool::setup::Action::NeonResetPassword {
+        project_id: link.project_id.clone(),
+        branch_id: link.branch_id.clone(),
+        role: app.user.clone(),
+    };
+    profiles.run_fix("Shop", reset).await.unwrap();
+    let stored = Keychain::open()
+        .unwrap()
+        .get(&SecretKey::ProfilePassword(shop.id.clone()))
+        .unwrap()
+        .unwrap();
+    assert!(stored.expose().starts_with("reset"));
+    assert!(profiles.test("Shop", None).await.is_ok());
+    let mut old = app.clone();
+    old.password = Some(Secret::new("old-password"));
+    assert!(tidepool::connection::connect(&old).await.is_err());
+    assert!(
+        crate::profiles::files_containing(&dir, stored.expose()).is_empty(),
+        "a password reached a file"
+    );
+
+    // Only the profile's own role's password is kept.
+    let other = tidepool::setup::Action::NeonRevealPassword {
+        project_id: link.project_id.clone(),
+        branch_id: link.branch_id.clone(),
+        role: "someone_else".into(),
+    };
+    let e = profiles.run_fix("Shop", other).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.message().starts_with("role:"), "{e}");
+
+    Keychain::open().unwrap().remove_neon_api_key().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let requests: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            "POST /api/v2/projects/p-two/branches/br-dev/roles".to_string(),
+            "GET /api/v2/projects/p-two/operations/op-role".into(),
+            format!(
+                "POST /api/v2/projects/p-two/branches/br-dev/roles/{}/reset_password",
+                app.user
+            ),
+        ]
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.header("authorization") == Some("Bearer napi_profile_key")));
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
 }

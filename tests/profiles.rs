@@ -32,7 +32,7 @@ fn secret_tool_lookup(account: &str) -> Option<String> {
 }
 
 /// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+pub(crate) fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -271,6 +271,9 @@ fn without_a_keychain_nothing_is_saved_and_ask_each_time_still_works() {
 #[test]
 fn the_neon_api_key_lives_in_the_keychain_only() {
     require_keyring_session();
+    let _key = crate::neon::NEON_KEY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let keychain = tidepool::secrets::Keychain::open().unwrap();
     let err = keychain
         .set_neon_api_key(&Secret::new("two words"))

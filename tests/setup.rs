@@ -17,6 +17,7 @@ fn target(publication: &str, slot: &str, tables: &[(&str, &str)]) -> Target {
             .map(|(s, t)| (s.to_string(), t.to_string()))
             .collect(),
         neon_project: None,
+        neon_branch: None,
         slot_warn_bytes: None,
     }
 }

@@ -60,6 +60,9 @@ enum Command {
     /// Saved connection profiles (shared with the desktop app; passwords live in the OS keychain).
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Neon: the API key (kept in the OS keychain), projects, and linking a profile to its project.
+    #[command(subcommand)]
+    Neon(NeonCommand),
     /// Streams every change from a pgoutput slot into a local store, exactly once.
     Capture(CaptureArgs),
     /// The tables a store's capture binds to collections; edits reach a running capture within a
@@ -114,9 +117,12 @@ struct Scope {
     /// Tables to capture, schema.table,… (default: the publication's).
     #[arg(long, value_delimiter = ',')]
     tables: Vec<String>,
-    /// The Neon project the database belongs to (enables the Neon fixes).
+    /// The Neon project the database belongs to (enables the Neon fixes; default: the profile's link).
     #[arg(long)]
     neon_project: Option<String>,
+    /// The Neon branch (default: the profile's link).
+    #[arg(long)]
+    neon_branch: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +174,51 @@ enum SetupCommand {
         /// Confirms the restart and that it cannot be undone.
         #[arg(long)]
         confirm: bool,
+    },
+    /// Neon: creates a role through the API (it may replicate); its password goes to the keychain
+    /// with a new profile. Needs --profile linked to a Neon project (or --neon-project/--neon-branch).
+    NeonCreateRole {
+        /// The new role.
+        #[arg(long)]
+        role: String,
+    },
+    /// Neon: reads the profile's role password from the API into the keychain.
+    NeonRevealPassword,
+    /// Neon: resets the profile's role password; the new one goes to the keychain.
+    NeonResetPassword {
+        /// Confirms that clients using the old password stop connecting.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NeonCommand {
+    /// Stores the Neon API key in the OS keychain, read from standard input (never an argument).
+    Key,
+    /// Lists the projects the key can see, with their branches.
+    Projects {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Links a profile to its Neon project and branch (found from its host unless given).
+    Link {
+        /// The profile's name.
+        #[arg(long)]
+        profile: String,
+        /// The project id.
+        #[arg(long, requires = "branch")]
+        project: Option<String>,
+        /// The branch id.
+        #[arg(long, requires = "project")]
+        branch: Option<String>,
+    },
+    /// Removes a profile's Neon link.
+    Unlink {
+        /// The profile's name.
+        #[arg(long)]
+        profile: String,
     },
 }
 
@@ -303,6 +354,10 @@ async fn main() -> ExitCode {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
         }
+        Command::Neon(command) => {
+            let json = matches!(command, NeonCommand::Projects { json: true });
+            (neon_command(command).await, json)
+        }
         Command::Capture(args) => (capture(args).await, false),
         Command::Binding(command) => {
             let json = matches!(command, BindingCommand::List { json: true, .. });
@@ -353,6 +408,17 @@ fn publication_and_slot(
     ))
 }
 
+/// The Neon project and branch the fix acts on, or an error naming the flags to give.
+fn neon_branch_of(target: &tidepool::preflight::Target) -> Result<(String, String), Error> {
+    match (&target.neon_project, &target.neon_branch) {
+        (Some(project), Some(branch)) => Ok((project.clone(), branch.clone())),
+        _ => Err(Error::invalid_input(
+            "--neon-project",
+            "link the profile (`tidepool neon link --profile …`) or give --neon-project and --neon-branch",
+        )),
+    }
+}
+
 /// The preflight target for the command line's scope.
 fn preflight_target(
     target: &Target,
@@ -361,6 +427,10 @@ fn preflight_target(
 ) -> Result<tidepool::preflight::Target, Error> {
     let (publication, slot) =
         publication_and_slot(target, scope.publication.clone(), scope.slot.clone())?;
+    let link = match &target.profile {
+        Some(name) => profiles()?.get(name)?.neon,
+        None => None,
+    };
     Ok(tidepool::preflight::Target {
         host: spec.host.clone(),
         publication,
@@ -370,7 +440,14 @@ fn preflight_target(
             .iter()
             .map(|t| tidepool::backfill::parse_table_name(t))
             .collect::<Result<_, _>>()?,
-        neon_project: scope.neon_project.clone(),
+        neon_project: scope
+            .neon_project
+            .clone()
+            .or_else(|| link.as_ref().map(|l| l.project_id.clone())),
+        neon_branch: scope
+            .neon_branch
+            .clone()
+            .or_else(|| link.as_ref().map(|l| l.branch_id.clone())),
         slot_warn_bytes: None,
     })
 }
@@ -488,6 +565,36 @@ async fn setup(
             }
             Action::NeonEnableLogicalReplication { project_id }
         }
+        SetupCommand::NeonCreateRole { role } => {
+            let (project_id, branch_id) = neon_branch_of(&preflight)?;
+            Action::NeonCreateRole {
+                project_id,
+                branch_id,
+                role,
+            }
+        }
+        SetupCommand::NeonRevealPassword => {
+            let (project_id, branch_id) = neon_branch_of(&preflight)?;
+            Action::NeonRevealPassword {
+                project_id,
+                branch_id,
+                role: connecting,
+            }
+        }
+        SetupCommand::NeonResetPassword { confirm } => {
+            if !confirm && !dry_run {
+                return Err(Error::invalid_input(
+                    "--confirm",
+                    "clients using the current password stop connecting; add --confirm",
+                ));
+            }
+            let (project_id, branch_id) = neon_branch_of(&preflight)?;
+            Action::NeonResetPassword {
+                project_id,
+                branch_id,
+                role: connecting,
+            }
+        }
     };
     if let Some(warning) = action.warning() {
         eprintln!("note: {warning}");
@@ -503,6 +610,18 @@ async fn setup(
             .enable_logical_replication(project_id)
             .await?;
         eprintln!("logical replication is on for Neon project {project_id}");
+        return Ok(());
+    }
+    if action.is_neon() {
+        // A password Neon returns must land in a profile's keychain entry.
+        let name = target.profile.as_ref().ok_or_else(|| {
+            Error::invalid_input(
+                "--profile",
+                "a Neon role action keeps the password with a saved profile",
+            )
+        })?;
+        profiles()?.run_fix(name, action.clone()).await?;
+        eprintln!("done; the password is in the keychain");
         return Ok(());
     }
     let client = connection::connect(&spec).await?;
@@ -539,6 +658,80 @@ async fn setup(
         );
     }
     eprintln!("done");
+    Ok(())
+}
+
+async fn neon_command(command: NeonCommand) -> Result<(), Error> {
+    let profiles = profiles()?;
+    match command {
+        NeonCommand::Key => {
+            let key = if std::io::stdin().is_terminal() {
+                rpassword::prompt_password("Neon API key: ")
+                    .map_err(|e| Error::invalid_input("Neon API key", format!("reading it: {e}")))?
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| {
+                    Error::invalid_input("Neon API key", format!("reading it: {e}"))
+                })?;
+                line
+            };
+            tidepool::secrets::Keychain::open()?.set_neon_api_key(&Secret::new(key))?;
+            eprintln!("the Neon API key is in the keychain");
+        }
+        NeonCommand::Projects { json } => {
+            let neon = profiles.neon_client().await?;
+            let mut listed = Vec::new();
+            for project in neon.projects().await? {
+                let branches = neon.branches(&project.id).await?;
+                listed.push((project, branches));
+            }
+            if json {
+                let value: Vec<_> = listed
+                    .iter()
+                    .map(|(p, b)| serde_json::json!({"project": p, "branches": b}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).map_err(Error::internal)?
+                );
+            } else {
+                for (project, branches) in &listed {
+                    println!("{} ({}, {})", project.id, project.name, project.region_id);
+                    for branch in branches {
+                        let default = if branch.default { " (default)" } else { "" };
+                        println!("  {} {}{default}", branch.id, branch.name);
+                    }
+                }
+            }
+        }
+        NeonCommand::Link {
+            profile,
+            project,
+            branch,
+        } => {
+            let link = match (project, branch) {
+                (Some(project_id), Some(branch_id)) => tidepool::neon::Link {
+                    project_id,
+                    branch_id,
+                },
+                _ => profiles.neon_locate(&profile).await?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        "no project this key can see has an endpoint with the profile's host; give --project and --branch",
+                    )
+                })?,
+            };
+            profiles.link_neon(&profile, Some(link.clone()))?;
+            eprintln!(
+                "linked to Neon project {} branch {}",
+                link.project_id, link.branch_id
+            );
+        }
+        NeonCommand::Unlink { profile } => {
+            profiles.link_neon(&profile, None)?;
+            eprintln!("unlinked");
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,147 @@
+//! A local HTTP/1.1 server that plays Neon's API (there is no internet here), shared by the engine tests
+//! and the desktop end-to-end tests (which include this file by path). It records every request —
+//! method, path, headers, JSON body — and answers with what the test's handler says, so each test
+//! checks the requests the way Neon's API documents them.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path with its query, e.g. `/api/v2/projects`.
+    pub path: String,
+    /// Every header, in order.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body, or null.
+    pub body: Json,
+}
+
+impl Seen {
+    /// A header's value (names compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the stand-in answers to one request.
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Extra headers (e.g. `Retry-After`).
+    pub headers: Vec<(String, String)>,
+    /// JSON body.
+    pub body: Json,
+}
+
+impl Answer {
+    /// A JSON answer without extra headers.
+    pub fn json(status: u16, body: Json) -> Answer {
+        Answer {
+            status,
+            headers: vec![],
+            body,
+        }
+    }
+}
+
+/// Starts the stand-in on a free loopback port; returns its API base URL (`http://…/api/v2`) and the
+/// log of requests. `handler` answers each request (it sees it before it is logged).
+pub async fn serve<F>(handler: F) -> (String, Arc<Mutex<Vec<Seen>>>)
+where
+    F: Fn(&Seen) -> Answer + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v2", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move { connection(socket, &*handler, &log).await });
+        }
+    });
+    (base, seen)
+}
+
+/// Serves requests on one connection until it closes (reqwest keeps connections alive).
+async fn connection<F: Fn(&Seen) -> Answer>(
+    mut socket: tokio::net::TcpStream,
+    handler: &F,
+    log: &Mutex<Vec<Seen>>,
+) {
+    loop {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some(end);
+            }
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let Some(header_end) = header_end else { return };
+        let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or("").split(' ');
+        let method = request_line.next().unwrap_or("").to_string();
+        let path = request_line.next().unwrap_or("").to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = buffer[header_end + 4..].to_vec();
+        while body.len() < length {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = if body.is_empty() {
+            Json::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Json::Null)
+        };
+        let request = Seen {
+            method,
+            path,
+            headers,
+            body,
+        };
+        let answer = handler(&request);
+        log.lock().unwrap().push(request);
+        let text = answer.body.to_string();
+        let mut response = format!(
+            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            answer.status,
+            text.len()
+        );
+        for (name, value) in answer.headers {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str("\r\n");
+        response.push_str(&text);
+        if socket.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
