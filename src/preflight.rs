@@ -53,7 +53,8 @@ pub struct Fix {
 }
 
 impl Fix {
-    fn of(action: Action) -> Fix {
+    /// The action with its preview and warning, as the UI shows it before "Run".
+    pub fn of(action: Action) -> Fix {
         Fix {
             preview: action.preview(),
             warning: action.warning().map(str::to_string),

@@ -667,6 +667,16 @@ impl Profiles {
         .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
     }
 
+    /// The Neon projects the stored API key can see.
+    pub async fn neon_projects(&self) -> Result<Vec<crate::neon::Project>> {
+        self.neon_client().await?.projects().await
+    }
+
+    /// A Neon project's branches.
+    pub async fn neon_branches(&self, project_id: &str) -> Result<Vec<crate::neon::Branch>> {
+        self.neon_client().await?.branches(project_id).await
+    }
+
     /// The Neon project and branch whose endpoint serves the profile's host, if the key can see one.
     pub async fn neon_locate(&self, id_or_name: &str) -> Result<Option<crate::neon::Link>> {
         let profile = self.get(id_or_name)?;

@@ -18,7 +18,11 @@ use crate::sql::{ident, literal};
 
 /// A fix preflight can offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "camelCase")]
+#[serde(
+    tag = "action",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Action {
     /// `ALTER SYSTEM SET wal_level = logical` (takes effect after a restart).
     SetWalLevel,

@@ -10,7 +10,7 @@ use tidepool::neon::Client;
 use tidepool::secrets::Secret;
 use tidepool::ErrorKind;
 
-use crate::neon_api::{serve, Answer, Seen};
+use crate::neon_api::{serve, Answer, Seen, BRANCH, PROJECT};
 
 /// Answers: (status, extra headers, body) per request, in order.
 type Script = Vec<(u16, Vec<(&'static str, &'static str)>, Json)>;
@@ -258,54 +258,6 @@ async fn locating_a_host_finds_its_project_and_branch_through_the_endpoints() {
     assert_eq!(seen.lock().unwrap().len(), 6);
 }
 
-/// A stand-in for Neon backed by a real cluster: creating a role or resetting a password does it on
-/// the cluster, the way Neon does on its computes, so the test can log in with what reached the
-/// keychain. Roles it creates join `neon_superuser`, as Neon's do.
-async fn neon_over(db: &'static crate::harness::TestDb) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    db.sql(
-        "DO $$ BEGIN CREATE ROLE neon_superuser NOLOGIN REPLICATION; \
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
-    );
-    serve(move |request| {
-        let parts: Vec<&str> = request.path.split('/').collect();
-        match (request.method.as_str(), &parts[3..]) {
-            ("POST", ["projects", "p-two", "branches", "br-dev", "roles"]) => {
-                let role = request.body["role"]["name"].as_str().unwrap_or("");
-                let password = crate::harness::unique("neon");
-                db.sql(&format!(
-                    "CREATE ROLE {} LOGIN PASSWORD {} IN ROLE neon_superuser;",
-                    tidepool::sql::ident(role),
-                    tidepool::sql::literal(&password)
-                ));
-                Answer::json(
-                    201,
-                    json!({"role": {"name": role, "password": password},
-                           "operations": [{"id": "op-role", "action": "apply_config", "status": "running"}]}),
-                )
-            }
-            ("GET", ["projects", "p-two", "operations", "op-role"]) => Answer::json(
-                200,
-                json!({"operation": {"id": "op-role", "status": "finished"}}),
-            ),
-            ("POST", ["projects", "p-two", "branches", "br-dev", "roles", role, "reset_password"]) => {
-                let role = percent_encoding::percent_decode_str(role).decode_utf8_lossy();
-                let password = crate::harness::unique("reset");
-                db.sql(&format!(
-                    "ALTER ROLE {} PASSWORD {};",
-                    tidepool::sql::ident(&role),
-                    tidepool::sql::literal(&password)
-                ));
-                Answer::json(
-                    200,
-                    json!({"role": {"name": role, "password": password}, "operations": []}),
-                )
-            }
-            _ => Answer::json(404, json!({"message": format!("no route {}", request.path)})),
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_keychain() {
     use tidepool::preflight::Status;
@@ -316,7 +268,10 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         "neon_fix",
     )));
     let app = db.role("neon_app", "", "old-password");
-    let (base, seen) = neon_over(db).await;
+    let (base, seen) = crate::neon_api::backed_by(move |sql| {
+        db.sql(sql);
+    })
+    .await;
     let dir = crate::harness::temp_dir("neon_profiles");
     let profiles = Profiles::open(&dir).with_neon_api(&base);
     let draft = ProfileDraft {
@@ -332,8 +287,8 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         .unwrap()
         .profile;
     let link = tidepool::neon::Link {
-        project_id: "p-two".into(),
-        branch_id: "br-dev".into(),
+        project_id: PROJECT.into(),
+        branch_id: BRANCH.into(),
     };
     let linked = profiles.link_neon("Shop", Some(link.clone())).unwrap();
     assert_eq!(linked.profile.neon, Some(link.clone()));
@@ -362,9 +317,9 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     let fix = replication.fix.clone().expect("a Neon fix");
     assert_eq!(
         fix.preview,
-        vec![
-            r#"POST /api/v2/projects/p-two/branches/br-dev/roles {"role":{"name":"tidepool_cdc"}}"#
-        ]
+        vec![format!(
+            r#"POST /api/v2/projects/{PROJECT}/branches/{BRANCH}/roles {{"role":{{"name":"tidepool_cdc"}}}}"#
+        )]
     );
     profiles.run_fix("Shop", fix.action).await.unwrap();
     // Its password went from Neon's answer to the keychain, with a new profile linked like this one.
@@ -392,7 +347,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         .get(&SecretKey::ProfilePassword(shop.id.clone()))
         .unwrap()
         .unwrap();
-    assert!(stored.expose().starts_with("reset"));
+    assert!(stored.expose().starts_with("NeonPw"));
     assert!(profiles.test("Shop", None).await.is_ok());
     let mut old = app.clone();
     old.password = Some(Secret::new("old-password"));
@@ -401,6 +356,33 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         crate::profiles::files_containing(&dir, stored.expose()).is_empty(),
         "a password reached a file"
     );
+
+    // The command line uses the profile's link too, and --dry-run sends nothing.
+    let before = seen.lock().unwrap().len();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+        .env("TIDEPOOL_DATA_DIR", &dir)
+        .args([
+            "setup",
+            "--profile",
+            "Shop",
+            "--dry-run",
+            "neon-reset-password",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "POST /api/v2/projects/{PROJECT}/branches/{BRANCH}/roles/{}/reset_password",
+            app.user
+        )
+    );
+    assert_eq!(seen.lock().unwrap().len(), before);
 
     // Only the profile's own role's password is kept.
     let other = tidepool::setup::Action::NeonRevealPassword {
@@ -421,12 +403,13 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     assert_eq!(
         requests,
         vec![
-            "POST /api/v2/projects/p-two/branches/br-dev/roles".to_string(),
-            "GET /api/v2/projects/p-two/operations/op-role".into(),
+            format!("POST /api/v2/projects/{PROJECT}/branches/{BRANCH}/roles"),
+            format!("GET /api/v2/projects/{PROJECT}/operations/op-role"),
             format!(
-                "POST /api/v2/projects/p-two/branches/br-dev/roles/{}/reset_password",
+                "POST /api/v2/projects/{PROJECT}/branches/{BRANCH}/roles/{}/reset_password",
                 app.user
             ),
+            format!("GET /api/v2/projects/{PROJECT}/operations/op-reset"),
         ]
     );
     assert!(seen

@@ -145,3 +145,129 @@ async fn connection<F: Fn(&Seen) -> Answer>(
         }
     }
 }
+
+/// The project [`backed_by`] plays.
+pub const PROJECT: &str = "hidden-cell-763301";
+/// Its one branch.
+pub const BRANCH: &str = "br-blue-tooth-671580";
+/// The endpoint of that branch.
+pub const ENDPOINT: &str = "ep-cool-darkness-123456";
+
+/// Neon's API for one project whose branch's compute is a local cluster: creating a role or resetting
+/// a password does it on the cluster through `run_sql` (as the superuser), the way Neon does on its
+/// computes, so a test can log in with whatever password reached the keychain. Roles it creates join
+/// `neon_superuser` (NOLOGIN REPLICATION), as Neon's do. Requests without a bearer key get 401, and
+/// the logical-replication PATCH must carry exactly the documented body.
+pub async fn backed_by<F>(run_sql: F) -> (String, Arc<Mutex<Vec<Seen>>>)
+where
+    F: Fn(&str) + Send + Sync + 'static,
+{
+    use serde_json::json;
+    run_sql(
+        "DO $$ BEGIN CREATE ROLE neon_superuser NOLOGIN REPLICATION; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+    );
+    let passwords = Mutex::new(std::collections::HashMap::<String, String>::new());
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    let new_password = move || {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("NeonPw{nanos:x}x{n}")
+    };
+    let quote = |text: &str, mark: char| {
+        let doubled = text.replace(mark, &format!("{mark}{mark}"));
+        format!("{mark}{doubled}{mark}")
+    };
+    serve(move |request| {
+        if !request
+            .header("authorization")
+            .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7)
+        {
+            return Answer::json(401, json!({"message": "authentication required"}));
+        }
+        let path = request.path.strip_prefix("/api/v2/").unwrap_or("");
+        let parts: Vec<String> = path
+            .split('/')
+            .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+            .collect();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let running = |id: &str| json!([{"id": id, "action": "apply_config", "status": "running"}]);
+        match (request.method.as_str(), parts.as_slice()) {
+            ("GET", ["projects"]) => Answer::json(
+                200,
+                json!({"projects": [{"id": PROJECT, "name": "shop", "region_id": "aws-us-east-2"}]}),
+            ),
+            ("GET", ["projects", PROJECT, "branches"]) => Answer::json(
+                200,
+                json!({"branches": [{"id": BRANCH, "name": "main", "default": true}]}),
+            ),
+            ("GET", ["projects", PROJECT, "endpoints"]) => Answer::json(
+                200,
+                json!({"endpoints": [{"id": ENDPOINT, "host": format!("{ENDPOINT}.us-east-2.aws.neon.tech"),
+                                      "branch_id": BRANCH, "type": "read_write"}]}),
+            ),
+            ("PATCH", ["projects", PROJECT])
+                if request.body
+                    == json!({"project": {"settings": {"enable_logical_replication": true}}}) =>
+            {
+                Answer::json(
+                    200,
+                    json!({"project": {"id": PROJECT}, "operations": running("op-config")}),
+                )
+            }
+            ("GET", ["projects", PROJECT, "operations", id]) => Answer::json(
+                200,
+                json!({"operation": {"id": id, "status": "finished"}}),
+            ),
+            ("POST", ["projects", PROJECT, "branches", BRANCH, "roles"]) => {
+                let Some(role) = request.body["role"]["name"].as_str() else {
+                    return Answer::json(400, json!({"message": "role.name is required"}));
+                };
+                let password = new_password();
+                run_sql(&format!(
+                    "CREATE ROLE {} LOGIN PASSWORD {} IN ROLE neon_superuser;",
+                    quote(role, '"'),
+                    quote(&password, '\'')
+                ));
+                passwords
+                    .lock()
+                    .unwrap()
+                    .insert(role.to_string(), password.clone());
+                Answer::json(
+                    201,
+                    json!({"role": {"name": role, "password": password}, "operations": running("op-role")}),
+                )
+            }
+            ("POST", ["projects", PROJECT, "branches", BRANCH, "roles", role, "reset_password"]) => {
+                let password = new_password();
+                run_sql(&format!(
+                    "ALTER ROLE {} PASSWORD {};",
+                    quote(role, '"'),
+                    quote(&password, '\'')
+                ));
+                passwords
+                    .lock()
+                    .unwrap()
+                    .insert(role.to_string(), password.clone());
+                Answer::json(
+                    200,
+                    json!({"role": {"name": role, "password": password}, "operations": running("op-reset")}),
+                )
+            }
+            ("GET", ["projects", PROJECT, "branches", BRANCH, "roles", role, "reveal_password"]) => {
+                match passwords.lock().unwrap().get(*role) {
+                    Some(password) => Answer::json(200, json!({"password": password})),
+                    None => Answer::json(404, json!({"message": "role not found"})),
+                }
+            }
+            _ => Answer::json(
+                404,
+                json!({"message": format!("no such resource: {} {}", request.method, request.path)}),
+            ),
+        }
+    })
+    .await
+}

@@ -5,7 +5,8 @@ use tauri::State;
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
 use tidepool::discovery::DiscoveredTable;
-use tidepool::preflight::Check;
+use tidepool::neon::{Branch, Link, Project};
+use tidepool::preflight::{Check, Fix};
 use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::setup::Action;
@@ -117,4 +118,41 @@ pub async fn run_fix(
     action: Action,
 ) -> Result<(), Error> {
     profiles.run_fix(&id, action).await
+}
+
+/// What a fix would run (SQL or the Neon API request) and what to know first, before "Run".
+#[tauri::command]
+pub fn preview_action(action: Action) -> Fix {
+    Fix::of(action)
+}
+
+/// The Neon projects the stored API key can see.
+#[tauri::command]
+pub async fn neon_projects(profiles: State<'_, Profiles>) -> Result<Vec<Project>, Error> {
+    profiles.neon_projects().await
+}
+
+/// A Neon project's branches.
+#[tauri::command]
+pub async fn neon_branches(
+    profiles: State<'_, Profiles>,
+    project_id: String,
+) -> Result<Vec<Branch>, Error> {
+    profiles.neon_branches(&project_id).await
+}
+
+/// The Neon project and branch that serve the profile's host, if the key can see them.
+#[tauri::command]
+pub async fn neon_locate(profiles: State<'_, Profiles>, id: String) -> Result<Option<Link>, Error> {
+    profiles.neon_locate(&id).await
+}
+
+/// Links the profile to a Neon project and branch, or unlinks it (`link` = null).
+#[tauri::command(async)]
+pub fn link_neon(
+    profiles: State<'_, Profiles>,
+    id: String,
+    link: Option<Link>,
+) -> Result<ProfileView, Error> {
+    profiles.link_neon(&id, link)
 }

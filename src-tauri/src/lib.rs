@@ -46,6 +46,11 @@ pub fn run() {
             commands::publish_capture,
             commands::preflight,
             commands::run_fix,
+            commands::preview_action,
+            commands::neon_projects,
+            commands::neon_branches,
+            commands::neon_locate,
+            commands::link_neon,
         ])
         .run(tauri::generate_context!())
         .expect("the Tauri runtime failed to start");

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use tidepool::cluster::{Cluster, ClusterOptions};
 
+/// The Neon API stand-in, shared with the engine tests.
+#[path = "../../tests/neon_api.rs"]
+#[allow(dead_code)]
+mod neon_api;
+
 /// One app window at a time: tauri-driver and WebKitWebDriver serve one session.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -49,6 +54,11 @@ struct Driver {
 impl Driver {
     /// A driver whose app instances keep their data (profiles, logs) in `data_dir`.
     fn start(data_dir: &Path) -> Driver {
+        Driver::start_with(data_dir, &[])
+    }
+
+    /// [`Driver::start`] with more environment for the app (e.g. the Neon API's address).
+    fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Driver {
         assert!(
             std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some(),
             "the desktop end-to-end tests need a display: run them through the README's test command, \
@@ -66,6 +76,7 @@ impl Driver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .env("TIDEPOOL_DATA_DIR", data_dir)
+            .envs(env.iter().copied())
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| {
@@ -411,4 +422,150 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
             .trim(),
         "1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_into_the_keychain() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = fresh_database("e2e_neon");
+    // A role made with SQL: on Neon it may not replicate.
+    cluster()
+        .psql(
+            &database,
+            "CREATE ROLE e2e_app LOGIN PASSWORD 'e2e-old-password';",
+        )
+        .unwrap();
+    let (base, seen) = neon_api::backed_by(move |sql| {
+        cluster().psql("postgres", sql).expect("stand-in SQL");
+    })
+    .await;
+    let data = temp_data_dir("neon");
+    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(serde_json::json!({
+        "name": "Neon e2e",
+        "address": format!("127.0.0.1:{}", cluster().port()),
+        "user": "e2e_app",
+        "database": database,
+        "sslmode": "disable",
+    }))
+    .unwrap();
+    let profiles = tidepool::profile::Profiles::open(&data);
+    let saved = profiles
+        .save(
+            None,
+            draft,
+            Some(tidepool::secrets::Secret::new("e2e-old-password")),
+        )
+        .unwrap();
+
+    let driver = Driver::start_with(&data, &[("TIDEPOOL_NEON_API_URL", &base)]);
+    let client = driver.session().await;
+    // The API key goes in through Settings, into the keychain.
+    click(&client, "open-settings").await;
+    fill(&client, "neon-key", "napi_e2e_0123456789").await;
+    click(&client, "save-neon-key").await;
+    wait_for_text(&client, "neon-key-status", |t| t.contains("stored in")).await;
+
+    click(&client, "profile-Neon e2e").await;
+    click(&client, "tab-setup").await;
+    click(&client, "neon-open").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&format!(
+            "{} option[value=\"{}\"]",
+            by_test_id("neon-project"),
+            neon_api::PROJECT
+        )))
+        .await
+        .expect("the project list");
+    client
+        .find(Locator::Css(&by_test_id("neon-project")))
+        .await
+        .unwrap()
+        .select_by_value(neon_api::PROJECT)
+        .await
+        .unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&format!(
+            "{} option[value=\"{}\"]",
+            by_test_id("neon-branch"),
+            neon_api::BRANCH
+        )))
+        .await
+        .expect("the branch list");
+    screenshot(&client, "neon-link").await;
+    click(&client, "neon-link").await;
+    let linked = wait_for_text(&client, "neon-linked", |t| t.contains(neon_api::PROJECT)).await;
+    assert!(linked.contains(neon_api::BRANCH), "{linked}");
+
+    // Linked, the replication check's fix is a role made through Neon's API.
+    let status = wait_for_text(&client, "check-replication-status", |t| t == "Fail").await;
+    assert_eq!(status, "Fail");
+    click(&client, "fix-replication").await;
+    let request = text_of(&client, "fix-replication-sql").await;
+    assert_eq!(
+        request,
+        format!(
+            "POST /api/v2/projects/{}/branches/{}/roles {{\"role\":{{\"name\":\"tidepool_cdc\"}}}}",
+            neon_api::PROJECT,
+            neon_api::BRANCH
+        )
+    );
+    screenshot(&client, "neon-role-preview").await;
+    click(&client, "fix-replication-run").await;
+    // Its password went to the keychain with a new profile, which can log in and replicate.
+    click(&client, "profile-Neon e2e (tidepool_cdc)").await;
+    let created = profiles.get("Neon e2e (tidepool_cdc)").unwrap();
+    assert_eq!(
+        created.neon.as_ref().map(|l| l.project_id.as_str()),
+        Some(neon_api::PROJECT)
+    );
+    let facts = profiles.test(&created.id, None).await.unwrap();
+    assert_eq!(facts.current_user, "tidepool_cdc");
+
+    // Reset the first profile's password: previewed, then the new one lands in the keychain.
+    click(&client, "profile-Neon e2e").await;
+    click(&client, "tab-setup").await;
+    click(&client, "neon-action-reset").await;
+    let preview = text_of(&client, "neon-preview").await;
+    assert_eq!(
+        preview,
+        format!(
+            "POST /api/v2/projects/{}/branches/{}/roles/e2e_app/reset_password",
+            neon_api::PROJECT,
+            neon_api::BRANCH
+        )
+    );
+    assert!(!seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.path.ends_with("/reset_password")));
+    click(&client, "neon-run").await;
+    wait_for_text(&client, "neon-done", |t| !t.is_empty()).await;
+    screenshot(&client, "neon-reset").await;
+    client.close().await.unwrap();
+
+    let facts = profiles.test(&saved.profile.id, None).await.unwrap();
+    assert_eq!(facts.current_user, "e2e_app");
+    let mut old = cluster().spec(&database);
+    old.user = "e2e_app".into();
+    old.password = Some(tidepool::secrets::Secret::new("e2e-old-password"));
+    assert!(
+        tidepool::connection::connect(&old).await.is_err(),
+        "the old password still works"
+    );
+    let seen = seen.lock().unwrap();
+    assert!(seen
+        .iter()
+        .all(|s| s.header("authorization") == Some("Bearer napi_e2e_0123456789")));
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
+    tidepool::secrets::Keychain::open()
+        .unwrap()
+        .remove_neon_api_key()
+        .unwrap();
 }

@@ -72,7 +72,7 @@ export function App() {
           {view.screen === "settings" ? (
             <SettingsPanel />
           ) : view.tab === "setup" && selected ? (
-            <SetupPanel key={selected.id} profileId={selected.id} />
+            <SetupPanel key={selected.id} profile={selected} onProfilesChanged={() => void reload()} />
           ) : view.tab === "tables" && selected ? (
             <TablesPanel key={selected.id} profileId={selected.id} />
           ) : (

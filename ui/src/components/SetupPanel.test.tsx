@@ -5,6 +5,7 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 import type { PreflightCheck } from "../lib/types";
 import { SetupPanel } from "./SetupPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { profileView } from "../test/fixtures";
 
 vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["preflight", "runFix"]));
 
@@ -32,7 +33,7 @@ describe("SetupPanel", () => {
       fixed = true;
     });
     const user = userEvent.setup();
-    render(<SetupPanel profileId="p1" />);
+    render(<SetupPanel profile={profileView()} />);
     expect((await screen.findByTestId("check-publication-status")).textContent).toBe("Fail");
     await user.click(screen.getByTestId("fix-publication"));
     expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "public"."t"');
@@ -49,7 +50,7 @@ describe("SetupPanel", () => {
       throw { kind: "Permission", message: "must be owner of table t" };
     });
     const user = userEvent.setup();
-    render(<SetupPanel profileId="p1" />);
+    render(<SetupPanel profile={profileView()} />);
     await user.click(await screen.findByTestId("fix-publication"));
     await user.click(screen.getByTestId("fix-publication-run"));
     expect((await screen.findByTestId("setup-error-kind")).textContent).toBe("Permission");

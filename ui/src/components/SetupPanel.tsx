@@ -1,16 +1,25 @@
 import { useCallback, useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, PreflightCheck } from "../lib/types";
+import type { BackendError, PreflightCheck, ProfileView } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
+import { NeonSection } from "./NeonSection";
 
 const MARK: Record<PreflightCheck["status"], string> = { pass: "Pass", warn: "Warning", fail: "Fail" };
 
 /**
  * The preflight checklist: every check with its status and explanation; a failing or warning check
- * with a fix shows the exact SQL (or Neon API request) first, and runs it only after "Run".
+ * with a fix shows the exact SQL (or Neon API request) first, and runs it only after "Run". The Neon
+ * part sits above it for Neon hosts and linked profiles.
  */
-export function SetupPanel({ profileId }: { profileId: string }) {
+export function SetupPanel({
+  profile,
+  onProfilesChanged = () => {},
+}: {
+  profile: ProfileView;
+  onProfilesChanged?: () => void;
+}) {
+  const profileId = profile.id;
   const [checks, setChecks] = useState<PreflightCheck[] | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
   const [open, setOpen] = useState<string | null>(null);
@@ -35,6 +44,8 @@ export function SetupPanel({ profileId }: { profileId: string }) {
     try {
       await backend.runFix(profileId, check.fix.action);
       setOpen(null);
+      // A fix may have added a profile (a new replication role).
+      onProfilesChanged();
       await load();
     } catch (e) {
       setError(e as BackendError);
@@ -52,6 +63,17 @@ export function SetupPanel({ profileId }: { profileId: string }) {
       <button type="button" className="secondary" data-testid="recheck" onClick={() => void load()}>
         Check again
       </button>
+      <NeonSection
+        profile={profile}
+        onLinked={() => {
+          onProfilesChanged();
+          void load();
+        }}
+        onChanged={() => {
+          onProfilesChanged();
+          void load();
+        }}
+      />
       {error && <ErrorNotice error={error} testId="setup-error" />}
       {checks === null && !error && <p data-testid="checks-loading">Checking…</p>}
       <ul className="checks">

@@ -64,7 +64,30 @@ export interface ProfileView {
   password: PasswordStorage;
   address: string;
   secret: SecretState;
+  /** The Neon project and branch the database lives in, when linked. */
+  neon?: NeonLink;
 }
+
+/** A profile's link to its Neon project and branch. */
+export interface NeonLink {
+  projectId: string;
+  branchId: string;
+}
+
+export interface NeonProject {
+  id: string;
+  name: string;
+  regionId: string;
+}
+
+export interface NeonBranch {
+  id: string;
+  name: string;
+  default: boolean;
+}
+
+/** Whether a host is one of Neon's (where the Neon part of Setup applies). */
+export const isNeonHost = (host: string): boolean => /\.neon\.(tech|build)$/i.test(host);
 
 export type Advice = { kind: "neonPooler"; pooledHost: string; directHost: string };
 
@@ -195,11 +218,18 @@ export type CheckStatus = "pass" | "warn" | "fail";
 /** A setup fix; the engine's tagged `Action`, sent back as it came when the user confirms. */
 export type SetupAction = { action: string } & Record<string, unknown>;
 
+/** A fix with the exact SQL or API request it runs, and what to know before confirming. */
+export interface Fix {
+  action: SetupAction;
+  preview: string[];
+  warning: string | null;
+}
+
 /** One preflight check, with its fix and the exact SQL or API request the fix runs. */
 export interface PreflightCheck {
   id: string;
   title: string;
   status: CheckStatus;
   explanation: string;
-  fix: { action: SetupAction; preview: string[]; warning: string | null } | null;
+  fix: Fix | null;
 }

@@ -9,6 +9,10 @@ import {
   type Binding,
   type CaptureDefinition,
   type DiscoveredTable,
+  type Fix,
+  type NeonBranch,
+  type NeonLink,
+  type NeonProject,
   type PreflightCheck,
   type SetupAction,
   type KeychainStatus,
@@ -67,3 +71,15 @@ export const preflight = (id: string) => call<PreflightCheck[]>("preflight", { i
 
 /** Runs a fix the user saw (its SQL) and confirmed. */
 export const runFix = (id: string, action: SetupAction) => call<void>("run_fix", { id, action });
+
+/** What an action would run, with its warning, for the confirmation step. */
+export const previewAction = (action: SetupAction) => call<Fix>("preview_action", { action });
+
+export const neonProjects = () => call<NeonProject[]>("neon_projects");
+
+export const neonBranches = (projectId: string) => call<NeonBranch[]>("neon_branches", { projectId });
+
+/** The Neon project and branch whose endpoint serves the profile's host, if the key can see it. */
+export const neonLocate = (id: string) => call<NeonLink | null>("neon_locate", { id });
+
+export const linkNeon = (id: string, link: NeonLink | null) => call<ProfileView>("link_neon", { id, link });
