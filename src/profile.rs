@@ -491,7 +491,7 @@ impl Profiles {
     }
 
     /// [`Profiles::spec`] off the async workers: the keychain's D-Bus calls block.
-    async fn spec_blocking(
+    pub(crate) async fn spec_blocking(
         &self,
         id_or_name: &str,
         typed: Option<Secret>,

@@ -342,6 +342,30 @@ impl Store {
             .collect()
     }
 
+    /// The newest `limit` entries of the change log, oldest first.
+    pub fn latest_changes(&self, collection: &str, limit: usize) -> Result<Vec<(u64, Json)>> {
+        let id = self.id_of(collection)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, doc FROM changes WHERE collection = ?1 ORDER BY seq DESC LIMIT ?2",
+            )
+            .map_err(sqlite("reading changes"))?;
+        let docs = stmt
+            .query_map(params![id, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(sqlite("reading changes"))?;
+        let mut entries = docs
+            .map(|d| {
+                let (seq, doc) = d.map_err(sqlite("reading changes"))?;
+                Ok((seq, parse(doc)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        entries.reverse();
+        Ok(entries)
+    }
+
     /// The change log in order, at most `limit` entries after position `after` (0 for the start).
     pub fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<Vec<(u64, Json)>> {
         let id = self.id_of(collection)?;

@@ -12,5 +12,6 @@ mod discovery;
 mod neon;
 mod neon_api;
 mod profiles;
+mod run;
 mod setup;
 mod tls;

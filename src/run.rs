@@ -1,0 +1,362 @@
+//! Captures running inside one process (the desktop app): start and stop a profile's capture, follow
+//! its state (backfill progress per table, throughput, lag, last commit), and tail a collection as new
+//! changes are stored.
+//!
+//! Invariants:
+//! - A run is [`crate::capture::run`] on a task; stopping aborts that task. That is safe at any point:
+//!   nothing is acknowledged to PostgreSQL before it is durable in the store, an open store batch is
+//!   rolled back, and the slot stays, so the next start resumes from the checkpoint (WAL is retained
+//!   meanwhile: the UI says so).
+//! - One run per profile at a time.
+//! - A tail reads only what a store commit made durable, in log order, after the position it was given:
+//!   it never shows a change twice or skips one. It wakes on each store commit of the profile's run
+//!   (no polling), and ends when told to or when its receiver is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::backfill::BackfillProgress;
+use crate::capture::{CaptureOptions, Flush, Observer};
+use crate::error::{Error, ErrorKind, Result};
+use crate::profile::Profiles;
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunState {
+    /// Not running.
+    Stopped,
+    /// Connecting, creating the slot, or backfilling before the stream starts.
+    Starting,
+    /// Streaming changes (backfills of added tables may run alongside).
+    Streaming,
+    /// Ended with an error (see `error`).
+    Failed,
+}
+
+/// A run's state, as the Capture screen shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// The profile.
+    pub profile: String,
+    /// Where it stands.
+    pub state: RunState,
+    /// Per collection, its backfill's progress (kept when done, so the screen shows 100%).
+    pub backfills: BTreeMap<String, BackfillProgress>,
+    /// Changes stored by this run.
+    pub changes: u64,
+    /// Store commits by this run.
+    pub commits: u64,
+    /// The store's checkpoint: everything up to it is durable and confirmed to PostgreSQL.
+    pub checkpoint: String,
+    /// Changes per second over the last store commits (about the last 10 s).
+    pub changes_per_second: f64,
+    /// Commit-to-stored delay of the newest transaction, in milliseconds.
+    pub lag_ms: Option<f64>,
+    /// Commit time of the newest stored transaction (microseconds since 2000-01-01, the server's clock).
+    pub last_commit_micros: Option<i64>,
+    /// Why it failed.
+    pub error: Option<Error>,
+}
+
+impl RunStatus {
+    fn stopped(profile: &str) -> RunStatus {
+        RunStatus {
+            profile: profile.to_string(),
+            state: RunState::Stopped,
+            backfills: BTreeMap::new(),
+            changes: 0,
+            commits: 0,
+            checkpoint: String::new(),
+            changes_per_second: 0.0,
+            lag_ms: None,
+            last_commit_micros: None,
+            error: None,
+        }
+    }
+}
+
+/// Told of every status change (the desktop forwards it to the window).
+pub type StatusListener = Arc<dyn Fn(&RunStatus) + Send + Sync>;
+
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Shared {
+    runs: HashMap<String, Running>,
+    status: HashMap<String, Arc<Mutex<RunStatus>>>,
+    /// Per profile, a counter bumped by each store commit; tails wait on it.
+    commits: HashMap<String, tokio::sync::watch::Sender<u64>>,
+    tails: HashMap<String, tokio::sync::watch::Sender<bool>>,
+}
+
+/// The captures running in this process.
+#[derive(Clone, Default)]
+pub struct Runs {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runs").finish_non_exhaustive()
+    }
+}
+
+impl Runs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn commits_of(&self, profile: &str) -> tokio::sync::watch::Sender<u64> {
+        self.lock()
+            .commits
+            .entry(profile.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .clone()
+    }
+
+    /// Starts the profile's capture (its saved definition, creating the slot if missing); `listener`
+    /// hears every status change. Starting a running capture is an error.
+    pub async fn start(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+        listener: StatusListener,
+    ) -> Result<RunStatus> {
+        let profile = profiles.get(id_or_name)?;
+        let id = profile.id.clone();
+        if self
+            .lock()
+            .runs
+            .get(&id)
+            .is_some_and(|r| !r.task.is_finished())
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("the capture of '{}' is running already", profile.name),
+            ));
+        }
+        if profiles.capture_definition(&id)?.is_none() {
+            return Err(Error::invalid_input(
+                "tables",
+                "nothing to capture yet: select tables and \"Save and publish\" first",
+            ));
+        }
+        let spec = profiles.spec_blocking(&id, None).await?;
+        let status = Arc::new(Mutex::new(RunStatus {
+            state: RunState::Starting,
+            ..RunStatus::stopped(&id)
+        }));
+        let notify = {
+            let status = status.clone();
+            let listener = listener.clone();
+            move |change: &dyn Fn(&mut RunStatus)| {
+                let snapshot = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    change(&mut s);
+                    s.clone()
+                };
+                listener(&snapshot);
+            }
+        };
+        let notify = Arc::new(notify);
+        let commits = self.commits_of(&id);
+        let window: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+        let observer = {
+            let notify = notify.clone();
+            Observer(Arc::new(move |flush: &Flush| {
+                let now = Instant::now();
+                let rate = {
+                    let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+                    window.push((now, flush.changes));
+                    window.retain(|(at, _)| now.duration_since(*at).as_secs_f64() <= 10.0);
+                    let total: u64 = window.iter().map(|(_, n)| n).sum();
+                    let span = now.duration_since(window[0].0).as_secs_f64().max(1.0);
+                    total as f64 / span
+                };
+                let newest = flush.commit_times_micros.iter().max().copied();
+                notify(&|s: &mut RunStatus| {
+                    s.state = RunState::Streaming;
+                    s.changes += flush.changes;
+                    s.commits += 1;
+                    s.checkpoint = flush.checkpoint.to_string();
+                    s.changes_per_second = rate;
+                    if let Some(commit) = newest {
+                        s.last_commit_micros = Some(commit);
+                        s.lag_ms = Some((flush.stored_at_micros - commit).max(0) as f64 / 1000.0);
+                    }
+                });
+                commits.send_modify(|n| *n += 1);
+            }))
+        };
+        let progress = {
+            let notify = notify.clone();
+            Arc::new(move |p: &BackfillProgress| {
+                notify(&|s: &mut RunStatus| {
+                    s.backfills.insert(p.collection.clone(), p.clone());
+                })
+            })
+        };
+        let options = CaptureOptions {
+            spec,
+            store_dir: profiles.store_dir(&id)?,
+            publication: profile.publication.clone(),
+            slot: profile.slot.clone(),
+            create_slot: true,
+            stop_at: None,
+            observer: Some(observer),
+            bindings: Vec::new(),
+            backfill_progress: Some(progress),
+        };
+        let task = {
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                let outcome = crate::capture::run(options).await;
+                notify(&|s: &mut RunStatus| match &outcome {
+                    Ok(_) => s.state = RunState::Stopped,
+                    Err(e) => {
+                        s.state = RunState::Failed;
+                        s.error = Some(e.clone());
+                    }
+                });
+            })
+        };
+        let snapshot = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut shared = self.lock();
+        shared.runs.insert(id.clone(), Running { task });
+        shared.status.insert(id, status);
+        Ok(snapshot)
+    }
+
+    /// Stops the profile's capture. The slot stays (the server keeps WAL for it until the next start).
+    pub fn stop(&self, id_or_name: &str, profiles: &Profiles) -> Result<RunStatus> {
+        let id = profiles.get(id_or_name)?.id;
+        let mut shared = self.lock();
+        if let Some(run) = shared.runs.remove(&id) {
+            run.task.abort();
+        }
+        let status = shared
+            .status
+            .get(&id)
+            .map(|s| {
+                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+                if s.state != RunState::Failed {
+                    s.state = RunState::Stopped;
+                }
+                s.clone()
+            })
+            .unwrap_or_else(|| RunStatus::stopped(&id));
+        Ok(status)
+    }
+
+    /// The profile's capture status (stopped when it never ran here).
+    pub fn status(&self, id_or_name: &str, profiles: &Profiles) -> Result<RunStatus> {
+        let id = profiles.get(id_or_name)?.id;
+        let shared = self.lock();
+        Ok(shared
+            .status
+            .get(&id)
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_else(|| RunStatus::stopped(&id)))
+    }
+
+    /// Whether any capture is running (the window asks before closing).
+    pub fn any_running(&self) -> bool {
+        self.lock().runs.values().any(|r| !r.task.is_finished())
+    }
+
+    /// Sends `collection`'s changes after log position `after` to `send`, then every change as store
+    /// commits make it durable, until [`Runs::stop_tail`] with `token` or until `send` returns false.
+    pub async fn tail(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+        collection: &str,
+        after: u64,
+        token: &str,
+        send: impl Fn(Vec<TailEntry>) -> bool,
+    ) -> Result<()> {
+        let id = profiles.get(id_or_name)?.id;
+        let dir = profiles.store_dir(&id)?;
+        let mut commits = self.commits_of(&id).subscribe();
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        self.lock().tails.insert(token.to_string(), stop_tx);
+        let result = async {
+            let mut after = after;
+            loop {
+                commits.borrow_and_update();
+                loop {
+                    let page = read_changes(&dir, collection, after).await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.seq;
+                    let full = page.len() == TAIL_PAGE;
+                    if !send(page) {
+                        return Ok(());
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    changed = commits.changed() => if changed.is_err() { return Ok(()) },
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
+        .await;
+        self.lock().tails.remove(token);
+        result
+    }
+
+    /// Ends the tail started with `token`.
+    pub fn stop_tail(&self, token: &str) {
+        if let Some(stop) = self.lock().tails.remove(token) {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Most entries a tail sends at once.
+const TAIL_PAGE: usize = 500;
+
+/// One change in a tail: its log position and document.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TailEntry {
+    /// Position in the store's log.
+    pub seq: u64,
+    /// The change document.
+    pub doc: Json,
+}
+
+async fn read_changes(
+    dir: &std::path::Path,
+    collection: &str,
+    after: u64,
+) -> Result<Vec<TailEntry>> {
+    let dir = dir.to_path_buf();
+    let collection = collection.to_string();
+    tokio::task::spawn_blocking(move || {
+        if !dir.join("tidepool.db").exists() {
+            return Ok(Vec::new());
+        }
+        let store = crate::store::Store::open(&dir)?;
+        if store.collection(&collection)?.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(store
+            .changes(&collection, after, TAIL_PAGE)?
+            .into_iter()
+            .map(|(seq, doc)| TailEntry { seq, doc })
+            .collect())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("reading the store: {e}")))?
+}

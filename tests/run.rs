@@ -1,0 +1,165 @@
+//! Captures run inside the process, as the desktop app runs them: start from a saved definition, the
+//! backfill's progress reaching 100%, a tail that receives each change once as it is stored, and a stop
+//! that keeps the slot so the next start resumes without duplicates.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tidepool::binding::Binding;
+use tidepool::preview::{self, View};
+use tidepool::profile::{ProfileDraft, Profiles};
+use tidepool::run::{RunState, RunStatus, Runs, TailEntry};
+
+use crate::harness::{self, TestDb};
+
+/// Waits up to 20 s for `ok`.
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
+    let db = TestDb::new(harness::plain(), "run");
+    db.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3) g;",
+    );
+    let dir = harness::temp_dir("run_profiles");
+    let profiles = Profiles::open(&dir);
+    let draft = ProfileDraft {
+        name: "Run".into(),
+        address: format!("127.0.0.1:{}", db.cluster.port()),
+        user: "postgres".into(),
+        database: db.name.clone(),
+        sslmode: tidepool::tls::SslMode::Disable,
+        slot: Some(db.name.clone()),
+        publication: Some(format!("{}_pub", db.name)),
+        ..Default::default()
+    };
+    let id = profiles
+        .save(None, draft, Some(db.cluster.superuser_password().clone()))
+        .unwrap()
+        .profile
+        .id;
+    let runs = Runs::default();
+    let e = runs
+        .start(&profiles, &id, Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), tidepool::ErrorKind::InvalidInput, "{e}");
+
+    profiles
+        .publish(&id, vec![Binding::new("public", "items")])
+        .await
+        .unwrap();
+    let seen: Arc<Mutex<Vec<RunStatus>>> = Arc::default();
+    let log = seen.clone();
+    runs.start(
+        &profiles,
+        &id,
+        Arc::new(move |s: &RunStatus| log.lock().unwrap().push(s.clone())),
+    )
+    .await
+    .unwrap();
+    assert!(runs.any_running());
+    until("the backfill's 100%", || {
+        seen.lock().unwrap().iter().any(|s| {
+            s.backfills
+                .get("public/items")
+                .is_some_and(|p| p.done && p.rows == 3)
+        })
+    })
+    .await;
+
+    // A tail from the start: the three snapshot documents, then each change once, as it is stored.
+    let tailed: Arc<Mutex<Vec<TailEntry>>> = Arc::default();
+    let tail = {
+        let runs = runs.clone();
+        let profiles = profiles.clone();
+        let id = id.clone();
+        let tailed = tailed.clone();
+        tokio::spawn(async move {
+            runs.tail(&profiles, &id, "public/items", 0, "t1", move |page| {
+                tailed.lock().unwrap().extend(page);
+                true
+            })
+            .await
+        })
+    };
+    let ops = |tailed: &Arc<Mutex<Vec<TailEntry>>>| -> Vec<String> {
+        tailed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.doc["_meta"]["op"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    until("the snapshot in the tail", || {
+        tailed.lock().unwrap().len() == 3
+    })
+    .await;
+    db.sql("INSERT INTO items VALUES (4, 'new');");
+    until("the insert in the tail", || {
+        tailed.lock().unwrap().len() == 4
+    })
+    .await;
+    db.sql("UPDATE items SET name = 'renamed' WHERE id = 4;");
+    db.sql("DELETE FROM items WHERE id = 1;");
+    until("the update and delete", || {
+        tailed.lock().unwrap().len() == 6
+    })
+    .await;
+    assert_eq!(&ops(&tailed)[3..], ["c", "u", "d"]);
+    let seqs: Vec<u64> = tailed.lock().unwrap().iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(tailed.lock().unwrap()[4].doc["name"], Json::from("renamed"));
+    runs.stop_tail("t1");
+    tail.await.unwrap().unwrap();
+
+    let status = runs.status(&id, &profiles).unwrap();
+    assert_eq!(status.state, RunState::Streaming);
+    assert!(status.changes >= 3, "{status:?}");
+    assert!(status.lag_ms.is_some());
+
+    // Rows are reduced by key; the log keeps everything, newest last.
+    let rows = preview::page(&profiles, &id, "public/items", View::Rows, None, 100).unwrap();
+    let ids: Vec<i64> = rows
+        .documents
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 3, 4]);
+    let latest = preview::page(&profiles, &id, "public/items", View::Changes, None, 2).unwrap();
+    assert_eq!(latest.documents.len(), 2);
+    assert_eq!(latest.documents[1]["_meta"]["op"], "d");
+    assert_eq!(latest.last_seq, *seqs.last().unwrap());
+
+    // Stopping keeps the slot; changes made meanwhile arrive after the next start, once.
+    let stopped = runs.stop(&id, &profiles).unwrap();
+    assert_eq!(stopped.state, RunState::Stopped);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}';",
+            db.name
+        ))
+        .trim(),
+        "1"
+    );
+    db.sql("INSERT INTO items VALUES (5, 'while stopped');");
+    runs.start(&profiles, &id, Arc::new(|_| {})).await.unwrap();
+    let changes = || preview::collections(&profiles, &id).unwrap()[0].changes;
+    until("the change made while stopped", || changes() == 7).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(changes(), 7, "a change was stored twice");
+    runs.stop(&id, &profiles).unwrap();
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
+}
