@@ -1,7 +1,13 @@
 //! The commands the UI may call. Each is one engine call; errors reach the UI as `{kind, message}`.
 //! Commands that touch the keychain (blocking D-Bus calls) run off the main thread (`async`).
 
-use tauri::State;
+use std::sync::Arc;
+
+use tauri::ipc::Channel;
+use tauri::{AppHandle, Emitter, State};
+use tidepool::preview::{Page, View};
+use tidepool::run::{RunStatus, Runs, TailEntry};
+use tidepool::store::CollectionInfo;
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
 use tidepool::discovery::DiscoveredTable;
@@ -155,4 +161,88 @@ pub fn link_neon(
     link: Option<Link>,
 ) -> Result<ProfileView, Error> {
     profiles.link_neon(&id, link)
+}
+
+/// Starts the profile's capture; its status then arrives as `capture-status` events.
+#[tauri::command]
+pub async fn start_capture(
+    app: AppHandle,
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<RunStatus, Error> {
+    runs.start(
+        &profiles,
+        &id,
+        Arc::new(move |status: &RunStatus| {
+            let _ = app.emit("capture-status", status);
+        }),
+    )
+    .await
+}
+
+/// Stops the profile's capture; the slot stays.
+#[tauri::command(async)]
+pub fn stop_capture(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<RunStatus, Error> {
+    runs.stop(&id, &profiles)
+}
+
+/// The profile's capture status.
+#[tauri::command(async)]
+pub fn capture_status(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<RunStatus, Error> {
+    runs.status(&id, &profiles)
+}
+
+/// The profile's collections with their counts.
+#[tauri::command(async)]
+pub fn collections(
+    profiles: State<'_, Profiles>,
+    id: String,
+) -> Result<Vec<CollectionInfo>, Error> {
+    tidepool::preview::collections(&profiles, &id)
+}
+
+/// A page of a collection's rows or change log.
+#[tauri::command(async)]
+pub fn collection_page(
+    profiles: State<'_, Profiles>,
+    id: String,
+    collection: String,
+    view: View,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Page, Error> {
+    tidepool::preview::page(&profiles, &id, &collection, view, after, limit)
+}
+
+/// Streams a collection's changes after `after` through `on_change` as they are stored, until
+/// `stop_tail(token)`.
+#[tauri::command]
+pub async fn tail_collection(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+    collection: String,
+    after: u64,
+    token: String,
+    on_change: Channel<Vec<TailEntry>>,
+) -> Result<(), Error> {
+    runs.tail(&profiles, &id, &collection, after, &token, |page| {
+        on_change.send(page).is_ok()
+    })
+    .await
+}
+
+/// Ends a tail.
+#[tauri::command]
+pub fn stop_tail(runs: State<'_, Runs>, token: String) {
+    runs.stop_tail(&token)
 }

@@ -24,6 +24,7 @@ pub fn run() {
     };
     tauri::Builder::default()
         .manage(tidepool::profile::Profiles::open(&data_dir))
+        .manage(tidepool::run::Runs::default())
         .setup(move |_app| {
             let log_dir = data_dir.join("logs");
             std::fs::create_dir_all(&log_dir)?;
@@ -51,6 +52,13 @@ pub fn run() {
             commands::neon_branches,
             commands::neon_locate,
             commands::link_neon,
+            commands::start_capture,
+            commands::stop_capture,
+            commands::capture_status,
+            commands::collections,
+            commands::collection_page,
+            commands::tail_collection,
+            commands::stop_tail,
         ])
         .run(tauri::generate_context!())
         .expect("the Tauri runtime failed to start");

@@ -1,6 +1,8 @@
 import logo from "../../icons/tidepool.svg";
 import { useCallback, useEffect, useState } from "react";
 
+import { CapturePanel } from "./components/CapturePanel";
+import { CollectionsPanel } from "./components/CollectionsPanel";
 import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
 import { ProfileList } from "./components/ProfileList";
@@ -10,7 +12,15 @@ import { TablesPanel } from "./components/TablesPanel";
 import * as backend from "./lib/backend";
 import type { BackendError, ProfileView } from "./lib/types";
 
-type Tab = "connection" | "setup" | "tables";
+type Tab = "connection" | "setup" | "tables" | "capture" | "collections";
+
+const TAB_TITLES: Record<Tab, string> = {
+  connection: "Connection",
+  setup: "Setup",
+  tables: "Tables",
+  capture: "Capture",
+  collections: "Collections",
+};
 type View = { screen: "profile"; id: string | null; tab?: Tab } | { screen: "settings" };
 
 export function App() {
@@ -55,7 +65,7 @@ export function App() {
           {loadError && <ErrorNotice error={loadError} testId="load-error" />}
           {view.screen === "profile" && selected && (
             <nav className="tabs">
-              {(["connection", "setup", "tables"] as Tab[]).map((tab) => (
+              {(Object.keys(TAB_TITLES) as Tab[]).map((tab) => (
                 <button
                   key={tab}
                   type="button"
@@ -64,7 +74,7 @@ export function App() {
                   className={(view.tab ?? "connection") === tab ? "tab current" : "tab"}
                   onClick={() => setView({ screen: "profile", id: selected.id, tab })}
                 >
-                  {tab === "connection" ? "Connection" : tab === "setup" ? "Setup" : "Tables"}
+                  {TAB_TITLES[tab]}
                 </button>
               ))}
             </nav>
@@ -75,6 +85,10 @@ export function App() {
             <SetupPanel key={selected.id} profile={selected} onProfilesChanged={() => void reload()} />
           ) : view.tab === "tables" && selected ? (
             <TablesPanel key={selected.id} profileId={selected.id} />
+          ) : view.tab === "capture" && selected ? (
+            <CapturePanel key={selected.id} profileId={selected.id} />
+          ) : view.tab === "collections" && selected ? (
+            <CollectionsPanel key={selected.id} profileId={selected.id} />
           ) : (
             <ProfileEditor
               key={view.id ?? "new"}

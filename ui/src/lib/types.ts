@@ -233,3 +233,59 @@ export interface PreflightCheck {
   explanation: string;
   fix: Fix | null;
 }
+
+/** How far one table's backfill is. */
+export interface BackfillProgress {
+  collection: string;
+  rows: number;
+  estimatedRows: number | null;
+  rowsPerSecond: number;
+  secondsLeft: number | null;
+  done: boolean;
+}
+
+export type RunState = "stopped" | "starting" | "streaming" | "failed";
+
+/** A capture running in the app, as the engine reports it (also pushed as `capture-status` events). */
+export interface RunStatus {
+  profile: string;
+  state: RunState;
+  backfills: Record<string, BackfillProgress>;
+  changes: number;
+  commits: number;
+  checkpoint: string;
+  changesPerSecond: number;
+  lagMs: number | null;
+  lastCommitMicros: number | null;
+  error: BackendError | null;
+}
+
+/** A collection with its counts. */
+export interface CollectionInfo {
+  name: string;
+  rows: number;
+  changes: number;
+}
+
+export interface CollectionSpec {
+  name: string;
+  schema: string;
+  table: string;
+  key: string[];
+  columns: { name: string; typeOid: number }[];
+}
+
+export type CollectionView = "rows" | "changes";
+
+/** One page of a collection's documents. */
+export interface Page {
+  collection: CollectionSpec;
+  documents: Record<string, unknown>[];
+  lastSeq: number;
+}
+
+/** A change pushed by a live tail. */
+export interface TailEntry {
+  seq: number;
+  doc: Record<string, unknown>;
+}

@@ -1,6 +1,7 @@
 // The only module that talks to the desktop shell. Everything else imports from here, so the UI can be
 // tested with this module replaced, and the shell's command names live in one place.
-import { invoke } from "@tauri-apps/api/core";
+import { Channel, invoke } from "@tauri-apps/api/core";
+import { listen } from "@tauri-apps/api/event";
 
 import {
   isBackendError,
@@ -9,6 +10,11 @@ import {
   type Binding,
   type CaptureDefinition,
   type DiscoveredTable,
+  type CollectionInfo,
+  type CollectionView,
+  type Page,
+  type RunStatus,
+  type TailEntry,
   type Fix,
   type NeonBranch,
   type NeonLink,
@@ -83,3 +89,39 @@ export const neonBranches = (projectId: string) => call<NeonBranch[]>("neon_bran
 export const neonLocate = (id: string) => call<NeonLink | null>("neon_locate", { id });
 
 export const linkNeon = (id: string, link: NeonLink | null) => call<ProfileView>("link_neon", { id, link });
+
+export const startCapture = (id: string) => call<RunStatus>("start_capture", { id });
+
+/** Stops the capture; the slot stays, so the server keeps WAL until the next start. */
+export const stopCapture = (id: string) => call<RunStatus>("stop_capture", { id });
+
+export const captureStatus = (id: string) => call<RunStatus>("capture_status", { id });
+
+/** Every status change of every capture, pushed by the engine. Returns the unsubscribe function. */
+export async function onCaptureStatus(listener: (status: RunStatus) => void): Promise<() => void> {
+  return listen<RunStatus>("capture-status", (event) => listener(event.payload));
+}
+
+export const collections = (id: string) => call<CollectionInfo[]>("collections", { id });
+
+export const collectionPage = (id: string, collection: string, view: CollectionView, after: number | null, limit: number) =>
+  call<Page>("collection_page", { id, collection, view, after, limit });
+
+/**
+ * Streams the collection's changes after `after` as the capture stores them (pushed through a channel).
+ * Returns a function that ends the tail.
+ */
+export function tailCollection(
+  id: string,
+  collection: string,
+  after: number,
+  onChange: (entries: TailEntry[]) => void,
+): () => void {
+  const token = `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const channel = new Channel<TailEntry[]>();
+  channel.onmessage = onChange;
+  call<void>("tail_collection", { id, collection, after, token, onChange: channel }).catch(() => {});
+  return () => {
+    void call<void>("stop_tail", { token });
+  };
+}

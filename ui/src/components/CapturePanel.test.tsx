@@ -1,0 +1,71 @@
+import { act, render, screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import type { RunStatus } from "../lib/types";
+import { CapturePanel } from "./CapturePanel";
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+
+vi.mock("../lib/backend", async () =>
+  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture"]),
+);
+
+const status = (overrides: Partial<RunStatus>): RunStatus => ({
+  profile: "p1",
+  state: "stopped",
+  backfills: {},
+  changes: 0,
+  commits: 0,
+  checkpoint: "",
+  changesPerSecond: 0,
+  lagMs: null,
+  lastCommitMicros: null,
+  error: null,
+  ...overrides,
+});
+
+beforeEach(() => {
+  resetBackend();
+});
+
+describe("CapturePanel", () => {
+  it("starts the capture and shows pushed backfill progress and stream facts", async () => {
+    let push: (s: RunStatus) => void = () => {};
+    answer("captureStatus", async () => status({}));
+    answer("onCaptureStatus", async (listener) => {
+      push = listener as (s: RunStatus) => void;
+      return () => {};
+    });
+    answer("startCapture", async () => status({ state: "starting" }));
+    answer("stopCapture", async () => status({ state: "stopped" }));
+    const user = userEvent.setup();
+    render(<CapturePanel profileId="p1" />);
+    await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Stopped"));
+    expect((screen.getByTestId("capture-stop") as HTMLButtonElement).disabled).toBe(true);
+    await user.click(screen.getByTestId("capture-start"));
+    expect(callsOf("startCapture")).toEqual([["p1"]]);
+    expect(screen.getByTestId("capture-state").textContent).toBe("Starting");
+
+    const half = { collection: "public/items", rows: 500, estimatedRows: 1000, rowsPerSecond: 250, secondsLeft: 2, done: false };
+    act(() => push(status({ state: "starting", backfills: { "public/items": half } })));
+    expect(screen.getByTestId("backfill-public/items-percent").textContent).toBe("50%");
+    // Another profile's status is not this one's.
+    act(() => push(status({ profile: "p2", state: "failed" })));
+    expect(screen.getByTestId("capture-state").textContent).toBe("Starting");
+    act(() =>
+      push(
+        status({
+          state: "streaming",
+          backfills: { "public/items": { ...half, rows: 1000, done: true } },
+          changes: 1004,
+          lagMs: 1.25,
+        }),
+      ),
+    );
+    expect(screen.getByTestId("backfill-public/items-percent").textContent).toBe("100%");
+    expect(screen.getByTestId("stream-changes").textContent).toBe((1004).toLocaleString());
+    expect(screen.getByTestId("stream-lag").textContent).toBe("1.3 ms");
+    await user.click(screen.getByTestId("capture-stop"));
+    expect(callsOf("stopCapture")).toEqual([["p1"]]);
+  });
+});

@@ -1,0 +1,142 @@
+import { useEffect, useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError, BackfillProgress, RunStatus } from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+
+const STATE: Record<RunStatus["state"], string> = {
+  stopped: "Stopped",
+  starting: "Starting",
+  streaming: "Streaming",
+  failed: "Failed",
+};
+
+const percent = (p: BackfillProgress): number =>
+  p.done ? 100 : p.estimatedRows && p.estimatedRows > 0 ? Math.min(99, Math.floor((p.rows / p.estimatedRows) * 100)) : 0;
+
+/**
+ * The profile's capture: start and stop it, each table's backfill progress (rows, rate, time left), and
+ * the stream's state (changes, throughput, lag, checkpoint). Status is pushed by the engine.
+ */
+export function CapturePanel({ profileId }: { profileId: string }) {
+  const [status, setStatus] = useState<RunStatus | null>(null);
+  const [error, setError] = useState<BackendError | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  useEffect(() => {
+    let live = true;
+    let unlisten: (() => void) | null = null;
+    backend.captureStatus(profileId).then(
+      (s) => live && setStatus(s),
+      (e) => live && setError(e as BackendError),
+    );
+    backend
+      .onCaptureStatus((s) => {
+        if (live && s.profile === profileId) setStatus(s);
+      })
+      .then((stop) => (live ? (unlisten = stop) : stop()));
+    return () => {
+      live = false;
+      unlisten?.();
+    };
+  }, [profileId]);
+
+  async function act(action: () => Promise<RunStatus>) {
+    setBusy(true);
+    setError(null);
+    try {
+      setStatus(await action());
+    } catch (e) {
+      setError(e as BackendError);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const running = status?.state === "starting" || status?.state === "streaming";
+  const backfills = Object.values(status?.backfills ?? {});
+  return (
+    <section className="panel" data-testid="capture-panel">
+      <h2>Capture</h2>
+      <p>
+        State:{" "}
+        <span className="badge" data-testid="capture-state" data-state={status?.state ?? "loading"}>
+          {status ? STATE[status.state] : "…"}
+        </span>
+      </p>
+      <div className="row">
+        <button
+          type="button"
+          data-testid="capture-start"
+          disabled={busy || running}
+          onClick={() => void act(() => backend.startCapture(profileId))}
+        >
+          Start capture
+        </button>
+        <button
+          type="button"
+          className="secondary"
+          data-testid="capture-stop"
+          disabled={busy || !running}
+          onClick={() => void act(() => backend.stopCapture(profileId))}
+        >
+          Pause (keep the slot)
+        </button>
+      </div>
+      <p className="note">
+        Pausing keeps the replication slot, so nothing is missed when you start again; meanwhile the server keeps its
+        WAL for the slot, which grows with every write (on Neon an inactive slot is removed after about 40 hours). To
+        stop for good, drop the slot from Setup.
+      </p>
+      {error && <ErrorNotice error={error} testId="capture-error" />}
+      {status?.error && <ErrorNotice error={status.error} testId="capture-failure" />}
+      {backfills.length > 0 && (
+        <>
+          <h3>Backfill</h3>
+          <table className="tables">
+            <thead>
+              <tr>
+                <th>Collection</th>
+                <th>Progress</th>
+                <th>Rows</th>
+                <th>Rate</th>
+                <th>Time left</th>
+              </tr>
+            </thead>
+            <tbody>
+              {backfills.map((p) => (
+                <tr key={p.collection} data-testid={`backfill-${p.collection}`}>
+                  <td>{p.collection}</td>
+                  <td>
+                    <progress max={100} value={percent(p)} />{" "}
+                    <span data-testid={`backfill-${p.collection}-percent`}>{percent(p)}%</span>
+                  </td>
+                  <td>
+                    {p.rows.toLocaleString()}
+                    {p.estimatedRows ? ` / ~${p.estimatedRows.toLocaleString()}` : ""}
+                  </td>
+                  <td>{Math.round(p.rowsPerSecond).toLocaleString()} rows/s</td>
+                  <td>{p.done ? "done" : p.secondsLeft !== null ? `${Math.ceil(p.secondsLeft)} s` : "—"}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </>
+      )}
+      {status && status.state !== "stopped" && (
+        <dl className="facts" data-testid="stream-facts">
+          <dt>Changes stored</dt>
+          <dd data-testid="stream-changes">{status.changes.toLocaleString()}</dd>
+          <dt>Throughput</dt>
+          <dd>{Math.round(status.changesPerSecond).toLocaleString()} changes/s</dd>
+          <dt>Lag (commit → stored)</dt>
+          <dd data-testid="stream-lag">{status.lagMs === null ? "—" : `${status.lagMs.toFixed(1)} ms`}</dd>
+          <dt>Checkpoint</dt>
+          <dd>
+            <code>{status.checkpoint || "—"}</code>
+          </dd>
+        </dl>
+      )}
+    </section>
+  );
+}
