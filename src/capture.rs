@@ -544,17 +544,19 @@ async fn initial_backfill(
 }
 
 async fn check_published(sql: &Client, publication: &str, schema: &str, table: &str) -> Result<()> {
-    let published = sql
-        .query_opt(
-            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3
-             UNION ALL
-             SELECT 1 FROM pg_publication p JOIN pg_class c ON c.relname = $3 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = $2
-              WHERE p.pubname = $1 AND p.puballtables",
+    // A FOR ALL TABLES publication lists the table in both parts: ask whether any row exists.
+    let published: bool = sql
+        .query_one(
+            "SELECT EXISTS (
+               SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3
+               UNION ALL
+               SELECT 1 FROM pg_publication p JOIN pg_class c ON c.relname = $3 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = $2
+                WHERE p.pubname = $1 AND p.puballtables)",
             &[&publication, &schema, &table],
         )
         .await
         .map_err(|e| Error::from_postgres(&e, "reading pg_publication_tables"))?
-        .is_some();
+        .get(0);
     if !published {
         return Err(Error::invalid_input(
             "--tables",

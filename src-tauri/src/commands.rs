@@ -5,17 +5,17 @@ use std::sync::Arc;
 
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
-use tidepool::preview::{Page, View};
-use tidepool::run::{RunStatus, Runs, TailEntry};
-use tidepool::store::CollectionInfo;
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
 use tidepool::discovery::DiscoveredTable;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
+use tidepool::preview::{Page, View};
 use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
+use tidepool::run::{RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::setup::Action;
+use tidepool::store::CollectionInfo;
 use tidepool::Error;
 
 /// Every saved profile with the state of its password.

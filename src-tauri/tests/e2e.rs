@@ -569,3 +569,124 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
         .remove_neon_api_key()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_deletes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = fresh_database("e2e_flow");
+    cluster()
+        .psql(
+            &database,
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g;",
+        )
+        .unwrap();
+    let data = temp_data_dir("flow");
+    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(serde_json::json!({
+        "name": "Flow",
+        "address": format!("127.0.0.1:{}", cluster().port()),
+        "user": "postgres",
+        "database": database,
+        "sslmode": "disable",
+        "publication": "flow_pub",
+        "slot": "e2e_flow_slot",
+    }))
+    .unwrap();
+    tidepool::profile::Profiles::open(&data)
+        .save(None, draft, Some(cluster().superuser_password().clone()))
+        .unwrap();
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Flow").await;
+
+    // Setup: the missing publication, fixed.
+    click(&client, "tab-setup").await;
+    wait_for_text(&client, "check-publication-status", |t| t == "Fail").await;
+    click(&client, "fix-publication").await;
+    click(&client, "fix-publication-run").await;
+    let status = wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
+    assert_eq!(status, "Pass");
+    screenshot(&client, "flow-1-setup").await;
+
+    // Tables: select the table, rename its collection, publish.
+    click(&client, "tab-tables").await;
+    let select = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id("select-public.items")))
+        .await
+        .unwrap();
+    if !select.is_selected().await.unwrap() {
+        select.click().await.unwrap();
+    }
+    fill(&client, "collection-public.items", "shop/items").await;
+    screenshot(&client, "flow-2-tables").await;
+    click(&client, "publish").await;
+    wait_for_text(&client, "published", |t| !t.is_empty()).await;
+
+    // Capture: the backfill reaches 100%, then the stream runs.
+    click(&client, "tab-capture").await;
+    click(&client, "capture-start").await;
+    let percent = wait_for_text(&client, "backfill-shop/items-percent", |t| t == "100%").await;
+    assert_eq!(percent, "100%");
+    let state = wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    assert_eq!(state, "Streaming");
+    screenshot(&client, "flow-3-capture").await;
+
+    // Collections: rows reduced by key, live.
+    click(&client, "tab-collections").await;
+    click(&client, "collection-shop/items").await;
+    let table = wait_for_text(&client, "preview-table", |t| t.contains("item 50")).await;
+    assert!(table.contains("item 1"), "{table}");
+    cluster()
+        .psql(
+            &database,
+            "INSERT INTO items VALUES (1000, 'arrived live');",
+        )
+        .unwrap();
+    let committed = Instant::now();
+    let table = wait_for_text(&client, "preview-table", |t| t.contains("arrived live")).await;
+    let took = committed.elapsed();
+    assert!(table.contains("arrived live"), "the insert never arrived");
+    assert!(
+        took <= Duration::from_secs(1),
+        "the insert took {took:?} to appear"
+    );
+    screenshot(&client, "flow-4-live-insert").await;
+    cluster()
+        .psql(
+            &database,
+            "UPDATE items SET name = 'changed live' WHERE id = 1000;",
+        )
+        .unwrap();
+    let table = wait_for_text(&client, "preview-table", |t| t.contains("changed live")).await;
+    assert!(!table.contains("arrived live"), "{table}");
+    cluster()
+        .psql(&database, "DELETE FROM items WHERE id = 1000;")
+        .unwrap();
+    let table = wait_for_text(&client, "preview-table", |t| !t.contains("changed live")).await;
+    assert!(
+        !table.contains("changed live"),
+        "the deleted row is still shown"
+    );
+    assert!(table.contains("item 50"));
+    click(&client, "view-changes").await;
+    let changes = wait_for_text(&client, "preview-table", |t| t.contains("changed live")).await;
+    let ops: Vec<String> = {
+        let mut ops = Vec::new();
+        for row in client
+            .find_all(Locator::Css(&by_test_id("preview-row")))
+            .await
+            .unwrap()
+        {
+            ops.push(row.attr("data-op").await.unwrap().unwrap_or_default());
+        }
+        ops
+    };
+    assert_eq!(&ops[ops.len() - 3..], ["c", "u", "d"], "{changes}");
+    screenshot(&client, "flow-5-changes").await;
+    click(&client, "tab-capture").await;
+    click(&client, "capture-stop").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    client.close().await.unwrap();
+}
