@@ -48,7 +48,9 @@ pub struct Flush {
     pub stored_at_micros: i64,
 }
 
-/// Called after every store commit, on the capture's task: keep it quick.
+/// Called after every store commit, on the capture's task: keep it quick. Also called once each time
+/// the stream (re)starts, with no changes and the checkpoint it resumes from, so a watcher knows the
+/// capture is streaming before the first change arrives.
 #[derive(Clone)]
 pub struct Observer(pub std::sync::Arc<dyn Fn(&Flush) + Send + Sync>);
 
@@ -862,6 +864,14 @@ impl Capture {
             start: self.checkpoint,
         })
         .await?;
+        if let Some(observer) = &self.options.observer {
+            (observer.0)(&Flush {
+                checkpoint: self.checkpoint,
+                changes: 0,
+                commit_times_micros: Vec::new(),
+                stored_at_micros: now_postgres_micros(),
+            });
+        }
         let mut decoder = Decoder::new(1);
         let mut tx: Option<Transaction> = None;
         let mut pending: Option<Event> = None;

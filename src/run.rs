@@ -185,7 +185,9 @@ impl Runs {
                 notify(&|s: &mut RunStatus| {
                     s.state = RunState::Streaming;
                     s.changes += flush.changes;
-                    s.commits += 1;
+                    if flush.changes > 0 {
+                        s.commits += 1;
+                    }
                     s.checkpoint = flush.checkpoint.to_string();
                     s.changes_per_second = rate;
                     if let Some(commit) = newest {

@@ -69,6 +69,14 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
     .await
     .unwrap();
     assert!(runs.any_running());
+    // Streaming is reported once the stream starts, before any change arrives.
+    until("the streaming state", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.state == RunState::Streaming && s.changes == 0)
+    })
+    .await;
     until("the backfill's 100%", || {
         seen.lock().unwrap().iter().any(|s| {
             s.backfills
