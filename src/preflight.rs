@@ -152,6 +152,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
         (row.get(5), row.get(6), row.get(7), row.get(8));
     let database: String = row.get(9);
+    let neon = is_neon(&target.host) || target.neon_project.is_some();
 
     // wal_level
     if wal_level == "logical" {
@@ -163,7 +164,6 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             None,
         ));
     } else {
-        let neon = is_neon(&target.host) || target.neon_project.is_some();
         let fix = match (&target.neon_project, neon) {
             (Some(project), _) => Some(Action::NeonEnableLogicalReplication {
                 project_id: project.clone(),
@@ -187,9 +187,8 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
 
     // Replication right. On Neon nobody is superuser; a role made through its API belongs to
     // neon_superuser, which has REPLICATION.
-    let on_neon = is_neon(&target.host) || target.neon_project.is_some();
     match &replication {
-        ReplicationRight::None if on_neon => {
+        ReplicationRight::None if neon => {
             let fix = match (&target.neon_project, &target.neon_branch) {
                 (Some(project_id), Some(branch_id)) => Some(Action::NeonCreateRole {
                     project_id: project_id.clone(),

@@ -35,11 +35,7 @@ pub struct Page {
 }
 
 fn open(profiles: &Profiles, id_or_name: &str) -> Result<Option<Store>> {
-    let dir = profiles.store_dir(id_or_name)?;
-    if !dir.join("tidepool.db").exists() {
-        return Ok(None);
-    }
-    Store::open(&dir).map(Some)
+    Store::open_existing(&profiles.store_dir(id_or_name)?)
 }
 
 /// The profile's collections with their counts (none before the first capture).

@@ -526,11 +526,10 @@ impl Profiles {
         &self,
         id_or_name: &str,
     ) -> Result<Option<crate::binding::Definition>> {
-        let dir = self.store_dir(id_or_name)?;
-        if !dir.join("tidepool.db").exists() {
-            return Ok(None);
+        match crate::store::Store::open_existing(&self.store_dir(id_or_name)?)? {
+            Some(store) => crate::binding::Definition::load(&store),
+            None => Ok(None),
         }
-        crate::binding::Definition::load(&crate::store::Store::open(&dir)?)
     }
 
     /// The preflight checklist for the profile: its publication and slot, and the tables of its saved

@@ -346,10 +346,9 @@ async fn read_changes(
     let dir = dir.to_path_buf();
     let collection = collection.to_string();
     tokio::task::spawn_blocking(move || {
-        if !dir.join("tidepool.db").exists() {
+        let Some(store) = crate::store::Store::open_existing(&dir)? else {
             return Ok(Vec::new());
-        }
-        let store = crate::store::Store::open(&dir)?;
+        };
         if store.collection(&collection)?.is_none() {
             return Ok(Vec::new());
         }

@@ -131,6 +131,15 @@ fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
 }
 
 impl Store {
+    /// Opens the store in `dir` if one was ever created there; `None` before a capture's first run.
+    /// Readers use this so that looking never creates an empty store.
+    pub fn open_existing(dir: &Path) -> Result<Option<Store>> {
+        if !dir.join("tidepool.db").exists() {
+            return Ok(None);
+        }
+        Store::open(dir).map(Some)
+    }
+
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| {

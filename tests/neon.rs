@@ -283,7 +283,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         ..Default::default()
     };
     let shop = profiles
-        .save(None, draft, Some(Secret::new("old-password")))
+        .save(None, draft.clone(), Some(Secret::new("old-password")))
         .unwrap()
         .profile;
     let link = tidepool::neon::Link {
@@ -293,15 +293,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     let linked = profiles.link_neon("Shop", Some(link.clone())).unwrap();
     assert_eq!(linked.profile.neon, Some(link.clone()));
     // Editing the connection keeps the link.
-    let mut edit = ProfileDraft {
-        name: "Shop".into(),
-        address: format!("127.0.0.1:{}", db.cluster.port()),
-        user: app.user.clone(),
-        database: db.name.clone(),
-        ..Default::default()
-    };
-    edit.sslmode = tidepool::tls::SslMode::Disable;
-    profiles.save(Some(&shop.id), edit, None).unwrap();
+    profiles.save(Some(&shop.id), draft, None).unwrap();
     assert_eq!(profiles.get("Shop").unwrap().neon, Some(link.clone()));
 
     let _key = NEON_KEY.lock().unwrap_or_else(|e| e.into_inner());

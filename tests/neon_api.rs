@@ -167,7 +167,11 @@ where
         "DO $$ BEGIN CREATE ROLE neon_superuser NOLOGIN REPLICATION; \
          EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
     );
-    let passwords = Mutex::new(std::collections::HashMap::<String, String>::new());
+    let passwords = Arc::new(Mutex::new(
+        std::collections::HashMap::<String, String>::new(),
+    ));
+    let known = passwords.clone();
+    let running = |id: &str| json!([{"id": id, "action": "apply_config", "status": "running"}]);
     let counter = std::sync::atomic::AtomicU32::new(0);
     let new_password = move || {
         let nanos = std::time::SystemTime::now()
@@ -180,6 +184,25 @@ where
     let quote = |text: &str, mark: char| {
         let doubled = text.replace(mark, &format!("{mark}{mark}"));
         format!("{mark}{doubled}{mark}")
+    };
+    // Gives `role` a new password on the cluster with `statement` ({role} and {password} filled in,
+    // quoted), remembers it for reveal_password, and answers as Neon does: the role with its password
+    // and the operation to wait for.
+    let set_password = move |role: &str, statement: &str, status: u16, operation: &str| {
+        let password = new_password();
+        run_sql(
+            &statement
+                .replace("{role}", &quote(role, '"'))
+                .replace("{password}", &quote(&password, '\'')),
+        );
+        passwords
+            .lock()
+            .unwrap()
+            .insert(role.to_string(), password.clone());
+        Answer::json(
+            status,
+            json!({"role": {"name": role, "password": password}, "operations": running(operation)}),
+        )
     };
     serve(move |request| {
         if !request
@@ -194,7 +217,6 @@ where
             .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
             .collect();
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-        let running = |id: &str| json!([{"id": id, "action": "apply_config", "status": "running"}]);
         match (request.method.as_str(), parts.as_slice()) {
             ("GET", ["projects"]) => Answer::json(
                 200,
@@ -226,39 +248,13 @@ where
                 let Some(role) = request.body["role"]["name"].as_str() else {
                     return Answer::json(400, json!({"message": "role.name is required"}));
                 };
-                let password = new_password();
-                run_sql(&format!(
-                    "CREATE ROLE {} LOGIN PASSWORD {} IN ROLE neon_superuser;",
-                    quote(role, '"'),
-                    quote(&password, '\'')
-                ));
-                passwords
-                    .lock()
-                    .unwrap()
-                    .insert(role.to_string(), password.clone());
-                Answer::json(
-                    201,
-                    json!({"role": {"name": role, "password": password}, "operations": running("op-role")}),
-                )
+                set_password(role, "CREATE ROLE {role} LOGIN PASSWORD {password} IN ROLE neon_superuser;", 201, "op-role")
             }
             ("POST", ["projects", PROJECT, "branches", BRANCH, "roles", role, "reset_password"]) => {
-                let password = new_password();
-                run_sql(&format!(
-                    "ALTER ROLE {} PASSWORD {};",
-                    quote(role, '"'),
-                    quote(&password, '\'')
-                ));
-                passwords
-                    .lock()
-                    .unwrap()
-                    .insert(role.to_string(), password.clone());
-                Answer::json(
-                    200,
-                    json!({"role": {"name": role, "password": password}, "operations": running("op-reset")}),
-                )
+                set_password(role, "ALTER ROLE {role} PASSWORD {password};", 200, "op-reset")
             }
             ("GET", ["projects", PROJECT, "branches", BRANCH, "roles", role, "reveal_password"]) => {
-                match passwords.lock().unwrap().get(*role) {
+                match known.lock().unwrap().get(*role) {
                     Some(password) => Answer::json(200, json!({"password": password})),
                     None => Answer::json(404, json!({"message": "role not found"})),
                 }

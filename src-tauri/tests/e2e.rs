@@ -225,6 +225,24 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     found
 }
 
+/// Saves a profile on the test cluster in `data` (as the form would: `fields` over the cluster's
+/// address, its password in the real keychain) and returns its id.
+fn save_profile(data: &Path, fields: serde_json::Value, password: &str) -> String {
+    let mut draft = serde_json::json!({
+        "address": format!("127.0.0.1:{}", cluster().port()),
+        "sslmode": "disable",
+    });
+    for (name, value) in fields.as_object().expect("profile fields") {
+        draft[name] = value.clone();
+    }
+    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(draft).unwrap();
+    tidepool::profile::Profiles::open(data)
+        .save(None, draft, Some(tidepool::secrets::Secret::new(password)))
+        .unwrap()
+        .profile
+        .id
+}
+
 fn fresh_database(name: &str) -> String {
     cluster()
         .psql(
@@ -375,19 +393,17 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
         .unwrap();
     let data = temp_data_dir("setup");
     // A saved profile whose publication does not exist yet (its password in the real keychain).
-    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(serde_json::json!({
-        "name": "Setup e2e",
-        "address": format!("127.0.0.1:{}", cluster().port()),
-        "user": "postgres",
-        "database": database,
-        "sslmode": "disable",
-        "publication": "e2e pub",
-        "slot": "e2e_setup_slot",
-    }))
-    .unwrap();
-    tidepool::profile::Profiles::open(&data)
-        .save(None, draft, Some(cluster().superuser_password().clone()))
-        .unwrap();
+    save_profile(
+        &data,
+        serde_json::json!({
+            "name": "Setup e2e",
+            "user": "postgres",
+            "database": database,
+            "publication": "e2e pub",
+            "slot": "e2e_setup_slot",
+        }),
+        cluster().superuser_password().expose(),
+    );
 
     let driver = Driver::start(&data);
     let client = driver.session().await;
@@ -440,22 +456,12 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
     })
     .await;
     let data = temp_data_dir("neon");
-    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(serde_json::json!({
-        "name": "Neon e2e",
-        "address": format!("127.0.0.1:{}", cluster().port()),
-        "user": "e2e_app",
-        "database": database,
-        "sslmode": "disable",
-    }))
-    .unwrap();
+    let saved = save_profile(
+        &data,
+        serde_json::json!({"name": "Neon e2e", "user": "e2e_app", "database": database}),
+        "e2e-old-password",
+    );
     let profiles = tidepool::profile::Profiles::open(&data);
-    let saved = profiles
-        .save(
-            None,
-            draft,
-            Some(tidepool::secrets::Secret::new("e2e-old-password")),
-        )
-        .unwrap();
 
     let driver = Driver::start_with(&data, &[("TIDEPOOL_NEON_API_URL", &base)]);
     let client = driver.session().await;
@@ -548,7 +554,7 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
     screenshot(&client, "neon-reset").await;
     client.close().await.unwrap();
 
-    let facts = profiles.test(&saved.profile.id, None).await.unwrap();
+    let facts = profiles.test(&saved, None).await.unwrap();
     assert_eq!(facts.current_user, "e2e_app");
     let mut old = cluster().spec(&database);
     old.user = "e2e_app".into();
@@ -582,19 +588,17 @@ async fn setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_delete
         )
         .unwrap();
     let data = temp_data_dir("flow");
-    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(serde_json::json!({
-        "name": "Flow",
-        "address": format!("127.0.0.1:{}", cluster().port()),
-        "user": "postgres",
-        "database": database,
-        "sslmode": "disable",
-        "publication": "flow_pub",
-        "slot": "e2e_flow_slot",
-    }))
-    .unwrap();
-    tidepool::profile::Profiles::open(&data)
-        .save(None, draft, Some(cluster().superuser_password().clone()))
-        .unwrap();
+    save_profile(
+        &data,
+        serde_json::json!({
+            "name": "Flow",
+            "user": "postgres",
+            "database": database,
+            "publication": "flow_pub",
+            "slot": "e2e_flow_slot",
+        }),
+        cluster().superuser_password().expose(),
+    );
     let driver = Driver::start(&data);
     let client = driver.session().await;
     click(&client, "profile-Flow").await;

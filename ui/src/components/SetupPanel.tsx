@@ -38,6 +38,12 @@ export function SetupPanel({
     void load();
   }, [load]);
 
+  /** After a link or a Neon action: the profile list (a role may have added a profile), then the checks. */
+  const refresh = () => {
+    onProfilesChanged();
+    void load();
+  };
+
   async function run(check: PreflightCheck) {
     if (!check.fix) return;
     setRunning(check.id);
@@ -63,17 +69,7 @@ export function SetupPanel({
       <button type="button" className="secondary" data-testid="recheck" onClick={() => void load()}>
         Check again
       </button>
-      <NeonSection
-        profile={profile}
-        onLinked={() => {
-          onProfilesChanged();
-          void load();
-        }}
-        onChanged={() => {
-          onProfilesChanged();
-          void load();
-        }}
-      />
+      <NeonSection profile={profile} onLinked={refresh} onChanged={refresh} />
       {error && <ErrorNotice error={error} testId="setup-error" />}
       {checks === null && !error && <p data-testid="checks-loading">Checking…</p>}
       <ul className="checks">
