@@ -202,6 +202,25 @@ async fn wait_for_text(client: &Client, id: &str, ok: impl Fn(&str) -> bool) -> 
     }
 }
 
+/// Waits until a form field's value satisfies `ok`, and returns it.
+async fn wait_for_value(client: &Client, id: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = client
+            .find(Locator::Css(&by_test_id(id)))
+            .await
+            .unwrap_or_else(|e| panic!("finding {id}: {e:?}"))
+            .prop("value")
+            .await
+            .unwrap_or_else(|e| panic!("reading {id}'s value: {e:?}"))
+            .unwrap_or_default();
+        if ok(&value) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn temp_data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tidepool-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -328,16 +347,10 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
     )
     .await;
     click(&client, "autofill-apply").await;
+    // Autofill parses the URL in the engine, so the form fills a moment after the click.
     assert_eq!(
-        client
-            .find(Locator::Css(&by_test_id("database")))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(database.as_str())
+        wait_for_value(&client, "database", |v| v == database).await,
+        database
     );
     fill(&client, "name", "Local e2e").await;
     screenshot(&client, "profile-autofilled").await;
