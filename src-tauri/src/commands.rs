@@ -2,11 +2,13 @@
 //! Commands that touch the keychain (blocking D-Bus calls) run off the main thread (`async`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
+use tidepool::demo::DemoHost;
 use tidepool::discovery::DiscoveredTable;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
@@ -245,4 +247,29 @@ pub async fn tail_collection(
 #[tauri::command]
 pub fn stop_tail(runs: State<'_, Runs>, token: String) {
     runs.stop_tail(&token)
+}
+
+/// "Try it with a demo database": starts the throwaway server and returns its saved profile.
+#[tauri::command(async)]
+pub fn start_demo(
+    profiles: State<'_, Profiles>,
+    demo: State<'_, DemoHost>,
+) -> Result<ProfileView, Error> {
+    demo.start(&profiles, Duration::from_secs(1))
+}
+
+/// Removes the demo database, its profile and its capture.
+#[tauri::command(async)]
+pub fn stop_demo(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    demo: State<'_, DemoHost>,
+) -> Result<(), Error> {
+    demo.stop(&profiles, &runs)
+}
+
+/// The demo's profile id while a demo runs.
+#[tauri::command]
+pub fn demo_profile(demo: State<'_, DemoHost>) -> Option<String> {
+    demo.profile_id()
 }

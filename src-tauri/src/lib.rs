@@ -25,6 +25,7 @@ pub fn run() {
     tauri::Builder::default()
         .manage(tidepool::profile::Profiles::open(&data_dir))
         .manage(tidepool::run::Runs::default())
+        .manage(tidepool::demo::DemoHost::default())
         .setup(move |_app| {
             let log_dir = data_dir.join("logs");
             std::fs::create_dir_all(&log_dir)?;
@@ -59,9 +60,23 @@ pub fn run() {
             commands::collection_page,
             commands::tail_collection,
             commands::stop_tail,
+            commands::start_demo,
+            commands::stop_demo,
+            commands::demo_profile,
         ])
-        .run(tauri::generate_context!())
-        .expect("the Tauri runtime failed to start");
+        .build(tauri::generate_context!())
+        .expect("the Tauri runtime failed to start")
+        .run(|app, event| {
+            if let tauri::RunEvent::Exit = event {
+                // The demo database lives only as long as the app.
+                use tauri::Manager;
+                let profiles = app.state::<tidepool::profile::Profiles>();
+                let runs = app.state::<tidepool::run::Runs>();
+                if let Err(e) = app.state::<tidepool::demo::DemoHost>().stop(&profiles, &runs) {
+                    tracing::warn!(error = %e.message(), "removing the demo database at exit");
+                }
+            }
+        });
 }
 
 fn init_logging(dir: &std::path::Path) {

@@ -590,7 +590,7 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_deletes() {
+async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_deletes() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let database = fresh_database("e2e_flow");
     cluster()
@@ -601,19 +601,37 @@ async fn setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_delete
         )
         .unwrap();
     let data = temp_data_dir("flow");
-    save_profile(
-        &data,
-        serde_json::json!({
-            "name": "Flow",
-            "user": "postgres",
-            "database": database,
-            "publication": "flow_pub",
-            "slot": "e2e_flow_slot",
-        }),
-        cluster().superuser_password().expose(),
-    );
     let driver = Driver::start(&data);
     let client = driver.session().await;
+
+    // Connect by autofill: paste the URL, name the profile, pick its publication and slot, save.
+    click(&client, "autofill-open").await;
+    fill(
+        &client,
+        "autofill-input",
+        &format!(
+            "postgresql://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
+            cluster().superuser_password().expose(),
+            cluster().port()
+        ),
+    )
+    .await;
+    click(&client, "autofill-apply").await;
+    wait_for_value(&client, "database", |v| v == database).await;
+    fill(&client, "name", "Flow").await;
+    // Autofill opens the advanced options when the URL set one of them (here sslmode).
+    let advanced = client
+        .find(Locator::Css(&by_test_id("advanced-open")))
+        .await
+        .unwrap();
+    if advanced.attr("aria-expanded").await.unwrap().as_deref() != Some("true") {
+        advanced.click().await.unwrap();
+    }
+    fill(&client, "publication", "flow_pub").await;
+    fill(&client, "slot", "e2e_flow_slot").await;
+    screenshot(&client, "flow-0-connect").await;
+    click(&client, "save-profile").await;
+    wait_for_text(&client, "secret-Flow", |t| t == "Password in keychain").await;
     click(&client, "profile-Flow").await;
 
     // Setup: the missing publication, fixed.
@@ -689,21 +707,105 @@ async fn setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_delete
     assert!(table.contains("item 50"));
     click(&client, "view-changes").await;
     let changes = wait_for_text(&client, "preview-table", |t| t.contains("changed live")).await;
-    let ops: Vec<String> = {
-        let mut ops = Vec::new();
-        for row in client
-            .find_all(Locator::Css(&by_test_id("preview-row")))
-            .await
-            .unwrap()
-        {
-            ops.push(row.attr("data-op").await.unwrap().unwrap_or_default());
-        }
-        ops
-    };
+    let ops = preview_ops(&client).await;
     assert_eq!(&ops[ops.len() - 3..], ["c", "u", "d"], "{changes}");
     screenshot(&client, "flow-5-changes").await;
     click(&client, "tab-capture").await;
     click(&client, "capture-stop").await;
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
     client.close().await.unwrap();
+}
+
+/// The ops (`c`, `u`, `d`) of the preview's rows, in order.
+async fn preview_ops(client: &Client) -> Vec<String> {
+    let mut ops = Vec::new();
+    for row in client
+        .find_all(Locator::Css(&by_test_id("preview-row")))
+        .await
+        .unwrap()
+    {
+        ops.push(row.attr("data-op").await.unwrap().unwrap_or_default());
+    }
+    ops
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = temp_data_dir("demo");
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+
+    // One click: a local server with sample tables, and a profile for it, opened on Setup.
+    click(&client, "demo-start").await;
+    wait_for_text(&client, "secret-Demo database", |t| {
+        t == "Password in keychain"
+    })
+    .await;
+    let status = wait_for_text(&client, "check-publication-status", |t| t == "Fail").await;
+    assert_eq!(status, "Fail", "the demo starts without a publication");
+    screenshot(&client, "demo-1-setup").await;
+    click(&client, "fix-publication").await;
+    click(&client, "fix-publication-run").await;
+    wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
+
+    // Tables: the sample schema; capture the orders.
+    click(&client, "tab-tables").await;
+    let select = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id("select-shop.orders")))
+        .await
+        .unwrap();
+    if !select.is_selected().await.unwrap() {
+        select.click().await.unwrap();
+    }
+    screenshot(&client, "demo-2-tables").await;
+    click(&client, "publish").await;
+    wait_for_text(&client, "published", |t| !t.is_empty()).await;
+
+    // Capture: the backfill, then the trickle streams in.
+    click(&client, "tab-capture").await;
+    click(&client, "capture-start").await;
+    wait_for_text(&client, "backfill-shop/orders-percent", |t| t == "100%").await;
+    let state = wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    assert_eq!(state, "Streaming");
+    screenshot(&client, "demo-3-capture").await;
+
+    // Collections: the trickle's updates arrive in the change log while we watch.
+    click(&client, "tab-collections").await;
+    click(&client, "collection-shop/orders").await;
+    click(&client, "view-changes").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ops = preview_ops(&client).await;
+    while !ops.iter().any(|op| op == "u") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ops = preview_ops(&client).await;
+    }
+    assert!(
+        ops.iter().any(|op| op == "u"),
+        "no live update arrived: {ops:?}"
+    );
+    screenshot(&client, "demo-4-collections").await;
+
+    // Remove: the capture stops, the profile and its password go.
+    click(&client, "demo-stop").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id("demo-start")))
+        .await
+        .unwrap();
+    wait_for_text(&client, "no-profiles", |t| !t.is_empty()).await;
+    client.close().await.unwrap();
+    let profiles: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("profiles.json")).unwrap()).unwrap();
+    assert_eq!(profiles["profiles"], serde_json::json!([]));
+    assert!(
+        !data.join("stores").exists()
+            || std::fs::read_dir(data.join("stores"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }

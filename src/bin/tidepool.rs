@@ -103,6 +103,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Starts a throwaway local PostgreSQL with a sample shop schema and a trickle of writes, saves the
+    /// "Demo database" profile for it, and removes both when stopped (Ctrl-C).
+    Demo {
+        /// Milliseconds between two rounds of writes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
 }
 
 /// The publication, slot and tables the checks and fixes are about.
@@ -375,6 +382,7 @@ async fn main() -> ExitCode {
             changes,
             limit,
         } => (preview(&store, &collection, changes, limit), false),
+        Command::Demo { interval_ms } => (demo(interval_ms).await, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -387,6 +395,28 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the demo database until Ctrl-C, then removes it and its profile.
+async fn demo(interval_ms: u64) -> Result<(), Error> {
+    let profiles = profiles()?;
+    let interval = std::time::Duration::from_millis(interval_ms.max(10));
+    let (demo, view) = {
+        let profiles = profiles.clone();
+        tokio::task::spawn_blocking(move || tidepool::demo::Demo::start(&profiles, interval))
+            .await
+            .map_err(|e| Error::internal(format!("starting the demo: {e}")))??
+    };
+    println!(
+        "Demo database running at {} (profile \"{}\", database {}); Ctrl-C removes it.",
+        view.address,
+        view.profile.name,
+        tidepool::demo::DEMO_DATABASE
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    tokio::task::spawn_blocking(move || demo.stop(&profiles))
+        .await
+        .map_err(|e| Error::internal(format!("removing the demo: {e}")))?
 }
 
 /// The publication and slot given, else the profile's, else the defaults.

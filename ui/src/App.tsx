@@ -3,6 +3,7 @@ import { useCallback, useEffect, useState } from "react";
 
 import { CapturePanel } from "./components/CapturePanel";
 import { CollectionsPanel } from "./components/CollectionsPanel";
+import { DemoCard } from "./components/DemoCard";
 import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
 import { ProfileList } from "./components/ProfileList";
@@ -55,12 +56,25 @@ export function App() {
         </button>
       </header>
       <div className="layout">
-        <ProfileList
-          profiles={profiles}
-          selected={view.screen === "profile" ? view.id : null}
-          onSelect={(id) => setView({ screen: "profile", id })}
-          onNew={() => setView({ screen: "profile", id: null })}
-        />
+        <div className="sidebar-column">
+          <ProfileList
+            profiles={profiles}
+            selected={view.screen === "profile" ? view.id : null}
+            onSelect={(id) => setView({ screen: "profile", id })}
+            onNew={() => setView({ screen: "profile", id: null })}
+          />
+          <DemoCard
+            onStarted={(profile) => {
+              void reload();
+              // The demo has no publication yet: Setup is where the flow goes on.
+              setView({ screen: "profile", id: profile.id, tab: "setup" });
+            }}
+            onStopped={() => {
+              void reload();
+              setView({ screen: "profile", id: null });
+            }}
+          />
+        </div>
         <main>
           {loadError && <ErrorNotice error={loadError} testId="load-error" />}
           {view.screen === "profile" && selected && (

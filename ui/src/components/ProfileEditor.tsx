@@ -194,7 +194,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
             Ask each time
           </label>
         </fieldset>
-        <button type="button" className="link" onClick={() => setShowAdvanced((v) => !v)} aria-expanded={showAdvanced}>
+        <button type="button" className="link" data-testid="advanced-open" onClick={() => setShowAdvanced((v) => !v)} aria-expanded={showAdvanced}>
           {showAdvanced ? "Hide advanced options" : "Advanced options"}
         </button>
         {showAdvanced && (

@@ -125,3 +125,12 @@ export function tailCollection(
     void call<void>("stop_tail", { token });
   };
 }
+
+/** "Try it with a demo database": a throwaway local server with a sample schema; returns its profile. */
+export const startDemo = () => call<ProfileView>("start_demo");
+
+/** Removes the demo database, its profile and its capture. */
+export const stopDemo = () => call<void>("stop_demo");
+
+/** The demo's profile id while one runs. */
+export const demoProfile = () => call<string | null>("demo_profile");

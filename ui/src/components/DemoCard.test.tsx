@@ -1,0 +1,56 @@
+import { render, screen } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { profileView } from "../test/fixtures";
+import { DemoCard } from "./DemoCard";
+
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["startDemo", "stopDemo", "demoProfile"]));
+
+describe("DemoCard", () => {
+  beforeEach(() => {
+    resetBackend();
+    answer("demoProfile", async () => null);
+  });
+
+  it("starts the demo, shows that it runs, and removes it", async () => {
+    const user = userEvent.setup();
+    const demo = profileView({ id: "demo-1", name: "Demo database" });
+    let finish: (p: unknown) => void = () => {};
+    answer("startDemo", () => new Promise((resolve) => (finish = resolve)));
+    answer("stopDemo", async () => undefined);
+    const onStarted = vi.fn();
+    const onStopped = vi.fn();
+    render(<DemoCard onStarted={onStarted} onStopped={onStopped} />);
+
+    await user.click(screen.getByTestId("demo-start"));
+    // Start-up takes seconds: the button says what is happening and cannot be pressed twice.
+    expect(screen.getByTestId("demo-start").textContent).toContain("Starting");
+    expect((screen.getByTestId("demo-start") as HTMLButtonElement).disabled).toBe(true);
+    finish(demo);
+    await screen.findByTestId("demo-running");
+    expect(onStarted).toHaveBeenCalledWith(demo);
+
+    await user.click(screen.getByTestId("demo-stop"));
+    await screen.findByTestId("demo-start");
+    expect(callsOf("stopDemo")).toHaveLength(1);
+    expect(onStopped).toHaveBeenCalled();
+  });
+
+  it("says what is missing when the server binaries are not there", async () => {
+    answer("startDemo", async () => {
+      throw { kind: "Internal", message: "no PostgreSQL server found under /usr/lib/postgresql" };
+    });
+    render(<DemoCard onStarted={() => {}} onStopped={() => {}} />);
+    await userEvent.setup().click(screen.getByTestId("demo-start"));
+    expect((await screen.findByTestId("demo-error-message")).textContent).toContain("no PostgreSQL server found");
+    expect(screen.getByTestId("demo-error").textContent).toContain("apt-get install postgresql");
+  });
+
+  it("shows a demo already running after a reload of the window", async () => {
+    answer("demoProfile", async () => "demo-1");
+    render(<DemoCard onStarted={() => {}} onStopped={() => {}} />);
+    expect(await screen.findByTestId("demo-stop")).toBeTruthy();
+  });
+});

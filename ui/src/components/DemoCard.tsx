@@ -1,0 +1,94 @@
+import { useEffect, useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError, ProfileView } from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+
+interface Props {
+  /** Called with the demo's profile once it runs. */
+  onStarted: (profile: ProfileView) => void;
+  /** Called once the demo and its profile are gone. */
+  onStopped: () => void;
+}
+
+type State =
+  | { status: "idle" }
+  | { status: "starting" }
+  | { status: "running"; id: string }
+  | { status: "stopping"; id: string }
+  | { status: "failed"; error: BackendError };
+
+/**
+ * "Try it with a demo database": starts a throwaway local PostgreSQL with a small shop schema and a
+ * trickle of writes, and fills in a profile for it. It is removed when the app quits or on "Remove".
+ */
+export function DemoCard({ onStarted, onStopped }: Props) {
+  const [state, setState] = useState<State>({ status: "idle" });
+
+  useEffect(() => {
+    let live = true;
+    backend
+      .demoProfile()
+      .then((id) => live && id && setState({ status: "running", id }))
+      .catch(() => {});
+    return () => {
+      live = false;
+    };
+  }, []);
+
+  const start = async () => {
+    setState({ status: "starting" });
+    try {
+      const profile = await backend.startDemo();
+      setState({ status: "running", id: profile.id });
+      onStarted(profile);
+    } catch (error) {
+      setState({ status: "failed", error: error as BackendError });
+    }
+  };
+
+  const stop = async (id: string) => {
+    setState({ status: "stopping", id });
+    try {
+      await backend.stopDemo();
+      setState({ status: "idle" });
+      onStopped();
+    } catch (error) {
+      setState({ status: "failed", error: error as BackendError });
+    }
+  };
+
+  return (
+    <section className="demo-card" data-testid="demo-card">
+      {state.status === "running" || state.status === "stopping" ? (
+        <>
+          <p className="muted" data-testid="demo-running">
+            The demo database is running on this computer, with new orders every second. It is removed when Tidepool
+            quits.
+          </p>
+          <button
+            type="button"
+            className="secondary"
+            data-testid="demo-stop"
+            disabled={state.status === "stopping"}
+            onClick={() => void stop(state.id)}
+          >
+            {state.status === "stopping" ? "Removing…" : "Remove the demo database"}
+          </button>
+        </>
+      ) : (
+        <>
+          <p className="muted">No database at hand? A local one with sample tables and live writes:</p>
+          <button type="button" data-testid="demo-start" disabled={state.status === "starting"} onClick={() => void start()}>
+            {state.status === "starting" ? "Starting a local PostgreSQL…" : "Try it with a demo database"}
+          </button>
+          {state.status === "failed" && (
+            <ErrorNotice error={state.error} testId="demo-error">
+              <p>The demo needs PostgreSQL's server binaries (Debian: apt-get install postgresql).</p>
+            </ErrorNotice>
+          )}
+        </>
+      )}
+    </section>
+  );
+}
