@@ -103,7 +103,8 @@ pub struct Definition {
 }
 
 /// Where the definition lives in the store's meta table.
-const META_KEY: &str = "definition";
+/// The store meta key holding the capture definition.
+pub const META_KEY: &str = "definition";
 
 impl Definition {
     /// Checks names: each collection name valid, each table and each collection bound once.

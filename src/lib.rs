@@ -13,6 +13,7 @@ pub mod conninfo;
 pub mod demo;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod neon;
 pub mod pgoutput;
 pub mod pgpass;

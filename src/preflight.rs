@@ -98,7 +98,7 @@ fn check(id: &str, title: &str, status: Status, explanation: String, fix: Option
     }
 }
 
-fn is_neon(host: &str) -> bool {
+pub(crate) fn is_neon(host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     host.ends_with(".neon.tech") || host.ends_with(".neon.build")
 }

@@ -23,6 +23,7 @@ use crate::backfill::BackfillProgress;
 use crate::capture::{CaptureOptions, Flush, Observer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::profile::Profiles;
+use crate::store::Store;
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,6 +257,33 @@ impl Runs {
             })
             .unwrap_or_else(|| RunStatus::stopped(&id));
         Ok(status)
+    }
+
+    /// "Stop and drop the slot": stops the capture, drops its slot so the server frees the WAL it
+    /// holds, and empties the local store but for the capture definition: without the slot its
+    /// checkpoint means nothing, so the next start backfills again from a new snapshot.
+    pub async fn stop_and_drop_slot(
+        &self,
+        id_or_name: &str,
+        profiles: &Profiles,
+    ) -> Result<RunStatus> {
+        let profile = profiles.get(id_or_name)?;
+        let running = self.lock().runs.remove(&profile.id);
+        if let Some(run) = running {
+            run.task.abort();
+            // Wait until the task is gone, so its connections are closed before the slot is dropped.
+            let _ = run.task.await;
+        }
+        let spec = profiles.spec_blocking(&profile.id, None).await?;
+        let client = crate::connection::connect(&spec).await?;
+        crate::slot::drop_released(&client, &profile.slot).await?;
+        if let Some(mut store) = Store::open_existing(&profiles.store_dir(&profile.id)?)? {
+            store.forget_capture(&[crate::binding::META_KEY])?;
+        }
+        let mut shared = self.lock();
+        shared.status.remove(&profile.id);
+        tracing::info!(profile = %profile.name, slot = %profile.slot, "capture stopped and slot dropped");
+        Ok(RunStatus::stopped(&profile.id))
     }
 
     /// The profile's capture status (stopped when it never ran here).

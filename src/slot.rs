@@ -2,7 +2,7 @@
 //! position and health.
 //!
 //! Invariant: the engine never drops or advances a slot on its own; positions move only through the
-//! capture's confirmations.
+//! capture's confirmations, and a slot is dropped only when a person asks ("Stop and drop the slot").
 
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -163,4 +163,38 @@ pub async fn confirmed_flush(client: &Client, name: &str) -> Result<Option<Lsn>>
         .await?
         .and_then(|s| s.confirmed_flush_lsn)
         .and_then(|l| l.parse().ok()))
+}
+
+/// Drops the slot once no one streams from it (waiting a little for a capture that was just stopped
+/// to let go). Returns whether there was a slot to drop.
+pub async fn drop_released(client: &Client, name: &str) -> Result<bool> {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        let Some(slot) = find(client, name).await? else {
+            return Ok(false);
+        };
+        if !slot.active {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+                .await
+                .map_err(|e| {
+                    Error::from_postgres(
+                        &e,
+                        &format!("dropping replication slot {}", sql::ident(name)),
+                    )
+                })?;
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Postgres,
+                format!(
+                    "replication slot {} is still in use by server process {}; stop whatever streams from it first",
+                    sql::ident(name),
+                    slot.active_pid.map_or("?".to_string(), |p| p.to_string())
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -218,6 +218,46 @@ impl Store {
         read_checkpoint(&self.conn)
     }
 
+    /// When the checkpoint last moved forward (Unix milliseconds), if it ever did.
+    pub fn checkpoint_at(&self) -> Result<Option<i64>> {
+        Ok(self.meta("checkpoint_at")?.and_then(|v| v.parse().ok()))
+    }
+
+    /// Forgets everything the capture stored (collections, rows, the log, held changes, the checkpoint
+    /// and the capture's state) but the meta values named in `keep`, in one transaction. Used after the
+    /// slot is dropped: the checkpoint means nothing without it, so the next start backfills afresh.
+    pub fn forget_capture(&mut self, keep: &[&str]) -> Result<()> {
+        if self.batch.is_some() {
+            return Err(Error::internal("store: forget_capture inside a batch"));
+        }
+        self.begin()?;
+        let kept: Vec<(String, String)> = keep
+            .iter()
+            .filter_map(|k| {
+                self.meta(k)
+                    .transpose()
+                    .map(|v| v.map(|v| (k.to_string(), v)))
+            })
+            .collect::<Result<_>>()?;
+        let cleared = self.conn.execute_batch(
+            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM collections; DELETE FROM meta;",
+        );
+        if let Err(e) = cleared {
+            self.rollback()?;
+            return Err(sqlite("forgetting the capture")(e));
+        }
+        for (key, value) in &kept {
+            self.set_meta(key, value)?;
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(sqlite("committing"))?;
+        self.batch = None;
+        self.ids.clear();
+        self.next_seq = 1;
+        Ok(())
+    }
+
     /// Starts a batch: one SQLite transaction for one or more whole source transactions.
     pub fn begin(&mut self) -> Result<()> {
         if self.batch.is_none() {
@@ -417,6 +457,12 @@ fn next_seq(conn: &Connection) -> Result<i64> {
         r.get(0)
     })
     .map_err(sqlite("reading the log's end"))
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn read_checkpoint(conn: &Connection) -> Result<Lsn> {
@@ -795,6 +841,15 @@ impl Store {
                 [checkpoint.0.to_string()],
             )
             .map_err(sqlite("writing the checkpoint"))?;
+        if checkpoint > current {
+            // When the slot last made progress: Neon removes slots that make none for about 40 h.
+            self.conn
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('checkpoint_at', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [unix_ms().to_string()],
+                )
+                .map_err(sqlite("writing the checkpoint"))?;
+        }
         self.conn
             .execute_batch("COMMIT")
             .map_err(sqlite("committing"))?;

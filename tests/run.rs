@@ -171,3 +171,99 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
         profiles.delete(&p.profile.id).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
+    let db = TestDb::new(harness::plain(), "run_drop");
+    db.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3) g;",
+    );
+    let dir = harness::temp_dir("run_drop_profiles");
+    let profiles = Profiles::open(&dir);
+    let draft = ProfileDraft {
+        name: "Drop".into(),
+        address: format!("127.0.0.1:{}", db.cluster.port()),
+        user: "postgres".into(),
+        database: db.name.clone(),
+        sslmode: tidepool::tls::SslMode::Disable,
+        slot: Some(db.name.clone()),
+        publication: Some(format!("{}_pub", db.name)),
+        ..Default::default()
+    };
+    let id = profiles
+        .save(None, draft, Some(db.cluster.superuser_password().clone()))
+        .unwrap()
+        .profile
+        .id;
+    profiles
+        .publish(&id, vec![Binding::new("public", "items")])
+        .await
+        .unwrap();
+    let runs = Runs::default();
+    runs.start(&profiles, &id, Arc::new(|_| {})).await.unwrap();
+    let changes = || {
+        preview::collections(&profiles, &id)
+            .unwrap()
+            .first()
+            .map_or(0, |c| c.changes)
+    };
+    db.sql("INSERT INTO items VALUES (4, 'streamed');");
+    until("the streamed insert", || changes() == 4).await;
+
+    // Health while streaming: the slot exists, is consumed, and the checkpoint's time is known.
+    let health = tidepool::health::slot(&profiles, &id).await.unwrap();
+    assert!(health.exists && health.active, "{health:?}");
+    assert_eq!(health.wal_status.as_deref(), Some("reserved"));
+    assert!(health.last_progress_unix_ms.is_some());
+    assert!(health.warnings.is_empty(), "{:?}", health.warnings);
+
+    // Paused: the slot stays, inactive, and keeps the WAL written meanwhile.
+    runs.stop(&id, &profiles).unwrap();
+    db.sql("INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(100, 2000) g;");
+    let mut paused = tidepool::health::slot(&profiles, &id).await.unwrap();
+    for _ in 0..100 {
+        if !paused.active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        paused = tidepool::health::slot(&profiles, &id).await.unwrap();
+    }
+    assert!(paused.exists && !paused.active, "{paused:?}");
+    assert!(paused.unconfirmed_bytes.unwrap() > 1_000_000, "{paused:?}");
+
+    // Stop and drop: the slot is gone, the store keeps only the definition.
+    runs.stop_and_drop_slot(&id, &profiles).await.unwrap();
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}';",
+            db.name
+        ))
+        .trim(),
+        "0"
+    );
+    assert!(preview::collections(&profiles, &id).unwrap().is_empty());
+    assert!(profiles.capture_definition(&id).unwrap().is_some());
+    let dropped = tidepool::health::slot(&profiles, &id).await.unwrap();
+    assert!(!dropped.exists);
+    assert!(
+        dropped.warnings.is_empty(),
+        "a deliberate drop is not a danger: {:?}",
+        dropped.warnings
+    );
+
+    // The next start backfills the table as it is now: every row once, nothing from before.
+    runs.start(&profiles, &id, Arc::new(|_| {})).await.unwrap();
+    let rows = || {
+        preview::collections(&profiles, &id)
+            .unwrap()
+            .first()
+            .map_or(0, |c| c.rows)
+    };
+    until("the new backfill", || rows() == 1905).await;
+    assert_eq!(changes(), 1905, "the log holds the new backfill only");
+    runs.stop(&id, &profiles).unwrap();
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
+}

@@ -10,6 +10,7 @@ use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
 use tidepool::demo::DemoHost;
 use tidepool::discovery::DiscoveredTable;
+use tidepool::health::SlotHealth;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
 use tidepool::preview::{Page, View};
@@ -272,4 +273,20 @@ pub fn stop_demo(
 #[tauri::command]
 pub fn demo_profile(demo: State<'_, DemoHost>) -> Option<String> {
     demo.profile_id()
+}
+
+/// Stops the capture, drops its slot and empties the local collections (the definition stays).
+#[tauri::command]
+pub async fn stop_and_drop_slot(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<RunStatus, Error> {
+    runs.stop_and_drop_slot(&id, &profiles).await
+}
+
+/// The health of the profile's slot, with warnings.
+#[tauri::command]
+pub async fn slot_health(profiles: State<'_, Profiles>, id: String) -> Result<SlotHealth, Error> {
+    tidepool::health::slot(&profiles, &id).await
 }

@@ -63,6 +63,8 @@ pub fn run() {
             commands::start_demo,
             commands::stop_demo,
             commands::demo_profile,
+            commands::stop_and_drop_slot,
+            commands::slot_health,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")

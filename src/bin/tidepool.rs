@@ -103,6 +103,25 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// The health of a profile's slot: WAL it holds, wal_status, safe_wal_size, Neon's removal clock.
+    Health {
+        /// The saved profile.
+        #[arg(long)]
+        profile: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drops a profile's slot (the server frees its WAL) and empties the local store but for the
+    /// capture definition, so the next capture backfills again.
+    DropSlot {
+        /// The saved profile.
+        #[arg(long)]
+        profile: String,
+        /// Required: the slot's unconsumed changes are lost.
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Starts a throwaway local PostgreSQL with a sample shop schema and a trickle of writes, saves the
     /// "Demo database" profile for it, and removes both when stopped (Ctrl-C).
     Demo {
@@ -383,6 +402,8 @@ async fn main() -> ExitCode {
             limit,
         } => (preview(&store, &collection, changes, limit), false),
         Command::Demo { interval_ms } => (demo(interval_ms).await, false),
+        Command::Health { profile, json } => (health(&profile, json).await, json),
+        Command::DropSlot { profile, confirm } => (drop_slot(&profile, confirm).await, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -395,6 +416,52 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the slot's health and its warnings.
+async fn health(profile: &str, json: bool) -> Result<(), Error> {
+    let health = tidepool::health::slot(&profiles()?, profile).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&health).map_err(Error::internal)?
+        );
+        return Ok(());
+    }
+    let mib = |b: Option<i64>| {
+        b.map_or("-".to_string(), |b| {
+            format!("{:.1} MiB", b as f64 / 1_048_576.0)
+        })
+    };
+    println!("slot               {}", health.slot);
+    println!("exists             {}", health.exists);
+    println!("active             {}", health.active);
+    println!(
+        "wal_status         {}",
+        health.wal_status.as_deref().unwrap_or("-")
+    );
+    println!("retained WAL       {}", mib(health.retained_bytes));
+    println!("unconfirmed WAL    {}", mib(health.unconfirmed_bytes));
+    println!("safe_wal_size      {}", mib(health.safe_wal_size));
+    for w in &health.warnings {
+        println!("{:?}: {}", w.level, w.message);
+    }
+    Ok(())
+}
+
+/// Drops the profile's slot and empties its store, after --confirm.
+async fn drop_slot(profile: &str, confirm: bool) -> Result<(), Error> {
+    if !confirm {
+        return Err(Error::invalid_input(
+            "--confirm",
+            "dropping the slot loses the changes it still holds, and the next capture backfills again; add --confirm",
+        ));
+    }
+    tidepool::run::Runs::default()
+        .stop_and_drop_slot(profile, &profiles()?)
+        .await?;
+    println!("Slot dropped; the next capture backfills again.");
+    Ok(())
 }
 
 /// Runs the demo database until Ctrl-C, then removes it and its profile.
