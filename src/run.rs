@@ -82,6 +82,9 @@ impl RunStatus {
     }
 }
 
+/// The throughput figure is the changes stored over this many seconds.
+const RATE_WINDOW_SECS: f64 = 10.0;
+
 /// Told of every status change (the desktop forwards it to the window).
 pub type StatusListener = Arc<dyn Fn(&RunStatus) + Send + Sync>;
 
@@ -170,18 +173,28 @@ impl Runs {
         let notify = Arc::new(notify);
         let commits = self.commits_of(&id);
         let window: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+        // Changes per second over the last 10 s, counting `added` changes stored now.
+        let rate_with = {
+            let window = window.clone();
+            move |added: Option<u64>| {
+                let now = Instant::now();
+                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = added {
+                    window.push((now, n));
+                }
+                window.retain(|(at, _)| now.duration_since(*at).as_secs_f64() <= RATE_WINDOW_SECS);
+                let total: u64 = window.iter().map(|(_, n)| n).sum();
+                let span = window.first().map_or(1.0, |(first, _)| {
+                    now.duration_since(*first).as_secs_f64().max(1.0)
+                });
+                total as f64 / span
+            }
+        };
         let observer = {
             let notify = notify.clone();
+            let rate_with = rate_with.clone();
             Observer(Arc::new(move |flush: &Flush| {
-                let now = Instant::now();
-                let rate = {
-                    let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-                    window.push((now, flush.changes));
-                    window.retain(|(at, _)| now.duration_since(*at).as_secs_f64() <= 10.0);
-                    let total: u64 = window.iter().map(|(_, n)| n).sum();
-                    let span = now.duration_since(window[0].0).as_secs_f64().max(1.0);
-                    total as f64 / span
-                };
+                let rate = rate_with(Some(flush.changes));
                 let newest = flush.commit_times_micros.iter().max().copied();
                 notify(&|s: &mut RunStatus| {
                     s.state = RunState::Streaming;
@@ -221,7 +234,24 @@ impl Runs {
         let task = {
             let notify = notify.clone();
             tokio::spawn(async move {
-                let outcome = crate::capture::run(options).await;
+                // A status every second while streaming, so a quiet stream's rate falls to zero and
+                // the Monitor's charts have a point per second.
+                let run = crate::capture::run(options);
+                tokio::pin!(run);
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                let outcome = loop {
+                    tokio::select! {
+                        outcome = &mut run => break outcome,
+                        _ = tick.tick() => {
+                            let rate = rate_with(None);
+                            notify(&|s: &mut RunStatus| {
+                                if s.state == RunState::Streaming {
+                                    s.changes_per_second = rate;
+                                }
+                            });
+                        }
+                    }
+                };
                 notify(&|s: &mut RunStatus| match &outcome {
                     Ok(_) => s.state = RunState::Stopped,
                     Err(e) => {

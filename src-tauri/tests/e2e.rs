@@ -788,6 +788,30 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     );
     screenshot(&client, "demo-4-collections").await;
 
+    // Monitor: a healthy, consumed slot, and charts drawn from the pushed statuses.
+    click(&client, "tab-monitor").await;
+    let retained = wait_for_text(&client, "health-retained", |t| t.ends_with("MiB")).await;
+    assert!(retained.ends_with("MiB"), "{retained}");
+    wait_for_text(&client, "health-ok", |t| t.contains("healthy")).await;
+    let chart = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id("chart-throughput")))
+        .await
+        .unwrap();
+    let canvas = chart.find(Locator::Css("canvas")).await;
+    assert!(canvas.is_ok(), "uPlot drew no canvas");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    screenshot(&client, "demo-5-monitor").await;
+
+    // Stop and drop the slot: the server frees it, the collections empty.
+    click(&client, "tab-capture").await;
+    click(&client, "capture-drop").await;
+    click(&client, "capture-drop-run").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    click(&client, "tab-monitor").await;
+    wait_for_text(&client, "health-ok", |t| t.contains("No slot yet")).await;
+
     // Remove: the capture stops, the profile and its password go.
     click(&client, "demo-stop").await;
     client

@@ -4,6 +4,7 @@ import { useCallback, useEffect, useState } from "react";
 import { CapturePanel } from "./components/CapturePanel";
 import { CollectionsPanel } from "./components/CollectionsPanel";
 import { DemoCard } from "./components/DemoCard";
+import { MonitorPanel } from "./components/MonitorPanel";
 import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
 import { ProfileList } from "./components/ProfileList";
@@ -11,9 +12,10 @@ import { SettingsPanel } from "./components/SettingsPanel";
 import { SetupPanel } from "./components/SetupPanel";
 import { TablesPanel } from "./components/TablesPanel";
 import * as backend from "./lib/backend";
+import { record } from "./lib/history";
 import type { BackendError, ProfileView } from "./lib/types";
 
-type Tab = "connection" | "setup" | "tables" | "capture" | "collections";
+type Tab = "connection" | "setup" | "tables" | "capture" | "collections" | "monitor";
 
 const TAB_TITLES: Record<Tab, string> = {
   connection: "Connection",
@@ -21,6 +23,7 @@ const TAB_TITLES: Record<Tab, string> = {
   tables: "Tables",
   capture: "Capture",
   collections: "Collections",
+  monitor: "Monitor",
 };
 type View = { screen: "profile"; id: string | null; tab?: Tab } | { screen: "settings" };
 
@@ -42,6 +45,17 @@ export function App() {
   useEffect(() => {
     void reload();
   }, [reload]);
+
+  // Every pushed capture status feeds the Monitor's history, whichever screen is open.
+  useEffect(() => {
+    let live = true;
+    let unlisten: (() => void) | null = null;
+    backend.onCaptureStatus(record).then((stop) => (live ? (unlisten = stop) : stop()));
+    return () => {
+      live = false;
+      unlisten?.();
+    };
+  }, []);
 
   const selected = view.screen === "profile" && view.id ? (profiles?.find((p) => p.id === view.id) ?? null) : null;
   return (
@@ -103,6 +117,8 @@ export function App() {
             <CapturePanel key={selected.id} profileId={selected.id} />
           ) : view.tab === "collections" && selected ? (
             <CollectionsPanel key={selected.id} profileId={selected.id} />
+          ) : view.tab === "monitor" && selected ? (
+            <MonitorPanel key={selected.id} profileId={selected.id} />
           ) : (
             <ProfileEditor
               key={view.id ?? "new"}

@@ -1,3 +1,6 @@
+// First: makes navigator.language usable by Intl before any other module loads.
+import "./lib/locale";
+
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 

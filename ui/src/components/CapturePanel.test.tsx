@@ -7,7 +7,7 @@ import { CapturePanel } from "./CapturePanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture"]),
+  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot"]),
 );
 
 const status = (overrides: Partial<RunStatus>): RunStatus => ({
@@ -67,5 +67,25 @@ describe("CapturePanel", () => {
     expect(screen.getByTestId("stream-lag").textContent).toBe("1.3 ms");
     await user.click(screen.getByTestId("capture-stop"));
     expect(callsOf("stopCapture")).toEqual([["p1"]]);
+  });
+
+  it("drops the slot only after the confirmation that says what is lost", async () => {
+    const user = userEvent.setup();
+    answer("captureStatus", async () => status({ state: "streaming" }));
+    answer("onCaptureStatus", async () => () => {});
+    answer("stopAndDropSlot", async () => status({ state: "stopped" }));
+    render(<CapturePanel profileId="p1" />);
+    await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Streaming"));
+
+    await user.click(screen.getByTestId("capture-drop"));
+    expect(screen.getByTestId("capture-drop-confirm").textContent).toContain("backfills every table again");
+    await user.click(screen.getByTestId("capture-drop-cancel"));
+    expect(callsOf("stopAndDropSlot")).toEqual([]);
+
+    await user.click(screen.getByTestId("capture-drop"));
+    await user.click(screen.getByTestId("capture-drop-run"));
+    await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Stopped"));
+    expect(callsOf("stopAndDropSlot")).toEqual([["p1"]]);
+    expect(screen.queryByTestId("capture-drop-confirm")).toBeNull();
   });
 });

@@ -11,6 +11,9 @@ const STATE: Record<RunStatus["state"], string> = {
   failed: "Failed",
 };
 
+/** PostgreSQL counts time from 2000-01-01 (the engine passes commit times through as the server sent them). */
+const POSTGRES_EPOCH_MS = 946_684_800_000;
+
 const percent = (p: BackfillProgress): number =>
   p.done ? 100 : p.estimatedRows && p.estimatedRows > 0 ? Math.min(99, Math.floor((p.rows / p.estimatedRows) * 100)) : 0;
 
@@ -22,6 +25,7 @@ export function CapturePanel({ profileId }: { profileId: string }) {
   const [status, setStatus] = useState<RunStatus | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
   const [busy, setBusy] = useState(false);
+  const [confirmDrop, setConfirmDrop] = useState(false);
 
   useEffect(() => {
     let live = true;
@@ -82,12 +86,40 @@ export function CapturePanel({ profileId }: { profileId: string }) {
         >
           Pause (keep the slot)
         </button>
+        <button type="button" className="danger" data-testid="capture-drop" disabled={busy} onClick={() => setConfirmDrop(true)}>
+          Stop and drop the slot…
+        </button>
       </div>
       <p className="note">
-        Pausing keeps the replication slot, so nothing is missed when you start again; meanwhile the server keeps its
-        WAL for the slot, which grows with every write (on Neon an inactive slot is removed after about 40 hours). To
-        stop for good, drop the slot from Setup.
+        <strong>Pause</strong> keeps the replication slot, so nothing is missed when you start again; meanwhile the
+        server keeps WAL for the slot, which grows with every write (on Neon an inactive slot is removed after about 40
+        hours). <strong>Stop and drop the slot</strong> frees that WAL at once; the collections here are emptied and the
+        next start backfills them again from a new snapshot.
       </p>
+      {confirmDrop && (
+        <div className="confirm" role="alertdialog" aria-label="Drop the slot" data-testid="capture-drop-confirm">
+          <p>
+            Drop the slot? Changes it still holds are lost, the local collections are emptied (the table selection stays),
+            and the next start backfills every table again.
+          </p>
+          <div className="row">
+            <button
+              type="button"
+              className="danger"
+              data-testid="capture-drop-run"
+              onClick={() => {
+                setConfirmDrop(false);
+                void act(() => backend.stopAndDropSlot(profileId));
+              }}
+            >
+              Drop the slot
+            </button>
+            <button type="button" className="secondary" data-testid="capture-drop-cancel" onClick={() => setConfirmDrop(false)}>
+              Cancel
+            </button>
+          </div>
+        </div>
+      )}
       {error && <ErrorNotice error={error} testId="capture-error" />}
       {status?.error && <ErrorNotice error={status.error} testId="capture-failure" />}
       {backfills.length > 0 && (
@@ -129,6 +161,10 @@ export function CapturePanel({ profileId }: { profileId: string }) {
           <dd data-testid="stream-changes">{status.changes.toLocaleString()}</dd>
           <dt>Throughput</dt>
           <dd>{Math.round(status.changesPerSecond).toLocaleString()} changes/s</dd>
+          <dt>Last source commit</dt>
+          <dd data-testid="stream-last-commit">
+            {status.lastCommitMicros === null ? "—" : new Date(POSTGRES_EPOCH_MS + status.lastCommitMicros / 1000).toLocaleTimeString()}
+          </dd>
           <dt>Lag (commit → stored)</dt>
           <dd data-testid="stream-lag">{status.lagMs === null ? "—" : `${status.lagMs.toFixed(1)} ms`}</dd>
           <dt>Checkpoint</dt>

@@ -289,3 +289,29 @@ export interface TailEntry {
   seq: number;
   doc: Record<string, unknown>;
 }
+
+/** How serious a slot warning is. */
+export type HealthLevel = "info" | "warn" | "danger";
+
+/** One thing to know about the slot, with what to do. */
+export interface HealthWarning {
+  id: string;
+  level: HealthLevel;
+  message: string;
+}
+
+/** The capture slot as the server sees it (see the engine's `health` module). */
+export interface SlotHealth {
+  slot: string;
+  exists: boolean;
+  active: boolean;
+  walStatus: string | null;
+  retainedBytes: number | null;
+  unconfirmedBytes: number | null;
+  safeWalSize: number | null;
+  maxSlotWalKeepBytes: number | null;
+  neon: boolean;
+  lastProgressUnixMs: number | null;
+  neonRemovalInSecs: number | null;
+  warnings: HealthWarning[];
+}

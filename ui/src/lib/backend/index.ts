@@ -26,6 +26,7 @@ import {
   type ProfileDraft,
   type ProfileView,
   type ServerFacts,
+  type SlotHealth,
 } from "../types";
 
 async function call<T>(command: string, args: Record<string, unknown> = {}): Promise<T> {
@@ -134,3 +135,9 @@ export const stopDemo = () => call<void>("stop_demo");
 
 /** The demo's profile id while one runs. */
 export const demoProfile = () => call<string | null>("demo_profile");
+
+/** "Stop and drop the slot": stops the capture, drops its slot, empties the local collections. */
+export const stopAndDropSlot = (id: string) => call<RunStatus>("stop_and_drop_slot", { id });
+
+/** The health of the profile's slot, with warnings. */
+export const slotHealth = (id: string) => call<SlotHealth>("slot_health", { id });

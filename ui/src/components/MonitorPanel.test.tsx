@@ -1,0 +1,93 @@
+import { act, render, screen, waitFor } from "@testing-library/react";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import { clearHistory, record } from "../lib/history";
+import type { RunStatus, SlotHealth } from "../lib/types";
+import { answer, resetBackend } from "../test/fakeBackend";
+import { MonitorPanel } from "./MonitorPanel";
+
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["slotHealth"]));
+// uPlot draws on a canvas, which jsdom lacks; the chart's inputs are what is checked here.
+vi.mock("./Chart", () => ({
+  Chart: ({ testId, x, y }: { testId: string; x: number[]; y: (number | null)[] }) => (
+    <div data-testid={testId} data-x={JSON.stringify(x)} data-y={JSON.stringify(y)} />
+  ),
+}));
+
+const health = (overrides: Partial<SlotHealth>): SlotHealth => ({
+  slot: "tidepool_slot",
+  exists: true,
+  active: true,
+  walStatus: "reserved",
+  retainedBytes: 2 * 1048576,
+  unconfirmedBytes: 0,
+  safeWalSize: null,
+  maxSlotWalKeepBytes: null,
+  neon: false,
+  lastProgressUnixMs: null,
+  neonRemovalInSecs: null,
+  warnings: [],
+  ...overrides,
+});
+
+const streaming = (changesPerSecond: number, lagMs: number | null): RunStatus => ({
+  profile: "p1",
+  state: "streaming",
+  backfills: {},
+  changes: 0,
+  commits: 0,
+  checkpoint: "0/1",
+  changesPerSecond,
+  lagMs,
+  lastCommitMicros: null,
+  error: null,
+});
+
+beforeEach(() => {
+  resetBackend();
+  clearHistory();
+});
+
+describe("MonitorPanel", () => {
+  it("shows a healthy slot's facts and says there is nothing to do", async () => {
+    answer("slotHealth", async () => health({}));
+    render(<MonitorPanel profileId="p1" />);
+    expect((await screen.findByTestId("health-ok")).textContent).toContain("nothing to do");
+    expect(screen.getByTestId("health-retained").textContent).toBe("2.0 MiB");
+    expect(screen.getByTestId("health-wal-status").textContent).toBe("reserved");
+    expect(screen.getByTestId("monitor-empty")).toBeTruthy();
+  });
+
+  it("lists warnings by level and counts down Neon's removal of an inactive slot", async () => {
+    answer("slotHealth", async () =>
+      health({
+        active: false,
+        neon: true,
+        neonRemovalInSecs: 30 * 3600 + 15 * 60,
+        warnings: [
+          { id: "neonRemoval", level: "warn", message: "Neon removes a slot … about 30.2 h left." },
+          { id: "retained", level: "warn", message: "The server keeps 3072 MiB of WAL" },
+        ],
+      }),
+    );
+    render(<MonitorPanel profileId="p1" />);
+    const removal = await screen.findByTestId("health-warning-neonRemoval");
+    expect(removal.getAttribute("data-level")).toBe("warn");
+    expect(screen.getByTestId("health-neon-countdown").textContent).toBe("about 30 h 15 min");
+    expect(screen.queryByTestId("health-ok")).toBeNull();
+  });
+
+  it("charts the pushed throughput and lag of this profile only, as they arrive", async () => {
+    answer("slotHealth", async () => health({}));
+    render(<MonitorPanel profileId="p1" />);
+    act(() => {
+      record(streaming(120, 4.5), 1_000_000);
+      record({ ...streaming(999, 1), profile: "other" }, 1_000_500);
+      record(streaming(80, null), 1_001_000);
+    });
+    await waitFor(() => expect(screen.getByTestId("chart-throughput")).toBeTruthy());
+    expect(JSON.parse(screen.getByTestId("chart-throughput").getAttribute("data-y")!)).toEqual([120, 80]);
+    expect(JSON.parse(screen.getByTestId("chart-lag").getAttribute("data-y")!)).toEqual([4.5, null]);
+    expect(JSON.parse(screen.getByTestId("chart-lag").getAttribute("data-x")!)).toEqual([1000, 1001]);
+  });
+});
