@@ -377,33 +377,79 @@ impl Store {
 
     /// Current rows in key order, at most `limit`.
     pub fn rows(&self, collection: &str, limit: usize) -> Result<Vec<Json>> {
+        Ok(self
+            .rows_after(collection, None, limit, None)?
+            .into_iter()
+            .map(|(_, doc)| doc)
+            .collect())
+    }
+
+    /// Current rows in key order after the key `after` (from the start when none), at most `limit`,
+    /// only those matching `filter`; each with its key, the cursor for the next page.
+    pub fn rows_after(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(String, Json)>> {
         let id = self.id_of(collection)?;
+        let f = FilterParams::of(filter)?;
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 ORDER BY r.key LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT r.key, c.doc FROM rows r JOIN changes c ON c.seq = r.seq
+                  WHERE r.collection = ?1 AND (?3 IS NULL OR r.key > ?3) AND {}
+                  ORDER BY r.key LIMIT ?2",
+                FilterParams::SQL
+            ))
             .map_err(sqlite("reading rows"))?;
         let docs = stmt
-            .query_map(params![id, limit as i64], |r| r.get::<_, String>(0))
+            .query_map(
+                params![id, limit as i64, after, f.path, f.value, f.contains],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
             .map_err(sqlite("reading rows"))?;
-        docs.map(|d| parse(d.map_err(sqlite("reading rows"))?))
-            .collect()
+        docs.map(|d| {
+            let (key, doc) = d.map_err(sqlite("reading rows"))?;
+            Ok((key, parse(doc)?))
+        })
+        .collect()
     }
 
     /// The newest `limit` entries of the change log, oldest first.
     pub fn latest_changes(&self, collection: &str, limit: usize) -> Result<Vec<(u64, Json)>> {
+        self.latest_changes_matching(collection, limit, None)
+    }
+
+    /// The newest `limit` entries of the change log that match `filter`, oldest first.
+    pub fn latest_changes_matching(
+        &self,
+        collection: &str,
+        limit: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(u64, Json)>> {
         let id = self.id_of(collection)?;
+        let f = FilterParams::of(filter)?;
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT seq, doc FROM changes WHERE collection = ?1 ORDER BY seq DESC LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT c.seq, c.doc FROM changes c WHERE c.collection = ?1 AND {} ORDER BY c.seq DESC LIMIT ?2",
+                FilterParams::SQL
+            ))
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
-            .query_map(params![id, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
+            .query_map(
+                params![
+                    id,
+                    limit as i64,
+                    None::<String>,
+                    f.path,
+                    f.value,
+                    f.contains
+                ],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
             .map_err(sqlite("reading changes"))?;
         let mut entries = docs
             .map(|d| {
@@ -417,21 +463,111 @@ impl Store {
 
     /// The change log in order, at most `limit` entries after position `after` (0 for the start).
     pub fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<Vec<(u64, Json)>> {
+        self.changes_matching(collection, after, limit, None)
+    }
+
+    /// The change log in order after position `after`, at most `limit` entries matching `filter`.
+    pub fn changes_matching(
+        &self,
+        collection: &str,
+        after: u64,
+        limit: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(u64, Json)>> {
         let id = self.id_of(collection)?;
+        let f = FilterParams::of(filter)?;
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT seq, doc FROM changes WHERE collection = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+            .prepare_cached(&format!(
+                "SELECT c.seq, c.doc FROM changes c WHERE c.collection = ?1 AND c.seq > ?3 AND {} ORDER BY c.seq LIMIT ?2",
+                FilterParams::SQL
+            ))
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
-            .query_map(params![id, after as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
+            .query_map(
+                params![id, limit as i64, after as i64, f.path, f.value, f.contains],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
             .map_err(sqlite("reading changes"))?;
         docs.map(|d| {
             let (seq, doc) = d.map_err(sqlite("reading changes"))?;
             Ok((seq, parse(doc)?))
         })
         .collect()
+    }
+}
+
+/// Documents whose top-level `field` reads as `value`: a string as itself, a number in its JSON form,
+/// `true`, `false`, `null`, an object or array as its JSON text. With `contains`, that text contains
+/// `value` instead of equalling it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    /// A top-level field (a column name, or `_meta`).
+    pub field: String,
+    /// The text to compare with.
+    pub value: String,
+    /// Substring match instead of equality.
+    #[serde(default)]
+    pub contains: bool,
+}
+
+impl Filter {
+    /// Whether a document matches, by the same rule the store's queries apply (for live tails).
+    pub fn matches(&self, doc: &Json) -> bool {
+        let Some(value) = doc.get(&self.field) else {
+            return false;
+        };
+        let text = match value {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if self.contains {
+            text.contains(&self.value)
+        } else {
+            text == self.value
+        }
+    }
+}
+
+/// A filter as statement parameters ?4 (JSON path, NULL for none), ?5 (value), ?6 (contains).
+struct FilterParams {
+    path: Option<String>,
+    value: Option<String>,
+    contains: bool,
+}
+
+impl FilterParams {
+    /// The condition on `c.doc`, matching [`Filter::matches`].
+    const SQL: &'static str = "(?4 IS NULL OR (CASE WHEN ?6 THEN instr(
+            CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END, ?5) > 0
+          ELSE CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END = ?5 END))";
+
+    fn of(filter: Option<&Filter>) -> Result<FilterParams> {
+        let Some(f) = filter else {
+            return Ok(FilterParams {
+                path: None,
+                value: None,
+                contains: false,
+            });
+        };
+        // SQLite's JSON paths quote a key in double quotes and have no escape for one inside it.
+        if f.field.is_empty() || f.field.contains('"') {
+            return Err(Error::invalid_input(
+                "filter field",
+                format!(
+                    "'{}' cannot be filtered on: give a column name without double quotes",
+                    f.field
+                ),
+            ));
+        }
+        Ok(FilterParams {
+            path: Some(format!("$.\"{}\"", f.field)),
+            value: Some(f.value.clone()),
+            contains: f.contains,
+        })
     }
 }
 
@@ -1051,5 +1187,139 @@ mod tests {
         assert!(store.commit(Lsn(50)).is_err());
         assert_eq!(store.checkpoint().unwrap(), Lsn(100));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pages_of_rows_follow_the_key_and_filters_match_as_the_tail_does() {
+        let (mut store, dir) = store();
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        let docs = [
+            (
+                "[1]",
+                r#"{"id":1,"name":"ada","vip":true,"note":null,"tags":["x"]}"#,
+            ),
+            ("[2]", r#"{"id":2,"name":"bob","vip":false,"note":"hi"}"#),
+            ("[3]", r#"{"id":3,"name":"adam","vip":true}"#),
+            ("[4]", r#"{"id":4,"name":"cy","vip":false,"note":"ho"}"#),
+        ];
+        for (key, doc) in docs {
+            store
+                .apply("public/t", Lsn(1), Op::Create, key, None, doc.to_string())
+                .unwrap();
+        }
+        store.commit(Lsn(1)).unwrap();
+
+        let first = store.rows_after("public/t", None, 3, None).unwrap();
+        let keys: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["[1]", "[2]", "[3]"]);
+        let next = store.rows_after("public/t", Some("[3]"), 3, None).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].1["id"], 4);
+
+        let cases = [
+            (
+                Filter {
+                    field: "name".into(),
+                    value: "ada".into(),
+                    contains: false,
+                },
+                vec![1],
+            ),
+            (
+                Filter {
+                    field: "name".into(),
+                    value: "ada".into(),
+                    contains: true,
+                },
+                vec![1, 3],
+            ),
+            (
+                Filter {
+                    field: "id".into(),
+                    value: "2".into(),
+                    contains: false,
+                },
+                vec![2],
+            ),
+            (
+                Filter {
+                    field: "vip".into(),
+                    value: "true".into(),
+                    contains: false,
+                },
+                vec![1, 3],
+            ),
+            (
+                Filter {
+                    field: "note".into(),
+                    value: "null".into(),
+                    contains: false,
+                },
+                vec![1],
+            ),
+            (
+                Filter {
+                    field: "tags".into(),
+                    value: r#"["x"]"#.into(),
+                    contains: false,
+                },
+                vec![1],
+            ),
+            (
+                Filter {
+                    field: "note".into(),
+                    value: "h".into(),
+                    contains: true,
+                },
+                vec![2, 4],
+            ),
+            (
+                Filter {
+                    field: "absent".into(),
+                    value: "".into(),
+                    contains: true,
+                },
+                vec![],
+            ),
+        ];
+        for (filter, expected) in cases {
+            let rows = store
+                .rows_after("public/t", None, 10, Some(&filter))
+                .unwrap();
+            let ids: Vec<i64> = rows
+                .iter()
+                .map(|(_, d)| d["id"].as_i64().unwrap())
+                .collect();
+            assert_eq!(ids, expected, "rows for {filter:?}");
+            let changes = store
+                .changes_matching("public/t", 0, 10, Some(&filter))
+                .unwrap();
+            let ids: Vec<i64> = changes
+                .iter()
+                .map(|(_, d)| d["id"].as_i64().unwrap())
+                .collect();
+            assert_eq!(ids, expected, "changes for {filter:?}");
+            // A live tail applies the same rule to each arriving document.
+            let tailed: Vec<i64> = docs
+                .iter()
+                .map(|(_, d)| serde_json::from_str::<Json>(d).unwrap())
+                .filter(|d| filter.matches(d))
+                .map(|d| d["id"].as_i64().unwrap())
+                .collect();
+            assert_eq!(tailed, expected, "tail for {filter:?}");
+        }
+        let bad = Filter {
+            field: "a\"b".into(),
+            value: "x".into(),
+            contains: false,
+        };
+        let e = store
+            .rows_after("public/t", None, 10, Some(&bad))
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+        assert!(e.message().contains("filter field"), "{e}");
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

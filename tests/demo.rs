@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tidepool::binding::Binding;
 use tidepool::demo::{Demo, DEMO_PROFILE};
-use tidepool::preview::{self, View};
+use tidepool::preview::{self, PageRequest, View};
 use tidepool::profile::{Profiles, SecretState};
 use tidepool::run::{RunState, RunStatus, Runs};
 
@@ -76,14 +76,26 @@ async fn the_demo_database_captures_its_trickle_and_leaves_nothing_behind() {
         })
     })
     .await;
-    let changes = preview::page(&profiles, &id, "shop/orders", View::Changes, None, 500).unwrap();
+    let changes = preview::page(
+        &profiles,
+        &id,
+        "shop/orders",
+        &PageRequest::first(View::Changes, 500),
+    )
+    .unwrap();
     let ops: Vec<&str> = changes
         .documents
         .iter()
         .map(|d| d["_meta"]["op"].as_str().unwrap())
         .collect();
     assert!(ops.contains(&"c") && ops.contains(&"u"), "{ops:?}");
-    let rows = preview::page(&profiles, &id, "shop/products", View::Rows, None, 100).unwrap();
+    let rows = preview::page(
+        &profiles,
+        &id,
+        "shop/products",
+        &PageRequest::first(View::Rows, 100),
+    )
+    .unwrap();
     assert_eq!(rows.documents.len(), 20);
     runs.stop(&id, &profiles).unwrap();
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use tidepool::binding::Binding;
-use tidepool::preview::{self, View};
+use tidepool::preview::{self, PageRequest, View};
 use tidepool::profile::{ProfileDraft, Profiles};
 use tidepool::run::{RunState, RunStatus, Runs, TailEntry};
 
@@ -137,17 +137,75 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
     assert!(status.lag_ms.is_some());
 
     // Rows are reduced by key; the log keeps everything, newest last.
-    let rows = preview::page(&profiles, &id, "public/items", View::Rows, None, 100).unwrap();
+    let rows = preview::page(
+        &profiles,
+        &id,
+        "public/items",
+        &PageRequest::first(View::Rows, 100),
+    )
+    .unwrap();
     let ids: Vec<i64> = rows
         .documents
         .iter()
         .map(|d| d["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![2, 3, 4]);
-    let latest = preview::page(&profiles, &id, "public/items", View::Changes, None, 2).unwrap();
+    let latest = preview::page(
+        &profiles,
+        &id,
+        "public/items",
+        &PageRequest::first(View::Changes, 2),
+    )
+    .unwrap();
     assert_eq!(latest.documents.len(), 2);
     assert_eq!(latest.documents[1]["_meta"]["op"], "d");
     assert_eq!(latest.last_seq, *seqs.last().unwrap());
+
+    // Exports: the whole view, filtered, complete files only.
+    let out = harness::temp_dir("run_export");
+    let rows = preview::export(
+        &profiles,
+        &id,
+        "public/items",
+        View::Rows,
+        None,
+        preview::ExportFormat::Jsonl,
+        &out,
+    )
+    .unwrap();
+    assert_eq!(rows.documents, 3);
+    let lines: Vec<Json> = std::fs::read_to_string(&rows.path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["item 2", "item 3", "renamed"]);
+    let changes = preview::export(
+        &profiles,
+        &id,
+        "public/items",
+        View::Changes,
+        Some(tidepool::store::Filter {
+            field: "id".into(),
+            value: "4".into(),
+            contains: false,
+        }),
+        preview::ExportFormat::Csv,
+        &out,
+    )
+    .unwrap();
+    assert!(changes.path.extension().is_some_and(|e| e == "csv"));
+    assert_eq!(
+        std::fs::read_to_string(&changes.path).unwrap(),
+        "op,id,name\nc,4,new\nu,4,renamed\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // Stopping keeps the slot; changes made meanwhile arrive after the next start, once.
     let stopped = runs.stop(&id, &profiles).unwrap();

@@ -13,12 +13,13 @@ use tidepool::discovery::DiscoveredTable;
 use tidepool::health::SlotHealth;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
-use tidepool::preview::{Page, View};
+use tidepool::preview::{ExportFormat, Exported, Page, PageRequest, View};
 use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
 use tidepool::run::{RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::setup::Action;
 use tidepool::store::CollectionInfo;
+use tidepool::store::Filter;
 use tidepool::Error;
 
 /// Every saved profile with the state of its password.
@@ -213,17 +214,36 @@ pub fn collections(
     tidepool::preview::collections(&profiles, &id)
 }
 
-/// A page of a collection's rows or change log.
+/// A page of a collection's rows or change log, optionally filtered.
 #[tauri::command(async)]
 pub fn collection_page(
     profiles: State<'_, Profiles>,
     id: String,
     collection: String,
-    view: View,
-    after: Option<u64>,
-    limit: usize,
+    request: PageRequest,
 ) -> Result<Page, Error> {
-    tidepool::preview::page(&profiles, &id, &collection, view, after, limit)
+    tidepool::preview::page(&profiles, &id, &collection, &request)
+}
+
+/// Exports a collection's rows or change log (filtered) to the Downloads folder.
+#[tauri::command(async)]
+pub fn export_collection(
+    profiles: State<'_, Profiles>,
+    id: String,
+    collection: String,
+    view: View,
+    filter: Option<Filter>,
+    format: ExportFormat,
+) -> Result<Exported, Error> {
+    tidepool::preview::export(
+        &profiles,
+        &id,
+        &collection,
+        view,
+        filter,
+        format,
+        &tidepool::preview::default_export_dir()?,
+    )
 }
 
 /// Streams a collection's changes after `after` through `on_change` as they are stored, until

@@ -58,6 +58,7 @@ pub fn run() {
             commands::capture_status,
             commands::collections,
             commands::collection_page,
+            commands::export_collection,
             commands::tail_collection,
             commands::stop_tail,
             commands::start_demo,
