@@ -257,7 +257,7 @@ fn write_export(
     let csv_error = |e: csv::Error| Error::internal(format!("writing {}: {e}", path.display()));
     enum Out {
         Jsonl(std::io::BufWriter<std::fs::File>),
-        Csv(csv::Writer<std::fs::File>),
+        Csv(Box<csv::Writer<std::fs::File>>),
     }
     let mut out = match format {
         ExportFormat::Jsonl => Out::Jsonl(std::io::BufWriter::new(file)),
@@ -269,7 +269,7 @@ fn write_export(
             }
             header.extend(columns.iter().map(String::as_str));
             w.write_record(&header).map_err(csv_error)?;
-            Out::Csv(w)
+            Out::Csv(Box::new(w))
         }
     };
     let mut request = PageRequest {

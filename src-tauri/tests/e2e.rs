@@ -671,7 +671,10 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     // Collections: rows reduced by key, live.
     click(&client, "tab-collections").await;
     click(&client, "collection-shop/items").await;
-    let table = wait_for_text(&client, "preview-table", |t| t.contains("item 50")).await;
+    // The table is virtualized: the count says how many rows there are, the DOM holds a screenful.
+    let count = wait_for_text(&client, "preview-count", |t| t.starts_with("50 rows")).await;
+    assert!(count.starts_with("50 rows"), "{count}");
+    let table = wait_for_text(&client, "preview-table", |t| t.contains("item 1")).await;
     assert!(table.contains("item 1"), "{table}");
     cluster()
         .psql(
@@ -704,29 +707,51 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
         !table.contains("changed live"),
         "the deleted row is still shown"
     );
-    assert!(table.contains("item 50"));
+    let count = wait_for_text(&client, "preview-count", |t| t.starts_with("50 rows")).await;
+    assert!(count.starts_with("50 rows"), "{count}");
     click(&client, "view-changes").await;
     let changes = wait_for_text(&client, "preview-table", |t| t.contains("changed live")).await;
     let ops = preview_ops(&client).await;
     assert_eq!(&ops[ops.len() - 3..], ["c", "u", "d"], "{changes}");
     screenshot(&client, "flow-5-changes").await;
+
+    // Filter by the key: only that row's changes; then export them as CSV.
+    let field = client
+        .find(Locator::Css(&by_test_id("filter-field")))
+        .await
+        .unwrap();
+    field.select_by_value("id").await.unwrap();
+    fill(&client, "filter-value", "1000").await;
+    click(&client, "filter-apply").await;
+    let filtered = wait_for_text(&client, "preview-count", |t| t.starts_with("3 ")).await;
+    assert!(filtered.starts_with("3 changes"), "{filtered}");
+    assert_eq!(preview_ops(&client).await, ["c", "u", "d"]);
+    click(&client, "export-csv").await;
+    let path = text_of(&client, "export-path").await;
+    screenshot(&client, "flow-6-filter-export").await;
+    let csv = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        csv, "op,id,name\nc,1000,arrived live\nu,1000,changed live\nd,1000,\n",
+        "{path}"
+    );
+    let _ = std::fs::remove_file(&path);
     click(&client, "tab-capture").await;
     click(&client, "capture-stop").await;
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
     client.close().await.unwrap();
 }
 
-/// The ops (`c`, `u`, `d`) of the preview's rows, in order.
+/// The ops (`c`, `u`, `d`) of the preview's rows on screen, in order, read in one script so a live
+/// update cannot swap rows between reads.
 async fn preview_ops(client: &Client) -> Vec<String> {
-    let mut ops = Vec::new();
-    for row in client
-        .find_all(Locator::Css(&by_test_id("preview-row")))
+    let ops = client
+        .execute(
+            "return Array.from(document.querySelectorAll('[data-testid=\"preview-row\"]')).map(r => r.dataset.op || '')",
+            vec![],
+        )
         .await
-        .unwrap()
-    {
-        ops.push(row.attr("data-op").await.unwrap().unwrap_or_default());
-    }
-    ops
+        .unwrap();
+    serde_json::from_value(ops).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,12 @@ import { act, render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { Page, TailEntry } from "../lib/types";
+import type { Page, PageRequest, TailEntry } from "../lib/types";
 import { CollectionsPanel } from "./CollectionsPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["collections", "collectionPage", "tailCollection"]),
+  (await import("../test/fakeBackend")).commands(["collections", "collectionPage", "tailCollection", "exportCollection"]),
 );
 
 const spec = {
@@ -31,11 +31,13 @@ describe("CollectionsPanel", () => {
     let push: (entries: TailEntry[]) => void = () => {};
     const stop = vi.fn();
     answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1 }]);
-    answer("collectionPage", async (_id, _c, view) =>
+    answer("collectionPage", async (_id, _c, request) =>
       ({
         collection: spec,
         documents: [{ _meta: { op: "c" }, id: 1, name: null }],
-        lastSeq: view === "changes" ? 7 : 0,
+        lastSeq: (request as PageRequest).view === "changes" ? 7 : 0,
+        lastKey: null,
+        hasMore: false,
       }) satisfies Page,
     );
     answer("tailCollection", ((...args: unknown[]) => {
@@ -64,5 +66,57 @@ describe("CollectionsPanel", () => {
     answer("collections", async () => []);
     render(<CollectionsPanel profileId="p1" />);
     expect((await screen.findByTestId("collections-empty")).textContent).toContain("start the capture");
+  });
+
+  it("filters in the engine and in the live tail by one rule, and scrolls rows page by page", async () => {
+    let push: (entries: TailEntry[]) => void = () => {};
+    answer("collections", async () => [{ name: "public/items", rows: 3, changes: 3 }]);
+    answer("collectionPage", async (_id, _c, request) => {
+      const r = request as PageRequest;
+      const all = [1, 2, 3].map((id) => ({ _meta: { op: "c" }, id, name: `n${id}`, body: "b" }));
+      const after = r.afterKey === null ? 0 : Number(r.afterKey);
+      const docs = all
+        .filter((d) => d.id > after)
+        .filter((d) => !r.filter || String(d[r.filter.field as "name"]) === r.filter.value)
+        .slice(0, 2);
+      return {
+        collection: spec,
+        documents: docs,
+        lastSeq: r.view === "changes" ? 3 : 0,
+        lastKey: docs.length ? String(docs[docs.length - 1].id) : r.afterKey,
+        hasMore: r.filter === null && docs.length === 2,
+      } satisfies Page;
+    });
+    answer("tailCollection", ((...args: unknown[]) => {
+      push = args[3] as (entries: TailEntry[]) => void;
+      return () => {};
+    }) as never);
+    answer("exportCollection", async () => ({ path: "/home/u/Downloads/public_items-changes-1.csv", documents: 1 }));
+    const user = userEvent.setup();
+    render(<CollectionsPanel profileId="p1" />);
+    // Page one has more: the second page is read as the end of the table comes into view.
+    await waitFor(() => expect(screen.getAllByTestId("preview-row")).toHaveLength(3));
+    const pages = callsOf("collectionPage").map((c) => (c[2] as PageRequest).afterKey);
+    expect(pages).toEqual([null, "2"]);
+
+    await user.click(screen.getByTestId("view-changes"));
+    await user.selectOptions(await screen.findByTestId("filter-field"), "name");
+    await user.type(screen.getByTestId("filter-value"), "n2");
+    await user.click(screen.getByTestId("filter-apply"));
+    await waitFor(() => expect(screen.getAllByTestId("preview-row")).toHaveLength(1));
+    expect((callsOf("collectionPage").at(-1)![2] as PageRequest).filter).toEqual({ field: "name", value: "n2", contains: false });
+    // Pushed changes pass through the same filter.
+    act(() =>
+      push([
+        { seq: 4, doc: { _meta: { op: "u" }, id: 2, name: "n2", body: "x" } },
+        { seq: 5, doc: { _meta: { op: "u" }, id: 3, name: "n3", body: "x" } },
+      ]),
+    );
+    const ops = screen.getAllByTestId("preview-row").map((r) => r.getAttribute("data-op"));
+    expect(ops).toEqual(["c", "u"]);
+
+    await user.click(screen.getByTestId("export-csv"));
+    expect((await screen.findByTestId("export-path")).textContent).toBe("/home/u/Downloads/public_items-changes-1.csv");
+    expect(callsOf("exportCollection")).toEqual([["p1", "public/items", "changes", { field: "name", value: "n2", contains: false }, "csv"]]);
   });
 });

@@ -282,6 +282,34 @@ export interface Page {
   collection: CollectionSpec;
   documents: Record<string, unknown>[];
   lastSeq: number;
+  /** Rows: the key of the last row, the cursor of the next page. */
+  lastKey: string | null;
+  /** Whether a next page may have more. */
+  hasMore: boolean;
+}
+
+/** Documents whose top-level field reads as (or, with `contains`, contains) the value. */
+export interface DocFilter {
+  field: string;
+  value: string;
+  contains: boolean;
+}
+
+/** Which page of a collection to read. */
+export interface PageRequest {
+  view: CollectionView;
+  after: number | null;
+  afterKey: string | null;
+  limit: number;
+  filter: DocFilter | null;
+}
+
+export type ExportFormat = "jsonl" | "csv";
+
+/** What an export wrote. */
+export interface Exported {
+  path: string;
+  documents: number;
 }
 
 /** A change pushed by a live tail. */

@@ -13,6 +13,10 @@ import {
   type CollectionInfo,
   type CollectionView,
   type Page,
+  type PageRequest,
+  type DocFilter,
+  type ExportFormat,
+  type Exported,
   type RunStatus,
   type TailEntry,
   type Fix,
@@ -105,8 +109,17 @@ export async function onCaptureStatus(listener: (status: RunStatus) => void): Pr
 
 export const collections = (id: string) => call<CollectionInfo[]>("collections", { id });
 
-export const collectionPage = (id: string, collection: string, view: CollectionView, after: number | null, limit: number) =>
-  call<Page>("collection_page", { id, collection, view, after, limit });
+export const collectionPage = (id: string, collection: string, request: PageRequest) =>
+  call<Page>("collection_page", { id, collection, request });
+
+/** Writes the whole view (filtered) to the Downloads folder as JSON Lines or CSV. */
+export const exportCollection = (
+  id: string,
+  collection: string,
+  view: CollectionView,
+  filter: DocFilter | null,
+  format: ExportFormat,
+) => call<Exported>("export_collection", { id, collection, view, filter, format });
 
 /**
  * Streams the collection's changes after `after` as the capture stores them (pushed through a channel).
