@@ -327,6 +327,22 @@ impl Runs {
             .unwrap_or_else(|| RunStatus::stopped(&id)))
     }
 
+    /// Stops every capture (slots stay), waiting until each task is gone so its last store commit and
+    /// confirmation are settled before the process exits.
+    pub async fn stop_all(&self) {
+        let running: Vec<(String, Running)> = self.lock().runs.drain().collect();
+        for (id, run) in running {
+            run.task.abort();
+            let _ = run.task.await;
+            if let Some(status) = self.lock().status.get(&id) {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                if s.state != RunState::Failed {
+                    s.state = RunState::Stopped;
+                }
+            }
+        }
+    }
+
     /// Whether any capture is running (the window asks before closing).
     pub fn any_running(&self) -> bool {
         self.lock().runs.values().any(|r| !r.task.is_finished())

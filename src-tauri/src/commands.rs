@@ -310,3 +310,19 @@ pub async fn stop_and_drop_slot(
 pub async fn slot_health(profiles: State<'_, Profiles>, id: String) -> Result<SlotHealth, Error> {
     tidepool::health::slot(&profiles, &id).await
 }
+
+/// Closing while capturing, answered: stop every capture (slots stay) and quit.
+#[tauri::command]
+pub async fn stop_captures_and_quit(app: AppHandle, runs: State<'_, Runs>) -> Result<(), Error> {
+    runs.stop_all().await;
+    app.exit(0);
+    Ok(())
+}
+
+/// Closing while capturing, answered: keep capturing with the window minimized.
+#[tauri::command]
+pub fn keep_capturing_in_background(window: tauri::WebviewWindow) -> Result<(), Error> {
+    window
+        .minimize()
+        .map_err(|e| Error::internal(format!("minimizing the window: {e}")))
+}

@@ -7,6 +7,8 @@
 
 mod commands;
 
+use tauri::{Emitter, Manager};
+
 /// Starts the app: logging to a file in the app's log folder, then the main window.
 pub fn run() {
     if let Err(message) = display_available() {
@@ -23,6 +25,28 @@ pub fn run() {
         }
     };
     tauri::Builder::default()
+        // The window reopens at the size and place it was left (saved on exit and on each resize).
+        // An absolute file name replaces the plugin's folder: the state lives in the data dir with
+        // everything else Tidepool keeps.
+        .plugin(
+            tauri_plugin_window_state::Builder::default()
+                .with_filename(data_dir.join("window-state.json").to_string_lossy())
+                .build(),
+        )
+        .on_window_event(|window, event| match event {
+            tauri::WindowEvent::CloseRequested { api, .. } => {
+                // Closing while capturing asks first: keep capturing in the background, or stop.
+                if window.state::<tidepool::run::Runs>().any_running() {
+                    api.prevent_close();
+                    let _ = window.emit("close-requested", ());
+                }
+            }
+            tauri::WindowEvent::Resized(_) => {
+                use tauri_plugin_window_state::{AppHandleExt, StateFlags};
+                let _ = window.app_handle().save_window_state(StateFlags::all());
+            }
+            _ => {}
+        })
         .manage(tidepool::profile::Profiles::open(&data_dir))
         .manage(tidepool::run::Runs::default())
         .manage(tidepool::demo::DemoHost::default())
@@ -66,13 +90,14 @@ pub fn run() {
             commands::demo_profile,
             commands::stop_and_drop_slot,
             commands::slot_health,
+            commands::stop_captures_and_quit,
+            commands::keep_capturing_in_background,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")
         .run(|app, event| {
             if let tauri::RunEvent::Exit = event {
                 // The demo database lives only as long as the app.
-                use tauri::Manager;
                 let profiles = app.state::<tidepool::profile::Profiles>();
                 let runs = app.state::<tidepool::run::Runs>();
                 if let Err(e) = app.state::<tidepool::demo::DemoHost>().stop(&profiles, &runs) {

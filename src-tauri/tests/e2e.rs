@@ -858,3 +858,24 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
                 .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_reopens_at_the_size_it_was_left() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = temp_data_dir("window");
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "new-profile").await;
+    client.set_window_size(900, 640).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !data.join("window-state.json").exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.close().await.unwrap();
+
+    let client = driver.session().await;
+    click(&client, "new-profile").await;
+    let (width, height) = client.get_window_size().await.unwrap();
+    client.close().await.unwrap();
+    assert_eq!((width, height), (900, 640));
+}

@@ -2,6 +2,7 @@ import logo from "../../icons/tidepool.svg";
 import { useCallback, useEffect, useState } from "react";
 
 import { CapturePanel } from "./components/CapturePanel";
+import { ClosePrompt } from "./components/ClosePrompt";
 import { CollectionsPanel } from "./components/CollectionsPanel";
 import { DemoCard } from "./components/DemoCard";
 import { MonitorPanel } from "./components/MonitorPanel";
@@ -60,6 +61,7 @@ export function App() {
   const selected = view.screen === "profile" && view.id ? (profiles?.find((p) => p.id === view.id) ?? null) : null;
   return (
     <div className="app">
+      <ClosePrompt />
       <header className="topbar">
         <img src={logo} alt="" width={28} height={28} />
         <h1>Tidepool</h1>

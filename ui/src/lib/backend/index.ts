@@ -154,3 +154,14 @@ export const stopAndDropSlot = (id: string) => call<RunStatus>("stop_and_drop_sl
 
 /** The health of the profile's slot, with warnings. */
 export const slotHealth = (id: string) => call<SlotHealth>("slot_health", { id });
+
+/** Called when the window is closed while a capture runs (the window stays open until answered). */
+export async function onCloseRequested(listener: () => void): Promise<() => void> {
+  return listen<null>("close-requested", () => listener());
+}
+
+/** Closing while capturing, answered: stop every capture (slots stay) and quit. */
+export const stopCapturesAndQuit = () => call<void>("stop_captures_and_quit");
+
+/** Closing while capturing, answered: keep capturing with the window minimized. */
+export const keepCapturingInBackground = () => call<void>("keep_capturing_in_background");

@@ -1,0 +1,45 @@
+import { act, render, screen } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { ClosePrompt } from "./ClosePrompt";
+
+vi.mock("../lib/backend", async () =>
+  (await import("../test/fakeBackend")).commands(["onCloseRequested", "stopCapturesAndQuit", "keepCapturingInBackground"]),
+);
+
+let request: () => void = () => {};
+beforeEach(() => {
+  resetBackend();
+  answer("onCloseRequested", async (listener) => {
+    request = listener as () => void;
+    return () => {};
+  });
+});
+
+describe("ClosePrompt", () => {
+  it("appears only when the window is closed during a capture, and each answer does what it says", async () => {
+    const user = userEvent.setup();
+    answer("keepCapturingInBackground", async () => undefined);
+    answer("stopCapturesAndQuit", async () => undefined);
+    render(<ClosePrompt />);
+    expect(screen.queryByTestId("close-prompt")).toBeNull();
+
+    await act(async () => request());
+    expect(screen.getByTestId("close-prompt").textContent).toContain("keeps the replication slot");
+    expect(document.activeElement).toBe(screen.getByTestId("close-keep"));
+    await user.click(screen.getByTestId("close-keep"));
+    expect(callsOf("keepCapturingInBackground")).toHaveLength(1);
+    expect(screen.queryByTestId("close-prompt")).toBeNull();
+
+    await act(async () => request());
+    await user.keyboard("{Escape}");
+    expect(screen.queryByTestId("close-prompt")).toBeNull();
+    expect(callsOf("stopCapturesAndQuit")).toHaveLength(0);
+
+    await act(async () => request());
+    await user.click(screen.getByTestId("close-stop"));
+    expect(callsOf("stopCapturesAndQuit")).toHaveLength(1);
+  });
+});

@@ -1,0 +1,89 @@
+import { useEffect, useRef, useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError } from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+
+/**
+ * Asks what closing the window while a capture runs should mean: keep capturing in the background
+ * (the window is minimized, the capture goes on), or stop every capture and quit (slots stay, so the
+ * next start resumes without gaps).
+ */
+export function ClosePrompt() {
+  const [open, setOpen] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<BackendError | null>(null);
+  const first = useRef<HTMLButtonElement>(null);
+
+  useEffect(() => {
+    let live = true;
+    let unlisten: (() => void) | null = null;
+    backend
+      .onCloseRequested(() => live && setOpen(true))
+      .then((stop) => (live ? (unlisten = stop) : stop()));
+    return () => {
+      live = false;
+      unlisten?.();
+    };
+  }, []);
+
+  useEffect(() => {
+    if (open) first.current?.focus();
+  }, [open]);
+
+  if (!open) return null;
+  const answer = async (action: () => Promise<void>, close: boolean) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await action();
+      if (close) setOpen(false);
+    } catch (e) {
+      setError(e as BackendError);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <div className="modal-backdrop">
+      <div
+        className="modal"
+        role="alertdialog"
+        aria-modal="true"
+        aria-labelledby="close-title"
+        data-testid="close-prompt"
+        onKeyDown={(e) => e.key === "Escape" && setOpen(false)}
+      >
+        <h2 id="close-title">A capture is running</h2>
+        <p>
+          Keep capturing in the background, or stop and quit? Stopping keeps the replication slot: the next start
+          resumes where it stopped, while the server keeps WAL for the slot meanwhile.
+        </p>
+        <div className="row">
+          <button
+            ref={first}
+            type="button"
+            data-testid="close-keep"
+            disabled={busy}
+            onClick={() => void answer(backend.keepCapturingInBackground, true)}
+          >
+            Keep capturing in the background
+          </button>
+          <button
+            type="button"
+            className="danger"
+            data-testid="close-stop"
+            disabled={busy}
+            onClick={() => void answer(backend.stopCapturesAndQuit, false)}
+          >
+            {busy ? "Stopping…" : "Stop capturing and quit"}
+          </button>
+          <button type="button" className="secondary" data-testid="close-cancel" disabled={busy} onClick={() => setOpen(false)}>
+            Cancel
+          </button>
+        </div>
+        {error && <ErrorNotice error={error} testId="close-error" />}
+      </div>
+    </div>
+  );
+}
