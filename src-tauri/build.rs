@@ -1,3 +1,49 @@
+//! Every command the UI may call is listed here, so Tauri generates one `allow-<command>` permission
+//! per command; `capabilities/default.json` grants exactly those (plus listening to events), and the
+//! window can reach nothing else. Keep this list and `generate_handler!` in lib.rs the same: a command
+//! missing here is refused at run time (the e2e tests would fail).
+
+const COMMANDS: &[&str] = &[
+    "list_profiles",
+    "save_profile",
+    "delete_profile",
+    "autofill",
+    "test_connection",
+    "keychain_status",
+    "neon_key_status",
+    "set_neon_key",
+    "remove_neon_key",
+    "discover_tables",
+    "capture_definition",
+    "publish_capture",
+    "preflight",
+    "run_fix",
+    "preview_action",
+    "neon_projects",
+    "neon_branches",
+    "neon_locate",
+    "link_neon",
+    "start_capture",
+    "stop_capture",
+    "capture_status",
+    "collections",
+    "collection_page",
+    "export_collection",
+    "tail_collection",
+    "stop_tail",
+    "start_demo",
+    "stop_demo",
+    "demo_profile",
+    "stop_and_drop_slot",
+    "slot_health",
+    "stop_captures_and_quit",
+    "keep_capturing_in_background",
+];
+
 fn main() {
-    tauri_build::build()
+    tauri_build::try_build(
+        tauri_build::Attributes::new()
+            .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
+    )
+    .expect("tauri-build failed");
 }

@@ -879,3 +879,40 @@ async fn the_window_reopens_at_the_size_it_was_left() {
     client.close().await.unwrap();
     assert_eq!((width, height), (900, 640));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_may_call_tidepools_commands_and_nothing_else() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = temp_data_dir("capabilities");
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "new-profile").await;
+    let outcome = |command: &str| {
+        format!(
+            "const done = arguments[0];
+             window.__TAURI_INTERNALS__.invoke({command:?}, {{}}).then(() => done('allowed'), (e) => done('refused: ' + e));"
+        )
+    };
+    let own = client
+        .execute_async(&outcome("list_profiles"), vec![])
+        .await
+        .unwrap();
+    let window_api = client
+        .execute_async(&outcome("plugin:window|close"), vec![])
+        .await
+        .unwrap();
+    let shell_like = client
+        .execute_async(&outcome("plugin:window-state|save_window_state"), vec![])
+        .await
+        .unwrap();
+    client.close().await.unwrap();
+    assert_eq!(own, "allowed");
+    assert!(
+        window_api.as_str().unwrap().starts_with("refused"),
+        "{window_api}"
+    );
+    assert!(
+        shell_like.as_str().unwrap().starts_with("refused"),
+        "{shell_like}"
+    );
+}
