@@ -410,6 +410,29 @@ fn the_command_line_captures_lists_and_previews() {
         .collect();
     assert_eq!(ops(&changes), vec!["c", "c"]);
 
+    let filtered = tidepool()
+        .args([
+            "preview",
+            "--store",
+            store,
+            "public/t",
+            "--changes",
+            "--where",
+            "id=1",
+        ])
+        .output()
+        .unwrap();
+    let filtered: Vec<Json> = String::from_utf8_lossy(&filtered.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ops(&filtered), vec!["c", "u"]);
+    let bad = tidepool()
+        .args(["preview", "--store", store, "public/t", "--where", "id"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--where"));
+
     let missing = tidepool()
         .args(["preview", "--store", store, "public/nope"])
         .output()

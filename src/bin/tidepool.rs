@@ -102,6 +102,13 @@ enum Command {
         /// At most this many documents.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only documents whose field reads as the value: `--where status=shipped` (`null`, `true`
+        /// and numbers as in JSON).
+        #[arg(long = "where", value_name = "FIELD=VALUE")]
+        filter: Option<String>,
+        /// With --where: the field contains the value instead of equalling it.
+        #[arg(long)]
+        contains: bool,
     },
     /// The health of a profile's slot: WAL it holds, wal_status, safe_wal_size, Neon's removal clock.
     Health {
@@ -400,7 +407,19 @@ async fn main() -> ExitCode {
             collection,
             changes,
             limit,
-        } => (preview(&store, &collection, changes, limit), false),
+            filter,
+            contains,
+        } => (
+            preview(
+                &store,
+                &collection,
+                changes,
+                limit,
+                filter.as_deref(),
+                contains,
+            ),
+            false,
+        ),
         Command::Demo { interval_ms } => (demo(interval_ms).await, false),
         Command::Health { profile, json } => (health(&profile, json).await, json),
         Command::DropSlot { profile, confirm } => (drop_slot(&profile, confirm).await, false),
@@ -1303,17 +1322,36 @@ fn preview(
     collection: &str,
     changes: bool,
     limit: usize,
+    filter: Option<&str>,
+    contains: bool,
 ) -> Result<(), Error> {
     let store = open_existing_store(store)?;
+    let filter = match filter {
+        Some(text) => {
+            let (field, value) = text.split_once('=').ok_or_else(|| {
+                Error::invalid_input("--where", format!("'{text}' is not FIELD=VALUE"))
+            })?;
+            Some(tidepool::store::Filter {
+                field: field.to_string(),
+                value: value.to_string(),
+                contains,
+            })
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
-    let docs = if changes {
+    let docs: Vec<serde_json::Value> = if changes {
         store
-            .changes(collection, 0, limit)?
+            .changes_matching(collection, 0, limit, filter.as_ref())?
             .into_iter()
             .map(|(_, d)| d)
             .collect()
     } else {
-        store.rows(collection, limit)?
+        store
+            .rows_after(collection, None, limit, filter.as_ref())?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect()
     };
     for doc in docs {
         writeln!(out, "{doc}").map_err(Error::internal)?;

@@ -1,0 +1,199 @@
+//! Preview benchmark: how long the Collections screen waits for a page of a 1M-document collection,
+//! engine side (the `collection_page` command's call: open the store, read, parse the documents), next
+//! to the physical limit: the same page read straight from SQLite as text, nothing parsed.
+//!
+//! Pages measured: the first rows (key order), rows deep in the collection (after a key cursor), the
+//! newest changes, and the same filtered by a field value (which scans). Each is the median of 20 runs.
+//! Run: `cargo bench --bench preview` (`TIDEPOOL_BENCH_DOCS` changes the 1M).
+
+use std::time::{Duration, Instant};
+
+use tidepool::pgoutput::Lsn;
+use tidepool::preview::{self, PageRequest, View};
+use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles};
+use tidepool::store::{CollectionSpec, Filter, Op, Store};
+
+const PAGE: usize = 500;
+const RUNS: usize = 20;
+
+fn median(mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[RUNS / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let docs: u64 = std::env::var("TIDEPOOL_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = std::env::temp_dir().join(format!("tidepool-bench-preview-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let profiles = Profiles::open(&dir);
+    let id = profiles
+        .save(
+            None,
+            ProfileDraft {
+                name: "bench".into(),
+                address: "127.0.0.1:5432".into(),
+                user: "u".into(),
+                database: "d".into(),
+                password_storage: PasswordStorage::AskEachTime,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap()
+        .profile
+        .id;
+    let store_dir = profiles.store_dir(&id).unwrap();
+
+    // A collection shaped like a captured table: 1M inserts, then 10% of them updated.
+    let started = Instant::now();
+    let mut store = Store::open(&store_dir).unwrap();
+    store.begin().unwrap();
+    store
+        .put_collection(&CollectionSpec {
+            name: "public/customers".into(),
+            schema: "public".into(),
+            table: "customers".into(),
+            key: vec!["id".into()],
+            columns: serde_json::json!([
+                {"name": "id", "typeOid": 20}, {"name": "name", "typeOid": 25},
+                {"name": "email", "typeOid": 25}, {"name": "score", "typeOid": 23},
+                {"name": "created_at", "typeOid": 1184}
+            ]),
+        })
+        .unwrap();
+    let doc = |i: u64, op: &str, snapshot: bool| {
+        format!(
+            r#"{{"id":{i},"name":"customer {i}","email":"customer{i}@example.com","score":{},"created_at":"2026-01-01T00:00:00Z","_meta":{{"op":"{op}","source":{{"schema":"public","table":"customers","snapshot":{snapshot},"lsn":"0/16B3748"}}}}}}"#,
+            i % 1000
+        )
+    };
+    for i in 1..=docs {
+        store
+            .apply(
+                "public/customers",
+                Lsn(1),
+                Op::Create,
+                &format!("[{i}]"),
+                None,
+                doc(i, "c", true),
+            )
+            .unwrap();
+        if i % 100_000 == 0 {
+            store.commit(Lsn(1)).unwrap();
+            store.begin().unwrap();
+        }
+    }
+    for i in (1..=docs).step_by(10) {
+        store
+            .apply(
+                "public/customers",
+                Lsn(2),
+                Op::Update,
+                &format!("[{i}]"),
+                None,
+                doc(i, "u", false),
+            )
+            .unwrap();
+    }
+    store.commit(Lsn(2)).unwrap();
+    drop(store);
+    let total_changes = docs + docs.div_ceil(10);
+    eprintln!(
+        "{docs} rows / {total_changes} changes written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let page = |request: &PageRequest| {
+        let page = preview::page(&profiles, &id, "public/customers", request).unwrap();
+        assert!(!page.documents.is_empty());
+        page
+    };
+    let middle = format!("[{}]", docs / 2);
+    let rare = Filter {
+        field: "email".into(),
+        value: format!("customer{}@example.com", docs / 3),
+        contains: false,
+    };
+    let cases: Vec<(&str, PageRequest, &str)> = vec![
+        (
+            "first rows",
+            PageRequest::first(View::Rows, PAGE),
+            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 ORDER BY r.key LIMIT 500",
+        ),
+        (
+            "rows after a key in the middle",
+            PageRequest {
+                after_key: Some(middle.clone()),
+                ..PageRequest::first(View::Rows, PAGE)
+            },
+            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 AND r.key > ?1 ORDER BY r.key LIMIT 500",
+        ),
+        (
+            "newest changes",
+            PageRequest::first(View::Changes, PAGE),
+            "SELECT doc FROM changes WHERE collection = 1 ORDER BY seq DESC LIMIT 500",
+        ),
+        (
+            "rows filtered by a field (scan)",
+            PageRequest {
+                filter: Some(rare.clone()),
+                ..PageRequest::first(View::Rows, PAGE)
+            },
+            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 AND json_extract(c.doc, '$.email') = ?1 ORDER BY r.key LIMIT 500",
+        ),
+    ];
+    let raw = rusqlite::Connection::open(store_dir.join("tidepool.db")).unwrap();
+    println!("| {docs} documents, page of {PAGE} | Tidepool (collection_page) | SQLite text only (limit) | ratio limit ÷ Tidepool |");
+    println!("|---|---|---|---|");
+    for (name, request, sql) in cases {
+        let ours = median(|| {
+            page(&request);
+        });
+        let param = match name {
+            "rows after a key in the middle" => Some(middle.clone()),
+            "rows filtered by a field (scan)" => Some(rare.value.clone()),
+            _ => None,
+        };
+        let limit = median(|| {
+            let mut stmt = raw.prepare_cached(sql).unwrap();
+            let rows: Vec<String> = match &param {
+                Some(p) => stmt
+                    .query_map([p], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                None => stmt
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+            };
+            assert!(!rows.is_empty());
+        });
+        println!(
+            "| {name} | {} | {} | {:.2}× |",
+            ms(ours),
+            ms(limit),
+            limit.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+    let counts = median(|| {
+        preview::collections(&profiles, &id).unwrap();
+    });
+    println!("| collections with counts | {} | | |", ms(counts));
+    let _ = std::fs::remove_dir_all(&dir);
+}
