@@ -395,11 +395,18 @@ impl Store {
     ) -> Result<Vec<(String, Json)>> {
         let id = self.id_of(collection)?;
         let f = FilterParams::of(filter)?;
+        // Two statements rather than `(?3 IS NULL OR r.key > ?3)`: with the OR, SQLite cannot seek
+        // the key index to the cursor and reads every row before it.
+        let cursor = if after.is_some() {
+            "r.key > ?3"
+        } else {
+            "?3 IS NULL"
+        };
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
                 "SELECT r.key, c.doc FROM rows r JOIN changes c ON c.seq = r.seq
-                  WHERE r.collection = ?1 AND (?3 IS NULL OR r.key > ?3) AND {}
+                  WHERE r.collection = ?1 AND {cursor} AND {}
                   ORDER BY r.key LIMIT ?2",
                 FilterParams::SQL
             ))
