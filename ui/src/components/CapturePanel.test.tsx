@@ -7,7 +7,7 @@ import { CapturePanel } from "./CapturePanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot"]),
+  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot", "slotHealth"]),
 );
 
 const status = (overrides: Partial<RunStatus>): RunStatus => ({
@@ -38,6 +38,7 @@ describe("CapturePanel", () => {
     });
     answer("startCapture", async () => status({ state: "starting" }));
     answer("stopCapture", async () => status({ state: "stopped" }));
+    answer("slotHealth", async () => ({ unconfirmedBytes: 2048 }));
     const user = userEvent.setup();
     render(<CapturePanel profileId="p1" />);
     await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Stopped"));
@@ -65,6 +66,9 @@ describe("CapturePanel", () => {
     expect(screen.getByTestId("backfill-public/items-percent").textContent).toBe("100%");
     expect(screen.getByTestId("stream-changes").textContent).toBe((1004).toLocaleString());
     expect(screen.getByTestId("stream-lag").textContent).toBe("1.3 ms");
+    // The server's lag in bytes is read once streaming.
+    await waitFor(() => expect(screen.getByTestId("stream-lag-bytes").textContent).toBe("2.0 KiB"));
+    expect(callsOf("slotHealth")).toEqual([["p1"]]);
     await user.click(screen.getByTestId("capture-stop"));
     expect(callsOf("stopCapture")).toEqual([["p1"]]);
   });

@@ -11,6 +11,9 @@ const STATE: Record<RunStatus["state"], string> = {
   failed: "Failed",
 };
 
+/** How often the lag in bytes is read from the server while streaming. */
+const LAG_BYTES_EVERY_MS = 5000;
+
 /** PostgreSQL counts time from 2000-01-01 (the engine passes commit times through as the server sent them). */
 const POSTGRES_EPOCH_MS = 946_684_800_000;
 
@@ -58,6 +61,25 @@ export function CapturePanel({ profileId }: { profileId: string }) {
   }
 
   const running = status?.state === "starting" || status?.state === "streaming";
+  const streaming = status?.state === "streaming";
+
+  // Lag in bytes is the server's view (WAL written but not yet confirmed): read it while streaming.
+  const [lagBytes, setLagBytes] = useState<number | null>(null);
+  useEffect(() => {
+    if (!streaming) return;
+    let live = true;
+    const read = () =>
+      backend.slotHealth(profileId).then(
+        (h) => live && setLagBytes(h.unconfirmedBytes),
+        () => live && setLagBytes(null),
+      );
+    void read();
+    const timer = setInterval(() => void read(), LAG_BYTES_EVERY_MS);
+    return () => {
+      live = false;
+      clearInterval(timer);
+    };
+  }, [profileId, streaming]);
   const backfills = Object.values(status?.backfills ?? {});
   return (
     <section className="panel" data-testid="capture-panel">
@@ -165,6 +187,8 @@ export function CapturePanel({ profileId }: { profileId: string }) {
           <dd data-testid="stream-last-commit">
             {status.lastCommitMicros === null ? "—" : new Date(POSTGRES_EPOCH_MS + status.lastCommitMicros / 1000).toLocaleTimeString()}
           </dd>
+          <dt>Lag (WAL not yet confirmed)</dt>
+          <dd data-testid="stream-lag-bytes">{lagBytes === null ? "—" : `${(lagBytes / 1024).toFixed(1)} KiB`}</dd>
           <dt>Lag (commit → stored)</dt>
           <dd data-testid="stream-lag">{status.lagMs === null ? "—" : `${status.lagMs.toFixed(1)} ms`}</dd>
           <dt>Checkpoint</dt>
