@@ -24,6 +24,10 @@ use crate::tls::SslMode;
 /// The name of the profile the demo fills in.
 pub const DEMO_PROFILE: &str = "Demo database";
 
+/// The `application_name` that marks a profile as the demo's, so a person's own profile that happens
+/// to be called "Demo database" is never taken for it.
+pub const DEMO_APPLICATION_NAME: &str = "tidepool-demo";
+
 /// The demo's database.
 pub const DEMO_DATABASE: &str = "demo";
 
@@ -96,11 +100,11 @@ impl Demo {
     /// Starts a cluster, loads the sample schema, saves the demo profile (password in the keychain) and
     /// starts writing every `interval`. Blocks for the few seconds `initdb` and start-up take.
     pub fn start(profiles: &Profiles, interval: Duration) -> Result<(Demo, ProfileView)> {
+        forget_profile(profiles)?;
         let cluster = Cluster::start(ClusterOptions::default())
             .map_err(|e| e.context("starting the demo database"))?;
         cluster.psql("postgres", &format!("CREATE DATABASE {DEMO_DATABASE};"))?;
         cluster.psql(DEMO_DATABASE, SCHEMA)?;
-        forget_profile(profiles)?;
         let draft = ProfileDraft {
             name: DEMO_PROFILE.into(),
             address: format!("127.0.0.1:{}", cluster.port()),
@@ -112,7 +116,7 @@ impl Demo {
             channel_binding: Default::default(),
             publication: None,
             slot: None,
-            application_name: None,
+            application_name: Some(DEMO_APPLICATION_NAME.into()),
             password_storage: PasswordStorage::Keychain,
         };
         let view = profiles.save(None, draft, Some(cluster.superuser_password().clone()))?;
@@ -171,23 +175,31 @@ impl Drop for Demo {
     }
 }
 
-/// Removes a demo profile, its keychain entry and its store, if there is one.
+/// Removes a demo profile, its keychain entry and its store, if there is one. A profile of the same
+/// name that is not the demo's is left alone, and the demo refuses to start over it.
 fn forget_profile(profiles: &Profiles) -> Result<()> {
-    if profiles
+    let Some(found) = profiles
         .list()?
-        .iter()
-        .any(|v| v.profile.name == DEMO_PROFILE)
-    {
-        let store = profiles.store_dir(DEMO_PROFILE)?;
-        profiles.delete(DEMO_PROFILE)?;
-        if store.exists() {
-            std::fs::remove_dir_all(&store).map_err(|e| {
-                Error::internal(format!(
-                    "removing the demo's store {}: {e}",
-                    store.display()
-                ))
-            })?;
-        }
+        .into_iter()
+        .find(|v| v.profile.name == DEMO_PROFILE)
+    else {
+        return Ok(());
+    };
+    if found.profile.application_name != DEMO_APPLICATION_NAME {
+        return Err(Error::invalid_input(
+            "name",
+            format!("a profile named '{DEMO_PROFILE}' exists and is not the demo's: rename it to try the demo"),
+        ));
+    }
+    let store = profiles.store_dir(&found.profile.id)?;
+    profiles.delete(&found.profile.id)?;
+    if store.exists() {
+        std::fs::remove_dir_all(&store).map_err(|e| {
+            Error::internal(format!(
+                "removing the demo's store {}: {e}",
+                store.display()
+            ))
+        })?;
     }
     Ok(())
 }

@@ -127,3 +127,32 @@ async fn a_demo_profile_left_by_a_dead_process_is_replaced() {
     profiles.test(DEMO_PROFILE, None).await.unwrap();
     second.stop(&profiles).unwrap();
 }
+
+#[tokio::test]
+async fn a_persons_own_profile_named_like_the_demo_is_never_taken_for_it() {
+    let dir = harness::temp_dir("demo_namesake");
+    let profiles = Profiles::open(&dir);
+    let mine = profiles
+        .save(
+            None,
+            tidepool::profile::ProfileDraft {
+                name: DEMO_PROFILE.into(),
+                address: "db.example.com:5432".into(),
+                user: "me".into(),
+                database: "prod".into(),
+                password_storage: tidepool::profile::PasswordStorage::AskEachTime,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    let Err(e) = Demo::start(&profiles, Duration::from_secs(3600)) else {
+        panic!("the demo started over a person's profile");
+    };
+    assert_eq!(e.kind(), tidepool::ErrorKind::InvalidInput);
+    assert!(e.message().contains("rename it"), "{e}");
+    let listed = profiles.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].profile.id, mine.profile.id);
+    assert_eq!(listed[0].address, "db.example.com:5432");
+}
