@@ -38,6 +38,7 @@ const COMMANDS: &[&str] = &[
     "slot_health",
     "stop_captures_and_quit",
     "keep_capturing_in_background",
+    "check_collection_name",
 ];
 
 fn main() {

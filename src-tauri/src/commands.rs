@@ -326,3 +326,9 @@ pub fn keep_capturing_in_background(window: tauri::WebviewWindow) -> Result<(), 
         .minimize()
         .map_err(|e| Error::internal(format!("minimizing the window: {e}")))
 }
+
+/// Checks a collection name as the engine will on publish (the Tables screen shows why as you type).
+#[tauri::command]
+pub fn check_collection_name(name: String) -> Result<(), Error> {
+    tidepool::binding::validate_collection_name(&name)
+}

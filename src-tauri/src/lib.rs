@@ -92,6 +92,7 @@ pub fn run() {
             commands::slot_health,
             commands::stop_captures_and_quit,
             commands::keep_capturing_in_background,
+            commands::check_collection_name,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")

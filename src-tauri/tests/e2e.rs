@@ -654,6 +654,17 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     if !select.is_selected().await.unwrap() {
         select.click().await.unwrap();
     }
+    // A refused name says why as it is typed, and blocks publishing.
+    fill(&client, "collection-public.items", "shop items").await;
+    let why = text_of(&client, "collection-error-public.items").await;
+    assert!(why.contains("contains ' '"), "{why}");
+    assert!(!client
+        .find(Locator::Css(&by_test_id("publish")))
+        .await
+        .unwrap()
+        .is_enabled()
+        .await
+        .unwrap());
     fill(&client, "collection-public.items", "shop/items").await;
     screenshot(&client, "flow-2-tables").await;
     click(&client, "publish").await;

@@ -6,7 +6,7 @@ import type { DiscoveredTable } from "../lib/types";
 import { TablesPanel } from "./TablesPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
-vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "publishCapture"]));
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "publishCapture", "checkCollectionName"]));
 
 const table = (name: string, key: string[]): DiscoveredTable => ({
   schema: "public",
@@ -91,5 +91,41 @@ describe("TablesPanel", () => {
     });
     render(<TablesPanel profileId="p1" />);
     expect((await screen.findByTestId("discover-error-kind")).textContent).toBe("Authentication");
+  });
+
+  it("says as you type why a name is refused, and refuses two tables in one collection", async () => {
+    answer("captureDefinition", async () => null);
+    answer("checkCollectionName", async (name) => {
+      if (String(name).includes(" ")) throw { kind: "InvalidInput", message: `collection: '${name}' contains ' '` };
+    });
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await user.click(await screen.findByTestId("select-public.orders"));
+    const name = screen.getByTestId("collection-public.orders");
+    await user.clear(name);
+    await user.type(name, "shop orders");
+    expect((await screen.findByTestId("collection-error-public.orders")).textContent).toContain("contains ' '");
+    expect((screen.getByTestId("publish") as HTMLButtonElement).disabled).toBe(true);
+    await user.clear(name);
+    await user.type(name, "public/events");
+    await waitFor(() => expect(screen.queryByTestId("collection-error-public.orders")).toBeNull());
+    await user.click(screen.getByTestId("select-public.events"));
+    expect(screen.getByTestId("collection-error-public.orders").textContent).toContain("another selected table");
+    expect((screen.getByTestId("publish") as HTMLButtonElement).disabled).toBe(true);
+  });
+
+  it("searches tables and selects every table shown at once", async () => {
+    answer("captureDefinition", async () => null);
+    answer("discoverTables", async () => [table("orders", ["id"]), table("order_items", ["id"]), table("events", [])]);
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await user.type(await screen.findByTestId("tables-search"), "order");
+    expect(screen.getByTestId("tables-count").textContent).toBe("2 of 3 tables · 0 selected");
+    expect(screen.queryByTestId("table-public.events")).toBeNull();
+    await user.click(screen.getByTestId("select-all"));
+    expect(screen.getByTestId("tables-count").textContent).toBe("2 of 3 tables · 2 selected");
+    await user.clear(screen.getByTestId("tables-search"));
+    expect((screen.getByTestId("select-public.events") as HTMLInputElement).checked).toBe(false);
+    expect((screen.getByTestId("select-all") as HTMLInputElement).checked).toBe(false);
   });
 });

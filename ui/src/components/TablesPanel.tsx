@@ -1,4 +1,4 @@
-import { useEffect, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, Binding, BindingMode, DiscoveredTable } from "../lib/types";
@@ -37,6 +37,9 @@ export function TablesPanel({ profileId }: { profileId: string }) {
   const [choices, setChoices] = useState<Choice[]>([]);
   const [state, setState] = useState<State>({ status: "loading" });
   const [schemaOf, setSchemaOf] = useState<string | null>(null);
+  const [search, setSearch] = useState("");
+  /** Why a table's collection name is refused (by the engine's rules), per table. */
+  const [nameErrors, setNameErrors] = useState<Record<string, string>>({});
 
   useEffect(() => {
     let live = true;
@@ -72,6 +75,45 @@ export function TablesPanel({ profileId }: { profileId: string }) {
   const change = (id: string, patch: Partial<Choice>) =>
     setChoices((previous) => previous.map((c) => (rowId(c.table) === id ? { ...c, ...patch } : c)));
 
+  // Answers to earlier keystrokes can arrive after later ones: only the newest name's answer counts.
+  const typed = useRef<Record<string, string>>({});
+  const rename = (id: string, collection: string) => {
+    change(id, { collection });
+    typed.current[id] = collection;
+    const current = () => typed.current[id] === collection;
+    backend.checkCollectionName(collection.trim()).then(
+      () => current() && setNameErrors(({ [id]: _gone, ...rest }) => rest),
+      (e: BackendError) => current() && setNameErrors((errors) => ({ ...errors, [id]: e.message })),
+    );
+  };
+
+  const shownChoices = useMemo(() => {
+    const needle = search.trim().toLowerCase();
+    if (!needle) return choices;
+    return choices.filter(
+      (c) => rowId(c.table).toLowerCase().includes(needle) || c.collection.toLowerCase().includes(needle),
+    );
+  }, [choices, search]);
+
+  // Two selected tables may not share a collection.
+  const duplicates = useMemo(() => {
+    const seen = new Map<string, number>();
+    choices.filter((c) => c.selected).forEach((c) => seen.set(c.collection.trim(), (seen.get(c.collection.trim()) ?? 0) + 1));
+    return new Set([...seen].filter(([, n]) => n > 1).map(([name]) => name));
+  }, [choices]);
+  const problemOf = (c: Choice): string | null => {
+    const id = rowId(c.table);
+    if (nameErrors[id]) return nameErrors[id];
+    if (c.selected && duplicates.has(c.collection.trim())) return "another selected table uses this collection name";
+    return null;
+  };
+
+  const allShownSelected = shownChoices.length > 0 && shownChoices.every((c) => c.selected);
+  const selectShown = (selected: boolean) => {
+    const ids = new Set(shownChoices.map((c) => rowId(c.table)));
+    setChoices((previous) => previous.map((c) => (ids.has(rowId(c.table)) ? { ...c, selected } : c)));
+  };
+
   async function publish() {
     const bindings: Binding[] = choices
       .filter((c) => c.selected)
@@ -95,6 +137,7 @@ export function TablesPanel({ profileId }: { profileId: string }) {
     return <ErrorNotice error={state.error} testId="discover-error" />;
 
   const selected = choices.filter((c) => c.selected).length;
+  const blocked = choices.some((c) => c.selected && problemOf(c) !== null);
   const shown = choices.find((c) => rowId(c.table) === schemaOf);
   return (
     <section className="panel" data-testid="tables-panel">
@@ -103,10 +146,31 @@ export function TablesPanel({ profileId }: { profileId: string }) {
         Each table becomes a collection keyed by its primary key. Pick the tables to capture, name their collections,
         and choose whether their existing rows are backfilled.
       </p>
+      <div className="row">
+        <input
+          type="search"
+          aria-label="search tables"
+          data-testid="tables-search"
+          placeholder="Search tables and collections"
+          value={search}
+          onChange={(e) => setSearch(e.target.value)}
+        />
+        <span className="muted" data-testid="tables-count">
+          {shownChoices.length} of {choices.length} tables · {selected} selected
+        </span>
+      </div>
       <table className="tables">
         <thead>
           <tr>
-            <th />
+            <th>
+              <input
+                type="checkbox"
+                aria-label="select every table shown"
+                data-testid="select-all"
+                checked={allShownSelected}
+                onChange={(e) => selectShown(e.target.checked)}
+              />
+            </th>
             <th>Table</th>
             <th>Collection</th>
             <th>Key</th>
@@ -115,8 +179,9 @@ export function TablesPanel({ profileId }: { profileId: string }) {
           </tr>
         </thead>
         <tbody>
-          {choices.map((c) => {
+          {shownChoices.map((c) => {
             const id = rowId(c.table);
+            const problem = problemOf(c);
             return (
               <tr key={id} data-testid={`table-${id}`}>
                 <td>
@@ -142,8 +207,14 @@ export function TablesPanel({ profileId }: { profileId: string }) {
                     aria-label={`collection name for ${id}`}
                     data-testid={`collection-${id}`}
                     value={c.collection}
-                    onChange={(e) => change(id, { collection: e.target.value })}
+                    aria-invalid={problem !== null}
+                    onChange={(e) => rename(id, e.target.value)}
                   />
+                  {problem && (
+                    <p className="field-error" role="alert" data-testid={`collection-error-${id}`}>
+                      {problem}
+                    </p>
+                  )}
                 </td>
                 <td>
                   {keyLabel(c.table)}
@@ -187,7 +258,7 @@ export function TablesPanel({ profileId }: { profileId: string }) {
         <button
           type="button"
           data-testid="publish"
-          disabled={selected === 0 || state.status === "publishing"}
+          disabled={selected === 0 || blocked || state.status === "publishing"}
           onClick={() => void publish()}
         >
           {state.status === "publishing" ? "Publishing…" : `Save and publish (${selected})`}

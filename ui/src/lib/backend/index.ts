@@ -165,3 +165,6 @@ export const stopCapturesAndQuit = () => call<void>("stop_captures_and_quit");
 
 /** Closing while capturing, answered: keep capturing with the window minimized. */
 export const keepCapturingInBackground = () => call<void>("keep_capturing_in_background");
+
+/** Checks a collection name by the engine's rules; rejects with the reason. */
+export const checkCollectionName = (name: string) => call<void>("check_collection_name", { name });
