@@ -102,6 +102,12 @@ export function MonitorPanel({ profileId }: { profileId: string }) {
               </>
             )}
           </dl>
+          {health.neon && (
+            <p className="note" data-testid="health-neon-reads">
+              Reading the slot's health connects to the database every few seconds while this tab is open; on Neon that
+              keeps the compute awake too. Leave the tab to let it scale to zero.
+            </p>
+          )}
         </>
       )}
       <h3>Throughput and lag</h3>
