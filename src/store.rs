@@ -83,6 +83,9 @@ pub struct CollectionInfo {
     pub rows: u64,
     /// Entries in the change log.
     pub changes: u64,
+    /// When the newest change happened at the source (`_meta.source.ts_ms` of the log's last entry:
+    /// the commit time, or the backfill's read time), Unix milliseconds.
+    pub last_change_ms: Option<i64>,
 }
 
 /// The store in one folder. Writes happen in a batch: [`Store::begin`], then [`Store::apply`] and
@@ -336,7 +339,9 @@ impl Store {
             .prepare(
                 "SELECT c.name,
                         (SELECT count(*) FROM rows r WHERE r.collection = c.id),
-                        (SELECT count(*) FROM changes h WHERE h.collection = c.id)
+                        (SELECT count(*) FROM changes h WHERE h.collection = c.id),
+                        (SELECT json_extract(h.doc, '$._meta.source.ts_ms') FROM changes h
+                          WHERE h.collection = c.id ORDER BY h.seq DESC LIMIT 1)
                    FROM collections c ORDER BY c.name",
             )
             .map_err(sqlite("listing collections"))?;
@@ -346,6 +351,7 @@ impl Store {
                     name: r.get(0)?,
                     rows: r.get::<_, i64>(1)? as u64,
                     changes: r.get::<_, i64>(2)? as u64,
+                    last_change_ms: r.get(3)?,
                 })
             })
             .map_err(sqlite("listing collections"))?;
@@ -1089,7 +1095,8 @@ mod tests {
             vec![CollectionInfo {
                 name: "public/t".into(),
                 rows: 1,
-                changes: 5
+                changes: 5,
+                last_change_ms: None,
             }]
         );
         assert_eq!(store.checkpoint().unwrap(), Lsn(40));

@@ -161,6 +161,16 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
     assert_eq!(latest.documents[1]["_meta"]["op"], "d");
     assert_eq!(latest.last_seq, *seqs.last().unwrap());
 
+    // The collection says when its newest change happened at the source: the delete, just now.
+    let last = preview::collections(&profiles, &id).unwrap()[0]
+        .last_change_ms
+        .expect("a last change time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now - last).abs() < 60_000, "last change {last}, now {now}");
+
     // Exports: the whole view, filtered, complete files only.
     let out = harness::temp_dir("run_export");
     let rows = preview::export(

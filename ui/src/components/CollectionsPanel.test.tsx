@@ -30,7 +30,7 @@ describe("CollectionsPanel", () => {
   it("previews the change log and appends what the tail pushes", async () => {
     let push: (entries: TailEntry[]) => void = () => {};
     const stop = vi.fn();
-    answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1 }]);
+    answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1, lastChangeMs: Date.UTC(2026, 10, 23, 9, 30) }]);
     answer("collectionPage", async (_id, _c, request) =>
       ({
         collection: spec,
@@ -47,6 +47,9 @@ describe("CollectionsPanel", () => {
     const user = userEvent.setup();
     render(<CollectionsPanel profileId="p1" />);
     await screen.findByTestId("collection-public/items");
+    expect(screen.getByTestId("collection-public/items-last").textContent).toContain(
+      new Date(Date.UTC(2026, 10, 23, 9, 30)).toLocaleTimeString(),
+    );
     await user.click(await screen.findByTestId("view-changes"));
     await waitFor(() => expect(callsOf("tailCollection").at(-1)?.slice(0, 3)).toEqual(["p1", "public/items", 7]));
     expect(stop).toHaveBeenCalled(); // the rows view's tail ended when the view changed
@@ -70,7 +73,7 @@ describe("CollectionsPanel", () => {
 
   it("filters in the engine and in the live tail by one rule, and scrolls rows page by page", async () => {
     let push: (entries: TailEntry[]) => void = () => {};
-    answer("collections", async () => [{ name: "public/items", rows: 3, changes: 3 }]);
+    answer("collections", async () => [{ name: "public/items", rows: 3, changes: 3, lastChangeMs: null }]);
     answer("collectionPage", async (_id, _c, request) => {
       const r = request as PageRequest;
       const all = [1, 2, 3].map((id) => ({ _meta: { op: "c" }, id, name: `n${id}`, body: "b" }));

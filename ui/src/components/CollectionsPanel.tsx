@@ -245,6 +245,12 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
                 <span className="muted" data-testid={`collection-${c.name}-counts`}>
                   {c.rows} rows · {c.changes} changes
                 </span>
+                {c.lastChangeMs !== null && (
+                  <span className="muted" data-testid={`collection-${c.name}-last`}>
+                    {" "}
+                    · last change {new Date(c.lastChangeMs).toLocaleTimeString()}
+                  </span>
+                )}
               </button>
             </li>
           ))}

@@ -265,6 +265,8 @@ export interface CollectionInfo {
   name: string;
   rows: number;
   changes: number;
+  /** When the newest change happened at the source, Unix ms. */
+  lastChangeMs: number | null;
 }
 
 export interface CollectionSpec {
