@@ -34,12 +34,12 @@ pub fn run() {
                 .build(),
         )
         .on_window_event(|window, event| match event {
-            tauri::WindowEvent::CloseRequested { api, .. } => {
-                // Closing while capturing asks first: keep capturing in the background, or stop.
-                if window.state::<tidepool::run::Runs>().any_running() {
-                    api.prevent_close();
-                    let _ = window.emit("close-requested", ());
-                }
+            // Closing while capturing asks first: keep capturing in the background, or stop.
+            tauri::WindowEvent::CloseRequested { api, .. }
+                if window.state::<tidepool::run::Runs>().any_running() =>
+            {
+                api.prevent_close();
+                let _ = window.emit("close-requested", ());
             }
             tauri::WindowEvent::Resized(_) => {
                 use tauri_plugin_window_state::{AppHandleExt, StateFlags};
