@@ -74,7 +74,11 @@ fn main() {
         .args(["--tables", "public.t", "--stop-at-lsn", &end])
         .env("PGPASSWORD", password.expose())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("TIDEPOOL_BENCH_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("running tidepool capture");
     let (status, max_rss_kib) = support::wait_with_rusage(child.id() as i32);
@@ -89,7 +93,7 @@ fn main() {
 
     let limit = rows as f64 / limit_secs;
     let ours = rows as f64 / tidepool_secs;
-    println!("| table | psql COPY (binary) → /dev/null | Tidepool backfill → SQLite (durable) | ratio | Tidepool peak RSS |");
+    println!("| table | psql COPY (binary) → /dev/null | Tidepool backfill → store (durable) | ratio | Tidepool peak RSS |");
     println!("|---|---|---|---|---|");
     println!(
         "| {rows} rows | {limit:.0} rows/s ({limit_secs:.2} s) | {ours:.0} rows/s ({tidepool_secs:.2} s) | {:.2}× | {:.0} MiB |",

@@ -132,7 +132,7 @@ fn main() {
         (
             "first rows",
             PageRequest::first(View::Rows, PAGE),
-            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 ORDER BY r.key LIMIT 500",
+            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 ORDER BY r.skey LIMIT 500",
         ),
         (
             "rows after a key in the middle",
@@ -140,7 +140,7 @@ fn main() {
                 after_key: Some(middle.clone()),
                 ..PageRequest::first(View::Rows, PAGE)
             },
-            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 AND r.key > ?1 ORDER BY r.key LIMIT 500",
+            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 AND r.skey > ?1 ORDER BY r.skey LIMIT 500",
         ),
         (
             "newest changes",
@@ -153,7 +153,7 @@ fn main() {
                 filter: Some(rare.clone()),
                 ..PageRequest::first(View::Rows, PAGE)
             },
-            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 AND json_extract(c.doc, '$.email') = ?1 ORDER BY r.key LIMIT 500",
+            "SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = 1 AND json_extract(c.doc, '$.email') = ?1 ORDER BY r.skey LIMIT 500",
         ),
     ];
     let raw = rusqlite::Connection::open(store_dir.join("tidepool.db")).unwrap();
@@ -164,8 +164,12 @@ fn main() {
             page(&request);
         });
         let param = match name {
-            "rows after a key in the middle" => Some(middle.clone()),
-            "rows filtered by a field (scan)" => Some(rare.value.clone()),
+            "rows after a key in the middle" => Some(rusqlite::types::Value::Blob(
+                tidepool::rowkey::sort_key(&middle).unwrap(),
+            )),
+            "rows filtered by a field (scan)" => {
+                Some(rusqlite::types::Value::Text(rare.value.clone()))
+            }
             _ => None,
         };
         let limit = median(|| {

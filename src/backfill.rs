@@ -3,8 +3,11 @@
 //! exactly where the snapshot ends: no change is lost or applied twice.
 //!
 //! Rows are read with `COPY … TO STDOUT` (text format: the same text output pgoutput sends, so a row
-//! gives the same document either way), parsed as they stream in, and written to the store in the open
-//! batch. Nothing is held in memory beyond one COPY chunk.
+//! gives the same document either way). A keyed table's rows go, as PostgreSQL sent them, into a
+//! snapshot file sorted by key ([`crate::snapshot`]) that the store records in the open batch; only
+//! the key is parsed per row, and documents are built when read. A table without a key is stored
+//! document by document in the log, keyed by position. Memory stays bounded: rows stream to the file
+//! (or, when they arrive out of key order, to sorted runs of bounded size).
 //!
 //! Invariants:
 //! - Every table is read in the one exported snapshot, inside one REPEATABLE READ transaction.
@@ -26,6 +29,7 @@ use crate::connection::{connect, ConnectionSpec};
 use crate::discovery::{discover, kind_of, DiscoveredTable};
 use crate::error::{Error, Result};
 use crate::pgoutput::{Lsn, Value};
+use crate::snapshot::{SnapshotSource, SnapshotWriter};
 use crate::sql;
 use crate::store::{Op, Store};
 
@@ -104,6 +108,7 @@ pub async fn run(
         .await
         .map_err(|e| Error::from_postgres(&e, &target))?;
     let discovered = discover(&client, None).await?;
+    store.remove_unrecorded_snapshots()?;
     store.begin()?;
     let mut total = 0;
     for (relid, binding) in tables.iter().enumerate() {
@@ -206,45 +211,187 @@ async fn copy_table(
         });
     };
     report(0, false, progress);
+    let mut snapshot = if rel.key.is_empty() {
+        None
+    } else {
+        Some(SnapshotWriter::create(&store.snapshot_dir())?)
+    };
+    let mut key = KeyReader::new(&rel);
+    let meta = meta(Op::Create, relid, &rel, &mut tx, None, &[]);
+    let mut row = |line: &[u8], tx: &mut Transaction| -> Result<()> {
+        // Rows are stored as PostgreSQL sent them and their documents built on read, so the first
+        // rows are built now: a column the mapping cannot read fails the backfill at once.
+        let check = tx.index < CHECKED_ROWS || snapshot.is_none();
+        let built = if check {
+            parse_copy_line(line, &mut values)
+                .map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
+            Some(write_row(&rel, &values, Columns::All, None, None, tx)?)
+        } else {
+            None
+        };
+        match &mut snapshot {
+            Some(writer) => {
+                std::str::from_utf8(line).map_err(|_| {
+                    Error::internal(format!("{qualified}: a row is not UTF-8 text"))
+                })?;
+                let skey = key
+                    .sort_key(line)
+                    .map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
+                if let Some(built) = &built {
+                    if crate::rowkey::sort_key(&built.key)? != skey {
+                        return Err(Error::internal(format!(
+                            "{qualified}: the key read from COPY differs from the document's"
+                        )));
+                    }
+                }
+                writer.push(skey, line)?;
+            }
+            None => {
+                let built = built.expect("built for tables stored in the log");
+                store.apply(
+                    &rel.collection,
+                    consistent_point,
+                    Op::Create,
+                    &built.key,
+                    None,
+                    document(&built.members, &meta),
+                )?;
+            }
+        }
+        tx.index += 1;
+        if tx.index % 100_000 == 0 {
+            report(tx.index, false, progress);
+        }
+        Ok(())
+    };
+    let mut chunks = 0u32;
     while let Some(chunk) = stream.next().await {
         // COPY's stream is usually ready: without this the loop would never yield, hogging its worker
         // thread and ignoring cancellation until the whole table is read.
-        tokio::task::consume_budget().await;
-        let chunk = chunk.map_err(|e| Error::from_postgres(&e, &qualified))?;
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &pending[start..start + end];
-            parse_copy_line(line, &mut values)
-                .map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
-            let row = write_row(&rel, &values, Columns::All, None, None, &tx)?;
-            let doc = document(
-                &row.members,
-                &meta(Op::Create, relid, &rel, &mut tx, None, &[]),
-            );
-            store.apply(
-                &rel.collection,
-                consistent_point,
-                Op::Create,
-                &row.key,
-                None,
-                doc,
-            )?;
-            tx.index += 1;
-            if tx.index % 100_000 == 0 {
-                report(tx.index, false, progress);
-            }
-            start += end + 1;
+        chunks = chunks.wrapping_add(1);
+        if chunks % 64 == 0 {
+            tokio::task::consume_budget().await;
         }
-        pending.drain(..start);
+        let chunk = chunk.map_err(|e| Error::from_postgres(&e, &qualified))?;
+        // PostgreSQL sends a row per message; a row split across messages is joined in `pending`.
+        let mut rest: &[u8] = &chunk;
+        if !pending.is_empty() {
+            match memchr::memchr(b'\n', rest) {
+                Some(end) => {
+                    pending.extend_from_slice(&rest[..end]);
+                    row(&pending, &mut tx)?;
+                    pending.clear();
+                    rest = &rest[end + 1..];
+                }
+                None => {
+                    pending.extend_from_slice(rest);
+                    continue;
+                }
+            }
+        }
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            row(&rest[..end], &mut tx)?;
+            rest = &rest[end + 1..];
+        }
+        pending.extend_from_slice(rest);
     }
     if !pending.is_empty() {
         return Err(Error::internal(format!(
             "{qualified}: COPY ended in the middle of a row"
         )));
     }
+    if let Some(writer) = snapshot {
+        let (file, rows) = writer.finish()?;
+        store.add_snapshot(
+            &rel.collection,
+            &file,
+            rows,
+            &SnapshotSource::of(&rel, consistent_point, tx.ts_ms),
+        )?;
+    }
     report(tx.index, true, progress);
     Ok(tx.index)
+}
+
+/// Rows of a keyed table whose documents are built while copying, to check the column mapping.
+const CHECKED_ROWS: u64 = 1000;
+
+/// Reads a row's sort key straight from its COPY line: the key columns' fields, as JSON, encoded as
+/// [`crate::rowkey`] does, without building the document.
+struct KeyReader {
+    /// (field position, kind) of the key columns, in key order.
+    key: Vec<(usize, crate::value::Kind)>,
+    /// The last field a key needs: a line is split no further.
+    last: usize,
+    fields: Vec<(usize, usize)>,
+    json: String,
+    value: Vec<Value>,
+    out: Vec<u8>,
+}
+
+impl KeyReader {
+    fn new(rel: &Relation) -> KeyReader {
+        KeyReader {
+            key: rel
+                .key
+                .iter()
+                .map(|&i| (i, rel.columns[i].kind.clone()))
+                .collect(),
+            last: rel.key.iter().copied().max().unwrap_or(0),
+            fields: Vec::new(),
+            json: String::new(),
+            value: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn sort_key(&mut self, line: &[u8]) -> std::result::Result<&[u8], String> {
+        self.fields.clear();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len())) {
+            self.fields.push((start, end));
+            if self.fields.len() > self.last {
+                break;
+            }
+            start = end + 1;
+        }
+        self.out.clear();
+        for (i, kind) in &self.key {
+            let &(s, e) = self
+                .fields
+                .get(*i)
+                .ok_or("a row has fewer fields than the table has columns")?;
+            let field = &line[s..e];
+            // The common key, an integer: its sort key straight from the digits PostgreSQL printed.
+            if *kind == crate::value::Kind::Integer {
+                if let Some(n) = std::str::from_utf8(field)
+                    .ok()
+                    .and_then(crate::rowkey::integer)
+                {
+                    crate::rowkey::push_integer(n, &mut self.out);
+                    continue;
+                }
+            }
+            self.json.clear();
+            if field == b"\\N" {
+                self.json.push_str("null");
+            } else if !field.contains(&b'\\') {
+                let text = std::str::from_utf8(field).map_err(|_| "a key is not UTF-8 text")?;
+                kind.write_json(text, &mut self.json)
+                    .map_err(|e| e.to_string())?;
+            } else {
+                parse_copy_line(field, &mut self.value)?;
+                let Some(Value::Text(bytes)) = self.value.first() else {
+                    return Err("a key field could not be read".into());
+                };
+                let text = std::str::from_utf8(bytes).map_err(|_| "a key is not UTF-8 text")?;
+                kind.write_json(text, &mut self.json)
+                    .map_err(|e| e.to_string())?;
+            }
+            crate::rowkey::push_element(&self.json, &mut self.out);
+        }
+        Ok(&self.out)
+    }
 }
 
 /// Splits one line of COPY's text format into values: fields separated by tabs, `\N` for NULL,
@@ -338,6 +485,41 @@ mod tests {
             ]
         );
         assert!(parse_copy_line(b"bad\\", &mut values).is_err());
+    }
+
+    #[test]
+    fn integer_keys_read_from_copy_match_the_key_mapping() {
+        for text in [
+            "0",
+            "7",
+            "-7",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "1000",
+        ] {
+            let mut json = String::new();
+            crate::value::Kind::Integer
+                .write_json(text, &mut json)
+                .unwrap();
+            let mut expected = Vec::new();
+            crate::rowkey::push_element(&json, &mut expected);
+            let n = crate::rowkey::integer(text).unwrap();
+            let mut got = Vec::new();
+            crate::rowkey::push_integer(n, &mut got);
+            assert_eq!(got, expected, "{text}");
+        }
+        for other in [
+            "",
+            "-",
+            "-0",
+            "01",
+            "9223372036854775808",
+            "1e3",
+            "+1",
+            "１",
+        ] {
+            assert_eq!(crate::rowkey::integer(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -1026,6 +1026,7 @@ impl Capture {
                 namespace,
                 name,
                 columns,
+                replica_identity,
                 ..
             } => {
                 let mut infos = Vec::with_capacity(columns.len());
@@ -1033,13 +1034,28 @@ impl Capture {
                     let kind = self.kind_of(column.type_oid).await?;
                     infos.push(ColumnInfo::new(column.name.clone(), column.type_oid, kind));
                 }
-                let key = columns
+                let mut key: Vec<usize> = columns
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| c.key)
                     .map(|(i, _)| i)
                     .collect();
                 let (collection, handling) = self.handling_for(&namespace, &name);
+                // REPLICA IDENTITY FULL flags every column as the identity; the collection's key stays
+                // the table's own (as recorded, else as discovery picks it), or rows would split.
+                if replica_identity == b'f' {
+                    let names = match self.store.collection(&collection)? {
+                        Some(spec) if !spec.key.is_empty() => spec.key,
+                        _ => self.table_key(relid).await?,
+                    };
+                    let found: Vec<usize> = names
+                        .iter()
+                        .filter_map(|n| columns.iter().position(|c| &c.name == n))
+                        .collect();
+                    if !found.is_empty() && found.len() == names.len() {
+                        key = found;
+                    }
+                }
                 self.relations.insert(
                     relid,
                     Relation {
@@ -1267,6 +1283,13 @@ impl Capture {
 
     /// How a type's values map to JSON: built-ins directly, others from the catalog (enums are text,
     /// domains their base type, arrays of their element type).
+    async fn table_key(&mut self, relid: u32) -> Result<Vec<String>> {
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        crate::discovery::key_of(self.sql.as_ref().expect("connected above"), relid).await
+    }
+
     async fn kind_of(&mut self, oid: u32) -> Result<Kind> {
         if let Some(kind) = builtin(oid) {
             return Ok(kind);

@@ -122,6 +122,20 @@ SELECT i.indrelid, i.indisprimary, ic.relname::text,
  GROUP BY i.indrelid, i.indisprimary, ic.relname
  ORDER BY i.indrelid, i.indisprimary DESC, ic.relname";
 
+/// A table's key columns, as discovery picks them (the primary key, else the first unique index over
+/// non-null columns); empty when it has neither.
+pub async fn key_of(client: &Client, relid: u32) -> Result<Vec<String>> {
+    let rows = client
+        .query(KEYS_SQL, &[&vec![relid]])
+        .await
+        .map_err(|e| Error::from_postgres(&e, "discovery"))?;
+    Ok(rows
+        .iter()
+        .find(|r| r.get::<_, bool>(1) || r.get::<_, Option<bool>>(4).unwrap_or(false))
+        .map(|r| r.get::<_, Vec<String>>(3))
+        .unwrap_or_default())
+}
+
 /// Discovers every readable table; `publication` (if given) marks which it publishes.
 pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<DiscoveredTable>> {
     let target = "discovery";

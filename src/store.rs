@@ -11,6 +11,12 @@
 //!   empties the collection; every one of them is also appended to the change log, in order.
 //! - A document is written once: the change log holds it, and a row is the key's pointer to the change
 //!   that last wrote it (so a row always equals a logged document).
+//! - A backfill's rows are a snapshot file ([`crate::snapshot`]), recorded in `snapshots` with the
+//!   range of log positions its documents take. The live snapshot of a collection holds its base rows;
+//!   `rows` holds what changed since, and shadows the file: an entry with a document replaces the
+//!   file's row under that key, an entry without one (`seq IS NULL`) deletes it. `base` says whether
+//!   the key has a row in the live snapshot, so counts need no file reads.
+//! - Rows are kept in the order of their sort keys ([`crate::rowkey`]), in `rows` and in the files.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +26,8 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::pgoutput::Lsn;
+use crate::rowkey::sort_key;
+use crate::snapshot::{Rebuild, Snapshot, SnapshotSource};
 
 /// Operations recorded in the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,6 +109,10 @@ pub struct Store {
     /// Inserts and upserts not yet written, so they can be written many rows per statement. Anything
     /// that must see them (a read, a delete, a key change, a truncate, a commit) writes them first.
     pending: Vec<Pending>,
+    /// Snapshot files opened so far, by their id in `snapshots`.
+    opened: std::cell::RefCell<std::collections::HashMap<i64, std::sync::Arc<Base>>>,
+    /// Each collection's live snapshot (its id), once looked up.
+    live: std::cell::RefCell<std::collections::HashMap<i64, Option<i64>>>,
 }
 
 struct Pending {
@@ -108,8 +120,47 @@ struct Pending {
     collection: i64,
     lsn: Lsn,
     op: Op,
+    skey: Vec<u8>,
     key: String,
+    base: bool,
     doc: String,
+}
+
+/// A recorded snapshot file, open, with what its documents are rebuilt from.
+struct Base {
+    file: Snapshot,
+    first_seq: u64,
+    collection: String,
+    source: SnapshotSource,
+    /// The block read last: keys looked up one after another often fall in it.
+    last_block: std::sync::Mutex<Option<(usize, std::sync::Arc<crate::snapshot::Block>)>>,
+}
+
+impl Base {
+    fn rebuild(&self) -> Rebuild {
+        Rebuild::new(&self.collection, &self.source)
+    }
+
+    fn block(&self, i: usize) -> Result<std::sync::Arc<crate::snapshot::Block>> {
+        let mut last = self.last_block.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, block)) = last.as_ref() {
+            if *at == i {
+                return Ok(block.clone());
+            }
+        }
+        let block = std::sync::Arc::new(self.file.block(i)?);
+        *last = Some((i, block.clone()));
+        Ok(block)
+    }
+
+    /// The COPY line of the row under `skey`, if the file has one.
+    fn get(&self, skey: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.file.blocks() == 0 {
+            return Ok(None);
+        }
+        let block = self.block(self.file.block_of_key(skey))?;
+        Ok(block.get(skey).map(<[u8]>::to_vec))
+    }
 }
 
 /// Rows per multi-row INSERT.
@@ -124,8 +175,8 @@ static CHANGES_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new
 });
 static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "INSERT INTO rows (collection, key, seq) VALUES {} ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
-        vec!["(?, ?, ?)"; CHUNK].join(", ")
+        "INSERT INTO rows (collection, skey, key, seq, base) VALUES {} ON CONFLICT (collection, skey) DO UPDATE SET seq = excluded.seq",
+        vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
     )
 });
 
@@ -174,11 +225,14 @@ impl Store {
                op TEXT NOT NULL,
                doc TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS changes_by_collection ON changes (collection, seq);
-             CREATE TABLE IF NOT EXISTS rows (
+             CREATE TABLE IF NOT EXISTS snapshots (
+               id INTEGER PRIMARY KEY,
                collection INTEGER NOT NULL,
-               key TEXT NOT NULL,
-               seq INTEGER NOT NULL,
-               PRIMARY KEY (collection, key)) WITHOUT ROWID;
+               first_seq INTEGER NOT NULL,
+               rows INTEGER NOT NULL,
+               file TEXT NOT NULL,
+               live INTEGER NOT NULL,
+               source TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS held (
                n INTEGER PRIMARY KEY,
                collection TEXT NOT NULL,
@@ -189,6 +243,7 @@ impl Store {
                doc TEXT NOT NULL);",
         )
         .map_err(sqlite("creating the schema"))?;
+        create_rows(&conn)?;
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
         Ok(Store {
@@ -198,7 +253,138 @@ impl Store {
             ids,
             next_seq,
             pending: Vec::with_capacity(CHUNK),
+            opened: Default::default(),
+            live: Default::default(),
         })
+    }
+
+    /// The folder of this store's snapshot files.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map_or_else(|| PathBuf::from("snapshots"), |d| d.join("snapshots"))
+    }
+
+    /// Deletes snapshot files the store does not record (left by a crash before it recorded them).
+    /// Only the capture calls this, before it writes files of its own.
+    pub fn remove_unrecorded_snapshots(&self) -> Result<()> {
+        let files = self.recorded_files()?;
+        crate::snapshot::remove_unrecorded(&self.snapshot_dir(), &files)
+    }
+
+    fn recorded_files(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file FROM snapshots")
+            .map_err(sqlite("reading snapshots"))?;
+        let files = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(sqlite("reading snapshots"))?;
+        files
+            .collect::<std::result::Result<_, _>>()
+            .map_err(sqlite("reading snapshots"))
+    }
+
+    /// Records a finished snapshot file (in [`Store::snapshot_dir`]) as `collection`'s rows, in the
+    /// open batch: its documents take the next `rows` log positions, and it replaces the collection's
+    /// rows (earlier snapshots stay in the log).
+    pub fn add_snapshot(
+        &mut self,
+        collection: &str,
+        file: &str,
+        rows: u64,
+        source: &SnapshotSource,
+    ) -> Result<()> {
+        self.in_open_batch("recording a snapshot")?;
+        self.write_pending()?;
+        let id = self.id_of(collection)?;
+        let first = self.next_seq;
+        self.replace_rows(id)?;
+        self.conn
+            .execute(
+                "INSERT INTO snapshots (collection, first_seq, rows, file, live, source) VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                params![id, first, rows as i64, file, serde_json::to_string(source).map_err(|e| Error::internal(e.to_string()))?],
+            )
+            .map_err(sqlite("recording a snapshot"))?;
+        self.next_seq += rows as i64;
+        self.batch = self.batch.map(|n| n + rows);
+        Ok(())
+    }
+
+    /// Empties a collection's rows: its snapshots stay in the log only.
+    fn replace_rows(&mut self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM rows WHERE collection = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(sqlite("replacing rows"))?;
+        self.conn
+            .prepare_cached("UPDATE snapshots SET live = 0 WHERE collection = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(sqlite("replacing rows"))?;
+        self.live.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// An open snapshot by its id in `snapshots`.
+    fn snapshot(&self, id: i64) -> Result<std::sync::Arc<Base>> {
+        if let Some(base) = self.opened.borrow().get(&id) {
+            return Ok(base.clone());
+        }
+        let (first_seq, file, source, collection): (i64, String, String, String) = self
+            .conn
+            .prepare_cached(
+                "SELECT s.first_seq, s.file, s.source, c.name FROM snapshots s JOIN collections c ON c.id = s.collection WHERE s.id = ?1",
+            )
+            .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
+            .map_err(sqlite("reading a snapshot"))?;
+        let source: SnapshotSource = serde_json::from_str(&source).map_err(|e| {
+            Error::internal(format!(
+                "store: snapshot {file} has no readable source: {e}"
+            ))
+        })?;
+        let base = std::sync::Arc::new(Base {
+            file: Snapshot::open(&self.snapshot_dir().join(&file))?,
+            first_seq: first_seq as u64,
+            collection,
+            source,
+            last_block: Default::default(),
+        });
+        self.opened.borrow_mut().insert(id, base.clone());
+        Ok(base)
+    }
+
+    /// The live snapshot of a collection, if it has one.
+    fn live_base(&self, collection: i64) -> Result<Option<std::sync::Arc<Base>>> {
+        let known = self.live.borrow().get(&collection).copied();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let id = self
+                    .conn
+                    .prepare_cached("SELECT id FROM snapshots WHERE collection = ?1 AND live = 1")
+                    .and_then(|mut s| s.query_row([collection], |r| r.get::<_, i64>(0)).optional())
+                    .map_err(sqlite("reading snapshots"))?;
+                self.live.borrow_mut().insert(collection, id);
+                id
+            }
+        };
+        id.map(|id| self.snapshot(id)).transpose()
+    }
+
+    /// Every snapshot of a collection (live or not), oldest first: their ranges of the log.
+    fn log_snapshots(&self, collection: i64) -> Result<Vec<std::sync::Arc<Base>>> {
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id FROM snapshots WHERE collection = ?1 ORDER BY first_seq")
+                .map_err(sqlite("reading snapshots"))?;
+            let ids = stmt
+                .query_map([collection], |r| r.get(0))
+                .map_err(sqlite("reading snapshots"))?;
+            ids.collect::<std::result::Result<_, _>>()
+                .map_err(sqlite("reading snapshots"))?
+        };
+        ids.into_iter().map(|id| self.snapshot(id)).collect()
     }
 
     fn id_of(&self, name: &str) -> Result<i64> {
@@ -243,7 +429,7 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let cleared = self.conn.execute_batch(
-            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM collections; DELETE FROM meta;",
+            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta;",
         );
         if let Err(e) = cleared {
             self.rollback()?;
@@ -258,7 +444,9 @@ impl Store {
         self.batch = None;
         self.ids.clear();
         self.next_seq = 1;
-        Ok(())
+        self.opened.borrow_mut().clear();
+        self.live.borrow_mut().clear();
+        self.remove_unrecorded_snapshots()
     }
 
     /// Starts a batch: one SQLite transaction for one or more whole source transactions.
@@ -321,6 +509,8 @@ impl Store {
             // Collections first recorded in the batch are gone with it, and so are their positions.
             self.ids = collection_ids(&self.conn)?;
             self.next_seq = next_seq(&self.conn)?;
+            self.opened.borrow_mut().clear();
+            self.live.borrow_mut().clear();
         }
         Ok(())
     }
@@ -338,10 +528,17 @@ impl Store {
             .conn
             .prepare(
                 "SELECT c.name,
-                        (SELECT count(*) FROM rows r WHERE r.collection = c.id),
-                        (SELECT count(*) FROM changes h WHERE h.collection = c.id),
-                        (SELECT json_extract(h.doc, '$._meta.source.ts_ms') FROM changes h
-                          WHERE h.collection = c.id ORDER BY h.seq DESC LIMIT 1)
+                        (SELECT count(*) FROM rows r WHERE r.collection = c.id AND r.seq IS NOT NULL AND r.base = 0)
+                          + (SELECT COALESCE(sum(s.rows), 0) FROM snapshots s WHERE s.collection = c.id AND s.live = 1)
+                          - (SELECT count(*) FROM rows r WHERE r.collection = c.id AND r.seq IS NULL),
+                        (SELECT count(*) FROM changes h WHERE h.collection = c.id)
+                          + (SELECT COALESCE(sum(s.rows), 0) FROM snapshots s WHERE s.collection = c.id),
+                        CASE WHEN (SELECT max(h.seq) FROM changes h WHERE h.collection = c.id)
+                                  >= COALESCE((SELECT max(s.first_seq + s.rows - 1) FROM snapshots s WHERE s.collection = c.id), 0)
+                             THEN (SELECT json_extract(h.doc, '$._meta.source.ts_ms') FROM changes h
+                                    WHERE h.collection = c.id ORDER BY h.seq DESC LIMIT 1)
+                             ELSE (SELECT json_extract(s.source, '$.tsMs') FROM snapshots s
+                                    WHERE s.collection = c.id ORDER BY s.first_seq DESC LIMIT 1) END
                    FROM collections c ORDER BY c.name",
             )
             .map_err(sqlite("listing collections"))?;
@@ -401,10 +598,14 @@ impl Store {
     ) -> Result<Vec<(String, Json)>> {
         let id = self.id_of(collection)?;
         let f = FilterParams::of(filter)?;
-        // Two statements rather than `(?3 IS NULL OR r.key > ?3)`: with the OR, SQLite cannot seek
+        let after = after.map(sort_key).transpose()?;
+        if let Some(base) = self.live_base(id)? {
+            return self.rows_over_base(id, &base, after, limit, filter);
+        }
+        // Two statements rather than `(?3 IS NULL OR r.skey > ?3)`: with the OR, SQLite cannot seek
         // the key index to the cursor and reads every row before it.
         let cursor = if after.is_some() {
-            "r.key > ?3"
+            "r.skey > ?3"
         } else {
             "?3 IS NULL"
         };
@@ -413,7 +614,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT r.key, c.doc FROM rows r JOIN changes c ON c.seq = r.seq
                   WHERE r.collection = ?1 AND {cursor} AND {}
-                  ORDER BY r.key LIMIT ?2",
+                  ORDER BY r.skey LIMIT ?2",
                 FilterParams::SQL
             ))
             .map_err(sqlite("reading rows"))?;
@@ -430,6 +631,117 @@ impl Store {
         .collect()
     }
 
+    /// [`Store::rows_after`] for a collection with a live snapshot: the file's rows and the entries
+    /// of `rows` merged in key order, an entry replacing (or, without a document, deleting) the file's
+    /// row under its key.
+    fn rows_over_base(
+        &self,
+        id: i64,
+        base: &Base,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(String, Json)>> {
+        const PAGE: usize = 256;
+        let mut out = Vec::new();
+        let mut rebuild = base.rebuild();
+        // Entries of `rows` after the cursor, a page at a time.
+        let mut entries: std::collections::VecDeque<(Vec<u8>, String, Option<String>)> =
+            Default::default();
+        let mut entries_after = after.clone();
+        let mut entries_done = false;
+        let fill =
+            |from: &Option<Vec<u8>>, into: &mut std::collections::VecDeque<_>| -> Result<bool> {
+                let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT r.skey, r.key, c.doc FROM rows r LEFT JOIN changes c ON c.seq = r.seq
+                      WHERE r.collection = ?1 AND r.skey > ?2 ORDER BY r.skey LIMIT ?3",
+                )
+                .map_err(sqlite("reading rows"))?;
+                let page = stmt
+                    .query_map(
+                        params![id, from.as_deref().unwrap_or(&[]), PAGE as i64],
+                        |r| {
+                            Ok((
+                                r.get::<_, Vec<u8>>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, Option<String>>(2)?,
+                            ))
+                        },
+                    )
+                    .map_err(sqlite("reading rows"))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(sqlite("reading rows"))?;
+                let more = page.len() == PAGE;
+                into.extend(page);
+                Ok(more)
+            };
+        // The file's rows after the cursor.
+        let mut block_no = match &after {
+            Some(k) => base.file.block_of_key(k),
+            None => 0,
+        };
+        let mut block = None;
+        let mut at = 0;
+        if base.file.blocks() > 0 {
+            let b = base.block(block_no)?;
+            at = after.as_deref().map_or(0, |k| b.position(k, false));
+            block = Some(b);
+        }
+        let keep = |key: String, doc: Json, out: &mut Vec<(String, Json)>| {
+            if filter.is_none_or(|f| f.matches(&doc)) {
+                out.push((key, doc));
+            }
+        };
+        while out.len() < limit {
+            if entries.is_empty() && !entries_done {
+                entries_done = !fill(&entries_after, &mut entries)?;
+                if let Some(last) = entries.back() {
+                    entries_after = Some(last.0.clone());
+                }
+            }
+            // Move past an exhausted block.
+            while let Some(b) = &block {
+                if at < b.len() {
+                    break;
+                }
+                block_no += 1;
+                at = 0;
+                block = if block_no < base.file.blocks() {
+                    Some(base.block(block_no)?)
+                } else {
+                    None
+                };
+            }
+            let file_key = block.as_ref().map(|b| b.skey(at));
+            let entry_key = entries.front().map(|e| e.0.as_slice());
+            match (file_key, entry_key) {
+                (None, None) => break,
+                (Some(fk), ek) if ek.is_none_or(|ek| fk < ek) => {
+                    let b = block.as_ref().expect("a file key comes from a block");
+                    let key = crate::rowkey::key_of(fk)?;
+                    let doc = parse(rebuild.document(b.line(at))?)?;
+                    at += 1;
+                    keep(key, doc, &mut out);
+                }
+                (fk, Some(ek)) => {
+                    if fk == Some(ek) {
+                        at += 1;
+                    }
+                    let (_, key, doc) = entries
+                        .pop_front()
+                        .expect("an entry key comes from an entry");
+                    if let Some(doc) = doc {
+                        keep(key, parse(doc)?, &mut out);
+                    }
+                }
+                (Some(_), None) => unreachable!("handled by the guard above"),
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest `limit` entries of the change log, oldest first.
     pub fn latest_changes(&self, collection: &str, limit: usize) -> Result<Vec<(u64, Json)>> {
         self.latest_changes_matching(collection, limit, None)
@@ -444,34 +756,76 @@ impl Store {
     ) -> Result<Vec<(u64, Json)>> {
         let id = self.id_of(collection)?;
         let f = FilterParams::of(filter)?;
+        let mut entries = self.log_entries(
+            "c.collection = ?1",
+            "c.seq DESC",
+            params![
+                id,
+                limit as i64,
+                None::<String>,
+                f.path,
+                f.value,
+                f.contains
+            ],
+        )?;
+        // Snapshots newer than the oldest entry found (all of them when fewer than `limit` were).
+        let floor = if entries.len() == limit {
+            entries.last().map_or(0, |e| e.0)
+        } else {
+            0
+        };
+        for base in self.log_snapshots(id)?.iter().rev() {
+            if base.first_seq + base.file.rows() <= floor {
+                continue;
+            }
+            let mut rebuild = base.rebuild();
+            let mut found = 0;
+            'blocks: for b in (0..base.file.blocks()).rev() {
+                let block = base.block(b)?;
+                for i in (0..block.len()).rev() {
+                    let seq = base.first_seq + block.first_ordinal + i as u64;
+                    if seq <= floor || found == limit {
+                        break 'blocks;
+                    }
+                    let doc = parse(rebuild.document(block.line(i))?)?;
+                    if filter.is_none_or(|f| f.matches(&doc)) {
+                        entries.push((seq, doc));
+                        found += 1;
+                    }
+                }
+            }
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+        entries.truncate(limit);
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// Log entries kept in SQLite (not in snapshot files) that meet `condition` and the filter, in
+    /// `order`; parameters numbered as [`FilterParams`] expects, ?2 the limit.
+    fn log_entries(
+        &self,
+        condition: &str,
+        order: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<(u64, Json)>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT c.seq, c.doc FROM changes c WHERE c.collection = ?1 AND {} ORDER BY c.seq DESC LIMIT ?2",
+                "SELECT c.seq, c.doc FROM changes c WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
                 FilterParams::SQL
             ))
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
-            .query_map(
-                params![
-                    id,
-                    limit as i64,
-                    None::<String>,
-                    f.path,
-                    f.value,
-                    f.contains
-                ],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
-            .map_err(sqlite("reading changes"))?;
-        let mut entries = docs
-            .map(|d| {
-                let (seq, doc) = d.map_err(sqlite("reading changes"))?;
-                Ok((seq, parse(doc)?))
+            .query_map(params, |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
             })
-            .collect::<Result<Vec<_>>>()?;
-        entries.reverse();
-        Ok(entries)
+            .map_err(sqlite("reading changes"))?;
+        docs.map(|d| {
+            let (seq, doc) = d.map_err(sqlite("reading changes"))?;
+            Ok((seq, parse(doc)?))
+        })
+        .collect()
     }
 
     /// The change log in order, at most `limit` entries after position `after` (0 for the start).
@@ -489,24 +843,46 @@ impl Store {
     ) -> Result<Vec<(u64, Json)>> {
         let id = self.id_of(collection)?;
         let f = FilterParams::of(filter)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT c.seq, c.doc FROM changes c WHERE c.collection = ?1 AND c.seq > ?3 AND {} ORDER BY c.seq LIMIT ?2",
-                FilterParams::SQL
-            ))
-            .map_err(sqlite("reading changes"))?;
-        let docs = stmt
-            .query_map(
-                params![id, limit as i64, after as i64, f.path, f.value, f.contains],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
-            .map_err(sqlite("reading changes"))?;
-        docs.map(|d| {
-            let (seq, doc) = d.map_err(sqlite("reading changes"))?;
-            Ok((seq, parse(doc)?))
-        })
-        .collect()
+        let mut entries = self.log_entries(
+            "c.collection = ?1 AND c.seq > ?3",
+            "c.seq",
+            params![id, limit as i64, after as i64, f.path, f.value, f.contains],
+        )?;
+        // Snapshots older than the newest entry found (all after `after` when fewer than `limit` were).
+        let ceiling = if entries.len() == limit {
+            entries.last().map_or(u64::MAX, |e| e.0)
+        } else {
+            u64::MAX
+        };
+        for base in self.log_snapshots(id)? {
+            let end = base.first_seq + base.file.rows();
+            if end <= after + 1 || base.first_seq >= ceiling || base.file.rows() == 0 {
+                continue;
+            }
+            let mut rebuild = base.rebuild();
+            let mut found = 0;
+            let from = (after + 1).saturating_sub(base.first_seq);
+            let mut b = base.file.block_of_ordinal(from);
+            'blocks: while b < base.file.blocks() {
+                let block = base.block(b)?;
+                let skip = from.saturating_sub(block.first_ordinal) as usize;
+                for i in skip..block.len() {
+                    let seq = base.first_seq + block.first_ordinal + i as u64;
+                    if seq >= ceiling || found == limit {
+                        break 'blocks;
+                    }
+                    let doc = parse(rebuild.document(block.line(i))?)?;
+                    if filter.is_none_or(|f| f.matches(&doc)) {
+                        entries.push((seq, doc));
+                        found += 1;
+                    }
+                }
+                b += 1;
+            }
+        }
+        entries.sort_by_key(|e| e.0);
+        entries.truncate(limit);
+        Ok(entries)
     }
 }
 
@@ -602,10 +978,65 @@ fn collection_ids(conn: &Connection) -> Result<std::collections::HashMap<String,
 }
 
 fn next_seq(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT COALESCE(max(seq), 0) + 1 FROM changes", [], |r| {
-        r.get(0)
-    })
+    conn.query_row(
+        "SELECT max(COALESCE((SELECT max(seq) FROM changes), 0),
+                    COALESCE((SELECT max(first_seq + rows - 1) FROM snapshots), 0)) + 1",
+        [],
+        |r| r.get(0),
+    )
     .map_err(sqlite("reading the log's end"))
+}
+
+const ROWS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rows (
+       collection INTEGER NOT NULL,
+       skey BLOB NOT NULL,
+       key TEXT NOT NULL,
+       seq INTEGER,
+       base INTEGER NOT NULL DEFAULT 0,
+       PRIMARY KEY (collection, skey)) WITHOUT ROWID;";
+
+/// Creates `rows`, or moves a store written before rows had sort keys to the current layout (one
+/// transaction: a crash leaves the old layout, and the next open moves it again).
+fn create_rows(conn: &Connection) -> Result<()> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('rows')")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()
+        })
+        .map_err(sqlite("reading the schema"))?;
+    if columns.is_empty() || columns.iter().any(|c| c == "skey") {
+        return conn
+            .execute_batch(ROWS_TABLE)
+            .map_err(sqlite("creating the schema"));
+    }
+    let moved = (|| -> Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE; ALTER TABLE rows RENAME TO rows_before_sort_keys;")
+            .map_err(sqlite("moving rows"))?;
+        conn.execute_batch(ROWS_TABLE)
+            .map_err(sqlite("moving rows"))?;
+        let old: Vec<(i64, String, i64)> = conn
+            .prepare("SELECT collection, key, seq FROM rows_before_sort_keys")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<std::result::Result<_, _>>()
+            })
+            .map_err(sqlite("moving rows"))?;
+        let mut insert = conn
+            .prepare("INSERT INTO rows (collection, skey, key, seq) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(sqlite("moving rows"))?;
+        for (collection, key, seq) in old {
+            insert
+                .execute(params![collection, sort_key(&key)?, key, seq])
+                .map_err(sqlite("moving rows"))?;
+        }
+        conn.execute_batch("DROP TABLE rows_before_sort_keys; COMMIT;")
+            .map_err(sqlite("moving rows"))
+    })();
+    if moved.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    moved
 }
 
 fn unix_ms() -> i64 {
@@ -650,12 +1081,30 @@ impl Store {
     pub fn row(&mut self, collection: &str, key: &str) -> Result<Option<Json>> {
         let id = self.id_of(collection)?;
         self.write_pending()?;
-        let doc: Option<String> = self
+        let skey = sort_key(key)?;
+        let entry: Option<Option<String>> = self
             .conn
-            .prepare_cached("SELECT c.doc FROM rows r JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 AND r.key = ?2")
-            .and_then(|mut s| s.query_row(params![id, key], |r| r.get(0)).optional())
+            .prepare_cached("SELECT c.doc FROM rows r LEFT JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 AND r.skey = ?2")
+            .and_then(|mut s| s.query_row(params![id, skey], |r| r.get(0)).optional())
             .map_err(sqlite("reading a row"))?;
-        doc.map(parse).transpose()
+        match entry {
+            Some(doc) => doc.map(parse).transpose(),
+            None => match self.live_base(id)? {
+                Some(base) => match base.get(&skey)? {
+                    Some(line) => parse(base.rebuild().document(&line)?).map(Some),
+                    None => Ok(None),
+                },
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Whether the collection's live snapshot has a row under `skey`.
+    fn in_base(&self, collection: i64, skey: &[u8]) -> Result<bool> {
+        match self.live_base(collection)? {
+            Some(base) => Ok(base.get(skey)?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// Appends a change to the log and applies it to the current rows. `key` is the canonical key of
@@ -672,16 +1121,23 @@ impl Store {
         let doc = doc.into();
         self.in_open_batch("writing a change")?;
         let id = self.id_of(collection)?;
+        let key_changed = old_key.is_some_and(|old| old != key);
+        let skey = match op {
+            Op::Truncate => Vec::new(),
+            _ => sort_key(key)?,
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let key_changed = old_key.is_some_and(|old| old != key);
         if matches!(op, Op::Create | Op::Update) && !key_changed {
+            let base = self.in_base(id, &skey)?;
             self.pending.push(Pending {
                 seq,
                 collection: id,
                 lsn,
                 op,
+                skey,
                 key: key.to_string(),
+                base,
                 doc,
             });
             if self.pending.len() >= CHUNK {
@@ -691,17 +1147,15 @@ impl Store {
             self.write_pending()?;
             self.insert_change(seq, id, lsn, op, &doc)?;
             if let Some(old) = old_key.filter(|_| key_changed) {
-                self.delete_row(id, old)?;
+                self.delete_row(id, &sort_key(old)?, old)?;
             }
             match op {
-                Op::Create | Op::Update => self.upsert_row(id, key, seq)?,
-                Op::Delete => self.delete_row(id, key)?,
-                Op::Truncate => {
-                    self.conn
-                        .prepare_cached("DELETE FROM rows WHERE collection = ?1")
-                        .and_then(|mut s| s.execute([id]))
-                        .map_err(sqlite("truncating rows"))?;
+                Op::Create | Op::Update => {
+                    let base = self.in_base(id, &skey)?;
+                    self.upsert_row(id, &skey, key, seq, base)?
                 }
+                Op::Delete => self.delete_row(id, &skey, key)?,
+                Op::Truncate => self.replace_rows(id)?,
             }
         }
         self.batch = self.batch.map(|n| n + 1);
@@ -779,7 +1233,7 @@ impl Store {
         self.conn
             .execute("ATTACH DATABASE ?1 AS staging", [file.to_string_lossy()])
             .map_err(sqlite("attaching a backfill"))?;
-        let result = self.import_attached(collections, meta);
+        let result = self.import_attached(staging, collections, meta);
         if result.is_err() {
             let _ = self.rollback();
         }
@@ -794,6 +1248,7 @@ impl Store {
 
     fn import_attached(
         &mut self,
+        staging: &Path,
         collections: &[(String, bool)],
         meta: &[(&str, &str)],
     ) -> Result<u64> {
@@ -824,10 +1279,34 @@ impl Store {
                 .map_err(sqlite("importing a backfill's collection"))?;
             self.ids = collection_ids(&self.conn)?;
             let id = self.id_of(collection)?;
-            if *replace {
+            let staged_snapshots: Vec<(i64, i64, String, String)> = self
+                .conn
+                .prepare("SELECT first_seq, rows, file, source FROM staging.snapshots WHERE collection = ?1 AND live = 1 ORDER BY first_seq")
+                .and_then(|mut s| {
+                    s.query_map([staged], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect::<std::result::Result<_, _>>()
+                })
+                .map_err(sqlite("reading a backfill's snapshots"))?;
+            if *replace || !staged_snapshots.is_empty() {
+                self.replace_rows(id)?;
+            }
+            for (first_seq, count, file, source) in staged_snapshots {
+                // Same file system (the staging folder is inside the store's): a rename, no copy. A
+                // crash before the commit leaves the file unrecorded; the next start removes it and
+                // backfills the table again.
+                let from = staging.join("snapshots").join(&file);
+                let to_dir = self.snapshot_dir();
+                std::fs::create_dir_all(&to_dir)
+                    .and_then(|_| std::fs::rename(&from, to_dir.join(&file)))
+                    .and_then(|_| std::fs::File::open(&to_dir).and_then(|d| d.sync_all()))
+                    .map_err(|e| Error::internal(format!("store: moving snapshot {file}: {e}")))?;
                 self.conn
-                    .execute("DELETE FROM main.rows WHERE collection = ?1", [id])
-                    .map_err(sqlite("replacing rows"))?;
+                    .execute(
+                        "INSERT INTO snapshots (collection, first_seq, rows, file, live, source) VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                        params![id, base + first_seq, count, file, source],
+                    )
+                    .map_err(sqlite("importing a backfill's snapshot"))?;
+                rows += count as u64;
             }
             rows += self
                 .conn
@@ -839,14 +1318,15 @@ impl Store {
                 .map_err(sqlite("importing a backfill's documents"))? as u64;
             self.conn
                 .execute(
-                    "INSERT INTO main.rows (collection, key, seq)
-                     SELECT ?2, key, ?1 + seq FROM staging.rows WHERE collection = ?3
-                     ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
+                    "INSERT INTO main.rows (collection, skey, key, seq, base)
+                     SELECT ?2, skey, key, ?1 + seq, base FROM staging.rows WHERE collection = ?3
+                     ON CONFLICT (collection, skey) DO UPDATE SET seq = excluded.seq",
                     params![base, id, staged],
                 )
                 .map_err(sqlite("importing a backfill's rows"))?;
         }
         self.next_seq = next_seq(&self.conn)?;
+        self.live.borrow_mut().clear();
         for (collection, _) in collections {
             self.replay_held(collection)?;
         }
@@ -913,13 +1393,20 @@ impl Store {
         Ok(())
     }
 
-    fn upsert_row(&mut self, collection: i64, key: &str, seq: i64) -> Result<()> {
+    fn upsert_row(
+        &mut self,
+        collection: i64,
+        skey: &[u8],
+        key: &str,
+        seq: i64,
+        base: bool,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO rows (collection, key, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq",
+                "INSERT INTO rows (collection, skey, key, seq, base) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (collection, skey) DO UPDATE SET seq = excluded.seq",
             )
-            .and_then(|mut s| s.execute(params![collection, key, seq]))
+            .and_then(|mut s| s.execute(params![collection, skey, key, seq, base]))
             .map_err(sqlite("writing a row"))?;
         Ok(())
     }
@@ -947,9 +1434,9 @@ impl Store {
                 .prepare_cached(&CHANGES_CHUNK_SQL)
                 .and_then(|mut s| s.execute(rusqlite::params_from_iter(changes)))
                 .map_err(sqlite("appending changes"))?;
-            let rows = chunk
-                .iter()
-                .flat_map(|p| -> [&dyn rusqlite::ToSql; 3] { [&p.collection, &p.key, &p.seq] });
+            let rows = chunk.iter().flat_map(|p| -> [&dyn rusqlite::ToSql; 5] {
+                [&p.collection, &p.skey, &p.key, &p.seq, &p.base]
+            });
             self.conn
                 .prepare_cached(&ROWS_CHUNK_SQL)
                 .and_then(|mut s| s.execute(rusqlite::params_from_iter(rows)))
@@ -957,18 +1444,30 @@ impl Store {
         }
         for p in chunks.remainder() {
             self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc)?;
-            self.upsert_row(p.collection, &p.key, p.seq)?;
+            self.upsert_row(p.collection, &p.skey, &p.key, p.seq, p.base)?;
         }
         self.pending = pending;
         self.pending.clear();
         Ok(())
     }
 
-    fn delete_row(&mut self, collection: i64, key: &str) -> Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM rows WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| s.execute(params![collection, key]))
-            .map_err(sqlite("deleting a row"))?;
+    /// Deletes the row under `skey`: forgets its entry, or, when the live snapshot has a row under
+    /// that key, leaves an entry without a document that hides it.
+    fn delete_row(&mut self, collection: i64, skey: &[u8], key: &str) -> Result<()> {
+        if self.in_base(collection, skey)? {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO rows (collection, skey, key, seq, base) VALUES (?1, ?2, ?3, NULL, 1)
+                     ON CONFLICT (collection, skey) DO UPDATE SET seq = NULL",
+                )
+                .and_then(|mut s| s.execute(params![collection, skey, key]))
+                .map_err(sqlite("deleting a row"))?;
+        } else {
+            self.conn
+                .prepare_cached("DELETE FROM rows WHERE collection = ?1 AND skey = ?2")
+                .and_then(|mut s| s.execute(params![collection, skey]))
+                .map_err(sqlite("deleting a row"))?;
+        }
         Ok(())
     }
 
@@ -1029,6 +1528,192 @@ mod tests {
             key: vec!["id".into()],
             columns: Json::Array(vec![]),
         }
+    }
+
+    /// A collection whose base rows are a snapshot file of ids 1..=n (`id`, `v` = "row {id}").
+    fn with_snapshot(store: &mut Store, n: i64) {
+        use crate::snapshot::{SnapshotWriter, SourceColumn};
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        let mut writer = SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+        for id in 1..=n {
+            writer
+                .push(
+                    &sort_key(&format!("[{id}]")).unwrap(),
+                    format!("{id}\trow {id}").as_bytes(),
+                )
+                .unwrap();
+        }
+        let (file, rows) = writer.finish().unwrap();
+        let column = |name: &str, kind| SourceColumn {
+            name: name.into(),
+            type_oid: 0,
+            kind,
+        };
+        let source = SnapshotSource {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![
+                column("id", crate::value::Kind::Integer),
+                column("v", crate::value::Kind::Text),
+            ],
+            key: vec![0],
+            lsn: 100,
+            ts_ms: 5,
+        };
+        store
+            .add_snapshot("public/t", &file, rows, &source)
+            .unwrap();
+        store.commit(Lsn(100)).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_is_the_base_rows_and_later_changes_shadow_it() {
+        let (mut store, dir) = store();
+        with_snapshot(&mut store, 3000);
+        let doc = |id: i64, v: &str| format!(r#"{{"id":{id},"v":"{v}","_meta":{{"op":"u"}}}}"#);
+        store.begin().unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(200),
+                Op::Update,
+                "[2]",
+                None,
+                doc(2, "changed"),
+            )
+            .unwrap();
+        store
+            .apply("public/t", Lsn(200), Op::Delete, "[3]", None, r#"{"id":3}"#)
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(200),
+                Op::Create,
+                "[5000]",
+                None,
+                doc(5000, "new"),
+            )
+            .unwrap();
+        store
+            .apply(
+                "public/t",
+                Lsn(200),
+                Op::Update,
+                "[1500]",
+                Some("[1501]"),
+                doc(1500, "moved"),
+            )
+            .unwrap();
+        store.commit(Lsn(200)).unwrap();
+
+        let info = &store.collections().unwrap()[0];
+        // 3000, less 3 (deleted), plus 5000 (new), less 1501 (moved onto 1500, replacing it).
+        assert_eq!((info.rows, info.changes), (2999, 3004));
+        assert_eq!(
+            info.last_change_ms, None,
+            "the test documents carry no ts_ms"
+        );
+
+        let first = store.rows_after("public/t", None, 4, None).unwrap();
+        let keys: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["[1]", "[2]", "[4]", "[5]"],
+            "numeric order, 3 deleted"
+        );
+        assert_eq!(first[0].1["v"], "row 1");
+        assert_eq!(first[0].1["_meta"]["source"]["snapshot"], true);
+        assert_eq!(first[1].1["v"], "changed");
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .rows_after("public/t", after.as_deref(), 700, None)
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(k, _)| k.clone());
+            all.extend(page);
+        }
+        assert_eq!(all.len(), 2999);
+        assert_eq!(all[1498].1["v"], "moved", "1500 replaced by the moved row");
+        assert_eq!(all[1499].0, "[1502]", "1501 is gone");
+        assert_eq!(all.last().unwrap().0, "[5000]");
+        assert_eq!(store.row("public/t", "[7]").unwrap().unwrap()["v"], "row 7");
+        assert!(store.row("public/t", "[3]").unwrap().is_none());
+
+        let filter = Filter {
+            field: "v".into(),
+            value: "row 2999".into(),
+            contains: false,
+        };
+        let found = store
+            .rows_after("public/t", None, 10, Some(&filter))
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "[2999]");
+
+        // The log: the snapshot's 3000 documents, then the four changes.
+        let head = store.changes("public/t", 0, 2).unwrap();
+        assert_eq!((head[0].0, head[0].1["id"].as_i64()), (1, Some(1)));
+        let across = store.changes("public/t", 2998, 4).unwrap();
+        let seqs: Vec<u64> = across.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [2999, 3000, 3001, 3002]);
+        assert_eq!(across[2].1["v"], "changed");
+        let latest = store.latest_changes("public/t", 6).unwrap();
+        let seqs: Vec<u64> = latest.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [2999, 3000, 3001, 3002, 3003, 3004]);
+        let snapshot_only = Filter {
+            field: "v".into(),
+            value: "row 1".into(),
+            contains: true,
+        };
+        let latest = store
+            .latest_changes_matching("public/t", 2, Some(&snapshot_only))
+            .unwrap();
+        let ids: Vec<i64> = latest
+            .iter()
+            .map(|(_, d)| d["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [1998, 1999],
+            "the newest matches, read backwards through the file"
+        );
+
+        // A truncate empties the collection; the log keeps everything.
+        store.begin().unwrap();
+        store
+            .apply("public/t", Lsn(300), Op::Truncate, "", None, "{}")
+            .unwrap();
+        store.commit(Lsn(300)).unwrap();
+        let info = &store.collections().unwrap()[0];
+        assert_eq!((info.rows, info.changes), (0, 3005));
+        assert!(store
+            .rows_after("public/t", None, 10, None)
+            .unwrap()
+            .is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_uncommitted_snapshot_is_removed_and_a_recorded_one_kept() {
+        let (mut store, dir) = store();
+        with_snapshot(&mut store, 10);
+        let mut stray = crate::snapshot::SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+        stray.push(b"x", b"1").unwrap();
+        stray.finish().unwrap();
+        std::fs::write(store.snapshot_dir().join("half.snap.partial"), b"TPSNAP01").unwrap();
+        assert_eq!(std::fs::read_dir(store.snapshot_dir()).unwrap().count(), 3);
+        store.remove_unrecorded_snapshots().unwrap();
+        assert_eq!(std::fs::read_dir(store.snapshot_dir()).unwrap().count(), 1);
+        assert_eq!(store.collections().unwrap()[0].rows, 10);
+        store.forget_capture(&[]).unwrap();
+        assert_eq!(std::fs::read_dir(store.snapshot_dir()).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

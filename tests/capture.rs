@@ -250,6 +250,11 @@ async fn an_unchanged_toasted_value_keeps_its_stored_value_and_is_never_null() {
         .sql("ALTER TABLE docs REPLICA IDENTITY FULL; UPDATE docs SET n = 2 WHERE id = 2;");
     source.catch_up().await;
     let rows = source.rows("public/docs");
+    assert_eq!(
+        rows.len(),
+        2,
+        "REPLICA IDENTITY FULL keeps one row per primary key: {rows:?}"
+    );
     assert_eq!(rows[1]["big"].as_str().unwrap().len(), 10000);
     assert!(rows[1]["_meta"].get("unknown").is_none());
 }

@@ -687,11 +687,9 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     assert!(count.starts_with("50 rows"), "{count}");
     let table = wait_for_text(&client, "preview-table", |t| t.contains("item 1")).await;
     assert!(table.contains("item 1"), "{table}");
+    // Rows are in key order, so id 0 lands in the screenful the table has drawn.
     cluster()
-        .psql(
-            &database,
-            "INSERT INTO items VALUES (1000, 'arrived live');",
-        )
+        .psql(&database, "INSERT INTO items VALUES (0, 'arrived live');")
         .unwrap();
     let committed = Instant::now();
     let table = wait_for_text(&client, "preview-table", |t| t.contains("arrived live")).await;
@@ -705,13 +703,13 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     cluster()
         .psql(
             &database,
-            "UPDATE items SET name = 'changed live' WHERE id = 1000;",
+            "UPDATE items SET name = 'changed live' WHERE id = 0;",
         )
         .unwrap();
     let table = wait_for_text(&client, "preview-table", |t| t.contains("changed live")).await;
     assert!(!table.contains("arrived live"), "{table}");
     cluster()
-        .psql(&database, "DELETE FROM items WHERE id = 1000;")
+        .psql(&database, "DELETE FROM items WHERE id = 0;")
         .unwrap();
     let table = wait_for_text(&client, "preview-table", |t| !t.contains("changed live")).await;
     assert!(
@@ -732,7 +730,7 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
         .await
         .unwrap();
     field.select_by_value("id").await.unwrap();
-    fill(&client, "filter-value", "1000").await;
+    fill(&client, "filter-value", "0").await;
     click(&client, "filter-apply").await;
     let filtered = wait_for_text(&client, "preview-count", |t| t.starts_with("3 ")).await;
     assert!(filtered.starts_with("3 changes"), "{filtered}");
@@ -742,14 +740,14 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     screenshot(&client, "flow-6-filter-export").await;
     let csv = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
-        csv, "op,id,name\nc,1000,arrived live\nu,1000,changed live\nd,1000,\n",
+        csv, "op,id,name\nc,0,arrived live\nu,0,changed live\nd,0,\n",
         "{path}"
     );
     let _ = std::fs::remove_file(&path);
     click(&client, "tab-capture").await;
     click(&client, "capture-stop").await;
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
-    client.close().await.unwrap();
+    close(client).await;
 }
 
 /// The ops (`c`, `u`, `d`) of the preview's rows on screen, in order, read in one script so a live
