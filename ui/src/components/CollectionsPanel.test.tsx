@@ -1,4 +1,5 @@
 import { act, render, screen, waitFor } from "@testing-library/react";
+import { Profiler } from "react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
@@ -63,6 +64,25 @@ describe("CollectionsPanel", () => {
     expect(rows[1].getAttribute("data-op")).toBe("u");
     await user.click(rows[1]);
     expect(screen.getByTestId("preview-json").textContent).toContain('"renamed"');
+  });
+
+  it("settles while the first page is still on its way (the window froze re-rendering forever)", async () => {
+    // The collection list arrives first and the page later: the order that used to set off the loop.
+    answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1, lastChangeMs: null }]);
+    let deliver: (page: Page) => void = () => {};
+    answer("collectionPage", () => new Promise<Page>((resolve) => (deliver = resolve)));
+    answer("tailCollection", (() => () => {}) as never);
+    let commits = 0;
+    render(
+      <Profiler id="collections" onRender={() => commits++}>
+        <CollectionsPanel profileId="p1" />
+      </Profiler>,
+    );
+    await screen.findByTestId("collection-public/items");
+    await act(() => new Promise((r) => setTimeout(r, 300)));
+    expect(commits).toBeLessThan(20);
+    act(() => deliver({ collection: spec, documents: [{ _meta: { op: "c" }, id: 1, name: "one" }], lastSeq: 0, lastKey: "[1]", hasMore: false }));
+    expect((await screen.findAllByTestId("preview-row"))[0].textContent).toContain("one");
   });
 
   it("says how to get collections when there are none", async () => {

@@ -30,6 +30,13 @@ const FIRST_SCREEN = 480;
 
 type Doc = Record<string, unknown>;
 
+/**
+ * The table's data while the first page loads. One array for good: TanStack Table rebuilds its row
+ * model when `data` changes identity, then queues a page-index reset that sets state, which renders
+ * again — with a fresh `[]` each render that never ended and froze the window.
+ */
+const NO_DOCS: Doc[] = [];
+
 /** A field's text, by the engine's filter rule: strings as themselves, everything else as JSON. */
 function fieldText(value: unknown): string {
   return typeof value === "string" ? value : JSON.stringify(value);
@@ -172,7 +179,7 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
   }, [profileId, selected, cursor, filter, loadingMore]);
 
   const columns = useMemo(() => columnsOf(spec, view), [spec, view]);
-  const table = useReactTable({ data: docs ?? [], columns, getCoreRowModel: getCoreRowModel() });
+  const table = useReactTable({ data: docs ?? NO_DOCS, columns, getCoreRowModel: getCoreRowModel() });
   const rows = table.getRowModel().rows;
   const virtualizer = useVirtualizer({
     count: rows.length,
