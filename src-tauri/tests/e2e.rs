@@ -4,10 +4,12 @@
 //! Needs a display (the test command runs Xvfb) and `tauri-driver` (on PATH or in `TAURI_DRIVER`).
 //! Screenshots of the window after each case go to `artifacts/e2e/` (or `TIDEPOOL_ARTIFACTS`).
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -20,6 +22,24 @@ mod neon_api;
 
 /// One app window at a time: tauri-driver and WebKitWebDriver serve one session.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The longest one test may hold the window: 4 minutes (the longest takes about 15 s), or
+/// `TIDEPOOL_E2E_LIMIT_SECS`. A WebDriver call waits as long as the app does, so a hung app would
+/// otherwise hang the suite until CI gives up on it, with nothing printed (libtest prints a test's
+/// output only when it ends).
+fn test_limit() -> Duration {
+    std::env::var("TIDEPOOL_E2E_LIMIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(240), Duration::from_secs)
+}
+
+/// What the running test last asked of the window, for the watchdog's report.
+static STEP: Mutex<String> = Mutex::new(String::new());
+
+fn step(what: impl Into<String>) {
+    *STEP.lock().unwrap_or_else(|p| p.into_inner()) = what.into();
+}
 
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -49,6 +69,8 @@ fn free_port() -> u16 {
 struct Driver {
     child: Child,
     port: u16,
+    /// Tells the watchdog the test is over.
+    done: Arc<AtomicBool>,
 }
 
 impl Driver {
@@ -82,7 +104,9 @@ impl Driver {
             .unwrap_or_else(|e| {
                 panic!("starting {program:?} (install it with `cargo install tauri-driver`): {e}")
             });
-        Driver { child, port }
+        let done = Arc::new(AtomicBool::new(false));
+        watch(child.id() as i32, data_dir.to_path_buf(), done.clone());
+        Driver { child, port, done }
     }
 
     async fn session(&self) -> Client {
@@ -116,11 +140,97 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         use nix::sys::signal::{kill, killpg, Signal};
+        self.done.store(true, Ordering::Relaxed);
         let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = kill(group, Signal::SIGTERM);
-        let _ = self.child.wait();
+        // tauri-driver may wait on an app that does not answer: give it a few seconds, then kill all.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.child.wait();
     }
+}
+
+/// Ends the whole run when a test holds the window past [`test_limit`]: prints the step it was on, the
+/// app's log and, where gdb is installed, every app thread's stack, then kills the driver's process
+/// group and exits failed. Written straight to stderr, past libtest's capture.
+fn watch(group: i32, data_dir: PathBuf, done: Arc<AtomicBool>) {
+    let started = Instant::now();
+    let limit = test_limit();
+    std::thread::spawn(move || {
+        while started.elapsed() < limit {
+            if done.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let mut report = format!(
+            "\n\nE2E WATCHDOG: a test held the window for over {} s; its last step: {}\n",
+            limit.as_secs(),
+            STEP.lock().unwrap_or_else(|p| p.into_inner())
+        );
+        for pid in group_members(group) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if !comm.starts_with("tidepool") {
+                continue;
+            }
+            report += &format!("--- stacks of the app (pid {pid}) ---\n");
+            match Command::new("gdb")
+                .args([
+                    "-batch",
+                    "-p",
+                    &pid.to_string(),
+                    "-ex",
+                    "thread apply all bt",
+                ])
+                .stdin(Stdio::null())
+                .output()
+            {
+                Ok(out) => report += &String::from_utf8_lossy(&out.stdout),
+                Err(e) => report += &format!("(no gdb: {e})\n"),
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(data_dir.join("logs")) {
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(200).collect();
+                report += &format!("--- the end of {} ---\n", entry.path().display());
+                for line in tail.into_iter().rev() {
+                    report += line;
+                    report += "\n";
+                }
+            }
+        }
+        let _ = std::io::stderr().write_all(report.as_bytes());
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        std::process::exit(1);
+    });
+}
+
+/// The processes in process group `group` (tauri-driver, WebKitWebDriver, the app).
+fn group_members(group: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so split after ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+                })
+                == Some(group)
+        })
+        .collect()
 }
 
 fn by_test_id(id: &str) -> String {
@@ -128,6 +238,7 @@ fn by_test_id(id: &str) -> String {
 }
 
 async fn fill(client: &Client, id: &str, value: &str) {
+    step(format!("filling {id}"));
     let field = client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -145,6 +256,7 @@ async fn fill(client: &Client, id: &str, value: &str) {
 }
 
 async fn text_of(client: &Client, id: &str) -> String {
+    step(format!("reading {id}"));
     let element = client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -155,6 +267,7 @@ async fn text_of(client: &Client, id: &str) -> String {
 }
 
 async fn screenshot(client: &Client, name: &str) {
+    step(format!("screenshot {name}"));
     let png = client.screenshot().await.expect("screenshot");
     std::fs::write(artifacts().join(format!("{name}.png")), png).expect("writing the screenshot");
 }
@@ -179,6 +292,7 @@ async fn fill_connection_form(client: &Client, password: &str, database: &str) {
 }
 
 async fn click(client: &Client, id: &str) {
+    step(format!("clicking {id}"));
     client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -188,6 +302,12 @@ async fn click(client: &Client, id: &str) {
         .click()
         .await
         .unwrap_or_else(|e| panic!("clicking {id}: {e:?}"));
+}
+
+/// Ends the WebDriver session, which closes the app.
+async fn close(client: Client) {
+    step("closing the window");
+    client.close().await.expect("closing the session");
 }
 
 /// Waits until the element's text satisfies `ok`, and returns it.
@@ -286,7 +406,7 @@ async fn test_connection_shows_the_servers_facts() {
     let wal_level = text_of(&client, "fact-wal-level").await;
     let db = text_of(&client, "fact-database").await;
     screenshot(&client, "connection-facts").await;
-    client.close().await.unwrap();
+    close(client).await;
 
     assert!(
         version.starts_with("15."),
@@ -309,7 +429,7 @@ async fn a_wrong_password_shows_an_authentication_error() {
     let message = text_of(&client, "connection-error-message").await;
     let page = client.source().await.unwrap();
     screenshot(&client, "connection-wrong-password").await;
-    client.close().await.unwrap();
+    close(client).await;
 
     assert_eq!(kind, "Authentication");
     assert!(
@@ -358,7 +478,7 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
     let state = wait_for_text(&client, "secret-Local e2e", |t| t == "Password in keychain").await;
     assert_eq!(state, "Password in keychain");
     screenshot(&client, "profile-saved").await;
-    client.close().await.unwrap();
+    close(client).await;
 
     // Restart: a new app process reads the same data directory.
     let client = driver.session().await;
@@ -371,7 +491,7 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
     let wal_level = text_of(&client, "fact-wal-level").await;
     let db = text_of(&client, "fact-database").await;
     screenshot(&client, "profile-after-restart").await;
-    client.close().await.unwrap();
+    close(client).await;
     assert_eq!(wal_level, "logical");
     assert_eq!(db, database);
 
@@ -439,7 +559,7 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
     click(&client, "fix-publication-run").await;
     let status = wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
     screenshot(&client, "setup-fixed").await;
-    client.close().await.unwrap();
+    close(client).await;
     assert_eq!(status, "Pass");
     assert_eq!(
         cluster()
@@ -565,7 +685,7 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
     click(&client, "neon-run").await;
     wait_for_text(&client, "neon-done", |t| !t.is_empty()).await;
     screenshot(&client, "neon-reset").await;
-    client.close().await.unwrap();
+    close(client).await;
 
     let facts = profiles.test(&saved, None).await.unwrap();
     assert_eq!(facts.current_user, "e2e_app");
@@ -855,7 +975,7 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
         .await
         .unwrap();
     wait_for_text(&client, "no-profiles", |t| !t.is_empty()).await;
-    client.close().await.unwrap();
+    close(client).await;
     let profiles: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("profiles.json")).unwrap()).unwrap();
     assert_eq!(profiles["profiles"], serde_json::json!([]));
@@ -880,12 +1000,12 @@ async fn the_window_reopens_at_the_size_it_was_left() {
     while !data.join("window-state.json").exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    client.close().await.unwrap();
+    close(client).await;
 
     let client = driver.session().await;
     click(&client, "new-profile").await;
     let (width, height) = client.get_window_size().await.unwrap();
-    client.close().await.unwrap();
+    close(client).await;
     assert_eq!((width, height), (900, 640));
 }
 
@@ -914,7 +1034,7 @@ async fn the_window_may_call_tidepools_commands_and_nothing_else() {
         .execute_async(&outcome("plugin:window-state|save_window_state"), vec![])
         .await
         .unwrap();
-    client.close().await.unwrap();
+    close(client).await;
     assert_eq!(own, "allowed");
     assert!(
         window_api.as_str().unwrap().starts_with("refused"),
@@ -951,7 +1071,7 @@ async fn start_up_to_the_first_interactive_screen_is_recorded() {
         assert!(button.is_enabled().await.unwrap());
         runs.push(started.elapsed());
         assert_eq!(state, "Password in keychain");
-        client.close().await.unwrap();
+        close(client).await;
     }
     runs.sort();
     let record = serde_json::json!({
