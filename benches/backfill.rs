@@ -68,6 +68,8 @@ fn main() {
         cluster.port()
     );
     let started = Instant::now();
+    // Reaped by wait_with_rusage (wait4), which also reads its peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
         .args(["capture", "--url", &url, "--store", store.to_str().unwrap()])
         .args(["--publication", "bench_pub", "--slot", "bench_backfill"])

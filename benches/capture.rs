@@ -86,6 +86,8 @@ impl Bench {
             self.db
         );
         let started = Instant::now();
+        // Reaped by wait_with_rusage (wait4), which also reads its peak RSS.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
             .args([
                 "capture",

@@ -1254,7 +1254,7 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(decoder.decode(&encode(&insert, streamed)).unwrap(), insert);
-        decoder.decode(&[b'E']).unwrap();
+        decoder.decode(b"E").unwrap();
         let plain = Message::Insert {
             xid: None,
             relid: 1,
@@ -1268,7 +1268,7 @@ mod tests {
 
     #[test]
     fn lsns_print_and_parse_as_postgres_does() {
-        assert_eq!(Lsn(0x1_6B37_48).to_string(), "0/16B3748");
+        assert_eq!(Lsn(0x016B_3748).to_string(), "0/16B3748");
         assert_eq!("16/B374D848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
         assert!("16B3748".parse::<Lsn>().is_err());
     }

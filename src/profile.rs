@@ -924,7 +924,8 @@ mod tests {
     fn invalid_drafts_name_the_field() {
         let (profiles, _, dir) = profiles();
         profiles.save(None, draft("Taken"), None).unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut ProfileDraft)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut ProfileDraft)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|d| d.name = " ".into()), "name"),
             (Box::new(|d| d.name = "taken".into()), "name"),
             (Box::new(|d| d.name = "x".repeat(65)), "name"),

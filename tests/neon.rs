@@ -259,6 +259,7 @@ async fn locating_a_host_finds_its_project_and_branch_through_the_endpoints() {
 }
 
 #[tokio::test]
+#[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
 async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_keychain() {
     use tidepool::preflight::Status;
     use tidepool::profile::{ProfileDraft, Profiles};

@@ -4,6 +4,9 @@
 //! Needs a display (the test command runs Xvfb) and `tauri-driver` (on PATH or in `TAURI_DRIVER`).
 //! Screenshots of the window after each case go to `artifacts/e2e/` (or `TIDEPOOL_ARTIFACTS`).
 
+// SERIAL is held across awaits on purpose: one window at a time, each test on its own runtime.
+#![allow(clippy::await_holding_lock)]
+
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1026,8 +1026,11 @@ struct CaptureArgs {
     publish: bool,
 }
 
+/// A table (schema, name) and the collection name given to it.
+type CollectionName = ((String, String), String);
+
 /// `schema.table=name` pairs.
-fn collection_names(pairs: &[String]) -> Result<Vec<((String, String), String)>, Error> {
+fn collection_names(pairs: &[String]) -> Result<Vec<CollectionName>, Error> {
     pairs
         .iter()
         .map(|pair| {
