@@ -34,6 +34,8 @@ pub struct Page {
     /// The documents; for the change log, each with its log position.
     pub documents: Vec<Json>,
     /// For the change log: the position of the last entry (the next page, or a tail, starts after it).
+    /// For rows: the newest log position when the page was read, so a tail that follows the page
+    /// brings only later changes, not the whole log again.
     pub last_seq: u64,
     /// For rows: the key of the last row (the next page starts after it).
     pub last_key: Option<String>,
@@ -111,6 +113,9 @@ pub fn page_of(store: &Store, collection: &str, request: &PageRequest) -> Result
     let filter = request.filter.as_ref();
     let (documents, last_seq, last_key) = match request.view {
         View::Rows => {
+            // Read before the rows: a change stored in between is in the page and heard again by
+            // the tail (a re-read), never missed.
+            let newest = store.last_seq(collection)?;
             let rows = store.rows_after(collection, request.after_key.as_deref(), limit, filter)?;
             let last_key = rows
                 .last()
@@ -118,7 +123,7 @@ pub fn page_of(store: &Store, collection: &str, request: &PageRequest) -> Result
                 .or_else(|| request.after_key.clone());
             (
                 rows.into_iter().map(|(_, doc)| doc).collect::<Vec<_>>(),
-                0,
+                newest,
                 last_key,
             )
         }

@@ -556,6 +556,20 @@ impl Store {
             .map_err(sqlite("listing collections"))
     }
 
+    /// The newest position in a collection's change log (its snapshots' ranges included), 0 when
+    /// the log is empty: a tail that starts after it hears only what is stored later.
+    pub fn last_seq(&self, collection: &str) -> Result<u64> {
+        let id = self.id_of(collection)?;
+        self.conn
+            .prepare_cached(
+                "SELECT max(COALESCE((SELECT max(seq) FROM changes WHERE collection = ?1), 0),
+                            COALESCE((SELECT max(first_seq + rows - 1) FROM snapshots WHERE collection = ?1 AND rows > 0), 0))",
+            )
+            .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)))
+            .map(|seq| seq as u64)
+            .map_err(sqlite("reading the change log's end"))
+    }
+
     /// A collection's description.
     pub fn collection(&self, name: &str) -> Result<Option<CollectionSpec>> {
         self.conn
@@ -1571,6 +1585,11 @@ mod tests {
     fn a_snapshot_is_the_base_rows_and_later_changes_shadow_it() {
         let (mut store, dir) = store();
         with_snapshot(&mut store, 3000);
+        assert_eq!(
+            store.last_seq("public/t").unwrap(),
+            3000,
+            "the snapshot's range"
+        );
         let doc = |id: i64, v: &str| format!(r#"{{"id":{id},"v":"{v}","_meta":{{"op":"u"}}}}"#);
         store.begin().unwrap();
         store
@@ -1608,6 +1627,7 @@ mod tests {
             .unwrap();
         store.commit(Lsn(200)).unwrap();
 
+        assert_eq!(store.last_seq("public/t").unwrap(), 3004);
         let info = &store.collections().unwrap()[0];
         // 3000, less 3 (deleted), plus 5000 (new), less 1501 (moved onto 1500, replacing it).
         assert_eq!((info.rows, info.changes), (2999, 3004));

@@ -150,6 +150,11 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
         .map(|d| d["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![2, 3, 4]);
+    assert_eq!(
+        rows.last_seq,
+        *seqs.last().unwrap(),
+        "a tail after the rows page starts at the log's end"
+    );
     let latest = preview::page(
         &profiles,
         &id,
