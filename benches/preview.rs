@@ -4,6 +4,10 @@
 //!
 //! Pages measured: the first rows (key order), rows deep in the collection (after a key cursor), the
 //! newest changes, and the same filtered by a field value (which scans). Each is the median of 20 runs.
+//!
+//! Twice: a collection whose rows all came as changes (SQLite only), and one backfilled into a snapshot
+//! file (how a keyed table's backfill is stored) with 10% of its rows changed since. For the snapshot
+//! the limit is reading the file's blocks that hold the page, lines not turned into documents.
 //! Run: `cargo bench --bench preview` (`TIDEPOOL_BENCH_DOCS` changes the 1M).
 
 use std::time::{Duration, Instant};
@@ -11,7 +15,9 @@ use std::time::{Duration, Instant};
 use tidepool::pgoutput::Lsn;
 use tidepool::preview::{self, PageRequest, View};
 use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles};
+use tidepool::snapshot::{Snapshot, SnapshotSource, SnapshotWriter, SourceColumn};
 use tidepool::store::{CollectionSpec, Filter, Op, Store};
+use tidepool::value::Kind;
 
 const PAGE: usize = 500;
 const RUNS: usize = 20;
@@ -110,6 +116,72 @@ fn main() {
             .unwrap();
     }
     store.commit(Lsn(2)).unwrap();
+
+    // The same rows backfilled into a snapshot file, then 10% of them updated.
+    store.begin().unwrap();
+    store
+        .put_collection(&CollectionSpec {
+            name: "public/orders".into(),
+            table: "orders".into(),
+            ..store.collection("public/customers").unwrap().unwrap()
+        })
+        .unwrap();
+    let mut writer = SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+    for i in 1..=docs {
+        let line = format!(
+            "{i}\tcustomer {i}\tcustomer{i}@example.com\t{}\t2026-01-01 00:00:00+00",
+            i % 1000
+        );
+        writer
+            .push(
+                &tidepool::rowkey::sort_key(&format!("[{i}]")).unwrap(),
+                line.as_bytes(),
+            )
+            .unwrap();
+    }
+    let (file, rows) = writer.finish().unwrap();
+    let column = |name: &str, type_oid: u32, kind| SourceColumn {
+        name: name.into(),
+        type_oid,
+        kind,
+    };
+    store
+        .add_snapshot(
+            "public/orders",
+            &file,
+            rows,
+            &SnapshotSource {
+                schema: "public".into(),
+                table: "orders".into(),
+                columns: vec![
+                    column("id", 20, Kind::Integer),
+                    column("name", 25, Kind::Text),
+                    column("email", 25, Kind::Text),
+                    column("score", 23, Kind::Integer),
+                    column("created_at", 1184, Kind::TimestampTz),
+                ],
+                key: vec![0],
+                lsn: 3,
+                ts_ms: 0,
+            },
+        )
+        .unwrap();
+    store.commit(Lsn(3)).unwrap();
+    store.begin().unwrap();
+    for i in (1..=docs).step_by(10) {
+        store
+            .apply(
+                "public/orders",
+                Lsn(4),
+                Op::Update,
+                &format!("[{i}]"),
+                None,
+                doc(i, "u", false),
+            )
+            .unwrap();
+    }
+    store.commit(Lsn(4)).unwrap();
+    let snapshot_file = store.snapshot_dir().join(&file);
     drop(store);
     let total_changes = docs + docs.div_ceil(10);
     eprintln!(
@@ -117,8 +189,8 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let page = |request: &PageRequest| {
-        let page = preview::page(&profiles, &id, "public/customers", request).unwrap();
+    let page = |collection: &str, request: &PageRequest| {
+        let page = preview::page(&profiles, &id, collection, request).unwrap();
         assert!(!page.documents.is_empty());
         page
     };
@@ -161,7 +233,7 @@ fn main() {
     println!("|---|---|---|---|");
     for (name, request, sql) in cases {
         let ours = median(|| {
-            page(&request);
+            page("public/customers", &request);
         });
         let param = match name {
             "rows after a key in the middle" => Some(rusqlite::types::Value::Blob(
@@ -188,6 +260,60 @@ fn main() {
             };
             assert!(!rows.is_empty());
         });
+        println!(
+            "| {name} | {} | {} | {:.2}× |",
+            ms(ours),
+            ms(limit),
+            limit.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+
+    // The snapshot-backed collection. Its limit: the file's blocks that hold the page, read and split
+    // into lines (for the filter, every block), nothing turned into a document. (Its newest changes
+    // are the updates, in SQLite: the first table's case covers them.)
+    println!();
+    println!("| snapshot + 10% changed, page of {PAGE} | Tidepool (collection_page) | snapshot lines only (limit) | ratio limit ÷ Tidepool |");
+    println!("|---|---|---|---|");
+    let lines = |from_ordinal: u64, all: bool| {
+        let file = Snapshot::open(&snapshot_file).unwrap();
+        let mut b = file.block_of_ordinal(from_ordinal);
+        let mut read = 0;
+        while b < file.blocks() && (all || read < PAGE) {
+            let block = file.block(b).unwrap();
+            for i in 0..block.len() {
+                std::hint::black_box(block.line(i));
+                read += 1;
+            }
+            b += 1;
+        }
+        assert!(read > 0);
+    };
+    let snapshot_cases: Vec<(&str, PageRequest, u64, bool)> = vec![
+        ("first rows", PageRequest::first(View::Rows, PAGE), 0, false),
+        (
+            "rows after a key in the middle",
+            PageRequest {
+                after_key: Some(middle.clone()),
+                ..PageRequest::first(View::Rows, PAGE)
+            },
+            docs / 2,
+            false,
+        ),
+        (
+            "rows filtered by a field (scan)",
+            PageRequest {
+                filter: Some(rare.clone()),
+                ..PageRequest::first(View::Rows, PAGE)
+            },
+            0,
+            true,
+        ),
+    ];
+    for (name, request, from, all) in snapshot_cases {
+        let ours = median(|| {
+            page("public/orders", &request);
+        });
+        let limit = median(|| lines(from, all));
         println!(
             "| {name} | {} | {} | {:.2}× |",
             ms(ours),

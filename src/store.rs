@@ -141,6 +141,28 @@ impl Base {
         Rebuild::new(&self.collection, &self.source)
     }
 
+    /// Bytes that every line of this file whose document matches `filter` contains, when the line
+    /// alone can tell: the filter is on a text, uuid or integer column, whose document text is the
+    /// line's field as it stands, and its value has nothing COPY escapes. A line without them is
+    /// passed over without building its document (a filtered scan of 1M rows: 2 s before).
+    fn needle(&self, filter: Option<&Filter>) -> Option<memchr::memmem::Finder<'static>> {
+        use crate::value::Kind;
+        let f = filter?;
+        let column = self.source.columns.iter().find(|c| c.name == f.field)?;
+        if !matches!(column.kind, Kind::Text | Kind::Uuid | Kind::Integer) {
+            return None;
+        }
+        // NULL is `null` in the document but `\N` in the line; COPY escapes backslashes and control
+        // characters, so a value holding them need not appear as it is.
+        if f.value.is_empty()
+            || f.value == "null"
+            || f.value.bytes().any(|b| b == b'\\' || b < 0x20)
+        {
+            return None;
+        }
+        Some(memchr::memmem::Finder::new(f.value.as_bytes()).into_owned())
+    }
+
     fn block(&self, i: usize) -> Result<std::sync::Arc<crate::snapshot::Block>> {
         let mut last = self.last_block.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, block)) = last.as_ref() {
@@ -703,6 +725,7 @@ impl Store {
             at = after.as_deref().map_or(0, |k| b.position(k, false));
             block = Some(b);
         }
+        let needle = base.needle(filter);
         let keep = |key: String, doc: Json, out: &mut Vec<(String, Json)>| {
             if filter.is_none_or(|f| f.matches(&doc)) {
                 out.push((key, doc));
@@ -734,10 +757,13 @@ impl Store {
                 (None, None) => break,
                 (Some(fk), ek) if ek.is_none_or(|ek| fk < ek) => {
                     let b = block.as_ref().expect("a file key comes from a block");
-                    let key = crate::rowkey::key_of(fk)?;
-                    let doc = parse(rebuild.document(b.line(at))?)?;
+                    let line = b.line(at);
+                    if needle.as_ref().is_none_or(|n| n.find(line).is_some()) {
+                        let key = crate::rowkey::key_of(fk)?;
+                        let doc = parse(rebuild.document(line)?)?;
+                        keep(key, doc, &mut out);
+                    }
                     at += 1;
-                    keep(key, doc, &mut out);
                 }
                 (fk, Some(ek)) => {
                     if fk == Some(ek) {
@@ -793,6 +819,7 @@ impl Store {
                 continue;
             }
             let mut rebuild = base.rebuild();
+            let needle = base.needle(filter);
             let mut found = 0;
             'blocks: for b in (0..base.file.blocks()).rev() {
                 let block = base.block(b)?;
@@ -800,6 +827,12 @@ impl Store {
                     let seq = base.first_seq + block.first_ordinal + i as u64;
                     if seq <= floor || found == limit {
                         break 'blocks;
+                    }
+                    if needle
+                        .as_ref()
+                        .is_some_and(|n| n.find(block.line(i)).is_none())
+                    {
+                        continue;
                     }
                     let doc = parse(rebuild.document(block.line(i))?)?;
                     if filter.is_none_or(|f| f.matches(&doc)) {
@@ -874,6 +907,7 @@ impl Store {
                 continue;
             }
             let mut rebuild = base.rebuild();
+            let needle = base.needle(filter);
             let mut found = 0;
             let from = (after + 1).saturating_sub(base.first_seq);
             let mut b = base.file.block_of_ordinal(from);
@@ -884,6 +918,12 @@ impl Store {
                     let seq = base.first_seq + block.first_ordinal + i as u64;
                     if seq >= ceiling || found == limit {
                         break 'blocks;
+                    }
+                    if needle
+                        .as_ref()
+                        .is_some_and(|n| n.find(block.line(i)).is_none())
+                    {
+                        continue;
                     }
                     let doc = parse(rebuild.document(block.line(i))?)?;
                     if filter.is_none_or(|f| f.matches(&doc)) {
@@ -1675,6 +1715,42 @@ mod tests {
             .unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, "[2999]");
+        // Filters the file's lines are screened for: a substring of a text column, an integer column,
+        // and values the screen must not be trusted with (NULL, what COPY escapes).
+        let filter = |field: &str, value: &str, contains| Filter {
+            field: field.into(),
+            value: value.into(),
+            contains,
+        };
+        let keys = |f: Filter| -> Vec<String> {
+            store
+                .rows_after("public/t", None, 100, Some(&f))
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let mut expected = vec!["[299]".to_string()];
+        expected.extend((2990..=2999).map(|i| format!("[{i}]")));
+        assert_eq!(keys(filter("v", "row 299", true)), expected);
+        assert_eq!(keys(filter("id", "2998", false)), ["[2998]"]);
+        assert_eq!(
+            keys(filter("v", "changed", false)),
+            ["[2]"],
+            "a shadowing row"
+        );
+        assert!(keys(filter("v", "null", false)).is_empty());
+        assert!(keys(filter("v", "row\t1", true)).is_empty());
+        let logged = store
+            .changes_matching("public/t", 0, 100, Some(&filter("id", "2998", false)))
+            .unwrap();
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].0, 2998);
+        let newest = store
+            .latest_changes_matching("public/t", 5, Some(&filter("v", "row 299", true)))
+            .unwrap();
+        let seqs: Vec<u64> = newest.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [2995, 2996, 2997, 2998, 2999]);
 
         // The log: the snapshot's 3000 documents, then the four changes.
         let head = store.changes("public/t", 0, 2).unwrap();
