@@ -136,9 +136,37 @@ struct Base {
     last_block: std::sync::Mutex<Option<(usize, std::sync::Arc<crate::snapshot::Block>)>>,
 }
 
+/// Turns a snapshot file's lines into the documents that match a filter, screening lines with the
+/// file's needle before building their documents.
+struct Matching<'f> {
+    rebuild: Rebuild,
+    needle: Option<memchr::memmem::Finder<'static>>,
+    filter: Option<&'f Filter>,
+}
+
+impl Matching<'_> {
+    /// The line's document, if it matches.
+    fn document(&mut self, line: &[u8]) -> Result<Option<Json>> {
+        if self.needle.as_ref().is_some_and(|n| n.find(line).is_none()) {
+            return Ok(None);
+        }
+        let doc = parse(self.rebuild.document(line)?)?;
+        Ok(self.filter.is_none_or(|f| f.matches(&doc)).then_some(doc))
+    }
+}
+
 impl Base {
     fn rebuild(&self) -> Rebuild {
         Rebuild::new(&self.collection, &self.source)
+    }
+
+    /// The documents of this file's lines that match `filter` (all of them without one).
+    fn matching<'f>(&self, filter: Option<&'f Filter>) -> Matching<'f> {
+        Matching {
+            rebuild: self.rebuild(),
+            needle: self.needle(filter),
+            filter,
+        }
     }
 
     /// Bytes that every line of this file whose document matches `filter` contains, when the line
@@ -680,7 +708,7 @@ impl Store {
     ) -> Result<Vec<(String, Json)>> {
         const PAGE: usize = 256;
         let mut out = Vec::new();
-        let mut rebuild = base.rebuild();
+        let mut matching = base.matching(filter);
         // Entries of `rows` after the cursor, a page at a time.
         let mut entries: std::collections::VecDeque<(Vec<u8>, String, Option<String>)> =
             Default::default();
@@ -725,12 +753,6 @@ impl Store {
             at = after.as_deref().map_or(0, |k| b.position(k, false));
             block = Some(b);
         }
-        let needle = base.needle(filter);
-        let keep = |key: String, doc: Json, out: &mut Vec<(String, Json)>| {
-            if filter.is_none_or(|f| f.matches(&doc)) {
-                out.push((key, doc));
-            }
-        };
         while out.len() < limit {
             if entries.is_empty() && !entries_done {
                 entries_done = !fill(&entries_after, &mut entries)?;
@@ -757,11 +779,8 @@ impl Store {
                 (None, None) => break,
                 (Some(fk), ek) if ek.is_none_or(|ek| fk < ek) => {
                     let b = block.as_ref().expect("a file key comes from a block");
-                    let line = b.line(at);
-                    if needle.as_ref().is_none_or(|n| n.find(line).is_some()) {
-                        let key = crate::rowkey::key_of(fk)?;
-                        let doc = parse(rebuild.document(line)?)?;
-                        keep(key, doc, &mut out);
+                    if let Some(doc) = matching.document(b.line(at))? {
+                        out.push((crate::rowkey::key_of(fk)?, doc));
                     }
                     at += 1;
                 }
@@ -772,8 +791,10 @@ impl Store {
                     let (_, key, doc) = entries
                         .pop_front()
                         .expect("an entry key comes from an entry");
-                    if let Some(doc) = doc {
-                        keep(key, parse(doc)?, &mut out);
+                    if let Some(doc) = doc.map(parse).transpose()? {
+                        if filter.is_none_or(|f| f.matches(&doc)) {
+                            out.push((key, doc));
+                        }
                     }
                 }
                 (Some(_), None) => unreachable!("handled by the guard above"),
@@ -818,8 +839,7 @@ impl Store {
             if base.first_seq + base.file.rows() <= floor {
                 continue;
             }
-            let mut rebuild = base.rebuild();
-            let needle = base.needle(filter);
+            let mut matching = base.matching(filter);
             let mut found = 0;
             'blocks: for b in (0..base.file.blocks()).rev() {
                 let block = base.block(b)?;
@@ -828,14 +848,7 @@ impl Store {
                     if seq <= floor || found == limit {
                         break 'blocks;
                     }
-                    if needle
-                        .as_ref()
-                        .is_some_and(|n| n.find(block.line(i)).is_none())
-                    {
-                        continue;
-                    }
-                    let doc = parse(rebuild.document(block.line(i))?)?;
-                    if filter.is_none_or(|f| f.matches(&doc)) {
+                    if let Some(doc) = matching.document(block.line(i))? {
                         entries.push((seq, doc));
                         found += 1;
                     }
@@ -906,8 +919,7 @@ impl Store {
             if end <= after + 1 || base.first_seq >= ceiling || base.file.rows() == 0 {
                 continue;
             }
-            let mut rebuild = base.rebuild();
-            let needle = base.needle(filter);
+            let mut matching = base.matching(filter);
             let mut found = 0;
             let from = (after + 1).saturating_sub(base.first_seq);
             let mut b = base.file.block_of_ordinal(from);
@@ -919,14 +931,7 @@ impl Store {
                     if seq >= ceiling || found == limit {
                         break 'blocks;
                     }
-                    if needle
-                        .as_ref()
-                        .is_some_and(|n| n.find(block.line(i)).is_none())
-                    {
-                        continue;
-                    }
-                    let doc = parse(rebuild.document(block.line(i))?)?;
-                    if filter.is_none_or(|f| f.matches(&doc)) {
+                    if let Some(doc) = matching.document(block.line(i))? {
                         entries.push((seq, doc));
                         found += 1;
                     }
