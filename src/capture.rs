@@ -26,6 +26,7 @@ use tokio_postgres::Client;
 
 use crate::binding::{default_collection_name, Binding, Definition, Mode};
 use crate::connection::{connect, ConnectionSpec};
+use crate::continuity;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
 use crate::replication::{Event, Stream, StreamOptions};
@@ -342,6 +343,18 @@ enum Outcome {
 /// Runs a capture until `stop_at` is reached (or forever). Connection losses are retried with backoff
 /// from the checkpoint; other errors end the run.
 pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
+    let store_dir = options.store_dir.clone();
+    run_in_store(options).await.map_err(|e| {
+        if e.kind() == ErrorKind::Storage {
+            e.context(format!("the store at {}", store_dir.display()))
+        } else {
+            e
+        }
+    })
+}
+
+async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
+    slot::validate_name(&options.slot)?;
     let mut store = Store::open(&options.store_dir)?;
     let sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
@@ -392,7 +405,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
             }
         }
     }
-    slot::ensure(&sql, &options.slot, options.create_slot).await?;
+    continuity::verify(&sql, &mut store, &options.slot, options.create_slot).await?;
     let checkpoint = store.checkpoint()?;
     let mut capture = Capture {
         options,
@@ -420,7 +433,16 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
         let started = Instant::now();
         let result = capture.stream().await;
         // Whatever happened, an open batch holds only unconfirmed work: drop it, resume from the checkpoint.
-        capture.store.rollback()?;
+        if let Err(rollback) = capture.store.rollback() {
+            // The stream's own error says what went wrong; a failed rollback after it must not hide it.
+            match result {
+                Ok(_) => break Err(rollback),
+                Err(e) => {
+                    tracing::warn!(error = %rollback, "rolling back the open batch failed");
+                    break Err(e);
+                }
+            }
+        }
         capture.batch_commit_times.clear();
         match result {
             Ok(Outcome::Stopped) => break Ok(()),
@@ -430,7 +452,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
             Err(e) if e.kind() == ErrorKind::Connection => {
                 tracing::warn!(error = %e, "replication connection lost; reconnecting")
             }
-            Err(e) => break Err(e),
+            Err(e) => break Err(capture.explain(e).await),
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(250);
@@ -853,10 +875,30 @@ impl Capture {
         self.reconcile(definition, text).await
     }
 
+    /// A stream error the server raised (not a lost connection) may come from the slot: dropped or
+    /// invalidated under the running capture, the server says only that it "cannot read" from it. The
+    /// slot's own state, read again, says what happened and what to do; otherwise `e` stands.
+    async fn explain(&mut self, e: Error) -> Error {
+        let Ok(client) = connect(&self.options.spec).await else {
+            return e;
+        };
+        match continuity::verify(&client, &mut self.store, &self.options.slot, false).await {
+            Err(diverged) if diverged.kind() == ErrorKind::Diverged => diverged,
+            _ => e,
+        }
+    }
+
     async fn stream(&mut self) -> Result<Outcome> {
         if self.reached_stop() {
             return Ok(Outcome::Stopped);
         }
+        // Every (re)start checks that the slot can still send everything after the checkpoint: the slot
+        // may have been dropped, recreated or invalidated while the connection was down.
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        continuity::verify(sql, &mut self.store, &self.options.slot, false).await?;
         let mut stream = Stream::start(StreamOptions {
             spec: &self.options.spec,
             slot: &self.options.slot,

@@ -25,6 +25,10 @@ pub const DEFAULT_PORT: u16 = 5432;
 
 /// How long to wait for a server to answer before giving up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `connect_timeout` accepted.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// PostgreSQL's longest name (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
 
 /// Everything needed to open a connection.
 #[derive(Debug, Clone)]
@@ -103,6 +107,47 @@ impl ConnectionSpec {
             options: None,
             channel_binding: ChannelBinding::default(),
         }
+    }
+
+    /// Checks what a server would otherwise refuse with an error that names no field, or take
+    /// silently as something else: a NUL byte anywhere (the startup message is NUL-terminated), a user or
+    /// database name longer than PostgreSQL's 63-byte limit (the server would truncate it and log in
+    /// to another name), oversized values, and a `connect_timeout` beyond an hour.
+    pub fn validate(&self) -> Result<()> {
+        let fields: [(&str, &str, usize); 5] = [
+            ("host", &self.host, 1024),
+            ("user", &self.user, MAX_NAME_BYTES),
+            ("dbname", &self.database, MAX_NAME_BYTES),
+            ("application_name", &self.application_name, 1024),
+            ("options", self.options.as_deref().unwrap_or(""), 4096),
+        ];
+        for (field, value, max) in fields {
+            if value.contains('\0') {
+                return Err(Error::invalid_input(field, "contains a NUL byte (%00)"));
+            }
+            if value.len() > max {
+                let why = if max == MAX_NAME_BYTES {
+                    "; PostgreSQL names are at most 63 bytes"
+                } else {
+                    ""
+                };
+                return Err(Error::invalid_input(
+                    field,
+                    format!("is {} bytes long, more than {max}{why}", value.len()),
+                ));
+            }
+        }
+        if self.connect_timeout > MAX_CONNECT_TIMEOUT {
+            return Err(Error::invalid_input(
+                "connect_timeout",
+                format!(
+                    "{} s is more than the {} s Tidepool waits at most",
+                    self.connect_timeout.as_secs(),
+                    MAX_CONNECT_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `host:port` as shown in messages (IPv6 addresses in brackets).
@@ -208,6 +253,7 @@ pub fn parse_address(address: &str) -> Result<(String, u16)> {
 /// Opens an ordinary (non-replication) connection. The connection's I/O runs on a spawned task that ends
 /// when the returned client is dropped.
 pub async fn connect(spec: &ConnectionSpec) -> Result<Client> {
+    spec.validate()?;
     let target = spec.target();
     match spec.sslmode {
         SslMode::Disable => connect_with(spec, DriverSslMode::Disable, &target).await,
@@ -243,7 +289,7 @@ async fn connect_with(
     };
     // The driver's own timeout covers reaching the socket; this one also bounds the TLS handshake and the
     // login, so a server that accepts and then says nothing cannot hang the caller.
-    match tokio::time::timeout(spec.connect_timeout + Duration::from_secs(1), attempt).await {
+    match tokio::time::timeout(spec.connect_timeout.saturating_add(Duration::from_secs(1)), attempt).await {
         Ok(result) => result.map_err(|e: ConnectError| e.into_error(target, spec.sslmode)),
         Err(_) => Err(Error::new(
             ErrorKind::Connection,

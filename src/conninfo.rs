@@ -127,6 +127,9 @@ impl Conninfo {
     }
 
     fn set(&mut self, keyword: &str, value: String) -> Result<()> {
+        if value.contains('\0') {
+            return Err(Error::invalid_input(keyword, "contains a NUL byte (%00)"));
+        }
         match keyword {
             "host" => {
                 if value.contains(',') {
@@ -162,6 +165,15 @@ impl Conninfo {
                         format!("'{value}' is not a whole number of seconds"),
                     )
                 })?;
+                if secs > crate::connection::MAX_CONNECT_TIMEOUT.as_secs() {
+                    return Err(Error::invalid_input(
+                        "connect_timeout",
+                        format!(
+                            "{secs} s is more than the {} s Tidepool waits at most",
+                            crate::connection::MAX_CONNECT_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
                 self.connect_timeout = Some(secs);
             }
             // Accepted and without effect here: they choose among several hosts or tune the client.
@@ -222,10 +234,29 @@ fn parse_port(value: &str) -> Result<u16> {
 }
 
 fn decode(part: &str, raw: &str) -> Result<String> {
-    percent_encoding::percent_decode_str(raw)
+    // libpq refuses a '%' not followed by two hex digits; taking it literally would log in as (or
+    // connect to) a name the person never meant.
+    let bytes = raw.as_bytes();
+    for (at, _) in raw.match_indices('%') {
+        let hex = bytes.get(at + 1..at + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(Error::invalid_input(
+                part,
+                format!(
+                    "'{}' is not a valid percent-encoded byte (use %25 for a '%')",
+                    String::from_utf8_lossy(&bytes[at..(at + 3).min(bytes.len())])
+                ),
+            ));
+        }
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| Error::invalid_input(part, "is not valid UTF-8 after percent-decoding"))
+        .map_err(|_| Error::invalid_input(part, "is not valid UTF-8 after percent-decoding"))?;
+    if decoded.contains('\0') {
+        return Err(Error::invalid_input(part, "contains a NUL byte (%00)"));
+    }
+    Ok(decoded)
 }
 
 fn parse_url(input: &str) -> Result<Conninfo> {
@@ -551,6 +582,25 @@ mod tests {
                 Err("connect_timeout"),
             ),
             ("postgres://h/db?frobnicate=1", Err("connection string")),
+            ("postgres://u%ZZ@h/db", Err("user")),
+            ("postgres://u@h/d%", Err("dbname")),
+            ("postgres://u@h/d%4", Err("dbname")),
+            ("postgres://u@h/d%é", Err("dbname")),
+            ("postgres://u%00x@h/db", Err("user")),
+            ("postgres://u@h/d%00b", Err("dbname")),
+            (
+                "postgres://u@h/db?application_name=a%00b",
+                Err("application_name"),
+            ),
+            ("host=h application_name=a\0b", Err("application_name")),
+            (
+                "postgres://h/db?connect_timeout=18446744073709551615",
+                Err("connect_timeout"),
+            ),
+            (
+                "postgres://h/db?connect_timeout=3601",
+                Err("connect_timeout"),
+            ),
             ("postgres://h/db?sslmode", Err("connection URL")),
             ("postgres://h/db#frag", Err("connection URL")),
             ("postgres://h/%FF", Err("dbname")),

@@ -30,7 +30,15 @@ pub enum ErrorKind {
     Postgres,
     /// The OS keychain could not be opened or refused an operation.
     Keychain,
-    /// A bug or an unexpected state of the machine (a missing binary, a full disk).
+    /// The local store could not be written: its disk is full, or its folder refuses writes. Nothing
+    /// unstored was confirmed to PostgreSQL; the capture resumes once there is room.
+    Storage,
+    /// The store can no longer follow its source without a gap: the slot is ahead of the store's
+    /// checkpoint, was dropped or invalidated, or belongs to another database system. Streaming on would
+    /// silently miss changes; a re-backfill (`tidepool capture --resync`, "Re-backfill and continue")
+    /// is the way out.
+    Diverged,
+    /// A bug or an unexpected state of the machine (a missing binary).
     Internal,
 }
 
@@ -46,6 +54,8 @@ impl ErrorKind {
             ErrorKind::NotFound => "NotFound",
             ErrorKind::Postgres => "Postgres",
             ErrorKind::Keychain => "Keychain",
+            ErrorKind::Storage => "Storage",
+            ErrorKind::Diverged => "Diverged",
             ErrorKind::Internal => "Internal",
         }
     }
@@ -235,8 +245,22 @@ fn describe_tls(err: &rustls::Error, target: &str) -> String {
 
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
+        if is_disk_full(&err) {
+            return Error::new(
+                ErrorKind::Storage,
+                format!("the disk is full ({err}); free some space and start again"),
+            );
+        }
         Error::internal(err)
     }
+}
+
+/// Whether an I/O error says the disk (or the user's quota) is full.
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || err.raw_os_error() == Some(libc::ENOSPC)
 }
 
 #[cfg(test)]
@@ -252,6 +276,15 @@ mod tests {
             json["message"],
             "server address: port must be a number from 1 to 65535"
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_a_storage_error() {
+        let err: Error = std::io::Error::from_raw_os_error(libc::ENOSPC).into();
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(err.message().contains("disk is full"), "{}", err.message());
+        let other: Error = std::io::Error::from_raw_os_error(libc::EACCES).into();
+        assert_eq!(other.kind(), ErrorKind::Internal);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum Event {
 pub struct Stream {
     client: ReplicationClient,
     target: String,
+    /// The last position given to [`Stream::confirm`], so [`Stream::stop`] can wait until the server
+    /// was told it.
+    confirmed: std::sync::atomic::AtomicU64,
 }
 
 /// Where and what to stream.
@@ -63,6 +66,9 @@ pub struct StreamOptions<'a> {
     /// Where to start: the stored checkpoint (`0/0` starts at the slot's `confirmed_flush_lsn`).
     pub start: Lsn,
 }
+
+/// How often the transport tells the server the confirmed position.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
     // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
@@ -100,7 +106,7 @@ fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
     .with_tls(tls)
     .with_start_lsn(pgwire_replication::Lsn(options.start.0))
     .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
-    .with_status_interval(Duration::from_secs(1))
+    .with_status_interval(STATUS_INTERVAL)
     .with_options(session_options)
     .with_application_name(&spec.application_name)
 }
@@ -109,10 +115,11 @@ impl Stream {
     /// Connects, authenticates and starts streaming.
     pub async fn start(options: StreamOptions<'_>) -> Result<Stream> {
         let spec = options.spec;
+        spec.validate()?;
         let target = spec.target();
         let connect = ReplicationClient::connect(config(&options));
         let client = match tokio::time::timeout(
-            spec.connect_timeout + Duration::from_secs(2),
+            spec.connect_timeout.saturating_add(Duration::from_secs(2)),
             connect,
         )
         .await
@@ -129,7 +136,11 @@ impl Stream {
                 ))
             }
         };
-        Ok(Stream { client, target })
+        Ok(Stream {
+            client,
+            target,
+            confirmed: std::sync::atomic::AtomicU64::new(options.start.0),
+        })
     }
 
     /// The next event, or `None` when the server ended the stream.
@@ -182,12 +193,26 @@ impl Stream {
 
     /// Reports `lsn` as written, flushed and applied: call only once everything up to it is stored.
     pub fn confirm(&self, lsn: Lsn) {
+        self.confirmed
+            .fetch_max(lsn.0, std::sync::atomic::Ordering::Relaxed);
         self.client
             .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
     }
 
-    /// Ends the stream cleanly.
+    /// Ends the stream cleanly, once the server has been sent the last confirmed position. The
+    /// transport sends positions on its status interval and its shutdown sends none, so without the
+    /// wait a run that stops right after storing (`--stop-at-lsn`) would leave the slot one run behind
+    /// and the server would keep that run's WAL until the next start.
     pub async fn stop(mut self) {
+        let confirmed = self.confirmed.load(std::sync::atomic::Ordering::Relaxed);
+        let metrics = self.client.metrics();
+        let deadline = tokio::time::Instant::now() + STATUS_INTERVAL * 3;
+        while metrics.last_applied_lsn().as_u64() < confirmed
+            && tokio::time::Instant::now() < deadline
+            && self.client.is_running()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = self.client.shutdown().await;
     }
 }
@@ -210,6 +235,7 @@ impl SnapshotSession {
         slot: &str,
         temporary: bool,
     ) -> Result<SnapshotSession> {
+        spec.validate()?;
         let target = spec.target();
         let options = StreamOptions {
             spec,

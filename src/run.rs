@@ -268,6 +268,35 @@ impl Runs {
         Ok(snapshot)
     }
 
+    /// "Re-backfill and continue", after the capture was refused because its store can no longer
+    /// follow the source without a gap ([`ErrorKind::Diverged`]): records the gap, raises the backfill
+    /// of every backfilled table (see [`crate::continuity::resync`]), and starts the capture.
+    pub async fn resync(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+        listener: StatusListener,
+    ) -> Result<RunStatus> {
+        let profile = profiles.get(id_or_name)?;
+        if self
+            .lock()
+            .runs
+            .get(&profile.id)
+            .is_some_and(|r| !r.task.is_finished())
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the capture of '{}' is running: pause it first",
+                    profile.name
+                ),
+            ));
+        }
+        let spec = profiles.spec_blocking(&profile.id, None).await?;
+        crate::continuity::resync(&spec, &profiles.store_dir(&profile.id)?, &profile.slot).await?;
+        self.start(profiles, &profile.id, listener).await
+    }
+
     /// Stops the profile's capture. The slot stays (the server keeps WAL for it until the next start).
     pub fn stop(&self, id_or_name: &str, profiles: &Profiles) -> Result<RunStatus> {
         let id = profiles.get(id_or_name)?.id;

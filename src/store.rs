@@ -230,8 +230,23 @@ static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
     )
 });
 
+/// Maps a SQLite error to the engine's: a full disk is a [`crate::ErrorKind::Storage`] error that says so
+/// (the caller adds where the store is), anything else is internal.
 fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |e| Error::internal(format!("store: {context}: {e}"))
+    move |e| {
+        let full = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull
+        );
+        if full {
+            Error::new(
+                crate::ErrorKind::Storage,
+                format!("store: {context}: the disk holding the store is full ({e}); nothing unstored was confirmed to PostgreSQL: free some space and start the capture again"),
+            )
+        } else {
+            Error::internal(format!("store: {context}: {e}"))
+        }
+    }
 }
 
 impl Store {
@@ -553,9 +568,13 @@ impl Store {
     pub fn rollback(&mut self) -> Result<()> {
         self.pending.clear();
         if self.batch.take().is_some() {
-            self.conn
-                .execute_batch("ROLLBACK")
-                .map_err(sqlite("rolling back"))?;
+            // SQLite rolls a transaction back by itself after some failures (a full disk among them);
+            // a second ROLLBACK would fail and hide the first error.
+            if !self.conn.is_autocommit() {
+                self.conn
+                    .execute_batch("ROLLBACK")
+                    .map_err(sqlite("rolling back"))?;
+            }
             // Collections first recorded in the batch are gone with it, and so are their positions.
             self.ids = collection_ids(&self.conn)?;
             self.next_seq = next_seq(&self.conn)?;

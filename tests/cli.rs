@@ -109,3 +109,92 @@ fn tempdir(prefix: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn a_huge_connect_timeout_is_refused_naming_it_instead_of_panicking() {
+    let output = tidepool()
+        .args([
+            "check",
+            "--url",
+            "postgres://u@127.0.0.1:1/db?connect_timeout=18446744073709551615",
+        ])
+        .env("PGPASSWORD", "x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a panic exits 101");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error (InvalidInput): connect_timeout:"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn logs_carry_no_colour_escapes_and_preview_stops_quietly_at_a_closed_pipe() {
+    use std::io::BufRead;
+    let source =
+        crate::capture::Source::new("cli_pipe", "CREATE TABLE t (id int PRIMARY KEY, v text);");
+    source
+        .db
+        .sql("INSERT INTO t SELECT i, repeat('x', 100) FROM generate_series(1, 5000) i;");
+    // Info lines through the log writer: a pipe gets plain text.
+    let output = tidepool()
+        .args([
+            "capture",
+            "--url",
+            &url(&source.db),
+            "--store",
+            &source.store.display().to_string(),
+            "--publication",
+            "tidepool_pub",
+            "--slot",
+            &source.slot,
+            "--stop-at-lsn",
+            &source.db.current_lsn().to_string(),
+        ])
+        .env(
+            "PGPASSWORD",
+            source.db.cluster.superuser_password().expose(),
+        )
+        .env("TIDEPOOL_LOG", "tidepool=debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("DEBUG"), "no log line to check: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour escapes in a pipe: {stderr:?}"
+    );
+
+    // `tidepool preview … | head -1`: the reader leaves after one line.
+    let mut child = tidepool()
+        .args([
+            "preview",
+            "--store",
+            &source.store.display().to_string(),
+            "public/t",
+            "--limit",
+            "5000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"id\":1"), "{first}");
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

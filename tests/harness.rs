@@ -31,6 +31,16 @@ pub fn replica() -> &'static Cluster {
     })
 }
 
+/// A cluster that keeps at most 1 MB of WAL for a slot (`max_slot_wal_keep_size`), so a test can
+/// invalidate one; kept apart so no other test's slot is at risk.
+pub fn small_wal() -> &'static Cluster {
+    static CELL: OnceLock<Cluster> = OnceLock::new();
+    shared(&CELL, || ClusterOptions {
+        settings: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
+        ..Default::default()
+    })
+}
+
 /// A cluster that offers TLS with a certificate from its own test authority.
 pub fn tls() -> &'static Cluster {
     static CELL: OnceLock<Cluster> = OnceLock::new();

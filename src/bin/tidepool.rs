@@ -358,11 +358,15 @@ enum ProfileCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
+            // The replication transport logs each lost connection as an ERROR before the capture
+            // reconnects and says so itself: its own lines are for debugging.
             tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,pgwire_replication=off".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -1024,6 +1028,11 @@ struct CaptureArgs {
     /// and create the slot.
     #[arg(long)]
     publish: bool,
+    /// After a refusal because the slot can no longer send every change (it was dropped, recreated,
+    /// advanced or invalidated): create the slot again if needed, record the gap in the store, read
+    /// every backfilled table again, and stream on.
+    #[arg(long)]
+    resync: bool,
 }
 
 /// A table (schema, name) and the collection name given to it.
@@ -1106,6 +1115,24 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
         for statement in tidepool::capture::publish(&spec, &args.store, &definition).await? {
             eprintln!("ran: {statement}");
         }
+    }
+    if args.resync {
+        let done = tidepool::continuity::resync(&spec, &args.store, &slot).await?;
+        eprintln!(
+            "resync: {}; the change log has a gap from {} to {}; re-backfilling {}",
+            if done.slot_created {
+                "slot created"
+            } else {
+                "slot kept"
+            },
+            done.gap.from,
+            done.gap.to,
+            if done.gap.rebackfilled.is_empty() {
+                "nothing (no collection was backfilled)".to_string()
+            } else {
+                done.gap.rebackfilled.join(", ")
+            }
+        );
     }
     let progress: std::sync::Arc<dyn Fn(&tidepool::backfill::BackfillProgress) + Send + Sync> =
         std::sync::Arc::new(|p| {
@@ -1357,9 +1384,17 @@ fn preview(
             .collect()
     };
     for doc in docs {
-        writeln!(out, "{doc}").map_err(Error::internal)?;
+        match writeln!(out, "{doc}") {
+            Ok(()) => {}
+            // The reader has what it wanted (`| head`): stopping early is not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Error::from(e)),
+        }
     }
-    Ok(())
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::from(e)),
+        _ => Ok(()),
+    }
 }
 
 fn open_existing_store(dir: &std::path::Path) -> Result<tidepool::store::Store, Error> {
