@@ -1051,10 +1051,17 @@ fn bindings_for(
     names: &[String],
 ) -> Result<Vec<Binding>, Error> {
     let names = collection_names(names)?;
+    let parsed = tables
+        .iter()
+        .map(|t| tidepool::backfill::parse_table_name(t))
+        .collect::<Result<Vec<_>, Error>>()?;
+    // Default names unique among the tables given, as `discover` shows them.
+    let defaults =
+        tidepool::binding::unique_collection_names(&parsed, &std::collections::HashSet::new())?;
     let mut bindings = Vec::with_capacity(tables.len());
-    for table in tables {
-        let (schema, table) = tidepool::backfill::parse_table_name(table)?;
+    for ((schema, table), default) in parsed.into_iter().zip(defaults) {
         let mut binding = Binding::new(&schema, &table);
+        binding.collection = default;
         if no_backfill {
             binding.mode = Mode::OnlyChanges;
         }
@@ -1182,9 +1189,19 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
                 ));
             }
             let mut binding = Binding::new(&schema, &table);
-            if let Some(name) = collection {
-                binding.collection = name;
-            }
+            let taken = definition
+                .bindings
+                .iter()
+                .map(|b| b.collection.clone())
+                .collect();
+            binding.collection = match collection {
+                Some(name) => name,
+                None => tidepool::binding::unique_collection_names(
+                    &[(schema.clone(), table.clone())],
+                    &taken,
+                )?
+                .remove(0),
+            };
             if no_backfill {
                 binding.mode = Mode::OnlyChanges;
             }

@@ -1,0 +1,345 @@
+//! Table identity under DDL: two tables whose default names collide, a table renamed, a table dropped
+//! and created again, a key column whose type changed. In each the store must end equal to the
+//! source (rows and change log) and the capture must say what it did.
+
+use serde_json::{json, Value as Json};
+use tidepool::binding::{Binding, Definition, Mode};
+use tidepool::capture::{run, CaptureReport};
+
+use crate::capture::{data, Source};
+
+fn ops(changes: &[Json]) -> Vec<&str> {
+    changes
+        .iter()
+        .map(|c| c["_meta"]["op"].as_str().unwrap())
+        .collect()
+}
+
+fn contents(docs: &[Json]) -> Vec<Json> {
+    docs.iter().map(data).collect()
+}
+
+/// Captures everything committed so far with `bindings` as the definition.
+async fn catch_up_with(source: &Source, bindings: Vec<Binding>) -> CaptureReport {
+    let mut options = source.options(Some(source.db.current_lsn()));
+    options.bindings = bindings;
+    run(options).await.expect("capture")
+}
+
+fn only_changes(schema: &str, table: &str) -> Binding {
+    Binding {
+        mode: Mode::OnlyChanges,
+        ..Binding::new(schema, table)
+    }
+}
+
+fn table_oid(source: &Source, table: &str) -> u32 {
+    source
+        .db
+        .sql(&format!("SELECT '{table}'::regclass::oid;"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn assert_notice(report: &CaptureReport, parts: &[&str]) {
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| parts.iter().all(|p| n.contains(p))),
+        "no notice with {parts:?} in {:?}",
+        report.notices
+    );
+}
+
+#[tokio::test]
+async fn two_tables_whose_default_names_collide_get_collections_of_their_own() {
+    let source = Source::new(
+        "id_collide",
+        r#"CREATE TABLE "order items" (id int PRIMARY KEY, v text);
+           CREATE TABLE order_items (id int PRIMARY KEY, v text);"#,
+    );
+    // Discovery shows the names the capture will use.
+    let client = tidepool::connection::connect(&source.db.spec())
+        .await
+        .unwrap();
+    let tables = tidepool::discovery::discover(&client, Some("tidepool_pub"))
+        .await
+        .unwrap();
+    let name_of = |table: &str| {
+        tables
+            .iter()
+            .find(|t| t.table == table)
+            .unwrap()
+            .collection
+            .name
+            .clone()
+    };
+    let plain = name_of("order_items");
+    let spaced = name_of("order items");
+    assert_eq!(plain, "public/order_items");
+    assert!(spaced.starts_with("public/order_items_"), "{spaced}");
+
+    source.db.sql(
+        r#"INSERT INTO "order items" VALUES (1, 'spaced'), (2, 'spaced');
+           INSERT INTO order_items VALUES (1, 'plain');
+           DELETE FROM "order items" WHERE id = 1;"#,
+    );
+    source.catch_up().await;
+    assert_eq!(
+        contents(&source.rows(&plain)),
+        vec![json!({"id": 1, "v": "plain"})]
+    );
+    assert_eq!(
+        contents(&source.rows(&spaced)),
+        vec![json!({"id": 2, "v": "spaced"})]
+    );
+    assert_eq!(ops(&source.changes(&spaced)), vec!["c", "c", "d"]);
+    assert_eq!(ops(&source.changes(&plain)), vec!["c"]);
+
+    // A third table of the same default name later: the names in use stay, it gets its own.
+    source.db.sql(
+        r#"CREATE TABLE "order;items" (id int PRIMARY KEY, v text);
+           INSERT INTO "order;items" VALUES (1, 'semicolon');
+           INSERT INTO order_items VALUES (2, 'plain');
+           UPDATE "order items" SET v = 'spaced again' WHERE id = 2;"#,
+    );
+    source.catch_up().await;
+    assert_eq!(
+        contents(&source.rows(&plain)),
+        vec![
+            json!({"id": 1, "v": "plain"}),
+            json!({"id": 2, "v": "plain"})
+        ]
+    );
+    assert_eq!(
+        contents(&source.rows(&spaced)),
+        vec![json!({"id": 2, "v": "spaced again"})]
+    );
+    let names: Vec<String> = source
+        .store()
+        .collections()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let third = names
+        .iter()
+        .find(|n| **n != plain && **n != spaced)
+        .unwrap();
+    assert_eq!(
+        contents(&source.rows(third)),
+        vec![json!({"id": 1, "v": "semicolon"})]
+    );
+
+    // Bound by hand under one name, the definition is refused, naming both tables.
+    let mut a = Binding::new("public", "order items");
+    a.collection = "shop/items".into();
+    let mut b = Binding::new("public", "order_items");
+    b.collection = "shop/items".into();
+    let mut options = source.options(None);
+    options.bindings = vec![a, b];
+    let err = run(options).await.unwrap_err();
+    assert_eq!(err.kind(), tidepool::ErrorKind::InvalidInput);
+    assert!(
+        err.message().contains(r#""public"."order items""#)
+            && err.message().contains(r#""public"."order_items""#),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_renamed_table_keeps_its_collection_and_the_capture_says_so() {
+    // Bound by name (--tables), and without a definition (everything published).
+    for bound in [true, false] {
+        let source = Source::new(
+            if bound { "id_rename_b" } else { "id_rename" },
+            "CREATE TABLE ev (id int PRIMARY KEY, v text);",
+        );
+        let bindings = if bound {
+            vec![only_changes("public", "ev")]
+        } else {
+            Vec::new()
+        };
+        let oid = table_oid(&source, "ev");
+        source.db.sql("INSERT INTO ev VALUES (1, 'a'), (2, 'b');");
+        catch_up_with(&source, bindings).await;
+        source.db.sql(
+            "ALTER TABLE ev RENAME TO ev2;
+             INSERT INTO ev2 VALUES (3, 'c');
+             UPDATE ev2 SET v = 'B' WHERE id = 2;
+             DELETE FROM ev2 WHERE id = 1;",
+        );
+        let report = source.catch_up().await;
+        assert_notice(
+            &report,
+            &[
+                r#""public"."ev" was renamed to "public"."ev2""#,
+                "public/ev keeps it",
+            ],
+        );
+        assert_eq!(
+            contents(&source.rows("public/ev")),
+            vec![json!({"id": 2, "v": "B"}), json!({"id": 3, "v": "c"})]
+        );
+        let changes = source.changes("public/ev");
+        assert_eq!(ops(&changes), vec!["c", "c", "c", "u", "d"]);
+        assert_eq!(changes[4]["_meta"]["source"]["table"], "ev2");
+        let store = source.store();
+        assert_eq!(
+            store.collections().unwrap().len(),
+            1,
+            "no second collection"
+        );
+        assert_eq!(store.collection("public/ev").unwrap().unwrap().table, "ev2");
+        if bound {
+            let definition = Definition::load(&store).unwrap().unwrap();
+            assert_eq!(definition.bindings[0].table, "ev2");
+            assert_eq!(definition.bindings[0].collection, "public/ev");
+            assert_eq!(definition.bindings[0].oid, Some(oid));
+        }
+        // Later changes keep arriving, with nothing more to say.
+        source.db.sql("INSERT INTO ev2 VALUES (4, 'd');");
+        let report = source.catch_up().await;
+        assert!(report.notices.is_empty(), "{:?}", report.notices);
+        assert_eq!(source.rows("public/ev").len(), 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_created_again_is_read_again_and_the_capture_says_so() {
+    let source = Source::new(
+        "id_recreate",
+        "CREATE TABLE ev (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);",
+    );
+    let bindings = vec![
+        only_changes("public", "ev"),
+        only_changes("public", "other"),
+    ];
+    let old_oid = table_oid(&source, "ev");
+    source.db.sql(
+        "INSERT INTO ev VALUES (1, 'old'), (2, 'old');
+         INSERT INTO other VALUES (1);",
+    );
+    catch_up_with(&source, bindings).await;
+    assert_eq!(source.rows("public/ev").len(), 2);
+    source.db.sql(
+        "DROP TABLE ev;
+         CREATE TABLE ev (id int PRIMARY KEY, v text);
+         INSERT INTO ev VALUES (2, 'new'), (3, 'new');
+         UPDATE ev SET v = 'newer' WHERE id = 3;
+         INSERT INTO other VALUES (2);",
+    );
+    let new_oid = table_oid(&source, "ev");
+    assert_ne!(old_oid, new_oid);
+    let report = source.catch_up().await;
+    assert_notice(
+        &report,
+        &[
+            r#""public"."ev" was dropped and created again"#,
+            &format!("OID {old_oid} is now {new_oid}"),
+            "public/ev",
+            "re-backfill",
+        ],
+    );
+    // The old table's rows are gone; the new table's are the current rows.
+    let source_rows = json!([{"id": 2, "v": "new"}, {"id": 3, "v": "newer"}]);
+    assert_eq!(
+        Json::Array(contents(&source.rows("public/ev"))),
+        source_rows
+    );
+    // The log: the old table's changes, then the new one's up to the re-backfill's snapshot, then
+    // the snapshot's rows.
+    let changes = source.changes("public/ev");
+    let snapshot: Vec<Json> = changes
+        .iter()
+        .filter(|c| c["_meta"]["source"]["snapshot"] == json!(true))
+        .map(data)
+        .collect();
+    assert_eq!(Json::Array(snapshot), source_rows);
+    assert_eq!(ops(&changes[..2]), vec!["c", "c"]);
+    assert_eq!(data(&changes[0]), json!({"id": 1, "v": "old"}));
+    // The other binding went on undisturbed, once each.
+    assert_eq!(
+        contents(&source.rows("public/other")),
+        vec![json!({"id": 1}), json!({"id": 2})]
+    );
+    assert_eq!(ops(&source.changes("public/other")), vec!["c", "c"]);
+    let definition = Definition::load(&source.store()).unwrap().unwrap();
+    assert_eq!(definition.bindings[0].oid, Some(new_oid));
+
+    // Live again: later changes of the new table arrive as usual.
+    source
+        .db
+        .sql("DELETE FROM ev WHERE id = 2; INSERT INTO ev VALUES (4, 'later');");
+    let report = source.catch_up().await;
+    assert!(report.notices.is_empty(), "{:?}", report.notices);
+    assert_eq!(
+        contents(&source.rows("public/ev")),
+        vec![
+            json!({"id": 3, "v": "newer"}),
+            json!({"id": 4, "v": "later"})
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_column_whose_type_changed_does_not_leave_rows_under_old_keys() {
+    let source = Source::new(
+        "id_keytype",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE n (id int8 PRIMARY KEY);",
+    );
+    source.db.sql(
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         INSERT INTO n VALUES (1);",
+    );
+    source.catch_up().await;
+    source.db.sql(
+        "ALTER TABLE t ALTER id TYPE text;
+         UPDATE t SET v = 'A' WHERE id = '1';
+         DELETE FROM t WHERE id = '2';
+         INSERT INTO t VALUES ('x', 'new');
+         ALTER TABLE n ALTER id TYPE int4;
+         INSERT INTO n VALUES (2);",
+    );
+    let report = source.catch_up().await;
+    assert_notice(
+        &report,
+        &[
+            r#"key column "id" changed type"#,
+            r#""public"."t""#,
+            "re-backfill",
+        ],
+    );
+    // An integer key that stays an integer (int8 to int4) keeps its keys: nothing to read again.
+    assert!(
+        !report.notices.iter().any(|n| n.contains(r#""public"."n""#)),
+        "{:?}",
+        report.notices
+    );
+    assert_eq!(
+        contents(&source.rows("public/t")),
+        vec![
+            json!({"id": "1", "v": "A"}),
+            json!({"id": "3", "v": "c"}),
+            json!({"id": "x", "v": "new"})
+        ]
+    );
+    assert_eq!(
+        contents(&source.rows("public/n")),
+        vec![json!({"id": 1}), json!({"id": 2})]
+    );
+    // A delete after the change removes the row whatever type it was stored under.
+    source.db.sql("DELETE FROM t WHERE id = '3';");
+    source.catch_up().await;
+    assert_eq!(
+        contents(&source.rows("public/t")),
+        vec![json!({"id": "1", "v": "A"}), json!({"id": "x", "v": "new"})]
+    );
+    let changes = source.changes("public/t");
+    assert_eq!(ops(&changes[..3]), vec!["c", "c", "c"]);
+    assert_eq!(changes.last().unwrap()["_meta"]["op"], "d");
+    assert_eq!(data(changes.last().unwrap()), json!({"id": "3"}));
+}
