@@ -5,7 +5,10 @@
 //!
 //! Invariants:
 //! - A definition is validated before it is saved: collection names follow [`validate_collection_name`],
-//!   each table is bound once and each collection name is used once.
+//!   each table is bound once and each collection name is used once (a clash names both tables).
+//! - A binding's table is its OID; its schema and table name are the last ones seen, kept current by
+//!   the capture. Default names are unique among the tables named together and never reuse a name
+//!   already taken ([`unique_collection_names`]).
 //! - The definition is what the user asked for; what the capture has done about it (which bindings are
 //!   live, which are being backfilled) is the capture's own state, kept apart
 //!   ([`crate::capture`]). Editing the definition never touches captured data: a running capture

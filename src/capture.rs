@@ -13,6 +13,13 @@
 //! - An idle slot still advances: a keepalive's position is stored as the checkpoint and confirmed when
 //!   no transaction is open and nothing is unstored, so WAL is not retained while captured tables are
 //!   quiet.
+//! - A table is known by its OID (pgoutput's relation id), never by its name alone: a renamed table
+//!   keeps its collection; a table dropped and created again, or a key column whose values now map to
+//!   other JSON, has its collection read again (the stream stops before storing anything of that
+//!   transaction), so a collection never keeps the old table's rows or keys as current rows. Each is
+//!   logged and listed in [`CaptureReport::notices`].
+//! - A backfill read alongside the stream is brought in only once the stream has stored everything
+//!   committed before its snapshot.
 //! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
 //!   FULL), else from the stored row, else the column is left out and named in `_meta.unknown`.
 
