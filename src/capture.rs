@@ -456,6 +456,12 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
     // Backfills a crash interrupted are started over by reconciling: their snapshots died with
     // their sessions, so what they held is dropped and a new snapshot is taken.
     capture.reconcile(definition, definition_text).await?;
+    // A bound table dropped and created again while no capture ran is read again now, even if the
+    // new table never changes.
+    capture.rebackfill = capture.recreated_while_stopped().await?;
+    if !capture.rebackfill.is_empty() {
+        capture.start_rebackfills().await?;
+    }
     let mut backoff = Duration::from_millis(250);
     let result = loop {
         let started = Instant::now();
@@ -470,8 +476,16 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
             Ok(Outcome::Stopped) => break Ok(()),
             Ok(Outcome::Rebackfill) => {
                 capture.relations.clear();
-                capture.start_rebackfills().await?;
-                continue;
+                match capture.start_rebackfills().await {
+                    Ok(()) => continue,
+                    // The stream asks again when it comes back to the same Relation message.
+                    Err(e) if e.kind() == ErrorKind::Connection => {
+                        capture.store.rollback()?;
+                        capture.states = load_states(&capture.store)?;
+                        tracing::warn!(error = %e, "connection lost starting a re-backfill; reconnecting")
+                    }
+                    Err(e) => break Err(e),
+                }
             }
             Ok(Outcome::Ended) => {
                 tracing::warn!("the server ended the replication stream; reconnecting")
@@ -858,6 +872,47 @@ impl Capture {
             }
         }
         Ok(None)
+    }
+
+    /// The bound tables whose recorded OID is gone while a table of another OID now has their name:
+    /// dropped and created again while no capture ran.
+    async fn recreated_while_stopped(&mut self) -> Result<Vec<Rebackfill>> {
+        let mut found = Vec::new();
+        if self.states.iter().all(|s| s.oid.is_none()) {
+            return Ok(found);
+        }
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        for state in &self.states {
+            let Some(old) = state.oid else { continue };
+            if state.backfilling.is_some() {
+                continue;
+            }
+            let gone = sql
+                .query_opt("SELECT 1 FROM pg_class WHERE oid = $1", &[&old])
+                .await
+                .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+                .is_none();
+            if !gone {
+                continue;
+            }
+            if let Some(new) = table_oid(sql, &state.schema, &state.table).await? {
+                found.push(Rebackfill {
+                    schema: state.schema.clone(),
+                    table: state.table.clone(),
+                    notice: format!(
+                        "table {} was dropped and created again while the capture was stopped (OID {old} is now {new}); \
+                         collection {} now follows the new table and is read again from it (a re-backfill), \
+                         replacing the old table's rows",
+                        qualified(&state.schema, &state.table),
+                        state.collection
+                    ),
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Starts the re-backfills the stream asked for (called with no batch open): each binding
