@@ -712,37 +712,7 @@ impl Capture {
     /// published table is bound on first sight, under a default name unique in this store.
     async fn identify(&mut self, relid: u32, schema: &str, table: &str) -> Result<Identity> {
         if let Some(at) = self.states.iter().position(|s| s.oid == Some(relid)) {
-            let state = &self.states[at];
-            if state.schema != schema || state.table != table {
-                let (old_schema, old_table) = (state.schema.clone(), state.table.clone());
-                self.notice(format!(
-                    "table {} was renamed to {}; collection {} keeps it",
-                    qualified(&old_schema, &old_table),
-                    qualified(schema, table),
-                    state.collection
-                ));
-                let state = &mut self.states[at];
-                state.schema = schema.to_string();
-                state.table = table.to_string();
-                for backfill in &mut self.backfills {
-                    for named in &mut backfill.tables {
-                        if named.0 == old_schema && named.1 == old_table {
-                            *named = (schema.to_string(), table.to_string());
-                        }
-                    }
-                }
-                self.save_states()?;
-                if let Some(definition) = &mut self.definition {
-                    if let Some(binding) = definition.bindings.iter_mut().find(|b| {
-                        b.oid == Some(relid) || (b.schema == old_schema && b.table == old_table)
-                    }) {
-                        binding.schema = schema.to_string();
-                        binding.table = table.to_string();
-                        binding.oid = Some(relid);
-                    }
-                    self.save_definition()?;
-                }
-            }
+            self.follow_rename(at, relid, schema, table)?;
             return Ok(Identity::Bound(at));
         }
         if let Some(at) = self.states.iter().position(|s| s.retired.contains(&relid)) {
@@ -753,24 +723,34 @@ impl Capture {
             .iter()
             .position(|s| s.schema == schema && s.table == table)
         {
-            let state = &self.states[at];
-            return match state.oid {
+            match self.states[at].oid {
                 // A binding recorded before OIDs were: this is its table.
                 None => {
                     self.states[at].oid = Some(relid);
                     self.save_states()?;
-                    Ok(Identity::Bound(at))
+                    return Ok(Identity::Bound(at));
                 }
-                Some(old) => Ok(Identity::Rebackfill(Rebackfill {
-                    schema: schema.to_string(),
-                    table: table.to_string(),
-                    notice: format!(
-                        "table {} was dropped and created again (OID {old} is now {relid}); collection {}                          now follows the new table and is read again from it (a re-backfill), replacing                          the old table's rows",
-                        qualified(schema, table),
-                        state.collection
-                    ),
-                })),
-            };
+                Some(old) => match self.name_of(old).await? {
+                    // The bound table was renamed away and this one took its name: the binding
+                    // follows its table; this one is new.
+                    Some((old_schema, old_table)) => {
+                        self.follow_rename(at, old, &old_schema, &old_table)?;
+                    }
+                    None => {
+                        return Ok(Identity::Rebackfill(Rebackfill {
+                            schema: schema.to_string(),
+                            table: table.to_string(),
+                            notice: format!(
+                                "table {} was dropped and created again (OID {old} is now {relid}); collection {} \
+                                 now follows the new table and is read again from it (a re-backfill), replacing \
+                                 the old table's rows",
+                                qualified(schema, table),
+                                self.states[at].collection
+                            ),
+                        }))
+                    }
+                },
+            }
         }
         if self.definition.is_some() {
             return Ok(Identity::Unbound);
@@ -788,6 +768,63 @@ impl Capture {
         });
         self.save_states()?;
         Ok(Identity::Bound(self.states.len() - 1))
+    }
+
+    /// Records that the table of the binding state at `at` (OID `oid`) is now named `schema.table`,
+    /// when that is news: in the state, in running backfills, in the definition, and in a notice.
+    fn follow_rename(&mut self, at: usize, oid: u32, schema: &str, table: &str) -> Result<()> {
+        let state = &self.states[at];
+        if state.schema == schema && state.table == table {
+            return Ok(());
+        }
+        let (old_schema, old_table) = (state.schema.clone(), state.table.clone());
+        self.notice(format!(
+            "table {} was renamed to {}; collection {} keeps it",
+            qualified(&old_schema, &old_table),
+            qualified(schema, table),
+            state.collection
+        ));
+        let state = &mut self.states[at];
+        state.schema = schema.to_string();
+        state.table = table.to_string();
+        for backfill in &mut self.backfills {
+            for named in &mut backfill.tables {
+                if named.0 == old_schema && named.1 == old_table {
+                    *named = (schema.to_string(), table.to_string());
+                }
+            }
+        }
+        self.save_states()?;
+        if let Some(definition) = &mut self.definition {
+            if let Some(binding) = definition
+                .bindings
+                .iter_mut()
+                .find(|b| b.oid == Some(oid) || (b.schema == old_schema && b.table == old_table))
+            {
+                binding.schema = schema.to_string();
+                binding.table = table.to_string();
+                binding.oid = Some(oid);
+            }
+            self.save_definition()?;
+        }
+        Ok(())
+    }
+
+    /// The current name of the table with OID `oid`, if it still exists.
+    async fn name_of(&mut self, oid: u32) -> Result<Option<(String, String)>> {
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        Ok(sql
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1 AND c.relkind IN ('r', 'p')",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+            .map(|r| (r.get(0), r.get(1))))
     }
 
     /// The collection of a published table seen for the first time by a capture without a

@@ -166,8 +166,11 @@ async fn a_renamed_table_keeps_its_collection_and_the_capture_says_so() {
         let oid = table_oid(&source, "ev");
         source.db.sql("INSERT INTO ev VALUES (1, 'a'), (2, 'b');");
         catch_up_with(&source, bindings).await;
+        // Another table takes the old name, and changes before the renamed one does.
         source.db.sql(
             "ALTER TABLE ev RENAME TO ev2;
+             CREATE TABLE ev (id int PRIMARY KEY, v text);
+             INSERT INTO ev VALUES (9, 'another table');
              INSERT INTO ev2 VALUES (3, 'c');
              UPDATE ev2 SET v = 'B' WHERE id = 2;
              DELETE FROM ev2 WHERE id = 1;",
@@ -188,11 +191,24 @@ async fn a_renamed_table_keeps_its_collection_and_the_capture_says_so() {
         assert_eq!(ops(&changes), vec!["c", "c", "c", "u", "d"]);
         assert_eq!(changes[4]["_meta"]["source"]["table"], "ev2");
         let store = source.store();
-        assert_eq!(
-            store.collections().unwrap().len(),
-            1,
-            "no second collection"
-        );
+        let names: Vec<String> = store
+            .collections()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        if bound {
+            // The new table is not bound.
+            assert_eq!(names, vec!["public/ev"]);
+        } else {
+            // The new table is a new collection, under a name of its own.
+            assert_eq!(names.len(), 2, "{names:?}");
+            assert!(names[1].starts_with("public/ev_"), "{names:?}");
+            assert_eq!(
+                contents(&source.rows(&names[1])),
+                vec![json!({"id": 9, "v": "another table"})]
+            );
+        }
         assert_eq!(store.collection("public/ev").unwrap().unwrap().table, "ev2");
         if bound {
             let definition = Definition::load(&store).unwrap().unwrap();
