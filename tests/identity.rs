@@ -398,3 +398,83 @@ async fn a_table_dropped_and_created_again_while_stopped_is_read_again_even_if_i
         vec![json!({"id": 2, "v": "new"})]
     );
 }
+
+#[test]
+fn the_command_line_names_colliding_tables_apart_and_keeps_saved_names() {
+    let source = Source::new(
+        "id_cli_names",
+        r#"CREATE TABLE "order items" (id int PRIMARY KEY); CREATE TABLE order_items (id int PRIMARY KEY);"#,
+    );
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        source.db.cluster.port(),
+        source.db.name
+    );
+    let store = source.store.to_str().unwrap();
+    let tidepool = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(args)
+            .env(
+                "PGPASSWORD",
+                source.db.cluster.superuser_password().expose(),
+            )
+            .env("PGPASSFILE", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let capture = |tables: &str| {
+        let stop = source.db.current_lsn().to_string();
+        tidepool(&[
+            "capture",
+            "--url",
+            &url,
+            "--store",
+            store,
+            "--publication",
+            "tidepool_pub",
+            "--slot",
+            &source.slot,
+            "--no-backfill",
+            "--tables",
+            tables,
+            "--stop-at-lsn",
+            &stop,
+        ]);
+    };
+    let collections = || -> Vec<(String, String)> {
+        let listed: Json =
+            serde_json::from_str(&tidepool(&["binding", "list", "--store", store, "--json"]))
+                .unwrap();
+        listed["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["table"].as_str().unwrap().to_string(),
+                    b["collection"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    capture(r#"public."order items",public.order_items"#);
+    assert_eq!(
+        collections(),
+        vec![
+            ("order items".into(), "public/order_items_ef0de76c".into()),
+            ("order_items".into(), "public/order_items".into())
+        ]
+    );
+    // Captured again with one of them: its saved name stays.
+    capture(r#"public."order items""#);
+    assert_eq!(
+        collections(),
+        vec![("order items".into(), "public/order_items_ef0de76c".into())]
+    );
+}
