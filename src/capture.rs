@@ -265,6 +265,8 @@ struct RunningBackfill {
 struct Rebackfill {
     schema: String,
     table: String,
+    /// The OID the table was seen under (a Relation message may come from a table dropped since).
+    seen: u32,
     /// What happened and what the capture does about it, for the log and the report.
     notice: String,
 }
@@ -731,6 +733,28 @@ impl Capture {
                     return Ok(Identity::Bound(at));
                 }
                 Some(old) => match self.name_of(old).await? {
+                    // The bound table still has this name: this relation is an earlier table of
+                    // the name, dropped since. A re-backfill under way replaces what it leaves;
+                    // else the collection may hold its rows as current ones: read it again.
+                    Some(name) if name.0 == schema && name.1 == table => {
+                        if self.states[at].backfilling.is_some() {
+                            self.states[at].retired.push(relid);
+                            self.save_states()?;
+                            return Ok(Identity::Bound(at));
+                        }
+                        return Ok(Identity::Rebackfill(Rebackfill {
+                            schema: schema.to_string(),
+                            table: table.to_string(),
+                            seen: relid,
+                            notice: format!(
+                                "an earlier table {} (OID {relid}) was dropped and the name now belongs to \
+                                 OID {old}; collection {} follows OID {old} and is read again from it (a \
+                                 re-backfill), replacing the earlier table's rows",
+                                qualified(schema, table),
+                                self.states[at].collection
+                            ),
+                        }));
+                    }
                     // The bound table was renamed away and this one took its name: the binding
                     // follows its table; this one is new.
                     Some((old_schema, old_table)) => {
@@ -740,6 +764,7 @@ impl Capture {
                         return Ok(Identity::Rebackfill(Rebackfill {
                             schema: schema.to_string(),
                             table: table.to_string(),
+                            seen: relid,
                             notice: format!(
                                 "table {} was dropped and created again (OID {old} is now {relid}); collection {} \
                                  now follows the new table and is read again from it (a re-backfill), replacing \
@@ -939,6 +964,7 @@ impl Capture {
                 found.push(Rebackfill {
                     schema: state.schema.clone(),
                     table: state.table.clone(),
+                    seen: new,
                     notice: format!(
                         "table {} was dropped and created again while the capture was stopped (OID {old} is now {new}); \
                          collection {} now follows the new table and is read again from it (a re-backfill), \
@@ -979,11 +1005,16 @@ impl Capture {
             let sql = self.sql.as_ref().expect("connected above");
             let current = table_oid(sql, &request.schema, &request.table).await?;
             let state = &mut self.states[at];
-            if let (Some(old), Some(new)) = (state.oid, current) {
-                if old != new {
-                    state.retired.push(old);
-                    state.oid = Some(new);
+            // Every OID but the current one is retired: its changes still in the stream go to
+            // this collection ahead of the re-backfill (a table may have been dropped and created
+            // again more than once since the checkpoint).
+            if let Some(new) = current {
+                for old in [state.oid, Some(request.seen)].into_iter().flatten() {
+                    if old != new && !state.retired.contains(&old) {
+                        state.retired.push(old);
+                    }
                 }
+                state.oid = Some(new);
             }
             let (oid, collection, backfill) = (state.oid, state.collection.clone(), state.backfill);
             self.notice(request.notice);
@@ -1582,6 +1613,7 @@ impl Capture {
                 if handling == Handling::Store {
                     if let Some(change) = self.key_type_change(&collection, &columns).await? {
                         self.rebackfill.push(Rebackfill {
+                            seen: relid,
                             notice: format!(
                                 "{change} in table {}; collection {collection} is read again (a re-backfill), \
                                  so rows stored under the old type's keys are replaced by the table's rows as they are now",

@@ -478,3 +478,80 @@ fn the_command_line_names_colliding_tables_apart_and_keeps_saved_names() {
         vec![("order items".into(), "public/order_items_ef0de76c".into())]
     );
 }
+
+/// Polls until `done` holds (or fails after a minute).
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_created_again_twice_while_capturing_ends_with_the_last_ones_rows() {
+    let source = Source::new(
+        "id_recreate_live",
+        "CREATE TABLE ev (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO ev VALUES (1, 'first'), (2, 'first');",
+    );
+    let mut options = source.options(None);
+    options.bindings = vec![
+        only_changes("public", "ev"),
+        only_changes("public", "other"),
+    ];
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = streaming.clone();
+    options.observer = Some(tidepool::capture::Observer(std::sync::Arc::new(
+        move |_| seen.store(true, std::sync::atomic::Ordering::SeqCst),
+    )));
+    let capture = tokio::spawn(run(options));
+    wait_until("the stream", || {
+        streaming.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    source.db.sql(
+        "INSERT INTO ev VALUES (3, 'first');
+         DROP TABLE ev;
+         CREATE TABLE ev (id int PRIMARY KEY, v text);
+         INSERT INTO ev VALUES (3, 'second'), (4, 'second');
+         DROP TABLE ev;
+         CREATE TABLE ev (id int PRIMARY KEY, v text);
+         INSERT INTO ev VALUES (4, 'third'), (5, 'third');
+         UPDATE ev SET v = 'third, updated' WHERE id = 5;
+         INSERT INTO other VALUES (1);",
+    );
+    let last_oid = table_oid(&source, "ev");
+    let expected = vec![
+        json!({"id": 4, "v": "third"}),
+        json!({"id": 5, "v": "third, updated"}),
+    ];
+    wait_until("the last table's rows", || {
+        contents(&source.rows("public/ev")) == expected && source.rows("public/other").len() == 1
+    })
+    .await;
+    // Nothing more is on its way: the binding is live, following the last table.
+    source.db.sql("INSERT INTO ev VALUES (6, 'third');");
+    wait_until("a later change", || source.rows("public/ev").len() == 3).await;
+    capture.abort();
+    let _ = capture.await;
+    let changes = source.changes("public/ev");
+    // The first table's change, then the later tables' as the stream had them, then the snapshot.
+    assert_eq!(data(&changes[0]), json!({"id": 3, "v": "first"}));
+    let snapshot: Vec<Json> = changes
+        .iter()
+        .filter(|c| c["_meta"]["source"]["snapshot"] == json!(true))
+        .map(data)
+        .collect();
+    assert_eq!(snapshot, expected);
+    assert_eq!(
+        data(changes.last().unwrap()),
+        json!({"id": 6, "v": "third"})
+    );
+    let definition = Definition::load(&source.store()).unwrap().unwrap();
+    assert_eq!(definition.bindings[0].oid, Some(last_oid));
+    assert_eq!(ops(&source.changes("public/other")), vec!["c"]);
+}
