@@ -5,13 +5,16 @@
 //!
 //! Invariants:
 //! - A definition is validated before it is saved: collection names follow [`validate_collection_name`],
-//!   each table is bound once and each collection name is used once.
+//!   each table is bound once and each collection name is used once (a clash names both tables).
+//! - A binding's table is its OID; its schema and table name are the last ones seen, kept current by
+//!   the capture. Default names are unique among the tables named together and never reuse a name
+//!   already taken ([`unique_collection_names`]).
 //! - The definition is what the user asked for; what the capture has done about it (which bindings are
 //!   live, which are being backfilled) is the capture's own state, kept apart
 //!   ([`crate::capture`]). Editing the definition never touches captured data: a running capture
 //!   notices the change at its next transaction boundary and acts on it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +50,12 @@ pub struct Binding {
     /// Raised by one to read the table again (a re-backfill), as Estuary's backfill counter.
     #[serde(default)]
     pub backfill: u32,
+    /// The table's identity at the source (`pg_class.oid`, pgoutput's relation id). `schema` and
+    /// `table` are its last known name: a renamed table keeps its binding, and a table dropped and
+    /// created again under the same name is a different one. Filled in by the capture (from the name,
+    /// for definitions saved before OIDs were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<u32>,
 }
 
 impl Binding {
@@ -58,6 +67,7 @@ impl Binding {
             collection: default_collection_name(schema, table),
             mode: Mode::Full,
             backfill: 0,
+            oid: None,
         }
     }
 
@@ -114,7 +124,7 @@ impl Definition {
         }
         crate::slot::validate_name(&self.slot)?;
         let mut tables = HashSet::new();
-        let mut collections = HashSet::new();
+        let mut collections: HashMap<&str, &Binding> = HashMap::new();
         for binding in &self.bindings {
             validate_collection_name(&binding.collection)?;
             if !tables.insert((&binding.schema, &binding.table)) {
@@ -123,12 +133,14 @@ impl Definition {
                     format!("{} is bound twice", binding.qualified()),
                 ));
             }
-            if !collections.insert(&binding.collection) {
+            if let Some(other) = collections.insert(&binding.collection, binding) {
                 return Err(Error::invalid_input(
                     "collection",
                     format!(
-                        "'{}' is the name of two collections; each table needs its own",
-                        binding.collection
+                        "'{}' is the name of two collections, of {} and of {}; each table needs its own: rename one",
+                        binding.collection,
+                        other.qualified(),
+                        binding.qualified()
                     ),
                 ));
             }
@@ -243,6 +255,70 @@ pub fn default_collection_name(schema: &str, table: &str) -> String {
     format!("{}/{}", part(schema), part(table))
 }
 
+/// Default collection names for `tables` (schema, table), one per table, unique among themselves
+/// and against `taken` (names already in use, which never change).
+///
+/// A table gets [`default_collection_name`] unless that name is taken or shared with another table of
+/// `tables`. Of the tables sharing one, the one whose name needed no change (`order_items` beside
+/// `"order items"`) keeps it; the others get `_` and eight hex digits of a hash of their exact name
+/// (`public/order_items_ef0de76c` for `"order items"`). The suffix depends only on the table's own name, so the same set
+/// of tables always maps the same way, whatever order they come in. Should a suffixed name still
+/// collide, the error names both tables and asks for one to be given its own name.
+pub fn unique_collection_names(
+    tables: &[(String, String)],
+    taken: &HashSet<String>,
+) -> Result<Vec<String>> {
+    let plain: Vec<String> = tables
+        .iter()
+        .map(|(s, t)| default_collection_name(s, t))
+        .collect();
+    let mut sharing: HashMap<&str, usize> = HashMap::new();
+    for name in &plain {
+        *sharing.entry(name.as_str()).or_default() += 1;
+    }
+    let mut chosen: Vec<String> = Vec::with_capacity(tables.len());
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (i, ((schema, table), name)) in tables.iter().zip(&plain).enumerate() {
+        let exact = *name == format!("{schema}/{table}");
+        let keeps = !taken.contains(name) && (sharing[name.as_str()] == 1 || exact);
+        let candidate = if keeps {
+            name.clone()
+        } else {
+            format!("{name}_{:08x}", fnv1a(&format!("{schema}\0{table}")))
+        };
+        let clash = owner.get(&candidate).copied();
+        if taken.contains(&candidate) || clash.is_some() {
+            let other = match clash {
+                Some(j) => format!(
+                    " and {}.{}",
+                    sql::ident(&tables[j].0),
+                    sql::ident(&tables[j].1)
+                ),
+                None => " and a collection already in the store".into(),
+            };
+            return Err(Error::invalid_input(
+                "collection",
+                format!(
+                    "'{candidate}' would be the collection of {}.{}{other}; give one of them its own name (--collection)",
+                    sql::ident(schema),
+                    sql::ident(table)
+                ),
+            ));
+        }
+        owner.insert(candidate.clone(), i);
+        chosen.push(candidate);
+    }
+    Ok(chosen)
+}
+
+/// 32-bit FNV-1a: a hash whose value is fixed by its definition, so suffixes never change between
+/// builds (the standard library's hasher makes no such promise).
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +369,64 @@ mod tests {
         }
     }
 
+    fn names(tables: &[(&str, &str)], taken: &[&str]) -> Result<Vec<String>> {
+        let tables: Vec<(String, String)> = tables
+            .iter()
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .collect();
+        let taken = taken.iter().map(|t| t.to_string()).collect();
+        unique_collection_names(&tables, &taken)
+    }
+
+    #[test]
+    fn tables_that_would_share_a_default_name_get_unique_stable_ones() {
+        let both = names(&[("public", "order items"), ("public", "order_items")], &[]).unwrap();
+        assert_eq!(both[1], "public/order_items");
+        assert_eq!(both[0], "public/order_items_ef0de76c");
+        assert!(
+            both[0].starts_with("public/order_items_") && both[0].len() == 27,
+            "{both:?}"
+        );
+        // The same set in another order maps the same way.
+        let reversed = names(&[("public", "order_items"), ("public", "order items")], &[]).unwrap();
+        assert_eq!(reversed, vec![both[1].clone(), both[0].clone()]);
+        // Alone, a table keeps the plain name; a name already taken is never reused.
+        assert_eq!(
+            names(&[("public", "order items")], &[]).unwrap(),
+            vec!["public/order_items"]
+        );
+        assert_eq!(
+            names(&[("public", "order_items")], &["public/order_items"]).unwrap(),
+            vec![format!(
+                "public/order_items_{:08x}",
+                fnv1a("public\0order_items")
+            )]
+        );
+        // Neither exact: both suffixed, differently.
+        let two = names(&[("public", "a b"), ("public", "a;b")], &[]).unwrap();
+        assert_ne!(two[0], two[1]);
+        assert!(two.iter().all(|n| n.starts_with("public/a_b_")));
+        for name in both.iter().chain(&two) {
+            assert!(validate_collection_name(name).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_suffixed_name_that_still_collides_names_both_tables() {
+        let suffixed = names(&[("public", "a b"), ("public", "a_b")], &[]).unwrap()[0].clone();
+        let table = suffixed.trim_start_matches("public/").to_string();
+        let err = names(
+            &[("public", "a b"), ("public", "a_b"), ("public", &table)],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        assert!(
+            err.message().contains("\"a b\"") && err.message().contains(&table),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_definition_binds_each_table_and_each_name_once() {
         let mut d = Definition {
@@ -303,11 +437,13 @@ mod tests {
         };
         assert!(d.validate().is_ok());
         d.bindings[1].collection = "public/a".into();
-        assert!(d
-            .validate()
-            .unwrap_err()
-            .message()
-            .contains("two collections"));
+        let err = d.validate().unwrap_err();
+        assert!(err.message().contains("two collections"), "{err}");
+        assert!(
+            err.message().contains("\"public\".\"a\"")
+                && err.message().contains("\"public\".\"b\""),
+            "{err}"
+        );
         d.bindings[1] = Binding::new("public", "a");
         assert!(d.validate().unwrap_err().message().contains("bound twice"));
     }

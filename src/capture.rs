@@ -13,6 +13,13 @@
 //! - An idle slot still advances: a keepalive's position is stored as the checkpoint and confirmed when
 //!   no transaction is open and nothing is unstored, so WAL is not retained while captured tables are
 //!   quiet.
+//! - A table is known by its OID (pgoutput's relation id), never by its name alone: a renamed table
+//!   keeps its collection; a table dropped and created again, or a key column whose values now map to
+//!   other JSON, has its collection read again (the stream stops before storing anything of that
+//!   transaction), so a collection never keeps the old table's rows or keys as current rows. Each is
+//!   logged and listed in [`CaptureReport::notices`].
+//! - A backfill read alongside the stream is brought in only once the stream has stored everything
+//!   committed before its snapshot.
 //! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
 //!   FULL), else from the stored row, else the column is left out and named in `_meta.unknown`.
 
@@ -128,6 +135,9 @@ pub struct CaptureReport {
     pub backfilled_rows: u64,
     /// The checkpoint at the end.
     pub checkpoint: String,
+    /// What the capture did about changes to the source's tables (a table renamed, dropped and
+    /// created again, a key column's type changed), one sentence each, as also logged.
+    pub notices: Vec<String>,
 }
 
 /// Most changes one store batch may group across source transactions before it is committed.
@@ -217,6 +227,14 @@ struct BindingState {
     /// Whether the collection was live before this backfill.
     #[serde(default)]
     was_live: bool,
+    /// The table's OID (pgoutput's relation id): the binding follows the table through renames.
+    #[serde(default)]
+    oid: Option<u32>,
+    /// OIDs of tables this binding followed before (dropped, then created again under the name):
+    /// their changes still in the stream go to the same collection, ahead of the re-backfill that
+    /// replaces their rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired: Vec<u32>,
 }
 
 impl BindingState {
@@ -237,7 +255,31 @@ const STATE_KEY: &str = "bindings_state";
 struct RunningBackfill {
     tables: Vec<(String, String)>,
     staging: PathBuf,
+    /// Its snapshot's point: it is brought in once the stream has stored everything before it, so no
+    /// change older than the snapshot lands on top of the snapshot's rows.
+    point: Lsn,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A bound table whose collection must be read again before its changes can be stored: the table
+/// was dropped and created again under its name, or a key column's type changed.
+struct Rebackfill {
+    schema: String,
+    table: String,
+    /// The OID the table was seen under (a Relation message may come from a table dropped since).
+    seen: u32,
+    /// What happened and what the capture does about it, for the log and the report.
+    notice: String,
+}
+
+/// How a relation's identity resolved against the bindings.
+enum Identity {
+    /// The binding at this index of the capture's states.
+    Bound(usize),
+    /// Not bound: its changes are dropped.
+    Unbound,
+    /// Bound, but its collection is read again first.
+    Rebackfill(Rebackfill),
 }
 
 impl Relation {
@@ -319,6 +361,10 @@ struct Capture {
     /// Per bound table, what the capture has done about it.
     states: Vec<BindingState>,
     backfills: Vec<RunningBackfill>,
+    /// Backfills read and waiting until the stream has passed their snapshot's point.
+    finished: Vec<BackfillDone>,
+    /// Tables found to need a re-backfill; the stream stops at once to start them.
+    rebackfill: Vec<Rebackfill>,
     backfill_done: (
         tokio::sync::mpsc::UnboundedSender<BackfillDone>,
         tokio::sync::mpsc::UnboundedReceiver<BackfillDone>,
@@ -338,6 +384,8 @@ impl Drop for Capture {
 enum Outcome {
     Stopped,
     Ended,
+    /// Stopped (nothing of the current transaction stored) to start [`Capture::rebackfill`].
+    Rebackfill,
 }
 
 /// Runs a capture until `stop_at` is reached (or forever). Connection losses are retried with backoff
@@ -373,14 +421,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         definition_text = Some(given.save(&mut store)?);
         definition = Some(given);
     }
-    let mut states: Vec<BindingState> = match store.meta(STATE_KEY)? {
-        Some(text) => serde_json::from_str(&text).map_err(|e| {
-            Error::internal(format!(
-                "store: the capture's binding state is unreadable: {e}"
-            ))
-        })?,
-        None => Vec::new(),
-    };
+    let mut states = load_states(&store)?;
     let mut backfilled_rows = 0;
     if let Some(definition) = &definition {
         if store.checkpoint()? == Lsn(0) && states.is_empty() {
@@ -423,11 +464,19 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         definition_text: None,
         states,
         backfills: Vec::new(),
+        finished: Vec::new(),
+        rebackfill: Vec::new(),
         backfill_done: tokio::sync::mpsc::unbounded_channel(),
     };
     // Backfills a crash interrupted are started over by reconciling: their snapshots died with
     // their sessions, so what they held is dropped and a new snapshot is taken.
     capture.reconcile(definition, definition_text).await?;
+    // A bound table dropped and created again while no capture ran is read again now, even if the
+    // new table never changes.
+    capture.rebackfill = capture.recreated_while_stopped().await?;
+    if !capture.rebackfill.is_empty() {
+        capture.start_rebackfills().await?;
+    }
     let mut backoff = Duration::from_millis(250);
     let result = loop {
         let started = Instant::now();
@@ -444,8 +493,24 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
             }
         }
         capture.batch_commit_times.clear();
+        // Renames and new bindings noted in the lost batch are noted again when their Relation
+        // messages come again.
+        capture.states = load_states(&capture.store)?;
         match result {
             Ok(Outcome::Stopped) => break Ok(()),
+            Ok(Outcome::Rebackfill) => {
+                capture.relations.clear();
+                match capture.start_rebackfills().await {
+                    Ok(()) => continue,
+                    // The stream asks again when it comes back to the same Relation message.
+                    Err(e) if e.kind() == ErrorKind::Connection => {
+                        capture.store.rollback()?;
+                        capture.states = load_states(&capture.store)?;
+                        tracing::warn!(error = %e, "connection lost starting a re-backfill; reconnecting")
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
             Ok(Outcome::Ended) => {
                 tracing::warn!("the server ended the replication stream; reconnecting")
             }
@@ -498,7 +563,39 @@ fn live_state(binding: &Binding) -> BindingState {
         backfill: binding.backfill,
         backfilling: None,
         was_live: false,
+        oid: binding.oid,
+        retired: Vec::new(),
     }
+}
+
+/// The capture's binding states as last committed.
+fn load_states(store: &Store) -> Result<Vec<BindingState>> {
+    match store.meta(STATE_KEY)? {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            Error::internal(format!(
+                "store: the capture's binding state is unreadable: {e}"
+            ))
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The OID of the table now named `schema.table`, if there is one.
+async fn table_oid(sql: &Client, schema: &str, table: &str) -> Result<Option<u32>> {
+    Ok(sql
+        .query_opt(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+        .map(|r| r.get(0)))
+}
+
+/// `"schema"."table"`, for notices.
+fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", sql::ident(schema), sql::ident(table))
 }
 
 /// Creates the slot with an exported snapshot, reads the tables in it, and commits their rows with the
@@ -616,19 +713,363 @@ async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
 }
 
 impl Capture {
-    /// Where `schema.table`'s changes go: its collection and how they are handled.
-    fn handling_for(&self, schema: &str, table: &str) -> (String, Handling) {
-        if self.definition.is_none() {
-            return (default_collection_name(schema, table), Handling::Store);
-        }
-        match self
-            .states
+    /// The binding state of relation `relid`: its table's, or that of the table a recreated one
+    /// replaced (its changes still in the stream).
+    fn state_of(&self, relid: u32) -> Option<&BindingState> {
+        self.states
             .iter()
-            .find(|s| s.schema == schema && s.table == table)
-        {
+            .find(|s| s.oid == Some(relid))
+            .or_else(|| self.states.iter().find(|s| s.retired.contains(&relid)))
+    }
+
+    /// Where relation `relid`'s changes go: its collection and how they are handled.
+    fn handling_for(&self, relid: u32, schema: &str, table: &str) -> (String, Handling) {
+        match self.state_of(relid) {
             Some(state) => (state.collection.clone(), state.handling()),
             None => (default_collection_name(schema, table), Handling::Ignore),
         }
+    }
+
+    /// Resolves a Relation message's table against the bindings, by OID first: a known OID under a
+    /// new name is a rename (the binding follows it, and says so); a bound name under a new OID is a
+    /// table dropped and created again (its collection is read again). Without a definition every
+    /// published table is bound on first sight, under a default name unique in this store.
+    async fn identify(&mut self, relid: u32, schema: &str, table: &str) -> Result<Identity> {
+        if let Some(at) = self.states.iter().position(|s| s.oid == Some(relid)) {
+            self.follow_rename(at, relid, schema, table)?;
+            return Ok(Identity::Bound(at));
+        }
+        if let Some(at) = self.states.iter().position(|s| s.retired.contains(&relid)) {
+            return Ok(Identity::Bound(at));
+        }
+        if let Some(at) = self
+            .states
+            .iter()
+            .position(|s| s.schema == schema && s.table == table)
+        {
+            match self.states[at].oid {
+                // A binding recorded before OIDs were: this is its table.
+                None => {
+                    self.states[at].oid = Some(relid);
+                    self.save_states()?;
+                    return Ok(Identity::Bound(at));
+                }
+                Some(old) => match self.name_of(old).await? {
+                    // The bound table still has this name: this relation is an earlier table of
+                    // the name, dropped since. A re-backfill under way replaces what it leaves;
+                    // else the collection may hold its rows as current ones: read it again.
+                    Some(name) if name.0 == schema && name.1 == table => {
+                        if self.states[at].backfilling.is_some() {
+                            self.states[at].retired.push(relid);
+                            self.save_states()?;
+                            return Ok(Identity::Bound(at));
+                        }
+                        return Ok(Identity::Rebackfill(Rebackfill {
+                            schema: schema.to_string(),
+                            table: table.to_string(),
+                            seen: relid,
+                            notice: format!(
+                                "an earlier table {} (OID {relid}) was dropped and the name now belongs to \
+                                 OID {old}; collection {} follows OID {old} and is read again from it (a \
+                                 re-backfill), replacing the earlier table's rows",
+                                qualified(schema, table),
+                                self.states[at].collection
+                            ),
+                        }));
+                    }
+                    // The bound table was renamed away and this one took its name: the binding
+                    // follows its table; this one is new.
+                    Some((old_schema, old_table)) => {
+                        self.follow_rename(at, old, &old_schema, &old_table)?;
+                    }
+                    None => {
+                        return Ok(Identity::Rebackfill(Rebackfill {
+                            schema: schema.to_string(),
+                            table: table.to_string(),
+                            seen: relid,
+                            notice: format!(
+                                "table {} was dropped and created again (OID {old} is now {relid}); collection {} \
+                                 now follows the new table and is read again from it (a re-backfill), replacing \
+                                 the old table's rows",
+                                qualified(schema, table),
+                                self.states[at].collection
+                            ),
+                        }))
+                    }
+                },
+            }
+        }
+        if self.definition.is_some() {
+            return Ok(Identity::Unbound);
+        }
+        let collection = self.auto_collection(relid, schema, table).await?;
+        self.states.push(BindingState {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            collection,
+            backfill: 0,
+            backfilling: None,
+            was_live: false,
+            oid: Some(relid),
+            retired: Vec::new(),
+        });
+        self.save_states()?;
+        Ok(Identity::Bound(self.states.len() - 1))
+    }
+
+    /// Records that the table of the binding state at `at` (OID `oid`) is now named `schema.table`,
+    /// when that is news: in the state, in running backfills, in the definition, and in a notice.
+    fn follow_rename(&mut self, at: usize, oid: u32, schema: &str, table: &str) -> Result<()> {
+        let state = &self.states[at];
+        if state.schema == schema && state.table == table {
+            return Ok(());
+        }
+        let (old_schema, old_table) = (state.schema.clone(), state.table.clone());
+        self.notice(format!(
+            "table {} was renamed to {}; collection {} keeps it",
+            qualified(&old_schema, &old_table),
+            qualified(schema, table),
+            state.collection
+        ));
+        let state = &mut self.states[at];
+        state.schema = schema.to_string();
+        state.table = table.to_string();
+        for backfill in &mut self.backfills {
+            for named in &mut backfill.tables {
+                if named.0 == old_schema && named.1 == old_table {
+                    *named = (schema.to_string(), table.to_string());
+                }
+            }
+        }
+        self.save_states()?;
+        if let Some(definition) = &mut self.definition {
+            if let Some(binding) = definition
+                .bindings
+                .iter_mut()
+                .find(|b| b.oid == Some(oid) || (b.schema == old_schema && b.table == old_table))
+            {
+                binding.schema = schema.to_string();
+                binding.table = table.to_string();
+                binding.oid = Some(oid);
+            }
+            self.save_definition()?;
+        }
+        Ok(())
+    }
+
+    /// The current name of the table with OID `oid`, if it still exists.
+    async fn name_of(&mut self, oid: u32) -> Result<Option<(String, String)>> {
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        Ok(sql
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1 AND c.relkind IN ('r', 'p')",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// The collection of a published table seen for the first time by a capture without a
+    /// definition: the one a store made before bindings were recorded already holds for it, else
+    /// its default name made unique among the tables discovery lists that have no collection yet (on
+    /// a new store that is `discover`'s answer) and against the names this store already uses, which
+    /// never change.
+    async fn auto_collection(&mut self, relid: u32, schema: &str, table: &str) -> Result<String> {
+        let plain = default_collection_name(schema, table);
+        if let Some(spec) = self.store.collection(&plain)? {
+            if spec.schema == schema
+                && spec.table == table
+                && !self.states.iter().any(|s| s.collection == plain)
+            {
+                return Ok(plain);
+            }
+        }
+        let mut taken: std::collections::HashSet<String> =
+            self.states.iter().map(|s| s.collection.clone()).collect();
+        taken.extend(self.store.collections()?.into_iter().map(|c| c.name));
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        let mut names: Vec<(String, String)> = crate::discovery::readable_tables(sql)
+            .await?
+            .into_iter()
+            // Tables already bound have their names; the others may yet claim theirs.
+            .filter(|(oid, _, _)| *oid != relid && !self.states.iter().any(|s| s.oid == Some(*oid)))
+            .map(|(_, s, t)| (s, t))
+            .collect();
+        names.push((schema.to_string(), table.to_string()));
+        let mut unique = crate::binding::unique_collection_names(&names, &taken)?;
+        Ok(unique.pop().expect("one name per table"))
+    }
+
+    /// Logs a notice and keeps it for the report.
+    fn notice(&mut self, notice: String) {
+        tracing::warn!("{notice}");
+        self.report.notices.push(notice);
+    }
+
+    /// Saves the definition in force, with the identities the capture filled in, in the open batch
+    /// (so it commits with what it describes), and takes its text as the one in force.
+    fn save_definition(&mut self) -> Result<()> {
+        let Some(definition) = &self.definition else {
+            return Ok(());
+        };
+        let text = serde_json::to_string(definition).map_err(Error::internal)?;
+        self.store.set_meta(crate::binding::META_KEY, &text)?;
+        self.definition_text = Some(text);
+        Ok(())
+    }
+
+    /// Whether a key column of relation `relid` (its collection `collection`) now has a type whose
+    /// values map to JSON differently from the type recorded: then its new keys (`"1"`) would not
+    /// match the stored ones (`1`). Returns what changed, for the notice.
+    async fn key_type_change(
+        &mut self,
+        collection: &str,
+        columns: &[crate::pgoutput::Column],
+    ) -> Result<Option<String>> {
+        let Some(spec) = self.store.collection(collection)? else {
+            return Ok(None);
+        };
+        for key in &spec.key {
+            let recorded = spec.columns.as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["name"].as_str() == Some(key.as_str()))
+                    .and_then(|c| c["typeOid"].as_u64())
+                    .and_then(|oid| u32::try_from(oid).ok())
+            });
+            let now = columns.iter().find(|c| &c.name == key).map(|c| c.type_oid);
+            let (Some(recorded), Some(now)) = (recorded, now) else {
+                continue;
+            };
+            if recorded != now && self.kind_of(recorded).await? != self.kind_of(now).await? {
+                return Ok(Some(format!(
+                    "key column {} changed type (type OID {recorded} is now {now})",
+                    sql::ident(key)
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The bound tables whose recorded OID is gone while a table of another OID now has their name:
+    /// dropped and created again while no capture ran.
+    async fn recreated_while_stopped(&mut self) -> Result<Vec<Rebackfill>> {
+        let mut found = Vec::new();
+        if self.states.iter().all(|s| s.oid.is_none()) {
+            return Ok(found);
+        }
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        for state in &self.states {
+            let Some(old) = state.oid else { continue };
+            if state.backfilling.is_some() {
+                continue;
+            }
+            let gone = sql
+                .query_opt("SELECT 1 FROM pg_class WHERE oid = $1", &[&old])
+                .await
+                .map_err(|e| Error::from_postgres(&e, "reading pg_class"))?
+                .is_none();
+            if !gone {
+                continue;
+            }
+            if let Some(new) = table_oid(sql, &state.schema, &state.table).await? {
+                found.push(Rebackfill {
+                    schema: state.schema.clone(),
+                    table: state.table.clone(),
+                    seen: new,
+                    notice: format!(
+                        "table {} was dropped and created again while the capture was stopped (OID {old} is now {new}); \
+                         collection {} now follows the new table and is read again from it (a re-backfill), \
+                         replacing the old table's rows",
+                        qualified(&state.schema, &state.table),
+                        state.collection
+                    ),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Starts the re-backfills the stream asked for (called with no batch open): each binding
+    /// follows its table's current OID (the old one retired), and its collection is read again in a
+    /// new snapshot, its rows replaced when that is in. The stream then starts again at the
+    /// checkpoint.
+    async fn start_rebackfills(&mut self) -> Result<()> {
+        let requests = std::mem::take(&mut self.rebackfill);
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let mut tables: Vec<(Binding, bool)> = Vec::new();
+        for request in requests {
+            let Some(at) = self
+                .states
+                .iter()
+                .position(|s| s.schema == request.schema && s.table == request.table)
+            else {
+                continue;
+            };
+            if tables
+                .iter()
+                .any(|(b, _)| b.schema == request.schema && b.table == request.table)
+            {
+                continue;
+            }
+            let sql = self.sql.as_ref().expect("connected above");
+            let current = table_oid(sql, &request.schema, &request.table).await?;
+            let state = &mut self.states[at];
+            // Every OID but the current one is retired: its changes still in the stream go to
+            // this collection ahead of the re-backfill (a table may have been dropped and created
+            // again more than once since the checkpoint).
+            if let Some(new) = current {
+                for old in [state.oid, Some(request.seen)].into_iter().flatten() {
+                    if old != new && !state.retired.contains(&old) {
+                        state.retired.push(old);
+                    }
+                }
+                state.oid = Some(new);
+            }
+            let (oid, collection, backfill) = (state.oid, state.collection.clone(), state.backfill);
+            self.notice(request.notice);
+            let binding = match self.definition.as_mut().and_then(|d| {
+                d.bindings
+                    .iter_mut()
+                    .find(|b| b.schema == request.schema && b.table == request.table)
+            }) {
+                Some(binding) => {
+                    binding.oid = oid;
+                    binding.clone()
+                }
+                None => Binding {
+                    schema: request.schema.clone(),
+                    table: request.table.clone(),
+                    collection,
+                    mode: Mode::Full,
+                    backfill,
+                    oid,
+                },
+            };
+            tables.push((binding, true));
+        }
+        self.save_definition()?;
+        if !tables.is_empty() {
+            self.start_backfill(tables).await?;
+        } else if self.store.in_batch() {
+            self.store.commit(self.checkpoint)?;
+        }
+        // The stream just stopped: wait until the server has let go of the slot.
+        let sql = self.sql.as_ref().expect("connected above");
+        slot::ensure(sql, &self.options.slot, false).await?;
+        Ok(())
     }
 
     /// Re-derives every known relation's collection and handling after the bindings changed.
@@ -637,7 +1078,7 @@ impl Capture {
             .relations
             .iter()
             .map(|(id, rel)| {
-                let (collection, handling) = self.handling_for(&rel.schema, &rel.table);
+                let (collection, handling) = self.handling_for(*id, &rel.schema, &rel.table);
                 (*id, collection, handling)
             })
             .collect();
@@ -657,6 +1098,53 @@ impl Capture {
         self.store.set_meta(STATE_KEY, &text)
     }
 
+    /// Gives every binding of `definition` and its state the table's OID, matching bindings to states
+    /// by OID, else by name. A binding or state saved before OIDs were recorded gets the OID of the
+    /// table its name names now; a state's name is the table's last seen name, and its binding takes
+    /// it (the table was renamed). Returns whether the definition changed.
+    async fn fill_identities(&mut self, definition: &mut Definition) -> Result<bool> {
+        let mut changed = false;
+        let mut states_changed = false;
+        for binding in &mut definition.bindings {
+            let at = binding
+                .oid
+                .and_then(|oid| self.states.iter().position(|s| s.oid == Some(oid)))
+                .or_else(|| {
+                    self.states
+                        .iter()
+                        .position(|s| s.schema == binding.schema && s.table == binding.table)
+                });
+            let mut oid = at.and_then(|at| self.states[at].oid).or(binding.oid);
+            if oid.is_none() {
+                if self.sql.is_none() {
+                    self.sql = Some(connect(&self.options.spec).await?);
+                }
+                let sql = self.sql.as_ref().expect("connected above");
+                oid = table_oid(sql, &binding.schema, &binding.table).await?;
+            }
+            if let Some(at) = at {
+                let state = &mut self.states[at];
+                if state.oid != oid {
+                    state.oid = oid;
+                    states_changed = true;
+                }
+                if state.schema != binding.schema || state.table != binding.table {
+                    binding.schema = state.schema.clone();
+                    binding.table = state.table.clone();
+                    changed = true;
+                }
+            }
+            if binding.oid != oid {
+                binding.oid = oid;
+                changed = true;
+            }
+        }
+        if states_changed {
+            self.save_states()?;
+        }
+        Ok(changed)
+    }
+
     /// Brings the capture in line with `definition` (called with no batch open): renames collections,
     /// drops unbound tables, and starts a backfill, in a snapshot of its own, for each table that is
     /// new and `Full`, whose backfill counter was raised, or whose backfill was interrupted.
@@ -666,10 +1154,38 @@ impl Capture {
         text: Option<String>,
     ) -> Result<()> {
         self.definition_text = text;
-        let Some(definition) = definition else {
+        let Some(mut definition) = definition else {
             self.definition = None;
+            // Without a definition only a re-backfill can be under way: one a crash or a lost
+            // connection interrupted starts over.
+            let in_flight: Vec<(String, String)> = self
+                .backfills
+                .iter()
+                .flat_map(|b| b.tables.iter().cloned())
+                .collect();
+            let interrupted: Vec<(Binding, bool)> = self
+                .states
+                .iter()
+                .filter(|s| s.backfilling.is_some())
+                .filter(|s| !in_flight.contains(&(s.schema.clone(), s.table.clone())))
+                .map(|s| {
+                    let binding = Binding {
+                        schema: s.schema.clone(),
+                        table: s.table.clone(),
+                        collection: s.collection.clone(),
+                        mode: Mode::Full,
+                        backfill: s.backfill,
+                        oid: s.oid,
+                    };
+                    (binding, s.was_live)
+                })
+                .collect();
+            if !interrupted.is_empty() {
+                self.start_backfill(interrupted).await?;
+            }
             return Ok(());
         };
+        let identities_filled = self.fill_identities(&mut definition).await?;
         if definition.publication != self.options.publication
             || definition.slot != self.options.slot
         {
@@ -729,6 +1245,9 @@ impl Capture {
             );
         }
         self.definition = Some(definition);
+        if identities_filled {
+            self.save_definition()?;
+        }
         self.save_states()?;
         self.store.commit(self.checkpoint)?;
         if !to_backfill.is_empty() {
@@ -764,11 +1283,18 @@ impl Capture {
         self.store.begin()?;
         for (binding, was_live) in &tables {
             self.store.drop_held(&binding.collection)?;
+            let retired = self
+                .states
+                .iter()
+                .find(|s| s.schema == binding.schema && s.table == binding.table)
+                .map(|s| s.retired.clone())
+                .unwrap_or_default();
             self.states
                 .retain(|s| !(s.schema == binding.schema && s.table == binding.table));
             self.states.push(BindingState {
                 backfilling: Some(point),
                 was_live: *was_live,
+                retired,
                 ..live_state(binding)
             });
         }
@@ -813,6 +1339,7 @@ impl Capture {
                 .map(|(b, _)| (b.schema.clone(), b.table.clone()))
                 .collect(),
             staging,
+            point,
             task,
         });
         Ok(())
@@ -922,21 +1449,33 @@ impl Capture {
         let mut tick = tokio::time::interval(DEFINITION_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if pending.is_none() && tx.is_none() {
+                let position = if self.store.in_batch() {
+                    batch_end
+                } else {
+                    self.checkpoint
+                };
+                if let Some(at) = self.ready_backfill(position) {
+                    if self.store.in_batch() {
+                        self.flush(&stream, batch_end)?;
+                    }
+                    let (staging, result) = self.finished.remove(at);
+                    self.finish_backfill(staging, result).await?;
+                    if self.reached_stop() {
+                        stream.stop().await;
+                        return Ok(Outcome::Stopped);
+                    }
+                    continue;
+                }
+            }
             let next = match pending.take() {
                 Some(event) => Some(event),
                 // Between transactions: also bring in finished backfills and edited definitions.
                 None if tx.is_none() => {
                     tokio::select! {
                         biased;
-                        Some((staging, result)) = self.backfill_done.1.recv() => {
-                            if self.store.in_batch() {
-                                self.flush(&stream, batch_end)?;
-                            }
-                            self.finish_backfill(staging, result).await?;
-                            if self.reached_stop() {
-                                stream.stop().await;
-                                return Ok(Outcome::Stopped);
-                            }
+                        Some(done) = self.backfill_done.1.recv() => {
+                            self.finished.push(done);
                             continue;
                         }
                         _ = tick.tick() => {
@@ -981,6 +1520,10 @@ impl Capture {
                         .decode(&bytes)
                         .map_err(|e| Error::internal(format!("decoding pgoutput: {e}")))?;
                     self.message(message, tx.as_mut()).await?;
+                    if !self.rebackfill.is_empty() {
+                        stream.stop().await;
+                        return Ok(Outcome::Rebackfill);
+                    }
                 }
                 Event::Commit { end_lsn, .. } => {
                     let Some(done) = tx.take() else {
@@ -1026,6 +1569,20 @@ impl Capture {
                 Event::Message { .. } => {}
             }
         }
+    }
+
+    /// A finished backfill that can be brought in with the stream at `position`: a failed one at
+    /// once, a read one when every transaction before its snapshot is stored (else a change older
+    /// than the snapshot would be stored on top of the snapshot's rows).
+    fn ready_backfill(&self, position: Lsn) -> Option<usize> {
+        self.finished.iter().position(|(staging, result)| {
+            result.is_err()
+                || self
+                    .backfills
+                    .iter()
+                    .find(|b| &b.staging == staging)
+                    .is_none_or(|b| position >= b.point)
+        })
     }
 
     /// The stop LSN is stored and no backfill is still being read.
@@ -1082,7 +1639,34 @@ impl Capture {
                     .filter(|(_, c)| c.key)
                     .map(|(i, _)| i)
                     .collect();
-                let (collection, handling) = self.handling_for(&namespace, &name);
+                let (collection, handling) = match self.identify(relid, &namespace, &name).await? {
+                    Identity::Bound(at) => {
+                        let state = &self.states[at];
+                        (state.collection.clone(), state.handling())
+                    }
+                    Identity::Unbound => {
+                        (default_collection_name(&namespace, &name), Handling::Ignore)
+                    }
+                    Identity::Rebackfill(request) => {
+                        self.rebackfill.push(request);
+                        return Ok(());
+                    }
+                };
+                if handling == Handling::Store {
+                    if let Some(change) = self.key_type_change(&collection, &columns).await? {
+                        self.rebackfill.push(Rebackfill {
+                            seen: relid,
+                            notice: format!(
+                                "{change} in table {}; collection {collection} is read again (a re-backfill), \
+                                 so rows stored under the old type's keys are replaced by the table's rows as they are now",
+                                qualified(&namespace, &name)
+                            ),
+                            schema: namespace,
+                            table: name,
+                        });
+                        return Ok(());
+                    }
+                }
                 // REPLICA IDENTITY FULL flags every column as the identity; the collection's key stays
                 // the table's own (as recorded, else as discovery picks it), or rows would split.
                 if replica_identity == b'f' {

@@ -5,7 +5,8 @@
 //!   table is one unit (its partitions are not listed separately);
 //! - the key is the primary key; else the first unique index (by name) over non-null columns without
 //!   expressions or predicates; else none (captured keyed by change position);
-//! - the collection name defaults to `schema/table`;
+//! - the collection name defaults to `schema/table`, made unique among the tables listed
+//!   ([`crate::binding::unique_collection_names`]: `"order items"` beside `order_items` gets a suffix);
 //! - the JSON Schema (draft 2020-12) follows the capture's value mapping ([`crate::value`]), each
 //!   property describes its source type ("(source type: non-nullable int4)"), and only key columns are
 //!   `required`.
@@ -49,6 +50,8 @@ pub enum KeySource {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DiscoveredTable {
+    /// The table's identity (`pg_class.oid`), which a rename keeps.
+    pub oid: u32,
     /// Schema.
     pub schema: String,
     /// Table.
@@ -198,6 +201,7 @@ pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<
             schema: schema_json,
         };
         discovered.push(DiscoveredTable {
+            oid,
             schema,
             table,
             partitioned: row.get(3),
@@ -212,7 +216,31 @@ pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<
             collection,
         });
     }
+    let names: Vec<(String, String)> = discovered
+        .iter()
+        .map(|t| (t.schema.clone(), t.table.clone()))
+        .collect();
+    // Should even the suffixed names collide (a table named like another's suffixed name), the plain
+    // names stay and saving such a definition is refused, naming both tables.
+    if let Ok(unique) = crate::binding::unique_collection_names(&names, &Default::default()) {
+        for (table, name) in discovered.iter_mut().zip(unique) {
+            table.collection.name = name;
+        }
+    }
     Ok(discovered)
+}
+
+/// Every table discovery lists (OID, schema, name), without their columns: the set default
+/// collection names are made unique in.
+pub async fn readable_tables(client: &Client) -> Result<Vec<(u32, String, String)>> {
+    let rows = client
+        .query(TABLES_SQL, &[&""])
+        .await
+        .map_err(|e| Error::from_postgres(&e, "discovery"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// A type's value mapping, resolving domains, enums and arrays through the catalog.

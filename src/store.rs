@@ -1134,14 +1134,16 @@ fn read_checkpoint(conn: &Connection) -> Result<Lsn> {
 }
 
 impl Store {
-    /// Records (or updates) a collection's description, in the open batch.
+    /// Records (or updates) a collection's description, in the open batch. A renamed table's new name
+    /// replaces the old one.
     pub fn put_collection(&mut self, spec: &CollectionSpec) -> Result<()> {
         self.in_open_batch("recording a collection")?;
         let id: i64 = self
             .conn
             .prepare_cached(
                 "INSERT INTO collections (name, schema_name, table_name, key_columns, columns) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (name) DO UPDATE SET key_columns = excluded.key_columns, columns = excluded.columns
+                 ON CONFLICT (name) DO UPDATE SET schema_name = excluded.schema_name, table_name = excluded.table_name,
+                   key_columns = excluded.key_columns, columns = excluded.columns
                  RETURNING id",
             )
             .and_then(|mut s| {
@@ -1351,7 +1353,8 @@ impl Store {
                 .execute(
                     "INSERT INTO main.collections (name, schema_name, table_name, key_columns, columns)
                      SELECT name, schema_name, table_name, key_columns, columns FROM staging.collections WHERE id = ?1
-                     ON CONFLICT (name) DO UPDATE SET key_columns = excluded.key_columns, columns = excluded.columns",
+                     ON CONFLICT (name) DO UPDATE SET schema_name = excluded.schema_name, table_name = excluded.table_name,
+                       key_columns = excluded.key_columns, columns = excluded.columns",
                     [staged],
                 )
                 .map_err(sqlite("importing a backfill's collection"))?;

@@ -11,6 +11,7 @@ mod continuity;
 mod crash;
 mod demo;
 mod discovery;
+mod identity;
 mod neon;
 mod neon_api;
 mod profiles;

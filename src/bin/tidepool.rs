@@ -1054,24 +1054,61 @@ fn collection_names(pairs: &[String]) -> Result<Vec<CollectionName>, Error> {
         .collect()
 }
 
+/// The bindings of `--tables`: each named by `--collection`, else by the name `saved` (the store's
+/// definition) gives it, which never changes, else by its default name made unique among the tables
+/// given and against the names in use.
 fn bindings_for(
     tables: &[String],
     no_backfill: bool,
     names: &[String],
+    saved: Option<&Definition>,
 ) -> Result<Vec<Binding>, Error> {
     let names = collection_names(names)?;
+    let parsed = tables
+        .iter()
+        .map(|t| tidepool::backfill::parse_table_name(t))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let saved_name = |schema: &str, table: &str| {
+        saved
+            .and_then(|d| d.binding(schema, table))
+            .map(|b| b.collection.clone())
+    };
+    let mut taken: std::collections::HashSet<String> =
+        names.iter().map(|(_, name)| name.clone()).collect();
+    taken.extend(
+        saved
+            .iter()
+            .flat_map(|d| &d.bindings)
+            .filter(|b| !parsed.iter().any(|(s, t)| *s == b.schema && *t == b.table))
+            .map(|b| b.collection.clone()),
+    );
+    let explicit = |schema: &str, table: &str| {
+        names
+            .iter()
+            .find(|((s, t), _)| s == schema && t == table)
+            .map(|(_, name)| name.clone())
+    };
+    let fresh: Vec<(String, String)> = parsed
+        .iter()
+        .filter(|(s, t)| explicit(s, t).is_none() && saved_name(s, t).is_none())
+        .cloned()
+        .collect();
+    let mut defaults = fresh
+        .iter()
+        .cloned()
+        .zip(tidepool::binding::unique_collection_names(&fresh, &taken)?);
     let mut bindings = Vec::with_capacity(tables.len());
-    for table in tables {
-        let (schema, table) = tidepool::backfill::parse_table_name(table)?;
+    for (schema, table) in parsed {
         let mut binding = Binding::new(&schema, &table);
+        if let Some(name) = explicit(&schema, &table).or_else(|| saved_name(&schema, &table)) {
+            binding.collection = name;
+        } else if let Some((_, name)) =
+            defaults.find(|(t, _)| *t == (schema.clone(), table.clone()))
+        {
+            binding.collection = name;
+        }
         if no_backfill {
             binding.mode = Mode::OnlyChanges;
-        }
-        if let Some((_, name)) = names
-            .iter()
-            .find(|(t, _)| *t == (schema.clone(), table.clone()))
-        {
-            binding.collection = name.clone();
         }
         bindings.push(binding);
     }
@@ -1089,7 +1126,16 @@ fn bindings_for(
 }
 
 async fn capture(args: CaptureArgs) -> Result<(), Error> {
-    let bindings = bindings_for(&args.tables, args.no_backfill, &args.collections)?;
+    let saved = match Store::open_existing(&args.store)? {
+        Some(store) => Definition::load(&store)?,
+        None => None,
+    };
+    let bindings = bindings_for(
+        &args.tables,
+        args.no_backfill,
+        &args.collections,
+        saved.as_ref(),
+    )?;
     let spec = spec_for(&args.target)?;
     let (publication, slot) = publication_and_slot(&args.target, args.publication, args.slot)?;
     let stop_at = args
@@ -1209,9 +1255,19 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
                 ));
             }
             let mut binding = Binding::new(&schema, &table);
-            if let Some(name) = collection {
-                binding.collection = name;
-            }
+            let taken = definition
+                .bindings
+                .iter()
+                .map(|b| b.collection.clone())
+                .collect();
+            binding.collection = match collection {
+                Some(name) => name,
+                None => tidepool::binding::unique_collection_names(
+                    &[(schema.clone(), table.clone())],
+                    &taken,
+                )?
+                .remove(0),
+            };
             if no_backfill {
                 binding.mode = Mode::OnlyChanges;
             }
