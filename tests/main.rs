@@ -12,6 +12,7 @@ mod demo;
 mod discovery;
 mod neon;
 mod neon_api;
+mod owner_only;
 mod profiles;
 mod run;
 mod setup;
