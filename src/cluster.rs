@@ -13,9 +13,10 @@
 //! - Run as root, `initdb` and `postgres` refuse to start: they run as the `postgres` system user, which
 //!   owns the folder.
 //! - The superuser password never reaches a file or a process argument: it is set over the local socket.
+//! - The folder is owner-only ([`crate::owner_only`]): other accounts can read neither the data nor the
+//!   log, nor reach the trusted local socket.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,7 +107,8 @@ impl Cluster {
         if root.exists() {
             std::fs::remove_dir_all(&root)?;
         }
-        std::fs::create_dir_all(&root)?;
+        // The demo's rows and the server's log are nobody else's business.
+        crate::owner_only::create_dir_all(&root)?;
         owner.chown(&root)?;
         let data = root.join("data");
 
@@ -140,8 +142,8 @@ impl Cluster {
                 ("server.key", &material.server_key),
             ] {
                 let path = data.join(name);
-                std::fs::write(&path, pem)?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                // PostgreSQL refuses a key others can read.
+                crate::owner_only::create(&path)?.write_all(pem.as_bytes())?;
                 owner.chown(&path)?;
             }
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
@@ -184,7 +186,7 @@ impl Cluster {
         });
         let cluster = Cluster { inner };
 
-        let log = std::fs::File::create(root.join("server.log"))?;
+        let log = crate::owner_only::create(&root.join("server.log"))?;
         owner.chown(&root.join("server.log"))?;
         let mut postgres = owner.command(&bin.join("postgres"), &root);
         postgres

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod neon;
+pub mod owner_only;
 pub mod pgoutput;
 pub mod pgpass;
 pub mod preflight;

@@ -217,7 +217,8 @@ pub fn export(
             ExportFormat::Csv => "csv",
         }
     );
-    std::fs::create_dir_all(dir).map_err(|e| {
+    // Exports are plain files the user asked for, but hold captured rows: owner-only, like the store.
+    crate::owner_only::create_dir_all(dir).map_err(|e| {
         Error::invalid_input(
             "export folder",
             format!("cannot create {}: {e}", dir.display()),
@@ -249,7 +250,7 @@ fn write_export(
 ) -> Result<u64> {
     use std::io::Write;
     let io = |e: std::io::Error| Error::internal(format!("writing {}: {e}", path.display()));
-    let file = std::fs::File::create(path).map_err(io)?;
+    let file = crate::owner_only::create(path).map_err(io)?;
     let columns: Vec<String> = spec
         .columns
         .as_array()

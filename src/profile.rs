@@ -7,6 +7,7 @@
 //! - Deleting a profile deletes its keychain entry first; if the keychain cannot be reached the profile
 //!   stays, so no secret is orphaned.
 //! - The file is replaced atomically (write, fsync, rename), so a crash leaves the old or the new list.
+//! - The data dir and the file are owner-only ([`crate::owner_only`]), tightened on open if not.
 //! - Names are unique (ignoring case); every field error names the field.
 
 use std::path::{Path, PathBuf};
@@ -242,8 +243,10 @@ struct ProfileFile {
 }
 
 impl Profiles {
-    /// The profiles in `data_dir`, with the OS keychain.
+    /// The profiles in `data_dir`, with the OS keychain. The data dir, the profile list and every
+    /// store in it are made owner-only ([`crate::owner_only`]) if they are not.
     pub fn open(data_dir: &Path) -> Profiles {
+        tighten_data_dir(data_dir);
         Profiles {
             file: data_dir.join("profiles.json"),
             keychain: KeychainSource::Platform,
@@ -253,6 +256,7 @@ impl Profiles {
 
     /// The profiles in `data_dir`, with a given keychain.
     pub fn with_keychain(data_dir: &Path, keychain: Keychain) -> Profiles {
+        tighten_data_dir(data_dir);
         Profiles {
             file: data_dir.join("profiles.json"),
             keychain: KeychainSource::Given(keychain),
@@ -298,7 +302,7 @@ impl Profiles {
             .file
             .parent()
             .ok_or_else(|| Error::internal("the profile file has no folder"))?;
-        std::fs::create_dir_all(dir)
+        crate::owner_only::create_dir_all(dir)
             .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
         let json = serde_json::to_vec_pretty(file).map_err(Error::internal)?;
         write_atomically(&self.file, &json)
@@ -799,6 +803,12 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
     })
 }
 
+/// Takes other accounts' access away from what Tidepool keeps in the data dir: the profile list (and
+/// its temporary file) and the stores of captured rows.
+fn tighten_data_dir(data_dir: &Path) {
+    crate::owner_only::tighten(data_dir, &["profiles.json", "profiles.tmp", "stores"]);
+}
+
 fn new_id() -> Result<String> {
     crate::secrets::random_hex(8)
 }
@@ -808,7 +818,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = crate::owner_only::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;

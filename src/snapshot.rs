@@ -100,7 +100,7 @@ struct Appender {
 
 impl Appender {
     fn create(path: PathBuf) -> Result<Appender> {
-        let file = File::create(&path).map_err(io(&path, "creating"))?;
+        let file = crate::owner_only::create(&path).map_err(io(&path, "creating"))?;
         let mut buf = Vec::with_capacity(FLUSH_BYTES + BLOCK_BYTES);
         buf.extend_from_slice(MAGIC);
         Ok(Appender {
@@ -223,7 +223,7 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     /// Starts a file in `dir` (created if needed) under a new name.
     pub fn create(dir: &Path) -> Result<SnapshotWriter> {
-        std::fs::create_dir_all(dir).map_err(io(dir, "creating the folder"))?;
+        crate::owner_only::create_dir_all(dir).map_err(io(dir, "creating the folder"))?;
         let name = format!("{}.snap", unique_name());
         let direct = Appender::create(dir.join(format!("{name}.partial")))?;
         Ok(SnapshotWriter {

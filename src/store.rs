@@ -17,6 +17,8 @@
 //!   file's row under that key, an entry without one (`seq IS NULL`) deletes it. `base` says whether
 //!   the key has a row in the live snapshot, so counts need no file reads.
 //! - Rows are kept in the order of their sort keys ([`crate::rowkey`]), in `rows` and in the files.
+//! - The store folder and everything in it are owner-only ([`crate::owner_only`]); the database file
+//!   is made `0600` before SQLite opens it, so its `-wal` and `-shm` files are too.
 
 use std::path::{Path, PathBuf};
 
@@ -230,6 +232,17 @@ static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
     )
 });
 
+/// What a store folder holds: the database and the journal files SQLite keeps beside it, the
+/// snapshot files, and the capture's backfill staging stores ([`crate::capture`]). Tightened on open.
+const STORE_ENTRIES: &[&str] = &[
+    "tidepool.db",
+    "tidepool.db-wal",
+    "tidepool.db-shm",
+    "tidepool.db-journal",
+    "snapshots",
+    "backfills",
+];
+
 /// Maps a SQLite error to the engine's: a full disk is a [`crate::ErrorKind::Storage`] error that says so
 /// (the caller adds where the store is), anything else is internal.
 fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -259,12 +272,18 @@ impl Store {
         Store::open(dir).map(Some)
     }
 
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`. The folder and its files are owner-only
+    /// ([`crate::owner_only`]); an existing store is tightened first.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        crate::owner_only::create_dir_all(dir).map_err(|e| {
             Error::invalid_input("--store", format!("cannot create {}: {e}", dir.display()))
         })?;
+        crate::owner_only::tighten(dir, STORE_ENTRIES);
         let path = dir.join("tidepool.db");
+        // SQLite gives its -wal and -shm files the database file's mode: make that 0600 first.
+        crate::owner_only::create_keep(&path).map_err(|e| {
+            Error::invalid_input("--store", format!("cannot create {}: {e}", path.display()))
+        })?;
         let conn = Connection::open(&path).map_err(sqlite("opening"))?;
         // Another process (the command line editing the definition, a preview) may hold the write
         // lock for a moment; wait for it instead of failing.
@@ -1377,7 +1396,7 @@ impl Store {
                 // backfills the table again.
                 let from = staging.join("snapshots").join(&file);
                 let to_dir = self.snapshot_dir();
-                std::fs::create_dir_all(&to_dir)
+                crate::owner_only::create_dir_all(&to_dir)
                     .and_then(|_| std::fs::rename(&from, to_dir.join(&file)))
                     .and_then(|_| std::fs::File::open(&to_dir).and_then(|d| d.sync_all()))
                     .map_err(|e| Error::internal(format!("store: moving snapshot {file}: {e}")))?;

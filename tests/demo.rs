@@ -32,6 +32,13 @@ async fn the_demo_database_captures_its_trickle_and_leaves_nothing_behind() {
     assert_eq!(view.secret, SecretState::InKeychain);
     let cluster_root = demo.cluster().root().to_path_buf();
     assert!(cluster_root.exists());
+    // The demo's rows and server log are the user's alone, like a store.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&cluster_root), 0o700);
+    assert_eq!(mode(&cluster_root.join("server.log")), 0o600);
 
     // The profile connects with the password from the keychain and sees the sample schema.
     let tables = profiles.discover(DEMO_PROFILE).await.unwrap();

@@ -14,6 +14,7 @@ mod discovery;
 mod identity;
 mod neon;
 mod neon_api;
+mod owner_only;
 mod profiles;
 mod run;
 mod setup;

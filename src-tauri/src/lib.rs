@@ -9,12 +9,18 @@ mod commands;
 
 use tauri::{Emitter, Manager};
 
+/// What the app keeps in the data dir beside the engine's files: tightened at start.
+const APP_ENTRIES: &[&str] = &["window-state.json", "logs"];
+
 /// Starts the app: logging to a file in the app's log folder, then the main window.
 pub fn run() {
     if let Err(message) = display_available() {
         eprintln!("{message}");
         std::process::exit(2);
     }
+    // Before any thread starts: what the log appender, the window-state plugin and the web view
+    // create is owner-only too, like the engine's own files.
+    tidepool::owner_only::restrict_umask();
     // The engine's data dir (TIDEPOOL_DATA_DIR, else the platform's, the same as Tauri's app data dir),
     // so the app and the `tidepool` command line share profiles.
     let data_dir = match tidepool::profile::data_dir() {
@@ -24,6 +30,14 @@ pub fn run() {
             std::process::exit(2);
         }
     };
+    // Logging starts first so that tightening an older install's files is in the log.
+    let log_dir = data_dir.join("logs");
+    if let Err(e) = tidepool::owner_only::create_dir_all(&log_dir) {
+        eprintln!("Tidepool cannot start: creating {}: {e}", log_dir.display());
+        std::process::exit(2);
+    }
+    init_logging(&log_dir);
+    tidepool::owner_only::tighten(&data_dir, APP_ENTRIES);
     tauri::Builder::default()
         // The window reopens at the size and place it was left (saved on exit and on each resize).
         // An absolute file name replaces the plugin's folder: the state lives in the data dir with
@@ -51,9 +65,6 @@ pub fn run() {
         .manage(tidepool::run::Runs::default())
         .manage(tidepool::demo::DemoHost::default())
         .setup(move |_app| {
-            let log_dir = data_dir.join("logs");
-            std::fs::create_dir_all(&log_dir)?;
-            init_logging(&log_dir);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "Tidepool started");
             Ok(())
         })
