@@ -35,6 +35,7 @@ const COMMANDS: &[&str] = &[
     "stop_demo",
     "demo_profile",
     "stop_and_drop_slot",
+    "resync_capture",
     "slot_health",
     "stop_captures_and_quit",
     "keep_capturing_in_background",

@@ -305,6 +305,24 @@ pub async fn stop_and_drop_slot(
     runs.stop_and_drop_slot(&id, &profiles).await
 }
 
+/// "Re-backfill and continue" after a refusal for a gap; status then arrives as `capture-status` events.
+#[tauri::command]
+pub async fn resync_capture(
+    app: AppHandle,
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<RunStatus, Error> {
+    runs.resync(
+        &profiles,
+        &id,
+        Arc::new(move |status: &RunStatus| {
+            let _ = app.emit("capture-status", status);
+        }),
+    )
+    .await
+}
+
 /// The health of the profile's slot, with warnings.
 #[tauri::command]
 pub async fn slot_health(profiles: State<'_, Profiles>, id: String) -> Result<SlotHealth, Error> {

@@ -100,6 +100,7 @@ pub fn run() {
             commands::stop_demo,
             commands::demo_profile,
             commands::stop_and_drop_slot,
+            commands::resync_capture,
             commands::slot_health,
             commands::stop_captures_and_quit,
             commands::keep_capturing_in_background,
@@ -121,8 +122,10 @@ pub fn run() {
 
 fn init_logging(dir: &std::path::Path) {
     let file = tracing_appender::rolling::daily(dir, "tidepool.log");
+    // The replication transport logs each lost connection as an ERROR before the capture reconnects
+    // and says so itself: its own lines are for debugging (TIDEPOOL_LOG=pgwire_replication=debug).
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,pgwire_replication=off".into());
     // A second initialisation (tests that build the app twice) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

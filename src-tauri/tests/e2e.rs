@@ -351,6 +351,26 @@ fn temp_data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Every folder under `dir` (itself included) that is not 0700 and every file that is not 0600.
+fn not_owner_only(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &Path| std::fs::symlink_metadata(p).map_or(0, |m| m.permissions().mode() & 0o777);
+    let mut found = Vec::new();
+    if mode(dir) != 0o700 {
+        found.push(format!("{} {:04o}", dir.display(), mode(dir)));
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(not_owner_only(&path));
+        } else if mode(&path) != 0o600 {
+            found.push(format!("{} {:04o}", path.display(), mode(&path)));
+        }
+    }
+    found
+}
+
 /// Every file under `dir` that contains `needle`.
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -518,6 +538,9 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
         data.join("logs").is_dir(),
         "the app writes its log in its data directory"
     );
+    // Other accounts read nothing the app keeps: the data dir (made 0755 by this test, tightened at
+    // start), the log the appender created, the profile list, the window's state.
+    assert_eq!(not_owner_only(&data), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -871,6 +894,125 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     click(&client, "capture-stop").await;
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
     close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_behind_the_capture_is_refused_and_re_backfilled_from_the_app() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = fresh_database("e2e_gap");
+    cluster()
+        .psql(
+            &database,
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20) g;",
+        )
+        .unwrap();
+    let data = temp_data_dir("gap");
+    let id = save_profile(
+        &data,
+        serde_json::json!({
+            "name": "Gap",
+            "user": "postgres",
+            "database": database,
+            "publication": "gap_pub",
+            "slot": "e2e_gap_slot",
+        }),
+        cluster().superuser_password().expose(),
+    );
+    // "Save and publish" through the engine, as the Tables tab does: this case starts at Capture.
+    let store = tidepool::profile::Profiles::open(&data)
+        .store_dir(&id)
+        .unwrap();
+    let definition = tidepool::binding::Definition {
+        profile: Some(id.clone()),
+        publication: "gap_pub".into(),
+        slot: "e2e_gap_slot".into(),
+        bindings: vec![tidepool::binding::Binding::new("public", "items")],
+    };
+    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
+        .await
+        .unwrap();
+
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Gap").await;
+    click(&client, "tab-capture").await;
+    click(&client, "capture-start").await;
+    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
+    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    click(&client, "capture-stop").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+
+    // Behind the app's back: the slot is dropped, rows change, the slot is created again.
+    step("drop and recreate the slot by hand");
+    // One row once the slot is dropped (the paused capture's connection may take a moment to end).
+    let drop_slot = "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
+                     WHERE slot_name = 'e2e_gap_slot' AND NOT active;";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster().psql(&database, drop_slot).unwrap().trim() != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the paused capture never released its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster()
+        .psql(
+            &database,
+            "DELETE FROM items WHERE id = 1; UPDATE items SET name = 'changed in the gap' WHERE id = 2;
+             INSERT INTO items VALUES (50, 'inserted in the gap');
+             SELECT pg_create_logical_replication_slot('e2e_gap_slot', 'pgoutput');",
+        )
+        .unwrap();
+
+    // Start: refused, with what happened and the way out, on Capture and on Monitor.
+    click(&client, "capture-start").await;
+    let kind = wait_for_text(&client, "capture-failure-kind", |t| t == "Diverged").await;
+    assert_eq!(kind, "Diverged");
+    let message = text_of(&client, "capture-failure-message").await;
+    assert!(message.contains("past the store's checkpoint"), "{message}");
+    screenshot(&client, "gap-1-capture-refused").await;
+    click(&client, "tab-monitor").await;
+    let monitor = wait_for_text(&client, "monitor-diverged-message", |t| !t.is_empty()).await;
+    assert_eq!(monitor, message);
+    screenshot(&client, "gap-2-monitor").await;
+
+    // The way out: re-backfill, then the rows equal the source's and the stream goes on.
+    click(&client, "tab-capture").await;
+    click(&client, "capture-failure-resync").await;
+    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    cluster()
+        .psql(
+            &database,
+            "INSERT INTO items VALUES (100, 'after the gap');",
+        )
+        .unwrap();
+    click(&client, "tab-collections").await;
+    click(&client, "collection-public/items").await;
+    let table = wait_for_text(&client, "preview-table", |t| {
+        t.contains("changed in the gap")
+    })
+    .await;
+    assert!(table.contains("changed in the gap"), "{table}");
+    // 20 rows, one deleted and one inserted in the gap, one inserted after it.
+    let count = wait_for_text(&client, "preview-count", |t| t.starts_with("21 rows")).await;
+    assert!(count.starts_with("21 rows"), "{count}");
+    screenshot(&client, "gap-3-rebackfilled").await;
+    close(client).await;
+    let opened = tidepool::store::Store::open(&store).unwrap();
+    let ids: Vec<i64> = opened
+        .rows("public/items", 1000)
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&1) && ids.contains(&50) && ids.contains(&100),
+        "{ids:?}"
+    );
+    let gaps = tidepool::continuity::gaps(&opened).unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].rebackfilled, vec!["public/items".to_string()]);
 }
 
 /// The ops (`c`, `u`, `d`) of the preview's rows on screen, in order, read in one script so a live

@@ -7,7 +7,7 @@ import { CapturePanel } from "./CapturePanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot", "slotHealth"]),
+  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot", "slotHealth", "resyncCapture"]),
 );
 
 const status = (overrides: Partial<RunStatus>): RunStatus => ({
@@ -91,5 +91,28 @@ describe("CapturePanel", () => {
     await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Stopped"));
     expect(callsOf("stopAndDropSlot")).toEqual([["p1"]]);
     expect(screen.queryByTestId("capture-drop-confirm")).toBeNull();
+  });
+
+  it("offers a re-backfill when the store can no longer follow the source, and only then", async () => {
+    const user = userEvent.setup();
+    const diverged = { kind: "Diverged" as const, message: "replication slot \"s\" has confirmed up to 0/2, past the store's checkpoint 0/1" };
+    answer("captureStatus", async () => status({ state: "failed", error: diverged }));
+    answer("onCaptureStatus", async () => () => {});
+    answer("resyncCapture", async () => status({ state: "starting" }));
+    render(<CapturePanel profileId="p1" />);
+    expect((await screen.findByTestId("capture-failure-message")).textContent).toContain("past the store's checkpoint");
+    expect(screen.getByTestId("capture-failure-kind").textContent).toBe("Diverged");
+    await user.click(screen.getByTestId("capture-failure-resync"));
+    expect(callsOf("resyncCapture")).toEqual([["p1"]]);
+    await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Starting"));
+    expect(screen.queryByTestId("capture-failure-resync")).toBeNull();
+  });
+
+  it("offers no re-backfill for other failures", async () => {
+    answer("captureStatus", async () => status({ state: "failed", error: { kind: "Connection", message: "no answer" } }));
+    answer("onCaptureStatus", async () => () => {});
+    render(<CapturePanel profileId="p1" />);
+    await screen.findByTestId("capture-failure-message");
+    expect(screen.queryByTestId("capture-failure-resync")).toBeNull();
   });
 });

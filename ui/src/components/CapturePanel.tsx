@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, BackfillProgress, RunStatus } from "../lib/types";
+import { DivergedNotice } from "./DivergedNotice";
 import { ErrorNotice } from "./ErrorNotice";
 
 const STATE: Record<RunStatus["state"], string> = {
@@ -143,7 +144,12 @@ export function CapturePanel({ profileId }: { profileId: string }) {
         </div>
       )}
       {error && <ErrorNotice error={error} testId="capture-error" />}
-      {status?.error && <ErrorNotice error={status.error} testId="capture-failure" />}
+      {status?.error &&
+        (status.error.kind === "Diverged" ? (
+          <DivergedNotice profileId={profileId} error={status.error} testId="capture-failure" onStatus={setStatus} />
+        ) : (
+          <ErrorNotice error={status.error} testId="capture-failure" />
+        ))}
       {backfills.length > 0 && (
         <>
           <h3>Backfill</h3>

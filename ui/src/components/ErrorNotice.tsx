@@ -12,6 +12,8 @@ const TITLES: Record<ErrorKind, string> = {
   NotFound: "Not found",
   Postgres: "The server reported an error",
   Keychain: "Keychain problem",
+  Storage: "The local store cannot be written",
+  Diverged: "The store can no longer follow the source without a gap",
   Internal: "Something went wrong in Tidepool",
 };
 

@@ -1,12 +1,15 @@
 import { act, render, screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import { clearHistory, record } from "../lib/history";
 import type { RunStatus, SlotHealth } from "../lib/types";
-import { answer, resetBackend } from "../test/fakeBackend";
+import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 import { MonitorPanel } from "./MonitorPanel";
 
-vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["slotHealth"]));
+vi.mock("../lib/backend", async () =>
+  (await import("../test/fakeBackend")).commands(["slotHealth", "captureStatus", "onCaptureStatus", "resyncCapture"]),
+);
 // uPlot draws on a canvas, which jsdom lacks; the chart's inputs are what is checked here.
 vi.mock("./Chart", () => ({
   Chart: ({ testId, x, y }: { testId: string; x: number[]; y: (number | null)[] }) => (
@@ -89,5 +92,20 @@ describe("MonitorPanel", () => {
     expect(JSON.parse(screen.getByTestId("chart-throughput").getAttribute("data-y")!)).toEqual([120, 80]);
     expect(JSON.parse(screen.getByTestId("chart-lag").getAttribute("data-y")!)).toEqual([4.5, null]);
     expect(JSON.parse(screen.getByTestId("chart-lag").getAttribute("data-x")!)).toEqual([1000, 1001]);
+  });
+
+  it("shows a capture refused for a gap with the way out", async () => {
+    answer("slotHealth", async () => health({ exists: false }));
+    answer("onCaptureStatus", async () => () => {});
+    answer("captureStatus", async () => ({
+      ...streaming(0, null),
+      state: "failed",
+      error: { kind: "Diverged", message: "replication slot \"s\" no longer exists" },
+    }));
+    answer("resyncCapture", async () => streaming(0, null));
+    render(<MonitorPanel profileId="p1" />);
+    expect((await screen.findByTestId("monitor-diverged-message")).textContent).toContain("no longer exists");
+    await userEvent.setup().click(screen.getByTestId("monitor-diverged-resync"));
+    await waitFor(() => expect(callsOf("resyncCapture")).toEqual([["p1"]]));
   });
 });

@@ -2,8 +2,10 @@ import { useEffect, useState, useSyncExternalStore } from "react";
 
 import * as backend from "../lib/backend";
 import { historyOf, subscribe } from "../lib/history";
+import { useRunStatus } from "../lib/runStatus";
 import type { BackendError, SlotHealth } from "../lib/types";
 import { Chart } from "./Chart";
+import { DivergedNotice } from "./DivergedNotice";
 import { ErrorNotice } from "./ErrorNotice";
 
 /** How often the slot's health is read from the server. */
@@ -25,6 +27,7 @@ function duration(secs: number): string {
  */
 export function MonitorPanel({ profileId }: { profileId: string }) {
   const samples = useSyncExternalStore(subscribe, () => historyOf(profileId));
+  const run = useRunStatus(profileId);
   const [health, setHealth] = useState<SlotHealth | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
 
@@ -51,6 +54,7 @@ export function MonitorPanel({ profileId }: { profileId: string }) {
   return (
     <section className="panel" data-testid="monitor-panel">
       <h2>Monitor</h2>
+      {run?.error?.kind === "Diverged" && <DivergedNotice profileId={profileId} error={run.error} testId="monitor-diverged" />}
       <h3>Slot health</h3>
       {error && <ErrorNotice error={error} testId="health-error" />}
       {!health && !error && <p className="muted">Reading the slot…</p>}

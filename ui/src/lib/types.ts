@@ -11,6 +11,8 @@ export type ErrorKind =
   | "NotFound"
   | "Postgres"
   | "Keychain"
+  | "Storage"
+  | "Diverged"
   | "Internal";
 
 /** Every error from the backend reaches the UI as `{kind, message}`. */

@@ -152,6 +152,9 @@ export const demoProfile = () => call<string | null>("demo_profile");
 /** "Stop and drop the slot": stops the capture, drops its slot, empties the local collections. */
 export const stopAndDropSlot = (id: string) => call<RunStatus>("stop_and_drop_slot", { id });
 
+/** "Re-backfill and continue" after the capture was refused for a gap: records the gap, re-reads the backfilled tables, starts the capture. */
+export const resyncCapture = (id: string) => call<RunStatus>("resync_capture", { id });
+
 /** The health of the profile's slot, with warnings. */
 export const slotHealth = (id: string) => call<SlotHealth>("slot_health", { id });
 

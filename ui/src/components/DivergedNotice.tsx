@@ -1,0 +1,51 @@
+import { useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError, RunStatus } from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+
+/**
+ * A capture refused because its store can no longer follow the source without a gap (the slot was
+ * dropped, created again, advanced or invalidated): the engine's account of what happened, and the one
+ * way out, "Re-backfill and continue".
+ */
+export function DivergedNotice({
+  profileId,
+  error,
+  testId,
+  onStatus,
+}: {
+  profileId: string;
+  error: BackendError;
+  testId: string;
+  onStatus?: (status: RunStatus) => void;
+}) {
+  const [busy, setBusy] = useState(false);
+  const [failure, setFailure] = useState<BackendError | null>(null);
+  async function resync() {
+    setBusy(true);
+    setFailure(null);
+    try {
+      // Not `onStatus?.(await …)`: an optional call skips evaluating its arguments when absent.
+      const status = await backend.resyncCapture(profileId);
+      onStatus?.(status);
+    } catch (e) {
+      setFailure(e as BackendError);
+    } finally {
+      setBusy(false);
+    }
+  }
+  return (
+    <ErrorNotice error={error} testId={testId}>
+      <p className="note">
+        <strong>Re-backfill and continue</strong> creates the slot again if it is gone, writes the gap into the
+        capture's history, reads every backfilled table again in a new snapshot, and then streams on. Tables captured
+        with only new changes keep their rows.
+      </p>
+      <button type="button" data-testid={`${testId}-resync`} disabled={busy} onClick={() => void resync()}>
+        {busy ? "Re-backfilling…" : "Re-backfill and continue"}
+      </button>
+      {failure && <ErrorNotice error={failure} testId={`${testId}-resync-error`} />}
+    </ErrorNotice>
+  );
+}
