@@ -13,6 +13,7 @@ mod discovery;
 mod neon;
 mod neon_api;
 mod profiles;
+mod publication;
 mod run;
 mod setup;
 mod tls;
