@@ -161,18 +161,19 @@ impl Keyless {
                     )
                 })?;
                 let (schema, table) = tidepool::backfill::parse_table_name(table)?;
-                let handling =
-                    match choice {
-                        "leave-out" => Handling::LeaveOut,
-                        "replica-identity-full" | "full" => Handling::ReplicaIdentityFull,
-                        "insert-only" => Handling::InsertOnly,
-                        other => return Err(Error::invalid_input(
+                let handling = match choice {
+                    "leave-out" => Handling::LeaveOut,
+                    "replica-identity-full" | "full" => Handling::ReplicaIdentityFull,
+                    "insert-only" => Handling::InsertOnly,
+                    other => {
+                        return Err(Error::invalid_input(
                             "--keyless",
                             format!(
                                 "'{other}' is not leave-out, replica-identity-full or insert-only"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 Ok(Choice {
                     schema,
                     table,
