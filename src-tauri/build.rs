@@ -16,6 +16,7 @@ const COMMANDS: &[&str] = &[
     "discover_tables",
     "capture_definition",
     "publish_capture",
+    "plan_publication",
     "preflight",
     "run_fix",
     "preview_action",

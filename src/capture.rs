@@ -365,6 +365,8 @@ struct Capture {
     finished: Vec<BackfillDone>,
     /// Tables found to need a re-backfill; the stream stops at once to start them.
     rebackfill: Vec<Rebackfill>,
+    /// The publications the current stream decodes with (empty before the first stream starts).
+    streamed: Vec<String>,
     backfill_done: (
         tokio::sync::mpsc::UnboundedSender<BackfillDone>,
         tokio::sync::mpsc::UnboundedReceiver<BackfillDone>,
@@ -431,9 +433,9 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
                 .filter(|b| b.mode == Mode::Full)
                 .cloned()
                 .collect();
+            let publications = crate::publication::streamed(&sql, &options.publication).await?;
             for binding in &full {
-                check_published(&sql, &options.publication, &binding.schema, &binding.table)
-                    .await?;
+                check_published(&sql, &publications, &binding.schema, &binding.table).await?;
             }
             states = definition.bindings.iter().map(live_state).collect();
             let state_text = serde_json::to_string(&states).map_err(Error::internal)?;
@@ -466,6 +468,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         backfills: Vec::new(),
         finished: Vec::new(),
         rebackfill: Vec::new(),
+        streamed: Vec::new(),
         backfill_done: tokio::sync::mpsc::unbounded_channel(),
     };
     // Backfills a crash interrupted are started over by reconciling: their snapshots died with
@@ -534,11 +537,24 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
 
 /// "Save and publish": checks `definition`, makes its publication contain every bound table (creating
 /// the publication if it is missing), and saves the definition in the store in `store_dir`, where a
-/// running capture picks it up and [`run`] starts from it. Returns the statements it ran.
+/// running capture picks it up and [`run`] starts from it. Returns the statements it ran. A bound
+/// table without a usable replica identity is refused: see [`publish_with`].
 pub async fn publish(
     spec: &ConnectionSpec,
     store_dir: &std::path::Path,
     definition: &Definition,
+) -> Result<Vec<String>> {
+    publish_with(spec, store_dir, definition, &[]).await
+}
+
+/// [`publish`] with the user's choice for each bound table that has no usable replica identity
+/// (REPLICA IDENTITY FULL, or inserts only); without one, publishing it would make PostgreSQL refuse
+/// the application's UPDATEs and DELETEs on it, so nothing runs and nothing is saved.
+pub async fn publish_with(
+    spec: &ConnectionSpec,
+    store_dir: &std::path::Path,
+    definition: &Definition,
+    choices: &[crate::publication::Choice],
 ) -> Result<Vec<String>> {
     definition.validate()?;
     let client = connect(spec).await?;
@@ -546,13 +562,17 @@ pub async fn publish(
     let mut tables = Vec::with_capacity(definition.bindings.len());
     for binding in &definition.bindings {
         let found = binding.discovered_in(&readable, "bindings")?;
-        tables.push((found.schema.clone(), found.table.clone(), found.partitioned));
+        tables.push(crate::publication::TableRef::new(
+            &found.schema,
+            &found.table,
+        ));
     }
-    let statements = crate::publication::plan(&client, &definition.publication, &tables).await?;
-    crate::publication::apply(&client, &statements).await?;
+    let plan =
+        crate::publication::publish_bound(&client, &definition.publication, &tables, choices)
+            .await?;
     let mut store = Store::open(store_dir)?;
     definition.save(&mut store)?;
-    Ok(statements)
+    Ok(plan.statements)
 }
 
 fn live_state(binding: &Binding) -> BindingState {
@@ -664,16 +684,24 @@ async fn initial_backfill(
     Ok(rows)
 }
 
-async fn check_published(sql: &Client, publication: &str, schema: &str, table: &str) -> Result<()> {
+/// Whether one of the `publications` the stream decodes with (the capture's, then its insert-only
+/// companion) publishes `schema.table`.
+async fn check_published(
+    sql: &Client,
+    publications: &[String],
+    schema: &str,
+    table: &str,
+) -> Result<()> {
+    let publication = publications.first().map(String::as_str).unwrap_or_default();
     // A FOR ALL TABLES publication lists the table in both parts: ask whether any row exists.
     let published: bool = sql
         .query_one(
             "SELECT EXISTS (
-               SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3
+               SELECT 1 FROM pg_publication_tables WHERE pubname = ANY($1) AND schemaname = $2 AND tablename = $3
                UNION ALL
                SELECT 1 FROM pg_publication p JOIN pg_class c ON c.relname = $3 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = $2
-                WHERE p.pubname = $1 AND p.puballtables)",
-            &[&publication, &schema, &table],
+                WHERE p.pubname = ANY($1) AND p.puballtables)",
+            &[&publications, &schema, &table],
         )
         .await
         .map_err(|e| Error::from_postgres(&e, "reading pg_publication_tables"))?
@@ -1267,14 +1295,14 @@ impl Capture {
             self.sql = Some(connect(&self.options.spec).await?);
         }
         let sql = self.sql.as_ref().expect("connected above");
+        // Before the first stream, the one about to start decodes what exists now.
+        let publications = if self.streamed.is_empty() {
+            crate::publication::streamed(sql, &self.options.publication).await?
+        } else {
+            self.streamed.clone()
+        };
         for (binding, _) in &tables {
-            check_published(
-                sql,
-                &self.options.publication,
-                &binding.schema,
-                &binding.table,
-            )
-            .await?;
+            check_published(sql, &publications, &binding.schema, &binding.table).await?;
         }
         let name = format!("tidepool_backfill_{}", crate::secrets::random_hex(6)?);
         let session =
@@ -1419,17 +1447,24 @@ impl Capture {
         if self.reached_stop() {
             return Ok(Outcome::Stopped);
         }
-        // Every (re)start checks that the slot can still send everything after the checkpoint: the slot
-        // may have been dropped, recreated or invalidated while the connection was down.
         if self.sql.is_none() {
             self.sql = Some(connect(&self.options.spec).await?);
         }
         let sql = self.sql.as_ref().expect("connected above");
+        // Every (re)start checks that the slot can still send everything after the checkpoint: the slot
+        // may have been dropped, recreated or invalidated while the connection was down.
         continuity::verify(sql, &mut self.store, &self.options.slot, false).await?;
+        // The insert-only companion is decoded along, when it exists now.
+        let publications = crate::publication::streamed(
+            self.sql.as_ref().expect("connected above"),
+            &self.options.publication,
+        )
+        .await?;
+        self.streamed = publications.clone();
         let mut stream = Stream::start(StreamOptions {
             spec: &self.options.spec,
             slot: &self.options.slot,
-            publication: &self.options.publication,
+            publications: &publications,
             start: self.checkpoint,
         })
         .await?;

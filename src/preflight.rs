@@ -50,6 +50,10 @@ pub struct Fix {
     pub preview: Vec<String>,
     /// What to know before confirming.
     pub warning: Option<String>,
+    /// For the publication fix: the plan, with each table that has no usable replica identity and
+    /// the choices for it (the UI asks before "Run").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::publication::Plan>,
 }
 
 impl Fix {
@@ -59,6 +63,7 @@ impl Fix {
             preview: action.preview(),
             warning: action.warning().map(str::to_string),
             action,
+            plan: None,
         }
     }
 }
@@ -259,12 +264,13 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
         None,
     ));
 
-    // Tables: the given ones, else the publication's.
+    // Tables: the given ones, else the publication's (and its insert-only companion's).
+    let companion = crate::publication::insert_only_name(&target.publication).unwrap_or_default();
     let tables: Vec<(String, String)> = if target.tables.is_empty() {
         client
             .query(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
-                &[&target.publication],
+                "SELECT DISTINCT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname IN ($1, $2) ORDER BY 1, 2",
+                &[&target.publication, &companion],
             )
             .await
             .map_err(q)?
@@ -352,52 +358,79 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
         }
     }
 
-    // Publication
-    let planned = crate::publication::with_partitioning(client, &tables, "tables").await?;
-    let existing = crate::publication::find(client, &target.publication).await?;
-    let exists = existing.is_some();
-    let statements =
-        crate::publication::statements(existing.as_ref(), &target.publication, &planned);
-    if !exists {
+    // Publication: exactly the tables asked for, never FOR ALL TABLES; a table whose writes
+    // publishing would break is a choice the user makes in the fix (left out until then).
+    let title = format!(
+        "Publication {} exists with the tables",
+        ident(&target.publication)
+    );
+    let exists = crate::publication::find(client, &target.publication)
+        .await?
+        .is_some();
+    if tables.is_empty() {
+        let explanation = if exists {
+            format!("Publication {} publishes no table yet. Pick the tables to capture in Tables (Save and publish adds them), or pick them here with Fix.", ident(&target.publication))
+        } else {
+            format!("Publication {} does not exist; pgoutput sends only what a publication names. Pick the tables to capture in Tables (Save and publish creates it), or pick them here with Fix. Tidepool never publishes every table: a published table without a primary key would refuse updates and deletes.", ident(&target.publication))
+        };
         checks.push(check(
             "publication",
-            &format!(
-                "Publication {} exists with the tables",
-                ident(&target.publication)
-            ),
+            &title,
             Status::Fail,
-            format!(
-                "Publication {} does not exist; pgoutput sends only what a publication names.",
-                ident(&target.publication)
-            ),
+            explanation,
             Some(Action::Publication {
-                publication: target.publication.clone(),
-                // With no tables chosen yet, the guide's alternative: every table, now and later.
-                statements: if statements.is_empty() {
-                    vec![format!(
-                        "CREATE PUBLICATION {} FOR ALL TABLES",
-                        ident(&target.publication)
-                    )]
-                } else {
-                    statements.clone()
+                request: crate::publication::Request {
+                    publication: target.publication.clone(),
+                    tables: Vec::new(),
+                    choices: Vec::new(),
                 },
+                statements: Vec::new(),
             }),
         ));
-    } else if statements.is_empty() {
-        checks.push(check(
-            "publication",
-            &format!(
-                "Publication {} exists with the tables",
-                ident(&target.publication)
-            ),
-            Status::Pass,
-            format!("It publishes all {} table(s).", tables.len()),
-            None,
-        ));
     } else {
-        checks.push(check("publication", &format!("Publication {} exists with the tables", ident(&target.publication)), Status::Fail,
-            "Some selected tables are not in the publication (or partitioned tables are not published through their root), so their changes would not arrive.".into(),
-            Some(Action::Publication { publication: target.publication.clone(), statements })));
+        let request = crate::publication::Request {
+            publication: target.publication.clone(),
+            tables: tables
+                .iter()
+                .map(|(s, t)| crate::publication::TableRef::new(s, t))
+                .collect(),
+            choices: Vec::new(),
+        };
+        let plan = crate::publication::plan(client, &request).await?;
+        let undecided = plan.undecided().len();
+        if exists && plan.statements.is_empty() && undecided == 0 {
+            checks.push(check(
+                "publication",
+                &title,
+                Status::Pass,
+                format!("It publishes all {} table(s).", tables.len()),
+                None,
+            ));
+        } else {
+            let mut explanation = if !exists {
+                format!(
+                    "Publication {} does not exist; pgoutput sends only what a publication names.",
+                    ident(&target.publication)
+                )
+            } else {
+                "Some selected tables are not in the publication (or partitioned tables are not published through their root), so their changes would not arrive.".to_string()
+            };
+            if undecided > 0 {
+                explanation.push_str(&format!(" {undecided} table(s) have no primary key or replica identity: publishing them as they are would make PostgreSQL refuse every UPDATE and DELETE on them, so the fix asks how to handle each (left out until you choose)."));
+            }
+            let mut fix = Fix::of(Action::Publication {
+                request,
+                statements: plan.statements.clone(),
+            });
+            fix.plan = Some(plan);
+            checks.push(Check {
+                id: "publication".into(),
+                title,
+                status: Status::Fail,
+                explanation,
+                fix: Some(fix),
+            });
+        }
     }
 
     // Slot
@@ -440,6 +473,16 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     }
 
     // Keys, replica identity, TOAST
+    let refused = crate::publication::refused_now(client).await?;
+    let insert_only: Vec<crate::publication::TableRef> =
+        match crate::publication::find(client, &companion).await? {
+            Some(info) if !info.updates_or_deletes => info
+                .tables
+                .iter()
+                .map(|(s, t)| crate::publication::TableRef::new(s, t))
+                .collect(),
+            _ => Vec::new(),
+        };
     for (schema, table) in &tables {
         let r = client
             .query_one(
@@ -466,7 +509,12 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             table: table.clone(),
         });
         let keyed = (identity == "d" && primary) || (identity == "i" && identity_index);
-        if identity == "f" {
+        let relation = crate::publication::TableRef::new(schema, table);
+        if refused.contains(&relation) {
+            checks.push(check(&id, &title, Status::Fail,
+                format!("PostgreSQL is refusing every UPDATE and DELETE on this table now: a publication that publishes updates and deletes covers it, and it has no primary key or usable replica identity (your application gets \"cannot update table {} because it does not have a replica identity and publishes updates\"). Fix: set REPLICA IDENTITY FULL (below), add a primary key, take it out of the publication (ALTER PUBLICATION … DROP TABLE {}), or publish only its inserts (the publication fix, inserts only).", ident(table), relation.quoted_name()),
+                fix));
+        } else if identity == "f" {
             checks.push(check(
                 &id,
                 &title,
@@ -474,9 +522,12 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
                 "REPLICA IDENTITY FULL: updates and deletes carry the whole old row.".into(),
                 None,
             ));
+        } else if !keyed && insert_only.contains(&relation) {
+            checks.push(check(&id, &title, Status::Warn,
+                format!("No primary key or replica identity; published inserts-only (in {}): its UPDATEs and DELETEs keep working and are not captured. Set REPLICA IDENTITY FULL to capture them too.", ident(&companion)), fix));
         } else if !keyed {
             checks.push(check(&id, &title, Status::Fail,
-                "No primary key and no replica identity index: PostgreSQL refuses updates and deletes on it once it is published, and its changes cannot be reduced to rows. Add a primary key, or set REPLICA IDENTITY FULL.".into(), fix));
+                "No primary key and no replica identity index: publishing it with its updates and deletes would make PostgreSQL refuse every UPDATE and DELETE on it, and its changes cannot be reduced to rows. Add a primary key or set REPLICA IDENTITY FULL; or publish only its inserts, or leave it out (the publication fix asks).".into(), fix));
         } else if !toastable.is_empty() {
             checks.push(check(&id, &title, Status::Warn,
                 format!("Keyed, but column(s) {} can be TOASTed: an update that leaves a large value unchanged does not carry it in the WAL. Tidepool fills it from the stored row; REPLICA IDENTITY FULL makes the WAL carry it.", toastable.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")), fix));

@@ -686,12 +686,36 @@ impl Profiles {
         self.neon_client().await?.locate(&profile.host).await
     }
 
-    /// "Save and publish" for the profile: its publication and slot with `bindings`. Returns the
+    /// What publishing `tables` in the profile's publication would run, with each table that has no
+    /// usable replica identity and what `choices` do with it (nothing runs).
+    pub async fn plan_publication(
+        &self,
+        id_or_name: &str,
+        tables: Vec<crate::publication::TableRef>,
+        choices: Vec<crate::publication::Choice>,
+    ) -> Result<crate::publication::Plan> {
+        let profile = self.get(id_or_name)?;
+        let spec = self.spec_blocking(id_or_name, None).await?;
+        let client = crate::connection::connect(&spec).await?;
+        crate::publication::plan(
+            &client,
+            &crate::publication::Request {
+                publication: profile.publication.clone(),
+                tables,
+                choices,
+            },
+        )
+        .await
+    }
+
+    /// "Save and publish" for the profile: its publication and slot with `bindings`, each bound table
+    /// without a usable replica identity handled as `choices` say (refused without one). Returns the
     /// statements it ran to make the publication contain the tables.
     pub async fn publish(
         &self,
         id_or_name: &str,
         bindings: Vec<crate::binding::Binding>,
+        choices: Vec<crate::publication::Choice>,
     ) -> Result<Vec<String>> {
         let profile = self.get(id_or_name)?;
         if bindings.is_empty() {
@@ -707,7 +731,8 @@ impl Profiles {
             bindings,
         };
         let spec = self.spec_blocking(id_or_name, None).await?;
-        crate::capture::publish(&spec, &self.store_dir(id_or_name)?, &definition).await
+        crate::capture::publish_with(&spec, &self.store_dir(id_or_name)?, &definition, &choices)
+            .await
     }
 }
 

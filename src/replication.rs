@@ -61,8 +61,8 @@ pub struct StreamOptions<'a> {
     pub spec: &'a ConnectionSpec,
     /// Slot to stream from.
     pub slot: &'a str,
-    /// Publication to decode with.
-    pub publication: &'a str,
+    /// Publications to decode with (the capture's and, when it exists, its insert-only companion).
+    pub publications: &'a [String],
     /// Where to start: the stored checkpoint (`0/0` starts at the slot's `confirmed_flush_lsn`).
     pub start: Lsn,
 }
@@ -99,8 +99,13 @@ fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
             .unwrap_or_default(),
         &spec.database,
         options.slot,
-        // publication_names is parsed as a list of identifiers: quote it as one.
-        sql::ident(options.publication),
+        // publication_names is parsed as a list of identifiers: quote each.
+        options
+            .publications
+            .iter()
+            .map(|p| sql::ident(p))
+            .collect::<Vec<_>>()
+            .join(","),
     )
     .with_port(spec.port)
     .with_tls(tls)
@@ -240,7 +245,7 @@ impl SnapshotSession {
         let options = StreamOptions {
             spec,
             slot,
-            publication: "",
+            publications: &[String::new()],
             start: Lsn(0),
         };
         let mut client = ReplicationClient::connect_gated(config(&options))

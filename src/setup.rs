@@ -43,11 +43,14 @@ pub enum Action {
         /// The role to grant to.
         role: String,
     },
-    /// Creates the publication or adds tables to it.
+    /// Creates the publication or adds tables to it: exactly the tables of `request`, each table
+    /// without a usable replica identity handled as the request says. Running it plans again and
+    /// refuses when the server would now run anything but `statements` (what the user saw), or when
+    /// a table's writes would be refused.
     Publication {
-        /// The publication.
-        publication: String,
-        /// The statements (from [`crate::publication::plan`]).
+        /// The tables and the choices.
+        request: crate::publication::Request,
+        /// The statements previewed (from [`crate::publication::plan`]).
         statements: Vec<String>,
     },
     /// Creates a pgoutput slot.
@@ -255,6 +258,19 @@ impl Action {
                     literal(password.expose())
                 );
                 (vec![statement], Some(password))
+            }
+            Action::Publication {
+                request,
+                statements,
+            } => {
+                if request.tables.is_empty() {
+                    return Err(Error::invalid_input(
+                        "tables",
+                        "pick the tables to publish first",
+                    ));
+                }
+                crate::publication::apply_previewed(client, request, statements).await?;
+                return Ok(None);
             }
             other => (other.statements(), None),
         };

@@ -64,6 +64,7 @@ async fn the_demo_database_captures_its_trickle_and_leaves_nothing_behind() {
                 Binding::new("shop", "orders"),
                 Binding::new("shop", "products"),
             ],
+            vec![],
         )
         .await
         .unwrap();

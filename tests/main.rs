@@ -16,6 +16,7 @@ mod neon;
 mod neon_api;
 mod owner_only;
 mod profiles;
+mod publication;
 mod run;
 mod setup;
 mod tls;

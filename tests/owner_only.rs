@@ -135,7 +135,7 @@ async fn everything_a_capture_an_export_and_a_profile_save_create_is_owner_only(
         .profile
         .id;
     profiles
-        .publish(&id, vec![Binding::new("public", "people")])
+        .publish(&id, vec![Binding::new("public", "people")], Vec::new())
         .await
         .unwrap();
     let runs = Runs::default();
@@ -181,6 +181,7 @@ async fn everything_a_capture_an_export_and_a_profile_save_create_is_owner_only(
                 Binding::new("public", "people"),
                 Binding::new("public", "orders"),
             ],
+            Vec::new(),
         )
         .await
         .unwrap();

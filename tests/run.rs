@@ -56,7 +56,7 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
     assert_eq!(e.kind(), tidepool::ErrorKind::InvalidInput, "{e}");
 
     profiles
-        .publish(&id, vec![Binding::new("public", "items")])
+        .publish(&id, vec![Binding::new("public", "items")], vec![])
         .await
         .unwrap();
     let seen: Arc<Mutex<Vec<RunStatus>>> = Arc::default();
@@ -270,7 +270,7 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
         .profile
         .id;
     profiles
-        .publish(&id, vec![Binding::new("public", "items")])
+        .publish(&id, vec![Binding::new("public", "items")], vec![])
         .await
         .unwrap();
     let runs = Runs::default();

@@ -133,14 +133,31 @@ async fn every_fail_turns_into_a_pass_with_its_fix() {
         vec![format!("ALTER ROLE \"{}\" WITH REPLICATION", user.user)]
     );
     assert_eq!(fix(&admin, find(&found, "grants:shop")).await.len(), 3);
+    // Keyless shop.log would refuse UPDATE and DELETE once published: the publication fix leaves it
+    // out of its statements and refuses to run until it is decided (tests/publication.rs has the
+    // choices); its own fix, REPLICA IDENTITY FULL, decides it.
+    let publication = find(&found, "publication");
+    assert_eq!(
+        publication.fix.as_ref().unwrap().preview,
+        vec![r#"CREATE PUBLICATION "setup pub" FOR TABLE "shop"."orders", "shop"."docs""#]
+    );
+    assert!(publication
+        .fix
+        .as_ref()
+        .unwrap()
+        .action
+        .run(&connect(&admin).await.unwrap())
+        .await
+        .is_err());
+    fix(&admin, find(&found, "replica_identity:shop.log")).await;
+    fix(&admin, find(&found, "replica_identity:shop.docs")).await;
+    let found = checks(&user, &t).await;
     assert_eq!(
         fix(&admin, find(&found, "publication")).await,
         vec![
             r#"CREATE PUBLICATION "setup pub" FOR TABLE "shop"."orders", "shop"."log", "shop"."docs""#
         ]
     );
-    fix(&admin, find(&found, "replica_identity:shop.log")).await;
-    fix(&admin, find(&found, "replica_identity:shop.docs")).await;
     // The slot is created by the user (who may replicate now).
     fix(&user, find(&found, "slot")).await;
 
@@ -259,18 +276,20 @@ async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
     .run(&admin_client)
     .await
     .unwrap();
-    let statements = tidepool::publication::plan(
-        &admin_client,
-        publication,
-        &[
-            (schema.into(), table.into(), false),
-            (schema.into(), long.clone(), false),
-        ],
-    )
-    .await
-    .unwrap();
-    Action::Publication {
+    let request = tidepool::publication::Request {
         publication: publication.into(),
+        tables: vec![
+            tidepool::publication::TableRef::new(schema, table),
+            tidepool::publication::TableRef::new(schema, &long),
+        ],
+        choices: Vec::new(),
+    };
+    let statements = tidepool::publication::plan(&admin_client, &request)
+        .await
+        .unwrap()
+        .statements;
+    Action::Publication {
+        request,
         statements,
     }
     .run(&admin_client)
@@ -318,7 +337,7 @@ async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
 #[test]
 fn the_command_line_prints_the_checklist_and_dry_runs_fixes() {
     let db = TestDb::new(harness::plain(), "setup_cli");
-    db.sql("CREATE TABLE t (id int);");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY);");
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
         db.cluster.port(),

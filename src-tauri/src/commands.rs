@@ -15,6 +15,7 @@ use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
 use tidepool::preview::{ExportFormat, Exported, Page, PageRequest, View};
 use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
+use tidepool::publication::{Choice, Plan, TableRef};
 use tidepool::run::{RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::setup::Action;
@@ -110,8 +111,25 @@ pub async fn publish_capture(
     profiles: State<'_, Profiles>,
     id: String,
     bindings: Vec<Binding>,
+    choices: Option<Vec<Choice>>,
 ) -> Result<Vec<String>, Error> {
-    profiles.publish(&id, bindings).await
+    profiles
+        .publish(&id, bindings, choices.unwrap_or_default())
+        .await
+}
+
+/// What publishing `tables` in the profile's publication would run, with each table that has no
+/// usable replica identity and what `choices` do with it; runs nothing.
+#[tauri::command]
+pub async fn plan_publication(
+    profiles: State<'_, Profiles>,
+    id: String,
+    tables: Vec<TableRef>,
+    choices: Option<Vec<Choice>>,
+) -> Result<Plan, Error> {
+    profiles
+        .plan_publication(&id, tables, choices.unwrap_or_default())
+        .await
 }
 
 /// The preflight checklist for a profile, each failing check with its fix and that fix's SQL.

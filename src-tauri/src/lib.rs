@@ -81,6 +81,7 @@ pub fn run() {
             commands::discover_tables,
             commands::capture_definition,
             commands::publish_capture,
+            commands::plan_publication,
             commands::preflight,
             commands::run_fix,
             commands::preview_action,

@@ -571,8 +571,13 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
     let status = wait_for_text(&client, "check-publication-status", |t| !t.is_empty()).await;
     assert_eq!(status, "Fail");
     click(&client, "fix-publication").await;
-    let sql = text_of(&client, "fix-publication-sql").await;
-    assert_eq!(sql, "CREATE PUBLICATION \"e2e pub\" FOR ALL TABLES");
+    // Nothing picked yet: the fix asks which tables (it never publishes every table).
+    click(&client, "publish-pick-public.orders").await;
+    let sql = wait_for_text(&client, "fix-publication-sql", |t| !t.is_empty()).await;
+    assert_eq!(
+        sql,
+        "CREATE PUBLICATION \"e2e pub\" FOR TABLE \"public\".\"orders\""
+    );
     screenshot(&client, "setup-fix-preview").await;
     // Nothing ran before the confirmation.
     assert_eq!(
@@ -597,6 +602,153 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
             .trim(),
         "1"
     );
+}
+
+/// An UPDATE and a DELETE of a real row of `page_views` in `database`, as the user's application runs
+/// them: Ok unless PostgreSQL refuses them.
+fn page_view_writes(database: &str) -> Result<String, tidepool::Error> {
+    cluster().psql(
+        database,
+        "BEGIN; UPDATE page_views SET n = n + 1; DELETE FROM page_views WHERE ctid = (SELECT min(ctid) FROM page_views); ROLLBACK;",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_table_keeps_accepting_updates_and_deletes_after_every_fix_setup_offers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = temp_data_dir("keyless");
+    let choices = ["leaveOut", "replicaIdentityFull", "insertOnly"];
+    for choice in choices {
+        let database = fresh_database(&format!("e2e_keyless_{}", choice.to_lowercase()));
+        cluster()
+            .psql(
+                &database,
+                "CREATE TABLE orders (id int PRIMARY KEY, n int);
+                 CREATE TABLE page_views (path text NOT NULL, n int);
+                 INSERT INTO orders VALUES (1, 0);
+                 INSERT INTO page_views VALUES ('/a', 0), ('/b', 0);",
+            )
+            .unwrap();
+        save_profile(
+            &data,
+            serde_json::json!({
+                "name": format!("Keyless {choice}"),
+                "user": "postgres",
+                "database": database,
+                "publication": "kpub",
+                "slot": format!("e2e_keyless_{}", choice.to_lowercase()),
+            }),
+            cluster().superuser_password().expose(),
+        );
+    }
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    for choice in choices {
+        let database = format!("e2e_keyless_{}", choice.to_lowercase());
+        assert!(page_view_writes(&database).is_ok());
+        click(&client, &format!("profile-Keyless {choice}")).await;
+        click(&client, "tab-setup").await;
+        wait_for_text(&client, "check-publication-status", |t| t == "Fail").await;
+        click(&client, "fix-publication").await;
+        click(&client, "publish-pick-public.orders").await;
+        click(&client, "publish-pick-public.page_views").await;
+        // Said before anything runs, with the safe choice made: page_views is left out.
+        let hazard = wait_for_text(&client, "hazard-public.page_views", |t| {
+            t.contains("refuse every UPDATE and DELETE")
+        })
+        .await;
+        assert!(hazard.contains("no primary key"), "{hazard}");
+        let left_out = client
+            .find(Locator::Css(&by_test_id(
+                "choice-public.page_views-leaveOut",
+            )))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !left_out.is_selected().await.unwrap() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            left_out.is_selected().await.unwrap(),
+            "leave it out is the default"
+        );
+        let expected = match choice {
+            "leaveOut" => "CREATE PUBLICATION \"kpub\" FOR TABLE \"public\".\"orders\"".to_string(),
+            "replicaIdentityFull" => "ALTER TABLE \"public\".\"page_views\" REPLICA IDENTITY FULL;\nCREATE PUBLICATION \"kpub\" FOR TABLE \"public\".\"orders\", \"public\".\"page_views\"".to_string(),
+            _ => "CREATE PUBLICATION \"kpub\" FOR TABLE \"public\".\"orders\";\nCREATE PUBLICATION \"kpub_insert_only\" FOR TABLE \"public\".\"page_views\" WITH (publish = 'insert')".to_string(),
+        };
+        if choice != "leaveOut" {
+            click(&client, &format!("choice-public.page_views-{choice}")).await;
+        }
+        let sql = wait_for_text(&client, "fix-publication-sql", |t| t == expected).await;
+        assert_eq!(sql, expected);
+        screenshot(&client, &format!("setup-keyless-{choice}")).await;
+        // Nothing ran before the confirmation.
+        assert_eq!(
+            cluster()
+                .psql(&database, "SELECT count(*) FROM pg_publication;")
+                .unwrap()
+                .trim(),
+            "0"
+        );
+        click(&client, "fix-publication-run").await;
+        let status = wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
+        assert_eq!(status, "Pass", "{choice}");
+        let writes = page_view_writes(&database);
+        assert!(writes.is_ok(), "{choice}: {writes:?}");
+
+        // Every other fix Setup offers on this database, run through the window: writes still work.
+        for id in ["replica_identity:public.page_views", "slot"] {
+            let offered = client
+                .find(Locator::Css(&by_test_id(&format!("fix-{id}"))))
+                .await
+                .is_ok();
+            if offered {
+                click(&client, &format!("fix-{id}")).await;
+                click(&client, &format!("fix-{id}-run")).await;
+                wait_for_text(&client, &format!("check-{id}-status"), |t| t == "Pass").await;
+                let writes = page_view_writes(&database);
+                assert!(writes.is_ok(), "{choice}, after the {id} fix: {writes:?}");
+            }
+        }
+        let published = |publication: &str| {
+            cluster()
+                .psql(
+                    &database,
+                    &format!("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = '{publication}';"),
+                )
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let identity = cluster()
+            .psql(
+                &database,
+                "SELECT relreplident FROM pg_class WHERE relname = 'page_views';",
+            )
+            .unwrap();
+        match choice {
+            "leaveOut" => {
+                assert_eq!(published("kpub"), "orders");
+                assert_eq!(identity.trim(), "d");
+            }
+            "replicaIdentityFull" => {
+                assert_eq!(published("kpub"), "orders,page_views");
+                assert_eq!(identity.trim(), "f");
+            }
+            _ => {
+                assert_eq!(published("kpub"), "orders");
+                assert_eq!(published("kpub_insert_only"), "page_views");
+            }
+        }
+        cluster()
+            .psql(
+                &database,
+                &format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{database}';"),
+            )
+            .unwrap();
+    }
+    close(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -784,6 +936,8 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     click(&client, "tab-setup").await;
     wait_for_text(&client, "check-publication-status", |t| t == "Fail").await;
     click(&client, "fix-publication").await;
+    click(&client, "publish-pick-public.items").await;
+    wait_for_text(&client, "fix-publication-sql", |t| t.contains("FOR TABLE")).await;
     click(&client, "fix-publication-run").await;
     let status = wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
     assert_eq!(status, "Pass");
@@ -1045,6 +1199,8 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     assert_eq!(status, "Fail", "the demo starts without a publication");
     screenshot(&client, "demo-1-setup").await;
     click(&client, "fix-publication").await;
+    click(&client, "publish-pick-shop.orders").await;
+    wait_for_text(&client, "fix-publication-sql", |t| t.contains("FOR TABLE")).await;
     click(&client, "fix-publication-run").await;
     wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
 

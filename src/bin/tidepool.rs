@@ -138,6 +138,59 @@ enum Command {
     },
 }
 
+/// How each table without a usable replica identity is published: without a choice, publishing
+/// such a table would make PostgreSQL refuse every UPDATE and DELETE on it, so it is refused.
+#[derive(Args, Clone, Default)]
+struct Keyless {
+    /// schema.table=leave-out|replica-identity-full|insert-only, for a table with no primary key or
+    /// replica identity (repeatable).
+    #[arg(long = "keyless", value_name = "TABLE=CHOICE")]
+    choices: Vec<String>,
+}
+
+impl Keyless {
+    fn parse(&self) -> Result<Vec<tidepool::publication::Choice>, Error> {
+        use tidepool::publication::{Choice, Handling};
+        self.choices
+            .iter()
+            .map(|pair| {
+                let (table, choice) = pair.rsplit_once('=').ok_or_else(|| {
+                    Error::invalid_input(
+                        "--keyless",
+                        format!("'{pair}' is not schema.table=choice"),
+                    )
+                })?;
+                let (schema, table) = tidepool::backfill::parse_table_name(table)?;
+                let handling = match choice {
+                    "leave-out" => Handling::LeaveOut,
+                    "replica-identity-full" | "full" => Handling::ReplicaIdentityFull,
+                    "insert-only" => Handling::InsertOnly,
+                    other => {
+                        return Err(Error::invalid_input(
+                            "--keyless",
+                            format!(
+                                "'{other}' is not leave-out, replica-identity-full or insert-only"
+                            ),
+                        ))
+                    }
+                };
+                Ok(Choice {
+                    schema,
+                    table,
+                    handling,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Prints what a publication plan does with each table that has no usable replica identity.
+fn print_notes(plan: &tidepool::publication::Plan) {
+    for note in &plan.notes {
+        eprintln!("note: {note}");
+    }
+}
+
 /// The publication, slot and tables the checks and fixes are about.
 #[derive(Args)]
 struct Scope {
@@ -186,8 +239,11 @@ enum SetupCommand {
         #[arg(long)]
         role: Option<String>,
     },
-    /// Creates the publication or adds the tables to it.
-    Publication,
+    /// Creates the publication or adds exactly --tables to it (never FOR ALL TABLES).
+    Publication {
+        #[command(flatten)]
+        keyless: Keyless,
+    },
     /// Creates the slot (pgoutput).
     CreateSlot,
     /// Drops the slot: its consumer loses its position.
@@ -282,6 +338,9 @@ enum BindingCommand {
         /// Only new changes, no backfill.
         #[arg(long)]
         no_backfill: bool,
+        /// How the table is published when it has no usable replica identity.
+        #[command(flatten)]
+        keyless: Keyless,
     },
     /// Reads a bound table again (a re-backfill) while the capture runs.
     Backfill {
@@ -603,6 +662,9 @@ async fn check(target: &Target, json: bool, scope: &Scope) -> Result<bool, Error
                 for line in &fix.preview {
                     println!("       fix: {line}");
                 }
+                for note in fix.plan.iter().flat_map(|p| &p.notes) {
+                    println!("       note: {note}");
+                }
             }
         }
     }
@@ -636,22 +698,40 @@ async fn setup(
             schema,
             role: role.unwrap_or(connecting),
         },
-        SetupCommand::Publication => {
-            let client = connection::connect(&spec).await?;
-            let tables =
-                tidepool::publication::with_partitioning(&client, &preflight.tables, "--tables")
-                    .await?;
-            if tables.is_empty() {
+        SetupCommand::Publication { keyless } => {
+            if preflight.tables.is_empty() {
                 return Err(Error::invalid_input(
                     "--tables",
-                    "name the tables to publish",
+                    "name the tables to publish (Tidepool never publishes every table: a published table without a primary key refuses updates and deletes)",
                 ));
             }
-            let statements =
-                tidepool::publication::plan(&client, &preflight.publication, &tables).await?;
-            Action::Publication {
+            let client = connection::connect(&spec).await?;
+            let request = tidepool::publication::Request {
                 publication: preflight.publication.clone(),
-                statements,
+                tables: preflight
+                    .tables
+                    .iter()
+                    .map(|(s, t)| tidepool::publication::TableRef::new(s, t))
+                    .collect(),
+                choices: keyless.parse()?,
+            };
+            let plan = tidepool::publication::plan(&client, &request).await?;
+            print_notes(&plan);
+            if !dry_run {
+                // Before anything is printed as if it ran: the choice is the user's.
+                plan.ensure_decided().map_err(|e| {
+                    Error::invalid_input(
+                        "--keyless",
+                        format!(
+                            "{}: add --keyless schema.table=leave-out|replica-identity-full|insert-only for each",
+                            e.message()
+                        ),
+                    )
+                })?;
+            }
+            Action::Publication {
+                request,
+                statements: plan.statements,
             }
         }
         SetupCommand::CreateSlot => Action::CreateSlot {
@@ -1033,6 +1113,9 @@ struct CaptureArgs {
     /// every backfilled table again, and stream on.
     #[arg(long)]
     resync: bool,
+    /// With --publish: how each table without a usable replica identity is published.
+    #[command(flatten)]
+    keyless: Keyless,
 }
 
 /// A table (schema, name) and the collection name given to it.
@@ -1158,7 +1241,10 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
             slot: slot.clone(),
             bindings: bindings.clone(),
         };
-        for statement in tidepool::capture::publish(&spec, &args.store, &definition).await? {
+        for statement in
+            tidepool::capture::publish_with(&spec, &args.store, &definition, &args.keyless.parse()?)
+                .await?
+        {
             eprintln!("ran: {statement}");
         }
     }
@@ -1245,6 +1331,7 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             table,
             collection,
             no_backfill,
+            keyless,
         } => {
             let mut definition = Definition::load_from(&store)?;
             let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
@@ -1274,7 +1361,10 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             let collection = binding.collection.clone();
             definition.bindings.push(binding);
             let spec = spec_for(&target)?;
-            for statement in tidepool::capture::publish(&spec, &store, &definition).await? {
+            for statement in
+                tidepool::capture::publish_with(&spec, &store, &definition, &keyless.parse()?)
+                    .await?
+            {
                 eprintln!("ran: {statement}");
             }
             eprintln!("bound {schema}.{table} to {collection}");

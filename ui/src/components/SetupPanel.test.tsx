@@ -2,24 +2,81 @@ import { render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { PreflightCheck } from "../lib/types";
+import type {
+  Choice,
+  DiscoveredTable,
+  PreflightCheck,
+  PublicationPlan,
+  PublicationRequest,
+  TableRef,
+} from "../lib/types";
 import { SetupPanel } from "./SetupPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 import { profileView } from "../test/fixtures";
 
-vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["preflight", "runFix"]));
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["preflight", "runFix", "planPublication", "discoverTables"]),
+);
 
 const failing: PreflightCheck = {
-  id: "publication",
-  title: 'Publication "p" exists with the tables',
+  id: "replication",
+  title: "The role may replicate",
   status: "fail",
-  explanation: 'Publication "p" does not exist.',
+  explanation: "Role has no REPLICATION.",
   fix: {
-    action: { action: "publication", publication: "p", statements: ['CREATE PUBLICATION "p" FOR TABLE "public"."t"'] },
-    preview: ['CREATE PUBLICATION "p" FOR TABLE "public"."t"'],
+    action: { action: "grantReplication", role: "app" },
+    preview: ['ALTER ROLE "app" WITH REPLICATION'],
     warning: null,
   },
 };
+
+const request = (tables: TableRef[], choices: Choice[] = []): PublicationRequest => ({ publication: "p", tables, choices });
+
+/** The publication check with nothing picked yet: the fix asks for tables. */
+const noPublication: PreflightCheck = {
+  id: "publication",
+  title: 'Publication "p" exists with the tables',
+  status: "fail",
+  explanation: 'Publication "p" does not exist. Pick the tables.',
+  fix: { action: { action: "publication", request: request([]), statements: [] }, preview: [], warning: null },
+};
+
+const orders = { schema: "shop", table: "orders" };
+const views = { schema: "shop", table: "page_views" };
+
+/** What the engine plans: page_views has no key; its statements follow the choice. */
+function planFor(tables: TableRef[], choices: Choice[]): PublicationPlan {
+  const picked = (t: TableRef) => tables.some((x) => x.table === t.table);
+  const handling = choices.find((c) => c.table === "page_views")?.handling ?? null;
+  const statements: string[] = [];
+  const main = [orders].filter(picked).map((t) => `"${t.schema}"."${t.table}"`);
+  if (picked(views) && handling === "replicaIdentityFull") {
+    statements.push('ALTER TABLE "shop"."page_views" REPLICA IDENTITY FULL');
+    main.push('"shop"."page_views"');
+  }
+  if (main.length) statements.push(`CREATE PUBLICATION "p" FOR TABLE ${main.join(", ")}`);
+  if (picked(views) && handling === "insertOnly")
+    statements.push(`CREATE PUBLICATION "p_insert_only" FOR TABLE "shop"."page_views" WITH (publish = 'insert')`);
+  return {
+    request: request(tables, choices),
+    statements,
+    hazards: picked(views)
+      ? [
+          {
+            table: views,
+            reason: "no primary key and REPLICA IDENTITY DEFAULT",
+            relations: [views],
+            refusedNow: false,
+            options: ["leaveOut", "replicaIdentityFull", "insertOnly"],
+            handling,
+          },
+        ]
+      : [],
+    notes: picked(views) ? [`"shop"."page_views": ${handling ?? "undecided"}`] : [],
+  };
+}
+
+const discovered = (t: TableRef, key: string[]) =>
+  ({ ...t, key, replicaIdentity: "default", partitioned: false, columns: [] }) as unknown as DiscoveredTable;
 
 beforeEach(() => {
   resetBackend();
@@ -34,14 +91,14 @@ describe("SetupPanel", () => {
     });
     const user = userEvent.setup();
     render(<SetupPanel profile={profileView()} />);
-    expect((await screen.findByTestId("check-publication-status")).textContent).toBe("Fail");
-    await user.click(screen.getByTestId("fix-publication"));
-    expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "public"."t"');
+    expect((await screen.findByTestId("check-replication-status")).textContent).toBe("Fail");
+    await user.click(screen.getByTestId("fix-replication"));
+    expect(screen.getByTestId("fix-replication-sql").textContent).toBe('ALTER ROLE "app" WITH REPLICATION');
     expect(callsOf("runFix")).toEqual([]);
-    await user.click(screen.getByTestId("fix-publication-run"));
-    await waitFor(() => expect(screen.getByTestId("check-publication-status").textContent).toBe("Pass"));
+    await user.click(screen.getByTestId("fix-replication-run"));
+    await waitFor(() => expect(screen.getByTestId("check-replication-status").textContent).toBe("Pass"));
     expect(callsOf("runFix")).toEqual([["p1", failing.fix!.action]]);
-    expect(screen.queryByTestId("fix-publication")).toBeNull();
+    expect(screen.queryByTestId("fix-replication")).toBeNull();
   });
 
   it("shows a failed fix's error by kind", async () => {
@@ -51,8 +108,82 @@ describe("SetupPanel", () => {
     });
     const user = userEvent.setup();
     render(<SetupPanel profile={profileView()} />);
-    await user.click(await screen.findByTestId("fix-publication"));
-    await user.click(screen.getByTestId("fix-publication-run"));
+    await user.click(await screen.findByTestId("fix-replication"));
+    await user.click(screen.getByTestId("fix-replication-run"));
     expect((await screen.findByTestId("setup-error-kind")).textContent).toBe("Permission");
+  });
+
+  it("asks which tables to publish when none are picked, and never offers every table", async () => {
+    answer("preflight", async () => [noPublication]);
+    answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
+    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("runFix", async () => {});
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    // Nothing is planned, and Run is off, until a table is picked.
+    expect(await screen.findByTestId("publish-pick-shop.page_views")).toBeTruthy();
+    expect(screen.getByTestId("publication-pick").textContent).toContain("shop.page_views (no primary key)");
+    expect((screen.getByTestId("fix-publication-run") as HTMLButtonElement).disabled).toBe(true);
+    expect(callsOf("planPublication")).toEqual([]);
+    await user.click(screen.getByTestId("publish-pick-shop.orders"));
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'),
+    );
+    expect(screen.getByTestId("fix-publication-sql").textContent).not.toContain("ALL TABLES");
+    await user.click(screen.getByTestId("fix-publication-run"));
+    await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
+    expect(callsOf("runFix")[0]).toEqual([
+      "p1",
+      { action: "publication", request: request([orders]), statements: ['CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'] },
+    ]);
+  });
+
+  it("a keyless table starts left out; each choice re-plans and runs exactly what it shows", async () => {
+    answer("preflight", async () => [noPublication]);
+    answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
+    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("runFix", async () => {});
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    await user.click(await screen.findByTestId("publish-pick-shop.orders"));
+    await user.click(screen.getByTestId("publish-pick-shop.page_views"));
+
+    // The hazard is said before anything runs, with the safe choice made.
+    const hazard = await screen.findByTestId("hazard-shop.page_views");
+    expect(hazard.textContent).toContain("no primary key and REPLICA IDENTITY DEFAULT");
+    expect(hazard.textContent).toContain("refuse every UPDATE and DELETE");
+    await waitFor(() =>
+      expect((screen.getByTestId("choice-shop.page_views-leaveOut") as HTMLInputElement).checked).toBe(true),
+    );
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'),
+    );
+    // The engine was never asked to plan the table undecided and then run it.
+    const lastPlan = callsOf("planPublication").at(-1)!;
+    expect(lastPlan[2]).toEqual([{ ...views, handling: "leaveOut" }]);
+
+    await user.click(screen.getByTestId("choice-shop.page_views-insertOnly"));
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe(
+        'CREATE PUBLICATION "p" FOR TABLE "shop"."orders";\nCREATE PUBLICATION "p_insert_only" FOR TABLE "shop"."page_views" WITH (publish = \'insert\')',
+      ),
+    );
+    await user.click(screen.getByTestId("choice-shop.page_views-replicaIdentityFull"));
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe(
+        'ALTER TABLE "shop"."page_views" REPLICA IDENTITY FULL;\nCREATE PUBLICATION "p" FOR TABLE "shop"."orders", "shop"."page_views"',
+      ),
+    );
+    expect(screen.getByTestId("fix-publication-notes").textContent).toContain("replicaIdentityFull");
+    await user.click(screen.getByTestId("fix-publication-run"));
+    await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
+    const [, action] = callsOf("runFix")[0] as [string, { request: PublicationRequest; statements: string[] }];
+    expect(action.request.choices).toEqual([{ ...views, handling: "replicaIdentityFull" }]);
+    expect(action.statements).toEqual([
+      'ALTER TABLE "shop"."page_views" REPLICA IDENTITY FULL',
+      'CREATE PUBLICATION "p" FOR TABLE "shop"."orders", "shop"."page_views"',
+    ]);
   });
 });

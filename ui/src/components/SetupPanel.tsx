@@ -4,13 +4,15 @@ import * as backend from "../lib/backend";
 import type { BackendError, PreflightCheck, ProfileView } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { NeonSection } from "./NeonSection";
+import { PublicationFix } from "./PublicationFix";
 
 const MARK: Record<PreflightCheck["status"], string> = { pass: "Pass", warn: "Warning", fail: "Fail" };
 
 /**
  * The preflight checklist: every check with its status and explanation; a failing or warning check
- * with a fix shows the exact SQL (or Neon API request) first, and runs it only after "Run". The Neon
- * part sits above it for Neon hosts and linked profiles.
+ * with a fix shows the exact SQL (or Neon API request) first, and runs it only after "Run". The
+ * publication fix asks which tables (never every table) and how to publish each table that would
+ * otherwise refuse its writes. The Neon part sits above it for Neon hosts and linked profiles.
  */
 export function SetupPanel({
   profile,
@@ -82,7 +84,17 @@ export function SetupPanel({
             <p>{check.explanation}</p>
             {check.fix && check.status !== "pass" && (
               <div className="fix">
-                {open === check.id ? (
+                {open === check.id && check.fix.action.action === "publication" ? (
+                  <PublicationFix
+                    profileId={profileId}
+                    fix={check.fix}
+                    onCancel={() => setOpen(null)}
+                    onRan={async () => {
+                      setOpen(null);
+                      await load();
+                    }}
+                  />
+                ) : open === check.id ? (
                   <>
                     <p>This will run:</p>
                     <pre data-testid={`fix-${check.id}-sql`}>{check.fix.preview.join(";\n")}</pre>

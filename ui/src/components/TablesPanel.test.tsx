@@ -2,11 +2,13 @@ import { render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { DiscoveredTable } from "../lib/types";
+import type { Choice, DiscoveredTable, TableRef } from "../lib/types";
 import { TablesPanel } from "./TablesPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
-vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "publishCapture", "checkCollectionName"]));
+vi.mock("../lib/backend", async () =>
+  (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "publishCapture", "checkCollectionName", "planPublication"]),
+);
 
 const table = (name: string, key: string[]): DiscoveredTable => ({
   schema: "public",
@@ -54,9 +56,62 @@ describe("TablesPanel", () => {
     await user.click(screen.getByTestId("publish"));
     await screen.findByTestId("published");
     expect(callsOf("publishCapture")).toEqual([
-      ["p1", [{ schema: "public", table: "orders", collection: "shop/orders", mode: "onlyChanges", backfill: 0 }]],
+      ["p1", [{ schema: "public", table: "orders", collection: "shop/orders", mode: "onlyChanges", backfill: 0 }], []],
     ]);
     expect(screen.getByTestId("published-sql").textContent).toBe('ALTER PUBLICATION "p" ADD TABLE "public"."orders"');
+  });
+
+  it("asks how a selected keyless table is published before Save and publish, and sends the choice", async () => {
+    answer("captureDefinition", async () => null);
+    answer("publishCapture", async () => ['CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"']);
+    answer("planPublication", async (_id, tables, choices) => {
+      const chosen = (choices as Choice[]).find((c) => c.table === "events")?.handling ?? null;
+      const picked = (tables as TableRef[]).some((t) => t.table === "events");
+      return {
+        request: { publication: "p", tables, choices },
+        statements: chosen === "insertOnly" ? ['CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"'] : [],
+        hazards: picked
+          ? [
+              {
+                table: { schema: "public", table: "events" },
+                reason: "no primary key and REPLICA IDENTITY DEFAULT",
+                relations: [],
+                refusedNow: false,
+                options: ["leaveOut", "replicaIdentityFull", "insertOnly"],
+                handling: chosen,
+              },
+            ]
+          : [],
+        notes: [],
+      };
+    });
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await user.click(await screen.findByTestId("select-public.events"));
+    const hazard = await screen.findByTestId("hazard-public.events");
+    expect(hazard.textContent).toContain("refuse every UPDATE and DELETE");
+    // Leaving a selected table out is "unselect", not a choice here; nothing is picked for the user.
+    expect(screen.queryByTestId("choice-public.events-leaveOut")).toBeNull();
+    expect((screen.getByTestId("choice-public.events-insertOnly") as HTMLInputElement).checked).toBe(false);
+    expect((screen.getByTestId("publish") as HTMLButtonElement).disabled).toBe(true);
+    await user.click(screen.getByTestId("choice-public.events-insertOnly"));
+    await waitFor(() =>
+      expect(screen.getByTestId("publish-plan-sql").textContent).toBe(
+        'CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"',
+      ),
+    );
+    await user.click(screen.getByTestId("publish"));
+    await screen.findByTestId("published");
+    expect(callsOf("publishCapture")).toEqual([
+      [
+        "p1",
+        [{ schema: "public", table: "events", collection: "public/events", mode: "full", backfill: 0 }],
+        [{ schema: "public", table: "events", handling: "insertOnly" }],
+      ],
+    ]);
+    // Unselecting instead takes the question away.
+    await user.click(screen.getByTestId("unselect-public.events"));
+    await waitFor(() => expect(screen.queryByTestId("hazard-public.events")).toBeNull());
   });
 
   it("starts from the saved capture and shows a refused name with the engine's message", async () => {

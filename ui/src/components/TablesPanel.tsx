@@ -1,8 +1,16 @@
 import { useEffect, useMemo, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, Binding, BindingMode, DiscoveredTable } from "../lib/types";
+import type {
+  BackendError,
+  Binding,
+  BindingMode,
+  Choice as KeylessChoice,
+  DiscoveredTable,
+  PublicationPlan,
+} from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
+import { KeylessChoices } from "./KeylessChoices";
 
 /** A row of the picker: the discovered table and what the user chose for it. */
 interface Choice {
@@ -40,6 +48,9 @@ export function TablesPanel({ profileId }: { profileId: string }) {
   const [search, setSearch] = useState("");
   /** Why a table's collection name is refused (by the engine's rules), per table. */
   const [nameErrors, setNameErrors] = useState<Record<string, string>>({});
+  /** How each selected table without a usable replica identity is published, and the engine's plan. */
+  const [keyless, setKeyless] = useState<KeylessChoice[]>([]);
+  const [plan, setPlan] = useState<PublicationPlan | null>(null);
 
   useEffect(() => {
     let live = true;
@@ -71,6 +82,30 @@ export function TablesPanel({ profileId }: { profileId: string }) {
       live = false;
     };
   }, [profileId]);
+
+  // The selected tables, as one string so the plan is asked for again only when they change.
+  const selectedIds = choices
+    .filter((c) => c.selected)
+    .map((c) => rowId(c.table))
+    .join("\n");
+  useEffect(() => {
+    const tables = choices
+      .filter((c) => c.selected)
+      .map((c) => ({ schema: c.table.schema, table: c.table.table }));
+    if (tables.length === 0) {
+      setPlan(null);
+      return;
+    }
+    let live = true;
+    backend.planPublication(profileId, tables, keyless).then(
+      (p) => live && setPlan(p),
+      () => live && setPlan(null),
+    );
+    return () => {
+      live = false;
+    };
+    // `choices` changes with every keystroke in a name; only the selection matters here.
+  }, [profileId, selectedIds, keyless]);
 
   const change = (id: string, patch: Partial<Choice>) =>
     setChoices((previous) => previous.map((c) => (rowId(c.table) === id ? { ...c, ...patch } : c)));
@@ -126,7 +161,7 @@ export function TablesPanel({ profileId }: { profileId: string }) {
       }));
     setState({ status: "publishing" });
     try {
-      setState({ status: "published", statements: await backend.publishCapture(profileId, bindings) });
+      setState({ status: "published", statements: await backend.publishCapture(profileId, bindings, keyless) });
     } catch (error) {
       setState({ status: "failed", error: error as BackendError, during: "publish" });
     }
@@ -137,7 +172,10 @@ export function TablesPanel({ profileId }: { profileId: string }) {
     return <ErrorNotice error={state.error} testId="discover-error" />;
 
   const selected = choices.filter((c) => c.selected).length;
-  const blocked = choices.some((c) => c.selected && problemOf(c) !== null);
+  // A selected table that publishing would make refuse its writes must be decided first.
+  const hazards = plan?.hazards ?? [];
+  const undecided = hazards.some((h) => !h.refusedNow && !keyless.some((k) => k.schema === h.table.schema && k.table === h.table.table));
+  const blocked = undecided || choices.some((c) => c.selected && problemOf(c) !== null);
   const shown = choices.find((c) => rowId(c.table) === schemaOf);
   return (
     <section className="panel" data-testid="tables-panel">
@@ -253,6 +291,38 @@ export function TablesPanel({ profileId }: { profileId: string }) {
         <pre className="schema" data-testid="collection-schema">
           {JSON.stringify(shown.table.collection.schema, null, 2)}
         </pre>
+      )}
+      {hazards.length > 0 && (
+        <div className="keyless-publish" data-testid="publish-keyless">
+          <p>
+            Before publishing: the table(s) below have no primary key or usable replica identity. Choose how each is
+            published, or unselect it.
+          </p>
+          <KeylessChoices
+            hazards={hazards}
+            choices={keyless}
+            publication={plan?.request.publication ?? ""}
+            onChange={setKeyless}
+            allowed={(h) => h.options.filter((o) => o !== "leaveOut")}
+          />
+          {hazards.map((h) => (
+            <button
+              key={`${h.table.schema}.${h.table.table}`}
+              type="button"
+              className="secondary"
+              data-testid={`unselect-${h.table.schema}.${h.table.table}`}
+              onClick={() => change(`${h.table.schema}.${h.table.table}`, { selected: false })}
+            >
+              Unselect {h.table.schema}.{h.table.table}
+            </button>
+          ))}
+          {plan && !undecided && (
+            <>
+              <p>Save and publish will run:</p>
+              <pre data-testid="publish-plan-sql">{plan.statements.join(";\n") || "(nothing)"}</pre>
+            </>
+          )}
+        </div>
       )}
       <div className="actions">
         <button

@@ -220,11 +220,56 @@ export type CheckStatus = "pass" | "warn" | "fail";
 /** A setup fix; the engine's tagged `Action`, sent back as it came when the user confirms. */
 export type SetupAction = { action: string } & Record<string, unknown>;
 
+/** A table by schema and name. */
+export interface TableRef {
+  schema: string;
+  table: string;
+}
+
+/**
+ * How a table without a usable replica identity is published: left out (the safe default), REPLICA
+ * IDENTITY FULL first, or only its inserts (in the companion publication `<publication>_insert_only`).
+ */
+export type Handling = "leaveOut" | "replicaIdentityFull" | "insertOnly";
+
+/** The user's decision for one table. */
+export interface Choice extends TableRef {
+  handling: Handling;
+}
+
+/** What to publish: the picked tables and the decisions. */
+export interface PublicationRequest {
+  publication: string;
+  tables: TableRef[];
+  choices: Choice[];
+}
+
+/** A picked table whose UPDATE and DELETE PostgreSQL would refuse once published with them. */
+export interface Hazard {
+  table: TableRef;
+  reason: string;
+  relations: TableRef[];
+  /** A publication covers it already: its writes are refused now. */
+  refusedNow: boolean;
+  options: Handling[];
+  handling: Handling | null;
+}
+
+/** What publishing a request runs, with every hazard and what happens to each, in words. */
+export interface PublicationPlan {
+  request: PublicationRequest;
+  statements: string[];
+  hazards: Hazard[];
+  notes: string[];
+}
+
 /** A fix with the exact SQL or API request it runs, and what to know before confirming. */
 export interface Fix {
   action: SetupAction;
   preview: string[];
   warning: string | null;
+  /** The publication fix's plan (absent for other fixes). */
+  plan?: PublicationPlan;
 }
 
 /** One preflight check, with its fix and the exact SQL or API request the fix runs. */

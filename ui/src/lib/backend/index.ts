@@ -8,6 +8,9 @@ import {
   type Autofill,
   type BackendError,
   type Binding,
+  type Choice,
+  type PublicationPlan,
+  type TableRef,
   type CaptureDefinition,
   type DiscoveredTable,
   type CollectionInfo,
@@ -74,9 +77,16 @@ export const discoverTables = (id: string) => call<DiscoveredTable[]>("discover_
 
 export const captureDefinition = (id: string) => call<CaptureDefinition | null>("capture_definition", { id });
 
-/** "Save and publish": returns the SQL statements that ran to make the publication contain the tables. */
-export const publishCapture = (id: string, bindings: Binding[]) =>
-  call<string[]>("publish_capture", { id, bindings });
+/**
+ * "Save and publish": returns the SQL statements that ran to make the publication contain the tables.
+ * A bound table without a usable replica identity needs a choice (REPLICA IDENTITY FULL or inserts only).
+ */
+export const publishCapture = (id: string, bindings: Binding[], choices: Choice[] = []) =>
+  call<string[]>("publish_capture", { id, bindings, choices });
+
+/** What publishing `tables` in the profile's publication would run, and the tables that need a choice. */
+export const planPublication = (id: string, tables: TableRef[], choices: Choice[]) =>
+  call<PublicationPlan>("plan_publication", { id, tables, choices });
 
 export const preflight = (id: string) => call<PreflightCheck[]>("preflight", { id });
 

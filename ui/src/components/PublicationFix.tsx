@@ -1,0 +1,138 @@
+import { useEffect, useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError, Choice, DiscoveredTable, Fix, PublicationPlan, TableRef } from "../lib/types";
+import { ErrorNotice } from "./ErrorNotice";
+import { KeylessChoices, defaultChoices } from "./KeylessChoices";
+
+const key = (t: TableRef) => `${t.schema}.${t.table}`;
+
+/**
+ * The publication fix: the tables to publish (asked for when none are picked; never every table), a
+ * question for each table that publishing would make refuse its writes (left out by default), and the
+ * exact SQL of the current choices, planned by the engine. "Run" sends what was shown; the engine plans
+ * again and refuses if that differs or a table is undecided.
+ */
+export function PublicationFix({
+  profileId,
+  fix,
+  onRan,
+  onCancel,
+}: {
+  profileId: string;
+  fix: Fix;
+  onRan: () => Promise<void> | void;
+  onCancel: () => void;
+}) {
+  const given = ((fix.action.request as { tables?: TableRef[] } | undefined)?.tables ?? []) as TableRef[];
+  const publication = (fix.action.request as { publication?: string } | undefined)?.publication ?? "";
+  const asking = given.length === 0;
+  const [tables, setTables] = useState<TableRef[]>(given);
+  const [available, setAvailable] = useState<DiscoveredTable[] | null>(null);
+  const [choices, setChoices] = useState<Choice[]>(() => defaultChoices(fix.plan?.hazards ?? []));
+  const [plan, setPlan] = useState<PublicationPlan | null>(null);
+  const [planning, setPlanning] = useState(false);
+  const [running, setRunning] = useState(false);
+  const [error, setError] = useState<BackendError | null>(null);
+
+  useEffect(() => {
+    if (!asking) return;
+    backend
+      .discoverTables(profileId)
+      .then(setAvailable)
+      .catch((e) => setError(e as BackendError));
+  }, [asking, profileId]);
+
+  useEffect(() => {
+    if (tables.length === 0) {
+      setPlan(null);
+      return;
+    }
+    let live = true;
+    setPlanning(true);
+    backend
+      .planPublication(profileId, tables, choices)
+      .then((p) => {
+        if (!live) return;
+        // A hazard seen for the first time starts left out.
+        const fresh = defaultChoices(p.hazards).filter((d) => !choices.some((c) => key(c) === key(d)));
+        if (fresh.length > 0) setChoices([...choices, ...fresh]);
+        else setPlan(p);
+        setError(null);
+      })
+      .catch((e) => live && setError(e as BackendError))
+      .finally(() => live && setPlanning(false));
+    return () => {
+      live = false;
+    };
+  }, [profileId, tables, choices]);
+
+  const toggle = (t: TableRef) =>
+    setTables((current) => (current.some((c) => key(c) === key(t)) ? current.filter((c) => key(c) !== key(t)) : [...current, t]));
+
+  async function run() {
+    if (!plan) return;
+    setRunning(true);
+    try {
+      await backend.runFix(profileId, { action: "publication", request: plan.request, statements: plan.statements });
+      await onRan();
+    } catch (e) {
+      setError(e as BackendError);
+    } finally {
+      setRunning(false);
+    }
+  }
+
+  const undecided = plan?.hazards.some((h) => !h.refusedNow && h.handling === null) ?? true;
+  return (
+    <div className="publication-fix" data-testid="publication-fix">
+      {asking && (
+        <fieldset data-testid="publication-pick">
+          <legend>Which tables should {publication || "the publication"} publish?</legend>
+          {available === null && !error && <p>Reading the tables…</p>}
+          {(available ?? []).map((t) => (
+            <label key={key(t)} className="choice">
+              <input
+                type="checkbox"
+                data-testid={`publish-pick-${key(t)}`}
+                checked={tables.some((c) => key(c) === key(t))}
+                onChange={() => toggle({ schema: t.schema, table: t.table })}
+              />{" "}
+              {key(t)}
+              {t.key.length === 0 && t.replicaIdentity !== "full" ? " (no primary key)" : ""}
+            </label>
+          ))}
+        </fieldset>
+      )}
+      {plan && (
+        <>
+          <KeylessChoices hazards={plan.hazards} choices={choices} publication={publication} onChange={setChoices} />
+          {plan.notes.length > 0 && (
+            <ul className="notes" data-testid="fix-publication-notes">
+              {plan.notes.map((n) => (
+                <li key={n}>{n}</li>
+              ))}
+            </ul>
+          )}
+          <p>This will run:</p>
+          <pre data-testid="fix-publication-sql">
+            {plan.statements.length > 0 ? plan.statements.join(";\n") : "(nothing: every table is left out or published already)"}
+          </pre>
+        </>
+      )}
+      {tables.length === 0 && asking && <p className="muted">Pick at least one table.</p>}
+      {error && <ErrorNotice error={error} testId="publication-fix-error" />}
+      <button
+        type="button"
+        data-testid="fix-publication-run"
+        disabled={running || planning || !plan || plan.statements.length === 0 || undecided}
+        onClick={() => void run()}
+      >
+        {running ? "Running…" : "Run"}
+      </button>{" "}
+      <button type="button" className="secondary" onClick={onCancel}>
+        Cancel
+      </button>
+    </div>
+  );
+}
