@@ -14,6 +14,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod large_value;
 pub mod neon;
 pub mod pgoutput;
 pub mod pgpass;

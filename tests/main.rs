@@ -10,6 +10,7 @@ mod connection;
 mod crash;
 mod demo;
 mod discovery;
+mod large_values;
 mod neon;
 mod neon_api;
 mod profiles;
