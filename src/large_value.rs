@@ -23,6 +23,9 @@ pub const LARGE_VALUE_BYTES: usize = 64 * 1024;
 /// How much text is turned into JSON at a time when a large value is written.
 const PIECE_BYTES: usize = 1024 * 1024;
 
+/// Where a large value's JSON goes, a piece at a time.
+pub type Sink<'p> = dyn FnMut(&[u8]) -> Result<()> + 'p;
+
 /// Where a large value belongs in a stored document: at byte `at` of the stored text, whose four bytes
 /// there are `null`; `path` names the field (`["big"]`, or `["_meta","before","big"]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

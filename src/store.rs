@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
-use crate::large_value::{parse_refs, splice, Document, ValueRef};
+use crate::large_value::{parse_refs, splice, Document, Sink, ValueRef};
 use crate::pgoutput::Lsn;
 use crate::rowkey::sort_key;
 use crate::snapshot::{Rebuild, Snapshot, SnapshotSource};
@@ -1333,7 +1333,7 @@ impl Store {
     /// so the value is never held whole here.
     pub fn put_large_value(
         &mut self,
-        json: &dyn Fn(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+        json: &dyn Fn(&mut Sink<'_>) -> Result<()>,
     ) -> Result<String> {
         use sha2::Digest;
         use std::io::Write;

@@ -196,7 +196,12 @@ async fn a_100_mib_value_updated_twice_is_captured_in_bounded_memory_and_stored_
 #[tokio::test]
 async fn a_100_mib_value_with_replica_identity_full_is_captured_in_bounded_memory_and_stored_once()
 {
-    // Not yet bounded: the transport reads up to its event buffer ahead, and here each update's
-    // message carries the old value, so three 100 MiB messages can be in memory at once.
-    large_value_is_captured_in_bounded_memory_and_stored_once("large_full", true, None).await;
+    // Each update's message carries the old value too: the stream must not read the next ones
+    // while one is stored.
+    large_value_is_captured_in_bounded_memory_and_stored_once(
+        "large_full",
+        true,
+        Some(PEAK_LIMIT_MIB),
+    )
+    .await;
 }
