@@ -2075,6 +2075,74 @@ mod tests {
     }
 
     #[test]
+    fn a_large_value_is_stored_once_and_every_reader_gets_it_back() {
+        let (mut store, dir) = store();
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        let value = "\"x\"\n".repeat(40_000);
+        let json = serde_json::to_string(&value).unwrap();
+        let put = |store: &mut Store| {
+            store
+                .put_large_value(&|sink| crate::large_value::pieces(json.as_bytes(), sink))
+                .unwrap()
+        };
+        let hash = put(&mut store);
+        assert_eq!(put(&mut store), hash, "the same value, the same hash");
+        let doc = |n: i64| {
+            let text = format!(r#"{{"id":1,"n":{n},"big":null}}"#);
+            let at = text.find("null").unwrap();
+            Document {
+                text,
+                refs: vec![ValueRef {
+                    at,
+                    hash: hash.clone(),
+                    path: vec!["big".into()],
+                }],
+            }
+        };
+        store
+            .apply("public/t", Lsn(1), Op::Create, "[1]", None, doc(0))
+            .unwrap();
+        store
+            .hold("public/t", Lsn(2), Op::Update, "[1]", None, &doc(1))
+            .unwrap();
+        store.replay_held("public/t").unwrap();
+        store.commit(Lsn(2)).unwrap();
+        let values: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM large_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, 1);
+        let whole = |n: i64| serde_json::json!({"id": 1, "n": n, "big": value});
+        let changes = store.changes("public/t", 0, 10).unwrap();
+        assert_eq!(changes[0].1, whole(0));
+        assert_eq!(changes[1].1, whole(1), "a held change keeps its reference");
+        assert_eq!(store.row("public/t", "[1]").unwrap().unwrap(), whole(1));
+        let stored = store.row_document("public/t", "[1]").unwrap().unwrap();
+        assert_eq!(stored, doc(1), "as stored, without reading the value");
+        let filter = |value: &str| Filter {
+            field: "big".into(),
+            value: value.into(),
+            contains: true,
+        };
+        let found = store
+            .changes_matching("public/t", 0, 10, Some(&filter("\"x\"\n\"x")))
+            .unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(store
+            .rows_after("public/t", None, 10, Some(&filter("y")))
+            .unwrap()
+            .is_empty());
+        store.forget_capture(&[]).unwrap();
+        let values: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM large_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, 0, "forgotten with the capture");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn an_uncommitted_snapshot_is_removed_and_a_recorded_one_kept() {
         let (mut store, dir) = store();
         with_snapshot(&mut store, 10);
