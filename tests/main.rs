@@ -12,6 +12,7 @@ mod crash;
 mod demo;
 mod discovery;
 mod identity;
+mod large_values;
 mod neon;
 mod neon_api;
 mod owner_only;
