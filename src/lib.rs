@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cluster;
 pub mod connection;
 pub mod conninfo;
+pub mod deliver;
 pub mod demo;
 pub mod discovery;
 pub mod error;

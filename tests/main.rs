@@ -8,6 +8,7 @@ mod capture;
 mod cli;
 mod connection;
 mod crash;
+mod deliver;
 mod demo;
 mod discovery;
 mod neon;
