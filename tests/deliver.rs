@@ -148,6 +148,12 @@ impl Drop for Shop {
     }
 }
 
+/// A reqwest client (rustls with the ring provider, as the engine uses).
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 fn webhook(url: &str, batch: Option<u32>, max_retries: Option<u32>) -> Destination {
     Destination::Webhook(Webhook {
         url: url.into(),
@@ -368,7 +374,48 @@ async fn a_message_past_its_retries_is_parked_and_retry_delivers_it() {
             .contains("HTTP 500"),
         "{parked:?}"
     );
-    // Parked messages stay put.
+    // The slot never waits for delivery: with the message parked, a later change of the same row
+    // is stored and confirmed to PostgreSQL; it waits behind the parked one in its group.
+    let confirmed = || -> tidepool::pgoutput::Lsn {
+        shop.db
+            .sql(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
+                shop.db.name
+            ))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = confirmed();
+    let capture = shop.streaming();
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id = 1;");
+    let update_lsn = {
+        let mut found = None;
+        wait_for("the update stored", Duration::from_secs(10), || {
+            let stored = tidepool::store::Store::open(&shop.store)
+                .unwrap()
+                .latest_changes("public/orders", 1)
+                .unwrap();
+            if stored[0].1["_meta"]["op"] == json!("u") {
+                found = stored[0].1["_meta"]["source"]["lsn"]
+                    .as_str()
+                    .and_then(|l| l.parse::<tidepool::pgoutput::Lsn>().ok());
+            }
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    };
+    wait_for(
+        "the slot confirmed past the update",
+        Duration::from_secs(15),
+        || confirmed() > update_lsn,
+    )
+    .await;
+    assert!(before < update_lsn);
+    capture.abort();
+    // Parked messages stay put, and hold back their group.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(received.requests.load(Ordering::SeqCst), 2);
     // Retried by hand (as `tidepool consumer retry` does, from another connection) once the
@@ -381,14 +428,19 @@ async fn a_message_past_its_retries_is_parked_and_retry_delivers_it() {
             .unwrap(),
         1
     );
-    wait_for("the retried message", Duration::from_secs(10), || {
-        !received.accepted.lock().unwrap().is_empty()
-    })
+    wait_for(
+        "the retried message and the one behind it",
+        Duration::from_secs(10),
+        || received.accepted.lock().unwrap().len() >= 2,
+    )
     .await;
     let accepted = received.accepted.lock().unwrap().clone();
     assert_eq!(
         summary(&accepted),
-        [("insert".to_string(), 1, "new".to_string())]
+        [
+            ("insert".to_string(), 1, "new".to_string()),
+            ("update".to_string(), 1, "paid".to_string())
+        ]
     );
     let body = received.signed.lock().unwrap()[0].1.clone();
     let bare: Json = serde_json::from_slice(&body).unwrap();
@@ -452,7 +504,7 @@ async fn pull_receive_ack_nack_visibility_and_errors() {
         .sql("UPDATE orders SET status = 'paid' WHERE id = 1;");
     shop.catch_up().await;
     let (base, server) = shop.pull_api("pull-token").await;
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     // Authorization, unknown consumers, malformed requests.
     let r = client
@@ -677,7 +729,7 @@ async fn rows_coalesce_changes_do_not_and_the_beginning_replays_the_backfill_as_
     shop.db.sql("DELETE FROM orders WHERE id = 2;");
     shop.catch_up().await;
     let (base, server) = shop.pull_api("pull-token").await;
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     let changes = drain(&client, &base, "every-change").await;
     // Commit order within each key; the backfill's reads first.
@@ -785,4 +837,264 @@ async fn a_bad_filter_is_refused_when_the_consumer_is_saved() {
         .list()
         .unwrap()
         .is_empty());
+}
+
+fn tidepool_cli(shop: &Shop) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"));
+    command
+        .env("PGPASSWORD", shop.db.cluster.superuser_password().expose())
+        .env("PGPASSFILE", "/nonexistent");
+    command
+}
+
+fn cli_ok(command: &mut std::process::Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Kills the capture process it holds when dropped (a failed assertion included).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_adds_consumers_keeps_secrets_in_the_keychain_and_serves_the_pull_api() {
+    let shop = Shop::new("dl_cli", 2);
+    let store = shop.store.to_str().unwrap().to_string();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    let capture_args = [
+        "capture",
+        "--url",
+        &url,
+        "--store",
+        &store,
+        "--publication",
+        "shop_pub",
+        "--slot",
+        &shop.db.name,
+    ];
+    // Backfill, then stop.
+    let lsn = shop.db.current_lsn().to_string();
+    cli_ok(tidepool_cli(&shop).args(capture_args).args([
+        "--tables",
+        "public.orders",
+        "--stop-at-lsn",
+        &lsn,
+    ]));
+
+    cli_ok(tidepool_cli(&shop).args([
+        "consumer",
+        "add",
+        "--store",
+        &store,
+        "--name",
+        "app",
+        "--collection",
+        "public/orders",
+        "--pull",
+        "--start",
+        "beginning",
+    ]));
+    // A secret header's value comes from standard input, never an argument.
+    let mut add = tidepool_cli(&shop)
+        .args([
+            "consumer",
+            "add",
+            "--store",
+            &store,
+            "--name",
+            "hook",
+            "--collection",
+            "public/orders",
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+            "--secret-header",
+            "authorization",
+            "--filter",
+            "record.total > 10",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut add.stdin.take().unwrap(), b"Bearer s3cret-value\n").unwrap();
+    let output = add.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bad = tidepool_cli(&shop)
+        .args([
+            "consumer",
+            "add",
+            "--store",
+            &store,
+            "--name",
+            "bad",
+            "--collection",
+            "public/orders",
+            "--pull",
+            "--filter",
+            "record.total >",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("filter: line 1, column"));
+
+    let list: Json = serde_json::from_str(&cli_ok(
+        tidepool_cli(&shop).args(["consumer", "list", "--store", &store, "--json"]),
+    ))
+    .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app", "hook"]);
+    let hook_id = list[1]["id"].as_str().unwrap().to_string();
+    let secret =
+        cli_ok(tidepool_cli(&shop).args(["consumer", "secret", "--store", &store, "hook"]));
+    assert!(secret.trim().starts_with("whsec_"));
+    let header = Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookHeader(
+            hook_id.clone(),
+            "authorization".into(),
+        ))
+        .unwrap()
+        .unwrap();
+    assert_eq!(header.expose(), "Bearer s3cret-value");
+    let token = cli_ok(tidepool_cli(&shop).args(["api-token", "--store", &store]))
+        .trim()
+        .to_string();
+    assert_eq!(
+        cli_ok(tidepool_cli(&shop).args(["api-token", "--store", &store])).trim(),
+        token
+    );
+    // No secret in any file of the store folder.
+    for entry in std::fs::read_dir(&shop.store).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in ["s3cret-value", secret.trim(), token.as_str()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{} holds a secret",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    // `capture --listen` streams and serves the pull API.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let _capture = Child(
+        tidepool_cli(&shop)
+            .args(capture_args)
+            .args(["--listen", &listen])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://{listen}");
+    let client = http_client();
+    let receive_url = format!("{base}/api/http_pull_consumers/app/receive?batch_size=10");
+    let started = Instant::now();
+    let first = loop {
+        if let Ok(r) = client.get(&receive_url).bearer_auth(&token).send().await {
+            break r.json::<Json>().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pull API never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reads: Vec<Json> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(
+        summary(&reads),
+        [
+            ("read".to_string(), 1, "new".to_string()),
+            ("read".to_string(), 2, "new".to_string())
+        ]
+    );
+    let r = client
+        .get(&receive_url)
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let ids: Vec<String> = ack_ids(&first);
+    let r = client
+        .post(format!("{base}/api/http_pull_consumers/app/ack"))
+        .bearer_auth(&token)
+        .json(&json!({"ack_ids": ids}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Json>().await.unwrap(), json!({"success": true}));
+    let poll = {
+        let client = client.clone();
+        let token = token.clone();
+        let url = format!("{base}/api/http_pull_consumers/app/receive?wait_for=20s");
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Json>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shop.db.sql("INSERT INTO orders VALUES (3, 'new', 30);");
+    let got = poll.await.unwrap();
+    assert_eq!(got["data"][0]["data"]["action"], json!("insert"));
+    assert_eq!(got["data"][0]["data"]["record"]["id"], json!(3));
+
+    cli_ok(tidepool_cli(&shop).args(["consumer", "remove", "--store", &store, "hook"]));
+    assert!(Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookHeader(
+            hook_id.clone(),
+            "authorization".into()
+        ))
+        .unwrap()
+        .is_none());
+    let show = tidepool_cli(&shop)
+        .args(["consumer", "show", "--store", &store, "hook"])
+        .output()
+        .unwrap();
+    assert!(!show.status.success());
 }
