@@ -198,18 +198,14 @@ fn nesting(source: &str) -> usize {
                 max = max.max(depth);
             }
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            '!' | '-' => {
-                // Chains of unary operators recurse too.
-                depth += 1;
-                max = max.max(depth);
-                depth -= 1;
-            }
             _ => {}
         }
     }
+    // Chains of unary operators recurse too.
     max.max(unary_run(source))
 }
 
+/// The longest run of `!` and `-` (spaces between them allowed).
 fn unary_run(source: &str) -> usize {
     let mut run = 0;
     let mut max = 0;

@@ -53,7 +53,8 @@ pub struct DeliveryOptions {
     pub store_dir: PathBuf,
     /// The source, as messages name it.
     pub database: Database,
-    /// Where the signing secrets and secret headers are; without one, requests are not signed.
+    /// Where the signing secrets and secret headers are; without one, webhook consumers do not
+    /// deliver (requests are never sent unsigned).
     pub keychain: Option<Keychain>,
     /// Bumped after each store commit (see [`crate::capture::Observer`]).
     pub wake: tokio::sync::watch::Receiver<u64>,

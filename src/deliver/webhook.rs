@@ -70,7 +70,7 @@ pub fn signature(secret: &Secret, id: &str, timestamp: i64, body: &[u8]) -> Resu
 struct Target {
     url: String,
     headers: reqwest::header::HeaderMap,
-    secret: Option<Secret>,
+    secret: Secret,
     batch: bool,
     timeout: Duration,
 }
@@ -92,23 +92,35 @@ impl Target {
             let (n, v) = header(name, value)?;
             headers.insert(n, v);
         }
-        let mut secret = None;
-        if let Some(keychain) = &context.keychain {
-            for name in &webhook.secret_headers {
-                let value = keychain
-                    .get(&SecretKey::WebhookHeader(id.to_string(), name.clone()))?
-                    .ok_or_else(|| {
-                        Error::new(
-                            crate::ErrorKind::Keychain,
-                            format!("the value of secret header '{name}' is not in the keychain"),
-                        )
-                    })?;
-                let (n, mut v) = header(name, value.expose())?;
-                v.set_sensitive(true);
-                headers.insert(n, v);
-            }
-            secret = keychain.get(&SecretKey::WebhookSecret(id.to_string()))?;
+        // Never send unsigned: a receiver that verifies would reject every request, one that does
+        // not would be told nothing. Without the keychain or the secret the worker stops and says so.
+        let keychain = context.keychain.as_ref().ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::Keychain,
+                "the OS keychain cannot be opened: webhook requests cannot be signed",
+            )
+        })?;
+        for name in &webhook.secret_headers {
+            let value = keychain
+                .get(&SecretKey::WebhookHeader(id.to_string(), name.clone()))?
+                .ok_or_else(|| {
+                    Error::new(
+                        crate::ErrorKind::Keychain,
+                        format!("the value of secret header '{name}' is not in the keychain"),
+                    )
+                })?;
+            let (n, mut v) = header(name, value.expose())?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
         }
+        let secret = keychain
+            .get(&SecretKey::WebhookSecret(id.to_string()))?
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Keychain,
+                    "the consumer's signing secret is not in the keychain",
+                )
+            })?;
         Ok(Target {
             url: webhook.url.clone(),
             headers,
@@ -141,11 +153,9 @@ impl Target {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string());
-        if let Some(secret) = &self.secret {
-            let signature = signature(secret, &id, timestamp, body.as_bytes())
-                .map_err(|e| e.message().to_string())?;
-            request = request.header("webhook-signature", signature);
-        }
+        let signature = signature(&self.secret, &id, timestamp, body.as_bytes())
+            .map_err(|e| e.message().to_string())?;
+        request = request.header("webhook-signature", signature);
         match request.body(body).send().await {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => {
