@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod connection;
 pub mod conninfo;
 pub mod continuity;
+pub mod deliver;
 pub mod demo;
 pub mod discovery;
 pub mod error;

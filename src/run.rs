@@ -8,6 +8,8 @@
 //!   rolled back, and the slot stays, so the next start resumes from the checkpoint (WAL is retained
 //!   meanwhile: the UI says so).
 //! - One run per profile at a time.
+//! - Webhook delivery ([`crate::deliver`]) runs beside each capture, reading its store and woken by
+//!   its commits; it never delays the capture, and stopping the capture stops it.
 //! - A tail reads only what a store commit made durable, in log order, after the position it was given:
 //!   it never shows a change twice or skips one. It wakes on each store commit of the profile's run
 //!   (no polling), and ends when told to or when its receiver is gone.
@@ -90,6 +92,15 @@ pub type StatusListener = Arc<dyn Fn(&RunStatus) + Send + Sync>;
 
 struct Running {
     task: tokio::task::JoinHandle<()>,
+    /// Webhook delivery from the run's store ([`crate::deliver::run`]), stopped with the capture.
+    delivery: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn abort(&self) {
+        self.task.abort();
+        self.delivery.abort();
+    }
 }
 
 #[derive(Default)]
@@ -261,9 +272,29 @@ impl Runs {
                 });
             })
         };
+        // Delivery reads the store beside the capture, woken by each of its commits; it never
+        // delays the capture (see crate::deliver).
+        let delivery = {
+            let options = crate::deliver::DeliveryOptions {
+                store_dir: profiles.store_dir(&id)?,
+                database: crate::deliver::Database {
+                    name: profile.name.clone(),
+                    database: profile.database.clone(),
+                    hostname: profile.host.clone(),
+                },
+                keychain: crate::secrets::Keychain::open().ok(),
+                wake: self.commits_of(&id).subscribe(),
+            };
+            let name = profile.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::deliver::run(options).await {
+                    tracing::error!(profile = %name, "delivery stopped: {e}");
+                }
+            })
+        };
         let snapshot = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut shared = self.lock();
-        shared.runs.insert(id.clone(), Running { task });
+        shared.runs.insert(id.clone(), Running { task, delivery });
         shared.status.insert(id, status);
         Ok(snapshot)
     }
@@ -302,7 +333,7 @@ impl Runs {
         let id = profiles.get(id_or_name)?.id;
         let mut shared = self.lock();
         if let Some(run) = shared.runs.remove(&id) {
-            run.task.abort();
+            run.abort();
         }
         let status = shared
             .status
@@ -329,7 +360,7 @@ impl Runs {
         let profile = profiles.get(id_or_name)?;
         let running = self.lock().runs.remove(&profile.id);
         if let Some(run) = running {
-            run.task.abort();
+            run.abort();
             // Wait until the task is gone, so its connections are closed before the slot is dropped.
             let _ = run.task.await;
         }
@@ -361,7 +392,8 @@ impl Runs {
     pub async fn stop_all(&self) {
         let running: Vec<(String, Running)> = self.lock().runs.drain().collect();
         for (id, run) in running {
-            run.task.abort();
+            run.abort();
+            let _ = run.delivery.await;
             let _ = run.task.await;
             if let Some(status) = self.lock().status.get(&id) {
                 let mut s = status.lock().unwrap_or_else(|e| e.into_inner());

@@ -87,6 +87,12 @@ pub enum SecretKey {
     ProfilePassword(String),
     /// The Neon API key from Settings.
     NeonApiKey,
+    /// The Standard Webhooks signing secret (`whsec_…`) of the consumer with this id.
+    WebhookSecret(String),
+    /// The value of a secret header (its name, lowercase) of the consumer with this id.
+    WebhookHeader(String, String),
+    /// The pull API's bearer token for the store of this scope (a profile's id).
+    PullApiToken(String),
 }
 
 impl SecretKey {
@@ -95,6 +101,11 @@ impl SecretKey {
         match self {
             SecretKey::ProfilePassword(id) => format!("profile-{id}"),
             SecretKey::NeonApiKey => "neon-api-key".into(),
+            SecretKey::WebhookSecret(id) => format!("consumer-{id}-signing-secret"),
+            SecretKey::WebhookHeader(id, name) => {
+                format!("consumer-{id}-header-{}", name.to_ascii_lowercase())
+            }
+            SecretKey::PullApiToken(scope) => format!("pull-api-token-{scope}"),
         }
     }
 }

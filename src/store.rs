@@ -1880,6 +1880,49 @@ impl Store {
     }
 }
 
+/// Reads for delivery ([`crate::deliver`]): where a log entry sits in what wrote it.
+impl Store {
+    /// The log position of the first entry written with the entry at `seq`: the first change of its
+    /// source transaction (a transaction's changes take consecutive positions) or the first row of
+    /// its snapshot file. `seq` minus it is the entry's index there. The walk back is as long as
+    /// the transaction: callers ask once per transaction.
+    pub fn first_of_transaction(&self, seq: u64) -> Result<u64> {
+        let snapshot: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT first_seq FROM snapshots WHERE first_seq <= ?1 AND first_seq + rows > ?1",
+            )
+            .and_then(|mut s| s.query_row([seq as i64], |r| r.get(0)).optional())
+            .map_err(sqlite("reading snapshots"))?;
+        if let Some(first) = snapshot {
+            return Ok(first as u64);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, lsn FROM changes WHERE seq <= ?1 ORDER BY seq DESC")
+            .map_err(sqlite("reading changes"))?;
+        let mut rows = stmt
+            .query([seq as i64])
+            .map_err(sqlite("reading changes"))?;
+        let mut first = seq;
+        let mut lsn = None;
+        while let Some(row) = rows.next().map_err(sqlite("reading changes"))? {
+            let (at, at_lsn): (i64, i64) = (
+                row.get(0).map_err(sqlite("reading changes"))?,
+                row.get(1).map_err(sqlite("reading changes"))?,
+            );
+            let at = at as u64;
+            match lsn {
+                None => lsn = Some(at_lsn),
+                Some(l) if l == at_lsn && at + 1 == first => {}
+                Some(_) => break,
+            }
+            first = at;
+        }
+        Ok(first)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ mod cli;
 mod connection;
 mod continuity;
 mod crash;
+mod deliver;
 mod demo;
 mod discovery;
 mod identity;

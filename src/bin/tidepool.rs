@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+#[path = "tidepool/consumer.rs"]
+mod consumer;
 use tidepool::binding::{Binding, Definition, Mode};
 use tidepool::capture::CaptureOptions;
 use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
@@ -69,6 +72,14 @@ enum Command {
     /// second (a new table is backfilled alongside the stream).
     #[command(subcommand)]
     Binding(BindingCommand),
+    /// Consumers: deliver a store's changes to applications by webhook or the pull API.
+    #[command(subcommand)]
+    Consumer(consumer::ConsumerCommand),
+    /// Prints the pull API's bearer token (kept in the OS keychain; made on first use).
+    ApiToken {
+        #[command(flatten)]
+        store: consumer::StoreArg,
+    },
     /// Lists the tables the role can read as collections: key, JSON Schema, size, publication membership.
     Discover {
         #[command(flatten)]
@@ -455,6 +466,15 @@ async fn main() -> ExitCode {
             (neon_command(command).await, json)
         }
         Command::Capture(args) => (capture(args).await, false),
+        Command::Consumer(command) => {
+            let json = matches!(
+                command,
+                consumer::ConsumerCommand::List { json: true, .. }
+                    | consumer::ConsumerCommand::Show { json: true, .. }
+            );
+            (consumer::run(command), json)
+        }
+        Command::ApiToken { store } => (consumer::api_token(&store), false),
         Command::Binding(command) => {
             let json = matches!(command, BindingCommand::List { json: true, .. });
             (binding_command(command).await, json)
@@ -1116,6 +1136,10 @@ struct CaptureArgs {
     /// With --publish: how each table without a usable replica identity is published.
     #[command(flatten)]
     keyless: Keyless,
+    /// Serve the pull API on this address (e.g. 127.0.0.1:7376); webhook consumers are delivered
+    /// in any case.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 /// A table (schema, name) and the collection name given to it.
@@ -1280,6 +1304,47 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
                 p.collection, p.rows, p.rows_per_second
             );
         });
+    // Delivery reads the store beside the capture, woken by each store commit.
+    let (commits, wake) = tokio::sync::watch::channel(0u64);
+    let observer =
+        tidepool::capture::Observer(std::sync::Arc::new(move |_: &tidepool::capture::Flush| {
+            commits.send_modify(|n| *n += 1);
+        }));
+    let database = tidepool::deliver::Database {
+        name: args
+            .target
+            .profile
+            .clone()
+            .unwrap_or_else(|| spec.database.clone()),
+        database: spec.database.clone(),
+        hostname: spec.host.clone(),
+    };
+    let pull = match &args.listen {
+        Some(addr) => {
+            let listener = tidepool::deliver::pull::bind(addr).await?;
+            let token = tidepool::deliver::pull::api_token(
+                &args.store,
+                &tidepool::secrets::Keychain::open()?,
+            )?;
+            eprintln!("pull API on http://{addr} (token: `tidepool api-token`)");
+            Some(tidepool::deliver::pull::serve(
+                listener,
+                tidepool::deliver::pull::PullOptions {
+                    store_dir: args.store.clone(),
+                    database: database.clone(),
+                    token,
+                    wake: wake.clone(),
+                },
+            ))
+        }
+        None => None,
+    };
+    let delivery = tidepool::deliver::run(tidepool::deliver::DeliveryOptions {
+        store_dir: args.store.clone(),
+        database,
+        keychain: tidepool::secrets::Keychain::open().ok(),
+        wake,
+    });
     let options = CaptureOptions {
         spec,
         store_dir: args.store,
@@ -1287,11 +1352,21 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
         slot,
         create_slot: args.create_slot || args.publish || !bindings.is_empty(),
         stop_at,
-        observer: None,
+        observer: Some(observer),
         bindings,
         backfill_progress: Some(progress),
     };
-    let report = tidepool::capture::run(options).await?;
+    let serving = async {
+        match pull {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
+    let report = tokio::select! {
+        report = tidepool::capture::run(options) => report?,
+        Err(e) = delivery => return Err(e.context("delivery")),
+        Err(e) = serving => return Err(e.context("pull API")),
+    };
     eprintln!(
         "backfilled {} rows; stored {} transactions ({} changes, {} already stored skipped); checkpoint {}",
         report.backfilled_rows, report.transactions, report.changes, report.skipped_transactions, report.checkpoint

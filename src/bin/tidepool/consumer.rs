@@ -1,0 +1,403 @@
+//! `tidepool consumer …` and `tidepool api-token`: consumers of a profile's store (or `--store`),
+//! each a thin wrapper over [`tidepool::deliver`].
+//!
+//! Secrets never travel in arguments: secret header values are read from standard input (one line
+//! per `--secret-header`, in order) or a prompt; the signing secret and the API token are printed
+//! only by the commands that exist to print them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Pull, Start, Webhook};
+use tidepool::deliver::ledger::Ledger;
+use tidepool::secrets::{Keychain, Secret, SecretKey};
+use tidepool::{Error, ErrorKind};
+
+/// Which store: a profile's own, or a folder.
+#[derive(Args, Clone)]
+pub struct StoreArg {
+    /// The saved profile whose store it is.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// The store folder (overrides the profile's).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+impl StoreArg {
+    /// The store folder.
+    pub fn dir(&self) -> Result<PathBuf, Error> {
+        if let Some(dir) = &self.store {
+            return Ok(dir.clone());
+        }
+        let profile = self
+            .profile
+            .as_deref()
+            .ok_or_else(|| Error::invalid_input("--profile", "give --profile or --store"))?;
+        tidepool::profile::Profiles::open(&tidepool::profile::data_dir()?).store_dir(profile)
+    }
+}
+
+/// `tidepool consumer …`.
+#[derive(Subcommand)]
+pub enum ConsumerCommand {
+    /// Saves a consumer: what it delivers and where (a webhook or the pull API).
+    Add(Box<AddArgs>),
+    /// Lists the consumers.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A consumer's definition, queue and parked messages.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a consumer, its queue and its keychain entries.
+    Remove {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+    },
+    /// Puts parked messages (all, or the one at --seq) back in the queue.
+    Retry {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+        /// Only the message at this log position.
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+    /// Drops parked messages (all, or the one at --seq) without delivering them.
+    Skip {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+        /// Only the message at this log position.
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+    /// Prints a webhook consumer's signing secret (whsec_…), for the receiver's verification.
+    Secret {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+    },
+}
+
+/// What `tidepool consumer add` takes.
+#[derive(Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The consumer's name.
+    #[arg(long)]
+    name: String,
+    /// A collection to deliver (repeatable), e.g. public/orders.
+    #[arg(long = "collection", required = true)]
+    collections: Vec<String>,
+    /// changes (every change) or rows (the latest state of each key).
+    #[arg(long, default_value = "changes")]
+    mode: String,
+    /// Actions to deliver: insert,update,delete,read (default all).
+    #[arg(long)]
+    actions: Option<String>,
+    /// A CEL expression over record, changes, action and metadata.
+    #[arg(long)]
+    filter: Option<String>,
+    /// now (what is stored later) or beginning (the stored history, backfill included).
+    #[arg(long, default_value = "now")]
+    start: String,
+    /// Columns that group messages (default the row's key).
+    #[arg(long, value_delimiter = ',')]
+    group_by: Vec<String>,
+    /// Deliver by POST to this URL.
+    #[arg(long, conflicts_with = "pull")]
+    webhook: Option<String>,
+    /// A header sent with every request, K=V (repeatable).
+    #[arg(long = "header", value_name = "K=V", requires = "webhook")]
+    headers: Vec<String>,
+    /// A header whose value is secret (repeatable); values come from standard input or a prompt.
+    #[arg(long = "secret-header", value_name = "K", requires = "webhook")]
+    secret_headers: Vec<String>,
+    /// Messages per request, in {"data": [...]} (default 1).
+    #[arg(long, requires = "webhook")]
+    batch_size: Option<u32>,
+    /// One bare message per request instead of {"data": [...]}.
+    #[arg(long, requires = "webhook", conflicts_with = "batch_size")]
+    no_batch: bool,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 30_000, requires = "webhook")]
+    timeout_ms: u64,
+    /// Failed attempts after which a message is parked (default: retry forever).
+    #[arg(long, requires = "webhook")]
+    max_retries: Option<u32>,
+    /// Requests under way at once.
+    #[arg(long, default_value_t = 10, requires = "webhook")]
+    max_in_flight: u32,
+    /// Deliver through the pull API.
+    #[arg(long)]
+    pull: bool,
+    /// How long a received message stays invisible unless acknowledged.
+    #[arg(long, default_value_t = 30_000, requires = "pull")]
+    visibility_timeout_ms: u64,
+    /// Most messages received and not acknowledged at once.
+    #[arg(long, default_value_t = 10_000, requires = "pull")]
+    max_ack_pending: u32,
+    /// Most receive requests waiting at once (more are answered 429).
+    #[arg(long, default_value_t = 20, requires = "pull")]
+    max_waiting: u32,
+}
+
+fn keychain() -> Result<Keychain, Error> {
+    Keychain::open()
+}
+
+/// Runs a consumer command; `json` output where asked.
+pub fn run(command: ConsumerCommand) -> Result<(), Error> {
+    match command {
+        ConsumerCommand::Add(args) => add(*args),
+        ConsumerCommand::List { store, json } => {
+            let consumers = Ledger::open(&store.dir()?)?.list()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&consumers).unwrap_or_default()
+                );
+            } else if consumers.is_empty() {
+                println!("no consumers");
+            } else {
+                for c in consumers {
+                    let kind = match &c.spec.destination {
+                        Destination::Webhook(w) => format!("webhook {}", w.url),
+                        Destination::Pull(_) => "pull".to_string(),
+                    };
+                    println!(
+                        "{}\t{}\t{}\tqueued {}\tparked {}",
+                        c.spec.name,
+                        c.spec.collections.join(","),
+                        kind,
+                        c.pending,
+                        c.failed
+                    );
+                }
+            }
+            Ok(())
+        }
+        ConsumerCommand::Show { store, name, json } => {
+            let ledger = Ledger::open(&store.dir()?)?;
+            let consumer = ledger.get(&name)?;
+            let parked = ledger.parked(&consumer.id)?;
+            let view = serde_json::json!({"consumer": consumer, "parked": parked});
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&consumer).unwrap_or_default()
+                );
+                for p in parked {
+                    println!(
+                        "parked: seq {} after {} attempts: {}",
+                        p.seq,
+                        p.attempts,
+                        p.last_error.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        ConsumerCommand::Remove { store, name } => {
+            let keychain = keychain().ok();
+            let removed =
+                tidepool::deliver::remove_consumer(&store.dir()?, &name, keychain.as_ref())?;
+            eprintln!("removed consumer '{}'", removed.spec.name);
+            Ok(())
+        }
+        ConsumerCommand::Retry { store, name, seq } => {
+            let mut ledger = Ledger::open(&store.dir()?)?;
+            let id = ledger.get(&name)?.id;
+            let n = ledger.retry(&id, seq)?;
+            eprintln!("{n} parked message(s) queued again");
+            Ok(())
+        }
+        ConsumerCommand::Skip { store, name, seq } => {
+            let mut ledger = Ledger::open(&store.dir()?)?;
+            let id = ledger.get(&name)?.id;
+            let n = ledger.skip(&id, seq)?;
+            eprintln!("{n} parked message(s) skipped");
+            Ok(())
+        }
+        ConsumerCommand::Secret { store, name } => {
+            let consumer = Ledger::open(&store.dir()?)?.get(&name)?;
+            if !matches!(consumer.spec.destination, Destination::Webhook(_)) {
+                return Err(Error::invalid_input(
+                    "name",
+                    format!("'{name}' is a pull consumer: it has no signing secret"),
+                ));
+            }
+            let secret = keychain()?
+                .get(&SecretKey::WebhookSecret(consumer.id.clone()))?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("the signing secret of '{name}' is not in the keychain"),
+                    )
+                })?;
+            println!("{}", secret.expose());
+            Ok(())
+        }
+    }
+}
+
+/// `tidepool api-token`: prints the pull API's bearer token (made on first use).
+pub fn api_token(store: &StoreArg) -> Result<(), Error> {
+    let token = tidepool::deliver::pull::api_token(&store.dir()?, &keychain()?)?;
+    println!("{}", token.expose());
+    Ok(())
+}
+
+fn add(args: AddArgs) -> Result<(), Error> {
+    let dir = args.store.dir()?;
+    let mode = match args.mode.as_str() {
+        "changes" => Mode::Changes,
+        "rows" => Mode::Rows,
+        other => {
+            return Err(Error::invalid_input(
+                "mode",
+                format!("'{other}' is not a mode: use changes or rows"),
+            ))
+        }
+    };
+    let start = match args.start.as_str() {
+        "now" => Start::Now,
+        "beginning" => Start::Beginning,
+        other => {
+            return Err(Error::invalid_input(
+                "start",
+                format!("'{other}' is not a start: use now or beginning"),
+            ))
+        }
+    };
+    let destination = match (&args.webhook, args.pull) {
+        (Some(url), false) => {
+            let mut headers = BTreeMap::new();
+            for pair in &args.headers {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    Error::invalid_input("header", format!("'{pair}' is not K=V"))
+                })?;
+                headers.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            Destination::Webhook(Webhook {
+                url: url.clone(),
+                headers,
+                secret_headers: args.secret_headers.clone(),
+                batch_size: if args.no_batch {
+                    None
+                } else {
+                    Some(args.batch_size.unwrap_or(1))
+                },
+                timeout_ms: args.timeout_ms,
+                max_retries: args.max_retries,
+                max_in_flight: args.max_in_flight,
+            })
+        }
+        (None, true) => Destination::Pull(Pull {
+            visibility_timeout_ms: args.visibility_timeout_ms,
+            max_ack_pending: args.max_ack_pending,
+            max_waiting: args.max_waiting,
+        }),
+        _ => {
+            return Err(Error::invalid_input(
+                "destination",
+                "give --webhook URL or --pull",
+            ))
+        }
+    };
+    let spec = ConsumerSpec {
+        name: args.name,
+        collections: args.collections,
+        actions: args
+            .actions
+            .as_deref()
+            .map(Action::parse_list)
+            .transpose()?
+            .unwrap_or_default(),
+        filter: args.filter,
+        mode,
+        start,
+        group_by: args.group_by,
+        destination,
+    };
+    spec.validate()?;
+    let secret_values = read_secret_headers(&args.secret_headers)?;
+    let keychain = match &spec.destination {
+        Destination::Webhook(_) => Some(keychain()?),
+        Destination::Pull(_) => None,
+    };
+    let consumer = tidepool::deliver::add_consumer(&dir, spec, keychain.as_ref(), &secret_values)?;
+    eprintln!(
+        "saved consumer '{}' ({}), starting after log position {}",
+        consumer.spec.name, consumer.id, consumer.position
+    );
+    if let Destination::Pull(_) = consumer.spec.destination {
+        eprintln!("pull it with the token from `tidepool api-token` while `tidepool capture --listen` runs");
+    } else {
+        eprintln!(
+            "its signing secret: `tidepool consumer secret {}`",
+            consumer.spec.name
+        );
+    }
+    Ok(())
+}
+
+/// One value per secret header: a line each from standard input, or a prompt on a terminal.
+fn read_secret_headers(names: &[String]) -> Result<Vec<(String, Secret)>, Error> {
+    let mut out = Vec::new();
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let mut lines = stdin.lock().lines();
+    for name in names {
+        let value = if terminal {
+            rpassword::prompt_password(format!("value of header {name}: "))
+                .map_err(|e| Error::invalid_input("secret-header", format!("reading it: {e}")))?
+        } else {
+            lines
+                .next()
+                .transpose()
+                .map_err(|e| Error::invalid_input("secret-header", format!("reading it: {e}")))?
+                .ok_or_else(|| {
+                    Error::invalid_input(
+                        "secret-header",
+                        format!("no value for '{name}' on standard input (one line per header)"),
+                    )
+                })?
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_string();
+        if value.is_empty() {
+            return Err(Error::invalid_input(
+                "secret-header",
+                format!("the value of '{name}' is empty"),
+            ));
+        }
+        out.push((name.clone(), Secret::new(value)));
+    }
+    Ok(out)
+}

@@ -1,0 +1,172 @@
+//! Reading the change store's log into a consumer's queue: each stored change after the consumer's
+//! position, in log order, becomes a message if its action is wanted and the filter matches.
+//!
+//! Invariants:
+//! - The store is only read here (its own connection, never a write), so delivery can neither block
+//!   nor slow the capture's commits.
+//! - The position moves past every entry read, matched or not, in the same ledger transaction that
+//!   queues the messages ([`Ledger::enqueue`]).
+//! - A queue holds at most [`QUEUE_LIMIT`] messages: a consumer that is behind costs local disk in
+//!   the change store (which keeps the log), not memory or a copy of the log.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde_json::Value as Json;
+
+use crate::deliver::consumer::Consumer;
+use crate::deliver::filter::{numeric_columns, Filter};
+use crate::deliver::ledger::Ledger;
+use crate::deliver::message::{build, Database, Message, Place};
+use crate::error::{ErrorKind, Result};
+use crate::store::{CollectionSpec, Store};
+
+/// Log entries read per round.
+pub const PAGE: usize = 500;
+
+/// Most messages queued per consumer; reading stops until deliveries make room.
+pub const QUEUE_LIMIT: u64 = 10_000;
+
+/// Reads one store for its consumers.
+pub struct Feeder {
+    store_dir: PathBuf,
+    database: Database,
+    store: Option<Store>,
+    /// The commit LSN (as in `_meta.source.lsn`) and first log position of the transaction read last.
+    transaction: Option<(String, u64)>,
+}
+
+impl std::fmt::Debug for Feeder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeder")
+            .field("store_dir", &self.store_dir)
+            .finish()
+    }
+}
+
+impl Feeder {
+    /// A feeder for the store in `store_dir`, whose source is `database`.
+    pub fn new(store_dir: PathBuf, database: Database) -> Feeder {
+        Feeder {
+            store_dir,
+            database,
+            store: None,
+            transaction: None,
+        }
+    }
+
+    /// Queues the next page of the consumer's changes; returns how many log entries were read
+    /// (fewer than [`PAGE`] when it has caught up or its queue is full).
+    pub fn feed(&mut self, ledger: &mut Ledger, consumer_id: &str, now_ms: i64) -> Result<usize> {
+        let consumer = ledger.get(consumer_id)?;
+        if ledger.queued(&consumer.id)? >= QUEUE_LIMIT {
+            return Ok(0);
+        }
+        if self.store.is_none() {
+            self.store = Store::open_existing(&self.store_dir)?;
+        }
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let mut specs: Vec<CollectionSpec> = Vec::new();
+        let mut entries: Vec<(u64, usize, Json)> = Vec::new();
+        let mut stale = false;
+        for name in &consumer.spec.collections {
+            let Some(spec) = store.collection(name)? else {
+                continue;
+            };
+            match store.changes(name, consumer.position, PAGE) {
+                Ok(page) => {
+                    let at = specs.len();
+                    entries.extend(page.into_iter().map(|(seq, doc)| (seq, at, doc)));
+                    specs.push(spec);
+                }
+                // Added after this store handle was opened.
+                Err(e) if e.kind() == ErrorKind::NotFound => stale = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if stale {
+            self.store = None;
+        }
+        entries.sort_by_key(|e| e.0);
+        entries.truncate(PAGE);
+        let Some(last) = entries.last().map(|e| e.0) else {
+            return Ok(0);
+        };
+        let read = entries.len();
+        let messages = self.messages(&consumer, &specs, entries)?;
+        ledger.enqueue(&consumer.id, consumer.spec.mode, &messages, last, now_ms)?;
+        Ok(read)
+    }
+
+    fn messages(
+        &mut self,
+        consumer: &Consumer,
+        specs: &[CollectionSpec],
+        entries: Vec<(u64, usize, Json)>,
+    ) -> Result<Vec<(u64, Message)>> {
+        let filter = consumer
+            .spec
+            .filter
+            .as_deref()
+            .map(Filter::compile)
+            .transpose()?;
+        let numeric: Vec<HashSet<String>> =
+            specs.iter().map(|s| numeric_columns(&s.columns)).collect();
+        let mut out = Vec::new();
+        for (seq, at, doc) in entries {
+            let index = self.index_of(seq, &doc)?;
+            let Some(message) = build(
+                &doc,
+                Place { seq, index },
+                &specs[at],
+                (&consumer.id, &consumer.spec.name),
+                &self.database,
+                &consumer.spec.group_by,
+            )?
+            else {
+                continue;
+            };
+            if !consumer.spec.wants(message.action) {
+                continue;
+            }
+            if let Some(f) = &filter {
+                if !f.matches(&message.body, &numeric[at]) {
+                    continue;
+                }
+            }
+            out.push((seq, message));
+        }
+        Ok(out)
+    }
+
+    /// The entry's index in its source transaction (or snapshot), asking the store once per
+    /// transaction.
+    fn index_of(&mut self, seq: u64, doc: &Json) -> Result<u64> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let source = doc.get("_meta").and_then(|m| m.get("source"));
+        let snapshot = source
+            .and_then(|s| s.get("snapshot"))
+            .and_then(Json::as_bool)
+            == Some(true);
+        if snapshot {
+            // A lookup in the (small) table of snapshot files.
+            return Ok(seq - store.first_of_transaction(seq)?);
+        }
+        let lsn = source
+            .and_then(|s| s.get("lsn"))
+            .and_then(Json::as_str)
+            .unwrap_or_default();
+        if let Some((known, first)) = &self.transaction {
+            if known == lsn && *first <= seq {
+                return Ok(seq - first);
+            }
+        }
+        let first = store.first_of_transaction(seq)?;
+        self.transaction = Some((lsn.to_string(), first));
+        Ok(seq - first)
+    }
+}

@@ -1,0 +1,315 @@
+//! Webhook delivery (HTTP push): queued messages POSTed to the consumer's URL, signed by the
+//! Standard Webhooks specification, retried with exponential backoff, parked after the last retry.
+//!
+//! Invariants:
+//! - A message leaves the queue only after a 2xx answer to a request that carried it; anything else
+//!   (another status, a transport error, the timeout) is a failed attempt of every message in it.
+//! - At most one message per group is in flight (the ledger hands out only a group's oldest message,
+//!   and only while no message of the group is in flight or parked), so each group is delivered in
+//!   commit order and a failing message holds back only its own group.
+//! - Retries wait 1 s doubling per failure, ±15 % jitter, at most 10 minutes.
+//! - The signing secret and secret header values are read from the keychain when the worker starts
+//!   and are sent only to the consumer's URL; errors name the URL and status, never a header value.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use tokio::task::JoinSet;
+
+use crate::deliver::consumer::{Destination, Webhook};
+use crate::deliver::feed::{Feeder, PAGE};
+use crate::deliver::ledger::{Claimed, Ledger};
+use crate::deliver::{now_ms, Context};
+use crate::error::{Error, Result};
+use crate::secrets::{Secret, SecretKey};
+
+/// The first retry delay.
+const FIRST_RETRY_MS: f64 = 1000.0;
+/// The longest retry delay.
+const MAX_RETRY_MS: f64 = 600_000.0;
+
+/// The delay before the next attempt of a message that has failed `failures` times (1 or more):
+/// 1 s doubling, capped at 10 minutes, times a jitter factor `jitter` in [-1, 1] scaled to ±15 %.
+pub fn backoff_ms(failures: u32, jitter: f64) -> u64 {
+    let base =
+        (FIRST_RETRY_MS * 2f64.powi(failures.saturating_sub(1).min(30) as i32)).min(MAX_RETRY_MS);
+    (base * (1.0 + 0.15 * jitter.clamp(-1.0, 1.0))).round() as u64
+}
+
+/// A number in [-1, 1] from the OS's randomness (std's hasher keys).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms() as u64);
+    (h.finish() as f64 / u64::MAX as f64) * 2.0 - 1.0
+}
+
+/// A new signing secret: `whsec_` and 32 random bytes in base64.
+pub fn new_signing_secret() -> Result<Secret> {
+    use base64::Engine as _;
+    let hex = crate::secrets::random_hex(32)?;
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect();
+    Ok(Secret::new(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )))
+}
+
+/// The `webhook-signature` header value for a request.
+pub fn signature(secret: &Secret, id: &str, timestamp: i64, body: &[u8]) -> Result<String> {
+    standardwebhooks::Webhook::new(secret.expose())
+        .and_then(|w| w.sign(id, timestamp, body))
+        .map_err(|e| Error::invalid_input("consumer secret", format!("cannot sign: {e}")))
+}
+
+/// What a request needs besides its messages.
+struct Target {
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    secret: Secret,
+    batch: bool,
+    timeout: Duration,
+}
+
+impl Target {
+    fn new(context: &Context, id: &str, webhook: &Webhook) -> Result<Target> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let header = |name: &str, value: &str| -> Result<_> {
+            Ok((
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    Error::invalid_input("header", format!("'{name}' is not a header name"))
+                })?,
+                reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                    Error::invalid_input("header", format!("the value of '{name}' is not valid"))
+                })?,
+            ))
+        };
+        for (name, value) in &webhook.headers {
+            let (n, v) = header(name, value)?;
+            headers.insert(n, v);
+        }
+        // Never send unsigned: a receiver that verifies would reject every request, one that does
+        // not would be told nothing. Without the keychain or the secret the worker stops and says so.
+        let keychain = context.keychain.as_ref().ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::Keychain,
+                "the OS keychain cannot be opened: webhook requests cannot be signed",
+            )
+        })?;
+        for name in &webhook.secret_headers {
+            let value = keychain
+                .get(&SecretKey::WebhookHeader(id.to_string(), name.clone()))?
+                .ok_or_else(|| {
+                    Error::new(
+                        crate::ErrorKind::Keychain,
+                        format!("the value of secret header '{name}' is not in the keychain"),
+                    )
+                })?;
+            let (n, mut v) = header(name, value.expose())?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
+        }
+        let secret = keychain
+            .get(&SecretKey::WebhookSecret(id.to_string()))?
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Keychain,
+                    "the consumer's signing secret is not in the keychain",
+                )
+            })?;
+        Ok(Target {
+            url: webhook.url.clone(),
+            headers,
+            secret,
+            batch: webhook.batch_size.is_some(),
+            timeout: Duration::from_millis(webhook.timeout_ms),
+        })
+    }
+
+    /// Sends one request; `Ok` on a 2xx, else the reason.
+    async fn send(&self, client: &reqwest::Client, batch: &[Claimed]) -> Result<(), String> {
+        let body = if self.batch {
+            json!({"data": batch.iter().map(|m| &m.body).collect::<Vec<&Json>>()})
+        } else {
+            batch.first().map(|m| m.body.clone()).unwrap_or(Json::Null)
+        };
+        let body = body.to_string();
+        // The id is the same on every attempt of the same messages (receivers may dedupe on it; each
+        // message also carries its idempotency_key).
+        let id = match batch {
+            [one] => format!("msg_{}", one.ack_id),
+            [first, ..] => format!("msg_{}_{}", first.ack_id, batch.len()),
+            [] => return Ok(()),
+        };
+        let timestamp = now_ms() / 1000;
+        let mut request = client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string());
+        let signature = signature(&self.secret, &id, timestamp, body.as_bytes())
+            .map_err(|e| e.message().to_string())?;
+        request = request.header("webhook-signature", signature);
+        match request.body(body).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                let text: String = text.chars().take(200).collect();
+                Err(format!("{} answered HTTP {status}: {text}", self.url))
+            }
+            Err(e) if e.is_timeout() => Err(format!(
+                "{} did not answer within {} ms",
+                self.url,
+                self.timeout.as_millis()
+            )),
+            Err(e) => Err(format!("{}: {}", self.url, transport_error(&e))),
+        }
+    }
+}
+
+/// A transport error without the URL's query or any header (reqwest's Display may include the URL).
+fn transport_error(e: &reqwest::Error) -> String {
+    let mut text = if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "the request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Delivers one webhook consumer's messages until the task is aborted or the consumer is removed.
+pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()> {
+    let ledger_dir = context.store_dir.clone();
+    let mut ledger = Ledger::open(&ledger_dir)?;
+    let consumer = ledger.get(&consumer_id)?;
+    let Destination::Webhook(webhook) = consumer.spec.destination.clone() else {
+        return Ok(());
+    };
+    let target = Arc::new(Target::new(&context, &consumer.id, &webhook)?);
+    let mut feeder = Feeder::new(context.store_dir.clone(), context.database.clone());
+    let mut wake = context.wake.clone();
+    let batch_size = webhook.batch_size.unwrap_or(1) as usize;
+    // A request in flight holds its messages this long past its timeout before they are offered
+    // again (only after a crash: a finished request always settles them).
+    let hold_ms = webhook.timeout_ms + 5_000;
+    let mut in_flight: JoinSet<(Vec<u64>, u32, Result<(), String>)> = JoinSet::new();
+    loop {
+        wake.borrow_and_update();
+        if ledger.get(&consumer.id).is_err() {
+            return Ok(());
+        }
+        while feeder.feed(&mut ledger, &consumer.id, now_ms())? == PAGE {}
+        while in_flight.len() < webhook.max_in_flight as usize {
+            let batch = ledger.claim(&consumer.id, now_ms(), batch_size, hold_ms, None)?;
+            if batch.is_empty() {
+                break;
+            }
+            let target = target.clone();
+            let client = context.client.clone();
+            in_flight.spawn(async move {
+                let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
+                let failures = batch.iter().map(|m| m.attempts).max().unwrap_or(0);
+                let outcome = target.send(&client, &batch).await;
+                (seqs, failures, outcome)
+            });
+        }
+        let next = ledger.next_due(&consumer.id, now_ms())?;
+        let pause = next
+            .map(|at| Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64))
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((seqs, failures, outcome)) = done else { continue };
+                match outcome {
+                    Ok(()) => ledger.delivered(&consumer.id, &seqs)?,
+                    Err(reason) => {
+                        let delay = backoff_ms(failures + 1, jitter());
+                        tracing::warn!(consumer = %consumer.spec.name, messages = seqs.len(), retry_in_ms = delay, "webhook delivery failed: {reason}");
+                        ledger.attempt_failed(&consumer.id, &seqs, &reason, now_ms() + delay as i64, webhook.max_retries)?;
+                    }
+                }
+            }
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    // The capture is gone; keep delivering what is stored, checking once a second.
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Headers sent on every request, for `tidepool consumer show` (secret ones by name only).
+pub fn describe_headers(webhook: &Webhook) -> BTreeMap<String, String> {
+    let mut out = webhook.headers.clone();
+    for name in &webhook.secret_headers {
+        out.insert(name.clone(), "(in the keychain)".into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_with_jitter_and_a_cap() {
+        assert_eq!(backoff_ms(1, 0.0), 1000);
+        assert_eq!(backoff_ms(2, 0.0), 2000);
+        assert_eq!(backoff_ms(5, 0.0), 16_000);
+        assert_eq!(backoff_ms(11, 0.0), 600_000);
+        assert_eq!(backoff_ms(40, 0.0), 600_000);
+        assert_eq!(backoff_ms(1, 1.0), 1150);
+        assert_eq!(backoff_ms(1, -1.0), 850);
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((-1.0..=1.0).contains(&j));
+        }
+    }
+
+    #[test]
+    fn signatures_follow_the_standard_webhooks_algorithm() {
+        use base64::Engine as _;
+        let secret = new_signing_secret().unwrap();
+        assert!(secret.expose().starts_with("whsec_"));
+        let body = br#"{"data":[]}"#;
+        let sig = signature(&secret, "msg_1", 1_700_000_000, body).unwrap();
+        // The specification: base64(HMAC-SHA256(key = base64-decoded secret, "id.timestamp.body")).
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.expose().trim_start_matches("whsec_"))
+            .unwrap();
+        let mac = hmac_sha256::HMAC::mac(b"msg_1.1700000000.{\"data\":[]}", &key);
+        assert_eq!(
+            sig,
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(mac)
+            )
+        );
+        // The specification's published test vector.
+        let vector = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_eq!(
+            signature(
+                &vector,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            )
+            .unwrap(),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+}

@@ -1,0 +1,1100 @@
+//! Delivery to applications against real servers: a PostgreSQL capture, webhook receivers (axum on
+//! loopback) and pull clients (reqwest) talking to the engine over real HTTP.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Value as Json};
+use tidepool::binding::Binding;
+use tidepool::capture::{run, CaptureOptions, Flush, Observer};
+use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Pull, Start, Webhook};
+use tidepool::deliver::ledger::Ledger;
+use tidepool::deliver::pull::{PullOptions, DEFAULT_LISTEN};
+use tidepool::deliver::{Database, DeliveryOptions};
+use tidepool::secrets::{Keychain, Secret, SecretKey};
+
+use crate::harness::{self, TestDb};
+
+/// A database with table `orders` and a store captured from it (backfilled, then streaming).
+struct Shop {
+    db: TestDb,
+    store: std::path::PathBuf,
+    commits: tokio::sync::watch::Sender<u64>,
+}
+
+impl Shop {
+    fn new(prefix: &str, rows: u32) -> Shop {
+        let db = TestDb::new(harness::plain(), prefix);
+        db.sql(&format!(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, total numeric(10,2) NOT NULL);
+             CREATE PUBLICATION shop_pub FOR TABLE orders;
+             INSERT INTO orders SELECT g, 'new', g * 10 FROM generate_series(1, {rows}) g;"
+        ));
+        let store = harness::temp_dir(prefix);
+        Shop {
+            db,
+            store,
+            commits: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn options(&self, stop_at: Option<tidepool::pgoutput::Lsn>, backfill: bool) -> CaptureOptions {
+        let commits = self.commits.clone();
+        CaptureOptions {
+            spec: self.db.spec(),
+            store_dir: self.store.clone(),
+            publication: "shop_pub".into(),
+            slot: self.db.name.clone(),
+            create_slot: true,
+            stop_at,
+            observer: Some(Observer(Arc::new(move |_: &Flush| {
+                commits.send_modify(|n| *n += 1);
+            }))),
+            bindings: if backfill {
+                vec![Binding::new("public", "orders")]
+            } else {
+                Vec::new()
+            },
+            backfill_progress: None,
+        }
+    }
+
+    /// Backfills the table and stores everything committed so far.
+    async fn backfill(&self) {
+        run(self.options(Some(self.db.current_lsn()), true))
+            .await
+            .expect("backfill");
+    }
+
+    /// Stores everything committed so far.
+    async fn catch_up(&self) {
+        run(self.options(Some(self.db.current_lsn()), false))
+            .await
+            .expect("capture");
+    }
+
+    /// A capture that runs until aborted, waking delivery on each commit.
+    fn streaming(&self) -> tokio::task::JoinHandle<()> {
+        let options = self.options(None, false);
+        tokio::spawn(async move {
+            let _ = run(options).await;
+        })
+    }
+
+    fn database(&self) -> Database {
+        Database {
+            name: "shop".into(),
+            database: self.db.name.clone(),
+            hostname: "127.0.0.1".into(),
+        }
+    }
+
+    fn delivery(&self) -> tokio::task::JoinHandle<()> {
+        let options = DeliveryOptions {
+            store_dir: self.store.clone(),
+            database: self.database(),
+            keychain: Some(Keychain::open().expect("the test keychain")),
+            wake: self.commits.subscribe(),
+        };
+        tokio::spawn(async move {
+            tidepool::deliver::run(options).await.expect("delivery");
+        })
+    }
+
+    fn spec(&self, name: &str, mode: Mode, start: Start, destination: Destination) -> ConsumerSpec {
+        ConsumerSpec {
+            name: name.into(),
+            collections: vec!["public/orders".into()],
+            actions: vec![],
+            filter: None,
+            mode,
+            start,
+            group_by: vec![],
+            destination,
+        }
+    }
+
+    fn add(&self, spec: ConsumerSpec) -> tidepool::deliver::Consumer {
+        let keychain = Keychain::open().expect("the test keychain");
+        tidepool::deliver::add_consumer(&self.store, spec, Some(&keychain), &[]).expect("add")
+    }
+
+    /// Serves the pull API on a free loopback port; returns its base URL.
+    async fn pull_api(&self, token: &str) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tidepool::deliver::pull::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let options = PullOptions {
+            store_dir: self.store.clone(),
+            database: self.database(),
+            token: Secret::new(token),
+            wake: self.commits.subscribe(),
+        };
+        let task = tokio::spawn(async move {
+            tidepool::deliver::pull::serve(listener, options)
+                .await
+                .unwrap();
+        });
+        (base, task)
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A reqwest client (rustls with the ring provider, as the engine uses).
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn webhook(url: &str, batch: Option<u32>, max_retries: Option<u32>) -> Destination {
+    Destination::Webhook(Webhook {
+        url: url.into(),
+        headers: BTreeMap::from([("x-team".to_string(), "shop".to_string())]),
+        secret_headers: vec![],
+        batch_size: batch,
+        timeout_ms: 5_000,
+        max_retries,
+        max_in_flight: 4,
+    })
+}
+
+/// What a receiver was sent.
+#[derive(Default)]
+struct Received {
+    /// Requests answered so far.
+    requests: AtomicUsize,
+    /// Requests to fail (HTTP 500) before succeeding.
+    fail_first: AtomicUsize,
+    /// Fail every request while set.
+    failing: std::sync::atomic::AtomicBool,
+    /// Accepted messages in arrival order.
+    accepted: Mutex<Vec<Json>>,
+    /// Request headers and bodies accepted.
+    signed: Mutex<Vec<(HeaderMap, Bytes)>>,
+}
+
+/// A webhook receiver on a free loopback port; returns its URL.
+async fn receiver(received: Arc<Received>) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(r): axum::extract::State<Arc<Received>>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let n = r.requests.fetch_add(1, Ordering::SeqCst);
+                    if n < r.fail_first.load(Ordering::SeqCst) || r.failing.load(Ordering::SeqCst) {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let value: Json = serde_json::from_slice(&body).unwrap();
+                    let messages = match value.get("data") {
+                        Some(Json::Array(list)) => list.clone(),
+                        _ => vec![value],
+                    };
+                    r.accepted.lock().unwrap().extend(messages);
+                    r.signed.lock().unwrap().push((headers, body));
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(received);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    url
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (action, id, status) of each message.
+fn summary(messages: &[Json]) -> Vec<(String, i64, String)> {
+    messages
+        .iter()
+        .map(|m| {
+            (
+                m["action"].as_str().unwrap().to_string(),
+                m["record"]["id"].as_i64().unwrap(),
+                m["record"]["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_then_succeeding_gets_every_message_once_in_order_per_key_signed() {
+    let shop = Shop::new("dl_webhook", 0);
+    shop.backfill().await;
+    let received = Arc::new(Received::default());
+    received.fail_first.store(2, Ordering::SeqCst);
+    let url = receiver(received.clone()).await;
+    let consumer = shop.add(shop.spec(
+        "orders-hook",
+        Mode::Changes,
+        Start::Now,
+        webhook(&url, Some(3), None),
+    ));
+    // Several transactions touching three keys, interleaved.
+    for round in 0..4 {
+        let key_1000 = if round == 0 {
+            "INSERT INTO orders VALUES (1000, 'paid-0', 5);".to_string()
+        } else {
+            format!("UPDATE orders SET status = 'paid-{round}' WHERE id = 1000;")
+        };
+        shop.db.sql(&format!(
+            "BEGIN; INSERT INTO orders VALUES ({a}, 'new', 1), ({b}, 'new', 2); {key_1000} COMMIT;",
+            a = 10 + round * 2,
+            b = 11 + round * 2
+        ));
+    }
+    shop.db.sql("DELETE FROM orders WHERE id = 1000;");
+    let capture = shop.streaming();
+    let delivery = shop.delivery();
+    // 8 inserts, 1 insert + 3 updates + 1 delete of key 1000.
+    wait_for("13 messages", Duration::from_secs(60), || {
+        received.accepted.lock().unwrap().len() >= 13
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = received.accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 13, "{accepted:#?}");
+    assert!(received.requests.load(Ordering::SeqCst) > 2);
+    let keys: HashSet<&str> = accepted
+        .iter()
+        .map(|m| m["metadata"]["idempotency_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 13, "each message accepted once");
+    // Key 1000's group in commit order.
+    let group: Vec<(String, i64, String)> = summary(&accepted)
+        .into_iter()
+        .filter(|(_, id, _)| *id == 1000)
+        .collect();
+    let actions: Vec<&str> = group.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(actions, ["insert", "update", "update", "update", "delete"]);
+    let statuses: Vec<&str> = group.iter().take(4).map(|g| g.2.as_str()).collect();
+    assert_eq!(statuses, ["paid-0", "paid-1", "paid-2", "paid-3"]);
+    // Sequin's shape.
+    let m = accepted.iter().find(|m| m["action"] == "update").unwrap();
+    assert_eq!(m["record"]["total"], json!("5.00"));
+    assert_eq!(m["changes"], json!({}));
+    assert_eq!(m["metadata"]["table_schema"], json!("public"));
+    assert_eq!(m["metadata"]["table_name"], json!("orders"));
+    assert_eq!(m["metadata"]["record_pks"], json!(["1000"]));
+    assert_eq!(m["metadata"]["consumer"]["id"], json!(consumer.id));
+    assert_eq!(m["metadata"]["consumer"]["name"], json!("orders-hook"));
+    assert_eq!(m["metadata"]["database"]["database"], json!(shop.db.name));
+    assert!(m["metadata"]["commit_lsn"].is_u64());
+    assert!(m["metadata"]["commit_timestamp"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    // Every accepted request verifies with the Standard Webhooks reference library and the secret
+    // from the keychain, and carries the configured header.
+    let secret = Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookSecret(consumer.id.clone()))
+        .unwrap()
+        .expect("a signing secret in the keychain");
+    let verifier = standardwebhooks::Webhook::new(secret.expose()).unwrap();
+    for (headers, body) in received.signed.lock().unwrap().iter() {
+        verifier.verify(body, headers).expect("a valid signature");
+        assert_eq!(headers["x-team"], "shop");
+        let mut tampered = body.to_vec();
+        tampered.push(b' ');
+        assert!(verifier.verify(&tampered, headers).is_err());
+    }
+    // Nothing left queued.
+    assert_eq!(
+        Ledger::open(&shop.store)
+            .unwrap()
+            .get("orders-hook")
+            .unwrap()
+            .pending,
+        0
+    );
+    delivery.abort();
+    capture.abort();
+    tidepool::deliver::remove_consumer(
+        &shop.store,
+        "orders-hook",
+        Some(&Keychain::open().unwrap()),
+    )
+    .unwrap();
+    assert!(Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookSecret(consumer.id))
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_past_its_retries_is_parked_and_retry_delivers_it() {
+    let shop = Shop::new("dl_parked", 0);
+    shop.backfill().await;
+    let received = Arc::new(Received::default());
+    received.failing.store(true, Ordering::SeqCst);
+    let url = receiver(received.clone()).await;
+    let consumer = shop.add(shop.spec(
+        "parks",
+        Mode::Changes,
+        Start::Now,
+        webhook(&url, None, Some(1)),
+    ));
+    shop.db.sql("INSERT INTO orders VALUES (1, 'new', 1);");
+    shop.catch_up().await;
+    let delivery = shop.delivery();
+    // Two attempts (the first and one retry a second later), then parked.
+    let ledger = Ledger::open(&shop.store).unwrap();
+    wait_for("a parked message", Duration::from_secs(20), || {
+        ledger.get("parks").unwrap().failed == 1
+    })
+    .await;
+    assert_eq!(received.requests.load(Ordering::SeqCst), 2);
+    let parked = ledger.parked(&consumer.id).unwrap();
+    assert!(
+        parked[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 500"),
+        "{parked:?}"
+    );
+    // The slot never waits for delivery: with the message parked, a later change of the same row
+    // is stored and confirmed to PostgreSQL; it waits behind the parked one in its group.
+    let confirmed = || -> tidepool::pgoutput::Lsn {
+        shop.db
+            .sql(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
+                shop.db.name
+            ))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = confirmed();
+    let capture = shop.streaming();
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id = 1;");
+    let update_lsn = {
+        let mut found = None;
+        wait_for("the update stored", Duration::from_secs(10), || {
+            let stored = tidepool::store::Store::open(&shop.store)
+                .unwrap()
+                .latest_changes("public/orders", 1)
+                .unwrap();
+            if stored[0].1["_meta"]["op"] == json!("u") {
+                found = stored[0].1["_meta"]["source"]["lsn"]
+                    .as_str()
+                    .and_then(|l| l.parse::<tidepool::pgoutput::Lsn>().ok());
+            }
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    };
+    wait_for(
+        "the slot confirmed past the update",
+        Duration::from_secs(15),
+        || confirmed() > update_lsn,
+    )
+    .await;
+    assert!(before < update_lsn);
+    capture.abort();
+    // Parked messages stay put, and hold back their group.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(received.requests.load(Ordering::SeqCst), 2);
+    // Retried by hand (as `tidepool consumer retry` does, from another connection) once the
+    // receiver works: delivered, one bare message (batching off).
+    received.failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        Ledger::open(&shop.store)
+            .unwrap()
+            .retry(&consumer.id, None)
+            .unwrap(),
+        1
+    );
+    wait_for(
+        "the retried message and the one behind it",
+        Duration::from_secs(10),
+        || received.accepted.lock().unwrap().len() >= 2,
+    )
+    .await;
+    let accepted = received.accepted.lock().unwrap().clone();
+    assert_eq!(
+        summary(&accepted),
+        [
+            ("insert".to_string(), 1, "new".to_string()),
+            ("update".to_string(), 1, "paid".to_string())
+        ]
+    );
+    let body = received.signed.lock().unwrap()[0].1.clone();
+    let bare: Json = serde_json::from_slice(&body).unwrap();
+    assert!(bare.get("data").is_none() && bare.get("record").is_some());
+    wait_for("an empty queue", Duration::from_secs(5), || {
+        ledger.get("parks").unwrap().pending == 0 && ledger.get("parks").unwrap().failed == 0
+    })
+    .await;
+    delivery.abort();
+}
+
+async fn receive(client: &reqwest::Client, base: &str, consumer: &str, query: &str) -> (u16, Json) {
+    let r = client
+        .get(format!(
+            "{base}/api/http_pull_consumers/{consumer}/receive?{query}"
+        ))
+        .bearer_auth("pull-token")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Json::Null))
+}
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: &str) -> (u16, Json) {
+    let r = client
+        .post(format!("{base}/api/http_pull_consumers/{path}"))
+        .bearer_auth("pull-token")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Json::Null))
+}
+
+fn ack_ids(batch: &Json) -> Vec<String> {
+    batch["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ack_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_receive_ack_nack_visibility_and_errors() {
+    let shop = Shop::new("dl_pull", 0);
+    shop.backfill().await;
+    let pull = Pull {
+        visibility_timeout_ms: 1_000,
+        max_ack_pending: 3,
+        max_waiting: 1,
+    };
+    shop.add(shop.spec("puller", Mode::Changes, Start::Now, Destination::Pull(pull)));
+    shop.db.sql(
+        "INSERT INTO orders VALUES (1, 'new', 1), (2, 'new', 2), (3, 'new', 3), (4, 'new', 4);",
+    );
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id = 1;");
+    shop.catch_up().await;
+    let (base, server) = shop.pull_api("pull-token").await;
+    let client = http_client();
+
+    // Authorization, unknown consumers, malformed requests.
+    let r = client
+        .get(format!("{base}/api/http_pull_consumers/puller/receive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .get(format!("{base}/api/http_pull_consumers/puller/receive"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.json::<Json>().await.unwrap()["summary"].is_string());
+    let (status, body) = receive(&client, &base, "nobody", "").await;
+    assert_eq!(status, 404);
+    assert!(body["summary"].as_str().unwrap().contains("nobody"));
+    for query in [
+        "batch_size=0",
+        "batch_size=1001",
+        "batch_size=many",
+        "wait_for=10",
+        "wait_for=1h",
+    ] {
+        let (status, body) = receive(&client, &base, "puller", query).await;
+        assert_eq!(status, 400, "{query}");
+        assert!(body["summary"].is_string(), "{query}");
+    }
+    for (body, want) in [
+        ("{", 400),
+        ("[]", 400),
+        ("{\"ack_ids\": []}", 422),
+        ("{\"ack_ids\": [\"x\"]}", 422),
+    ] {
+        let (status, answer) = post(&client, &base, "puller/ack", body).await;
+        assert_eq!(status, want, "{body}");
+        assert!(answer["summary"].is_string(), "{body}");
+    }
+    let (status, _) = post(&client, &base, "puller/receive", "{\"batch_size\": \"x\"}").await;
+    assert_eq!(status, 400);
+
+    // A batch of 10: key 1's update stays behind its insert; max_ack_pending caps it at 3.
+    let (status, first) = receive(&client, &base, "puller", "batch_size=10").await;
+    assert_eq!(status, 200);
+    let messages: Vec<Json> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(
+        summary(&messages),
+        [
+            ("insert".to_string(), 1, "new".to_string()),
+            ("insert".to_string(), 2, "new".to_string()),
+            ("insert".to_string(), 3, "new".to_string())
+        ]
+    );
+    let ids = ack_ids(&first);
+    // Acknowledge key 1's insert (twice: fine) and nack key 2's: key 2 comes back at once with the
+    // same ack_id, then key 4 (three in flight again: 2, 3 and 4); key 1's update waits for room.
+    let (status, ok) = post(
+        &client,
+        &base,
+        "puller/ack",
+        &json!({"ack_ids": [ids[0]]}).to_string(),
+    )
+    .await;
+    assert_eq!((status, ok), (200, json!({"success": true})));
+    let (status, _) = post(
+        &client,
+        &base,
+        "puller/ack",
+        &json!({"ack_ids": [ids[0]]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        &client,
+        &base,
+        "puller/nack",
+        &json!({"ack_ids": [ids[1]]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, second) = receive(&client, &base, "puller", "batch_size=10").await;
+    let second_ids = ack_ids(&second);
+    let second_msgs: Vec<Json> = second["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(
+        summary(&second_msgs),
+        [
+            ("insert".to_string(), 2, "new".to_string()),
+            ("insert".to_string(), 4, "new".to_string())
+        ]
+    );
+    assert_eq!(second_ids[0], ids[1], "a nacked message keeps its ack_id");
+    // After the visibility timeout, unacknowledged messages come back with the same ack_ids.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (_, third) = receive(&client, &base, "puller", "batch_size=10").await;
+    let third_ids: HashSet<String> = ack_ids(&third).into_iter().collect();
+    let expected: HashSet<String> = [ids[1].clone(), ids[2].clone(), second_ids[1].clone()].into();
+    assert_eq!(
+        third_ids, expected,
+        "keys 2, 3 and 4 again, with their ack_ids"
+    );
+    let all: Vec<String> = third_ids.into_iter().collect();
+    post(
+        &client,
+        &base,
+        "puller/ack",
+        &json!({"ack_ids": all}).to_string(),
+    )
+    .await;
+    let (_, fourth) = receive(&client, &base, "puller", "batch_size=10").await;
+    let rest: Vec<Json> = fourth["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(
+        summary(&rest),
+        [("update".to_string(), 1, "paid".to_string())]
+    );
+    post(
+        &client,
+        &base,
+        "puller/ack",
+        &json!({"ack_ids": ack_ids(&fourth)}).to_string(),
+    )
+    .await;
+    let (_, empty) = receive(&client, &base, "puller", "batch_size=10").await;
+    assert_eq!(empty, json!({"data": []}));
+
+    // A long poll answers as soon as a change is committed and stored; a second waiting receive
+    // is beyond max_waiting.
+    let capture = shop.streaming();
+    let waiting = {
+        let client = client.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (status, body) = receive(&client, &base, "puller", "wait_for=30000").await;
+            (status, body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = receive(&client, &base, "puller", "wait_for=1000").await;
+    assert_eq!(status, 429, "{body}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let committed = Instant::now();
+    shop.db.sql("INSERT INTO orders VALUES (99, 'late', 9);");
+    let (status, body, waited) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["data"][0]["data"]["record"]["id"], json!(99));
+    assert!(
+        committed.elapsed() < Duration::from_secs(3),
+        "answered {:?} after the commit",
+        committed.elapsed()
+    );
+    assert!(waited >= Duration::from_millis(900));
+    capture.abort();
+    server.abort();
+    assert_eq!(DEFAULT_LISTEN, "127.0.0.1:7376");
+}
+
+/// Drains a pull consumer, acknowledging everything.
+async fn drain(client: &reqwest::Client, base: &str, consumer: &str) -> Vec<Json> {
+    let mut out = Vec::new();
+    loop {
+        let (status, batch) = receive(client, base, consumer, "batch_size=1000").await;
+        assert_eq!(status, 200);
+        let messages: Vec<Json> = batch["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].clone())
+            .collect();
+        if messages.is_empty() {
+            return out;
+        }
+        post(
+            client,
+            base,
+            &format!("{consumer}/ack"),
+            &json!({"ack_ids": ack_ids(&batch)}).to_string(),
+        )
+        .await;
+        out.extend(messages);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_coalesce_changes_do_not_and_the_beginning_replays_the_backfill_as_read() {
+    let shop = Shop::new("dl_modes", 2);
+    shop.backfill().await;
+    let pull = Destination::Pull(Pull::default());
+    shop.add(shop.spec(
+        "every-change",
+        Mode::Changes,
+        Start::Beginning,
+        pull.clone(),
+    ));
+    shop.add(shop.spec("latest-rows", Mode::Rows, Start::Beginning, pull.clone()));
+    shop.add(shop.spec("from-now", Mode::Changes, Start::Now, pull.clone()));
+    let mut filtered = shop.spec("big-paid", Mode::Changes, Start::Beginning, pull);
+    filtered.filter = Some("record.total > 15 && action in [\"update\", \"read\"]".into());
+    shop.add(filtered);
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id = 1;");
+    shop.db
+        .sql("UPDATE orders SET status = 'shipped', total = 30 WHERE id = 1;");
+    shop.db.sql("INSERT INTO orders VALUES (3, 'new', 3);");
+    shop.db.sql("DELETE FROM orders WHERE id = 3;");
+    shop.db.sql("DELETE FROM orders WHERE id = 2;");
+    shop.catch_up().await;
+    let (base, server) = shop.pull_api("pull-token").await;
+    let client = http_client();
+
+    let changes = drain(&client, &base, "every-change").await;
+    // Commit order within each key; the backfill's reads first.
+    let by_key = |messages: &[Json]| -> BTreeMap<i64, Vec<(String, String)>> {
+        let mut groups: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+        for (action, id, status) in summary(messages) {
+            groups.entry(id).or_default().push((action, status));
+        }
+        groups
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, s)| (a.to_string(), s.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        by_key(&changes),
+        BTreeMap::from([
+            (
+                1,
+                pairs(&[("read", "new"), ("update", "paid"), ("update", "shipped")])
+            ),
+            (2, pairs(&[("read", "new"), ("delete", "")])),
+            (3, pairs(&[("insert", "new"), ("delete", "")])),
+        ])
+    );
+    assert_eq!(changes[0]["changes"], Json::Null);
+    assert_eq!(changes[0]["metadata"]["record_pks"], json!(["1"]));
+    // Reads of one snapshot have distinct keys and indexes.
+    assert_ne!(
+        changes[0]["metadata"]["idempotency_key"],
+        changes[1]["metadata"]["idempotency_key"]
+    );
+    assert_eq!(changes[1]["metadata"]["commit_idx"], json!(1));
+
+    let rows = drain(&client, &base, "latest-rows").await;
+    let mut latest = summary(&rows);
+    latest.sort_by_key(|r| r.1);
+    assert_eq!(
+        latest,
+        [
+            ("update".to_string(), 1, "shipped".to_string()),
+            ("delete".to_string(), 2, "".to_string()),
+            ("delete".to_string(), 3, "".to_string()),
+        ]
+    );
+
+    // Added after the backfill: the changes stored later, no reads.
+    let from_now = drain(&client, &base, "from-now").await;
+    assert_eq!(from_now.len(), 5);
+    assert!(from_now.iter().all(|m| m["action"] != "read"));
+    let big = drain(&client, &base, "big-paid").await;
+    assert_eq!(
+        summary(&big),
+        [
+            ("read".to_string(), 2, "new".to_string()),
+            ("update".to_string(), 1, "shipped".to_string())
+        ],
+        "total is numeric: compared as a number"
+    );
+
+    // Redelivery after a restart carries the same idempotency keys: a new consumer from the
+    // beginning sees the same keys for the same changes.
+    shop.add(shop.spec(
+        "again",
+        Mode::Changes,
+        Start::Beginning,
+        Destination::Pull(Pull::default()),
+    ));
+    let again = drain(&client, &base, "again").await;
+    let keys = |m: &[Json]| -> Vec<Json> {
+        m.iter()
+            .map(|m| m["metadata"]["idempotency_key"].clone())
+            .collect()
+    };
+    assert_eq!(keys(&again), keys(&changes));
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_bad_filter_is_refused_when_the_consumer_is_saved() {
+    let shop = Shop::new("dl_badfilter", 1);
+    shop.backfill().await;
+    let mut spec = shop.spec(
+        "bad",
+        Mode::Changes,
+        Start::Now,
+        Destination::Pull(Pull::default()),
+    );
+    spec.filter = Some("record.total >".into());
+    let e = tidepool::deliver::add_consumer(&shop.store, spec, None, &[]).unwrap_err();
+    assert_eq!(e.kind(), tidepool::ErrorKind::InvalidInput);
+    assert!(e.message().starts_with("filter: line 1, column"), "{e}");
+    let mut spec = shop.spec(
+        "nowhere",
+        Mode::Changes,
+        Start::Now,
+        Destination::Pull(Pull::default()),
+    );
+    spec.collections = vec!["public/missing".into()];
+    let e = tidepool::deliver::add_consumer(&shop.store, spec, None, &[]).unwrap_err();
+    assert_eq!(e.kind(), tidepool::ErrorKind::NotFound);
+    assert!(Ledger::open(&shop.store)
+        .unwrap()
+        .list()
+        .unwrap()
+        .is_empty());
+}
+
+fn tidepool_cli(shop: &Shop) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"));
+    command
+        .env("PGPASSWORD", shop.db.cluster.superuser_password().expose())
+        .env("PGPASSFILE", "/nonexistent");
+    command
+}
+
+fn cli_ok(command: &mut std::process::Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Kills the capture process it holds when dropped (a failed assertion included).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_adds_consumers_keeps_secrets_in_the_keychain_and_serves_the_pull_api() {
+    let shop = Shop::new("dl_cli", 2);
+    let store = shop.store.to_str().unwrap().to_string();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    let capture_args = [
+        "capture",
+        "--url",
+        &url,
+        "--store",
+        &store,
+        "--publication",
+        "shop_pub",
+        "--slot",
+        &shop.db.name,
+    ];
+    // Backfill, then stop.
+    let lsn = shop.db.current_lsn().to_string();
+    cli_ok(tidepool_cli(&shop).args(capture_args).args([
+        "--tables",
+        "public.orders",
+        "--stop-at-lsn",
+        &lsn,
+    ]));
+
+    cli_ok(tidepool_cli(&shop).args([
+        "consumer",
+        "add",
+        "--store",
+        &store,
+        "--name",
+        "app",
+        "--collection",
+        "public/orders",
+        "--pull",
+        "--start",
+        "beginning",
+    ]));
+    // A secret header's value comes from standard input, never an argument.
+    let mut add = tidepool_cli(&shop)
+        .args([
+            "consumer",
+            "add",
+            "--store",
+            &store,
+            "--name",
+            "hook",
+            "--collection",
+            "public/orders",
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+            "--secret-header",
+            "authorization",
+            "--filter",
+            "record.total > 10",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut add.stdin.take().unwrap(), b"Bearer s3cret-value\n").unwrap();
+    let output = add.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bad = tidepool_cli(&shop)
+        .args([
+            "consumer",
+            "add",
+            "--store",
+            &store,
+            "--name",
+            "bad",
+            "--collection",
+            "public/orders",
+            "--pull",
+            "--filter",
+            "record.total >",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("filter: line 1, column"));
+
+    let list: Json = serde_json::from_str(&cli_ok(
+        tidepool_cli(&shop).args(["consumer", "list", "--store", &store, "--json"]),
+    ))
+    .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app", "hook"]);
+    let hook_id = list[1]["id"].as_str().unwrap().to_string();
+    let secret =
+        cli_ok(tidepool_cli(&shop).args(["consumer", "secret", "--store", &store, "hook"]));
+    assert!(secret.trim().starts_with("whsec_"));
+    let header = Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookHeader(
+            hook_id.clone(),
+            "authorization".into(),
+        ))
+        .unwrap()
+        .unwrap();
+    assert_eq!(header.expose(), "Bearer s3cret-value");
+    let token = cli_ok(tidepool_cli(&shop).args(["api-token", "--store", &store]))
+        .trim()
+        .to_string();
+    assert_eq!(
+        cli_ok(tidepool_cli(&shop).args(["api-token", "--store", &store])).trim(),
+        token
+    );
+    // No secret in any file of the store folder.
+    for entry in std::fs::read_dir(&shop.store).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in ["s3cret-value", secret.trim(), token.as_str()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{} holds a secret",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    // `capture --listen` streams and serves the pull API.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let _capture = Child(
+        tidepool_cli(&shop)
+            .args(capture_args)
+            .args(["--listen", &listen])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://{listen}");
+    let client = http_client();
+    let receive_url = format!("{base}/api/http_pull_consumers/app/receive?batch_size=10");
+    let started = Instant::now();
+    let first = loop {
+        if let Ok(r) = client.get(&receive_url).bearer_auth(&token).send().await {
+            break r.json::<Json>().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pull API never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reads: Vec<Json> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(
+        summary(&reads),
+        [
+            ("read".to_string(), 1, "new".to_string()),
+            ("read".to_string(), 2, "new".to_string())
+        ]
+    );
+    let r = client
+        .get(&receive_url)
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let ids: Vec<String> = ack_ids(&first);
+    let r = client
+        .post(format!("{base}/api/http_pull_consumers/app/ack"))
+        .bearer_auth(&token)
+        .json(&json!({"ack_ids": ids}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Json>().await.unwrap(), json!({"success": true}));
+    let poll = {
+        let client = client.clone();
+        let token = token.clone();
+        let url = format!("{base}/api/http_pull_consumers/app/receive?wait_for=20s");
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Json>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shop.db.sql("INSERT INTO orders VALUES (3, 'new', 30);");
+    let got = poll.await.unwrap();
+    assert_eq!(got["data"][0]["data"]["action"], json!("insert"));
+    assert_eq!(got["data"][0]["data"]["record"]["id"], json!(3));
+
+    cli_ok(tidepool_cli(&shop).args(["consumer", "remove", "--store", &store, "hook"]));
+    assert!(Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookHeader(
+            hook_id.clone(),
+            "authorization".into()
+        ))
+        .unwrap()
+        .is_none());
+    let show = tidepool_cli(&shop)
+        .args(["consumer", "show", "--store", &store, "hook"])
+        .output()
+        .unwrap();
+    assert!(!show.status.success());
+}
