@@ -137,6 +137,14 @@ impl Runs {
             .clone()
     }
 
+    /// Whether the profile's capture task is running.
+    fn is_running(&self, id: &str) -> bool {
+        self.lock()
+            .runs
+            .get(id)
+            .is_some_and(|r| !r.task.is_finished())
+    }
+
     /// Starts the profile's capture (its saved definition, creating the slot if missing); `listener`
     /// hears every status change. Starting a running capture is an error.
     pub async fn start(
@@ -147,12 +155,7 @@ impl Runs {
     ) -> Result<RunStatus> {
         let profile = profiles.get(id_or_name)?;
         let id = profile.id.clone();
-        if self
-            .lock()
-            .runs
-            .get(&id)
-            .is_some_and(|r| !r.task.is_finished())
-        {
+        if self.is_running(&id) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("the capture of '{}' is running already", profile.name),
@@ -309,12 +312,7 @@ impl Runs {
         listener: StatusListener,
     ) -> Result<RunStatus> {
         let profile = profiles.get(id_or_name)?;
-        if self
-            .lock()
-            .runs
-            .get(&profile.id)
-            .is_some_and(|r| !r.task.is_finished())
-        {
+        if self.is_running(&profile.id) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(

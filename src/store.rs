@@ -233,12 +233,16 @@ static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 });
 
 /// What a store folder holds: the database and the journal files SQLite keeps beside it, the
-/// snapshot files, and the capture's backfill staging stores ([`crate::capture`]). Tightened on open.
+/// consumers' ledger ([`crate::deliver`]), the snapshot files, and the capture's backfill staging
+/// stores ([`crate::capture`]). Tightened on open.
 const STORE_ENTRIES: &[&str] = &[
     "tidepool.db",
     "tidepool.db-wal",
     "tidepool.db-shm",
     "tidepool.db-journal",
+    "consumers.db",
+    "consumers.db-wal",
+    "consumers.db-shm",
     "snapshots",
     "backfills",
 ];

@@ -193,14 +193,14 @@ pub async fn start_capture(
     runs: State<'_, Runs>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    runs.start(
-        &profiles,
-        &id,
-        Arc::new(move |status: &RunStatus| {
-            let _ = app.emit("capture-status", status);
-        }),
-    )
-    .await
+    runs.start(&profiles, &id, status_events(app)).await
+}
+
+/// Forwards a run's statuses to the window as `capture-status` events.
+fn status_events(app: AppHandle) -> tidepool::run::StatusListener {
+    Arc::new(move |status: &RunStatus| {
+        let _ = app.emit("capture-status", status);
+    })
 }
 
 /// Stops the profile's capture; the slot stays.
@@ -331,14 +331,7 @@ pub async fn resync_capture(
     runs: State<'_, Runs>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    runs.resync(
-        &profiles,
-        &id,
-        Arc::new(move |status: &RunStatus| {
-            let _ = app.emit("capture-status", status);
-        }),
-    )
-    .await
+    runs.resync(&profiles, &id, status_events(app)).await
 }
 
 /// The health of the profile's slot, with warnings.

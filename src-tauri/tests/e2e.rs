@@ -405,6 +405,21 @@ fn save_profile(data: &Path, fields: serde_json::Value, password: &str) -> Strin
         .id
 }
 
+/// A fresh database with a table `items` (id, name) of `rows` rows named `item <id>`.
+fn database_with_items(name: &str, rows: u32) -> String {
+    let database = fresh_database(name);
+    cluster()
+        .psql(
+            &database,
+            &format!(
+                "CREATE TABLE items (id int PRIMARY KEY, name text);
+                 INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, {rows}) g;"
+            ),
+        )
+        .unwrap();
+    database
+}
+
 fn fresh_database(name: &str) -> String {
     cluster()
         .psql(
@@ -890,14 +905,7 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_and_deletes() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let database = fresh_database("e2e_flow");
-    cluster()
-        .psql(
-            &database,
-            "CREATE TABLE items (id int PRIMARY KEY, name text);
-             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g;",
-        )
-        .unwrap();
+    let database = database_with_items("e2e_flow", 50);
     let data = temp_data_dir("flow");
     let driver = Driver::start(&data);
     let client = driver.session().await;
@@ -1053,14 +1061,7 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_dropped_behind_the_capture_is_refused_and_re_backfilled_from_the_app() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let database = fresh_database("e2e_gap");
-    cluster()
-        .psql(
-            &database,
-            "CREATE TABLE items (id int PRIMARY KEY, name text);
-             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20) g;",
-        )
-        .unwrap();
+    let database = database_with_items("e2e_gap", 20);
     let data = temp_data_dir("gap");
     let id = save_profile(
         &data,

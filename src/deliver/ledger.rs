@@ -78,13 +78,17 @@ pub fn ledger_path(store_dir: &Path) -> PathBuf {
 impl Ledger {
     /// Opens (creating if needed) the ledger of the store in `store_dir`.
     pub fn open(store_dir: &Path) -> Result<Ledger> {
-        std::fs::create_dir_all(store_dir).map_err(|e| {
+        crate::owner_only::create_dir_all(store_dir).map_err(|e| {
             Error::invalid_input(
                 "--store",
                 format!("cannot create {}: {e}", store_dir.display()),
             )
         })?;
         let path = ledger_path(store_dir);
+        // Owner-only like the store: SQLite gives its -wal and -shm files the database file's mode.
+        crate::owner_only::create_keep(&path).map_err(|e| {
+            Error::invalid_input("--store", format!("cannot create {}: {e}", path.display()))
+        })?;
         let conn = Connection::open(&path).map_err(sqlite("opening"))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sqlite("opening"))?;

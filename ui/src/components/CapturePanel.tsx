@@ -1,6 +1,7 @@
 import { useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
+import { useRunStatus } from "../lib/runStatus";
 import type { BackendError, BackfillProgress, RunStatus } from "../lib/types";
 import { DivergedNotice } from "./DivergedNotice";
 import { ErrorNotice } from "./ErrorNotice";
@@ -26,28 +27,11 @@ const percent = (p: BackfillProgress): number =>
  * the stream's state (changes, throughput, lag, checkpoint). Status is pushed by the engine.
  */
 export function CapturePanel({ profileId }: { profileId: string }) {
-  const [status, setStatus] = useState<RunStatus | null>(null);
-  const [error, setError] = useState<BackendError | null>(null);
+  const { status, set: setStatus, error: readError } = useRunStatus(profileId);
+  const [actionError, setError] = useState<BackendError | null>(null);
+  const error = actionError ?? readError;
   const [busy, setBusy] = useState(false);
   const [confirmDrop, setConfirmDrop] = useState(false);
-
-  useEffect(() => {
-    let live = true;
-    let unlisten: (() => void) | null = null;
-    backend.captureStatus(profileId).then(
-      (s) => live && setStatus(s),
-      (e) => live && setError(e as BackendError),
-    );
-    backend
-      .onCaptureStatus((s) => {
-        if (live && s.profile === profileId) setStatus(s);
-      })
-      .then((stop) => (live ? (unlisten = stop) : stop()));
-    return () => {
-      live = false;
-      unlisten?.();
-    };
-  }, [profileId]);
 
   async function act(action: () => Promise<RunStatus>) {
     setBusy(true);

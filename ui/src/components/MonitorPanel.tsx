@@ -27,7 +27,7 @@ function duration(secs: number): string {
  */
 export function MonitorPanel({ profileId }: { profileId: string }) {
   const samples = useSyncExternalStore(subscribe, () => historyOf(profileId));
-  const run = useRunStatus(profileId);
+  const { status: run } = useRunStatus(profileId);
   const [health, setHealth] = useState<SlotHealth | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
 

@@ -1,21 +1,29 @@
 import { useEffect, useState } from "react";
 
 import * as backend from "./backend";
-import type { RunStatus } from "./types";
+import type { BackendError, RunStatus } from "./types";
 
-/** The profile's capture status: read once, then kept current by the engine's pushed statuses. */
-export function useRunStatus(profileId: string): RunStatus | null {
-  const [status, setStatus] = useState<RunStatus | null>(null);
+/**
+ * The profile's capture status: read once, then kept current by the engine's pushed statuses. `set`
+ * takes a status a command returned; `error` is why the first read failed.
+ */
+export function useRunStatus(profileId: string): {
+  status: RunStatus | null;
+  set: (status: RunStatus) => void;
+  error: BackendError | null;
+} {
+  const [status, set] = useState<RunStatus | null>(null);
+  const [error, setError] = useState<BackendError | null>(null);
   useEffect(() => {
     let live = true;
     let unlisten: (() => void) | null = null;
     backend.captureStatus(profileId).then(
-      (s) => live && setStatus(s),
-      () => {},
+      (s) => live && set(s),
+      (e) => live && setError(e as BackendError),
     );
     backend
       .onCaptureStatus((s) => {
-        if (live && s.profile === profileId) setStatus(s);
+        if (live && s.profile === profileId) set(s);
       })
       .then((stop) => (live ? (unlisten = stop) : stop()));
     return () => {
@@ -23,5 +31,5 @@ export function useRunStatus(profileId: string): RunStatus | null {
       unlisten?.();
     };
   }, [profileId]);
-  return status;
+  return { status, set, error };
 }
