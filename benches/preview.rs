@@ -140,7 +140,7 @@ fn main() {
             ..store.collection("public/customers").unwrap().unwrap()
         })
         .unwrap();
-    let mut writer = SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+    let mut writer = SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
     for i in 1..=docs {
         let line = format!(
             "{i}\tcustomer {i}\tcustomer{i}@example.com\t{}\t2026-01-01 00:00:00+00",
@@ -273,7 +273,7 @@ fn main() {
     println!("| snapshot + 10% changed, page of {PAGE} | Tidepool (collection_page) | snapshot lines only (limit) | ratio limit ÷ Tidepool |");
     println!("|---|---|---|---|");
     let lines = |from_ordinal: u64, all: bool| {
-        let file = Snapshot::open(&snapshot_file).unwrap();
+        let file = Snapshot::open(&snapshot_file, None).unwrap();
         let mut b = file.block_of_ordinal(from_ordinal);
         let mut read = 0;
         while b < file.blocks() && (all || read < PAGE) {

@@ -214,7 +214,7 @@ async fn copy_table(
     let mut snapshot = if rel.key.is_empty() {
         None
     } else {
-        Some(SnapshotWriter::create(&store.snapshot_dir())?)
+        Some(SnapshotWriter::create(&store.snapshot_dir(), store.key())?)
     };
     let mut key = KeyReader::new(&rel);
     let meta = meta(Op::Create, relid, &rel, &mut tx, None, &[]);

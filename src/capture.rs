@@ -1337,9 +1337,11 @@ impl Capture {
         let done = self.backfill_done.0.clone();
         let bindings: Vec<Binding> = tables.iter().map(|(b, _)| b.clone()).collect();
         let dir = staging.clone();
+        // The staging store is part of this store: encrypted with its key if it is.
+        let key = self.store.key();
         let task = tokio::spawn(async move {
             let result = async {
-                let mut store = Store::open(&dir)?;
+                let mut store = Store::open_keyed(&dir, key)?;
                 let mut report = |p: &crate::backfill::BackfillProgress| {
                     if let Some(callback) = &progress {
                         callback(p);

@@ -118,6 +118,7 @@ impl Demo {
             slot: None,
             application_name: Some(DEMO_APPLICATION_NAME.into()),
             password_storage: PasswordStorage::Keychain,
+            encrypt_store: None,
         };
         let view = profiles.save(None, draft, Some(cluster.superuser_password().clone()))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -153,7 +154,7 @@ impl Demo {
 
     /// Stops the writes, forgets the profile (keychain entry and capture store too) and removes the
     /// cluster. The caller stops the profile's capture first.
-    pub fn stop(mut self, profiles: &Profiles) -> Result<()> {
+    pub fn stop(mut self, profiles: &Profiles) -> Result<Option<crate::profile::Removed>> {
         self.halt_trickle();
         let forgotten = forget_profile(profiles);
         self.cluster.stop();
@@ -177,13 +178,13 @@ impl Drop for Demo {
 
 /// Removes a demo profile, its keychain entry and its store, if there is one. A profile of the same
 /// name that is not the demo's is left alone, and the demo refuses to start over it.
-fn forget_profile(profiles: &Profiles) -> Result<()> {
+fn forget_profile(profiles: &Profiles) -> Result<Option<crate::profile::Removed>> {
     let Some(found) = profiles
         .list()?
         .into_iter()
         .find(|v| v.profile.name == DEMO_PROFILE)
     else {
-        return Ok(());
+        return Ok(None);
     };
     if found.profile.application_name != DEMO_APPLICATION_NAME {
         return Err(Error::invalid_input(
@@ -191,17 +192,7 @@ fn forget_profile(profiles: &Profiles) -> Result<()> {
             format!("a profile named '{DEMO_PROFILE}' exists and is not the demo's: rename it to try the demo"),
         ));
     }
-    let store = profiles.store_dir(&found.profile.id)?;
-    profiles.delete(&found.profile.id)?;
-    if store.exists() {
-        std::fs::remove_dir_all(&store).map_err(|e| {
-            Error::internal(format!(
-                "removing the demo's store {}: {e}",
-                store.display()
-            ))
-        })?;
-    }
-    Ok(())
+    profiles.delete(&found.profile.id).map(Some)
 }
 
 /// Writes one tick every `interval` until told to stop. A failed tick is logged and the next one tried:
@@ -269,14 +260,18 @@ impl DemoHost {
     }
 
     /// Stops the demo profile's capture, then removes the running demo, if any.
-    pub fn stop(&self, profiles: &Profiles, runs: &crate::run::Runs) -> Result<()> {
+    pub fn stop(
+        &self,
+        profiles: &Profiles,
+        runs: &crate::run::Runs,
+    ) -> Result<Option<crate::profile::Removed>> {
         let demo = self.demo.lock().unwrap_or_else(|p| p.into_inner()).take();
         match demo {
             Some(demo) => {
                 runs.stop(&demo.profile_id, profiles)?;
                 demo.stop(profiles)
             }
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     /// silently miss changes; a re-backfill (`tidepool capture --resync`, "Re-backfill and continue")
     /// is the way out.
     Diverged,
+    /// An encrypted store cannot be opened: its key is missing from the keychain or does not open it.
+    /// The local copy is lost, the source is not; discarding the store and capturing again rebuilds it.
+    Locked,
     /// A bug or an unexpected state of the machine (a missing binary).
     Internal,
 }
@@ -56,6 +59,7 @@ impl ErrorKind {
             ErrorKind::Keychain => "Keychain",
             ErrorKind::Storage => "Storage",
             ErrorKind::Diverged => "Diverged",
+            ErrorKind::Locked => "Locked",
             ErrorKind::Internal => "Internal",
         }
     }

@@ -14,6 +14,7 @@ pub mod continuity;
 pub mod deliver;
 pub mod demo;
 pub mod discovery;
+pub mod encryption;
 pub mod error;
 pub mod health;
 pub mod neon;

@@ -76,6 +76,59 @@ pub struct Profile {
     /// The Neon project and branch the database lives in, when linked (enables the Neon fixes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neon: Option<crate::neon::Link>,
+    /// Whether the profile's store is encrypted at rest ([`crate::encryption`]). Profiles saved
+    /// before encryption existed have plain stores.
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+/// Whether a new profile's store is encrypted unless the person says otherwise. The cost is
+/// measured in `benches/capture.rs` (docs/benchmarks.md).
+pub const ENCRYPT_BY_DEFAULT: bool = true;
+
+/// What removing a profile or discarding its store deleted, for the person who asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Removed {
+    /// The profile's name.
+    pub profile: String,
+    /// Whether the profile itself was removed (not only its store).
+    pub profile_removed: bool,
+    /// The store folder deleted (captured rows, change log, snapshots, consumers), if there was one.
+    pub store: Option<PathBuf>,
+    /// The keychain entries deleted, described for a person ("database password", "store key", …).
+    pub keychain_entries: Vec<String>,
+    /// The replication slot dropped with a discarded store, if there was one.
+    pub slot_dropped: Option<String>,
+}
+
+impl Removed {
+    /// One sentence saying what was deleted.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.profile_removed {
+            parts.push(format!("profile '{}'", self.profile));
+        }
+        if let Some(store) = &self.store {
+            parts.push(format!("its local store {}", store.display()));
+        }
+        if let Some(slot) = &self.slot_dropped {
+            parts.push(format!(
+                "replication slot {slot} on the source (the next capture creates it again)"
+            ));
+        }
+        if !self.keychain_entries.is_empty() {
+            parts.push(format!(
+                "from the keychain: {}",
+                self.keychain_entries.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            format!("nothing of '{}' was stored", self.profile)
+        } else {
+            format!("deleted {}", parts.join("; "))
+        }
+    }
 }
 
 impl Profile {
@@ -132,6 +185,9 @@ pub struct ProfileDraft {
     pub application_name: Option<String>,
     /// Where the password goes.
     pub password_storage: PasswordStorage,
+    /// Whether the store is encrypted at rest; unset keeps the profile's choice, or for a new
+    /// profile [`ENCRYPT_BY_DEFAULT`].
+    pub encrypt_store: Option<bool>,
 }
 
 /// What "Autofill with URL" gives back: the form's fields, the password that was in the pasted string
@@ -185,6 +241,7 @@ pub fn autofill(text: &str) -> Result<Autofill> {
         slot: None,
         application_name: Some(spec.application_name),
         password_storage: PasswordStorage::Keychain,
+        encrypt_store: None,
     };
     Ok(Autofill {
         draft,
@@ -376,9 +433,13 @@ impl Profiles {
             Some(index) => file.profiles[index].id.clone(),
             None => new_id()?,
         };
+        let keep_encryption = draft.encrypt_store.is_none();
         let mut profile = validate(profile_id, draft)?;
         // The form does not carry the Neon link; editing the connection keeps it.
         profile.neon = existing.and_then(|i| file.profiles[i].neon.clone());
+        if let (true, Some(i)) = (keep_encryption, existing) {
+            profile.encrypted = file.profiles[i].encrypted;
+        }
         if file
             .profiles
             .iter()
@@ -390,6 +451,14 @@ impl Profiles {
             ));
         }
 
+        // The password's keychain first (its error says what to choose instead), then the store's key,
+        // before the password is stored: a refusal here leaves nothing behind.
+        if profile.password == PasswordStorage::Keychain
+            && password.as_ref().is_some_and(|p| !p.is_empty())
+        {
+            self.keychain()?;
+        }
+        self.apply_encryption(&profile)?;
         let key = SecretKey::ProfilePassword(profile.id.clone());
         match profile.password {
             PasswordStorage::Keychain => {
@@ -419,9 +488,54 @@ impl Profiles {
         view.ok_or_else(|| Error::internal("the saved profile vanished"))
     }
 
-    /// Deletes a profile and its keychain entry.
-    pub fn delete(&self, id_or_name: &str) -> Result<()> {
+    /// Makes the profile's store folder match its encryption choice. A folder that holds no store yet
+    /// gets a key (or loses it); a store that already holds rows keeps what it is, and changing it is
+    /// refused: its rows cannot be re-encrypted in place, so the person discards it and captures again.
+    fn apply_encryption(&self, profile: &Profile) -> Result<()> {
+        let dir = self.store_dir_of(&profile.id);
+        let marked = crate::encryption::marker(&dir)?.is_some();
+        if marked == profile.encrypted {
+            return Ok(());
+        }
+        if dir.join("tidepool.db").exists() {
+            let now = if marked {
+                "is encrypted"
+            } else {
+                "is not encrypted"
+            };
+            return Err(Error::invalid_input(
+                "encrypt store",
+                format!(
+                    "the profile's store in {} {now} and already holds captured rows; discard the local copy (`tidepool discard-store --profile {} --yes`) first, then capture again",
+                    dir.display(),
+                    profile.name
+                ),
+            ));
+        }
+        let keychain = self.keychain().map_err(|_| {
+            Error::new(
+                ErrorKind::Keychain,
+                "the store is encrypted with a key kept only in the OS keychain, which could not be opened: \
+                 start or unlock your keyring (on Linux, a Secret Service such as GNOME Keyring or KWallet), or \
+                 keep this profile's captured rows unencrypted (clear \"Encrypt the captured rows on this \
+                 machine\"; `--plain-store` on the command line)",
+            )
+        })?;
+        if profile.encrypted {
+            crate::encryption::create(&dir, &keychain)?;
+        } else {
+            crate::encryption::forget(&dir, &keychain)?;
+            let _ = std::fs::remove_file(dir.join(crate::encryption::MARKER));
+        }
+        Ok(())
+    }
+
+    /// Deletes a profile, its store (captured rows, snapshots, consumers) and every keychain entry
+    /// it had: its password, the store's key, its consumers' secrets and its pull API token. The
+    /// caller makes sure no capture of it runs ([`crate::run::Runs::delete_profile`]).
+    pub fn delete(&self, id_or_name: &str) -> Result<Removed> {
         let profile = self.get(id_or_name)?;
+        let mut removed = self.discard(&profile)?;
         if profile.password == PasswordStorage::Keychain {
             self.keychain()
                 .map_err(|e| {
@@ -430,12 +544,72 @@ impl Profiles {
                     )
                 })?
                 .delete(&SecretKey::ProfilePassword(profile.id.clone()))?;
+            removed
+                .keychain_entries
+                .insert(0, "database password".into());
         }
         let mut file = self.load()?;
         file.profiles.retain(|p| p.id != profile.id);
         self.store(&file)?;
-        tracing::info!(profile = %profile.name, "profile deleted");
-        Ok(())
+        removed.profile_removed = true;
+        tracing::info!(profile = %profile.name, "{}", removed.describe());
+        Ok(removed)
+    }
+
+    /// Discards the profile's local copy: its store folder and the keychain entries that belong to
+    /// it. The source is untouched (its slot is [`crate::run::Runs::discard_store`]'s to drop); the
+    /// next capture backfills again. An encrypted profile gets a
+    /// new key for the new store. The way out of a store whose key is lost. The caller makes sure no
+    /// capture of it runs ([`crate::run::Runs::discard_store`]).
+    pub fn discard_store(&self, id_or_name: &str) -> Result<Removed> {
+        let profile = self.get(id_or_name)?;
+        let removed = self.discard(&profile)?;
+        self.apply_encryption(&profile)?;
+        tracing::info!(profile = %profile.name, "{}", removed.describe());
+        Ok(removed)
+    }
+
+    fn discard(&self, profile: &Profile) -> Result<Removed> {
+        let dir = self.store_dir_of(&profile.id);
+        let mut removed = Removed {
+            profile: profile.name.clone(),
+            profile_removed: false,
+            store: None,
+            keychain_entries: Vec::new(),
+            slot_dropped: None,
+        };
+        if !dir.exists() {
+            return Ok(removed);
+        }
+        let keychain = || {
+            self.keychain().map_err(|e| {
+                e.context("the store was kept so its keychain entries are not left behind")
+            })
+        };
+        if crate::deliver::ledger::ledger_path(&dir).exists() {
+            let keychain = keychain()?;
+            // A store whose key is lost cannot list its consumers: their secrets are named by ids
+            // only the ledger holds, so they stay; say so rather than fail the removal.
+            match crate::deliver::forget_secrets(&dir, &keychain) {
+                Ok(entries) => removed.keychain_entries.extend(entries),
+                Err(e) if e.kind() == ErrorKind::Locked => {
+                    tracing::warn!(store = %dir.display(), "the store's key is lost: its consumers' keychain entries (\"consumer-…\") are left for you to delete")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if crate::encryption::marker(&dir)?.is_some() {
+            crate::encryption::forget(&dir, &keychain()?)?;
+            removed.keychain_entries.push("store key".into());
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("deleting the store {}: {e}", dir.display()),
+            )
+        })?;
+        removed.store = Some(dir);
+        Ok(removed)
     }
 
     /// A connection spec for the profile: the password from `typed` if given, else from the keychain.
@@ -507,11 +681,21 @@ impl Profiles {
             .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
     }
 
-    /// The store folder of the profile's capture: `stores/<profile id>` next to `profiles.json`.
+    /// The store folder of the profile's capture: `stores/<profile id>` next to `profiles.json`. With
+    /// a given keychain (not the OS's), an encrypted store's key is read from it here, so opening the
+    /// store finds it ([`crate::encryption::unlock`]).
     pub fn store_dir(&self, id_or_name: &str) -> Result<PathBuf> {
         let profile = self.get(id_or_name)?;
+        let dir = self.store_dir_of(&profile.id);
+        if let KeychainSource::Given(keychain) = &self.keychain {
+            crate::encryption::unlock(&dir, keychain)?;
+        }
+        Ok(dir)
+    }
+
+    fn store_dir_of(&self, id: &str) -> PathBuf {
         let base = self.file.parent().unwrap_or(Path::new("."));
-        Ok(base.join("stores").join(profile.id))
+        base.join("stores").join(id)
     }
 
     /// The tables the profile's role can read, as collections, marked by the profile's publication.
@@ -754,6 +938,7 @@ fn draft_of(profile: &Profile) -> ProfileDraft {
         slot: Some(profile.slot.clone()),
         application_name: Some(profile.application_name.clone()),
         password_storage: PasswordStorage::Keychain,
+        encrypt_store: Some(profile.encrypted),
     }
 }
 
@@ -825,6 +1010,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
         application_name: optional(draft.application_name).unwrap_or_else(|| "tidepool".into()),
         password: draft.password_storage,
         neon: None,
+        encrypted: draft.encrypt_store.unwrap_or(ENCRYPT_BY_DEFAULT),
     })
 }
 

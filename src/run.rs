@@ -326,6 +326,55 @@ impl Runs {
         self.start(profiles, &profile.id, listener).await
     }
 
+    fn refuse_while_running(&self, profile: &crate::profile::Profile, what: &str) -> Result<()> {
+        if self.is_running(&profile.id) {
+            return Err(Error::invalid_input(
+                "profile",
+                format!(
+                    "the capture of '{}' is running: stop it before you {what}",
+                    profile.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes a profile with its store and keychain entries ([`Profiles::delete`]), refused while
+    /// its capture runs.
+    pub fn delete_profile(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+    ) -> Result<crate::profile::Removed> {
+        let profile = profiles.get(id_or_name)?;
+        self.refuse_while_running(&profile, "remove the profile")?;
+        let removed = profiles.delete(&profile.id)?;
+        self.lock().status.remove(&profile.id);
+        Ok(removed)
+    }
+
+    /// Discards the profile's local copy ([`Profiles::discard_store`]) and drops its slot, refused
+    /// while its capture runs: the way out of a store whose key is lost. The slot goes because a
+    /// new store starts with a consistent backfill, which needs a slot created with its snapshot;
+    /// nothing else on the source is touched. Nothing is deleted when the slot cannot be dropped.
+    pub async fn discard_store(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+    ) -> Result<crate::profile::Removed> {
+        let profile = profiles.get(id_or_name)?;
+        self.refuse_while_running(&profile, "discard its local copy")?;
+        let spec = profiles.spec_blocking(&profile.id, None).await?;
+        let client = crate::connection::connect(&spec)
+            .await
+            .map_err(|e| e.context("the local copy was kept: its slot must be dropped with it"))?;
+        let dropped = crate::slot::drop_released(&client, &profile.slot).await?;
+        let mut removed = profiles.discard_store(&profile.id)?;
+        removed.slot_dropped = dropped.then(|| profile.slot.clone());
+        self.lock().status.remove(&profile.id);
+        Ok(removed)
+    }
+
     /// Stops the profile's capture. The slot stays (the server keeps WAL for it until the next start).
     pub fn stop(&self, id_or_name: &str, profiles: &Profiles) -> Result<RunStatus> {
         let id = profiles.get(id_or_name)?.id;

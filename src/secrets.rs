@@ -93,6 +93,8 @@ pub enum SecretKey {
     WebhookHeader(String, String),
     /// The pull API's bearer token for the store of this scope (a profile's id).
     PullApiToken(String),
+    /// The encryption key of the store whose marker names this key id ([`crate::encryption`]).
+    StoreKey(String),
 }
 
 impl SecretKey {
@@ -106,6 +108,7 @@ impl SecretKey {
                 format!("consumer-{id}-header-{}", name.to_ascii_lowercase())
             }
             SecretKey::PullApiToken(scope) => format!("pull-api-token-{scope}"),
+            SecretKey::StoreKey(id) => format!("store-key-{id}"),
         }
     }
 }

@@ -13,6 +13,9 @@
 //! - A file is never changed once written. Rows changed later live in the store and shadow the file's.
 //! - Keys are unique and ascending in a file; a duplicate key fails the write.
 //! - Reading never panics on a damaged file: lengths and offsets are checked, errors name the file.
+//! - A file of an encrypted store ([`crate::encryption`]) is sealed block by block (AES-256-GCM under
+//!   the file's own key, block `n` as chunk `n`) and its index as one more chunk bound to the footer,
+//!   so no key or row is on disk in the clear and a block moved, swapped or damaged fails to open.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -25,12 +28,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::{document, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
+use crate::encryption::{Sealer, StoreKey, SALT_BYTES};
 use crate::error::{Error, Result};
 use crate::pgoutput::{Lsn, Value};
 use crate::store::Op;
 use crate::value::Kind;
 
 const MAGIC: &[u8; 8] = b"TPSNAP01";
+/// The mark of a sealed file; its header continues with the salt its key is derived from.
+const SEALED_MAGIC: &[u8; 8] = b"TPSNAPS1";
+/// The chunk number the sealed index takes (blocks take 0, 1, …).
+const INDEX_CHUNK: u64 = u64::MAX;
 const FOOTER: usize = 32;
 /// A block is read whole to find a key: small enough to read in a few microseconds.
 const BLOCK_BYTES: usize = 16 << 10;
@@ -90,27 +98,41 @@ struct Appender {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
+    /// The block being filled; written to `buf` (sealed if `sealer`) when the next block starts.
+    block: Vec<u8>,
+    sealer: Option<Sealer>,
     /// Bytes handed to the file so far.
     written: u64,
     rows: u64,
     index: Vec<IndexEntry>,
-    block_start: u64,
     last: Vec<u8>,
 }
 
 impl Appender {
-    fn create(path: PathBuf) -> Result<Appender> {
+    fn create(path: PathBuf, key: Option<&StoreKey>) -> Result<Appender> {
         let file = crate::owner_only::create(&path).map_err(io(&path, "creating"))?;
-        let mut buf = Vec::with_capacity(FLUSH_BYTES + BLOCK_BYTES);
-        buf.extend_from_slice(MAGIC);
+        let mut buf = Vec::with_capacity(FLUSH_BYTES + 2 * BLOCK_BYTES);
+        let sealer = match key {
+            Some(key) => {
+                let salt = crate::encryption::new_salt()?;
+                buf.extend_from_slice(SEALED_MAGIC);
+                buf.extend_from_slice(&salt);
+                Some(key.file_sealer(&salt))
+            }
+            None => {
+                buf.extend_from_slice(MAGIC);
+                None
+            }
+        };
         Ok(Appender {
             path,
             file,
             buf,
+            block: Vec::with_capacity(2 * BLOCK_BYTES),
+            sealer,
             written: 0,
             rows: 0,
             index: Vec::new(),
-            block_start: 0,
             last: Vec::new(),
         })
     }
@@ -123,22 +145,34 @@ impl Appender {
         if self.rows > 0 && skey <= self.last.as_slice() {
             return Err(duplicate_or_unsorted(skey, &self.last));
         }
-        let at = self.offset();
-        if self.index.is_empty() || at - self.block_start >= BLOCK_BYTES as u64 {
+        if self.index.is_empty() || self.block.len() >= BLOCK_BYTES {
+            self.end_block()?;
             self.index.push(IndexEntry {
-                offset: at,
+                offset: self.offset(),
                 ordinal: self.rows,
                 first: skey.to_vec(),
             });
-            self.block_start = at;
         }
-        push_varint(skey.len() as u64, &mut self.buf);
-        self.buf.extend_from_slice(skey);
-        push_varint(line.len() as u64, &mut self.buf);
-        self.buf.extend_from_slice(line);
+        push_varint(skey.len() as u64, &mut self.block);
+        self.block.extend_from_slice(skey);
+        push_varint(line.len() as u64, &mut self.block);
+        self.block.extend_from_slice(line);
         self.last.clear();
         self.last.extend_from_slice(skey);
         self.rows += 1;
+        Ok(())
+    }
+
+    /// Moves the filled block to the output, sealed as chunk `index.len() - 1` if the file is.
+    fn end_block(&mut self) -> Result<()> {
+        if self.index.is_empty() {
+            return Ok(());
+        }
+        if let Some(sealer) = &self.sealer {
+            sealer.seal(self.index.len() as u64 - 1, &[], &mut self.block)?;
+        }
+        self.buf.extend_from_slice(&self.block);
+        self.block.clear();
         if self.buf.len() >= FLUSH_BYTES {
             self.flush()?;
         }
@@ -158,18 +192,28 @@ impl Appender {
 
     /// Writes the index and footer and fsyncs. Returns the rows written.
     fn finish(mut self) -> Result<(PathBuf, u64)> {
+        self.end_block()?;
         let index_offset = self.offset();
+        let mut footer = Vec::with_capacity(FOOTER);
+        footer.extend_from_slice(&index_offset.to_le_bytes());
+        footer.extend_from_slice(&self.rows.to_le_bytes());
+        footer.extend_from_slice(&(self.index.len() as u64).to_le_bytes());
+        let mut index = std::mem::take(&mut self.block);
         for entry in &self.index {
-            push_varint(entry.offset, &mut self.buf);
-            push_varint(entry.ordinal, &mut self.buf);
-            push_varint(entry.first.len() as u64, &mut self.buf);
-            self.buf.extend_from_slice(&entry.first);
+            push_varint(entry.offset, &mut index);
+            push_varint(entry.ordinal, &mut index);
+            push_varint(entry.first.len() as u64, &mut index);
+            index.extend_from_slice(&entry.first);
         }
-        self.buf.extend_from_slice(&index_offset.to_le_bytes());
-        self.buf.extend_from_slice(&self.rows.to_le_bytes());
-        self.buf
-            .extend_from_slice(&(self.index.len() as u64).to_le_bytes());
-        self.buf.extend_from_slice(MAGIC);
+        match &self.sealer {
+            Some(sealer) => {
+                sealer.seal(INDEX_CHUNK, &footer, &mut index)?;
+                footer.extend_from_slice(SEALED_MAGIC);
+            }
+            None => footer.extend_from_slice(MAGIC),
+        }
+        self.buf.extend_from_slice(&index);
+        self.buf.extend_from_slice(&footer);
         self.flush()?;
         self.file.sync_all().map_err(io(&self.path, "syncing"))?;
         Ok((self.path, self.rows))
@@ -213,6 +257,7 @@ fn start_writeback(_file: &File, _from: u64, _len: u64) {}
 pub struct SnapshotWriter {
     dir: PathBuf,
     name: String,
+    key: Option<std::sync::Arc<StoreKey>>,
     direct: Option<Appender>,
     runs: Vec<PathBuf>,
     arena: Vec<u8>,
@@ -221,14 +266,16 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts a file in `dir` (created if needed) under a new name.
-    pub fn create(dir: &Path) -> Result<SnapshotWriter> {
+    /// Starts a file in `dir` (created if needed) under a new name, sealed with `key` if given (the
+    /// store's, [`crate::store::Store::key`]); its sorted runs are sealed too.
+    pub fn create(dir: &Path, key: Option<std::sync::Arc<StoreKey>>) -> Result<SnapshotWriter> {
         crate::owner_only::create_dir_all(dir).map_err(io(dir, "creating the folder"))?;
         let name = format!("{}.snap", unique_name());
-        let direct = Appender::create(dir.join(format!("{name}.partial")))?;
+        let direct = Appender::create(dir.join(format!("{name}.partial")), key.as_deref())?;
         Ok(SnapshotWriter {
             dir: dir.to_path_buf(),
             name,
+            key,
             direct: Some(direct),
             runs: Vec::new(),
             arena: Vec::new(),
@@ -274,7 +321,7 @@ impl SnapshotWriter {
             self.name.trim_end_matches(".snap"),
             self.runs.len()
         ));
-        let mut run = Appender::create(path)?;
+        let mut run = Appender::create(path, self.key.as_deref())?;
         for (skey, line) in &self.pending {
             run.push(&arena[skey.clone()], &arena[line.clone()])?;
         }
@@ -296,7 +343,7 @@ impl SnapshotWriter {
                 if !self.pending.is_empty() {
                     self.write_run()?;
                 }
-                let result = merge(&self.runs, partial);
+                let result = merge(&self.runs, partial, self.key.as_deref());
                 for run in &self.runs {
                     let _ = std::fs::remove_file(run);
                 }
@@ -323,7 +370,7 @@ fn unique_name() -> String {
 }
 
 /// Merges sorted runs into one file.
-fn merge(runs: &[PathBuf], into: PathBuf) -> Result<(PathBuf, u64)> {
+fn merge(runs: &[PathBuf], into: PathBuf, key: Option<&StoreKey>) -> Result<(PathBuf, u64)> {
     struct Head {
         skey: Vec<u8>,
         line: Vec<u8>,
@@ -348,7 +395,7 @@ fn merge(runs: &[PathBuf], into: PathBuf) -> Result<(PathBuf, u64)> {
     }
     let mut readers = runs
         .iter()
-        .map(|run| Snapshot::open(run).map(|s| s.records_from(0)))
+        .map(|run| Snapshot::open(run, key).map(|s| s.records_from(0)))
         .collect::<Result<Vec<_>>>()?;
     let mut heap = BinaryHeap::new();
     for (run, reader) in readers.iter_mut().enumerate() {
@@ -356,7 +403,7 @@ fn merge(runs: &[PathBuf], into: PathBuf) -> Result<(PathBuf, u64)> {
             heap.push(Head { skey, line, run });
         }
     }
-    let mut out = Appender::create(into)?;
+    let mut out = Appender::create(into, key)?;
     while let Some(head) = heap.pop() {
         out.push(&head.skey, &head.line)?;
         if let Some((skey, line)) = readers[head.run].next().transpose()? {
@@ -422,14 +469,16 @@ impl Block {
 pub struct Snapshot {
     path: PathBuf,
     file: File,
+    sealer: Option<Sealer>,
     rows: u64,
     index: Vec<IndexEntry>,
     data_end: u64,
 }
 
 impl Snapshot {
-    /// Opens a file and reads its index.
-    pub fn open(path: &Path) -> Result<Snapshot> {
+    /// Opens a file and reads its index. `key` is the store's: a sealed file needs it, and a store
+    /// with a key accepts only sealed files.
+    pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<Snapshot> {
         let damaged = |what: &str| {
             Error::internal(format!(
                 "snapshot {} is damaged: {what}; drop the slot and capture again to rebuild it",
@@ -441,6 +490,33 @@ impl Snapshot {
         if len < (MAGIC.len() + FOOTER) as u64 {
             return Err(damaged("too short"));
         }
+        let mut head = [0u8; 8];
+        file.read_exact_at(&mut head, 0)
+            .map_err(io(path, "reading"))?;
+        let (mark, data_start, sealer) = match (&head, key) {
+            (MAGIC, None) => (MAGIC, MAGIC.len() as u64, None),
+            (SEALED_MAGIC, Some(key)) => {
+                let mut salt = [0u8; SALT_BYTES];
+                file.read_exact_at(&mut salt, MAGIC.len() as u64)
+                    .map_err(|_| damaged("too short"))?;
+                (
+                    SEALED_MAGIC,
+                    (MAGIC.len() + SALT_BYTES) as u64,
+                    Some(key.file_sealer(&salt)),
+                )
+            }
+            (SEALED_MAGIC, None) => {
+                return Err(Error::new(
+                    crate::ErrorKind::Locked,
+                    format!(
+                        "snapshot {} is encrypted and was opened without its store's key",
+                        path.display()
+                    ),
+                ))
+            }
+            (MAGIC, Some(_)) => return Err(damaged("it is not encrypted, but its store is")),
+            _ => return Err(damaged("no start mark")),
+        };
         let mut footer = [0u8; FOOTER];
         file.read_exact_at(&mut footer, len - FOOTER as u64)
             .map_err(io(path, "reading"))?;
@@ -449,17 +525,28 @@ impl Snapshot {
             b.copy_from_slice(&footer[i * 8..i * 8 + 8]);
             u64::from_le_bytes(b)
         };
-        if &footer[24..] != MAGIC {
+        if &footer[24..] != mark {
             return Err(damaged("no end mark"));
         }
         let (index_offset, rows, blocks) = (word(0), word(1), word(2));
         let index_end = len - FOOTER as u64;
-        if index_offset < MAGIC.len() as u64 || index_offset > index_end {
+        if index_offset < data_start || index_offset > index_end {
             return Err(damaged("the index is out of place"));
         }
         let mut raw = vec![0u8; (index_end - index_offset) as usize];
         file.read_exact_at(&mut raw, index_offset)
             .map_err(io(path, "reading"))?;
+        if let Some(sealer) = &sealer {
+            sealer.open(INDEX_CHUNK, &footer[..24], &mut raw).ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Locked,
+                    format!(
+                        "snapshot {} does not open with its store's key: the key was replaced, or the file is damaged",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
         let mut index = Vec::with_capacity(blocks.min(1 << 20) as usize);
         let mut at = 0;
         for _ in 0..blocks {
@@ -477,7 +564,11 @@ impl Snapshot {
             let ordered = index.last().is_none_or(|p: &IndexEntry| {
                 p.offset < entry.offset && p.ordinal < entry.ordinal && p.first < entry.first
             });
-            if !ordered || entry.offset >= index_offset || entry.ordinal >= rows {
+            if !ordered
+                || entry.offset < data_start
+                || entry.offset >= index_offset
+                || entry.ordinal >= rows
+            {
                 return Err(damaged("the index is out of order"));
             }
             index.push(entry);
@@ -488,6 +579,7 @@ impl Snapshot {
         Ok(Snapshot {
             path: path.to_path_buf(),
             file,
+            sealer,
             rows,
             index,
             data_end: index_offset,
@@ -515,6 +607,14 @@ impl Snapshot {
         self.file
             .read_exact_at(&mut data, entry.offset)
             .map_err(io(&self.path, "reading"))?;
+        if let Some(sealer) = &self.sealer {
+            sealer.open(i as u64, &[], &mut data).ok_or_else(|| {
+                Error::internal(format!(
+                    "snapshot {} is damaged: block {i} does not open with its key",
+                    self.path.display()
+                ))
+            })?;
+        }
         let expected = self
             .index
             .get(i + 1)
@@ -775,8 +875,16 @@ mod tests {
         crate::rowkey::sort_key(&format!("[{n}]")).unwrap()
     }
 
-    fn read_all(dir: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-        Snapshot::open(&dir.join(name))
+    /// Every test runs on a plain file and on a sealed one.
+    fn keys() -> [Option<std::sync::Arc<StoreKey>>; 2] {
+        [
+            None,
+            Some(std::sync::Arc::new(StoreKey::generate().unwrap())),
+        ]
+    }
+
+    fn read_all(dir: &Path, name: &str, key: Option<&StoreKey>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Snapshot::open(&dir.join(name), key)
             .unwrap()
             .records_from(0)
             .collect::<Result<Vec<_>>>()
@@ -785,87 +893,133 @@ mod tests {
 
     #[test]
     fn sorted_rows_go_straight_to_the_file_and_read_back_by_key_and_position() {
-        let dir = tempdir();
-        let mut w = SnapshotWriter::create(dir.path()).unwrap();
-        for n in 0..20_000 {
-            w.push(&skey(n), format!("{n}\trow {n}").as_bytes())
-                .unwrap();
+        for key in keys() {
+            let dir = tempdir();
+            let mut w = SnapshotWriter::create(dir.path(), key.clone()).unwrap();
+            for n in 0..20_000 {
+                w.push(&skey(n), format!("{n}\trow {n}").as_bytes())
+                    .unwrap();
+            }
+            let (name, rows) = w.finish().unwrap();
+            assert_eq!(rows, 20_000);
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                1,
+                "no partial file left"
+            );
+            let s = Snapshot::open(&dir.path().join(&name), key.as_deref()).unwrap();
+            assert!(s.blocks() > 10);
+            assert_eq!(s.get(&skey(12_345)).unwrap().unwrap(), b"12345\trow 12345");
+            assert_eq!(s.get(&skey(20_000)).unwrap(), None);
+            let from: Vec<_> = s.records_from(19_998).map(|r| r.unwrap().1).collect();
+            assert_eq!(
+                from,
+                vec![b"19998\trow 19998".to_vec(), b"19999\trow 19999".to_vec()]
+            );
         }
-        let (name, rows) = w.finish().unwrap();
-        assert_eq!(rows, 20_000);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no partial file left"
-        );
-        let s = Snapshot::open(&dir.path().join(&name)).unwrap();
-        assert!(s.blocks() > 10);
-        assert_eq!(s.get(&skey(12_345)).unwrap().unwrap(), b"12345\trow 12345");
-        assert_eq!(s.get(&skey(20_000)).unwrap(), None);
-        let from: Vec<_> = s.records_from(19_998).map(|r| r.unwrap().1).collect();
-        assert_eq!(
-            from,
-            vec![b"19998\trow 19998".to_vec(), b"19999\trow 19999".to_vec()]
-        );
     }
 
     #[test]
     fn unsorted_rows_are_sorted_and_duplicates_refused() {
-        let dir = tempdir();
-        let mut w = SnapshotWriter::create(dir.path()).unwrap();
-        let order: Vec<i64> = (0..5000).map(|i| (i * 7919) % 5000).collect();
-        for n in &order {
-            w.push(&skey(*n), n.to_string().as_bytes()).unwrap();
-        }
-        let (name, rows) = w.finish().unwrap();
-        assert_eq!(rows, 5000);
-        let lines: Vec<i64> = read_all(dir.path(), &name)
-            .into_iter()
-            .map(|(_, l)| String::from_utf8(l).unwrap().parse().unwrap())
-            .collect();
-        assert_eq!(lines, (0..5000).collect::<Vec<_>>());
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "runs removed"
-        );
+        for key in keys() {
+            let dir = tempdir();
+            let mut w = SnapshotWriter::create(dir.path(), key.clone()).unwrap();
+            let order: Vec<i64> = (0..5000).map(|i| (i * 7919) % 5000).collect();
+            for n in &order {
+                w.push(&skey(*n), n.to_string().as_bytes()).unwrap();
+            }
+            let (name, rows) = w.finish().unwrap();
+            assert_eq!(rows, 5000);
+            let lines: Vec<i64> = read_all(dir.path(), &name, key.as_deref())
+                .into_iter()
+                .map(|(_, l)| String::from_utf8(l).unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(lines, (0..5000).collect::<Vec<_>>());
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                1,
+                "runs removed"
+            );
 
-        let mut w = SnapshotWriter::create(dir.path()).unwrap();
-        for n in [1, 5, 3, 5] {
-            w.push(&skey(n), b"x").unwrap_or(());
+            let mut w = SnapshotWriter::create(dir.path(), key.clone()).unwrap();
+            for n in [1, 5, 3, 5] {
+                w.push(&skey(n), b"x").unwrap_or(());
+            }
+            let err = w.finish().unwrap_err();
+            assert!(err.message().contains("same key"), "{err}");
         }
-        let err = w.finish().unwrap_err();
-        assert!(err.message().contains("same key"), "{err}");
     }
 
     #[test]
     fn a_damaged_file_is_an_error_not_a_panic() {
-        let dir = tempdir();
-        let mut w = SnapshotWriter::create(dir.path()).unwrap();
-        for n in 0..3000 {
-            w.push(&skey(n), b"some line").unwrap();
-        }
-        let (name, _) = w.finish().unwrap();
-        let path = dir.path().join(name);
-        let good = std::fs::read(&path).unwrap();
-        let mut rng = 0x2545F4914F6CDD1Du64;
-        for round in 0..300 {
-            let mut bad = good.clone();
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            match round % 3 {
-                0 => bad.truncate((rng as usize) % good.len()),
-                _ => {
-                    let at = (rng as usize) % good.len();
-                    bad[at] ^= (rng >> 32) as u8 | 1;
+        for key in keys() {
+            let dir = tempdir();
+            let mut w = SnapshotWriter::create(dir.path(), key.clone()).unwrap();
+            for n in 0..3000 {
+                w.push(&skey(n), b"some line").unwrap();
+            }
+            let (name, _) = w.finish().unwrap();
+            let path = dir.path().join(name);
+            let good = std::fs::read(&path).unwrap();
+            let mut rng = 0x2545F4914F6CDD1Du64;
+            for round in 0..300 {
+                let mut bad = good.clone();
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                match round % 3 {
+                    0 => bad.truncate((rng as usize) % good.len()),
+                    _ => {
+                        let at = (rng as usize) % good.len();
+                        bad[at] ^= (rng >> 32) as u8 | 1;
+                    }
+                }
+                std::fs::write(&path, &bad).unwrap();
+                if let Ok(s) = Snapshot::open(&path, key.as_deref()) {
+                    let _ = s.get(&skey(1500));
+                    let _ = s.records_from(0).collect::<Vec<_>>();
                 }
             }
-            std::fs::write(&path, &bad).unwrap();
-            if let Ok(s) = Snapshot::open(&path) {
-                let _ = s.get(&skey(1500));
-                let _ = s.records_from(0).collect::<Vec<_>>();
-            }
         }
+    }
+
+    #[test]
+    fn a_sealed_file_holds_no_row_in_the_clear_and_opens_only_with_its_key() {
+        let dir = tempdir();
+        let key = std::sync::Arc::new(StoreKey::generate().unwrap());
+        // Out of order, so sorted runs are written and merged: they are sealed too.
+        let mut w = SnapshotWriter::create(dir.path(), Some(key.clone())).unwrap();
+        for n in (0..3000).rev() {
+            w.push(&skey(n), format!("{n}\tsecret-{n}@example.com").as_bytes())
+                .unwrap();
+        }
+        let (name, _) = w.finish().unwrap();
+        let path = dir.path().join(&name);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(7).any(|w| w == b"secret-"),
+            "a row is in the clear"
+        );
+        assert!(
+            !bytes.windows(11).any(|w| w == b"example.com"),
+            "a row is in the clear"
+        );
+        let rows = read_all(dir.path(), &name, Some(&key));
+        assert_eq!(rows.len(), 3000);
+        assert_eq!(rows[7].1, b"7\tsecret-7@example.com");
+
+        let other = StoreKey::generate().unwrap();
+        let err = Snapshot::open(&path, Some(&other)).err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Locked, "{err}");
+        let err = Snapshot::open(&path, None).err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Locked, "{err}");
+
+        let mut plain = SnapshotWriter::create(dir.path(), None).unwrap();
+        plain.push(&skey(1), b"1\tx").unwrap();
+        let (plain, _) = plain.finish().unwrap();
+        let err = Snapshot::open(&dir.path().join(plain), Some(&key))
+            .err()
+            .unwrap();
+        assert!(err.message().contains("not encrypted"), "{err}");
     }
 }

@@ -26,6 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::encryption::StoreKey;
 use crate::error::{Error, Result};
 use crate::pgoutput::Lsn;
 use crate::rowkey::sort_key;
@@ -115,6 +116,8 @@ pub struct Store {
     opened: std::cell::RefCell<std::collections::HashMap<i64, std::sync::Arc<Base>>>,
     /// Each collection's live snapshot (its id), once looked up.
     live: std::cell::RefCell<std::collections::HashMap<i64, Option<i64>>>,
+    /// The key of an encrypted store ([`crate::encryption`]); its snapshot files are sealed with it.
+    key: Option<std::sync::Arc<StoreKey>>,
 }
 
 struct Pending {
@@ -243,6 +246,7 @@ const STORE_ENTRIES: &[&str] = &[
     "consumers.db",
     "consumers.db-wal",
     "consumers.db-shm",
+    "encryption.json",
     "snapshots",
     "backfills",
 ];
@@ -266,6 +270,40 @@ fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
+/// Opens the SQLite database at `path` of the store folder `dir`, with `key` when it is encrypted,
+/// and proves the key by reading it: a wrong or missing key is a [`crate::ErrorKind::Locked`] error
+/// here, never garbage later. Shared with the consumers' ledger, which lives in the same folder.
+pub fn open_database(path: &Path, dir: &Path, key: Option<&StoreKey>) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(sqlite("opening"))?;
+    // SQLCipher would otherwise write its own lines to stderr on a wrong key; the error below says it.
+    let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
+    if let Some(key) = key {
+        conn.execute_batch(key.sqlcipher_pragma().expose())
+            .map_err(|_| crate::encryption::lost(dir, "SQLCipher refused its key"))?;
+    }
+    // Another process (the command line editing the definition, a preview) may hold the write
+    // lock for a moment; wait for it instead of failing.
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(sqlite("opening"))?;
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => Ok(conn),
+        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            Err(match key {
+                Some(_) => crate::encryption::lost(dir, "its key from the keychain does not open it (the key was replaced, or the file is damaged)"),
+                None => crate::encryption::lost(
+                    dir,
+                    &format!(
+                        "{} is not a readable database: it is encrypted but its marker ({}) is missing, or it is damaged",
+                        path.display(),
+                        crate::encryption::MARKER
+                    ),
+                ),
+            })
+        }
+        Err(e) => Err(sqlite("opening")(e)),
+    }
+}
+
 impl Store {
     /// Opens the store in `dir` if one was ever created there; `None` before a capture's first run.
     /// Readers use this so that looking never creates an empty store.
@@ -277,8 +315,16 @@ impl Store {
     }
 
     /// Opens (creating if needed) the store in `dir`. The folder and its files are owner-only
-    /// ([`crate::owner_only`]); an existing store is tightened first.
+    /// ([`crate::owner_only`]); an existing store is tightened first. A folder marked encrypted
+    /// ([`crate::encryption`]) is opened with its key from the OS keychain.
     pub fn open(dir: &Path) -> Result<Store> {
+        let key = crate::encryption::key_for(dir)?;
+        Store::open_keyed(dir, key)
+    }
+
+    /// Opens (creating if needed) the store in `dir` with `key` (none: not encrypted): a staging
+    /// store inside an encrypted store's folder is encrypted with that store's key.
+    pub fn open_keyed(dir: &Path, key: Option<std::sync::Arc<StoreKey>>) -> Result<Store> {
         crate::owner_only::create_dir_all(dir).map_err(|e| {
             Error::invalid_input("--store", format!("cannot create {}: {e}", dir.display()))
         })?;
@@ -288,11 +334,7 @@ impl Store {
         crate::owner_only::create_keep(&path).map_err(|e| {
             Error::invalid_input("--store", format!("cannot create {}: {e}", path.display()))
         })?;
-        let conn = Connection::open(&path).map_err(sqlite("opening"))?;
-        // Another process (the command line editing the definition, a preview) may hold the write
-        // lock for a moment; wait for it instead of failing.
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(sqlite("opening"))?;
+        let conn = open_database(&path, dir, key.as_deref())?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -343,7 +385,13 @@ impl Store {
             pending: Vec::with_capacity(CHUNK),
             opened: Default::default(),
             live: Default::default(),
+            key,
         })
+    }
+
+    /// The store's key, if it is encrypted.
+    pub fn key(&self) -> Option<std::sync::Arc<StoreKey>> {
+        self.key.clone()
     }
 
     /// The folder of this store's snapshot files.
@@ -431,7 +479,7 @@ impl Store {
             ))
         })?;
         let base = std::sync::Arc::new(Base {
-            file: Snapshot::open(&self.snapshot_dir().join(&file))?,
+            file: Snapshot::open(&self.snapshot_dir().join(&file), self.key.as_deref())?,
             first_seq: first_seq as u64,
             collection,
             source,
@@ -1333,9 +1381,17 @@ impl Store {
             return Err(Error::internal("store: import_backfill inside a batch"));
         }
         let file = staging.join("tidepool.db");
-        self.conn
-            .execute("ATTACH DATABASE ?1 AS staging", [file.to_string_lossy()])
-            .map_err(sqlite("attaching a backfill"))?;
+        // The staging store is encrypted with this store's key when this one is.
+        let attached = match &self.key {
+            Some(key) => self.conn.execute(
+                "ATTACH DATABASE ?1 AS staging KEY ?2",
+                params![file.to_string_lossy(), key.sqlcipher_key().expose()],
+            ),
+            None => self
+                .conn
+                .execute("ATTACH DATABASE ?1 AS staging", [file.to_string_lossy()]),
+        };
+        attached.map_err(sqlite("attaching a backfill"))?;
         let result = self.import_attached(staging, collections, meta);
         if result.is_err() {
             let _ = self.rollback();
@@ -1682,7 +1738,7 @@ mod tests {
         use crate::snapshot::{SnapshotWriter, SourceColumn};
         store.begin().unwrap();
         store.put_collection(&spec("public/t")).unwrap();
-        let mut writer = SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+        let mut writer = SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
         for id in 1..=n {
             writer
                 .push(
@@ -1712,6 +1768,37 @@ mod tests {
             .add_snapshot("public/t", &file, rows, &source)
             .unwrap();
         store.commit(Lsn(100)).unwrap();
+    }
+
+    #[test]
+    fn an_encrypted_store_imports_a_staged_backfill_sealed_with_its_key() {
+        let dir =
+            std::env::temp_dir().join(format!("tidepool-store-sealed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = std::sync::Arc::new(StoreKey::generate().unwrap());
+        let mut store = Store::open_keyed(&dir, Some(key.clone())).unwrap();
+        store.begin().unwrap();
+        store.commit(Lsn(50)).unwrap();
+        let staging_dir = dir.join("backfills").join("one");
+        let mut staging = Store::open_keyed(&staging_dir, Some(key.clone())).unwrap();
+        with_snapshot(&mut staging, 500);
+        drop(staging);
+        store
+            .import_backfill(&staging_dir, &[("public/t".to_string(), true)], &[])
+            .unwrap();
+        let info = store.collections().unwrap();
+        assert_eq!((info[0].rows, info[0].changes), (500, 500));
+        drop(store);
+        let err = Store::open_keyed(
+            &dir,
+            Some(std::sync::Arc::new(StoreKey::generate().unwrap())),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Locked, "{err}");
+        let err = Store::open_keyed(&dir, None).err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Locked, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1892,7 +1979,8 @@ mod tests {
     fn an_uncommitted_snapshot_is_removed_and_a_recorded_one_kept() {
         let (mut store, dir) = store();
         with_snapshot(&mut store, 10);
-        let mut stray = crate::snapshot::SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+        let mut stray =
+            crate::snapshot::SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
         stray.push(b"x", b"1").unwrap();
         stray.finish().unwrap();
         std::fs::write(store.snapshot_dir().join("half.snap.partial"), b"TPSNAP01").unwrap();

@@ -278,7 +278,8 @@ async fn bad_slot_names_are_refused_naming_the_slot() {
 #[tokio::test]
 async fn hostile_connection_values_are_refused_naming_the_field() {
     let db = TestDb::new(harness::plain(), "cont_hostile");
-    let cases: Vec<(&str, Box<dyn Fn(&mut tidepool::connection::ConnectionSpec)>)> = vec![
+    type Spoil = Box<dyn Fn(&mut tidepool::connection::ConnectionSpec)>;
+    let cases: Vec<(&str, Spoil)> = vec![
         ("user", Box::new(|s| s.user = "u\0x".into())),
         ("dbname", Box::new(|s| s.database = "d\0b".into())),
         (

@@ -12,6 +12,7 @@ mod crash;
 mod deliver;
 mod demo;
 mod discovery;
+mod encryption;
 mod identity;
 mod neon;
 mod neon_api;

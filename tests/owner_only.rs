@@ -282,7 +282,7 @@ fn a_store_and_data_dir_others_can_read_are_made_owner_only_on_open_with_a_log_l
     let store_dir = data.join("stores").join("old");
     {
         let store = Store::open(&store_dir).unwrap();
-        let mut writer = SnapshotWriter::create(&store.snapshot_dir()).unwrap();
+        let mut writer = SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
         writer.push(b"\x01", b"1\tsecret@example.com").unwrap();
         writer.finish().unwrap();
         // As after a crash: the connection is never closed, so -wal and -shm stay beside the database.

@@ -231,16 +231,31 @@ fn without_a_keychain_nothing_is_saved_and_ask_each_time_still_works() {
         "a profile was saved although its password could not be"
     );
 
+    // Asking each time needs no keychain, but an encrypted store's key does: refused, saying how to
+    // keep the rows unencrypted instead, and nothing saved.
+    let ask = [
+        "profile",
+        "add",
+        "--name",
+        "Asks",
+        "--url",
+        &url,
+        "--ask-password",
+    ];
     let added = tidepool(&dir)
-        .args([
-            "profile",
-            "add",
-            "--name",
-            "Asks",
-            "--url",
-            &url,
-            "--ask-password",
-        ])
+        .args(ask)
+        .env("DBUS_SESSION_BUS_ADDRESS", no_bus)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(!added.status.success(), "{stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(error.starts_with("error (Keychain):"), "{stderr}");
+    assert!(error.contains("--plain-store"), "{stderr}");
+    assert!(!dir.join("profiles.json").exists(), "{stderr}");
+    let added = tidepool(&dir)
+        .args(ask)
+        .arg("--plain-store")
         .env("DBUS_SESSION_BUS_ADDRESS", no_bus)
         .output()
         .unwrap();

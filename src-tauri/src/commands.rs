@@ -14,7 +14,7 @@ use tidepool::health::SlotHealth;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
 use tidepool::preview::{ExportFormat, Exported, Page, PageRequest, View};
-use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles};
+use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles, Removed};
 use tidepool::publication::{Choice, Plan, TableRef};
 use tidepool::run::{RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
@@ -40,10 +40,25 @@ pub fn save_profile(
     profiles.save(id.as_deref(), draft, password)
 }
 
-/// Deletes a profile and its password in the keychain.
+/// Deletes a profile, its store and its keychain entries; says what was deleted.
 #[tauri::command(async)]
-pub fn delete_profile(profiles: State<'_, Profiles>, id: String) -> Result<(), Error> {
-    profiles.delete(&id)
+pub fn delete_profile(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<Removed, Error> {
+    runs.delete_profile(&profiles, &id)
+}
+
+/// "Discard the local copy": deletes the profile's store and its keychain entries and drops its
+/// slot, keeping the profile; the way out when an encrypted store's key is lost.
+#[tauri::command]
+pub async fn discard_store(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<Removed, Error> {
+    runs.discard_store(&profiles, &id).await
 }
 
 /// "Autofill with URL": the form's fields from a pasted URL or key=value string.
@@ -303,7 +318,7 @@ pub fn stop_demo(
     profiles: State<'_, Profiles>,
     runs: State<'_, Runs>,
     demo: State<'_, DemoHost>,
-) -> Result<(), Error> {
+) -> Result<Option<Removed>, Error> {
     demo.stop(&profiles, &runs)
 }
 

@@ -72,6 +72,7 @@ pub fn run() {
             commands::list_profiles,
             commands::save_profile,
             commands::delete_profile,
+            commands::discard_store,
             commands::autofill,
             commands::test_connection,
             commands::keychain_status,

@@ -1055,6 +1055,27 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     click(&client, "tab-capture").await;
     click(&client, "capture-stop").await;
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+
+    // A new profile's store is encrypted at rest: no captured value is in any file's bytes.
+    for value in ["arrived live", "changed live", "item 17"] {
+        assert_eq!(
+            files_containing(&data, value),
+            Vec::<String>::new(),
+            "{value} in the clear"
+        );
+    }
+    // Removing the profile deletes its store and keychain entries, and the app says so.
+    click(&client, "tab-connection").await;
+    click(&client, "delete-profile").await;
+    click(&client, "confirm-delete").await;
+    let removed = wait_for_text(&client, "removed-notice", |t| t.contains("local store")).await;
+    assert!(removed.contains("keychain: store key"), "{removed}");
+    assert!(removed.contains("keychain: database password"), "{removed}");
+    screenshot(&client, "flow-7-removed").await;
+    let stores: Vec<_> = std::fs::read_dir(data.join("stores"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(stores.is_empty(), "left behind: {stores:?}");
     close(client).await;
 }
 

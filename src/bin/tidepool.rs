@@ -130,6 +130,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deletes a profile's local store (captured rows, snapshots, consumers) and its keychain entries,
+    /// and drops its slot, keeping the profile; the next capture backfills again. The way out when an
+    /// encrypted store's key is lost. Nothing else on the source is touched.
+    DiscardStore {
+        /// The saved profile.
+        #[arg(long)]
+        profile: String,
+        /// Required: the local copy is deleted.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Drops a profile's slot (the server frees its WAL) and empties the local store but for the
     /// capture definition, so the next capture backfills again.
     DropSlot {
@@ -412,6 +423,10 @@ enum ProfileCommand {
         /// Store no password; ask for it each time.
         #[arg(long)]
         ask_password: bool,
+        /// Keep the captured rows unencrypted on disk (stores are encrypted at rest by default,
+        /// with a key kept in the OS keychain).
+        #[arg(long)]
+        plain_store: bool,
     },
     /// Lists the saved profiles and whether the keychain holds each one's password.
     List {
@@ -419,7 +434,8 @@ enum ProfileCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Deletes a profile and its password in the keychain.
+    /// Deletes a profile, its local store (captured rows, snapshots, consumers) and its keychain
+    /// entries (password, store key, consumers' secrets, pull API token).
     Remove {
         /// The profile's name.
         name: String,
@@ -506,6 +522,7 @@ async fn main() -> ExitCode {
         Command::Demo { interval_ms } => (demo(interval_ms).await, false),
         Command::Health { profile, json } => (health(&profile, json).await, json),
         Command::DropSlot { profile, confirm } => (drop_slot(&profile, confirm).await, false),
+        Command::DiscardStore { profile, yes } => (discard_store(&profile, yes).await, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -518,6 +535,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Deletes a profile's local store and its keychain entries; the profile stays.
+async fn discard_store(profile: &str, yes: bool) -> Result<(), Error> {
+    if !yes {
+        return Err(Error::invalid_input(
+            "--yes",
+            "discarding deletes the local copy of the captured rows and drops the profile's slot (the next capture backfills again); add --yes",
+        ));
+    }
+    let removed = tidepool::run::Runs::default()
+        .discard_store(&profiles()?, profile)
+        .await?;
+    println!("{}", removed.describe());
+    Ok(())
 }
 
 /// Prints the slot's health and its warnings.
@@ -583,9 +615,13 @@ async fn demo(interval_ms: u64) -> Result<(), Error> {
         tidepool::demo::DEMO_DATABASE
     );
     let _ = tokio::signal::ctrl_c().await;
-    tokio::task::spawn_blocking(move || demo.stop(&profiles))
+    let removed = tokio::task::spawn_blocking(move || demo.stop(&profiles))
         .await
-        .map_err(|e| Error::internal(format!("removing the demo: {e}")))?
+        .map_err(|e| Error::internal(format!("removing the demo: {e}")))??;
+    if let Some(removed) = removed {
+        println!("Demo removed: {}", removed.describe());
+    }
+    Ok(())
 }
 
 /// The publication and slot given, else the profile's, else the defaults.
@@ -871,6 +907,7 @@ async fn setup(
             slot: Some(preflight.slot.clone()),
             application_name: None,
             password_storage: PasswordStorage::Keychain,
+            encrypt_store: based_on.as_ref().map(|p| p.encrypted),
         };
         profiles.save(None, draft, Some(password))?;
         eprintln!(
@@ -1034,6 +1071,7 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
             publication,
             slot,
             ask_password,
+            plain_store,
         } => {
             let fill = profile::autofill(&url)?;
             if fill.password.is_some() {
@@ -1048,6 +1086,7 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
                 } else {
                     PasswordStorage::Keychain
                 },
+                encrypt_store: plain_store.then_some(false),
                 ..fill.draft
             };
             let password = if ask_password {
@@ -1057,10 +1096,15 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
             };
             let view = profiles.save(None, draft, password)?;
             println!(
-                "saved profile '{}' ({}): password {}",
+                "saved profile '{}' ({}): password {}; store {}",
                 view.profile.name,
                 view.address,
-                describe_secret(&view.secret)
+                describe_secret(&view.secret),
+                if view.profile.encrypted {
+                    "encrypted at rest (key in the OS keychain)"
+                } else {
+                    "not encrypted"
+                }
             );
         }
         ProfileCommand::List { json } => {
@@ -1087,8 +1131,7 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
             }
         }
         ProfileCommand::Remove { name } => {
-            profiles.delete(&name)?;
-            println!("removed profile '{name}' and its password in the keychain");
+            println!("{}", profiles.delete(&name)?.describe());
         }
     }
     Ok(())

@@ -89,9 +89,9 @@ impl Ledger {
         crate::owner_only::create_keep(&path).map_err(|e| {
             Error::invalid_input("--store", format!("cannot create {}: {e}", path.display()))
         })?;
-        let conn = Connection::open(&path).map_err(sqlite("opening"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(sqlite("opening"))?;
+        // Queued messages are copies of captured rows: encrypted with the store's key if it is.
+        let key = crate::encryption::key_for(store_dir)?;
+        let conn = crate::store::open_database(&path, store_dir, key.as_deref())?;
         // NORMAL in WAL mode keeps the file consistent through a crash; a power loss may forget the
         // last acknowledgements, which only means a redelivery (delivery is at least once).
         conn.execute_batch(

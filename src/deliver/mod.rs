@@ -213,6 +213,40 @@ pub fn add_consumer(
     Ok(consumer)
 }
 
+/// Deletes the keychain entries of every consumer of the store in `store_dir` and its pull API
+/// token, before the store itself is deleted; returns them described for a person.
+pub fn forget_secrets(store_dir: &std::path::Path, keychain: &Keychain) -> Result<Vec<String>> {
+    let mut ledger = Ledger::open(store_dir)?;
+    let mut forgotten = Vec::new();
+    for consumer in ledger.list()? {
+        if let Destination::Webhook(w) = &consumer.spec.destination {
+            keychain.delete(&crate::secrets::SecretKey::WebhookSecret(
+                consumer.id.clone(),
+            ))?;
+            forgotten.push(format!(
+                "signing secret of consumer '{}'",
+                consumer.spec.name
+            ));
+            for name in &w.secret_headers {
+                keychain.delete(&crate::secrets::SecretKey::WebhookHeader(
+                    consumer.id.clone(),
+                    name.clone(),
+                ))?;
+                forgotten.push(format!(
+                    "header {name} of consumer '{}'",
+                    consumer.spec.name
+                ));
+            }
+        }
+    }
+    let token = crate::secrets::SecretKey::PullApiToken(ledger.store_id()?);
+    if keychain.get(&token)?.is_some() {
+        keychain.delete(&token)?;
+        forgotten.push("pull API token".into());
+    }
+    Ok(forgotten)
+}
+
 /// Removes a consumer, its queue and its keychain entries.
 pub fn remove_consumer(
     store_dir: &std::path::Path,

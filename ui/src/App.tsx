@@ -9,12 +9,13 @@ import { MonitorPanel } from "./components/MonitorPanel";
 import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
 import { ProfileList } from "./components/ProfileList";
+import { RemovedNotice } from "./components/RemovedNotice";
 import { SettingsPanel } from "./components/SettingsPanel";
 import { SetupPanel } from "./components/SetupPanel";
 import { TablesPanel } from "./components/TablesPanel";
 import * as backend from "./lib/backend";
 import { record } from "./lib/history";
-import type { BackendError, ProfileView } from "./lib/types";
+import type { BackendError, ProfileView, Removed } from "./lib/types";
 
 type Tab = "connection" | "setup" | "tables" | "capture" | "collections" | "monitor";
 
@@ -32,6 +33,11 @@ export function App() {
   const [profiles, setProfiles] = useState<ProfileView[] | null>(null);
   const [loadError, setLoadError] = useState<BackendError | null>(null);
   const [view, setView] = useState<View>({ screen: "profile", id: null });
+  // What the last profile removal deleted, shown until another profile is opened.
+  const [removed, setRemoved] = useState<Removed | null>(null);
+  useEffect(() => {
+    if (view.screen !== "profile" || view.id !== null) setRemoved(null);
+  }, [view]);
 
   const reload = useCallback(async () => {
     try {
@@ -93,6 +99,7 @@ export function App() {
         </div>
         <main>
           {loadError && <ErrorNotice error={loadError} testId="load-error" />}
+          {removed && <RemovedNotice removed={removed} testId="removed-notice" />}
           {view.screen === "profile" && selected && (
             <nav className="tabs">
               {(Object.keys(TAB_TITLES) as Tab[]).map((tab) => (
@@ -129,8 +136,9 @@ export function App() {
                 void reload();
                 setView({ screen: "profile", id: saved.id });
               }}
-              onDeleted={() => {
+              onDeleted={(removed) => {
                 void reload();
+                setRemoved(removed);
                 setView({ screen: "profile", id: null });
               }}
             />

@@ -7,7 +7,7 @@ import { CapturePanel } from "./CapturePanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot", "slotHealth", "resyncCapture"]),
+  (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot", "slotHealth", "resyncCapture", "discardStore"]),
 );
 
 const status = (overrides: Partial<RunStatus>): RunStatus => ({
@@ -106,6 +106,31 @@ describe("CapturePanel", () => {
     expect(callsOf("resyncCapture")).toEqual([["p1"]]);
     await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Starting"));
     expect(screen.queryByTestId("capture-failure-resync")).toBeNull();
+  });
+
+  it("offers to discard the local copy when an encrypted store's key is lost, after a confirmation", async () => {
+    const user = userEvent.setup();
+    const locked = { kind: "Locked" as const, message: "the store in /d is encrypted and cannot be opened: its key is not in the OS keychain" };
+    answer("captureStatus", async () => status({ state: "failed", error: locked }));
+    answer("onCaptureStatus", async () => () => {});
+    answer("discardStore", async () => ({
+      profile: "Shop",
+      profileRemoved: false,
+      store: "/d",
+      keychainEntries: ["store key"],
+      slotDropped: "tidepool_slot",
+    }));
+    render(<CapturePanel profileId="p1" />);
+    expect((await screen.findByTestId("capture-failure-kind")).textContent).toBe("Locked");
+    expect(screen.queryByTestId("capture-failure-resync")).toBeNull();
+    await user.click(screen.getByTestId("capture-failure-discard"));
+    expect(callsOf("discardStore")).toEqual([]);
+    await user.click(screen.getByTestId("capture-failure-discard-confirm"));
+    expect(callsOf("discardStore")).toEqual([["p1"]]);
+    const done = await screen.findByTestId("capture-failure-discarded");
+    expect(done.textContent).toContain("its local store (/d)");
+    expect(done.textContent).toContain("replication slot tidepool_slot");
+    expect(done.textContent).toContain("keychain: store key");
   });
 
   it("offers no re-backfill for other failures", async () => {

@@ -5,6 +5,7 @@ import { useRunStatus } from "../lib/runStatus";
 import type { BackendError, BackfillProgress, RunStatus } from "../lib/types";
 import { DivergedNotice } from "./DivergedNotice";
 import { ErrorNotice } from "./ErrorNotice";
+import { LockedNotice } from "./LockedNotice";
 
 const STATE: Record<RunStatus["state"], string> = {
   stopped: "Stopped",
@@ -127,10 +128,17 @@ export function CapturePanel({ profileId }: { profileId: string }) {
           </div>
         </div>
       )}
-      {error && <ErrorNotice error={error} testId="capture-error" />}
+      {error &&
+        (error.kind === "Locked" ? (
+          <LockedNotice profileId={profileId} error={error} testId="capture-error" />
+        ) : (
+          <ErrorNotice error={error} testId="capture-error" />
+        ))}
       {status?.error &&
         (status.error.kind === "Diverged" ? (
           <DivergedNotice profileId={profileId} error={status.error} testId="capture-failure" onStatus={setStatus} />
+        ) : status.error.kind === "Locked" ? (
+          <LockedNotice profileId={profileId} error={status.error} testId="capture-failure" />
         ) : (
           <ErrorNotice error={status.error} testId="capture-failure" />
         ))}

@@ -14,6 +14,7 @@ import type {
   PageRequest,
 } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
+import { LockedNotice } from "./LockedNotice";
 
 /** Documents per page read from the engine. */
 const PAGE = 500;
@@ -233,7 +234,12 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
   return (
     <section className="panel" data-testid="collections-panel">
       <h2>Collections</h2>
-      {error && <ErrorNotice error={error} testId="collections-error" />}
+      {error &&
+        (error.kind === "Locked" ? (
+          <LockedNotice profileId={profileId} error={error} testId="collections-error" />
+        ) : (
+          <ErrorNotice error={error} testId="collections-error" />
+        ))}
       {list === null && !error && <p>Loading…</p>}
       {list !== null && list.length === 0 && (
         <p data-testid="collections-empty">No collections yet: publish tables and start the capture.</p>

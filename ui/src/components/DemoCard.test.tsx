@@ -19,7 +19,13 @@ describe("DemoCard", () => {
     const demo = profileView({ id: "demo-1", name: "Demo database" });
     let finish: (p: unknown) => void = () => {};
     answer("startDemo", () => new Promise((resolve) => (finish = resolve)));
-    answer("stopDemo", async () => undefined);
+    answer("stopDemo", async () => ({
+      profile: "Demo database",
+      profileRemoved: true,
+      store: "/data/stores/demo-1",
+      keychainEntries: ["database password", "store key"],
+      slotDropped: null,
+    }));
     const onStarted = vi.fn();
     const onStopped = vi.fn();
     render(<DemoCard onStarted={onStarted} onStopped={onStopped} />);
@@ -36,6 +42,8 @@ describe("DemoCard", () => {
     await screen.findByTestId("demo-start");
     expect(callsOf("stopDemo")).toHaveLength(1);
     expect(onStopped).toHaveBeenCalled();
+    // What went with it, so nothing of the demo is left behind unsaid.
+    expect(screen.getByTestId("demo-removed").textContent).toContain("its local store (/data/stores/demo-1)");
   });
 
   it("says what is missing when the server binaries are not there", async () => {

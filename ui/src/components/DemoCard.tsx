@@ -1,8 +1,9 @@
 import { useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, ProfileView } from "../lib/types";
+import type { BackendError, ProfileView, Removed } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
+import { RemovedNotice } from "./RemovedNotice";
 
 interface Props {
   /** Called with the demo's profile once it runs. */
@@ -12,7 +13,7 @@ interface Props {
 }
 
 type State =
-  | { status: "idle" }
+  | { status: "idle"; removed?: Removed | null }
   | { status: "starting" }
   | { status: "running"; id: string }
   | { status: "stopping"; id: string }
@@ -50,8 +51,7 @@ export function DemoCard({ onStarted, onStopped }: Props) {
   const stop = async (id: string) => {
     setState({ status: "stopping", id });
     try {
-      await backend.stopDemo();
-      setState({ status: "idle" });
+      setState({ status: "idle", removed: await backend.stopDemo() });
       onStopped();
     } catch (error) {
       setState({ status: "failed", error: error as BackendError });
@@ -82,6 +82,7 @@ export function DemoCard({ onStarted, onStopped }: Props) {
           <button type="button" data-testid="demo-start" disabled={state.status === "starting"} onClick={() => void start()}>
             {state.status === "starting" ? "Starting a local PostgreSQL…" : "Try it with a demo database"}
           </button>
+          {state.status === "idle" && state.removed && <RemovedNotice removed={state.removed} testId="demo-removed" />}
           {state.status === "failed" && (
             <ErrorNotice error={state.error} testId="demo-error">
               <p>The demo needs PostgreSQL's server binaries (Debian: apt-get install postgresql).</p>

@@ -34,6 +34,7 @@ const SAVED: ProfileView = {
   password: "keychain",
   address: "db.example.com:6543",
   secret: "inKeychain",
+  encrypted: true,
 };
 
 const POOLED = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech";
@@ -95,7 +96,14 @@ describe("ProfileEditor", () => {
     await waitFor(() => expect(onSaved).toHaveBeenCalledWith(SAVED));
     const [[id, draft, password]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>, string]];
     expect(id).toBeNull();
-    expect(draft).toMatchObject({ name: "Prod", address: "db.example.com:6543", user: "cdc_role", database: "postgres", passwordStorage: "keychain" });
+    expect(draft).toMatchObject({
+      name: "Prod",
+      address: "db.example.com:6543",
+      user: "cdc_role",
+      database: "postgres",
+      passwordStorage: "keychain",
+      encryptStore: true,
+    });
     expect(draft).not.toHaveProperty("password");
     expect(password).toBe("hunter2");
     expect((screen.getByTestId("password") as HTMLInputElement).value).toBe("");
@@ -126,17 +134,36 @@ describe("ProfileEditor", () => {
     expect((screen.getByTestId("storage-ask") as HTMLInputElement).checked).toBe(true);
   });
 
-  it("deletes only after confirmation", async () => {
-    answer("deleteProfile", async () => undefined);
+  it("deletes only after confirmation and hands on what was deleted", async () => {
+    const removed = {
+      profile: "Prod",
+      profileRemoved: true,
+      store: "/data/stores/abc123",
+      keychainEntries: ["database password", "store key"],
+      slotDropped: null,
+    };
+    answer("deleteProfile", async () => removed);
     const onDeleted = vi.fn();
     const user = userEvent.setup();
     render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={onDeleted} />);
     await user.click(screen.getByTestId("delete-profile"));
     expect(callsOf("deleteProfile")).toEqual([]);
-    expect(screen.getByText(/and its password in the keychain/)).toBeTruthy();
+    expect(screen.getByText(/its captured rows on this machine and its keychain entries/)).toBeTruthy();
     await user.click(screen.getByTestId("confirm-delete"));
-    await waitFor(() => expect(onDeleted).toHaveBeenCalled());
+    await waitFor(() => expect(onDeleted).toHaveBeenCalledWith(removed));
     expect(callsOf("deleteProfile")).toEqual([["abc123"]]);
+  });
+
+  it("saves a new profile with an unencrypted store only when the box is cleared", async () => {
+    answer("saveProfile", async () => SAVED);
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    const box = screen.getByTestId("encrypt-store") as HTMLInputElement;
+    expect(box.checked).toBe(true);
+    await user.click(box);
+    await user.click(screen.getByTestId("save-profile"));
+    const [[, draft]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>]];
+    expect(draft).toMatchObject({ encryptStore: false });
   });
 
   it("disables the buttons while a test runs", async () => {

@@ -9,6 +9,7 @@ import {
   type BackendError,
   type ProfileDraft,
   type ProfileView,
+  type Removed,
   type ServerFacts,
   type SslMode,
 } from "../lib/types";
@@ -26,7 +27,8 @@ interface Props {
   /** The saved profile being edited, or null for a new one. */
   profile: ProfileView | null;
   onSaved: (profile: ProfileView) => void;
-  onDeleted: () => void;
+  /** Called with what the engine deleted: the profile, its store, its keychain entries. */
+  onDeleted: (removed: Removed) => void;
 }
 
 /** The connection form: Estuary Flow's fields, Sequin's Autofill with URL, save, test, delete. */
@@ -58,7 +60,12 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
   async function applyAutofill() {
     try {
       const fill = await backend.autofill(autofillRef.current?.value ?? "");
-      setDraft((previous) => ({ ...fill.draft, name: previous.name, passwordStorage: previous.passwordStorage }));
+      setDraft((previous) => ({
+        ...fill.draft,
+        name: previous.name,
+        passwordStorage: previous.passwordStorage,
+        encryptStore: previous.encryptStore,
+      }));
       if (fill.password !== null && passwordRef.current) passwordRef.current.value = fill.password;
       if (autofillRef.current) autofillRef.current.value = "";
       setAdvice(fill.advice);
@@ -102,8 +109,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
     if (!profile) return;
     setResult({ status: "busy", what: "deleting" });
     try {
-      await backend.deleteProfile(profile.id);
-      onDeleted();
+      onDeleted(await backend.deleteProfile(profile.id));
     } catch (error) {
       setResult({ status: "failed", error: error as BackendError, during: "delete" });
     }
@@ -194,6 +200,20 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
             Ask each time
           </label>
         </fieldset>
+        <label className="checkbox">
+          <input
+            type="checkbox"
+            data-testid="encrypt-store"
+            checked={draft.encryptStore ?? true}
+            onChange={(e) => update("encryptStore", e.target.checked)}
+          />
+          Encrypt the captured rows on this machine
+          <span className="note">
+            {" "}
+            The key stays in the OS keychain. Losing it loses only the local copy, never your database: it can be
+            captured again.{profile ? " A store that already holds rows keeps its setting until it is discarded." : ""}
+          </span>
+        </label>
         <button type="button" className="link" data-testid="advanced-open" onClick={() => setShowAdvanced((v) => !v)} aria-expanded={showAdvanced}>
           {showAdvanced ? "Hide advanced options" : "Advanced options"}
         </button>
@@ -242,7 +262,8 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
           )}
           {profile && confirmDelete && (
             <span className="confirm">
-              Delete “{profile.name}” and its password in the keychain?{" "}
+              Delete “{profile.name}”, its captured rows on this machine and its keychain entries? Your database is not
+              touched.{" "}
               <button type="button" className="danger" data-testid="confirm-delete" onClick={remove}>
                 Delete
               </button>{" "}

@@ -20,6 +20,7 @@ const profile = (name: string, secret: ProfileView["secret"]): ProfileView => ({
   password: secret === "askEachTime" ? "askEachTime" : "keychain",
   address: "h:5432",
   secret,
+  encrypted: true,
 });
 
 describe("ProfileList", () => {

@@ -13,6 +13,7 @@ export type ErrorKind =
   | "Keychain"
   | "Storage"
   | "Diverged"
+  | "Locked"
   | "Internal";
 
 /** Every error from the backend reaches the UI as `{kind, message}`. */
@@ -43,6 +44,8 @@ export interface ProfileDraft {
   slot: string | null;
   applicationName: string | null;
   passwordStorage: PasswordStorage;
+  /** Whether the store is encrypted at rest; null keeps the profile's choice (new profiles: on). */
+  encryptStore: boolean | null;
 }
 
 /** Where a saved profile's password stands. */
@@ -68,6 +71,17 @@ export interface ProfileView {
   secret: SecretState;
   /** The Neon project and branch the database lives in, when linked. */
   neon?: NeonLink;
+  /** Whether its store is encrypted at rest (key in the OS keychain). */
+  encrypted: boolean;
+}
+
+/** What removing a profile or discarding its store deleted. */
+export interface Removed {
+  profile: string;
+  profileRemoved: boolean;
+  store: string | null;
+  keychainEntries: string[];
+  slotDropped: string | null;
 }
 
 /** A profile's link to its Neon project and branch. */
@@ -148,6 +162,7 @@ export function emptyDraft(): ProfileDraft {
     slot: null,
     applicationName: null,
     passwordStorage: "keychain",
+    encryptStore: true,
   };
 }
 
@@ -166,6 +181,7 @@ export function draftOf(profile: ProfileView): ProfileDraft {
     slot: profile.slot,
     applicationName: profile.applicationName,
     passwordStorage: profile.password,
+    encryptStore: profile.encrypted,
   };
 }
 

@@ -16,5 +16,6 @@ export const profileView = (overrides: Partial<ProfileView> = {}): ProfileView =
   password: "keychain",
   address: "db.example.com:5432",
   secret: "inKeychain",
+  encrypted: true,
   ...overrides,
 });

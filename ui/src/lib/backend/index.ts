@@ -32,6 +32,7 @@ import {
   type NeonKeyStatus,
   type ProfileDraft,
   type ProfileView,
+  type Removed,
   type ServerFacts,
   type SlotHealth,
 } from "../types";
@@ -57,7 +58,8 @@ export const listProfiles = () => call<ProfileView[]>("list_profiles");
 export const saveProfile = (id: string | null, draft: ProfileDraft, password: string) =>
   call<ProfileView>("save_profile", { id, draft, password: orNull(password) });
 
-export const deleteProfile = (id: string) => call<void>("delete_profile", { id });
+export const deleteProfile = (id: string) => call<Removed>("delete_profile", { id });
+export const discardStore = (id: string) => call<Removed>("discard_store", { id });
 
 export const autofill = (text: string) => call<Autofill>("autofill", { text });
 
@@ -154,7 +156,7 @@ export function tailCollection(
 export const startDemo = () => call<ProfileView>("start_demo");
 
 /** Removes the demo database, its profile and its capture. */
-export const stopDemo = () => call<void>("stop_demo");
+export const stopDemo = () => call<Removed | null>("stop_demo");
 
 /** The demo's profile id while one runs. */
 export const demoProfile = () => call<string | null>("demo_profile");
