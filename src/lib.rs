@@ -16,6 +16,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod large_value;
 pub mod neon;
 pub mod owner_only;
 pub mod pgoutput;

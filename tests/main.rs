@@ -13,6 +13,7 @@ mod deliver;
 mod demo;
 mod discovery;
 mod identity;
+mod large_values;
 mod neon;
 mod neon_api;
 mod owner_only;
