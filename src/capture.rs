@@ -1748,10 +1748,7 @@ impl Capture {
                     return Ok(());
                 }
                 self.record_relation(relid)?;
-                // A field borrow, not `self.relation()`: large values go to the store as the row is written.
-                let rel = self.relations.get(&relid).ok_or_else(|| {
-                    Error::internal(format!("pgoutput: unknown relation {relid}"))
-                })?;
+                let rel = relation_in(&self.relations, relid)?;
                 let row = write_row(
                     rel,
                     &new,
@@ -1787,10 +1784,7 @@ impl Capture {
                     return Ok(());
                 }
                 self.record_relation(relid)?;
-                // A field borrow, not `self.relation()`: the store is written below while `rel` is alive.
-                let rel = self.relations.get(&relid).ok_or_else(|| {
-                    Error::internal(format!("pgoutput: unknown relation {relid}"))
-                })?;
+                let rel = relation_in(&self.relations, relid)?;
                 let old_row = match &old {
                     Some((kind, values)) => {
                         let columns = if *kind == OldKind::Full {
@@ -1884,9 +1878,7 @@ impl Capture {
                     return Ok(());
                 }
                 self.record_relation(relid)?;
-                let rel = self.relations.get(&relid).ok_or_else(|| {
-                    Error::internal(format!("pgoutput: unknown relation {relid}"))
-                })?;
+                let rel = relation_in(&self.relations, relid)?;
                 let columns = if old_kind == OldKind::Full {
                     Columns::All
                 } else {
@@ -1973,11 +1965,7 @@ impl Capture {
     }
 
     fn relation(&self, relid: u32) -> Result<&Relation> {
-        self.relations.get(&relid).ok_or_else(|| {
-            Error::internal(format!(
-                "pgoutput: a change for relation {relid} arrived before its Relation message"
-            ))
-        })
+        relation_in(&self.relations, relid)
     }
 
     /// Records the relation's collection (its key and columns) in the open batch, once per Relation.
@@ -2041,6 +2029,16 @@ pub(crate) struct RowJson {
     pub(crate) unknown: Vec<String>,
     /// Large values stored apart, each `null` in `members` (offsets into `members`).
     pub(crate) refs: Vec<ValueRef>,
+}
+
+/// The relation `relid` among those the stream described; a function of the map alone, so the caller
+/// can write to the store while it holds the relation.
+fn relation_in(relations: &HashMap<u32, Relation>, relid: u32) -> Result<&Relation> {
+    relations.get(&relid).ok_or_else(|| {
+        Error::internal(format!(
+            "pgoutput: a change for relation {relid} arrived before its Relation message"
+        ))
+    })
 }
 
 /// The stored row an update's unchanged TOAST values are taken from: its document with large values

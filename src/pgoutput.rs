@@ -1227,6 +1227,16 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), context in contexts()) {
             let _ = decode(&bytes, context);
+            let shared = bytes::Bytes::from(bytes.clone());
+            prop_assert_eq!(decode_in(&shared, Some(&shared), context), decode(&bytes, context));
+        }
+
+        #[test]
+        fn slicing_values_decodes_what_copying_them_does(
+            (context, message) in contexts().prop_flat_map(|c| (Just(c), message(c)))
+        ) {
+            let bytes = bytes::Bytes::from(encode(&message, context));
+            prop_assert_eq!(decode_in(&bytes, Some(&bytes), context), Ok(message));
         }
 
         #[test]

@@ -313,7 +313,6 @@ impl Store {
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = OFF;
              PRAGMA cache_size = -65536;
-             PRAGMA journal_size_limit = 8388608;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS collections (
                id INTEGER PRIMARY KEY,
@@ -327,8 +326,7 @@ impl Store {
                collection INTEGER NOT NULL,
                lsn INTEGER NOT NULL,
                op TEXT NOT NULL,
-               doc TEXT NOT NULL,
-               refs TEXT);
+               doc TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS changes_by_collection ON changes (collection, seq);
              CREATE TABLE IF NOT EXISTS snapshots (
                id INTEGER PRIMARY KEY,
@@ -345,19 +343,11 @@ impl Store {
                op TEXT NOT NULL,
                key TEXT NOT NULL,
                old_key TEXT,
-               doc TEXT NOT NULL,
-               refs TEXT);
-             CREATE TABLE IF NOT EXISTS large_values (
-               id INTEGER PRIMARY KEY,
-               hash TEXT NOT NULL UNIQUE,
-               json BLOB NOT NULL);",
+               doc TEXT NOT NULL);",
         )
         .map_err(sqlite("creating the schema"))?;
         create_rows(&conn)?;
-        // Stores written before large values were shared have no reference columns yet.
-        add_column(&conn, "changes", "refs TEXT")?;
-        add_column(&conn, "held", "refs TEXT")?;
-        register_document_function(&conn)?;
+        large_value_schema(&conn)?;
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
         Ok(Store {
@@ -1138,6 +1128,24 @@ fn whole_document(conn: &Connection, doc: String, refs: Option<String>) -> Resul
             read_value(conn, hash, out)
         }),
     }
+}
+
+/// What large values need ([`crate::large_value`]): their table, a `refs` column beside each stored
+/// document (added to stores made before values were shared), the `tidepool_field` function filters
+/// use, and a cap on the WAL kept after a checkpoint (a 100 MiB value would otherwise leave a
+/// 100 MiB `-wal` file behind).
+fn large_value_schema(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "PRAGMA journal_size_limit = 8388608;
+         CREATE TABLE IF NOT EXISTS large_values (
+           id INTEGER PRIMARY KEY,
+           hash TEXT NOT NULL UNIQUE,
+           json BLOB NOT NULL);",
+    )
+    .map_err(sqlite("creating the schema"))?;
+    add_column(conn, "changes", "refs TEXT")?;
+    add_column(conn, "held", "refs TEXT")?;
+    register_document_function(conn)
 }
 
 /// Adds a column to a table of a store created before it existed.
