@@ -225,7 +225,15 @@ async fn copy_table(
         let built = if check {
             parse_copy_line(line, &mut values)
                 .map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
-            Some(write_row(&rel, &values, Columns::All, None, None, tx)?)
+            Some(write_row(
+                &rel,
+                &values,
+                Columns::All,
+                None,
+                None,
+                tx,
+                None,
+            )?)
         } else {
             None
         };
@@ -404,7 +412,7 @@ pub fn parse_copy_line(line: &[u8], values: &mut Vec<Value>) -> std::result::Res
             continue;
         }
         if !field.contains(&b'\\') {
-            values.push(Value::Text(field.to_vec()));
+            values.push(Value::Text(field.to_vec().into()));
             continue;
         }
         let mut out = Vec::with_capacity(field.len());
@@ -461,7 +469,7 @@ pub fn parse_copy_line(line: &[u8], values: &mut Vec<Value>) -> std::result::Res
                 other => out.push(other),
             }
         }
-        values.push(Value::Text(out));
+        values.push(Value::Text(out.into()));
     }
     Ok(())
 }
@@ -477,11 +485,11 @@ mod tests {
         assert_eq!(
             values,
             vec![
-                Value::Text(b"1".to_vec()),
+                Value::Text(bytes::Bytes::from_static(b"1")),
                 Value::Null,
-                Value::Text(b"a\tb\nc\\d".to_vec()),
-                Value::Text(b"AB".to_vec()),
-                Value::Text(Vec::new()),
+                Value::Text(bytes::Bytes::from_static(b"a\tb\nc\\d")),
+                Value::Text(bytes::Bytes::from_static(b"AB")),
+                Value::Text(bytes::Bytes::new()),
             ]
         );
         assert!(parse_copy_line(b"bad\\", &mut values).is_err());

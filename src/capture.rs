@@ -22,6 +22,8 @@
 //!   committed before its snapshot.
 //! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
 //!   FULL), else from the stored row, else the column is left out and named in `_meta.unknown`.
+//! - A large value ([`crate::large_value`]) is stored once and referred to: taking an unchanged one
+//!   from the stored row copies its reference, never the value.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +37,7 @@ use crate::binding::{default_collection_name, Binding, Definition, Mode};
 use crate::connection::{connect, ConnectionSpec};
 use crate::continuity;
 use crate::error::{Error, ErrorKind, Result};
+use crate::large_value::{write_json_pieces, Document, ValueRef, LARGE_VALUE_BYTES};
 use crate::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
 use crate::replication::{Event, Stream, StreamOptions};
 use crate::slot;
@@ -1554,7 +1557,7 @@ impl Capture {
                 }
                 Event::Data(bytes) => {
                     let message = decoder
-                        .decode(&bytes)
+                        .decode_shared(&bytes)
                         .map_err(|e| Error::internal(format!("decoding pgoutput: {e}")))?;
                     self.message(message, tx.as_mut()).await?;
                     if !self.rebackfill.is_empty() {
@@ -1747,12 +1750,18 @@ impl Capture {
                     return Ok(());
                 }
                 self.record_relation(relid)?;
-                let rel = self.relation(relid)?;
-                let row = write_row(rel, &new, Columns::All, None, None, tx)?;
-                let doc = document(
-                    &row.members,
-                    &meta(Op::Create, relid, rel, tx, None, &row.unknown),
-                );
+                let rel = relation_in(&self.relations, relid)?;
+                let row = write_row(
+                    rel,
+                    &new,
+                    Columns::All,
+                    None,
+                    None,
+                    tx,
+                    Some(&mut self.store),
+                )?;
+                let m = meta(Op::Create, relid, rel, tx, None, &row.unknown);
+                let doc = document_of(&row, &m, &[]);
                 let collection = rel.collection.clone();
                 self.write(
                     disposition,
@@ -1777,10 +1786,7 @@ impl Capture {
                     return Ok(());
                 }
                 self.record_relation(relid)?;
-                // A field borrow, not `self.relation()`: the store is written below while `rel` is alive.
-                let rel = self.relations.get(&relid).ok_or_else(|| {
-                    Error::internal(format!("pgoutput: unknown relation {relid}"))
-                })?;
+                let rel = relation_in(&self.relations, relid)?;
                 let old_row = match &old {
                     Some((kind, values)) => {
                         let columns = if *kind == OldKind::Full {
@@ -1788,7 +1794,15 @@ impl Capture {
                         } else {
                             Columns::Key
                         };
-                        Some(write_row(rel, values, columns, None, None, tx)?)
+                        Some(write_row(
+                            rel,
+                            values,
+                            columns,
+                            None,
+                            None,
+                            tx,
+                            Some(&mut self.store),
+                        )?)
                     }
                     None => None,
                 };
@@ -1796,19 +1810,48 @@ impl Capture {
                 let stored = if new.contains(&Value::UnchangedToast) {
                     let lookup_key = match &old_row {
                         Some(old_row) => old_row.key.clone(),
-                        None => write_row(rel, &new, Columns::Key, None, None, tx)?.key,
+                        None => write_row(rel, &new, Columns::Key, None, None, tx, None)?.key,
                     };
-                    self.store.row(&rel.collection, &lookup_key)?
+                    self.store
+                        .row_document(&rel.collection, &lookup_key)?
+                        .map(StoredRow::of)
+                        .transpose()?
                 } else {
                     None
                 };
-                let old_values = old.as_ref().map(|(_, values)| values.as_slice());
-                let row = write_row(rel, &new, Columns::All, old_values, stored.as_ref(), tx)?;
+                let old_values = match (&old, &old_row) {
+                    (Some((_, values)), Some(old_row)) => {
+                        Some((values.as_slice(), old_row.refs.as_slice()))
+                    }
+                    _ => None,
+                };
+                let row = write_row(
+                    rel,
+                    &new,
+                    Columns::All,
+                    old_values,
+                    stored.as_ref(),
+                    tx,
+                    Some(&mut self.store),
+                )?;
                 let before = old_row.as_ref().map(|o| format!("{{{}}}", o.members));
-                let doc = document(
-                    &row.members,
-                    &meta(Op::Update, relid, rel, tx, before.as_deref(), &row.unknown),
-                );
+                let (m, before_at) =
+                    meta_at(Op::Update, relid, rel, tx, before.as_deref(), &row.unknown);
+                let before_refs: Vec<ValueRef> = match (&old_row, before_at) {
+                    (Some(old_row), Some(at)) => old_row
+                        .refs
+                        .iter()
+                        .map(|r| ValueRef {
+                            at: at + 1 + r.at,
+                            hash: r.hash.clone(),
+                            path: std::iter::once("before".to_string())
+                                .chain(r.path.iter().cloned())
+                                .collect(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let doc = document_of(&row, &m, &before_refs);
                 let collection = rel.collection.clone();
                 let old_key = old_row.as_ref().map(|o| o.key.as_str());
                 self.write(
@@ -1837,14 +1880,15 @@ impl Capture {
                     return Ok(());
                 }
                 self.record_relation(relid)?;
-                let rel = self.relation(relid)?;
+                let rel = relation_in(&self.relations, relid)?;
                 let columns = if old_kind == OldKind::Full {
                     Columns::All
                 } else {
                     Columns::Key
                 };
-                let row = write_row(rel, &old, columns, None, None, tx)?;
-                let doc = document(&row.members, &meta(Op::Delete, relid, rel, tx, None, &[]));
+                let row = write_row(rel, &old, columns, None, None, tx, Some(&mut self.store))?;
+                let m = meta(Op::Delete, relid, rel, tx, None, &[]);
+                let doc = document_of(&row, &m, &[]);
                 let collection = rel.collection.clone();
                 self.write(
                     disposition,
@@ -1878,7 +1922,7 @@ impl Capture {
                         options & 1 != 0,
                         options & 2 != 0
                     ));
-                    let doc = document("", &m);
+                    let doc = Document::from(document("", &m));
                     let collection = rel.collection.clone();
                     self.write(
                         disposition,
@@ -1913,7 +1957,7 @@ impl Capture {
         op: Op,
         key: &str,
         old_key: Option<&str>,
-        doc: String,
+        doc: Document,
     ) -> Result<()> {
         match disposition {
             Disposition::Store => self.store.apply(collection, lsn, op, key, old_key, doc),
@@ -1923,11 +1967,7 @@ impl Capture {
     }
 
     fn relation(&self, relid: u32) -> Result<&Relation> {
-        self.relations.get(&relid).ok_or_else(|| {
-            Error::internal(format!(
-                "pgoutput: a change for relation {relid} arrived before its Relation message"
-            ))
-        })
+        relation_in(&self.relations, relid)
     }
 
     /// Records the relation's collection (its key and columns) in the open batch, once per Relation.
@@ -1989,22 +2029,61 @@ pub(crate) struct RowJson {
     pub(crate) members: String,
     pub(crate) key: String,
     pub(crate) unknown: Vec<String>,
+    /// Large values stored apart, each `null` in `members` (offsets into `members`).
+    pub(crate) refs: Vec<ValueRef>,
+}
+
+/// The relation `relid` among those the stream described; a function of the map alone, so the caller
+/// can write to the store while it holds the relation.
+fn relation_in(relations: &HashMap<u32, Relation>, relid: u32) -> Result<&Relation> {
+    relations.get(&relid).ok_or_else(|| {
+        Error::internal(format!(
+            "pgoutput: a change for relation {relid} arrived before its Relation message"
+        ))
+    })
+}
+
+/// The stored row an update's unchanged TOAST values are taken from: its document with large values
+/// left as references, which are copied as they are.
+pub(crate) struct StoredRow {
+    doc: Json,
+    refs: Vec<ValueRef>,
+}
+
+impl StoredRow {
+    pub(crate) fn of(doc: Document) -> Result<StoredRow> {
+        Ok(StoredRow {
+            doc: serde_json::from_str(&doc.text).map_err(|e| {
+                Error::internal(format!("store: a stored document is not JSON: {e}"))
+            })?,
+            refs: doc.refs,
+        })
+    }
+}
+
+/// A reference to the large value of `column` among `refs`, if it has one.
+fn value_ref<'r>(refs: &'r [ValueRef], column: &ColumnInfo) -> Option<&'r ValueRef> {
+    refs.iter()
+        .find(|r| r.path.len() == 1 && r.path[0] == column.name)
 }
 
 /// Writes a tuple's columns as JSON members. Unchanged TOAST values come from `old` (REPLICA IDENTITY
-/// FULL) or `stored`; those found in neither are left out and returned by name. The key is a JSON
-/// array of the key columns' values; a table without a key is keyed by the change's position in the
-/// stream, so every change stays its own row.
+/// FULL: its values and the references its row took) or `stored`; those found in neither are left out
+/// and returned by name. With a `store`, a large value of a non-key column is stored there once and
+/// referred to. The key is a JSON array of the key columns' values; a table without a key is keyed by
+/// the change's position in the stream, so every change stays its own row.
 pub(crate) fn write_row(
     rel: &Relation,
     values: &[Value],
     columns: Columns,
-    old: Option<&[Value]>,
-    stored: Option<&Json>,
+    old: Option<(&[Value], &[ValueRef])>,
+    stored: Option<&StoredRow>,
     tx: &Transaction,
+    mut store: Option<&mut Store>,
 ) -> Result<RowJson> {
     let mut members = String::with_capacity(64 + values.len() * 16);
     let mut unknown = Vec::new();
+    let mut refs = Vec::new();
     let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
     for (i, column) in rel.columns.iter().enumerate() {
         let is_key = rel.key.contains(&i);
@@ -2012,28 +2091,60 @@ pub(crate) fn write_row(
             continue;
         }
         let value = values.get(i).unwrap_or(&Value::Null);
-        let filled;
         let value = match value {
-            Value::UnchangedToast => match (
-                old.and_then(|o| o.get(i)),
-                stored.and_then(|s| s.get(&column.name)),
-            ) {
-                (Some(text @ Value::Text(_)), _) => text,
-                (_, Some(previous)) => {
-                    filled = previous.to_string();
-                    push_member(&mut members, column);
-                    let start = members.len();
-                    members.push_str(&filled);
-                    if is_key {
-                        key_spans.push((i, start..members.len()));
+            Value::UnchangedToast => {
+                let from_old = old.and_then(|(values, _)| values.get(i));
+                let old_ref = old.and_then(|(_, refs)| value_ref(refs, column));
+                let stored_ref = stored.and_then(|s| value_ref(&s.refs, column));
+                // The old row's value first (its reference when it took one), then the stored row's.
+                let reference = match (from_old, old_ref, stored_ref) {
+                    (Some(Value::Text(_)), Some(r), _) => Some(r),
+                    (Some(Value::Text(_)), None, _) => None,
+                    (_, _, stored_ref) => stored_ref,
+                };
+                match (from_old, reference) {
+                    (_, Some(r)) if !is_key => {
+                        push_member(&mut members, column);
+                        refs.push(ValueRef {
+                            at: members.len(),
+                            hash: r.hash.clone(),
+                            path: vec![column.name.clone()],
+                        });
+                        members.push_str("null");
+                        continue;
                     }
-                    continue;
+                    (Some(text @ Value::Text(_)), _) => text,
+                    _ => match stored.and_then(|s| s.doc.get(&column.name)) {
+                        Some(previous) => {
+                            let filled = previous.to_string();
+                            push_member(&mut members, column);
+                            let start = members.len();
+                            match store.as_deref_mut() {
+                                Some(store) if !is_key && filled.len() >= LARGE_VALUE_BYTES => {
+                                    let hash = store.put_large_value(&|sink| {
+                                        crate::large_value::pieces(filled.as_bytes(), sink)
+                                    })?;
+                                    refs.push(ValueRef {
+                                        at: start,
+                                        hash,
+                                        path: vec![column.name.clone()],
+                                    });
+                                    members.push_str("null");
+                                }
+                                _ => members.push_str(&filled),
+                            }
+                            if is_key {
+                                key_spans.push((i, start..members.len()));
+                            }
+                            continue;
+                        }
+                        None => {
+                            unknown.push(column.name.clone());
+                            continue;
+                        }
+                    },
                 }
-                _ => {
-                    unknown.push(column.name.clone());
-                    continue;
-                }
-            },
+            }
             other => other,
         };
         push_member(&mut members, column);
@@ -2047,9 +2158,32 @@ pub(crate) fn write_row(
                         rel.collection, column.name
                     ))
                 })?;
-                column.kind.write_json(text, &mut members).map_err(|e| {
-                    Error::internal(format!("{} column {}: {e}", rel.collection, column.name))
-                })?;
+                match store.as_deref_mut() {
+                    Some(store) if !is_key && text.len() >= LARGE_VALUE_BYTES => {
+                        let hash = store
+                            .put_large_value(&|sink| write_json_pieces(&column.kind, text, sink))
+                            .map_err(|e| {
+                                Error::new(
+                                    e.kind(),
+                                    format!(
+                                        "{} column {}: {}",
+                                        rel.collection,
+                                        column.name,
+                                        e.message()
+                                    ),
+                                )
+                            })?;
+                        refs.push(ValueRef {
+                            at: start,
+                            hash,
+                            path: vec![column.name.clone()],
+                        });
+                        members.push_str("null");
+                    }
+                    _ => column.kind.write_json(text, &mut members).map_err(|e| {
+                        Error::internal(format!("{} column {}: {e}", rel.collection, column.name))
+                    })?,
+                }
             }
             Value::Binary(_) => {
                 return Err(Error::internal(
@@ -2081,6 +2215,7 @@ pub(crate) fn write_row(
         members,
         key,
         unknown,
+        refs,
     })
 }
 
@@ -2100,6 +2235,19 @@ pub(crate) fn meta(
     before: Option<&str>,
     unknown: &[String],
 ) -> String {
+    meta_at(op, relid, rel, tx, before, unknown).0
+}
+
+/// [`meta`], and where `before` starts in it (for the references of its large values).
+fn meta_at(
+    op: Op,
+    relid: u32,
+    rel: &Relation,
+    tx: &mut Transaction,
+    before: Option<&str>,
+    unknown: &[String],
+) -> (String, Option<usize>) {
+    let mut before_at = None;
     let mut meta = String::with_capacity(160);
     meta.push_str("{\"op\":\"");
     meta.push_str(op.code());
@@ -2107,6 +2255,7 @@ pub(crate) fn meta(
     meta.push_str(tx.source(relid, rel));
     if let Some(before) = before {
         meta.push_str(",\"before\":");
+        before_at = Some(meta.len());
         meta.push_str(before);
     }
     if !unknown.is_empty() {
@@ -2114,7 +2263,25 @@ pub(crate) fn meta(
         meta.push_str(&json!(unknown).to_string());
     }
     meta.push('}');
-    meta
+    (meta, before_at)
+}
+
+/// The document of a row and its `_meta`, with the references of the large values in both (those of
+/// `meta` relative to it, under `_meta`).
+pub(crate) fn document_of(row: &RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
+    let mut doc = Document {
+        text: String::with_capacity(row.members.len() + meta.len() + 12),
+        refs: Vec::new(),
+    };
+    doc.text.push('{');
+    doc.push_part(&row.members, &row.refs, &[]);
+    if !row.members.is_empty() {
+        doc.text.push(',');
+    }
+    doc.text.push_str("\"_meta\":");
+    doc.push_part(meta, meta_refs, &["_meta".to_string()]);
+    doc.text.push('}');
+    doc
 }
 
 pub(crate) fn document(members: &str, meta: &str) -> String {

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod error;
 pub mod health;
+pub mod large_value;
 pub mod neon;
 pub mod owner_only;
 pub mod pgoutput;

@@ -83,10 +83,11 @@ pub enum Value {
     Null,
     /// An unchanged TOASTed value, not sent: it is *not* NULL.
     UnchangedToast,
-    /// The type's text output.
-    Text(Vec<u8>),
+    /// The type's text output: a slice of the message when it was decoded with
+    /// [`Decoder::decode_shared`], so a large value is not copied.
+    Text(bytes::Bytes),
     /// The type's binary send output (`binary 'true'`).
-    Binary(Vec<u8>),
+    Binary(bytes::Bytes),
 }
 
 /// Which old row an Update or Delete carries.
@@ -282,7 +283,16 @@ impl Decoder {
 
     /// Decodes one message and updates the stream state.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Message, DecodeError> {
-        let message = decode(bytes, self.context)?;
+        self.track(decode(bytes, self.context)?)
+    }
+
+    /// Decodes one message whose values share `bytes` instead of copying it (a 100 MiB value is held
+    /// once, not twice), and updates the stream state.
+    pub fn decode_shared(&mut self, bytes: &bytes::Bytes) -> Result<Message, DecodeError> {
+        self.track(decode_in(bytes, Some(bytes), self.context)?)
+    }
+
+    fn track(&mut self, message: Message) -> Result<Message, DecodeError> {
         match message {
             Message::StreamStart { .. } => self.context.in_stream = true,
             Message::StreamStop => self.context.in_stream = false,
@@ -294,6 +304,8 @@ impl Decoder {
 
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// The same bytes, shared, to slice values from instead of copying them.
+    shared: Option<&'a bytes::Bytes>,
     at: usize,
     tag: char,
 }
@@ -394,7 +406,12 @@ impl<'a> Reader<'a> {
                 kind @ (b't' | b'b') => {
                     let raw = i64::from(self.i32()?);
                     let len = self.count(raw, 1)?;
-                    let data = self.take(len)?.to_vec();
+                    let start = self.at;
+                    let data = self.take(len)?;
+                    let data = match self.shared {
+                        Some(shared) => shared.slice(start..start + len),
+                        None => bytes::Bytes::copy_from_slice(data),
+                    };
                     if kind == b't' {
                         Value::Text(data)
                     } else {
@@ -442,9 +459,18 @@ impl<'a> Reader<'a> {
 
 /// Decodes one pgoutput message in the given context.
 pub fn decode(bytes: &[u8], context: Context) -> Result<Message, DecodeError> {
+    decode_in(bytes, None, context)
+}
+
+fn decode_in(
+    bytes: &[u8],
+    shared: Option<&bytes::Bytes>,
+    context: Context,
+) -> Result<Message, DecodeError> {
     let (&tag_byte, _) = bytes.split_first().ok_or(DecodeError::Empty)?;
     let mut r = Reader {
         bytes,
+        shared,
         at: 1,
         tag: tag_byte as char,
     };
@@ -935,8 +961,8 @@ mod tests {
         prop_oneof![
             Just(Value::Null),
             Just(Value::UnchangedToast),
-            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Text),
-            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Binary),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(|v| Value::Text(v.into())),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(|v| Value::Binary(v.into())),
         ]
     }
 
@@ -1201,6 +1227,16 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), context in contexts()) {
             let _ = decode(&bytes, context);
+            let shared = bytes::Bytes::from(bytes.clone());
+            prop_assert_eq!(decode_in(&shared, Some(&shared), context), decode(&bytes, context));
+        }
+
+        #[test]
+        fn slicing_values_decodes_what_copying_them_does(
+            (context, message) in contexts().prop_flat_map(|c| (Just(c), message(c)))
+        ) {
+            let bytes = bytes::Bytes::from(encode(&message, context));
+            prop_assert_eq!(decode_in(&bytes, Some(&bytes), context), Ok(message));
         }
 
         #[test]
@@ -1242,7 +1278,7 @@ mod tests {
         let insert = Message::Insert {
             xid: Some(7),
             relid: 1,
-            new: vec![Value::Text(b"1".to_vec())],
+            new: vec![Value::Text(bytes::Bytes::from_static(b"1"))],
         };
         decoder
             .decode(&encode(

@@ -12,6 +12,10 @@
 //! - The session pins every setting that text output depends on ([`crate::value::SESSION_OPTIONS`]).
 //! - The password goes only to the server; the transport's config (which derives `Debug` with the
 //!   password in it) is never logged.
+//! - What is read ahead of the capture is bounded in bytes, not only in events: a relay task takes
+//!   events from the transport (whose own buffer holds one) only while the events handed out and not
+//!   yet done with weigh at most [`READ_AHEAD_BYTES`]. A 100 MiB row is then the only one in memory
+//!   while it is stored, instead of the next ones being read behind it.
 
 use std::time::Duration;
 
@@ -46,13 +50,50 @@ pub enum Event {
     Message { lsn: Lsn, prefix: String },
 }
 
+/// How much the relay reads ahead of the capture (a message counts its bytes plus [`EVENT_COST`]).
+pub const READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
+/// What an event counts for besides its bytes, so the number of small events read ahead is bounded too.
+const EVENT_COST: usize = 64;
+
+/// The events read ahead and not yet done with, in bytes, and a wake-up for the relay when that falls.
+#[derive(Default)]
+struct ReadAhead {
+    bytes: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl ReadAhead {
+    fn release(&self, cost: usize) {
+        if cost > 0 {
+            self.bytes
+                .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
+            self.released.notify_one();
+        }
+    }
+}
+
+/// What the relay passes on: an event, the end of the stream, or the transport's error.
+type Relayed = Result<Option<Event>>;
+
 /// An open replication stream.
 pub struct Stream {
-    client: ReplicationClient,
-    target: String,
-    /// The last position given to [`Stream::confirm`], so [`Stream::stop`] can wait until the server
-    /// was told it.
-    confirmed: std::sync::atomic::AtomicU64,
+    events: tokio::sync::mpsc::UnboundedReceiver<(Relayed, usize)>,
+    read_ahead: std::sync::Arc<ReadAhead>,
+    /// The cost of the event handed out last, released when the next one is asked for.
+    holding: usize,
+    confirmed: tokio::sync::watch::Sender<Lsn>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Stream {
+    /// A stream dropped without [`Stream::stop`] (an error ended the capture) takes the relay, and
+    /// with it the connection, down.
+    fn drop(&mut self) {
+        if let Some(relay) = &self.relay {
+            relay.abort();
+        }
+    }
 }
 
 /// Where and what to stream.
@@ -112,6 +153,8 @@ fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
     .with_start_lsn(pgwire_replication::Lsn(options.start.0))
     .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
     .with_status_interval(STATUS_INTERVAL)
+    // The relay bounds what is read ahead in bytes; the transport's own buffer only hands over.
+    .with_buffer_size(1)
     .with_options(session_options)
     .with_application_name(&spec.application_name)
 }
@@ -141,50 +184,40 @@ impl Stream {
                 ))
             }
         };
-        Ok(Stream {
+        let read_ahead = std::sync::Arc::new(ReadAhead::default());
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (confirmed, confirmed_rx) = tokio::sync::watch::channel(options.start);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let relay = tokio::spawn(relay(
             client,
             target,
-            confirmed: std::sync::atomic::AtomicU64::new(options.start.0),
+            read_ahead.clone(),
+            events_tx,
+            confirmed_rx,
+            stop_rx,
+        ));
+        Ok(Stream {
+            events,
+            read_ahead,
+            holding: 0,
+            confirmed,
+            stop: Some(stop),
+            relay: Some(relay),
         })
     }
 
-    /// The next event, or `None` when the server ended the stream.
+    /// The next event, or `None` when the server ended the stream. Cancel-safe. The event handed out
+    /// before is done with once this is called.
     pub async fn next(&mut self) -> Result<Option<Event>> {
-        let event = self
-            .client
-            .recv()
-            .await
-            .map_err(|e| transport_error(&self.target, "", e))?;
-        let Some(event) = event else { return Ok(None) };
-        Ok(Some(match event {
-            ReplicationEvent::Begin {
-                final_lsn,
-                xid,
-                commit_time_micros,
-            } => Event::Begin {
-                final_lsn: Lsn(final_lsn.0),
-                commit_time_micros,
-                xid,
-            },
-            ReplicationEvent::XLogData { data, .. } => Event::Data(data),
-            ReplicationEvent::Commit {
-                lsn,
-                end_lsn,
-                commit_time_micros,
-            } => Event::Commit {
-                commit_lsn: Lsn(lsn.0),
-                end_lsn: Lsn(end_lsn.0),
-                commit_time_micros,
-            },
-            ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
-                wal_end: Lsn(wal_end.0),
-            },
-            ReplicationEvent::Message { lsn, prefix, .. } => Event::Message {
-                lsn: Lsn(lsn.0),
-                prefix,
-            },
-            ReplicationEvent::StoppedAt { .. } => return Ok(None),
-        }))
+        self.read_ahead.release(std::mem::take(&mut self.holding));
+        match self.events.recv().await {
+            Some((relayed, cost)) => {
+                self.holding = cost;
+                relayed
+            }
+            // The relay ended after passing on the end or an error.
+            None => Ok(None),
+        }
     }
 
     /// The next event if one is already waiting, without waiting for one.
@@ -198,28 +231,137 @@ impl Stream {
 
     /// Reports `lsn` as written, flushed and applied: call only once everything up to it is stored.
     pub fn confirm(&self, lsn: Lsn) {
-        self.confirmed
-            .fetch_max(lsn.0, std::sync::atomic::Ordering::Relaxed);
-        self.client
-            .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        self.confirmed.send_replace(lsn);
     }
 
-    /// Ends the stream cleanly, once the server has been sent the last confirmed position. The
-    /// transport sends positions on its status interval and its shutdown sends none, so without the
-    /// wait a run that stops right after storing (`--stop-at-lsn`) would leave the slot one run behind
-    /// and the server would keep that run's WAL until the next start.
+    /// Ends the stream cleanly, once the server has been sent the last confirmed position (see
+    /// [`shutdown_confirmed`]).
     pub async fn stop(mut self) {
-        let confirmed = self.confirmed.load(std::sync::atomic::Ordering::Relaxed);
-        let metrics = self.client.metrics();
-        let deadline = tokio::time::Instant::now() + STATUS_INTERVAL * 3;
-        while metrics.last_applied_lsn().as_u64() < confirmed
-            && tokio::time::Instant::now() < deadline
-            && self.client.is_running()
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        let _ = self.client.shutdown().await;
+        if let Some(relay) = self.relay.take() {
+            let _ = relay.await;
+        }
     }
+}
+
+/// Moves events from the transport to the stream while what is read ahead stays within
+/// [`READ_AHEAD_BYTES`], passes confirmations on, and shuts the transport down when asked.
+async fn relay(
+    mut client: ReplicationClient,
+    target: String,
+    read_ahead: std::sync::Arc<ReadAhead>,
+    events: tokio::sync::mpsc::UnboundedSender<(Relayed, usize)>,
+    mut confirmed: tokio::sync::watch::Receiver<Lsn>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use std::sync::atomic::Ordering;
+    let confirm = |client: &ReplicationClient,
+                   confirmed: &mut tokio::sync::watch::Receiver<Lsn>| {
+        let lsn = *confirmed.borrow_and_update();
+        client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+    };
+    loop {
+        // Checked on every turn, so a busy stream cannot hold confirmations or the stop back.
+        if confirmed.has_changed().unwrap_or(false) {
+            confirm(&client, &mut confirmed);
+        }
+        match stop.try_recv() {
+            Ok(()) => {
+                if confirmed.has_changed().unwrap_or(false) {
+                    confirm(&client, &mut confirmed);
+                }
+                let last = *confirmed.borrow();
+                shutdown_confirmed(&mut client, last).await;
+                return;
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        let room = read_ahead.bytes.load(Ordering::Acquire) <= READ_AHEAD_BYTES;
+        tokio::select! {
+            biased;
+            received = client.recv(), if room => {
+                let relayed = received
+                    .map_err(|e| transport_error(&target, "", e))
+                    .map(|event| event.and_then(translate));
+                let ended = !matches!(relayed, Ok(Some(_)));
+                let cost = match &relayed {
+                    Ok(Some(Event::Data(bytes))) => EVENT_COST + bytes.len(),
+                    _ => EVENT_COST,
+                };
+                read_ahead.bytes.fetch_add(cost, Ordering::AcqRel);
+                if events.send((relayed, cost)).is_err() || ended {
+                    return;
+                }
+            }
+            changed = confirmed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                confirm(&client, &mut confirmed);
+            }
+            _ = read_ahead.released.notified(), if !room => {}
+            _ = &mut stop => {
+                if confirmed.has_changed().unwrap_or(false) {
+                    confirm(&client, &mut confirmed);
+                }
+                let last = *confirmed.borrow();
+                shutdown_confirmed(&mut client, last).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Shuts the transport down once the server has been sent `last` (bounded by a few status
+/// intervals). The transport sends positions on its status interval and its shutdown sends none, so
+/// without the wait a run that stops right after storing (`--stop-at-lsn`) would leave the slot one
+/// run behind and the server would keep that run's WAL until the next start.
+async fn shutdown_confirmed(client: &mut ReplicationClient, last: Lsn) {
+    let metrics = client.metrics();
+    let deadline = tokio::time::Instant::now() + STATUS_INTERVAL * 3;
+    while metrics.last_applied_lsn().as_u64() < last.0
+        && tokio::time::Instant::now() < deadline
+        && client.is_running()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = client.shutdown().await;
+}
+
+/// The transport's event as the capture sees it; `None` for the end of the stream.
+fn translate(event: ReplicationEvent) -> Option<Event> {
+    Some(match event {
+        ReplicationEvent::Begin {
+            final_lsn,
+            xid,
+            commit_time_micros,
+        } => Event::Begin {
+            final_lsn: Lsn(final_lsn.0),
+            commit_time_micros,
+            xid,
+        },
+        ReplicationEvent::XLogData { data, .. } => Event::Data(data),
+        ReplicationEvent::Commit {
+            lsn,
+            end_lsn,
+            commit_time_micros,
+        } => Event::Commit {
+            commit_lsn: Lsn(lsn.0),
+            end_lsn: Lsn(end_lsn.0),
+            commit_time_micros,
+        },
+        ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
+            wal_end: Lsn(wal_end.0),
+        },
+        ReplicationEvent::Message { lsn, prefix, .. } => Event::Message {
+            lsn: Lsn(lsn.0),
+            prefix,
+        },
+        ReplicationEvent::StoppedAt { .. } => return None,
+    })
 }
 
 /// A replication session that created a slot with an exported snapshot. The snapshot stays valid
@@ -302,6 +444,10 @@ fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError)
         .map(str::to_string);
     let kind = match (&e, sqlstate.as_deref()) {
         (E::Io(_), _) | (E::Task(_), _) => ErrorKind::Connection,
+        // The worker ended while the relay was not waiting for it (it was passing a confirmation
+        // on), so its reason is gone: treat it as a lost connection, which restarts from the
+        // checkpoint and meets any lasting cause again at the start.
+        (E::Internal(m), _) if m.contains("already joined") => ErrorKind::Connection,
         (E::Auth(_), _) => ErrorKind::Authentication,
         (E::Tls(_), _) => ErrorKind::Tls,
         (E::Server(_), Some("28P01" | "28000")) => ErrorKind::Authentication,

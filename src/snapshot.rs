@@ -831,7 +831,15 @@ impl Rebuild {
     pub fn document(&mut self, line: &[u8]) -> Result<String> {
         crate::backfill::parse_copy_line(line, &mut self.values)
             .map_err(|e| Error::internal(format!("{}: {e}", self.rel.collection)))?;
-        let row = write_row(&self.rel, &self.values, Columns::All, None, None, &self.tx)?;
+        let row = write_row(
+            &self.rel,
+            &self.values,
+            Columns::All,
+            None,
+            None,
+            &self.tx,
+            None,
+        )?;
         Ok(document(&row.members, &self.meta))
     }
 }

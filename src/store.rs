@@ -19,6 +19,8 @@
 //! - Rows are kept in the order of their sort keys ([`crate::rowkey`]), in `rows` and in the files.
 //! - The store folder and everything in it are owner-only ([`crate::owner_only`]); the database file
 //!   is made `0600` before SQLite opens it, so its `-wal` and `-shm` files are too.
+//! - A large value is stored once in `large_values`, under the hash of its JSON, and documents refer
+//!   to it ([`crate::large_value`]); every read splices it back, so readers see whole documents.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ use serde_json::Value as Json;
 
 use crate::encryption::StoreKey;
 use crate::error::{Error, Result};
+use crate::large_value::{parse_refs, splice, Document, Sink, ValueRef};
 use crate::pgoutput::Lsn;
 use crate::rowkey::sort_key;
 use crate::snapshot::{Rebuild, Snapshot, SnapshotSource};
@@ -112,6 +115,9 @@ pub struct Store {
     /// Inserts and upserts not yet written, so they can be written many rows per statement. Anything
     /// that must see them (a read, a delete, a key change, a truncate, a commit) writes them first.
     pending: Vec<Pending>,
+    /// The bytes of the documents in `pending`: a few wide rows are written before `CHUNK` of them
+    /// are held.
+    pending_bytes: usize,
     /// Snapshot files opened so far, by their id in `snapshots`.
     opened: std::cell::RefCell<std::collections::HashMap<i64, std::sync::Arc<Base>>>,
     /// Each collection's live snapshot (its id), once looked up.
@@ -129,6 +135,7 @@ struct Pending {
     key: String,
     base: bool,
     doc: String,
+    refs: Option<String>,
 }
 
 /// A recorded snapshot file, open, with what its documents are rebuilt from.
@@ -221,11 +228,19 @@ impl Base {
 /// Rows per multi-row INSERT.
 const CHUNK: usize = 64;
 
+/// Held documents' bytes past which they are written before a chunk is full.
+const PENDING_BYTES: usize = 8 * 1024 * 1024;
+
+/// SQLite's page cache while a large value is written: its pages are written once and not read
+/// again, so they go to the WAL instead of filling the cache (64 MiB otherwise).
+const LARGE_VALUE_CACHE: &str = "PRAGMA cache_size = -2048";
+const CACHE: &str = "PRAGMA cache_size = -65536";
+
 /// The multi-row statements, built once.
 static CHANGES_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES {}",
-        vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
+        "INSERT INTO changes (seq, collection, lsn, op, doc, refs) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?)"; CHUNK].join(", ")
     )
 });
 static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -374,6 +389,7 @@ impl Store {
         )
         .map_err(sqlite("creating the schema"))?;
         create_rows(&conn)?;
+        large_value_schema(&conn)?;
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
         Ok(Store {
@@ -383,6 +399,7 @@ impl Store {
             ids,
             next_seq,
             pending: Vec::with_capacity(CHUNK),
+            pending_bytes: 0,
             opened: Default::default(),
             live: Default::default(),
             key,
@@ -565,7 +582,7 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let cleared = self.conn.execute_batch(
-            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta;",
+            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta; DELETE FROM large_values;",
         );
         if let Err(e) = cleared {
             self.rollback()?;
@@ -638,6 +655,7 @@ impl Store {
     /// Abandons the open batch.
     pub fn rollback(&mut self) -> Result<()> {
         self.pending.clear();
+        self.pending_bytes = 0;
         if self.batch.take().is_some() {
             // SQLite rolls a transaction back by itself after some failures (a full disk among them);
             // a second ROLLBACK would fail and hide the first error.
@@ -766,7 +784,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT r.key, c.doc FROM rows r JOIN changes c ON c.seq = r.seq
+                "SELECT r.key, c.doc, c.refs FROM rows r JOIN changes c ON c.seq = r.seq
                   WHERE r.collection = ?1 AND {cursor} AND {}
                   ORDER BY r.skey LIMIT ?2",
                 FilterParams::SQL
@@ -775,14 +793,20 @@ impl Store {
         let docs = stmt
             .query_map(
                 params![id, limit as i64, after, f.path, f.value, f.contains],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
             )
+            .map_err(sqlite("reading rows"))?
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(sqlite("reading rows"))?;
-        docs.map(|d| {
-            let (key, doc) = d.map_err(sqlite("reading rows"))?;
-            Ok((key, parse(doc)?))
-        })
-        .collect()
+        docs.into_iter()
+            .map(|(key, doc, refs)| Ok((key, self.load(doc, refs)?)))
+            .collect()
     }
 
     /// [`Store::rows_after`] for a collection with a live snapshot: the file's rows and the entries
@@ -800,37 +824,38 @@ impl Store {
         let mut out = Vec::new();
         let mut matching = base.matching(filter);
         // Entries of `rows` after the cursor, a page at a time.
-        let mut entries: std::collections::VecDeque<(Vec<u8>, String, Option<String>)> =
-            Default::default();
+        let mut entries: std::collections::VecDeque<Entry> = Default::default();
         let mut entries_after = after.clone();
         let mut entries_done = false;
-        let fill =
-            |from: &Option<Vec<u8>>, into: &mut std::collections::VecDeque<_>| -> Result<bool> {
-                let mut stmt = self
+        let fill = |from: &Option<Vec<u8>>,
+                    into: &mut std::collections::VecDeque<_>|
+         -> Result<bool> {
+            let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT r.skey, r.key, c.doc FROM rows r LEFT JOIN changes c ON c.seq = r.seq
+                    "SELECT r.skey, r.key, c.doc, c.refs FROM rows r LEFT JOIN changes c ON c.seq = r.seq
                       WHERE r.collection = ?1 AND r.skey > ?2 ORDER BY r.skey LIMIT ?3",
                 )
                 .map_err(sqlite("reading rows"))?;
-                let page = stmt
-                    .query_map(
-                        params![id, from.as_deref().unwrap_or(&[]), PAGE as i64],
-                        |r| {
-                            Ok((
-                                r.get::<_, Vec<u8>>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, Option<String>>(2)?,
-                            ))
-                        },
-                    )
-                    .map_err(sqlite("reading rows"))?
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(sqlite("reading rows"))?;
-                let more = page.len() == PAGE;
-                into.extend(page);
-                Ok(more)
-            };
+            let page = stmt
+                .query_map(
+                    params![id, from.as_deref().unwrap_or(&[]), PAGE as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    },
+                )
+                .map_err(sqlite("reading rows"))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(sqlite("reading rows"))?;
+            let more = page.len() == PAGE;
+            into.extend(page);
+            Ok(more)
+        };
         // The file's rows after the cursor.
         let mut block_no = match &after {
             Some(k) => base.file.block_of_key(k),
@@ -878,10 +903,10 @@ impl Store {
                     if fk == Some(ek) {
                         at += 1;
                     }
-                    let (_, key, doc) = entries
+                    let (_, key, doc, refs) = entries
                         .pop_front()
                         .expect("an entry key comes from an entry");
-                    if let Some(doc) = doc.map(parse).transpose()? {
+                    if let Some(doc) = doc.map(|d| self.load(d, refs)).transpose()? {
                         if filter.is_none_or(|f| f.matches(&doc)) {
                             out.push((key, doc));
                         }
@@ -962,20 +987,24 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT c.seq, c.doc FROM changes c WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
+                "SELECT c.seq, c.doc, c.refs FROM changes c WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
                 FilterParams::SQL
             ))
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
             .query_map(params, |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
             })
+            .map_err(sqlite("reading changes"))?
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(sqlite("reading changes"))?;
-        docs.map(|d| {
-            let (seq, doc) = d.map_err(sqlite("reading changes"))?;
-            Ok((seq, parse(doc)?))
-        })
-        .collect()
+        docs.into_iter()
+            .map(|(seq, doc, refs)| Ok((seq, self.load(doc, refs)?)))
+            .collect()
     }
 
     /// The change log in order, at most `limit` entries after position `after` (0 for the start).
@@ -1076,12 +1105,15 @@ struct FilterParams {
 }
 
 impl FilterParams {
-    /// The condition on `c.doc`, matching [`Filter::matches`].
+    /// The condition on `c.doc`, matching [`Filter::matches`]. A document with large values has the
+    /// field read in Rust (`tidepool_field`), by the rule the live tails apply.
     const SQL: &'static str = "(?4 IS NULL OR (CASE WHEN ?6 THEN instr(
-            CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
-                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END, ?5) > 0
-          ELSE CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
-                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END = ?5 END))";
+            CASE WHEN c.refs IS NOT NULL THEN tidepool_field(c.doc, c.refs, ?4)
+                 ELSE CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END END, ?5) > 0
+          ELSE CASE WHEN c.refs IS NOT NULL THEN tidepool_field(c.doc, c.refs, ?4)
+                 ELSE CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END END = ?5 END))";
 
     fn of(filter: Option<&Filter>) -> Result<FilterParams> {
         let Some(f) = filter else {
@@ -1112,6 +1144,117 @@ impl FilterParams {
 fn parse(doc: String) -> Result<Json> {
     serde_json::from_str(&doc)
         .map_err(|e| Error::internal(format!("store: a stored document is not JSON: {e}")))
+}
+
+/// An entry of `rows` after a cursor: its sort key, key, and document with its references (none for a
+/// deleted row of a snapshot).
+type Entry = (Vec<u8>, String, Option<String>, Option<String>);
+
+/// Appends the JSON of the large value stored under `hash` to `out`, read in place from SQLite.
+fn read_value(conn: &Connection, hash: &str, out: &mut Vec<u8>) -> Result<()> {
+    use std::io::Read;
+    let id: i64 = conn
+        .prepare_cached("SELECT id FROM large_values WHERE hash = ?1")
+        .and_then(|mut s| s.query_row([hash], |r| r.get(0)))
+        .optional()
+        .map_err(sqlite("reading a large value"))?
+        .ok_or_else(|| Error::internal(format!("store: large value {hash} is missing")))?;
+    let mut blob = conn
+        .blob_open("main", "large_values", "json", id, true)
+        .map_err(sqlite("reading a large value"))?;
+    out.reserve(blob.len());
+    blob.read_to_end(out)
+        .map_err(|e| Error::internal(format!("store: reading large value {hash}: {e}")))?;
+    Ok(())
+}
+
+/// A stored document with its large values spliced in.
+fn whole_document(conn: &Connection, doc: String, refs: Option<String>) -> Result<String> {
+    match refs {
+        None => Ok(doc),
+        Some(refs) => splice(&doc, &parse_refs(&refs)?, |hash, out| {
+            read_value(conn, hash, out)
+        }),
+    }
+}
+
+/// What large values need ([`crate::large_value`]): their table, a `refs` column beside each stored
+/// document (added to stores made before values were shared), the `tidepool_field` function filters
+/// use, and a cap on the WAL kept after a checkpoint (a 100 MiB value would otherwise leave a
+/// 100 MiB `-wal` file behind).
+fn large_value_schema(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "PRAGMA journal_size_limit = 8388608;
+         CREATE TABLE IF NOT EXISTS large_values (
+           id INTEGER PRIMARY KEY,
+           hash TEXT NOT NULL UNIQUE,
+           json BLOB NOT NULL);",
+    )
+    .map_err(sqlite("creating the schema"))?;
+    add_column(conn, "changes", "refs TEXT")?;
+    add_column(conn, "held", "refs TEXT")?;
+    register_document_function(conn)
+}
+
+/// Adds a column to a table of a store created before it existed.
+fn add_column(conn: &Connection, table: &str, column: &str) -> Result<()> {
+    let name = column.split(' ').next().unwrap_or(column);
+    let present: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, name],
+            |r| r.get(0),
+        )
+        .map_err(sqlite("reading the schema"))?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
+            .map_err(sqlite("adding a column"))?;
+    }
+    Ok(())
+}
+
+/// Registers `tidepool_field(doc, refs, path)`: the top-level field at `path` (`$."name"`) of a
+/// document with large values, as text by [`Filter::matches`]'s rule (NULL when absent), with the
+/// values under that field spliced in. Filters on documents with references use it.
+fn register_document_function(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "tidepool_field",
+        3,
+        FunctionFlags::SQLITE_UTF8,
+        |ctx| -> rusqlite::Result<Option<String>> {
+            let doc: String = ctx.get(0)?;
+            let refs: Option<String> = ctx.get(1)?;
+            let path: String = ctx.get(2)?;
+            let field = path
+                .strip_prefix("$.\"")
+                .and_then(|p| p.strip_suffix('"'))
+                .unwrap_or(&path)
+                .to_string();
+            let user = |e: Error| rusqlite::Error::UserFunctionError(Box::new(e));
+            let refs: Vec<ValueRef> = match refs {
+                Some(refs) => parse_refs(&refs)
+                    .map_err(user)?
+                    .into_iter()
+                    .filter(|r| r.path.first() == Some(&field))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let doc = if refs.is_empty() {
+                doc
+            } else {
+                // SAFETY: the connection is the one running this statement, alive while it runs.
+                let conn = unsafe { ctx.get_connection()? };
+                splice(&doc, &refs, |hash, out| read_value(&conn, hash, out)).map_err(user)?
+            };
+            let mut doc = parse(doc).map_err(user)?;
+            Ok(doc.get_mut(&field).map(|value| match value.take() {
+                Json::String(s) => s,
+                other => other.to_string(),
+            }))
+        },
+    )
+    .map_err(sqlite("registering tidepool_field"))
 }
 
 fn collection_ids(conn: &Connection) -> Result<std::collections::HashMap<String, i64>> {
@@ -1233,21 +1376,128 @@ impl Store {
         let id = self.id_of(collection)?;
         self.write_pending()?;
         let skey = sort_key(key)?;
-        let entry: Option<Option<String>> = self
+        match self.stored_row(id, &skey)? {
+            Some(doc) if doc.refs.is_empty() => parse(doc.text).map(Some),
+            Some(doc) => {
+                let text = splice(&doc.text, &doc.refs, |hash, out| {
+                    read_value(&self.conn, hash, out)
+                })?;
+                parse(text).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The current row under `key` as stored, large values left as references (so reading it costs
+    /// nothing however large they are), including the open batch's own writes.
+    pub fn row_document(&mut self, collection: &str, key: &str) -> Result<Option<Document>> {
+        let id = self.id_of(collection)?;
+        self.write_pending()?;
+        self.stored_row(id, &sort_key(key)?)
+    }
+
+    fn stored_row(&self, id: i64, skey: &[u8]) -> Result<Option<Document>> {
+        let entry: Option<(Option<String>, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT c.doc FROM rows r LEFT JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 AND r.skey = ?2")
-            .and_then(|mut s| s.query_row(params![id, skey], |r| r.get(0)).optional())
+            .prepare_cached("SELECT c.doc, c.refs FROM rows r LEFT JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 AND r.skey = ?2")
+            .and_then(|mut s| s.query_row(params![id, skey], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(sqlite("reading a row"))?;
         match entry {
-            Some(doc) => doc.map(parse).transpose(),
+            Some((Some(text), refs)) => Ok(Some(Document {
+                text,
+                refs: refs
+                    .as_deref()
+                    .map(parse_refs)
+                    .transpose()?
+                    .unwrap_or_default(),
+            })),
+            Some((None, _)) => Ok(None),
             None => match self.live_base(id)? {
-                Some(base) => match base.get(&skey)? {
-                    Some(line) => parse(base.rebuild().document(&line)?).map(Some),
+                Some(base) => match base.get(skey)? {
+                    Some(line) => Ok(Some(Document::from(base.rebuild().document(&line)?))),
                     None => Ok(None),
                 },
                 None => Ok(None),
             },
         }
+    }
+
+    /// A stored document, whole, as JSON.
+    fn load(&self, doc: String, refs: Option<String>) -> Result<Json> {
+        parse(whole_document(&self.conn, doc, refs)?)
+    }
+
+    /// Stores a large value's JSON once, in the open batch, and returns its hash for a [`ValueRef`].
+    /// `json` writes the JSON to the sink it is given, in pieces; it is called once to hash it and,
+    /// unless a value with that hash is stored already, once more to store it, streamed into SQLite,
+    /// so the value is never held whole here.
+    pub fn put_large_value(
+        &mut self,
+        json: &dyn Fn(&mut Sink<'_>) -> Result<()>,
+    ) -> Result<String> {
+        use sha2::Digest;
+        use std::io::Write;
+        self.in_open_batch("storing a large value")?;
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0usize;
+        json(&mut |piece| {
+            hasher.update(piece);
+            len += piece.len();
+            Ok(())
+        })?;
+        let hash: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let stored: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM large_values WHERE hash = ?1)")
+            .and_then(|mut s| s.query_row([&hash], |r| r.get(0)))
+            .map_err(sqlite("looking up a large value"))?;
+        if stored {
+            return Ok(hash);
+        }
+        self.conn
+            .execute_batch(LARGE_VALUE_CACHE)
+            .map_err(sqlite("storing a large value"))?;
+        let written = (|| -> Result<()> {
+            let id: i64 = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO large_values (hash, json) VALUES (?1, zeroblob(?2)) RETURNING id",
+                )
+                .and_then(|mut s| s.query_row(params![hash, len as i64], |r| r.get(0)))
+                .map_err(sqlite("storing a large value"))?;
+            let mut blob = self
+                .conn
+                .blob_open("main", "large_values", "json", id, false)
+                .map_err(sqlite("storing a large value"))?;
+            let mut at = 0usize;
+            json(&mut |piece| {
+                at += piece.len();
+                if at > len {
+                    return Err(Error::internal(
+                        "store: a large value grew while it was stored",
+                    ));
+                }
+                blob.write_all(piece)
+                    .map_err(|e| Error::internal(format!("store: writing a large value: {e}")))
+            })?;
+            if at != len {
+                return Err(Error::internal(
+                    "store: a large value shrank while it was stored",
+                ));
+            }
+            Ok(())
+        })();
+        let restored = self
+            .conn
+            .execute_batch(CACHE)
+            .map_err(sqlite("storing a large value"));
+        written?;
+        restored?;
+        Ok(hash)
     }
 
     /// Whether the collection's live snapshot has a row under `skey`.
@@ -1267,9 +1517,11 @@ impl Store {
         op: Op,
         key: &str,
         old_key: Option<&str>,
-        doc: impl Into<String>,
+        doc: impl Into<Document>,
     ) -> Result<()> {
-        let doc = doc.into();
+        let doc: Document = doc.into();
+        let refs = doc.refs_text();
+        let doc = doc.text;
         self.in_open_batch("writing a change")?;
         let id = self.id_of(collection)?;
         let key_changed = old_key.is_some_and(|old| old != key);
@@ -1281,6 +1533,7 @@ impl Store {
         self.next_seq += 1;
         if matches!(op, Op::Create | Op::Update) && !key_changed {
             let base = self.in_base(id, &skey)?;
+            self.pending_bytes += doc.len();
             self.pending.push(Pending {
                 seq,
                 collection: id,
@@ -1290,13 +1543,14 @@ impl Store {
                 key: key.to_string(),
                 base,
                 doc,
+                refs,
             });
-            if self.pending.len() >= CHUNK {
+            if self.pending.len() >= CHUNK || self.pending_bytes >= PENDING_BYTES {
                 self.write_pending()?;
             }
         } else {
             self.write_pending()?;
-            self.insert_change(seq, id, lsn, op, &doc)?;
+            self.insert_change(seq, id, lsn, op, &doc, refs.as_deref())?;
             if let Some(old) = old_key.filter(|_| key_changed) {
                 self.delete_row(id, &sort_key(old)?, old)?;
             }
@@ -1322,15 +1576,15 @@ impl Store {
         op: Op,
         key: &str,
         old_key: Option<&str>,
-        doc: &str,
+        doc: &Document,
     ) -> Result<()> {
         self.in_open_batch("holding a change")?;
         self.conn
             .prepare_cached(
-                "INSERT INTO held (collection, lsn, op, key, old_key, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO held (collection, lsn, op, key, old_key, doc, refs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut s| {
-                s.execute(params![collection, lsn.0 as i64, op.code(), key, old_key, doc])
+                s.execute(params![collection, lsn.0 as i64, op.code(), key, old_key, doc.text, doc.refs_text()])
             })
             .map_err(sqlite("holding a change"))?;
         self.batch = self.batch.map(|n| n + 1);
@@ -1471,8 +1725,8 @@ impl Store {
             rows += self
                 .conn
                 .execute(
-                    "INSERT INTO main.changes (seq, collection, lsn, op, doc)
-                     SELECT ?1 + seq, ?2, lsn, op, doc FROM staging.changes WHERE collection = ?3 ORDER BY seq",
+                    "INSERT INTO main.changes (seq, collection, lsn, op, doc, refs)
+                     SELECT ?1 + seq, ?2, lsn, op, doc, refs FROM staging.changes WHERE collection = ?3 ORDER BY seq",
                     params![base, id, staged],
                 )
                 .map_err(sqlite("importing a backfill's documents"))? as u64;
@@ -1485,6 +1739,14 @@ impl Store {
                 )
                 .map_err(sqlite("importing a backfill's rows"))?;
         }
+        // Referenced by hash, so values the store has already are not copied twice.
+        self.conn
+            .execute(
+                "INSERT INTO main.large_values (hash, json) SELECT hash, json FROM staging.large_values
+                  WHERE true ON CONFLICT (hash) DO NOTHING",
+                [],
+            )
+            .map_err(sqlite("importing a backfill's large values"))?;
         self.next_seq = next_seq(&self.conn)?;
         self.live.borrow_mut().clear();
         for (collection, _) in collections {
@@ -1503,7 +1765,7 @@ impl Store {
             let mut stmt = self
                 .conn
                 .prepare(
-                    "SELECT lsn, op, key, old_key, doc FROM held WHERE collection = ?1 ORDER BY n",
+                    "SELECT lsn, op, key, old_key, doc, refs FROM held WHERE collection = ?1 ORDER BY n",
                 )
                 .map_err(sqlite("reading held changes"))?;
             let rows = stmt
@@ -1514,6 +1776,7 @@ impl Store {
                         r.get::<_, String>(2)?,
                         r.get::<_, Option<String>>(3)?,
                         r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
                     ))
                 })
                 .map_err(sqlite("reading held changes"))?;
@@ -1525,9 +1788,17 @@ impl Store {
                 "store: changes are held for '{collection}', which the backfill did not create"
             )));
         }
-        for (lsn, op, key, old_key, doc) in held {
+        for (lsn, op, key, old_key, text, refs) in held {
             let op = Op::from_code(&op)
                 .ok_or_else(|| Error::internal(format!("store: a held change has op '{op}'")))?;
+            let doc = Document {
+                text,
+                refs: refs
+                    .as_deref()
+                    .map(parse_refs)
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
             self.apply(
                 collection,
                 Lsn(lsn as u64),
@@ -1543,12 +1814,22 @@ impl Store {
         Ok(())
     }
 
-    fn insert_change(&self, seq: i64, collection: i64, lsn: Lsn, op: Op, doc: &str) -> Result<()> {
+    fn insert_change(
+        &self,
+        seq: i64,
+        collection: i64,
+        lsn: Lsn,
+        op: Op,
+        doc: &str,
+        refs: Option<&str>,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO changes (seq, collection, lsn, op, doc, refs) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut s| s.execute(params![seq, collection, lsn.0 as i64, op.code(), doc]))
+            .and_then(|mut s| {
+                s.execute(params![seq, collection, lsn.0 as i64, op.code(), doc, refs])
+            })
             .map_err(sqlite("appending a change"))?;
         Ok(())
     }
@@ -1578,6 +1859,7 @@ impl Store {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let mut chunks = pending.chunks_exact(CHUNK);
         for chunk in &mut chunks {
             // Converted values live here so the statement can borrow them.
@@ -1586,8 +1868,8 @@ impl Store {
                 .map(|p| (p.lsn.0 as i64, p.op.code()))
                 .collect();
             let changes = chunk.iter().zip(&converted).flat_map(
-                |(p, (lsn, op))| -> [&dyn rusqlite::ToSql; 5] {
-                    [&p.seq, &p.collection, lsn, op, &p.doc]
+                |(p, (lsn, op))| -> [&dyn rusqlite::ToSql; 6] {
+                    [&p.seq, &p.collection, lsn, op, &p.doc, &p.refs]
                 },
             );
             self.conn
@@ -1603,7 +1885,7 @@ impl Store {
                 .map_err(sqlite("writing rows"))?;
         }
         for p in chunks.remainder() {
-            self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc)?;
+            self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc, p.refs.as_deref())?;
             self.upsert_row(p.collection, &p.skey, &p.key, p.seq, p.base)?;
         }
         self.pending = pending;
@@ -1972,6 +2254,74 @@ mod tests {
             .rows_after("public/t", None, 10, None)
             .unwrap()
             .is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_large_value_is_stored_once_and_every_reader_gets_it_back() {
+        let (mut store, dir) = store();
+        store.begin().unwrap();
+        store.put_collection(&spec("public/t")).unwrap();
+        let value = "\"x\"\n".repeat(40_000);
+        let json = serde_json::to_string(&value).unwrap();
+        let put = |store: &mut Store| {
+            store
+                .put_large_value(&|sink| crate::large_value::pieces(json.as_bytes(), sink))
+                .unwrap()
+        };
+        let hash = put(&mut store);
+        assert_eq!(put(&mut store), hash, "the same value, the same hash");
+        let doc = |n: i64| {
+            let text = format!(r#"{{"id":1,"n":{n},"big":null}}"#);
+            let at = text.find("null").unwrap();
+            Document {
+                text,
+                refs: vec![ValueRef {
+                    at,
+                    hash: hash.clone(),
+                    path: vec!["big".into()],
+                }],
+            }
+        };
+        store
+            .apply("public/t", Lsn(1), Op::Create, "[1]", None, doc(0))
+            .unwrap();
+        store
+            .hold("public/t", Lsn(2), Op::Update, "[1]", None, &doc(1))
+            .unwrap();
+        store.replay_held("public/t").unwrap();
+        store.commit(Lsn(2)).unwrap();
+        let values: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM large_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, 1);
+        let whole = |n: i64| serde_json::json!({"id": 1, "n": n, "big": value});
+        let changes = store.changes("public/t", 0, 10).unwrap();
+        assert_eq!(changes[0].1, whole(0));
+        assert_eq!(changes[1].1, whole(1), "a held change keeps its reference");
+        assert_eq!(store.row("public/t", "[1]").unwrap().unwrap(), whole(1));
+        let stored = store.row_document("public/t", "[1]").unwrap().unwrap();
+        assert_eq!(stored, doc(1), "as stored, without reading the value");
+        let filter = |value: &str| Filter {
+            field: "big".into(),
+            value: value.into(),
+            contains: true,
+        };
+        let found = store
+            .changes_matching("public/t", 0, 10, Some(&filter("\"x\"\n\"x")))
+            .unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(store
+            .rows_after("public/t", None, 10, Some(&filter("y")))
+            .unwrap()
+            .is_empty());
+        store.forget_capture(&[]).unwrap();
+        let values: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM large_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, 0, "forgotten with the capture");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -14,6 +14,7 @@ mod demo;
 mod discovery;
 mod encryption;
 mod identity;
+mod large_values;
 mod neon;
 mod neon_api;
 mod owner_only;
