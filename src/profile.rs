@@ -681,12 +681,16 @@ impl Profiles {
             .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
     }
 
-    /// The store folder of the profile's capture: `stores/<profile id>` next to `profiles.json`. With
-    /// a given keychain (not the OS's), an encrypted store's key is read from it here, so opening the
-    /// store finds it ([`crate::encryption::unlock`]).
+    /// The store folder of the profile's capture: `stores/<profile id>` next to `profiles.json`. An
+    /// encrypted profile's folder always has its key before a store can be created in it. With a given
+    /// keychain (not the OS's), the key is read from it here, so opening the store finds it
+    /// ([`crate::encryption::unlock`]).
     pub fn store_dir(&self, id_or_name: &str) -> Result<PathBuf> {
         let profile = self.get(id_or_name)?;
         let dir = self.store_dir_of(&profile.id);
+        // An encrypted profile whose store folder was deleted by hand gets a new key before anything
+        // can create a plain store there.
+        self.apply_encryption(&profile)?;
         if let KeychainSource::Given(keychain) = &self.keychain {
             crate::encryption::unlock(&dir, keychain)?;
         }

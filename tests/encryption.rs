@@ -81,16 +81,7 @@ async fn a_new_profiles_store_holds_no_captured_value_in_the_clear_and_opens_onl
     let view = profiles
         .save(
             None,
-            ProfileDraft {
-                name: "Secret".into(),
-                address: format!("127.0.0.1:{}", db.cluster.port()),
-                user: "postgres".into(),
-                database: db.name.clone(),
-                sslmode: tidepool::tls::SslMode::Disable,
-                slot: Some(db.name.clone()),
-                publication: Some(format!("{}_pub", db.name)),
-                ..Default::default()
-            },
+            db.profile_draft("Secret"),
             Some(db.cluster.superuser_password().clone()),
         )
         .unwrap();
@@ -215,6 +206,22 @@ async fn a_new_profiles_store_holds_no_captured_value_in_the_clear_and_opens_onl
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+    // And owner-only, with a consumer's queue and the marker beside the store.
+    let loose: Vec<String> = files(&data)
+        .into_iter()
+        .filter_map(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            let folder = std::fs::metadata(p.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            (mode != 0o600 || folder != 0o700)
+                .then(|| format!("{} {mode:o} in {folder:o}", p.display()))
+        })
+        .collect();
+    assert!(loose.is_empty(), "not owner-only: {loose:?}");
     let names: Vec<String> = files(&store)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -315,6 +322,23 @@ async fn a_new_profiles_store_holds_no_captured_value_in_the_clear_and_opens_onl
     std::fs::remove_dir_all(&base).unwrap();
 }
 
+/// Runs `tidepool capture` of profile "Lost" into `store` up to what `db` has committed.
+fn capture_to_now(data: &Path, db: &TestDb, store: &Path) {
+    let out = tidepool(data)
+        .args(["capture", "--profile", "Lost", "--create-slot", "--store"])
+        .arg(store)
+        .arg("--stop-at-lsn")
+        .arg(db.current_lsn().to_string())
+        .env("PGPASSWORD", db.cluster.superuser_password().expose())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_key_is_a_locked_error_and_discarding_the_local_copy_captures_again_under_a_new_key()
 {
@@ -327,16 +351,7 @@ async fn a_lost_key_is_a_locked_error_and_discarding_the_local_copy_captures_aga
     let data = base.join("data");
     let keychain = Keychain::open().expect("the test keychain");
     let profiles = Profiles::open(&data);
-    let draft = || ProfileDraft {
-        name: "Lost".into(),
-        address: format!("127.0.0.1:{}", db.cluster.port()),
-        user: "postgres".into(),
-        database: db.name.clone(),
-        sslmode: tidepool::tls::SslMode::Disable,
-        slot: Some(db.name.clone()),
-        publication: Some(format!("{}_pub", db.name)),
-        ..Default::default()
-    };
+    let draft = || db.profile_draft("Lost");
     let id = profiles
         .save(None, draft(), Some(db.cluster.superuser_password().clone()))
         .unwrap()
@@ -347,19 +362,7 @@ async fn a_lost_key_is_a_locked_error_and_discarding_the_local_copy_captures_aga
         .await
         .unwrap();
     let store = profiles.store_dir(&id).unwrap();
-    let out = tidepool(&data)
-        .args(["capture", "--profile", "Lost", "--create-slot", "--store"])
-        .arg(&store)
-        .arg("--stop-at-lsn")
-        .arg(db.sql("SELECT pg_current_wal_lsn()").trim())
-        .env("PGPASSWORD", db.cluster.superuser_password().expose())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    capture_to_now(&data, &db, &store);
 
     // Turning encryption off for a store that holds rows is refused: they cannot be decrypted in
     // place without leaving a plain copy behind unasked.
@@ -428,22 +431,16 @@ async fn a_lost_key_is_a_locked_error_and_discarding_the_local_copy_captures_aga
         .await
         .unwrap();
     db.sql("INSERT INTO t VALUES (11, 'after');");
-    let out = tidepool(&data)
-        .args(["capture", "--profile", "Lost", "--create-slot", "--store"])
-        .arg(&store)
-        .arg("--stop-at-lsn")
-        .arg(db.sql("SELECT pg_current_wal_lsn()").trim())
-        .env("PGPASSWORD", db.cluster.superuser_password().expose())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    capture_to_now(&data, &db, &store);
     let rows = preview::collections(&profiles, &id).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].rows, 11);
+
+    // A store folder deleted by hand: the profile's next use gives the new folder a key before
+    // anything can create a plain store in it.
+    std::fs::remove_dir_all(&store).unwrap();
+    let again = profiles.store_dir(&id).unwrap();
+    assert!(encryption::marker(&again).unwrap().is_some());
     profiles.delete(&id).unwrap();
     std::fs::remove_dir_all(&base).unwrap();
 }

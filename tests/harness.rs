@@ -131,6 +131,21 @@ impl TestDb {
             .expect("an LSN")
     }
 
+    /// A profile form for this database as the superuser (password not included), with its own slot
+    /// and publication named after the database.
+    pub fn profile_draft(&self, name: &str) -> tidepool::profile::ProfileDraft {
+        tidepool::profile::ProfileDraft {
+            name: name.into(),
+            address: format!("127.0.0.1:{}", self.cluster.port()),
+            user: "postgres".into(),
+            database: self.name.clone(),
+            sslmode: tidepool::tls::SslMode::Disable,
+            slot: Some(self.name.clone()),
+            publication: Some(format!("{}_pub", self.name)),
+            ..Default::default()
+        }
+    }
+
     /// Creates a login role with `attributes` (e.g. `REPLICATION`) and returns a spec that logs in as it.
     pub fn role(&self, prefix: &str, attributes: &str, password: &str) -> ConnectionSpec {
         let role = unique(prefix);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tidepool::binding::Binding;
 use tidepool::preview::{self, View};
-use tidepool::profile::{ProfileDraft, Profiles};
+use tidepool::profile::Profiles;
 use tidepool::run::{RunState, RunStatus, Runs};
 use tidepool::snapshot::SnapshotWriter;
 use tidepool::store::Store;
@@ -119,16 +119,7 @@ async fn everything_a_capture_an_export_and_a_profile_save_create_is_owner_only(
     let id = profiles
         .save(
             None,
-            ProfileDraft {
-                name: "Private".into(),
-                address: format!("127.0.0.1:{}", db.cluster.port()),
-                user: "postgres".into(),
-                database: db.name.clone(),
-                sslmode: tidepool::tls::SslMode::Disable,
-                slot: Some(db.name.clone()),
-                publication: Some(format!("{}_pub", db.name)),
-                ..Default::default()
-            },
+            db.profile_draft("Private"),
             Some(db.cluster.superuser_password().clone()),
         )
         .unwrap()

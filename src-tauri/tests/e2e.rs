@@ -1289,8 +1289,12 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     click(&client, "tab-monitor").await;
     wait_for_text(&client, "health-ok", |t| t.contains("No slot yet")).await;
 
-    // Remove: the capture stops, the profile and its password go.
+    // Remove, confirmed: the capture stops, the profile, its store and its keychain entries go, and
+    // the card says what went.
     click(&client, "demo-stop").await;
+    click(&client, "demo-stop-run").await;
+    let removed = wait_for_text(&client, "demo-removed", |t| t.contains("local store")).await;
+    assert!(removed.contains("keychain: store key"), "{removed}");
     client
         .wait()
         .at_most(Duration::from_secs(20))

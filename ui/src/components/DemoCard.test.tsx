@@ -39,6 +39,10 @@ describe("DemoCard", () => {
     expect(onStarted).toHaveBeenCalledWith(demo);
 
     await user.click(screen.getByTestId("demo-stop"));
+    // Nothing is removed before the confirmation that says what goes.
+    expect(callsOf("stopDemo")).toHaveLength(0);
+    expect(screen.getByTestId("demo-stop-confirm").textContent).toContain("captured rows on this machine");
+    await user.click(screen.getByTestId("demo-stop-run"));
     await screen.findByTestId("demo-start");
     expect(callsOf("stopDemo")).toHaveLength(1);
     expect(onStopped).toHaveBeenCalled();

@@ -25,6 +25,8 @@ type State =
  */
 export function DemoCard({ onStarted, onStopped }: Props) {
   const [state, setState] = useState<State>({ status: "idle" });
+  // Removing is one more click: it deletes the database and everything captured from it.
+  const [confirming, setConfirming] = useState(false);
 
   useEffect(() => {
     let live = true;
@@ -49,6 +51,7 @@ export function DemoCard({ onStarted, onStopped }: Props) {
   };
 
   const stop = async (id: string) => {
+    setConfirming(false);
     setState({ status: "stopping", id });
     try {
       setState({ status: "idle", removed: await backend.stopDemo() });
@@ -66,15 +69,29 @@ export function DemoCard({ onStarted, onStopped }: Props) {
             The demo database is running on this computer, with new orders every second. It is removed when Tidepool
             quits.
           </p>
-          <button
-            type="button"
-            className="secondary"
-            data-testid="demo-stop"
-            disabled={state.status === "stopping"}
-            onClick={() => void stop(state.id)}
-          >
-            {state.status === "stopping" ? "Removing…" : "Remove the demo database"}
-          </button>
+          {confirming && state.status === "running" ? (
+            <div className="actions" data-testid="demo-stop-confirm">
+              <p className="note">
+                Removes the demo database, its profile and the captured rows on this machine. Nothing else is touched.
+              </p>
+              <button type="button" className="danger" data-testid="demo-stop-run" onClick={() => void stop(state.id)}>
+                Remove
+              </button>
+              <button type="button" className="secondary" onClick={() => setConfirming(false)}>
+                Keep it
+              </button>
+            </div>
+          ) : (
+            <button
+              type="button"
+              className="secondary"
+              data-testid="demo-stop"
+              disabled={state.status === "stopping"}
+              onClick={() => setConfirming(true)}
+            >
+              {state.status === "stopping" ? "Removing…" : "Remove the demo database"}
+            </button>
+          )}
         </>
       ) : (
         <>
