@@ -2119,17 +2119,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let key = std::sync::Arc::new(StoreKey::generate().unwrap());
         let mut store = Store::open_keyed(&dir, Some(key.clone())).unwrap();
-        store.begin().unwrap();
-        store.commit(Lsn(50)).unwrap();
+        // Large values the backfill stored: one the store has already, one it takes over, in
+        // pieces (each value spans several).
+        let [a, b] = ["a", "b"].map(|c| serde_json::to_string(&c.repeat(2_500_000)).unwrap());
+        let put = |store: &mut Store, json: &str, lsn| {
+            store.begin().unwrap();
+            let hash = store
+                .put_large_value(&|sink| crate::large_value::pieces(json.as_bytes(), sink))
+                .unwrap();
+            store.commit(Lsn(lsn)).unwrap();
+            hash
+        };
+        let hash_a = put(&mut store, &a, 50);
         let staging_dir = dir.join("backfills").join("one");
         let mut staging = Store::open_keyed(&staging_dir, Some(key.clone())).unwrap();
         with_snapshot(&mut staging, 500);
+        assert_eq!(put(&mut staging, &a, 100), hash_a);
+        let hash_b = put(&mut staging, &b, 100);
         drop(staging);
         store
             .import_backfill(&staging_dir, &[("public/t".to_string(), true)], &[])
             .unwrap();
         let info = store.collections().unwrap();
         assert_eq!((info[0].rows, info[0].changes), (500, 500));
+        for (hash, json) in [(&hash_a, &a), (&hash_b, &b)] {
+            let mut out = Vec::new();
+            read_value(&store.conn, hash, &mut out).unwrap();
+            assert!(
+                out == json.as_bytes(),
+                "large value {hash} brought in whole"
+            );
+        }
+        let values: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM large_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, 2, "a value the store had is not copied again");
         drop(store);
         let err = Store::open_keyed(
             &dir,
