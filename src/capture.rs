@@ -2059,6 +2059,15 @@ impl StoredRow {
             refs: doc.refs,
         })
     }
+
+    /// A stored row known only by its large values' references (a snapshot file's line,
+    /// [`crate::backfill::parse_stored_line`]).
+    pub(crate) fn refs_only(refs: Vec<ValueRef>) -> StoredRow {
+        StoredRow {
+            doc: Json::Null,
+            refs,
+        }
+    }
 }
 
 /// A reference to the large value of `column` among `refs`, if it has one.

@@ -3,7 +3,10 @@
 //! one file per table instead of a document and an index entry per row in SQLite; the store serves the
 //! file's rows as the collection's base rows and as a range of its change log, and rebuilds each row's
 //! document on read with the same code the backfill used to build it ([`Rebuild`]), so a document
-//! reads the same whichever way it was stored.
+//! reads the same whichever way it was stored. A field of [`crate::large_value::LARGE_VALUE_BYTES`] or
+//! more (as COPY wrote it) in a non-key column is the exception: the backfill stores it once in the store, as streamed
+//! values are, and its field in the line is its reference (`\L` and the value's hash, which COPY
+//! never writes), so reading the row never holds the value unless the reader wants it whole.
 //!
 //! Invariants:
 //! - A file is written under a `.partial` name, fsynced, renamed, and its folder fsynced before the
@@ -12,6 +15,8 @@
 //!   unrecorded file, which [`remove_unrecorded`] deletes.
 //! - A file is never changed once written. Rows changed later live in the store and shadow the file's.
 //! - Keys are unique and ascending in a file; a duplicate key fails the write.
+//! - Every reference in a file's lines names a value its store holds: the values are stored in the
+//!   batch that records the file (and brought in with it from a backfill's staging store).
 //! - Reading never panics on a damaged file: lengths and offsets are checked, errors name the file.
 //! - A file of an encrypted store ([`crate::encryption`]) is sealed block by block (AES-256-GCM under
 //!   the file's own key, block `n` as chunk `n`) and its index as one more chunk bound to the footer,
@@ -27,9 +32,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{document, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
+use crate::capture::{document_of, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
 use crate::encryption::{Sealer, StoreKey, SALT_BYTES};
 use crate::error::{Error, Result};
+use crate::large_value::{Document, ValueRef};
 use crate::pgoutput::{Lsn, Value};
 use crate::store::Op;
 use crate::value::Kind;
@@ -797,6 +803,7 @@ pub struct Rebuild {
     rel: Relation,
     meta: String,
     values: Vec<Value>,
+    refs: Vec<ValueRef>,
     /// Only `write_row`'s keyless-table key reads it; snapshot files hold keyed tables.
     tx: Transaction,
 }
@@ -823,24 +830,26 @@ impl Rebuild {
             rel,
             meta,
             values: Vec::new(),
+            refs: Vec::new(),
             tx,
         }
     }
 
-    /// The document of one row, given its COPY line.
-    pub fn document(&mut self, line: &[u8]) -> Result<String> {
-        crate::backfill::parse_copy_line(line, &mut self.values)
+    /// The document of one row, given its line: large values left as references
+    /// ([`crate::large_value::splice`] puts them in).
+    pub fn document(&mut self, line: &[u8]) -> Result<Document> {
+        crate::backfill::parse_stored_line(line, &self.rel, &mut self.values, &mut self.refs)
             .map_err(|e| Error::internal(format!("{}: {e}", self.rel.collection)))?;
         let row = write_row(
             &self.rel,
             &self.values,
             Columns::All,
             None,
-            None,
+            crate::backfill::refs_row(&self.refs).as_ref(),
             &self.tx,
             None,
         )?;
-        Ok(document(&row.members, &self.meta))
+        Ok(document_of(&row, &self.meta, &[]))
     }
 }
 

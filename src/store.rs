@@ -19,8 +19,9 @@
 //! - Rows are kept in the order of their sort keys ([`crate::rowkey`]), in `rows` and in the files.
 //! - The store folder and everything in it are owner-only ([`crate::owner_only`]); the database file
 //!   is made `0600` before SQLite opens it, so its `-wal` and `-shm` files are too.
-//! - A large value is stored once in `large_values`, under the hash of its JSON, and documents refer
-//!   to it ([`crate::large_value`]); every read splices it back, so readers see whole documents.
+//! - A large value is stored once in `large_values`, under the hash of its JSON, and documents and
+//!   snapshot files' lines refer to it ([`crate::large_value`]); every read splices it back, so
+//!   readers see whole documents.
 
 use std::path::{Path, PathBuf};
 
@@ -157,12 +158,18 @@ struct Matching<'f> {
 }
 
 impl Matching<'_> {
-    /// The line's document, if it matches.
-    fn document(&mut self, line: &[u8]) -> Result<Option<Json>> {
-        if self.needle.as_ref().is_some_and(|n| n.find(line).is_none()) {
+    /// The line's document, whole, if it matches. A line whose large values are references cannot
+    /// be screened: the values are not in it.
+    fn document(&mut self, conn: &Connection, line: &[u8]) -> Result<Option<Json>> {
+        if self.needle.as_ref().is_some_and(|n| n.find(line).is_none())
+            && !crate::backfill::may_hold_refs(line)
+        {
             return Ok(None);
         }
-        let doc = parse(self.rebuild.document(line)?)?;
+        let doc = self.rebuild.document(line)?;
+        let doc = parse(splice(&doc.text, &doc.refs, |hash, out| {
+            read_value(conn, hash, out)
+        })?)?;
         Ok(self.filter.is_none_or(|f| f.matches(&doc)).then_some(doc))
     }
 }
@@ -894,7 +901,7 @@ impl Store {
                 (None, None) => break,
                 (Some(fk), ek) if ek.is_none_or(|ek| fk < ek) => {
                     let b = block.as_ref().expect("a file key comes from a block");
-                    if let Some(doc) = matching.document(b.line(at))? {
+                    if let Some(doc) = matching.document(&self.conn, b.line(at))? {
                         out.push((crate::rowkey::key_of(fk)?, doc));
                     }
                     at += 1;
@@ -963,7 +970,7 @@ impl Store {
                     if seq <= floor || found == limit {
                         break 'blocks;
                     }
-                    if let Some(doc) = matching.document(block.line(i))? {
+                    if let Some(doc) = matching.document(&self.conn, block.line(i))? {
                         entries.push((seq, doc));
                         found += 1;
                     }
@@ -1050,7 +1057,7 @@ impl Store {
                     if seq >= ceiling || found == limit {
                         break 'blocks;
                     }
-                    if let Some(doc) = matching.document(block.line(i))? {
+                    if let Some(doc) = matching.document(&self.conn, block.line(i))? {
                         entries.push((seq, doc));
                         found += 1;
                     }
@@ -1414,7 +1421,7 @@ impl Store {
             Some((None, _)) => Ok(None),
             None => match self.live_base(id)? {
                 Some(base) => match base.get(skey)? {
-                    Some(line) => Ok(Some(Document::from(base.rebuild().document(&line)?))),
+                    Some(line) => Ok(Some(base.rebuild().document(&line)?)),
                     None => Ok(None),
                 },
                 None => Ok(None),
@@ -1739,14 +1746,7 @@ impl Store {
                 )
                 .map_err(sqlite("importing a backfill's rows"))?;
         }
-        // Referenced by hash, so values the store has already are not copied twice.
-        self.conn
-            .execute(
-                "INSERT INTO main.large_values (hash, json) SELECT hash, json FROM staging.large_values
-                  WHERE true ON CONFLICT (hash) DO NOTHING",
-                [],
-            )
-            .map_err(sqlite("importing a backfill's large values"))?;
+        self.import_large_values()?;
         self.next_seq = next_seq(&self.conn)?;
         self.live.borrow_mut().clear();
         for (collection, _) in collections {
@@ -1757,6 +1757,66 @@ impl Store {
         }
         self.commit(checkpoint)?;
         Ok(rows)
+    }
+
+    /// Copies the attached backfill's large values that this store does not hold yet (referenced by
+    /// hash, so none is copied twice), a piece at a time: `INSERT … SELECT` would hold each whole.
+    fn import_large_values(&mut self) -> Result<()> {
+        use std::io::{Read, Write};
+        let context = "importing a backfill's large values";
+        let missing: Vec<(i64, String, i64)> = self
+            .conn
+            .prepare(
+                "SELECT s.id, s.hash, length(s.json) FROM staging.large_values s
+                  WHERE NOT EXISTS (SELECT 1 FROM main.large_values m WHERE m.hash = s.hash)",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<std::result::Result<_, _>>()
+            })
+            .map_err(sqlite(context))?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .execute_batch(LARGE_VALUE_CACHE)
+            .map_err(sqlite(context))?;
+        let copied = (|| -> Result<()> {
+            let mut piece = vec![0u8; 1 << 20];
+            for (from, hash, len) in missing {
+                let to: i64 = self
+                    .conn
+                    .query_row(
+                        "INSERT INTO main.large_values (hash, json) VALUES (?1, zeroblob(?2)) RETURNING id",
+                        params![hash, len],
+                        |r| r.get(0),
+                    )
+                    .map_err(sqlite(context))?;
+                let mut reader = self
+                    .conn
+                    .blob_open("staging", "large_values", "json", from, true)
+                    .map_err(sqlite(context))?;
+                let mut writer = self
+                    .conn
+                    .blob_open("main", "large_values", "json", to, false)
+                    .map_err(sqlite(context))?;
+                loop {
+                    let n = reader.read(&mut piece).map_err(|e| {
+                        Error::internal(format!("store: reading large value {hash}: {e}"))
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    writer.write_all(&piece[..n]).map_err(|e| {
+                        Error::internal(format!("store: writing large value {hash}: {e}"))
+                    })?;
+                }
+            }
+            Ok(())
+        })();
+        let restored = self.conn.execute_batch(CACHE).map_err(sqlite(context));
+        copied?;
+        restored
     }
 
     /// Applies the held changes of `collection` in order and forgets them.
@@ -2059,17 +2119,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let key = std::sync::Arc::new(StoreKey::generate().unwrap());
         let mut store = Store::open_keyed(&dir, Some(key.clone())).unwrap();
-        store.begin().unwrap();
-        store.commit(Lsn(50)).unwrap();
+        // Large values the backfill stored: one the store has already, one it takes over, in
+        // pieces (each value spans several).
+        let [a, b] = ["a", "b"].map(|c| serde_json::to_string(&c.repeat(2_500_000)).unwrap());
+        let put = |store: &mut Store, json: &str, lsn| {
+            store.begin().unwrap();
+            let hash = store
+                .put_large_value(&|sink| crate::large_value::pieces(json.as_bytes(), sink))
+                .unwrap();
+            store.commit(Lsn(lsn)).unwrap();
+            hash
+        };
+        let hash_a = put(&mut store, &a, 50);
         let staging_dir = dir.join("backfills").join("one");
         let mut staging = Store::open_keyed(&staging_dir, Some(key.clone())).unwrap();
         with_snapshot(&mut staging, 500);
+        assert_eq!(put(&mut staging, &a, 100), hash_a);
+        let hash_b = put(&mut staging, &b, 100);
         drop(staging);
         store
             .import_backfill(&staging_dir, &[("public/t".to_string(), true)], &[])
             .unwrap();
         let info = store.collections().unwrap();
         assert_eq!((info[0].rows, info[0].changes), (500, 500));
+        for (hash, json) in [(&hash_a, &a), (&hash_b, &b)] {
+            let mut out = Vec::new();
+            read_value(&store.conn, hash, &mut out).unwrap();
+            assert!(
+                out == json.as_bytes(),
+                "large value {hash} brought in whole"
+            );
+        }
+        let values: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM large_values", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, 2, "a value the store had is not copied again");
         drop(store);
         let err = Store::open_keyed(
             &dir,

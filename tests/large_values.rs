@@ -1,6 +1,6 @@
-//! A 100 MiB value through the capture: the `tidepool capture` process stays under 200 MiB peak
-//! memory, an unchanged value is stored once however many changes carry it, and every reader still
-//! gets whole documents.
+//! A 100 MiB value through the capture, streamed or backfilled: the `tidepool capture` process stays
+//! under 200 MiB peak memory, an unchanged value is stored once however many changes carry it, and
+//! every reader still gets whole documents.
 
 use std::process::{Command, Stdio};
 
@@ -24,14 +24,15 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-/// Runs `tidepool capture` in a child process up to `stop_at`; returns its peak RSS in MiB.
+/// Runs `tidepool capture` in a child process up to `stop_at`, with `extra` arguments; returns its
+/// peak RSS in MiB.
 ///
 /// The peak is the child's own VmHWM, read from /proc while it runs (it only rises, so the last
 /// reading before the exit holds all but the final milliseconds). Not wait4's ru_maxrss: Linux
 /// carries the high-water mark of the memory a child was spawned with over its exec, and a child
 /// spawned (vfork) by this test binary starts in the binary's memory, which the tests running beside
 /// this one inflate by gigabytes.
-fn capture_in_child(source: &Source, stop_at: tidepool::pgoutput::Lsn) -> f64 {
+fn capture_in_child(source: &Source, stop_at: tidepool::pgoutput::Lsn, extra: &[&str]) -> f64 {
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
         source.db.cluster.port(),
@@ -45,6 +46,7 @@ fn capture_in_child(source: &Source, stop_at: tidepool::pgoutput::Lsn) -> f64 {
         .arg(&source.store)
         .args(["--publication", "tidepool_pub", "--slot", &source.slot])
         .args(["--stop-at-lsn", &stop_at.to_string()])
+        .args(extra)
         .env(
             "PGPASSWORD",
             source.db.cluster.superuser_password().expose(),
@@ -93,14 +95,24 @@ fn capture_in_child(source: &Source, stop_at: tidepool::pgoutput::Lsn) -> f64 {
     peak_kib as f64 / 1024.0
 }
 
-/// The store's files on disk (the database and its write-ahead log).
+/// The store's files on disk: the database and its write-ahead log, snapshot files, everything in
+/// the store's folder.
 fn store_bytes(source: &Source) -> u64 {
-    std::fs::read_dir(&source.store)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("tidepool.db"))
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
+    fn bytes(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    bytes(&e.path())
+                } else {
+                    meta.len()
+                }
+            })
+            .sum()
+    }
+    bytes(&source.store)
 }
 
 /// The document with its large value replaced by the value's hash, after checking the value is there.
@@ -140,7 +152,7 @@ async fn large_value_is_captured_in_bounded_memory_and_stored_once(
         .to_string();
     let stop_at = source.db.current_lsn();
 
-    let peak = capture_in_child(&source, stop_at);
+    let peak = capture_in_child(&source, stop_at, &[]);
     let stored = store_bytes(&source);
     eprintln!(
         "{prefix}: peak RSS {peak:.1} MiB, store {:.1} MiB for a {:.1} MiB value",
@@ -233,4 +245,116 @@ async fn a_100_mib_value_with_replica_identity_full_is_captured_in_bounded_memor
         Some(PEAK_LIMIT_MIB),
     )
     .await;
+}
+
+/// The value backfilled (`capture --tables`), then updated twice with only another column changed:
+/// both runs stay under the peak bound, the value is stored once, and readers get it back in the
+/// snapshot's document and in both updates.
+async fn large_value_backfilled_then_updated(prefix: &str, full: bool) {
+    let identity = if full {
+        "ALTER TABLE docs REPLICA IDENTITY FULL;"
+    } else {
+        ""
+    };
+    let source = Source::new(
+        prefix,
+        &format!(
+            "CREATE TABLE docs (id int PRIMARY KEY, n int, big text); {identity}
+             INSERT INTO docs SELECT 1, 0, E'\\\"quoted\\\"\\n' || string_agg(md5(g::text), '' ORDER BY g)
+               FROM generate_series(1, {DIGESTS}) g;"
+        ),
+    );
+    // The backfill creates its slot with its snapshot.
+    source.db.sql(&format!(
+        "SELECT pg_drop_replication_slot('{}');",
+        source.slot
+    ));
+    let expected = source
+        .db
+        .sql("SELECT encode(sha256(convert_to(big, 'UTF8')), 'hex') FROM docs;")
+        .trim()
+        .to_string();
+    let tables = ["--tables", "public.docs"];
+
+    let backfill_peak = capture_in_child(&source, source.db.current_lsn(), &tables);
+    let stored = store_bytes(&source);
+    eprintln!(
+        "{prefix}: backfill peak RSS {backfill_peak:.1} MiB, store {:.1} MiB",
+        stored as f64 / 1048576.0
+    );
+    let changes = source.changes("public/docs");
+    assert_eq!(changes.len(), 1);
+    let doc = with_value_hashed(&changes[0], "big", &expected);
+    assert_eq!(doc["_meta"]["op"], "c");
+    assert_eq!(doc["_meta"]["source"]["snapshot"], true);
+
+    source.db.sql(
+        "UPDATE docs SET n = 1 WHERE id = 1;
+         UPDATE docs SET n = 2 WHERE id = 1;",
+    );
+    let update_peak = capture_in_child(&source, source.db.current_lsn(), &tables);
+    let stored = store_bytes(&source);
+    eprintln!(
+        "{prefix}: updates peak RSS {update_peak:.1} MiB, store {:.1} MiB for a {:.1} MiB value",
+        stored as f64 / 1048576.0,
+        VALUE_BYTES as f64 / 1048576.0
+    );
+    assert!(
+        backfill_peak < PEAK_LIMIT_MIB,
+        "the backfill peaked at {backfill_peak:.1} MiB"
+    );
+    assert!(
+        update_peak < PEAK_LIMIT_MIB,
+        "the updates after the backfill peaked at {update_peak:.1} MiB"
+    );
+    assert!(
+        (stored as f64) < 1.5 * VALUE_BYTES as f64,
+        "the store takes {stored} bytes for one {VALUE_BYTES}-byte value"
+    );
+
+    let changes = source.changes("public/docs");
+    assert_eq!(changes.len(), 3);
+    for (i, change) in changes.iter().enumerate() {
+        let mut doc = with_value_hashed(change, "big", &expected);
+        let meta = doc.as_object_mut().unwrap().remove("_meta").unwrap();
+        assert_eq!(doc, json!({"id": 1, "n": i, "big": "<value>"}));
+        assert_eq!(meta["op"], if i == 0 { "c" } else { "u" });
+        assert!(meta.get("unknown").is_none(), "{meta}");
+        if full && i > 0 {
+            let before = with_value_hashed(&meta["before"], "big", &expected);
+            assert_eq!(before, json!({"id": 1, "n": i - 1, "big": "<value>"}));
+        }
+    }
+    let store = source.store();
+    let rows = store.rows("public/docs", 10).unwrap();
+    assert_eq!(rows, vec![changes[2].clone()], "the row is the last change");
+    // Filters over the snapshot's row read the value too: a substring the line screen cannot see.
+    let filter = |field: &str, value: &str| Filter {
+        field: field.into(),
+        value: value.into(),
+        contains: true,
+    };
+    let digest = source.db.sql("SELECT md5('77');").trim().to_string();
+    let found = store
+        .changes_matching("public/docs", 0, 10, Some(&filter("big", &digest)))
+        .unwrap();
+    assert_eq!(
+        found.len(),
+        3,
+        "a substring of the large value in every change"
+    );
+    let found = store
+        .changes_matching("public/docs", 0, 10, Some(&filter("big", "not in it")))
+        .unwrap();
+    assert!(found.is_empty());
+}
+
+#[tokio::test]
+async fn a_backfilled_100_mib_value_and_the_updates_after_it_stay_in_bounded_memory() {
+    large_value_backfilled_then_updated("large_backfill", false).await;
+}
+
+#[tokio::test]
+async fn a_backfilled_100_mib_value_with_replica_identity_full_stays_in_bounded_memory() {
+    large_value_backfilled_then_updated("large_backfill_full", true).await;
 }
