@@ -144,7 +144,15 @@ fn backfill(bench: &Bench, workload: &'static str) -> Row {
         let result = bench.capture(
             &store,
             "bf_pub",
-            &["--slot", slot, "--create-slot", "--stop-at-lsn", &end],
+            &[
+                "--slot",
+                slot,
+                "--create-slot",
+                "--tables",
+                "public.bf",
+                "--stop-at-lsn",
+                &end,
+            ],
         );
         bench.forget(&store);
         bench.sql(&format!("SELECT pg_drop_replication_slot('{slot}');"));

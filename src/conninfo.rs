@@ -62,6 +62,17 @@ pub enum Advice {
     },
 }
 
+/// The scheme of a URL that is not PostgreSQL's (`mysql://…`): the input must start with one (a letter,
+/// then letters, digits, `+`, `-` or `.`), so `://` inside a keyword's quoted value is not mistaken for
+/// one.
+fn other_scheme(input: &str) -> Option<&str> {
+    let (scheme, _) = input.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic() && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+        .then_some(scheme)
+}
+
 impl Conninfo {
     /// Parses a URL or a `key=value` string.
     pub fn parse(input: &str) -> Result<Conninfo> {
@@ -72,8 +83,7 @@ impl Conninfo {
         let lower = input.get(..13).unwrap_or(input).to_ascii_lowercase();
         if lower.starts_with("postgresql://") || lower.starts_with("postgres://") {
             parse_url(input)
-        } else if input.contains("://") {
-            let scheme = input.split("://").next().unwrap_or_default();
+        } else if let Some(scheme) = other_scheme(input) {
             Err(Error::invalid_input(
                 "connection string",
                 format!("scheme '{scheme}://' is not postgres:// or postgresql://"),
@@ -564,6 +574,11 @@ mod tests {
             ("host=h sslmode=require", Sslmode(SslMode::Require)),
             ("   ", Err("connection string")),
             ("mysql://h/db", Err("connection string")),
+            // A quoted value may hold "://": still key=value pairs, not a URL of another scheme.
+            (
+                "application_name='://' host=h dbname=d",
+                ok(Some("h"), None, None, None, Some("d")),
+            ),
             ("just some words", Err("connection string")),
             ("postgres://h:99999/db", Err("port")),
             ("postgres://h:0/db", Err("port")),
