@@ -179,11 +179,24 @@ struct Received {
     accepted: Mutex<Vec<Json>>,
     /// Request headers and bodies accepted.
     signed: Mutex<Vec<(HeaderMap, Bytes)>>,
+    /// How long to wait after recording a request before answering it (a slow receiver).
+    answer_after_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A webhook receiver on a free loopback port; returns its URL.
 async fn receiver(received: Arc<Received>) -> String {
-    let app = axum::Router::new()
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = hook_app(received);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    url
+}
+
+/// The receiver's routes: `/hook` records what it accepts.
+fn hook_app(received: Arc<Received>) -> axum::Router {
+    axum::Router::new()
         .route(
             "/hook",
             axum::routing::post(
@@ -201,17 +214,15 @@ async fn receiver(received: Arc<Received>) -> String {
                     };
                     r.accepted.lock().unwrap().extend(messages);
                     r.signed.lock().unwrap().push((headers, body));
+                    let wait = r.answer_after_ms.load(Ordering::SeqCst);
+                    if wait > 0 {
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
                     StatusCode::NO_CONTENT
                 },
             ),
         )
-        .with_state(received);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    url
+        .with_state(received)
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -1097,4 +1108,289 @@ async fn the_command_line_adds_consumers_keeps_secrets_in_the_keychain_and_serve
         .output()
         .unwrap();
     assert!(!show.status.success());
+}
+
+/// A webhook receiver that can go down (its port closed, so connections are refused) and come back
+/// on the same port.
+struct Downable {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Downable {
+    async fn start(received: Arc<Received>, addr: std::net::SocketAddr) -> Downable {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = hook_app(received);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Downable {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Closes the port and every open connection.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// The slot's `confirmed_flush_lsn`.
+fn confirmed_flush(shop: &Shop) -> tidepool::pgoutput::Lsn {
+    shop.db
+        .sql(&format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
+            shop.db.name
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The source LSN of the newest change in the store, once it is the change of row `id`.
+async fn stored_lsn_of(shop: &Shop, id: i64) -> tidepool::pgoutput::Lsn {
+    let mut found = None;
+    wait_for("the change stored", Duration::from_secs(20), || {
+        let latest = tidepool::store::Store::open(&shop.store)
+            .unwrap()
+            .latest_changes("public/orders", 1)
+            .unwrap();
+        if latest.first().map(|c| c.1["id"].clone()) == Some(json!(id)) {
+            found = latest[0].1["_meta"]["source"]["lsn"]
+                .as_str()
+                .and_then(|l| l.parse::<tidepool::pgoutput::Lsn>().ok());
+        }
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+/// How long the receiver is down: the minute, long enough for six failed attempts of the
+/// same messages (1 + 2 + 4 + 8 + 16 s of backoff, the next due at about 63 s).
+const OUTAGE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_a_minute_gets_everything_when_it_returns_and_the_slot_kept_advancing()
+{
+    let shop = Shop::new("dl_outage", 0);
+    shop.backfill().await;
+    let received = Arc::new(Received::default());
+    let mut hook = Downable::start(received.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let consumer = shop.add(shop.spec(
+        "outage",
+        Mode::Changes,
+        Start::Now,
+        webhook(&hook.url(), Some(10), None),
+    ));
+    let capture = shop.streaming();
+    let delivery = shop.delivery();
+    shop.db.sql("INSERT INTO orders VALUES (1, 'new', 1);");
+    wait_for("the first message", Duration::from_secs(30), || {
+        received.accepted.lock().unwrap().len() == 1
+    })
+    .await;
+
+    // Down: connections are refused from now on.
+    hook.stop().await;
+    let down = Instant::now();
+    for id in 2..=21 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    for n in 1..=5 {
+        shop.db.sql(&format!(
+            "UPDATE orders SET status = 'paid-{n}' WHERE id = 1;"
+        ));
+    }
+    shop.db.sql("INSERT INTO orders VALUES (22, 'last', 22);");
+    // While none of them is delivered, the slot is confirmed past all of them: the source keeps no
+    // WAL for the receiver.
+    let last = stored_lsn_of(&shop, 22).await;
+    wait_for(
+        "the slot confirmed past the outage's changes",
+        Duration::from_secs(20),
+        || confirmed_flush(&shop) > last,
+    )
+    .await;
+    assert_eq!(received.accepted.lock().unwrap().len(), 1);
+    let ledger = Ledger::open(&shop.store).unwrap();
+    wait_for(
+        "the outage's changes queued",
+        Duration::from_secs(10),
+        || ledger.get("outage").unwrap().pending == 26,
+    )
+    .await;
+    tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
+    assert_eq!(
+        received.accepted.lock().unwrap().len(),
+        1,
+        "delivered while the receiver was down"
+    );
+    assert!(confirmed_flush(&shop) > last);
+
+    // Back on the same port: everything arrives, once each, in order per row.
+    let _hook = Downable::start(received.clone(), hook.addr).await;
+    let back = Instant::now();
+    wait_for(
+        "every message after the outage",
+        Duration::from_secs(150),
+        || received.accepted.lock().unwrap().len() >= 27,
+    )
+    .await;
+    eprintln!(
+        "delivered {:.1} s after the receiver came back",
+        back.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = received.accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 27, "{accepted:#?}");
+    let keys: HashSet<&str> = accepted
+        .iter()
+        .map(|m| m["metadata"]["idempotency_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 27, "each message accepted once");
+    let ids: HashSet<i64> = summary(&accepted).iter().map(|m| m.1).collect();
+    assert_eq!(ids, (1..=22).collect::<HashSet<i64>>());
+    let row_1: Vec<String> = summary(&accepted)
+        .into_iter()
+        .filter(|m| m.1 == 1)
+        .map(|m| m.2)
+        .collect();
+    assert_eq!(
+        row_1,
+        ["new", "paid-1", "paid-2", "paid-3", "paid-4", "paid-5"]
+    );
+    assert!(received.requests.load(Ordering::SeqCst) >= 2);
+    assert_eq!(ledger.get(&consumer.id).unwrap().pending, 0);
+    delivery.abort();
+    capture.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_capture_mid_delivery_loses_nothing_and_repeats_keep_their_key() {
+    let shop = Shop::new("dl_kill", 0);
+    shop.backfill().await;
+    let received = Arc::new(Received::default());
+    // Requests are recorded on arrival and answered a second later, so the kill below lands while
+    // a request is in flight: its messages arrived and were never acknowledged.
+    received.answer_after_ms.store(1000, Ordering::SeqCst);
+    let url = receiver(received.clone()).await;
+    let mut destination = webhook(&url, Some(10), None);
+    if let Destination::Webhook(w) = &mut destination {
+        w.max_in_flight = 2;
+    }
+    shop.add(shop.spec("killed", Mode::Changes, Start::Now, destination));
+    for id in 1..=100 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    let store = shop.store.to_str().unwrap().to_string();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    let capture = || {
+        Child(
+            tidepool_cli(&shop)
+                .args(["capture", "--url", &url, "--store", &store])
+                .args(["--publication", "shop_pub", "--slot", &shop.db.name])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = capture();
+    wait_for("some deliveries", Duration::from_secs(60), || {
+        received.accepted.lock().unwrap().len() >= 20
+    })
+    .await;
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    let at_kill = received.accepted.lock().unwrap().len();
+    assert!(at_kill < 200, "everything was delivered before the kill");
+    // Written while Tidepool is dead, and changes of rows some of which were delivered.
+    for id in 101..=200 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id IN (1, 2, 3, 150);");
+    received.answer_after_ms.store(0, Ordering::SeqCst);
+    let _second = capture();
+    let all = |accepted: &[Json]| {
+        let changes: HashSet<(String, i64)> = summary(accepted)
+            .into_iter()
+            .map(|(action, id, _)| (action, id))
+            .collect();
+        changes.len()
+    };
+    wait_for(
+        "every change delivered after the restart",
+        Duration::from_secs(120),
+        || all(&received.accepted.lock().unwrap()) == 204,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = received.accepted.lock().unwrap().clone();
+    // Every change at least once; a repeat is the same change with the same key.
+    let mut keys: BTreeMap<(String, i64), HashSet<String>> = BTreeMap::new();
+    for m in &accepted {
+        keys.entry((
+            m["action"].as_str().unwrap().to_string(),
+            m["record"]["id"].as_i64().unwrap(),
+        ))
+        .or_default()
+        .insert(m["metadata"]["idempotency_key"].as_str().unwrap().into());
+    }
+    assert_eq!(keys.len(), 204);
+    for id in 1..=200 {
+        assert!(
+            keys.contains_key(&("insert".to_string(), id)),
+            "insert {id} lost"
+        );
+    }
+    for id in [1, 2, 3, 150] {
+        assert!(
+            keys.contains_key(&("update".to_string(), id)),
+            "update {id} lost"
+        );
+    }
+    for (change, set) in &keys {
+        assert_eq!(set.len(), 1, "{change:?} came with different keys: {set:?}");
+    }
+    // The request in flight at the kill was delivered again after the restart.
+    assert!(
+        accepted.len() > 204,
+        "no message was redelivered after the kill ({at_kill} accepted before it)"
+    );
+    assert_eq!(
+        Ledger::open(&shop.store)
+            .unwrap()
+            .get("killed")
+            .unwrap()
+            .pending,
+        0
+    );
 }
