@@ -9,10 +9,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What went wrong, coarsely enough that a UI can choose what to show and what to offer next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// A value given by a person (a form field, a flag, a connection string) is malformed.
     InvalidInput,
@@ -38,6 +38,9 @@ pub enum ErrorKind {
     /// silently miss changes; a re-backfill (`tidepool capture --resync`, "Re-backfill and continue")
     /// is the way out.
     Diverged,
+    /// A consumer fell behind the store's log retention: changes it had not read yet were pruned
+    /// ([`crate::retention`]).
+    Behind,
     /// A bug or an unexpected state of the machine (a missing binary).
     Internal,
 }
@@ -56,6 +59,7 @@ impl ErrorKind {
             ErrorKind::Keychain => "Keychain",
             ErrorKind::Storage => "Storage",
             ErrorKind::Diverged => "Diverged",
+            ErrorKind::Behind => "Behind",
             ErrorKind::Internal => "Internal",
         }
     }

@@ -365,8 +365,10 @@ impl Runs {
         let spec = profiles.spec_blocking(&profile.id, None).await?;
         let client = crate::connection::connect(&spec).await?;
         crate::slot::drop_released(&client, &profile.slot).await?;
-        if let Some(mut store) = Store::open_existing(&profiles.store_dir(&profile.id)?)? {
+        let store_dir = profiles.store_dir(&profile.id)?;
+        if let Some(mut store) = Store::open_existing(&store_dir)? {
             store.forget_capture(&[crate::binding::META_KEY])?;
+            crate::deliver::log_restarted(&store_dir)?;
         }
         let mut shared = self.lock();
         shared.status.remove(&profile.id);

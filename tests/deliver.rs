@@ -1394,3 +1394,318 @@ async fn kill_9_of_the_capture_mid_delivery_loses_nothing_and_repeats_keep_their
         0
     );
 }
+
+/// (op, id, status) of each entry of the store's log.
+fn stored_log(shop: &Shop) -> Vec<(String, i64, String)> {
+    tidepool::store::Store::open(&shop.store)
+        .unwrap()
+        .changes("public/orders", 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| {
+            (
+                d["_meta"]["op"].as_str().unwrap().to_string(),
+                d["id"].as_i64().unwrap(),
+                d["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_prunes_old_changes_keeps_rows_and_tells_a_consumer_that_fell_behind() {
+    let shop = Shop::new("dl_retention", 2);
+    shop.backfill().await;
+    let (base, _api) = shop.pull_api("pull-token").await;
+    let client = http_client();
+    let pull = || Destination::Pull(Pull::default());
+    shop.add(shop.spec("keeps-up", Mode::Changes, Start::Now, pull()));
+    shop.add(shop.spec("late", Mode::Changes, Start::Now, pull()));
+    // Each its own transaction: row 1 updated three times, row 2 deleted, row 3 inserted.
+    for sql in [
+        "UPDATE orders SET status = 'a' WHERE id = 1;",
+        "UPDATE orders SET status = 'b' WHERE id = 1;",
+        "UPDATE orders SET status = 'c' WHERE id = 1;",
+        "DELETE FROM orders WHERE id = 2;",
+        "INSERT INTO orders VALUES (3, 'new', 30);",
+    ] {
+        shop.db.sql(sql);
+    }
+    shop.catch_up().await;
+    assert_eq!(drain(&client, &base, "keeps-up").await.len(), 5);
+    let mut store = tidepool::store::Store::open(&shop.store).unwrap();
+    assert!(tidepool::retention::retention(&store).unwrap().is_none());
+    tidepool::retention::set_retention(&mut store, Some(Duration::from_secs(2))).unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    shop.db.sql("INSERT INTO orders VALUES (4, 'new', 40);");
+
+    // The running capture prunes what is older than two seconds and no row's current state.
+    let capture = shop.streaming();
+    wait_for(
+        "the log pruned and row 4 stored",
+        Duration::from_secs(30),
+        || {
+            let store = tidepool::store::Store::open(&shop.store).unwrap();
+            !tidepool::retention::pruned(&store).unwrap().is_empty()
+                && stored_log(&shop).iter().any(|e| e.1 == 4)
+        },
+    )
+    .await;
+    capture.abort();
+    let s = |op: &str, id: i64, status: &str| (op.to_string(), id, status.to_string());
+    assert_eq!(
+        stored_log(&shop),
+        [
+            s("c", 1, "new"),
+            s("c", 2, "new"),
+            s("u", 1, "c"),
+            s("c", 3, "new"),
+            s("c", 4, "new")
+        ],
+        "the backfill, each row's current change and the newest change are kept"
+    );
+    let rows = tidepool::store::Store::open(&shop.store)
+        .unwrap()
+        .rows("public/orders", 10)
+        .unwrap();
+    let rows: Vec<(i64, &str)> = rows
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rows, [(1, "c"), (3, "new"), (4, "new")]);
+
+    // The consumer that read everything before the pruning lost nothing and is told nothing.
+    assert_eq!(
+        summary(&drain(&client, &base, "keeps-up").await),
+        [("insert".to_string(), 4, "new".to_string())]
+    );
+    let ledger = Ledger::open(&shop.store).unwrap();
+    assert!(ledger.get("keeps-up").unwrap().notices.is_empty());
+    // The one that had not read them gets what is kept, and is told plainly what it missed.
+    assert_eq!(
+        summary(&drain(&client, &base, "late").await),
+        [
+            ("update".to_string(), 1, "c".to_string()),
+            ("insert".to_string(), 3, "new".to_string()),
+            ("insert".to_string(), 4, "new".to_string())
+        ]
+    );
+    let late = ledger.get("late").unwrap();
+    assert_eq!(late.notices.len(), 1, "{:?}", late.notices);
+    assert_eq!(late.notices[0].kind, tidepool::ErrorKind::Behind);
+    let message = &late.notices[0].message;
+    assert!(
+        message.contains("consumer 'late' fell behind the store's retention (2s)")
+            && message.contains("public/orders up to log position"),
+        "{message}"
+    );
+    // A consumer added now from the beginning starts from the log as kept: nothing to tell.
+    shop.add(shop.spec("fresh", Mode::Changes, Start::Beginning, pull()));
+    assert_eq!(drain(&client, &base, "fresh").await.len(), 5);
+    assert!(ledger.get("fresh").unwrap().notices.is_empty());
+    // The command line shows the notice with its kind.
+    let store = shop.store.to_str().unwrap().to_string();
+    let shown = cli_ok(tidepool_cli(&shop).args(["consumer", "list", "--store", &store]));
+    assert!(
+        shown.contains("Behind: consumer 'late' fell behind"),
+        "{shown}"
+    );
+    let json: Json = serde_json::from_str(&cli_ok(
+        tidepool_cli(&shop).args(["consumer", "show", "--store", &store, "late", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(json["consumer"]["notices"][0]["kind"], json!("Behind"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_consumer_command_works_on_the_profiles_own_store_and_store_overrides_it() {
+    let shop = Shop::new("dl_profile", 2);
+    let data = harness::temp_dir("dl_profile_data");
+    let data_dir = data.to_str().unwrap().to_string();
+    let cli = || {
+        let mut command = tidepool_cli(&shop);
+        command.env("TIDEPOOL_DATA_DIR", &data_dir);
+        command
+    };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    cli_ok(
+        cli()
+            .args(["profile", "add", "--name", "shop", "--url", &url])
+            .args(["--publication", "shop_pub", "--slot", &shop.db.name]),
+    );
+    // The store the app uses for this profile.
+    let own = tidepool::profile::Profiles::open(&data)
+        .store_dir("shop")
+        .unwrap();
+    let lsn = shop.db.current_lsn().to_string();
+    cli_ok(cli().args([
+        "capture",
+        "--profile",
+        "shop",
+        "--tables",
+        "public.orders",
+        "--stop-at-lsn",
+        &lsn,
+        "--retention",
+        "7d",
+    ]));
+    assert!(
+        own.join("tidepool.db").exists(),
+        "capture did not use the profile's store"
+    );
+    assert_eq!(
+        tidepool::retention::retention(&tidepool::store::Store::open(&own).unwrap()).unwrap(),
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    cli_ok(
+        cli()
+            .args(["consumer", "add", "--profile", "shop", "--name", "app"])
+            .args([
+                "--collection",
+                "public/orders",
+                "--pull",
+                "--start",
+                "beginning",
+            ]),
+    );
+    let list: Json = serde_json::from_str(&cli_ok(cli().args([
+        "consumer",
+        "list",
+        "--profile",
+        "shop",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(list[0]["name"], json!("app"));
+    assert_eq!(Ledger::open(&own).unwrap().list().unwrap().len(), 1);
+    let show = cli_ok(cli().args(["consumer", "show", "--profile", "shop", "app"]));
+    assert!(show.contains("\"name\": \"app\""), "{show}");
+    // --store overrides the profile's store.
+    let elsewhere = harness::temp_dir("dl_profile_other");
+    let other = cli_ok(
+        cli()
+            .args(["consumer", "list", "--profile", "shop", "--json"])
+            .args(["--store", elsewhere.to_str().unwrap()]),
+    );
+    assert_eq!(serde_json::from_str::<Json>(&other).unwrap(), json!([]));
+    let token = cli_ok(cli().args(["api-token", "--profile", "shop"]))
+        .trim()
+        .to_string();
+
+    // `capture --profile P --listen ADDR` serves the pull API from the same store.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let _capture = Child(
+        cli()
+            .args(["capture", "--profile", "shop", "--listen", &listen])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = http_client();
+    let receive = format!("http://{listen}/api/http_pull_consumers/app/receive?batch_size=10");
+    let started = Instant::now();
+    let got = loop {
+        if let Ok(r) = client.get(&receive).bearer_auth(&token).send().await {
+            break r.json::<Json>().await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no pull API");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got["data"].as_array().unwrap().len(), 2, "{got}");
+    let ids = ack_ids(&got);
+    let acked = client
+        .post(format!("http://{listen}/api/http_pull_consumers/app/ack"))
+        .bearer_auth(&token)
+        .json(&json!({ "ack_ids": ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status().as_u16(), 200);
+    cli_ok(cli().args(["consumer", "remove", "--profile", "shop", "app"]));
+    assert!(Ledger::open(&own).unwrap().list().unwrap().is_empty());
+    let _ = cli().args(["profile", "remove", "shop"]).output();
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resync_consumers_get_every_row_again_as_read_and_are_told_of_the_gap() {
+    let shop = Shop::new("dl_resync", 2);
+    shop.backfill().await;
+    let (base, _api) = shop.pull_api("pull-token").await;
+    let client = http_client();
+    let pull = || Destination::Pull(Pull::default());
+    shop.add(shop.spec("app", Mode::Changes, Start::Now, pull()));
+    shop.db.sql("INSERT INTO orders VALUES (3, 'new', 30);");
+    shop.catch_up().await;
+    assert_eq!(
+        summary(&drain(&client, &base, "app").await),
+        [("insert".to_string(), 3, "new".to_string())]
+    );
+
+    // Behind Tidepool's back: the slot goes, and rows change while nothing captures them.
+    shop.db.sql(&format!(
+        "SELECT pg_drop_replication_slot('{}');",
+        shop.db.name
+    ));
+    shop.db.sql(
+        "UPDATE orders SET status = 'B' WHERE id = 2; DELETE FROM orders WHERE id = 1; INSERT INTO orders VALUES (4, 'new', 40);",
+    );
+    let err = run(shop.options(Some(shop.db.current_lsn()), false))
+        .await
+        .expect_err("a dropped slot is a gap");
+    assert_eq!(err.kind(), tidepool::ErrorKind::Diverged, "{err}");
+    let done = tidepool::continuity::resync(&shop.db.spec(), &shop.store, &shop.db.name)
+        .await
+        .expect("resync");
+    assert_eq!(done.gap.rebackfilled, ["public/orders"]);
+    shop.db.sql("INSERT INTO orders VALUES (5, 'new', 50);");
+    shop.catch_up().await;
+
+    // The consumer gets every row's state after the gap as `read`, and the changes after it; it
+    // cannot get the delete made inside the gap, and is told so.
+    let got: HashSet<(String, i64, String)> = summary(&drain(&client, &base, "app").await)
+        .into_iter()
+        .collect();
+    let want: HashSet<(String, i64, String)> = [
+        ("read", 2, "B"),
+        ("read", 3, "new"),
+        ("read", 4, "new"),
+        ("insert", 5, "new"),
+    ]
+    .into_iter()
+    .map(|(a, id, s)| (a.to_string(), id, s.to_string()))
+    .collect();
+    assert!(got.is_superset(&want), "{got:?}");
+    // Row 5 may also be read by the new snapshot, if it was taken after the insert: nothing else.
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        extra.is_empty() || extra == [&("read".to_string(), 5, "new".to_string())],
+        "{extra:?}"
+    );
+    let ledger = Ledger::open(&shop.store).unwrap();
+    let app = ledger.get("app").unwrap();
+    assert_eq!(app.notices.len(), 1, "{:?}", app.notices);
+    assert_eq!(app.notices[0].kind, tidepool::ErrorKind::Diverged);
+    let message = &app.notices[0].message;
+    assert!(
+        message.contains("consumer 'app' crosses a gap in the store's history")
+            && message.contains(&done.gap.from)
+            && message.contains("The rows of public/orders were read again")
+            && message.contains("Deletes made in the gap are not delivered"),
+        "{message}"
+    );
+    // A consumer added after the resync starts after the gap: nothing to tell.
+    shop.add(shop.spec("later", Mode::Changes, Start::Now, pull()));
+    assert!(drain(&client, &base, "later").await.is_empty());
+    assert!(ledger.get("later").unwrap().notices.is_empty());
+}

@@ -163,6 +163,13 @@ pub struct AddArgs {
     max_waiting: u32,
 }
 
+/// A consumer's notices, one line each, with their kind (as `--json` gives them).
+fn print_notices(consumer: &tidepool::deliver::Consumer) {
+    for n in &consumer.notices {
+        println!("  {}: {}", n.kind.as_str(), n.message);
+    }
+}
+
 fn keychain() -> Result<Keychain, Error> {
     Keychain::open()
 }
@@ -194,6 +201,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
                         c.pending,
                         c.failed
                     );
+                    print_notices(&c);
                 }
             }
             Ok(())
@@ -221,6 +229,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
                         p.last_error.unwrap_or_default()
                     );
                 }
+                print_notices(&consumer);
             }
             Ok(())
         }

@@ -14,6 +14,7 @@ const TITLES: Record<ErrorKind, string> = {
   Keychain: "Keychain problem",
   Storage: "The local store cannot be written",
   Diverged: "The store can no longer follow the source without a gap",
+  Behind: "A consumer fell behind the store's retention",
   Internal: "Something went wrong in Tidepool",
 };
 

@@ -13,6 +13,7 @@ export type ErrorKind =
   | "Keychain"
   | "Storage"
   | "Diverged"
+  | "Behind"
   | "Internal";
 
 /** Every error from the backend reaches the UI as `{kind, message}`. */
