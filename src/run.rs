@@ -367,7 +367,8 @@ impl Runs {
         crate::slot::drop_released(&client, &profile.slot).await?;
         let store_dir = profiles.store_dir(&profile.id)?;
         if let Some(mut store) = Store::open_existing(&store_dir)? {
-            store.forget_capture(&[crate::binding::META_KEY])?;
+            // The definition and the retention are the person's settings, not capture state.
+            store.forget_capture(&[crate::binding::META_KEY, crate::retention::RETENTION_KEY])?;
             crate::deliver::log_restarted(&store_dir)?;
         }
         let mut shared = self.lock();
