@@ -370,6 +370,8 @@ struct Capture {
     rebackfill: Vec<Rebackfill>,
     /// The publications the current stream decodes with (empty before the first stream starts).
     streamed: Vec<String>,
+    /// When to prune the log next ([`crate::retention`]).
+    next_prune: Instant,
     backfill_done: (
         tokio::sync::mpsc::UnboundedSender<BackfillDone>,
         tokio::sync::mpsc::UnboundedReceiver<BackfillDone>,
@@ -472,6 +474,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         finished: Vec::new(),
         rebackfill: Vec::new(),
         streamed: Vec::new(),
+        next_prune: Instant::now(),
         backfill_done: tokio::sync::mpsc::unbounded_channel(),
     };
     // Backfills a crash interrupted are started over by reconciling: their snapshots died with
@@ -1425,6 +1428,25 @@ impl Capture {
     }
 
     /// Picks up an edited definition (called between transactions).
+    /// Prunes the log by the store's retention when due. Between batches only; a failure is
+    /// logged and tried again later (pruning is housekeeping: it must not stop the capture).
+    fn prune_if_due(&mut self) {
+        if self.store.in_batch() || Instant::now() < self.next_prune {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let wait = match crate::retention::prune(&mut self.store, now_ms) {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the change log failed; trying again in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        self.next_prune = Instant::now() + wait;
+    }
+
     async fn reload_definition(&mut self) -> Result<()> {
         let text = Definition::saved_text(&self.store)?;
         if text == self.definition_text {
@@ -1523,6 +1545,7 @@ impl Capture {
                                 self.flush(&stream, batch_end)?;
                             }
                             self.reload_definition().await?;
+                            self.prune_if_due();
                             continue;
                         }
                         event = stream.next() => event?,

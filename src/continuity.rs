@@ -61,6 +61,11 @@ pub struct Gap {
     pub reason: String,
     /// The collections read again to close it.
     pub rebackfilled: Vec<String>,
+    /// The store's last log position before the gap (entries after it were stored after the
+    /// gap); consumers that had not read past it are told they cross it. Absent in gaps recorded
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_position: Option<u64>,
 }
 
 /// What [`resync`] did.
@@ -297,6 +302,7 @@ pub async fn resync(
             .unwrap_or_default(),
         reason,
         rebackfilled,
+        log_position: Some(store.log_end()),
     };
     let mut all = gaps(&store)?;
     all.push(gap.clone());

@@ -9,10 +9,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What went wrong, coarsely enough that a UI can choose what to show and what to offer next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// A value given by a person (a form field, a flag, a connection string) is malformed.
     InvalidInput,
@@ -41,6 +41,9 @@ pub enum ErrorKind {
     /// An encrypted store cannot be opened: its key is missing from the keychain or does not open it.
     /// The local copy is lost, the source is not; discarding the store and capturing again rebuilds it.
     Locked,
+    /// A consumer fell behind the store's log retention: changes it had not read yet were pruned
+    /// ([`crate::retention`]).
+    Behind,
     /// A bug or an unexpected state of the machine (a missing binary).
     Internal,
 }
@@ -60,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Storage => "Storage",
             ErrorKind::Diverged => "Diverged",
             ErrorKind::Locked => "Locked",
+            ErrorKind::Behind => "Behind",
             ErrorKind::Internal => "Internal",
         }
     }

@@ -27,6 +27,7 @@ pub mod preview;
 pub mod profile;
 pub mod publication;
 pub mod replication;
+pub mod retention;
 pub mod rowkey;
 pub mod run;
 pub mod secrets;

@@ -414,8 +414,11 @@ impl Runs {
         let spec = profiles.spec_blocking(&profile.id, None).await?;
         let client = crate::connection::connect(&spec).await?;
         crate::slot::drop_released(&client, &profile.slot).await?;
-        if let Some(mut store) = Store::open_existing(&profiles.store_dir(&profile.id)?)? {
-            store.forget_capture(&[crate::binding::META_KEY])?;
+        let store_dir = profiles.store_dir(&profile.id)?;
+        if let Some(mut store) = Store::open_existing(&store_dir)? {
+            // The definition and the retention are the person's settings, not capture state.
+            store.forget_capture(&[crate::binding::META_KEY, crate::retention::RETENTION_KEY])?;
+            crate::deliver::log_restarted(&store_dir)?;
         }
         let mut shared = self.lock();
         shared.status.remove(&profile.id);

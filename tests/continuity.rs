@@ -275,11 +275,16 @@ async fn bad_slot_names_are_refused_naming_the_slot() {
     }
 }
 
+/// A field's name and how to spoil it.
+type Spoiler = (
+    &'static str,
+    Box<dyn Fn(&mut tidepool::connection::ConnectionSpec)>,
+);
+
 #[tokio::test]
 async fn hostile_connection_values_are_refused_naming_the_field() {
     let db = TestDb::new(harness::plain(), "cont_hostile");
-    type Spoil = Box<dyn Fn(&mut tidepool::connection::ConnectionSpec)>;
-    let cases: Vec<(&str, Spoil)> = vec![
+    let cases: Vec<Spoiler> = vec![
         ("user", Box::new(|s| s.user = "u\0x".into())),
         ("dbname", Box::new(|s| s.database = "d\0b".into())),
         (

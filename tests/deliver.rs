@@ -179,11 +179,24 @@ struct Received {
     accepted: Mutex<Vec<Json>>,
     /// Request headers and bodies accepted.
     signed: Mutex<Vec<(HeaderMap, Bytes)>>,
+    /// How long to wait after recording a request before answering it (a slow receiver).
+    answer_after_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A webhook receiver on a free loopback port; returns its URL.
 async fn receiver(received: Arc<Received>) -> String {
-    let app = axum::Router::new()
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = hook_app(received);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    url
+}
+
+/// The receiver's routes: `/hook` records what it accepts.
+fn hook_app(received: Arc<Received>) -> axum::Router {
+    axum::Router::new()
         .route(
             "/hook",
             axum::routing::post(
@@ -201,17 +214,15 @@ async fn receiver(received: Arc<Received>) -> String {
                     };
                     r.accepted.lock().unwrap().extend(messages);
                     r.signed.lock().unwrap().push((headers, body));
+                    let wait = r.answer_after_ms.load(Ordering::SeqCst);
+                    if wait > 0 {
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
                     StatusCode::NO_CONTENT
                 },
             ),
         )
-        .with_state(received);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    url
+        .with_state(received)
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -1097,4 +1108,604 @@ async fn the_command_line_adds_consumers_keeps_secrets_in_the_keychain_and_serve
         .output()
         .unwrap();
     assert!(!show.status.success());
+}
+
+/// A webhook receiver that can go down (its port closed, so connections are refused) and come back
+/// on the same port.
+struct Downable {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Downable {
+    async fn start(received: Arc<Received>, addr: std::net::SocketAddr) -> Downable {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = hook_app(received);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Downable {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Closes the port and every open connection.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// The slot's `confirmed_flush_lsn`.
+fn confirmed_flush(shop: &Shop) -> tidepool::pgoutput::Lsn {
+    shop.db
+        .sql(&format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
+            shop.db.name
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The source LSN of the newest change in the store, once it is the change of row `id`.
+async fn stored_lsn_of(shop: &Shop, id: i64) -> tidepool::pgoutput::Lsn {
+    let mut found = None;
+    wait_for("the change stored", Duration::from_secs(20), || {
+        let latest = tidepool::store::Store::open(&shop.store)
+            .unwrap()
+            .latest_changes("public/orders", 1)
+            .unwrap();
+        if latest.first().map(|c| c.1["id"].clone()) == Some(json!(id)) {
+            found = latest[0].1["_meta"]["source"]["lsn"]
+                .as_str()
+                .and_then(|l| l.parse::<tidepool::pgoutput::Lsn>().ok());
+        }
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+/// How long the receiver is down: the minute, long enough for six failed attempts of the
+/// same messages (1 + 2 + 4 + 8 + 16 s of backoff, the next due at about 63 s).
+const OUTAGE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_a_minute_gets_everything_when_it_returns_and_the_slot_kept_advancing()
+{
+    let shop = Shop::new("dl_outage", 0);
+    shop.backfill().await;
+    let received = Arc::new(Received::default());
+    let mut hook = Downable::start(received.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let consumer = shop.add(shop.spec(
+        "outage",
+        Mode::Changes,
+        Start::Now,
+        webhook(&hook.url(), Some(10), None),
+    ));
+    let capture = shop.streaming();
+    let delivery = shop.delivery();
+    shop.db.sql("INSERT INTO orders VALUES (1, 'new', 1);");
+    wait_for("the first message", Duration::from_secs(30), || {
+        received.accepted.lock().unwrap().len() == 1
+    })
+    .await;
+
+    // Down: connections are refused from now on.
+    hook.stop().await;
+    let down = Instant::now();
+    for id in 2..=21 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    for n in 1..=5 {
+        shop.db.sql(&format!(
+            "UPDATE orders SET status = 'paid-{n}' WHERE id = 1;"
+        ));
+    }
+    shop.db.sql("INSERT INTO orders VALUES (22, 'last', 22);");
+    // While none of them is delivered, the slot is confirmed past all of them: the source keeps no
+    // WAL for the receiver.
+    let last = stored_lsn_of(&shop, 22).await;
+    wait_for(
+        "the slot confirmed past the outage's changes",
+        Duration::from_secs(20),
+        || confirmed_flush(&shop) > last,
+    )
+    .await;
+    assert_eq!(received.accepted.lock().unwrap().len(), 1);
+    let ledger = Ledger::open(&shop.store).unwrap();
+    wait_for(
+        "the outage's changes queued",
+        Duration::from_secs(10),
+        || ledger.get("outage").unwrap().pending == 26,
+    )
+    .await;
+    tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
+    assert_eq!(
+        received.accepted.lock().unwrap().len(),
+        1,
+        "delivered while the receiver was down"
+    );
+    assert!(confirmed_flush(&shop) > last);
+
+    // Back on the same port: everything arrives, once each, in order per row.
+    let _hook = Downable::start(received.clone(), hook.addr).await;
+    let back = Instant::now();
+    wait_for(
+        "every message after the outage",
+        Duration::from_secs(150),
+        || received.accepted.lock().unwrap().len() >= 27,
+    )
+    .await;
+    eprintln!(
+        "delivered {:.1} s after the receiver came back",
+        back.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = received.accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 27, "{accepted:#?}");
+    let keys: HashSet<&str> = accepted
+        .iter()
+        .map(|m| m["metadata"]["idempotency_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 27, "each message accepted once");
+    let ids: HashSet<i64> = summary(&accepted).iter().map(|m| m.1).collect();
+    assert_eq!(ids, (1..=22).collect::<HashSet<i64>>());
+    let row_1: Vec<String> = summary(&accepted)
+        .into_iter()
+        .filter(|m| m.1 == 1)
+        .map(|m| m.2)
+        .collect();
+    assert_eq!(
+        row_1,
+        ["new", "paid-1", "paid-2", "paid-3", "paid-4", "paid-5"]
+    );
+    assert!(received.requests.load(Ordering::SeqCst) >= 2);
+    assert_eq!(ledger.get(&consumer.id).unwrap().pending, 0);
+    delivery.abort();
+    capture.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_capture_mid_delivery_loses_nothing_and_repeats_keep_their_key() {
+    let shop = Shop::new("dl_kill", 0);
+    shop.backfill().await;
+    let received = Arc::new(Received::default());
+    // Requests are recorded on arrival and answered a second later, so the kill below lands while
+    // a request is in flight: its messages arrived and were never acknowledged.
+    received.answer_after_ms.store(1000, Ordering::SeqCst);
+    let url = receiver(received.clone()).await;
+    let mut destination = webhook(&url, Some(10), None);
+    if let Destination::Webhook(w) = &mut destination {
+        w.max_in_flight = 2;
+    }
+    shop.add(shop.spec("killed", Mode::Changes, Start::Now, destination));
+    for id in 1..=100 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    let store = shop.store.to_str().unwrap().to_string();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    let capture = || {
+        Child(
+            tidepool_cli(&shop)
+                .args(["capture", "--url", &url, "--store", &store])
+                .args(["--publication", "shop_pub", "--slot", &shop.db.name])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = capture();
+    wait_for("some deliveries", Duration::from_secs(60), || {
+        received.accepted.lock().unwrap().len() >= 20
+    })
+    .await;
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    let at_kill = received.accepted.lock().unwrap().len();
+    assert!(at_kill < 200, "everything was delivered before the kill");
+    // Written while Tidepool is dead, and changes of rows some of which were delivered.
+    for id in 101..=200 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id IN (1, 2, 3, 150);");
+    received.answer_after_ms.store(0, Ordering::SeqCst);
+    let _second = capture();
+    let all = |accepted: &[Json]| {
+        let changes: HashSet<(String, i64)> = summary(accepted)
+            .into_iter()
+            .map(|(action, id, _)| (action, id))
+            .collect();
+        changes.len()
+    };
+    wait_for(
+        "every change delivered after the restart",
+        Duration::from_secs(120),
+        || all(&received.accepted.lock().unwrap()) == 204,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = received.accepted.lock().unwrap().clone();
+    // Every change at least once; a repeat is the same change with the same key.
+    let mut keys: BTreeMap<(String, i64), HashSet<String>> = BTreeMap::new();
+    for m in &accepted {
+        keys.entry((
+            m["action"].as_str().unwrap().to_string(),
+            m["record"]["id"].as_i64().unwrap(),
+        ))
+        .or_default()
+        .insert(m["metadata"]["idempotency_key"].as_str().unwrap().into());
+    }
+    assert_eq!(keys.len(), 204);
+    for id in 1..=200 {
+        assert!(
+            keys.contains_key(&("insert".to_string(), id)),
+            "insert {id} lost"
+        );
+    }
+    for id in [1, 2, 3, 150] {
+        assert!(
+            keys.contains_key(&("update".to_string(), id)),
+            "update {id} lost"
+        );
+    }
+    for (change, set) in &keys {
+        assert_eq!(set.len(), 1, "{change:?} came with different keys: {set:?}");
+    }
+    // The request in flight at the kill was delivered again after the restart.
+    assert!(
+        accepted.len() > 204,
+        "no message was redelivered after the kill ({at_kill} accepted before it)"
+    );
+    assert_eq!(
+        Ledger::open(&shop.store)
+            .unwrap()
+            .get("killed")
+            .unwrap()
+            .pending,
+        0
+    );
+}
+
+/// (op, id, status) of each entry of the store's log.
+fn stored_log(shop: &Shop) -> Vec<(String, i64, String)> {
+    tidepool::store::Store::open(&shop.store)
+        .unwrap()
+        .changes("public/orders", 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| {
+            (
+                d["_meta"]["op"].as_str().unwrap().to_string(),
+                d["id"].as_i64().unwrap(),
+                d["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_prunes_old_changes_keeps_rows_and_tells_a_consumer_that_fell_behind() {
+    let shop = Shop::new("dl_retention", 2);
+    shop.backfill().await;
+    let (base, _api) = shop.pull_api("pull-token").await;
+    let client = http_client();
+    let pull = || Destination::Pull(Pull::default());
+    shop.add(shop.spec("keeps-up", Mode::Changes, Start::Now, pull()));
+    shop.add(shop.spec("late", Mode::Changes, Start::Now, pull()));
+    // Each its own transaction: row 1 updated three times, row 2 deleted, row 3 inserted.
+    for sql in [
+        "UPDATE orders SET status = 'a' WHERE id = 1;",
+        "UPDATE orders SET status = 'b' WHERE id = 1;",
+        "UPDATE orders SET status = 'c' WHERE id = 1;",
+        "DELETE FROM orders WHERE id = 2;",
+        "INSERT INTO orders VALUES (3, 'new', 30);",
+    ] {
+        shop.db.sql(sql);
+    }
+    shop.catch_up().await;
+    assert_eq!(drain(&client, &base, "keeps-up").await.len(), 5);
+    let mut store = tidepool::store::Store::open(&shop.store).unwrap();
+    assert!(tidepool::retention::retention(&store).unwrap().is_none());
+    tidepool::retention::set_retention(&mut store, Some(Duration::from_secs(2))).unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    shop.db.sql("INSERT INTO orders VALUES (4, 'new', 40);");
+
+    // The running capture prunes what is older than two seconds and no row's current state.
+    let capture = shop.streaming();
+    wait_for(
+        "the log pruned and row 4 stored",
+        Duration::from_secs(30),
+        || {
+            let store = tidepool::store::Store::open(&shop.store).unwrap();
+            !tidepool::retention::pruned(&store).unwrap().is_empty()
+                && stored_log(&shop).iter().any(|e| e.1 == 4)
+        },
+    )
+    .await;
+    capture.abort();
+    let s = |op: &str, id: i64, status: &str| (op.to_string(), id, status.to_string());
+    assert_eq!(
+        stored_log(&shop),
+        [
+            s("c", 1, "new"),
+            s("c", 2, "new"),
+            s("u", 1, "c"),
+            s("c", 3, "new"),
+            s("c", 4, "new")
+        ],
+        "the backfill, each row's current change and the newest change are kept"
+    );
+    let rows = tidepool::store::Store::open(&shop.store)
+        .unwrap()
+        .rows("public/orders", 10)
+        .unwrap();
+    let rows: Vec<(i64, &str)> = rows
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rows, [(1, "c"), (3, "new"), (4, "new")]);
+
+    // The consumer that read everything before the pruning lost nothing and is told nothing.
+    assert_eq!(
+        summary(&drain(&client, &base, "keeps-up").await),
+        [("insert".to_string(), 4, "new".to_string())]
+    );
+    let ledger = Ledger::open(&shop.store).unwrap();
+    assert!(ledger.get("keeps-up").unwrap().notices.is_empty());
+    // The one that had not read them gets what is kept, and is told plainly what it missed.
+    assert_eq!(
+        summary(&drain(&client, &base, "late").await),
+        [
+            ("update".to_string(), 1, "c".to_string()),
+            ("insert".to_string(), 3, "new".to_string()),
+            ("insert".to_string(), 4, "new".to_string())
+        ]
+    );
+    let late = ledger.get("late").unwrap();
+    assert_eq!(late.notices.len(), 1, "{:?}", late.notices);
+    assert_eq!(late.notices[0].kind, tidepool::ErrorKind::Behind);
+    let message = &late.notices[0].message;
+    assert!(
+        message.contains("consumer 'late' fell behind the store's retention (2s)")
+            && message.contains("public/orders up to log position"),
+        "{message}"
+    );
+    // A consumer added now from the beginning starts from the log as kept: nothing to tell.
+    shop.add(shop.spec("fresh", Mode::Changes, Start::Beginning, pull()));
+    assert_eq!(drain(&client, &base, "fresh").await.len(), 5);
+    assert!(ledger.get("fresh").unwrap().notices.is_empty());
+    // The command line shows the notice with its kind.
+    let store = shop.store.to_str().unwrap().to_string();
+    let shown = cli_ok(tidepool_cli(&shop).args(["consumer", "list", "--store", &store]));
+    assert!(
+        shown.contains("Behind: consumer 'late' fell behind"),
+        "{shown}"
+    );
+    let json: Json = serde_json::from_str(&cli_ok(
+        tidepool_cli(&shop).args(["consumer", "show", "--store", &store, "late", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(json["consumer"]["notices"][0]["kind"], json!("Behind"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_consumer_command_works_on_the_profiles_own_store_and_store_overrides_it() {
+    let shop = Shop::new("dl_profile", 2);
+    let data = harness::temp_dir("dl_profile_data");
+    let data_dir = data.to_str().unwrap().to_string();
+    let cli = || {
+        let mut command = tidepool_cli(&shop);
+        command.env("TIDEPOOL_DATA_DIR", &data_dir);
+        command
+    };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    cli_ok(
+        cli()
+            .args(["profile", "add", "--name", "shop", "--url", &url])
+            .args(["--publication", "shop_pub", "--slot", &shop.db.name]),
+    );
+    // The store the app uses for this profile.
+    let own = tidepool::profile::Profiles::open(&data)
+        .store_dir("shop")
+        .unwrap();
+    let lsn = shop.db.current_lsn().to_string();
+    cli_ok(cli().args([
+        "capture",
+        "--profile",
+        "shop",
+        "--tables",
+        "public.orders",
+        "--stop-at-lsn",
+        &lsn,
+        "--retention",
+        "7d",
+    ]));
+    assert!(
+        own.join("tidepool.db").exists(),
+        "capture did not use the profile's store"
+    );
+    assert_eq!(
+        tidepool::retention::retention(&tidepool::store::Store::open(&own).unwrap()).unwrap(),
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    cli_ok(
+        cli()
+            .args(["consumer", "add", "--profile", "shop", "--name", "app"])
+            .args([
+                "--collection",
+                "public/orders",
+                "--pull",
+                "--start",
+                "beginning",
+            ]),
+    );
+    let list: Json = serde_json::from_str(&cli_ok(cli().args([
+        "consumer",
+        "list",
+        "--profile",
+        "shop",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(list[0]["name"], json!("app"));
+    assert_eq!(Ledger::open(&own).unwrap().list().unwrap().len(), 1);
+    let show = cli_ok(cli().args(["consumer", "show", "--profile", "shop", "app"]));
+    assert!(show.contains("\"name\": \"app\""), "{show}");
+    // --store overrides the profile's store.
+    let elsewhere = harness::temp_dir("dl_profile_other");
+    let other = cli_ok(
+        cli()
+            .args(["consumer", "list", "--profile", "shop", "--json"])
+            .args(["--store", elsewhere.to_str().unwrap()]),
+    );
+    assert_eq!(serde_json::from_str::<Json>(&other).unwrap(), json!([]));
+    let token = cli_ok(cli().args(["api-token", "--profile", "shop"]))
+        .trim()
+        .to_string();
+
+    // `capture --profile P --listen ADDR` serves the pull API from the same store.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let _capture = Child(
+        cli()
+            .args(["capture", "--profile", "shop", "--listen", &listen])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = http_client();
+    let receive = format!("http://{listen}/api/http_pull_consumers/app/receive?batch_size=10");
+    let started = Instant::now();
+    let got = loop {
+        if let Ok(r) = client.get(&receive).bearer_auth(&token).send().await {
+            break r.json::<Json>().await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no pull API");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got["data"].as_array().unwrap().len(), 2, "{got}");
+    let ids = ack_ids(&got);
+    let acked = client
+        .post(format!("http://{listen}/api/http_pull_consumers/app/ack"))
+        .bearer_auth(&token)
+        .json(&json!({ "ack_ids": ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status().as_u16(), 200);
+    cli_ok(cli().args(["consumer", "remove", "--profile", "shop", "app"]));
+    assert!(Ledger::open(&own).unwrap().list().unwrap().is_empty());
+    let _ = cli().args(["profile", "remove", "shop"]).output();
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resync_consumers_get_every_row_again_as_read_and_are_told_of_the_gap() {
+    let shop = Shop::new("dl_resync", 2);
+    shop.backfill().await;
+    let (base, _api) = shop.pull_api("pull-token").await;
+    let client = http_client();
+    let pull = || Destination::Pull(Pull::default());
+    shop.add(shop.spec("app", Mode::Changes, Start::Now, pull()));
+    shop.db.sql("INSERT INTO orders VALUES (3, 'new', 30);");
+    shop.catch_up().await;
+    assert_eq!(
+        summary(&drain(&client, &base, "app").await),
+        [("insert".to_string(), 3, "new".to_string())]
+    );
+
+    // Behind Tidepool's back: the slot goes, and rows change while nothing captures them.
+    shop.db.sql(&format!(
+        "SELECT pg_drop_replication_slot('{}');",
+        shop.db.name
+    ));
+    shop.db.sql(
+        "UPDATE orders SET status = 'B' WHERE id = 2; DELETE FROM orders WHERE id = 1; INSERT INTO orders VALUES (4, 'new', 40);",
+    );
+    let err = run(shop.options(Some(shop.db.current_lsn()), false))
+        .await
+        .expect_err("a dropped slot is a gap");
+    assert_eq!(err.kind(), tidepool::ErrorKind::Diverged, "{err}");
+    let done = tidepool::continuity::resync(&shop.db.spec(), &shop.store, &shop.db.name)
+        .await
+        .expect("resync");
+    assert_eq!(done.gap.rebackfilled, ["public/orders"]);
+    shop.db.sql("INSERT INTO orders VALUES (5, 'new', 50);");
+    shop.catch_up().await;
+
+    // The consumer gets every row's state after the gap as `read`, and the changes after it; it
+    // cannot get the delete made inside the gap, and is told so.
+    let got: HashSet<(String, i64, String)> = summary(&drain(&client, &base, "app").await)
+        .into_iter()
+        .collect();
+    let want: HashSet<(String, i64, String)> = [
+        ("read", 2, "B"),
+        ("read", 3, "new"),
+        ("read", 4, "new"),
+        ("insert", 5, "new"),
+    ]
+    .into_iter()
+    .map(|(a, id, s)| (a.to_string(), id, s.to_string()))
+    .collect();
+    assert!(got.is_superset(&want), "{got:?}");
+    // Row 5 may also be read by the new snapshot, if it was taken after the insert: nothing else.
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        extra.is_empty() || extra == [&("read".to_string(), 5, "new".to_string())],
+        "{extra:?}"
+    );
+    let ledger = Ledger::open(&shop.store).unwrap();
+    let app = ledger.get("app").unwrap();
+    assert_eq!(app.notices.len(), 1, "{:?}", app.notices);
+    assert_eq!(app.notices[0].kind, tidepool::ErrorKind::Diverged);
+    let message = &app.notices[0].message;
+    assert!(
+        message.contains("consumer 'app' crosses a gap in the store's history")
+            && message.contains(&done.gap.from)
+            && message.contains("The rows of public/orders were read again")
+            && message.contains("Deletes made in the gap are not delivered"),
+        "{message}"
+    );
+    // A consumer added after the resync starts after the gap: nothing to tell.
+    shop.add(shop.spec("later", Mode::Changes, Start::Now, pull()));
+    assert!(drain(&client, &base, "later").await.is_empty());
+    assert!(ledger.get("later").unwrap().notices.is_empty());
 }

@@ -1142,9 +1142,13 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
 struct CaptureArgs {
     #[command(flatten)]
     target: Target,
-    /// The store folder.
+    /// The store folder (default: the profile's own store, the one the app uses).
     #[arg(long)]
-    store: PathBuf,
+    store: Option<PathBuf>,
+    /// How long the store keeps changes that are no row's current state, for consumers that fall
+    /// behind: off (keep everything, the default) or e.g. 7d, 12h, 30m. Saved with the store.
+    #[arg(long, value_name = "DURATION")]
+    retention: Option<String>,
     /// Publication to decode with (default: the profile's, else tidepool_publication).
     #[arg(long)]
     publication: Option<String>,
@@ -1179,9 +1183,9 @@ struct CaptureArgs {
     /// With --publish: how each table without a usable replica identity is published.
     #[command(flatten)]
     keyless: Keyless,
-    /// Serve the pull API on this address (e.g. 127.0.0.1:7376); webhook consumers are delivered
-    /// in any case.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve the pull API on this address (127.0.0.1:7376 when given without one); webhook
+    /// consumers are delivered in any case.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = tidepool::deliver::pull::DEFAULT_LISTEN)]
     listen: Option<String>,
 }
 
@@ -1275,8 +1279,27 @@ fn bindings_for(
     Ok(bindings)
 }
 
-async fn capture(args: CaptureArgs) -> Result<(), Error> {
-    let saved = match Store::open_existing(&args.store)? {
+async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
+    let store_dir = match (&args.store, &args.target.profile) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(profile)) => profiles()?.store_dir(profile)?,
+        (None, None) => {
+            return Err(Error::invalid_input(
+                "--store",
+                "give --store, or --profile to use the profile's own store",
+            ))
+        }
+    };
+    let store = store_dir;
+    if let Some(text) = args.retention.take() {
+        let retention = tidepool::retention::parse(&text)?;
+        tidepool::retention::set_retention(&mut Store::open(&store)?, retention)?;
+        eprintln!(
+            "log retention: {}",
+            tidepool::retention::describe(retention)
+        );
+    }
+    let saved = match Store::open_existing(&store)? {
         Some(store) => Definition::load(&store)?,
         None => None,
     };
@@ -1309,14 +1332,14 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
             bindings: bindings.clone(),
         };
         for statement in
-            tidepool::capture::publish_with(&spec, &args.store, &definition, &args.keyless.parse()?)
+            tidepool::capture::publish_with(&spec, &store, &definition, &args.keyless.parse()?)
                 .await?
         {
             eprintln!("ran: {statement}");
         }
     }
     if args.resync {
-        let done = tidepool::continuity::resync(&spec, &args.store, &slot).await?;
+        let done = tidepool::continuity::resync(&spec, &store, &slot).await?;
         eprintln!(
             "resync: {}; the change log has a gap from {} to {}; re-backfilling {}",
             if done.slot_created {
@@ -1365,15 +1388,13 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
     let pull = match &args.listen {
         Some(addr) => {
             let listener = tidepool::deliver::pull::bind(addr).await?;
-            let token = tidepool::deliver::pull::api_token(
-                &args.store,
-                &tidepool::secrets::Keychain::open()?,
-            )?;
+            let token =
+                tidepool::deliver::pull::api_token(&store, &tidepool::secrets::Keychain::open()?)?;
             eprintln!("pull API on http://{addr} (token: `tidepool api-token`)");
             Some(tidepool::deliver::pull::serve(
                 listener,
                 tidepool::deliver::pull::PullOptions {
-                    store_dir: args.store.clone(),
+                    store_dir: store.clone(),
                     database: database.clone(),
                     token,
                     wake: wake.clone(),
@@ -1383,14 +1404,14 @@ async fn capture(args: CaptureArgs) -> Result<(), Error> {
         None => None,
     };
     let delivery = tidepool::deliver::run(tidepool::deliver::DeliveryOptions {
-        store_dir: args.store.clone(),
+        store_dir: store.clone(),
         database,
         keychain: tidepool::secrets::Keychain::open().ok(),
         wake,
     });
     let options = CaptureOptions {
         spec,
-        store_dir: args.store,
+        store_dir: store,
         publication,
         slot,
         create_slot: args.create_slot || args.publish || !bindings.is_empty(),

@@ -186,6 +186,22 @@ pub struct Consumer {
     pub pending: u64,
     /// Messages parked after their last retry.
     pub failed: u64,
+    /// What its user must know: changes it missed (fell behind the retention) or a gap in the
+    /// store's history it is crossing.
+    pub notices: Vec<Notice>,
+}
+
+/// Something a consumer's user must know about what it delivers, kept until the consumer is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    /// [`crate::ErrorKind::Behind`]: changes it had not read were pruned;
+    /// [`crate::ErrorKind::Diverged`]: the store's history has a gap it crosses.
+    pub kind: crate::ErrorKind,
+    /// What happened and what it means for the messages, naming the consumer.
+    pub message: String,
+    /// When it was recorded (Unix milliseconds).
+    pub at_ms: i64,
 }
 
 impl ConsumerSpec {

@@ -8,6 +8,9 @@
 //!   queues the messages ([`Ledger::enqueue`]).
 //! - A queue holds at most [`QUEUE_LIMIT`] messages: a consumer that is behind costs local disk in
 //!   the change store (which keeps the log), not memory or a copy of the log.
+//! - A consumer is never silently short of changes: before each read it is told (a notice on the
+//!   consumer, and the log) when changes it had not read were pruned by the store's retention, or
+//!   when the store's history has a gap (a resync) ahead of its position.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,6 +18,7 @@ use std::path::PathBuf;
 use serde_json::Value as Json;
 
 use crate::deliver::consumer::Consumer;
+use crate::deliver::consumer::{Notice, Start};
 use crate::deliver::filter::{numeric_columns, Filter};
 use crate::deliver::ledger::Ledger;
 use crate::deliver::message::{build, Database, Message, Place};
@@ -68,6 +72,7 @@ impl Feeder {
         let Some(store) = &self.store else {
             return Ok(0);
         };
+        tell(ledger, &consumer, store, now_ms)?;
         let mut specs: Vec<CollectionSpec> = Vec::new();
         let mut entries: Vec<(u64, usize, Json)> = Vec::new();
         let mut stale = false;
@@ -169,4 +174,77 @@ impl Feeder {
         self.transaction = Some((lsn.to_string(), first));
         Ok(seq - first)
     }
+}
+
+/// Records the consumer's notices: changes of its collections pruned before it read them (by the
+/// retention), and gaps in the store's history it has not read past. Each is logged once.
+fn tell(ledger: &mut Ledger, consumer: &Consumer, store: &Store, now_ms: i64) -> Result<()> {
+    let name = &consumer.spec.name;
+    let pruned = crate::retention::pruned(store)?;
+    if !pruned.is_empty() {
+        let floor = match consumer.spec.start {
+            Start::Beginning => ledger.start_pruned(&consumer.id)?,
+            Start::Now => Default::default(),
+        };
+        let missed: Vec<String> = consumer
+            .spec
+            .collections
+            .iter()
+            .filter_map(|c| {
+                let at = *pruned.get(c)?;
+                (at > consumer.position && at > floor.get(c).copied().unwrap_or(0))
+                    .then(|| format!("{c} up to log position {at}"))
+            })
+            .collect();
+        if !missed.is_empty() {
+            let message = format!(
+                "consumer '{name}' fell behind the store's retention ({}): changes it had not read yet were pruned ({}). \
+                 They will not be delivered; it goes on with the changes kept. Raise the retention \
+                 (`tidepool capture --retention`) so that a consumer which is down does not miss changes.",
+                crate::retention::describe(crate::retention::retention(store)?),
+                missed.join(", ")
+            );
+            let notice = Notice {
+                kind: ErrorKind::Behind,
+                message: message.clone(),
+                at_ms: now_ms,
+            };
+            if ledger.notify(&consumer.id, "behind", notice)? {
+                tracing::error!(consumer = %name, "{message}");
+            }
+        }
+    }
+    for gap in crate::continuity::gaps(store)? {
+        let Some(at) = gap.log_position else {
+            continue;
+        };
+        // At `at` it has read everything before the gap, and reads across it next.
+        if consumer.position > at {
+            continue;
+        }
+        let message = format!(
+            "consumer '{name}' crosses a gap in the store's history after log position {at}: changes made on the \
+             source between {} and {} were never captured ({}). {} Deletes made in the gap are not delivered.",
+            gap.from,
+            gap.to,
+            gap.reason,
+            if gap.rebackfilled.is_empty() {
+                "No collection was read again.".to_string()
+            } else {
+                format!(
+                    "The rows of {} were read again and arrive after it as `read` messages, each row's state after the gap.",
+                    gap.rebackfilled.join(", ")
+                )
+            }
+        );
+        let notice = Notice {
+            kind: ErrorKind::Diverged,
+            message: message.clone(),
+            at_ms: now_ms,
+        };
+        if ledger.notify(&consumer.id, &format!("gap:{at}"), notice)? {
+            tracing::warn!(consumer = %name, "{message}");
+        }
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::deliver::consumer::{is_uuid, new_uuid, Consumer, ConsumerSpec, Mode};
+use crate::deliver::consumer::{is_uuid, new_uuid, Consumer, ConsumerSpec, Mode, Notice};
 use crate::deliver::message::Message;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -73,6 +73,14 @@ impl std::fmt::Debug for Ledger {
 /// The ledger's file in a store folder.
 pub fn ledger_path(store_dir: &Path) -> PathBuf {
     store_dir.join("consumers.db")
+}
+
+fn notices_key(id: &str) -> String {
+    format!("notices:{id}")
+}
+
+fn start_pruned_key(id: &str) -> String {
+    format!("start_pruned:{id}")
 }
 
 impl Ledger {
@@ -199,12 +207,14 @@ impl Ledger {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sqlite("counting messages"))?;
+        let notices = self.notices(&id)?.into_values().collect();
         Ok(Some(Consumer {
             id,
             spec,
             position: position as u64,
             pending: pending as u64,
             failed: failed as u64,
+            notices,
         }))
     }
 
@@ -229,8 +239,102 @@ impl Ledger {
             .map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id])
             .map_err(sqlite("removing"))?;
+        for key in [notices_key(&consumer.id), start_pruned_key(&consumer.id)] {
+            tx.execute("DELETE FROM meta WHERE key = ?1", [key])
+                .map_err(sqlite("removing"))?;
+        }
         tx.commit().map_err(sqlite("removing"))?;
         Ok(consumer)
+    }
+
+    /// A consumer's notices by topic.
+    pub fn notices(&self, id: &str) -> Result<std::collections::BTreeMap<String, Notice>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [notices_key(id)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite("reading notices"))?;
+        text.map_or(Ok(Default::default()), |t| {
+            serde_json::from_str(&t)
+                .map_err(|e| Error::internal(format!("consumers: notices of '{id}': {e}")))
+        })
+    }
+
+    /// Records `notice` under `topic`, replacing the topic's earlier one; returns whether its kind
+    /// or message is new (so it is logged once, not on every round).
+    pub fn notify(&mut self, id: &str, topic: &str, notice: Notice) -> Result<bool> {
+        let mut notices = self.notices(id)?;
+        if notices
+            .get(topic)
+            .is_some_and(|n| n.kind == notice.kind && n.message == notice.message)
+        {
+            return Ok(false);
+        }
+        notices.insert(topic.to_string(), notice);
+        self.put_meta(
+            &notices_key(id),
+            &serde_json::to_string(&notices).map_err(Error::internal)?,
+        )?;
+        Ok(true)
+    }
+
+    /// Per collection, the newest log position already pruned when a consumer starting at the
+    /// beginning was added: it starts from the log as kept then, which is not falling behind.
+    pub fn start_pruned(&self, id: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [start_pruned_key(id)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite("reading a consumer's start"))?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+
+    /// Records [`Ledger::start_pruned`].
+    pub fn set_start_pruned(
+        &mut self,
+        id: &str,
+        pruned: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<()> {
+        self.put_meta(
+            &start_pruned_key(id),
+            &serde_json::to_string(pruned).map_err(Error::internal)?,
+        )
+    }
+
+    /// Sets every consumer's position back to 0 after the store's log was emptied and starts
+    /// again from position 1. Queued messages stay, moved below 0 in the same order, so they are
+    /// still delivered first and the new log's positions never collide with them.
+    pub fn rewind_all(&mut self) -> Result<()> {
+        let tx = self.conn.transaction().map_err(sqlite("rewinding"))?;
+        // Every new value is below every old one: no two rows ever share a key during the update.
+        tx.execute(
+            "UPDATE messages SET seq = seq - (SELECT max(seq) - min(seq) + 1 FROM messages)",
+            [],
+        )
+        .map_err(sqlite("rewinding"))?;
+        tx.execute("UPDATE consumers SET position = 0", [])
+            .map_err(sqlite("rewinding"))?;
+        tx.commit().map_err(sqlite("rewinding"))
+    }
+
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(|_| ())
+            .map_err(sqlite("writing meta"))
     }
 
     /// Messages queued (waiting, in flight or parked).
@@ -579,6 +683,53 @@ mod tests {
         let next = l.claim(&c.id, 1700, 10, 500, Some(1)).unwrap();
         assert_eq!(next.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2]);
         assert_eq!(l.get("app").unwrap().position, 3);
+    }
+
+    #[test]
+    fn after_the_log_restarts_queued_messages_go_first_and_new_positions_do_not_collide() {
+        let d = dir("rewind");
+        let mut l = Ledger::open(&d.0).unwrap();
+        let c = l.add(spec(Mode::Changes), 0).unwrap();
+        l.enqueue(
+            &c.id,
+            Mode::Changes,
+            &[(1, msg("a", 1)), (2, msg("a", 2))],
+            2,
+            0,
+        )
+        .unwrap();
+        l.rewind_all().unwrap();
+        assert_eq!(l.get("app").unwrap().position, 0);
+        // The new log's positions 1 and 2 again: queued behind the old ones, none dropped.
+        l.enqueue(
+            &c.id,
+            Mode::Changes,
+            &[(1, msg("a", 3)), (2, msg("b", 4))],
+            2,
+            0,
+        )
+        .unwrap();
+        assert_eq!(l.queued(&c.id).unwrap(), 4);
+        let mut order = Vec::new();
+        for now in 0..4 {
+            let got = l.claim(&c.id, now, 1, 0, None).unwrap();
+            order.push(got[0].body["n"].as_i64().unwrap());
+            l.ack(&c.id, &[got[0].ack_id.clone()]).unwrap();
+        }
+        assert_eq!(order, [1, 2, 3, 4]);
+        l.notify(
+            &c.id,
+            "restarted",
+            Notice {
+                kind: ErrorKind::Diverged,
+                message: "m".into(),
+                at_ms: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(l.get("app").unwrap().notices.len(), 1);
+        l.remove("app").unwrap();
+        assert!(l.notices(&c.id).unwrap().is_empty());
     }
 
     #[test]

@@ -170,8 +170,22 @@ pub fn add_consumer(
             position = position.max(store.last_seq(name)?);
         }
     }
+    if spec.start == Start::Now {
+        // After everything stored, so nothing recorded before it (a gap) concerns it.
+        position = position.max(store.log_end());
+    }
     let mut ledger = Ledger::open(store_dir)?;
     let consumer = ledger.add(spec, position)?;
+    if consumer.spec.start == Start::Beginning {
+        // It starts from the log as kept now: what was pruned before is not its loss.
+        let pruned = crate::retention::pruned(&store)?;
+        if !pruned.is_empty() {
+            if let Err(e) = ledger.set_start_pruned(&consumer.id, &pruned) {
+                let _ = ledger.remove(&consumer.id);
+                return Err(e);
+            }
+        }
+    }
     if let Destination::Webhook(w) = &consumer.spec.destination {
         let stored = (|| -> Result<()> {
             let keychain = keychain.ok_or_else(|| {
@@ -267,4 +281,34 @@ pub fn remove_consumer(
         }
     }
     ledger.remove(&consumer.id)
+}
+
+/// After the store's log was emptied (the slot dropped, [`Store::forget_capture`]): positions start
+/// again at 1, so every consumer reads the new log from its start (the next backfill as `read`),
+/// and is told why. Messages already queued stay queued.
+pub fn log_restarted(store_dir: &std::path::Path) -> Result<()> {
+    if !ledger::ledger_path(store_dir).exists() {
+        return Ok(());
+    }
+    let mut ledger = Ledger::open(store_dir)?;
+    ledger.rewind_all()?;
+    let at_ms = now_ms();
+    for consumer in ledger.list()? {
+        let message = format!(
+            "consumer '{}': the slot was dropped and the store emptied, so changes made on the source until the next capture \
+             starts are not captured. It reads the store again from its start: the next backfill's rows arrive as `read` messages.",
+            consumer.spec.name
+        );
+        tracing::warn!(consumer = %consumer.spec.name, "{message}");
+        ledger.notify(
+            &consumer.id,
+            &format!("restarted:{at_ms}"),
+            consumer::Notice {
+                kind: crate::ErrorKind::Diverged,
+                message,
+                at_ms,
+            },
+        )?;
+    }
+    Ok(())
 }

@@ -327,7 +327,8 @@ async fn receive(
         // message whose visibility timeout ends).
         let pause = (deadline - now).min(Duration::from_millis(250));
         tokio::select! {
-            _ = wake.changed() => {}
+            // Disabled once the capture is gone, so a long poll never spins on a closed channel.
+            Ok(()) = wake.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }

@@ -241,12 +241,9 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
                     }
                 }
             }
-            changed = wake.changed() => {
-                if changed.is_err() {
-                    // The capture is gone; keep delivering what is stored, checking once a second.
-                    tokio::time::sleep(pause).await;
-                }
-            }
+            // Once the capture is gone (its sender dropped) this branch is disabled, and what is
+            // stored is re-read after `pause`; a finished request is never held up by the wait.
+            Ok(()) = wake.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }

@@ -163,6 +163,13 @@ pub struct AddArgs {
     max_waiting: u32,
 }
 
+/// A consumer's notices, one line each, with their kind (as `--json` gives them).
+fn print_notices(consumer: &tidepool::deliver::Consumer) {
+    for n in &consumer.notices {
+        println!("  {}: {}", n.kind.as_str(), n.message);
+    }
+}
+
 fn keychain() -> Result<Keychain, Error> {
     Keychain::open()
 }
@@ -194,6 +201,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
                         c.pending,
                         c.failed
                     );
+                    print_notices(&c);
                 }
             }
             Ok(())
@@ -221,6 +229,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
                         p.last_error.unwrap_or_default()
                     );
                 }
+                print_notices(&consumer);
             }
             Ok(())
         }
@@ -276,6 +285,12 @@ pub fn api_token(store: &StoreArg) -> Result<(), Error> {
 
 fn add(args: AddArgs) -> Result<(), Error> {
     let dir = args.store.dir()?;
+    // How the printed commands name this store, as it was named here.
+    let store_flag = match (&args.store.store, &args.store.profile) {
+        (Some(path), _) => format!("--store {}", path.display()),
+        (None, Some(profile)) => format!("--profile {profile}"),
+        (None, None) => String::new(),
+    };
     let mode = match args.mode.as_str() {
         "changes" => Mode::Changes,
         "rows" => Mode::Rows,
@@ -358,11 +373,13 @@ fn add(args: AddArgs) -> Result<(), Error> {
         consumer.spec.name, consumer.id, consumer.position
     );
     if let Destination::Pull(_) = consumer.spec.destination {
-        eprintln!("pull it with the token from `tidepool api-token` while `tidepool capture --listen` runs");
+        eprintln!(
+            "pull it with the token from `tidepool api-token {store_flag}` while `tidepool capture {store_flag} --listen` runs"
+        );
     } else {
         eprintln!(
-            "its signing secret: `tidepool consumer secret {}`",
-            consumer.spec.name
+            "its signing secret: `tidepool consumer secret {} {}`",
+            store_flag, consumer.spec.name
         );
     }
     Ok(())

@@ -15,6 +15,7 @@ const TITLES: Record<ErrorKind, string> = {
   Storage: "The local store cannot be written",
   Diverged: "The store can no longer follow the source without a gap",
   Locked: "The encrypted store cannot be opened",
+  Behind: "A consumer fell behind the store's retention",
   Internal: "Something went wrong in Tidepool",
 };
 

@@ -14,6 +14,7 @@ export type ErrorKind =
   | "Storage"
   | "Diverged"
   | "Locked"
+  | "Behind"
   | "Internal";
 
 /** Every error from the backend reaches the UI as `{kind, message}`. */

@@ -1,0 +1,311 @@
+//! Delivery benchmarks, in one run, on one cluster, to a webhook receiver on loopback (axum):
+//!
+//! 1. Throughput: the capture rate of 100k single-row transactions (slot → store, durable) against
+//!    the webhook delivery rate of the same stored changes (store → queue → signed POSTs of 100
+//!    messages, 10 in flight → acknowledged). Reported as messages/s and delivery ÷ capture.
+//! 2. Commit-to-delivered latency at a steady 1,000 transactions/s with the capture and delivery
+//!    running side by side: from the writer's commit returning to the receiver holding the
+//!    message, p50 and p99.
+//!
+//! Run: `cargo bench --bench delivery` (release build). Figures go to stdout as Markdown.
+
+// Only the cluster is used here; the rest serves the other benchmarks.
+#[allow(dead_code)]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use serde_json::Value as Json;
+use tidepool::capture::{run, CaptureOptions, Flush, Observer};
+use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Start, Webhook};
+use tidepool::deliver::{Database, DeliveryOptions};
+use tidepool::secrets::Keychain;
+
+/// Record ids as the receiver got them, with when.
+#[derive(Default)]
+struct Receiver {
+    count: AtomicUsize,
+    arrivals: Mutex<HashMap<i64, Instant>>,
+}
+
+async fn receiver(state: Arc<Receiver>) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(r): axum::extract::State<Arc<Receiver>>, body: Bytes| async move {
+                    let now = Instant::now();
+                    let value: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+                    let messages = value["data"].as_array().cloned().unwrap_or_default();
+                    let mut arrivals = r.arrivals.lock().unwrap();
+                    for m in &messages {
+                        if let Some(id) = m["record"]["id"].as_i64() {
+                            arrivals.insert(id, now);
+                        }
+                    }
+                    r.count.fetch_add(messages.len(), Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    url
+}
+
+fn capture_options(
+    cluster: &tidepool::cluster::Cluster,
+    store: &std::path::Path,
+    slot: &str,
+    stop_at: Option<tidepool::pgoutput::Lsn>,
+    commits: tokio::sync::watch::Sender<u64>,
+) -> CaptureOptions {
+    CaptureOptions {
+        spec: cluster.spec("bench"),
+        store_dir: store.to_path_buf(),
+        publication: "bench_pub".into(),
+        slot: slot.into(),
+        create_slot: false,
+        stop_at,
+        observer: Some(Observer(Arc::new(move |_: &Flush| {
+            commits.send_modify(|n| *n += 1);
+        }))),
+        bindings: Vec::new(),
+        backfill_progress: None,
+    }
+}
+
+fn consumer(url: &str, start: Start) -> ConsumerSpec {
+    ConsumerSpec {
+        name: "bench".into(),
+        collections: vec!["public/t".into()],
+        actions: vec![],
+        filter: None,
+        mode: Mode::Changes,
+        start,
+        group_by: vec![],
+        destination: Destination::Webhook(Webhook {
+            url: url.into(),
+            headers: Default::default(),
+            secret_headers: vec![],
+            batch_size: Some(100),
+            timeout_ms: 30_000,
+            max_retries: None,
+            max_in_flight: 10,
+        }),
+    }
+}
+
+fn delivery(
+    store: &std::path::Path,
+    keychain: &Keychain,
+    wake: tokio::sync::watch::Receiver<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let options = DeliveryOptions {
+        store_dir: store.to_path_buf(),
+        database: Database {
+            name: "bench".into(),
+            database: "bench".into(),
+            hostname: "127.0.0.1".into(),
+        },
+        keychain: Some(keychain.clone()),
+        wake,
+    };
+    tokio::spawn(async move {
+        tidepool::deliver::run(options).await.unwrap();
+    })
+}
+
+fn sql(cluster: &tidepool::cluster::Cluster, sql: &str) -> String {
+    cluster.psql("bench", sql).expect("benchmark SQL")
+}
+
+/// (capture messages/s, delivery messages/s) for `n` single-row transactions.
+async fn throughput(
+    cluster: &tidepool::cluster::Cluster,
+    keychain: &Keychain,
+    n: u64,
+) -> (f64, f64) {
+    let store =
+        std::env::temp_dir().join(format!("tidepool-bench-delivery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    sql(
+        cluster,
+        "SELECT pg_create_logical_replication_slot('deliver_tp', 'pgoutput');",
+    );
+    sql(
+        cluster,
+        &format!("DO $$ BEGIN FOR i IN 1..{n} LOOP INSERT INTO t (v) VALUES (md5(i::text)); COMMIT; END LOOP; END $$;"),
+    );
+    let end: tidepool::pgoutput::Lsn = sql(cluster, "SELECT pg_current_wal_lsn();")
+        .trim()
+        .parse()
+        .unwrap();
+    let (commits, wake) = tokio::sync::watch::channel(0);
+    let started = Instant::now();
+    run(capture_options(
+        cluster,
+        &store,
+        "deliver_tp",
+        Some(end),
+        commits,
+    ))
+    .await
+    .unwrap();
+    let capture_secs = started.elapsed().as_secs_f64();
+
+    let received = Arc::new(Receiver::default());
+    let url = receiver(received.clone()).await;
+    tidepool::deliver::add_consumer(
+        &store,
+        consumer(&url, Start::Beginning),
+        Some(keychain),
+        &[],
+    )
+    .unwrap();
+    let started = Instant::now();
+    let task = delivery(&store, keychain, wake);
+    while (received.count.load(Ordering::SeqCst) as u64) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "delivery did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deliver_secs = started.elapsed().as_secs_f64();
+    task.abort();
+    let _ = task.await;
+    let _ = std::fs::remove_dir_all(&store);
+    sql(cluster, "SELECT pg_drop_replication_slot('deliver_tp');");
+    (n as f64 / capture_secs, n as f64 / deliver_secs)
+}
+
+/// (p50 ms, p99 ms, samples, transactions/s reached) from commit to delivered, 10,000
+/// transactions at (up to) 1,000 per second.
+async fn latency(
+    cluster: &tidepool::cluster::Cluster,
+    keychain: &Keychain,
+) -> (f64, f64, usize, f64) {
+    let store = std::env::temp_dir().join(format!(
+        "tidepool-bench-delivery-lat-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&store);
+    sql(
+        cluster,
+        "SELECT pg_create_logical_replication_slot('deliver_lat', 'pgoutput');",
+    );
+    let (commits, wake) = tokio::sync::watch::channel(0);
+    // Store what is there (creates the collection), then stream.
+    let now: tidepool::pgoutput::Lsn = sql(
+        cluster,
+        "INSERT INTO t (v) VALUES ('start'); SELECT pg_current_wal_lsn();",
+    )
+    .lines()
+    .last()
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    run(capture_options(
+        cluster,
+        &store,
+        "deliver_lat",
+        Some(now),
+        commits.clone(),
+    ))
+    .await
+    .unwrap();
+    let received = Arc::new(Receiver::default());
+    let url = receiver(received.clone()).await;
+    tidepool::deliver::add_consumer(&store, consumer(&url, Start::Now), Some(keychain), &[])
+        .unwrap();
+    let capture = tokio::spawn(run(capture_options(
+        cluster,
+        &store,
+        "deliver_lat",
+        None,
+        commits,
+    )));
+    let task = delivery(&store, keychain, wake);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let writer = tidepool::connection::connect(&cluster.spec("bench"))
+        .await
+        .unwrap();
+    let insert = writer
+        .prepare("INSERT INTO t (v) VALUES ($1) RETURNING id")
+        .await
+        .unwrap();
+    let mut committed: HashMap<i64, Instant> = HashMap::new();
+    let writing = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for i in 0..10_000 {
+        tick.tick().await;
+        let row = writer
+            .query_one(&insert, &[&format!("row {i}")])
+            .await
+            .unwrap();
+        committed.insert(row.get(0), Instant::now());
+    }
+    // Each commit waits for the one before, so on a busy machine the writer can fall short of
+    // 1,000/s: report what it reached.
+    let rate = committed.len() as f64 / writing.elapsed().as_secs_f64();
+    let started = Instant::now();
+    while received.arrivals.lock().unwrap().len() < committed.len()
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    capture.abort();
+    let arrivals = received.arrivals.lock().unwrap().clone();
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            arrivals
+                .get(id)
+                .map(|got| got.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    assert_eq!(latencies.len(), committed.len(), "every message delivered");
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    let _ = std::fs::remove_dir_all(&store);
+    (pick(0.5), pick(0.99), latencies.len(), rate)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = support::cluster();
+    sql(&cluster, "CREATE TABLE t (id bigserial PRIMARY KEY, v text); CREATE PUBLICATION bench_pub FOR TABLE t;");
+    // The engine's webhook secrets live in the OS keychain; an in-memory store keeps the benchmark
+    // free of a desktop session.
+    let keychain = Keychain::with_store(keyring_core::mock::Store::new().unwrap(), "mock");
+    let n = 100_000;
+    let (capture_rate, delivery_rate) = runtime.block_on(throughput(&cluster, &keychain, n));
+    sql(&cluster, "TRUNCATE t;");
+    let (p50, p99, samples, rate) = runtime.block_on(latency(&cluster, &keychain));
+    println!("| workload | capture (slot → store) | webhook delivery (store → receiver, batches of 100) | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {n} single-row transactions | {capture_rate:.0} changes/s | {delivery_rate:.0} messages/s | {:.2}× |",
+        delivery_rate / capture_rate
+    );
+    println!();
+    println!("Commit-to-delivered latency, {samples} single-row transactions at {rate:.0}/s (goal 1,000/s): p50 {p50:.2} ms, p99 {p99:.2} ms");
+}
