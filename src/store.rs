@@ -293,6 +293,10 @@ fn sqlite(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
+/// The page size of an encrypted store's databases. Fixed: a database is read with the size it was
+/// written with.
+const CIPHER_PAGE_BYTES: u32 = 16384;
+
 /// Opens the SQLite database at `path` of the store folder `dir`, with `key` when it is encrypted,
 /// and proves the key by reading it: a wrong or missing key is a [`crate::ErrorKind::Locked`] error
 /// here, never garbage later. Shared with the consumers' ledger, which lives in the same folder.
@@ -301,8 +305,17 @@ pub fn open_database(path: &Path, dir: &Path, key: Option<&StoreKey>) -> Result<
     // SQLCipher would otherwise write its own lines to stderr on a wrong key; the error below says it.
     let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
     if let Some(key) = key {
+        // 16 KiB cipher pages: SQLCipher encrypts and MACs each page, and a bulk write costs about half
+        // as much more over plain with pages four times SQLite's default (docs/benchmarks.md). The
+        // default is set too, so a staging store attached with the key reads with the same size.
+        conn.execute_batch(&format!(
+            "PRAGMA cipher_default_page_size = {CIPHER_PAGE_BYTES};"
+        ))
+        .map_err(sqlite("opening"))?;
         conn.execute_batch(key.sqlcipher_pragma().expose())
             .map_err(|_| crate::encryption::lost(dir, "SQLCipher refused its key"))?;
+        conn.execute_batch(&format!("PRAGMA cipher_page_size = {CIPHER_PAGE_BYTES};"))
+            .map_err(sqlite("opening"))?;
     }
     // Another process (the command line editing the definition, a preview) may hold the write
     // lock for a moment; wait for it instead of failing.
