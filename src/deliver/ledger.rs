@@ -530,6 +530,19 @@ impl Ledger {
         tx.commit().map_err(sqlite("recording a failure"))
     }
 
+    /// Offers again at once every message of consumer `id` marked in flight. For a webhook worker
+    /// starting up: no request of its own is in flight then, so a mark can only be left by a worker
+    /// that was killed or stopped mid-request, and its messages must not wait out that request's
+    /// hold before they are delivered again.
+    pub fn release_claims(&mut self, id: &str) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE messages SET visible_until = 0 WHERE consumer = ?1 AND failed = 0 AND visible_until > 0",
+                [id],
+            )
+            .map_err(sqlite("releasing claims"))
+    }
+
     /// Acknowledges pulled messages by ack id (unknown or already acknowledged ids are fine).
     pub fn ack(&mut self, id: &str, ack_ids: &[String]) -> Result<()> {
         self.by_ack_ids(

@@ -198,6 +198,11 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
         return Ok(());
     };
     let target = Arc::new(Target::new(&context, &consumer.id, &webhook)?);
+    // What an earlier worker (killed, or stopped and restarted) had in flight goes first, now.
+    let released = ledger.release_claims(&consumer.id)?;
+    if released > 0 {
+        tracing::info!(consumer = %consumer.spec.name, released, "redelivering what was in flight when delivery last stopped");
+    }
     let mut feeder = Feeder::new(context.store_dir.clone(), context.database.clone());
     let mut wake = context.wake.clone();
     let batch_size = webhook.batch_size.unwrap_or(1) as usize;
