@@ -332,21 +332,18 @@ pub fn is_uuid(text: &str) -> bool {
         })
 }
 
-/// A random (version 4) UUID.
+/// A random (version 4) UUID, from the OS's randomness (one `getrandom` call: ack ids are made
+/// for every queued message).
 pub fn new_uuid() -> Result<String> {
-    let hex = crate::secrets::random_hex(16)?;
-    let mut b: Vec<char> = hex.chars().collect();
-    b[12] = '4';
-    b[16] = ['8', '9', 'a', 'b'][(b[16].to_digit(16).unwrap_or(0) & 3) as usize];
-    let s: String = b.into_iter().collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[12..16],
-        &s[16..20],
-        &s[20..32]
-    ))
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::internal("reading random bytes for an id"))?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct Feeder {
     store: Option<Store>,
     /// The commit LSN (as in `_meta.source.lsn`) and first log position of the transaction read last.
     transaction: Option<(String, u64)>,
+    /// The log position and commit LSN of the entry read last, whichever collection it was of.
+    previous: Option<(u64, String)>,
+    /// The consumer's filter, compiled once: its text and the result.
+    filter: Option<(String, Filter)>,
 }
 
 impl std::fmt::Debug for Feeder {
@@ -56,16 +60,21 @@ impl Feeder {
             database,
             store: None,
             transaction: None,
+            previous: None,
+            filter: None,
         }
     }
 
     /// Queues the next page of the consumer's changes; returns how many log entries were read
     /// (fewer than [`PAGE`] when it has caught up or its queue is full).
     pub fn feed(&mut self, ledger: &mut Ledger, consumer_id: &str, now_ms: i64) -> Result<usize> {
-        let consumer = ledger.get(consumer_id)?;
-        if ledger.queued(&consumer.id)? >= QUEUE_LIMIT {
+        // Reading waits until a whole page fits: a queue kept full by one message at a time would
+        // pay a round of queries per message delivered.
+        let queued = ledger.queued(consumer_id)?;
+        if queued > 0 && queued + PAGE as u64 > QUEUE_LIMIT {
             return Ok(0);
         }
+        let consumer = ledger.get(consumer_id)?;
         if self.store.is_none() {
             self.store = Store::open_existing(&self.store_dir)?;
         }
@@ -93,6 +102,7 @@ impl Feeder {
         }
         if stale {
             self.store = None;
+            self.previous = None;
         }
         entries.sort_by_key(|e| e.0);
         entries.truncate(PAGE);
@@ -111,17 +121,26 @@ impl Feeder {
         specs: &[CollectionSpec],
         entries: Vec<(u64, usize, Json)>,
     ) -> Result<Vec<(u64, Message)>> {
-        let filter = consumer
-            .spec
-            .filter
-            .as_deref()
-            .map(Filter::compile)
-            .transpose()?;
+        let filter = match consumer.spec.filter.as_deref() {
+            None => None,
+            Some(text) => {
+                if self.filter.as_ref().is_none_or(|(known, _)| known != text) {
+                    self.filter = Some((text.to_string(), Filter::compile(text)?));
+                }
+                self.filter.as_ref().map(|(_, f)| f)
+            }
+        };
         let numeric: Vec<HashSet<String>> =
             specs.iter().map(|s| numeric_columns(&s.columns)).collect();
         let mut out = Vec::new();
         for (seq, at, doc) in entries {
-            let index = self.index_of(seq, &doc)?;
+            let index = index_of(
+                &self.store,
+                &mut self.transaction,
+                &mut self.previous,
+                seq,
+                &doc,
+            )?;
             let Some(message) = build(
                 &doc,
                 Place { seq, index },
@@ -145,35 +164,44 @@ impl Feeder {
         }
         Ok(out)
     }
+}
 
-    /// The entry's index in its source transaction (or snapshot), asking the store once per
-    /// transaction.
-    fn index_of(&mut self, seq: u64, doc: &Json) -> Result<u64> {
-        let Some(store) = &self.store else {
-            return Ok(0);
-        };
-        let source = doc.get("_meta").and_then(|m| m.get("source"));
-        let snapshot = source
-            .and_then(|s| s.get("snapshot"))
-            .and_then(Json::as_bool)
-            == Some(true);
-        if snapshot {
-            // A lookup in the (small) table of snapshot files.
-            return Ok(seq - store.first_of_transaction(seq)?);
-        }
-        let lsn = source
-            .and_then(|s| s.get("lsn"))
-            .and_then(Json::as_str)
-            .unwrap_or_default();
-        if let Some((known, first)) = &self.transaction {
-            if known == lsn && *first <= seq {
-                return Ok(seq - first);
-            }
-        }
-        let first = store.first_of_transaction(seq)?;
-        self.transaction = Some((lsn.to_string(), first));
-        Ok(seq - first)
+/// The entry's index in its source transaction (or snapshot). The store is asked only when the
+/// entry starts a transaction this feeder has not seen the start of: not when the entry just before
+/// it in the log was read last (the usual case, one query per page at most).
+fn index_of(
+    store: &Option<Store>,
+    transaction: &mut Option<(String, u64)>,
+    previous: &mut Option<(u64, String)>,
+    seq: u64,
+    doc: &Json,
+) -> Result<u64> {
+    let Some(store) = store else {
+        return Ok(0);
+    };
+    let source = doc.get("_meta").and_then(|m| m.get("source"));
+    let snapshot = source
+        .and_then(|s| s.get("snapshot"))
+        .and_then(Json::as_bool)
+        == Some(true);
+    if snapshot {
+        *previous = None;
+        // A lookup in the (small) table of snapshot files.
+        return Ok(seq - store.first_of_transaction(seq)?);
     }
+    let lsn = source
+        .and_then(|s| s.get("lsn"))
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    let first = match (transaction.as_ref(), previous.as_ref()) {
+        (Some((known, first)), _) if known == lsn && *first <= seq => *first,
+        // The entry before it is of another transaction: this one starts here.
+        (_, Some((before, before_lsn))) if *before + 1 == seq && before_lsn != lsn => seq,
+        _ => store.first_of_transaction(seq)?,
+    };
+    *transaction = Some((lsn.to_string(), first));
+    *previous = Some((seq, lsn.to_string()));
+    Ok(seq - first)
 }
 
 /// Records the consumer's notices: changes of its collections pruned before it read them (by the

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
 use crate::deliver::consumer::{is_uuid, new_uuid, Consumer, ConsumerSpec, Mode, Notice};
@@ -36,8 +37,8 @@ pub struct Claimed {
     pub seq: u64,
     /// Its ack id (a UUID), the same on every delivery.
     pub ack_id: String,
-    /// The message.
-    pub body: Json,
+    /// The message, as queued (JSON text, sent as it is: never parsed again on its way out).
+    pub body: Box<RawValue>,
     /// Deliveries before this one.
     pub attempts: u32,
 }
@@ -105,6 +106,9 @@ impl Ledger {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
+             -- A full queue (QUEUE_LIMIT messages) stays in memory: claims and acknowledgements
+             -- never wait on reading pages back from the OS.
+             PRAGMA cache_size = -32768;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS consumers (
                id TEXT PRIMARY KEY,
@@ -124,10 +128,40 @@ impl Ledger {
                last_error TEXT,
                PRIMARY KEY (consumer, seq));
              CREATE INDEX IF NOT EXISTS messages_by_group ON messages (consumer, grp, seq);
-             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_ack_id ON messages (consumer, ack_id);",
+             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_ack_id ON messages (consumer, ack_id);
+             -- Both partial, so a message queued and delivered at the first attempt never enters
+             -- them: parked messages, counted without a scan ...
+             CREATE INDEX IF NOT EXISTS messages_parked ON messages (consumer) WHERE failed = 1;
+             -- ... and messages held back by a claim or a retry delay, to find the next one due.
+             -- Queries repeat the index's condition literally, or SQLite cannot use it.
+             CREATE INDEX IF NOT EXISTS messages_held ON messages (consumer, max(not_before, visible_until))
+               WHERE failed = 0 AND max(not_before, visible_until) > 0;",
         )
         .map_err(sqlite("creating the schema"))?;
         Ok(Ledger { conn, path })
+    }
+
+    /// Runs `f` in one transaction (each step in it keeps its own savepoint): a delivery worker's
+    /// round of settling, reading and claiming commits once instead of once per step. Rolled back
+    /// if `f` fails.
+    pub fn round<T>(&mut self, f: impl FnOnce(&mut Ledger) -> Result<T>) -> Result<T> {
+        // IMMEDIATE takes the write lock now: a read that later turned into a write could fail
+        // with SQLITE_BUSY beside another connection (the pull API's, or the command line's).
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sqlite("starting a round"))?;
+        match f(self) {
+            Ok(value) => {
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(sqlite("ending a round"))?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// This store's delivery id (made on first use), which names its pull API token in the keychain.
@@ -199,14 +233,12 @@ impl Ledger {
         };
         let spec: ConsumerSpec = serde_json::from_str(&spec)
             .map_err(|e| Error::internal(format!("consumers: '{id}' cannot be read: {e}")))?;
-        let (pending, failed): (i64, i64) = self
+        let failed: i64 = self
             .conn
-            .query_row(
-                "SELECT count(*) - COALESCE(sum(failed), 0), COALESCE(sum(failed), 0) FROM messages WHERE consumer = ?1",
-                [&id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT count(*) FROM messages WHERE consumer = ?1 AND failed = 1")
+            .and_then(|mut s| s.query_row([&id], |r| r.get(0)))
             .map_err(sqlite("counting messages"))?;
+        let pending = self.queued(&id)? as i64 - failed;
         let notices = self.notices(&id)?.into_values().collect();
         Ok(Some(Consumer {
             id,
@@ -216,6 +248,16 @@ impl Ledger {
             failed: failed as u64,
             notices,
         }))
+    }
+
+    /// Whether a consumer with this id or name exists (a delivery worker's check that it was not
+    /// removed, without counting its queue).
+    pub fn exists(&self, id_or_name: &str) -> Result<bool> {
+        let column = if is_uuid(id_or_name) { "id" } else { "name" };
+        self.conn
+            .prepare_cached(&format!("SELECT 1 FROM consumers WHERE {column} = ?1"))
+            .and_then(|mut s| s.exists([id_or_name]))
+            .map_err(sqlite("reading a consumer"))
     }
 
     /// The consumer with this id or name.
@@ -234,7 +276,7 @@ impl Ledger {
     /// Removes a consumer and its queue.
     pub fn remove(&mut self, id_or_name: &str) -> Result<Consumer> {
         let consumer = self.get(id_or_name)?;
-        let tx = self.conn.transaction().map_err(sqlite("removing"))?;
+        let tx = self.conn.savepoint().map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM messages WHERE consumer = ?1", [&consumer.id])
             .map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id])
@@ -315,7 +357,7 @@ impl Ledger {
     /// again from position 1. Queued messages stay, moved below 0 in the same order, so they are
     /// still delivered first and the new log's positions never collide with them.
     pub fn rewind_all(&mut self) -> Result<()> {
-        let tx = self.conn.transaction().map_err(sqlite("rewinding"))?;
+        let tx = self.conn.savepoint().map_err(sqlite("rewinding"))?;
         // Every new value is below every old one: no two rows ever share a key during the update.
         tx.execute(
             "UPDATE messages SET seq = seq - (SELECT max(seq) - min(seq) + 1 FROM messages)",
@@ -360,7 +402,7 @@ impl Ledger {
         position: u64,
         now_ms: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction().map_err(sqlite("queueing"))?;
+        let tx = self.conn.savepoint().map_err(sqlite("queueing"))?;
         {
             let mut replace = tx
                 .prepare_cached(
@@ -408,12 +450,15 @@ impl Ledger {
         visible_ms: u64,
         max_pending: Option<u64>,
     ) -> Result<Vec<Claimed>> {
-        let tx = self.conn.transaction().map_err(sqlite("claiming"))?;
+        let tx = self.conn.savepoint().map_err(sqlite("claiming"))?;
         let mut limit = limit as i64;
         if let Some(max) = max_pending {
             let pending: i64 = tx
                 .query_row(
-                    "SELECT count(*) FROM messages WHERE consumer = ?1 AND failed = 0 AND visible_until > ?2",
+                    // The second and third conditions, implied by the fourth, let the index of held messages find them.
+                    "SELECT count(*) FROM messages WHERE consumer = ?1 AND failed = 0
+                       AND max(not_before, visible_until) > 0
+                       AND max(not_before, visible_until) > ?2 AND visible_until > ?2",
                     params![id, now_ms],
                     |r| r.get(0),
                 )
@@ -442,7 +487,7 @@ impl Ledger {
                 .map_err(sqlite("claiming"))?;
             for row in rows {
                 let (seq, ack_id, body, attempts) = row.map_err(sqlite("claiming"))?;
-                let body = serde_json::from_str(&body)
+                let body = RawValue::from_string(body)
                     .map_err(|e| Error::internal(format!("consumers: a queued message: {e}")))?;
                 claimed.push(Claimed {
                     seq: seq as u64,
@@ -472,7 +517,8 @@ impl Ledger {
     pub fn next_due(&self, id: &str, now_ms: i64) -> Result<Option<i64>> {
         self.conn
             .query_row(
-                "SELECT min(max(not_before, visible_until)) FROM messages WHERE consumer = ?1 AND failed = 0 AND max(not_before, visible_until) > ?2",
+                "SELECT min(max(not_before, visible_until)) FROM messages WHERE consumer = ?1 AND failed = 0
+                   AND max(not_before, visible_until) > 0 AND max(not_before, visible_until) > ?2",
                 params![id, now_ms],
                 |r| r.get(0),
             )
@@ -481,7 +527,7 @@ impl Ledger {
 
     /// Removes acknowledged messages by log position.
     pub fn delivered(&mut self, id: &str, seqs: &[u64]) -> Result<()> {
-        let tx = self.conn.transaction().map_err(sqlite("acknowledging"))?;
+        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
         {
             let mut stmt = tx
                 .prepare_cached("DELETE FROM messages WHERE consumer = ?1 AND seq = ?2")
@@ -506,7 +552,7 @@ impl Ledger {
     ) -> Result<()> {
         let tx = self
             .conn
-            .transaction()
+            .savepoint()
             .map_err(sqlite("recording a failure"))?;
         {
             let mut stmt = tx
@@ -562,7 +608,7 @@ impl Ledger {
     }
 
     fn by_ack_ids(&mut self, id: &str, ack_ids: &[String], sql: &str) -> Result<()> {
-        let tx = self.conn.transaction().map_err(sqlite("acknowledging"))?;
+        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
         {
             let mut stmt = tx.prepare_cached(sql).map_err(sqlite("acknowledging"))?;
             for ack_id in ack_ids {
@@ -726,7 +772,8 @@ mod tests {
         let mut order = Vec::new();
         for now in 0..4 {
             let got = l.claim(&c.id, now, 1, 0, None).unwrap();
-            order.push(got[0].body["n"].as_i64().unwrap());
+            let body: Json = serde_json::from_str(got[0].body.get()).unwrap();
+            order.push(body["n"].as_i64().unwrap());
             l.ack(&c.id, &[got[0].ack_id.clone()]).unwrap();
         }
         assert_eq!(order, [1, 2, 3, 4]);

@@ -260,13 +260,26 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A receive answer: `{"data": [{"ack_id", "data"}]}`.
+#[derive(serde::Serialize)]
+struct Received {
+    data: Vec<Delivered>,
+}
+
+/// One message handed out by a receive.
+#[derive(serde::Serialize)]
+struct Delivered {
+    ack_id: String,
+    data: Box<serde_json::value::RawValue>,
+}
+
 async fn receive(
     State(shared): State<Arc<Shared>>,
     Path(consumer): Path<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<Received>, Refusal> {
     let (consumer, pull) = admit(&shared, &headers, &consumer)?;
     let params = parse_receive(query.as_deref(), &body)
         .map_err(|summary| refuse(StatusCode::BAD_REQUEST, summary))?;
@@ -317,11 +330,16 @@ async fn receive(
         };
         let now = Instant::now();
         if !claimed.is_empty() || now >= deadline {
-            let data: Vec<Value> = claimed
-                .into_iter()
-                .map(|m| json!({"ack_id": m.ack_id, "data": m.body}))
-                .collect();
-            return Ok(Json(json!({ "data": data })));
+            // The queued JSON texts are spliced in as they are.
+            return Ok(Json(Received {
+                data: claimed
+                    .into_iter()
+                    .map(|m| Delivered {
+                        ack_id: m.ack_id,
+                        data: m.body,
+                    })
+                    .collect(),
+            }));
         }
         // Woken by a store commit in this process; otherwise re-read soon (another process, or a
         // message whose visibility timeout ends).

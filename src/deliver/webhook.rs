@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value as Json};
 use tokio::task::JoinSet;
 
 use crate::deliver::consumer::{Destination, Webhook};
@@ -132,12 +131,22 @@ impl Target {
 
     /// Sends one request; `Ok` on a 2xx, else the reason.
     async fn send(&self, client: &reqwest::Client, batch: &[Claimed]) -> Result<(), String> {
+        // The queued JSON texts are spliced in as they are.
         let body = if self.batch {
-            json!({"data": batch.iter().map(|m| &m.body).collect::<Vec<&Json>>()})
+            #[derive(serde::Serialize)]
+            struct Batch<'a> {
+                data: Vec<&'a serde_json::value::RawValue>,
+            }
+            serde_json::to_string(&Batch {
+                data: batch.iter().map(|m| &*m.body).collect(),
+            })
+            .map_err(|e| format!("encoding the request: {e}"))?
         } else {
-            batch.first().map(|m| m.body.clone()).unwrap_or(Json::Null)
+            batch
+                .first()
+                .map(|m| m.body.get().to_string())
+                .unwrap_or_default()
         };
-        let body = body.to_string();
         // The id is the same on every attempt of the same messages (receivers may dedupe on it; each
         // message also carries its idempotency_key).
         let id = match batch {
@@ -209,34 +218,19 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
     // A request in flight holds its messages this long past its timeout before they are offered
     // again (only after a crash: a finished request always settles them).
     let hold_ms = webhook.timeout_ms + 5_000;
-    let mut in_flight: JoinSet<(Vec<u64>, u32, Result<(), String>)> = JoinSet::new();
+    let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+    // Requests that have finished and are not yet settled in the ledger.
+    let mut finished: Vec<Outcome> = Vec::new();
+    let capacity = webhook.max_in_flight as usize;
     loop {
         wake.borrow_and_update();
-        if ledger.get(&consumer.id).is_err() {
-            return Ok(());
+        while let Some(done) = in_flight.try_join_next() {
+            finished.extend(done.ok());
         }
-        while feeder.feed(&mut ledger, &consumer.id, now_ms())? == PAGE {}
-        while in_flight.len() < webhook.max_in_flight as usize {
-            let batch = ledger.claim(&consumer.id, now_ms(), batch_size, hold_ms, None)?;
-            if batch.is_empty() {
-                break;
-            }
-            let target = target.clone();
-            let client = context.client.clone();
-            in_flight.spawn(async move {
-                let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
-                let failures = batch.iter().map(|m| m.attempts).max().unwrap_or(0);
-                let outcome = target.send(&client, &batch).await;
-                (seqs, failures, outcome)
-            });
-        }
-        let next = ledger.next_due(&consumer.id, now_ms())?;
-        let pause = next
-            .map(|at| Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64))
-            .unwrap_or(Duration::from_secs(1));
-        tokio::select! {
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((seqs, failures, outcome)) = done else { continue };
+        let room = capacity.saturating_sub(in_flight.len());
+        // One transaction per round: settling what finished, reading the log and claiming.
+        let round = ledger.round(|ledger| {
+            for (seqs, failures, outcome) in finished.drain(..) {
                 match outcome {
                     Ok(()) => ledger.delivered(&consumer.id, &seqs)?,
                     Err(reason) => {
@@ -246,6 +240,47 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
                     }
                 }
             }
+            if !ledger.exists(&consumer.id)? {
+                return Ok(None);
+            }
+            while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
+            let mut batches = Vec::new();
+            let mut short = false;
+            while batches.len() < room {
+                let batch = ledger.claim(&consumer.id, now_ms(), batch_size, hold_ms, None)?;
+                short = batch.len() < batch_size;
+                if batch.is_empty() {
+                    break;
+                }
+                batches.push(batch);
+            }
+            // Only when nothing more could be claimed can a retry delay be what the worker waits
+            // for.
+            let next = if short {
+                ledger.next_due(&consumer.id, now_ms())?
+            } else {
+                None
+            };
+            Ok(Some((batches, next)))
+        })?;
+        let Some((batches, next)) = round else {
+            return Ok(());
+        };
+        for batch in batches {
+            let target = target.clone();
+            let client = context.client.clone();
+            in_flight.spawn(async move {
+                let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
+                let failures = batch.iter().map(|m| m.attempts).max().unwrap_or(0);
+                let outcome = target.send(&client, &batch).await;
+                (seqs, failures, outcome)
+            });
+        }
+        let pause = next
+            .map(|at| Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64))
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => finished.extend(done.ok()),
             // Once the capture is gone (its sender dropped) this branch is disabled, and what is
             // stored is re-read after `pause`; a finished request is never held up by the wait.
             Ok(()) = wake.changed() => {}
@@ -253,6 +288,10 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
         }
     }
 }
+
+/// A finished request: the log positions of its messages, the most failures any had before it,
+/// and its outcome.
+type Outcome = (Vec<u64>, u32, Result<(), String>);
 
 /// Headers sent on every request, for `tidepool consumer show` (secret ones by name only).
 pub fn describe_headers(webhook: &Webhook) -> BTreeMap<String, String> {
