@@ -125,16 +125,37 @@ fn delivery(
     })
 }
 
+/// CPU time (user + system) this process has used: unlike wall time, it hardly moves when other
+/// work shares the machine.
+fn cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// One phase's figures: messages per second, and CPU microseconds per message.
+struct Rate {
+    per_second: f64,
+    cpu_us: f64,
+}
+
 fn sql(cluster: &tidepool::cluster::Cluster, sql: &str) -> String {
     cluster.psql("bench", sql).expect("benchmark SQL")
 }
 
-/// (capture messages/s, delivery messages/s) for `n` single-row transactions.
+/// The capture's and the delivery's rates for `n` single-row transactions.
 async fn throughput(
     cluster: &tidepool::cluster::Cluster,
     keychain: &Keychain,
     n: u64,
-) -> (f64, f64) {
+) -> (Rate, Rate) {
     let store =
         std::env::temp_dir().join(format!("tidepool-bench-delivery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
@@ -152,6 +173,7 @@ async fn throughput(
         .unwrap();
     let (commits, wake) = tokio::sync::watch::channel(0);
     let started = Instant::now();
+    let cpu_started = cpu();
     run(capture_options(
         cluster,
         &store,
@@ -162,6 +184,7 @@ async fn throughput(
     .await
     .unwrap();
     let capture_secs = started.elapsed().as_secs_f64();
+    let capture_cpu = (cpu() - cpu_started).as_secs_f64();
 
     let received = Arc::new(Receiver::default());
     let url = receiver(received.clone()).await;
@@ -173,6 +196,7 @@ async fn throughput(
     )
     .unwrap();
     let started = Instant::now();
+    let cpu_started = cpu();
     let task = delivery(&store, keychain, wake);
     while (received.count.load(Ordering::SeqCst) as u64) < n {
         assert!(
@@ -182,11 +206,19 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let deliver_secs = started.elapsed().as_secs_f64();
+    let deliver_cpu = (cpu() - cpu_started).as_secs_f64();
     task.abort();
     let _ = task.await;
     let _ = std::fs::remove_dir_all(&store);
     sql(cluster, "SELECT pg_drop_replication_slot('deliver_tp');");
-    (n as f64 / capture_secs, n as f64 / deliver_secs)
+    let rate = |secs: f64, cpu: f64| Rate {
+        per_second: n as f64 / secs,
+        cpu_us: cpu * 1e6 / n as f64,
+    };
+    (
+        rate(capture_secs, capture_cpu),
+        rate(deliver_secs, deliver_cpu),
+    )
 }
 
 /// (p50 ms, p99 ms, samples, transactions/s reached) from commit to delivered, 10,000
@@ -297,14 +329,22 @@ fn main() {
     // free of a desktop session.
     let keychain = Keychain::with_store(keyring_core::mock::Store::new().unwrap(), "mock");
     let n = 100_000;
-    let (capture_rate, delivery_rate) = runtime.block_on(throughput(&cluster, &keychain, n));
+    let (capture, delivery) = runtime.block_on(throughput(&cluster, &keychain, n));
     sql(&cluster, "TRUNCATE t;");
     let (p50, p99, samples, rate) = runtime.block_on(latency(&cluster, &keychain));
     println!("| workload | capture (slot → store) | webhook delivery (store → receiver, batches of 100) | ratio |");
     println!("|---|---|---|---|");
     println!(
-        "| {n} single-row transactions | {capture_rate:.0} changes/s | {delivery_rate:.0} messages/s | {:.2}× |",
-        delivery_rate / capture_rate
+        "| {n} single-row transactions | {:.0} changes/s | {:.0} messages/s | {:.2}× |",
+        capture.per_second,
+        delivery.per_second,
+        delivery.per_second / capture.per_second
+    );
+    println!(
+        "| CPU per message, this process (the walsender not counted; the receiver counted with delivery) | {:.1} µs | {:.1} µs | {:.2}× the capture's |",
+        capture.cpu_us,
+        delivery.cpu_us,
+        delivery.cpu_us / capture.cpu_us
     );
     println!();
     println!("Commit-to-delivered latency, {samples} single-row transactions at {rate:.0}/s (goal 1,000/s): p50 {p50:.2} ms, p99 {p99:.2} ms");

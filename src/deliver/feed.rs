@@ -6,7 +6,7 @@
 //!   nor slow the capture's commits.
 //! - The position moves past every entry read, matched or not, in the same ledger transaction that
 //!   queues the messages ([`Ledger::enqueue`]).
-//! - A queue holds at most [`QUEUE_LIMIT`] messages: a consumer that is behind costs local disk in
+//! - A queue holds at most [`queue_limit`] messages (never more than [`QUEUE_LIMIT`]): a consumer that is behind costs local disk in
 //!   the change store (which keeps the log), not memory or a copy of the log.
 //! - A consumer is never silently short of changes: before each read it is told (a notice on the
 //!   consumer, and the log) when changes it had not read were pruned by the store's retention, or
@@ -17,12 +17,11 @@ use std::path::PathBuf;
 
 use serde_json::Value as Json;
 
-use crate::deliver::consumer::Consumer;
-use crate::deliver::consumer::{Notice, Start};
+use crate::deliver::consumer::{ConsumerSpec, Destination, Notice, Start};
 use crate::deliver::filter::{numeric_columns, Filter};
-use crate::deliver::ledger::Ledger;
+use crate::deliver::ledger::{Definition, Ledger};
 use crate::deliver::message::{build, Database, Message, Place};
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::store::{CollectionSpec, Store};
 
 /// Log entries read per round.
@@ -30,6 +29,20 @@ pub const PAGE: usize = 500;
 
 /// Most messages queued per consumer; reading stops until deliveries make room.
 pub const QUEUE_LIMIT: u64 = 10_000;
+
+/// Most messages queued for this consumer. A webhook consumer has at most `max_in_flight`
+/// requests of `batch_size` out at once, so twice that (and at least two pages) keeps it busy; a
+/// smaller queue is cheaper to count and stays in the ledger's cache. A pull consumer may hold up
+/// to its `max_ack_pending` (10,000 by default) at once, so it gets the whole limit.
+pub fn queue_limit(spec: &ConsumerSpec) -> u64 {
+    match &spec.destination {
+        Destination::Webhook(w) => {
+            (2 * u64::from(w.max_in_flight) * w.batch_size.unwrap_or(1) as u64)
+                .clamp(2 * PAGE as u64, QUEUE_LIMIT)
+        }
+        Destination::Pull(_) => QUEUE_LIMIT,
+    }
+}
 
 /// Reads one store for its consumers.
 pub struct Feeder {
@@ -68,13 +81,21 @@ impl Feeder {
     /// Queues the next page of the consumer's changes; returns how many log entries were read
     /// (fewer than [`PAGE`] when it has caught up or its queue is full).
     pub fn feed(&mut self, ledger: &mut Ledger, consumer_id: &str, now_ms: i64) -> Result<usize> {
+        let consumer = ledger.definition(consumer_id)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no consumer '{consumer_id}' in {}",
+                    self.store_dir.display()
+                ),
+            )
+        })?;
         // Reading waits until a whole page fits: a queue kept full by one message at a time would
         // pay a round of queries per message delivered.
         let queued = ledger.queued(consumer_id)?;
-        if queued > 0 && queued + PAGE as u64 > QUEUE_LIMIT {
+        if queued > 0 && queued + PAGE as u64 > queue_limit(&consumer.spec) {
             return Ok(0);
         }
-        let consumer = ledger.get(consumer_id)?;
         if self.store.is_none() {
             self.store = Store::open_existing(&self.store_dir)?;
         }
@@ -117,7 +138,7 @@ impl Feeder {
 
     fn messages(
         &mut self,
-        consumer: &Consumer,
+        consumer: &Definition,
         specs: &[CollectionSpec],
         entries: Vec<(u64, usize, Json)>,
     ) -> Result<Vec<(u64, Message)>> {
@@ -206,7 +227,7 @@ fn index_of(
 
 /// Records the consumer's notices: changes of its collections pruned before it read them (by the
 /// retention), and gaps in the store's history it has not read past. Each is logged once.
-fn tell(ledger: &mut Ledger, consumer: &Consumer, store: &Store, now_ms: i64) -> Result<()> {
+fn tell(ledger: &mut Ledger, consumer: &Definition, store: &Store, now_ms: i64) -> Result<()> {
     let name = &consumer.spec.name;
     let pruned = crate::retention::pruned(store)?;
     if !pruned.is_empty() {

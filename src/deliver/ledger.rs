@@ -59,6 +59,17 @@ pub struct Parked {
     pub message: Json,
 }
 
+/// A consumer as a delivery worker needs it each round.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    /// Its id.
+    pub id: String,
+    /// What it wants.
+    pub spec: ConsumerSpec,
+    /// The last log position read into its queue.
+    pub position: u64,
+}
+
 /// The consumers of one store.
 pub struct Ledger {
     conn: Connection,
@@ -217,22 +228,36 @@ impl Ledger {
         ids.iter().map(|id| self.get(id)).collect()
     }
 
-    fn find(&self, id_or_name: &str) -> Result<Option<Consumer>> {
+    /// A consumer's definition and position, without counting its queue: what a delivery worker
+    /// reads every round.
+    pub fn definition(&self, id_or_name: &str) -> Result<Option<Definition>> {
         let column = if is_uuid(id_or_name) { "id" } else { "name" };
         let row: Option<(String, String, i64)> = self
             .conn
-            .query_row(
-                &format!("SELECT id, spec, position FROM consumers WHERE {column} = ?1"),
-                [id_or_name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
+            .prepare_cached(&format!(
+                "SELECT id, spec, position FROM consumers WHERE {column} = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row([id_or_name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
             .map_err(sqlite("reading a consumer"))?;
         let Some((id, spec, position)) = row else {
             return Ok(None);
         };
         let spec: ConsumerSpec = serde_json::from_str(&spec)
             .map_err(|e| Error::internal(format!("consumers: '{id}' cannot be read: {e}")))?;
+        Ok(Some(Definition {
+            id,
+            spec,
+            position: position as u64,
+        }))
+    }
+
+    fn find(&self, id_or_name: &str) -> Result<Option<Consumer>> {
+        let Some(Definition { id, spec, position }) = self.definition(id_or_name)? else {
+            return Ok(None);
+        };
         let failed: i64 = self
             .conn
             .prepare_cached("SELECT count(*) FROM messages WHERE consumer = ?1 AND failed = 1")
@@ -243,7 +268,7 @@ impl Ledger {
         Ok(Some(Consumer {
             id,
             spec,
-            position: position as u64,
+            position,
             pending: pending as u64,
             failed: failed as u64,
             notices,
