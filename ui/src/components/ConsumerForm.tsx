@@ -453,8 +453,9 @@ export function ConsumerForm({
             </button>
           </div>
           <p className="note" data-testid="consumer-pull-note">
-            The pull API is served by <code>tidepool capture --profile {JSON.stringify(profileName)} --listen</code>; its token
-            is printed by <code>tidepool api-token --profile {JSON.stringify(profileName)}</code>.
+            The app does not serve the pull API yet: stop the capture here and run{" "}
+            <code>tidepool capture --profile {JSON.stringify(profileName)} --listen</code>, which captures and serves it. Its
+            token is printed by <code>tidepool api-token --profile {JSON.stringify(profileName)}</code>.
           </p>
         </div>
       )}
