@@ -2,6 +2,7 @@
 //! a profile), delivering from the profile's own run: a real capture of a harness database, a real
 //! webhook receiver (axum on loopback), the real keychain.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,23 +32,30 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
 /// Requests a receiver accepted: headers and body.
 type Requests = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
-/// A webhook receiver on a free loopback port that accepts everything; returns its URL.
-async fn receiver(requests: Requests) -> String {
+/// A webhook receiver on a free loopback port that accepts everything (answers 500 while `failing`
+/// is set); returns its URL.
+async fn receiver(requests: Requests, failing: Arc<AtomicBool>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let app = axum::Router::new()
         .route(
             "/hook",
             axum::routing::post(
-                |axum::extract::State(r): axum::extract::State<Requests>,
+                |axum::extract::State((r, failing)): axum::extract::State<(
+                    Requests,
+                    Arc<AtomicBool>,
+                )>,
                  headers: HeaderMap,
                  body: Bytes| async move {
+                    if failing.load(Ordering::SeqCst) {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
                     r.lock().unwrap().push((headers, body));
                     StatusCode::NO_CONTENT
                 },
             ),
         )
-        .with_state(requests);
+        .with_state((requests, failing));
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -132,7 +140,7 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
     assert!(missing.message().starts_with("secret-header:"), "{missing}");
 
     let requests: Requests = Arc::default();
-    let url = receiver(requests.clone()).await;
+    let url = receiver(requests.clone(), Arc::default()).await;
     let mut hook = spec("orders-hook", &url, vec!["x-api-key"]);
     hook.filter = Some(r#"record.status == "paid""#.into());
     let consumer = consumers
@@ -207,6 +215,58 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
     assert!(consumers.list().unwrap().is_empty());
     let gone = consumers.reveal_signing_secret("orders-hook").unwrap_err();
     assert_eq!(gone.kind(), tidepool::ErrorKind::NotFound, "{gone}");
+
+    // A message past its retries is parked with its last error, shown in the list; Retry delivers
+    // it once the receiver is back, Skip drops the next one.
+    let parked_requests: Requests = Arc::default();
+    let failing = Arc::new(AtomicBool::new(true));
+    let parked_url = receiver(parked_requests.clone(), failing.clone()).await;
+    let mut parking = spec("parked-hook", &parked_url, vec![]);
+    if let Destination::Webhook(w) = &mut parking.destination {
+        w.max_retries = Some(0);
+    }
+    consumers.add(parking, vec![]).unwrap();
+    let parked_view = || consumers.get("parked-hook").unwrap();
+    db.sql("INSERT INTO orders VALUES (5, 'new', 50);");
+    until("the first message parked", || {
+        parked_view().consumer.failed == 1
+    })
+    .await;
+    let view = parked_view();
+    assert_eq!(view.parked.len(), 1);
+    assert_eq!(view.parked[0].message["record"]["id"], 5);
+    let why = view.parked[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("500"), "{why}");
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(consumers.retry("parked-hook", None).unwrap(), 1);
+    until("the retried message delivered", || {
+        parked_requests.lock().unwrap().len() == 1
+    })
+    .await;
+    until("nothing pending", || {
+        let c = parked_view().consumer;
+        (c.pending, c.failed) == (0, 0)
+    })
+    .await;
+    failing.store(true, Ordering::SeqCst);
+    db.sql("INSERT INTO orders VALUES (6, 'new', 60);");
+    until("the second message parked", || {
+        parked_view().consumer.failed == 1
+    })
+    .await;
+    assert_eq!(consumers.skip("parked-hook", None).unwrap(), 1);
+    let view = parked_view();
+    assert_eq!((view.consumer.pending, view.consumer.failed), (0, 0));
+    assert!(view.parked.is_empty());
+    // With the receiver answering again, a skipped message would arrive within a round or two.
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        parked_requests.lock().unwrap().len(),
+        1,
+        "the skipped one never arrives"
+    );
+    consumers.remove("parked-hook").unwrap();
 
     runs.stop(&id, &profiles).unwrap();
     runs.delete_profile(&profiles, &id).unwrap();
