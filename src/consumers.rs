@@ -24,6 +24,10 @@ use crate::profile::{Profiles, RevealedSecret};
 use crate::secrets::{Keychain, Secret, SecretKey};
 use crate::store::Store;
 
+/// Parked messages [`ConsumerStore::list`] returns per consumer (the oldest); `failed` counts them
+/// all. A screen that reads the list every few seconds stays small when thousands are parked.
+pub const PARKED_LISTED: usize = 20;
+
 /// How many of a collection's newest changes a filter check tries the filter on.
 pub const FILTER_PREVIEW_CHANGES: usize = 100;
 
@@ -134,7 +138,8 @@ impl ConsumerStore {
         self.ledger()?.ok_or_else(|| no_consumer(id_or_name))
     }
 
-    /// Every consumer with its counts and parked messages, in the order they were added.
+    /// Every consumer with its counts and its oldest [`PARKED_LISTED`] parked messages, in the
+    /// order they were added.
     pub fn list(&self) -> Result<Vec<ConsumerView>> {
         let Some(ledger) = self.ledger()? else {
             return Ok(Vec::new());
@@ -143,13 +148,14 @@ impl ConsumerStore {
             .list()?
             .into_iter()
             .map(|consumer| {
-                let parked = ledger.parked(&consumer.id)?;
+                let mut parked = ledger.parked(&consumer.id)?;
+                parked.truncate(PARKED_LISTED);
                 Ok(ConsumerView { consumer, parked })
             })
             .collect()
     }
 
-    /// One consumer by name or id.
+    /// One consumer by name or id, with every parked message.
     pub fn get(&self, id_or_name: &str) -> Result<ConsumerView> {
         let ledger = self.existing_ledger(id_or_name)?;
         let consumer = ledger.get(id_or_name)?;

@@ -119,7 +119,7 @@ describe("ConsumersPanel", () => {
     const user = userEvent.setup();
     answer("listConsumers", async () => [
       hook({
-        failed: 1,
+        failed: 25,
         parked: [{ seq: 41, ackId: "a", attempts: 4, lastError: "HTTP 500 from the endpoint", message: {} }],
       }),
     ]);
@@ -127,6 +127,9 @@ describe("ConsumersPanel", () => {
     answer("skipConsumer", async () => 1);
     render(<ConsumersPanel profileId="p1" profileName="Shop" />);
     expect((await screen.findByTestId("consumer-orders-hook-parked-41")).textContent).toContain("HTTP 500 from the endpoint");
+    expect(screen.getByTestId("consumer-orders-hook-parked-more").textContent).toBe(
+      "The oldest 1 of 25; Retry and Skip act on all of them.",
+    );
     await user.click(screen.getByTestId("consumer-orders-hook-retry"));
     expect((await screen.findByTestId("consumer-orders-hook-done")).textContent).toBe("1 queued again");
     await user.click(screen.getByTestId("consumer-orders-hook-skip"));

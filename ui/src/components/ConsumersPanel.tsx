@@ -152,6 +152,11 @@ function ConsumerItem({
       {c.parked.length > 0 && (
         <div data-testid={`${id}-parked`}>
           <h4>Parked after their last retry</h4>
+          {c.failed > c.parked.length && (
+            <p className="muted" data-testid={`${id}-parked-more`}>
+              The oldest {c.parked.length} of {c.failed}; Retry and Skip act on all of them.
+            </p>
+          )}
           <ul>
             {c.parked.map((p) => (
               <li key={p.seq} data-testid={`${id}-parked-${p.seq}`}>
