@@ -94,14 +94,23 @@ pub struct ConsumerStore {
     /// A given keychain (tests, a profile opened with one); else the OS's, opened on use so that a
     /// keychain unlocked later works.
     keychain: Option<Keychain>,
+    /// The source as messages name it (`metadata.database`), for the filter check.
+    database: Database,
 }
 
 impl ConsumerStore {
     /// The consumers of the profile's store: the folder its runs capture into.
     pub fn of_profile(profiles: &Profiles, id_or_name: &str) -> Result<ConsumerStore> {
+        let profile = profiles.get(id_or_name)?;
         Ok(ConsumerStore {
-            dir: profiles.store_dir(id_or_name)?,
+            dir: profiles.store_dir(&profile.id)?,
             keychain: profiles.given_keychain(),
+            // As the profile's run names it to delivery (crate::run).
+            database: Database {
+                name: profile.name,
+                database: profile.database,
+                hostname: profile.host,
+            },
         })
     }
 
@@ -110,6 +119,7 @@ impl ConsumerStore {
         ConsumerStore {
             dir: dir.to_path_buf(),
             keychain: None,
+            database: Database::default(),
         }
     }
 
@@ -272,7 +282,6 @@ impl ConsumerStore {
             });
         };
         // The messages are built as delivery builds them, for a consumer not saved yet.
-        let database = Database::default();
         for name in collections {
             let Some(spec) = store.collection(name)? else {
                 continue;
@@ -281,7 +290,8 @@ impl ConsumerStore {
             let (mut tried, mut kept) = (0, 0);
             for (seq, doc) in store.latest_changes(name, FILTER_PREVIEW_CHANGES)? {
                 let place = Place { seq, index: 0 };
-                let Some(message) = build(&doc, place, &spec, ("", "preview"), &database, &[])?
+                let Some(message) =
+                    build(&doc, place, &spec, ("", "preview"), &self.database, &[])?
                 else {
                     continue;
                 };

@@ -129,6 +129,15 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
     assert_eq!(good.problem, None);
     assert_eq!(good.preview.len(), 1);
     assert_eq!((good.preview[0].tried, good.preview[0].kept), (2, 1));
+    // Messages name the profile's database, as delivered ones do.
+    let named = consumers
+        .check_filter(
+            &format!("metadata.database.database == {:?}", db.name),
+            &["public/orders".into()],
+            &[],
+        )
+        .unwrap();
+    assert_eq!((named.preview[0].tried, named.preview[0].kept), (2, 2));
 
     // A secret header needs its value.
     let missing = consumers
