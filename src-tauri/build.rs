@@ -41,6 +41,13 @@ const COMMANDS: &[&str] = &[
     "stop_captures_and_quit",
     "keep_capturing_in_background",
     "check_collection_name",
+    "list_consumers",
+    "add_consumer",
+    "remove_consumer",
+    "reveal_signing_secret",
+    "retry_consumer",
+    "skip_consumer",
+    "check_consumer_filter",
 ];
 
 fn main() {

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cluster;
 pub mod connection;
 pub mod conninfo;
+pub mod consumers;
 pub mod continuity;
 pub mod deliver;
 pub mod demo;

@@ -203,9 +203,18 @@ pub struct Autofill {
     pub advice: Vec<Advice>,
 }
 
-/// A secret deliberately handed back to the UI that just supplied it (Autofill only). Any other path
-/// keeps [`Secret`], which cannot be serialized.
+/// A secret deliberately handed to the UI: the password Autofill found in the string the UI just
+/// supplied, or a consumer's signing secret a person asked to see
+/// ([`crate::consumers::ConsumerStore::reveal_signing_secret`]). Any other path keeps [`Secret`],
+/// which cannot be serialized.
 pub struct RevealedSecret(Secret);
+
+impl RevealedSecret {
+    /// Marks `secret` as one a person asked to see.
+    pub(crate) fn new(secret: Secret) -> RevealedSecret {
+        RevealedSecret(secret)
+    }
+}
 
 impl Serialize for RevealedSecret {
     fn serialize<S: serde::Serializer>(
@@ -326,6 +335,14 @@ impl Profiles {
     pub fn with_neon_api(mut self, base: &str) -> Profiles {
         self.neon_api = Some(base.to_string());
         self
+    }
+
+    /// The keychain these profiles were opened with, if one was given (not the OS's).
+    pub(crate) fn given_keychain(&self) -> Option<Keychain> {
+        match &self.keychain {
+            KeychainSource::Platform => None,
+            KeychainSource::Given(keychain) => Some(keychain.clone()),
+        }
     }
 
     fn keychain(&self) -> Result<Keychain> {

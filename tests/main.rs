@@ -7,6 +7,7 @@ mod backfill;
 mod capture;
 mod cli;
 mod connection;
+mod consumers;
 mod continuity;
 mod crash;
 mod deliver;

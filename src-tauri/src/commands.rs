@@ -8,13 +8,17 @@ use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
+use tidepool::consumers::{ConsumerStore, ConsumerView, FilterCheck, SecretHeader};
+use tidepool::deliver::consumer::{Action as ConsumerAction, Consumer, ConsumerSpec};
 use tidepool::demo::DemoHost;
 use tidepool::discovery::DiscoveredTable;
 use tidepool::health::SlotHealth;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
 use tidepool::preview::{ExportFormat, Exported, Page, PageRequest, View};
-use tidepool::profile::{self, Autofill, ProfileDraft, ProfileView, Profiles, Removed};
+use tidepool::profile::{
+    self, Autofill, ProfileDraft, ProfileView, Profiles, Removed, RevealedSecret,
+};
 use tidepool::publication::{Choice, Plan, TableRef};
 use tidepool::run::{RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
@@ -375,4 +379,85 @@ pub fn keep_capturing_in_background(window: tauri::WebviewWindow) -> Result<(), 
 #[tauri::command]
 pub fn check_collection_name(name: String) -> Result<(), Error> {
     tidepool::binding::validate_collection_name(&name)
+}
+
+/// The profile's consumers with their counts, notices and parked messages.
+#[tauri::command(async)]
+pub fn list_consumers(
+    profiles: State<'_, Profiles>,
+    id: String,
+) -> Result<Vec<ConsumerView>, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.list()
+}
+
+/// "Create consumer": saves it in the profile's store; secret header values (typed once) and a new
+/// signing secret go to the keychain. The running capture starts delivering it within a second.
+#[tauri::command(async)]
+pub fn add_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    spec: ConsumerSpec,
+    secret_headers: Option<Vec<SecretHeader>>,
+) -> Result<Consumer, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.add(spec, secret_headers.unwrap_or_default())
+}
+
+/// Deletes a consumer, its queue and its keychain entries (after the window's confirmation).
+#[tauri::command(async)]
+pub fn remove_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+) -> Result<Consumer, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.remove(&name)
+}
+
+/// "Reveal signing secret": a webhook consumer's `whsec_…` secret, read from the keychain only on
+/// this explicit request.
+#[tauri::command(async)]
+pub fn reveal_signing_secret(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+) -> Result<RevealedSecret, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.reveal_signing_secret(&name)
+}
+
+/// "Retry": puts a consumer's parked messages (all, or the one at `seq`) back in its queue.
+#[tauri::command(async)]
+pub fn retry_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+    seq: Option<u64>,
+) -> Result<u64, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.retry(&name, seq)
+}
+
+/// "Skip": drops a consumer's parked messages (all, or the one at `seq`) undelivered.
+#[tauri::command(async)]
+pub fn skip_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+    seq: Option<u64>,
+) -> Result<u64, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.skip(&name, seq)
+}
+
+/// "Check" on a consumer's filter: the refusal with its position, or how many of each
+/// collection's newest changes it keeps.
+#[tauri::command(async)]
+pub fn check_consumer_filter(
+    profiles: State<'_, Profiles>,
+    id: String,
+    filter: String,
+    collections: Vec<String>,
+    actions: Option<Vec<ConsumerAction>>,
+) -> Result<FilterCheck, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.check_filter(
+        &filter,
+        &collections,
+        &actions.unwrap_or_default(),
+    )
 }

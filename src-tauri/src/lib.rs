@@ -107,6 +107,13 @@ pub fn run() {
             commands::stop_captures_and_quit,
             commands::keep_capturing_in_background,
             commands::check_collection_name,
+            commands::list_consumers,
+            commands::add_consumer,
+            commands::remove_consumer,
+            commands::reveal_signing_secret,
+            commands::retry_consumer,
+            commands::skip_consumer,
+            commands::check_consumer_filter,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")

@@ -1413,3 +1413,176 @@ async fn start_up_to_the_first_interactive_screen_is_recorded() {
     )
     .unwrap();
 }
+
+/// Requests a webhook receiver accepted: headers and body.
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, axum::body::Bytes)>>>;
+
+/// A webhook receiver on a free loopback port that records and accepts every POST; returns its URL.
+async fn webhook_receiver(received: Received) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(r): axum::extract::State<Received>,
+                 headers: axum::http::HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    r.lock().unwrap().push((headers, body));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(received);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    url
+}
+
+/// The messages of a webhook request: `{"data": [...]}` or one bare message.
+fn messages_of(body: &[u8]) -> Vec<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    match value.get("data") {
+        Some(serde_json::Value::Array(list)) => list.clone(),
+        _ => vec![value],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_with_its_secret_header(
+) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = database_with_items("e2e_consumer", 3);
+    let data = temp_data_dir("consumer");
+    let id = save_profile(
+        &data,
+        serde_json::json!({
+            "name": "Hooks",
+            "user": "postgres",
+            "database": database,
+            "publication": "hooks_pub",
+            "slot": "e2e_consumer_slot",
+        }),
+        cluster().superuser_password().expose(),
+    );
+    // "Save and publish" through the engine, as the Tables tab does: this case starts at Capture.
+    let store = tidepool::profile::Profiles::open(&data)
+        .store_dir(&id)
+        .unwrap();
+    let definition = tidepool::binding::Definition {
+        profile: Some(id.clone()),
+        publication: "hooks_pub".into(),
+        slot: "e2e_consumer_slot".into(),
+        bindings: vec![tidepool::binding::Binding::new("public", "items")],
+    };
+    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
+        .await
+        .unwrap();
+    let received: Received = Arc::default();
+    let url = webhook_receiver(received.clone()).await;
+
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Hooks").await;
+    click(&client, "tab-capture").await;
+    click(&client, "capture-start").await;
+    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
+    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+
+    // Create consumer: one collection, a filter checked first, a secret header typed once.
+    click(&client, "tab-consumers").await;
+    wait_for_text(&client, "consumers-empty", |t| t.contains("No consumers")).await;
+    click(&client, "consumer-new").await;
+    fill(&client, "consumer-name", "items-hook").await;
+    click(&client, "consumer-collection-public/items").await;
+    fill(&client, "consumer-filter", "record.name ==").await;
+    click(&client, "consumer-filter-check").await;
+    let problem = text_of(&client, "consumer-filter-position").await;
+    assert!(problem.starts_with("Line 1, column"), "{problem}");
+    fill(&client, "consumer-filter", r#"record.name != "drop me""#).await;
+    click(&client, "consumer-filter-check").await;
+    let kept = text_of(&client, "consumer-filter-preview-public/items").await;
+    assert!(kept.contains("keeps 3 of its last 3 changes"), "{kept}");
+    fill(&client, "consumer-url", &url).await;
+    click(&client, "consumer-add-secret-header").await;
+    fill(&client, "consumer-secret-name-0", "x-api-key").await;
+    fill(&client, "consumer-secret-value-0", "e2e-key-123").await;
+    screenshot(&client, "consumers-0-create").await;
+    click(&client, "consumer-create").await;
+    wait_for_text(&client, "consumer-items-hook-destination", |t| t == url).await;
+
+    step("inserting rows in PostgreSQL");
+    cluster()
+        .psql(
+            &database,
+            "INSERT INTO items VALUES (100, 'keep me'), (101, 'drop me'); \
+             INSERT INTO items VALUES (102, 'keep too');",
+        )
+        .unwrap();
+    step("waiting for the receiver");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let mut ids: Vec<i64> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, body)| messages_of(body))
+            .map(|m| m["record"]["id"].as_i64().unwrap())
+            .collect();
+        ids.sort();
+        if ids.len() >= 2 || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A moment more: anything the filter should have dropped would have arrived with them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| messages_of(body).len())
+        .sum::<usize>();
+    assert_eq!(delivered, [100, 102], "only the rows the filter keeps");
+    assert_eq!(total, 2);
+    wait_for_text(&client, "consumer-items-hook-pending", |t| t == "0").await;
+
+    // The signing secret, revealed in the app on request, is the keychain's and verifies each request.
+    click(&client, "consumer-items-hook-reveal").await;
+    let secret = text_of(&client, "consumer-items-hook-secret").await;
+    let consumer = tidepool::consumers::ConsumerStore::at(&store)
+        .get("items-hook")
+        .unwrap()
+        .consumer;
+    let keychain = tidepool::secrets::Keychain::open().unwrap();
+    let secret_key = tidepool::secrets::SecretKey::WebhookSecret(consumer.id.clone());
+    let stored = keychain
+        .get(&secret_key)
+        .unwrap()
+        .expect("the signing secret in the keychain");
+    assert_eq!(secret, stored.expose());
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    for (headers, body) in received.lock().unwrap().iter() {
+        verifier.verify(body, headers).expect("a valid signature");
+        assert_eq!(headers["x-api-key"], "e2e-key-123");
+    }
+    // The secret header's value went to the keychain only.
+    assert!(files_containing(&data, "e2e-key-123").is_empty());
+    click(&client, "consumer-items-hook-hide").await;
+    screenshot(&client, "consumers-1-list").await;
+
+    // Delete, confirmed: the list is empty again and the keychain entries are gone.
+    click(&client, "consumer-items-hook-delete").await;
+    click(&client, "consumer-items-hook-delete-confirm").await;
+    wait_for_text(&client, "consumers-empty", |t| t.contains("No consumers")).await;
+    assert!(keychain.get(&secret_key).unwrap().is_none());
+    let header_key =
+        tidepool::secrets::SecretKey::WebhookHeader(consumer.id.clone(), "x-api-key".into());
+    assert!(keychain.get(&header_key).unwrap().is_none());
+
+    click(&client, "tab-capture").await;
+    click(&client, "capture-stop").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    close(client).await;
+}

@@ -4,6 +4,7 @@ import { useCallback, useEffect, useState } from "react";
 import { CapturePanel } from "./components/CapturePanel";
 import { ClosePrompt } from "./components/ClosePrompt";
 import { CollectionsPanel } from "./components/CollectionsPanel";
+import { ConsumersPanel } from "./components/ConsumersPanel";
 import { DemoCard } from "./components/DemoCard";
 import { MonitorPanel } from "./components/MonitorPanel";
 import { ErrorNotice } from "./components/ErrorNotice";
@@ -17,7 +18,7 @@ import * as backend from "./lib/backend";
 import { record } from "./lib/history";
 import type { BackendError, ProfileView, Removed } from "./lib/types";
 
-type Tab = "connection" | "setup" | "tables" | "capture" | "collections" | "monitor";
+type Tab = "connection" | "setup" | "tables" | "capture" | "collections" | "consumers" | "monitor";
 
 const TAB_TITLES: Record<Tab, string> = {
   connection: "Connection",
@@ -25,6 +26,7 @@ const TAB_TITLES: Record<Tab, string> = {
   tables: "Tables",
   capture: "Capture",
   collections: "Collections",
+  consumers: "Consumers",
   monitor: "Monitor",
 };
 type View = { screen: "profile"; id: string | null; tab?: Tab } | { screen: "settings" };
@@ -126,6 +128,8 @@ export function App() {
             <CapturePanel key={selected.id} profileId={selected.id} />
           ) : view.tab === "collections" && selected ? (
             <CollectionsPanel key={selected.id} profileId={selected.id} />
+          ) : view.tab === "consumers" && selected ? (
+            <ConsumersPanel key={selected.id} profileId={selected.id} profileName={selected.name} />
           ) : view.tab === "monitor" && selected ? (
             <MonitorPanel key={selected.id} profileId={selected.id} />
           ) : (

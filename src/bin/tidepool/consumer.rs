@@ -10,10 +10,10 @@ use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use tidepool::consumers::{ConsumerStore, ConsumerView, SecretHeader};
 use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Pull, Start, Webhook};
-use tidepool::deliver::ledger::Ledger;
-use tidepool::secrets::{Keychain, Secret, SecretKey};
-use tidepool::{Error, ErrorKind};
+use tidepool::secrets::{Keychain, Secret};
+use tidepool::Error;
 
 /// Which store: a profile's own, or a folder.
 #[derive(Args, Clone)]
@@ -37,6 +37,11 @@ impl StoreArg {
             .as_deref()
             .ok_or_else(|| Error::invalid_input("--profile", "give --profile or --store"))?;
         tidepool::profile::Profiles::open(&tidepool::profile::data_dir()?).store_dir(profile)
+    }
+
+    /// The consumers of that store.
+    pub fn consumers(&self) -> Result<ConsumerStore, Error> {
+        Ok(ConsumerStore::at(&self.dir()?))
     }
 }
 
@@ -179,8 +184,9 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
     match command {
         ConsumerCommand::Add(args) => add(*args),
         ConsumerCommand::List { store, json } => {
-            let consumers = Ledger::open(&store.dir()?)?.list()?;
+            let consumers = store.consumers()?.list()?;
             if json {
+                let consumers: Vec<_> = consumers.into_iter().map(|v| v.consumer).collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&consumers).unwrap_or_default()
@@ -188,7 +194,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
             } else if consumers.is_empty() {
                 println!("no consumers");
             } else {
-                for c in consumers {
+                for ConsumerView { consumer: c, .. } in consumers {
                     let kind = match &c.spec.destination {
                         Destination::Webhook(w) => format!("webhook {}", w.url),
                         Destination::Pull(_) => "pull".to_string(),
@@ -207,9 +213,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
             Ok(())
         }
         ConsumerCommand::Show { store, name, json } => {
-            let ledger = Ledger::open(&store.dir()?)?;
-            let consumer = ledger.get(&name)?;
-            let parked = ledger.parked(&consumer.id)?;
+            let ConsumerView { consumer, parked } = store.consumers()?.get(&name)?;
             let view = serde_json::json!({"consumer": consumer, "parked": parked});
             if json {
                 println!(
@@ -234,42 +238,22 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
             Ok(())
         }
         ConsumerCommand::Remove { store, name } => {
-            let keychain = keychain().ok();
-            let removed =
-                tidepool::deliver::remove_consumer(&store.dir()?, &name, keychain.as_ref())?;
+            let removed = store.consumers()?.remove(&name)?;
             eprintln!("removed consumer '{}'", removed.spec.name);
             Ok(())
         }
         ConsumerCommand::Retry { store, name, seq } => {
-            let mut ledger = Ledger::open(&store.dir()?)?;
-            let id = ledger.get(&name)?.id;
-            let n = ledger.retry(&id, seq)?;
+            let n = store.consumers()?.retry(&name, seq)?;
             eprintln!("{n} parked message(s) queued again");
             Ok(())
         }
         ConsumerCommand::Skip { store, name, seq } => {
-            let mut ledger = Ledger::open(&store.dir()?)?;
-            let id = ledger.get(&name)?.id;
-            let n = ledger.skip(&id, seq)?;
+            let n = store.consumers()?.skip(&name, seq)?;
             eprintln!("{n} parked message(s) skipped");
             Ok(())
         }
         ConsumerCommand::Secret { store, name } => {
-            let consumer = Ledger::open(&store.dir()?)?.get(&name)?;
-            if !matches!(consumer.spec.destination, Destination::Webhook(_)) {
-                return Err(Error::invalid_input(
-                    "name",
-                    format!("'{name}' is a pull consumer: it has no signing secret"),
-                ));
-            }
-            let secret = keychain()?
-                .get(&SecretKey::WebhookSecret(consumer.id.clone()))?
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::NotFound,
-                        format!("the signing secret of '{name}' is not in the keychain"),
-                    )
-                })?;
+            let secret = store.consumers()?.signing_secret(&name)?;
             println!("{}", secret.expose());
             Ok(())
         }
@@ -363,11 +347,7 @@ fn add(args: AddArgs) -> Result<(), Error> {
     };
     spec.validate()?;
     let secret_values = read_secret_headers(&args.secret_headers)?;
-    let keychain = match &spec.destination {
-        Destination::Webhook(_) => Some(keychain()?),
-        Destination::Pull(_) => None,
-    };
-    let consumer = tidepool::deliver::add_consumer(&dir, spec, keychain.as_ref(), &secret_values)?;
+    let consumer = ConsumerStore::at(&dir).add(spec, secret_values)?;
     eprintln!(
         "saved consumer '{}' ({}), starting after log position {}",
         consumer.spec.name, consumer.id, consumer.position
@@ -386,7 +366,7 @@ fn add(args: AddArgs) -> Result<(), Error> {
 }
 
 /// One value per secret header: a line each from standard input, or a prompt on a terminal.
-fn read_secret_headers(names: &[String]) -> Result<Vec<(String, Secret)>, Error> {
+fn read_secret_headers(names: &[String]) -> Result<Vec<SecretHeader>, Error> {
     let mut out = Vec::new();
     let stdin = std::io::stdin();
     let terminal = stdin.is_terminal();
@@ -414,7 +394,10 @@ fn read_secret_headers(names: &[String]) -> Result<Vec<(String, Secret)>, Error>
                 format!("the value of '{name}' is empty"),
             ));
         }
-        out.push((name.clone(), Secret::new(value)));
+        out.push(SecretHeader {
+            name: name.clone(),
+            value: Secret::new(value),
+        });
     }
     Ok(out)
 }

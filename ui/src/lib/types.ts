@@ -409,3 +409,113 @@ export interface SlotHealth {
   neonRemovalInSecs: number | null;
   warnings: HealthWarning[];
 }
+
+// Consumers (engine: deliver::consumer, consumers::ConsumerView / FilterCheck).
+
+/** What a change did, as Sequin names it; `read` is a backfilled row. */
+export type ConsumerAction = "insert" | "update" | "delete" | "read";
+
+export const CONSUMER_ACTIONS: ConsumerAction[] = ["insert", "update", "delete", "read"];
+
+/** Every change, or the latest state of each row. */
+export type ConsumerMode = "changes" | "rows";
+
+/** Where a new consumer starts: after what is stored now, or from the stored history's beginning. */
+export type ConsumerStart = "now" | "beginning";
+
+/** HTTP push: secret headers are names only; their values are in the keychain. */
+export interface WebhookDestination {
+  type: "webhook";
+  url: string;
+  headers: Record<string, string>;
+  secretHeaders: string[];
+  /** Messages per request in `{"data": [...]}`; null sends one bare message per request. */
+  batchSize: number | null;
+  timeoutMs: number;
+  /** Failed attempts before a message is parked; null retries forever. */
+  maxRetries: number | null;
+  maxInFlight: number;
+}
+
+/** HTTP pull through the Sequin-compatible API. */
+export interface PullDestination {
+  type: "pull";
+  visibilityTimeoutMs: number;
+  maxAckPending: number;
+  maxWaiting: number;
+}
+
+export type ConsumerDestination = WebhookDestination | PullDestination;
+
+/** A consumer as a person defines it ("Create consumer" sends this). */
+export interface ConsumerSpec {
+  name: string;
+  collections: string[];
+  /** Empty means every action. */
+  actions: ConsumerAction[];
+  filter: string | null;
+  mode: ConsumerMode;
+  start: ConsumerStart;
+  /** Columns that group messages; empty means the row's key. */
+  groupBy: string[];
+  destination: ConsumerDestination;
+}
+
+/** Something a consumer's user must know (changes it missed, a gap it crosses). */
+export interface ConsumerNotice {
+  kind: ErrorKind;
+  message: string;
+  atMs: number;
+}
+
+/** A saved consumer: its definition, id and where it stands. */
+export interface Consumer extends ConsumerSpec {
+  id: string;
+  /** The last log position read into its queue. */
+  position: number;
+  /** Messages waiting or in flight. */
+  pending: number;
+  /** Messages parked after their last retry. */
+  failed: number;
+  notices: ConsumerNotice[];
+}
+
+/** A message parked after its last retry. */
+export interface ParkedMessage {
+  seq: number;
+  ackId: string;
+  attempts: number;
+  lastError: string | null;
+  message: unknown;
+}
+
+/** A consumer as the Consumers tab lists it. */
+export interface ConsumerView extends Consumer {
+  parked: ParkedMessage[];
+}
+
+/** A secret header's value, typed once, on its way to the keychain. */
+export interface SecretHeaderValue {
+  name: string;
+  value: string;
+}
+
+/** Why a filter is refused, with its 1-based position when it has one. */
+export interface FilterProblem {
+  message: string;
+  line: number | null;
+  column: number | null;
+}
+
+/** How a valid filter fares on a collection's newest changes. */
+export interface FilterPreview {
+  collection: string;
+  tried: number;
+  kept: number;
+}
+
+/** The answer to "Check" on a filter. */
+export interface FilterCheck {
+  problem: FilterProblem | null;
+  preview: FilterPreview[];
+}

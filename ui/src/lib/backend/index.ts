@@ -35,6 +35,12 @@ import {
   type Removed,
   type ServerFacts,
   type SlotHealth,
+  type Consumer,
+  type ConsumerAction,
+  type ConsumerSpec,
+  type ConsumerView,
+  type FilterCheck,
+  type SecretHeaderValue,
 } from "../types";
 
 async function call<T>(command: string, args: Record<string, unknown> = {}): Promise<T> {
@@ -183,3 +189,29 @@ export const keepCapturingInBackground = () => call<void>("keep_capturing_in_bac
 
 /** Checks a collection name by the engine's rules; rejects with the reason. */
 export const checkCollectionName = (name: string) => call<void>("check_collection_name", { name });
+
+/** The profile's consumers with their counts, notices and parked messages. */
+export const listConsumers = (id: string) => call<ConsumerView[]>("list_consumers", { id });
+
+/** "Create consumer": secret header values go to the keychain and are never shown again. */
+export const addConsumer = (id: string, spec: ConsumerSpec, secretHeaders: SecretHeaderValue[]) =>
+  call<Consumer>("add_consumer", { id, spec, secretHeaders });
+
+/** Deletes a consumer, its queue and its keychain entries. */
+export const removeConsumer = (id: string, name: string) => call<Consumer>("remove_consumer", { id, name });
+
+/** A webhook consumer's signing secret (`whsec_…`), read from the keychain on this request only. */
+export const revealSigningSecret = (id: string, name: string) =>
+  call<string>("reveal_signing_secret", { id, name });
+
+/** Puts parked messages (all, or the one at `seq`) back in the queue; resolves to how many. */
+export const retryConsumer = (id: string, name: string, seq: number | null = null) =>
+  call<number>("retry_consumer", { id, name, seq });
+
+/** Drops parked messages (all, or the one at `seq`) undelivered; resolves to how many. */
+export const skipConsumer = (id: string, name: string, seq: number | null = null) =>
+  call<number>("skip_consumer", { id, name, seq });
+
+/** Checks a filter as saving would, and tries it on the collections' newest changes. */
+export const checkConsumerFilter = (id: string, filter: string, collections: string[], actions: ConsumerAction[]) =>
+  call<FilterCheck>("check_consumer_filter", { id, filter, collections, actions });

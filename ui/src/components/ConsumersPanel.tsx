@@ -1,0 +1,242 @@
+import { useCallback, useEffect, useState } from "react";
+
+import * as backend from "../lib/backend";
+import type { BackendError, ConsumerView } from "../lib/types";
+import { ConsumerForm, pullUrl } from "./ConsumerForm";
+import { ErrorNotice } from "./ErrorNotice";
+
+/** How often the list's counts are read again while the tab is open. */
+const REFRESH_EVERY_MS = 2000;
+
+/**
+ * Consumers: what the profile's capture delivers to applications, by webhook (push) or the pull API.
+ * The list with each consumer's counts and notices, "Create consumer", the signing secret on demand,
+ * Retry and Skip for parked messages, and delete with a confirmation.
+ */
+export function ConsumersPanel({ profileId, profileName }: { profileId: string; profileName: string }) {
+  const [consumers, setConsumers] = useState<ConsumerView[] | null>(null);
+  const [error, setError] = useState<BackendError | null>(null);
+  const [creating, setCreating] = useState(false);
+
+  const reload = useCallback(async () => {
+    try {
+      setConsumers(await backend.listConsumers(profileId));
+      setError(null);
+    } catch (e) {
+      setError(e as BackendError);
+    }
+  }, [profileId]);
+
+  useEffect(() => {
+    void reload();
+    const timer = setInterval(() => void reload(), REFRESH_EVERY_MS);
+    return () => clearInterval(timer);
+  }, [reload]);
+
+  return (
+    <section className="panel" data-testid="consumers-panel">
+      <div className="card-head">
+        <h2>Consumers</h2>
+        {!creating && (
+          <button type="button" data-testid="consumer-new" onClick={() => setCreating(true)}>
+            Create consumer
+          </button>
+        )}
+      </div>
+      <p className="muted">
+        Each consumer delivers the captured changes of its collections to an application, from the local store: a slow or
+        stopped application never holds the replication slot.
+      </p>
+      {creating && (
+        <ConsumerForm
+          profileId={profileId}
+          profileName={profileName}
+          onCancel={() => setCreating(false)}
+          onCreated={() => {
+            setCreating(false);
+            void reload();
+          }}
+        />
+      )}
+      {error && <ErrorNotice error={error} testId="consumers-error" />}
+      {consumers === null && !error && (
+        <p className="muted" data-testid="consumers-loading">
+          Reading the consumers…
+        </p>
+      )}
+      {consumers?.length === 0 && (
+        <p className="muted" data-testid="consumers-empty">
+          No consumers yet. Create one to send every change to a webhook, or let your application pull them.
+        </p>
+      )}
+      {consumers && consumers.length > 0 && (
+        <ul className="consumers" data-testid="consumers-list">
+          {consumers.map((c) => (
+            <ConsumerItem key={c.id} profileId={profileId} consumer={c} onChanged={() => void reload()} />
+          ))}
+        </ul>
+      )}
+    </section>
+  );
+}
+
+function ConsumerItem({
+  profileId,
+  consumer: c,
+  onChanged,
+}: {
+  profileId: string;
+  consumer: ConsumerView;
+  onChanged: () => void;
+}) {
+  const [confirming, setConfirming] = useState(false);
+  const [secret, setSecret] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<BackendError | null>(null);
+  const [done, setDone] = useState<string | null>(null);
+  const id = `consumer-${c.name}`;
+
+  async function act(what: () => Promise<string | void>) {
+    setBusy(true);
+    setError(null);
+    setDone(null);
+    try {
+      const said = await what();
+      if (said) setDone(said);
+      onChanged();
+    } catch (e) {
+      setError(e as BackendError);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const d = c.destination;
+  return (
+    <li className="card consumer" data-testid={id}>
+      <div className="card-head">
+        <strong data-testid={`${id}-name`}>{c.name}</strong>
+        <span className="badge" data-testid={`${id}-mode`}>
+          {c.mode}
+        </span>
+      </div>
+      <dl className="facts">
+        <dt>Collections</dt>
+        <dd data-testid={`${id}-collections`}>{c.collections.join(", ")}</dd>
+        <dt>{d.type === "webhook" ? "Push to" : "Pull from"}</dt>
+        <dd data-testid={`${id}-destination`}>
+          <code>{d.type === "webhook" ? d.url : pullUrl(c.name)}</code>
+        </dd>
+        {c.filter && (
+          <>
+            <dt>Filter</dt>
+            <dd>
+              <code>{c.filter}</code>
+            </dd>
+          </>
+        )}
+        <dt>Pending</dt>
+        <dd data-testid={`${id}-pending`}>{c.pending}</dd>
+        <dt>Failing</dt>
+        <dd data-testid={`${id}-failed`}>{c.failed}</dd>
+      </dl>
+      {c.notices.length > 0 && (
+        <ul className="warnings" data-testid={`${id}-notices`}>
+          {c.notices.map((n) => (
+            <li key={n.atMs + n.message} className="health warn" data-kind={n.kind}>
+              {n.message}
+            </li>
+          ))}
+        </ul>
+      )}
+      {c.parked.length > 0 && (
+        <div data-testid={`${id}-parked`}>
+          <h4>Parked after their last retry</h4>
+          {c.failed > c.parked.length && (
+            <p className="muted" data-testid={`${id}-parked-more`}>
+              The oldest {c.parked.length} of {c.failed}; Retry and Skip act on all of them.
+            </p>
+          )}
+          <ul>
+            {c.parked.map((p) => (
+              <li key={p.seq} data-testid={`${id}-parked-${p.seq}`}>
+                Change {p.seq}, {p.attempts} attempts: {p.lastError ?? "no error recorded"}
+              </li>
+            ))}
+          </ul>
+          <div className="actions">
+            <button
+              type="button"
+              data-testid={`${id}-retry`}
+              disabled={busy}
+              onClick={() => void act(async () => `${await backend.retryConsumer(profileId, c.name)} queued again`)}
+            >
+              Retry
+            </button>
+            <button
+              type="button"
+              className="secondary"
+              data-testid={`${id}-skip`}
+              disabled={busy}
+              onClick={() => void act(async () => `${await backend.skipConsumer(profileId, c.name)} skipped`)}
+            >
+              Skip
+            </button>
+          </div>
+        </div>
+      )}
+      {d.type === "webhook" && (
+        <div className="row">
+          {secret === null ? (
+            <button
+              type="button"
+              className="secondary"
+              data-testid={`${id}-reveal`}
+              disabled={busy}
+              onClick={() =>
+                void act(async () => {
+                  setSecret(await backend.revealSigningSecret(profileId, c.name));
+                })
+              }
+            >
+              Reveal signing secret
+            </button>
+          ) : (
+            <>
+              <code data-testid={`${id}-secret`}>{secret}</code>
+              <button type="button" className="secondary" data-testid={`${id}-hide`} onClick={() => setSecret(null)}>
+                Hide
+              </button>
+              <span className="hint">
+                Verify each request's webhook-signature with a Standard Webhooks library and this secret.
+              </span>
+            </>
+          )}
+        </div>
+      )}
+      {done && (
+        <p className="muted" role="status" data-testid={`${id}-done`}>
+          {done}
+        </p>
+      )}
+      {error && <ErrorNotice error={error} testId={`${id}-error`} />}
+      <div className="actions">
+        {confirming ? (
+          <span className="confirm" role="group" aria-label={`Delete ${c.name}?`}>
+            Delete {c.name}, its queue and its keychain entries?
+            <button type="button" data-testid={`${id}-delete-confirm`} disabled={busy} onClick={() => void act(() => backend.removeConsumer(profileId, c.name).then(() => undefined))}>
+              Delete
+            </button>
+            <button type="button" className="secondary" data-testid={`${id}-delete-cancel`} onClick={() => setConfirming(false)}>
+              Cancel
+            </button>
+          </span>
+        ) : (
+          <button type="button" className="secondary" data-testid={`${id}-delete`} onClick={() => setConfirming(true)}>
+            Delete
+          </button>
+        )}
+      </div>
+    </li>
+  );
+}
