@@ -41,6 +41,7 @@ const COMMANDS: &[&str] = &[
     "stop_captures_and_quit",
     "keep_capturing_in_background",
     "check_collection_name",
+    "export_capture",
     "list_consumers",
     "add_consumer",
     "remove_consumer",

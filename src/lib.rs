@@ -17,6 +17,7 @@ pub mod demo;
 pub mod discovery;
 pub mod encryption;
 pub mod error;
+pub mod export;
 pub mod health;
 pub mod large_value;
 pub mod neon;

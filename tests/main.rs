@@ -14,6 +14,7 @@ mod deliver;
 mod demo;
 mod discovery;
 mod encryption;
+mod export;
 mod identity;
 mod large_values;
 mod neon;

@@ -12,6 +12,7 @@ use tidepool::consumers::{ConsumerStore, ConsumerView, FilterCheck, SecretHeader
 use tidepool::deliver::consumer::{Action as ConsumerAction, Consumer, ConsumerSpec};
 use tidepool::demo::DemoHost;
 use tidepool::discovery::DiscoveredTable;
+use tidepool::export::{Engine, ExportFile};
 use tidepool::health::SlotHealth;
 use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
@@ -260,6 +261,17 @@ pub fn collection_page(
     request: PageRequest,
 ) -> Result<Page, Error> {
     tidepool::preview::page(&profiles, &id, &collection, &request)
+}
+
+/// The profile's capture as another engine's file (Estuary Flow's `flow.yaml`, Sequin's
+/// `sequin.yaml`), secrets as placeholders.
+#[tauri::command(async)]
+pub fn export_capture(
+    profiles: State<'_, Profiles>,
+    id: String,
+    engine: Engine,
+) -> Result<ExportFile, Error> {
+    tidepool::export::of_profile(&profiles, &id, engine)
 }
 
 /// Exports a collection's rows or change log (filtered) to the Downloads folder.

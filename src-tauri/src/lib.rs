@@ -107,6 +107,7 @@ pub fn run() {
             commands::stop_captures_and_quit,
             commands::keep_capturing_in_background,
             commands::check_collection_name,
+            commands::export_capture,
             commands::list_consumers,
             commands::add_consumer,
             commands::remove_consumer,

@@ -151,6 +151,19 @@ enum Command {
         #[arg(long)]
         confirm: bool,
     },
+    /// Writes the profile's capture for another engine: `estuary` (a flow.yaml for `flowctl catalog
+    /// publish`) or `sequin` (a sequin.yaml for `sequin config apply`, with the consumers as sinks).
+    /// Secrets are placeholders; the file says what the other engine does differently.
+    Export {
+        /// estuary or sequin.
+        engine: String,
+        /// The saved profile.
+        #[arg(long)]
+        profile: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Starts a throwaway local PostgreSQL with a sample shop schema and a trickle of writes, saves the
     /// "Demo database" profile for it, and removes both when stopped (Ctrl-C).
     Demo {
@@ -523,6 +536,11 @@ async fn main() -> ExitCode {
         Command::Health { profile, json } => (health(&profile, json).await, json),
         Command::DropSlot { profile, confirm } => (drop_slot(&profile, confirm).await, false),
         Command::DiscardStore { profile, yes } => (discard_store(&profile, yes).await, false),
+        Command::Export {
+            engine,
+            profile,
+            output,
+        } => (export(&engine, &profile, output.as_deref()), false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -988,6 +1006,20 @@ async fn neon_command(command: NeonCommand) -> Result<(), Error> {
             profiles.link_neon(&profile, None)?;
             eprintln!("unlinked");
         }
+    }
+    Ok(())
+}
+
+fn export(engine: &str, profile: &str, output: Option<&std::path::Path>) -> Result<(), Error> {
+    let exported = tidepool::export::of_profile(&profiles()?, profile, engine.parse()?)?;
+    match output {
+        Some(path) => {
+            std::fs::write(path, &exported.text).map_err(|e| {
+                Error::invalid_input("--output", format!("cannot write {}: {e}", path.display()))
+            })?;
+            eprintln!("wrote {} ({})", path.display(), exported.file_name);
+        }
+        None => print!("{}", exported.text),
     }
     Ok(())
 }

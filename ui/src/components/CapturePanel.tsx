@@ -5,6 +5,7 @@ import { useRunStatus } from "../lib/runStatus";
 import type { BackendError, BackfillProgress, RunStatus } from "../lib/types";
 import { DivergedNotice } from "./DivergedNotice";
 import { ErrorNotice } from "./ErrorNotice";
+import { HandOffPanel } from "./HandOffPanel";
 import { LockedNotice } from "./LockedNotice";
 
 const STATE: Record<RunStatus["state"], string> = {
@@ -195,6 +196,7 @@ export function CapturePanel({ profileId }: { profileId: string }) {
           </dd>
         </dl>
       )}
+      <HandOffPanel profileId={profileId} />
     </section>
   );
 }

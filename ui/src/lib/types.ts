@@ -378,6 +378,18 @@ export interface Exported {
   documents: number;
 }
 
+/** An engine a capture can be handed to (`tidepool::export::Engine`). */
+export type Engine = "estuary" | "sequin";
+
+/** A capture written as another engine's file (`tidepool::export::ExportFile`). */
+export interface ExportFile {
+  engine: Engine;
+  /** `flow.yaml` or `sequin.yaml`. */
+  fileName: string;
+  /** Comments saying what to fill in and what the engine does differently, then the YAML. */
+  text: string;
+}
+
 /** A change pushed by a live tail. */
 export interface TailEntry {
   seq: number;

@@ -20,6 +20,8 @@ import {
   type DocFilter,
   type ExportFormat,
   type Exported,
+  type Engine,
+  type ExportFile,
   type RunStatus,
   type TailEntry,
   type Fix,
@@ -138,6 +140,9 @@ export const exportCollection = (
   filter: DocFilter | null,
   format: ExportFormat,
 ) => call<Exported>("export_collection", { id, collection, view, filter, format });
+
+/** The capture as Estuary Flow's `flow.yaml` or Sequin's `sequin.yaml` (secrets as placeholders). */
+export const exportCapture = (id: string, engine: Engine) => call<ExportFile>("export_capture", { id, engine });
 
 /**
  * Streams the collection's changes after `after` as the capture stores them (pushed through a channel).
