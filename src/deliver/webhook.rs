@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::deliver::consumer::{Destination, Webhook};
+use crate::deliver::consumer::{Consumer, Destination, Webhook};
 use crate::deliver::feed::{Feeder, PAGE};
 use crate::deliver::ledger::{Claimed, Ledger};
 use crate::deliver::{now_ms, Context};
@@ -202,7 +202,7 @@ fn transport_error(e: &reqwest::Error) -> String {
 pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()> {
     let ledger_dir = context.store_dir.clone();
     let mut ledger = Ledger::open(&ledger_dir)?;
-    let consumer = ledger.get(&consumer_id)?;
+    let consumer = Arc::new(ledger.get(&consumer_id)?);
     let Destination::Webhook(webhook) = consumer.spec.destination.clone() else {
         return Ok(());
     };
@@ -212,7 +212,8 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
     if released > 0 {
         tracing::info!(consumer = %consumer.spec.name, released, "redelivering what was in flight when delivery last stopped");
     }
-    let mut feeder = Feeder::new(context.store_dir.clone(), context.database.clone());
+    let feeder = Feeder::new(context.store_dir.clone(), context.database.clone());
+    let mut state = (ledger, feeder);
     let mut wake = context.wake.clone();
     let batch_size = webhook.batch_size.unwrap_or(1) as usize;
     // A request in flight holds its messages this long past its timeout before they are offered
@@ -228,41 +229,25 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             finished.extend(done.ok());
         }
         let room = capacity.saturating_sub(in_flight.len());
-        // One transaction per round: settling what finished, reading the log and claiming.
-        let round = ledger.round(|ledger| {
-            for (seqs, failures, outcome) in finished.drain(..) {
-                match outcome {
-                    Ok(()) => ledger.delivered(&consumer.id, &seqs)?,
-                    Err(reason) => {
-                        let delay = backoff_ms(failures + 1, jitter());
-                        tracing::warn!(consumer = %consumer.spec.name, messages = seqs.len(), retry_in_ms = delay, "webhook delivery failed: {reason}");
-                        ledger.attempt_failed(&consumer.id, &seqs, &reason, now_ms() + delay as i64, webhook.max_retries)?;
-                    }
-                }
-            }
-            if !ledger.exists(&consumer.id)? {
-                return Ok(None);
-            }
-            while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
-            let mut batches = Vec::new();
-            let mut short = false;
-            while batches.len() < room {
-                let batch = ledger.claim(&consumer.id, now_ms(), batch_size, hold_ms, None)?;
-                short = batch.len() < batch_size;
-                if batch.is_empty() {
-                    break;
-                }
-                batches.push(batch);
-            }
-            // Only when nothing more could be claimed can a retry delay be what the worker waits
-            // for.
-            let next = if short {
-                ledger.next_due(&consumer.id, now_ms())?
-            } else {
-                None
-            };
-            Ok(Some((batches, next)))
-        })?;
+        // The round's SQLite work runs on a blocking thread, so requests in flight and the
+        // capture's tasks are never held up by it.
+        let rules = Rules {
+            consumer: consumer.clone(),
+            max_retries: webhook.max_retries,
+            room,
+            batch_size,
+            hold_ms,
+        };
+        let settle = std::mem::take(&mut finished);
+        let (back, round) = tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let round = rules.round(&mut state, settle);
+            (state, round)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("webhook delivery: {e}")))?;
+        state = back;
+        let round = round?;
         let Some((batches, next)) = round else {
             return Ok(());
         };
@@ -286,6 +271,71 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             Ok(()) = wake.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// What a round needs to know of its consumer.
+struct Rules {
+    consumer: Arc<Consumer>,
+    max_retries: Option<u32>,
+    /// Requests that may start now.
+    room: usize,
+    batch_size: usize,
+    hold_ms: u64,
+}
+
+impl Rules {
+    /// One round, in one ledger transaction: settles what finished, reads the log into the queue
+    /// and claims up to `room` batches; `None` once the consumer was removed. With the batches,
+    /// when the next message held back by a retry delay is due, if nothing more could be claimed.
+    #[allow(clippy::type_complexity)]
+    fn round(
+        &self,
+        (ledger, feeder): &mut (Ledger, Feeder),
+        finished: Vec<Outcome>,
+    ) -> Result<Option<(Vec<Vec<Claimed>>, Option<i64>)>> {
+        let consumer = &self.consumer;
+        ledger.round(|ledger| {
+            for (seqs, failures, outcome) in finished {
+                match outcome {
+                    Ok(()) => ledger.delivered(&consumer.id, &seqs)?,
+                    Err(reason) => {
+                        let delay = backoff_ms(failures + 1, jitter());
+                        tracing::warn!(consumer = %consumer.spec.name, messages = seqs.len(), retry_in_ms = delay, "webhook delivery failed: {reason}");
+                        ledger.attempt_failed(
+                            &consumer.id,
+                            &seqs,
+                            &reason,
+                            now_ms() + delay as i64,
+                            self.max_retries,
+                        )?;
+                    }
+                }
+            }
+            if !ledger.exists(&consumer.id)? {
+                return Ok(None);
+            }
+            while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
+            let mut batches = Vec::new();
+            let mut short = false;
+            while batches.len() < self.room {
+                let batch =
+                    ledger.claim(&consumer.id, now_ms(), self.batch_size, self.hold_ms, None)?;
+                short = batch.len() < self.batch_size;
+                if batch.is_empty() {
+                    break;
+                }
+                batches.push(batch);
+            }
+            // Only when nothing more could be claimed can a retry delay be what the worker waits
+            // for.
+            let next = if short {
+                ledger.next_due(&consumer.id, now_ms())?
+            } else {
+                None
+            };
+            Ok(Some((batches, next)))
+        })
     }
 }
 
