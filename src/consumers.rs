@@ -5,8 +5,9 @@
 //!
 //! Invariants:
 //! - Secrets go one way. Secret header values arrive as [`Secret`] and go straight to the keychain;
-//!   the signing secret leaves it only through [`ConsumerStore::reveal_signing_secret`], the one
-//!   call made for a person who asked to see it.
+//!   the signing secret and the pull API token leave it only through
+//!   [`ConsumerStore::reveal_signing_secret`] and [`ConsumerStore::reveal_pull_token`], the calls
+//!   made for a person who asked to see them.
 //! - Reading never creates anything: listing the consumers of a profile that never captured is an
 //!   empty list, not a new ledger file.
 //! - Every error names the field or consumer at fault ([`crate::ErrorKind`] + message).
@@ -240,6 +241,27 @@ impl ConsumerStore {
     /// "Reveal signing secret": the one path by which it reaches the window, on a person's request.
     pub fn reveal_signing_secret(&self, id_or_name: &str) -> Result<RevealedSecret> {
         self.signing_secret(id_or_name).map(RevealedSecret::new)
+    }
+
+    /// The store's pull API token, from the keychain; made and kept there the first time (see
+    /// [`crate::deliver::pull::api_token`]). Refused before any consumer was added here, so it
+    /// never creates a ledger for a profile that has none.
+    pub fn pull_token(&self) -> Result<Secret> {
+        if !ledger_path(&self.dir).exists() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no consumers in {} yet: create a pull consumer first",
+                    self.dir.display()
+                ),
+            ));
+        }
+        crate::deliver::pull::api_token(&self.dir, &self.keychain()?)
+    }
+
+    /// "Reveal token": the one path by which the pull API token reaches the window.
+    pub fn reveal_pull_token(&self) -> Result<RevealedSecret> {
+        self.pull_token().map(RevealedSecret::new)
     }
 
     /// Puts parked messages (all, or the one at `seq`) back in the queue; returns how many.

@@ -204,8 +204,9 @@ pub struct Autofill {
 }
 
 /// A secret deliberately handed to the UI: the password Autofill found in the string the UI just
-/// supplied, or a consumer's signing secret a person asked to see
-/// ([`crate::consumers::ConsumerStore::reveal_signing_secret`]). Any other path keeps [`Secret`],
+/// supplied, or a consumer's signing secret or the pull API token a person asked to see
+/// ([`crate::consumers::ConsumerStore::reveal_signing_secret`],
+/// [`crate::consumers::ConsumerStore::reveal_pull_token`]). Any other path keeps [`Secret`],
 /// which cannot be serialized.
 pub struct RevealedSecret(Secret);
 

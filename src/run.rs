@@ -10,6 +10,9 @@
 //! - One run per profile at a time.
 //! - Webhook delivery ([`crate::deliver`]) runs beside each capture, reading its store and woken by
 //!   its commits; it never delays the capture, and stopping the capture stops it.
+//! - One pull API server ([`crate::deliver::pull::PullHost`]) answers for every running capture's
+//!   store, each chosen by its own token; it listens while at least one capture runs. A port taken
+//!   never stops a capture: the error is kept for the Consumers tab ([`Runs::pull_access`]).
 //! - A tail reads only what a store commit made durable, in log order, after the position it was given:
 //!   it never shows a change twice or skips one. It wakes on each store commit of the profile's run
 //!   (no polling), and ends when told to or when its receiver is gone.
@@ -23,8 +26,9 @@ use serde_json::Value as Json;
 
 use crate::backfill::BackfillProgress;
 use crate::capture::{CaptureOptions, Flush, Observer};
+use crate::deliver::pull::{PullHost, PullRoute, PullServing};
 use crate::error::{Error, ErrorKind, Result};
-use crate::profile::Profiles;
+use crate::profile::{Profiles, RevealedSecret};
 use crate::store::Store;
 
 /// Where a run stands.
@@ -94,6 +98,8 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
     /// Webhook delivery from the run's store ([`crate::deliver::run`]), stopped with the capture.
     delivery: tokio::task::JoinHandle<()>,
+    /// The store served by the pull API, until this run is dropped.
+    _pull: Option<PullRoute>,
 }
 
 impl Running {
@@ -113,9 +119,32 @@ struct Shared {
 }
 
 /// The captures running in this process.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Runs {
     shared: Arc<Mutex<Shared>>,
+    pull: PullHost,
+}
+
+impl Default for Runs {
+    /// Runs whose pull API listens on [`crate::deliver::pull::app_listen`].
+    fn default() -> Runs {
+        Runs::with_pull_listen(crate::deliver::pull::app_listen())
+    }
+}
+
+/// What the Consumers tab needs to pull a profile's consumers: the token, revealed because a
+/// person clicked "Reveal token", and where and whether the API answers.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullAccess {
+    /// The store's bearer token.
+    pub token: RevealedSecret,
+    /// The API's base URL, `http://127.0.0.1:7376`.
+    pub base_url: String,
+    /// Whether the API answers for this profile now: its capture runs and the server listens.
+    pub serving: bool,
+    /// Why it does not, and what to do.
+    pub problem: Option<String>,
 }
 
 impl std::fmt::Debug for Runs {
@@ -125,6 +154,85 @@ impl std::fmt::Debug for Runs {
 }
 
 impl Runs {
+    /// Runs whose one pull API server listens on `listen` (an address and port; port 0 picks one)
+    /// while any capture runs.
+    pub fn with_pull_listen(listen: impl Into<String>) -> Runs {
+        Runs {
+            shared: Arc::default(),
+            pull: PullHost::new(listen),
+        }
+    }
+
+    /// Whether the pull API server listens, where, and why not.
+    pub fn pull_serving(&self) -> PullServing {
+        self.pull.serving()
+    }
+
+    /// "Reveal token": the profile's pull API token (made and kept in the keychain the first time),
+    /// with the URL to pull from and, when the API does not answer for it now, why.
+    pub fn pull_access(&self, profiles: &Profiles, id_or_name: &str) -> Result<PullAccess> {
+        let profile = profiles.get(id_or_name)?;
+        let token = crate::consumers::ConsumerStore::of_profile(profiles, &profile.id)?
+            .reveal_pull_token()?;
+        let serving = self.pull.serving();
+        let running = self.is_running(&profile.id);
+        let problem = match (&serving.error, running) {
+            (Some(e), _) => Some(e.message().to_string()),
+            (None, false) => Some(format!(
+                "the pull API answers for '{}' while its capture runs: start it on the Capture tab",
+                profile.name
+            )),
+            (None, true) if !serving.serving => {
+                Some("the pull API is not listening: stop and start this capture".to_string())
+            }
+            (None, true) => None,
+        };
+        Ok(PullAccess {
+            token,
+            base_url: format!("http://{}", serving.address),
+            serving: running && serving.serving,
+            problem,
+        })
+    }
+
+    /// Serves the profile's store on the pull API; without a keychain or a readable ledger it is
+    /// not served (logged; the Consumers tab says why when the token is revealed).
+    async fn serve_pull(
+        &self,
+        profiles: &Profiles,
+        id: &str,
+        database: crate::deliver::Database,
+    ) -> Option<PullRoute> {
+        let store_dir = profiles.store_dir(id).ok()?;
+        let keychain = profiles.given_keychain();
+        let dir = store_dir.clone();
+        let token = tokio::task::spawn_blocking(move || {
+            let keychain = match keychain {
+                Some(k) => k,
+                None => crate::secrets::Keychain::open()?,
+            };
+            crate::deliver::pull::api_token(&dir, &keychain)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reading the pull API token: {e}")))
+        .and_then(|r| r);
+        let served = token.and_then(|token| {
+            self.pull.serve(crate::deliver::pull::PullOptions {
+                store_dir,
+                database,
+                token,
+                wake: self.commits_of(id).subscribe(),
+            })
+        });
+        match served {
+            Ok(route) => Some(route),
+            Err(e) => {
+                tracing::warn!(profile = %id, "the pull API does not serve this capture: {e}");
+                None
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -275,16 +383,18 @@ impl Runs {
                 });
             })
         };
+        let database = crate::deliver::Database {
+            name: profile.name.clone(),
+            database: profile.database.clone(),
+            hostname: profile.host.clone(),
+        };
+        let pull = self.serve_pull(profiles, &id, database.clone()).await;
         // Delivery reads the store beside the capture, woken by each of its commits; it never
         // delays the capture (see crate::deliver).
         let delivery = {
             let options = crate::deliver::DeliveryOptions {
                 store_dir: profiles.store_dir(&id)?,
-                database: crate::deliver::Database {
-                    name: profile.name.clone(),
-                    database: profile.database.clone(),
-                    hostname: profile.host.clone(),
-                },
+                database,
                 keychain: crate::secrets::Keychain::open().ok(),
                 wake: self.commits_of(&id).subscribe(),
             };
@@ -297,8 +407,21 @@ impl Runs {
         };
         let snapshot = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut shared = self.lock();
-        shared.runs.insert(id.clone(), Running { task, delivery });
+        let replaced = shared.runs.insert(
+            id.clone(),
+            Running {
+                task,
+                delivery,
+                _pull: pull,
+            },
+        );
         shared.status.insert(id, status);
+        drop(shared);
+        // A run that ended by itself (failed) left its delivery running: it goes now, and its
+        // pull route with it (the new run's route serves the same store).
+        if let Some(old) = replaced {
+            old.abort();
+        }
         Ok(snapshot)
     }
 

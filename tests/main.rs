@@ -22,6 +22,7 @@ mod neon_api;
 mod owner_only;
 mod profiles;
 mod publication;
+mod pull_app;
 mod run;
 mod setup;
 mod tls;

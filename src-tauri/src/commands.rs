@@ -21,7 +21,7 @@ use tidepool::profile::{
     self, Autofill, ProfileDraft, ProfileView, Profiles, Removed, RevealedSecret,
 };
 use tidepool::publication::{Choice, Plan, TableRef};
-use tidepool::run::{RunStatus, Runs, TailEntry};
+use tidepool::run::{PullAccess, RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::setup::Action;
 use tidepool::store::CollectionInfo;
@@ -433,6 +433,18 @@ pub fn reveal_signing_secret(
     name: String,
 ) -> Result<RevealedSecret, Error> {
     ConsumerStore::of_profile(&profiles, &id)?.reveal_signing_secret(&name)
+}
+
+/// "Reveal token" on a pull consumer: the profile's pull API token, read from the keychain (made
+/// there the first time) only on this explicit request, with the API's URL and why it does not
+/// answer now, if it does not.
+#[tauri::command(async)]
+pub fn reveal_pull_token(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<PullAccess, Error> {
+    runs.pull_access(&profiles, &id)
 }
 
 /// "Retry": puts a consumer's parked messages (all, or the one at `seq`) back in its queue.

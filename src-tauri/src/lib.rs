@@ -112,6 +112,7 @@ pub fn run() {
             commands::add_consumer,
             commands::remove_consumer,
             commands::reveal_signing_secret,
+            commands::reveal_pull_token,
             commands::retry_consumer,
             commands::skip_consumer,
             commands::check_consumer_filter,

@@ -101,6 +101,8 @@ impl Driver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .env("TIDEPOOL_DATA_DIR", data_dir)
+            // A free port for the app's pull API, so a Tidepool or test on 7376 does not meet it.
+            .env("TIDEPOOL_PULL_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .process_group(0)
             .spawn()
@@ -1361,7 +1363,26 @@ async fn the_window_may_call_tidepools_commands_and_nothing_else() {
         .execute_async(&outcome("plugin:window-state|save_window_state"), vec![])
         .await
         .unwrap();
+    // Commands called without their arguments: refused for those, never by the ACL.
+    let mut own_commands = Vec::new();
+    for command in ["discard_store", "reveal_pull_token"] {
+        let answer = client
+            .execute_async(&outcome(command), vec![])
+            .await
+            .unwrap();
+        own_commands.push((command, answer.as_str().unwrap_or_default().to_string()));
+    }
     close(client).await;
+    assert!(
+        window_api.as_str().unwrap().contains("not allowed"),
+        "the ACL's refusal names itself: {window_api}"
+    );
+    for (command, answer) in own_commands {
+        assert!(
+            answer.starts_with("refused") && !answer.contains("not allowed"),
+            "{command} is permitted (only its missing arguments refused): {answer}"
+        );
+    }
     assert_eq!(own, "allowed");
     assert!(
         window_api.as_str().unwrap().starts_with("refused"),
@@ -1580,6 +1601,138 @@ async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_w
     let header_key =
         tidepool::secrets::SecretKey::WebhookHeader(consumer.id.clone(), "x-api-key".into());
     assert!(keychain.get(&header_key).unwrap().is_none());
+
+    click(&client, "tab-capture").await;
+    click(&client, "capture-stop").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    close(client).await;
+}
+
+/// Issue 16's pull path: a pull consumer created in the app, its token revealed there, messages
+/// received and acknowledged through the app's pull API with that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_consumer_created_in_the_app_is_received_and_acked_with_the_token_it_reveals() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = database_with_items("e2e_pull", 3);
+    let data = temp_data_dir("pull");
+    let id = save_profile(
+        &data,
+        serde_json::json!({
+            "name": "Pulls",
+            "user": "postgres",
+            "database": database,
+            "publication": "pulls_pub",
+            "slot": "e2e_pull_slot",
+        }),
+        cluster().superuser_password().expose(),
+    );
+    let store = tidepool::profile::Profiles::open(&data)
+        .store_dir(&id)
+        .unwrap();
+    let definition = tidepool::binding::Definition {
+        profile: Some(id.clone()),
+        publication: "pulls_pub".into(),
+        slot: "e2e_pull_slot".into(),
+        bindings: vec![tidepool::binding::Binding::new("public", "items")],
+    };
+    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
+        .await
+        .unwrap();
+
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Pulls").await;
+    click(&client, "tab-capture").await;
+    click(&client, "capture-start").await;
+    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
+    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+
+    click(&client, "tab-consumers").await;
+    wait_for_text(&client, "consumers-empty", |t| t.contains("No consumers")).await;
+    click(&client, "consumer-new").await;
+    fill(&client, "consumer-name", "items-pull").await;
+    click(&client, "consumer-collection-public/items").await;
+    click(&client, "consumer-kind-pull").await;
+    let note = text_of(&client, "consumer-pull-note").await;
+    assert!(note.contains("Reveal token"), "{note}");
+    click(&client, "consumer-create").await;
+    wait_for_text(&client, "consumer-items-pull-destination", |t| {
+        t.ends_with("/api/http_pull_consumers/items-pull/receive")
+    })
+    .await;
+
+    // Reveal token: the keychain's token, and the URL the app actually serves.
+    click(&client, "consumer-items-pull-reveal-token").await;
+    let token = text_of(&client, "consumer-items-pull-token").await;
+    let stored = tidepool::consumers::ConsumerStore::at(&store)
+        .pull_token()
+        .unwrap();
+    assert_eq!(token, stored.expose());
+    let url = wait_for_text(&client, "consumer-items-pull-destination", |t| {
+        t.starts_with("http://127.0.0.1:") && !t.starts_with("http://127.0.0.1:0/")
+    })
+    .await;
+    let curl = text_of(&client, "consumer-items-pull-curl").await;
+    assert!(curl.contains(&format!("Bearer {token}")), "{curl}");
+    assert!(curl.contains(&url), "{curl}");
+    screenshot(&client, "consumers-2-pull").await;
+
+    step("inserting rows in PostgreSQL");
+    cluster()
+        .psql(
+            &database,
+            "INSERT INTO items VALUES (200, 'pull me'), (201, 'and me');",
+        )
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let ack_url = url.replace("/receive", "/ack");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 2 && Instant::now() < deadline {
+        let answer = http
+            .get(format!("{url}?batch_size=10&wait_for=5000"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        let batch: serde_json::Value = answer.json().await.unwrap();
+        let messages = batch["data"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            continue;
+        }
+        let ack_ids: Vec<&str> = messages
+            .iter()
+            .map(|m| m["ack_id"].as_str().unwrap())
+            .collect();
+        let acked = http
+            .post(&ack_url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "ack_ids": ack_ids }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(acked.status().as_u16(), 200);
+        let acked: serde_json::Value = acked.json().await.unwrap();
+        assert_eq!(acked, serde_json::json!({"success": true}));
+        got.extend(
+            messages
+                .iter()
+                .map(|m| m["data"]["record"]["id"].as_i64().unwrap()),
+        );
+    }
+    got.sort();
+    assert_eq!(got, [200, 201]);
+    wait_for_text(&client, "consumer-items-pull-pending", |t| t == "0").await;
+    let refused = http
+        .get(&url)
+        .bearer_auth("tp_not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    click(&client, "consumer-items-pull-hide-token").await;
 
     click(&client, "tab-capture").await;
     click(&client, "capture-stop").await;

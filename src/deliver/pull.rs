@@ -4,6 +4,9 @@
 //! Invariants:
 //! - Every request carries the store's bearer token (kept in the keychain); otherwise 401 and
 //!   nothing else is said. The server binds 127.0.0.1:7376 unless told otherwise.
+//! - One server answers for any number of stores ([`PullStores`]): the token selects the store,
+//!   then the path the consumer in it. The desktop app keeps one such server ([`PullHost`]) for
+//!   all its running captures; `tidepool capture --listen` serves its one store the same way.
 //! - Request parsing never panics: a malformed query or body is a 400 with a `summary`, an invalid
 //!   ack id list a 422, an unknown consumer a 404, a receive beyond `max_waiting` a 429.
 //! - A received message is invisible for the consumer's visibility timeout, then offered again with
@@ -48,12 +51,79 @@ pub struct PullOptions {
     pub wake: tokio::sync::watch::Receiver<u64>,
 }
 
-struct Shared {
+/// One store the server answers for: its consumers' ledger and feeder, its token, its commits.
+struct Served {
     ledger: Mutex<Ledger>,
     feeder: Mutex<Feeder>,
     token: Secret,
     wake: tokio::sync::watch::Receiver<u64>,
     waiting: Mutex<HashMap<String, u32>>,
+}
+
+/// The stores one pull server answers for, each chosen by its own bearer token: the request's
+/// token selects the store, then the path's `{id_or_name}` the consumer within it, so Sequin's
+/// paths stay as they are however many captures run. Cloning shares the same set.
+#[derive(Clone, Default)]
+pub struct PullStores {
+    routes: Arc<Mutex<HashMap<String, Arc<Served>>>>,
+}
+
+impl std::fmt::Debug for PullStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullStores")
+            .field("stores", &lock(&self.routes).len())
+            .finish()
+    }
+}
+
+impl PullStores {
+    /// Serves the store of `options` under `key` (replacing what `key` served), opening its ledger.
+    pub fn insert(&self, key: &str, options: PullOptions) -> Result<()> {
+        let served = Arc::new(Served {
+            ledger: Mutex::new(Ledger::open(&options.store_dir)?),
+            feeder: Mutex::new(Feeder::new(options.store_dir, options.database)),
+            token: options.token,
+            wake: options.wake,
+            waiting: Mutex::new(HashMap::new()),
+        });
+        lock(&self.routes).insert(key.to_string(), served);
+        Ok(())
+    }
+
+    /// Stops serving what `key` served; its token is refused from now on.
+    pub fn remove(&self, key: &str) {
+        lock(&self.routes).remove(key);
+    }
+
+    /// Whether no store is served.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.routes).is_empty()
+    }
+
+    /// The store whose token is `given`. Every token is compared, each in constant time, so the
+    /// answer's timing says nothing about how much of any token matched.
+    fn select(&self, given: &str) -> Option<Arc<Served>> {
+        let routes = lock(&self.routes);
+        let mut found = None;
+        for served in routes.values() {
+            if same_token(given, served.token.expose()) && found.is_none() {
+                found = Some(served.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Compares a given token with a kept one in time that depends only on their lengths; an empty
+/// kept token matches nothing.
+fn same_token(given: &str, want: &str) -> bool {
+    !want.is_empty()
+        && given.len() == want.len()
+        && given
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// An API error as Sequin answers it.
@@ -87,15 +157,17 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
         .map_err(|e| Error::invalid_input("--listen", format!("cannot listen on {at}: {e}")))
 }
 
-/// Serves the pull API on `listener` until the future is dropped.
+/// Serves the pull API for one store on `listener` until the future is dropped
+/// (`tidepool capture --listen`).
 pub async fn serve(listener: tokio::net::TcpListener, options: PullOptions) -> Result<()> {
-    let shared = Arc::new(Shared {
-        ledger: Mutex::new(Ledger::open(&options.store_dir)?),
-        feeder: Mutex::new(Feeder::new(options.store_dir.clone(), options.database)),
-        token: options.token,
-        wake: options.wake,
-        waiting: Mutex::new(HashMap::new()),
-    });
+    let stores = PullStores::default();
+    stores.insert("store", options)?;
+    serve_stores(listener, stores).await
+}
+
+/// Serves the pull API for every store in `stores` (as it changes) on `listener` until the future
+/// is dropped.
+pub async fn serve_stores(listener: tokio::net::TcpListener, stores: PullStores) -> Result<()> {
     let app = Router::new()
         .route(
             "/api/http_pull_consumers/{consumer}/receive",
@@ -104,22 +176,183 @@ pub async fn serve(listener: tokio::net::TcpListener, options: PullOptions) -> R
         .route("/api/http_pull_consumers/{consumer}/ack", post(ack))
         .route("/api/http_pull_consumers/{consumer}/nack", post(nack))
         .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(shared);
+        .with_state(stores);
     axum::serve(listener, app)
         .await
         .map_err(|e| Error::internal(format!("pull API: {e}")))
+}
+
+/// Where the desktop app's pull server listens: `TIDEPOOL_PULL_LISTEN` if set, else Sequin's port
+/// on loopback.
+pub fn app_listen() -> String {
+    std::env::var("TIDEPOOL_PULL_LISTEN")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string())
+}
+
+/// Whether the app's pull server is up, as the Consumers tab shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullServing {
+    /// Where it listens (or would): `127.0.0.1:7376`.
+    pub address: String,
+    /// Whether it is listening now (it is while at least one capture runs and the bind worked).
+    pub serving: bool,
+    /// Why it could not listen, with what to do.
+    pub error: Option<Error>,
+}
+
+struct HostState {
+    listen: String,
+    stores: PullStores,
+    /// The server task and the address it is bound to.
+    server: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
+    error: Option<Error>,
+    next_route: u64,
+}
+
+/// The desktop app's one pull server for all its running captures: bound when the first store is
+/// served, released when the last one goes, so a `tidepool capture --listen` can take the port
+/// while the app captures nothing. A port already taken never stops a capture: the error is kept
+/// for the window to show, and the next store served tries again.
+#[derive(Clone)]
+pub struct PullHost {
+    state: Arc<Mutex<HostState>>,
+}
+
+impl std::fmt::Debug for PullHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullHost").finish_non_exhaustive()
+    }
+}
+
+/// A store served by a [`PullHost`], until dropped.
+#[derive(Debug)]
+pub struct PullRoute {
+    host: PullHost,
+    key: String,
+}
+
+impl Drop for PullRoute {
+    fn drop(&mut self) {
+        let mut state = lock(&self.host.state);
+        state.stores.remove(&self.key);
+        if state.stores.is_empty() {
+            if let Some((server, _)) = state.server.take() {
+                server.abort();
+            }
+            state.error = None;
+        }
+    }
+}
+
+impl PullHost {
+    /// A host that will listen on `listen` (an address and port) once a store is served.
+    pub fn new(listen: impl Into<String>) -> PullHost {
+        PullHost {
+            state: Arc::new(Mutex::new(HostState {
+                listen: listen.into(),
+                stores: PullStores::default(),
+                server: None,
+                error: None,
+                next_route: 0,
+            })),
+        }
+    }
+
+    /// Serves the store of `options` until the returned route is dropped, binding the server first
+    /// if it is not listening. Fails only when the store's ledger cannot be opened; a bind that
+    /// fails is kept in [`PullHost::serving`] (and logged), and the route stays, so the store is
+    /// served once a later call binds. Needs a Tokio runtime.
+    pub fn serve(&self, options: PullOptions) -> Result<PullRoute> {
+        let mut state = lock(&self.state);
+        let key = format!("route-{}", state.next_route);
+        state.next_route += 1;
+        state.stores.insert(&key, options)?;
+        let route = PullRoute {
+            host: self.clone(),
+            key,
+        };
+        if state.server.as_ref().is_some_and(|(s, _)| s.is_finished()) {
+            state.server = None;
+        }
+        if state.server.is_none() {
+            match bind_now(&state.listen) {
+                Ok((listener, at)) => {
+                    let stores = state.stores.clone();
+                    let server = tokio::spawn(async move {
+                        if let Err(e) = serve_stores(listener, stores).await {
+                            tracing::error!("{e}");
+                        }
+                    });
+                    tracing::info!(address = %at, "pull API listening");
+                    state.server = Some((server, at));
+                    state.error = None;
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    state.error = Some(e);
+                }
+            }
+        }
+        Ok(route)
+    }
+
+    /// Whether the server listens, where, and why not.
+    pub fn serving(&self) -> PullServing {
+        let state = lock(&self.state);
+        match &state.server {
+            Some((server, at)) if !server.is_finished() => PullServing {
+                address: at.to_string(),
+                serving: true,
+                error: None,
+            },
+            _ => PullServing {
+                address: state.listen.clone(),
+                serving: false,
+                error: state.error.clone(),
+            },
+        }
+    }
+}
+
+/// Binds `addr` at once (no await, so it can happen under the host's lock).
+fn bind_now(addr: &str) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let at: SocketAddr = addr.parse().map_err(|e| {
+        Error::invalid_input(
+            "TIDEPOOL_PULL_LISTEN",
+            format!("'{addr}' is not an address and port: {e}"),
+        )
+    })?;
+    let taken = |e: std::io::Error| {
+        Error::invalid_input(
+            "pull API",
+            format!(
+                "cannot listen on {at}: {e}. Another Tidepool app or a `tidepool capture --listen` \
+                 probably serves it: stop that one, then stop and start this capture (webhooks are \
+                 delivered meanwhile)"
+            ),
+        )
+    };
+    let std_listener = std::net::TcpListener::bind(at).map_err(taken)?;
+    std_listener.set_nonblocking(true).map_err(taken)?;
+    let bound = std_listener.local_addr().map_err(taken)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(taken)?;
+    Ok((listener, bound))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Checks the bearer token (in constant time) and finds the pull consumer.
+/// Selects the store by the bearer token (compared in constant time) and finds the pull consumer
+/// in it.
 fn admit(
-    shared: &Shared,
+    stores: &PullStores,
     headers: &HeaderMap,
     consumer: &str,
-) -> Result<(Consumer, Pull), Refusal> {
+) -> Result<(Arc<Served>, Consumer, Pull), Refusal> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -128,23 +361,16 @@ fn admit(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .unwrap_or("");
-    let want = shared.token.expose().as_bytes();
-    let same = given.len() == want.len()
-        && given
-            .bytes()
-            .zip(want.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same || want.is_empty() {
+    let Some(shared) = stores.select(given) else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "a valid bearer token is required (tidepool api-token prints it)",
         ));
-    }
+    };
     let found = lock(&shared.ledger).get(consumer);
     match found {
         Ok(c) => match c.spec.destination.clone() {
-            Destination::Pull(p) => Ok((c, p)),
+            Destination::Pull(p) => Ok((shared, c, p)),
             Destination::Webhook(_) => Err(refuse(
                 StatusCode::NOT_FOUND,
                 format!("consumer '{consumer}' delivers by webhook, not by pull"),
@@ -247,7 +473,7 @@ fn duration_ms(text: &str) -> Option<u64> {
 
 /// Counts a waiting receive for as long as it lives.
 struct Waiting<'a> {
-    shared: &'a Shared,
+    shared: &'a Served,
     consumer: String,
 }
 
@@ -274,13 +500,13 @@ struct Delivered {
 }
 
 async fn receive(
-    State(shared): State<Arc<Shared>>,
+    State(stores): State<PullStores>,
     Path(consumer): Path<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<Received>, Refusal> {
-    let (consumer, pull) = admit(&shared, &headers, &consumer)?;
+    let (shared, consumer, pull) = admit(&stores, &headers, &consumer)?;
     let params = parse_receive(query.as_deref(), &body)
         .map_err(|summary| refuse(StatusCode::BAD_REQUEST, summary))?;
     let _waiting = match params.wait_for {
@@ -384,31 +610,31 @@ fn parse_ack_ids(body: &[u8]) -> Result<Vec<String>, Refusal> {
 }
 
 async fn ack(
-    State(shared): State<Arc<Shared>>,
+    State(stores): State<PullStores>,
     Path(consumer): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, Refusal> {
-    settle(shared, consumer, headers, body, true).await
+    settle(stores, consumer, headers, body, true).await
 }
 
 async fn nack(
-    State(shared): State<Arc<Shared>>,
+    State(stores): State<PullStores>,
     Path(consumer): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, Refusal> {
-    settle(shared, consumer, headers, body, false).await
+    settle(stores, consumer, headers, body, false).await
 }
 
 async fn settle(
-    shared: Arc<Shared>,
+    stores: PullStores,
     consumer: String,
     headers: HeaderMap,
     body: Bytes,
     ack: bool,
 ) -> Result<Json<Value>, Refusal> {
-    let (consumer, _) = admit(&shared, &headers, &consumer)?;
+    let (shared, consumer, _) = admit(&stores, &headers, &consumer)?;
     let ids = parse_ack_ids(&body)?;
     tokio::task::spawn_blocking(move || {
         let mut ledger = lock(&shared.ledger);

@@ -15,15 +15,16 @@ import {
 } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 
-/** Where the pull API listens (Sequin's port), as `tidepool capture --listen` serves it. */
+/** Where the pull API listens by default (Sequin's port), in the app as with `tidepool capture --listen`. */
 export const PULL_BASE = "http://127.0.0.1:7376";
 
 /** The URL an application receives a pull consumer's messages from. */
-export const pullUrl = (name: string) => `${PULL_BASE}/api/http_pull_consumers/${encodeURIComponent(name || "<name>")}/receive`;
+export const pullUrl = (name: string, base: string = PULL_BASE) =>
+  `${base}/api/http_pull_consumers/${encodeURIComponent(name || "<name>")}/receive`;
 
-/** A copyable example: receive up to 10 messages, waiting up to 5 s for the first. */
-export const curlExample = (name: string) =>
-  `curl -s -H "Authorization: Bearer $TIDEPOOL_TOKEN" "${pullUrl(name)}?batch_size=10&wait_for=5000"`;
+/** A copyable example: receive up to 10 messages, waiting up to 5 s for the first; the token filled in once revealed. */
+export const curlExample = (name: string, token?: string, base: string = PULL_BASE) =>
+  `curl -s -H "Authorization: Bearer ${token ?? "$TIDEPOOL_TOKEN"}" "${pullUrl(name, base)}?batch_size=10&wait_for=5000"`;
 
 type SecretRow = { name: string; value: string };
 
@@ -453,9 +454,9 @@ export function ConsumerForm({
             </button>
           </div>
           <p className="note" data-testid="consumer-pull-note">
-            The app does not serve the pull API yet: stop the capture here and run{" "}
-            <code>tidepool capture --profile {JSON.stringify(profileName)} --listen</code>, which captures and serves it. Its
-            token is printed by <code>tidepool api-token --profile {JSON.stringify(profileName)}</code>.
+            The app serves the pull API while this connection&apos;s capture runs, with a token of its own. Once the consumer
+            is created, &quot;Reveal token&quot; on it shows the token and this example filled in (or run{" "}
+            <code>tidepool api-token --profile {JSON.stringify(profileName)}</code>).
           </p>
         </div>
       )}

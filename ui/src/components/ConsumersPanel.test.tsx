@@ -13,6 +13,7 @@ vi.mock("../lib/backend", async () =>
     "addConsumer",
     "removeConsumer",
     "revealSigningSecret",
+    "revealPullToken",
     "retryConsumer",
     "skipConsumer",
     "checkConsumerFilter",
@@ -113,6 +114,58 @@ describe("ConsumersPanel", () => {
     await user.click(screen.getByTestId("consumer-orders-hook-delete"));
     await user.click(screen.getByTestId("consumer-orders-hook-delete-confirm"));
     await waitFor(() => expect(callsOf("removeConsumer")).toEqual([["p1", "orders-hook"]]));
+  });
+
+  it("reveals a pull consumer's token only when asked, with the curl example filled in and why the API does not answer", async () => {
+    const user = userEvent.setup();
+    const pull = hook({
+      id: "c2",
+      name: "app-pull",
+      destination: { type: "pull", visibilityTimeoutMs: 30000, maxAckPending: 10000, maxWaiting: 20 },
+    });
+    answer("listConsumers", async () => [pull]);
+    answer("revealPullToken", async () => ({
+      token: "tp_0123abcd",
+      baseUrl: "http://127.0.0.1:7400",
+      serving: true,
+      problem: null,
+    }));
+    render(<ConsumersPanel profileId="p1" profileName="Shop" />);
+    await screen.findByTestId("consumer-app-pull");
+    expect(screen.queryByTestId("consumer-app-pull-token")).toBeNull();
+    expect(screen.queryByTestId("consumer-app-pull-reveal")).toBeNull();
+    expect(callsOf("revealPullToken")).toEqual([]);
+    await user.click(screen.getByTestId("consumer-app-pull-reveal-token"));
+    expect((await screen.findByTestId("consumer-app-pull-token")).textContent).toBe("tp_0123abcd");
+    expect(callsOf("revealPullToken")).toEqual([["p1"]]);
+    expect(screen.getByTestId("consumer-app-pull-curl").textContent).toBe(
+      'curl -s -H "Authorization: Bearer tp_0123abcd" "http://127.0.0.1:7400/api/http_pull_consumers/app-pull/receive?batch_size=10&wait_for=5000"',
+    );
+    expect(screen.getByTestId("consumer-app-pull-destination").textContent).toBe(
+      "http://127.0.0.1:7400/api/http_pull_consumers/app-pull/receive",
+    );
+    expect(screen.queryByTestId("consumer-app-pull-pull-problem")).toBeNull();
+    await user.click(screen.getByTestId("consumer-app-pull-hide-token"));
+    expect(screen.queryByTestId("consumer-app-pull-token")).toBeNull();
+    expect(screen.queryByTestId("consumer-app-pull-curl")).toBeNull();
+
+    // The port taken by another server: the token still, and what to do.
+    answer("revealPullToken", async () => ({
+      token: "tp_0123abcd",
+      baseUrl: "http://127.0.0.1:7376",
+      serving: false,
+      problem: "pull API: cannot listen on 127.0.0.1:7376: Address in use. Another Tidepool app or a `tidepool capture --listen` probably serves it",
+    }));
+    await user.click(screen.getByTestId("consumer-app-pull-reveal-token"));
+    expect((await screen.findByTestId("consumer-app-pull-pull-problem")).textContent).toContain("tidepool capture --listen");
+    expect(screen.getByTestId("consumer-app-pull-token").textContent).toBe("tp_0123abcd");
+
+    // A keychain that refuses is shown by its kind.
+    await user.click(screen.getByTestId("consumer-app-pull-hide-token"));
+    answer("revealPullToken", async () => Promise.reject({ kind: "Keychain", message: "the keychain is locked" }));
+    await user.click(screen.getByTestId("consumer-app-pull-reveal-token"));
+    expect((await screen.findByTestId("consumer-app-pull-error-kind")).textContent).toBe("Keychain");
+    expect(screen.queryByTestId("consumer-app-pull-token")).toBeNull();
   });
 
   it("retries or skips parked messages", async () => {
@@ -253,6 +306,7 @@ describe("Create consumer", () => {
       "http://127.0.0.1:7376/api/http_pull_consumers/app-pull/receive",
     );
     expect(screen.getByTestId("consumer-curl").textContent).toBe(curlExample("app-pull"));
+    expect(screen.getByTestId("consumer-pull-note").textContent).toContain("Reveal token");
     expect(screen.getByTestId("consumer-pull-note").textContent).toContain('tidepool api-token --profile "Shop"');
     await user.clear(screen.getByTestId("consumer-visibility-timeout"));
     await user.type(screen.getByTestId("consumer-visibility-timeout"), "60000");

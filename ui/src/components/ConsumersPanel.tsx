@@ -1,8 +1,8 @@
 import { useCallback, useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, ConsumerView } from "../lib/types";
-import { ConsumerForm, pullUrl } from "./ConsumerForm";
+import type { BackendError, ConsumerView, PullAccess } from "../lib/types";
+import { ConsumerForm, curlExample, pullUrl } from "./ConsumerForm";
 import { ErrorNotice } from "./ErrorNotice";
 
 /** How often the list's counts are read again while the tab is open. */
@@ -10,8 +10,8 @@ const REFRESH_EVERY_MS = 2000;
 
 /**
  * Consumers: what the profile's capture delivers to applications, by webhook (push) or the pull API.
- * The list with each consumer's counts and notices, "Create consumer", the signing secret on demand,
- * Retry and Skip for parked messages, and delete with a confirmation.
+ * The list with each consumer's counts and notices, "Create consumer", the signing secret or the pull
+ * API token on demand, Retry and Skip for parked messages, and delete with a confirmation.
  */
 export function ConsumersPanel({ profileId, profileName }: { profileId: string; profileName: string }) {
   const [consumers, setConsumers] = useState<ConsumerView[] | null>(null);
@@ -91,6 +91,7 @@ function ConsumerItem({
 }) {
   const [confirming, setConfirming] = useState(false);
   const [secret, setSecret] = useState<string | null>(null);
+  const [access, setAccess] = useState<PullAccess | null>(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<BackendError | null>(null);
   const [done, setDone] = useState<string | null>(null);
@@ -125,7 +126,7 @@ function ConsumerItem({
         <dd data-testid={`${id}-collections`}>{c.collections.join(", ")}</dd>
         <dt>{d.type === "webhook" ? "Push to" : "Pull from"}</dt>
         <dd data-testid={`${id}-destination`}>
-          <code>{d.type === "webhook" ? d.url : pullUrl(c.name)}</code>
+          <code>{d.type === "webhook" ? d.url : pullUrl(c.name, access?.baseUrl)}</code>
         </dd>
         {c.filter && (
           <>
@@ -214,6 +215,40 @@ function ConsumerItem({
           )}
         </div>
       )}
+      {d.type === "pull" &&
+        (access === null ? (
+          <div className="row">
+            <button
+              type="button"
+              className="secondary"
+              data-testid={`${id}-reveal-token`}
+              disabled={busy}
+              onClick={() =>
+                void act(async () => {
+                  setAccess(await backend.revealPullToken(profileId));
+                })
+              }
+            >
+              Reveal token
+            </button>
+          </div>
+        ) : (
+          <div data-testid={`${id}-pull-access`}>
+            <div className="row">
+              <code data-testid={`${id}-token`}>{access.token}</code>
+              <button type="button" className="secondary" data-testid={`${id}-hide-token`} onClick={() => setAccess(null)}>
+                Hide
+              </button>
+              <span className="hint">The bearer token of every pull consumer of this connection.</span>
+            </div>
+            <pre data-testid={`${id}-curl`}>{curlExample(c.name, access.token, access.baseUrl)}</pre>
+            {access.problem && (
+              <p className="health warn" role="status" data-testid={`${id}-pull-problem`}>
+                {access.problem}
+              </p>
+            )}
+          </div>
+        ))}
       {done && (
         <p className="muted" role="status" data-testid={`${id}-done`}>
           {done}

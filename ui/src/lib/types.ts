@@ -531,3 +531,15 @@ export interface FilterCheck {
   problem: FilterProblem | null;
   preview: FilterPreview[];
 }
+
+/** "Reveal token" on a pull consumer (engine: `tidepool::run::PullAccess`). */
+export interface PullAccess {
+  /** The store's bearer token, read from the keychain on this request only. */
+  token: string;
+  /** The pull API's base URL, e.g. `http://127.0.0.1:7376`. */
+  baseUrl: string;
+  /** Whether the API answers for this connection now: its capture runs and the server listens. */
+  serving: boolean;
+  /** Why it does not, and what to do. */
+  problem: string | null;
+}

@@ -41,6 +41,7 @@ import {
   type ConsumerAction,
   type ConsumerSpec,
   type ConsumerView,
+  type PullAccess,
   type FilterCheck,
   type SecretHeaderValue,
 } from "../types";
@@ -208,6 +209,9 @@ export const removeConsumer = (id: string, name: string) => call<Consumer>("remo
 /** A webhook consumer's signing secret (`whsec_…`), read from the keychain on this request only. */
 export const revealSigningSecret = (id: string, name: string) =>
   call<string>("reveal_signing_secret", { id, name });
+
+/** The connection's pull API token (read from the keychain on this request only), URL and state. */
+export const revealPullToken = (id: string) => call<PullAccess>("reveal_pull_token", { id });
 
 /** Puts parked messages (all, or the one at `seq`) back in the queue; resolves to how many. */
 export const retryConsumer = (id: string, name: string, seq: number | null = null) =>
