@@ -16,18 +16,7 @@ use tidepool::profile::Profiles;
 use tidepool::run::{RunState, RunStatus, Runs};
 use tidepool::secrets::{Keychain, Secret, SecretKey};
 
-use crate::harness::{self, TestDb};
-
-/// Waits up to 30 s for `ok`.
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::harness::{self, until, TestDb};
 
 /// Requests a receiver accepted: headers and body.
 type Requests = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
@@ -95,22 +84,7 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
         .await
         .unwrap();
     let runs = Runs::default();
-    let seen: Arc<Mutex<Vec<RunStatus>>> = Arc::default();
-    let log = seen.clone();
-    runs.start(
-        &profiles,
-        &id,
-        Arc::new(move |s: &RunStatus| log.lock().unwrap().push(s.clone())),
-    )
-    .await
-    .unwrap();
-    until("the backfill", || {
-        seen.lock().unwrap().iter().any(|s| {
-            s.state == RunState::Streaming
-                && s.backfills.get("public/orders").is_some_and(|p| p.done)
-        })
-    })
-    .await;
+    let seen = harness::start_backfilled(&runs, &profiles, &id, &["public/orders"]).await;
 
     // "Check" on the filter: refused with its position, or tried on the stored changes.
     let bad = consumers

@@ -11,17 +11,7 @@ use tidepool::preview::{self, PageRequest, View};
 use tidepool::profile::{Profiles, SecretState};
 use tidepool::run::{RunState, RunStatus, Runs};
 
-use crate::harness;
-
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::harness::{self, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_database_captures_its_trickle_and_leaves_nothing_behind() {

@@ -18,17 +18,7 @@ use tidepool::run::{RunState, RunStatus, Runs};
 use tidepool::secrets::{Keychain, Secret, SecretKey};
 use tidepool::ErrorKind;
 
-use crate::harness::{self, TestDb};
-
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::harness::{self, until, TestDb};
 
 /// Every file under `root`.
 fn files(root: &Path) -> Vec<PathBuf> {

@@ -15,7 +15,7 @@ use tidepool::profile::Profiles;
 use tidepool::run::{RunState, RunStatus, Runs};
 use tidepool::secrets::Secret;
 
-use crate::harness::{self, TestDb};
+use crate::harness::{self, until, TestDb};
 
 /// Fields of `source-postgres`'s endpoint config and of its `advanced` section (estuary/connectors),
 /// and the top-level fields of a `flow.yaml` capture and collection (estuary/flow `models`).
@@ -81,16 +81,6 @@ fn keys_within(value: &Json, allowed: &[&str], what: &str) {
     }
 }
 
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capture_exports_to_estuary_and_sequin_without_secrets_or_its_slot() {
     let db = TestDb::new(harness::plain(), "export");
@@ -121,24 +111,7 @@ async fn a_capture_exports_to_estuary_and_sequin_without_secrets_or_its_slot() {
         .await
         .unwrap();
     let runs = Runs::default();
-    let seen: Arc<Mutex<Vec<RunStatus>>> = Arc::default();
-    let log = seen.clone();
-    runs.start(
-        &profiles,
-        &id,
-        Arc::new(move |s: &RunStatus| log.lock().unwrap().push(s.clone())),
-    )
-    .await
-    .unwrap();
-    until("the backfill", || {
-        seen.lock().unwrap().iter().any(|s| {
-            s.state == RunState::Streaming
-                && ["shop/orders", "public/events"]
-                    .iter()
-                    .all(|c| s.backfills.get(*c).is_some_and(|p| p.done))
-        })
-    })
-    .await;
+    harness::start_backfilled(&runs, &profiles, &id, &["shop/orders", "public/events"]).await;
 
     let consumers = ConsumerStore::of_profile(&profiles, &id).unwrap();
     let header_value = "Bearer never-in-an-export-7f3a";

@@ -94,6 +94,51 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Waits up to 30 s for `ok`, then fails naming `what`.
+pub async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Every status a run reported, oldest first.
+pub type Statuses = std::sync::Arc<std::sync::Mutex<Vec<tidepool::run::RunStatus>>>;
+
+/// Starts profile `id`'s run in `runs` as the app does, and waits until it streams with each of
+/// `collections` backfilled; returns what it reported.
+pub async fn start_backfilled(
+    runs: &tidepool::run::Runs,
+    profiles: &tidepool::profile::Profiles,
+    id: &str,
+    collections: &[&str],
+) -> Statuses {
+    let seen: Statuses = Default::default();
+    let log = seen.clone();
+    runs.start(
+        profiles,
+        id,
+        std::sync::Arc::new(move |s: &tidepool::run::RunStatus| {
+            log.lock().unwrap().push(s.clone())
+        }),
+    )
+    .await
+    .unwrap();
+    until("the backfill", || {
+        seen.lock().unwrap().iter().any(|s| {
+            s.state == tidepool::run::RunState::Streaming
+                && collections
+                    .iter()
+                    .all(|c| s.backfills.get(*c).is_some_and(|p| p.done))
+        })
+    })
+    .await;
+    seen
+}
+
 /// A database of a test's own on `cluster`.
 pub struct TestDb {
     pub cluster: &'static Cluster,

@@ -13,24 +13,13 @@ use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Pull, Start};
 use tidepool::profile::Profiles;
 use tidepool::run::{RunState, RunStatus, Runs};
 
-use crate::harness::{self, TestDb};
-
-/// Waits up to 30 s for `ok`.
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::harness::{self, until, TestDb};
 
 /// A profile capturing `orders` of its own database.
 struct Shop {
     db: TestDb,
     id: String,
-    seen: Arc<Mutex<Vec<RunStatus>>>,
+    seen: harness::Statuses,
 }
 
 impl Shop {
@@ -61,23 +50,8 @@ impl Shop {
     }
 
     /// Starts its capture in `runs` and waits until it streams after its backfill.
-    async fn start(&self, runs: &Runs, profiles: &Profiles) {
-        let log = self.seen.clone();
-        runs.start(
-            profiles,
-            &self.id,
-            Arc::new(move |s: &RunStatus| log.lock().unwrap().push(s.clone())),
-        )
-        .await
-        .unwrap();
-        let seen = self.seen.clone();
-        until("the backfill", || {
-            seen.lock().unwrap().iter().any(|s| {
-                s.state == RunState::Streaming
-                    && s.backfills.get("public/orders").is_some_and(|p| p.done)
-            })
-        })
-        .await;
+    async fn start(&mut self, runs: &Runs, profiles: &Profiles) {
+        self.seen = harness::start_backfilled(runs, profiles, &self.id, &["public/orders"]).await;
     }
 }
 
@@ -144,8 +118,8 @@ fn ids(batch: &Json) -> Vec<i64> {
 async fn two_running_captures_are_pulled_from_one_server_each_with_its_own_token() {
     let dir = harness::temp_dir("pull_app_profiles");
     let profiles = Profiles::open(&dir);
-    let a = Shop::new(&profiles, "pull_app_a", "ShopA").await;
-    let b = Shop::new(&profiles, "pull_app_b", "ShopB").await;
+    let mut a = Shop::new(&profiles, "pull_app_a", "ShopA").await;
+    let mut b = Shop::new(&profiles, "pull_app_b", "ShopB").await;
     let runs = Runs::with_pull_listen("127.0.0.1:0");
     assert!(!runs.pull_serving().serving, "nothing served before a run");
     a.start(&runs, &profiles).await;
@@ -269,7 +243,7 @@ async fn two_running_captures_are_pulled_from_one_server_each_with_its_own_token
 async fn a_taken_port_leaves_the_capture_running_and_says_why() {
     let dir = harness::temp_dir("pull_app_taken_profiles");
     let profiles = Profiles::open(&dir);
-    let shop = Shop::new(&profiles, "pull_app_taken", "Taken").await;
+    let mut shop = Shop::new(&profiles, "pull_app_taken", "Taken").await;
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = holder.local_addr().unwrap().to_string();
     let runs = Runs::with_pull_listen(taken.clone());
