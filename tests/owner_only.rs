@@ -35,16 +35,35 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Every folder and file under `root` (itself included), with its permission bits.
+/// Every folder and file under `root` (itself included), with its permission bits. The capture runs
+/// meanwhile, so a file listed can be gone when it is looked at (SQLite removes a database's -wal and
+/// -shm files when its last connection closes): such a file is skipped, every file still there is
+/// checked.
 fn walk(root: &Path) -> Vec<(PathBuf, bool, u32)> {
-    let mut out = vec![(root.to_path_buf(), true, mode(root))];
-    for entry in std::fs::read_dir(root).unwrap() {
-        let path = entry.unwrap().path();
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        if meta.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push((path.clone(), false, mode(&path)));
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let meta = match std::fs::symlink_metadata(root) {
+        Ok(meta) => meta,
+        Err(e) if gone(&e) => return Vec::new(),
+        Err(e) => panic!("{}: {e}", root.display()),
+    };
+    let mut out = vec![(
+        root.to_path_buf(),
+        meta.is_dir(),
+        meta.permissions().mode() & 0o777,
+    )];
+    if !meta.is_dir() {
+        return out;
+    }
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return Vec::new(),
+        Err(e) => panic!("{}: {e}", root.display()),
+    };
+    for entry in entries {
+        match entry {
+            Ok(entry) => out.extend(walk(&entry.path())),
+            Err(e) if gone(&e) => {}
+            Err(e) => panic!("{}: {e}", root.display()),
         }
     }
     out
