@@ -13,7 +13,7 @@ use tidepool::binding::Binding;
 use tidepool::consumers::{ConsumerStore, SecretHeader};
 use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Start, Webhook};
 use tidepool::profile::Profiles;
-use tidepool::run::{RunState, RunStatus, Runs};
+use tidepool::run::Runs;
 use tidepool::secrets::{Keychain, Secret, SecretKey};
 
 use crate::harness::{self, until, TestDb};
@@ -84,7 +84,7 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
         .await
         .unwrap();
     let runs = Runs::default();
-    let seen = harness::start_backfilled(&runs, &profiles, &id, &["public/orders"]).await;
+    let _seen = harness::start_backfilled(&runs, &profiles, &id, &["public/orders"]).await;
 
     // "Check" on the filter: refused with its position, or tried on the stored changes.
     let bad = consumers

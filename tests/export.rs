@@ -3,8 +3,6 @@
 //! secret, and Estuary's collection schemas accept every document Tidepool stored.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::Value as Json;
 use tidepool::binding::Binding;
@@ -12,10 +10,10 @@ use tidepool::consumers::{ConsumerStore, SecretHeader};
 use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Pull, Start, Webhook};
 use tidepool::export::{of_profile, Engine, ESTUARY_PASSWORD_PLACEHOLDER};
 use tidepool::profile::Profiles;
-use tidepool::run::{RunState, RunStatus, Runs};
+use tidepool::run::Runs;
 use tidepool::secrets::Secret;
 
-use crate::harness::{self, until, TestDb};
+use crate::harness::{self, TestDb};
 
 /// Fields of `source-postgres`'s endpoint config and of its `advanced` section (estuary/connectors),
 /// and the top-level fields of a `flow.yaml` capture and collection (estuary/flow `models`).

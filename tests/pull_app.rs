@@ -3,7 +3,7 @@
 //! answers as soon as a row is inserted; a port already taken leaves the captures running and says
 //! why. Real captures of harness databases, real HTTP (reqwest), the real keychain.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -11,7 +11,7 @@ use tidepool::binding::Binding;
 use tidepool::consumers::ConsumerStore;
 use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Pull, Start};
 use tidepool::profile::Profiles;
-use tidepool::run::{RunState, RunStatus, Runs};
+use tidepool::run::{RunState, Runs};
 
 use crate::harness::{self, until, TestDb};
 

@@ -408,6 +408,56 @@ fn save_profile(data: &Path, fields: serde_json::Value, password: &str) -> Strin
 }
 
 /// A fresh database with a table `items` (id, name) of `rows` rows named `item <id>`.
+/// A profile `name` over a fresh database (`database` names it) with `rows` items, its `items` table
+/// already published with `publication` and `slot` as "Save and publish" does through the engine: a
+/// case that starts at the Capture tab. Returns the database, the data folder, the profile's id and
+/// its store folder.
+async fn published_items(
+    database: &str,
+    rows: u32,
+    data_dir: &str,
+    name: &str,
+    publication: &str,
+    slot: &str,
+) -> (String, PathBuf, String, PathBuf) {
+    let database = database_with_items(database, rows);
+    let data = temp_data_dir(data_dir);
+    let id = save_profile(
+        &data,
+        serde_json::json!({
+            "name": name,
+            "user": "postgres",
+            "database": database,
+            "publication": publication,
+            "slot": slot,
+        }),
+        cluster().superuser_password().expose(),
+    );
+    let store = tidepool::profile::Profiles::open(&data)
+        .store_dir(&id)
+        .unwrap();
+    let definition = tidepool::binding::Definition {
+        profile: Some(id.clone()),
+        publication: publication.into(),
+        slot: slot.into(),
+        bindings: vec![tidepool::binding::Binding::new("public", "items")],
+    };
+    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
+        .await
+        .unwrap();
+    (database, data, id, store)
+}
+
+/// Opens profile `name`'s Capture tab, starts it, and waits until its `items` backfill is done and
+/// it streams.
+async fn capture_backfilled(client: &Client, name: &str) {
+    click(client, &format!("profile-{name}")).await;
+    click(client, "tab-capture").await;
+    click(client, "capture-start").await;
+    wait_for_text(client, "backfill-public/items-percent", |t| t == "100%").await;
+    wait_for_text(client, "capture-state", |t| t == "Streaming").await;
+}
+
 fn database_with_items(name: &str, rows: u32) -> String {
     let database = fresh_database(name);
     cluster()
@@ -1084,40 +1134,12 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_dropped_behind_the_capture_is_refused_and_re_backfilled_from_the_app() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let database = database_with_items("e2e_gap", 20);
-    let data = temp_data_dir("gap");
-    let id = save_profile(
-        &data,
-        serde_json::json!({
-            "name": "Gap",
-            "user": "postgres",
-            "database": database,
-            "publication": "gap_pub",
-            "slot": "e2e_gap_slot",
-        }),
-        cluster().superuser_password().expose(),
-    );
-    // "Save and publish" through the engine, as the Tables tab does: this case starts at Capture.
-    let store = tidepool::profile::Profiles::open(&data)
-        .store_dir(&id)
-        .unwrap();
-    let definition = tidepool::binding::Definition {
-        profile: Some(id.clone()),
-        publication: "gap_pub".into(),
-        slot: "e2e_gap_slot".into(),
-        bindings: vec![tidepool::binding::Binding::new("public", "items")],
-    };
-    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
-        .await
-        .unwrap();
+    let (database, data, _, store) =
+        published_items("e2e_gap", 20, "gap", "Gap", "gap_pub", "e2e_gap_slot").await;
 
     let driver = Driver::start(&data);
     let client = driver.session().await;
-    click(&client, "profile-Gap").await;
-    click(&client, "tab-capture").await;
-    click(&client, "capture-start").await;
-    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
-    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    capture_backfilled(&client, "Gap").await;
     click(&client, "capture-stop").await;
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
 
@@ -1474,42 +1496,21 @@ fn messages_of(body: &[u8]) -> Vec<serde_json::Value> {
 async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_with_its_secret_header(
 ) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let database = database_with_items("e2e_consumer", 3);
-    let data = temp_data_dir("consumer");
-    let id = save_profile(
-        &data,
-        serde_json::json!({
-            "name": "Hooks",
-            "user": "postgres",
-            "database": database,
-            "publication": "hooks_pub",
-            "slot": "e2e_consumer_slot",
-        }),
-        cluster().superuser_password().expose(),
-    );
-    // "Save and publish" through the engine, as the Tables tab does: this case starts at Capture.
-    let store = tidepool::profile::Profiles::open(&data)
-        .store_dir(&id)
-        .unwrap();
-    let definition = tidepool::binding::Definition {
-        profile: Some(id.clone()),
-        publication: "hooks_pub".into(),
-        slot: "e2e_consumer_slot".into(),
-        bindings: vec![tidepool::binding::Binding::new("public", "items")],
-    };
-    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
-        .await
-        .unwrap();
+    let (database, data, _, store) = published_items(
+        "e2e_consumer",
+        3,
+        "consumer",
+        "Hooks",
+        "hooks_pub",
+        "e2e_consumer_slot",
+    )
+    .await;
     let received: Received = Arc::default();
     let url = webhook_receiver(received.clone()).await;
 
     let driver = Driver::start(&data);
     let client = driver.session().await;
-    click(&client, "profile-Hooks").await;
-    click(&client, "tab-capture").await;
-    click(&client, "capture-start").await;
-    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
-    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    capture_backfilled(&client, "Hooks").await;
 
     // Create consumer: one collection, a filter checked first, a secret header typed once.
     click(&client, "tab-consumers").await;
@@ -1613,39 +1614,12 @@ async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_consumer_created_in_the_app_is_received_and_acked_with_the_token_it_reveals() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let database = database_with_items("e2e_pull", 3);
-    let data = temp_data_dir("pull");
-    let id = save_profile(
-        &data,
-        serde_json::json!({
-            "name": "Pulls",
-            "user": "postgres",
-            "database": database,
-            "publication": "pulls_pub",
-            "slot": "e2e_pull_slot",
-        }),
-        cluster().superuser_password().expose(),
-    );
-    let store = tidepool::profile::Profiles::open(&data)
-        .store_dir(&id)
-        .unwrap();
-    let definition = tidepool::binding::Definition {
-        profile: Some(id.clone()),
-        publication: "pulls_pub".into(),
-        slot: "e2e_pull_slot".into(),
-        bindings: vec![tidepool::binding::Binding::new("public", "items")],
-    };
-    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
-        .await
-        .unwrap();
+    let (database, data, _, store) =
+        published_items("e2e_pull", 3, "pull", "Pulls", "pulls_pub", "e2e_pull_slot").await;
 
     let driver = Driver::start(&data);
     let client = driver.session().await;
-    click(&client, "profile-Pulls").await;
-    click(&client, "tab-capture").await;
-    click(&client, "capture-start").await;
-    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
-    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    capture_backfilled(&client, "Pulls").await;
 
     click(&client, "tab-consumers").await;
     wait_for_text(&client, "consumers-empty", |t| t.contains("No consumers")).await;
