@@ -194,10 +194,7 @@ pub async fn discover(client: &Client, publication: Option<&str>) -> Result<Vec<
         let schema_json = json_schema(&schema, &table, &table_columns, &kinds, &key);
         let collection = CollectionDraft {
             name: crate::binding::default_collection_name(&schema, &table),
-            key: key
-                .iter()
-                .map(|k| format!("/{}", pointer_escape(k)))
-                .collect(),
+            key: key.iter().map(|k| pointer(k)).collect(),
             schema: schema_json,
         };
         discovered.push(DiscoveredTable {
@@ -279,9 +276,28 @@ pub async fn kind_of(client: &Client, oid: u32) -> Result<Kind> {
         }))
 }
 
+/// The JSON pointer to top-level property `column` (as a collection key names it).
+pub fn pointer(column: &str) -> String {
+    format!("/{}", pointer_escape(column))
+}
+
 /// RFC 6901 escaping of one pointer token.
 fn pointer_escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
+}
+
+/// `schema` with `null` allowed as well (a schema without a `type`, such as JSON's, allows it
+/// already).
+pub fn or_null(mut schema: Json) -> Json {
+    match schema.get("type").cloned() {
+        Some(Json::String(t)) => schema["type"] = json!([t, "null"]),
+        Some(Json::Array(mut types)) => {
+            types.push(json!("null"));
+            schema["type"] = Json::Array(types);
+        }
+        _ => {}
+    }
+    schema
 }
 
 /// The JSON Schema of one value of `kind` (without nullability).
@@ -319,18 +335,7 @@ fn json_schema(
         let mut property = value_schema(kind);
         let is_key = key.contains(&column.name);
         if column.nullable && !is_key {
-            property = match property.get("type").cloned() {
-                Some(Json::String(t)) => {
-                    property["type"] = json!([t, "null"]);
-                    property
-                }
-                Some(Json::Array(mut types)) => {
-                    types.push(json!("null"));
-                    property["type"] = Json::Array(types);
-                    property
-                }
-                _ => property,
-            };
+            property = or_null(property);
         }
         let nullability = if column.nullable {
             "nullable"

@@ -200,11 +200,6 @@ fn flow_name(name: &str) -> String {
         .join("/")
 }
 
-/// A JSON pointer to a top-level property.
-fn pointer(column: &str) -> String {
-    format!("/{}", column.replace('~', "~0").replace('/', "~1"))
-}
-
 /// The collection's schema and key for Estuary, or why it is left to `flowctl discover`.
 fn flow_collection(spec: &CollectionSpec) -> std::result::Result<Json, String> {
     if spec.key.is_empty() {
@@ -232,12 +227,9 @@ fn flow_collection(spec: &CollectionSpec) -> std::result::Result<Json, String> {
                     "its key column '{name}' is of a type Estuary cannot key on (only integers, strings and booleans)"
                 ));
             }
-        } else if let Some(Json::String(t)) = schema.get("type").cloned() {
+        } else {
             // Whether the column is nullable is not stored: allow null.
-            schema["type"] = json!([t, "null"]);
-        } else if let Some(Json::Array(mut types)) = schema.get("type").cloned() {
-            types.push(json!("null"));
-            schema["type"] = Json::Array(types);
+            schema = crate::discovery::or_null(schema);
         }
         properties.insert(name.to_string(), schema);
     }
@@ -247,7 +239,7 @@ fn flow_collection(spec: &CollectionSpec) -> std::result::Result<Json, String> {
         }
     }
     Ok(json!({
-        "key": spec.key.iter().map(|k| pointer(k)).collect::<Vec<_>>(),
+        "key": spec.key.iter().map(|k| crate::discovery::pointer(k)).collect::<Vec<_>>(),
         "schema": {
             "type": "object",
             "properties": properties,
@@ -532,7 +524,6 @@ mod tests {
         assert_eq!(env_name(&["1st", "x-key"]), "_1ST_X_KEY");
         assert_eq!(other_slot("flow_slot", "flow_slot"), "flow_slot_2");
         assert_eq!(other_slot("flow_slot", "tidepool_slot"), "flow_slot");
-        assert_eq!(pointer("a/b~c"), "/a~1b~0c");
         assert!("kafka".parse::<Engine>().is_err());
     }
 }
