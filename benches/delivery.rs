@@ -193,6 +193,7 @@ async fn throughput(
         consumer(&url, Start::Beginning),
         Some(keychain),
         &[],
+        None,
     )
     .unwrap();
     let started = Instant::now();
@@ -259,8 +260,14 @@ async fn latency(
     .unwrap();
     let received = Arc::new(Receiver::default());
     let url = receiver(received.clone()).await;
-    tidepool::deliver::add_consumer(&store, consumer(&url, Start::Now), Some(keychain), &[])
-        .unwrap();
+    tidepool::deliver::add_consumer(
+        &store,
+        consumer(&url, Start::Now),
+        Some(keychain),
+        &[],
+        None,
+    )
+    .unwrap();
     let capture = tokio::spawn(run(capture_options(
         cluster,
         &store,

@@ -175,9 +175,14 @@ impl ConsumerStore {
     }
 
     /// Saves a new consumer (see [`crate::deliver::add_consumer`]): a webhook consumer gets a new
-    /// signing secret in the keychain, and each secret header's value goes there too. Every secret
-    /// header named in the definition needs its value.
-    pub fn add(&self, spec: ConsumerSpec, secret_headers: Vec<SecretHeader>) -> Result<Consumer> {
+    /// signing secret in the keychain, and each secret header's value goes there too, as does a
+    /// NATS consumer's `credential`. Every secret header named in the definition needs its value.
+    pub fn add(
+        &self,
+        spec: ConsumerSpec,
+        secret_headers: Vec<SecretHeader>,
+        credential: Option<Secret>,
+    ) -> Result<Consumer> {
         spec.validate()?;
         let keychain = match &spec.destination {
             Destination::Webhook(w) => {
@@ -194,24 +199,57 @@ impl ConsumerStore {
                 }
                 Some(self.keychain()?)
             }
-            Destination::Pull(_) => None,
+            Destination::Nats(n) if n.auth.needs_secret() => Some(self.keychain()?),
+            Destination::Nats(_) | Destination::Pull(_) => None,
         };
         let values: Vec<(String, Secret)> = secret_headers
             .into_iter()
             .map(|h| (h.name, h.value))
             .collect();
-        crate::deliver::add_consumer(&self.dir, spec, keychain.as_ref(), &values)
+        crate::deliver::add_consumer(
+            &self.dir,
+            spec,
+            keychain.as_ref(),
+            &values,
+            credential.as_ref(),
+        )
     }
 
-    /// Removes a consumer, its queue and its keychain entries (signing secret, secret headers).
+    /// [`Self::add`] once [`Self::check_destination`] passed: what "Create consumer" and `tidepool
+    /// consumer add` call, so a wrong server or credential is refused before anything is saved.
+    pub async fn add_checked(
+        &self,
+        spec: ConsumerSpec,
+        secret_headers: Vec<SecretHeader>,
+        credential: Option<Secret>,
+    ) -> Result<Consumer> {
+        spec.validate()?;
+        crate::deliver::check_credential(&spec, credential.as_ref())?;
+        Self::check_destination(&spec, credential.as_ref()).await?;
+        self.add(spec, secret_headers, credential)
+    }
+
+    /// Connects to a NATS consumer's server with the credential it would be saved with (and makes
+    /// its stream if it names one), so that a wrong address or credential is refused before it is
+    /// saved; nothing to check for other destinations.
+    pub async fn check_destination(spec: &ConsumerSpec, credential: Option<&Secret>) -> Result<()> {
+        match &spec.destination {
+            Destination::Nats(n) => crate::deliver::nats::check(n, credential).await,
+            Destination::Webhook(_) | Destination::Pull(_) => Ok(()),
+        }
+    }
+
+    /// Removes a consumer, its queue and its keychain entries (signing secret, secret headers,
+    /// NATS credential).
     pub fn remove(&self, id_or_name: &str) -> Result<Consumer> {
         let ledger = self.existing_ledger(id_or_name)?;
         let consumer = ledger.get(id_or_name)?;
         drop(ledger);
-        // A webhook consumer's entries must go with it; a pull consumer has none.
-        let keychain = match consumer.spec.destination {
-            Destination::Webhook(_) => Some(self.keychain()?),
-            Destination::Pull(_) => None,
+        // Its entries must go with it; a pull consumer has none.
+        let keychain = if crate::deliver::has_secrets(&consumer) {
+            Some(self.keychain()?)
+        } else {
+            None
         };
         crate::deliver::remove_consumer(&self.dir, &consumer.id, keychain.as_ref())
     }

@@ -450,6 +450,16 @@ fn sequin(capture: &Capture<'_>) -> Result<String> {
                     consumer.name
                 ));
             }
+            Destination::Nats(nats) => {
+                // Sequin's NATS sink publishes to subjects of its own naming and its YAML fields are
+                // not in the reference this export is checked against: listed, not guessed.
+                differences.push(format!(
+                    "- Consumer '{}' (NATS JetStream, {} on subjects {}) is not exported: add a NATS \
+                     sink in Sequin's console. Sequin publishes to subjects of its own naming.",
+                    consumer.name, nats.url, nats.subject
+                ));
+                continue;
+            }
             Destination::Pull(_) => {
                 sink.insert("destination".into(), json!({"type": "sequin_stream"}));
                 differences.push(format!(

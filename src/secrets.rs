@@ -93,6 +93,9 @@ pub enum SecretKey {
     WebhookHeader(String, String),
     /// The pull API's bearer token for the store of this scope (a profile's id).
     PullApiToken(String),
+    /// The NATS credential (token, password, nkey seed or `.creds` content) of the consumer with
+    /// this id.
+    NatsCredential(String),
     /// The encryption key of the store whose marker names this key id ([`crate::encryption`]).
     StoreKey(String),
 }
@@ -108,6 +111,7 @@ impl SecretKey {
                 format!("consumer-{id}-header-{}", name.to_ascii_lowercase())
             }
             SecretKey::PullApiToken(scope) => format!("pull-api-token-{scope}"),
+            SecretKey::NatsCredential(id) => format!("consumer-{id}-nats-credential"),
             SecretKey::StoreKey(id) => format!("store-key-{id}"),
         }
     }

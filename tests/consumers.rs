@@ -75,7 +75,11 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
         "none before a capture"
     );
     let early = consumers
-        .add(spec("too-early", "http://127.0.0.1:9/hook", vec![]), vec![])
+        .add(
+            spec("too-early", "http://127.0.0.1:9/hook", vec![]),
+            vec![],
+            None,
+        )
         .unwrap_err();
     assert_eq!(early.kind(), tidepool::ErrorKind::NotFound, "{early}");
 
@@ -118,6 +122,7 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
         .add(
             spec("orders-hook", "http://127.0.0.1:9/hook", vec!["x-api-key"]),
             vec![],
+            None,
         )
         .unwrap_err();
     assert!(missing.message().starts_with("secret-header:"), "{missing}");
@@ -133,6 +138,7 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
                 name: "x-api-key".into(),
                 value: Secret::new("k-123"),
             }],
+            None,
         )
         .unwrap();
     db.sql("INSERT INTO orders VALUES (3, 'paid', 30), (4, 'new', 40);");
@@ -208,7 +214,7 @@ async fn a_consumer_added_to_a_profile_delivers_from_its_run_and_is_removed_with
     if let Destination::Webhook(w) = &mut parking.destination {
         w.max_retries = Some(0);
     }
-    consumers.add(parking, vec![]).unwrap();
+    consumers.add(parking, vec![], None).unwrap();
     let parked_view = || consumers.get("parked-hook").unwrap();
     db.sql("INSERT INTO orders VALUES (5, 'new', 50);");
     until("the first message parked", || {

@@ -20,14 +20,14 @@ use tidepool::secrets::{Keychain, Secret, SecretKey};
 use crate::harness::{self, TestDb};
 
 /// A database with table `orders` and a store captured from it (backfilled, then streaming).
-struct Shop {
-    db: TestDb,
-    store: std::path::PathBuf,
-    commits: tokio::sync::watch::Sender<u64>,
+pub(crate) struct Shop {
+    pub(crate) db: TestDb,
+    pub(crate) store: std::path::PathBuf,
+    pub(crate) commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shop {
-    fn new(prefix: &str, rows: u32) -> Shop {
+    pub(crate) fn new(prefix: &str, rows: u32) -> Shop {
         let db = TestDb::new(harness::plain(), prefix);
         db.sql(&format!(
             "CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, total numeric(10,2) NOT NULL);
@@ -42,7 +42,11 @@ impl Shop {
         }
     }
 
-    fn options(&self, stop_at: Option<tidepool::pgoutput::Lsn>, backfill: bool) -> CaptureOptions {
+    pub(crate) fn options(
+        &self,
+        stop_at: Option<tidepool::pgoutput::Lsn>,
+        backfill: bool,
+    ) -> CaptureOptions {
         let commits = self.commits.clone();
         CaptureOptions {
             spec: self.db.spec(),
@@ -64,28 +68,28 @@ impl Shop {
     }
 
     /// Backfills the table and stores everything committed so far.
-    async fn backfill(&self) {
+    pub(crate) async fn backfill(&self) {
         run(self.options(Some(self.db.current_lsn()), true))
             .await
             .expect("backfill");
     }
 
     /// Stores everything committed so far.
-    async fn catch_up(&self) {
+    pub(crate) async fn catch_up(&self) {
         run(self.options(Some(self.db.current_lsn()), false))
             .await
             .expect("capture");
     }
 
     /// A capture that runs until aborted, waking delivery on each commit.
-    fn streaming(&self) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn streaming(&self) -> tokio::task::JoinHandle<()> {
         let options = self.options(None, false);
         tokio::spawn(async move {
             let _ = run(options).await;
         })
     }
 
-    fn database(&self) -> Database {
+    pub(crate) fn database(&self) -> Database {
         Database {
             name: "shop".into(),
             database: self.db.name.clone(),
@@ -93,7 +97,7 @@ impl Shop {
         }
     }
 
-    fn delivery(&self) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn delivery(&self) -> tokio::task::JoinHandle<()> {
         let options = DeliveryOptions {
             store_dir: self.store.clone(),
             database: self.database(),
@@ -105,7 +109,13 @@ impl Shop {
         })
     }
 
-    fn spec(&self, name: &str, mode: Mode, start: Start, destination: Destination) -> ConsumerSpec {
+    pub(crate) fn spec(
+        &self,
+        name: &str,
+        mode: Mode,
+        start: Start,
+        destination: Destination,
+    ) -> ConsumerSpec {
         ConsumerSpec {
             name: name.into(),
             collections: vec!["public/orders".into()],
@@ -118,13 +128,13 @@ impl Shop {
         }
     }
 
-    fn add(&self, spec: ConsumerSpec) -> tidepool::deliver::Consumer {
+    pub(crate) fn add(&self, spec: ConsumerSpec) -> tidepool::deliver::Consumer {
         let keychain = Keychain::open().expect("the test keychain");
-        tidepool::deliver::add_consumer(&self.store, spec, Some(&keychain), &[]).expect("add")
+        tidepool::deliver::add_consumer(&self.store, spec, Some(&keychain), &[], None).expect("add")
     }
 
     /// Serves the pull API on a free loopback port; returns its base URL.
-    async fn pull_api(&self, token: &str) -> (String, tokio::task::JoinHandle<()>) {
+    pub(crate) async fn pull_api(&self, token: &str) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tidepool::deliver::pull::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let options = PullOptions {
@@ -225,7 +235,7 @@ fn hook_app(received: Arc<Received>) -> axum::Router {
         .with_state(received)
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
         assert!(started.elapsed() < timeout, "timed out waiting for {what}");
@@ -831,7 +841,7 @@ async fn a_bad_filter_is_refused_when_the_consumer_is_saved() {
         Destination::Pull(Pull::default()),
     );
     spec.filter = Some("record.total >".into());
-    let e = tidepool::deliver::add_consumer(&shop.store, spec, None, &[]).unwrap_err();
+    let e = tidepool::deliver::add_consumer(&shop.store, spec, None, &[], None).unwrap_err();
     assert_eq!(e.kind(), tidepool::ErrorKind::InvalidInput);
     assert!(e.message().starts_with("filter: line 1, column"), "{e}");
     let mut spec = shop.spec(
@@ -841,7 +851,7 @@ async fn a_bad_filter_is_refused_when_the_consumer_is_saved() {
         Destination::Pull(Pull::default()),
     );
     spec.collections = vec!["public/missing".into()];
-    let e = tidepool::deliver::add_consumer(&shop.store, spec, None, &[]).unwrap_err();
+    let e = tidepool::deliver::add_consumer(&shop.store, spec, None, &[], None).unwrap_err();
     assert_eq!(e.kind(), tidepool::ErrorKind::NotFound);
     assert!(Ledger::open(&shop.store)
         .unwrap()
@@ -850,7 +860,7 @@ async fn a_bad_filter_is_refused_when_the_consumer_is_saved() {
         .is_empty());
 }
 
-fn tidepool_cli(shop: &Shop) -> std::process::Command {
+pub(crate) fn tidepool_cli(shop: &Shop) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"));
     command
         .env("PGPASSWORD", shop.db.cluster.superuser_password().expose())
@@ -869,7 +879,7 @@ fn cli_ok(command: &mut std::process::Command) -> String {
 }
 
 /// Kills the capture process it holds when dropped (a failed assertion included).
-struct Child(std::process::Child);
+pub(crate) struct Child(pub(crate) std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {

@@ -132,6 +132,7 @@ async fn a_new_profiles_store_holds_no_captured_value_in_the_clear_and_opens_onl
         },
         Some(&keychain),
         &[("authorization".into(), Secret::new("Bearer hunter2"))],
+        None,
     )
     .unwrap();
     db.sql("UPDATE people SET email = 'streamed-needle@secret.example' WHERE id = 7;");

@@ -137,6 +137,7 @@ async fn a_capture_exports_to_estuary_and_sequin_without_secrets_or_its_slot() {
                 name: "Authorization".into(),
                 value: Secret::new(header_value),
             }],
+            None,
         )
         .unwrap();
     consumers
@@ -152,6 +153,7 @@ async fn a_capture_exports_to_estuary_and_sequin_without_secrets_or_its_slot() {
                 destination: Destination::Pull(Pull::default()),
             },
             vec![],
+            None,
         )
         .unwrap();
     let profile = profiles.get(&id).unwrap();

@@ -17,6 +17,7 @@ mod encryption;
 mod export;
 mod identity;
 mod large_values;
+mod nats;
 mod neon;
 mod neon_api;
 mod owner_only;

@@ -132,7 +132,7 @@ async fn two_running_captures_are_pulled_from_one_server_each_with_its_own_token
     for shop in [&a, &b] {
         ConsumerStore::of_profile(&profiles, &shop.id)
             .unwrap()
-            .add(pull_spec("orders-pull"), vec![])
+            .add(pull_spec("orders-pull"), vec![], None)
             .unwrap();
     }
     let (token_a, token_b) = {
@@ -250,7 +250,7 @@ async fn a_taken_port_leaves_the_capture_running_and_says_why() {
     shop.start(&runs, &profiles).await;
     ConsumerStore::of_profile(&profiles, &shop.id)
         .unwrap()
-        .add(pull_spec("orders-pull"), vec![])
+        .add(pull_spec("orders-pull"), vec![], None)
         .unwrap();
     let serving = runs.pull_serving();
     assert!(!serving.serving);

@@ -402,16 +402,20 @@ pub fn list_consumers(
     ConsumerStore::of_profile(&profiles, &id)?.list()
 }
 
-/// "Create consumer": saves it in the profile's store; secret header values (typed once) and a new
-/// signing secret go to the keychain. The running capture starts delivering it within a second.
-#[tauri::command(async)]
-pub fn add_consumer(
+/// "Create consumer": saves it in the profile's store once its NATS server (if it has one) took
+/// the credential; secret header values and a NATS credential (typed once) and a new signing secret
+/// go to the keychain. The running capture starts delivering it within a second.
+#[tauri::command]
+pub async fn add_consumer(
     profiles: State<'_, Profiles>,
     id: String,
     spec: ConsumerSpec,
     secret_headers: Option<Vec<SecretHeader>>,
+    credential: Option<Secret>,
 ) -> Result<Consumer, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.add(spec, secret_headers.unwrap_or_default())
+    ConsumerStore::of_profile(&profiles, &id)?
+        .add_checked(spec, secret_headers.unwrap_or_default(), credential)
+        .await
 }
 
 /// Deletes a consumer, its queue and its keychain entries (after the window's confirmation).

@@ -1,12 +1,13 @@
 //! A consumer's definition: which collections, actions and filter, which mode, where it starts, and
-//! where its messages go (a webhook or the pull API).
+//! where its messages go (a webhook, the pull API or a NATS JetStream stream).
 //!
 //! Invariants:
 //! - A definition is validated as a whole before it is saved ([`ConsumerSpec::validate`]): a name of
 //!   letters, digits, `-`, `_`, `.`; at least one collection; a filter that compiles (refused with its
-//!   position and reason); numbers within the documented ranges; a webhook URL that is http(s).
-//! - No secret is part of a definition: secret header *names* are, their values and the signing secret
-//!   live only in the OS keychain ([`crate::secrets::SecretKey`]).
+//!   position and reason); numbers within the documented ranges; a webhook URL that is http(s); a
+//!   NATS URL that is nats:// or tls:// and a subject template that renders a valid subject.
+//! - No secret is part of a definition: secret header *names* are, their values, the signing secret
+//!   and a NATS credential live only in the OS keychain ([`crate::secrets::SecretKey`]).
 
 use std::collections::BTreeMap;
 
@@ -133,6 +134,80 @@ impl Default for Pull {
     }
 }
 
+/// How Tidepool proves who it is to a NATS server. The secret itself (token, password, the seed of
+/// an nkey, or a `.creds` file's content) is in the keychain, never here.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A token (`authorization { token: … }`).
+    Token,
+    /// A user name and a password (the password is the secret).
+    #[serde(rename_all = "camelCase")]
+    UserPassword {
+        /// The user name (not secret).
+        user: String,
+    },
+    /// An nkey seed (`SU…`).
+    Nkey,
+    /// The content of a `.creds` file (a user JWT and its nkey seed), as `nsc` writes it.
+    Creds,
+}
+
+impl NatsAuth {
+    /// Whether a secret must be in the keychain for it.
+    pub fn needs_secret(&self) -> bool {
+        !matches!(self, NatsAuth::None)
+    }
+}
+
+/// A NATS JetStream stream that receives each message on a subject of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nats {
+    /// The server, `nats://host:port` or `tls://host:port` (several separated by commas).
+    pub url: String,
+    /// The subject of each message: text with `{database}`, `{schema}`, `{table}` and `{action}`
+    /// filled in (see [`crate::deliver::subject`]).
+    pub subject: String,
+    /// A stream Tidepool creates if it is missing, capturing every subject the template gives;
+    /// `None` means a stream the user made must capture them.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Credentials.
+    #[serde(default)]
+    pub auth: NatsAuth,
+    /// Refuse a connection that is not TLS (a `tls://` URL implies it).
+    #[serde(default)]
+    pub tls: bool,
+    /// How long a publish acknowledgement may take before the message counts as failed.
+    pub timeout_ms: u64,
+    /// Messages published before their acknowledgements are awaited.
+    pub batch_size: u32,
+    /// Failed attempts after which a message is parked; `None` retries forever.
+    pub max_retries: Option<u32>,
+}
+
+/// The default subject template.
+pub const DEFAULT_NATS_SUBJECT: &str = "tidepool.{schema}.{table}.{action}";
+
+impl Default for Nats {
+    fn default() -> Self {
+        Nats {
+            url: "nats://127.0.0.1:4222".into(),
+            subject: DEFAULT_NATS_SUBJECT.into(),
+            stream: None,
+            auth: NatsAuth::None,
+            tls: false,
+            timeout_ms: 5_000,
+            batch_size: 100,
+            max_retries: None,
+        }
+    }
+}
+
 /// Where messages go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
@@ -141,6 +216,8 @@ pub enum Destination {
     Webhook(Webhook),
     /// HTTP pull.
     Pull(Pull),
+    /// Publish to NATS JetStream.
+    Nats(Nats),
 }
 
 /// A consumer as a person defines it.
@@ -294,6 +371,57 @@ impl ConsumerSpec {
                     return Err(Error::invalid_input("max-waiting", "must be at least 1"));
                 }
             }
+            Destination::Nats(n) => n.validate()?,
+        }
+        Ok(())
+    }
+}
+
+impl Nats {
+    fn validate(&self) -> Result<()> {
+        if self.url.trim().is_empty() {
+            return Err(Error::invalid_input("nats-url", "the server URL is empty"));
+        }
+        for server in self.url.split(',').map(str::trim) {
+            let parsed = reqwest::Url::parse(server)
+                .map_err(|e| Error::invalid_input("nats-url", format!("'{server}': {e}")))?;
+            if !matches!(parsed.scheme(), "nats" | "tls") || parsed.host_str().is_none() {
+                return Err(Error::invalid_input(
+                    "nats-url",
+                    format!("'{server}' is not a nats://host:port or tls://host:port URL"),
+                ));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                // A credential in the URL would be saved in the definition, outside the keychain.
+                return Err(Error::invalid_input(
+                    "nats-url",
+                    format!(
+                        "'{}' carries credentials: give them as the consumer's NATS credentials, which go to the keychain",
+                        parsed.host_str().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        crate::deliver::subject::validate_template(&self.subject)?;
+        if let Some(stream) = &self.stream {
+            crate::deliver::subject::validate_stream_name(stream)?;
+        }
+        if let NatsAuth::UserPassword { user } = &self.auth {
+            if user.is_empty() {
+                return Err(Error::invalid_input("nats-user", "the user name is empty"));
+            }
+        }
+        if !(100..=600_000).contains(&self.timeout_ms) {
+            return Err(Error::invalid_input(
+                "timeout-ms",
+                format!("{} is out of range: 100 to 600000", self.timeout_ms),
+            ));
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(Error::invalid_input(
+                "batch-size",
+                format!("{} is out of range: 1 to 1000", self.batch_size),
+            ));
         }
         Ok(())
     }

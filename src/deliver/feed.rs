@@ -17,10 +17,11 @@ use std::path::PathBuf;
 
 use serde_json::Value as Json;
 
-use crate::deliver::consumer::{ConsumerSpec, Destination, Notice, Start};
+use crate::deliver::consumer::{ConsumerSpec, Destination, Mode, Notice, Start};
 use crate::deliver::filter::{numeric_columns, Filter};
 use crate::deliver::ledger::{Definition, Ledger};
 use crate::deliver::message::{build, Database, Message, Place};
+use crate::deliver::subject::{render, Values};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{CollectionSpec, Store};
 
@@ -41,6 +42,7 @@ pub fn queue_limit(spec: &ConsumerSpec) -> u64 {
                 .clamp(2 * PAGE as u64, QUEUE_LIMIT)
         }
         Destination::Pull(_) => QUEUE_LIMIT,
+        Destination::Nats(n) => (4 * u64::from(n.batch_size)).clamp(2 * PAGE as u64, QUEUE_LIMIT),
     }
 }
 
@@ -179,6 +181,23 @@ impl Feeder {
             if let Some(f) = &filter {
                 if !f.matches(&message.body, &numeric[at]) {
                     continue;
+                }
+            }
+            let mut message = message;
+            if let Destination::Nats(nats) = &consumer.spec.destination {
+                // A stream orders by subject: in changes mode (without columns to group by) the
+                // subject is the group, so its messages reach the stream in commit order.
+                if consumer.spec.mode == Mode::Changes && consumer.spec.group_by.is_empty() {
+                    let subject = render(
+                        &nats.subject,
+                        &Values {
+                            database: &self.database.database,
+                            schema: &specs[at].schema,
+                            table: &specs[at].table,
+                            action: message.action.as_str(),
+                        },
+                    );
+                    message.group = subject;
                 }
             }
             out.push((seq, message));

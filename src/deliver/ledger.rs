@@ -13,6 +13,8 @@
 //!   queued, so a redelivery carries the same ones.
 //! - Per group, only the oldest queued message can be claimed, and only while no message of the
 //!   group is in flight or parked: at most one message per group in flight, in commit order.
+//!   [`Ledger::claim_runs`] (NATS) hands out a group's queued messages together, oldest first, under
+//!   the same condition: none of the group is in flight, held back or parked.
 //! - In rows mode, a queued message not in flight is replaced by a newer change of its group.
 
 use std::path::{Path, PathBuf};
@@ -80,6 +82,18 @@ impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger").field("path", &self.path).finish()
     }
+}
+
+/// Marks claimed messages in flight until `until` (Unix ms).
+fn mark_claimed(tx: &Connection, id: &str, claimed: &[Claimed], until: i64) -> Result<()> {
+    let mut mark = tx
+        .prepare_cached("UPDATE messages SET visible_until = ?3 WHERE consumer = ?1 AND seq = ?2")
+        .map_err(sqlite("claiming"))?;
+    for c in claimed {
+        mark.execute(params![id, c.seq as i64, until])
+            .map_err(sqlite("claiming"))?;
+    }
+    Ok(())
 }
 
 /// The ledger's file in a store folder.
@@ -522,18 +536,62 @@ impl Ledger {
                 });
             }
         }
+        mark_claimed(&tx, id, &claimed, now_ms + visible_ms as i64)?;
+        tx.commit().map_err(sqlite("claiming"))?;
+        Ok(claimed)
+    }
+
+    /// Hands out up to `limit` messages in log order, as many of each group as are queued (a NATS
+    /// worker publishes them in this order on one connection, so a group's messages reach the
+    /// stream in commit order). A group with a message in flight, held back by a retry delay or
+    /// parked is skipped whole, so nothing overtakes that message. The messages are held for
+    /// `visible_ms`.
+    pub fn claim_runs(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        limit: usize,
+        visible_ms: u64,
+    ) -> Result<Vec<Claimed>> {
+        let tx = self.conn.savepoint().map_err(sqlite("claiming"))?;
+        let mut claimed = Vec::new();
         {
-            let mut mark = tx
+            let mut stmt = tx
                 .prepare_cached(
-                    "UPDATE messages SET visible_until = ?3 WHERE consumer = ?1 AND seq = ?2",
+                    // The conditions repeat the partial indexes' (parked; held), so both are used.
+                    "WITH blocked AS (
+                       SELECT grp FROM messages WHERE consumer = ?1 AND failed = 1
+                       UNION
+                       SELECT grp FROM messages WHERE consumer = ?1 AND failed = 0
+                         AND max(not_before, visible_until) > 0 AND max(not_before, visible_until) > ?2)
+                     SELECT seq, ack_id, body, attempts FROM messages
+                     WHERE consumer = ?1 AND grp NOT IN blocked
+                     ORDER BY seq LIMIT ?3",
                 )
                 .map_err(sqlite("claiming"))?;
-            let until = now_ms + visible_ms as i64;
-            for c in &claimed {
-                mark.execute(params![id, c.seq as i64, until])
-                    .map_err(sqlite("claiming"))?;
+            let rows = stmt
+                .query_map(params![id, now_ms, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(sqlite("claiming"))?;
+            for row in rows {
+                let (seq, ack_id, body, attempts) = row.map_err(sqlite("claiming"))?;
+                let body = RawValue::from_string(body)
+                    .map_err(|e| Error::internal(format!("consumers: a queued message: {e}")))?;
+                claimed.push(Claimed {
+                    seq: seq as u64,
+                    ack_id,
+                    body,
+                    attempts: attempts as u32,
+                });
             }
         }
+        mark_claimed(&tx, id, &claimed, now_ms + visible_ms as i64)?;
         tx.commit().map_err(sqlite("claiming"))?;
         Ok(claimed)
     }

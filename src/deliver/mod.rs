@@ -1,10 +1,10 @@
-//! Delivery: every stored change to the user's applications, by webhook or a Sequin-compatible pull
-//! API, from Tidepool's own store rather than from the replication slot.
+//! Delivery: every stored change to the user's applications, by webhook, a Sequin-compatible pull
+//! API or NATS JetStream, from Tidepool's own store rather than from the replication slot.
 //!
 //! The parts: a consumer's definition ([`consumer`]), its durable queue and position ([`ledger`],
 //! a file of its own next to the change store), the messages ([`message`], Sequin's shape), filters
 //! ([`filter`], CEL), reading the log into queues ([`feed`]), HTTP push ([`webhook`]) and pull
-//! ([`pull`]).
+//! ([`pull`]), and publishing to JetStream ([`nats`], subjects from [`subject`]).
 //!
 //! Invariants:
 //! - Delivery only reads the change store; it never holds its write lock, and nothing in the
@@ -21,7 +21,9 @@ pub mod feed;
 pub mod filter;
 pub mod ledger;
 pub mod message;
+pub mod nats;
 pub mod pull;
+pub mod subject;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -86,7 +88,7 @@ impl Context {
     }
 }
 
-/// Runs every webhook consumer of the store until the returned future is dropped (a task abort).
+/// Runs every webhook and NATS consumer of the store until the returned future is dropped (a task abort).
 /// Consumers added or removed meanwhile are started or stopped within a second. A consumer whose
 /// worker fails (its keychain entry missing, the ledger unreadable) is restarted after a pause.
 pub async fn run(options: DeliveryOptions) -> Result<()> {
@@ -113,39 +115,80 @@ pub async fn run(options: DeliveryOptions) -> Result<()> {
             keep
         });
         for consumer in consumers {
-            if !matches!(consumer.spec.destination, Destination::Webhook(_))
-                || workers.0.contains_key(&consumer.id)
-            {
+            if workers.0.contains_key(&consumer.id) {
                 continue;
             }
             let context = context.clone();
             let id = consumer.id.clone();
             let name = consumer.spec.name.clone();
-            workers.0.insert(
-                consumer.id.clone(),
-                tokio::spawn(async move {
+            let worker = match consumer.spec.destination {
+                Destination::Webhook(_) => tokio::spawn(async move {
                     if let Err(e) = webhook::run(context, id).await {
                         tracing::error!(consumer = %name, "webhook delivery stopped: {e}");
                         // Restarted by the next round after this pause.
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }),
-            );
+                Destination::Nats(_) => tokio::spawn(async move {
+                    if let Err(e) = nats::run(context, id).await {
+                        tracing::error!(consumer = %name, "NATS delivery stopped: {e}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }),
+                // Served by the pull API when asked.
+                Destination::Pull(_) => continue,
+            };
+            workers.0.insert(consumer.id.clone(), worker);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
+/// Whether a NATS consumer's credential was given when its authentication needs one (and only
+/// then); the error names the field.
+pub fn check_credential(
+    spec: &ConsumerSpec,
+    credential: Option<&crate::secrets::Secret>,
+) -> Result<()> {
+    if let Destination::Nats(n) = &spec.destination {
+        match (n.auth.needs_secret(), credential) {
+            (true, None) => {
+                return Err(Error::invalid_input(
+                    "nats-credential",
+                    "the consumer's NATS credential is missing",
+                ))
+            }
+            (true, Some(c)) if c.is_empty() => {
+                return Err(Error::invalid_input(
+                    "nats-credential",
+                    "the consumer's NATS credential is empty",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::invalid_input(
+                    "nats-credential",
+                    "a credential was given but the consumer's NATS authentication is 'none'",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Saves a new consumer in the store in `store_dir`. Its collections must be in the store; it
 /// starts after what is stored now, or at the beginning of the log. A webhook consumer gets a new
-/// signing secret in `keychain`, and `secret_headers` (name, value) go there too.
+/// signing secret in `keychain`, and `secret_headers` (name, value) go there too; a NATS
+/// consumer's `credential` goes there (it needs one unless its server takes no credentials).
 pub fn add_consumer(
     store_dir: &std::path::Path,
     spec: ConsumerSpec,
     keychain: Option<&Keychain>,
     secret_headers: &[(String, crate::secrets::Secret)],
+    credential: Option<&crate::secrets::Secret>,
 ) -> Result<Consumer> {
     spec.validate()?;
+    check_credential(&spec, credential)?;
     let store = Store::open_existing(store_dir)?.ok_or_else(|| {
         Error::new(
             crate::ErrorKind::NotFound,
@@ -224,7 +267,58 @@ pub fn add_consumer(
             return Err(e);
         }
     }
+    if let (Destination::Nats(_), Some(credential)) = (&consumer.spec.destination, credential) {
+        let stored = keychain
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Keychain,
+                    "a NATS consumer's credential needs the OS keychain",
+                )
+            })
+            .and_then(|keychain| {
+                keychain.set(
+                    &crate::secrets::SecretKey::NatsCredential(consumer.id.clone()),
+                    &format!("Tidepool consumer {}: NATS credential", consumer.spec.name),
+                    credential,
+                )
+            });
+        if let Err(e) = stored {
+            let _ = ledger.remove(&consumer.id);
+            return Err(e);
+        }
+    }
     Ok(consumer)
+}
+
+/// The keychain entries of a consumer, for removing them with it.
+fn secret_keys(consumer: &Consumer) -> Vec<(crate::secrets::SecretKey, String)> {
+    use crate::secrets::SecretKey;
+    let name = &consumer.spec.name;
+    match &consumer.spec.destination {
+        Destination::Webhook(w) => {
+            let mut keys = vec![(
+                SecretKey::WebhookSecret(consumer.id.clone()),
+                format!("signing secret of consumer '{name}'"),
+            )];
+            for header in &w.secret_headers {
+                keys.push((
+                    SecretKey::WebhookHeader(consumer.id.clone(), header.clone()),
+                    format!("header {header} of consumer '{name}'"),
+                ));
+            }
+            keys
+        }
+        Destination::Nats(n) if n.auth.needs_secret() => vec![(
+            SecretKey::NatsCredential(consumer.id.clone()),
+            format!("NATS credential of consumer '{name}'"),
+        )],
+        Destination::Nats(_) | Destination::Pull(_) => vec![],
+    }
+}
+
+/// Whether removing the consumer must reach the keychain.
+pub fn has_secrets(consumer: &Consumer) -> bool {
+    !secret_keys(consumer).is_empty()
 }
 
 /// Deletes the keychain entries of every consumer of the store in `store_dir` and its pull API
@@ -233,24 +327,9 @@ pub fn forget_secrets(store_dir: &std::path::Path, keychain: &Keychain) -> Resul
     let mut ledger = Ledger::open(store_dir)?;
     let mut forgotten = Vec::new();
     for consumer in ledger.list()? {
-        if let Destination::Webhook(w) = &consumer.spec.destination {
-            keychain.delete(&crate::secrets::SecretKey::WebhookSecret(
-                consumer.id.clone(),
-            ))?;
-            forgotten.push(format!(
-                "signing secret of consumer '{}'",
-                consumer.spec.name
-            ));
-            for name in &w.secret_headers {
-                keychain.delete(&crate::secrets::SecretKey::WebhookHeader(
-                    consumer.id.clone(),
-                    name.clone(),
-                ))?;
-                forgotten.push(format!(
-                    "header {name} of consumer '{}'",
-                    consumer.spec.name
-                ));
-            }
+        for (key, described) in secret_keys(&consumer) {
+            keychain.delete(&key)?;
+            forgotten.push(described);
         }
     }
     let token = crate::secrets::SecretKey::PullApiToken(ledger.store_id()?);
@@ -269,15 +348,9 @@ pub fn remove_consumer(
 ) -> Result<Consumer> {
     let mut ledger = Ledger::open(store_dir)?;
     let consumer = ledger.get(id_or_name)?;
-    if let (Destination::Webhook(w), Some(keychain)) = (&consumer.spec.destination, keychain) {
-        keychain.delete(&crate::secrets::SecretKey::WebhookSecret(
-            consumer.id.clone(),
-        ))?;
-        for name in &w.secret_headers {
-            keychain.delete(&crate::secrets::SecretKey::WebhookHeader(
-                consumer.id.clone(),
-                name.clone(),
-            ))?;
+    if let Some(keychain) = keychain {
+        for (key, _) in secret_keys(&consumer) {
+            keychain.delete(&key)?;
         }
     }
     ledger.remove(&consumer.id)

@@ -375,6 +375,10 @@ fn admit(
                 StatusCode::NOT_FOUND,
                 format!("consumer '{consumer}' delivers by webhook, not by pull"),
             )),
+            Destination::Nats(_) => Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("consumer '{consumer}' publishes to NATS JetStream, not by pull"),
+            )),
         },
         Err(e) if e.kind() == crate::ErrorKind::NotFound => Err(refuse(
             StatusCode::NOT_FOUND,

@@ -38,7 +38,7 @@ pub fn backoff_ms(failures: u32, jitter: f64) -> u64 {
 }
 
 /// A number in [-1, 1] from the OS's randomness (std's hasher keys).
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms() as u64);

@@ -2,16 +2,20 @@
 //! each a thin wrapper over [`tidepool::deliver`].
 //!
 //! Secrets never travel in arguments: secret header values are read from standard input (one line
-//! per `--secret-header`, in order) or a prompt; the signing secret and the API token are printed
-//! only by the commands that exist to print them.
+//! per `--secret-header`, in order) or a prompt, as is a NATS credential (standard input whole, for
+//! a `.creds` file's content); the signing secret and the API token are printed only by the
+//! commands that exist to print them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use tidepool::consumers::{ConsumerStore, ConsumerView, SecretHeader};
-use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Pull, Start, Webhook};
+use tidepool::deliver::consumer::{
+    Action, ConsumerSpec, Destination, Mode, Nats, NatsAuth, Pull, Start, Webhook,
+    DEFAULT_NATS_SUBJECT,
+};
 use tidepool::secrets::{Keychain, Secret};
 use tidepool::Error;
 
@@ -48,7 +52,7 @@ impl StoreArg {
 /// `tidepool consumer …`.
 #[derive(Subcommand)]
 pub enum ConsumerCommand {
-    /// Saves a consumer: what it delivers and where (a webhook or the pull API).
+    /// Saves a consumer: what it delivers and where (a webhook, the pull API or NATS JetStream).
     Add(Box<AddArgs>),
     /// Lists the consumers.
     List {
@@ -148,15 +152,37 @@ pub struct AddArgs {
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 30_000, requires = "webhook")]
     timeout_ms: u64,
-    /// Failed attempts after which a message is parked (default: retry forever).
-    #[arg(long, requires = "webhook")]
+    /// Failed attempts after which a message is parked (default: retry forever); webhook or NATS.
+    #[arg(long)]
     max_retries: Option<u32>,
     /// Requests under way at once.
     #[arg(long, default_value_t = 10, requires = "webhook")]
     max_in_flight: u32,
     /// Deliver through the pull API.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nats")]
     pull: bool,
+    /// Publish to NATS JetStream at this server (nats://host:port or tls://host:port).
+    #[arg(long, conflicts_with = "webhook")]
+    nats: Option<String>,
+    /// The subject of each message, with {database}, {schema}, {table} and {action} filled in.
+    #[arg(long, default_value = DEFAULT_NATS_SUBJECT, requires = "nats")]
+    subject: String,
+    /// A stream to create if it is missing, capturing every subject of the template.
+    #[arg(long, requires = "nats")]
+    stream: Option<String>,
+    /// none, token, user=NAME (a password), nkey (a seed) or creds (a .creds file's content); the
+    /// secret comes from standard input or a prompt.
+    #[arg(long, default_value = "none", requires = "nats")]
+    nats_auth: String,
+    /// Refuse a NATS connection that is not TLS.
+    #[arg(long, requires = "nats")]
+    nats_tls: bool,
+    /// How long a publish acknowledgement may take, in milliseconds.
+    #[arg(long, default_value_t = 5_000, requires = "nats")]
+    ack_timeout_ms: u64,
+    /// Messages published before their acknowledgements are awaited.
+    #[arg(long, default_value_t = 100, requires = "nats")]
+    publish_batch: u32,
     /// How long a received message stays invisible unless acknowledged.
     #[arg(long, default_value_t = 30_000, requires = "pull")]
     visibility_timeout_ms: u64,
@@ -198,6 +224,7 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
                     let kind = match &c.spec.destination {
                         Destination::Webhook(w) => format!("webhook {}", w.url),
                         Destination::Pull(_) => "pull".to_string(),
+                        Destination::Nats(n) => format!("nats {} {}", n.url, n.subject),
                     };
                     println!(
                         "{}\t{}\t{}\tqueued {}\tparked {}",
@@ -323,10 +350,20 @@ fn add(args: AddArgs) -> Result<(), Error> {
             max_ack_pending: args.max_ack_pending,
             max_waiting: args.max_waiting,
         }),
+        (None, false) if args.nats.is_some() => Destination::Nats(Nats {
+            url: args.nats.clone().unwrap_or_default(),
+            subject: args.subject.clone(),
+            stream: args.stream.clone(),
+            auth: parse_nats_auth(&args.nats_auth)?,
+            tls: args.nats_tls,
+            timeout_ms: args.ack_timeout_ms,
+            batch_size: args.publish_batch,
+            max_retries: args.max_retries,
+        }),
         _ => {
             return Err(Error::invalid_input(
                 "destination",
-                "give --webhook URL or --pull",
+                "give --webhook URL, --pull or --nats URL",
             ))
         }
     };
@@ -347,7 +384,17 @@ fn add(args: AddArgs) -> Result<(), Error> {
     };
     spec.validate()?;
     let secret_values = read_secret_headers(&args.secret_headers)?;
-    let consumer = ConsumerStore::at(&dir).add(spec, secret_values)?;
+    let credential = match &spec.destination {
+        Destination::Nats(n) if n.auth.needs_secret() => Some(read_credential(&n.auth)?),
+        _ => None,
+    };
+    let consumer = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(ConsumerStore::at(&dir).add_checked(
+            spec,
+            secret_values,
+            credential,
+        ))
+    })?;
     eprintln!(
         "saved consumer '{}' ({}), starting after log position {}",
         consumer.spec.name, consumer.id, consumer.position
@@ -355,6 +402,12 @@ fn add(args: AddArgs) -> Result<(), Error> {
     if let Destination::Pull(_) = consumer.spec.destination {
         eprintln!(
             "pull it with the token from `tidepool api-token {store_flag}` while `tidepool capture {store_flag} --listen` runs"
+        );
+    } else if let Destination::Nats(n) = &consumer.spec.destination {
+        eprintln!(
+            "published to {} on subjects {} while `tidepool capture {store_flag}` runs",
+            n.url,
+            tidepool::deliver::subject::wildcard(&n.subject)
         );
     } else {
         eprintln!(
@@ -400,4 +453,66 @@ fn read_secret_headers(names: &[String]) -> Result<Vec<SecretHeader>, Error> {
         });
     }
     Ok(out)
+}
+
+/// `--nats-auth`: none, token, user=NAME, nkey or creds.
+fn parse_nats_auth(text: &str) -> Result<NatsAuth, Error> {
+    Ok(match text {
+        "none" => NatsAuth::None,
+        "token" => NatsAuth::Token,
+        "nkey" => NatsAuth::Nkey,
+        "creds" => NatsAuth::Creds,
+        other => match other.strip_prefix("user=") {
+            Some(user) => NatsAuth::UserPassword {
+                user: user.to_string(),
+            },
+            None => {
+                return Err(Error::invalid_input(
+                    "nats-auth",
+                    format!("'{other}' is not one of none, token, user=NAME, nkey, creds"),
+                ))
+            }
+        },
+    })
+}
+
+/// The NATS credential: a prompt on a terminal, else all of standard input (a `.creds` file is
+/// several lines).
+fn read_credential(auth: &NatsAuth) -> Result<Secret, Error> {
+    let what = match auth {
+        NatsAuth::Token => "token",
+        NatsAuth::UserPassword { .. } => "password",
+        NatsAuth::Nkey => "nkey seed",
+        _ => ".creds content",
+    };
+    let stdin = std::io::stdin();
+    let text = if stdin.is_terminal() {
+        if matches!(auth, NatsAuth::Creds) {
+            return Err(Error::invalid_input(
+                "nats-credential",
+                "give the .creds file on standard input: tidepool consumer add … --nats-auth creds < user.creds",
+            ));
+        }
+        rpassword::prompt_password(format!("NATS {what}: "))
+            .map_err(|e| Error::invalid_input("nats-credential", format!("reading it: {e}")))?
+    } else {
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::invalid_input("nats-credential", format!("reading it: {e}")))?;
+        text
+    };
+    let text = if matches!(auth, NatsAuth::Creds) {
+        text
+    } else {
+        text.trim().to_string()
+    };
+    if text.trim().is_empty() {
+        return Err(Error::invalid_input(
+            "nats-credential",
+            format!("the NATS {what} is empty"),
+        ));
+    }
+    Ok(Secret::new(text))
 }

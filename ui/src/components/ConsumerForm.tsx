@@ -3,6 +3,7 @@ import { useEffect, useState } from "react";
 import * as backend from "../lib/backend";
 import {
   CONSUMER_ACTIONS,
+  DEFAULT_NATS_SUBJECT,
   type BackendError,
   type CollectionInfo,
   type Consumer,
@@ -12,6 +13,7 @@ import {
   type ConsumerStart,
   type FilterCheck,
   type FilterProblem,
+  type NatsAuth,
 } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 
@@ -56,8 +58,9 @@ function wholeOrNull(text: string): number | null | "bad" {
 
 /**
  * "Create consumer", as Sequin's guide walks it: collections, actions, filter, rows or changes, where
- * it starts, then push (endpoint, headers, secret headers typed once, timeout, batch size, retries)
- * or pull (visibility timeout, the pull URL and a curl example).
+ * it starts, then push (endpoint, headers, secret headers typed once, timeout, batch size, retries),
+ * pull (visibility timeout, the pull URL and a curl example) or NATS JetStream (server, subject
+ * template, stream, credentials typed once).
  */
 export function ConsumerForm({
   profileId,
@@ -78,7 +81,14 @@ export function ConsumerForm({
   const [filter, setFilter] = useState("");
   const [mode, setMode] = useState<ConsumerMode>("changes");
   const [start, setStart] = useState<ConsumerStart>("now");
-  const [kind, setKind] = useState<"webhook" | "pull">("webhook");
+  const [kind, setKind] = useState<"webhook" | "pull" | "nats">("webhook");
+  const [natsUrl, setNatsUrl] = useState("nats://127.0.0.1:4222");
+  const [subject, setSubject] = useState(DEFAULT_NATS_SUBJECT);
+  const [stream, setStream] = useState("TIDEPOOL");
+  const [natsAuth, setNatsAuth] = useState<NatsAuth["kind"]>("none");
+  const [natsUser, setNatsUser] = useState("");
+  const [credential, setCredential] = useState("");
+  const [natsTls, setNatsTls] = useState(false);
   const [url, setUrl] = useState("");
   const [headers, setHeaders] = useState("");
   const [secrets, setSecrets] = useState<SecretRow[]>([]);
@@ -147,6 +157,30 @@ export function ConsumerForm({
         destination: { type: "pull", visibilityTimeoutMs: visibility, maxAckPending: 10000, maxWaiting: 20 },
       };
     }
+    if (kind === "nats") {
+      const timeout = wholeOrNull(timeoutMs);
+      if (timeout === null || timeout === "bad") return invalid("timeout-ms", "a whole number of milliseconds");
+      const batch = wholeOrNull(batchSize);
+      if (batch === null || batch === "bad") return invalid("batch-size", "a whole number of messages");
+      const retries = wholeOrNull(maxRetries);
+      if (retries === "bad") return invalid("max-retries", "a whole number, or blank to retry forever");
+      if (natsAuth !== "none" && credential === "") return invalid("nats-credential", "enter the credential, or choose no credentials");
+      const auth: NatsAuth = natsAuth === "userPassword" ? { kind: "userPassword", user: natsUser.trim() } : { kind: natsAuth };
+      return {
+        ...base,
+        destination: {
+          type: "nats",
+          url: natsUrl.trim(),
+          subject: subject.trim(),
+          stream: stream.trim() === "" ? null : stream.trim(),
+          auth,
+          tls: natsTls,
+          timeoutMs: timeout,
+          batchSize: batch,
+          maxRetries: retries,
+        },
+      };
+    }
     const parsed = parseHeaders(headers);
     if ("bad" in parsed) return invalid("header", `'${parsed.bad}' is not K=V`);
     const timeout = wholeOrNull(timeoutMs);
@@ -188,9 +222,11 @@ export function ConsumerForm({
         profileId,
         spec,
         kind === "webhook" ? secrets.map((s) => ({ name: s.name.trim(), value: s.value })) : [],
+        kind === "nats" && natsAuth !== "none" ? credential : undefined,
       );
       // Secret values are in the keychain now; none stays in the window.
       setSecrets([]);
+      setCredential("");
       onCreated(created);
     } catch (e) {
       const err = e as BackendError;
@@ -343,6 +379,21 @@ export function ConsumerForm({
           <input type="radio" name="kind" data-testid="consumer-kind-pull" checked={kind === "pull"} onChange={() => setKind("pull")} />
           Pull <span className="hint">your application asks for messages and acknowledges them.</span>
         </label>
+        <label className="choice">
+          <input
+            type="radio"
+            name="kind"
+            data-testid="consumer-kind-nats"
+            checked={kind === "nats"}
+            onChange={() => {
+              setKind("nats");
+              // A publish batch, not one bare message per request.
+              if (batchSize === "1") setBatchSize("100");
+              if (timeoutMs === "30000") setTimeoutMs("5000");
+            }}
+          />
+          NATS JetStream <span className="hint">Tidepool publishes each change to a stream many services can read.</span>
+        </label>
       </fieldset>
 
       {kind === "webhook" ? (
@@ -423,6 +474,101 @@ export function ConsumerForm({
           <span className="hint">
             Batch size blank: one bare message per request. Max retries blank: retry forever (backoff up to 10 min); after that a
             message is parked for Retry or Skip.
+          </span>
+        </div>
+      ) : kind === "nats" ? (
+        <div className="form" data-testid="consumer-nats">
+          <label>
+            Server URL
+            <input data-testid="consumer-nats-url" value={natsUrl} onChange={(e) => setNatsUrl(e.target.value)} placeholder="nats://127.0.0.1:4222" />
+            <span className="hint">nats://host:port or tls://host:port; several separated by commas.</span>
+          </label>
+          <label>
+            Subject
+            <input data-testid="consumer-nats-subject" value={subject} onChange={(e) => setSubject(e.target.value)} />
+            <span className="hint">
+              {"{database}"}, {"{schema}"}, {"{table}"} and {"{action}"} are filled in per message; each subject gets its changes
+              in commit order.
+            </span>
+          </label>
+          <label>
+            Stream
+            <input data-testid="consumer-nats-stream" value={stream} onChange={(e) => setStream(e.target.value)} placeholder="blank: a stream you made" />
+            <span className="hint">Created if missing, capturing every subject above. Blank: publish to a stream you made.</span>
+          </label>
+          <div className="row">
+            <label>
+              Credentials
+              <select data-testid="consumer-nats-auth" value={natsAuth} onChange={(e) => setNatsAuth(e.target.value as NatsAuth["kind"])}>
+                <option value="none">None</option>
+                <option value="token">Token</option>
+                <option value="userPassword">User and password</option>
+                <option value="nkey">NKey seed</option>
+                <option value="creds">.creds file content</option>
+              </select>
+            </label>
+            {natsAuth === "userPassword" && (
+              <label>
+                User
+                <input data-testid="consumer-nats-user" value={natsUser} onChange={(e) => setNatsUser(e.target.value)} />
+              </label>
+            )}
+            <label className="choice">
+              <input type="checkbox" data-testid="consumer-nats-tls" checked={natsTls} onChange={(e) => setNatsTls(e.target.checked)} />
+              Require TLS
+            </label>
+          </div>
+          {natsAuth !== "none" &&
+            (natsAuth === "creds" ? (
+              <label>
+                .creds content
+                <textarea
+                  data-testid="consumer-nats-credential"
+                  rows={4}
+                  autoComplete="off"
+                  spellCheck={false}
+                  value={credential}
+                  onChange={(e) => setCredential(e.target.value)}
+                />
+              </label>
+            ) : (
+              <label>
+                {natsAuth === "token" ? "Token" : natsAuth === "nkey" ? "NKey seed" : "Password"}
+                <input
+                  type="password"
+                  autoComplete="off"
+                  data-testid="consumer-nats-credential"
+                  value={credential}
+                  onChange={(e) => setCredential(e.target.value)}
+                />
+              </label>
+            ))}
+          {natsAuth !== "none" && (
+            <span className="hint">Goes to the OS keychain when you create the consumer and is never shown again.</span>
+          )}
+          <div className="row">
+            <label>
+              Ack timeout (ms)
+              <input data-testid="consumer-timeout" inputMode="numeric" value={timeoutMs} onChange={(e) => setTimeoutMs(e.target.value)} />
+            </label>
+            <label>
+              Publish batch
+              <input data-testid="consumer-batch-size" inputMode="numeric" value={batchSize} onChange={(e) => setBatchSize(e.target.value)} />
+            </label>
+            <label>
+              Max retries
+              <input
+                data-testid="consumer-max-retries"
+                inputMode="numeric"
+                value={maxRetries}
+                placeholder="forever"
+                onChange={(e) => setMaxRetries(e.target.value)}
+              />
+            </label>
+          </div>
+          <span className="hint">
+            Each message carries its idempotency key as Nats-Msg-Id, so the stream drops a message published twice. Creating the
+            consumer first connects to the server: a wrong address or credential is refused then.
           </span>
         </div>
       ) : (

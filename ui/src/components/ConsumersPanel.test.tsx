@@ -318,6 +318,45 @@ describe("Create consumer", () => {
     expect(secrets).toEqual([]);
   });
 
+  it("offers NATS JetStream and sends its subject, stream and credential apart from the definition", async () => {
+    const user = await openForm();
+    answer("addConsumer", async () => hook());
+    await user.type(screen.getByTestId("consumer-name"), "to-nats");
+    await user.click(screen.getByTestId("consumer-collection-public/orders"));
+    await user.click(screen.getByTestId("consumer-kind-nats"));
+    expect((screen.getByTestId("consumer-nats-subject") as HTMLInputElement).value).toBe("tidepool.{schema}.{table}.{action}");
+    await user.clear(screen.getByTestId("consumer-nats-url"));
+    await user.type(screen.getByTestId("consumer-nats-url"), "nats://10.0.0.5:4222");
+    await user.clear(screen.getByTestId("consumer-nats-stream"));
+    await user.type(screen.getByTestId("consumer-nats-stream"), "SHOP");
+    await user.selectOptions(screen.getByTestId("consumer-nats-auth"), "userPassword");
+    await user.type(screen.getByTestId("consumer-nats-user"), "tidepool");
+    // Without the password the form says which field is missing and calls nothing.
+    await user.click(screen.getByTestId("consumer-create"));
+    expect((await screen.findByTestId("consumer-form-error")).textContent).toContain("nats-credential");
+    expect(callsOf("addConsumer")).toEqual([]);
+    const password = screen.getByTestId("consumer-nats-credential") as HTMLInputElement;
+    expect(password.type).toBe("password");
+    await user.type(password, "pw-123");
+    await user.click(screen.getByTestId("consumer-create"));
+    await waitFor(() => expect(callsOf("addConsumer").length).toBe(1));
+    const [, spec, secrets, credential] = callsOf("addConsumer")[0] as [string, ConsumerSpec, unknown, string];
+    expect(spec.destination).toEqual({
+      type: "nats",
+      url: "nats://10.0.0.5:4222",
+      subject: "tidepool.{schema}.{table}.{action}",
+      stream: "SHOP",
+      auth: { kind: "userPassword", user: "tidepool" },
+      tls: false,
+      timeoutMs: 5000,
+      batchSize: 100,
+      maxRetries: null,
+    });
+    expect(JSON.stringify(spec)).not.toContain("pw-123");
+    expect(secrets).toEqual([]);
+    expect(credential).toBe("pw-123");
+  });
+
   it("refuses a header line that is not K=V before calling the engine, naming the field", async () => {
     const user = await openForm();
     await user.type(screen.getByTestId("consumer-name"), "x");

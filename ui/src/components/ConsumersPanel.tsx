@@ -9,7 +9,8 @@ import { ErrorNotice } from "./ErrorNotice";
 const REFRESH_EVERY_MS = 2000;
 
 /**
- * Consumers: what the profile's capture delivers to applications, by webhook (push) or the pull API.
+ * Consumers: what the profile's capture delivers to applications, by webhook (push), the pull API or
+ * NATS JetStream.
  * The list with each consumer's counts and notices, "Create consumer", the signing secret or the pull
  * API token on demand, Retry and Skip for parked messages, and delete with a confirmation.
  */
@@ -124,9 +125,15 @@ function ConsumerItem({
       <dl className="facts">
         <dt>Collections</dt>
         <dd data-testid={`${id}-collections`}>{c.collections.join(", ")}</dd>
-        <dt>{d.type === "webhook" ? "Push to" : "Pull from"}</dt>
+        <dt>{d.type === "webhook" ? "Push to" : d.type === "nats" ? "Publish to" : "Pull from"}</dt>
         <dd data-testid={`${id}-destination`}>
-          <code>{d.type === "webhook" ? d.url : pullUrl(c.name, access?.baseUrl)}</code>
+          <code>
+            {d.type === "webhook"
+              ? d.url
+              : d.type === "nats"
+                ? `${d.url} ${d.subject}${d.stream ? ` (stream ${d.stream})` : ""}`
+                : pullUrl(c.name, access?.baseUrl)}
+          </code>
         </dd>
         {c.filter && (
           <>

@@ -457,7 +457,34 @@ export interface PullDestination {
   maxWaiting: number;
 }
 
-export type ConsumerDestination = WebhookDestination | PullDestination;
+/** How Tidepool proves who it is to a NATS server; the secret itself is in the keychain. */
+export type NatsAuth =
+  | { kind: "none" }
+  | { kind: "token" }
+  | { kind: "userPassword"; user: string }
+  | { kind: "nkey" }
+  | { kind: "creds" };
+
+/** Publish to NATS JetStream: one subject per table and action, `Nats-Msg-Id` = the idempotency key. */
+export interface NatsDestination {
+  type: "nats";
+  /** `nats://host:port` or `tls://host:port`, several separated by commas. */
+  url: string;
+  /** A template with {database}, {schema}, {table} and {action}. */
+  subject: string;
+  /** A stream Tidepool creates if it is missing; null means one the user made must capture the subjects. */
+  stream: string | null;
+  auth: NatsAuth;
+  tls: boolean;
+  timeoutMs: number;
+  batchSize: number;
+  maxRetries: number | null;
+}
+
+/** The default subject template (the engine's `DEFAULT_NATS_SUBJECT`). */
+export const DEFAULT_NATS_SUBJECT = "tidepool.{schema}.{table}.{action}";
+
+export type ConsumerDestination = WebhookDestination | PullDestination | NatsDestination;
 
 /** A consumer as a person defines it ("Create consumer" sends this). */
 export interface ConsumerSpec {

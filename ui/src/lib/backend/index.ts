@@ -200,8 +200,8 @@ export const checkCollectionName = (name: string) => call<void>("check_collectio
 export const listConsumers = (id: string) => call<ConsumerView[]>("list_consumers", { id });
 
 /** "Create consumer": secret header values go to the keychain and are never shown again. */
-export const addConsumer = (id: string, spec: ConsumerSpec, secretHeaders: SecretHeaderValue[]) =>
-  call<Consumer>("add_consumer", { id, spec, secretHeaders });
+export const addConsumer = (id: string, spec: ConsumerSpec, secretHeaders: SecretHeaderValue[], credential?: string) =>
+  call<Consumer>("add_consumer", { id, spec, secretHeaders, credential: credential ?? null });
 
 /** Deletes a consumer, its queue and its keychain entries. */
 export const removeConsumer = (id: string, name: string) => call<Consumer>("remove_consumer", { id, name });

@@ -1,0 +1,474 @@
+//! Delivery to NATS JetStream against a real `nats-server -js` on loopback (Debian's nats-server,
+//! started here): every change in the stream exactly once, in commit order per subject, across a
+//! replay, a `kill -9` and a server that is down; credentials refused clearly and kept only in the
+//! keychain.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tidepool::consumers::ConsumerStore;
+use tidepool::deliver::consumer::{Destination, Mode, Nats, NatsAuth, Start};
+use tidepool::deliver::ledger::Ledger;
+use tidepool::secrets::{Keychain, Secret, SecretKey};
+use tidepool::ErrorKind;
+
+use crate::deliver::{tidepool_cli, wait_for, Shop};
+use crate::harness;
+
+/// A JetStream server on a loopback port, stopped when dropped; `restart` keeps its port and data.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    token: Option<String>,
+}
+
+fn nats_server_binary() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+    {
+        let candidate = PathBuf::from(dir).join("nats-server");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("nats-server is not installed: script/bootstrap --test installs it (apt-get install nats-server)");
+}
+
+impl NatsServer {
+    fn start(prefix: &str, token: Option<&str>) -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir: harness::temp_dir(prefix),
+            token: token.map(str::to_string),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(nats_server_binary());
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(token) = &self.token {
+            // A test server's token; real ones are never arguments (they would show in `ps`).
+            command.args(["--auth", token]);
+        }
+        self.child = Some(command.spawn().expect("starting nats-server"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message of `stream`, in stream order: (subject, Nats-Msg-Id, body).
+    async fn messages(&self, stream: &str) -> Vec<(String, String, Json)> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        let client = options.connect(self.url()).await.expect("a test client");
+        let js = async_nats::jetstream::new(client);
+        let Ok(mut stream) = js.get_stream(stream).await else {
+            return Vec::new();
+        };
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let id = m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            out.push((
+                m.subject.to_string(),
+                id,
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nats(url: &str, stream: &str) -> Nats {
+    Nats {
+        url: url.into(),
+        stream: Some(stream.into()),
+        batch_size: 20,
+        ..Nats::default()
+    }
+}
+
+/// Checks the stream against the changes expected: each exactly once (by change and by
+/// `Nats-Msg-Id`), the id equal to the message's `idempotency_key`, on its table's subject, and
+/// each subject's messages in commit order. Returns the (action, id) pairs.
+fn check_stream(messages: &[(String, String, Json)], db: &str) -> HashSet<(String, i64)> {
+    let mut changes = HashSet::new();
+    let mut ids = HashSet::new();
+    let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (subject, id, body) in messages {
+        let action = body["action"].as_str().unwrap();
+        assert_eq!(subject, &format!("tidepool.public.orders.{action}"));
+        assert_eq!(id, body["metadata"]["idempotency_key"].as_str().unwrap());
+        assert_eq!(body["metadata"]["database_name"], Json::from(db));
+        assert!(ids.insert(id.clone()), "message id {id} stored twice");
+        let change = (action.to_string(), body["record"]["id"].as_i64().unwrap());
+        assert!(changes.insert(change.clone()), "{change:?} stored twice");
+        let at = (
+            body["metadata"]["commit_lsn"].as_u64().unwrap(),
+            body["metadata"]["commit_idx"].as_u64().unwrap(),
+        );
+        if let Some(before) = last.insert(subject.as_str(), at) {
+            assert!(before < at, "{subject}: {at:?} after {before:?}");
+        }
+    }
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_reaches_the_stream_once_in_commit_order_per_subject_even_when_published_again(
+) {
+    let server = NatsServer::start("nats_once", None);
+    let shop = Shop::new("nats_once", 0);
+    shop.backfill().await;
+    let consumer = shop.add(shop.spec(
+        "to-nats",
+        Mode::Changes,
+        Start::Now,
+        Destination::Nats(nats(&server.url(), "SHOP")),
+    ));
+    // The ledger as it is before anything was published: restored below, it is Tidepool killed
+    // after publishing everything and before recording a single acknowledgement.
+    let ledger_file = tidepool::deliver::ledger::ledger_path(&shop.store);
+    let wal = ledger_file.with_extension("db-wal");
+    let before = (
+        std::fs::read(&ledger_file).unwrap(),
+        std::fs::read(&wal).ok(),
+    );
+    let capture = shop.streaming();
+    let delivery = shop.delivery();
+    for id in 1..=60 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    shop.db.sql(
+        "BEGIN; UPDATE orders SET status = 'paid' WHERE id <= 10; DELETE FROM orders WHERE id = 60; COMMIT;",
+    );
+    let expected = 60 + 10 + 1;
+    let mut messages = Vec::new();
+    for _ in 0..600 {
+        messages = server.messages("SHOP").await;
+        if messages.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changes = check_stream(&messages, &shop.db.name);
+    assert_eq!(changes.len(), expected, "{changes:?}");
+    assert!(changes.contains(&("delete".to_string(), 60)));
+    wait_for("the queue emptied", Duration::from_secs(30), || {
+        Ledger::open(&shop.store)
+            .unwrap()
+            .get(&consumer.id)
+            .unwrap()
+            .pending
+            == 0
+    })
+    .await;
+
+    // Published again from the start: JetStream drops every repeat by its Nats-Msg-Id.
+    let done = Ledger::open(&shop.store)
+        .unwrap()
+        .get(&consumer.id)
+        .unwrap()
+        .position;
+    delivery.abort();
+    let _ = delivery.await;
+    // Its workers stop at their next step; SQLite removes the WAL when the last connection closes.
+    wait_for("the ledger closed", Duration::from_secs(30), || {
+        !wal.exists()
+    })
+    .await;
+    std::fs::write(&ledger_file, &before.0).unwrap();
+    match &before.1 {
+        Some(bytes) => std::fs::write(&wal, bytes).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(&wal);
+        }
+    }
+    let _ = std::fs::remove_file(ledger_file.with_extension("db-shm"));
+    assert!(
+        Ledger::open(&shop.store)
+            .unwrap()
+            .get(&consumer.id)
+            .unwrap()
+            .position
+            < done
+    );
+    let delivery = shop.delivery();
+    wait_for(
+        "everything published again",
+        Duration::from_secs(60),
+        || {
+            let c = Ledger::open(&shop.store)
+                .unwrap()
+                .get(&consumer.id)
+                .unwrap();
+            c.pending == 0 && c.position == done
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = server.messages("SHOP").await;
+    assert_eq!(again.len(), expected, "a repeat was stored");
+    assert_eq!(check_stream(&again, &shop.db.name), changes);
+    delivery.abort();
+    capture.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_that_is_down_delays_delivery_and_loses_nothing() {
+    let mut server = NatsServer::start("nats_down", None);
+    let shop = Shop::new("nats_down", 0);
+    shop.backfill().await;
+    let consumer = shop.add(shop.spec(
+        "to-nats",
+        Mode::Changes,
+        Start::Now,
+        Destination::Nats(nats(&server.url(), "SHOP")),
+    ));
+    let capture = shop.streaming();
+    let delivery = shop.delivery();
+    for id in 1..=20 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    let mut first = Vec::new();
+    for _ in 0..300 {
+        first = server.messages("SHOP").await;
+        if first.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first.len(), 20);
+    server.stop();
+    for id in 21..=40 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id = 1;");
+    // The changes are stored (the slot moves on) while they wait in the queue.
+    wait_for(
+        "changes queued while NATS is down",
+        Duration::from_secs(30),
+        || {
+            Ledger::open(&shop.store)
+                .unwrap()
+                .get(&consumer.id)
+                .unwrap()
+                .pending
+                == 21
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.launch();
+    let mut all = Vec::new();
+    for _ in 0..900 {
+        all = server.messages("SHOP").await;
+        if all.len() >= 41 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changes = check_stream(&all, &shop.db.name);
+    assert_eq!(changes.len(), 41);
+    assert!(changes.contains(&("update".to_string(), 1)));
+    delivery.abort();
+    capture.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_tidepool_mid_publish_stores_every_change_in_the_stream_exactly_once() {
+    let server = NatsServer::start("nats_kill", None);
+    let shop = Shop::new("nats_kill", 0);
+    shop.backfill().await;
+    let store = shop.store.to_str().unwrap().to_string();
+    let added = tidepool_cli(&shop)
+        .args(["consumer", "add", "--store", &store, "--name", "to-nats"])
+        .args(["--collection", "public/orders", "--nats", &server.url()])
+        .args(["--stream", "SHOP", "--publish-batch", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    for id in 1..=300 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        shop.db.cluster.port(),
+        shop.db.name
+    );
+    let capture = || {
+        crate::deliver::Child(
+            tidepool_cli(&shop)
+                .args(["capture", "--url", &url, "--store", &store])
+                .args(["--publication", "shop_pub", "--slot", &shop.db.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = capture();
+    for _ in 0..600 {
+        if server.messages("SHOP").await.len() >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    let at_kill = server.messages("SHOP").await.len();
+    assert!(at_kill < 300, "everything was published before the kill");
+    for id in 301..=350 {
+        shop.db
+            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
+    }
+    shop.db
+        .sql("UPDATE orders SET status = 'paid' WHERE id IN (1, 2, 3, 320);");
+    let _second = capture();
+    for _ in 0..1200 {
+        if server.messages("SHOP").await.len() >= 354 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = server.messages("SHOP").await;
+    let changes = check_stream(&all, &shop.db.name);
+    assert_eq!(changes.len(), 354, "at the kill: {at_kill}");
+    assert_eq!(all.len(), 354);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nats_credentials_are_refused_clearly_and_good_ones_live_only_in_the_keychain() {
+    let server = NatsServer::start("nats_auth", Some("s3cret-nats-token"));
+    let shop = Shop::new("nats_auth", 1);
+    shop.backfill().await;
+    let consumers = ConsumerStore::at(&shop.store);
+    let mut destination = nats(&server.url(), "SHOP");
+    destination.auth = NatsAuth::Token;
+    let spec = shop.spec(
+        "to-nats",
+        Mode::Changes,
+        Start::Beginning,
+        Destination::Nats(destination),
+    );
+    let wrong = consumers
+        .add_checked(spec.clone(), vec![], Some(Secret::new("not-the-token")))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.kind(), ErrorKind::Authentication, "{wrong}");
+    assert!(
+        wrong.message().contains("authorization violation")
+            && wrong.message().contains(&server.url()),
+        "{wrong}"
+    );
+    assert!(!wrong.message().contains("not-the-token"), "{wrong}");
+    assert!(consumers.list().unwrap().is_empty(), "saved anyway");
+    let missing = consumers
+        .add_checked(spec.clone(), vec![], None)
+        .await
+        .unwrap_err();
+    assert!(
+        missing.message().starts_with("nats-credential:"),
+        "{missing}"
+    );
+
+    let consumer = consumers
+        .add_checked(spec, vec![], Some(Secret::new("s3cret-nats-token")))
+        .await
+        .unwrap();
+    let keychain = Keychain::open().unwrap();
+    let key = SecretKey::NatsCredential(consumer.id.clone());
+    assert_eq!(
+        keychain.get(&key).unwrap().unwrap().expose(),
+        "s3cret-nats-token"
+    );
+    for entry in std::fs::read_dir(&shop.store).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("s3cret-nats-token"),
+            "the credential reached a file"
+        );
+    }
+    // With the right token the backfilled row arrives.
+    let capture = shop.streaming();
+    let delivery = shop.delivery();
+    let mut messages = Vec::new();
+    for _ in 0..300 {
+        messages = server.messages("SHOP").await;
+        if !messages.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].2["action"], "read");
+    delivery.abort();
+    capture.abort();
+    consumers.remove("to-nats").unwrap();
+    assert!(
+        keychain.get(&key).unwrap().is_none(),
+        "the credential outlived its consumer"
+    );
+}
