@@ -3,6 +3,8 @@
 //! 1. Throughput: the capture rate of 100k single-row transactions (slot → store, durable) against
 //!    the webhook delivery rate of the same stored changes (store → queue → signed POSTs of 100
 //!    messages, 10 in flight → acknowledged). Reported as messages/s and delivery ÷ capture.
+//!    Then the same stored changes published to NATS JetStream (a `nats-server -js` started here,
+//!    batches of 100 publishes before their acknowledgements are awaited), reported the same way.
 //! 2. Commit-to-delivered latency at a steady 1,000 transactions/s with the capture and delivery
 //!    running side by side: from the writer's commit returning to the receiver holding the
 //!    message, p50 and p99.
@@ -22,7 +24,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use serde_json::Value as Json;
 use tidepool::capture::{run, CaptureOptions, Flush, Observer};
-use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Start, Webhook};
+use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Nats, Start, Webhook};
 use tidepool::deliver::{Database, DeliveryOptions};
 use tidepool::secrets::Keychain;
 
@@ -150,12 +152,95 @@ fn sql(cluster: &tidepool::cluster::Cluster, sql: &str) -> String {
     cluster.psql("bench", sql).expect("benchmark SQL")
 }
 
-/// The capture's and the delivery's rates for `n` single-row transactions.
+/// A `nats-server -js` on a free loopback port, killed when dropped; `None` if it is not installed.
+struct NatsServer(std::process::Child, u16, std::path::PathBuf);
+
+impl NatsServer {
+    fn start() -> Option<NatsServer> {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("tidepool-bench-nats-{}", std::process::id()));
+        let child = std::process::Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-sd")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(NatsServer(child, port, dir))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.2);
+    }
+}
+
+/// The JetStream delivery rate of the `n` changes stored in `store`, by a second consumer.
+async fn nats_throughput(
+    store: &std::path::Path,
+    keychain: &Keychain,
+    wake: tokio::sync::watch::Receiver<u64>,
+    n: u64,
+) -> Option<Rate> {
+    let server = NatsServer::start()?;
+    let url = format!("nats://127.0.0.1:{}", server.1);
+    let mut spec = consumer("http://127.0.0.1:9/unused", Start::Beginning);
+    spec.name = "bench-nats".into();
+    spec.destination = Destination::Nats(Nats {
+        url: url.clone(),
+        stream: Some("BENCH".into()),
+        batch_size: 100,
+        ..Nats::default()
+    });
+    tidepool::deliver::add_consumer(store, spec, Some(keychain), &[], None).unwrap();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let started = Instant::now();
+    let cpu_started = cpu();
+    let task = delivery(store, keychain, wake);
+    loop {
+        if let Ok(mut stream) = js.get_stream("BENCH").await {
+            if stream.info().await.map(|i| i.state.messages).unwrap_or(0) >= n {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "JetStream delivery did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_used = (cpu() - cpu_started).as_secs_f64();
+    task.abort();
+    let _ = task.await;
+    Some(Rate {
+        per_second: n as f64 / secs,
+        cpu_us: cpu_used * 1e6 / n as f64,
+    })
+}
+
+/// The capture's, the webhook delivery's and the JetStream delivery's rates for `n` single-row
+/// transactions (JetStream's `None` without nats-server).
 async fn throughput(
     cluster: &tidepool::cluster::Cluster,
     keychain: &Keychain,
     n: u64,
-) -> (Rate, Rate) {
+) -> (Rate, Rate, Option<Rate>) {
     let store =
         std::env::temp_dir().join(format!("tidepool-bench-delivery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
@@ -198,7 +283,7 @@ async fn throughput(
     .unwrap();
     let started = Instant::now();
     let cpu_started = cpu();
-    let task = delivery(&store, keychain, wake);
+    let task = delivery(&store, keychain, wake.clone());
     while (received.count.load(Ordering::SeqCst) as u64) < n {
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -210,6 +295,8 @@ async fn throughput(
     let deliver_cpu = (cpu() - cpu_started).as_secs_f64();
     task.abort();
     let _ = task.await;
+    tidepool::deliver::remove_consumer(&store, "bench", Some(keychain)).unwrap();
+    let nats = nats_throughput(&store, keychain, wake, n).await;
     let _ = std::fs::remove_dir_all(&store);
     sql(cluster, "SELECT pg_drop_replication_slot('deliver_tp');");
     let rate = |secs: f64, cpu: f64| Rate {
@@ -219,6 +306,7 @@ async fn throughput(
     (
         rate(capture_secs, capture_cpu),
         rate(deliver_secs, deliver_cpu),
+        nats,
     )
 }
 
@@ -336,7 +424,7 @@ fn main() {
     // free of a desktop session.
     let keychain = Keychain::with_store(keyring_core::mock::Store::new().unwrap(), "mock");
     let n = 100_000;
-    let (capture, delivery) = runtime.block_on(throughput(&cluster, &keychain, n));
+    let (capture, delivery, nats) = runtime.block_on(throughput(&cluster, &keychain, n));
     sql(&cluster, "TRUNCATE t;");
     let (p50, p99, samples, rate) = runtime.block_on(latency(&cluster, &keychain));
     println!("| workload | capture (slot → store) | webhook delivery (store → receiver, batches of 100) | ratio |");
@@ -353,6 +441,23 @@ fn main() {
         delivery.cpu_us,
         delivery.cpu_us / capture.cpu_us
     );
+    match nats {
+        Some(nats) => {
+            println!(
+                "| {n} single-row transactions, NATS JetStream (store → stream, acknowledged, batches of 100) | {:.0} changes/s | {:.0} messages/s | {:.2}× |",
+                capture.per_second,
+                nats.per_second,
+                nats.per_second / capture.per_second
+            );
+            println!(
+                "| CPU per message, JetStream delivery (nats-server not counted) | {:.1} µs | {:.1} µs | {:.2}× the capture's |",
+                capture.cpu_us,
+                nats.cpu_us,
+                nats.cpu_us / capture.cpu_us
+            );
+        }
+        None => println!("| NATS JetStream | nats-server is not installed: row skipped | | |"),
+    }
     println!();
     println!("Commit-to-delivered latency, {samples} single-row transactions at {rate:.0}/s (goal 1,000/s): p50 {p50:.2} ms, p99 {p99:.2} ms");
 }

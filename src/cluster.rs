@@ -505,15 +505,20 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// A test certificate authority and a server certificate it signed for the given names.
-struct TestCertificates {
-    ca_cert: String,
-    server_cert: String,
-    server_key: String,
+/// A test certificate authority and a server certificate it signed for the given names (PEM): for
+/// the test clusters, and for other servers the tests start (nats-server).
+pub struct TestCertificates {
+    /// The authority's certificate.
+    pub ca_cert: String,
+    /// The server's certificate.
+    pub server_cert: String,
+    /// The server's private key.
+    pub server_key: String,
 }
 
 impl TestCertificates {
-    fn generate(names: &[String]) -> Result<TestCertificates> {
+    /// A new authority and a certificate for `names` (host names or IP addresses).
+    pub fn generate(names: &[String]) -> Result<TestCertificates> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let tls_error =
             |e: rcgen::Error| Error::internal(format!("generating test certificates: {e}"));

@@ -24,6 +24,8 @@ struct NatsServer {
     port: u16,
     dir: PathBuf,
     token: Option<String>,
+    /// With TLS: the authority's PEM file (the server's certificate and key are beside it).
+    ca_file: Option<PathBuf>,
 }
 
 fn nats_server_binary() -> PathBuf {
@@ -42,16 +44,35 @@ fn nats_server_binary() -> PathBuf {
 
 impl NatsServer {
     fn start(prefix: &str, token: Option<&str>) -> NatsServer {
+        NatsServer::start_with(prefix, token, false)
+    }
+
+    /// A server that speaks only TLS, with a certificate for 127.0.0.1 from a test authority.
+    fn start_tls(prefix: &str) -> NatsServer {
+        NatsServer::start_with(prefix, None, true)
+    }
+
+    fn start_with(prefix: &str, token: Option<&str>, tls: bool) -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let dir = harness::temp_dir(prefix);
+        let ca_file = tls.then(|| {
+            let certs =
+                tidepool::cluster::TestCertificates::generate(&["127.0.0.1".into()]).unwrap();
+            std::fs::write(dir.join("server.pem"), &certs.server_cert).unwrap();
+            std::fs::write(dir.join("server.key"), &certs.server_key).unwrap();
+            std::fs::write(dir.join("ca.pem"), &certs.ca_cert).unwrap();
+            dir.join("ca.pem")
+        });
         let mut server = NatsServer {
             child: None,
             port,
-            dir: harness::temp_dir(prefix),
+            dir,
             token: token.map(str::to_string),
+            ca_file,
         };
         server.launch();
         server
@@ -68,6 +89,14 @@ impl NatsServer {
         if let Some(token) = &self.token {
             // A test server's token; real ones are never arguments (they would show in `ps`).
             command.args(["--auth", token]);
+        }
+        if self.ca_file.is_some() {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tlskey")
+                .arg(self.dir.join("server.key"));
         }
         self.child = Some(command.spawn().expect("starting nats-server"));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -471,4 +500,34 @@ async fn bad_nats_credentials_are_refused_clearly_and_good_ones_live_only_in_the
         keychain.get(&key).unwrap().is_none(),
         "the credential outlived its consumer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_is_trusted_through_its_authority_and_refused_without_it() {
+    let server = NatsServer::start_tls("nats_tls");
+    let mut destination = nats(&server.url(), "TLS");
+    destination.tls = true;
+    // The system's authorities do not know the test one: refused, saying it is TLS.
+    let refused = tidepool::deliver::nats::check(&destination, None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Tls, "{refused}");
+    assert!(refused.message().contains(&server.url()), "{refused}");
+    destination.ca_file = Some(server.ca_file.clone().unwrap().to_string_lossy().into());
+    tidepool::deliver::nats::check(&destination, None)
+        .await
+        .expect("a TLS connection with the server's authority");
+
+    // TLS required of a server that does not speak it: refused, not sent in the clear.
+    let plain = NatsServer::start("nats_plain", None);
+    let mut required = nats(&plain.url(), "PLAIN");
+    required.tls = true;
+    let e = tidepool::deliver::nats::check(&required, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Tls | ErrorKind::Connection),
+        "{e}"
+    );
+    assert!(e.message().to_lowercase().contains("tls"), "{e}");
 }

@@ -182,6 +182,10 @@ pub struct Nats {
     /// Refuse a connection that is not TLS (a `tls://` URL implies it).
     #[serde(default)]
     pub tls: bool,
+    /// A PEM file of the authority that signed the server's certificate, trusted besides the
+    /// system's (as libpq's `sslrootcert`).
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// How long a publish acknowledgement may take before the message counts as failed.
     pub timeout_ms: u64,
     /// Messages published before their acknowledgements are awaited.
@@ -201,6 +205,7 @@ impl Default for Nats {
             stream: None,
             auth: NatsAuth::None,
             tls: false,
+            ca_file: None,
             timeout_ms: 5_000,
             batch_size: 100,
             max_retries: None,
@@ -405,6 +410,14 @@ impl Nats {
         crate::deliver::subject::validate_template(&self.subject)?;
         if let Some(stream) = &self.stream {
             crate::deliver::subject::validate_stream_name(stream)?;
+        }
+        if let Some(file) = &self.ca_file {
+            if !std::path::Path::new(file).is_file() {
+                return Err(Error::invalid_input(
+                    "nats-ca-file",
+                    format!("{file} is not a file"),
+                ));
+            }
         }
         if let NatsAuth::UserPassword { user } = &self.auth {
             if user.is_empty() {

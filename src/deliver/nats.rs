@@ -90,6 +90,9 @@ pub async fn connect(nats: &Nats, credential: Option<&Secret>) -> Result<async_n
         .name(concat!("tidepool/", env!("CARGO_PKG_VERSION")))
         .connection_timeout(Duration::from_millis(nats.timeout_ms.max(1000)))
         .require_tls(nats.tls);
+    if let Some(file) = &nats.ca_file {
+        options = options.add_root_certificates(file.into());
+    }
     let secret = || {
         credential.map(|s| s.expose().to_string()).ok_or_else(|| {
             Error::new(
@@ -121,14 +124,23 @@ pub async fn connect(nats: &Nats, credential: Option<&Secret>) -> Result<async_n
         .collect::<Result<_>>()?;
     options.connect(addrs).await.map_err(|e| {
         use async_nats::ConnectErrorKind as K;
+        // A certificate the client refuses arrives as an I/O error carrying rustls' reason.
+        let text = e.to_string();
+        let tls_failed = ["certificate", "TLS", "tls", "corrupt message", "handshake"]
+            .iter()
+            .any(|marker| text.contains(marker));
         let (kind, hint) = match e.kind() {
+            K::Io if tls_failed => (
+                ErrorKind::Tls,
+                "TLS failed: check that the server speaks TLS and that its certificate's authority is trusted (--nats-ca-file)",
+            ),
             K::AuthorizationViolation | K::Authentication => (
                 ErrorKind::Authentication,
                 "the server refused the consumer's credentials: check the token, user and password, nkey or .creds content",
             ),
             K::Tls => (
                 ErrorKind::Tls,
-                "TLS failed: check that the server speaks TLS and that its certificate is trusted",
+                "TLS failed: check that the server speaks TLS and that its certificate's authority is trusted (--nats-ca-file)",
             ),
             _ => (
                 ErrorKind::Connection,

@@ -177,6 +177,9 @@ pub struct AddArgs {
     /// Refuse a NATS connection that is not TLS.
     #[arg(long, requires = "nats")]
     nats_tls: bool,
+    /// A PEM file of the authority that signed the NATS server's certificate.
+    #[arg(long, requires = "nats")]
+    nats_ca_file: Option<String>,
     /// How long a publish acknowledgement may take, in milliseconds.
     #[arg(long, default_value_t = 5_000, requires = "nats")]
     ack_timeout_ms: u64,
@@ -356,6 +359,7 @@ fn add(args: AddArgs) -> Result<(), Error> {
             stream: args.stream.clone(),
             auth: parse_nats_auth(&args.nats_auth)?,
             tls: args.nats_tls,
+            ca_file: args.nats_ca_file.clone(),
             timeout_ms: args.ack_timeout_ms,
             batch_size: args.publish_batch,
             max_retries: args.max_retries,

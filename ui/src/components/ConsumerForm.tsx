@@ -89,6 +89,7 @@ export function ConsumerForm({
   const [natsUser, setNatsUser] = useState("");
   const [credential, setCredential] = useState("");
   const [natsTls, setNatsTls] = useState(false);
+  const [caFile, setCaFile] = useState("");
   const [url, setUrl] = useState("");
   const [headers, setHeaders] = useState("");
   const [secrets, setSecrets] = useState<SecretRow[]>([]);
@@ -175,6 +176,7 @@ export function ConsumerForm({
           stream: stream.trim() === "" ? null : stream.trim(),
           auth,
           tls: natsTls,
+          caFile: natsTls && caFile.trim() !== "" ? caFile.trim() : null,
           timeoutMs: timeout,
           batchSize: batch,
           maxRetries: retries,
@@ -518,6 +520,18 @@ export function ConsumerForm({
               Require TLS
             </label>
           </div>
+          {natsTls && (
+            <label>
+              Certificate authority file
+              <input
+                data-testid="consumer-nats-ca-file"
+                value={caFile}
+                onChange={(e) => setCaFile(e.target.value)}
+                placeholder="blank: the system's authorities"
+              />
+              <span className="hint">A PEM file of the authority that signed the server&apos;s certificate.</span>
+            </label>
+          )}
           {natsAuth !== "none" &&
             (natsAuth === "creds" ? (
               <label>

@@ -348,6 +348,7 @@ describe("Create consumer", () => {
       stream: "SHOP",
       auth: { kind: "userPassword", user: "tidepool" },
       tls: false,
+      caFile: null,
       timeoutMs: 5000,
       batchSize: 100,
       maxRetries: null,

@@ -476,6 +476,8 @@ export interface NatsDestination {
   stream: string | null;
   auth: NatsAuth;
   tls: boolean;
+  /** A PEM file of the authority that signed the server's certificate; null trusts the system's. */
+  caFile: string | null;
   timeoutMs: number;
   batchSize: number;
   maxRetries: number | null;
