@@ -57,6 +57,15 @@ impl Default for ClusterOptions {
     }
 }
 
+/// How [`Cluster::restart`] stops the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// `pg_ctl stop -m fast`: sessions are ended, a checkpoint is written.
+    Fast,
+    /// `pg_ctl stop -m immediate`: every process quits at once; start-up replays the WAL.
+    Immediate,
+}
+
 /// A running throwaway cluster.
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -188,14 +197,8 @@ impl Cluster {
 
         let log = crate::owner_only::create(&root.join("server.log"))?;
         owner.chown(&root.join("server.log"))?;
-        let mut postgres = owner.command(&bin.join("postgres"), &root);
-        postgres
-            .args(["-D", path_str(&data)?])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        cluster.inner.spawn_server(postgres)?;
-        cluster.wait_until_ready(&data)?;
+        drop(log);
+        cluster.launch(&owner)?;
         cluster.psql(
             "postgres",
             &format!(
@@ -287,6 +290,43 @@ impl Cluster {
             )));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Starts the server on the cluster's data folder, its output appended to `server.log`.
+    fn launch(&self, owner: &ServerUser) -> Result<()> {
+        let root = &self.inner.root;
+        let data = root.join("data");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("server.log"))?;
+        let mut postgres = owner.command(&self.inner.bin.join("postgres"), root);
+        postgres
+            .args(["-D", path_str(&data)?])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.inner.spawn_server(postgres)?;
+        self.wait_until_ready(&data)
+    }
+
+    /// Stops the server as `shutdown` says and starts it again on the same data and port (the
+    /// torture tests restart it under a running capture).
+    pub fn restart(&self, shutdown: Shutdown) -> Result<()> {
+        let server = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(server) = server {
+            let signal = match shutdown {
+                Shutdown::Fast => nix::sys::signal::SIGINT,
+                Shutdown::Immediate => nix::sys::signal::SIGQUIT,
+            };
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid), signal);
+            let _ = server.keeper.join();
+        }
+        self.launch(&ServerUser::detect()?)
     }
 
     /// Stops the server and removes its folder. Idempotent; also done on drop and at exit.

@@ -18,7 +18,12 @@ pub struct Source {
 impl Source {
     /// `schema` runs first; then the publication (for all tables) and the slot are created.
     pub fn new(prefix: &str, schema: &str) -> Source {
-        let db = TestDb::new(harness::plain(), prefix);
+        Source::on(harness::plain(), prefix, schema)
+    }
+
+    /// As [`Source::new`], on a cluster of the caller's (one a test may restart).
+    pub fn on(cluster: &'static tidepool::cluster::Cluster, prefix: &str, schema: &str) -> Source {
+        let db = TestDb::new(cluster, prefix);
         db.sql(schema);
         let slot = db.name.clone();
         db.sql(&format!("CREATE PUBLICATION tidepool_pub FOR ALL TABLES; SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');"));

@@ -164,7 +164,7 @@ fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-fn webhook(url: &str, batch: Option<u32>, max_retries: Option<u32>) -> Destination {
+pub(crate) fn webhook(url: &str, batch: Option<u32>, max_retries: Option<u32>) -> Destination {
     Destination::Webhook(Webhook {
         url: url.into(),
         headers: BTreeMap::from([("x-team".to_string(), "shop".to_string())]),
@@ -178,7 +178,7 @@ fn webhook(url: &str, batch: Option<u32>, max_retries: Option<u32>) -> Destinati
 
 /// What a receiver was sent.
 #[derive(Default)]
-struct Received {
+pub(crate) struct Received {
     /// Requests answered so far.
     requests: AtomicUsize,
     /// Requests to fail (HTTP 500) before succeeding.
@@ -186,7 +186,7 @@ struct Received {
     /// Fail every request while set.
     failing: std::sync::atomic::AtomicBool,
     /// Accepted messages in arrival order.
-    accepted: Mutex<Vec<Json>>,
+    pub(crate) accepted: Mutex<Vec<Json>>,
     /// Request headers and bodies accepted.
     signed: Mutex<Vec<(HeaderMap, Bytes)>>,
     /// How long to wait after recording a request before answering it (a slow receiver).
@@ -194,7 +194,7 @@ struct Received {
 }
 
 /// A webhook receiver on a free loopback port; returns its URL.
-async fn receiver(received: Arc<Received>) -> String {
+pub(crate) async fn receiver(received: Arc<Received>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let app = hook_app(received);

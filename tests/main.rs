@@ -9,7 +9,7 @@ mod cli;
 mod connection;
 mod consumers;
 mod continuity;
-mod crash;
+
 mod deliver;
 mod demo;
 mod discovery;
@@ -27,3 +27,4 @@ mod pull_app;
 mod run;
 mod setup;
 mod tls;
+mod torture;

@@ -1,0 +1,520 @@
+//! The torture suite: a fault applied over and over while a mixed insert/update/delete workload runs,
+//! each case ending with the same checks. The current rows equal the source table; the change log
+//! holds each source change exactly once; a webhook consumer received every stored change at least
+//! once, and each `idempotency_key` names one change (so de-duplicating on it leaves each once).
+//!
+//! Short mode (the default, inside `script/test`) applies each fault a few times; long mode
+//! (`TIDEPOOL_TORTURE=long`, run by `script/torture --long`) many times over a longer workload.
+//! Each case prints its seed; `TIDEPOOL_TORTURE_SEED` replays it. docs/reliability.md holds the
+//! figures of the last long run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+use tidepool::capture::run;
+use tidepool::cluster::{Cluster, ClusterOptions, Shutdown};
+use tidepool::deliver::consumer::{ConsumerSpec, Mode, Start};
+use tidepool::deliver::{Database, DeliveryOptions};
+use tidepool::secrets::Keychain;
+
+use crate::capture::{data, Source};
+use crate::deliver::{receiver, webhook, Received};
+
+/// A small xorshift generator: reproducible from the printed seed, no dependency.
+pub(crate) struct Random(pub(crate) u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Whether the long mode was asked for.
+fn long() -> bool {
+    std::env::var("TIDEPOOL_TORTURE").as_deref() == Ok("long")
+}
+
+/// How many times a case applies its fault, and how long its workload runs: `short` in the test
+/// command, `long` in long mode.
+fn scale(short: (usize, u64), long_mode: (usize, u64)) -> (usize, Duration) {
+    let (n, secs) = if long() { long_mode } else { short };
+    (n, Duration::from_secs(secs))
+}
+
+/// The case's seed, printed so a failure can be replayed.
+fn seed(case: &str) -> u64 {
+    let seed = std::env::var("TIDEPOOL_TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("torture {case}: seed {seed} (replay with TIDEPOOL_TORTURE_SEED={seed})");
+    seed
+}
+
+/// Lets a fault pause the workload between transactions (a restart of the server must not cut a
+/// COMMIT whose outcome the count would then not know).
+#[derive(Default)]
+struct Gate(tokio::sync::RwLock<()>);
+
+/// The mixed workload on table `t`: single-row statements and small multi-statement transactions
+/// (some rows large enough to be TOASTed, so updates send them unchanged), for `duration`.
+/// Returns how many changes were committed. It reconnects when its connection was closed while the
+/// gate was shut.
+async fn workload(
+    spec: tidepool::connection::ConnectionSpec,
+    seed: u64,
+    duration: Duration,
+    gate: Arc<Gate>,
+) -> u64 {
+    let mut client = tidepool::connection::connect(&spec).await.unwrap();
+    let mut random = Random(seed);
+    let mut live: Vec<i32> = Vec::new();
+    let mut next_id = 1;
+    let mut changes = 0u64;
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        let _open = gate.0.read().await;
+        if client.is_closed() {
+            client = tidepool::connection::connect(&spec).await.unwrap();
+        }
+        let statements = if random.below(5) == 0 { 3 } else { 1 };
+        let mut sql = String::from("BEGIN;");
+        let mut planned = live.clone();
+        let mut planned_next = next_id;
+        for _ in 0..statements {
+            let choice = if planned.is_empty() {
+                0
+            } else {
+                random.below(10)
+            };
+            match choice {
+                0..=3 => {
+                    let size = if random.below(4) == 0 { 5000 } else { 20 };
+                    sql.push_str(&format!(
+                        "INSERT INTO t VALUES ({planned_next}, 1, repeat(md5('{planned_next}'), {size} / 32 + 1));"
+                    ));
+                    planned.push(planned_next);
+                    planned_next += 1;
+                }
+                4..=7 => {
+                    let id = planned[random.below(planned.len() as u64) as usize];
+                    sql.push_str(&format!(
+                        "UPDATE t SET version = version + 1 WHERE id = {id};"
+                    ));
+                }
+                _ => {
+                    let id = planned.swap_remove(random.below(planned.len() as u64) as usize);
+                    sql.push_str(&format!("DELETE FROM t WHERE id = {id};"));
+                }
+            }
+        }
+        sql.push_str("COMMIT;");
+        if let Err(e) = client.batch_execute(&sql).await {
+            // Only a connection the server closed while the gate was shut (a restart) fails here,
+            // and it failed before the transaction began: nothing of it committed. Again, anew.
+            assert!(client.is_closed(), "the workload failed: {e}");
+            client = tidepool::connection::connect(&spec).await.unwrap();
+            client.batch_execute(&sql).await.unwrap();
+        }
+        live = planned;
+        next_id = planned_next;
+        changes += statements as u64;
+    }
+    changes
+}
+
+/// The checks every case ends with, once the store has caught up with the source.
+async fn verify(source: &Source, total_changes: u64, received: Option<&Received>) {
+    source.catch_up().await;
+    // Each source change is in the log exactly once.
+    let changes = source.changes("public/t");
+    let identity = |change: &Json| match change["_meta"]["op"].as_str().unwrap() {
+        "d" => json!(["d", change["id"]]).to_string(),
+        op => json!([op, change["id"], change["version"]]).to_string(),
+    };
+    let mut seen = HashSet::new();
+    for change in &changes {
+        let id = identity(change);
+        assert!(seen.insert(id.clone()), "stored twice: {id}");
+    }
+    assert_eq!(
+        changes.len() as u64,
+        total_changes,
+        "the change log holds {} of {total_changes} changes",
+        changes.len()
+    );
+    // The current rows equal the source table exactly.
+    let source_rows: BTreeMap<i64, Json> = source
+        .db
+        .sql("SELECT json_build_object('id', id, 'version', version, 'payload', payload) FROM t ORDER BY id;")
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .map(|r| (r["id"].as_i64().unwrap(), r))
+        .collect();
+    let stored_rows: BTreeMap<i64, Json> = source
+        .rows("public/t")
+        .iter()
+        .map(data)
+        .map(|r| (r["id"].as_i64().unwrap(), r))
+        .collect();
+    assert_eq!(stored_rows.len(), source_rows.len());
+    for (id, row) in &source_rows {
+        assert_eq!(stored_rows.get(id), Some(row), "row {id} differs");
+    }
+    assert!(source.confirmed_flush() <= source.store().checkpoint().unwrap());
+
+    // The consumer: every change at least once, each idempotency_key one change.
+    let Some(received) = received else {
+        return;
+    };
+    let message_identity = |m: &Json| match m["action"].as_str().unwrap() {
+        "delete" => json!(["d", m["record"]["id"]]).to_string(),
+        "insert" => json!(["c", m["record"]["id"], m["record"]["version"]]).to_string(),
+        _ => json!(["u", m["record"]["id"], m["record"]["version"]]).to_string(),
+    };
+    let started = Instant::now();
+    loop {
+        let accepted = received.accepted.lock().unwrap().clone();
+        let got: HashSet<String> = accepted.iter().map(message_identity).collect();
+        if seen.is_subset(&got) {
+            let mut keys: HashMap<String, String> = HashMap::new();
+            for m in &accepted {
+                let key = m["metadata"]["idempotency_key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let change = message_identity(m);
+                let first = keys.entry(key.clone()).or_insert_with(|| change.clone());
+                assert_eq!(first, &change, "idempotency_key {key} names two changes");
+            }
+            assert_eq!(keys.len(), seen.len(), "after de-duplication");
+            eprintln!(
+                "consumer: {} messages for {} changes ({} repeats, harmless by their key)",
+                accepted.len(),
+                seen.len(),
+                accepted.len() - seen.len()
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the consumer is missing {} changes, e.g. {:?}",
+            seen.difference(&got).count(),
+            seen.difference(&got).next()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A webhook consumer of `public/t` from the beginning, with its receiver. The capture must have
+/// stored the collection first.
+async fn consumer(source: &Source) -> Arc<Received> {
+    let received = Arc::new(Received::default());
+    let url = receiver(received.clone()).await;
+    let spec = ConsumerSpec {
+        name: "torture".into(),
+        collections: vec!["public/t".into()],
+        actions: vec![],
+        filter: None,
+        mode: Mode::Changes,
+        start: Start::Beginning,
+        group_by: vec![],
+        destination: webhook(&url, Some(50), None),
+    };
+    let keychain = Keychain::open().expect("the test keychain");
+    tidepool::deliver::add_consumer(&source.store, spec, Some(&keychain), &[], None)
+        .expect("adding the consumer");
+    received
+}
+
+/// Delivery beside an in-process capture.
+fn delivery(source: &Source) -> tokio::task::JoinHandle<()> {
+    let options = DeliveryOptions {
+        store_dir: source.store.clone(),
+        database: Database {
+            name: "torture".into(),
+            database: source.db.name.clone(),
+            hostname: "127.0.0.1".into(),
+        },
+        keychain: Some(Keychain::open().expect("the test keychain")),
+        // Never bumped: delivery re-reads the store every second.
+        wake: tokio::sync::watch::channel(0).1,
+    };
+    tokio::spawn(async move {
+        tidepool::deliver::run(options).await.expect("delivery");
+    })
+}
+
+fn source(cluster: &'static Cluster, prefix: &str) -> Source {
+    let source = Source::on(
+        cluster,
+        prefix,
+        "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL, payload text);",
+    );
+    // The collection exists once a first change is stored; the consumer is added then.
+    source.db.sql("INSERT INTO t VALUES (0, 1, 'first');");
+    source
+}
+
+/// Each case's first change (row 0), counted with the workload's.
+const FIRST: u64 = 1;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_capture_at_random_moments_loses_and_doubles_nothing() {
+    let (kills_wanted, duration) = scale((5, 8), (20, 40));
+    let seed = seed("kill -9");
+    let source = source(crate::harness::plain(), "torture_kill");
+    source.catch_up().await;
+    let received = consumer(&source).await;
+    let spec = source.db.spec();
+    let workload = tokio::spawn(workload(spec, seed, duration, Arc::default()));
+    // Capture processes (delivering to the consumer too) killed with SIGKILL at random moments.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        source.db.cluster.port(),
+        source.db.name
+    );
+    let mut random = Random(seed.rotate_left(17) | 1);
+    let mut kills = 0;
+    while !workload.is_finished() || kills < kills_wanted {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(["capture", "--url", &url, "--store"])
+            .arg(&source.store)
+            .args(["--publication", "tidepool_pub", "--slot", &source.slot])
+            .env(
+                "PGPASSWORD",
+                source.db.cluster.superuser_password().expose(),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150 + random.below(700))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let total = workload.await.unwrap() + FIRST;
+    assert!(kills >= kills_wanted, "only {kills} kills happened");
+    eprintln!("torture kill -9: {total} changes, {kills} kills");
+    // What was queued and not acknowledged at the last kill goes out now.
+    let delivery = delivery(&source);
+    verify(&source, total, Some(&received)).await;
+    delivery.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walsender_terminated_again_and_again_loses_and_doubles_nothing() {
+    let (terminations_wanted, duration) = scale((4, 6), (30, 40));
+    let seed = seed("walsender terminated");
+    let source = source(crate::harness::plain(), "torture_walsender");
+    source.catch_up().await;
+    let received = consumer(&source).await;
+    let capture = tokio::spawn(run(source.options(None)));
+    let delivery = delivery(&source);
+    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let mut random = Random(seed.rotate_left(11) | 1);
+    let mut terminations = 0;
+    let started = Instant::now();
+    // Past the workload too, until enough terminations landed (a reconnect takes a moment).
+    while !workload.is_finished()
+        || (terminations < terminations_wanted && started.elapsed() < Duration::from_secs(120))
+    {
+        tokio::time::sleep(Duration::from_millis(300 + random.below(600))).await;
+        let n = source.db.sql(&format!(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{}' AND active;",
+            source.slot
+        ));
+        terminations += n.trim().parse::<usize>().unwrap_or(0);
+    }
+    let total = workload.await.unwrap() + FIRST;
+    assert!(
+        terminations >= terminations_wanted,
+        "only {terminations} terminations happened"
+    );
+    assert!(
+        !capture.is_finished(),
+        "the capture gave up: {:?}",
+        capture.await
+    );
+    capture.abort();
+    eprintln!("torture walsender: {total} changes, {terminations} terminations");
+    verify(&source, total, Some(&received)).await;
+    delivery.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_fast_and_immediate_mid_stream_loses_and_doubles_nothing() {
+    let (restarts_wanted, duration) = scale((2, 8), (10, 60));
+    let seed = seed("postgres restarted");
+    // A cluster of its own: restarting the shared one would cut every other test.
+    let cluster: &'static Cluster = Box::leak(Box::new(
+        Cluster::start(ClusterOptions::default()).expect("a cluster to restart"),
+    ));
+    let source = source(cluster, "torture_restart");
+    source.catch_up().await;
+    let received = consumer(&source).await;
+    let capture = tokio::spawn(run(source.options(None)));
+    let delivery = delivery(&source);
+    let gate: Arc<Gate> = Arc::default();
+    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, gate.clone()));
+    let mut random = Random(seed.rotate_left(5) | 1);
+    let mut restarts = 0;
+    while !workload.is_finished() || restarts < restarts_wanted {
+        tokio::time::sleep(Duration::from_millis(800 + random.below(1200))).await;
+        let shutdown = if restarts % 2 == 0 {
+            Shutdown::Fast
+        } else {
+            Shutdown::Immediate
+        };
+        let _closed = gate.0.write().await;
+        tokio::task::block_in_place(|| cluster.restart(shutdown)).expect("restarting PostgreSQL");
+        restarts += 1;
+    }
+    let total = workload.await.unwrap() + FIRST;
+    assert!(
+        restarts >= restarts_wanted,
+        "only {restarts} restarts happened"
+    );
+    assert!(
+        !capture.is_finished(),
+        "the capture gave up: {:?}",
+        capture.await
+    );
+    capture.abort();
+    eprintln!("torture restart: {total} changes, {restarts} restarts (fast and immediate)");
+    verify(&source, total, Some(&received)).await;
+    delivery.abort();
+    drop(source);
+    cluster.stop();
+}
+
+/// A TCP proxy between the capture and PostgreSQL that the test can cut (every connection reset)
+/// or stall (nothing forwarded until released).
+struct Proxy {
+    port: u16,
+    cuts: Arc<AtomicUsize>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (c, s) = (cuts.clone(), stalled.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (cuts, stalled) = (c.clone(), s.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let generation = cuts.load(Ordering::SeqCst);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let pipe =
+                        |mut from: tokio::net::tcp::OwnedReadHalf,
+                         mut to: tokio::net::tcp::OwnedWriteHalf| {
+                            let (cuts, stalled) = (cuts.clone(), stalled.clone());
+                            async move {
+                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                let mut buf = vec![0u8; 64 * 1024];
+                                loop {
+                                    let n = tokio::select! {
+                                        r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+                                        _ = tokio::time::sleep(Duration::from_millis(50)) => 0,
+                                    };
+                                    if cuts.load(Ordering::SeqCst) != generation {
+                                        return;
+                                    }
+                                    while stalled.load(Ordering::SeqCst) {
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                    }
+                                    if n > 0 && to.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                    // Either direction ending (or a cut) drops both halves: the connection resets.
+                    tokio::select! {
+                        _ = pipe(cr, sw) => {}
+                        _ = pipe(sr, cw) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            cuts,
+            stalled,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_and_stalled_by_a_proxy_lose_and_double_nothing() {
+    let (faults_wanted, duration) = scale((4, 8), (25, 60));
+    let seed = seed("proxy cut and stall");
+    let source = source(crate::harness::plain(), "torture_proxy");
+    source.catch_up().await;
+    let received = consumer(&source).await;
+    let proxy = Proxy::start(source.db.cluster.port()).await;
+    let mut options = source.options(None);
+    options.spec.port = proxy.port;
+    let capture = tokio::spawn(run(options));
+    let delivery = delivery(&source);
+    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let mut random = Random(seed.rotate_left(23) | 1);
+    let (mut cuts, mut stalls) = (0, 0);
+    while !workload.is_finished() || cuts + stalls < faults_wanted {
+        tokio::time::sleep(Duration::from_millis(400 + random.below(800))).await;
+        if random.below(3) == 0 {
+            // A stall shorter than the capture's timeouts: it must ride it out.
+            proxy.stalled.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500 + random.below(1500))).await;
+            proxy.stalled.store(false, Ordering::SeqCst);
+            stalls += 1;
+        } else {
+            proxy.cuts.fetch_add(1, Ordering::SeqCst);
+            cuts += 1;
+        }
+    }
+    let total = workload.await.unwrap() + FIRST;
+    assert!(
+        cuts + stalls >= faults_wanted,
+        "only {cuts} cuts and {stalls} stalls"
+    );
+    assert!(
+        !capture.is_finished(),
+        "the capture gave up: {:?}",
+        capture.await
+    );
+    capture.abort();
+    eprintln!("torture proxy: {total} changes, {cuts} cuts, {stalls} stalls");
+    verify(&source, total, Some(&received)).await;
+    delivery.abort();
+}
