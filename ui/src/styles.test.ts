@@ -35,6 +35,9 @@ const TEXT_PAIRS: [string, string][] = [
   ["--text", "--card"],
   ["--text", "--code-bg"],
   ["--text", "--error-bg"],
+  // Inside an error notice: the "Details" toggle and a link-button next step.
+  ["--muted", "--error-bg"],
+  ["--accent", "--error-bg"],
   ["--muted", "--card"],
   ["--muted", "--bg"],
   ["--accent", "--card"],
