@@ -1457,13 +1457,17 @@ async fn overflow(client: &Client) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tab_is_reachable_and_stays_put_from_the_smallest_window_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let database = database_with_items("e2e_small_window", 20);
-    let data = temp_data_dir("small_window");
-    save_profile(
-        &data,
-        serde_json::json!({"name": "Small window", "user": "postgres", "database": database}),
-        cluster().superuser_password().expose(),
-    );
+    // Published, so Capture and Collections have rows to show: the first window backfills them.
+    let (_database, data, _id, _store) = published_items(
+        "e2e_small_window",
+        40,
+        "small_window",
+        "Small window",
+        "e2e_small_pub",
+        "e2e_small_slot",
+    )
+    .await;
+    let mut captured = false;
     for theme in ["light", "dark"] {
         // WebKitGTK takes prefers-color-scheme from the GTK theme's variant.
         let gtk_theme = if theme == "dark" {
@@ -1487,22 +1491,38 @@ async fn every_tab_is_reachable_and_stays_put_from_the_smallest_window_up() {
                 serde_json::json!(theme == "dark"),
                 "the {theme} theme did not take"
             );
-            every_tab_reachable(&client, &format!("{theme}-{size}"), (width, height)).await;
+            every_tab_reachable(
+                &client,
+                &format!("{theme}-{size}"),
+                (width, height),
+                !captured,
+            )
+            .await;
+            captured = true;
             close(client).await;
         }
     }
 }
 
 /// [`every_tab_is_reachable_and_stays_put_from_the_smallest_window_up`] in one theme and window size
-/// (`case` names both).
-async fn every_tab_reachable(client: &Client, case: &str, (width, height): (u32, u32)) {
+/// (`case` names both); `capture` first backfills the profile's `items`.
+async fn every_tab_reachable(
+    client: &Client,
+    case: &str,
+    (width, height): (u32, u32),
+    capture: bool,
+) {
     // The first screen: what Tidepool does and the two ways to start, in view without scrolling.
     for id in ["welcome-what", "welcome-connect", "welcome-demo"] {
         let at = placement(client, id).await;
         assert!(at.inside() && at.hit, "{case}: {id} is not in view: {at:?}");
     }
     screenshot(client, &format!("window-{case}-welcome")).await;
-    click(client, "profile-Small window").await;
+    if capture {
+        capture_backfilled(client, "Small window").await;
+    } else {
+        click(client, "profile-Small window").await;
+    }
     for tab in TABS {
         let id = format!("tab-{tab}");
         let at = placement(client, &id).await;
@@ -1527,6 +1547,26 @@ async fn every_tab_reachable(client: &Client, case: &str, (width, height): (u32,
         );
         // Let the screen load what it shows before it is measured and photographed.
         tokio::time::sleep(Duration::from_millis(700)).await;
+        if tab == "collections" {
+            // A clicked row's document opens where it can be seen, not below the list.
+            click(client, "collection-public/items").await;
+            // A cell, as a user clicks (WebKitWebDriver will not click a whole <tr>).
+            client
+                .wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(&format!("{} td", by_test_id("preview-row"))))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: waiting for a preview row: {e:?}"))
+                .click()
+                .await
+                .unwrap_or_else(|e| panic!("{case}: clicking a preview row: {e:?}"));
+            let document = placement(client, "preview-document").await;
+            assert!(
+                (0.0..document.height).contains(&document.top)
+                    && (0.0..document.width).contains(&document.left),
+                "{case}: the document opened out of view: {document:?}"
+            );
+        }
         let spill = overflow(client).await;
         assert_eq!(
             spill,
