@@ -1595,6 +1595,19 @@ async fn every_tab_reachable(
         "{case}: the tabs moved"
     );
     assert!(after.inside() && after.hit, "{case}: {after:?}");
+
+    // Settings, the one screen outside a profile, fits too.
+    click(client, "open-settings").await;
+    wait_for_text(client, "keychain-status", |t| !t.is_empty()).await;
+    let spill = overflow(client).await;
+    assert_eq!(
+        spill,
+        serde_json::json!({
+            "pageTaller": false, "pageWider": false, "screenWider": false, "sidebarWider": false
+        }),
+        "{case}: settings"
+    );
+    screenshot(client, &format!("window-{case}-settings")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,12 +24,17 @@ type Result =
   | { status: "saved" }
   | { status: "failed"; error: BackendError; during: "test" | "save" | "delete" };
 
-/** The field a failed test or save is most likely about, by the error's kind. */
-const FIELD_AT_FAULT: Partial<Record<BackendError["kind"], "address" | "password" | "database">> = {
-  Connection: "address",
-  Authentication: "password",
-  NotFound: "database",
-};
+type Field = "address" | "password";
+
+/**
+ * The field a failed test or save is about, by the error's kind (never by its message): the address
+ * for a server that cannot be reached, the password for a refused login.
+ */
+function fieldAtFault(error: BackendError): Field | undefined {
+  if (error.kind === "Connection") return "address";
+  if (error.kind === "Authentication") return "password";
+  return undefined;
+}
 
 interface Props {
   /** The saved profile being edited, or null for a new one. */
@@ -139,9 +144,9 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     }
   }
 
-  const fault = result.status === "failed" && result.during !== "delete" ? FIELD_AT_FAULT[result.error.kind] : undefined;
+  const fault = result.status === "failed" && result.during !== "delete" ? fieldAtFault(result.error) : undefined;
   // Marks the field the error below is about, for the eye and for screen readers.
-  const marked = (field: "address" | "password" | "database") =>
+  const marked = (field: Field) =>
     fault === field ? { "aria-invalid": true, "aria-describedby": "connection-error" } : {};
   const keepsPassword = profile?.password === "keychain" && profile.secret === "inKeychain";
   return (
@@ -226,7 +231,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
         </label>
         <label>
           Database
-          <input data-testid="database" {...marked("database")} value={draft.database} onChange={(e) => update("database", e.target.value)} autoComplete="off" spellCheck={false} />
+          <input data-testid="database" value={draft.database} onChange={(e) => update("database", e.target.value)} autoComplete="off" spellCheck={false} />
         </label>
         <fieldset className="inline">
           <legend>Password storage</legend>
