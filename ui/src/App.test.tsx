@@ -38,6 +38,7 @@ describe("App's first screen", () => {
   it("says what Tidepool does and offers the two ways to start first, above the form", async () => {
     render(<App />);
     const welcome = await screen.findByTestId("welcome");
+    expect(screen.queryByTestId("welcome-saved")).toBeNull();
     expect(screen.getByTestId("welcome-what").textContent).toMatch(/^Tidepool copies every insert, update and delete/);
     // One sentence.
     expect(screen.getByTestId("welcome-what").textContent!.trim().match(/\.\s/g)).toBeNull();
@@ -77,6 +78,8 @@ describe("App's first screen", () => {
     answer("listProfiles", async () => [profileView({ id: "p1", name: "Prod" })]);
     const user = userEvent.setup();
     render(<App />);
+    // With saved connections, the first screen also points at them.
+    expect((await screen.findByTestId("welcome-saved")).textContent).toBe("Or open your saved connection on the left.");
     await user.click(await screen.findByTestId("profile-Prod"));
     expect(screen.queryByTestId("welcome")).toBeNull();
     // The tab bar sits outside the scrolling screen, so it never scrolls away.

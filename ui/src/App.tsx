@@ -129,6 +129,7 @@ export function App() {
                 demo={demo}
                 onConnect={() => setView({ screen: "profile", id: null, form: true })}
                 onOpenDemo={(id) => setView({ screen: "profile", id, tab: "setup" })}
+                saved={profiles?.length ?? 0}
               />
             )}
             {view.screen === "settings" ? (

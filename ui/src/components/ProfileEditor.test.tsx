@@ -183,6 +183,25 @@ describe("ProfileEditor", () => {
     }
   });
 
+  it("marks the address when the server cannot be reached, and no field for other kinds", async () => {
+    let failure = { kind: "Connection", message: "127.0.0.1:1: connection refused" };
+    answer("testConnection", async () => {
+      throw failure;
+    });
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("test-connection"));
+    await screen.findByTestId("connection-error");
+    expect(screen.getByTestId("address").getAttribute("aria-invalid")).toBe("true");
+    expect(screen.getByTestId("password").getAttribute("aria-invalid")).toBeNull();
+    failure = { kind: "NotFound", message: 'database "nope" does not exist' };
+    await user.click(screen.getByTestId("test-connection"));
+    await waitFor(() => expect(screen.getByTestId("connection-error-message").textContent).toContain("nope"));
+    for (const field of ["address", "password", "database"]) {
+      expect(screen.getByTestId(field).getAttribute("aria-invalid"), field).toBeNull();
+    }
+  });
+
   it("deletes only after confirmation and hands on what was deleted", async () => {
     const removed = {
       profile: "Prod",

@@ -6,13 +6,15 @@ interface Props {
   onConnect: () => void;
   /** Opens the running demo's profile. */
   onOpenDemo: (id: string) => void;
+  /** How many connections are saved (the sidebar lists them). */
+  saved: number;
 }
 
 /**
  * The first screen while no profile is open: what Tidepool does, in one sentence, and the two ways to
  * start where the eye lands (the demo's own card sits at the bottom of the sidebar).
  */
-export function Welcome({ demo, onConnect, onOpenDemo }: Props) {
+export function Welcome({ demo, onConnect, onOpenDemo, saved }: Props) {
   const { state } = demo;
   const running = state.status === "running" || state.status === "stopping" ? state.id : null;
   return (
@@ -42,6 +44,13 @@ export function Welcome({ demo, onConnect, onOpenDemo }: Props) {
           <span className="hint">A PostgreSQL on this computer with sample tables and live writes, removed when Tidepool quits.</span>
         </div>
       </div>
+      {saved > 0 && (
+        <p className="hint" data-testid="welcome-saved">
+          {saved === 1
+            ? "Or open your saved connection on the left."
+            : `Or open one of your ${saved} saved connections on the left.`}
+        </p>
+      )}
       {state.status === "failed" && (
         <p className="field-error" role="alert" data-testid="welcome-demo-error">
           The demo could not start: {state.error.message}
