@@ -271,6 +271,12 @@ async fn text_of(client: &Client, id: &str) -> String {
     element.text().await.unwrap()
 }
 
+/// The kind of the error notice `id`, read as a user would: after opening its "Details".
+async fn error_kind(client: &Client, id: &str) -> String {
+    click(client, &format!("{id}-details")).await;
+    text_of(client, &format!("{id}-kind")).await
+}
+
 async fn screenshot(client: &Client, name: &str) {
     step(format!("screenshot {name}"));
     let png = client.screenshot().await.expect("screenshot");
@@ -515,12 +521,14 @@ async fn a_wrong_password_shows_an_authentication_error() {
     let client = driver.session().await;
 
     fill_connection_form(&client, "definitely-wrong", &database).await;
-    let kind = text_of(&client, "connection-error-kind").await;
+    let title = text_of(&client, "connection-error-title").await;
     let message = text_of(&client, "connection-error-message").await;
+    let kind = error_kind(&client, "connection-error").await;
     let page = client.source().await.unwrap();
     screenshot(&client, "connection-wrong-password").await;
     close(client).await;
 
+    assert_eq!(title, "The server refused the login.");
     assert_eq!(kind, "Authentication");
     assert!(
         message.contains("password authentication failed"),
@@ -1167,8 +1175,10 @@ async fn a_slot_dropped_behind_the_capture_is_refused_and_re_backfilled_from_the
 
     // Start: refused, with what happened and the way out, on Capture and on Monitor.
     click(&client, "capture-start").await;
-    let kind = wait_for_text(&client, "capture-failure-kind", |t| t == "Diverged").await;
-    assert_eq!(kind, "Diverged");
+    let sentence = "The store can no longer follow the source without a gap.";
+    let title = wait_for_text(&client, "capture-failure-title", |t| t == sentence).await;
+    assert_eq!(title, sentence);
+    assert_eq!(error_kind(&client, "capture-failure").await, "Diverged");
     let message = text_of(&client, "capture-failure-message").await;
     assert!(message.contains("past the store's checkpoint"), "{message}");
     screenshot(&client, "gap-1-capture-refused").await;
@@ -1358,6 +1368,295 @@ async fn the_window_reopens_at_the_size_it_was_left() {
     let (width, height) = client.get_window_size().await.unwrap();
     close(client).await;
     assert_eq!((width, height), (900, 640));
+}
+
+/// The profile's tabs, in the order the tab bar shows them.
+const TABS: [&str; 7] = [
+    "connection",
+    "setup",
+    "tables",
+    "capture",
+    "collections",
+    "consumers",
+    "monitor",
+];
+
+/// Where an element is in the window, and whether a click at its centre lands on it (nothing covers
+/// it): what a user of that window can see and reach.
+#[derive(Debug)]
+struct Placement {
+    left: f64,
+    top: f64,
+    right: f64,
+    bottom: f64,
+    /// The window's inner (viewport) width and height.
+    width: f64,
+    height: f64,
+    hit: bool,
+}
+
+impl Placement {
+    fn inside(&self) -> bool {
+        self.left >= 0.0
+            && self.top >= 0.0
+            && self.right <= self.width
+            && self.bottom <= self.height
+            && self.right > self.left
+            && self.bottom > self.top
+    }
+}
+
+async fn placement(client: &Client, id: &str) -> Placement {
+    step(format!("measuring {id}"));
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id(id)))
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {id}: {e:?}"));
+    let script = "const el = document.querySelector(arguments[0]);
+        const r = el.getBoundingClientRect();
+        const hit = document.elementFromPoint((r.left + r.right) / 2, (r.top + r.bottom) / 2);
+        return [r.left, r.top, r.right, r.bottom, innerWidth, innerHeight,
+                hit !== null && (hit === el || el.contains(hit))];";
+    let v = client
+        .execute(script, vec![serde_json::json!(by_test_id(id))])
+        .await
+        .unwrap_or_else(|e| panic!("measuring {id}: {e:?}"));
+    let n = |i: usize| v[i].as_f64().unwrap_or_else(|| panic!("{id}: {v}"));
+    Placement {
+        left: n(0),
+        top: n(1),
+        right: n(2),
+        bottom: n(3),
+        width: n(4),
+        height: n(5),
+        hit: v[6].as_bool().unwrap(),
+    }
+}
+
+/// Whether the page itself scrolls (taller or wider than the window), and whether the screen under
+/// the tabs or the sidebar is wider than its box (text cut at the right, or a sideways scroll for the
+/// whole column).
+async fn overflow(client: &Client) -> serde_json::Value {
+    client
+        .execute(
+            "const page = document.scrollingElement;
+             const wider = (id) => {
+               const el = document.querySelector(`[data-testid=\"${id}\"]`);
+               return el !== null && el.scrollWidth > el.clientWidth;
+             };
+             return {pageTaller: page.scrollHeight > innerHeight, pageWider: page.scrollWidth > innerWidth,
+                     screenWider: wider('screen'), sidebarWider: wider('sidebar')};",
+            vec![],
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tab_is_reachable_and_stays_put_from_the_smallest_window_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Published, so Capture and Collections have rows to show: the first window backfills them.
+    let (_database, data, _id, _store) = published_items(
+        "e2e_small_window",
+        40,
+        "small_window",
+        "Small window",
+        "e2e_small_pub",
+        "e2e_small_slot",
+    )
+    .await;
+    let mut captured = false;
+    for theme in ["light", "dark"] {
+        // WebKitGTK takes prefers-color-scheme from the GTK theme's variant.
+        let gtk_theme = if theme == "dark" {
+            "Adwaita:dark"
+        } else {
+            "Adwaita"
+        };
+        let driver = Driver::start_with(&data, &[("GTK_THEME", gtk_theme)]);
+        for (size, (width, height)) in [("small", (720, 520)), ("wide", (1280, 800))] {
+            let client = driver.session().await;
+            client.set_window_size(width, height).await.unwrap();
+            let dark = client
+                .execute(
+                    "return matchMedia('(prefers-color-scheme: dark)').matches;",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                dark,
+                serde_json::json!(theme == "dark"),
+                "the {theme} theme did not take"
+            );
+            every_tab_reachable(
+                &client,
+                &format!("{theme}-{size}"),
+                (width, height),
+                !captured,
+            )
+            .await;
+            captured = true;
+            close(client).await;
+        }
+    }
+}
+
+/// [`every_tab_is_reachable_and_stays_put_from_the_smallest_window_up`] in one theme and window size
+/// (`case` names both); `capture` first backfills the profile's `items`.
+async fn every_tab_reachable(
+    client: &Client,
+    case: &str,
+    (width, height): (u32, u32),
+    capture: bool,
+) {
+    // The first screen: what Tidepool does and the two ways to start, in view without scrolling.
+    for id in ["welcome-what", "welcome-connect", "welcome-demo"] {
+        let at = placement(client, id).await;
+        assert!(at.inside() && at.hit, "{case}: {id} is not in view: {at:?}");
+    }
+    screenshot(client, &format!("window-{case}-welcome")).await;
+    if capture {
+        capture_backfilled(client, "Small window").await;
+    } else {
+        click(client, "profile-Small window").await;
+    }
+    for tab in TABS {
+        let id = format!("tab-{tab}");
+        let at = placement(client, &id).await;
+        assert!(
+            at.width <= f64::from(width) && at.height <= f64::from(height),
+            "the window did not take the size {width}×{height}: {at:?}"
+        );
+        assert!(at.inside(), "{case}: {id} is not inside the window: {at:?}");
+        assert!(at.hit, "{case}: {id} is covered: {at:?}");
+        click(client, &id).await;
+        let current = client
+            .find(Locator::Css(&by_test_id(&id)))
+            .await
+            .unwrap()
+            .attr("aria-current")
+            .await
+            .unwrap();
+        assert_eq!(
+            current.as_deref(),
+            Some("true"),
+            "{case}: {id} did not open"
+        );
+        // Let the screen load what it shows before it is measured and photographed.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if tab == "collections" {
+            // A clicked row's document opens where it can be seen, not below the list.
+            click(client, "collection-public/items").await;
+            // A cell, as a user clicks (WebKitWebDriver will not click a whole <tr>).
+            client
+                .wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(&format!("{} td", by_test_id("preview-row"))))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: waiting for a preview row: {e:?}"))
+                .click()
+                .await
+                .unwrap_or_else(|e| panic!("{case}: clicking a preview row: {e:?}"));
+            let document = placement(client, "preview-document").await;
+            assert!(
+                (0.0..document.height).contains(&document.top)
+                    && (0.0..document.width).contains(&document.left),
+                "{case}: the document opened out of view: {document:?}"
+            );
+        }
+        let spill = overflow(client).await;
+        assert_eq!(
+            spill,
+            serde_json::json!({
+                "pageTaller": false, "pageWider": false, "screenWider": false, "sidebarWider": false
+            }),
+            "{case}: {tab}"
+        );
+        screenshot(client, &format!("window-{case}-{tab}")).await;
+    }
+    // The Connection form is longer than the small window: scrolled to its end, the tabs are still
+    // where they were and still take a click.
+    click(client, "tab-connection").await;
+    let before = placement(client, "tab-monitor").await;
+    client
+        .execute(
+            "const s = document.querySelector('[data-testid=\"screen\"]'); s.scrollTop = s.scrollHeight;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let after = placement(client, "tab-monitor").await;
+    assert_eq!(
+        (before.top, before.left),
+        (after.top, after.left),
+        "{case}: the tabs moved"
+    );
+    assert!(after.inside() && after.hit, "{case}: {after:?}");
+
+    // Settings, the one screen outside a profile, fits too.
+    click(client, "open-settings").await;
+    wait_for_text(client, "keychain-status", |t| !t.is_empty()).await;
+    let spill = overflow(client).await;
+    assert_eq!(
+        spill,
+        serde_json::json!({
+            "pageTaller": false, "pageWider": false, "screenWider": false, "sidebarWider": false
+        }),
+        "{case}: settings"
+    );
+    screenshot(client, &format!("window-{case}-settings")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autofill_error_shows_under_the_url_inside_the_smallest_window() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = temp_data_dir("autofill_error");
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    client.set_window_size(720, 520).await.unwrap();
+    click(&client, "autofill-open").await;
+    fill(
+        &client,
+        "autofill-input",
+        "host=db.example.com sslmod=require",
+    )
+    .await;
+    click(&client, "autofill-apply").await;
+    let message = text_of(&client, "autofill-error-message").await;
+    let at = placement(&client, "autofill-error").await;
+    let field = client
+        .find(Locator::Css(&by_test_id("autofill-input")))
+        .await
+        .unwrap();
+    let invalid = field.attr("aria-invalid").await.unwrap();
+    let described = field
+        .attr("aria-describedby")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let field_at = placement(&client, "autofill-input").await;
+    screenshot(&client, "autofill-error-small").await;
+    close(client).await;
+
+    assert!(message.contains("sslmod"), "{message}");
+    assert!(
+        at.inside(),
+        "the autofill error is outside the window: {at:?}"
+    );
+    assert!(at.hit, "the autofill error is covered: {at:?}");
+    // Right under the field it is about.
+    assert!(
+        at.top >= field_at.bottom && at.top - field_at.bottom < 60.0,
+        "{field_at:?} {at:?}"
+    );
+    assert_eq!(invalid.as_deref(), Some("true"));
+    assert!(
+        described.split(' ').any(|id| id == "autofill-error"),
+        "{described}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

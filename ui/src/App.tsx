@@ -5,7 +5,7 @@ import { CapturePanel } from "./components/CapturePanel";
 import { ClosePrompt } from "./components/ClosePrompt";
 import { CollectionsPanel } from "./components/CollectionsPanel";
 import { ConsumersPanel } from "./components/ConsumersPanel";
-import { DemoCard } from "./components/DemoCard";
+import { DemoCard, useDemo } from "./components/DemoCard";
 import { MonitorPanel } from "./components/MonitorPanel";
 import { ErrorNotice } from "./components/ErrorNotice";
 import { ProfileEditor } from "./components/ProfileEditor";
@@ -14,6 +14,7 @@ import { RemovedNotice } from "./components/RemovedNotice";
 import { SettingsPanel } from "./components/SettingsPanel";
 import { SetupPanel } from "./components/SetupPanel";
 import { TablesPanel } from "./components/TablesPanel";
+import { Welcome } from "./components/Welcome";
 import * as backend from "./lib/backend";
 import { record } from "./lib/history";
 import type { BackendError, ProfileView, Removed } from "./lib/types";
@@ -29,7 +30,8 @@ const TAB_TITLES: Record<Tab, string> = {
   consumers: "Consumers",
   monitor: "Monitor",
 };
-type View = { screen: "profile"; id: string | null; tab?: Tab } | { screen: "settings" };
+/** `form` is set once the user chose to fill in a new connection (the first screen's welcome then gives way). */
+type View = { screen: "profile"; id: string | null; tab?: Tab; form?: boolean } | { screen: "settings" };
 
 export function App() {
   const [profiles, setProfiles] = useState<ProfileView[] | null>(null);
@@ -66,6 +68,18 @@ export function App() {
     };
   }, []);
 
+  const demo = useDemo({
+    onStarted: (profile) => {
+      void reload();
+      // The demo has no publication yet: Setup is where the flow goes on.
+      setView({ screen: "profile", id: profile.id, tab: "setup" });
+    },
+    onStopped: () => {
+      void reload();
+      setView({ screen: "profile", id: null });
+    },
+  });
+
   const selected = view.screen === "profile" && view.id ? (profiles?.find((p) => p.id === view.id) ?? null) : null;
   return (
     <div className="app">
@@ -73,37 +87,26 @@ export function App() {
       <header className="topbar">
         <img src={logo} alt="" width={28} height={28} />
         <h1>Tidepool</h1>
-        <span className="muted">PostgreSQL changes, live and local</span>
+        <span className="muted tagline">PostgreSQL changes, live and local</span>
         <span className="spacer" />
         <button type="button" className="secondary" data-testid="open-settings" onClick={() => setView({ screen: "settings" })}>
           Settings
         </button>
       </header>
       <div className="layout">
-        <div className="sidebar-column">
+        <div className="sidebar-column" data-testid="sidebar">
           <ProfileList
             profiles={profiles}
             selected={view.screen === "profile" ? view.id : null}
             onSelect={(id) => setView({ screen: "profile", id })}
-            onNew={() => setView({ screen: "profile", id: null })}
+            onNew={() => setView({ screen: "profile", id: null, form: true })}
           />
-          <DemoCard
-            onStarted={(profile) => {
-              void reload();
-              // The demo has no publication yet: Setup is where the flow goes on.
-              setView({ screen: "profile", id: profile.id, tab: "setup" });
-            }}
-            onStopped={() => {
-              void reload();
-              setView({ screen: "profile", id: null });
-            }}
-          />
+          <DemoCard demo={demo} />
         </div>
         <main>
-          {loadError && <ErrorNotice error={loadError} testId="load-error" />}
-          {removed && <RemovedNotice removed={removed} testId="removed-notice" />}
+          {/* The tabs stay put while the screen under them scrolls. */}
           {view.screen === "profile" && selected && (
-            <nav className="tabs">
+            <nav className="tabs" aria-label="Profile screens" data-testid="tabs">
               {(Object.keys(TAB_TITLES) as Tab[]).map((tab) => (
                 <button
                   key={tab}
@@ -118,35 +121,48 @@ export function App() {
               ))}
             </nav>
           )}
-          {view.screen === "settings" ? (
-            <SettingsPanel />
-          ) : view.tab === "setup" && selected ? (
-            <SetupPanel key={selected.id} profile={selected} onProfilesChanged={() => void reload()} />
-          ) : view.tab === "tables" && selected ? (
-            <TablesPanel key={selected.id} profileId={selected.id} />
-          ) : view.tab === "capture" && selected ? (
-            <CapturePanel key={selected.id} profileId={selected.id} />
-          ) : view.tab === "collections" && selected ? (
-            <CollectionsPanel key={selected.id} profileId={selected.id} />
-          ) : view.tab === "consumers" && selected ? (
-            <ConsumersPanel key={selected.id} profileId={selected.id} profileName={selected.name} />
-          ) : view.tab === "monitor" && selected ? (
-            <MonitorPanel key={selected.id} profileId={selected.id} />
-          ) : (
-            <ProfileEditor
-              key={view.id ?? "new"}
-              profile={selected}
-              onSaved={(saved) => {
-                void reload();
-                setView({ screen: "profile", id: saved.id });
-              }}
-              onDeleted={(removed) => {
-                void reload();
-                setRemoved(removed);
-                setView({ screen: "profile", id: null });
-              }}
-            />
-          )}
+          <div className="screen" data-testid="screen">
+            {loadError && <ErrorNotice error={loadError} testId="load-error" />}
+            {removed && <RemovedNotice removed={removed} testId="removed-notice" />}
+            {view.screen === "profile" && view.id === null && !view.form && (
+              <Welcome
+                demo={demo}
+                onConnect={() => setView({ screen: "profile", id: null, form: true })}
+                onOpenDemo={(id) => setView({ screen: "profile", id, tab: "setup" })}
+                saved={profiles?.length ?? 0}
+              />
+            )}
+            {view.screen === "settings" ? (
+              <SettingsPanel />
+            ) : view.tab === "setup" && selected ? (
+              <SetupPanel key={selected.id} profile={selected} onProfilesChanged={() => void reload()} />
+            ) : view.tab === "tables" && selected ? (
+              <TablesPanel key={selected.id} profileId={selected.id} />
+            ) : view.tab === "capture" && selected ? (
+              <CapturePanel key={selected.id} profileId={selected.id} />
+            ) : view.tab === "collections" && selected ? (
+              <CollectionsPanel key={selected.id} profileId={selected.id} />
+            ) : view.tab === "consumers" && selected ? (
+              <ConsumersPanel key={selected.id} profileId={selected.id} profileName={selected.name} />
+            ) : view.tab === "monitor" && selected ? (
+              <MonitorPanel key={selected.id} profileId={selected.id} />
+            ) : (
+              <ProfileEditor
+                key={view.id ?? "new"}
+                profile={selected}
+                autoFocus={view.screen === "profile" && view.form === true}
+                onSaved={(saved) => {
+                  void reload();
+                  setView({ screen: "profile", id: saved.id });
+                }}
+                onDeleted={(removed) => {
+                  void reload();
+                  setRemoved(removed);
+                  setView({ screen: "profile", id: null });
+                }}
+              />
+            )}
+          </div>
         </main>
       </div>
     </div>

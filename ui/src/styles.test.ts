@@ -35,6 +35,9 @@ const TEXT_PAIRS: [string, string][] = [
   ["--text", "--card"],
   ["--text", "--code-bg"],
   ["--text", "--error-bg"],
+  // Inside an error notice: the "Details" toggle and a link-button next step.
+  ["--muted", "--error-bg"],
+  ["--accent", "--error-bg"],
   ["--muted", "--card"],
   ["--muted", "--bg"],
   ["--accent", "--card"],
@@ -82,4 +85,30 @@ describe("the stylesheet's colours", () => {
       }
     });
   }
+});
+
+/** The declarations of the first rule whose selector is exactly `selector` (optionally inside `within`). */
+function rule(selector: string, within = css): string {
+  const start = within.indexOf(`\n${selector} {`);
+  expect(start, selector).toBeGreaterThanOrEqual(0);
+  return within.slice(within.indexOf("{", start) + 1, within.indexOf("}", start));
+}
+
+// The layout the desktop e2e case measures at 720×520 and 1280×800 (the real window is the judge; this
+// names the rules it depends on so that a change to them is a deliberate one).
+describe("the stylesheet's layout for small windows", () => {
+  it("makes the window the page: fixed topbar and tabs, columns that scroll inside themselves", () => {
+    expect(rule(".app")).toMatch(/height: 100vh;.*overflow: hidden;/);
+    expect(rule(".layout")).toContain("min-height: 0;");
+    expect(rule(".screen")).toMatch(/overflow: auto;/);
+    expect(rule(".sidebar-column")).toContain("overflow-y: auto;");
+    expect(rule(".tabs")).toMatch(/flex: none;.*flex-wrap: wrap;/);
+  });
+
+  it("narrows the sidebar and stacks a document under its table below 940 px", () => {
+    const small = css.slice(css.indexOf("@media (max-width: 940px)"));
+    expect(rule("  .layout", small)).toContain("grid-template-columns: 200px minmax(0, 1fr);");
+    expect(rule("  .preview-with-doc", small)).toContain("grid-template-columns: minmax(0, 1fr);");
+    expect(rule(".table-wide")).toContain("overflow-x: auto;");
+  });
 });

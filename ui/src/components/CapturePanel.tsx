@@ -146,34 +146,36 @@ export function CapturePanel({ profileId }: { profileId: string }) {
       {backfills.length > 0 && (
         <>
           <h3>Backfill</h3>
-          <table className="tables">
-            <thead>
-              <tr>
-                <th>Collection</th>
-                <th>Progress</th>
-                <th>Rows</th>
-                <th>Rate</th>
-                <th>Time left</th>
-              </tr>
-            </thead>
-            <tbody>
-              {backfills.map((p) => (
-                <tr key={p.collection} data-testid={`backfill-${p.collection}`}>
-                  <td>{p.collection}</td>
-                  <td>
-                    <progress max={100} value={percent(p)} />{" "}
-                    <span data-testid={`backfill-${p.collection}-percent`}>{percent(p)}%</span>
-                  </td>
-                  <td>
-                    {p.rows.toLocaleString()}
-                    {p.estimatedRows ? ` / ~${p.estimatedRows.toLocaleString()}` : ""}
-                  </td>
-                  <td>{Math.round(p.rowsPerSecond).toLocaleString()} rows/s</td>
-                  <td>{p.done ? "done" : p.secondsLeft !== null ? `${Math.ceil(p.secondsLeft)} s` : "—"}</td>
+          <div className="table-wide">
+            <table className="tables">
+              <thead>
+                <tr>
+                  <th>Collection</th>
+                  <th>Progress</th>
+                  <th>Rows</th>
+                  <th>Rate</th>
+                  <th>Time left</th>
                 </tr>
-              ))}
-            </tbody>
-          </table>
+              </thead>
+              <tbody>
+                {backfills.map((p) => (
+                  <tr key={p.collection} data-testid={`backfill-${p.collection}`}>
+                    <td>{p.collection}</td>
+                    <td>
+                      <progress max={100} value={percent(p)} />{" "}
+                      <span data-testid={`backfill-${p.collection}-percent`}>{percent(p)}%</span>
+                    </td>
+                    <td>
+                      {p.rows.toLocaleString()}
+                      {p.estimatedRows ? ` / ~${p.estimatedRows.toLocaleString()}` : ""}
+                    </td>
+                    <td>{Math.round(p.rowsPerSecond).toLocaleString()} rows/s</td>
+                    <td>{p.done ? "done" : p.secondsLeft !== null ? `${Math.ceil(p.secondsLeft)} s` : "—"}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
         </>
       )}
       {status && status.state !== "stopped" && (

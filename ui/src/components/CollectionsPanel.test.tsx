@@ -64,6 +64,15 @@ describe("CollectionsPanel", () => {
     expect(rows[1].getAttribute("data-op")).toBe("u");
     await user.click(rows[1]);
     expect(screen.getByTestId("preview-json").textContent).toContain('"renamed"');
+    // The document opens beside the table (the same grid), not below the list; the count sits with
+    // the Rows/Changes switch it counts.
+    const beside = screen.getByTestId("preview-scroll").parentElement!;
+    expect(beside.className).toBe("preview-with-doc");
+    expect(beside.contains(screen.getByTestId("preview-document"))).toBe(true);
+    expect(screen.getByTestId("preview-count").parentElement).toBe(screen.getByTestId("view-rows").parentElement);
+    expect(screen.getByTestId("preview-count").textContent).toContain("2 changes loaded");
+    await user.click(screen.getByTestId("preview-json-close"));
+    expect(screen.queryByTestId("preview-document")).toBeNull();
   });
 
   it("settles while the first page is still on its way (the window froze re-rendering forever)", async () => {

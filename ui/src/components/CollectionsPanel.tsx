@@ -3,6 +3,7 @@ import { observeElementRect, useVirtualizer } from "@tanstack/react-virtual";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
+import { scrollIntoView } from "../lib/reveal";
 import type {
   BackendError,
   CollectionInfo,
@@ -285,6 +286,10 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
                 {v === "rows" ? "Rows" : "Changes"}
               </button>
             ))}
+            <span className="muted" data-testid="preview-count">
+              {rows.length.toLocaleString()} {view === "rows" ? "rows" : "changes"} loaded
+              {view === "rows" && cursor.hasMore ? (loadingMore ? " · loading more…" : " · scroll for more") : ""}
+            </span>
             <span className="muted">Live: new changes appear as they are stored.</span>
           </div>
           <form
@@ -363,62 +368,66 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
               {filter ? "No document matches the filter." : "Nothing here yet."}
             </p>
           ) : null}
-          <div className="table-scroll" ref={scrollRef} data-testid="preview-scroll" onScroll={onScroll}>
-            <table className="tables" data-testid="preview-table" aria-rowcount={rows.length}>
-              <thead>
-                {table.getHeaderGroups().map((group) => (
-                  <tr key={group.id}>
-                    {group.headers.map((header) => (
-                      <th key={header.id}>{flexRender(header.column.columnDef.header, header.getContext())}</th>
-                    ))}
-                  </tr>
-                ))}
-              </thead>
-              <tbody>
-                {top > 0 && (
-                  <tr aria-hidden="true">
-                    <td colSpan={width} style={{ height: top, padding: 0, border: 0 }} />
-                  </tr>
-                )}
-                {items.map((item) => {
-                  const row = rows[item.index];
-                  const meta = (row.original._meta ?? {}) as { op?: string };
-                  return (
-                    <tr
-                      key={row.id}
-                      data-index={item.index}
-                      data-testid="preview-row"
-                      data-op={meta.op}
-                      tabIndex={0}
-                      onClick={() => setOpen(row.original)}
-                      onKeyDown={(e) => e.key === "Enter" && setOpen(row.original)}
-                    >
-                      {row.getVisibleCells().map((cell) => (
-                        <td key={cell.id}>{flexRender(cell.column.columnDef.cell, cell.getContext())}</td>
+          {/* A clicked row's document opens beside the table (under it in a narrow window), not below the list. */}
+          <div className={open ? "preview-with-doc" : undefined}>
+            <div className="table-scroll" ref={scrollRef} data-testid="preview-scroll" onScroll={onScroll}>
+              <table className="tables" data-testid="preview-table" aria-rowcount={rows.length}>
+                <thead>
+                  {table.getHeaderGroups().map((group) => (
+                    <tr key={group.id}>
+                      {group.headers.map((header) => (
+                        <th key={header.id}>{flexRender(header.column.columnDef.header, header.getContext())}</th>
                       ))}
                     </tr>
-                  );
-                })}
-                {bottom > 0 && (
-                  <tr aria-hidden="true">
-                    <td colSpan={width} style={{ height: bottom, padding: 0, border: 0 }} />
-                  </tr>
-                )}
-              </tbody>
-            </table>
+                  ))}
+                </thead>
+                <tbody>
+                  {top > 0 && (
+                    <tr aria-hidden="true">
+                      <td colSpan={width} style={{ height: top, padding: 0, border: 0 }} />
+                    </tr>
+                  )}
+                  {items.map((item) => {
+                    const row = rows[item.index];
+                    const meta = (row.original._meta ?? {}) as { op?: string };
+                    return (
+                      <tr
+                        key={row.id}
+                        data-index={item.index}
+                        data-testid="preview-row"
+                        data-op={meta.op}
+                        tabIndex={0}
+                        onClick={() => setOpen(row.original)}
+                        onKeyDown={(e) => e.key === "Enter" && setOpen(row.original)}
+                      >
+                        {row.getVisibleCells().map((cell) => (
+                          <td key={cell.id}>{flexRender(cell.column.columnDef.cell, cell.getContext())}</td>
+                        ))}
+                      </tr>
+                    );
+                  })}
+                  {bottom > 0 && (
+                    <tr aria-hidden="true">
+                      <td colSpan={width} style={{ height: bottom, padding: 0, border: 0 }} />
+                    </tr>
+                  )}
+                </tbody>
+              </table>
+            </div>
+            {open && (
+              <aside className="document" aria-label="Document" data-testid="preview-document" ref={scrollIntoView}>
+                <div className="card-head">
+                  <h3>Document</h3>
+                  <button type="button" className="link" data-testid="preview-json-close" onClick={() => setOpen(null)}>
+                    Close
+                  </button>
+                </div>
+                <pre className="schema" data-testid="preview-json">
+                  {JSON.stringify(open, null, 2)}
+                </pre>
+              </aside>
+            )}
           </div>
-          <p className="muted" data-testid="preview-count">
-            {rows.length.toLocaleString()} {view === "rows" ? "rows" : "changes"} loaded
-            {view === "rows" && cursor.hasMore ? (loadingMore ? " · loading more…" : " · scroll for more") : ""}
-          </p>
-          {open && (
-            <>
-              <h3>Document</h3>
-              <pre className="schema" data-testid="preview-json">
-                {JSON.stringify(open, null, 2)}
-              </pre>
-            </>
-          )}
         </>
       )}
     </section>

@@ -4,7 +4,13 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 import { profileView } from "../test/fixtures";
-import { DemoCard } from "./DemoCard";
+import type { ProfileView } from "../lib/types";
+import { DemoCard, useDemo } from "./DemoCard";
+
+/** The card with its own demo, as the app wires it. */
+function Card(props: { onStarted: (profile: ProfileView) => void; onStopped: () => void }) {
+  return <DemoCard demo={useDemo(props)} />;
+}
 
 vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["startDemo", "stopDemo", "demoProfile"]));
 
@@ -28,7 +34,7 @@ describe("DemoCard", () => {
     }));
     const onStarted = vi.fn();
     const onStopped = vi.fn();
-    render(<DemoCard onStarted={onStarted} onStopped={onStopped} />);
+    render(<Card onStarted={onStarted} onStopped={onStopped} />);
 
     await user.click(screen.getByTestId("demo-start"));
     // Start-up takes seconds: the button says what is happening and cannot be pressed twice.
@@ -54,7 +60,7 @@ describe("DemoCard", () => {
     answer("startDemo", async () => {
       throw { kind: "Internal", message: "no PostgreSQL server found under /usr/lib/postgresql" };
     });
-    render(<DemoCard onStarted={() => {}} onStopped={() => {}} />);
+    render(<Card onStarted={() => {}} onStopped={() => {}} />);
     await userEvent.setup().click(screen.getByTestId("demo-start"));
     expect((await screen.findByTestId("demo-error-message")).textContent).toContain("no PostgreSQL server found");
     expect(screen.getByTestId("demo-error").textContent).toContain("apt-get install postgresql");
@@ -62,7 +68,7 @@ describe("DemoCard", () => {
 
   it("shows a demo already running after a reload of the window", async () => {
     answer("demoProfile", async () => "demo-1");
-    render(<DemoCard onStarted={() => {}} onStopped={() => {}} />);
+    render(<Card onStarted={() => {}} onStopped={() => {}} />);
     expect(await screen.findByTestId("demo-stop")).toBeTruthy();
   });
 });

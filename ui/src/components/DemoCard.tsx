@@ -5,28 +5,34 @@ import type { BackendError, ProfileView, Removed } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { RemovedNotice } from "./RemovedNotice";
 
-interface Props {
+interface Callbacks {
   /** Called with the demo's profile once it runs. */
   onStarted: (profile: ProfileView) => void;
   /** Called once the demo and its profile are gone. */
   onStopped: () => void;
 }
 
-type State =
+/** Where the demo stands. */
+export type DemoState =
   | { status: "idle"; removed?: Removed | null }
   | { status: "starting" }
   | { status: "running"; id: string }
   | { status: "stopping"; id: string }
   | { status: "failed"; error: BackendError };
 
+/** The demo's state and its two actions; one per window, shared by the sidebar's card and the first screen. */
+export interface Demo {
+  state: DemoState;
+  start: () => Promise<void>;
+  stop: (id: string) => Promise<void>;
+}
+
 /**
- * "Try it with a demo database": starts a throwaway local PostgreSQL with a small shop schema and a
- * trickle of writes, and fills in a profile for it. It is removed when the app quits or on "Remove".
+ * The demo database: a throwaway local PostgreSQL with a small shop schema and a trickle of writes,
+ * with a profile filled in for it. It is removed when the app quits or on "Remove".
  */
-export function DemoCard({ onStarted, onStopped }: Props) {
-  const [state, setState] = useState<State>({ status: "idle" });
-  // Removing is one more click: it deletes the database and everything captured from it.
-  const [confirming, setConfirming] = useState(false);
+export function useDemo({ onStarted, onStopped }: Callbacks): Demo {
+  const [state, setState] = useState<DemoState>({ status: "idle" });
 
   useEffect(() => {
     let live = true;
@@ -51,7 +57,6 @@ export function DemoCard({ onStarted, onStopped }: Props) {
   };
 
   const stop = async (id: string) => {
-    setConfirming(false);
     setState({ status: "stopping", id });
     try {
       setState({ status: "idle", removed: await backend.stopDemo() });
@@ -59,6 +64,19 @@ export function DemoCard({ onStarted, onStopped }: Props) {
     } catch (error) {
       setState({ status: "failed", error: error as BackendError });
     }
+  };
+
+  return { state, start, stop };
+}
+
+/** "Try it with a demo database" in the sidebar: start the demo, see that it runs, remove it. */
+export function DemoCard({ demo }: { demo: Demo }) {
+  const { state, start } = demo;
+  // Removing is one more click: it deletes the database and everything captured from it.
+  const [confirming, setConfirming] = useState(false);
+  const stop = (id: string) => {
+    setConfirming(false);
+    return demo.stop(id);
   };
 
   return (

@@ -129,9 +129,77 @@ describe("ProfileEditor", () => {
     render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
     await user.click(screen.getByTestId("save-profile"));
     expect((await screen.findByTestId("connection-error-kind")).textContent).toBe("Keychain");
-    expect(screen.getByTestId("connection-error").textContent).toContain("Keychain problem");
+    expect(screen.getByTestId("connection-error-title").textContent).toBe("The OS keychain could not be used.");
+    expect(screen.getByTestId("connection-error-step").textContent).toContain("Unlock the OS keychain");
     await user.click(screen.getByTestId("use-ask-each-time"));
     expect((screen.getByTestId("storage-ask") as HTMLInputElement).checked).toBe(true);
+  });
+
+  it("shows an autofill error right under the URL and marks the field, not below the form", async () => {
+    answer("autofill", async () => {
+      throw { kind: "InvalidInput", message: "connection string: unknown keyword 'sslmod'" };
+    });
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("autofill-open"));
+    const input = screen.getByTestId("autofill-input");
+    await user.type(input, "sslmod=require");
+    await user.click(screen.getByTestId("autofill-apply"));
+    const error = await screen.findByTestId("autofill-error");
+    // Inside the autofill box, right after the field (its hint in between), not in the form's result area.
+    expect(input.closest(".autofill")!.contains(error)).toBe(true);
+    expect(input.compareDocumentPosition(error) & Node.DOCUMENT_POSITION_FOLLOWING).toBeTruthy();
+    expect(screen.getByTestId("autofill-error-message").textContent).toContain("sslmod");
+    expect(screen.queryByTestId("connection-error")).toBeNull();
+    expect(input.getAttribute("aria-invalid")).toBe("true");
+    expect(input.getAttribute("aria-describedby")!.split(" ")).toContain(error.id);
+    // Editing the URL clears the mark.
+    await user.type(input, "e");
+    expect(screen.queryByTestId("autofill-error")).toBeNull();
+    expect(input.getAttribute("aria-invalid")).toBe("false");
+  });
+
+  it("marks the field a failed test is about and brings the error into view", async () => {
+    const scrolled: Element[] = [];
+    const before = Element.prototype.scrollIntoView;
+    Element.prototype.scrollIntoView = function (this: Element) {
+      scrolled.push(this);
+    };
+    try {
+      answer("testConnection", async () => {
+        throw { kind: "Authentication", message: 'password authentication failed for user "cdc_role" (SQLSTATE 28P01)' };
+      });
+      const user = userEvent.setup();
+      render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={() => {}} />);
+      await user.click(screen.getByTestId("test-connection"));
+      const error = await screen.findByTestId("connection-error");
+      const password = screen.getByTestId("password");
+      expect(password.getAttribute("aria-invalid")).toBe("true");
+      expect(password.getAttribute("aria-describedby")).toBe(error.id);
+      expect(screen.getByTestId("address").getAttribute("aria-invalid")).toBeNull();
+      expect(scrolled.some((element) => element.contains(error))).toBe(true);
+    } finally {
+      Element.prototype.scrollIntoView = before;
+    }
+  });
+
+  it("marks the address when the server cannot be reached, and no field for other kinds", async () => {
+    let failure = { kind: "Connection", message: "127.0.0.1:1: connection refused" };
+    answer("testConnection", async () => {
+      throw failure;
+    });
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("test-connection"));
+    await screen.findByTestId("connection-error");
+    expect(screen.getByTestId("address").getAttribute("aria-invalid")).toBe("true");
+    expect(screen.getByTestId("password").getAttribute("aria-invalid")).toBeNull();
+    failure = { kind: "NotFound", message: 'database "nope" does not exist' };
+    await user.click(screen.getByTestId("test-connection"));
+    await waitFor(() => expect(screen.getByTestId("connection-error-message").textContent).toContain("nope"));
+    for (const field of ["address", "password", "database"]) {
+      expect(screen.getByTestId(field).getAttribute("aria-invalid"), field).toBeNull();
+    }
   });
 
   it("deletes only after confirmation and hands on what was deleted", async () => {

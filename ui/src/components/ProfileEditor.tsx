@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 
 import * as backend from "../lib/backend";
+import { scrollIntoView } from "../lib/reveal";
 import {
   emptyDraft,
   draftOf,
@@ -21,7 +22,19 @@ type Result =
   | { status: "busy"; what: "testing" | "saving" | "deleting" }
   | { status: "connected"; facts: ServerFacts }
   | { status: "saved" }
-  | { status: "failed"; error: BackendError; during: "test" | "save" | "delete" | "autofill" };
+  | { status: "failed"; error: BackendError; during: "test" | "save" | "delete" };
+
+type Field = "address" | "password";
+
+/**
+ * The field a failed test or save is about, by the error's kind (never by its message): the address
+ * for a server that cannot be reached, the password for a refused login.
+ */
+function fieldAtFault(error: BackendError): Field | undefined {
+  if (error.kind === "Connection") return "address";
+  if (error.kind === "Authentication") return "password";
+  return undefined;
+}
 
 interface Props {
   /** The saved profile being edited, or null for a new one. */
@@ -29,13 +42,17 @@ interface Props {
   onSaved: (profile: ProfileView) => void;
   /** Called with what the engine deleted: the profile, its store, its keychain entries. */
   onDeleted: (removed: Removed) => void;
+  /** Focuses the first field on opening (the user asked for the form). */
+  autoFocus?: boolean;
 }
 
 /** The connection form: Estuary Flow's fields, Sequin's Autofill with URL, save, test, delete. */
-export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
+export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }: Props) {
   const [draft, setDraft] = useState<ProfileDraft>(() => (profile ? draftOf(profile) : emptyDraft()));
   const [showAdvanced, setShowAdvanced] = useState(false);
   const [autofillOpen, setAutofillOpen] = useState(false);
+  // Shown right under the URL it is about, not below the form where nobody looks after the click.
+  const [autofillError, setAutofillError] = useState<BackendError | null>(null);
   const [advice, setAdvice] = useState<Advice[]>([]);
   const [result, setResult] = useState<Result>({ status: "idle" });
   const [confirmDelete, setConfirmDelete] = useState(false);
@@ -43,6 +60,11 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
   // value into its `value` attribute, which would put the password into the page's markup.
   const passwordRef = useRef<HTMLInputElement>(null);
   const autofillRef = useRef<HTMLTextAreaElement>(null);
+  const resultRef = useRef<HTMLDivElement>(null);
+  const nameRef = useRef<HTMLInputElement>(null);
+  useEffect(() => {
+    if (autoFocus) nameRef.current?.focus();
+  }, [autoFocus]);
 
   useEffect(() => {
     setDraft(profile ? draftOf(profile) : emptyDraft());
@@ -51,6 +73,12 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
     setConfirmDelete(false);
     if (passwordRef.current) passwordRef.current.value = "";
   }, [profile]);
+
+  // A test's, save's or delete's outcome appears under the buttons: bring it into view, which in a
+  // short window is below the fold.
+  useEffect(() => {
+    if (result.status !== "idle" && result.status !== "busy") scrollIntoView(resultRef.current);
+  }, [result]);
 
   const update = <K extends keyof ProfileDraft>(key: K, value: ProfileDraft[K]) =>
     setDraft((previous) => ({ ...previous, [key]: value }));
@@ -71,9 +99,10 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
       setAdvice(fill.advice);
       setShowAdvanced(fill.draft.sslmode !== "prefer" || fill.draft.options !== null);
       setAutofillOpen(false);
+      setAutofillError(null);
       setResult({ status: "idle" });
     } catch (error) {
-      setResult({ status: "failed", error: error as BackendError, during: "autofill" });
+      setAutofillError(error as BackendError);
     }
   }
 
@@ -115,6 +144,10 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
     }
   }
 
+  const fault = result.status === "failed" && result.during !== "delete" ? fieldAtFault(result.error) : undefined;
+  // Marks the field the error below is about, for the eye and for screen readers.
+  const marked = (field: Field) =>
+    fault === field ? { "aria-invalid": true, "aria-describedby": "connection-error" } : {};
   const keepsPassword = profile?.password === "keychain" && profile.secret === "inKeychain";
   return (
     <section className="card" aria-labelledby="editor-heading">
@@ -131,12 +164,22 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
             <textarea
               ref={autofillRef}
               data-testid="autofill-input"
+              aria-invalid={autofillError !== null}
+              aria-describedby={autofillError ? "autofill-hint autofill-error" : "autofill-hint"}
+              onChange={() => autofillError && setAutofillError(null)}
               rows={2}
               spellCheck={false}
               placeholder="postgresql://user:password@ep-cool-darkness-123456.us-east-2.aws.neon.tech/neondb?sslmode=require"
             />
-            <span className="hint">A postgres:// URL or key=value pairs. The password goes to the keychain when you save.</span>
+            <span className="hint" id="autofill-hint">
+              A postgres:// URL or key=value pairs. The password goes to the keychain when you save.
+            </span>
           </label>
+          {autofillError && (
+            <div ref={scrollIntoView}>
+              <ErrorNotice error={autofillError} testId="autofill-error" id="autofill-error" place="form" />
+            </div>
+          )}
           <div className="actions">
             <button type="button" data-testid="autofill-apply" onClick={applyAutofill}>
               Fill in the form
@@ -156,12 +199,13 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
       <form onSubmit={save} className="form" noValidate>
         <label>
           Name
-          <input data-testid="name" value={draft.name} onChange={(e) => update("name", e.target.value)} placeholder="Production" autoComplete="off" />
+          <input data-testid="name" ref={nameRef} value={draft.name} onChange={(e) => update("name", e.target.value)} placeholder="Production" autoComplete="off" />
         </label>
         <label>
           Server address
           <input
             data-testid="address"
+            {...marked("address")}
             value={draft.address}
             onChange={(e) => update("address", e.target.value)}
             placeholder="ep-cool-darkness-123456.us-east-2.aws.neon.tech:5432"
@@ -176,7 +220,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
         </label>
         <label>
           Password
-          <input data-testid="password" type="password" ref={passwordRef} autoComplete="off" />
+          <input data-testid="password" type="password" ref={passwordRef} autoComplete="off" {...marked("password")} />
           <span className="hint">
             {draft.passwordStorage === "askEachTime"
               ? "Not stored: typed each time you connect."
@@ -274,7 +318,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
           )}
         </div>
       </form>
-      <div aria-live="polite">
+      <div aria-live="polite" ref={resultRef}>
         {result.status === "saved" && (
           <p className="ok" data-testid="saved">
             Saved.
@@ -282,7 +326,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted }: Props) {
         )}
         {result.status === "connected" && <ServerFactsView facts={result.facts} />}
         {result.status === "failed" && (
-          <ErrorNotice error={result.error} testId="connection-error">
+          <ErrorNotice error={result.error} testId="connection-error" id="connection-error" place="form">
             {result.error.kind === "Keychain" && result.during === "save" && (
               <button type="button" className="link" data-testid="use-ask-each-time" onClick={() => update("passwordStorage", "askEachTime")}>
                 Ask for the password each time instead

@@ -101,16 +101,36 @@ describe("SetupPanel", () => {
     expect(screen.queryByTestId("fix-replication")).toBeNull();
   });
 
-  it("shows a failed fix's error by kind", async () => {
-    answer("preflight", async () => [failing]);
-    answer("runFix", async () => {
-      throw { kind: "Permission", message: "must be owner of table t" };
-    });
-    const user = userEvent.setup();
-    render(<SetupPanel profile={profileView()} />);
-    await user.click(await screen.findByTestId("fix-replication"));
-    await user.click(screen.getByTestId("fix-replication-run"));
-    expect((await screen.findByTestId("setup-error-kind")).textContent).toBe("Permission");
+  it("shows a failed fix's error under its Run button, in view, with the kind behind Details", async () => {
+    const scrolled: Element[] = [];
+    const before = Element.prototype.scrollIntoView;
+    Element.prototype.scrollIntoView = function (this: Element) {
+      scrolled.push(this);
+    };
+    try {
+      answer("preflight", async () => [failing]);
+      answer("runFix", async () => {
+        throw { kind: "Permission", message: "must be owner of table t (SQLSTATE 42501)" };
+      });
+      const user = userEvent.setup();
+      render(<SetupPanel profile={profileView()} />);
+      await user.click(await screen.findByTestId("fix-replication"));
+      await user.click(screen.getByTestId("fix-replication-run"));
+      const error = await screen.findByTestId("fix-replication-error");
+      // Inside the check whose fix failed, after the button that ran it; nothing at the top of the list.
+      expect(screen.getByTestId("check-replication").contains(error)).toBe(true);
+      expect(
+        screen.getByTestId("fix-replication-run").compareDocumentPosition(error) & Node.DOCUMENT_POSITION_FOLLOWING,
+      ).toBeTruthy();
+      expect(screen.queryByTestId("setup-error")).toBeNull();
+      expect(scrolled.some((element) => element.contains(error))).toBe(true);
+      expect(screen.getByTestId("fix-replication-error-message").textContent).toBe("must be owner of table t");
+      expect(screen.getByTestId("fix-replication-error-kind").textContent).toBe("Permission");
+      expect(screen.getByTestId("fix-replication-error-code").textContent).toBe("SQLSTATE 42501");
+      expect(error.textContent).not.toMatch(/form/i);
+    } finally {
+      Element.prototype.scrollIntoView = before;
+    }
   });
 
   it("asks which tables to publish when none are picked, and never offers every table", async () => {

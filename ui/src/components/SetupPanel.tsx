@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
+import { scrollIntoView } from "../lib/reveal";
 import type { BackendError, PreflightCheck, ProfileView } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { NeonSection } from "./NeonSection";
@@ -26,6 +27,8 @@ export function SetupPanel({
   const [error, setError] = useState<BackendError | null>(null);
   const [open, setOpen] = useState<string | null>(null);
   const [running, setRunning] = useState<string | null>(null);
+  // A fix that failed: shown under that check's Run button, where the click was, not atop the list.
+  const [fixError, setFixError] = useState<{ check: string; error: BackendError } | null>(null);
 
   const load = useCallback(async () => {
     try {
@@ -49,6 +52,7 @@ export function SetupPanel({
   async function run(check: PreflightCheck) {
     if (!check.fix) return;
     setRunning(check.id);
+    setFixError(null);
     try {
       await backend.runFix(profileId, check.fix.action);
       setOpen(null);
@@ -56,7 +60,7 @@ export function SetupPanel({
       onProfilesChanged();
       await load();
     } catch (e) {
-      setError(e as BackendError);
+      setFixError({ check: check.id, error: e as BackendError });
     } finally {
       setRunning(null);
     }
@@ -110,6 +114,11 @@ export function SetupPanel({
                     <button type="button" className="secondary" onClick={() => setOpen(null)}>
                       Cancel
                     </button>
+                    {fixError?.check === check.id && (
+                      <div ref={scrollIntoView}>
+                        <ErrorNotice error={fixError.error} testId={`fix-${check.id}-error`} />
+                      </div>
+                    )}
                   </>
                 ) : (
                   <button type="button" data-testid={`fix-${check.id}`} onClick={() => setOpen(check.id)}>

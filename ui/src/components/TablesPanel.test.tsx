@@ -183,4 +183,19 @@ describe("TablesPanel", () => {
     expect((screen.getByTestId("select-public.events") as HTMLInputElement).checked).toBe(false);
     expect((screen.getByTestId("select-all") as HTMLInputElement).checked).toBe(false);
   });
+
+  it("opens a table's schema right under its row, in a box that scrolls sideways when narrow", async () => {
+    answer("captureDefinition", async () => null);
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await user.click(await screen.findByTestId("schema-public.orders"));
+    const row = screen.getByTestId("table-public.orders");
+    // The next row of the table is the schema, ahead of the other tables, not below the whole list.
+    expect(row.nextElementSibling).toBe(screen.getByTestId("schema-row-public.orders"));
+    expect(screen.getByTestId("collection-schema").textContent).toContain('"title": "public/orders"');
+    expect(screen.getByTestId("schema-public.orders").getAttribute("aria-expanded")).toBe("true");
+    expect(row.closest(".table-wide")).not.toBeNull();
+    await user.click(screen.getByTestId("schema-public.orders"));
+    expect(screen.queryByTestId("collection-schema")).toBeNull();
+  });
 });

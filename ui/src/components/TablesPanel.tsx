@@ -1,6 +1,7 @@
-import { useEffect, useMemo, useRef, useState } from "react";
+import { Fragment, useEffect, useMemo, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
+import { scrollIntoView } from "../lib/reveal";
 import type {
   BackendError,
   Binding,
@@ -176,7 +177,6 @@ export function TablesPanel({ profileId }: { profileId: string }) {
   const hazards = plan?.hazards ?? [];
   const undecided = hazards.some((h) => !h.refusedNow && !keyless.some((k) => k.schema === h.table.schema && k.table === h.table.table));
   const blocked = undecided || choices.some((c) => c.selected && problemOf(c) !== null);
-  const shown = choices.find((c) => rowId(c.table) === schemaOf);
   return (
     <section className="panel" data-testid="tables-panel">
       <h2>Tables</h2>
@@ -197,101 +197,116 @@ export function TablesPanel({ profileId }: { profileId: string }) {
           {shownChoices.length} of {choices.length} tables · {selected} selected
         </span>
       </div>
-      <table className="tables">
-        <thead>
-          <tr>
-            <th>
-              <input
-                type="checkbox"
-                aria-label="select every table shown"
-                data-testid="select-all"
-                checked={allShownSelected}
-                onChange={(e) => selectShown(e.target.checked)}
-              />
-            </th>
-            <th>Table</th>
-            <th>Collection</th>
-            <th>Key</th>
-            <th>Rows</th>
-            <th>Start with</th>
-          </tr>
-        </thead>
-        <tbody>
-          {shownChoices.map((c) => {
-            const id = rowId(c.table);
-            const problem = problemOf(c);
-            return (
-              <tr key={id} data-testid={`table-${id}`}>
-                <td>
-                  <input
-                    type="checkbox"
-                    aria-label={`capture ${id}`}
-                    data-testid={`select-${id}`}
-                    checked={c.selected}
-                    onChange={(e) => change(id, { selected: e.target.checked })}
-                  />
-                </td>
-                <td>
-                  {id}
-                  {c.table.partitioned && <span className="badge">partitioned</span>}
-                  {!c.table.inPublication && (
-                    <span className="badge" title="Save and publish adds it to the publication">
-                      not published yet
-                    </span>
+      <div className="table-wide">
+        <table className="tables">
+          <thead>
+            <tr>
+              <th>
+                <input
+                  type="checkbox"
+                  aria-label="select every table shown"
+                  data-testid="select-all"
+                  checked={allShownSelected}
+                  onChange={(e) => selectShown(e.target.checked)}
+                />
+              </th>
+              <th>Table</th>
+              <th>Collection</th>
+              <th>Key</th>
+              <th>Rows</th>
+              <th>Start with</th>
+            </tr>
+          </thead>
+          <tbody>
+            {shownChoices.map((c) => {
+              const id = rowId(c.table);
+              const problem = problemOf(c);
+              return (
+                <Fragment key={id}>
+                  <tr data-testid={`table-${id}`}>
+                    <td>
+                      <input
+                        type="checkbox"
+                        aria-label={`capture ${id}`}
+                        data-testid={`select-${id}`}
+                        checked={c.selected}
+                        onChange={(e) => change(id, { selected: e.target.checked })}
+                      />
+                    </td>
+                    <td>
+                      {id}
+                      {c.table.partitioned && <span className="badge">partitioned</span>}
+                      {!c.table.inPublication && (
+                        <span className="badge" title="Save and publish adds it to the publication">
+                          not published yet
+                        </span>
+                      )}
+                    </td>
+                    <td>
+                      <input
+                        aria-label={`collection name for ${id}`}
+                        data-testid={`collection-${id}`}
+                        value={c.collection}
+                        aria-invalid={problem !== null}
+                        onChange={(e) => rename(id, e.target.value)}
+                      />
+                      {problem && (
+                        <p className="field-error" role="alert" data-testid={`collection-error-${id}`}>
+                          {problem}
+                        </p>
+                      )}
+                    </td>
+                    <td>
+                      {keyLabel(c.table)}
+                      {c.table.keySource === "none" && (
+                        <p className="note" data-testid={`keyless-note-${id}`}>
+                          This table has no primary key or unique index over non-null columns, so its rows cannot be
+                          told apart. It is captured as a change log: every insert, update and delete is its own
+                          document, keyed by its position in the stream, and the collection's "latest rows" are that log
+                          rather than the table's current state. PostgreSQL refuses updates and deletes on a published
+                          table without a key unless its replica identity is FULL. Add a primary key to capture it as
+                          rows.
+                        </p>
+                      )}
+                    </td>
+                    <td>{c.table.estimatedRows ?? "?"}</td>
+                    <td>
+                      <select
+                        aria-label={`start ${id} with`}
+                        data-testid={`mode-${id}`}
+                        value={c.mode}
+                        onChange={(e) => change(id, { mode: e.target.value as BindingMode })}
+                      >
+                        <option value="full">existing rows, then changes</option>
+                        <option value="onlyChanges">only new changes</option>
+                      </select>
+                      <button
+                        type="button"
+                        className="link"
+                        data-testid={`schema-${id}`}
+                        aria-expanded={schemaOf === id}
+                        onClick={() => setSchemaOf(schemaOf === id ? null : id)}
+                      >
+                        {schemaOf === id ? "hide schema" : "schema"}
+                      </button>
+                    </td>
+                  </tr>
+                  {/* The schema opens under the row that asked for it, not below the whole list. */}
+                  {schemaOf === id && (
+                    <tr data-testid={`schema-row-${id}`}>
+                      <td colSpan={6}>
+                        <pre className="schema" data-testid="collection-schema" ref={scrollIntoView}>
+                          {JSON.stringify(c.table.collection.schema, null, 2)}
+                        </pre>
+                      </td>
+                    </tr>
                   )}
-                </td>
-                <td>
-                  <input
-                    aria-label={`collection name for ${id}`}
-                    data-testid={`collection-${id}`}
-                    value={c.collection}
-                    aria-invalid={problem !== null}
-                    onChange={(e) => rename(id, e.target.value)}
-                  />
-                  {problem && (
-                    <p className="field-error" role="alert" data-testid={`collection-error-${id}`}>
-                      {problem}
-                    </p>
-                  )}
-                </td>
-                <td>
-                  {keyLabel(c.table)}
-                  {c.table.keySource === "none" && (
-                    <p className="note" data-testid={`keyless-note-${id}`}>
-                      This table has no primary key or unique index over non-null columns, so its rows cannot be
-                      told apart. It is captured as a change log: every insert, update and delete is its own
-                      document, keyed by its position in the stream, and the collection's "latest rows" are that log
-                      rather than the table's current state. PostgreSQL refuses updates and deletes on a published
-                      table without a key unless its replica identity is FULL. Add a primary key to capture it as
-                      rows.
-                    </p>
-                  )}
-                </td>
-                <td>{c.table.estimatedRows ?? "?"}</td>
-                <td>
-                  <select
-                    aria-label={`start ${id} with`}
-                    data-testid={`mode-${id}`}
-                    value={c.mode}
-                    onChange={(e) => change(id, { mode: e.target.value as BindingMode })}
-                  >
-                    <option value="full">existing rows, then changes</option>
-                    <option value="onlyChanges">only new changes</option>
-                  </select>
-                  <button type="button" className="link" data-testid={`schema-${id}`} onClick={() => setSchemaOf(id)}>
-                    schema
-                  </button>
-                </td>
-              </tr>
-            );
-          })}
-        </tbody>
-      </table>
-      {shown && (
-        <pre className="schema" data-testid="collection-schema">
-          {JSON.stringify(shown.table.collection.schema, null, 2)}
-        </pre>
-      )}
+                </Fragment>
+              );
+            })}
+          </tbody>
+        </table>
+      </div>
       {hazards.length > 0 && (
         <div className="keyless-publish" data-testid="publish-keyless">
           <p>
@@ -334,7 +349,7 @@ export function TablesPanel({ profileId }: { profileId: string }) {
           {state.status === "publishing" ? "Publishing…" : `Save and publish (${selected})`}
         </button>
       </div>
-      {state.status === "failed" && <ErrorNotice error={state.error} testId="publish-error" />}
+      {state.status === "failed" && <ErrorNotice error={state.error} testId="publish-error" place="form" />}
       {state.status === "published" && (
         <div className="ok" data-testid="published">
           Saved. {state.statements.length === 0 ? "The publication already had every table." : "Ran:"}
