@@ -621,7 +621,7 @@ export function ConsumerForm({
         </div>
       )}
 
-      {error && <ErrorNotice error={error} testId="consumer-form-error" />}
+      {error && <ErrorNotice error={error} testId="consumer-form-error" place="form" />}
       <div className="actions">
         <button type="submit" data-testid="consumer-create" disabled={saving}>
           {saving ? "Creating…" : "Create consumer"}
