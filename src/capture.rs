@@ -489,6 +489,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
     let mut backoff = Duration::from_millis(250);
     let result = loop {
         let started = Instant::now();
+        let stored_before = capture.checkpoint;
         let result = capture.stream().await;
         // Whatever happened, an open batch holds only unconfirmed work: drop it, resume from the checkpoint.
         if let Err(rollback) = capture.store.rollback() {
@@ -528,7 +529,11 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
             }
             Err(e) => break Err(capture.explain(e).await),
         }
-        if started.elapsed() > Duration::from_secs(30) {
+        // A connection that streamed a while, or stored something before it was lost, was
+        // working: the next attempt starts from the shortest pause. Only failures in a row wait
+        // longer each time (a walsender terminated every few seconds must not grow into 30 s
+        // stalls while each reconnect succeeds).
+        if started.elapsed() > Duration::from_secs(30) || capture.checkpoint > stored_before {
             backoff = Duration::from_millis(250);
         }
         tokio::time::sleep(backoff).await;

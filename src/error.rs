@@ -141,7 +141,12 @@ impl Error {
                 || *code == SqlState::UNDEFINED_OBJECT
             {
                 ErrorKind::NotFound
-            } else if code.code().starts_with("08") {
+            } else if code.code().starts_with("08")
+                // The server shutting down, crashed, or starting up: it will take connections
+                // again, so this is a lost connection to retry, not a refusal (as the
+                // replication client classifies them too).
+                || matches!(code.code(), "57P01" | "57P02" | "57P03")
+            {
                 ErrorKind::Connection
             } else {
                 ErrorKind::Postgres
