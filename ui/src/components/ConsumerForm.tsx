@@ -1,4 +1,4 @@
-import { useEffect, useState } from "react";
+import { useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import {
@@ -121,19 +121,34 @@ export function ConsumerForm({
 
   const toggle = <T,>(list: T[], item: T) => (list.includes(item) ? list.filter((x) => x !== item) : [...list, item]);
 
+  // Only the latest check's answer is shown: an earlier one can arrive after it.
+  const latestCheck = useRef(0);
+
   async function runCheck() {
+    const ticket = ++latestCheck.current;
     setChecking(true);
     setError(null);
     try {
       const result = await backend.checkConsumerFilter(profileId, filter, chosen, actions);
+      if (ticket !== latestCheck.current) return;
       setCheck(result);
       setFilterProblem(result.problem);
     } catch (e) {
-      setError(e as BackendError);
+      if (ticket === latestCheck.current) setError(e as BackendError);
     } finally {
-      setChecking(false);
+      if (ticket === latestCheck.current) setChecking(false);
     }
   }
+
+  // The preview follows the expression as it is typed: checked half a second after the last key
+  // (and when the collections or actions change), as the Check button does.
+  useEffect(() => {
+    if (filter.trim() === "") return;
+    const timer = setTimeout(() => void runCheck(), 500);
+    return () => clearTimeout(timer);
+    // runCheck reads exactly these.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [filter, chosen, actions, profileId]);
 
   function invalid(field: string, problem: string): BackendError {
     return { kind: "InvalidInput", message: `${field}: ${problem}` };
@@ -305,7 +320,7 @@ export function ConsumerForm({
           placeholder='record.status == "shipped" && record.total > 100'
         />
         <span className="hint" id="consumer-filter-help">
-          A CEL expression over record, changes, action and metadata; blank delivers everything.
+          A CEL expression over record, changes, action and metadata; blank delivers everything. It is checked as you type.
         </span>
       </label>
       <div className="row">

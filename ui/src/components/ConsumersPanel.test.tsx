@@ -358,6 +358,31 @@ describe("Create consumer", () => {
     expect(credential).toBe("pw-123");
   });
 
+  it("checks the filter as it is typed, showing only the latest expression's preview", async () => {
+    const user = await openForm();
+    answer("checkConsumerFilter", async (...args: unknown[]) => {
+      const text = args[1] as string;
+      return text.endsWith(">")
+        ? { problem: { message: "filter: line 1, column 14: unexpected end of input", line: 1, column: 14 }, preview: [] }
+        : { problem: null, preview: [{ collection: "public/orders", tried: 20, kept: 7 }] };
+    });
+    await user.click(screen.getByTestId("consumer-collection-public/orders"));
+    await user.type(screen.getByTestId("consumer-filter"), "record.total >");
+    // No click on Check: the refusal arrives on its own, at its position.
+    expect((await screen.findByTestId("consumer-filter-position", {}, { timeout: 5000 })).textContent).toContain(
+      "Line 1, column 14",
+    );
+    await user.type(screen.getByTestId("consumer-filter"), " 100");
+    expect(
+      (await screen.findByTestId("consumer-filter-preview-public/orders", {}, { timeout: 5000 })).textContent,
+    ).toContain("keeps 7 of its last 20 changes");
+    expect(screen.queryByTestId("consumer-filter-problem")).toBeNull();
+    const texts = callsOf("checkConsumerFilter").map((c) => (c as unknown[])[1]);
+    expect(texts[texts.length - 1]).toBe("record.total > 100");
+    // Debounced: far fewer checks than keys typed.
+    expect(texts.length).toBeLessThan(5);
+  });
+
   it("refuses a header line that is not K=V before calling the engine, naming the field", async () => {
     const user = await openForm();
     await user.type(screen.getByTestId("consumer-name"), "x");
