@@ -101,8 +101,13 @@ impl Demo {
     /// starts writing every `interval`. Blocks for the few seconds `initdb` and start-up take.
     pub fn start(profiles: &Profiles, interval: Duration) -> Result<(Demo, ProfileView)> {
         forget_profile(profiles)?;
-        let cluster = Cluster::start(ClusterOptions::default())
-            .map_err(|e| e.context("starting the demo database"))?;
+        // A demo's slot gets the limit Monitor asks every server to have, so its WAL can never
+        // fill the user's disk while the demo is paused.
+        let cluster = Cluster::start(ClusterOptions {
+            settings: vec![("max_slot_wal_keep_size".into(), "'1GB'".into())],
+            ..ClusterOptions::default()
+        })
+        .map_err(|e| e.context("starting the demo database"))?;
         cluster.psql("postgres", &format!("CREATE DATABASE {DEMO_DATABASE};"))?;
         cluster.psql(DEMO_DATABASE, SCHEMA)?;
         let draft = ProfileDraft {

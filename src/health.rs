@@ -172,6 +172,14 @@ fn assess(slot: &str, f: Facts, now_ms: i64) -> SlotHealth {
                 mib(retained),
                 if f.active { "" } else { ", which nobody is consuming" }));
         }
+        if f.max_keep.is_none() && !f.neon {
+            // Neon sets its own limits and removes idle slots (below); elsewhere nothing stops it.
+            warn("unlimitedWal", Level::Warn, format!(
+                "max_slot_wal_keep_size is -1 (unlimited): while the capture is stopped, the server keeps WAL for slot {name} \
+                 until its disk fills and the database stops. Set a limit the disk can afford, as a superuser: \
+                 ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); \
+                 Past the limit PostgreSQL invalidates the slot instead, and the next start backfills again."));
+        }
         if let (Some(safe), Some(max)) = (f.safe_wal_size, f.max_keep) {
             if max > 0 && safe < max / 5 && f.wal_status.as_deref() != Some("lost") {
                 warn("safeWalSize", Level::Danger, format!(
@@ -242,8 +250,41 @@ mod tests {
             wal_status: Some("reserved".into()),
             retained: Some(1 << 20),
             unconfirmed: Some(0),
+            max_keep: Some(10 << 30),
             ..Facts::default()
         }
+    }
+
+    #[test]
+    fn an_unlimited_slot_wal_is_a_warning_with_its_fix_except_on_neon() {
+        let unlimited = Facts {
+            max_keep: None,
+            ..healthy()
+        };
+        let h = assess("s", unlimited.clone(), 0);
+        assert_eq!(ids(&h), vec![("unlimitedWal", Level::Warn)]);
+        assert!(h.warnings[0]
+            .message
+            .contains("ALTER SYSTEM SET max_slot_wal_keep_size"));
+        let on_neon = assess(
+            "s",
+            Facts {
+                neon: true,
+                ..unlimited.clone()
+            },
+            0,
+        );
+        assert!(!ids(&on_neon).iter().any(|(id, _)| *id == "unlimitedWal"));
+        // No slot, nothing it could hold.
+        let none = assess(
+            "s",
+            Facts {
+                exists: false,
+                ..unlimited
+            },
+            0,
+        );
+        assert_eq!(ids(&none), vec![]);
     }
 
     #[test]
