@@ -74,9 +74,10 @@ fn other_scheme(input: &str) -> Option<&str> {
 }
 
 impl Conninfo {
-    /// Parses a URL or a `key=value` string.
+    /// Parses a URL or a `key=value` string, also as a `psql` command line gives it (`psql
+    /// 'postgresql://…'`, as Neon's console copies it).
     pub fn parse(input: &str) -> Result<Conninfo> {
-        let input = input.trim();
+        let input = strip_psql(input.trim());
         if input.is_empty() {
             return Err(Error::invalid_input("connection string", "is empty"));
         }
@@ -219,14 +220,106 @@ impl Conninfo {
                 ));
             }
             other => {
+                let hint = nearest_keyword(other)
+                    .map(|k| format!(": did you mean '{k}'?"))
+                    .unwrap_or_default();
                 return Err(Error::invalid_input(
                     "connection string",
-                    format!("unknown keyword '{other}'"),
-                ))
+                    format!("unknown keyword '{other}'{hint}"),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// Every keyword this parser knows (used, accepted without effect, or refused with a reason): what
+/// a misspelt one is compared with.
+const KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "sslmode",
+    "sslrootcert",
+    "options",
+    "channel_binding",
+    "application_name",
+    "connect_timeout",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "keepalives",
+    "keepalives_idle",
+    "gssencmode",
+    "fallback_application_name",
+    "client_encoding",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "service",
+    "passfile",
+    "requiressl",
+    "krbsrvname",
+    "gsslib",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "requirepeer",
+    "replication",
+];
+
+/// The known keyword within two edits of `word` (at most a third of its length), if one is
+/// nearest: `sslmod` → `sslmode`, `dbnme` → `dbname`.
+fn nearest_keyword(word: &str) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    let limit = 2.min(word.chars().count() / 3).max(1);
+    let mut best: Option<(usize, &'static str)> = None;
+    for keyword in KEYWORDS {
+        let d = edit_distance(&word, keyword);
+        if d <= limit && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, keyword));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            current[j + 1] = (previous[j] + usize::from(ca != *cb))
+                .min(previous[j + 1] + 1)
+                .min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The connection string inside a `psql` command line: `psql 'postgresql://…'`, `psql "…"` or
+/// `psql postgresql://…` (what Neon's console and many guides copy). Anything else is as given.
+fn strip_psql(input: &str) -> &str {
+    let Some(rest) = input.strip_prefix("psql") else {
+        return input;
+    };
+    if !rest.starts_with(char::is_whitespace) {
+        return input;
+    }
+    let rest = rest.trim();
+    for quote in ['\'', '"'] {
+        if let Some(inner) = rest.strip_prefix(quote).and_then(|r| r.strip_suffix(quote)) {
+            return inner.trim();
+        }
+    }
+    rest
 }
 
 fn non_empty(value: String) -> Option<String> {
@@ -717,6 +810,55 @@ mod tests {
             ("alice", "alice", 5432)
         );
         assert_eq!(spec.sslmode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn a_psql_command_line_is_accepted_as_neon_copies_it() {
+        let neon = "psql 'postgresql://alex:AbC123dEf@ep-cool-darkness-123456.us-east-2.aws.neon.tech/dbname?sslmode=require&channel_binding=require'";
+        let info = Conninfo::parse(neon).unwrap();
+        assert_eq!(
+            info.host.as_deref(),
+            Some("ep-cool-darkness-123456.us-east-2.aws.neon.tech")
+        );
+        assert_eq!(info.user.as_deref(), Some("alex"));
+        assert_eq!(info.dbname.as_deref(), Some("dbname"));
+        assert_eq!(
+            info.password.as_ref().map(|p| p.expose()),
+            Some("AbC123dEf")
+        );
+        for form in [
+            "psql \"host=h dbname=d\"",
+            "  psql   postgres://u@h/d  ",
+            "psql 'host=h dbname=d'",
+        ] {
+            let info = Conninfo::parse(form).unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert_eq!(info.host.as_deref(), Some("h"), "{form}");
+        }
+        // Only the command's own name, followed by a space, is taken off.
+        assert!(Conninfo::parse("psqlx postgres://h/d").is_err());
+        assert!(Conninfo::parse("psql").is_err());
+    }
+
+    #[test]
+    fn a_misspelt_keyword_gets_a_suggestion() {
+        for (typo, meant) in [
+            ("sslmod", "sslmode"),
+            ("SSLMODE2", "sslmode"),
+            ("dbnme", "dbname"),
+            ("passwrd", "password"),
+            ("hostt", "host"),
+            ("chanel_binding", "channel_binding"),
+        ] {
+            let e = Conninfo::parse(&format!("host=h {typo}=x")).unwrap_err();
+            assert_eq!(
+                e.message(),
+                format!("connection string: unknown keyword '{typo}': did you mean '{meant}'?"),
+                "{typo}"
+            );
+        }
+        // Nothing near: no guess.
+        let e = Conninfo::parse("host=h colour=blue").unwrap_err();
+        assert_eq!(e.message(), "connection string: unknown keyword 'colour'");
     }
 
     proptest::proptest! {

@@ -1220,18 +1220,24 @@ fn large_value_schema(conn: &Connection) -> Result<()> {
 /// Adds a column to a table of a store created before it existed.
 fn add_column(conn: &Connection, table: &str, column: &str) -> Result<()> {
     let name = column.split(' ').next().unwrap_or(column);
-    let present: bool = conn
-        .query_row(
+    let present = || -> Result<bool> {
+        conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
             [table, name],
             |r| r.get(0),
         )
-        .map_err(sqlite("reading the schema"))?;
-    if !present {
-        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
-            .map_err(sqlite("adding a column"))?;
+        .map_err(sqlite("reading the schema"))
+    };
+    if present()? {
+        return Ok(());
     }
-    Ok(())
+    match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}")) {
+        Ok(()) => Ok(()),
+        // Another connection opening the same store (the running capture, a preview) added it
+        // between the check and here: it is there, which is all that is asked.
+        Err(_) if present()? => Ok(()),
+        Err(e) => Err(sqlite("adding a column")(e)),
+    }
 }
 
 /// Registers `tidepool_field(doc, refs, path)`: the top-level field at `path` (`$."name"`) of a

@@ -84,6 +84,36 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+/// The messages a claim's query selected (`seq, ack_id, body, attempts`).
+fn claimed_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Claimed>> {
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(sqlite("claiming"))?;
+    let mut claimed = Vec::new();
+    for row in rows {
+        let (seq, ack_id, body, attempts) = row.map_err(sqlite("claiming"))?;
+        let body = RawValue::from_string(body)
+            .map_err(|e| Error::internal(format!("consumers: a queued message: {e}")))?;
+        claimed.push(Claimed {
+            seq: seq as u64,
+            ack_id,
+            body,
+            attempts: attempts as u32,
+        });
+    }
+    Ok(claimed)
+}
+
 /// Marks claimed messages in flight until `until` (Unix ms).
 fn mark_claimed(tx: &Connection, id: &str, claimed: &[Claimed], until: i64) -> Result<()> {
     let mut mark = tx
@@ -514,27 +544,7 @@ impl Ledger {
                      ORDER BY m.seq LIMIT ?3",
                 )
                 .map_err(sqlite("claiming"))?;
-            let rows = stmt
-                .query_map(params![id, now_ms, limit], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .map_err(sqlite("claiming"))?;
-            for row in rows {
-                let (seq, ack_id, body, attempts) = row.map_err(sqlite("claiming"))?;
-                let body = RawValue::from_string(body)
-                    .map_err(|e| Error::internal(format!("consumers: a queued message: {e}")))?;
-                claimed.push(Claimed {
-                    seq: seq as u64,
-                    ack_id,
-                    body,
-                    attempts: attempts as u32,
-                });
-            }
+            claimed = claimed_rows(&mut stmt, params![id, now_ms, limit])?;
         }
         mark_claimed(&tx, id, &claimed, now_ms + visible_ms as i64)?;
         tx.commit().map_err(sqlite("claiming"))?;
@@ -554,8 +564,7 @@ impl Ledger {
         visible_ms: u64,
     ) -> Result<Vec<Claimed>> {
         let tx = self.conn.savepoint().map_err(sqlite("claiming"))?;
-        let mut claimed = Vec::new();
-        {
+        let claimed = {
             let mut stmt = tx
                 .prepare_cached(
                     // The conditions repeat the partial indexes' (parked; held), so both are used.
@@ -569,28 +578,8 @@ impl Ledger {
                      ORDER BY seq LIMIT ?3",
                 )
                 .map_err(sqlite("claiming"))?;
-            let rows = stmt
-                .query_map(params![id, now_ms, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .map_err(sqlite("claiming"))?;
-            for row in rows {
-                let (seq, ack_id, body, attempts) = row.map_err(sqlite("claiming"))?;
-                let body = RawValue::from_string(body)
-                    .map_err(|e| Error::internal(format!("consumers: a queued message: {e}")))?;
-                claimed.push(Claimed {
-                    seq: seq as u64,
-                    ack_id,
-                    body,
-                    attempts: attempts as u32,
-                });
-            }
-        }
+            claimed_rows(&mut stmt, params![id, now_ms, limit as i64])?
+        };
         mark_claimed(&tx, id, &claimed, now_ms + visible_ms as i64)?;
         tx.commit().map_err(sqlite("claiming"))?;
         Ok(claimed)

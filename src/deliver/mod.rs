@@ -48,6 +48,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Runs `f` on a blocking thread with a worker's state moved in and back out: a delivery round's
+/// SQLite work never holds up requests in flight or the capture's tasks. `what` names the worker in
+/// an error.
+pub(crate) async fn on_blocking_thread<S, T>(
+    state: S,
+    what: &'static str,
+    f: impl FnOnce(&mut S) -> T + Send + 'static,
+) -> Result<(S, T)>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut state = state;
+        let out = f(&mut state);
+        (state, out)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("{what}: {e}")))
+}
+
 /// What delivery needs to run next to a capture.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {

@@ -28,7 +28,7 @@ use crate::deliver::consumer::{Consumer, Destination, Nats, NatsAuth};
 use crate::deliver::feed::{Feeder, PAGE};
 use crate::deliver::ledger::{Claimed, Ledger};
 use crate::deliver::subject::{render, wildcard, Values};
-use crate::deliver::{now_ms, Context};
+use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secrets::{Secret, SecretKey};
 
@@ -298,13 +298,10 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             hold_ms,
         };
         let finished = std::mem::take(&mut settle);
-        let (back, result) = tokio::task::spawn_blocking(move || {
-            let mut state = state;
-            let result = round.run(&mut state, finished);
-            (state, result)
+        let (back, result) = on_blocking_thread(state, "NATS delivery", move |state| {
+            round.run(state, finished)
         })
-        .await
-        .map_err(|e| Error::internal(format!("NATS delivery: {e}")))?;
+        .await?;
         state = back;
         let Some((batch, next)) = result? else {
             return Ok(());

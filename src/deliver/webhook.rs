@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::deliver::consumer::{Consumer, Destination, Webhook};
 use crate::deliver::feed::{Feeder, PAGE};
 use crate::deliver::ledger::{Claimed, Ledger};
-use crate::deliver::{now_ms, Context};
+use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, Result};
 use crate::secrets::{Secret, SecretKey};
 
@@ -239,13 +239,10 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             hold_ms,
         };
         let settle = std::mem::take(&mut finished);
-        let (back, round) = tokio::task::spawn_blocking(move || {
-            let mut state = state;
-            let round = rules.round(&mut state, settle);
-            (state, round)
+        let (back, round) = on_blocking_thread(state, "webhook delivery", move |state| {
+            rules.round(state, settle)
         })
-        .await
-        .map_err(|e| Error::internal(format!("webhook delivery: {e}")))?;
+        .await?;
         state = back;
         let round = round?;
         let Some((batches, next)) = round else {

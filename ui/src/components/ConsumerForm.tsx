@@ -257,6 +257,30 @@ export function ConsumerForm({
     }
   }
 
+  /** The timeout, batch and retry fields, shared by push and NATS (named as each destination says it). */
+  const limits = (timeoutLabel: string, batchLabel: string) => (
+    <div className="row">
+      <label>
+        {timeoutLabel}
+        <input data-testid="consumer-timeout" inputMode="numeric" value={timeoutMs} onChange={(e) => setTimeoutMs(e.target.value)} />
+      </label>
+      <label>
+        {batchLabel}
+        <input data-testid="consumer-batch-size" inputMode="numeric" value={batchSize} onChange={(e) => setBatchSize(e.target.value)} />
+      </label>
+      <label>
+        Max retries
+        <input
+          data-testid="consumer-max-retries"
+          inputMode="numeric"
+          value={maxRetries}
+          placeholder="forever"
+          onChange={(e) => setMaxRetries(e.target.value)}
+        />
+      </label>
+    </div>
+  );
+
   return (
     <form className="card form consumer-form" data-testid="consumer-form" onSubmit={(e) => void save(e)} aria-label="Create consumer">
       <h3>Create consumer</h3>
@@ -468,26 +492,7 @@ export function ConsumerForm({
               Add a secret header
             </button>
           </div>
-          <div className="row">
-            <label>
-              Timeout (ms)
-              <input data-testid="consumer-timeout" inputMode="numeric" value={timeoutMs} onChange={(e) => setTimeoutMs(e.target.value)} />
-            </label>
-            <label>
-              Batch size
-              <input data-testid="consumer-batch-size" inputMode="numeric" value={batchSize} onChange={(e) => setBatchSize(e.target.value)} />
-            </label>
-            <label>
-              Max retries
-              <input
-                data-testid="consumer-max-retries"
-                inputMode="numeric"
-                value={maxRetries}
-                placeholder="forever"
-                onChange={(e) => setMaxRetries(e.target.value)}
-              />
-            </label>
-          </div>
+          {limits("Timeout (ms)", "Batch size")}
           <span className="hint">
             Batch size blank: one bare message per request. Max retries blank: retry forever (backoff up to 10 min); after that a
             message is parked for Retry or Skip.
@@ -575,26 +580,7 @@ export function ConsumerForm({
           {natsAuth !== "none" && (
             <span className="hint">Goes to the OS keychain when you create the consumer and is never shown again.</span>
           )}
-          <div className="row">
-            <label>
-              Ack timeout (ms)
-              <input data-testid="consumer-timeout" inputMode="numeric" value={timeoutMs} onChange={(e) => setTimeoutMs(e.target.value)} />
-            </label>
-            <label>
-              Publish batch
-              <input data-testid="consumer-batch-size" inputMode="numeric" value={batchSize} onChange={(e) => setBatchSize(e.target.value)} />
-            </label>
-            <label>
-              Max retries
-              <input
-                data-testid="consumer-max-retries"
-                inputMode="numeric"
-                value={maxRetries}
-                placeholder="forever"
-                onChange={(e) => setMaxRetries(e.target.value)}
-              />
-            </label>
-          </div>
+          {limits("Ack timeout (ms)", "Publish batch")}
           <span className="hint">
             Each message carries its idempotency key as Nats-Msg-Id, so the stream drops a message published twice. Creating the
             consumer first connects to the server: a wrong address or credential is refused then.
