@@ -1,8 +1,13 @@
 //! Preflight: everything a capture needs from the server, checked before it starts, each with a status,
 //! an explanation and, where one exists, the fix ([`crate::setup::Action`]) that turns it into a pass.
 //!
-//! Invariant: checks only read (catalog queries and settings); nothing here changes the server. Fixes
-//! run only through [`crate::setup::Action::run`], after the user saw their preview.
+//! Invariants:
+//! - Checks only read (catalog queries and settings); nothing here changes the server. Fixes run only
+//!   through [`crate::setup::Action::run`], after the user saw their preview.
+//! - Checks know Tidepool's own state ([`Target::running_capture`], [`Target::store_history`]): a slot
+//!   held by this process's own capture is a pass, and a slot the capture's first start will create
+//!   (with the snapshot it backfills from) is a [`Status::Step`], never a failure whose fix would skip
+//!   that backfill.
 
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -22,6 +27,9 @@ pub enum Status {
     Warn,
     /// The capture cannot work until it is fixed.
     Fail,
+    /// Not there yet, and nothing to fix: Tidepool does it itself at the right moment (the capture's
+    /// first start creates the slot, with the snapshot it backfills from).
+    Step,
 }
 
 /// One check's outcome.
@@ -85,6 +93,14 @@ pub struct Target {
     pub neon_branch: Option<String>,
     /// Retained WAL above which the slot check warns (default [`LAG_WARN_BYTES`]).
     pub slot_warn_bytes: Option<i64>,
+    /// The `application_name` of this target's capture when it runs in this process (each run of
+    /// [`crate::run::Runs`] has its own): a slot held by a connection of that name is Tidepool's own
+    /// capture, not a conflict. `None` where no capture runs in-process (the command line).
+    pub running_capture: Option<String>,
+    /// Whether the capture's store has streamed from the slot already (a checkpoint is stored): then a
+    /// missing slot was dropped behind its back, rather than one its first start will create. `None`
+    /// when unknown (the command line checks without a store).
+    pub store_history: Option<bool>,
 }
 
 /// The role the Neon fix creates for replication.
@@ -241,8 +257,9 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
         .query_opt(
             "SELECT plugin::text, database::text, active, active_pid, wal_status,
                     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
-               FROM pg_replication_slots WHERE slot_name = $1",
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    (SELECT a.application_name::text FROM pg_stat_activity a WHERE a.pid = s.active_pid)
+               FROM pg_replication_slots s WHERE slot_name = $1",
             &[&target.slot],
         )
         .await
@@ -436,9 +453,17 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     // Slot
     let slot_title = format!("Slot {} is ready", ident(&target.slot));
     match slot_row {
-        None => checks.push(check("slot", &slot_title, Status::Fail,
-            format!("Slot {} does not exist. Save and publish creates it with a snapshot for the backfill; create it now only to capture changes without a backfill.", ident(&target.slot)),
-            Some(Action::CreateSlot { slot: target.slot.clone() }))),
+        // A store that streamed from the slot cannot go on without it; creating another would not
+        // bring back the changes in between (the capture refuses it as diverged).
+        None if target.store_history == Some(true) => checks.push(check("slot", &slot_title, Status::Fail,
+            format!("Slot {} no longer exists, but the capture has streamed from it: it was dropped (by hand, or by Neon after a long pause), and the changes made since the capture last ran are gone with it. Start the capture: it is refused as diverged, and \"Re-backfill and continue\" on the Capture tab then creates the slot again and backfills every table.", ident(&target.slot)),
+            None)),
+        // Not a failure: the capture's first start creates it with an exported snapshot and backfills
+        // the tables in that snapshot. Creating it beforehand would leave the backfill no snapshot
+        // (the capture then refuses the existing slot), so no fix is offered here.
+        None => checks.push(check("slot", &slot_title, Status::Step,
+            format!("Slot {} does not exist yet: it is created when the capture first starts (after Save and publish), with a snapshot that the selected tables are backfilled from first. Nothing to do here.", ident(&target.slot)),
+            None)),
         Some(r) => {
             let plugin: String = r.get(0);
             let slot_db: Option<String> = r.get(1);
@@ -447,6 +472,13 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             let wal_status: Option<String> = r.get(4);
             let retained: Option<i64> = r.get(5);
             let lag: Option<i64> = r.get(6);
+            let holder: Option<String> = r.get(7);
+            let pid = pid.map_or("?".into(), |p| p.to_string());
+            let mib = |b: i64| b as f64 / 1_048_576.0;
+            // Tidepool's own capture in this process holds it: the name is unique to that run.
+            let own = active
+                && target.running_capture.is_some()
+                && holder.as_deref() == target.running_capture.as_deref();
             let drop = Some(Action::DropSlot { slot: target.slot.clone() });
             if plugin != "pgoutput" || slot_db.as_deref() != Some(database.as_str()) {
                 checks.push(check("slot", &slot_title, Status::Fail,
@@ -454,13 +486,19 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             } else if wal_status.as_deref() == Some("lost") {
                 checks.push(check("slot", &slot_title, Status::Fail,
                     format!("Slot {} was invalidated (wal_status = lost): the WAL it needed is gone. Drop it; the next Save and publish backfills again.", ident(&target.slot)), drop));
+            } else if own {
+                checks.push(check("slot", &slot_title, Status::Pass,
+                    format!("In use by this app's capture (server process {pid}): pgoutput on '{database}', wal_status {}, {:.1} MiB of WAL retained.", wal_status.unwrap_or_else(|| "?".into()), mib(retained.unwrap_or(0))), None));
             } else if active {
+                let by = holder
+                    .filter(|name| !name.is_empty())
+                    .map(|name| format!(" (application_name {})", crate::sql::literal(&name)))
+                    .unwrap_or_default();
                 checks.push(check("slot", &slot_title, Status::Fail,
-                    format!("Slot {} is in use by server process {}: a slot serves one consumer at a time.", ident(&target.slot), pid.map_or("?".into(), |p| p.to_string())), None));
+                    format!("Slot {} is in use by server process {pid}{by}, which is not this app's capture: a slot serves one consumer at a time. Stop the other consumer (another Tidepool window or `tidepool capture` included), or choose another slot name.", ident(&target.slot)), None));
             } else {
                 let retained = retained.unwrap_or(0);
                 let lag = lag.unwrap_or(0);
-                let mib = |b: i64| b as f64 / 1_048_576.0;
                 if retained > target.slot_warn_bytes.unwrap_or(LAG_WARN_BYTES) {
                     checks.push(check("slot", &slot_title, Status::Warn,
                         format!("Slot {} holds back {:.0} MiB of WAL ({:.0} MiB not yet confirmed). WAL piles up on the server until the capture catches up; on Neon an inactive slot is removed after a while. Start the capture, or drop the slot if it is stale.", ident(&target.slot), mib(retained), mib(lag)), drop));

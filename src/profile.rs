@@ -743,19 +743,32 @@ impl Profiles {
     }
 
     /// The preflight checklist for the profile: its publication and slot, and the tables of its saved
-    /// capture (else the publication's).
-    pub async fn preflight(&self, id_or_name: &str) -> Result<Vec<crate::preflight::Check>> {
+    /// capture (else the publication's). The checks know what the store knows (whether the capture has
+    /// streamed from the slot), and `running_capture` names the `application_name` of the profile's
+    /// capture when one runs in this process ([`crate::run::Runs::preflight`] passes it), so a slot that
+    /// capture holds is a pass.
+    pub async fn preflight(
+        &self,
+        id_or_name: &str,
+        running_capture: Option<String>,
+    ) -> Result<Vec<crate::preflight::Check>> {
         let profile = self.get(id_or_name)?;
         let spec = self.spec_blocking(id_or_name, None).await?;
-        let tables = self
-            .capture_definition(id_or_name)?
-            .map(|d| {
-                d.bindings
-                    .into_iter()
-                    .map(|b| (b.schema, b.table))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (tables, store_history) =
+            match crate::store::Store::open_existing(&self.store_dir(id_or_name)?)? {
+                Some(store) => {
+                    let tables = crate::binding::Definition::load(&store)?
+                        .map(|d| {
+                            d.bindings
+                                .into_iter()
+                                .map(|b| (b.schema, b.table))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (tables, store.checkpoint()? > crate::pgoutput::Lsn(0))
+                }
+                None => (Vec::new(), false),
+            };
         let target = crate::preflight::Target {
             host: profile.host.clone(),
             publication: profile.publication.clone(),
@@ -764,6 +777,8 @@ impl Profiles {
             neon_project: profile.neon.as_ref().map(|l| l.project_id.clone()),
             neon_branch: profile.neon.as_ref().map(|l| l.branch_id.clone()),
             slot_warn_bytes: None,
+            running_capture,
+            store_history: Some(store_history),
         };
         let client = crate::connection::connect(&spec).await?;
         crate::preflight::run(&client, &target).await

@@ -13,6 +13,9 @@
 //! - One pull API server ([`crate::deliver::pull::PullHost`]) answers for every running capture's
 //!   store, each chosen by its own token; it listens while at least one capture runs. A port taken
 //!   never stops a capture: the error is kept for the Consumers tab ([`Runs::pull_access`]).
+//! - Each run connects under an `application_name` of its own (`run_application_name`: the
+//!   profile's, then this process's id and the run's number), so the Setup checks can tell a slot this
+//!   process's capture holds from one held by anybody else ([`Runs::preflight`]).
 //! - A tail reads only what a store commit made durable, in log order, after the position it was given:
 //!   it never shows a change twice or skips one. It wakes on each store commit of the profile's run
 //!   (no polling), and ends when told to or when its receiver is gone.
@@ -96,6 +99,8 @@ pub type StatusListener = Arc<dyn Fn(&RunStatus) + Send + Sync>;
 
 struct Running {
     task: tokio::task::JoinHandle<()>,
+    /// The `application_name` every connection of this run carries.
+    application_name: String,
     /// Webhook delivery from the run's store ([`crate::deliver::run`]), stopped with the capture.
     delivery: tokio::task::JoinHandle<()>,
     /// The store served by the pull API, until this run is dropped.
@@ -245,6 +250,26 @@ impl Runs {
             .clone()
     }
 
+    /// The `application_name` of the profile's capture while it runs here.
+    fn running_capture(&self, id: &str) -> Option<String> {
+        self.lock()
+            .runs
+            .get(id)
+            .filter(|r| !r.task.is_finished())
+            .map(|r| r.application_name.clone())
+    }
+
+    /// The Setup checklist of the profile ([`Profiles::preflight`]), knowing this process's captures:
+    /// a slot held by the profile's running capture here is a pass, not a slot in use by someone else.
+    pub async fn preflight(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+    ) -> Result<Vec<crate::preflight::Check>> {
+        let id = profiles.get(id_or_name)?.id;
+        profiles.preflight(&id, self.running_capture(&id)).await
+    }
+
     /// Whether the profile's capture task is running.
     fn is_running(&self, id: &str) -> bool {
         self.lock()
@@ -275,7 +300,9 @@ impl Runs {
                 "nothing to capture yet: select tables and \"Save and publish\" first",
             ));
         }
-        let spec = profiles.spec_blocking(&id, None).await?;
+        let mut spec = profiles.spec_blocking(&id, None).await?;
+        spec.application_name = run_application_name(&spec.application_name);
+        let application_name = spec.application_name.clone();
         let status = Arc::new(Mutex::new(RunStatus {
             state: RunState::Starting,
             ..RunStatus::stopped(&id)
@@ -411,6 +438,7 @@ impl Runs {
             id.clone(),
             Running {
                 task,
+                application_name,
                 delivery,
                 _pull: pull,
             },
@@ -633,6 +661,31 @@ impl Runs {
     }
 }
 
+/// PostgreSQL keeps at most this many bytes of an `application_name` (NAMEDATALEN - 1).
+const APPLICATION_NAME_BYTES: usize = 63;
+
+/// A run's own `application_name`: `base` (the profile's), then `capture <process id>.<run number>`.
+/// The server shows it exactly as given: only printable ASCII is kept from `base` (PostgreSQL
+/// replaces anything else), and `base` is shortened so the whole fits in 63 bytes (it truncates
+/// longer ones), so the suffix that makes it unique always survives.
+fn run_application_name(base: &str) -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let suffix = format!("capture {}.{run}", std::process::id());
+    let room = APPLICATION_NAME_BYTES.saturating_sub(suffix.len() + 1);
+    let base: String = base
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(room)
+        .collect();
+    let base = base.trim();
+    if base.is_empty() {
+        suffix
+    } else {
+        format!("{base} {suffix}")
+    }
+}
+
 /// Most entries a tail sends at once.
 const TAIL_PAGE: usize = 500;
 
@@ -668,4 +721,27 @@ async fn read_changes(
     })
     .await
     .map_err(|e| Error::internal(format!("reading the store: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_run_has_an_application_name_the_server_keeps_as_it_is() {
+        let own = format!("capture {}.", std::process::id());
+        let first = run_application_name("tidepool");
+        let second = run_application_name("tidepool");
+        assert_ne!(first, second, "two runs share a name");
+        assert!(first.starts_with(&format!("tidepool {own}")), "{first}");
+        // Too long, and not ASCII: shortened and cleaned so the unique end is what PostgreSQL stores.
+        let odd = run_application_name(&format!("é{}\t{}", "x".repeat(80), "y"));
+        assert!(odd.len() <= APPLICATION_NAME_BYTES, "{odd}");
+        assert!(
+            odd.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+            "{odd}"
+        );
+        assert!(odd.starts_with("xxxx") && odd.contains(&own), "{odd}");
+        assert!(run_application_name("  ").starts_with(&own));
+    }
 }

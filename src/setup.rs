@@ -186,6 +186,11 @@ impl Action {
                 "The role's password is shown by Neon only once: Tidepool puts it straight into the OS \
                  keychain with a new profile for the role.",
             ),
+            Action::CreateSlot { .. } => Some(
+                "Creates the slot without a backfill: a capture then streams changes from now on, and the tables' \
+                 existing rows are not copied (a first capture that backfills refuses a slot that exists already). \
+                 A capture's first start creates the slot itself, with the snapshot it backfills from.",
+            ),
             Action::DropSlot { .. } => Some(
                 "Whoever streams from this slot loses their position: they must start over with a new backfill.",
             ),

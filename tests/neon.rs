@@ -304,7 +304,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         .unwrap();
 
     // The role was made with SQL: on a Neon-linked profile the fix is a role made through the API.
-    let checks = profiles.preflight("Shop").await.unwrap();
+    let checks = profiles.preflight("Shop", None).await.unwrap();
     let replication = checks.iter().find(|c| c.id == "replication").unwrap();
     assert_eq!(replication.status, Status::Fail);
     let fix = replication.fix.clone().expect("a Neon fix");
@@ -319,7 +319,10 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     let created = profiles.get("Shop (tidepool_cdc)").unwrap();
     assert_eq!(created.user, "tidepool_cdc");
     assert_eq!(created.neon, Some(link.clone()));
-    let checks = profiles.preflight("Shop (tidepool_cdc)").await.unwrap();
+    let checks = profiles
+        .preflight("Shop (tidepool_cdc)", None)
+        .await
+        .unwrap();
     let replication = checks.iter().find(|c| c.id == "replication").unwrap();
     assert_eq!(
         replication.status,

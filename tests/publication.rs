@@ -53,6 +53,8 @@ fn target(publication: &str, tables: &[TableRef]) -> Target {
         neon_project: None,
         neon_branch: None,
         slot_warn_bytes: None,
+        running_capture: None,
+        store_history: None,
     }
 }
 

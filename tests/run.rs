@@ -343,3 +343,116 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
         profiles.delete(&p.profile.id).unwrap();
     }
 }
+
+/// Setup's slot check knows Tidepool's own state. Before the first start the missing slot is a step
+/// (the start creates it and backfills first); while the app's own capture holds it, a pass; held by a
+/// consumer that is not this app's capture (here: a second app's view, which runs no capture), a
+/// fail; dropped behind the back of a store that streamed from it, a fail pointing at the re-backfill;
+/// after "Stop and drop the slot", a step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_passes_the_slot_this_apps_capture_holds_and_steps_the_one_its_start_creates() {
+    use tidepool::preflight::{Check, Status};
+
+    let db = TestDb::new(harness::plain(), "run_setup");
+    db.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3) g;",
+    );
+    let dir = harness::temp_dir("run_setup_profiles");
+    let profiles = Profiles::open(&dir);
+    let draft = ProfileDraft {
+        name: "Setup".into(),
+        address: format!("127.0.0.1:{}", db.cluster.port()),
+        user: "postgres".into(),
+        database: db.name.clone(),
+        sslmode: tidepool::tls::SslMode::Disable,
+        slot: Some(db.name.clone()),
+        publication: Some(format!("{}_pub", db.name)),
+        ..Default::default()
+    };
+    let id = profiles
+        .save(None, draft, Some(db.cluster.superuser_password().clone()))
+        .unwrap()
+        .profile
+        .id;
+    let runs = Runs::with_pull_listen("127.0.0.1:0");
+    let slot_of = |checks: Vec<Check>| checks.into_iter().find(|c| c.id == "slot").unwrap();
+
+    let before = slot_of(runs.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(before.status, Status::Step, "{before:?}");
+    assert!(before.fix.is_none(), "{before:?}");
+    profiles
+        .publish(&id, vec![Binding::new("public", "items")], vec![])
+        .await
+        .unwrap();
+    let published = slot_of(runs.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(published.status, Status::Step, "{published:?}");
+
+    runs.start(&profiles, &id, Arc::new(|_| {})).await.unwrap();
+    let changes = || {
+        preview::collections(&profiles, &id)
+            .unwrap()
+            .first()
+            .map_or(0, |c| c.changes)
+    };
+    db.sql("INSERT INTO items VALUES (4, 'streamed');");
+    until("the streamed insert", || changes() == 4).await;
+    // The server shows the slot held by a connection named after this run.
+    let holder = db.sql(&format!(
+        "SELECT a.application_name FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+          WHERE s.slot_name = '{}';",
+        db.name
+    ));
+    assert!(holder.trim().starts_with("tidepool capture "), "{holder:?}");
+    let held = slot_of(runs.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(held.status, Status::Pass, "{held:?}");
+    assert!(
+        held.explanation.contains("this app's capture"),
+        "{}",
+        held.explanation
+    );
+    // Another app on the same profiles (it runs no capture) sees a consumer that is not its own.
+    let elsewhere = Runs::with_pull_listen("127.0.0.1:0");
+    let other = slot_of(elsewhere.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(other.status, Status::Fail, "{other:?}");
+    assert!(
+        other.explanation.contains("not this app's capture")
+            && other.explanation.contains(holder.trim()),
+        "{}",
+        other.explanation
+    );
+
+    // Paused: the slot waits, released, for the next start.
+    runs.stop(&id, &profiles).unwrap();
+    let released = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND NOT active;",
+        db.name
+    );
+    until("the slot released", || db.sql(&released).trim() == "1").await;
+    let paused = slot_of(runs.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(paused.status, Status::Pass, "{paused:?}");
+    assert!(
+        paused.explanation.contains("not in use"),
+        "{}",
+        paused.explanation
+    );
+
+    // Dropped behind the store's back after it streamed: a new slot would not bring the changes back.
+    db.sql(&format!("SELECT pg_drop_replication_slot('{}');", db.name));
+    let dropped = slot_of(runs.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(dropped.status, Status::Fail, "{dropped:?}");
+    assert!(dropped.fix.is_none(), "{dropped:?}");
+    assert!(
+        dropped.explanation.contains("Re-backfill and continue"),
+        "{}",
+        dropped.explanation
+    );
+
+    // "Stop and drop the slot" empties the store: the next start creates the slot and backfills.
+    runs.stop_and_drop_slot(&id, &profiles).await.unwrap();
+    let fresh = slot_of(runs.preflight(&profiles, &id).await.unwrap());
+    assert_eq!(fresh.status, Status::Step, "{fresh:?}");
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
+}

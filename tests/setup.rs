@@ -19,6 +19,8 @@ fn target(publication: &str, slot: &str, tables: &[(&str, &str)]) -> Target {
         neon_project: None,
         neon_branch: None,
         slot_warn_bytes: None,
+        running_capture: None,
+        store_history: None,
     }
 }
 
@@ -107,7 +109,6 @@ async fn every_fail_turns_into_a_pass_with_its_fix() {
         "replication",
         "grants:shop",
         "publication",
-        "slot",
         "replica_identity:shop.log",
     ] {
         assert_eq!(
@@ -126,6 +127,10 @@ async fn every_fail_turns_into_a_pass_with_its_fix() {
         find(&found, "replica_identity:shop.docs").status,
         Status::Warn
     );
+    // The missing slot is no failure: the capture's first start creates it, backfilling first.
+    let slot = find(&found, "slot");
+    assert_eq!(slot.status, Status::Step, "{slot:?}");
+    assert!(slot.fix.is_none(), "{slot:?}");
 
     let admin = db.spec();
     assert_eq!(
@@ -158,13 +163,23 @@ async fn every_fail_turns_into_a_pass_with_its_fix() {
             r#"CREATE PUBLICATION "setup pub" FOR TABLE "shop"."orders", "shop"."log", "shop"."docs""#
         ]
     );
-    // The slot is created by the user (who may replicate now).
-    fix(&user, find(&found, "slot")).await;
-
     let after = checks(&user, &t).await;
     for c in &after {
-        assert_eq!(c.status, Status::Pass, "{c:#?}");
+        let expected = if c.id == "slot" {
+            Status::Step
+        } else {
+            Status::Pass
+        };
+        assert_eq!(c.status, expected, "{c:#?}");
     }
+    // A slot made by hand (`tidepool setup create-slot`, by the user, who may replicate now) passes;
+    // its action says it skips the backfill.
+    let create = Action::CreateSlot {
+        slot: db.name.clone(),
+    };
+    assert!(create.warning().unwrap().contains("without a backfill"));
+    create.run(&connect(&user).await.unwrap()).await.unwrap();
+    assert_eq!(find(&checks(&user, &t).await, "slot").status, Status::Pass);
 
     // A table added to the list later is missing from the publication: the fix adds it.
     db.sql("CREATE TABLE shop.extra (id int PRIMARY KEY); GRANT SELECT ON shop.extra TO PUBLIC;");
@@ -224,6 +239,40 @@ async fn foreign_and_stale_slots_are_flagged_with_a_drop_fix() {
     );
     assert!(slot.fix.as_ref().unwrap().warning.is_some());
     fix(&db.spec(), slot).await;
+}
+
+/// A missing slot is a step the capture's first start takes (it creates the slot with the snapshot it
+/// backfills from), not a failure with a fix that would skip the backfill; once the store has streamed
+/// from it, a missing slot was dropped, and that is a failure pointing at the re-backfill.
+#[tokio::test]
+async fn a_missing_slot_is_a_step_before_the_first_capture_and_a_fail_after_it() {
+    let db = TestDb::new(harness::plain(), "setup_noslot");
+    let mut t = target("p", &db.name, &[]);
+    for history in [None, Some(false)] {
+        t.store_history = history;
+        let slot = find(&checks(&db.spec(), &t).await, "slot").clone();
+        assert_eq!(slot.status, Status::Step, "{history:?}: {slot:?}");
+        assert!(slot.fix.is_none(), "{history:?}: {slot:?}");
+        assert!(
+            slot.explanation.contains("backfilled from first"),
+            "{}",
+            slot.explanation
+        );
+    }
+    t.store_history = Some(true);
+    let slot = find(&checks(&db.spec(), &t).await, "slot").clone();
+    assert_eq!(slot.status, Status::Fail, "{slot:?}");
+    assert!(
+        slot.fix.is_none(),
+        "a new slot would not bring the changes back: {slot:?}"
+    );
+    assert!(
+        slot.explanation.contains("Re-backfill and continue"),
+        "{}",
+        slot.explanation
+    );
+    // Serialized as the UI reads it.
+    assert_eq!(serde_json::to_value(Status::Step).unwrap(), "step");
 }
 
 #[tokio::test]
@@ -377,9 +426,18 @@ fn the_command_line_prints_the_checklist_and_dry_runs_fixes() {
         publication["fix"]["preview"][0],
         r#"CREATE PUBLICATION "cli pub" FOR TABLE "public"."t""#
     );
+    let slot = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "slot")
+        .unwrap();
+    assert_eq!(slot["status"], "step", "{slot}");
+    assert!(slot["fix"].is_null(), "{slot}");
     let strict = run(&["check", "--strict", "--url", &url, "--tables", "public.t"]);
     assert_eq!(strict.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&strict.stdout).contains("[FAIL]"));
+    assert!(String::from_utf8_lossy(&strict.stdout).contains("[step] Slot"));
 
     let dry = run(&[
         "setup",

@@ -152,10 +152,15 @@ pub async fn plan_publication(
         .await
 }
 
-/// The preflight checklist for a profile, each failing check with its fix and that fix's SQL.
+/// The preflight checklist for a profile, each failing check with its fix and that fix's SQL; a slot
+/// this app's running capture holds is a pass.
 #[tauri::command]
-pub async fn preflight(profiles: State<'_, Profiles>, id: String) -> Result<Vec<Check>, Error> {
-    profiles.preflight(&id).await
+pub async fn preflight(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+) -> Result<Vec<Check>, Error> {
+    runs.preflight(&profiles, &id).await
 }
 
 /// Runs a fix the user saw and confirmed.

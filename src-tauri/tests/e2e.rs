@@ -645,7 +645,17 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
     click(&client, "tab-setup").await;
     let status = wait_for_text(&client, "check-publication-status", |t| !t.is_empty()).await;
     assert_eq!(status, "Fail");
-    click(&client, "fix-publication").await;
+    // Setup starts with what stands between the user and a capture; the missing slot is not among
+    // it: a neutral step the first start takes (with its backfill), with no Fix that would skip that.
+    let summary = text_of(&client, "setup-summary-text").await;
+    assert_eq!(summary, "1 thing to fix before you can capture");
+    assert_eq!(text_of(&client, "check-slot-status").await, "Step");
+    assert!(client
+        .find(Locator::Css(&by_test_id("fix-slot")))
+        .await
+        .is_err());
+    // The next step opens the failing check's fix; nothing runs until Run.
+    click(&client, "setup-next").await;
     // Nothing picked yet: the fix asks which tables (it never publishes every table).
     click(&client, "publish-pick-public.orders").await;
     let sql = wait_for_text(&client, "fix-publication-sql", |t| !t.is_empty()).await;
@@ -664,9 +674,17 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
     );
     click(&client, "fix-publication-run").await;
     let status = wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
+    let summary = wait_for_text(&client, "setup-summary-text", |t| {
+        t.starts_with("Ready to capture")
+    })
+    .await;
+    // Published by Setup's fix, but no tables saved yet: Tables comes next.
+    let next = wait_for_text(&client, "setup-next", |t| t == "Go to Tables").await;
     screenshot(&client, "setup-fixed").await;
     close(client).await;
     assert_eq!(status, "Pass");
+    assert!(summary.starts_with("Ready to capture"), "{summary}");
+    assert_eq!(next, "Go to Tables");
     assert_eq!(
         cluster()
             .psql(
@@ -677,6 +695,48 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
             .trim(),
         "1"
     );
+}
+
+/// Setup knows Tidepool's own state: before the first start the slot is a neutral step and the next
+/// step is Capture (the tables are saved); while this app's capture runs, the slot it holds reads as
+/// passed, not as "in use by server process N".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_reads_the_slot_this_apps_running_capture_holds_as_passed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (_database, data, _, _) = published_items(
+        "e2e_own_slot",
+        5,
+        "own_slot",
+        "Own slot",
+        "own_pub",
+        "e2e_own_slot",
+    )
+    .await;
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Own slot").await;
+    click(&client, "tab-setup").await;
+    let before = wait_for_text(&client, "check-slot-status", |t| !t.is_empty()).await;
+    assert_eq!(before, "Step");
+    let summary = text_of(&client, "setup-summary-text").await;
+    assert!(summary.starts_with("Ready to capture"), "{summary}");
+    let next = wait_for_text(&client, "setup-next", |t| t == "Go to Capture").await;
+    assert_eq!(next, "Go to Capture");
+    click(&client, "setup-next").await;
+    click(&client, "capture-start").await;
+    wait_for_text(&client, "backfill-public/items-percent", |t| t == "100%").await;
+    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+
+    click(&client, "tab-setup").await;
+    let held = wait_for_text(&client, "check-slot-status", |t| t == "Pass").await;
+    let slot = text_of(&client, "check-slot").await;
+    screenshot(&client, "setup-own-slot").await;
+    assert_eq!(held, "Pass", "{slot}");
+    assert!(slot.contains("this app's capture"), "{slot}");
+    click(&client, "tab-capture").await;
+    click(&client, "capture-stop").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    close(client).await;
 }
 
 /// An UPDATE and a DELETE of a real row of `page_views` in `database`, as the user's application runs
@@ -772,19 +832,24 @@ async fn a_keyless_table_keeps_accepting_updates_and_deletes_after_every_fix_set
         let writes = page_view_writes(&database);
         assert!(writes.is_ok(), "{choice}: {writes:?}");
 
-        // Every other fix Setup offers on this database, run through the window: writes still work.
-        for id in ["replica_identity:public.page_views", "slot"] {
-            let offered = client
-                .find(Locator::Css(&by_test_id(&format!("fix-{id}"))))
-                .await
-                .is_ok();
-            if offered {
-                click(&client, &format!("fix-{id}")).await;
-                click(&client, &format!("fix-{id}-run")).await;
-                wait_for_text(&client, &format!("check-{id}-status"), |t| t == "Pass").await;
-                let writes = page_view_writes(&database);
-                assert!(writes.is_ok(), "{choice}, after the {id} fix: {writes:?}");
-            }
+        // The slot is the capture's first start to create (with its backfill): a step, no fix.
+        assert_eq!(text_of(&client, "check-slot-status").await, "Step");
+        assert!(client
+            .find(Locator::Css(&by_test_id("fix-slot")))
+            .await
+            .is_err());
+        // The other fix Setup offers on this database, run through the window: writes still work.
+        let id = "replica_identity:public.page_views";
+        let offered = client
+            .find(Locator::Css(&by_test_id(&format!("fix-{id}"))))
+            .await
+            .is_ok();
+        if offered {
+            click(&client, &format!("fix-{id}")).await;
+            click(&client, &format!("fix-{id}-run")).await;
+            wait_for_text(&client, &format!("check-{id}-status"), |t| t == "Pass").await;
+            let writes = page_view_writes(&database);
+            assert!(writes.is_ok(), "{choice}, after the {id} fix: {writes:?}");
         }
         let published = |publication: &str| {
             cluster()
@@ -816,12 +881,6 @@ async fn a_keyless_table_keeps_accepting_updates_and_deletes_after_every_fix_set
                 assert_eq!(published("kpub_insert_only"), "page_views");
             }
         }
-        cluster()
-            .psql(
-                &database,
-                &format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{database}';"),
-            )
-            .unwrap();
     }
     close(client).await;
 }

@@ -702,6 +702,9 @@ fn preflight_target(
             .clone()
             .or_else(|| link.as_ref().map(|l| l.branch_id.clone())),
         slot_warn_bytes: None,
+        // No capture runs in this process, and `check` has no store to ask.
+        running_capture: None,
+        store_history: None,
     })
 }
 
@@ -730,6 +733,7 @@ async fn check(target: &Target, json: bool, scope: &Scope) -> Result<bool, Error
                 tidepool::preflight::Status::Pass => "pass",
                 tidepool::preflight::Status::Warn => "WARN",
                 tidepool::preflight::Status::Fail => "FAIL",
+                tidepool::preflight::Status::Step => "step",
             };
             println!("[{mark}] {}: {}", c.title, c.explanation);
             if let Some(fix) = &c.fix {

@@ -15,6 +15,7 @@ vi.mock("./lib/backend", async () =>
     "startDemo",
     "stopDemo",
     "preflight",
+    "captureDefinition",
     "runFix",
     "autofill",
     "saveProfile",

@@ -135,7 +135,12 @@ export function App() {
             {view.screen === "settings" ? (
               <SettingsPanel />
             ) : view.tab === "setup" && selected ? (
-              <SetupPanel key={selected.id} profile={selected} onProfilesChanged={() => void reload()} />
+              <SetupPanel
+                key={selected.id}
+                profile={selected}
+                onProfilesChanged={() => void reload()}
+                onGoTo={(tab) => setView({ screen: "profile", id: selected.id, tab })}
+              />
             ) : view.tab === "tables" && selected ? (
               <TablesPanel key={selected.id} profileId={selected.id} />
             ) : view.tab === "capture" && selected ? (

@@ -10,11 +10,17 @@ import type {
   PublicationRequest,
   TableRef,
 } from "../lib/types";
-import { SetupPanel } from "./SetupPanel";
+import { SetupPanel, summary } from "./SetupPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 import { profileView } from "../test/fixtures";
 
-vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["preflight", "runFix", "planPublication", "discoverTables"]),
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands([
+    "preflight",
+    "runFix",
+    "planPublication",
+    "discoverTables",
+    "captureDefinition",
+  ]),
 );
 
 const failing: PreflightCheck = {
@@ -38,6 +44,23 @@ const noPublication: PreflightCheck = {
   status: "fail",
   explanation: 'Publication "p" does not exist. Pick the tables.',
   fix: { action: { action: "publication", request: request([]), statements: [] }, preview: [], warning: null },
+};
+
+/** The slot before the first capture: a step the capture's start takes, with no fix. */
+const slotStep: PreflightCheck = {
+  id: "slot",
+  title: 'Slot "s" is ready',
+  status: "step",
+  explanation: 'Slot "s" does not exist yet: it is created when the capture first starts (after Save and publish).',
+  fix: null,
+};
+
+const walLevel: PreflightCheck = {
+  id: "wal_level",
+  title: "wal_level is logical",
+  status: "pass",
+  explanation: "Logical decoding is on.",
+  fix: null,
 };
 
 const orders = { schema: "shop", table: "orders" };
@@ -205,5 +228,68 @@ describe("SetupPanel", () => {
       'ALTER TABLE "shop"."page_views" REPLICA IDENTITY FULL',
       'CREATE PUBLICATION "p" FOR TABLE "shop"."orders", "shop"."page_views"',
     ]);
+  });
+
+  it("sums up what fails, and its next step opens the first failing check's fix without running it", async () => {
+    answer("preflight", async () => [walLevel, slotStep, failing, noPublication]);
+    answer("captureDefinition", async () => null);
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    expect((await screen.findByTestId("setup-summary-text")).textContent).toBe("2 things to fix before you can capture");
+    // The summary comes first, above the checklist.
+    expect(
+      screen.getByTestId("setup-summary").compareDocumentPosition(screen.getByTestId("check-wal_level")) &
+        Node.DOCUMENT_POSITION_FOLLOWING,
+    ).toBeTruthy();
+    const next = screen.getByTestId("setup-next");
+    expect(next.textContent).toBe("Go to the first fix");
+    expect(screen.queryByTestId("fix-replication-sql")).toBeNull();
+    await user.click(next);
+    // The first failing check (in list order), its fix's SQL shown, focused; nothing ran.
+    expect(screen.getByTestId("fix-replication-sql").textContent).toBe('ALTER ROLE "app" WITH REPLICATION');
+    expect(document.activeElement).toBe(screen.getByTestId("check-replication"));
+    expect(callsOf("runFix")).toEqual([]);
+  });
+
+  it("shows the slot its first start creates as a neutral step with no Fix, and leads on to Tables", async () => {
+    answer("preflight", async () => [walLevel, slotStep]);
+    answer("captureDefinition", async () => null);
+    const goTo = vi.fn();
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} onGoTo={goTo} />);
+    const badge = await screen.findByTestId("check-slot-status");
+    expect(badge.textContent).toBe("Step");
+    expect(badge.getAttribute("data-status")).toBe("step");
+    expect(screen.getByTestId("check-slot").className).toBe("check step");
+    expect(screen.queryByTestId("fix-slot")).toBeNull();
+    // A step is nothing to fix.
+    expect(screen.getByTestId("setup-summary-text").textContent).toBe("Ready to capture");
+    const next = await screen.findByTestId("setup-next");
+    expect(next.textContent).toBe("Go to Tables");
+    await user.click(next);
+    expect(goTo).toHaveBeenCalledWith("tables");
+  });
+
+  it("leads to Capture once tables are saved, and counts warnings without blocking", async () => {
+    answer("preflight", async () => [walLevel, { ...slotStep, status: "warn", explanation: "Holds back WAL." }]);
+    answer("captureDefinition", async () => ({ profile: "p1", publication: "p", slot: "s", bindings: [] }));
+    const goTo = vi.fn();
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} onGoTo={goTo} />);
+    expect((await screen.findByTestId("setup-summary-text")).textContent).toBe(
+      "Ready to capture (1 warning worth a look)",
+    );
+    const next = await screen.findByTestId("setup-next");
+    expect(next.textContent).toBe("Go to Capture");
+    await user.click(next);
+    expect(goTo).toHaveBeenCalledWith("capture");
+  });
+
+  it("words the summary by count", () => {
+    expect(summary([failing])).toBe("1 thing to fix before you can capture");
+    expect(summary([failing, failing, noPublication, slotStep])).toBe("3 things to fix before you can capture");
+    expect(summary([walLevel, slotStep])).toBe("Ready to capture");
+    const warn = { ...walLevel, status: "warn" as const };
+    expect(summary([warn, warn])).toBe("Ready to capture (2 warnings worth a look)");
   });
 });

@@ -1,26 +1,55 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import { scrollIntoView } from "../lib/reveal";
-import type { BackendError, PreflightCheck, ProfileView } from "../lib/types";
+import type { BackendError, CaptureDefinition, PreflightCheck, ProfileView } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { NeonSection } from "./NeonSection";
 import { PublicationFix } from "./PublicationFix";
 
-const MARK: Record<PreflightCheck["status"], string> = { pass: "Pass", warn: "Warning", fail: "Fail" };
+const MARK: Record<PreflightCheck["status"], string> = { pass: "Pass", warn: "Warning", fail: "Fail", step: "Step" };
+
+/** What a badge means, for its tooltip. */
+const MEANING: Record<PreflightCheck["status"], string> = {
+  pass: "Nothing to do",
+  warn: "Works, but deserves attention",
+  fail: "The capture cannot work until it is fixed",
+  step: "Not done yet, and nothing to fix: Tidepool does it itself when the capture starts",
+};
+
+/** The tabs the next-step button can lead to once nothing fails. */
+export type SetupNext = "tables" | "capture";
+
+const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
 
 /**
- * The preflight checklist: every check with its status and explanation; a failing or warning check
- * with a fix shows the exact SQL (or Neon API request) first, and runs it only after "Run". The
- * publication fix asks which tables (never every table) and how to publish each table that would
- * otherwise refuse its writes. The Neon part sits above it for Neon hosts and linked profiles.
+ * The line atop the checklist: how many checks fail (each must be fixed before a capture can run), or
+ * that the capture can go ahead; steps Tidepool takes itself (the slot its first start creates) are
+ * not counted as anything to do.
+ */
+export function summary(checks: PreflightCheck[]): string {
+  const failing = checks.filter((c) => c.status === "fail").length;
+  if (failing > 0) return `${plural(failing, "thing")} to fix before you can capture`;
+  const warnings = checks.filter((c) => c.status === "warn").length;
+  return warnings > 0 ? `Ready to capture (${plural(warnings, "warning")} worth a look)` : "Ready to capture";
+}
+
+/**
+ * The preflight checklist: a one-line summary with the next step (the first failing check's fix, or
+ * the Tables or Capture tab once nothing fails), then every check with its status and explanation; a
+ * failing or warning check with a fix shows the exact SQL (or Neon API request) first, and runs it only
+ * after "Run". The publication fix asks which tables (never every table) and how to publish each table
+ * that would otherwise refuse its writes. The Neon part sits above it for Neon hosts and linked profiles.
  */
 export function SetupPanel({
   profile,
   onProfilesChanged = () => {},
+  onGoTo = () => {},
 }: {
   profile: ProfileView;
   onProfilesChanged?: () => void;
+  /** Opens another tab of the profile (the next step once nothing fails). */
+  onGoTo?: (tab: SetupNext) => void;
 }) {
   const profileId = profile.id;
   const [checks, setChecks] = useState<PreflightCheck[] | null>(null);
@@ -29,8 +58,13 @@ export function SetupPanel({
   const [running, setRunning] = useState<string | null>(null);
   // A fix that failed: shown under that check's Run button, where the click was, not atop the list.
   const [fixError, setFixError] = useState<{ check: string; error: BackendError } | null>(null);
+  // Whether tables were saved ("Save and publish"): the next step is then Capture, else Tables.
+  const [definition, setDefinition] = useState<CaptureDefinition | null | undefined>(undefined);
+  const items = useRef(new Map<string, HTMLLIElement>());
 
   const load = useCallback(async () => {
+    // The definition only picks the next tab: a store that cannot be read must not hide the checks.
+    void backend.captureDefinition(profileId).then(setDefinition, () => setDefinition(null));
     try {
       setChecks(await backend.preflight(profileId));
       setError(null);
@@ -38,6 +72,16 @@ export function SetupPanel({
       setError(e as BackendError);
     }
   }, [profileId]);
+
+  /** "Go to the first fix": the first failing check, in view and focused, its fix opened (nothing runs). */
+  function goToFirstFailing(list: PreflightCheck[]) {
+    const first = list.find((c) => c.status === "fail");
+    if (!first) return;
+    if (first.fix) setOpen(first.id);
+    const item = items.current.get(first.id);
+    item?.scrollIntoView?.({ block: "start" });
+    item?.focus();
+  }
 
   useEffect(() => {
     void load();
@@ -66,9 +110,28 @@ export function SetupPanel({
     }
   }
 
+  const firstFailing = checks?.find((c) => c.status === "fail");
   return (
     <section className="panel" data-testid="setup-panel">
       <h2>Setup</h2>
+      {checks !== null && (
+        <div className="setup-summary" data-testid="setup-summary">
+          <strong data-testid="setup-summary-text">{summary(checks)}</strong>{" "}
+          {firstFailing ? (
+            <button type="button" data-testid="setup-next" onClick={() => goToFirstFailing(checks)}>
+              {firstFailing.fix ? "Go to the first fix" : "Show what to fix"}
+            </button>
+          ) : definition === undefined ? null : (
+            <button
+              type="button"
+              data-testid="setup-next"
+              onClick={() => onGoTo(definition ? "capture" : "tables")}
+            >
+              {definition ? "Go to Capture" : "Go to Tables"}
+            </button>
+          )}
+        </div>
+      )}
       <p className="muted">
         Everything the capture needs from the server. A fix shows exactly what it will run before it runs.
       </p>
@@ -80,8 +143,22 @@ export function SetupPanel({
       {checks === null && !error && <p data-testid="checks-loading">Checking…</p>}
       <ul className="checks">
         {(checks ?? []).map((check) => (
-          <li key={check.id} className={`check ${check.status}`} data-testid={`check-${check.id}`}>
-            <span className="badge" data-testid={`check-${check.id}-status`} data-status={check.status}>
+          <li
+            key={check.id}
+            className={`check ${check.status}`}
+            data-testid={`check-${check.id}`}
+            tabIndex={-1}
+            ref={(element) => {
+              if (element) items.current.set(check.id, element);
+              else items.current.delete(check.id);
+            }}
+          >
+            <span
+              className="badge"
+              data-testid={`check-${check.id}-status`}
+              data-status={check.status}
+              title={MEANING[check.status]}
+            >
               {MARK[check.status]}
             </span>{" "}
             <strong>{check.title}</strong>

@@ -232,7 +232,11 @@ export interface CaptureDefinition {
   bindings: Binding[];
 }
 
-export type CheckStatus = "pass" | "warn" | "fail";
+/**
+ * How a check came out (the engine's `preflight::Status`): `step` is neutral, something Tidepool does
+ * itself when the capture starts (creating the slot it backfills from), never a failure.
+ */
+export type CheckStatus = "pass" | "warn" | "fail" | "step";
 
 /** A setup fix; the engine's tagged `Action`, sent back as it came when the user confirms. */
 export type SetupAction = { action: string } & Record<string, unknown>;
