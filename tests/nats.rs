@@ -121,6 +121,26 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The messages of `stream` once it holds at least `count`, read every `poll`, or what it holds
+    /// after `tries` reads (the caller's assertions say what was missing).
+    async fn messages_once(
+        &self,
+        stream: &str,
+        count: usize,
+        tries: usize,
+        poll: Duration,
+    ) -> Vec<(String, String, Json)> {
+        let mut messages = Vec::new();
+        for _ in 0..tries {
+            messages = self.messages(stream).await;
+            if messages.len() >= count {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        messages
+    }
+
     /// Every message of `stream`, in stream order: (subject, Nats-Msg-Id, body).
     async fn messages(&self, stream: &str) -> Vec<(String, String, Json)> {
         let mut options = async_nats::ConnectOptions::new();
@@ -225,14 +245,9 @@ async fn every_change_reaches_the_stream_once_in_commit_order_per_subject_even_w
         "BEGIN; UPDATE orders SET status = 'paid' WHERE id <= 10; DELETE FROM orders WHERE id = 60; COMMIT;",
     );
     let expected = 60 + 10 + 1;
-    let mut messages = Vec::new();
-    for _ in 0..600 {
-        messages = server.messages("SHOP").await;
-        if messages.len() >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let messages = server
+        .messages_once("SHOP", expected, 600, Duration::from_millis(100))
+        .await;
     let changes = check_stream(&messages, &shop.db.name);
     assert_eq!(changes.len(), expected, "{changes:?}");
     assert!(changes.contains(&("delete".to_string(), 60)));
@@ -313,14 +328,9 @@ async fn a_nats_server_that_is_down_delays_delivery_and_loses_nothing() {
         shop.db
             .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
     }
-    let mut first = Vec::new();
-    for _ in 0..300 {
-        first = server.messages("SHOP").await;
-        if first.len() >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let first = server
+        .messages_once("SHOP", 20, 300, Duration::from_millis(100))
+        .await;
     assert_eq!(first.len(), 20);
     server.stop();
     for id in 21..=40 {
@@ -345,14 +355,9 @@ async fn a_nats_server_that_is_down_delays_delivery_and_loses_nothing() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.launch();
-    let mut all = Vec::new();
-    for _ in 0..900 {
-        all = server.messages("SHOP").await;
-        if all.len() >= 41 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all = server
+        .messages_once("SHOP", 41, 900, Duration::from_millis(100))
+        .await;
     let changes = check_stream(&all, &shop.db.name);
     assert_eq!(changes.len(), 41);
     assert!(changes.contains(&("update".to_string(), 1)));
@@ -398,12 +403,9 @@ async fn kill_9_of_tidepool_mid_publish_stores_every_change_in_the_stream_exactl
         )
     };
     let mut first = capture();
-    for _ in 0..600 {
-        if server.messages("SHOP").await.len() >= 30 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .messages_once("SHOP", 30, 600, Duration::from_millis(20))
+        .await;
     first.0.kill().unwrap(); // SIGKILL
     first.0.wait().unwrap();
     let at_kill = server.messages("SHOP").await.len();
@@ -415,12 +417,9 @@ async fn kill_9_of_tidepool_mid_publish_stores_every_change_in_the_stream_exactl
     shop.db
         .sql("UPDATE orders SET status = 'paid' WHERE id IN (1, 2, 3, 320);");
     let _second = capture();
-    for _ in 0..1200 {
-        if server.messages("SHOP").await.len() >= 354 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server
+        .messages_once("SHOP", 354, 1200, Duration::from_millis(100))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all = server.messages("SHOP").await;
     let changes = check_stream(&all, &shop.db.name);
@@ -483,14 +482,9 @@ async fn bad_nats_credentials_are_refused_clearly_and_good_ones_live_only_in_the
     // With the right token the backfilled row arrives.
     let capture = shop.streaming();
     let delivery = shop.delivery();
-    let mut messages = Vec::new();
-    for _ in 0..300 {
-        messages = server.messages("SHOP").await;
-        if !messages.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let messages = server
+        .messages_once("SHOP", 1, 300, Duration::from_millis(100))
+        .await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].2["action"], "read");
     delivery.abort();

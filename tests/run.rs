@@ -24,17 +24,17 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
-    let db = TestDb::new(harness::plain(), "run");
+/// A database with table `items` (rows 1 to 3) and a saved profile `name` for it (password in the
+/// profiles' keychain; slot named after the database), in profiles of their own.
+fn items_profile(prefix: &str, name: &str) -> (TestDb, Profiles, String) {
+    let db = TestDb::new(harness::plain(), prefix);
     db.sql(
         "CREATE TABLE items (id int PRIMARY KEY, name text);
          INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3) g;",
     );
-    let dir = harness::temp_dir("run_profiles");
-    let profiles = Profiles::open(&dir);
+    let profiles = Profiles::open(&harness::temp_dir(&format!("{prefix}_profiles")));
     let draft = ProfileDraft {
-        name: "Run".into(),
+        name: name.into(),
         address: format!("127.0.0.1:{}", db.cluster.port()),
         user: "postgres".into(),
         database: db.name.clone(),
@@ -48,6 +48,12 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
         .unwrap()
         .profile
         .id;
+    (db, profiles, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
+    let (db, profiles, id) = items_profile("run", "Run");
     let runs = Runs::default();
     let e = runs
         .start(&profiles, &id, Arc::new(|_| {}))
@@ -247,28 +253,7 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
-    let db = TestDb::new(harness::plain(), "run_drop");
-    db.sql(
-        "CREATE TABLE items (id int PRIMARY KEY, name text);
-         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3) g;",
-    );
-    let dir = harness::temp_dir("run_drop_profiles");
-    let profiles = Profiles::open(&dir);
-    let draft = ProfileDraft {
-        name: "Drop".into(),
-        address: format!("127.0.0.1:{}", db.cluster.port()),
-        user: "postgres".into(),
-        database: db.name.clone(),
-        sslmode: tidepool::tls::SslMode::Disable,
-        slot: Some(db.name.clone()),
-        publication: Some(format!("{}_pub", db.name)),
-        ..Default::default()
-    };
-    let id = profiles
-        .save(None, draft, Some(db.cluster.superuser_password().clone()))
-        .unwrap()
-        .profile
-        .id;
+    let (db, profiles, id) = items_profile("run_drop", "Drop");
     profiles
         .publish(&id, vec![Binding::new("public", "items")], vec![])
         .await
@@ -353,28 +338,7 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
 async fn setup_passes_the_slot_this_apps_capture_holds_and_steps_the_one_its_start_creates() {
     use tidepool::preflight::{Check, Status};
 
-    let db = TestDb::new(harness::plain(), "run_setup");
-    db.sql(
-        "CREATE TABLE items (id int PRIMARY KEY, name text);
-         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3) g;",
-    );
-    let dir = harness::temp_dir("run_setup_profiles");
-    let profiles = Profiles::open(&dir);
-    let draft = ProfileDraft {
-        name: "Setup".into(),
-        address: format!("127.0.0.1:{}", db.cluster.port()),
-        user: "postgres".into(),
-        database: db.name.clone(),
-        sslmode: tidepool::tls::SslMode::Disable,
-        slot: Some(db.name.clone()),
-        publication: Some(format!("{}_pub", db.name)),
-        ..Default::default()
-    };
-    let id = profiles
-        .save(None, draft, Some(db.cluster.superuser_password().clone()))
-        .unwrap()
-        .profile
-        .id;
+    let (db, profiles, id) = items_profile("run_setup", "Setup");
     let runs = Runs::with_pull_listen("127.0.0.1:0");
     let slot_of = |checks: Vec<Check>| checks.into_iter().find(|c| c.id == "slot").unwrap();
 

@@ -371,7 +371,7 @@ impl Round {
             let mut logged = false;
             for (seq, failures, outcome) in &finished {
                 if let Err(reason) = outcome {
-                    let delay = backoff_ms(failures + 1, jitter());
+                    let delay = backoff_ms(failures + 1, crate::deliver::webhook::jitter());
                     if !logged {
                         tracing::warn!(consumer = %consumer.spec.name, retry_in_ms = delay, "NATS delivery failed: {reason}");
                         logged = true;
@@ -398,10 +398,6 @@ impl Round {
             Ok(Some((batch, next)))
         })
     }
-}
-
-fn jitter() -> f64 {
-    crate::deliver::webhook::jitter()
 }
 
 #[cfg(test)]
