@@ -204,7 +204,8 @@ impl Cluster {
             &format!(
                 "ALTER ROLE {} PASSWORD {};",
                 sql::ident(SUPERUSER),
-                sql::literal(cluster.inner.password.expose())
+                // The verifier, not the password: the server logs statements it is told to.
+                sql::literal(&cluster.inner.password.scram_verifier())
             ),
         )?;
         Ok(cluster)

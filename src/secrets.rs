@@ -40,6 +40,14 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The password's SCRAM-SHA-256 verifier (random salt, 4096 iterations), what `CREATE ROLE …
+    /// PASSWORD` stores when given the password itself. Sending this instead keeps the password out of
+    /// the statement, and so out of the server's log and every client-side log of the SQL. PostgreSQL
+    /// stores it as given; SCRAM and `md5` authentication both accept it.
+    pub fn scram_verifier(&self) -> String {
+        postgres_protocol::password::scram_sha_256(self.0.as_bytes())
+    }
 }
 
 impl fmt::Debug for Secret {

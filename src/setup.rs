@@ -6,7 +6,9 @@
 //!   what runs. Every identifier is quoted by [`crate::sql::ident`] and every literal by
 //!   [`crate::sql::literal`]; nothing the user typed is pasted into SQL.
 //! - A generated password is never part of a preview: the preview shows a placeholder, and the password
-//!   goes from the generator straight into the server's statement and the OS keychain.
+//!   goes from the generator straight into the OS keychain. The server is sent only its SCRAM-SHA-256
+//!   verifier (as psql's `\password` does), so the password is in no statement the server may log
+//!   (`log_statement`), no client debug log, and no error.
 //! - Nothing is dropped without an explicit action that names it ([`Action::DropSlot`]).
 
 use serde::{Deserialize, Serialize};
@@ -260,7 +262,7 @@ impl Action {
                 let statement = format!(
                     "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
                     ident(role),
-                    literal(password.expose())
+                    literal(&password.scram_verifier())
                 );
                 (vec![statement], Some(password))
             }

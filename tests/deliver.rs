@@ -159,7 +159,7 @@ impl Drop for Shop {
 }
 
 /// A reqwest client (rustls with the ring provider, as the engine uses).
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }

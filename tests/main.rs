@@ -15,6 +15,7 @@ mod demo;
 mod discovery;
 mod encryption;
 mod export;
+mod hygiene;
 mod identity;
 mod large_values;
 mod nats;
