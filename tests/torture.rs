@@ -251,6 +251,79 @@ async fn verify(source: &Source, total_changes: u64, received: Option<&Received>
     }
 }
 
+/// Watches the one invariant a final check cannot see: the slot's `confirmed_flush_lsn` is never
+/// past the store's checkpoint, at any moment. It reads the slot first and the checkpoint after, so
+/// a sample where the first is ahead proves the slot was confirmed past what was stored then (the
+/// checkpoint only grows). A confirmation sent before its batch is stored shows here for as long as
+/// the store commit takes, even when no fault lands in that window.
+struct Watchdog {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64, Option<String>)>,
+}
+
+impl Watchdog {
+    fn start(source: &Source) -> Watchdog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (spec, dir, slot, flag) = (
+            source.db.spec(),
+            source.store.clone(),
+            source.slot.clone(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let store = tidepool::store::Store::open(&dir).expect("the store to watch");
+            let mut client: Option<tokio_postgres::Client> = None;
+            let (mut samples, mut violations, mut first) = (0u64, 0u64, None);
+            while !flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                // The server may be restarting: a failed read is a skipped sample.
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = tidepool::connection::connect(&spec).await.ok();
+                }
+                let Some(c) = &client else { continue };
+                let Ok(row) = c
+                    .query_opt(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                else {
+                    continue;
+                };
+                let Some(confirmed) = row.and_then(|r| r.get::<_, Option<String>>(0)) else {
+                    continue;
+                };
+                let confirmed: tidepool::pgoutput::Lsn = confirmed.parse().unwrap();
+                let Ok(checkpoint) = store.checkpoint() else {
+                    continue;
+                };
+                samples += 1;
+                if confirmed > checkpoint {
+                    violations += 1;
+                    first.get_or_insert_with(|| {
+                        format!("confirmed_flush_lsn {confirmed} while the store's checkpoint was {checkpoint}")
+                    });
+                }
+            }
+            (samples, violations, first)
+        });
+        Watchdog { stop, task }
+    }
+
+    /// Stops watching and fails the case if the slot was ever confirmed past the store.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (samples, violations, first) = self.task.await.expect("the watchdog");
+        assert!(
+            violations == 0,
+            "the slot was confirmed past what the store held ({violations} of {samples} samples), first: {}",
+            first.unwrap_or_default()
+        );
+        assert!(samples > 100, "the watchdog took only {samples} samples");
+        eprintln!("watchdog: {samples} samples, confirmed_flush_lsn never past the checkpoint");
+    }
+}
+
 /// A webhook consumer of `public/t` from the beginning, with its receiver. The capture must have
 /// stored the collection first.
 async fn consumer(source: &Source) -> Arc<Received> {
@@ -290,6 +363,32 @@ fn delivery(source: &Source) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A `tidepool capture` process on the case's store and slot (it delivers to consumers too).
+fn capture_process(source: &Source) -> std::process::Child {
+    capture_command(source).spawn().unwrap()
+}
+
+/// The command [`capture_process`] starts.
+fn capture_command(source: &Source) -> Command {
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        source.db.cluster.port(),
+        source.db.name
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidepool"));
+    command
+        .args(["capture", "--url", &url, "--store"])
+        .arg(&source.store)
+        .args(["--publication", "tidepool_pub", "--slot", &source.slot])
+        .env(
+            "PGPASSWORD",
+            source.db.cluster.superuser_password().expose(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 fn source(cluster: &'static Cluster, prefix: &str) -> Source {
     let source = Source::on(
         cluster,
@@ -312,29 +411,14 @@ async fn kill_9_of_the_capture_at_random_moments_loses_and_doubles_nothing() {
     let source = source(crate::harness::plain(), "torture_kill");
     source.catch_up().await;
     let received = consumer(&source).await;
+    let watchdog = Watchdog::start(&source);
     let spec = source.db.spec();
     let workload = tokio::spawn(workload(spec, seed, duration, Arc::default()));
     // Capture processes (delivering to the consumer too) killed with SIGKILL at random moments.
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
-        source.db.cluster.port(),
-        source.db.name
-    );
     let mut random = Random(seed.rotate_left(17) | 1);
     let mut kills = 0;
     while !workload.is_finished() || kills < kills_wanted {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
-            .args(["capture", "--url", &url, "--store"])
-            .arg(&source.store)
-            .args(["--publication", "tidepool_pub", "--slot", &source.slot])
-            .env(
-                "PGPASSWORD",
-                source.db.cluster.superuser_password().expose(),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = capture_process(&source);
         tokio::time::sleep(Duration::from_millis(150 + random.below(700))).await;
         child.kill().unwrap();
         child.wait().unwrap();
@@ -345,8 +429,97 @@ async fn kill_9_of_the_capture_at_random_moments_loses_and_doubles_nothing() {
     eprintln!("torture kill -9: {total} changes, {kills} kills");
     // What was queued and not acknowledged at the last kill goes out now.
     let delivery = delivery(&source);
+    watchdog.finish().await;
     verify(&source, total, Some(&received)).await;
     delivery.abort();
+}
+
+/// The case that catches a confirmation sent before its batch is stored: the store's disk is slow
+/// (every `fsync` and `fdatasync` of the capture process takes 250 ms, through an `LD_PRELOAD`
+/// shim), so each batch spends a quarter of a second between arriving whole and being durable. The
+/// watchdog samples the slot against the store throughout, and `kill -9` lands mid-commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_and_kill_9_never_see_the_slot_confirmed_before_the_store() {
+    let (kills_wanted, duration) = scale((4, 10), (20, 60));
+    let seed = seed("slow disk, kill -9");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let source = source(crate::harness::plain(), "torture_slow_disk");
+    source.catch_up().await;
+    let watchdog = Watchdog::start(&source);
+    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let shim = slow_fsync_shim();
+    let mut random = Random(seed.rotate_left(29) | 1);
+    let mut kills = 0;
+    while !workload.is_finished() || kills < kills_wanted {
+        let mut command = capture_command(&source);
+        command
+            .env("LD_PRELOAD", &shim)
+            .env("TORTURE_FSYNC_DELAY_MS", "250");
+        let mut child = command.spawn().unwrap();
+        // Up long enough for a status update or two (one a second), then killed.
+        tokio::time::sleep(Duration::from_millis(800 + random.below(1700))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let total = workload.await.unwrap() + FIRST;
+    eprintln!("torture slow disk: {total} changes, {kills} kills");
+    watchdog.finish().await;
+    verify(&source, total, None).await;
+}
+
+/// A shared library that delays `fsync` and `fdatasync` by `TORTURE_FSYNC_DELAY_MS`: a slow disk for
+/// the process it is preloaded into. Built once per test run with the system's C compiler (the one
+/// Rust links with).
+fn slow_fsync_shim() -> std::path::PathBuf {
+    static SHIM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let dir = crate::harness::temp_dir("slow_fsync");
+        let source = dir.join("slow_fsync.c");
+        std::fs::write(
+            &source,
+            r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+static void slow(void) {
+    const char *v = getenv("TORTURE_FSYNC_DELAY_MS");
+    long ms = v ? atol(v) : 0;
+    struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&t, 0);
+}
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int)) dlsym(RTLD_NEXT, "fsync");
+    slow();
+    return real(fd);
+}
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int)) dlsym(RTLD_NEXT, "fdatasync");
+    slow();
+    return real(fd);
+}
+"#,
+        )
+        .unwrap();
+        let shim = dir.join("slow_fsync.so");
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&shim)
+            .arg(&source)
+            .arg("-ldl")
+            .output()
+            .expect("the C compiler (cc, from build-essential)");
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        shim
+    })
+    .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +530,7 @@ async fn the_walsender_terminated_again_and_again_loses_and_doubles_nothing() {
     let source = source(crate::harness::plain(), "torture_walsender");
     source.catch_up().await;
     let received = consumer(&source).await;
+    let watchdog = Watchdog::start(&source);
     let capture = tokio::spawn(run(source.options(None)));
     let delivery = delivery(&source);
     let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
@@ -386,6 +560,7 @@ async fn the_walsender_terminated_again_and_again_loses_and_doubles_nothing() {
     );
     capture.abort();
     eprintln!("torture walsender: {total} changes, {terminations} terminations");
+    watchdog.finish().await;
     verify(&source, total, Some(&received)).await;
     delivery.abort();
 }
@@ -402,6 +577,7 @@ async fn postgres_restarted_fast_and_immediate_mid_stream_loses_and_doubles_noth
     let source = source(cluster, "torture_restart");
     source.catch_up().await;
     let received = consumer(&source).await;
+    let watchdog = Watchdog::start(&source);
     let capture = tokio::spawn(run(source.options(None)));
     let delivery = delivery(&source);
     let gate: Arc<Gate> = Arc::default();
@@ -431,6 +607,7 @@ async fn postgres_restarted_fast_and_immediate_mid_stream_loses_and_doubles_noth
     );
     capture.abort();
     eprintln!("torture restart: {total} changes, {restarts} restarts (fast and immediate)");
+    watchdog.finish().await;
     verify(&source, total, Some(&received)).await;
     delivery.abort();
     drop(source);
@@ -514,6 +691,7 @@ async fn connections_cut_and_stalled_by_a_proxy_lose_and_double_nothing() {
     let source = source(crate::harness::plain(), "torture_proxy");
     source.catch_up().await;
     let received = consumer(&source).await;
+    let watchdog = Watchdog::start(&source);
     let proxy = Proxy::start(source.db.cluster.port()).await;
     let mut options = source.options(None);
     options.spec.port = proxy.port;
@@ -547,6 +725,7 @@ async fn connections_cut_and_stalled_by_a_proxy_lose_and_double_nothing() {
     );
     capture.abort();
     eprintln!("torture proxy: {total} changes, {cuts} cuts, {stalls} stalls");
+    watchdog.finish().await;
     verify(&source, total, Some(&received)).await;
     delivery.abort();
 }
