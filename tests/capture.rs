@@ -209,6 +209,69 @@ async fn every_type_maps_to_its_documented_json() {
     );
 }
 
+/// A source whose database runs in a +13:45 time zone with day-first dates and verbose intervals:
+/// the capture's sessions set their own, so the backfilled row and the streamed one read the same
+/// instants, and both match the documented mapping (including years before 1 and infinity).
+#[tokio::test]
+async fn a_source_in_another_time_zone_and_date_style_gives_the_same_documents() {
+    let db = TestDb::new(harness::plain(), "cap_tz");
+    db.sql(&format!(
+        "ALTER DATABASE {} SET timezone = 'Pacific/Chatham';
+         ALTER DATABASE {0} SET datestyle = 'SQL, DMY';
+         ALTER DATABASE {0} SET intervalstyle = 'postgres_verbose';",
+        tidepool::sql::ident(&db.name)
+    ));
+    // In a new session, so the database's settings apply to the literals too.
+    let row = |id: i32| {
+        format!(
+            "INSERT INTO t VALUES ({id}, '2024-01-31 13:45:00+02', '2024-01-31 13:45:00', '31/01/2024',
+             '0044-03-15 10:00:00+00 BC', 'infinity', '-infinity', '1 year 2 mons 3 days 04:05:06.5', '13:45:00+05:30');"
+        )
+    };
+    db.sql(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, tstz timestamptz, ts timestamp, d date, tstz_bc timestamptz,
+                         ts_inf timestamp, d_inf date, iv interval, tmtz timetz);
+         CREATE PUBLICATION bf_pub FOR TABLE t; {}",
+        row(1)
+    ));
+    assert_eq!(
+        db.sql("SELECT current_setting('TimeZone') || ' ' || tstz FROM t;")
+            .trim(),
+        "Pacific/Chatham 01/02/2024 01:30:00 +1345",
+        "the session did not run in the odd settings"
+    );
+    let store = harness::temp_dir("cap_tz");
+    let options = |stop_at| CaptureOptions {
+        spec: db.spec(),
+        store_dir: store.clone(),
+        publication: "bf_pub".into(),
+        slot: db.name.clone(),
+        create_slot: true,
+        stop_at,
+        observer: None,
+        bindings: vec![tidepool::binding::Binding::new("public", "t")],
+        backfill_progress: None,
+    };
+    run(options(Some(db.current_lsn()))).await.unwrap();
+    db.sql(&row(2));
+    run(options(Some(db.current_lsn()))).await.unwrap();
+    let store = Store::open(&store).unwrap();
+    let rows = store.rows("public/t", 10).unwrap();
+    let expected = |id: i32| {
+        json!({
+            "id": id, "tstz": "2024-01-31T11:45:00Z", "ts": "2024-01-31T13:45:00Z", "d": "2024-01-31",
+            "tstz_bc": "-0043-03-15T10:00:00Z", "ts_inf": "infinity", "d_inf": "-infinity",
+            "iv": "P1Y2M3DT4H5M6.5S", "tmtz": "13:45:00+05:30"
+        })
+    };
+    assert_eq!(rows.len(), 2);
+    assert_eq!(data(&rows[0]), expected(1), "the backfilled row");
+    assert_eq!(data(&rows[1]), expected(2), "the streamed row");
+    assert_eq!(rows[0]["_meta"]["source"]["snapshot"], json!(true));
+    assert_ne!(rows[1]["_meta"]["source"]["snapshot"], json!(true));
+    db.sql(&format!("SELECT pg_drop_replication_slot('{}');", db.name));
+}
+
 #[tokio::test]
 async fn an_unchanged_toasted_value_keeps_its_stored_value_and_is_never_null() {
     let source = Source::new(
