@@ -411,7 +411,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
 async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
     slot::validate_name(&options.slot)?;
     let mut store = Store::open(&options.store_dir)?;
-    let sql = connect(&options.spec).await?;
+    let mut sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
     let mut definition_text = Definition::saved_text(&store)?;
     let mut definition = definition_text
@@ -448,12 +448,33 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
                 store.set_meta(STATE_KEY, &state_text)?;
                 store.commit(Lsn(0))?;
             } else {
-                backfilled_rows =
-                    initial_backfill(&options, &full, &state_text, &sql, &mut store).await?;
+                // A lost connection (a restart or failover of the server, a network cut) takes the
+                // snapshot with it: the backfill starts over with a new slot and snapshot, as a
+                // stream reconnects, instead of ending the capture.
+                let mut backoff = Duration::from_millis(250);
+                backfilled_rows = loop {
+                    match initial_backfill(&options, &full, &state_text, &sql, &mut store).await {
+                        Ok(rows) => break rows,
+                        Err(e) if e.kind() == ErrorKind::Connection => {
+                            tracing::warn!(error = %e, "connection lost during the backfill; starting it over");
+                            sql = loop {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(30));
+                                match connect(&options.spec).await {
+                                    Ok(client) => break client,
+                                    Err(e) if e.kind() == ErrorKind::Connection => {
+                                        tracing::warn!(error = %e, "reconnecting for the backfill")
+                                    }
+                                    Err(e) => return Err(e),
+                                }
+                            };
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
             }
         }
     }
-    continuity::verify(&sql, &mut store, &options.slot, options.create_slot).await?;
     let checkpoint = store.checkpoint()?;
     let mut capture = Capture {
         options,
@@ -477,14 +498,25 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         next_prune: Instant::now(),
         backfill_done: tokio::sync::mpsc::unbounded_channel(),
     };
-    // Backfills a crash interrupted are started over by reconciling: their snapshots died with
-    // their sessions, so what they held is dropped and a new snapshot is taken.
-    capture.reconcile(definition, definition_text).await?;
-    // A bound table dropped and created again while no capture ran is read again now, even if the
-    // new table never changes.
-    capture.rebackfill = capture.recreated_while_stopped().await?;
-    if !capture.rebackfill.is_empty() {
-        capture.start_rebackfills().await?;
+    // The start-up's queries are retried on a lost connection, as the stream is: each step reads
+    // what is stored and running, so doing it again does only what is still undone.
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match capture
+            .start_up(definition.clone(), definition_text.clone())
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if e.kind() == ErrorKind::Connection => {
+                tracing::warn!(error = %e, "connection lost while starting; reconnecting");
+                capture.store.rollback()?;
+                capture.states = load_states(&capture.store)?;
+                capture.sql = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut backoff = Duration::from_millis(250);
     let result = loop {
@@ -1187,6 +1219,35 @@ impl Capture {
     /// Brings the capture in line with `definition` (called with no batch open): renames collections,
     /// drops unbound tables, and starts a backfill, in a snapshot of its own, for each table that is
     /// new and `Full`, whose backfill counter was raised, or whose backfill was interrupted.
+    /// Everything between opening the store and the first stream: the slot's continuity, the
+    /// definition reconciled with what is stored (backfills a crash interrupted start over: their
+    /// snapshots died with their sessions), and tables recreated while no capture ran read again.
+    async fn start_up(
+        &mut self,
+        definition: Option<Definition>,
+        text: Option<String>,
+    ) -> Result<()> {
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        continuity::verify(
+            sql,
+            &mut self.store,
+            &self.options.slot,
+            self.options.create_slot,
+        )
+        .await?;
+        self.checkpoint = self.store.checkpoint()?;
+        self.reconcile(definition, text).await?;
+        // Read again now even if the new table never changes.
+        self.rebackfill = self.recreated_while_stopped().await?;
+        if !self.rebackfill.is_empty() {
+            self.start_rebackfills().await?;
+        }
+        Ok(())
+    }
+
     async fn reconcile(
         &mut self,
         definition: Option<Definition>,

@@ -224,7 +224,7 @@ fn writers(
         .collect()
 }
 
-fn table_rows(db: &TestDb, table: &str) -> BTreeMap<i64, Json> {
+pub(crate) fn table_rows(db: &TestDb, table: &str) -> BTreeMap<i64, Json> {
     db.sql(&format!(
         "SELECT json_build_object('id', id, 'version', version) FROM {table} ORDER BY id;"
     ))
@@ -235,7 +235,7 @@ fn table_rows(db: &TestDb, table: &str) -> BTreeMap<i64, Json> {
 }
 
 /// The stored rows equal the source's, or the first differences are shown (not whole tables).
-fn assert_same_rows(stored: &BTreeMap<i64, Json>, source: &BTreeMap<i64, Json>) {
+pub(crate) fn assert_same_rows(stored: &BTreeMap<i64, Json>, source: &BTreeMap<i64, Json>) {
     let differing: Vec<_> = source
         .keys()
         .chain(stored.keys())
@@ -251,7 +251,7 @@ fn assert_same_rows(stored: &BTreeMap<i64, Json>, source: &BTreeMap<i64, Json>) 
     );
 }
 
-fn collection_rows(store: &std::path::Path, collection: &str) -> BTreeMap<i64, Json> {
+pub(crate) fn collection_rows(store: &std::path::Path, collection: &str) -> BTreeMap<i64, Json> {
     Store::open(store)
         .unwrap()
         .rows(collection, 10_000_000)
@@ -264,7 +264,7 @@ fn collection_rows(store: &std::path::Path, collection: &str) -> BTreeMap<i64, J
 
 /// Every stream change (not a backfill document) of `collection` once, and the number of backfill
 /// documents.
-fn assert_no_change_twice(store: &std::path::Path, collection: &str) -> u64 {
+pub(crate) fn assert_no_change_twice(store: &std::path::Path, collection: &str) -> u64 {
     let changes = Store::open(store)
         .unwrap()
         .changes(collection, 0, 10_000_000)
@@ -305,7 +305,7 @@ async fn stop_and_catch_up(
 
 /// Waits until the running capture's state lists every binding as live (no backfill in flight),
 /// with `table` among them.
-async fn wait_until_live(store: &std::path::Path, table: &str, backfill: u32) {
+pub(crate) async fn wait_until_live(store: &std::path::Path, table: &str, backfill: u32) {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let state: Option<Json> = Store::open(store)

@@ -152,6 +152,18 @@ async fn workload(
 
 /// The checks every case ends with, once the store has caught up with the source.
 async fn verify(source: &Source, total_changes: u64, received: Option<&Received>) {
+    verify_columns(source, total_changes, received, false).await
+}
+
+/// [`verify`], comparing only the workload's columns (`id`, `version`, `payload`) of each row when
+/// `workload_columns_only`: after DDL, a stored document keeps a column added or dropped since its
+/// row last changed, as every log-based capture does.
+async fn verify_columns(
+    source: &Source,
+    total_changes: u64,
+    received: Option<&Received>,
+    workload_columns_only: bool,
+) {
     // The capture the case aborted may still hold the slot until the server notices its socket
     // closed (through the proxy, after its next read).
     let started = Instant::now();
@@ -200,6 +212,10 @@ async fn verify(source: &Source, total_changes: u64, received: Option<&Received>
         .rows("public/t")
         .iter()
         .map(data)
+        .map(|r| match workload_columns_only {
+            true => json!({"id": r["id"], "version": r["version"], "payload": r["payload"]}),
+            false => r,
+        })
         .map(|r| (r["id"].as_i64().unwrap(), r))
         .collect();
     assert_eq!(stored_rows.len(), source_rows.len());
@@ -611,6 +627,177 @@ async fn postgres_restarted_fast_and_immediate_mid_stream_loses_and_doubles_noth
     verify(&source, total, Some(&received)).await;
     delivery.abort();
     drop(source);
+    cluster.stop();
+}
+
+/// DDL while the workload runs: columns added (with defaults), renamed, retyped and dropped, the
+/// workload's own `version` column widened to bigint (a table rewrite), the replica identity switched
+/// between full and default, and the table renamed away and back, each in its own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_mid_stream_loses_and_doubles_nothing() {
+    let (statements_wanted, duration) = scale((8, 8), (60, 60));
+    let seed = seed("DDL mid-stream");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let source = source(crate::harness::plain(), "torture_ddl");
+    source.catch_up().await;
+    let received = consumer(&source).await;
+    let watchdog = Watchdog::start(&source);
+    let capture = tokio::spawn(run(source.options(None)));
+    let delivery = delivery(&source);
+    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let client = tidepool::connection::connect(&source.db.spec())
+        .await
+        .unwrap();
+    let mut random = Random(seed.rotate_left(37) | 1);
+    // Extra columns now in the table, by name, and whether each is text yet.
+    let mut extras: Vec<(String, bool)> = Vec::new();
+    let (mut statements, mut next, mut widened) = (0, 0, false);
+    while !workload.is_finished() || statements < statements_wanted {
+        tokio::time::sleep(Duration::from_millis(300 + random.below(600))).await;
+        let ddl = match random.below(8) {
+            0 | 1 if extras.len() < 4 => {
+                next += 1;
+                extras.push((format!("extra_{next}"), false));
+                format!("ALTER TABLE t ADD COLUMN extra_{next} int DEFAULT {next}")
+            }
+            2 if !extras.is_empty() => {
+                let at = random.below(extras.len() as u64) as usize;
+                next += 1;
+                let old = std::mem::replace(&mut extras[at].0, format!("renamed_{next}"));
+                format!("ALTER TABLE t RENAME COLUMN {old} TO renamed_{next}")
+            }
+            3 if extras.iter().any(|(_, text)| !text) => {
+                let at = extras.iter().position(|(_, text)| !text).unwrap();
+                extras[at].1 = true;
+                format!(
+                    "ALTER TABLE t ALTER COLUMN {} TYPE text USING 'was ' || {0}",
+                    extras[at].0
+                )
+            }
+            4 if !extras.is_empty() => {
+                let (name, _) = extras.swap_remove(random.below(extras.len() as u64) as usize);
+                format!("ALTER TABLE t DROP COLUMN {name}")
+            }
+            5 if !widened => {
+                widened = true;
+                "ALTER TABLE t ALTER COLUMN version TYPE bigint".to_string()
+            }
+            6 => match random.below(2) {
+                0 => "ALTER TABLE t REPLICA IDENTITY FULL".to_string(),
+                _ => "ALTER TABLE t REPLICA IDENTITY DEFAULT".to_string(),
+            },
+            _ => "BEGIN; ALTER TABLE t RENAME TO t_away; ALTER TABLE t_away RENAME TO t; COMMIT"
+                .to_string(),
+        };
+        client.batch_execute(&ddl).await.unwrap();
+        statements += 1;
+    }
+    let total = workload.await.unwrap() + FIRST;
+    assert!(
+        !capture.is_finished(),
+        "the capture gave up: {:?}",
+        capture.await
+    );
+    capture.abort();
+    eprintln!("torture DDL: {total} changes, {statements} DDL statements");
+    watchdog.finish().await;
+    verify_columns(&source, total, Some(&received), true).await;
+    delivery.abort();
+}
+
+/// PostgreSQL restarted (fast and immediate, alternately) while the first backfill of a table reads
+/// it under concurrent updates: the capture starts the backfill over and ends with the source's rows,
+/// each stream change once, and each row backfilled at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_backfill_ends_equal_to_the_source() {
+    let (restarts_wanted, rows) = if long() { (6, 1_000_000) } else { (2, 100_000) };
+    let seed = seed("postgres restarted mid-backfill");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster: &'static Cluster = Box::leak(Box::new(
+        Cluster::start(ClusterOptions::default()).expect("a cluster to restart"),
+    ));
+    let db = crate::harness::TestDb::new(cluster, "torture_backfill");
+    db.sql(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL); CREATE PUBLICATION bf_pub FOR TABLE t;
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, {rows}) g;"
+    ));
+    let store = crate::harness::temp_dir("torture_backfill");
+    let options = |stop_at| tidepool::capture::CaptureOptions {
+        spec: db.spec(),
+        store_dir: store.clone(),
+        publication: "bf_pub".into(),
+        slot: db.name.clone(),
+        create_slot: true,
+        stop_at,
+        observer: None,
+        bindings: vec![tidepool::binding::Binding::new("public", "t")],
+        backfill_progress: None,
+    };
+    let capture = tokio::spawn(run(options(None)));
+    // Updates of random rows all along, paused while the server restarts.
+    let gate: Arc<Gate> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (spec, gate, stop) = (db.spec(), gate.clone(), stop.clone());
+        let mut random = Random(seed);
+        tokio::spawn(async move {
+            let mut client = tidepool::connection::connect(&spec).await.unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let _open = gate.0.read().await;
+                if client.is_closed() {
+                    client = tidepool::connection::connect(&spec).await.unwrap();
+                }
+                let id = 1 + random.below(rows) as i32;
+                let sql = format!("UPDATE t SET version = version + 1 WHERE id = {id}");
+                if client.batch_execute(&sql).await.is_err() {
+                    // Closed while the gate was shut: nothing of it committed; again, anew.
+                    client = tidepool::connection::connect(&spec).await.unwrap();
+                    client.batch_execute(&sql).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut random = Random(seed.rotate_left(41) | 1);
+    for restart in 0..restarts_wanted {
+        // Into the backfill: each restart lands while its rows are being read.
+        tokio::time::sleep(Duration::from_millis(400 + random.below(800))).await;
+        let shutdown = if restart % 2 == 0 {
+            Shutdown::Fast
+        } else {
+            Shutdown::Immediate
+        };
+        let _closed = gate.0.write().await;
+        tokio::task::block_in_place(|| cluster.restart(shutdown)).expect("restarting PostgreSQL");
+    }
+    // Until the backfill is done, or the capture gave up.
+    let live = crate::backfill::wait_until_live(&store, "t", 0);
+    tokio::pin!(live);
+    let mut capture = capture;
+    tokio::select! {
+        _ = &mut live => {}
+        ended = &mut capture => panic!("the capture gave up mid-backfill: {ended:?}"),
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(
+        !capture.is_finished(),
+        "the capture gave up: {:?}",
+        capture.await
+    );
+    capture.abort();
+    let _ = capture.await;
+    let mut catch_up = options(Some(db.current_lsn()));
+    catch_up.bindings.clear();
+    run(catch_up).await.expect("catching up");
+    crate::backfill::assert_same_rows(
+        &crate::backfill::collection_rows(&store, "public/t"),
+        &crate::backfill::table_rows(&db, "t"),
+    );
+    let backfilled = crate::backfill::assert_no_change_twice(&store, "public/t");
+    assert!(backfilled <= rows, "{backfilled} rows backfilled of {rows}");
+    eprintln!("torture restart mid-backfill: {rows} rows, {restarts_wanted} restarts, {backfilled} backfilled");
+    drop(db);
     cluster.stop();
 }
 
