@@ -540,6 +540,164 @@ async fn a_wrong_password_shows_an_authentication_error() {
     );
 }
 
+/// Every secret the keychain holds under Tidepool's service, as `secret-tool search` prints them.
+fn keychain_dump() -> String {
+    let output = Command::new("secret-tool")
+        .args(["search", "--all", "--unlock", "service", "Tidepool"])
+        .output()
+        .expect("running secret-tool (package libsecret-tools)");
+    // secret-tool prints the attributes on stderr and the secrets on stdout.
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The saved profiles in `data`'s profiles.json (none if it does not exist).
+fn saved_profiles(data: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read(data.join("profiles.json")) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["profiles"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+        Err(_) => vec![],
+    }
+}
+
+/// Whether an element with this test id is on the page.
+async fn present(client: &Client, id: &str) -> bool {
+    client.find(Locator::Css(&by_test_id(id))).await.is_ok()
+}
+
+/// Save tests first (issue #20, item 8): a wrong password is refused at the password field and
+/// reaches neither the keychain nor profiles.json; saved without testing on purpose it is marked
+/// "not tested"; the right one is saved as in the keychain. New then gives an empty form after a
+/// half-typed one and a failed autofill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_keeps_a_wrong_password_out_of_the_keychain_and_new_gives_an_empty_form() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "this test uses the real Secret Service: run it through script/test"
+    );
+    let database = fresh_database("e2e_save_checked");
+    let data = temp_data_dir("save_checked");
+    let password = cluster().superuser_password().expose().to_string();
+    let wrong = "wrong-e2e-password-8";
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+
+    click(&client, "welcome-connect").await;
+    fill(&client, "name", "Checked").await;
+    fill(
+        &client,
+        "address",
+        &format!("127.0.0.1:{}", cluster().port()),
+    )
+    .await;
+    fill(&client, "user", "postgres").await;
+    fill(&client, "password", wrong).await;
+    fill(&client, "database", &database).await;
+    click(&client, "save-profile").await;
+    let note = text_of(&client, "password-error").await;
+    let kind = error_kind(&client, "connection-error").await;
+    let invalid = client
+        .find(Locator::Css(&by_test_id("password")))
+        .await
+        .unwrap()
+        .attr("aria-invalid")
+        .await
+        .unwrap();
+    screenshot(&client, "connection-save-refused").await;
+    assert_eq!(
+        note,
+        "This user and password did not log in. Nothing was saved."
+    );
+    assert_eq!(kind, "Authentication");
+    assert_eq!(invalid.as_deref(), Some("true"));
+    assert!(!present(&client, "secret-Checked").await);
+    assert_eq!(saved_profiles(&data), Vec::<serde_json::Value>::new());
+    assert!(
+        !keychain_dump().contains(wrong),
+        "the refused password reached the keychain"
+    );
+
+    // Saved without testing on purpose: stored, and said plainly not to be tested, never as good.
+    click(&client, "save-untested").await;
+    let label = wait_for_text(&client, "secret-Checked", |t| !t.is_empty()).await;
+    let untested_note = text_of(&client, "untested-note").await;
+    let tested_attr = client
+        .find(Locator::Css(&by_test_id("secret-Checked")))
+        .await
+        .unwrap()
+        .attr("data-tested")
+        .await
+        .unwrap();
+    screenshot(&client, "connection-saved-untested").await;
+    assert_eq!(label, "Password in keychain, not tested");
+    assert_eq!(tested_attr.as_deref(), Some("false"));
+    assert!(
+        untested_note.starts_with("Saved without testing"),
+        "{untested_note}"
+    );
+    let saved = saved_profiles(&data);
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0]["untested"], serde_json::json!(true));
+    let id = saved[0]["id"].as_str().unwrap().to_string();
+
+    // The right password: tested, saved, and the keychain holds it.
+    fill(&client, "password", &password).await;
+    click(&client, "save-profile").await;
+    let label = wait_for_text(&client, "secret-Checked", |t| t == "Password in keychain").await;
+    assert_eq!(label, "Password in keychain");
+    let lookup = Command::new("secret-tool")
+        .args([
+            "lookup",
+            "service",
+            "Tidepool",
+            "username",
+            &format!("profile-{id}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&lookup.stdout), password);
+    assert_eq!(saved_profiles(&data)[0].get("untested"), None);
+    assert!(!keychain_dump().contains(wrong));
+
+    // New after a half-typed form and a failed autofill is empty (defaults only).
+    click(&client, "new-profile").await;
+    fill(&client, "name", "Half").await;
+    fill(&client, "address", "db.internal:5433").await;
+    fill(&client, "password", "half-typed").await;
+    click(&client, "autofill-open").await;
+    fill(
+        &client,
+        "autofill-input",
+        "host=db.example.com sslmod=require",
+    )
+    .await;
+    click(&client, "autofill-apply").await;
+    text_of(&client, "autofill-error-message").await;
+    click(&client, "new-profile").await;
+    let mut values = Vec::new();
+    for field in ["name", "address", "user", "password", "database"] {
+        values.push(wait_for_value(&client, field, |v| v.is_empty() || v == "postgres").await);
+    }
+    let autofill_error = present(&client, "autofill-error").await;
+    screenshot(&client, "connection-new-after-half-filled").await;
+    // And after an open profile.
+    click(&client, "profile-Checked").await;
+    wait_for_value(&client, "user", |v| v == "postgres").await;
+    click(&client, "new-profile").await;
+    let user_after_profile = wait_for_value(&client, "user", str::is_empty).await;
+    close(client).await;
+
+    assert_eq!(values, ["", "", "", "", "postgres"]);
+    assert!(!autofill_error, "the failed autofill's error survived New");
+    assert_eq!(user_after_profile, "");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_keychain() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
