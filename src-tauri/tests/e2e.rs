@@ -1543,6 +1543,13 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     // Remove, confirmed: the capture stops, the profile, its store and its keychain entries go, and
     // the card says what went.
     click(&client, "demo-stop").await;
+    // The confirmation says what is lost before anything is.
+    let question = text_of(&client, "demo-stop-confirm").await;
+    assert!(
+        question.contains("You lose its sample tables and rows, its connection profile"),
+        "{question}"
+    );
+    screenshot(&client, "demo-6-remove-confirm").await;
     click(&client, "demo-stop-run").await;
     let removed = wait_for_text(&client, "demo-removed", |t| t.contains("local store")).await;
     assert!(removed.contains("keychain: store key"), "{removed}");
