@@ -1573,6 +1573,175 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     );
 }
 
+/// Runs `gdbus` on the session bus the app shares with the test (the keyring session's).
+fn gdbus(args: &[&str]) -> String {
+    let output = Command::new("gdbus")
+        .args(args)
+        .output()
+        .expect("running gdbus (package libglib2.0-bin)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The app's tray menu as a tray host sees it: the bus name and the dbusmenu object path of the
+/// StatusNotifierItem the app exports (one app runs at a time), if it exports one.
+fn tray_menu() -> Option<(String, String)> {
+    let names = gdbus(&[
+        "call",
+        "--session",
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.ListNames",
+    ]);
+    names
+        .split('\'')
+        .filter(|n| n.starts_with(':'))
+        .find_map(|name| {
+            let items = gdbus(&[
+                "introspect",
+                "--session",
+                "--dest",
+                name,
+                "--object-path",
+                "/org/ayatana/NotificationItem",
+            ]);
+            let item = items
+                .lines()
+                .map(str::trim)
+                .filter_map(|l| l.strip_prefix("node ")?.strip_suffix(" {"))
+                // The first node is the path asked about; the item is its child.
+                .find(|node| !node.starts_with('/'))?;
+            Some((
+                name.to_string(),
+                format!("/org/ayatana/NotificationItem/{item}/Menu"),
+            ))
+        })
+}
+
+/// The tray menu's items, (id, label), in order, read through com.canonical.dbusmenu as a tray host
+/// reads them.
+fn tray_items(name: &str, menu: &str) -> Vec<(i32, String)> {
+    let layout = gdbus(&[
+        "call",
+        "--session",
+        "--dest",
+        name,
+        "--object-path",
+        menu,
+        "--method",
+        "com.canonical.dbusmenu.GetLayout",
+        // The arguments start here: gdbus would read "-1" as an option.
+        "--",
+        "0",
+        "-1",
+        "[]",
+    ]);
+    layout
+        .split("<(")
+        .skip(1)
+        .filter_map(|item| {
+            let id = item.split(',').next()?.trim().parse().ok()?;
+            let label = item
+                .split("'label': <'")
+                .nth(1)?
+                .split("'>")
+                .next()?
+                .to_string();
+            Some((id, label))
+        })
+        .collect()
+}
+
+/// Waits until the tray menu's first line satisfies `ok`, and returns it.
+async fn tray_line(name: &str, menu: &str, ok: impl Fn(&str) -> bool) -> String {
+    step("reading the tray menu");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = tray_items(name, menu)
+            .first()
+            .map(|(_, label)| label.clone())
+            .unwrap_or_default();
+        if ok(&line) || Instant::now() > deadline {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The tray (issue #20, item 9): its menu, read over D-Bus as a desktop's tray host reads it, names
+/// the running capture and its state; its "Stop capturing" stops it as the Capture tab's Stop does
+/// (the window shows Stopped, the slot stays), and the menu then says nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tray_shows_the_running_capture_and_stops_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (database, data, _id, _store) =
+        published_items("e2e_tray", 5, "tray", "Tray", "tray_pub", "tray_slot").await;
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    step("finding the tray item on the session bus");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (name, menu) = loop {
+        if let Some(found) = tray_menu() {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app exports no tray item (StatusNotifierItem) on the session bus"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let idle = tray_line(&name, &menu, |l| l == "No capture running").await;
+
+    capture_backfilled(&client, "Tray").await;
+    let capturing = tray_line(&name, &menu, |l| l.starts_with("Capturing")).await;
+    let items = tray_items(&name, &menu);
+    let stop = items
+        .iter()
+        .find(|(_, label)| label == "Stop capturing")
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("no 'Stop capturing' in the tray menu: {items:?}"));
+    assert!(
+        items.iter().any(|(_, label)| label == "Open Tidepool"),
+        "{items:?}"
+    );
+
+    step("clicking the tray's Stop capturing");
+    gdbus(&[
+        "call",
+        "--session",
+        "--dest",
+        &name,
+        "--object-path",
+        &menu,
+        "--method",
+        "com.canonical.dbusmenu.Event",
+        "--",
+        &stop,
+        "clicked",
+        "<0>",
+        "0",
+    ]);
+    let state = wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    let after = tray_line(&name, &menu, |l| l == "No capture running").await;
+    screenshot(&client, "tray-stopped").await;
+    close(client).await;
+
+    assert_eq!(idle, "No capture running");
+    assert_eq!(capturing, "Capturing Tray (streaming)");
+    assert_eq!(state, "Stopped");
+    assert_eq!(after, "No capture running");
+    // Stopped as the Capture tab stops: the slot stays for the next start.
+    let slot = cluster()
+        .psql(
+            &database,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tray_slot'",
+        )
+        .unwrap();
+    assert_eq!(slot.trim(), "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_window_reopens_at_the_size_it_was_left() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
