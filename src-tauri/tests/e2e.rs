@@ -1695,7 +1695,8 @@ async fn the_tray_shows_the_running_capture_and_stops_it() {
     let idle = tray_line(&name, &menu, |l| l == "No capture running").await;
 
     capture_backfilled(&client, "Tray").await;
-    let capturing = tray_line(&name, &menu, |l| l.starts_with("Capturing")).await;
+    // The tray follows the captures once a second: it may still say "starting" for that long.
+    let capturing = tray_line(&name, &menu, |l| l == "Capturing Tray (streaming)").await;
     let items = tray_items(&name, &menu);
     let stop = items
         .iter()
