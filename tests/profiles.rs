@@ -101,6 +101,21 @@ async fn a_saved_profile_keeps_its_password_in_the_keychain_and_in_no_file() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// What `tidepool profile list` prints for the profiles in `dir`.
+fn profile_list(dir: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tidepool"))
+        .args(["profile", "list"])
+        .env("TIDEPOOL_DATA_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The form's Save tests first: a wrong password is refused with the login's error and reaches
 /// neither the keychain nor the profile list; saved without testing it is marked untested; the right
 /// one clears the mark.
@@ -139,6 +154,11 @@ async fn save_checked_stores_only_a_password_that_logged_in_unless_told_not_to_t
         .unwrap();
     assert!(untested.profile.untested);
     let id = untested.profile.id.clone();
+    assert!(
+        profile_list(&dir).contains("(saved in the app without testing)"),
+        "{}",
+        profile_list(&dir)
+    );
     let account = SecretKey::ProfilePassword(id.clone()).account();
     // Saving again with the wrong password in the keychain and none typed is still refused.
     let again = profiles
@@ -163,6 +183,7 @@ async fn save_checked_stores_only_a_password_that_logged_in_unless_told_not_to_t
         .await
         .unwrap();
     assert!(!tested.profile.untested);
+    assert!(!profile_list(&dir).contains("without testing"));
     assert_eq!(tested.secret, SecretState::InKeychain);
     assert_eq!(
         secret_tool_lookup(&account).as_deref(),
