@@ -330,9 +330,6 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
           <button type="submit" className="secondary" data-testid="save-profile" disabled={busy} aria-describedby="save-hint">
             {result.status === "busy" && result.what === "saving" ? "Testing and saving…" : "Save"}
           </button>
-          <span className="hint" id="save-hint">
-            Save tests the connection first and keeps nothing that does not log in.
-          </span>
           {profile && !confirmDelete && (
             <button type="button" className="danger" data-testid="delete-profile" disabled={busy} onClick={() => setConfirmDelete(true)}>
               Delete
@@ -351,6 +348,9 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
             </span>
           )}
         </div>
+        <p className="hint" id="save-hint">
+          Save tests the connection first and keeps nothing that does not log in.
+        </p>
       </form>
       <div aria-live="polite" ref={resultRef}>
         {result.status === "saved" &&
