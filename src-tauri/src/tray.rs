@@ -29,8 +29,14 @@ struct Tray {
 /// has no tray.
 pub fn install(app: &AppHandle) {
     // On Linux the appindicator library is loaded at run time, and a missing one panics inside the
-    // tray crate: catch that too, so a desktop without a tray still gets its window.
+    // tray crate: catch that too, so a desktop without a tray still gets its window. Meanwhile a
+    // panic goes to the log (with the library's own message) instead of a backtrace on stderr.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        tracing::warn!(panic = %info, "making the tray icon");
+    }));
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(app)));
+    std::panic::set_hook(hook);
     let tray = match made {
         Ok(Ok(tray)) => tray,
         Ok(Err(e)) => {
