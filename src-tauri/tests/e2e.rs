@@ -1726,6 +1726,33 @@ async fn the_tray_shows_the_running_capture_and_stops_it() {
     ]);
     let state = wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
     let after = tray_line(&name, &menu, |l| l == "No capture running").await;
+    // "Open Tidepool" brings the window forward (there is no window manager to minimize it here):
+    // the window still answers, in view, afterwards.
+    let open = items
+        .iter()
+        .find(|(_, label)| label == "Open Tidepool")
+        .map(|(id, _)| id.to_string())
+        .unwrap();
+    gdbus(&[
+        "call",
+        "--session",
+        "--dest",
+        &name,
+        "--object-path",
+        &menu,
+        "--method",
+        "com.canonical.dbusmenu.Event",
+        "--",
+        &open,
+        "clicked",
+        "<0>",
+        "0",
+    ]);
+    let visibility = client
+        .execute("return document.visibilityState", vec![])
+        .await
+        .unwrap();
+    let state_after_open = text_of(&client, "capture-state").await;
     screenshot(&client, "tray-stopped").await;
     close(client).await;
 
@@ -1733,6 +1760,8 @@ async fn the_tray_shows_the_running_capture_and_stops_it() {
     assert_eq!(capturing, "Capturing Tray (streaming)");
     assert_eq!(state, "Stopped");
     assert_eq!(after, "No capture running");
+    assert_eq!(visibility, serde_json::json!("visible"));
+    assert_eq!(state_after_open, "Stopped");
     // Stopped as the Capture tab stops: the slot stays for the next start.
     let slot = cluster()
         .psql(
