@@ -66,8 +66,8 @@ export function ClosePrompt() {
       >
         <h2 id="close-title">A capture is running</h2>
         <p>
-          Keep capturing in the background (the window is minimized; Tidepool's tray icon shows the capture and can
-          open or stop it), or stop and quit?
+          Keep capturing in the background (the window is minimized; where your desktop shows tray icons, Tidepool's
+          shows the capture and can open or stop it), or stop and quit?
         </p>
         {demo ? (
           <p className="warning" data-testid="close-demo">
