@@ -80,6 +80,11 @@ pub struct Profile {
     /// before encryption existed have plain stores.
     #[serde(default)]
     pub encrypted: bool,
+    /// Saved with "Save without testing": its settings and password have not logged in since they
+    /// were saved, so nothing shows them as good. Cleared by a save that tests first
+    /// ([`Profiles::save_checked`]) or that brings a new password from a source that made it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untested: bool,
 }
 
 /// Whether a new profile's store is encrypted unless the person says otherwise. The cost is
@@ -260,6 +265,19 @@ pub fn autofill(text: &str) -> Result<Autofill> {
     })
 }
 
+/// What the form's Save does before it stores anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SaveCheck {
+    /// Log in with the form's values first and store nothing if that fails (as Estuary Flow and
+    /// Sequin do on save): a wrong password never reaches the keychain.
+    #[default]
+    TestFirst,
+    /// Store the values as typed, marked [`Profile::untested`], when the person chose so (a server
+    /// not reachable from here yet).
+    WithoutTesting,
+}
+
 /// Whether a profile's password can be had without asking, as shown next to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -432,12 +450,55 @@ impl Profiles {
     }
 
     /// Creates (`id` = None) or updates a profile. A given password goes to the keychain when the
-    /// profile keeps it there; switching to "ask each time" removes the stored one.
+    /// profile keeps it there; switching to "ask each time" removes the stored one. Nothing is
+    /// tested: for callers whose password comes from what made it (the demo, a created role, a
+    /// reset); the form saves through [`Profiles::save_checked`].
     pub fn save(
         &self,
         id: Option<&str>,
         draft: ProfileDraft,
         password: Option<Secret>,
+    ) -> Result<ProfileView> {
+        self.save_marked(id, draft, password, None)
+    }
+
+    /// The form's Save: with [`SaveCheck::TestFirst`], connects with the form's values (the typed
+    /// password, else the keychain's for a saved profile) and stores nothing if the login fails,
+    /// returning the test's error; with [`SaveCheck::WithoutTesting`], stores them marked
+    /// [`Profile::untested`].
+    pub async fn save_checked(
+        &self,
+        id: Option<String>,
+        draft: ProfileDraft,
+        password: Option<Secret>,
+        check: SaveCheck,
+    ) -> Result<ProfileView> {
+        // The form's own mistakes (an empty name, a bad slot name) come before the network's.
+        validate(id.clone().unwrap_or_default(), draft.clone())?;
+        let untested = match check {
+            SaveCheck::TestFirst => {
+                self.test_draft(id.clone(), draft.clone(), password.clone())
+                    .await?;
+                false
+            }
+            SaveCheck::WithoutTesting => true,
+        };
+        let profiles = self.clone();
+        tokio::task::spawn_blocking(move || {
+            profiles.save_marked(id.as_deref(), draft, password, Some(untested))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("saving the profile: {e}")))?
+    }
+
+    /// [`Profiles::save`] with the untested mark: `Some` sets it; `None` clears it when a new
+    /// password is given and otherwise keeps the profile's (the password that was not tested stays).
+    fn save_marked(
+        &self,
+        id: Option<&str>,
+        draft: ProfileDraft,
+        password: Option<Secret>,
+        untested: Option<bool>,
     ) -> Result<ProfileView> {
         let mut file = self.load()?;
         let existing =
@@ -458,6 +519,10 @@ impl Profiles {
         if let (true, Some(i)) = (keep_encryption, existing) {
             profile.encrypted = file.profiles[i].encrypted;
         }
+        let new_password = password.as_ref().is_some_and(|p| !p.is_empty());
+        profile.untested = untested.unwrap_or_else(|| {
+            !new_password && existing.is_some_and(|i| file.profiles[i].untested)
+        });
         if file
             .profiles
             .iter()
@@ -1048,6 +1113,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
         password: draft.password_storage,
         neon: None,
         encrypted: draft.encrypt_store.unwrap_or(ENCRYPT_BY_DEFAULT),
+        untested: false,
     })
 }
 

@@ -610,6 +610,26 @@ impl Runs {
         self.lock().runs.values().any(|r| !r.task.is_finished())
     }
 
+    /// The status of each capture running now, ordered by profile id (the desktop's tray icon
+    /// shows them while the window is minimized).
+    pub fn running(&self) -> Vec<RunStatus> {
+        let shared = self.lock();
+        let mut running: Vec<RunStatus> = shared
+            .runs
+            .iter()
+            .filter(|(_, run)| !run.task.is_finished())
+            .map(|(id, _)| {
+                shared
+                    .status
+                    .get(id)
+                    .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                    .unwrap_or_else(|| RunStatus::stopped(id))
+            })
+            .collect();
+        running.sort_by(|a, b| a.profile.cmp(&b.profile));
+        running
+    }
+
     /// Sends `collection`'s changes after log position `after` to `send`, then every change as store
     /// commits make it durable, until [`Runs::stop_tail`] with `token` or until `send` returns false.
     pub async fn tail(

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles, SecretState};
+use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles, SaveCheck, SecretState};
 use tidepool::secrets::{Secret, SecretKey, SERVICE};
 use tidepool::tls::SslMode;
+use tidepool::ErrorKind;
 
 use crate::harness::{self, TestDb};
 
@@ -97,6 +98,98 @@ async fn a_saved_profile_keeps_its_password_in_the_keychain_and_in_no_file() {
     profiles.delete("Renamed").unwrap();
     assert_eq!(secret_tool_lookup(&account), None);
     assert!(profiles.list().unwrap().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// What `tidepool profile list` prints for the profiles in `dir`.
+fn profile_list(dir: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tidepool"))
+        .args(["profile", "list"])
+        .env("TIDEPOOL_DATA_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The form's Save tests first: a wrong password is refused with the login's error and reaches
+/// neither the keychain nor the profile list; saved without testing it is marked untested; the right
+/// one clears the mark.
+#[tokio::test]
+async fn save_checked_stores_only_a_password_that_logged_in_unless_told_not_to_test() {
+    require_keyring_session();
+    let db = TestDb::new(harness::plain(), "profile_save_checked");
+    let dir = harness::temp_dir("profile_save_checked");
+    let profiles = Profiles::open(&dir);
+    let password = db.cluster.superuser_password().expose().to_string();
+
+    let refused = profiles
+        .save_checked(
+            None,
+            draft(&db, "Checked"),
+            Some(Secret::new("not-the-password")),
+            SaveCheck::TestFirst,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Authentication, "{refused:?}");
+    assert!(profiles.list().unwrap().is_empty());
+    assert_eq!(
+        files_containing(&dir, "not-the-password"),
+        Vec::<String>::new()
+    );
+
+    let untested = profiles
+        .save_checked(
+            None,
+            draft(&db, "Checked"),
+            Some(Secret::new("not-the-password")),
+            SaveCheck::WithoutTesting,
+        )
+        .await
+        .unwrap();
+    assert!(untested.profile.untested);
+    let id = untested.profile.id.clone();
+    assert!(
+        profile_list(&dir).contains("(saved in the app without testing)"),
+        "{}",
+        profile_list(&dir)
+    );
+    let account = SecretKey::ProfilePassword(id.clone()).account();
+    // Saving again with the wrong password in the keychain and none typed is still refused.
+    let again = profiles
+        .save_checked(
+            Some(id.clone()),
+            draft(&db, "Checked"),
+            None,
+            SaveCheck::TestFirst,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Authentication, "{again:?}");
+    assert!(profiles.get(&id).unwrap().untested);
+
+    let tested = profiles
+        .save_checked(
+            Some(id.clone()),
+            draft(&db, "Checked"),
+            Some(Secret::new(password.clone())),
+            SaveCheck::TestFirst,
+        )
+        .await
+        .unwrap();
+    assert!(!tested.profile.untested);
+    assert!(!profile_list(&dir).contains("without testing"));
+    assert_eq!(tested.secret, SecretState::InKeychain);
+    assert_eq!(
+        secret_tool_lookup(&account).as_deref(),
+        Some(password.as_str())
+    );
+    profiles.delete(&id).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -91,6 +91,11 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
         })
     })
     .await;
+    // The tray's list: this capture, streaming.
+    let running = runs.running();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].profile, id);
+    assert_eq!(running[0].state, RunState::Streaming);
 
     // A tail from the start: the three snapshot documents, then each change once, as it is stored.
     let tailed: Arc<Mutex<Vec<TailEntry>>> = Arc::default();
@@ -231,6 +236,7 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
     // Stopping keeps the slot; changes made meanwhile arrive after the next start, once.
     let stopped = runs.stop(&id, &profiles).unwrap();
     assert_eq!(stopped.state, RunState::Stopped);
+    assert!(runs.running().is_empty());
     assert_eq!(
         db.sql(&format!(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}';",

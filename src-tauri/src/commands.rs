@@ -18,7 +18,7 @@ use tidepool::neon::{Branch, Link, Project};
 use tidepool::preflight::{Check, Fix};
 use tidepool::preview::{ExportFormat, Exported, Page, PageRequest, View};
 use tidepool::profile::{
-    self, Autofill, ProfileDraft, ProfileView, Profiles, Removed, RevealedSecret,
+    self, Autofill, ProfileDraft, ProfileView, Profiles, Removed, RevealedSecret, SaveCheck,
 };
 use tidepool::publication::{Choice, Plan, TableRef};
 use tidepool::run::{PullAccess, RunStatus, Runs, TailEntry};
@@ -34,15 +34,19 @@ pub fn list_profiles(profiles: State<'_, Profiles>) -> Result<Vec<ProfileView>, 
     profiles.list()
 }
 
-/// Creates (`id` = null) or updates a profile; a given password goes to the keychain.
-#[tauri::command(async)]
-pub fn save_profile(
+/// Creates (`id` = null) or updates a profile; a given password goes to the keychain. Tests the
+/// connection first and saves nothing if it fails, unless `check` is "withoutTesting".
+#[tauri::command]
+pub async fn save_profile(
     profiles: State<'_, Profiles>,
     id: Option<String>,
     draft: ProfileDraft,
     password: Option<Secret>,
+    check: Option<SaveCheck>,
 ) -> Result<ProfileView, Error> {
-    profiles.save(id.as_deref(), draft, password)
+    profiles
+        .save_checked(id, draft, password, check.unwrap_or_default())
+        .await
 }
 
 /// Deletes a profile, its store and its keychain entries; says what was deleted.

@@ -6,6 +6,7 @@
 //! [`tidepool::secrets::Secret`] and is only handed to the engine.
 
 mod commands;
+mod tray;
 
 use tauri::{Emitter, Manager};
 
@@ -64,8 +65,10 @@ pub fn run() {
         .manage(tidepool::profile::Profiles::open(&data_dir))
         .manage(tidepool::run::Runs::default())
         .manage(tidepool::demo::DemoHost::default())
-        .setup(move |_app| {
+        .setup(move |app| {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "Tidepool started");
+            // While the window is minimized, the tray shows that a capture runs.
+            tray::install(app.handle());
             Ok(())
         })
         .invoke_handler(tauri::generate_handler![

@@ -1155,13 +1155,18 @@ async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
             } else {
                 for view in views {
                     println!(
-                        "{:<24} {}@{}/{}  sslmode={}  password {}",
+                        "{:<24} {}@{}/{}  sslmode={}  password {}{}",
                         view.profile.name,
                         view.profile.user,
                         view.address,
                         view.profile.database,
                         view.profile.sslmode,
-                        describe_secret(&view.secret)
+                        describe_secret(&view.secret),
+                        if view.profile.untested {
+                            " (saved in the app without testing)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

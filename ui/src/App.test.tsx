@@ -89,3 +89,42 @@ describe("App's first screen", () => {
     expect(screen.queryByTestId("welcome")).toBeNull();
   });
 });
+
+describe("New", () => {
+  const value = (id: string) => (screen.getByTestId(id) as HTMLInputElement).value;
+
+  it("gives an empty form after a half-typed one, a failed autofill and an open profile", async () => {
+    answer("listProfiles", async () => [profileView({ id: "p1", name: "Prod", user: "cdc_role", database: "shop" })]);
+    answer("autofill", async () => {
+      throw { kind: "InvalidInput", message: "connection string: unknown keyword 'sslmod'" };
+    });
+    const user = userEvent.setup();
+    render(<App />);
+    await user.click(await screen.findByTestId("new-profile"));
+    await user.type(screen.getByTestId("name"), "Half");
+    await user.type(screen.getByTestId("address"), "db.internal:5433");
+    await user.type(screen.getByTestId("password"), "typed-pw");
+    await user.click(screen.getByTestId("storage-ask"));
+
+    await user.click(screen.getByTestId("new-profile"));
+    for (const field of ["name", "address", "user", "password"]) expect(value(field), field).toBe("");
+    expect(value("database")).toBe("postgres");
+    expect((screen.getByTestId("storage-keychain") as HTMLInputElement).checked).toBe(true);
+    expect(document.activeElement).toBe(screen.getByTestId("name"));
+
+    await user.click(screen.getByTestId("autofill-open"));
+    await user.type(screen.getByTestId("autofill-input"), "sslmod=require");
+    await user.click(screen.getByTestId("autofill-apply"));
+    await screen.findByTestId("autofill-error");
+    await user.click(screen.getByTestId("new-profile"));
+    expect(screen.queryByTestId("autofill-error")).toBeNull();
+    expect(screen.queryByTestId("autofill-input")).toBeNull();
+
+    await user.click(screen.getByTestId("profile-Prod"));
+    expect(value("user")).toBe("cdc_role");
+    await user.click(screen.getByTestId("new-profile"));
+    for (const field of ["name", "address", "user", "password"]) expect(value(field), field).toBe("");
+    expect(value("database")).toBe("postgres");
+    expect(screen.getByTestId("editor-heading").textContent).toBe("New connection");
+  });
+});

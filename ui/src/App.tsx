@@ -33,12 +33,22 @@ const TAB_TITLES: Record<Tab, string> = {
 /** `form` is set once the user chose to fill in a new connection (the first screen's welcome then gives way). */
 type View = { screen: "profile"; id: string | null; tab?: Tab; form?: boolean } | { screen: "settings" };
 
+/** The key of the connection form: a saved profile's id, or a new form's number (each New is a fresh form). */
+const editorKey = (id: string | null, newForms: number) => id ?? `new-${newForms}`;
+
 export function App() {
   const [profiles, setProfiles] = useState<ProfileView[] | null>(null);
   const [loadError, setLoadError] = useState<BackendError | null>(null);
   const [view, setView] = useState<View>({ screen: "profile", id: null });
   // What the last profile removal deleted, shown until another profile is opened.
   const [removed, setRemoved] = useState<Removed | null>(null);
+  // Counts "New" clicks: each one mounts a fresh form, so nothing half-typed, autofilled or failed
+  // survives it (clicking New on a new form would otherwise keep the same form).
+  const [newForms, setNewForms] = useState(0);
+  const newForm = () => {
+    setNewForms((n) => n + 1);
+    setView({ screen: "profile", id: null, form: true });
+  };
   useEffect(() => {
     if (view.screen !== "profile" || view.id !== null) setRemoved(null);
   }, [view]);
@@ -99,7 +109,7 @@ export function App() {
             profiles={profiles}
             selected={view.screen === "profile" ? view.id : null}
             onSelect={(id) => setView({ screen: "profile", id })}
-            onNew={() => setView({ screen: "profile", id: null, form: true })}
+            onNew={newForm}
           />
           <DemoCard demo={demo} />
         </div>
@@ -127,7 +137,7 @@ export function App() {
             {view.screen === "profile" && view.id === null && !view.form && (
               <Welcome
                 demo={demo}
-                onConnect={() => setView({ screen: "profile", id: null, form: true })}
+                onConnect={newForm}
                 onOpenDemo={(id) => setView({ screen: "profile", id, tab: "setup" })}
                 saved={profiles?.length ?? 0}
               />
@@ -153,7 +163,7 @@ export function App() {
               <MonitorPanel key={selected.id} profileId={selected.id} />
             ) : (
               <ProfileEditor
-                key={view.id ?? "new"}
+                key={editorKey(view.id, newForms)}
                 profile={selected}
                 autoFocus={view.screen === "profile" && view.form === true}
                 onSaved={(saved) => {

@@ -6,20 +6,30 @@ import { ErrorNotice } from "./ErrorNotice";
 
 /**
  * Asks what closing the window while a capture runs should mean: keep capturing in the background
- * (the window is minimized, the capture goes on), or stop every capture and quit (slots stay, so the
- * next start resumes without gaps).
+ * (the window is minimized, the tray icon shows the capture), or stop every capture and quit (slots
+ * stay, so the next start resumes without gaps). The demo database is removed on quit, so while it
+ * runs the prompt says there is nothing of it to resume, instead of promising it.
  */
 export function ClosePrompt() {
   const [open, setOpen] = useState(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<BackendError | null>(null);
+  // Whether the demo database runs (it goes when the app quits); asked each time the prompt opens.
+  const [demo, setDemo] = useState(false);
   const first = useRef<HTMLButtonElement>(null);
 
   useEffect(() => {
     let live = true;
     let unlisten: (() => void) | null = null;
     backend
-      .onCloseRequested(() => live && setOpen(true))
+      .onCloseRequested(() => {
+        if (!live) return;
+        setOpen(true);
+        backend.demoProfile().then(
+          (id) => live && setDemo(id !== null),
+          () => live && setDemo(false),
+        );
+      })
       .then((stop) => (live ? (unlisten = stop) : stop()));
     return () => {
       live = false;
@@ -56,9 +66,21 @@ export function ClosePrompt() {
       >
         <h2 id="close-title">A capture is running</h2>
         <p>
-          Keep capturing in the background, or stop and quit? Stopping keeps the replication slot: the next start
-          resumes where it stopped, while the server keeps WAL for the slot meanwhile.
+          Keep capturing in the background (the window is minimized; where your desktop shows tray icons, Tidepool's
+          shows the capture and can open or stop it), or stop and quit?
         </p>
+        {demo ? (
+          <p className="warning" data-testid="close-demo">
+            The demo database is removed when Tidepool quits, with everything captured from it: there is nothing to
+            resume later. Keep capturing in the background to keep it. Captures of your own databases keep their
+            replication slots and resume at their next start.
+          </p>
+        ) : (
+          <p data-testid="close-resume">
+            Stopping keeps the replication slot: the next start resumes where it stopped, while the server keeps WAL for
+            the slot meanwhile.
+          </p>
+        )}
         <div className="row">
           <button
             ref={first}
@@ -76,7 +98,7 @@ export function ClosePrompt() {
             disabled={busy}
             onClick={() => void answer(backend.stopCapturesAndQuit, false)}
           >
-            {busy ? "Stopping…" : "Stop capturing and quit"}
+            {busy ? "Stopping…" : demo ? "Stop, remove the demo and quit" : "Stop capturing and quit"}
           </button>
           <button type="button" className="secondary" data-testid="close-cancel" disabled={busy} onClick={() => setOpen(false)}>
             Cancel

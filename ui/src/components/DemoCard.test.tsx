@@ -47,7 +47,17 @@ describe("DemoCard", () => {
     await user.click(screen.getByTestId("demo-stop"));
     // Nothing is removed before the confirmation that says what goes.
     expect(callsOf("stopDemo")).toHaveLength(0);
-    expect(screen.getByTestId("demo-stop-confirm").textContent).toContain("captured rows on this machine");
+    const question = screen.getByTestId("demo-stop-confirm").textContent;
+    // It says what is lost.
+    expect(question).toContain("You lose its sample tables and rows, its connection profile");
+    expect(question).toContain("everything captured from it on this machine");
+    // The focus is on the safe answer; Escape keeps the demo and gives the focus back.
+    expect(document.activeElement).toBe(screen.getByTestId("demo-stop-keep"));
+    await user.keyboard("{Escape}");
+    expect(screen.queryByTestId("demo-stop-confirm")).toBeNull();
+    expect(document.activeElement).toBe(screen.getByTestId("demo-stop"));
+    expect(callsOf("stopDemo")).toHaveLength(0);
+    await user.click(screen.getByTestId("demo-stop"));
     await user.click(screen.getByTestId("demo-stop-run"));
     await screen.findByTestId("demo-start");
     expect(callsOf("stopDemo")).toHaveLength(1);

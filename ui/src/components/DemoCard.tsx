@@ -1,4 +1,4 @@
-import { useEffect, useState } from "react";
+import { useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, ProfileView, Removed } from "../lib/types";
@@ -74,6 +74,22 @@ export function DemoCard({ demo }: { demo: Demo }) {
   const { state, start } = demo;
   // Removing is one more click: it deletes the database and everything captured from it.
   const [confirming, setConfirming] = useState(false);
+  // The question takes the focus on its safe answer ("Keep it"); closing it gives the focus back to
+  // "Remove the demo database".
+  const keep = useRef<HTMLButtonElement>(null);
+  const opener = useRef<HTMLButtonElement>(null);
+  const [returnFocus, setReturnFocus] = useState(false);
+  useEffect(() => {
+    if (confirming) keep.current?.focus();
+    else if (returnFocus) {
+      opener.current?.focus();
+      setReturnFocus(false);
+    }
+  }, [confirming, returnFocus]);
+  const closeConfirm = () => {
+    setConfirming(false);
+    setReturnFocus(true);
+  };
   const stop = (id: string) => {
     setConfirming(false);
     return demo.stop(id);
@@ -88,14 +104,28 @@ export function DemoCard({ demo }: { demo: Demo }) {
             quits.
           </p>
           {confirming && state.status === "running" ? (
-            <div className="actions" data-testid="demo-stop-confirm">
-              <p className="note">
-                Removes the demo database, its profile and the captured rows on this machine. Nothing else is touched.
+            <div
+              className="actions"
+              data-testid="demo-stop-confirm"
+              role="group"
+              aria-label="Remove the demo database"
+              onKeyDown={(e) => e.key === "Escape" && closeConfirm()}
+            >
+              <p className="note" id="demo-stop-what">
+                Remove the demo database? You lose its sample tables and rows, its connection profile with its keychain
+                entries, and everything captured from it on this machine (collections, change log, consumers). A new
+                demo starts from scratch. Nothing else is touched.
               </p>
-              <button type="button" className="danger" data-testid="demo-stop-run" onClick={() => void stop(state.id)}>
+              <button
+                type="button"
+                className="danger"
+                data-testid="demo-stop-run"
+                aria-describedby="demo-stop-what"
+                onClick={() => void stop(state.id)}
+              >
                 Remove
               </button>
-              <button type="button" className="secondary" onClick={() => setConfirming(false)}>
+              <button type="button" className="secondary" data-testid="demo-stop-keep" ref={keep} onClick={closeConfirm}>
                 Keep it
               </button>
             </div>
@@ -104,6 +134,7 @@ export function DemoCard({ demo }: { demo: Demo }) {
               type="button"
               className="secondary"
               data-testid="demo-stop"
+              ref={opener}
               disabled={state.status === "stopping"}
               onClick={() => setConfirming(true)}
             >

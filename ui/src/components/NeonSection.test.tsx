@@ -95,4 +95,17 @@ describe("NeonSection", () => {
     await screen.findByTestId("neon-preview");
     expect(callsOf("previewAction")).toEqual([[{ action: "neonCreateRole", ...LINK, role: "cdc role" }]]);
   });
+
+  it("moves the focus into a request's preview, and Escape closes it back onto its button", async () => {
+    answer("previewAction", async (action) => ({ action, preview: ["POST …/reset_password"], warning: null }));
+    const user = userEvent.setup();
+    render(<NeonSection profile={profileView({ neon: LINK })} onLinked={() => {}} onChanged={() => {}} />);
+    await user.click(screen.getByTestId("neon-action-reset"));
+    const preview = await screen.findByTestId("neon-confirm");
+    expect(document.activeElement).toBe(preview);
+    await user.keyboard("{Escape}");
+    expect(screen.queryByTestId("neon-confirm")).toBeNull();
+    expect(document.activeElement).toBe(screen.getByTestId("neon-action-reset"));
+    expect(callsOf("runFix")).toEqual([]);
+  });
 });

@@ -1,9 +1,10 @@
-import { useEffect, useState } from "react";
+import { useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, Fix, NeonBranch, NeonProject, ProfileView, SetupAction } from "../lib/types";
 import { isNeonHost } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
+import { PreviewBox } from "./PreviewBox";
 
 /**
  * The Neon part of Setup: link the profile to its Neon project and branch, then fix things through
@@ -182,6 +183,17 @@ function NeonActions({
   const [busy, setBusy] = useState(false);
   const [done, setDone] = useState<string | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
+  // The buttons that open a preview, to give the focus back to when it closes (Escape or Cancel).
+  const openers = useRef(new Map<Kind, HTMLButtonElement>());
+  const opener = (kind: Kind) => (element: HTMLButtonElement | null) => {
+    if (element) openers.current.set(kind, element);
+    else openers.current.delete(kind);
+  };
+  const closePreview = () => {
+    const kind = pending?.kind;
+    setPending(null);
+    if (kind) openers.current.get(kind)?.focus();
+  };
 
   const actionOf = (kind: Kind): SetupAction => {
     const at = { projectId: link.projectId, branchId: link.branchId };
@@ -243,7 +255,7 @@ function NeonActions({
         </button>
       </p>
       <div className="row">
-        <button type="button" data-testid="neon-action-enable" onClick={() => void preview("enable")}>
+        <button type="button" data-testid="neon-action-enable" ref={opener("enable")} onClick={() => void preview("enable")}>
           Enable logical replication…
         </button>
         <span className="row">
@@ -254,19 +266,25 @@ function NeonActions({
             onChange={(e) => setRole(e.target.value)}
             size={14}
           />
-          <button type="button" data-testid="neon-action-role" disabled={!role.trim()} onClick={() => void preview("role")}>
+          <button type="button" data-testid="neon-action-role" ref={opener("role")} disabled={!role.trim()} onClick={() => void preview("role")}>
             Create replication role…
           </button>
         </span>
-        <button type="button" className="secondary" data-testid="neon-action-reveal" onClick={() => void preview("reveal")}>
+        <button type="button" className="secondary" data-testid="neon-action-reveal" ref={opener("reveal")} onClick={() => void preview("reveal")}>
           Get {profile.user}'s password into the keychain…
         </button>
-        <button type="button" className="secondary" data-testid="neon-action-reset" onClick={() => void preview("reset")}>
+        <button type="button" className="secondary" data-testid="neon-action-reset" ref={opener("reset")} onClick={() => void preview("reset")}>
           Reset {profile.user}'s password…
         </button>
       </div>
       {pending && (
-        <div className="fix" data-testid="neon-confirm">
+        <PreviewBox
+          key={pending.kind}
+          className="fix"
+          testId="neon-confirm"
+          label={`Preview: ${DONE_TITLE[pending.kind]}`}
+          onClose={closePreview}
+        >
           <p>This will send:</p>
           <pre data-testid="neon-preview">{pending.fix.preview.join("\n")}</pre>
           {pending.fix.warning && (
@@ -277,10 +295,10 @@ function NeonActions({
           <button type="button" data-testid="neon-run" disabled={busy} onClick={() => void run()}>
             {busy ? "Running…" : "Run"}
           </button>{" "}
-          <button type="button" className="secondary" onClick={() => setPending(null)}>
+          <button type="button" className="secondary" data-testid="neon-cancel" onClick={closePreview}>
             Cancel
           </button>
-        </div>
+        </PreviewBox>
       )}
       {done && (
         <p className="ok" data-testid="neon-done">
@@ -291,6 +309,14 @@ function NeonActions({
     </div>
   );
 }
+
+/** What each preview is for, for screen readers. */
+const DONE_TITLE: Record<Kind, string> = {
+  enable: "enable logical replication",
+  role: "create a replication role",
+  reveal: "get the password into the keychain",
+  reset: "reset the password",
+};
 
 const DONE: Record<Kind, string> = {
   enable: "Logical replication is on for the project; its computes restarted.",

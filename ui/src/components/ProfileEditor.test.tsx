@@ -94,8 +94,11 @@ describe("ProfileEditor", () => {
     await user.click(screen.getByTestId("save-profile"));
 
     await waitFor(() => expect(onSaved).toHaveBeenCalledWith(SAVED));
-    const [[id, draft, password]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>, string]];
+    const [[id, draft, password, check]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>, string, string]];
     expect(id).toBeNull();
+    // Save tests first: the engine stores nothing that does not log in.
+    expect(check).toBe("testFirst");
+    expect(screen.getByTestId("saved").textContent).toBe("Connection tested and saved.");
     expect(draft).toMatchObject({
       name: "Prod",
       address: "db.example.com:6543",
@@ -175,7 +178,8 @@ describe("ProfileEditor", () => {
       const error = await screen.findByTestId("connection-error");
       const password = screen.getByTestId("password");
       expect(password.getAttribute("aria-invalid")).toBe("true");
-      expect(password.getAttribute("aria-describedby")).toBe(error.id);
+      expect(password.getAttribute("aria-describedby")!.split(" ")).toEqual(["password-error", error.id]);
+      expect(screen.getByTestId("password-error").textContent).toBe("This user and password did not log in.");
       expect(screen.getByTestId("address").getAttribute("aria-invalid")).toBeNull();
       expect(scrolled.some((element) => element.contains(error))).toBe(true);
     } finally {
@@ -246,5 +250,66 @@ describe("ProfileEditor", () => {
     resolve(FACTS);
     await screen.findByTestId("server-facts");
     expect(button.disabled).toBe(false);
+  });
+
+  it("makes Test connection the primary action and Save the second", () => {
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    const test = screen.getByTestId("test-connection");
+    const save = screen.getByTestId("save-profile");
+    expect(test.className).toBe("");
+    expect(save.className).toBe("secondary");
+    expect(test.compareDocumentPosition(save) & Node.DOCUMENT_POSITION_FOLLOWING).toBeTruthy();
+    expect(save.getAttribute("aria-describedby")).toBe("save-hint");
+  });
+
+  it("refuses a save whose test fails, at the field, and saves it only when told not to test", async () => {
+    let saves = 0;
+    answer("saveProfile", async (...args: unknown[]) => {
+      saves += 1;
+      if (args[3] === "testFirst") {
+        throw { kind: "Authentication", message: 'password authentication failed for user "cdc_role" (SQLSTATE 28P01)' };
+      }
+      return { ...SAVED, untested: true };
+    });
+    const onSaved = vi.fn();
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={onSaved} onDeleted={() => {}} />);
+    await user.type(screen.getByTestId("name"), "Prod");
+    await user.type(screen.getByTestId("password"), "wrong");
+    await user.click(screen.getByTestId("save-profile"));
+
+    expect((await screen.findByTestId("password-error")).textContent).toBe(
+      "This user and password did not log in. Nothing was saved.",
+    );
+    expect(screen.getByTestId("password").getAttribute("aria-invalid")).toBe("true");
+    expect(screen.queryByTestId("saved")).toBeNull();
+    expect(onSaved).not.toHaveBeenCalled();
+    // The typed password stays for a retry or an explicit save.
+    expect((screen.getByTestId("password") as HTMLInputElement).value).toBe("wrong");
+
+    await user.click(screen.getByTestId("save-untested"));
+    await waitFor(() => expect(onSaved).toHaveBeenCalledWith({ ...SAVED, untested: true }));
+    expect(saves).toBe(2);
+    expect((callsOf("saveProfile")[1] as unknown[]).slice(2)).toEqual(["wrong", "withoutTesting"]);
+    const saved = screen.getByTestId("saved");
+    expect(saved.getAttribute("data-tested")).toBe("false");
+    expect(saved.className).toBe("warning");
+    expect(saved.textContent).toMatch(/^Saved, not tested/);
+  });
+
+  it("offers no untested save for the form's own mistakes", async () => {
+    answer("saveProfile", async () => {
+      throw { kind: "InvalidInput", message: "name: is empty" };
+    });
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.click(screen.getByTestId("save-profile"));
+    await screen.findByTestId("connection-error");
+    expect(screen.queryByTestId("save-untested")).toBeNull();
+  });
+
+  it("says a profile saved without testing has not logged in", () => {
+    render(<ProfileEditor profile={{ ...SAVED, untested: true }} onSaved={() => {}} onDeleted={() => {}} />);
+    expect(screen.getByTestId("untested-note").textContent).toMatch(/^Saved without testing/);
   });
 });

@@ -11,6 +11,7 @@ import {
   type ProfileDraft,
   type ProfileView,
   type Removed,
+  type SaveCheck,
   type ServerFacts,
   type SslMode,
 } from "../lib/types";
@@ -21,7 +22,7 @@ type Result =
   | { status: "idle" }
   | { status: "busy"; what: "testing" | "saving" | "deleting" }
   | { status: "connected"; facts: ServerFacts }
-  | { status: "saved" }
+  | { status: "saved"; tested: boolean }
   | { status: "failed"; error: BackendError; during: "test" | "save" | "delete" };
 
 type Field = "address" | "password";
@@ -35,6 +36,11 @@ function fieldAtFault(error: BackendError): Field | undefined {
   if (error.kind === "Authentication") return "password";
   return undefined;
 }
+
+const FIELD_NOTES: Record<Field, string> = {
+  address: "No server answered at this address.",
+  password: "This user and password did not log in.",
+};
 
 interface Props {
   /** The saved profile being edited, or null for a new one. */
@@ -111,17 +117,23 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     setAdvice((list) => list.filter((a) => a !== item));
   }
 
-  async function save(event: FormEvent) {
-    event.preventDefault();
+  // Save logs in first (the engine refuses to store what did not), as Estuary Flow and Sequin test on
+  // save; "Save without testing" is the explicit way past a failed test, and the result says so.
+  async function save(check: SaveCheck) {
     setResult({ status: "busy", what: "saving" });
     try {
-      const saved = await backend.saveProfile(profile?.id ?? null, draft, password());
+      const saved = await backend.saveProfile(profile?.id ?? null, draft, password(), check);
       if (passwordRef.current) passwordRef.current.value = "";
-      setResult({ status: "saved" });
+      setResult({ status: "saved", tested: check === "testFirst" });
       onSaved(saved);
     } catch (error) {
       setResult({ status: "failed", error: error as BackendError, during: "save" });
     }
+  }
+
+  function submit(event: FormEvent) {
+    event.preventDefault();
+    void save("testFirst");
   }
 
   async function test() {
@@ -147,12 +159,24 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   const fault = result.status === "failed" && result.during !== "delete" ? fieldAtFault(result.error) : undefined;
   // Marks the field the error below is about, for the eye and for screen readers.
   const marked = (field: Field) =>
-    fault === field ? { "aria-invalid": true, "aria-describedby": "connection-error" } : {};
+    fault === field ? { "aria-invalid": true, "aria-describedby": `${field}-error connection-error` } : {};
+  // The field's own line says what failed, right where the eye is; the notice below has the details.
+  const fieldNote = (field: Field) =>
+    fault === field && (
+      <span className="field-error" id={`${field}-error`} data-testid={`${field}-error`}>
+        {FIELD_NOTES[field]}
+        {result.status === "failed" && result.during === "save" ? " Nothing was saved." : ""}
+      </span>
+    );
   const keepsPassword = profile?.password === "keychain" && profile.secret === "inKeychain";
+  // A save refused because its test failed can still be made on purpose (a server not reachable from
+  // here yet); not for the form's own mistakes, which the engine refuses either way.
+  const canSaveUntested =
+    result.status === "failed" && result.during === "save" && result.error.kind !== "InvalidInput" && result.error.kind !== "Keychain";
   return (
     <section className="card" aria-labelledby="editor-heading">
       <div className="card-head">
-        <h2 id="editor-heading">{profile ? profile.name : "New connection"}</h2>
+        <h2 id="editor-heading" data-testid="editor-heading">{profile ? profile.name : "New connection"}</h2>
         <button type="button" className="secondary" data-testid="autofill-open" onClick={() => setAutofillOpen((v) => !v)}>
           Autofill with URL
         </button>
@@ -196,7 +220,12 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
           </button>
         </div>
       ))}
-      <form onSubmit={save} className="form" noValidate>
+      {profile?.untested && result.status !== "saved" && (
+        <p className="warning" role="status" data-testid="untested-note">
+          Saved without testing: these settings have not logged in yet. Save tests them again.
+        </p>
+      )}
+      <form onSubmit={submit} className="form" noValidate>
         <label>
           Name
           <input data-testid="name" ref={nameRef} value={draft.name} onChange={(e) => update("name", e.target.value)} placeholder="Production" autoComplete="off" />
@@ -213,6 +242,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
             spellCheck={false}
           />
           <span className="hint">host[:port]; the port defaults to 5432</span>
+          {fieldNote("address")}
         </label>
         <label>
           User
@@ -228,6 +258,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
                 ? "Stored in the OS keychain. Leave empty to keep it; type a new one to replace it."
                 : "Stored only in the OS keychain, never in a file."}
           </span>
+          {fieldNote("password")}
         </label>
         <label>
           Database
@@ -293,11 +324,11 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
           </div>
         )}
         <div className="actions">
-          <button type="submit" data-testid="save-profile" disabled={busy}>
-            {result.status === "busy" && result.what === "saving" ? "Saving…" : "Save"}
-          </button>
-          <button type="button" className="secondary" data-testid="test-connection" disabled={busy} onClick={test}>
+          <button type="button" data-testid="test-connection" disabled={busy} onClick={test}>
             {result.status === "busy" && result.what === "testing" ? "Testing…" : "Test connection"}
+          </button>
+          <button type="submit" className="secondary" data-testid="save-profile" disabled={busy} aria-describedby="save-hint">
+            {result.status === "busy" && result.what === "saving" ? "Testing and saving…" : "Save"}
           </button>
           {profile && !confirmDelete && (
             <button type="button" className="danger" data-testid="delete-profile" disabled={busy} onClick={() => setConfirmDelete(true)}>
@@ -317,16 +348,32 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
             </span>
           )}
         </div>
+        <p className="hint" id="save-hint">
+          Save tests the connection first and keeps nothing that does not log in.
+        </p>
       </form>
       <div aria-live="polite" ref={resultRef}>
-        {result.status === "saved" && (
-          <p className="ok" data-testid="saved">
-            Saved.
-          </p>
-        )}
+        {result.status === "saved" &&
+          (result.tested ? (
+            <p className="ok" data-testid="saved" data-tested="true">
+              Connection tested and saved.
+            </p>
+          ) : (
+            <p className="warning" data-testid="saved" data-tested="false">
+              Saved, not tested: nothing has logged in with these settings. Test the connection before you capture.
+            </p>
+          ))}
         {result.status === "connected" && <ServerFactsView facts={result.facts} />}
         {result.status === "failed" && (
           <ErrorNotice error={result.error} testId="connection-error" id="connection-error" place="form">
+            {canSaveUntested && (
+              <span className="untested-choice">
+                {fault ? "" : "Nothing was saved. "}
+                <button type="button" className="secondary" data-testid="save-untested" onClick={() => void save("withoutTesting")}>
+                  Save without testing
+                </button>
+              </span>
+            )}
             {result.error.kind === "Keychain" && result.during === "save" && (
               <button type="button" className="link" data-testid="use-ask-each-time" onClick={() => update("passwordStorage", "askEachTime")}>
                 Ask for the password each time instead

@@ -42,6 +42,16 @@ describe("ProfileList", () => {
     expect(onSelect).toHaveBeenCalledWith("B");
   });
 
+  it("does not show a profile saved without testing as good", () => {
+    render(
+      <ProfileList profiles={[{ ...profile("U", "inKeychain"), untested: true }]} selected={null} onSelect={() => {}} onNew={() => {}} />,
+    );
+    const label = screen.getByTestId("secret-U");
+    expect(label.textContent).toBe("Password in keychain, not tested");
+    expect(label.getAttribute("data-tested")).toBe("false");
+    expect(label.classList.contains("inKeychain")).toBe(false);
+  });
+
   it("explains the empty state", () => {
     render(<ProfileList profiles={[]} selected={null} onSelect={() => {}} onNew={() => {}} />);
     expect(screen.getByTestId("no-profiles").textContent).toContain("Autofill with URL");

@@ -44,8 +44,14 @@ export function ProfileList({ profiles, selected, onSelect, onNew }: Props) {
               <span className="profile-address">
                 {p.user}@{p.address}/{p.database}
               </span>
-              <span className={`secret ${p.secret}`} data-testid={`secret-${p.name}`} data-state={p.secret}>
+              <span
+                className={p.untested ? "secret untested" : `secret ${p.secret}`}
+                data-testid={`secret-${p.name}`}
+                data-state={p.secret}
+                data-tested={p.untested ? "false" : "true"}
+              >
                 {SECRET_LABELS[p.secret]}
+                {p.untested ? ", not tested" : ""}
               </span>
             </button>
           </li>

@@ -230,6 +230,41 @@ describe("SetupPanel", () => {
     ]);
   });
 
+  it("moves the focus into a fix's preview on Fix…, and Escape closes it back onto its button", async () => {
+    answer("preflight", async () => [failing]);
+    answer("captureDefinition", async () => null);
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    await user.click(await screen.findByTestId("fix-replication"));
+    const preview = screen.getByTestId("fix-replication-preview");
+    expect(document.activeElement).toBe(preview);
+    expect(preview.getAttribute("aria-label")).toBe(`Fix: ${failing.title}`);
+    // Tab goes on to the preview's Run.
+    await user.tab();
+    expect(document.activeElement).toBe(screen.getByTestId("fix-replication-run"));
+    await user.keyboard("{Escape}");
+    expect(screen.queryByTestId("fix-replication-preview")).toBeNull();
+    expect(document.activeElement).toBe(screen.getByTestId("fix-replication"));
+    // Cancel returns the focus the same way.
+    await user.click(screen.getByTestId("fix-replication"));
+    await user.click(screen.getByTestId("fix-replication-cancel"));
+    expect(document.activeElement).toBe(screen.getByTestId("fix-replication"));
+    expect(callsOf("runFix")).toEqual([]);
+  });
+
+  it("closes the publication fix on Escape, with the focus back on its Fix…", async () => {
+    answer("preflight", async () => [noPublication]);
+    answer("captureDefinition", async () => null);
+    answer("discoverTables", async () => []);
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    expect(document.activeElement).toBe(screen.getByTestId("fix-publication-preview"));
+    await user.keyboard("{Escape}");
+    expect(screen.queryByTestId("publication-fix")).toBeNull();
+    expect(document.activeElement).toBe(screen.getByTestId("fix-publication"));
+  });
+
   it("sums up what fails, and its next step opens the first failing check's fix without running it", async () => {
     answer("preflight", async () => [walLevel, slotStep, failing, noPublication]);
     answer("captureDefinition", async () => null);
@@ -245,9 +280,10 @@ describe("SetupPanel", () => {
     expect(next.textContent).toBe("Go to the first fix");
     expect(screen.queryByTestId("fix-replication-sql")).toBeNull();
     await user.click(next);
-    // The first failing check (in list order), its fix's SQL shown, focused; nothing ran.
+    // The first failing check (in list order), its fix's SQL shown, the focus in its preview; nothing ran.
     expect(screen.getByTestId("fix-replication-sql").textContent).toBe('ALTER ROLE "app" WITH REPLICATION');
-    expect(document.activeElement).toBe(screen.getByTestId("check-replication"));
+    expect(document.activeElement).toBe(screen.getByTestId("fix-replication-preview"));
+    expect(screen.getByTestId("check-replication").contains(document.activeElement)).toBe(true);
     expect(callsOf("runFix")).toEqual([]);
   });
 

@@ -5,6 +5,7 @@ import { scrollIntoView } from "../lib/reveal";
 import type { BackendError, CaptureDefinition, PreflightCheck, ProfileView } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { NeonSection } from "./NeonSection";
+import { PreviewBox } from "./PreviewBox";
 import { PublicationFix } from "./PublicationFix";
 
 const MARK: Record<PreflightCheck["status"], string> = { pass: "Pass", warn: "Warning", fail: "Fail", step: "Step" };
@@ -61,6 +62,18 @@ export function SetupPanel({
   // Whether tables were saved ("Save and publish"): the next step is then Capture, else Tables.
   const [definition, setDefinition] = useState<CaptureDefinition | null | undefined>(undefined);
   const items = useRef(new Map<string, HTMLLIElement>());
+  const fixButtons = useRef(new Map<string, HTMLButtonElement>());
+  // The check whose "Fix…" button gets the focus back once its preview is closed (Escape or Cancel).
+  const [returnTo, setReturnTo] = useState<string | null>(null);
+  useEffect(() => {
+    if (returnTo === null || open !== null) return;
+    fixButtons.current.get(returnTo)?.focus();
+    setReturnTo(null);
+  }, [returnTo, open]);
+  const closeFix = (id: string) => {
+    setOpen(null);
+    setReturnTo(id);
+  };
 
   const load = useCallback(async () => {
     // The definition only picks the next tab: a store that cannot be read must not hide the checks.
@@ -166,17 +179,19 @@ export function SetupPanel({
             {check.fix && check.status !== "pass" && (
               <div className="fix">
                 {open === check.id && check.fix.action.action === "publication" ? (
-                  <PublicationFix
-                    profileId={profileId}
-                    fix={check.fix}
-                    onCancel={() => setOpen(null)}
-                    onRan={async () => {
-                      setOpen(null);
-                      await load();
-                    }}
-                  />
+                  <PreviewBox label={`Fix: ${check.title}`} testId={`fix-${check.id}-preview`} onClose={() => closeFix(check.id)}>
+                    <PublicationFix
+                      profileId={profileId}
+                      fix={check.fix}
+                      onCancel={() => closeFix(check.id)}
+                      onRan={async () => {
+                        setOpen(null);
+                        await load();
+                      }}
+                    />
+                  </PreviewBox>
                 ) : open === check.id ? (
-                  <>
+                  <PreviewBox label={`Fix: ${check.title}`} testId={`fix-${check.id}-preview`} onClose={() => closeFix(check.id)}>
                     <p>This will run:</p>
                     <pre data-testid={`fix-${check.id}-sql`}>{check.fix.preview.join(";\n")}</pre>
                     {check.fix.warning && <p className="note">{check.fix.warning}</p>}
@@ -188,7 +203,7 @@ export function SetupPanel({
                     >
                       {running === check.id ? "Running…" : "Run"}
                     </button>{" "}
-                    <button type="button" className="secondary" onClick={() => setOpen(null)}>
+                    <button type="button" className="secondary" data-testid={`fix-${check.id}-cancel`} onClick={() => closeFix(check.id)}>
                       Cancel
                     </button>
                     {fixError?.check === check.id && (
@@ -196,9 +211,17 @@ export function SetupPanel({
                         <ErrorNotice error={fixError.error} testId={`fix-${check.id}-error`} />
                       </div>
                     )}
-                  </>
+                  </PreviewBox>
                 ) : (
-                  <button type="button" data-testid={`fix-${check.id}`} onClick={() => setOpen(check.id)}>
+                  <button
+                    type="button"
+                    data-testid={`fix-${check.id}`}
+                    ref={(element) => {
+                      if (element) fixButtons.current.set(check.id, element);
+                      else fixButtons.current.delete(check.id);
+                    }}
+                    onClick={() => setOpen(check.id)}
+                  >
                     Fix…
                   </button>
                 )}

@@ -74,7 +74,12 @@ export interface ProfileView {
   neon?: NeonLink;
   /** Whether its store is encrypted at rest (key in the OS keychain). */
   encrypted: boolean;
+  /** Saved with "Save without testing": its settings have not logged in since. */
+  untested?: boolean;
 }
+
+/** What Save does first: log in with the form's values (nothing is stored if that fails), or not. */
+export type SaveCheck = "testFirst" | "withoutTesting";
 
 /** What removing a profile or discarding its store deleted. */
 export interface Removed {

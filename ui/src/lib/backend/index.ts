@@ -35,6 +35,7 @@ import {
   type ProfileDraft,
   type ProfileView,
   type Removed,
+  type SaveCheck,
   type ServerFacts,
   type SlotHealth,
   type Consumer,
@@ -64,8 +65,12 @@ const orNull = (password: string): string | null => (password === "" ? null : pa
 
 export const listProfiles = () => call<ProfileView[]>("list_profiles");
 
-export const saveProfile = (id: string | null, draft: ProfileDraft, password: string) =>
-  call<ProfileView>("save_profile", { id, draft, password: orNull(password) });
+/**
+ * Saves the form. With "testFirst" (the form's Save) the engine logs in with it first and stores
+ * nothing if that fails, rejecting with the test's error.
+ */
+export const saveProfile = (id: string | null, draft: ProfileDraft, password: string, check: SaveCheck = "testFirst") =>
+  call<ProfileView>("save_profile", { id, draft, password: orNull(password), check });
 
 export const deleteProfile = (id: string) => call<Removed>("delete_profile", { id });
 export const discardStore = (id: string) => call<Removed>("discard_store", { id });
