@@ -525,7 +525,11 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
                           key={header.id}
                           aria-sort={sort?.column === header.id ? (sort.descending ? "descending" : "ascending") : undefined}
                         >
-                          {flexRender(header.column.columnDef.header, header.getContext())}
+                          {/* Called, not rendered as a component: a new header function each sort would
+                              remount the button under the pointer (and a WebDriver click meets a stale node). */}
+                          {typeof header.column.columnDef.header === "function"
+                            ? header.column.columnDef.header(header.getContext())
+                            : header.column.columnDef.header}
                         </th>
                       ))}
                     </tr>
