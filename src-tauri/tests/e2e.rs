@@ -1444,6 +1444,10 @@ async fn the_preview_shows_commits_what_an_update_changed_sorted_rows_and_a_cel_
     assert_document_beside_the_highlighted_row(&client, "light").await;
     let json = text_of(&client, "preview-json").await;
     assert!(json.contains("\"renamed\""), "{json}");
+    // Copy puts the document on the clipboard (the web view's clipboard API, or its copy command).
+    click(&client, "preview-copy").await;
+    let copied = wait_for_text(&client, "preview-copy", |t| t == "Copied").await;
+    assert_eq!(copied, "Copied");
     screenshot(&client, "preview-1-update-light").await;
 
     // Rows sorted in the engine by total, largest first: the update's 99.5 leads.
