@@ -155,10 +155,27 @@ pub struct UpdateDiff {
 pub struct FieldChange {
     /// The column.
     pub name: String,
-    /// Its previous value (JSON `null` for NULL).
-    pub before: Json,
-    /// Its new value.
-    pub after: Json,
+    /// Its previous value (JSON `null` for NULL); absent when longer than [`DIFF_VALUE_BYTES`] (it is
+    /// in the document's `_meta.before`, and is not sent twice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Json>,
+    /// Its new value; absent when longer than [`DIFF_VALUE_BYTES`] (it is in the document).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Json>,
+}
+
+/// A changed value longer than this (as JSON text) is not repeated in a [`FieldChange`]: a large
+/// value (up to hundreds of MiB) would otherwise cross to the window twice more with each update.
+pub const DIFF_VALUE_BYTES: usize = 4096;
+
+/// `value`, unless it is longer than [`DIFF_VALUE_BYTES`].
+fn small(value: &Json) -> Option<Json> {
+    let long = match value {
+        Json::String(s) => s.len() > DIFF_VALUE_BYTES,
+        Json::Array(_) | Json::Object(_) => value.to_string().len() > DIFF_VALUE_BYTES,
+        _ => false,
+    };
+    (!long).then(|| value.clone())
 }
 
 impl ChangeInfo {
@@ -222,8 +239,8 @@ fn diff(doc: &Json, before: Option<&Json>, spec: &CollectionSpec) -> UpdateDiff 
             let (old, new) = (before.get(c)?, doc.get(c)?);
             (old != new).then(|| FieldChange {
                 name: c.to_string(),
-                before: old.clone(),
-                after: new.clone(),
+                before: small(old),
+                after: small(new),
             })
         })
         .collect();
@@ -866,10 +883,27 @@ mod tests {
                 before: BeforeImage::Full,
                 fields: vec![FieldChange {
                     name: "status".into(),
-                    before: json!("new"),
-                    after: json!("paid"),
+                    before: Some(json!("new")),
+                    after: Some(json!("paid")),
                 }],
             })
+        );
+        // A large value is not repeated beside the document that holds it.
+        let big = "x".repeat(DIFF_VALUE_BYTES + 1);
+        let large = json!({"id": 1, "status": "paid", "body": big, "_meta": {"op": "u", "source": source,
+            "before": {"id": 1, "status": "paid", "body": "short"}}});
+        let fields = ChangeInfo::of(13, &large, &spec()).update.unwrap().fields;
+        assert_eq!(
+            fields,
+            vec![FieldChange {
+                name: "body".into(),
+                before: Some(json!("short")),
+                after: None,
+            }]
+        );
+        assert_eq!(
+            serde_json::to_value(&fields[0]).unwrap(),
+            json!({"name": "body", "before": "short"})
         );
         // Only the old key: the key's change, nothing about the rest.
         let key = json!({"id": 2, "status": "x", "_meta": {"op": "u", "source": source, "before": {"id": 1}}});

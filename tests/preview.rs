@@ -129,13 +129,13 @@ async fn the_preview_shows_commits_and_what_changed_filters_sorts_and_exports() 
         vec![
             FieldChange {
                 name: "status".into(),
-                before: json!("new"),
-                after: json!("shipped"),
+                before: Some(json!("new")),
+                after: Some(json!("shipped")),
             },
             FieldChange {
                 name: "total".into(),
-                before: json!("50"),
-                after: json!("120.50"),
+                before: Some(json!("50")),
+                after: Some(json!("120.50")),
             },
         ]
     );
@@ -151,8 +151,8 @@ async fn the_preview_shows_commits_and_what_changed_filters_sorts_and_exports() 
         key.fields,
         vec![FieldChange {
             name: "id".into(),
-            before: json!(2),
-            after: json!(3),
+            before: Some(json!(2)),
+            after: Some(json!(3)),
         }]
     );
     assert_ne!(notes.changes[2].xid, notes.changes[3].xid);

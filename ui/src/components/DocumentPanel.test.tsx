@@ -44,4 +44,11 @@ describe("DocumentPanel", () => {
     expect(screen.getByTestId("preview-diff-field").textContent).toBe("id12");
     expect(screen.getByTestId("preview-diff-note").textContent).toContain("other columns");
   });
+
+  it("points to the document for a value too large to repeat", () => {
+    render(
+      <DocumentPanel doc={{ id: 1, body: "…" }} info={info({ before: "full", fields: [{ name: "body", before: "short" }] })} onClose={() => {}} />,
+    );
+    expect(screen.getByTestId("preview-diff-field").textContent).toBe("bodyshort(large value: see the document)");
+  });
 });

@@ -4,8 +4,9 @@ import { scrollIntoView } from "../lib/reveal";
 import type { ChangeInfo } from "../lib/types";
 import { JsonView } from "./JsonView";
 
-/** A value as the table shows it: NULL apart from text. */
+/** A value as the table shows it: NULL apart from text; one the engine did not repeat, said so. */
 function shown(value: unknown): string {
+  if (value === undefined) return "(large value: see the document)";
   if (value === null) return "NULL";
   return typeof value === "string" ? value : JSON.stringify(value);
 }

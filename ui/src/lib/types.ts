@@ -366,8 +366,9 @@ export type BeforeImage = "full" | "key" | "unknown";
 /** One changed column of an update. */
 export interface FieldChange {
   name: string;
-  before: unknown;
-  after: unknown;
+  /** Absent when the value is too long to repeat (over 4 KiB): it is in the document. */
+  before?: unknown;
+  after?: unknown;
 }
 
 /** What an update changed, as far as its before image goes. */
