@@ -16,7 +16,7 @@ use tidepool::pgoutput::Lsn;
 use tidepool::preview::{self, PageRequest, View};
 use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles};
 use tidepool::snapshot::{Snapshot, SnapshotSource, SnapshotWriter, SourceColumn};
-use tidepool::store::{CollectionSpec, Filter, Op, Store};
+use tidepool::store::{CollectionSpec, Op, Store};
 use tidepool::value::Kind;
 
 const PAGE: usize = 500;
@@ -198,11 +198,9 @@ fn main() {
         page
     };
     let middle = format!("[{}]", docs / 2);
-    let rare = Filter {
-        field: "email".into(),
-        value: format!("customer{}@example.com", docs / 3),
-        contains: false,
-    };
+    let rare_email = format!("customer{}@example.com", docs / 3);
+    // The preview's filter is the consumers' CEL, evaluated over each document's message.
+    let rare = format!("record.email == \"{rare_email}\"");
     let cases: Vec<(&str, PageRequest, &str)> = vec![
         (
             "first rows",
@@ -243,7 +241,7 @@ fn main() {
                 tidepool::rowkey::sort_key(&middle).unwrap(),
             )),
             "rows filtered by a field (scan)" => {
-                Some(rusqlite::types::Value::Text(rare.value.clone()))
+                Some(rusqlite::types::Value::Text(rare_email.clone()))
             }
             _ => None,
         };

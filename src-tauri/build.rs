@@ -31,6 +31,7 @@ const COMMANDS: &[&str] = &[
     "collections",
     "collection_page",
     "export_collection",
+    "open_export_folder",
     "tail_collection",
     "stop_tail",
     "start_demo",

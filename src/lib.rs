@@ -26,6 +26,7 @@ pub mod pgoutput;
 pub mod pgpass;
 pub mod preflight;
 pub mod preview;
+pub mod preview_filter;
 pub mod profile;
 pub mod publication;
 pub mod replication;

@@ -632,17 +632,25 @@ impl Runs {
 
     /// Sends `collection`'s changes after log position `after` to `send`, then every change as store
     /// commits make it durable, until [`Runs::stop_tail`] with `token` or until `send` returns false.
+    /// With `filter` (a CEL expression, as the preview's), only the changes it matches are sent; it is
+    /// checked before anything is sent, so a bad expression is an error, not an empty tail.
+    #[allow(clippy::too_many_arguments)]
     pub async fn tail(
         &self,
         profiles: &Profiles,
         id_or_name: &str,
         collection: &str,
         after: u64,
+        filter: Option<&str>,
         token: &str,
         send: impl Fn(Vec<TailEntry>) -> bool,
     ) -> Result<()> {
         let id = profiles.get(id_or_name)?.id;
         let dir = profiles.store_dir(&id)?;
+        let filter = filter.filter(|f| !f.trim().is_empty()).map(str::to_string);
+        if let Some(source) = &filter {
+            compile_filter(&dir, collection, source).await?;
+        }
         let mut commits = self.commits_of(&id).subscribe();
         let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
         self.lock().tails.insert(token.to_string(), stop_tx);
@@ -651,11 +659,12 @@ impl Runs {
             loop {
                 commits.borrow_and_update();
                 loop {
-                    let page = read_changes(&dir, collection, after).await?;
-                    let Some(last) = page.last() else { break };
-                    after = last.seq;
-                    let full = page.len() == TAIL_PAGE;
-                    if !send(page) {
+                    let (page, scanned) =
+                        read_changes(&dir, collection, after, filter.clone()).await?;
+                    let Some(last) = scanned else { break };
+                    after = last.0;
+                    let full = last.1;
+                    if !page.is_empty() && !send(page) {
                         return Ok(());
                     }
                     if !full {
@@ -709,7 +718,7 @@ fn run_application_name(base: &str) -> String {
 /// Most entries a tail sends at once.
 const TAIL_PAGE: usize = 500;
 
-/// One change in a tail: its log position and document.
+/// One change in a tail: its log position, document, and what the change was.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TailEntry {
@@ -717,27 +726,62 @@ pub struct TailEntry {
     pub seq: u64,
     /// The change document.
     pub doc: Json,
+    /// Its commit LSN, transaction, time and, for an update, what changed (as a page's `changes`).
+    pub info: crate::preview::ChangeInfo,
 }
 
+/// Refuses a filter that does not compile for `collection` (nothing to check before it exists).
+async fn compile_filter(dir: &std::path::Path, collection: &str, source: &str) -> Result<()> {
+    let dir = dir.to_path_buf();
+    let collection = collection.to_string();
+    let source = source.to_string();
+    tokio::task::spawn_blocking(move || {
+        let Some(store) = crate::store::Store::open_existing(&dir)? else {
+            return Ok(());
+        };
+        if let Some(spec) = store.collection(&collection)? {
+            crate::preview_filter::PreviewFilter::compile(&source, &spec)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("reading the store: {e}")))?
+}
+
+/// The next page of the log after `after`, only the entries `filter` matches; with the position of
+/// the last entry read and whether the page was full (`None` when nothing was read).
 async fn read_changes(
     dir: &std::path::Path,
     collection: &str,
     after: u64,
-) -> Result<Vec<TailEntry>> {
+    filter: Option<String>,
+) -> Result<(Vec<TailEntry>, Option<(u64, bool)>)> {
     let dir = dir.to_path_buf();
     let collection = collection.to_string();
     tokio::task::spawn_blocking(move || {
         let Some(store) = crate::store::Store::open_existing(&dir)? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
-        if store.collection(&collection)?.is_none() {
-            return Ok(Vec::new());
-        }
-        Ok(store
-            .changes(&collection, after, TAIL_PAGE)?
+        let Some(spec) = store.collection(&collection)? else {
+            return Ok((Vec::new(), None));
+        };
+        // Compiled per page: a page is read only after a commit, and the collection's columns (which
+        // the filter's checks use) may have changed since the last one.
+        let filter = filter
+            .map(|f| crate::preview_filter::PreviewFilter::compile(&f, &spec))
+            .transpose()?;
+        let page = store.changes(&collection, after, TAIL_PAGE)?;
+        let scanned = page.last().map(|(seq, _)| (*seq, page.len() == TAIL_PAGE));
+        let entries = page
             .into_iter()
-            .map(|(seq, doc)| TailEntry { seq, doc })
-            .collect())
+            .filter(|(seq, doc)| filter.as_ref().is_none_or(|f| f.matches(*seq, doc)))
+            .map(|(seq, doc)| TailEntry {
+                info: crate::preview::ChangeInfo::of(seq, &doc, &spec),
+                seq,
+                doc,
+            })
+            .collect();
+        Ok((entries, scanned))
     })
     .await
     .map_err(|e| Error::internal(format!("reading the store: {e}")))?

@@ -22,6 +22,7 @@ mod nats;
 mod neon;
 mod neon_api;
 mod owner_only;
+mod preview;
 mod profiles;
 mod publication;
 mod pull_app;

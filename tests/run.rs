@@ -105,7 +105,7 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
         let id = id.clone();
         let tailed = tailed.clone();
         tokio::spawn(async move {
-            runs.tail(&profiles, &id, "public/items", 0, "t1", move |page| {
+            runs.tail(&profiles, &id, "public/items", 0, None, "t1", move |page| {
                 tailed.lock().unwrap().extend(page);
                 true
             })
@@ -212,11 +212,7 @@ async fn a_run_backfills_streams_tails_and_resumes_after_a_stop() {
         &id,
         "public/items",
         View::Changes,
-        Some(tidepool::store::Filter {
-            field: "id".into(),
-            value: "4".into(),
-            contains: false,
-        }),
+        Some("record.id == 4".into()),
         preview::ExportFormat::Csv,
         &out,
     )

@@ -25,7 +25,6 @@ use tidepool::run::{PullAccess, RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::setup::Action;
 use tidepool::store::CollectionInfo;
-use tidepool::store::Filter;
 use tidepool::Error;
 
 /// Every saved profile with the state of its password.
@@ -290,7 +289,7 @@ pub fn export_collection(
     id: String,
     collection: String,
     view: View,
-    filter: Option<Filter>,
+    filter: Option<String>,
     format: ExportFormat,
 ) -> Result<Exported, Error> {
     tidepool::preview::export(
@@ -304,8 +303,18 @@ pub fn export_collection(
     )
 }
 
-/// Streams a collection's changes after `after` through `on_change` as they are stored, until
-/// `stop_tail(token)`.
+/// Opens the folder exports go to (Downloads) in the system's file manager. It takes no path, so
+/// the window cannot use it to open anything else.
+#[tauri::command(async)]
+pub fn open_export_folder() -> Result<(), Error> {
+    let dir = tidepool::preview::default_export_dir()?;
+    open::that_detached(&dir)
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", dir.display())))
+}
+
+/// Streams a collection's changes after `after` (only those the CEL `filter` matches) through
+/// `on_change` as they are stored, until `stop_tail(token)`.
+#[allow(clippy::too_many_arguments)]
 #[tauri::command]
 pub async fn tail_collection(
     profiles: State<'_, Profiles>,
@@ -313,12 +322,19 @@ pub async fn tail_collection(
     id: String,
     collection: String,
     after: u64,
+    filter: Option<String>,
     token: String,
     on_change: Channel<Vec<TailEntry>>,
 ) -> Result<(), Error> {
-    runs.tail(&profiles, &id, &collection, after, &token, |page| {
-        on_change.send(page).is_ok()
-    })
+    runs.tail(
+        &profiles,
+        &id,
+        &collection,
+        after,
+        filter.as_deref(),
+        &token,
+        |page| on_change.send(page).is_ok(),
+    )
     .await
 }
 

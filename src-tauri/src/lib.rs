@@ -99,6 +99,7 @@ pub fn run() {
             commands::collections,
             commands::collection_page,
             commands::export_collection,
+            commands::open_export_folder,
             commands::tail_collection,
             commands::stop_tail,
             commands::start_demo,

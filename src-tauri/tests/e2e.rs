@@ -1309,13 +1309,9 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
     assert_eq!(&ops[ops.len() - 3..], ["c", "u", "d"], "{changes}");
     screenshot(&client, "flow-5-changes").await;
 
-    // Filter by the key: only that row's changes; then export them as CSV.
-    let field = client
-        .find(Locator::Css(&by_test_id("filter-field")))
-        .await
-        .unwrap();
-    field.select_by_value("id").await.unwrap();
-    fill(&client, "filter-value", "0").await;
+    // Filter by the key (a CEL expression, evaluated in the engine): only that row's changes; then
+    // export them as CSV.
+    fill(&client, "filter-expression", "record.id == 0").await;
     click(&client, "filter-apply").await;
     let filtered = wait_for_text(&client, "preview-count", |t| t.starts_with("3 ")).await;
     assert!(filtered.starts_with("3 changes"), "{filtered}");
@@ -1440,6 +1436,262 @@ async fn a_slot_dropped_behind_the_capture_is_refused_and_re_backfilled_from_the
     let gaps = tidepool::continuity::gaps(&opened).unwrap();
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert_eq!(gaps[0].rebackfilled, vec!["public/items".to_string()]);
+}
+
+/// A database with `items` (id, name, total numeric) of 8 rows, total = id × 10, under REPLICA
+/// IDENTITY FULL, published for profile `name` as "Save and publish" does.
+async fn published_full_identity_items(name: &str) -> (String, PathBuf) {
+    let database = fresh_database("e2e_preview");
+    cluster()
+        .psql(
+            &database,
+            "CREATE TABLE items (id int PRIMARY KEY, name text, total numeric);
+             ALTER TABLE items REPLICA IDENTITY FULL;
+             INSERT INTO items SELECT g, 'item ' || g, g * 10 FROM generate_series(1, 8) g;",
+        )
+        .unwrap();
+    let data = temp_data_dir("preview");
+    let id = save_profile(
+        &data,
+        serde_json::json!({
+            "name": name,
+            "user": "postgres",
+            "database": database,
+            "publication": "e2e_preview_pub",
+            "slot": "e2e_preview_slot",
+        }),
+        cluster().superuser_password().expose(),
+    );
+    let store = tidepool::profile::Profiles::open(&data)
+        .store_dir(&id)
+        .unwrap();
+    let definition = tidepool::binding::Definition {
+        profile: Some(id),
+        publication: "e2e_preview_pub".into(),
+        slot: "e2e_preview_slot".into(),
+        bindings: vec![tidepool::binding::Binding::new("public", "items")],
+    };
+    tidepool::capture::publish(&cluster().spec(&database), &store, &definition)
+        .await
+        .unwrap();
+    (database, data)
+}
+
+/// Clicks a cell of the first preview row that `selector` (CSS, on the row) picks.
+async fn click_preview_row(client: &Client, selector: &str) {
+    step(format!("clicking the preview row {selector}"));
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&format!("{selector} td:last-child")))
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {selector}: {e:?}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {selector}: {e:?}"));
+}
+
+/// The texts of the preview's rows on screen (cells joined by `|`), in order.
+async fn preview_rows(client: &Client) -> Vec<String> {
+    let rows = client
+        .execute(
+            "return Array.from(document.querySelectorAll('[data-testid=\"preview-row\"]'))
+               .map(r => Array.from(r.cells).map(c => c.textContent).join('|'))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(rows).unwrap()
+}
+
+/// The clicked row is highlighted (its cells have a background the others do not) and its
+/// document sits beside the table, starting in view (a long one scrolls with the screen).
+async fn assert_document_beside_the_highlighted_row(client: &Client, case: &str) {
+    let backgrounds = client
+        .execute(
+            "const rows = Array.from(document.querySelectorAll('[data-testid=\"preview-row\"]'));
+             return rows.map(r => [r.getAttribute('aria-selected'), getComputedStyle(r.cells[0]).backgroundColor]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = serde_json::from_value(backgrounds).unwrap();
+    let chosen: Vec<&(String, String)> = rows.iter().filter(|r| r.0 == "true").collect();
+    assert_eq!(chosen.len(), 1, "{case}: {rows:?}");
+    assert!(
+        rows.iter()
+            .filter(|r| r.0 != "true")
+            .all(|r| r.1 != chosen[0].1),
+        "{case}: the clicked row is not set apart: {rows:?}"
+    );
+    let table = placement(client, "preview-scroll").await;
+    let document = placement(client, "preview-document").await;
+    assert!(
+        document.left >= table.right
+            && document.top < table.bottom
+            && (0.0..document.height).contains(&document.top)
+            && document.right <= document.width,
+        "{case}: the document is not beside the table: {table:?} {document:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_shows_commits_what_an_update_changed_sorted_rows_and_a_cel_filter() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (database, data) = published_full_identity_items("Preview").await;
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    client.set_window_size(1280, 800).await.unwrap();
+    capture_backfilled(&client, "Preview").await;
+    let xid: u64 = cluster()
+        .psql(
+            &database,
+            "BEGIN;
+             UPDATE items SET name = 'renamed', total = 99.5 WHERE id = 3;
+             SELECT txid_current();
+             COMMIT;",
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Changes: commit time, LSN and transaction per change; backfilled rows say so.
+    click(&client, "tab-collections").await;
+    click(&client, "collection-public/items").await;
+    click(&client, "view-changes").await;
+    wait_for_text(&client, "preview-table", |t| t.contains("renamed")).await;
+    let headers = client
+        .execute(
+            "return Array.from(document.querySelectorAll('[data-testid=\"preview-table\"] th')).map(h => h.textContent)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let headers: Vec<String> = serde_json::from_value(headers).unwrap();
+    assert_eq!(
+        headers[..4],
+        ["op", "committed", "LSN", "xid"],
+        "{headers:?}"
+    );
+    let rows = preview_rows(&client).await;
+    let update: Vec<&str> = rows.last().unwrap().split('|').collect();
+    assert_eq!(update[0], "u", "{rows:?}");
+    assert!(!update[1].is_empty(), "no commit time: {update:?}");
+    let lsn: tidepool::pgoutput::Lsn = update[2].parse().unwrap_or_else(|_| panic!("{update:?}"));
+    assert!(lsn.0 > 0);
+    assert_eq!(update[3], xid.to_string(), "the transaction's id");
+    assert!(rows[0].split('|').nth(3) == Some("backfill"), "{rows:?}");
+
+    // The update, clicked: highlighted, its document beside the table, and what changed, old → new.
+    click_preview_row(&client, "[data-testid=\"preview-row\"][data-op=\"u\"]").await;
+    let diff = client
+        .execute(
+            "return Array.from(document.querySelectorAll('[data-testid=\"preview-diff-field\"]'))
+               .map(r => Array.from(r.cells).map(c => c.textContent))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        diff,
+        serde_json::json!([["name", "item 3", "renamed"], ["total", "30", "99.5"]])
+    );
+    let commit = text_of(&client, "preview-commit").await;
+    assert!(commit.contains(&format!("transaction {xid}")), "{commit}");
+    assert_document_beside_the_highlighted_row(&client, "light").await;
+    let json = text_of(&client, "preview-json").await;
+    assert!(json.contains("\"renamed\""), "{json}");
+    // Copy puts the document on the clipboard (the web view's clipboard API, or its copy command).
+    click(&client, "preview-copy").await;
+    let copied = wait_for_text(&client, "preview-copy", |t| t == "Copied").await;
+    assert_eq!(copied, "Copied");
+    screenshot(&client, "preview-1-update-light").await;
+
+    // Rows sorted in the engine by total, largest first: the update's 99.5 leads.
+    click(&client, "view-rows").await;
+    wait_for_text(&client, "preview-count", |t| t.starts_with("8 rows")).await;
+    click(&client, "sort-total").await;
+    wait_for_text(&client, "preview-sorted", |t| t.contains("Sorted by total")).await;
+    click(&client, "sort-total").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ids: Vec<String>;
+    loop {
+        ids = preview_rows(&client)
+            .await
+            .iter()
+            .map(|r| r.split('|').next().unwrap().to_string())
+            .collect();
+        if ids == ["3", "8", "7", "6", "5", "4", "2", "1"] || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ids, ["3", "8", "7", "6", "5", "4", "2", "1"]);
+    screenshot(&client, "preview-2-sorted").await;
+
+    // A filter of two conditions in CEL, in the engine; a quoted number is refused at its place.
+    fill(
+        &client,
+        "filter-expression",
+        "record.total >= 50 && record.name.startsWith(\"item\")",
+    )
+    .await;
+    click(&client, "filter-apply").await;
+    wait_for_text(&client, "preview-count", |t| t.starts_with("4 rows")).await;
+    let ids: Vec<String> = preview_rows(&client)
+        .await
+        .iter()
+        .map(|r| r.split('|').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["8", "7", "6", "5"], "sorted and filtered");
+    screenshot(&client, "preview-3-filter").await;
+    fill(&client, "filter-expression", "record.total >= \"50\"").await;
+    click(&client, "filter-apply").await;
+    let problem = text_of(&client, "filter-problem").await;
+    assert!(
+        problem.contains("'total' is a number but \"50\" is text"),
+        "{problem}"
+    );
+    let caret = client
+        .execute(
+            "return document.querySelector('[data-testid=\"filter-caret\"]').textContent",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        caret,
+        serde_json::json!(format!("record.total >= \"50\"\n{}^", " ".repeat(16))),
+        "the caret is not under the literal"
+    );
+    screenshot(&client, "preview-4-filter-refused").await;
+    close(client).await;
+    drop(driver);
+
+    // The same document in the dark theme: highlighted and beside the table, coloured from the
+    // theme's variables.
+    let driver = Driver::start_with(&data, &[("GTK_THEME", "Adwaita:dark")]);
+    let client = driver.session().await;
+    client.set_window_size(1280, 800).await.unwrap();
+    let dark = client
+        .execute(
+            "return matchMedia('(prefers-color-scheme: dark)').matches;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dark, serde_json::json!(true), "the dark theme did not take");
+    click(&client, "profile-Preview").await;
+    click(&client, "tab-collections").await;
+    click(&client, "collection-public/items").await;
+    click(&client, "view-changes").await;
+    wait_for_text(&client, "preview-table", |t| t.contains("renamed")).await;
+    click_preview_row(&client, "[data-testid=\"preview-row\"][data-op=\"u\"]").await;
+    wait_for_text(&client, "preview-diff", |t| t.contains("renamed")).await;
+    assert_document_beside_the_highlighted_row(&client, "dark").await;
+    screenshot(&client, "preview-1-update-dark").await;
+    close(client).await;
 }
 
 /// The ops (`c`, `u`, `d`) of the preview's rows on screen, in order, read in one script so a live

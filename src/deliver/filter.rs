@@ -99,6 +99,11 @@ impl Filter {
         &self.source
     }
 
+    /// The parsed expression, for checks a caller makes beyond parsing (the preview's literal types).
+    pub fn expression(&self) -> &cel::IdedExpr {
+        self.program.expression()
+    }
+
     /// Whether `message` (`{record, changes, action, metadata}`) matches; `numeric` names the
     /// collection's numeric columns.
     pub fn matches(&self, message: &Json, numeric: &HashSet<String>) -> bool {

@@ -45,6 +45,14 @@ const TEXT_PAIRS: [string, string][] = [
   ["--ok", "--card"],
   ["--warn", "--card"],
   ["--danger", "--card"],
+  // The clicked row of a preview, and a JSON document's syntax colours on its code block.
+  ["--text", "--selected-bg"],
+  ["--muted", "--selected-bg"],
+  ["--accent", "--code-bg"],
+  ["--ok", "--code-bg"],
+  ["--warn", "--code-bg"],
+  ["--danger", "--code-bg"],
+  ["--muted", "--code-bg"],
 ];
 const MARK_PAIRS: [string, string][] = [
   ["--check-ok", "--card"],

@@ -3,13 +3,25 @@ import { Profiler } from "react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { Page, PageRequest, TailEntry } from "../lib/types";
-import { CollectionsPanel } from "./CollectionsPanel";
+import type { ChangeInfo, Page, PageRequest, TailEntry } from "../lib/types";
+import { CollectionsPanel, sortEntries } from "./CollectionsPanel";
+import { jsonTokens } from "./JsonView";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["collections", "collectionPage", "tailCollection", "exportCollection"]),
+  (await import("../test/fakeBackend")).commands([
+    "collections",
+    "collectionPage",
+    "tailCollection",
+    "exportCollection",
+    "openExportFolder",
+  ]),
 );
+
+/** A change's info as the engine sends it. */
+function info(seq: number, op: string, extra: Partial<ChangeInfo> = {}): ChangeInfo {
+  return { seq, op, snapshot: false, lsn: `0/${(0x16b3700 + seq).toString(16).toUpperCase()}`, xid: 700 + seq, committedMs: Date.UTC(2026, 10, 23, 9, 30, seq), update: null, ...extra };
+}
 
 const spec = {
   name: "public/items",
@@ -36,13 +48,14 @@ describe("CollectionsPanel", () => {
       ({
         collection: spec,
         documents: [{ _meta: { op: "c" }, id: 1, name: null }],
+        changes: (request as PageRequest).view === "changes" ? [info(7, "c")] : [],
         lastSeq: (request as PageRequest).view === "changes" ? 7 : 0,
         lastKey: null,
         hasMore: false,
       }) satisfies Page,
     );
     answer("tailCollection", ((...args: unknown[]) => {
-      push = args[3] as (entries: TailEntry[]) => void;
+      push = args[4] as (entries: TailEntry[]) => void;
       return stop;
     }) as never);
     const user = userEvent.setup();
@@ -58,12 +71,35 @@ describe("CollectionsPanel", () => {
     const first = screen.getAllByTestId("preview-row")[0];
     expect(first.textContent).toContain("NULL");
     expect(first.textContent).toContain("—");
-    act(() => push([{ seq: 8, doc: { _meta: { op: "u" }, id: 1, name: "renamed", body: "x" } }]));
+    // The change log's own columns come from the engine's info: commit time, LSN, transaction.
+    const headers = [...screen.getByTestId("preview-table").querySelectorAll("th")].map((th) => th.textContent);
+    expect(headers.slice(0, 5)).toEqual(["op", "committed", "LSN", "xid", "id key"]);
+    expect(first.textContent).toContain("0/16B3707");
+    expect(first.textContent).toContain("707");
+    expect(first.textContent).toContain(new Date(Date.UTC(2026, 10, 23, 9, 30, 7)).toLocaleTimeString());
+    act(() =>
+      push([
+        {
+          seq: 8,
+          doc: { _meta: { op: "u" }, id: 1, name: "renamed", body: "x" },
+          info: info(8, "u", { update: { before: "full", fields: [{ name: "name", before: null, after: "renamed" }] } }),
+        },
+      ]),
+    );
     const rows = screen.getAllByTestId("preview-row");
     expect(rows).toHaveLength(2);
     expect(rows[1].getAttribute("data-op")).toBe("u");
     await user.click(rows[1]);
     expect(screen.getByTestId("preview-json").textContent).toContain('"renamed"');
+    // The clicked row is highlighted; the document is coloured; the update's before and after are shown.
+    expect(screen.getAllByTestId("preview-row")[1].getAttribute("aria-selected")).toBe("true");
+    expect(screen.getAllByTestId("preview-row")[0].getAttribute("aria-selected")).toBe("false");
+    const strings = [...screen.getByTestId("preview-json").querySelectorAll(".json-string")].map((e) => e.textContent);
+    expect(strings).toContain('"renamed"');
+    expect([...screen.getByTestId("preview-json").querySelectorAll(".json-key")].map((e) => e.textContent)).toContain('"name"');
+    expect(screen.getByTestId("preview-diff").getAttribute("data-before")).toBe("full");
+    expect(screen.getByTestId("preview-diff-field").textContent).toBe("nameNULLrenamed");
+    expect(screen.getByTestId("preview-commit").textContent).toContain("LSN 0/16B3708 · transaction 708");
     // The document opens beside the table (the same grid), not below the list; the count sits with
     // the Rows/Changes switch it counts.
     const beside = screen.getByTestId("preview-scroll").parentElement!;
@@ -90,7 +126,9 @@ describe("CollectionsPanel", () => {
     await screen.findByTestId("collection-public/items");
     await act(() => new Promise((r) => setTimeout(r, 300)));
     expect(commits).toBeLessThan(20);
-    act(() => deliver({ collection: spec, documents: [{ _meta: { op: "c" }, id: 1, name: "one" }], lastSeq: 0, lastKey: "[1]", hasMore: false }));
+    act(() =>
+      deliver({ collection: spec, documents: [{ _meta: { op: "c" }, id: 1, name: "one" }], changes: [], lastSeq: 0, lastKey: "[1]", hasMore: false }),
+    );
     expect((await screen.findAllByTestId("preview-row"))[0].textContent).toContain("one");
   });
 
@@ -100,7 +138,7 @@ describe("CollectionsPanel", () => {
     expect((await screen.findByTestId("collections-empty")).textContent).toContain("start the capture");
   });
 
-  it("filters in the engine and in the live tail by one rule, and scrolls rows page by page", async () => {
+  it("filters with a CEL expression in the engine (the tail too), scrolls rows page by page, exports and opens the folder", async () => {
     let push: (entries: TailEntry[]) => void = () => {};
     answer("collections", async () => [{ name: "public/items", rows: 3, changes: 3, lastChangeMs: null }]);
     answer("collectionPage", async (_id, _c, request) => {
@@ -109,46 +147,126 @@ describe("CollectionsPanel", () => {
       const after = r.afterKey === null ? 0 : Number(r.afterKey);
       const docs = all
         .filter((d) => d.id > after)
-        .filter((d) => !r.filter || String(d[r.filter.field as "name"]) === r.filter.value)
+        .filter((d) => !r.filter || r.filter === `record.name == "n2" && action != "delete"` && d.id === 2)
         .slice(0, 2);
       return {
         collection: spec,
         documents: docs,
+        changes: r.view === "changes" ? docs.map((d) => info(d.id, "c")) : [],
         lastSeq: r.view === "changes" ? 3 : 0,
         lastKey: docs.length ? String(docs[docs.length - 1].id) : r.afterKey,
         hasMore: r.filter === null && docs.length === 2,
       } satisfies Page;
     });
     answer("tailCollection", ((...args: unknown[]) => {
-      push = args[3] as (entries: TailEntry[]) => void;
+      push = args[4] as (entries: TailEntry[]) => void;
       return () => {};
     }) as never);
-    answer("exportCollection", async () => ({ path: "/home/u/Downloads/public_items-changes-1.csv", documents: 1 }));
+    answer("exportCollection", async () => ({ path: "/home/u/Downloads/public_items-changes-2026-11-30-1805.csv", documents: 1 }));
+    answer("openExportFolder", async () => undefined);
     const user = userEvent.setup();
     render(<CollectionsPanel profileId="p1" />);
     // Page one has more: the second page is read as the end of the table comes into view.
     await waitFor(() => expect(screen.getAllByTestId("preview-row")).toHaveLength(3));
     const pages = callsOf("collectionPage").map((c) => (c[2] as PageRequest).afterKey);
     expect(pages).toEqual([null, "2"]);
+    // The rows view's tail hears every change (a change can make a row stop matching).
+    expect(callsOf("tailCollection").at(-1)?.[3]).toBeNull();
 
     await user.click(screen.getByTestId("view-changes"));
-    await user.selectOptions(await screen.findByTestId("filter-field"), "name");
-    await user.type(screen.getByTestId("filter-value"), "n2");
+    const expression = `record.name == "n2" && action != "delete"`;
+    await user.type(await screen.findByTestId("filter-expression"), expression.replace(/[{[]/g, "$&$&"));
     await user.click(screen.getByTestId("filter-apply"));
     await waitFor(() => expect(screen.getAllByTestId("preview-row")).toHaveLength(1));
-    expect((callsOf("collectionPage").at(-1)![2] as PageRequest).filter).toEqual({ field: "name", value: "n2", contains: false });
-    // Pushed changes pass through the same filter.
-    act(() =>
-      push([
-        { seq: 4, doc: { _meta: { op: "u" }, id: 2, name: "n2", body: "x" } },
-        { seq: 5, doc: { _meta: { op: "u" }, id: 3, name: "n3", body: "x" } },
-      ]),
-    );
+    expect((callsOf("collectionPage").at(-1)![2] as PageRequest).filter).toBe(expression);
+    // The change log's tail is filtered in the engine by the same expression: what it pushes is shown.
+    await waitFor(() => expect(callsOf("tailCollection").at(-1)?.slice(0, 4)).toEqual(["p1", "public/items", 3, expression]));
+    act(() => push([{ seq: 4, doc: { _meta: { op: "u" }, id: 2, name: "n2", body: "x" }, info: info(4, "u") }]));
     const ops = screen.getAllByTestId("preview-row").map((r) => r.getAttribute("data-op"));
     expect(ops).toEqual(["c", "u"]);
 
     await user.click(screen.getByTestId("export-csv"));
-    expect((await screen.findByTestId("export-path")).textContent).toBe("/home/u/Downloads/public_items-changes-1.csv");
-    expect(callsOf("exportCollection")).toEqual([["p1", "public/items", "changes", { field: "name", value: "n2", contains: false }, "csv"]]);
+    expect((await screen.findByTestId("export-path")).textContent).toBe("/home/u/Downloads/public_items-changes-2026-11-30-1805.csv");
+    expect(callsOf("exportCollection")).toEqual([["p1", "public/items", "changes", expression, "csv"]]);
+    await user.click(screen.getByTestId("export-open-folder"));
+    expect(callsOf("openExportFolder")).toEqual([[]]);
+  });
+
+  it("shows the engine's refusal of a filter under it, with a caret at the position", async () => {
+    answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1, lastChangeMs: null }]);
+    answer("collectionPage", async (_id, _c, request) => {
+      const r = request as PageRequest;
+      if (r.filter)
+        throw {
+          kind: "InvalidInput",
+          message: `filter: line 1, column 30: 'id' is a number but "3" is text, so they are never equal: write 3 without quotes`,
+        };
+      return { collection: spec, documents: [{ _meta: { op: "c" }, id: 1, name: "a" }], changes: [], lastSeq: 0, lastKey: "1", hasMore: false } satisfies Page;
+    });
+    answer("tailCollection", (() => () => {}) as never);
+    const user = userEvent.setup();
+    render(<CollectionsPanel profileId="p1" />);
+    await screen.findAllByTestId("preview-row");
+    await user.type(screen.getByTestId("filter-expression"), `record.name == "a" && record.id == "3"`);
+    await user.click(screen.getByTestId("filter-apply"));
+    const problem = await screen.findByTestId("filter-problem");
+    expect(problem.textContent).toContain("'id' is a number");
+    expect(screen.getByTestId("filter-caret").textContent).toBe(`record.name == "a" && record.id == "3"\n${" ".repeat(29)}^`);
+    expect(screen.getByTestId("filter-expression").getAttribute("aria-invalid")).toBe("true");
+    expect(screen.queryByTestId("collections-error")).toBeNull();
+  });
+
+  it("sorts rows in the engine by a clicked column: ascending, descending, then key order", async () => {
+    answer("collections", async () => [{ name: "public/items", rows: 2, changes: 2, lastChangeMs: null }]);
+    answer("collectionPage", async () => ({
+      collection: spec,
+      documents: [
+        { _meta: { op: "c" }, id: 1, name: "b" },
+        { _meta: { op: "c" }, id: 2, name: "a" },
+      ],
+      changes: [],
+      lastSeq: 0,
+      lastKey: "2",
+      hasMore: false,
+    }));
+    answer("tailCollection", (() => () => {}) as never);
+    const user = userEvent.setup();
+    render(<CollectionsPanel profileId="p1" />);
+    await screen.findAllByTestId("preview-row");
+    const sorts = () => callsOf("collectionPage").map((c) => (c[2] as PageRequest).sort);
+    await user.click(screen.getByTestId("sort-name"));
+    await waitFor(() => expect(sorts().at(-1)).toEqual({ column: "name", descending: false }));
+    expect(screen.getByTestId("sort-name").parentElement!.getAttribute("aria-sort")).toBe("ascending");
+    expect(screen.getByTestId("preview-sorted").textContent).toContain("in the engine");
+    await user.click(screen.getByTestId("sort-name"));
+    await waitFor(() => expect(sorts().at(-1)).toEqual({ column: "name", descending: true }));
+    await user.click(screen.getByTestId("sort-name"));
+    await waitFor(() => expect(sorts().at(-1)).toBeNull());
+  });
+});
+
+describe("sortEntries", () => {
+  it("orders the loaded changes by a column, numbers as numbers, NULL last ascending and first descending", () => {
+    const entries = [
+      { doc: { total: "10.5" }, info: info(3, "u") },
+      { doc: { total: null }, info: info(1, "c") },
+      { doc: { total: "9" }, info: info(2, "c") },
+    ];
+    const totals = (s: { column: string; descending: boolean }, numeric: boolean) =>
+      sortEntries(entries, s, numeric).map((e) => e.doc.total);
+    expect(totals({ column: "total", descending: false }, true)).toEqual(["9", "10.5", null]);
+    expect(totals({ column: "total", descending: true }, true)).toEqual([null, "10.5", "9"]);
+    expect(totals({ column: "total", descending: false }, false)).toEqual(["10.5", "9", null]);
+    expect(sortEntries(entries, { column: "_lsn", descending: true }, false).map((e) => e.info?.seq)).toEqual([3, 2, 1]);
+  });
+});
+
+describe("jsonTokens", () => {
+  it("colours keys, strings, numbers and literals, and joins back to the text", () => {
+    const text = JSON.stringify({ a: "x: \"y\"", n: -1.5e3, ok: true, none: null }, null, 2);
+    const tokens = jsonTokens(text);
+    expect(tokens.map((t) => t.text).join("")).toBe(text);
+    const kinds = tokens.filter((t) => t.kind !== "plain").map((t) => `${t.kind}:${t.text}`);
+    expect(kinds).toEqual(['key:"a"', 'string:"x: \\"y\\""', 'key:"n"', "number:-1500", 'key:"ok"', "literal:true", 'key:"none"', "literal:null"]);
   });
 });

@@ -356,18 +356,49 @@ export type CollectionView = "rows" | "changes";
 export interface Page {
   collection: CollectionSpec;
   documents: Record<string, unknown>[];
+  /** The change log: what each document's change was, one per document in the same order (empty for rows). */
+  changes: ChangeInfo[];
   lastSeq: number;
-  /** Rows: the key of the last row, the cursor of the next page. */
+  /** Rows in key order: the key of the last row read, the cursor of the next page. */
   lastKey: string | null;
   /** Whether a next page may have more. */
   hasMore: boolean;
 }
 
-/** Documents whose top-level field reads as (or, with `contains`, contains) the value. */
-export interface DocFilter {
-  field: string;
-  value: string;
-  contains: boolean;
+/** How much of an updated row's previous version a change carries (`tidepool::preview::BeforeImage`). */
+export type BeforeImage = "full" | "key" | "unknown";
+
+/** One changed column of an update. */
+export interface FieldChange {
+  name: string;
+  /** Absent when the value is too long to repeat (over 4 KiB): it is in the document. */
+  before?: unknown;
+  after?: unknown;
+}
+
+/** What an update changed, as far as its before image goes. */
+export interface UpdateDiff {
+  before: BeforeImage;
+  fields: FieldChange[];
+}
+
+/** What one change-log entry was (`tidepool::preview::ChangeInfo`). */
+export interface ChangeInfo {
+  seq: number;
+  /** `c`, `u`, `d` or `t`. */
+  op: string;
+  /** A row read by the backfill: `lsn` is the snapshot's point, `committedMs` when it was read, no transaction. */
+  snapshot: boolean;
+  lsn: string | null;
+  xid: number | null;
+  committedMs: number | null;
+  update: UpdateDiff | null;
+}
+
+/** A column to sort rows by (in the engine). */
+export interface Sort {
+  column: string;
+  descending: boolean;
 }
 
 /** Which page of a collection to read. */
@@ -376,7 +407,11 @@ export interface PageRequest {
   after: number | null;
   afterKey: string | null;
   limit: number;
-  filter: DocFilter | null;
+  /** A CEL expression, the consumers' filter language (`record`, `changes`, `action`, `metadata`). */
+  filter: string | null;
+  /** Rows: in this column's order; the page starts `offset` rows in. */
+  sort: Sort | null;
+  offset: number;
 }
 
 export type ExportFormat = "jsonl" | "csv";
@@ -403,6 +438,7 @@ export interface ExportFile {
 export interface TailEntry {
   seq: number;
   doc: Record<string, unknown>;
+  info: ChangeInfo;
 }
 
 /** How serious a slot warning is. */

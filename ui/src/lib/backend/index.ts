@@ -17,7 +17,6 @@ import {
   type CollectionView,
   type Page,
   type PageRequest,
-  type DocFilter,
   type ExportFormat,
   type Exported,
   type Engine,
@@ -143,27 +142,32 @@ export const exportCollection = (
   id: string,
   collection: string,
   view: CollectionView,
-  filter: DocFilter | null,
+  filter: string | null,
   format: ExportFormat,
 ) => call<Exported>("export_collection", { id, collection, view, filter, format });
+
+/** Opens the folder exports go to (Downloads) in the system's file manager. */
+export const openExportFolder = () => call<void>("open_export_folder");
 
 /** The capture as Estuary Flow's `flow.yaml` or Sequin's `sequin.yaml` (secrets as placeholders). */
 export const exportCapture = (id: string, engine: Engine) => call<ExportFile>("export_capture", { id, engine });
 
 /**
- * Streams the collection's changes after `after` as the capture stores them (pushed through a channel).
+ * Streams the collection's changes after `after` as the capture stores them (pushed through a channel),
+ * only those the CEL `filter` matches (evaluated in the engine).
  * Returns a function that ends the tail.
  */
 export function tailCollection(
   id: string,
   collection: string,
   after: number,
+  filter: string | null,
   onChange: (entries: TailEntry[]) => void,
 ): () => void {
   const token = `${Date.now()}-${Math.random().toString(36).slice(2)}`;
   const channel = new Channel<TailEntry[]>();
   channel.onmessage = onChange;
-  call<void>("tail_collection", { id, collection, after, token, onChange: channel }).catch(() => {});
+  call<void>("tail_collection", { id, collection, after, filter, token, onChange: channel }).catch(() => {});
   return () => {
     void call<void>("stop_tail", { token });
   };
