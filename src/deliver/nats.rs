@@ -389,6 +389,10 @@ impl Round {
                 return Ok(None);
             }
             while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
+            // Paused: settled and read, nothing claimed; resuming is seen within a second.
+            if ledger.paused(&consumer.id)? {
+                return Ok(Some((Vec::new(), None)));
+            }
             let batch = ledger.claim_runs(&consumer.id, now_ms(), self.batch_size, self.hold_ms)?;
             let next = if batch.is_empty() {
                 ledger.next_due(&consumer.id, now_ms())?
