@@ -51,6 +51,10 @@ const COMMANDS: &[&str] = &[
     "retry_consumer",
     "skip_consumer",
     "check_consumer_filter",
+    "set_consumer_paused",
+    "consumer_activity",
+    "test_consumer",
+    "edit_consumer",
 ];
 
 fn main() {

@@ -8,8 +8,11 @@ use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
-use tidepool::consumers::{ConsumerStore, ConsumerView, FilterCheck, SecretHeader};
+use tidepool::consumers::{
+    ConsumerActivity, ConsumerStore, ConsumerView, FilterCheck, SecretHeader,
+};
 use tidepool::deliver::consumer::{Action as ConsumerAction, Consumer, ConsumerSpec};
+use tidepool::deliver::webhook::TestResult;
 use tidepool::demo::DemoHost;
 use tidepool::discovery::DiscoveredTable;
 use tidepool::export::{Engine, ExportFile};
@@ -493,4 +496,53 @@ pub fn check_consumer_filter(
         &collections,
         &actions.unwrap_or_default(),
     )
+}
+
+/// Pause or Resume on a consumer's page: while paused nothing is delivered and its messages stay
+/// queued.
+#[tauri::command(async)]
+pub fn set_consumer_paused(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+    paused: bool,
+) -> Result<Consumer, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.set_paused(&name, paused)
+}
+
+/// A consumer's page: its recent requests (status, duration, error) and what it delivered per
+/// second with its commit → delivered latency.
+#[tauri::command(async)]
+pub fn consumer_activity(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+) -> Result<ConsumerActivity, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.activity(&name)
+}
+
+/// "Send a test message": one signed request to a webhook consumer's URL, its body marked as a
+/// test; the answer is shown, nothing is queued.
+#[tauri::command]
+pub async fn test_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+) -> Result<TestResult, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?
+        .send_test(&name)
+        .await
+}
+
+/// "Edit" on a consumer's page: saves its new definition; new secret header values (typed once)
+/// go to the keychain, those not retyped stay there.
+#[tauri::command(async)]
+pub fn edit_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+    spec: ConsumerSpec,
+    secret_headers: Option<Vec<SecretHeader>>,
+) -> Result<Consumer, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.edit(&name, spec, secret_headers.unwrap_or_default())
 }

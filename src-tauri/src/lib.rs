@@ -116,6 +116,10 @@ pub fn run() {
             commands::retry_consumer,
             commands::skip_consumer,
             commands::check_consumer_filter,
+            commands::set_consumer_paused,
+            commands::consumer_activity,
+            commands::test_consumer,
+            commands::edit_consumer,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")
