@@ -20,6 +20,8 @@ vi.mock("../lib/backend", async () =>
     "collections",
   ]),
 );
+// A consumer's page charts with uPlot, which needs a canvas jsdom lacks.
+vi.mock("./Chart", () => ({ Chart: ({ testId }: { testId: string }) => <div data-testid={testId} /> }));
 
 const hook = (overrides: Partial<ConsumerView> = {}): ConsumerView => ({
   id: "c1",
@@ -44,6 +46,7 @@ const hook = (overrides: Partial<ConsumerView> = {}): ConsumerView => ({
   pending: 4,
   failed: 0,
   notices: [],
+  paused: false,
   parked: [],
   ...overrides,
 });

@@ -3,6 +3,7 @@ import { useCallback, useEffect, useState } from "react";
 import * as backend from "../lib/backend";
 import type { BackendError, ConsumerView, PullAccess } from "../lib/types";
 import { ConsumerForm, curlExample, pullUrl } from "./ConsumerForm";
+import { ConsumerPage } from "./ConsumerPage";
 import { ErrorNotice } from "./ErrorNotice";
 
 /** How often the list's counts are read again while the tab is open. */
@@ -18,6 +19,8 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   const [consumers, setConsumers] = useState<ConsumerView[] | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
   const [creating, setCreating] = useState(false);
+  // The consumer whose page is open, by name.
+  const [open, setOpen] = useState<string | null>(null);
 
   const reload = useCallback(async () => {
     try {
@@ -29,10 +32,15 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   }, [profileId]);
 
   useEffect(() => {
+    if (open !== null) return;
     void reload();
     const timer = setInterval(() => void reload(), REFRESH_EVERY_MS);
     return () => clearInterval(timer);
-  }, [reload]);
+  }, [reload, open]);
+
+  if (open !== null) {
+    return <ConsumerPage profileId={profileId} name={open} onBack={() => setOpen(null)} />;
+  }
 
   return (
     <section className="panel" data-testid="consumers-panel">
@@ -73,7 +81,13 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
       {consumers && consumers.length > 0 && (
         <ul className="consumers" data-testid="consumers-list">
           {consumers.map((c) => (
-            <ConsumerItem key={c.id} profileId={profileId} consumer={c} onChanged={() => void reload()} />
+            <ConsumerItem
+              key={c.id}
+              profileId={profileId}
+              consumer={c}
+              onChanged={() => void reload()}
+              onOpen={() => setOpen(c.name)}
+            />
           ))}
         </ul>
       )}
@@ -85,10 +99,12 @@ function ConsumerItem({
   profileId,
   consumer: c,
   onChanged,
+  onOpen,
 }: {
   profileId: string;
   consumer: ConsumerView;
   onChanged: () => void;
+  onOpen: () => void;
 }) {
   const [confirming, setConfirming] = useState(false);
   const [secret, setSecret] = useState<string | null>(null);
@@ -121,6 +137,14 @@ function ConsumerItem({
         <span className="badge" data-testid={`${id}-mode`}>
           {c.mode}
         </span>
+        {c.paused && (
+          <span className="badge warn" data-testid={`${id}-paused`}>
+            paused
+          </span>
+        )}
+        <button type="button" className="secondary" data-testid={`${id}-open`} onClick={onOpen}>
+          Open
+        </button>
       </div>
       <dl className="facts">
         <dt>Collections</dt>
