@@ -115,6 +115,7 @@ describe("ConsumerPage", () => {
     const first = screen.getByTestId("consumer-attempt-0");
     expect(first.dataset.status).toBe("204");
     expect(first.textContent).toContain("12 ms");
+    expect(screen.getByTestId("consumer-page-delivered").textContent).toBe("2");
     const second = screen.getByTestId("consumer-attempt-1");
     expect(second.dataset.ok).toBe("false");
     expect(second.textContent).toContain("HTTP 500");

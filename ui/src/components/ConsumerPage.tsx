@@ -184,6 +184,10 @@ export function ConsumerPage({
             </dd>
           </>
         )}
+        <dt>Delivered (last 5 min)</dt>
+        <dd data-testid="consumer-page-delivered">
+          {activity ? activity.samples.reduce((n, s) => n + s.delivered, 0) : "…"}
+        </dd>
         <dt>Pending</dt>
         <dd data-testid="consumer-page-pending">{c.pending}</dd>
         <dt>Failing</dt>
@@ -324,7 +328,7 @@ export function ConsumerPage({
         </p>
       )}
       {attempts.length > 0 && (
-        <table className="attempts" data-testid="consumer-page-attempts">
+        <table className="tables attempts" data-testid="consumer-page-attempts">
           <thead>
             <tr>
               <th scope="col">Time</th>
