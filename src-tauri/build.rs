@@ -55,6 +55,8 @@ const COMMANDS: &[&str] = &[
     "consumer_activity",
     "test_consumer",
     "edit_consumer",
+    "try_webhook",
+    "trial_webhook_requests",
 ];
 
 fn main() {

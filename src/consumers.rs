@@ -45,6 +45,9 @@ pub struct ConsumerView {
     pub parked: Vec<Parked>,
 }
 
+/// The name of the consumer "Try a webhook" makes.
+pub const TRY_WEBHOOK: &str = "try-webhook";
+
 /// Seconds of samples [`ConsumerStore::activity`] returns: the span a consumer's page charts.
 pub const ACTIVITY_SECONDS: i64 = 300;
 
@@ -476,6 +479,78 @@ impl ConsumerStore {
             ledger.set_spec(&current.id, &spec)?;
         }
         ledger.get(&current.id)
+    }
+
+    /// "Try a webhook": the consumer [`TRY_WEBHOOK`] delivering every collection of the store, from
+    /// now, in batches of 10, to `url` (the app's own trial receiver). Made the first time; after
+    /// that pointed at `url` if the receiver moved (a new app start). Returns it with its signing
+    /// secret, for the receiver to check signatures with.
+    pub fn try_webhook(&self, url: &str) -> Result<(Consumer, Secret)> {
+        let existing = match self.ledger()? {
+            Some(ledger) => ledger
+                .list()?
+                .into_iter()
+                .find(|c| c.spec.name == TRY_WEBHOOK),
+            None => None,
+        };
+        let consumer = match existing {
+            Some(c) => match &c.spec.destination {
+                Destination::Webhook(w) if w.url == url => c,
+                Destination::Webhook(w) => {
+                    let mut spec = c.spec.clone();
+                    spec.destination = Destination::Webhook(crate::deliver::consumer::Webhook {
+                        url: url.to_string(),
+                        ..w.clone()
+                    });
+                    self.edit(TRY_WEBHOOK, spec, Vec::new())?
+                }
+                _ => {
+                    return Err(Error::invalid_input(
+                        "name",
+                        format!("a consumer named '{TRY_WEBHOOK}' exists and is not a webhook"),
+                    ))
+                }
+            },
+            None => {
+                let collections: Vec<String> = Store::open_existing(&self.dir)?
+                    .map(|store| store.collections())
+                    .transpose()?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect();
+                if collections.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        "no collections yet: start the capture first, then try a webhook",
+                    ));
+                }
+                self.add(
+                    ConsumerSpec {
+                        name: TRY_WEBHOOK.into(),
+                        collections,
+                        actions: Vec::new(),
+                        filter: None,
+                        mode: crate::deliver::Mode::Changes,
+                        start: crate::deliver::consumer::Start::Now,
+                        group_by: Vec::new(),
+                        destination: Destination::Webhook(crate::deliver::consumer::Webhook {
+                            url: url.to_string(),
+                            headers: Default::default(),
+                            secret_headers: Vec::new(),
+                            batch_size: Some(10),
+                            timeout_ms: 5_000,
+                            max_retries: None,
+                            max_in_flight: 4,
+                        }),
+                    },
+                    Vec::new(),
+                    None,
+                )?
+            }
+        };
+        let secret = self.signing_secret(&consumer.id)?;
+        Ok((consumer, secret))
     }
 
     /// Checks `filter` as saving a consumer would; when it compiles, tries it on the newest changes

@@ -238,3 +238,69 @@ async fn a_test_message_is_signed_like_a_delivery_and_an_edit_takes_effect() {
     assert_eq!(refused.kind(), tidepool::ErrorKind::InvalidInput);
     delivery.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_a_webhook_delivers_to_the_apps_own_receiver_which_verifies_the_signatures() {
+    let shop = Shop::new("cp_trial", 1);
+    shop.backfill().await;
+    let consumers = ConsumerStore::at(&shop.store);
+    let receiver = tidepool::deliver::trial::TrialReceiver::start()
+        .await
+        .unwrap();
+    assert!(receiver.url().starts_with("http://127.0.0.1:"));
+    let (consumer, secret) = consumers.try_webhook(receiver.url()).unwrap();
+    assert_eq!(consumer.spec.name, tidepool::consumers::TRY_WEBHOOK);
+    assert_eq!(consumer.spec.collections, ["public/orders"]);
+    receiver.add_secret(secret);
+    let delivery = shop.delivery();
+    shop.db.sql(
+        "INSERT INTO orders VALUES (2, 'new', 2); UPDATE orders SET status = 'paid' WHERE id = 1;",
+    );
+    shop.catch_up().await;
+    wait_for(
+        "the trial receiver's requests",
+        Duration::from_secs(15),
+        || {
+            receiver
+                .received()
+                .iter()
+                .map(|r| r.messages)
+                .sum::<usize>()
+                == 2
+        },
+    )
+    .await;
+    let got = receiver.received();
+    assert!(got.iter().all(|r| r.verified), "{got:?}");
+    let mut summary: Vec<String> = got.iter().flat_map(|r| r.summary.clone()).collect();
+    summary.sort();
+    assert_eq!(summary, ["insert public.orders", "update public.orders"]);
+    assert!(got[0].body.contains("\"record\""), "{}", got[0].body);
+    // Tried again after the app restarted (a new receiver, another port): the same consumer,
+    // pointed at it.
+    let again = tidepool::deliver::trial::TrialReceiver::start()
+        .await
+        .unwrap();
+    let (moved, _) = consumers.try_webhook(again.url()).unwrap();
+    assert_eq!(moved.id, consumer.id);
+    let Destination::Webhook(w) = &moved.spec.destination else {
+        unreachable!()
+    };
+    assert_eq!(w.url, again.url());
+    // A request not signed with the consumer's secret is shown as not verified.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+        .post(again.url())
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", "1")
+        .header("webhook-signature", "v1,AAAA")
+        .body(r#"{"action":"insert"}"#)
+        .send()
+        .await
+        .unwrap();
+    let forged = again.received();
+    assert_eq!(forged.len(), 1);
+    assert!(!forged[0].verified);
+    assert_eq!(forged[0].webhook_id, "msg_forged");
+    delivery.abort();
+}

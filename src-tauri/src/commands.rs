@@ -546,3 +546,57 @@ pub fn edit_consumer(
 ) -> Result<Consumer, Error> {
     ConsumerStore::of_profile(&profiles, &id)?.edit(&name, spec, secret_headers.unwrap_or_default())
 }
+
+/// The app's "Try a webhook" receiver, started the first time it is asked for.
+#[derive(Default)]
+pub struct TrialHost(tauri::async_runtime::Mutex<Option<tidepool::deliver::trial::TrialReceiver>>);
+
+/// What "Try a webhook" made: the receiver's URL and the consumer pointed at it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialWebhook {
+    url: String,
+    consumer: Consumer,
+}
+
+/// "Try a webhook": starts the app's own receiver (on loopback) and a consumer `try-webhook` of
+/// every collection delivering to it, so deliveries can be watched with nothing else running.
+#[tauri::command]
+pub async fn try_webhook(
+    profiles: State<'_, Profiles>,
+    trial: State<'_, TrialHost>,
+    id: String,
+) -> Result<TrialWebhook, Error> {
+    let mut receiver = trial.0.lock().await;
+    if receiver.is_none() {
+        *receiver = Some(tidepool::deliver::trial::TrialReceiver::start().await?);
+    }
+    let Some(receiver) = receiver.as_ref() else {
+        return Err(Error::internal("the trial webhook receiver did not start"));
+    };
+    let url = receiver.url().to_string();
+    let consumers = ConsumerStore::of_profile(&profiles, &id)?;
+    let (consumer, secret) =
+        tauri::async_runtime::spawn_blocking(move || consumers.try_webhook(&url))
+            .await
+            .map_err(|e| Error::internal(format!("try a webhook: {e}")))??;
+    receiver.add_secret(secret);
+    Ok(TrialWebhook {
+        url: receiver.url().to_string(),
+        consumer,
+    })
+}
+
+/// What the "Try a webhook" receiver got, newest first (nothing before it was started).
+#[tauri::command]
+pub async fn trial_webhook_requests(
+    trial: State<'_, TrialHost>,
+) -> Result<Vec<tidepool::deliver::trial::TrialRequest>, Error> {
+    Ok(trial
+        .0
+        .lock()
+        .await
+        .as_ref()
+        .map(|r| r.received())
+        .unwrap_or_default())
+}

@@ -64,6 +64,7 @@ pub fn run() {
         .manage(tidepool::profile::Profiles::open(&data_dir))
         .manage(tidepool::run::Runs::default())
         .manage(tidepool::demo::DemoHost::default())
+        .manage(commands::TrialHost::default())
         .setup(move |_app| {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "Tidepool started");
             Ok(())
@@ -120,6 +121,8 @@ pub fn run() {
             commands::consumer_activity,
             commands::test_consumer,
             commands::edit_consumer,
+            commands::try_webhook,
+            commands::trial_webhook_requests,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")

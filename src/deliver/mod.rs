@@ -4,7 +4,8 @@
 //! The parts: a consumer's definition ([`consumer`]), its durable queue and position ([`ledger`],
 //! a file of its own next to the change store), the messages ([`message`], Sequin's shape), filters
 //! ([`filter`], CEL), reading the log into queues ([`feed`]), HTTP push ([`webhook`]) and pull
-//! ([`pull`]), and publishing to JetStream ([`nats`], subjects from [`subject`]).
+//! ([`pull`]), and publishing to JetStream ([`nats`], subjects from [`subject`]). [`trial`] is a
+//! receiver inside the app for trying a webhook offline.
 //!
 //! Invariants:
 //! - Delivery only reads the change store; it never holds its write lock, and nothing in the
@@ -24,6 +25,7 @@ pub mod message;
 pub mod nats;
 pub mod pull;
 pub mod subject;
+pub mod trial;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -5,6 +5,7 @@ import type { BackendError, ConsumerView, PullAccess } from "../lib/types";
 import { ConsumerForm, curlExample, pullUrl } from "./ConsumerForm";
 import { ConsumerPage } from "./ConsumerPage";
 import { ErrorNotice } from "./ErrorNotice";
+import { TrialWebhook } from "./TrialWebhook";
 
 /** How often the list's counts are read again while the tab is open. */
 const REFRESH_EVERY_MS = 2000;
@@ -21,6 +22,10 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   const [creating, setCreating] = useState(false);
   // The consumer whose page is open, by name.
   const [open, setOpen] = useState<string | null>(null);
+  // The "Try a webhook" receiver's URL, once started.
+  const [trial, setTrial] = useState<string | null>(null);
+  const [trialError, setTrialError] = useState<BackendError | null>(null);
+  const [trying, setTrying] = useState(false);
 
   const reload = useCallback(async () => {
     try {
@@ -38,6 +43,19 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
     return () => clearInterval(timer);
   }, [reload, open]);
 
+  async function tryWebhook() {
+    setTrying(true);
+    setTrialError(null);
+    try {
+      setTrial((await backend.tryWebhook(profileId)).url);
+      void reload();
+    } catch (e) {
+      setTrialError(e as BackendError);
+    } finally {
+      setTrying(false);
+    }
+  }
+
   if (open !== null) {
     return <ConsumerPage profileId={profileId} name={open} onBack={() => setOpen(null)} />;
   }
@@ -47,9 +65,21 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
       <div className="card-head">
         <h2>Consumers</h2>
         {!creating && (
-          <button type="button" data-testid="consumer-new" onClick={() => setCreating(true)}>
-            Create consumer
-          </button>
+          <span className="actions">
+            <button type="button" data-testid="consumer-new" onClick={() => setCreating(true)}>
+              Create consumer
+            </button>
+            <button
+              type="button"
+              className="secondary"
+              data-testid="consumer-try-webhook"
+              disabled={trying}
+              title="Deliver to a receiver inside Tidepool and see what arrives"
+              onClick={() => void tryWebhook()}
+            >
+              Try a webhook
+            </button>
+          </span>
         )}
       </div>
       <p className="muted">
@@ -67,6 +97,8 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
           }}
         />
       )}
+      {trialError && <ErrorNotice error={trialError} testId="trial-webhook-start-error" />}
+      {trial && <TrialWebhook url={trial} onClose={() => setTrial(null)} />}
       {error && <ErrorNotice error={error} testId="consumers-error" />}
       {consumers === null && !error && (
         <p className="muted" data-testid="consumers-loading">

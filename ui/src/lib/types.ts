@@ -567,6 +567,25 @@ export interface TestMessageResult extends DeliveryAttempt {
   body: string;
 }
 
+/** A request the app's "Try a webhook" receiver got (engine: deliver::trial::TrialRequest). */
+export interface TrialRequest {
+  atMs: number;
+  webhookId: string;
+  /** Whether its signature verifies with the consumer's signing secret. */
+  verified: boolean;
+  messages: number;
+  /** Each message's action and table ("insert shop.orders"), or "test". */
+  summary: string[];
+  /** The body, pretty-printed (cut at 16 KiB). */
+  body: string;
+}
+
+/** What "Try a webhook" made: the app's receiver URL and the consumer pointed at it. */
+export interface TrialWebhook {
+  url: string;
+  consumer: Consumer;
+}
+
 /** A message parked after its last retry. */
 export interface ParkedMessage {
   seq: number;

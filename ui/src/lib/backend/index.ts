@@ -41,6 +41,8 @@ import {
   type ConsumerActivity,
   type ConsumerAction,
   type TestMessageResult,
+  type TrialRequest,
+  type TrialWebhook,
   type ConsumerSpec,
   type ConsumerView,
   type PullAccess,
@@ -241,3 +243,9 @@ export const testConsumer = (id: string, name: string) => call<TestMessageResult
 /** Saves a consumer's new definition; secret header values given go to the keychain, the others stay there. */
 export const editConsumer = (id: string, name: string, spec: ConsumerSpec, secretHeaders: SecretHeaderValue[] = []) =>
   call<Consumer>("edit_consumer", { id, name, spec, secretHeaders });
+
+/** "Try a webhook": the app's own receiver, and a consumer `try-webhook` of every collection delivering to it. */
+export const tryWebhook = (id: string) => call<TrialWebhook>("try_webhook", { id });
+
+/** What the "Try a webhook" receiver got, newest first. */
+export const trialWebhookRequests = () => call<TrialRequest[]>("trial_webhook_requests");
