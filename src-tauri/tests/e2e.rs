@@ -2135,6 +2135,17 @@ async fn until_text(client: &Client, id: &str, ok: impl Fn(&str) -> bool) -> Str
     text
 }
 
+/// Scrolls an element into view (for a screenshot of it).
+async fn scroll_to(client: &Client, id: &str) {
+    client
+        .execute(
+            "document.querySelector(arguments[0]).scrollIntoView()",
+            vec![serde_json::json!(by_test_id(id))],
+        )
+        .await
+        .unwrap();
+}
+
 /// The record ids a receiver accepted, sorted (test messages have none).
 fn received_ids(received: &Received) -> Vec<i64> {
     let mut ids: Vec<i64> = received
@@ -2228,6 +2239,7 @@ async fn a_consumers_page_shows_failures_while_its_receiver_is_down_then_their_d
     .await;
     assert!(failed.contains(&url), "{failed}");
     until_text(&client, "consumer-page-pending", |t| t == "2").await;
+    scroll_to(&client, "consumer-page-attempts").await;
     screenshot(&client, "consumer-page-0-failing").await;
     assert_eq!(received_ids(&received), Vec::<i64>::new());
 
@@ -2237,6 +2249,7 @@ async fn a_consumers_page_shows_failures_while_its_receiver_is_down_then_their_d
     until_text(&client, "consumer-attempt-0", |t| t.contains("HTTP 204")).await;
     until_text(&client, "consumer-page-pending", |t| t == "0").await;
     until_text(&client, "consumer-page-delivered", |t| t == "2").await;
+    scroll_to(&client, "consumer-page-attempts").await;
     screenshot(&client, "consumer-page-1-delivered").await;
 
     // Paused: a new row is queued, not sent; resumed: delivered.
@@ -2257,6 +2270,29 @@ async fn a_consumers_page_shows_failures_while_its_receiver_is_down_then_their_d
     click(&client, "consumer-page-back").await;
     until_text(&client, "consumer-items-page-pending", |t| t == "0").await;
     receiver.stop().await;
+
+    // Try a webhook: the app's own receiver shows what arrives, its signature checked.
+    click(&client, "consumer-try-webhook").await;
+    until_text(&client, "trial-webhook-empty", |t| {
+        t.contains("Nothing has arrived")
+    })
+    .await;
+    until_text(&client, "consumer-try-webhook-destination", |t| {
+        t.starts_with("http://127.0.0.1:")
+    })
+    .await;
+    cluster()
+        .psql(&database, "INSERT INTO items VALUES (303, 'tried');")
+        .unwrap();
+    until_text(&client, "trial-request-0-summary", |t| {
+        t == "insert public.items"
+    })
+    .await;
+    until_text(&client, "trial-request-0-verified", |t| {
+        t == "signature verified"
+    })
+    .await;
+    screenshot(&client, "consumers-3-try-webhook").await;
     click(&client, "tab-capture").await;
     click(&client, "capture-stop").await;
     until_text(&client, "capture-state", |t| t == "Stopped").await;
