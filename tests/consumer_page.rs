@@ -304,3 +304,149 @@ async fn try_a_webhook_delivers_to_the_apps_own_receiver_which_verifies_the_sign
     assert_eq!(forged[0].webhook_id, "msg_forged");
     delivery.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_pauses_resumes_tests_and_edits_a_consumer() {
+    use crate::deliver::{cli_ok, tidepool_cli};
+    use std::io::Write;
+    let shop = Shop::new("cp_cli", 0);
+    shop.backfill().await;
+    let store = shop.store.to_str().unwrap().to_string();
+    let received = Arc::new(Received::default());
+    let url = receiver(received.clone()).await;
+    let consumer = shop.add(shop.spec(
+        "cli-hook",
+        Mode::Changes,
+        Start::Now,
+        webhook(&url, Some(10), None),
+    ));
+    let show = || -> serde_json::Value {
+        let out = cli_ok(
+            tidepool_cli(&shop).args(["consumer", "show", "--store", &store, "cli-hook", "--json"]),
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["consumer"].clone()
+    };
+    assert_eq!(show()["paused"], serde_json::json!(false));
+    cli_ok(tidepool_cli(&shop).args(["consumer", "pause", "--store", &store, "cli-hook"]));
+    assert_eq!(show()["paused"], serde_json::json!(true));
+    cli_ok(tidepool_cli(&shop).args(["consumer", "resume", "--store", &store, "cli-hook"]));
+    assert_eq!(show()["paused"], serde_json::json!(false));
+
+    // test: one signed request, its answer printed.
+    let out = cli_ok(
+        tidepool_cli(&shop).args(["consumer", "test", "--store", &store, "cli-hook", "--json"]),
+    );
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["status"], serde_json::json!(204), "{result}");
+    assert_eq!(result["test"], serde_json::json!(true));
+    assert_eq!(received.signed.lock().unwrap().len(), 1);
+
+    // edit: the URL, a header, a filter, batching off, retries, and a secret header read from
+    // standard input into the keychain.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    };
+    let mut edit = tidepool_cli(&shop)
+        .args([
+            "consumer",
+            "edit",
+            "--store",
+            &store,
+            "cli-hook",
+            "--webhook",
+            &down,
+            "--header",
+            "x-team=ops",
+            "--filter",
+            r#"record.status == "paid""#,
+            "--no-batch",
+            "--max-retries",
+            "2",
+            "--secret-header",
+            "x-api-key",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    edit.stdin.take().unwrap().write_all(b"k-9\n").unwrap();
+    let output = edit.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let edited = show();
+    assert_eq!(edited["destination"]["url"], serde_json::json!(down));
+    assert_eq!(
+        edited["destination"]["headers"]["x-team"],
+        serde_json::json!("ops")
+    );
+    assert_eq!(
+        edited["destination"]["secretHeaders"],
+        serde_json::json!(["x-api-key"])
+    );
+    assert_eq!(edited["destination"]["batchSize"], serde_json::Value::Null);
+    assert_eq!(edited["destination"]["maxRetries"], serde_json::json!(2));
+    assert_eq!(
+        edited["filter"],
+        serde_json::json!(r#"record.status == "paid""#)
+    );
+    let value = Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookHeader(
+            consumer.id.clone(),
+            "x-api-key".into(),
+        ))
+        .unwrap()
+        .expect("the secret header in the keychain");
+    assert_eq!(value.expose(), "k-9");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("k-9"));
+
+    // A test to a receiver that is down fails, saying why; a pull-only flag is refused by name.
+    let failed = tidepool_cli(&shop)
+        .args(["consumer", "test", "--store", &store, "cli-hook"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        said.contains("cannot connect") && said.contains(&down),
+        "{said}"
+    );
+    let refused = tidepool_cli(&shop)
+        .args([
+            "consumer",
+            "edit",
+            "--store",
+            &store,
+            "cli-hook",
+            "--visibility-timeout-ms",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("visibility-timeout-ms"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Removing the secret header takes its value out of the keychain.
+    cli_ok(tidepool_cli(&shop).args([
+        "consumer",
+        "edit",
+        "--store",
+        &store,
+        "cli-hook",
+        "--remove-header",
+        "x-api-key",
+    ]));
+    assert!(Keychain::open()
+        .unwrap()
+        .get(&SecretKey::WebhookHeader(consumer.id, "x-api-key".into()))
+        .unwrap()
+        .is_none());
+}

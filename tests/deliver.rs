@@ -868,7 +868,7 @@ pub(crate) fn tidepool_cli(shop: &Shop) -> std::process::Command {
     command
 }
 
-fn cli_ok(command: &mut std::process::Command) -> String {
+pub(crate) fn cli_ok(command: &mut std::process::Command) -> String {
     let output = command.output().unwrap();
     assert!(
         output.status.success(),
