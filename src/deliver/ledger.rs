@@ -541,8 +541,11 @@ impl Ledger {
     }
 
     /// Records a request in the consumer's recent attempts, pruning what is beyond the last
-    /// [`ATTEMPTS_KEPT`].
+    /// [`ATTEMPTS_KEPT`]; nothing once the consumer was removed (a request that finished after).
     pub fn record_attempt(&mut self, id: &str, attempt: &Attempt) -> Result<()> {
+        if !self.exists(id)? {
+            return Ok(());
+        }
         let tx = self
             .conn
             .savepoint()
@@ -598,9 +601,10 @@ impl Ledger {
     }
 
     /// Adds messages acknowledged at `at_ms`, each with its commit → acknowledged latency, to the
-    /// consumer's sample of that second, pruning samples older than [`SAMPLES_KEPT_S`].
+    /// consumer's sample of that second, pruning samples older than [`SAMPLES_KEPT_S`]; nothing
+    /// once the consumer was removed.
     pub fn record_delivered(&mut self, id: &str, at_ms: i64, latencies_ms: &[u64]) -> Result<()> {
-        if latencies_ms.is_empty() {
+        if latencies_ms.is_empty() || !self.exists(id)? {
             return Ok(());
         }
         let second = at_ms.div_euclid(1000);
@@ -1191,6 +1195,11 @@ mod tests {
         l.set_paused(&c.id, false).unwrap();
         assert!(!l.get("app").unwrap().paused);
         l.remove("app").unwrap();
+        assert!(l.attempts(&c.id).unwrap().is_empty());
+        assert!(l.samples(&c.id, 0).unwrap().is_empty());
+        // A request that finished after the consumer was removed leaves nothing behind.
+        l.record_attempt(&c.id, &attempts[0]).unwrap();
+        l.record_delivered(&c.id, 20_000, &[1]).unwrap();
         assert!(l.attempts(&c.id).unwrap().is_empty());
         assert!(l.samples(&c.id, 0).unwrap().is_empty());
     }

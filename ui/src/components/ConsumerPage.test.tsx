@@ -4,7 +4,7 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import type { ConsumerActivity, ConsumerView } from "../lib/types";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
-import { chartSeries, ConsumerPage, parseHeaders } from "./ConsumerPage";
+import { attemptStatus, chartSeries, ConsumerPage, parseHeaders } from "./ConsumerPage";
 import { ConsumersPanel } from "./ConsumersPanel";
 
 vi.mock("../lib/backend", async () =>
@@ -87,6 +87,15 @@ describe("chartSeries", () => {
     expect(s.x).toEqual([98, 99, 100]);
     expect(s.delivered).toEqual([0, 3, 0]);
     expect(s.latency).toEqual([null, 11, null]);
+  });
+});
+
+describe("attemptStatus", () => {
+  it("names the HTTP status, a request with no answer, or a NATS publish acknowledged", () => {
+    const base = { atMs: 0, messages: 1, durationMs: 1, test: false };
+    expect(attemptStatus({ ...base, status: 500, error: "HTTP 500" })).toBe("HTTP 500");
+    expect(attemptStatus({ ...base, status: null, error: "cannot connect" })).toBe("no answer");
+    expect(attemptStatus({ ...base, status: null, error: null })).toBe("acknowledged");
   });
 });
 

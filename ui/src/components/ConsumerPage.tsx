@@ -38,9 +38,13 @@ export function chartSeries(samples: DeliverySample[], nowMs: number, seconds = 
   return { x, delivered, latency };
 }
 
-/** An attempt's outcome in a few words: "HTTP 204", "HTTP 500", or "no answer". */
+/**
+ * An attempt's outcome in a few words: "HTTP 204", "HTTP 500", "no answer", or "acknowledged" (a NATS
+ * publish, which has no HTTP status).
+ */
 export function attemptStatus(a: DeliveryAttempt): string {
-  return a.status !== null ? `HTTP ${a.status}` : "no answer";
+  if (a.status !== null) return `HTTP ${a.status}`;
+  return a.error ? "no answer" : "acknowledged";
 }
 
 const time = (ms: number) => new Date(ms).toLocaleTimeString();
