@@ -450,3 +450,70 @@ async fn the_command_line_pauses_resumes_tests_and_edits_a_consumer() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_messages_count_in_the_delivered_samples_once_acknowledged_and_a_paused_pull_consumer_hands_out_nothing(
+) {
+    let shop = Shop::new("cp_pull", 0);
+    shop.backfill().await;
+    shop.add(shop.spec(
+        "pulled",
+        Mode::Changes,
+        Start::Now,
+        Destination::Pull(Pull::default()),
+    ));
+    let consumers = ConsumerStore::at(&shop.store);
+    let (base, api) = shop.pull_api("tp_page").await;
+    shop.db
+        .sql("INSERT INTO orders VALUES (1, 'new', 1), (2, 'new', 2);");
+    shop.catch_up().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let receive = |query: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/api/http_pull_consumers/pulled/receive?{query}");
+        async move {
+            let answer: serde_json::Value = http
+                .get(url)
+                .bearer_auth("tp_page")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["data"].as_array().unwrap().clone()
+        }
+    };
+    // Paused: a receive waits out its time and gets nothing.
+    consumers.set_paused("pulled", true).unwrap();
+    assert!(receive("batch_size=10&wait_for=1000").await.is_empty());
+    consumers.set_paused("pulled", false).unwrap();
+    let got = receive("batch_size=10&wait_for=5000").await;
+    assert_eq!(got.len(), 2);
+    assert!(consumers.activity("pulled").unwrap().samples.is_empty());
+    let ack_ids: Vec<&str> = got.iter().map(|m| m["ack_id"].as_str().unwrap()).collect();
+    let acked = http
+        .post(format!("{base}/api/http_pull_consumers/pulled/ack"))
+        .bearer_auth("tp_page")
+        .json(&serde_json::json!({ "ack_ids": ack_ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status().as_u16(), 200);
+    // Acknowledged again: counted once.
+    http.post(format!("{base}/api/http_pull_consumers/pulled/ack"))
+        .bearer_auth("tp_page")
+        .json(&serde_json::json!({ "ack_ids": ack_ids }))
+        .send()
+        .await
+        .unwrap();
+    let samples = consumers.activity("pulled").unwrap().samples;
+    assert_eq!(
+        samples.iter().map(|s| s.delivered).sum::<u64>(),
+        2,
+        "{samples:?}"
+    );
+    assert!(samples.iter().all(|s| s.latency_max_ms > 0), "{samples:?}");
+    api.abort();
+}

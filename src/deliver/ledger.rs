@@ -907,13 +907,34 @@ impl Ledger {
             .map_err(sqlite("releasing claims"))
     }
 
-    /// Acknowledges pulled messages by ack id (unknown or already acknowledged ids are fine).
+    /// Acknowledges pulled messages by ack id (unknown or already acknowledged ids are fine), and
+    /// counts those acknowledged now in the consumer's delivered samples.
     pub fn ack(&mut self, id: &str, ack_ids: &[String]) -> Result<()> {
-        self.by_ack_ids(
-            id,
-            ack_ids,
-            "DELETE FROM messages WHERE consumer = ?1 AND ack_id = ?2",
-        )
+        let now_ms = crate::deliver::now_ms();
+        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
+        let mut latencies = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE consumer = ?1 AND ack_id = ?2 RETURNING body",
+                )
+                .map_err(sqlite("acknowledging"))?;
+            for ack_id in ack_ids {
+                let body: Option<String> = stmt
+                    .query_row(params![id, ack_id], |r| r.get(0))
+                    .optional()
+                    .map_err(sqlite("acknowledging"))?;
+                if let Some(body) = body {
+                    // A message without a commit time still counts, with no latency to speak of.
+                    latencies.push(
+                        crate::deliver::message::commit_ms(&body)
+                            .map_or(0, |commit| (now_ms - commit).max(0) as u64),
+                    );
+                }
+            }
+        }
+        tx.commit().map_err(sqlite("acknowledging"))?;
+        self.record_delivered(id, now_ms, &latencies)
     }
 
     /// Makes pulled messages available again at once.

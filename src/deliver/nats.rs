@@ -27,8 +27,8 @@ use serde::Deserialize;
 use crate::deliver::consumer::{Consumer, Destination, Nats, NatsAuth};
 use crate::deliver::feed::{Feeder, PAGE};
 use crate::deliver::ledger::{Attempt, Claimed, Ledger};
+use crate::deliver::message::commit_ms;
 use crate::deliver::subject::{render, wildcard, Values};
-use crate::deliver::webhook::commit_ms;
 use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secrets::{Secret, SecretKey};
@@ -314,8 +314,10 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             let at_ms = now_ms();
             let started = std::time::Instant::now();
             let count = batch.len() as u32;
-            let commits: std::collections::HashMap<u64, Option<i64>> =
-                batch.iter().map(|m| (m.seq, commit_ms(&m.body))).collect();
+            let commits: std::collections::HashMap<u64, Option<i64>> = batch
+                .iter()
+                .map(|m| (m.seq, commit_ms(m.body.get())))
+                .collect();
             if jetstream.is_none() {
                 match open(&nats, credential.as_ref()).await {
                     Ok(js) => jetstream = Some(js),

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::deliver::consumer::{Consumer, Destination, Webhook};
 use crate::deliver::feed::{Feeder, PAGE};
 use crate::deliver::ledger::{Attempt, Claimed, Ledger};
+use crate::deliver::message::commit_ms;
 use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, Result};
 use crate::secrets::{Keychain, Secret, SecretKey};
@@ -301,7 +302,7 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
                     duration_ms: started.elapsed().as_millis() as u64,
                     test: false,
                 };
-                let commits = batch.iter().map(|m| commit_ms(&m.body)).collect();
+                let commits = batch.iter().map(|m| commit_ms(m.body.get())).collect();
                 let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
                 Outcome {
                     seqs,
@@ -422,24 +423,6 @@ struct Outcome {
     attempt: Attempt,
     /// Each message's commit time (Unix ms), for its latency.
     commits: Vec<Option<i64>>,
-}
-
-/// A queued message's `metadata.commit_timestamp` in Unix ms.
-pub(crate) fn commit_ms(body: &serde_json::value::RawValue) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Meta<'a> {
-        #[serde(borrow)]
-        commit_timestamp: &'a str,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body<'a> {
-        #[serde(borrow)]
-        metadata: Meta<'a>,
-    }
-    let body: Body = serde_json::from_str(body.get()).ok()?;
-    chrono::DateTime::parse_from_rfc3339(body.metadata.commit_timestamp)
-        .ok()
-        .map(|t| t.timestamp_millis())
 }
 
 /// What "Send a test message" got back.

@@ -327,7 +327,7 @@ export function ConsumerPage({
       {activity !== null && attempts.length === 0 && (
         <p className="muted" data-testid="consumer-page-attempts-empty">
           {d.type === "pull"
-            ? "Your application pulls this consumer's messages: requests are not listed here."
+            ? "Your application pulls this consumer's messages: its requests are not listed here; what it acknowledges is counted above."
             : "No requests yet. They appear here as changes are delivered."}
         </p>
       )}
