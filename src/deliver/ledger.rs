@@ -16,6 +16,9 @@
 //!   [`Ledger::claim_runs`] (NATS) hands out a group's queued messages together, oldest first, under
 //!   the same condition: none of the group is in flight, held back or parked.
 //! - In rows mode, a queued message not in flight is replaced by a newer change of its group.
+//! - What a consumer's page shows is bounded: its last [`ATTEMPTS_KEPT`] requests and
+//!   [`SAMPLES_KEPT_S`] seconds of delivered/latency samples, pruned as new ones arrive, removed
+//!   with the consumer. A consumer is paused by a `paused:<id>` entry in `meta`.
 
 use std::path::{Path, PathBuf};
 
