@@ -52,6 +52,12 @@ const COMMANDS: &[&str] = &[
     "retry_consumer",
     "skip_consumer",
     "check_consumer_filter",
+    "set_consumer_paused",
+    "consumer_activity",
+    "test_consumer",
+    "edit_consumer",
+    "try_webhook",
+    "trial_webhook_requests",
 ];
 
 fn main() {

@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use crate::deliver::consumer::{Action, Consumer, ConsumerSpec, Destination};
 use crate::deliver::filter::{numeric_columns, Filter};
-use crate::deliver::ledger::{ledger_path, Ledger, Parked};
+use crate::deliver::ledger::{ledger_path, Attempt, Ledger, Parked, Sample};
 use crate::deliver::message::{build, Database, Place};
+use crate::deliver::webhook::TestResult;
 use crate::error::{Error, ErrorKind, Result};
 use crate::profile::{Profiles, RevealedSecret};
 use crate::secrets::{Keychain, Secret, SecretKey};
@@ -42,6 +43,25 @@ pub struct ConsumerView {
     pub consumer: Consumer,
     /// Messages parked after their last retry, each with its last error.
     pub parked: Vec<Parked>,
+}
+
+/// The name of the consumer "Try a webhook" makes.
+pub const TRY_WEBHOOK: &str = "try-webhook";
+
+/// Seconds of samples [`ConsumerStore::activity`] returns: the span a consumer's page charts.
+pub const ACTIVITY_SECONDS: i64 = 300;
+
+/// What a consumer's page shows besides its definition: its recent requests and what it delivered
+/// per second.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerActivity {
+    /// Its last requests (at most [`crate::deliver::ledger::ATTEMPTS_KEPT`]), newest first.
+    pub attempts: Vec<Attempt>,
+    /// Per second of the last [`ACTIVITY_SECONDS`] in which it delivered something, oldest first.
+    pub samples: Vec<Sample>,
+    /// When this was read (Unix ms), so a chart's time axis ends now.
+    pub now_ms: i64,
 }
 
 /// A secret header's value as typed once in the form, on its way to the keychain.
@@ -314,6 +334,223 @@ impl ConsumerStore {
         let mut ledger = self.existing_ledger(id_or_name)?;
         let id = ledger.get(id_or_name)?.id;
         ledger.skip(&id, seq)
+    }
+
+    /// Pauses (`true`) or resumes a consumer: while paused its worker delivers nothing and the
+    /// pull API hands nothing out; its messages stay queued and the log is still read into its
+    /// queue. Delivery reads the local store, so a paused consumer never holds the slot.
+    pub fn set_paused(&self, id_or_name: &str, paused: bool) -> Result<Consumer> {
+        let mut ledger = self.existing_ledger(id_or_name)?;
+        let id = ledger.get(id_or_name)?.id;
+        ledger.set_paused(&id, paused)?;
+        ledger.get(&id)
+    }
+
+    /// A consumer's recent requests and its delivered-per-second samples.
+    pub fn activity(&self, id_or_name: &str) -> Result<ConsumerActivity> {
+        let ledger = self.existing_ledger(id_or_name)?;
+        let id = ledger.get(id_or_name)?.id;
+        let now_ms = crate::deliver::now_ms();
+        Ok(ConsumerActivity {
+            attempts: ledger.attempts(&id)?,
+            samples: ledger.samples(&id, now_ms / 1000 - ACTIVITY_SECONDS)?,
+            now_ms,
+        })
+    }
+
+    /// "Send a test message": one request to a webhook consumer's URL, signed like every
+    /// delivery, with a body marked as a test; recorded among its attempts, never queued.
+    pub async fn send_test(&self, id_or_name: &str) -> Result<TestResult> {
+        let consumer = self.existing_ledger(id_or_name)?.get(id_or_name)?;
+        let keychain = self.keychain()?;
+        crate::deliver::webhook::send_test(&self.dir, Some(&keychain), &consumer).await
+    }
+
+    /// Replaces a consumer's definition with `spec`: a webhook's URL, headers, timeout, batch
+    /// size, retries, in-flight limit; the actions and filter; a NATS server's subject, stream,
+    /// limits; a pull consumer's limits. Its name, collections, mode, start, grouping,
+    /// destination kind and NATS authentication stay (refused, naming the field). A secret header
+    /// new to the definition needs its value in `secret_headers`; one already there keeps its
+    /// value unless a new one is given; one dropped from the definition leaves the keychain. The
+    /// running delivery picks the new definition up within a second (what it had in flight is
+    /// offered again); messages already queued keep their body.
+    pub fn edit(
+        &self,
+        id_or_name: &str,
+        spec: ConsumerSpec,
+        secret_headers: Vec<SecretHeader>,
+    ) -> Result<Consumer> {
+        let mut ledger = self.existing_ledger(id_or_name)?;
+        let current = ledger.get(id_or_name)?;
+        spec.validate()?;
+        let old = &current.spec;
+        let fixed = |field: &str, same: bool| -> Result<()> {
+            if same {
+                Ok(())
+            } else {
+                Err(Error::invalid_input(
+                    field,
+                    format!(
+                        "the {field} of '{}' cannot be changed: create a new consumer instead",
+                        old.name
+                    ),
+                ))
+            }
+        };
+        fixed("name", spec.name == old.name)?;
+        fixed("collections", spec.collections == old.collections)?;
+        fixed("mode", spec.mode == old.mode)?;
+        fixed("start", spec.start == old.start)?;
+        fixed("group-by", spec.group_by == old.group_by)?;
+        let mut dropped = Vec::new();
+        match (&old.destination, &spec.destination) {
+            (Destination::Webhook(before), Destination::Webhook(after)) => {
+                for given in &secret_headers {
+                    if !after
+                        .secret_headers
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(&given.name))
+                    {
+                        return Err(Error::invalid_input(
+                            "secret-header",
+                            format!(
+                                "'{}' is not one of the consumer's secret headers",
+                                given.name
+                            ),
+                        ));
+                    }
+                    if given.value.is_empty() {
+                        return Err(Error::invalid_input(
+                            "secret-header",
+                            format!("the value of '{}' is empty", given.name),
+                        ));
+                    }
+                }
+                for name in &after.secret_headers {
+                    let kept = before.secret_headers.iter().any(|h| h == name);
+                    let given = secret_headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case(name));
+                    if !kept && !given {
+                        return Err(Error::invalid_input(
+                            "secret-header",
+                            format!("the value of '{name}' is empty"),
+                        ));
+                    }
+                }
+                dropped = before
+                    .secret_headers
+                    .iter()
+                    .filter(|h| !after.secret_headers.contains(h))
+                    .cloned()
+                    .collect();
+            }
+            (Destination::Nats(before), Destination::Nats(after)) => {
+                fixed("nats-auth", before.auth == after.auth)?;
+            }
+            (Destination::Pull(_), Destination::Pull(_)) => {}
+            _ => fixed("destination", false)?,
+        }
+        if !secret_headers.is_empty() || !dropped.is_empty() {
+            let keychain = self.keychain()?;
+            let label = format!("Tidepool consumer {}", old.name);
+            for h in &secret_headers {
+                // Stored under the name as the definition spells it, which delivery reads.
+                let name = match &spec.destination {
+                    Destination::Webhook(w) => w
+                        .secret_headers
+                        .iter()
+                        .find(|n| n.eq_ignore_ascii_case(&h.name))
+                        .cloned()
+                        .unwrap_or_else(|| h.name.clone()),
+                    _ => h.name.clone(),
+                };
+                keychain.set(
+                    &SecretKey::WebhookHeader(current.id.clone(), name.clone()),
+                    &format!("{label}: header {name}"),
+                    &h.value,
+                )?;
+            }
+            ledger.set_spec(&current.id, &spec)?;
+            for name in dropped {
+                keychain.delete(&SecretKey::WebhookHeader(current.id.clone(), name))?;
+            }
+        } else {
+            ledger.set_spec(&current.id, &spec)?;
+        }
+        ledger.get(&current.id)
+    }
+
+    /// "Try a webhook": the consumer [`TRY_WEBHOOK`] delivering every collection of the store, from
+    /// now, in batches of 10, to `url` (the app's own trial receiver). Made the first time; after
+    /// that pointed at `url` if the receiver moved (a new app start). Returns it with its signing
+    /// secret, for the receiver to check signatures with.
+    pub fn try_webhook(&self, url: &str) -> Result<(Consumer, Secret)> {
+        let existing = match self.ledger()? {
+            Some(ledger) => ledger
+                .list()?
+                .into_iter()
+                .find(|c| c.spec.name == TRY_WEBHOOK),
+            None => None,
+        };
+        let consumer = match existing {
+            Some(c) => match &c.spec.destination {
+                Destination::Webhook(w) if w.url == url => c,
+                Destination::Webhook(w) => {
+                    let mut spec = c.spec.clone();
+                    spec.destination = Destination::Webhook(crate::deliver::consumer::Webhook {
+                        url: url.to_string(),
+                        ..w.clone()
+                    });
+                    self.edit(TRY_WEBHOOK, spec, Vec::new())?
+                }
+                _ => {
+                    return Err(Error::invalid_input(
+                        "name",
+                        format!("a consumer named '{TRY_WEBHOOK}' exists and is not a webhook"),
+                    ))
+                }
+            },
+            None => {
+                let collections: Vec<String> = Store::open_existing(&self.dir)?
+                    .map(|store| store.collections())
+                    .transpose()?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect();
+                if collections.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        "no collections yet: start the capture first, then try a webhook",
+                    ));
+                }
+                self.add(
+                    ConsumerSpec {
+                        name: TRY_WEBHOOK.into(),
+                        collections,
+                        actions: Vec::new(),
+                        filter: None,
+                        mode: crate::deliver::Mode::Changes,
+                        start: crate::deliver::consumer::Start::Now,
+                        group_by: Vec::new(),
+                        destination: Destination::Webhook(crate::deliver::consumer::Webhook {
+                            url: url.to_string(),
+                            headers: Default::default(),
+                            secret_headers: Vec::new(),
+                            batch_size: Some(10),
+                            timeout_ms: 5_000,
+                            max_retries: None,
+                            max_in_flight: 4,
+                        }),
+                    },
+                    Vec::new(),
+                    None,
+                )?
+            }
+        };
+        let secret = self.signing_secret(&consumer.id)?;
+        Ok((consumer, secret))
     }
 
     /// Checks `filter` as saving a consumer would; when it compiles, tries it on the newest changes

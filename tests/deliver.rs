@@ -180,15 +180,15 @@ pub(crate) fn webhook(url: &str, batch: Option<u32>, max_retries: Option<u32>) -
 #[derive(Default)]
 pub(crate) struct Received {
     /// Requests answered so far.
-    requests: AtomicUsize,
+    pub(crate) requests: AtomicUsize,
     /// Requests to fail (HTTP 500) before succeeding.
     fail_first: AtomicUsize,
     /// Fail every request while set.
-    failing: std::sync::atomic::AtomicBool,
+    pub(crate) failing: std::sync::atomic::AtomicBool,
     /// Accepted messages in arrival order.
     pub(crate) accepted: Mutex<Vec<Json>>,
     /// Request headers and bodies accepted.
-    signed: Mutex<Vec<(HeaderMap, Bytes)>>,
+    pub(crate) signed: Mutex<Vec<(HeaderMap, Bytes)>>,
     /// How long to wait after recording a request before answering it (a slow receiver).
     answer_after_ms: std::sync::atomic::AtomicU64,
 }
@@ -868,7 +868,7 @@ pub(crate) fn tidepool_cli(shop: &Shop) -> std::process::Command {
     command
 }
 
-fn cli_ok(command: &mut std::process::Command) -> String {
+pub(crate) fn cli_ok(command: &mut std::process::Command) -> String {
     let output = command.output().unwrap();
     assert!(
         output.status.success(),

@@ -7,6 +7,7 @@ mod backfill;
 mod capture;
 mod cli;
 mod connection;
+mod consumer_page;
 mod consumers;
 mod continuity;
 

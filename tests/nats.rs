@@ -361,6 +361,34 @@ async fn a_nats_server_that_is_down_delays_delivery_and_loses_nothing() {
     let changes = check_stream(&all, &shop.db.name);
     assert_eq!(changes.len(), 41);
     assert!(changes.contains(&("update".to_string(), 1)));
+    // The consumer's page: the publishes that failed while the server was down, with why, then
+    // acknowledged ones; each message counted once in the delivered samples.
+    let consumers = tidepool::consumers::ConsumerStore::at(&shop.store);
+    wait_for(
+        "every publish counted in the samples",
+        Duration::from_secs(10),
+        || {
+            consumers
+                .activity("to-nats")
+                .unwrap()
+                .samples
+                .iter()
+                .map(|s| s.delivered)
+                .sum::<u64>()
+                == 41
+        },
+    )
+    .await;
+    let attempts = consumers.activity("to-nats").unwrap().attempts;
+    assert_eq!(attempts[0].error, None, "{attempts:?}");
+    assert!(attempts.iter().all(|a| a.status.is_none() && !a.test));
+    assert!(
+        attempts.iter().any(|a| a
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(&server.url()))),
+        "{attempts:?}"
+    );
     delivery.abort();
     capture.abort();
 }

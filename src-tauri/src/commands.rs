@@ -8,8 +8,11 @@ use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 use tidepool::binding::{Binding, Definition};
 use tidepool::connection::ServerFacts;
-use tidepool::consumers::{ConsumerStore, ConsumerView, FilterCheck, SecretHeader};
+use tidepool::consumers::{
+    ConsumerActivity, ConsumerStore, ConsumerView, FilterCheck, SecretHeader,
+};
 use tidepool::deliver::consumer::{Action as ConsumerAction, Consumer, ConsumerSpec};
+use tidepool::deliver::webhook::TestResult;
 use tidepool::demo::DemoHost;
 use tidepool::discovery::DiscoveredTable;
 use tidepool::export::{Engine, ExportFile};
@@ -513,4 +516,107 @@ pub fn check_consumer_filter(
         &collections,
         &actions.unwrap_or_default(),
     )
+}
+
+/// Pause or Resume on a consumer's page: while paused nothing is delivered and its messages stay
+/// queued.
+#[tauri::command(async)]
+pub fn set_consumer_paused(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+    paused: bool,
+) -> Result<Consumer, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.set_paused(&name, paused)
+}
+
+/// A consumer's page: its recent requests (status, duration, error) and what it delivered per
+/// second with its commit → delivered latency.
+#[tauri::command(async)]
+pub fn consumer_activity(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+) -> Result<ConsumerActivity, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.activity(&name)
+}
+
+/// "Send a test message": one signed request to a webhook consumer's URL, its body marked as a
+/// test; the answer is shown, nothing is queued.
+#[tauri::command]
+pub async fn test_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+) -> Result<TestResult, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?
+        .send_test(&name)
+        .await
+}
+
+/// "Edit" on a consumer's page: saves its new definition; new secret header values (typed once)
+/// go to the keychain, those not retyped stay there.
+#[tauri::command(async)]
+pub fn edit_consumer(
+    profiles: State<'_, Profiles>,
+    id: String,
+    name: String,
+    spec: ConsumerSpec,
+    secret_headers: Option<Vec<SecretHeader>>,
+) -> Result<Consumer, Error> {
+    ConsumerStore::of_profile(&profiles, &id)?.edit(&name, spec, secret_headers.unwrap_or_default())
+}
+
+/// The app's "Try a webhook" receiver, started the first time it is asked for.
+#[derive(Default)]
+pub struct TrialHost(tauri::async_runtime::Mutex<Option<tidepool::deliver::trial::TrialReceiver>>);
+
+/// What "Try a webhook" made: the receiver's URL and the consumer pointed at it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialWebhook {
+    url: String,
+    consumer: Consumer,
+}
+
+/// "Try a webhook": starts the app's own receiver (on loopback) and a consumer `try-webhook` of
+/// every collection delivering to it, so deliveries can be watched with nothing else running.
+#[tauri::command]
+pub async fn try_webhook(
+    profiles: State<'_, Profiles>,
+    trial: State<'_, TrialHost>,
+    id: String,
+) -> Result<TrialWebhook, Error> {
+    let mut receiver = trial.0.lock().await;
+    if receiver.is_none() {
+        *receiver = Some(tidepool::deliver::trial::TrialReceiver::start().await?);
+    }
+    let Some(receiver) = receiver.as_ref() else {
+        return Err(Error::internal("the trial webhook receiver did not start"));
+    };
+    let url = receiver.url().to_string();
+    let consumers = ConsumerStore::of_profile(&profiles, &id)?;
+    let (consumer, secret) =
+        tauri::async_runtime::spawn_blocking(move || consumers.try_webhook(&url))
+            .await
+            .map_err(|e| Error::internal(format!("try a webhook: {e}")))??;
+    receiver.add_secret(secret);
+    Ok(TrialWebhook {
+        url: receiver.url().to_string(),
+        consumer,
+    })
+}
+
+/// What the "Try a webhook" receiver got, newest first (nothing before it was started).
+#[tauri::command]
+pub async fn trial_webhook_requests(
+    trial: State<'_, TrialHost>,
+) -> Result<Vec<tidepool::deliver::trial::TrialRequest>, Error> {
+    Ok(trial
+        .0
+        .lock()
+        .await
+        .as_ref()
+        .map(|r| r.received())
+        .unwrap_or_default())
 }

@@ -65,6 +65,7 @@ pub fn run() {
         .manage(tidepool::profile::Profiles::open(&data_dir))
         .manage(tidepool::run::Runs::default())
         .manage(tidepool::demo::DemoHost::default())
+        .manage(commands::TrialHost::default())
         .setup(move |app| {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "Tidepool started");
             // While the window is minimized, the tray shows that a capture runs.
@@ -120,6 +121,12 @@ pub fn run() {
             commands::retry_consumer,
             commands::skip_consumer,
             commands::check_consumer_filter,
+            commands::set_consumer_paused,
+            commands::consumer_activity,
+            commands::test_consumer,
+            commands::edit_consumer,
+            commands::try_webhook,
+            commands::trial_webhook_requests,
         ])
         .build(tauri::generate_context!())
         .expect("the Tauri runtime failed to start")

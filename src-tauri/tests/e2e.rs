@@ -2687,3 +2687,230 @@ async fn a_pull_consumer_created_in_the_app_is_received_and_acked_with_the_token
     wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
     close(client).await;
 }
+
+/// A webhook receiver that can go down (its port closed and its connections with it, so requests
+/// are refused) and come back on the same port.
+struct DownableReceiver {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DownableReceiver {
+    async fn start(received: Received, addr: std::net::SocketAddr) -> DownableReceiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |axum::extract::State(r): axum::extract::State<Received>,
+                     headers: axum::http::HeaderMap,
+                     body: axum::body::Bytes| async move {
+                        r.lock().unwrap().push((headers, body));
+                        axum::http::StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .with_state(received);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        DownableReceiver {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Waits until an element's text satisfies `ok` (20 s), failing the test with the last text if it
+/// never does.
+async fn until_text(client: &Client, id: &str, ok: impl Fn(&str) -> bool) -> String {
+    let text = wait_for_text(client, id, &ok).await;
+    assert!(ok(&text), "{id}: {text:?}");
+    text
+}
+
+/// Scrolls an element into view (for a screenshot of it).
+async fn scroll_to(client: &Client, id: &str) {
+    client
+        .execute(
+            "document.querySelector(arguments[0]).scrollIntoView()",
+            vec![serde_json::json!(by_test_id(id))],
+        )
+        .await
+        .unwrap();
+}
+
+/// The record ids a receiver accepted, sorted (test messages have none).
+fn received_ids(received: &Received) -> Vec<i64> {
+    let mut ids: Vec<i64> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, body)| messages_of(body))
+        .filter_map(|m| m["record"]["id"].as_i64())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn wait_for_ids(received: &Received, want: &[i64]) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let ids = received_ids(received);
+        if ids == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "received {ids:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 16's consumer page: a test message answered, the real receiver stopped and the failures
+/// shown with their error, the receiver started again and the messages delivered and counted;
+/// pause holds new changes in the queue, resume delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_page_shows_failures_while_its_receiver_is_down_then_their_delivery() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (database, data, _, _store) = published_items(
+        "e2e_consumer_page",
+        2,
+        "consumerpage",
+        "Pages",
+        "pages_pub",
+        "e2e_page_slot",
+    )
+    .await;
+    let received: Received = Arc::default();
+    let mut receiver =
+        DownableReceiver::start(received.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let url = receiver.url();
+
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    capture_backfilled(&client, "Pages").await;
+
+    click(&client, "tab-consumers").await;
+    until_text(&client, "consumers-empty", |t| t.contains("No consumers")).await;
+    click(&client, "consumer-new").await;
+    fill(&client, "consumer-name", "items-page").await;
+    click(&client, "consumer-collection-public/items").await;
+    fill(&client, "consumer-url", &url).await;
+    click(&client, "consumer-create").await;
+    until_text(&client, "consumer-items-page-destination", |t| t == url).await;
+
+    // The page, opened from the list: nothing delivered yet.
+    click(&client, "consumer-items-page-open").await;
+    until_text(&client, "consumer-page-name", |t| t == "items-page").await;
+    until_text(&client, "consumer-page-state", |t| t == "Delivering").await;
+    until_text(&client, "consumer-page-attempts-empty", |t| {
+        t.contains("No requests yet")
+    })
+    .await;
+
+    // Send a test message: answered by the receiver, signed like a delivery, marked as a test.
+    click(&client, "consumer-page-test").await;
+    let answered = until_text(&client, "consumer-page-test-result", |t| {
+        t.contains("HTTP 204")
+    })
+    .await;
+    assert!(answered.contains("msg_test_"), "{answered}");
+    let test_body = received.lock().unwrap()[0].1.clone();
+    assert_eq!(messages_of(&test_body)[0]["test"], serde_json::json!(true));
+    until_text(&client, "consumer-attempt-0", |t| t.contains("test")).await;
+
+    // The receiver goes down: the page shows the failed requests with their error.
+    receiver.stop().await;
+    step("inserting rows while the receiver is down");
+    cluster()
+        .psql(
+            &database,
+            "INSERT INTO items VALUES (300, 'first'), (301, 'second');",
+        )
+        .unwrap();
+    let failed = until_text(&client, "consumer-attempt-0", |t| {
+        t.contains("no answer") && t.contains("cannot connect")
+    })
+    .await;
+    assert!(failed.contains(&url), "{failed}");
+    until_text(&client, "consumer-page-pending", |t| t == "2").await;
+    scroll_to(&client, "consumer-page-attempts").await;
+    screenshot(&client, "consumer-page-0-failing").await;
+    assert_eq!(received_ids(&received), Vec::<i64>::new());
+
+    // Back on the same port: the retries deliver both, and the page counts them.
+    receiver = DownableReceiver::start(received.clone(), receiver.addr).await;
+    wait_for_ids(&received, &[300, 301]).await;
+    until_text(&client, "consumer-attempt-0", |t| t.contains("HTTP 204")).await;
+    until_text(&client, "consumer-page-pending", |t| t == "0").await;
+    until_text(&client, "consumer-page-delivered", |t| t == "2").await;
+    scroll_to(&client, "consumer-page-attempts").await;
+    screenshot(&client, "consumer-page-1-delivered").await;
+
+    // Paused: a new row is queued, not sent; resumed: delivered.
+    click(&client, "consumer-page-pause").await;
+    until_text(&client, "consumer-page-state", |t| t == "Paused").await;
+    cluster()
+        .psql(&database, "INSERT INTO items VALUES (302, 'third');")
+        .unwrap();
+    until_text(&client, "consumer-page-pending", |t| t == "1").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(received_ids(&received), [300, 301]);
+    screenshot(&client, "consumer-page-2-paused").await;
+    click(&client, "consumer-page-pause").await;
+    until_text(&client, "consumer-page-state", |t| t == "Delivering").await;
+    wait_for_ids(&received, &[300, 301, 302]).await;
+    until_text(&client, "consumer-page-delivered", |t| t == "3").await;
+
+    click(&client, "consumer-page-back").await;
+    until_text(&client, "consumer-items-page-pending", |t| t == "0").await;
+    receiver.stop().await;
+
+    // Try a webhook: the app's own receiver shows what arrives, its signature checked.
+    click(&client, "consumer-try-webhook").await;
+    until_text(&client, "trial-webhook-empty", |t| {
+        t.contains("Nothing has arrived")
+    })
+    .await;
+    until_text(&client, "consumer-try-webhook-destination", |t| {
+        t.starts_with("http://127.0.0.1:")
+    })
+    .await;
+    cluster()
+        .psql(&database, "INSERT INTO items VALUES (303, 'tried');")
+        .unwrap();
+    until_text(&client, "trial-request-0-summary", |t| {
+        t == "insert public.items"
+    })
+    .await;
+    until_text(&client, "trial-request-0-verified", |t| {
+        t == "signature verified"
+    })
+    .await;
+    screenshot(&client, "consumers-3-try-webhook").await;
+    click(&client, "tab-capture").await;
+    click(&client, "capture-stop").await;
+    until_text(&client, "capture-state", |t| t == "Stopped").await;
+    close(client).await;
+}

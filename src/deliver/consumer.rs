@@ -271,6 +271,8 @@ pub struct Consumer {
     /// What its user must know: changes it missed (fell behind the retention) or a gap in the
     /// store's history it is crossing.
     pub notices: Vec<Notice>,
+    /// Paused by hand: nothing is delivered until it is resumed; its messages stay queued.
+    pub paused: bool,
 }
 
 /// Something a consumer's user must know about what it delivers, kept until the consumer is removed.

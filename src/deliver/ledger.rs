@@ -16,6 +16,9 @@
 //!   [`Ledger::claim_runs`] (NATS) hands out a group's queued messages together, oldest first, under
 //!   the same condition: none of the group is in flight, held back or parked.
 //! - In rows mode, a queued message not in flight is replaced by a newer change of its group.
+//! - What a consumer's page shows is bounded: its last [`ATTEMPTS_KEPT`] requests and
+//!   [`SAMPLES_KEPT_S`] seconds of delivered/latency samples, pruned as new ones arrive, removed
+//!   with the consumer. A consumer is paused by a `paused:<id>` entry in `meta`.
 
 use std::path::{Path, PathBuf};
 
@@ -139,6 +142,48 @@ fn start_pruned_key(id: &str) -> String {
     format!("start_pruned:{id}")
 }
 
+fn paused_key(id: &str) -> String {
+    format!("paused:{id}")
+}
+
+/// Requests kept per consumer in its recent attempts; older ones are pruned as new ones arrive.
+pub const ATTEMPTS_KEPT: i64 = 100;
+
+/// Seconds of throughput and latency samples kept per consumer.
+pub const SAMPLES_KEPT_S: i64 = 3600;
+
+/// One request (or publish batch) a delivery worker made, as a consumer's page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// When it started (Unix ms).
+    pub at_ms: i64,
+    /// Messages it carried (0 for a test message).
+    pub messages: u32,
+    /// The HTTP status answered, if one was.
+    pub status: Option<u16>,
+    /// Why it failed; none when it was acknowledged.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// A "Send a test message" request, not a delivery.
+    pub test: bool,
+}
+
+/// What a consumer delivered in one second.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    /// The second (Unix seconds).
+    pub second: i64,
+    /// Messages acknowledged in it.
+    pub delivered: u64,
+    /// Their mean commit → acknowledged latency.
+    pub latency_avg_ms: f64,
+    /// Their longest.
+    pub latency_max_ms: u64,
+}
+
 impl Ledger {
     /// Opens (creating if needed) the ledger of the store in `store_dir`.
     pub fn open(store_dir: &Path) -> Result<Ledger> {
@@ -190,7 +235,26 @@ impl Ledger {
              -- ... and messages held back by a claim or a retry delay, to find the next one due.
              -- Queries repeat the index's condition literally, or SQLite cannot use it.
              CREATE INDEX IF NOT EXISTS messages_held ON messages (consumer, max(not_before, visible_until))
-               WHERE failed = 0 AND max(not_before, visible_until) > 0;",
+               WHERE failed = 0 AND max(not_before, visible_until) > 0;
+             -- What a consumer's page shows: its last ATTEMPTS_KEPT requests ...
+             CREATE TABLE IF NOT EXISTS attempts (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               consumer TEXT NOT NULL,
+               at_ms INTEGER NOT NULL,
+               messages INTEGER NOT NULL,
+               status INTEGER,
+               error TEXT,
+               duration_ms INTEGER NOT NULL,
+               test INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX IF NOT EXISTS attempts_by_consumer ON attempts (consumer, id);
+             -- ... and per second of the last SAMPLES_KEPT_S, what it delivered and how late.
+             CREATE TABLE IF NOT EXISTS samples (
+               consumer TEXT NOT NULL,
+               second INTEGER NOT NULL,
+               delivered INTEGER NOT NULL,
+               latency_sum_ms INTEGER NOT NULL,
+               latency_max_ms INTEGER NOT NULL,
+               PRIMARY KEY (consumer, second));",
         )
         .map_err(sqlite("creating the schema"))?;
         Ok(Ledger { conn, path })
@@ -309,7 +373,9 @@ impl Ledger {
             .map_err(sqlite("counting messages"))?;
         let pending = self.queued(&id)? as i64 - failed;
         let notices = self.notices(&id)?.into_values().collect();
+        let paused = self.paused(&id)?;
         Ok(Some(Consumer {
+            paused,
             id,
             spec,
             position,
@@ -350,7 +416,18 @@ impl Ledger {
             .map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id])
             .map_err(sqlite("removing"))?;
-        for key in [notices_key(&consumer.id), start_pruned_key(&consumer.id)] {
+        for table in ["attempts", "samples"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE consumer = ?1"),
+                [&consumer.id],
+            )
+            .map_err(sqlite("removing"))?;
+        }
+        for key in [
+            notices_key(&consumer.id),
+            start_pruned_key(&consumer.id),
+            paused_key(&consumer.id),
+        ] {
             tx.execute("DELETE FROM meta WHERE key = ?1", [key])
                 .map_err(sqlite("removing"))?;
         }
@@ -420,6 +497,178 @@ impl Ledger {
             &start_pruned_key(id),
             &serde_json::to_string(pruned).map_err(Error::internal)?,
         )
+    }
+
+    /// Whether the consumer is paused: its worker delivers nothing and the pull API hands nothing
+    /// out; its messages stay queued.
+    pub fn paused(&self, id: &str) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM meta WHERE key = ?1")
+            .and_then(|mut s| s.exists([paused_key(id)]))
+            .map_err(sqlite("reading a consumer's pause"))
+    }
+
+    /// Pauses or resumes a consumer.
+    pub fn set_paused(&mut self, id: &str, paused: bool) -> Result<()> {
+        if paused {
+            self.put_meta(&paused_key(id), "1")
+        } else {
+            self.conn
+                .execute("DELETE FROM meta WHERE key = ?1", [paused_key(id)])
+                .map(|_| ())
+                .map_err(sqlite("resuming a consumer"))
+        }
+    }
+
+    /// Replaces a consumer's definition (validated as a whole; its name stays). Messages already
+    /// queued keep the body they were queued with; the new filter and actions apply to what is
+    /// read from the log from now on.
+    pub fn set_spec(&mut self, id: &str, spec: &ConsumerSpec) -> Result<()> {
+        spec.validate()?;
+        let text = serde_json::to_string(spec)
+            .map_err(|e| Error::internal(format!("consumers: encoding: {e}")))?;
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE consumers SET spec = ?2 WHERE id = ?1",
+                params![id, text],
+            )
+            .map_err(sqlite("saving a consumer"))?;
+        if changed == 0 {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no consumer with id '{id}'"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a request in the consumer's recent attempts, pruning what is beyond the last
+    /// [`ATTEMPTS_KEPT`]; nothing once the consumer was removed (a request that finished after).
+    pub fn record_attempt(&mut self, id: &str, attempt: &Attempt) -> Result<()> {
+        if !self.exists(id)? {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .savepoint()
+            .map_err(sqlite("recording an attempt"))?;
+        tx.prepare_cached(
+            "INSERT INTO attempts (consumer, at_ms, messages, status, error, duration_ms, test)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                attempt.at_ms,
+                attempt.messages,
+                attempt.status,
+                attempt.error,
+                attempt.duration_ms as i64,
+                attempt.test
+            ])
+        })
+        .map_err(sqlite("recording an attempt"))?;
+        tx.prepare_cached(
+            "DELETE FROM attempts WHERE consumer = ?1 AND id <= (
+               SELECT id FROM attempts WHERE consumer = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )
+        .and_then(|mut s| s.execute(params![id, ATTEMPTS_KEPT]))
+        .map_err(sqlite("recording an attempt"))?;
+        tx.commit().map_err(sqlite("recording an attempt"))
+    }
+
+    /// The consumer's recent attempts, newest first.
+    pub fn attempts(&self, id: &str) -> Result<Vec<Attempt>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, messages, status, error, duration_ms, test FROM attempts
+                 WHERE consumer = ?1 ORDER BY id DESC",
+            )
+            .map_err(sqlite("reading attempts"))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(Attempt {
+                    at_ms: r.get(0)?,
+                    messages: r.get(1)?,
+                    status: r.get(2)?,
+                    error: r.get(3)?,
+                    duration_ms: r.get::<_, i64>(4)?.max(0) as u64,
+                    test: r.get(5)?,
+                })
+            })
+            .map_err(sqlite("reading attempts"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(sqlite("reading attempts"))
+    }
+
+    /// Adds messages acknowledged at `at_ms`, each with its commit → acknowledged latency, to the
+    /// consumer's sample of that second, pruning samples older than [`SAMPLES_KEPT_S`]; nothing
+    /// once the consumer was removed.
+    pub fn record_delivered(&mut self, id: &str, at_ms: i64, latencies_ms: &[u64]) -> Result<()> {
+        if latencies_ms.is_empty() || !self.exists(id)? {
+            return Ok(());
+        }
+        let second = at_ms.div_euclid(1000);
+        let sum: u64 = latencies_ms.iter().sum();
+        let max = latencies_ms.iter().copied().max().unwrap_or(0);
+        let tx = self
+            .conn
+            .savepoint()
+            .map_err(sqlite("recording a sample"))?;
+        tx.prepare_cached(
+            "INSERT INTO samples (consumer, second, delivered, latency_sum_ms, latency_max_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (consumer, second) DO UPDATE SET
+               delivered = delivered + excluded.delivered,
+               latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+               latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                second,
+                latencies_ms.len() as i64,
+                sum as i64,
+                max as i64
+            ])
+        })
+        .map_err(sqlite("recording a sample"))?;
+        tx.prepare_cached("DELETE FROM samples WHERE consumer = ?1 AND second < ?2")
+            .and_then(|mut s| s.execute(params![id, second - SAMPLES_KEPT_S]))
+            .map_err(sqlite("recording a sample"))?;
+        tx.commit().map_err(sqlite("recording a sample"))
+    }
+
+    /// The consumer's samples from `since` (Unix seconds) on, oldest first; seconds with nothing
+    /// delivered have none.
+    pub fn samples(&self, id: &str, since: i64) -> Result<Vec<Sample>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT second, delivered, latency_sum_ms, latency_max_ms FROM samples
+                 WHERE consumer = ?1 AND second >= ?2 ORDER BY second",
+            )
+            .map_err(sqlite("reading samples"))?;
+        let rows = stmt
+            .query_map(params![id, since], |r| {
+                let delivered: i64 = r.get(1)?;
+                let sum: i64 = r.get(2)?;
+                Ok(Sample {
+                    second: r.get(0)?,
+                    delivered: delivered.max(0) as u64,
+                    latency_avg_ms: if delivered > 0 {
+                        sum as f64 / delivered as f64
+                    } else {
+                        0.0
+                    },
+                    latency_max_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })
+            .map_err(sqlite("reading samples"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(sqlite("reading samples"))
     }
 
     /// Sets every consumer's position back to 0 after the store's log was emptied and starts
@@ -661,13 +910,34 @@ impl Ledger {
             .map_err(sqlite("releasing claims"))
     }
 
-    /// Acknowledges pulled messages by ack id (unknown or already acknowledged ids are fine).
+    /// Acknowledges pulled messages by ack id (unknown or already acknowledged ids are fine), and
+    /// counts those acknowledged now in the consumer's delivered samples.
     pub fn ack(&mut self, id: &str, ack_ids: &[String]) -> Result<()> {
-        self.by_ack_ids(
-            id,
-            ack_ids,
-            "DELETE FROM messages WHERE consumer = ?1 AND ack_id = ?2",
-        )
+        let now_ms = crate::deliver::now_ms();
+        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
+        let mut latencies = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE consumer = ?1 AND ack_id = ?2 RETURNING body",
+                )
+                .map_err(sqlite("acknowledging"))?;
+            for ack_id in ack_ids {
+                let body: Option<String> = stmt
+                    .query_row(params![id, ack_id], |r| r.get(0))
+                    .optional()
+                    .map_err(sqlite("acknowledging"))?;
+                if let Some(body) = body {
+                    // A message without a commit time still counts, with no latency to speak of.
+                    latencies.push(
+                        crate::deliver::message::commit_ms(&body)
+                            .map_or(0, |commit| (now_ms - commit).max(0) as u64),
+                    );
+                }
+            }
+        }
+        tx.commit().map_err(sqlite("acknowledging"))?;
+        self.record_delivered(id, now_ms, &latencies)
     }
 
     /// Makes pulled messages available again at once.
@@ -903,5 +1173,58 @@ mod tests {
             .unwrap();
         assert_eq!(l.skip(&c.id, Some(2)).unwrap(), 1);
         assert_eq!(l.claim(&c.id, 50, 10, 1000, None).unwrap()[0].seq, 4);
+    }
+
+    #[test]
+    fn attempts_keep_the_last_hundred_and_samples_add_up_per_second() {
+        let d = dir("attempts");
+        let mut l = Ledger::open(&d.0).unwrap();
+        let c = l.add(spec(Mode::Changes), 0).unwrap();
+        for n in 0..(ATTEMPTS_KEPT + 5) {
+            l.record_attempt(
+                &c.id,
+                &Attempt {
+                    at_ms: n,
+                    messages: 1,
+                    status: Some(if n % 2 == 0 { 500 } else { 200 }),
+                    error: (n % 2 == 0).then(|| "HTTP 500".to_string()),
+                    duration_ms: 3,
+                    test: false,
+                },
+            )
+            .unwrap();
+        }
+        let attempts = l.attempts(&c.id).unwrap();
+        assert_eq!(attempts.len() as i64, ATTEMPTS_KEPT);
+        assert_eq!(attempts[0].at_ms, ATTEMPTS_KEPT + 4, "newest first");
+        assert_eq!(attempts.last().unwrap().at_ms, 5, "the oldest pruned");
+        l.record_delivered(&c.id, 10_100, &[10, 30]).unwrap();
+        l.record_delivered(&c.id, 10_900, &[50]).unwrap();
+        l.record_delivered(&c.id, 12_000, &[5]).unwrap();
+        let samples = l.samples(&c.id, 0).unwrap();
+        assert_eq!(
+            samples
+                .iter()
+                .map(|s| (s.second, s.delivered, s.latency_avg_ms, s.latency_max_ms))
+                .collect::<Vec<_>>(),
+            [(10, 3, 30.0, 50), (12, 1, 5.0, 5)]
+        );
+        // An hour later the old seconds are pruned.
+        l.record_delivered(&c.id, (12 + SAMPLES_KEPT_S) * 1000, &[1])
+            .unwrap();
+        assert_eq!(l.samples(&c.id, 0).unwrap().len(), 2);
+        assert!(!l.paused(&c.id).unwrap());
+        l.set_paused(&c.id, true).unwrap();
+        assert!(l.get("app").unwrap().paused);
+        l.set_paused(&c.id, false).unwrap();
+        assert!(!l.get("app").unwrap().paused);
+        l.remove("app").unwrap();
+        assert!(l.attempts(&c.id).unwrap().is_empty());
+        assert!(l.samples(&c.id, 0).unwrap().is_empty());
+        // A request that finished after the consumer was removed leaves nothing behind.
+        l.record_attempt(&c.id, &attempts[0]).unwrap();
+        l.record_delivered(&c.id, 20_000, &[1]).unwrap();
+        assert!(l.attempts(&c.id).unwrap().is_empty());
+        assert!(l.samples(&c.id, 0).unwrap().is_empty());
     }
 }

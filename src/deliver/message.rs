@@ -163,6 +163,25 @@ fn text_of(value: &Json) -> String {
     }
 }
 
+/// A message's `metadata.commit_timestamp` (JSON text, as queued) in Unix ms, for its commit →
+/// delivered latency.
+pub(crate) fn commit_ms(body: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow)]
+        commit_timestamp: &'a str,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        metadata: Meta<'a>,
+    }
+    let body: Body = serde_json::from_str(body).ok()?;
+    chrono::DateTime::parse_from_rfc3339(body.metadata.commit_timestamp)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

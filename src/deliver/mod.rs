@@ -4,7 +4,8 @@
 //! The parts: a consumer's definition ([`consumer`]), its durable queue and position ([`ledger`],
 //! a file of its own next to the change store), the messages ([`message`], Sequin's shape), filters
 //! ([`filter`], CEL), reading the log into queues ([`feed`]), HTTP push ([`webhook`]) and pull
-//! ([`pull`]), and publishing to JetStream ([`nats`], subjects from [`subject`]).
+//! ([`pull`]), and publishing to JetStream ([`nats`], subjects from [`subject`]). [`trial`] is a
+//! receiver inside the app for trying a webhook offline.
 //!
 //! Invariants:
 //! - Delivery only reads the change store; it never holds its write lock, and nothing in the
@@ -24,6 +25,7 @@ pub mod message;
 pub mod nats;
 pub mod pull;
 pub mod subject;
+pub mod trial;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -114,13 +116,15 @@ impl Context {
 /// worker fails (its keychain entry missing, the ledger unreadable) is restarted after a pause.
 pub async fn run(options: DeliveryOptions) -> Result<()> {
     let context = Arc::new(Context::new(options)?);
-    let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Each worker with the definition it was started with: an edited consumer's worker is
+    // restarted with the new one (what it had in flight is offered again at its start).
+    let mut workers: HashMap<String, (ConsumerSpec, tokio::task::JoinHandle<()>)> = HashMap::new();
     let ledger = Ledger::open(&context.store_dir)?;
     /// Aborts the workers when `run` is dropped.
-    struct Workers<'a>(&'a mut HashMap<String, tokio::task::JoinHandle<()>>);
+    struct Workers<'a>(&'a mut HashMap<String, (ConsumerSpec, tokio::task::JoinHandle<()>)>);
     impl Drop for Workers<'_> {
         fn drop(&mut self) {
-            for (_, w) in self.0.drain() {
+            for (_, (_, w)) in self.0.drain() {
                 w.abort();
             }
         }
@@ -128,8 +132,8 @@ pub async fn run(options: DeliveryOptions) -> Result<()> {
     let workers = Workers(&mut workers);
     loop {
         let consumers = ledger.list()?;
-        workers.0.retain(|id, w| {
-            let keep = consumers.iter().any(|c| &c.id == id) && !w.is_finished();
+        workers.0.retain(|id, (spec, w)| {
+            let keep = consumers.iter().any(|c| &c.id == id && &c.spec == spec) && !w.is_finished();
             if !keep {
                 w.abort();
             }
@@ -142,7 +146,7 @@ pub async fn run(options: DeliveryOptions) -> Result<()> {
             let context = context.clone();
             let id = consumer.id.clone();
             let name = consumer.spec.name.clone();
-            let worker = match consumer.spec.destination {
+            let worker = match consumer.spec.destination.clone() {
                 Destination::Webhook(_) => tokio::spawn(async move {
                     if let Err(e) = webhook::run(context, id).await {
                         tracing::error!(consumer = %name, "webhook delivery stopped: {e}");
@@ -159,7 +163,9 @@ pub async fn run(options: DeliveryOptions) -> Result<()> {
                 // Served by the pull API when asked.
                 Destination::Pull(_) => continue,
             };
-            workers.0.insert(consumer.id.clone(), worker);
+            workers
+                .0
+                .insert(consumer.id.clone(), (consumer.spec.clone(), worker));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

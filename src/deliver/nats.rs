@@ -26,7 +26,8 @@ use serde::Deserialize;
 
 use crate::deliver::consumer::{Consumer, Destination, Nats, NatsAuth};
 use crate::deliver::feed::{Feeder, PAGE};
-use crate::deliver::ledger::{Claimed, Ledger};
+use crate::deliver::ledger::{Attempt, Claimed, Ledger};
+use crate::deliver::message::commit_ms;
 use crate::deliver::subject::{render, wildcard, Values};
 use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, ErrorKind, Result};
@@ -289,6 +290,8 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
     let hold_ms = nats.timeout_ms + 5_000;
     let mut jetstream: Option<async_nats::jetstream::Context> = None;
     let mut settle: Vec<Outcome> = Vec::new();
+    // The last batch as the consumer's page lists it, with its messages' latencies.
+    let mut record: Option<(Attempt, Vec<u64>)> = None;
     loop {
         wake.borrow_and_update();
         let round = Round {
@@ -298,8 +301,9 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             hold_ms,
         };
         let finished = std::mem::take(&mut settle);
+        let recorded = record.take();
         let (back, result) = on_blocking_thread(state, "NATS delivery", move |state| {
-            round.run(state, finished)
+            round.run(state, finished, recorded)
         })
         .await?;
         state = back;
@@ -307,6 +311,13 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             return Ok(());
         };
         if !batch.is_empty() {
+            let at_ms = now_ms();
+            let started = std::time::Instant::now();
+            let count = batch.len() as u32;
+            let commits: std::collections::HashMap<u64, Option<i64>> = batch
+                .iter()
+                .map(|m| (m.seq, commit_ms(m.body.get())))
+                .collect();
             if jetstream.is_none() {
                 match open(&nats, credential.as_ref()).await {
                     Ok(js) => jetstream = Some(js),
@@ -322,6 +333,28 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
                     jetstream = None;
                 }
             }
+            let duration_ms = started.elapsed().as_millis() as u64;
+            let done = at_ms + duration_ms as i64;
+            let latencies = settle
+                .iter()
+                .filter(|(_, _, o)| o.is_ok())
+                .filter_map(|(seq, _, _)| commits.get(seq).copied().flatten())
+                .map(|commit| (done - commit).max(0) as u64)
+                .collect();
+            record = Some((
+                Attempt {
+                    at_ms,
+                    messages: count,
+                    // JetStream acknowledges a publish; there is no HTTP status.
+                    status: None,
+                    error: settle
+                        .iter()
+                        .find_map(|(_, _, o)| o.as_ref().err().cloned()),
+                    duration_ms,
+                    test: false,
+                },
+                latencies,
+            ));
             // Settled by the next round at once.
             continue;
         }
@@ -359,9 +392,15 @@ impl Round {
         &self,
         (ledger, feeder): &mut (Ledger, Feeder),
         finished: Vec<Outcome>,
+        recorded: Option<(Attempt, Vec<u64>)>,
     ) -> Result<Option<(Vec<Claimed>, Option<i64>)>> {
         let consumer = &self.consumer;
         ledger.round(|ledger| {
+            if let Some((attempt, latencies)) = recorded {
+                ledger.record_attempt(&consumer.id, &attempt)?;
+                let done = attempt.at_ms + attempt.duration_ms as i64;
+                ledger.record_delivered(&consumer.id, done, &latencies)?;
+            }
             let delivered: Vec<u64> = finished
                 .iter()
                 .filter(|(_, _, o)| o.is_ok())
@@ -389,6 +428,10 @@ impl Round {
                 return Ok(None);
             }
             while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
+            // Paused: settled and read, nothing claimed; resuming is seen within a second.
+            if ledger.paused(&consumer.id)? {
+                return Ok(Some((Vec::new(), None)));
+            }
             let batch = ledger.claim_runs(&consumer.id, now_ms(), self.batch_size, self.hold_ms)?;
             let next = if batch.is_empty() {
                 ledger.next_due(&consumer.id, now_ms())?

@@ -546,6 +546,10 @@ async fn receive(
                 let mut ledger = lock(&shared.ledger);
                 let mut feeder = lock(&shared.feeder);
                 while feeder.feed(&mut ledger, &id, now_ms())? == PAGE {}
+                // A paused consumer hands nothing out; a long poll waits for its resume.
+                if ledger.paused(&id)? {
+                    return Ok(Vec::new());
+                }
                 ledger.claim(
                     &id,
                     now_ms(),

@@ -19,10 +19,11 @@ use tokio::task::JoinSet;
 
 use crate::deliver::consumer::{Consumer, Destination, Webhook};
 use crate::deliver::feed::{Feeder, PAGE};
-use crate::deliver::ledger::{Claimed, Ledger};
+use crate::deliver::ledger::{Attempt, Claimed, Ledger};
+use crate::deliver::message::commit_ms;
 use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, Result};
-use crate::secrets::{Secret, SecretKey};
+use crate::secrets::{Keychain, Secret, SecretKey};
 
 /// The first retry delay.
 const FIRST_RETRY_MS: f64 = 1000.0;
@@ -66,7 +67,7 @@ pub fn signature(secret: &Secret, id: &str, timestamp: i64, body: &[u8]) -> Resu
 }
 
 /// What a request needs besides its messages.
-struct Target {
+pub(crate) struct Target {
     url: String,
     headers: reqwest::header::HeaderMap,
     secret: Secret,
@@ -75,7 +76,8 @@ struct Target {
 }
 
 impl Target {
-    fn new(context: &Context, id: &str, webhook: &Webhook) -> Result<Target> {
+    /// Reads the consumer's signing secret and secret header values from `keychain`.
+    pub(crate) fn new(keychain: Option<&Keychain>, id: &str, webhook: &Webhook) -> Result<Target> {
         let mut headers = reqwest::header::HeaderMap::new();
         let header = |name: &str, value: &str| -> Result<_> {
             Ok((
@@ -93,7 +95,7 @@ impl Target {
         }
         // Never send unsigned: a receiver that verifies would reject every request, one that does
         // not would be told nothing. Without the keychain or the secret the worker stops and says so.
-        let keychain = context.keychain.as_ref().ok_or_else(|| {
+        let keychain = keychain.ok_or_else(|| {
             Error::new(
                 crate::ErrorKind::Keychain,
                 "the OS keychain cannot be opened: webhook requests cannot be signed",
@@ -129,18 +131,25 @@ impl Target {
         })
     }
 
-    /// Sends one request; `Ok` on a 2xx, else the reason.
-    async fn send(&self, client: &reqwest::Client, batch: &[Claimed]) -> Result<(), String> {
+    /// Sends one request of queued messages; `Ok` on a 2xx, else the reason; with the HTTP status
+    /// if one was answered.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        batch: &[Claimed],
+    ) -> (Option<u16>, Result<(), String>) {
         // The queued JSON texts are spliced in as they are.
         let body = if self.batch {
             #[derive(serde::Serialize)]
             struct Batch<'a> {
                 data: Vec<&'a serde_json::value::RawValue>,
             }
-            serde_json::to_string(&Batch {
+            match serde_json::to_string(&Batch {
                 data: batch.iter().map(|m| &*m.body).collect(),
-            })
-            .map_err(|e| format!("encoding the request: {e}"))?
+            }) {
+                Ok(body) => body,
+                Err(e) => return (None, Err(format!("encoding the request: {e}"))),
+            }
         } else {
             batch
                 .first()
@@ -152,8 +161,18 @@ impl Target {
         let id = match batch {
             [one] => format!("msg_{}", one.ack_id),
             [first, ..] => format!("msg_{}_{}", first.ack_id, batch.len()),
-            [] => return Ok(()),
+            [] => return (None, Ok(())),
         };
+        self.post(client, id, body).await
+    }
+
+    /// POSTs `body` signed under webhook id `id`.
+    pub(crate) async fn post(
+        &self,
+        client: &reqwest::Client,
+        id: String,
+        body: String,
+    ) -> (Option<u16>, Result<(), String>) {
         let timestamp = now_ms() / 1000;
         let mut request = client
             .post(&self.url)
@@ -162,24 +181,39 @@ impl Target {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string());
-        let signature = signature(&self.secret, &id, timestamp, body.as_bytes())
-            .map_err(|e| e.message().to_string())?;
+        let signature = match signature(&self.secret, &id, timestamp, body.as_bytes()) {
+            Ok(s) => s,
+            Err(e) => return (None, Err(e.message().to_string())),
+        };
         request = request.header("webhook-signature", signature);
         match request.body(body).send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) if response.status().is_success() => {
+                (Some(response.status().as_u16()), Ok(()))
+            }
             Ok(response) => {
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
                 let text: String = text.chars().take(200).collect();
-                Err(format!("{} answered HTTP {status}: {text}", self.url))
+                (
+                    Some(status.as_u16()),
+                    Err(format!("{} answered HTTP {status}: {text}", self.url)),
+                )
             }
-            Err(e) if e.is_timeout() => Err(format!(
-                "{} did not answer within {} ms",
-                self.url,
-                self.timeout.as_millis()
-            )),
-            Err(e) => Err(format!("{}: {}", self.url, transport_error(&e))),
+            Err(e) if e.is_timeout() => (
+                None,
+                Err(format!(
+                    "{} did not answer within {} ms",
+                    self.url,
+                    self.timeout.as_millis()
+                )),
+            ),
+            Err(e) => (None, Err(format!("{}: {}", self.url, transport_error(&e)))),
         }
+    }
+
+    /// Whether requests carry `{"data": [...]}` rather than one bare message.
+    pub(crate) fn batched(&self) -> bool {
+        self.batch
     }
 }
 
@@ -206,7 +240,11 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
     let Destination::Webhook(webhook) = consumer.spec.destination.clone() else {
         return Ok(());
     };
-    let target = Arc::new(Target::new(&context, &consumer.id, &webhook)?);
+    let target = Arc::new(Target::new(
+        context.keychain.as_ref(),
+        &consumer.id,
+        &webhook,
+    )?);
     // What an earlier worker (killed, or stopped and restarted) had in flight goes first, now.
     let released = ledger.release_claims(&consumer.id)?;
     if released > 0 {
@@ -252,10 +290,27 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             let target = target.clone();
             let client = context.client.clone();
             in_flight.spawn(async move {
-                let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
                 let failures = batch.iter().map(|m| m.attempts).max().unwrap_or(0);
-                let outcome = target.send(&client, &batch).await;
-                (seqs, failures, outcome)
+                let at_ms = now_ms();
+                let started = std::time::Instant::now();
+                let (status, outcome) = target.send(&client, &batch).await;
+                let attempt = Attempt {
+                    at_ms,
+                    messages: batch.len() as u32,
+                    status,
+                    error: outcome.as_ref().err().cloned(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    test: false,
+                };
+                let commits = batch.iter().map(|m| commit_ms(m.body.get())).collect();
+                let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
+                Outcome {
+                    seqs,
+                    failures,
+                    outcome,
+                    attempt,
+                    commits,
+                }
             });
         }
         let pause = next
@@ -293,9 +348,26 @@ impl Rules {
     ) -> Result<Option<(Vec<Vec<Claimed>>, Option<i64>)>> {
         let consumer = &self.consumer;
         ledger.round(|ledger| {
-            for (seqs, failures, outcome) in finished {
+            for Outcome {
+                seqs,
+                failures,
+                outcome,
+                attempt,
+                commits,
+            } in finished
+            {
+                ledger.record_attempt(&consumer.id, &attempt)?;
                 match outcome {
-                    Ok(()) => ledger.delivered(&consumer.id, &seqs)?,
+                    Ok(()) => {
+                        ledger.delivered(&consumer.id, &seqs)?;
+                        let done = attempt.at_ms + attempt.duration_ms as i64;
+                        let latencies: Vec<u64> = commits
+                            .iter()
+                            .flatten()
+                            .map(|commit| (done - commit).max(0) as u64)
+                            .collect();
+                        ledger.record_delivered(&consumer.id, done, &latencies)?;
+                    }
                     Err(reason) => {
                         let delay = backoff_ms(failures + 1, jitter());
                         tracing::warn!(consumer = %consumer.spec.name, messages = seqs.len(), retry_in_ms = delay, "webhook delivery failed: {reason}");
@@ -313,6 +385,10 @@ impl Rules {
                 return Ok(None);
             }
             while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
+            // Paused: settled and read, nothing claimed; resuming is seen within a second.
+            if ledger.paused(&consumer.id)? {
+                return Ok(Some((Vec::new(), None)));
+            }
             let mut batches = Vec::new();
             let mut short = false;
             while batches.len() < self.room {
@@ -336,9 +412,97 @@ impl Rules {
     }
 }
 
-/// A finished request: the log positions of its messages, the most failures any had before it,
-/// and its outcome.
-type Outcome = (Vec<u64>, u32, Result<(), String>);
+/// A finished request.
+struct Outcome {
+    /// The log positions of its messages.
+    seqs: Vec<u64>,
+    /// The most failures any had before it.
+    failures: u32,
+    outcome: Result<(), String>,
+    /// As the consumer's page lists it.
+    attempt: Attempt,
+    /// Each message's commit time (Unix ms), for its latency.
+    commits: Vec<Option<i64>>,
+}
+
+/// What "Send a test message" got back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestResult {
+    /// The webhook id it was signed under (`msg_test_…`).
+    pub webhook_id: String,
+    /// The body sent, as the receiver got it.
+    pub body: String,
+    /// As it is listed among the consumer's recent attempts.
+    #[serde(flatten)]
+    pub attempt: Attempt,
+}
+
+/// Sends one request signed like every delivery, whose body is marked as a test (`"test": true`,
+/// action `test`, no record), to the consumer's URL; records it among its attempts (not as a
+/// change: nothing is queued or acknowledged).
+pub async fn send_test(
+    store_dir: &std::path::Path,
+    keychain: Option<&Keychain>,
+    consumer: &Consumer,
+) -> Result<TestResult> {
+    let Destination::Webhook(webhook) = &consumer.spec.destination else {
+        return Err(Error::invalid_input(
+            "name",
+            format!(
+                "'{}' is not a webhook consumer: only a webhook can be sent a test message",
+                consumer.spec.name
+            ),
+        ));
+    };
+    let target = Target::new(keychain, &consumer.id, webhook)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("tidepool/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::internal(format!("building the HTTP client: {e}")))?;
+    let at_ms = now_ms();
+    let message = serde_json::json!({
+        "test": true,
+        "record": {},
+        "changes": null,
+        "action": "test",
+        "metadata": {
+            "test": true,
+            "note": "A test message from Tidepool: not a change, nothing to store.",
+            "commit_timestamp": chrono::DateTime::from_timestamp_millis(at_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "consumer": {"id": consumer.id, "name": consumer.spec.name},
+        },
+    });
+    let body = if target.batched() {
+        serde_json::json!({ "data": [message] })
+    } else {
+        message
+    }
+    .to_string();
+    let webhook_id = format!("msg_test_{}", crate::deliver::consumer::new_uuid()?);
+    let started = std::time::Instant::now();
+    let (status, outcome) = target.post(&client, webhook_id.clone(), body.clone()).await;
+    let attempt = Attempt {
+        at_ms,
+        messages: 0,
+        status,
+        error: outcome.err(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        test: true,
+    };
+    let store_dir = store_dir.to_path_buf();
+    let (id, recorded) = (consumer.id.clone(), attempt.clone());
+    tokio::task::spawn_blocking(move || Ledger::open(&store_dir)?.record_attempt(&id, &recorded))
+        .await
+        .map_err(|e| Error::internal(format!("recording a test message: {e}")))??;
+    Ok(TestResult {
+        webhook_id,
+        body,
+        attempt,
+    })
+}
 
 /// Headers sent on every request, for `tidepool consumer show` (secret ones by name only).
 pub fn describe_headers(webhook: &Webhook) -> BTreeMap<String, String> {

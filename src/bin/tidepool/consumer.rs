@@ -106,6 +106,86 @@ pub enum ConsumerCommand {
         /// The consumer's name or id.
         name: String,
     },
+    /// Stops delivering (its messages stay queued) until `consumer resume`.
+    Pause {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+    },
+    /// Delivers again after `consumer pause`.
+    Resume {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+    },
+    /// Sends a webhook consumer's URL one signed request whose body is marked as a test.
+    Test {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The consumer's name or id.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes a consumer's destination settings, actions or filter.
+    Edit(Box<EditArgs>),
+}
+
+/// What `tidepool consumer edit` takes: only what is given changes.
+#[derive(Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The consumer's name or id.
+    name: String,
+    /// Actions to deliver: insert,update,delete,read (empty: all).
+    #[arg(long)]
+    actions: Option<String>,
+    /// A new filter, a CEL expression over record, changes, action and metadata.
+    #[arg(long, conflicts_with = "no_filter")]
+    filter: Option<String>,
+    /// Deliver every change (drop the filter).
+    #[arg(long)]
+    no_filter: bool,
+    /// A webhook's new URL.
+    #[arg(long)]
+    webhook: Option<String>,
+    /// Sets a header sent with every request, K=V (repeatable).
+    #[arg(long = "header", value_name = "K=V")]
+    headers: Vec<String>,
+    /// Sets a secret header (repeatable); values come from standard input or a prompt.
+    #[arg(long = "secret-header", value_name = "K")]
+    secret_headers: Vec<String>,
+    /// Removes a header, plain or secret (repeatable).
+    #[arg(long = "remove-header", value_name = "K")]
+    remove_headers: Vec<String>,
+    /// Messages per request, in {"data": [...]}.
+    #[arg(long, conflicts_with = "no_batch")]
+    batch_size: Option<u32>,
+    /// One bare message per request instead of {"data": [...]}.
+    #[arg(long)]
+    no_batch: bool,
+    /// Request timeout in milliseconds (a webhook), or publish acknowledgement timeout (NATS).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Failed attempts after which a message is parked.
+    #[arg(long, conflicts_with = "retry_forever")]
+    max_retries: Option<u32>,
+    /// Never park a message: retry it forever.
+    #[arg(long)]
+    retry_forever: bool,
+    /// Requests under way at once.
+    #[arg(long)]
+    max_in_flight: Option<u32>,
+    /// How long a pulled message stays invisible unless acknowledged.
+    #[arg(long)]
+    visibility_timeout_ms: Option<u64>,
+    /// Most pulled messages not acknowledged at once.
+    #[arg(long)]
+    max_ack_pending: Option<u32>,
 }
 
 /// What `tidepool consumer add` takes.
@@ -287,7 +367,154 @@ pub fn run(command: ConsumerCommand) -> Result<(), Error> {
             println!("{}", secret.expose());
             Ok(())
         }
+        ConsumerCommand::Pause { store, name } => {
+            let c = store.consumers()?.set_paused(&name, true)?;
+            eprintln!(
+                "consumer '{}' paused: {} message(s) queued stay queued",
+                c.spec.name, c.pending
+            );
+            Ok(())
+        }
+        ConsumerCommand::Resume { store, name } => {
+            let c = store.consumers()?.set_paused(&name, false)?;
+            eprintln!("consumer '{}' delivers again", c.spec.name);
+            Ok(())
+        }
+        ConsumerCommand::Test { store, name, json } => {
+            let consumers = store.consumers()?;
+            let result = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(consumers.send_test(&name))
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
+            }
+            let took = result.attempt.duration_ms;
+            match (&result.attempt.error, result.attempt.status) {
+                (None, status) => {
+                    eprintln!(
+                        "test message {} answered HTTP {} in {took} ms",
+                        result.webhook_id,
+                        status.unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                (Some(error), _) => Err(Error::new(
+                    tidepool::ErrorKind::Connection,
+                    format!(
+                        "test message {} failed after {took} ms: {error}",
+                        result.webhook_id
+                    ),
+                )),
+            }
+        }
+        ConsumerCommand::Edit(args) => edit(*args),
     }
+}
+
+fn edit(args: EditArgs) -> Result<(), Error> {
+    let consumers = args.store.consumers()?;
+    let mut spec = consumers.get(&args.name)?.consumer.spec;
+    if let Some(actions) = &args.actions {
+        spec.actions = Action::parse_list(actions)?;
+    }
+    if args.no_filter {
+        spec.filter = None;
+    } else if let Some(filter) = &args.filter {
+        spec.filter = Some(filter.clone());
+    }
+    let retries = |current: Option<u32>| {
+        if args.retry_forever {
+            None
+        } else {
+            args.max_retries.or(current)
+        }
+    };
+    let not_for = |flag: &str, kind: &str| {
+        Error::invalid_input(flag, format!("'{}' is a {kind} consumer", args.name))
+    };
+    let webhook_flags = args.webhook.is_some()
+        || !args.headers.is_empty()
+        || !args.secret_headers.is_empty()
+        || !args.remove_headers.is_empty()
+        || args.batch_size.is_some()
+        || args.no_batch
+        || args.max_in_flight.is_some();
+    let pull_flags = args.visibility_timeout_ms.is_some() || args.max_ack_pending.is_some();
+    match &mut spec.destination {
+        Destination::Webhook(w) => {
+            if pull_flags {
+                return Err(not_for("visibility-timeout-ms", "webhook"));
+            }
+            if let Some(url) = &args.webhook {
+                w.url = url.clone();
+            }
+            for name in &args.remove_headers {
+                w.headers.retain(|k, _| !k.eq_ignore_ascii_case(name));
+                w.secret_headers.retain(|k| !k.eq_ignore_ascii_case(name));
+            }
+            for pair in &args.headers {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    Error::invalid_input("header", format!("'{pair}' is not K=V"))
+                })?;
+                let k = k.trim().to_string();
+                w.secret_headers.retain(|s| !s.eq_ignore_ascii_case(&k));
+                w.headers.insert(k, v.trim().to_string());
+            }
+            for name in &args.secret_headers {
+                w.headers.retain(|k, _| !k.eq_ignore_ascii_case(name));
+                if !w
+                    .secret_headers
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(name))
+                {
+                    w.secret_headers.push(name.clone());
+                }
+            }
+            if args.no_batch {
+                w.batch_size = None;
+            } else if let Some(n) = args.batch_size {
+                w.batch_size = Some(n);
+            }
+            if let Some(t) = args.timeout_ms {
+                w.timeout_ms = t;
+            }
+            if let Some(n) = args.max_in_flight {
+                w.max_in_flight = n;
+            }
+            w.max_retries = retries(w.max_retries);
+        }
+        Destination::Pull(p) => {
+            if webhook_flags || args.timeout_ms.is_some() {
+                return Err(not_for("webhook", "pull"));
+            }
+            if let Some(v) = args.visibility_timeout_ms {
+                p.visibility_timeout_ms = v;
+            }
+            if let Some(n) = args.max_ack_pending {
+                p.max_ack_pending = n;
+            }
+        }
+        Destination::Nats(n) => {
+            if webhook_flags || pull_flags {
+                return Err(not_for("webhook", "NATS"));
+            }
+            if let Some(t) = args.timeout_ms {
+                n.timeout_ms = t;
+            }
+            n.max_retries = retries(n.max_retries);
+        }
+    }
+    spec.validate()?;
+    let secret_values = read_secret_headers(&args.secret_headers)?;
+    let consumer = consumers.edit(&args.name, spec, secret_values)?;
+    eprintln!(
+        "saved consumer '{}': a running delivery uses it within a second",
+        consumer.spec.name
+    );
+    Ok(())
 }
 
 /// `tidepool api-token`: prints the pull API's bearer token (made on first use).

@@ -18,8 +18,12 @@ vi.mock("../lib/backend", async () =>
     "skipConsumer",
     "checkConsumerFilter",
     "collections",
+    "tryWebhook",
+    "trialWebhookRequests",
   ]),
 );
+// A consumer's page charts with uPlot, which needs a canvas jsdom lacks.
+vi.mock("./Chart", () => ({ Chart: ({ testId }: { testId: string }) => <div data-testid={testId} /> }));
 
 const hook = (overrides: Partial<ConsumerView> = {}): ConsumerView => ({
   id: "c1",
@@ -44,6 +48,7 @@ const hook = (overrides: Partial<ConsumerView> = {}): ConsumerView => ({
   pending: 4,
   failed: 0,
   notices: [],
+  paused: false,
   parked: [],
   ...overrides,
 });
@@ -410,5 +415,49 @@ describe("filterPosition", () => {
   it("reads the engine's line and column", () => {
     expect(filterPosition("filter: line 3, column 12: bad")).toEqual({ line: 3, column: 12 });
     expect(filterPosition("filter: the expression is empty")).toBeNull();
+  });
+
+  it("tries a webhook: starts the app's receiver and shows what arrives, with its signature checked", async () => {
+    const user = userEvent.setup();
+    answer("listConsumers", async () => []);
+    answer("tryWebhook", async () => ({ url: "http://127.0.0.1:41234/hook", consumer: hook({ name: "try-webhook" }) }));
+    let arrived: unknown[] = [];
+    answer("trialWebhookRequests", async () => arrived);
+    render(<ConsumersPanel profileId="p1" profileName="Shop" />);
+    await screen.findByTestId("consumers-empty");
+    await user.click(screen.getByTestId("consumer-try-webhook"));
+    expect(callsOf("tryWebhook")).toEqual([["p1"]]);
+    expect((await screen.findByTestId("trial-webhook-url")).textContent).toBe("http://127.0.0.1:41234/hook");
+    expect((await screen.findByTestId("trial-webhook-empty")).textContent).toContain("Nothing has arrived yet");
+    arrived = [
+      {
+        atMs: 1,
+        webhookId: "msg_1",
+        verified: true,
+        messages: 2,
+        summary: ["insert shop.orders", "update shop.orders"],
+        body: "{}",
+      },
+      { atMs: 0, webhookId: "msg_x", verified: false, messages: 1, summary: ["insert"], body: "{}" },
+    ];
+    expect((await screen.findByTestId("trial-request-0-summary", {}, { timeout: 3000 })).textContent).toBe(
+      "insert shop.orders, update shop.orders",
+    );
+    expect(screen.getByTestId("trial-request-0-verified").dataset.verified).toBe("true");
+    expect(screen.getByTestId("trial-request-1-verified").textContent).toBe("signature does not verify");
+    await user.click(screen.getByTestId("trial-webhook-close"));
+    expect(screen.queryByTestId("trial-webhook")).toBeNull();
+  });
+
+  it("says why a webhook cannot be tried yet", async () => {
+    const user = userEvent.setup();
+    answer("listConsumers", async () => []);
+    answer("tryWebhook", async () =>
+      Promise.reject({ kind: "NotFound", message: "no collections yet: start the capture first, then try a webhook" }),
+    );
+    render(<ConsumersPanel profileId="p1" profileName="Shop" />);
+    await screen.findByTestId("consumers-empty");
+    await user.click(screen.getByTestId("consumer-try-webhook"));
+    expect((await screen.findByTestId("trial-webhook-start-error-kind")).textContent).toBe("NotFound");
   });
 });

@@ -3,7 +3,9 @@ import { useCallback, useEffect, useState } from "react";
 import * as backend from "../lib/backend";
 import type { BackendError, ConsumerView, PullAccess } from "../lib/types";
 import { ConsumerForm, curlExample, pullUrl } from "./ConsumerForm";
+import { ConsumerPage } from "./ConsumerPage";
 import { ErrorNotice } from "./ErrorNotice";
+import { TrialWebhook } from "./TrialWebhook";
 
 /** How often the list's counts are read again while the tab is open. */
 const REFRESH_EVERY_MS = 2000;
@@ -18,6 +20,12 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   const [consumers, setConsumers] = useState<ConsumerView[] | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
   const [creating, setCreating] = useState(false);
+  // The consumer whose page is open, by name.
+  const [open, setOpen] = useState<string | null>(null);
+  // The "Try a webhook" receiver's URL, once started.
+  const [trial, setTrial] = useState<string | null>(null);
+  const [trialError, setTrialError] = useState<BackendError | null>(null);
+  const [trying, setTrying] = useState(false);
 
   const reload = useCallback(async () => {
     try {
@@ -29,19 +37,49 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   }, [profileId]);
 
   useEffect(() => {
+    if (open !== null) return;
     void reload();
     const timer = setInterval(() => void reload(), REFRESH_EVERY_MS);
     return () => clearInterval(timer);
-  }, [reload]);
+  }, [reload, open]);
+
+  async function tryWebhook() {
+    setTrying(true);
+    setTrialError(null);
+    try {
+      setTrial((await backend.tryWebhook(profileId)).url);
+      void reload();
+    } catch (e) {
+      setTrialError(e as BackendError);
+    } finally {
+      setTrying(false);
+    }
+  }
+
+  if (open !== null) {
+    return <ConsumerPage profileId={profileId} name={open} onBack={() => setOpen(null)} />;
+  }
 
   return (
     <section className="panel" data-testid="consumers-panel">
       <div className="card-head">
         <h2>Consumers</h2>
         {!creating && (
-          <button type="button" data-testid="consumer-new" onClick={() => setCreating(true)}>
-            Create consumer
-          </button>
+          <span className="actions">
+            <button type="button" data-testid="consumer-new" onClick={() => setCreating(true)}>
+              Create consumer
+            </button>
+            <button
+              type="button"
+              className="secondary"
+              data-testid="consumer-try-webhook"
+              disabled={trying}
+              title="Deliver to a receiver inside Tidepool and see what arrives"
+              onClick={() => void tryWebhook()}
+            >
+              Try a webhook
+            </button>
+          </span>
         )}
       </div>
       <p className="muted">
@@ -59,6 +97,8 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
           }}
         />
       )}
+      {trialError && <ErrorNotice error={trialError} testId="trial-webhook-start-error" />}
+      {trial && <TrialWebhook url={trial} onClose={() => setTrial(null)} />}
       {error && <ErrorNotice error={error} testId="consumers-error" />}
       {consumers === null && !error && (
         <p className="muted" data-testid="consumers-loading">
@@ -73,7 +113,13 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
       {consumers && consumers.length > 0 && (
         <ul className="consumers" data-testid="consumers-list">
           {consumers.map((c) => (
-            <ConsumerItem key={c.id} profileId={profileId} consumer={c} onChanged={() => void reload()} />
+            <ConsumerItem
+              key={c.id}
+              profileId={profileId}
+              consumer={c}
+              onChanged={() => void reload()}
+              onOpen={() => setOpen(c.name)}
+            />
           ))}
         </ul>
       )}
@@ -85,10 +131,12 @@ function ConsumerItem({
   profileId,
   consumer: c,
   onChanged,
+  onOpen,
 }: {
   profileId: string;
   consumer: ConsumerView;
   onChanged: () => void;
+  onOpen: () => void;
 }) {
   const [confirming, setConfirming] = useState(false);
   const [secret, setSecret] = useState<string | null>(null);
@@ -121,6 +169,14 @@ function ConsumerItem({
         <span className="badge" data-testid={`${id}-mode`}>
           {c.mode}
         </span>
+        {c.paused && (
+          <span className="badge warn" data-testid={`${id}-paused`}>
+            paused
+          </span>
+        )}
+        <button type="button" className="secondary" data-testid={`${id}-open`} onClick={onOpen}>
+          Open
+        </button>
       </div>
       <dl className="facts">
         <dt>Collections</dt>

@@ -564,6 +564,67 @@ export interface Consumer extends ConsumerSpec {
   /** Messages parked after their last retry. */
   failed: number;
   notices: ConsumerNotice[];
+  /** Paused by hand: nothing is delivered, its messages stay queued. */
+  paused: boolean;
+}
+
+/** One request a consumer's delivery made (or a test message), newest first on its page. */
+export interface DeliveryAttempt {
+  /** When it started (Unix ms). */
+  atMs: number;
+  /** Messages it carried (0 for a test message). */
+  messages: number;
+  /** The HTTP status answered, if one was. */
+  status: number | null;
+  /** Why it failed; null when acknowledged. */
+  error: string | null;
+  durationMs: number;
+  test: boolean;
+}
+
+/** What a consumer delivered in one second (seconds without deliveries have none). */
+export interface DeliverySample {
+  /** Unix seconds. */
+  second: number;
+  delivered: number;
+  /** Mean commit → delivered latency. */
+  latencyAvgMs: number;
+  latencyMaxMs: number;
+}
+
+/** A consumer page's recent requests and per-second samples (engine: consumers::ConsumerActivity). */
+export interface ConsumerActivity {
+  attempts: DeliveryAttempt[];
+  samples: DeliverySample[];
+  /** When it was read (Unix ms). */
+  nowMs: number;
+}
+
+/** What "Send a test message" got back (engine: deliver::webhook::TestResult). */
+export interface TestMessageResult extends DeliveryAttempt {
+  /** The webhook-id it was signed under (`msg_test_…`). */
+  webhookId: string;
+  /** The body sent. */
+  body: string;
+}
+
+/** A request the app's "Try a webhook" receiver got (engine: deliver::trial::TrialRequest). */
+export interface TrialRequest {
+  atMs: number;
+  webhookId: string;
+  /** Whether its signature verifies with the consumer's signing secret. */
+  verified: boolean;
+  messages: number;
+  /** Each message's action and table ("insert shop.orders"), or "test". */
+  summary: string[];
+  /** The body, pretty-printed (cut at 16 KiB). */
+  body: string;
+}
+
+/** What "Try a webhook" made: the app's receiver URL and the consumer pointed at it. */
+export interface TrialWebhook {
+  url: string;
+  consumer: Consumer;
 }
 
 /** A message parked after its last retry. */

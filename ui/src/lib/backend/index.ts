@@ -38,7 +38,11 @@ import {
   type ServerFacts,
   type SlotHealth,
   type Consumer,
+  type ConsumerActivity,
   type ConsumerAction,
+  type TestMessageResult,
+  type TrialRequest,
+  type TrialWebhook,
   type ConsumerSpec,
   type ConsumerView,
   type PullAccess,
@@ -233,3 +237,24 @@ export const skipConsumer = (id: string, name: string, seq: number | null = null
 /** Checks a filter as saving would, and tries it on the collections' newest changes. */
 export const checkConsumerFilter = (id: string, filter: string, collections: string[], actions: ConsumerAction[]) =>
   call<FilterCheck>("check_consumer_filter", { id, filter, collections, actions });
+
+/** Pauses (`true`) or resumes a consumer: while paused nothing is delivered and its messages stay queued. */
+export const setConsumerPaused = (id: string, name: string, paused: boolean) =>
+  call<Consumer>("set_consumer_paused", { id, name, paused });
+
+/** A consumer's recent requests (status, duration, error) and per-second delivered counts and latency. */
+export const consumerActivity = (id: string, name: string) =>
+  call<ConsumerActivity>("consumer_activity", { id, name });
+
+/** "Send a test message": one signed request to a webhook consumer's URL, its body marked as a test. */
+export const testConsumer = (id: string, name: string) => call<TestMessageResult>("test_consumer", { id, name });
+
+/** Saves a consumer's new definition; secret header values given go to the keychain, the others stay there. */
+export const editConsumer = (id: string, name: string, spec: ConsumerSpec, secretHeaders: SecretHeaderValue[] = []) =>
+  call<Consumer>("edit_consumer", { id, name, spec, secretHeaders });
+
+/** "Try a webhook": the app's own receiver, and a consumer `try-webhook` of every collection delivering to it. */
+export const tryWebhook = (id: string) => call<TrialWebhook>("try_webhook", { id });
+
+/** What the "Try a webhook" receiver got, newest first. */
+export const trialWebhookRequests = () => call<TrialRequest[]>("trial_webhook_requests");
