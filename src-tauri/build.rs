@@ -1,7 +1,8 @@
 //! Every command the UI may call is listed here, so Tauri generates one `allow-<command>` permission
 //! per command; `capabilities/default.json` grants exactly those (plus listening to events), and the
-//! window can reach nothing else. Keep this list and `generate_handler!` in lib.rs the same: a command
-//! missing here is refused at run time (the e2e tests would fail).
+//! window can reach nothing else. Keep this list, `generate_handler!` in lib.rs, the capability and
+//! the UI's backend module the same: a command missing here is refused at run time, and
+//! `tests/commands.rs` fails naming it.
 
 const COMMANDS: &[&str] = &[
     "list_profiles",

@@ -15,6 +15,15 @@
 //! - The superuser password never reaches a file or a process argument: it is set over the local socket.
 //! - The folder is owner-only ([`crate::owner_only`]): other accounts can read neither the data nor the
 //!   log, nor reach the trusted local socket.
+//! - Linux only, said at compile time: the parent-death signal that stops the server when the app is
+//!   killed is Linux's own (`prctl`); macOS and Windows would need another way (a kqueue watch, a job
+//!   object), and without one a killed app would leave its server running.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "src/cluster.rs (the demo database and the tests' PostgreSQL servers) supports Linux only; \
+     see README.md, Platforms"
+);
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;

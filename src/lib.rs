@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod health;
 pub mod large_value;
+mod module_graph;
 pub mod neon;
 pub mod owner_only;
 pub mod pgoutput;

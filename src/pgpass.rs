@@ -2,31 +2,54 @@
 //!
 //! The command line reads it so a password never has to travel in an argument. Rules are libpq's: lines
 //! `hostname:port:database:username:password`, `*` matches anything, `\:` and `\\` escape, `#` starts a
-//! comment, the first matching line wins, and a file that group or others can read is ignored (with a
-//! warning), exactly as libpq does.
+//! comment, the first matching line wins, and on Unix a file that group or others can read is ignored
+//! (with a warning), exactly as libpq does. On Windows libpq reads `%APPDATA%\postgresql\pgpass.conf`
+//! and checks no permissions (the folder is the user's own); so does this module.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::secrets::Secret;
 
-/// The password file libpq would read: `PGPASSFILE`, else `~/.pgpass`.
+/// The password file libpq would read: `PGPASSFILE`, else `~/.pgpass` (Windows:
+/// `%APPDATA%\postgresql\pgpass.conf`).
 pub fn default_path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PGPASSFILE") {
         return Some(PathBuf::from(path));
     }
+    users_file()
+}
+
+#[cfg(not(windows))]
+fn users_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pgpass"))
+}
+
+#[cfg(windows)]
+fn users_file() -> Option<PathBuf> {
+    std::env::var_os("APPDATA").map(|dir| PathBuf::from(dir).join("postgresql").join("pgpass.conf"))
 }
 
 /// Looks up the password for a connection in the file at `path`.
 pub fn lookup(path: &Path, host: &str, port: u16, database: &str, user: &str) -> Option<Secret> {
-    let metadata = std::fs::metadata(path).ok()?;
-    if metadata.permissions().mode() & 0o077 != 0 {
+    if others_may_read(path)? {
         tracing::warn!(file = %path.display(), "password file has group or world access; ignoring it (chmod 0600)");
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
     find(&text, host, port, database, user)
+}
+
+/// Whether group or others have any access to the file (`None` if it cannot be read at all).
+#[cfg(unix)]
+fn others_may_read(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o077 != 0)
+}
+
+/// libpq makes no permission check off Unix: the file lives in the user's own profile folder.
+#[cfg(not(unix))]
+fn others_may_read(path: &Path) -> Option<bool> {
+    std::fs::metadata(path).ok().map(|_| false)
 }
 
 /// The first matching entry of a password file's text.
@@ -94,7 +117,9 @@ db.example.com:5432:app:alice:first
     }
 
     #[test]
+    #[cfg(unix)] // file modes; libpq checks none off Unix
     fn group_readable_files_are_ignored() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("tidepool-pgpass-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pgpass");

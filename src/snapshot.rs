@@ -27,7 +27,6 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -235,6 +234,32 @@ fn duplicate_or_unsorted(skey: &[u8], last: &[u8]) -> Error {
     } else {
         Error::internal("snapshot: rows reached a sorted run out of order")
     }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`. Positional: readers share one handle, so no read may
+/// depend on (or move) a cursor another is using.
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+/// Windows has no `pread`; `seek_read` reads at an offset too, but may read short.
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Starts writing `len` bytes at `from` back to disk without waiting, so the fsync at the end of a
@@ -497,13 +522,12 @@ impl Snapshot {
             return Err(damaged("too short"));
         }
         let mut head = [0u8; 8];
-        file.read_exact_at(&mut head, 0)
-            .map_err(io(path, "reading"))?;
+        read_exact_at(&file, &mut head, 0).map_err(io(path, "reading"))?;
         let (mark, data_start, sealer) = match (&head, key) {
             (MAGIC, None) => (MAGIC, MAGIC.len() as u64, None),
             (SEALED_MAGIC, Some(key)) => {
                 let mut salt = [0u8; SALT_BYTES];
-                file.read_exact_at(&mut salt, MAGIC.len() as u64)
+                read_exact_at(&file, &mut salt, MAGIC.len() as u64)
                     .map_err(|_| damaged("too short"))?;
                 (
                     SEALED_MAGIC,
@@ -524,8 +548,7 @@ impl Snapshot {
             _ => return Err(damaged("no start mark")),
         };
         let mut footer = [0u8; FOOTER];
-        file.read_exact_at(&mut footer, len - FOOTER as u64)
-            .map_err(io(path, "reading"))?;
+        read_exact_at(&file, &mut footer, len - FOOTER as u64).map_err(io(path, "reading"))?;
         let word = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&footer[i * 8..i * 8 + 8]);
@@ -540,8 +563,7 @@ impl Snapshot {
             return Err(damaged("the index is out of place"));
         }
         let mut raw = vec![0u8; (index_end - index_offset) as usize];
-        file.read_exact_at(&mut raw, index_offset)
-            .map_err(io(path, "reading"))?;
+        read_exact_at(&file, &mut raw, index_offset).map_err(io(path, "reading"))?;
         if let Some(sealer) = &sealer {
             sealer.open(INDEX_CHUNK, &footer[..24], &mut raw).ok_or_else(|| {
                 Error::new(
@@ -610,9 +632,7 @@ impl Snapshot {
             .ok_or_else(|| Error::internal(format!("snapshot: no block {i}")))?;
         let end = self.index.get(i + 1).map_or(self.data_end, |e| e.offset);
         let mut data = vec![0u8; (end - entry.offset) as usize];
-        self.file
-            .read_exact_at(&mut data, entry.offset)
-            .map_err(io(&self.path, "reading"))?;
+        read_exact_at(&self.file, &mut data, entry.offset).map_err(io(&self.path, "reading"))?;
         if let Some(sealer) = &self.sealer {
             sealer.open(i as u64, &[], &mut data).ok_or_else(|| {
                 Error::internal(format!(

@@ -9,6 +9,7 @@ import type {
   Choice as KeylessChoice,
   DiscoveredTable,
   PublicationPlan,
+  TableRef,
 } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { KeylessChoices } from "./KeylessChoices";
@@ -84,15 +85,13 @@ export function TablesPanel({ profileId }: { profileId: string }) {
     };
   }, [profileId]);
 
-  // The selected tables, as one string so the plan is asked for again only when they change.
-  const selectedIds = choices
-    .filter((c) => c.selected)
-    .map((c) => rowId(c.table))
-    .join("\n");
+  // The selected tables, as one string so the plan is asked for again only when they change:
+  // `choices` changes with every keystroke in a name, and only the selection matters here.
+  const selectedTables = JSON.stringify(
+    choices.filter((c) => c.selected).map((c) => ({ schema: c.table.schema, table: c.table.table })),
+  );
   useEffect(() => {
-    const tables = choices
-      .filter((c) => c.selected)
-      .map((c) => ({ schema: c.table.schema, table: c.table.table }));
+    const tables: TableRef[] = JSON.parse(selectedTables);
     if (tables.length === 0) {
       setPlan(null);
       return;
@@ -105,8 +104,7 @@ export function TablesPanel({ profileId }: { profileId: string }) {
     return () => {
       live = false;
     };
-    // `choices` changes with every keystroke in a name; only the selection matters here.
-  }, [profileId, selectedIds, keyless]);
+  }, [profileId, selectedTables, keyless]);
 
   const change = (id: string, patch: Partial<Choice>) =>
     setChoices((previous) => previous.map((c) => (rowId(c.table) === id ? { ...c, ...patch } : c)));
