@@ -711,10 +711,18 @@ fn preflight_target(
 /// Prints the server's facts and the preflight checklist; returns whether a check failed.
 async fn check(target: &Target, json: bool, scope: &Scope) -> Result<bool, Error> {
     let spec = spec_for(target)?;
-    let facts = connection::test_connection(&spec).await?;
     let preflight = preflight_target(target, &spec, scope)?;
+    let facts = connection::test_connection(&spec)
+        .await
+        .map_err(|e| e.in_neon_project(preflight.neon_project.as_deref()))?;
     let client = connection::connect(&spec).await?;
-    let checks = tidepool::preflight::run(&client, &preflight).await?;
+    let mut checks = tidepool::preflight::run(&client, &preflight).await?;
+    if let Some(project) = &preflight.neon_project {
+        let neon = tokio::task::spawn_blocking(tidepool::neon::Client::from_keychain)
+            .await
+            .map_err(Error::internal)?;
+        checks.push(tidepool::preflight::neon_ip_allow(neon, project).await);
+    }
     let failed = checks
         .iter()
         .any(|c| c.status == tidepool::preflight::Status::Fail);
