@@ -12,6 +12,8 @@
 //! - every identifier in a planned statement is quoted by [`crate::sql::ident`];
 //! - a plan publishes exactly the tables asked for (never `FOR ALL TABLES`) and only adds, except a
 //!   table whose writes are refused now, which leaves the publication only when the user asked so;
+//! - outside a plan, a table leaves a publication only by name ([`drop_table_statements`], for
+//!   `binding remove --drop-from-publication`), which can never make PostgreSQL refuse a write;
 //! - [`apply`] refuses a plan with a hazard the user has not decided, and refuses to commit when,
 //!   after its statements, any table's UPDATE or DELETE would be refused that was accepted before
 //!   (checked in the same transaction, so a race with a concurrent `ALTER TABLE` cannot slip by);
@@ -607,6 +609,45 @@ fn statements_for(
         }
     }
     statements
+}
+
+/// The statements that take `table` out of a capture's publication and its insert-only companion:
+/// one `ALTER PUBLICATION … DROP TABLE …` per publication that lists it. Dropping never makes
+/// PostgreSQL refuse a write, so there is nothing to decide. A `FOR ALL TABLES` publication cannot
+/// drop one table: that is an error saying so.
+pub async fn drop_table_statements(
+    client: &Client,
+    publication: &str,
+    table: &TableRef,
+) -> Result<Vec<String>> {
+    let mut statements = Vec::new();
+    for name in streamed(client, publication).await? {
+        let Some(info) = find(client, &name).await? else {
+            continue;
+        };
+        if info.all_tables {
+            return Err(Error::invalid_input(
+                "--drop-from-publication",
+                format!(
+                    "{} is FOR ALL TABLES: it cannot drop {}; recreate it with the tables to publish (`tidepool setup … publication --tables …`)",
+                    sql::ident(&name),
+                    table.quoted()
+                ),
+            ));
+        }
+        if info
+            .tables
+            .iter()
+            .any(|(s, t)| *s == table.schema && *t == table.table)
+        {
+            statements.push(format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                sql::ident(&name),
+                table.quoted()
+            ));
+        }
+    }
+    Ok(statements)
 }
 
 /// "Save and publish"'s part on the server: plans publishing the bound `tables` with `choices` and

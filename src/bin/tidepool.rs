@@ -93,18 +93,16 @@ enum Command {
     },
     /// Lists the store's collections: name, current rows, changes.
     Collections {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints a collection's current rows (or its change log) as JSON lines.
     Preview {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// The collection, e.g. public/orders.
         collection: String,
         /// The change log in order instead of the current rows.
@@ -350,9 +348,8 @@ enum NeonCommand {
 enum BindingCommand {
     /// Lists the bindings: table, collection, mode, backfill counter.
     List {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -362,9 +359,9 @@ enum BindingCommand {
     Add {
         #[command(flatten)]
         target: Target,
-        /// The store folder.
+        /// The store folder (default: the profile's own store).
         #[arg(long)]
-        store: PathBuf,
+        store: Option<PathBuf>,
         /// schema.table
         table: String,
         /// The collection's name (default schema/table).
@@ -379,17 +376,15 @@ enum BindingCommand {
     },
     /// Reads a bound table again (a re-backfill) while the capture runs.
     Backfill {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// schema.table
         table: String,
     },
     /// Renames a binding's collection (the stored rows and log keep their history).
     Rename {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// schema.table
         table: String,
         /// The new collection name.
@@ -397,11 +392,17 @@ enum BindingCommand {
     },
     /// Stops capturing a table; its collection stays in the store.
     Remove {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// schema.table
         table: String,
+        /// Also take the table out of the profile's publication (and its insert-only companion):
+        /// its changes then stop reaching the slot at all. Needs --profile.
+        #[arg(long)]
+        drop_from_publication: bool,
+        /// Print the statements, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -513,7 +514,10 @@ async fn main() -> ExitCode {
             publication,
             json,
         } => (discover(&target, publication, json).await, json),
-        Command::Collections { store, json } => (collections(&store, json), json),
+        Command::Collections { store, json } => (
+            store.dir().and_then(|store| collections(&store, json)),
+            json,
+        ),
         Command::Preview {
             store,
             collection,
@@ -522,14 +526,16 @@ async fn main() -> ExitCode {
             filter,
             contains,
         } => (
-            preview(
-                &store,
-                &collection,
-                changes,
-                limit,
-                filter.as_deref(),
-                contains,
-            ),
+            store.dir().and_then(|store| {
+                preview(
+                    &store,
+                    &collection,
+                    changes,
+                    limit,
+                    filter.as_deref(),
+                    contains,
+                )
+            }),
             false,
         ),
         Command::Demo { interval_ms } => (demo(interval_ms).await, false),
@@ -1485,6 +1491,7 @@ async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
 async fn binding_command(command: BindingCommand) -> Result<(), Error> {
     match command {
         BindingCommand::List { store, json } => {
+            let store = store.dir()?;
             let definition = Definition::load_from(&store)?;
             if json {
                 println!(
@@ -1516,6 +1523,16 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             no_backfill,
             keyless,
         } => {
+            let store = match (store, &target.profile) {
+                (Some(store), _) => store,
+                (None, Some(profile)) => profiles()?.store_dir(profile)?,
+                (None, None) => {
+                    return Err(Error::invalid_input(
+                        "--store",
+                        "give --store, or --profile to use the profile's own store",
+                    ))
+                }
+            };
             let mut definition = Definition::load_from(&store)?;
             let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
             if definition.binding(&schema, &table).is_some() {
@@ -1553,7 +1570,7 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             eprintln!("bound {schema}.{table} to {collection}");
         }
         BindingCommand::Backfill { store, table } => {
-            edit_binding(&store, &table, |b| {
+            edit_binding(&store.dir()?, &table, |b| {
                 b.backfill += 1;
                 eprintln!(
                     "{}.{}: backfill #{} requested",
@@ -1566,9 +1583,15 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             table,
             collection,
         } => {
-            edit_binding(&store, &table, |b| b.collection = collection.clone())?;
+            edit_binding(&store.dir()?, &table, |b| b.collection = collection.clone())?;
         }
-        BindingCommand::Remove { store, table } => {
+        BindingCommand::Remove {
+            store: store_arg,
+            table,
+            drop_from_publication,
+            dry_run,
+        } => {
+            let store = store_arg.dir()?;
             let mut definition = Definition::load_from(&store)?;
             let (schema, name) = tidepool::backfill::parse_table_name(&table)?;
             let before = definition.bindings.len();
@@ -1581,7 +1604,52 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
                     format!("{table} is not bound"),
                 ));
             }
+            // The statements are planned (and shown) before anything changes, the binding included.
+            let dropping = if drop_from_publication {
+                let profile = store_arg.profile.clone().ok_or_else(|| {
+                    Error::invalid_input(
+                        "--drop-from-publication",
+                        "give --profile: its connection alters the publication",
+                    )
+                })?;
+                let spec = spec_for(&Target {
+                    url: None,
+                    profile: Some(profile),
+                })?;
+                let client = connection::connect(&spec).await?;
+                let statements = tidepool::publication::drop_table_statements(
+                    &client,
+                    &definition.publication,
+                    &tidepool::publication::TableRef::new(&schema, &name),
+                )
+                .await?;
+                if statements.is_empty() {
+                    eprintln!(
+                        "{schema}.{name} is not in publication {}",
+                        tidepool::sql::ident(&definition.publication)
+                    );
+                }
+                Some((client, statements))
+            } else {
+                None
+            };
+            if dry_run {
+                for statement in dropping.iter().flat_map(|(_, s)| s) {
+                    println!("{statement}");
+                }
+                return Ok(());
+            }
             definition.save(&mut Store::open(&store)?)?;
+            eprintln!("unbound {schema}.{name}; its collection stays in the store");
+            if let Some((client, statements)) = dropping {
+                for statement in statements {
+                    println!("{statement}");
+                    client
+                        .batch_execute(&statement)
+                        .await
+                        .map_err(|e| Error::from_postgres(&e, &statement))?;
+                }
+            }
         }
     }
     Ok(())
