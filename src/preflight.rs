@@ -457,6 +457,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
                     publication: target.publication.clone(),
                     tables: Vec::new(),
                     choices: Vec::new(),
+                    all_tables: false,
                 },
                 statements: Vec::new(),
             }),
@@ -469,6 +470,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
                 .map(|(s, t)| crate::publication::TableRef::new(s, t))
                 .collect(),
             choices: Vec::new(),
+            all_tables: false,
         };
         let plan = crate::publication::plan(client, &request).await?;
         let undecided = plan.undecided().len();

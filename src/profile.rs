@@ -930,6 +930,7 @@ impl Profiles {
                 publication: profile.publication.clone(),
                 tables,
                 choices,
+                all_tables: false,
             },
         )
         .await

@@ -276,6 +276,10 @@ enum SetupCommand {
     Publication {
         #[command(flatten)]
         keyless: Keyless,
+        /// FOR ALL TABLES instead of --tables; refused while a table without a usable replica
+        /// identity has no --keyless schema.table=replica-identity-full.
+        #[arg(long)]
+        all_tables: bool,
     },
     /// Creates the slot (pgoutput).
     CreateSlot,
@@ -790,11 +794,20 @@ async fn setup(
             schema,
             role: role.unwrap_or(connecting),
         },
-        SetupCommand::Publication { keyless } => {
-            if preflight.tables.is_empty() {
+        SetupCommand::Publication {
+            keyless,
+            all_tables,
+        } => {
+            if all_tables && !preflight.tables.is_empty() {
+                return Err(Error::invalid_input(
+                    "--all-tables",
+                    "give either --tables or --all-tables, not both",
+                ));
+            }
+            if !all_tables && preflight.tables.is_empty() {
                 return Err(Error::invalid_input(
                     "--tables",
-                    "name the tables to publish (Tidepool never publishes every table: a published table without a primary key refuses updates and deletes)",
+                    "name the tables to publish, or give --all-tables (a published table without a usable replica identity refuses updates and deletes, so every one is checked first)",
                 ));
             }
             let client = connection::connect(&spec).await?;
@@ -806,19 +819,19 @@ async fn setup(
                     .map(|(s, t)| tidepool::publication::TableRef::new(s, t))
                     .collect(),
                 choices: keyless.parse()?,
+                all_tables,
             };
             let plan = tidepool::publication::plan(&client, &request).await?;
             print_notes(&plan);
             if !dry_run {
                 // Before anything is printed as if it ran: the choice is the user's.
                 plan.ensure_decided().map_err(|e| {
-                    Error::invalid_input(
-                        "--keyless",
-                        format!(
-                            "{}: add --keyless schema.table=leave-out|replica-identity-full|insert-only for each",
-                            e.message()
-                        ),
-                    )
+                    let flag = if all_tables {
+                        "add --keyless schema.table=replica-identity-full for each, or use --tables"
+                    } else {
+                        "add --keyless schema.table=leave-out|replica-identity-full|insert-only for each"
+                    };
+                    Error::invalid_input("--keyless", format!("{}: {flag}", e.message()))
                 })?;
             }
             Action::Publication {
