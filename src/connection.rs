@@ -501,6 +501,66 @@ mod tests {
         }
     }
 
+    /// Neon's proxy refuses an address outside a project's IP Allow list with an ErrorResponse during
+    /// start-up; a loopback listener answers the startup message with exactly that.
+    #[tokio::test]
+    async fn a_neon_ip_allow_refusal_names_ip_allow_and_the_project() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let length = socket.read_i32().await.unwrap();
+            let mut startup = vec![0; length as usize - 4];
+            socket.read_exact(&mut startup).await.unwrap();
+            let mut fields = Vec::new();
+            for (code, value) in [
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', "XX000"),
+                (b'M', "This IP address 203.0.113.7 is not allowed to connect to this endpoint. Please add it to the allowed list in the Neon console. Make sure to check for IPv4 or IPv6 addresses."),
+            ] {
+                fields.push(code);
+                fields.extend_from_slice(value.as_bytes());
+                fields.push(0);
+            }
+            fields.push(0);
+            let mut message = vec![b'E'];
+            message.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
+            message.extend_from_slice(&fields);
+            socket.write_all(&message).await.unwrap();
+        });
+        let mut spec = ConnectionSpec::new("127.0.0.1", port, "cdc_role", "neondb");
+        spec.sslmode = SslMode::Disable;
+        let err = connect(&spec).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permission, "{}", err.message());
+        assert!(err.is_neon_ip_allow_refusal());
+        assert!(
+            err.message()
+                .contains("Neon's IP Allow refuses this connection")
+                && err.message().contains("203.0.113.7")
+                && err
+                    .message()
+                    .contains("Add the public address Tidepool connects from"),
+            "{}",
+            err.message()
+        );
+        let named = err.in_neon_project(Some("hidden-cell-763301"));
+        assert!(
+            named
+                .message()
+                .contains("Neon's IP Allow of project hidden-cell-763301 refuses this connection"),
+            "{}",
+            named.message()
+        );
+        assert_eq!(named.kind(), ErrorKind::Permission);
+
+        // Any other error is left as it was.
+        let other = Error::new(ErrorKind::Permission, "permission denied for table t");
+        assert!(!other.is_neon_ip_allow_refusal());
+        assert_eq!(other.clone().in_neon_project(Some("p")), other);
+    }
+
     #[test]
     fn bad_addresses_name_the_field() {
         for input in [

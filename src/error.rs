@@ -123,6 +123,27 @@ impl Error {
         }
     }
 
+    /// This error with the Neon project named, when it is a refusal by Neon's IP Allow (what to change
+    /// is that project's list); any other error unchanged.
+    pub fn in_neon_project(self, project: Option<&str>) -> Self {
+        match project {
+            Some(project) if self.is_neon_ip_allow_refusal() => Error {
+                kind: self.kind,
+                message: self.message.replacen(
+                    NEON_IP_ALLOW,
+                    &format!("Neon's IP Allow of project {project}"),
+                    1,
+                ),
+            },
+            _ => self,
+        }
+    }
+
+    /// Whether Neon's proxy refused the connection because of the project's IP Allow list.
+    pub fn is_neon_ip_allow_refusal(&self) -> bool {
+        self.kind == ErrorKind::Permission && self.message.contains(NEON_IP_ALLOW_REFUSAL)
+    }
+
     /// Classifies an error from the PostgreSQL driver. `target` names the server (host and port) so the
     /// message says where the failure happened.
     pub fn from_postgres(err: &tokio_postgres::Error, target: &str) -> Self {
@@ -130,6 +151,16 @@ impl Error {
 
         if let Some(db) = err.as_db_error() {
             let code = db.code();
+            if db.message().contains(NEON_IP_ALLOW_REFUSAL) {
+                return Error::new(
+                    ErrorKind::Permission,
+                    format!(
+                        "{target}: {NEON_IP_ALLOW} refuses this connection: {} (SQLSTATE {}). Add the public address Tidepool connects from to the project's list (Neon Console → Project settings → Network security → IP Allow)",
+                        db.message(),
+                        code.code()
+                    ),
+                );
+            }
             let kind = if *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             {
@@ -211,6 +242,14 @@ impl Error {
         Error::new(ErrorKind::Postgres, format!("{target}: {detail}"))
     }
 }
+
+/// What Neon's proxy says when a project's IP Allow list does not hold the client's address
+/// ("This IP address 203.0.113.7 is not allowed to connect to this endpoint. Please add it to the
+/// allowed list in the Neon console. …").
+const NEON_IP_ALLOW_REFUSAL: &str = "is not allowed to connect to this endpoint";
+
+/// How a refusal by IP Allow is named before the project is known.
+const NEON_IP_ALLOW: &str = "Neon's IP Allow";
 
 /// The rustls error behind a driver error. `io::Error::source` skips its own payload, so the walk looks
 /// inside each `io::Error` as well.

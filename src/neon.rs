@@ -81,6 +81,22 @@ pub fn endpoint_of_host(host: &str) -> Option<String> {
     id.starts_with("ep-").then(|| id.to_string())
 }
 
+/// A project's IP Allow settings (`project.settings.allowed_ips` in `GET /projects/{project_id}`):
+/// when `ips` is non-empty, Neon's proxy refuses connections from any other address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedIps {
+    /// Addresses, ranges (`a-b`) and CIDR blocks, as the project lists them.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// The list applies to protected branches only (other branches take any address).
+    #[serde(default, alias = "protected_branches_only")]
+    pub protected_branches_only: bool,
+    /// The older name of the same restriction: the list applies to the primary (default) branch only.
+    #[serde(default, alias = "primary_branch_only")]
+    pub primary_branch_only: bool,
+}
+
 /// The JSON body that turns on logical replication.
 pub fn enable_logical_replication_body() -> Json {
     json!({"project": {"settings": {"enable_logical_replication": true}}})
@@ -194,6 +210,26 @@ impl Client {
             }
         }
         Ok(None)
+    }
+
+    /// The project's IP Allow settings; a project without any (no `allowed_ips`) allows every address.
+    pub async fn allowed_ips(&self, project: &str) -> Result<AllowedIps> {
+        let mut body = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/projects/{}", segment(project)),
+                None,
+            )
+            .await?;
+        let settings = body["project"]["settings"]["allowed_ips"].take();
+        if settings.is_null() {
+            return Ok(AllowedIps::default());
+        }
+        serde_json::from_value(settings).map_err(|e| {
+            Error::internal(format!(
+                "Neon API: unexpected 'project.settings.allowed_ips' for project {project}: {e}"
+            ))
+        })
     }
 
     /// GETs `path` and reads the list in the answer's `name` member.

@@ -124,6 +124,63 @@ pub(crate) fn is_neon(host: &str) -> bool {
     host.ends_with(".neon.tech") || host.ends_with(".neon.build")
 }
 
+/// The IP Allow check for a profile linked to Neon `project`: Neon's proxy refuses connections from
+/// any address outside a non-empty list, and this machine's public address cannot be known from here,
+/// so a list is a warning that shows it and says what to add; an empty list passes.
+pub fn ip_allow(project: &str, allowed: &crate::neon::AllowedIps) -> Check {
+    if allowed.ips.is_empty() {
+        return check(
+            "neon_ip_allow",
+            "Neon IP Allow",
+            Status::Pass,
+            format!("Neon project {project} takes connections from any address (its IP Allow list is empty)."),
+            None,
+        );
+    }
+    let scope = if allowed.protected_branches_only || allowed.primary_branch_only {
+        " on its protected branches"
+    } else {
+        ""
+    };
+    check(
+        "neon_ip_allow",
+        "Neon IP Allow",
+        Status::Warn,
+        format!(
+            "Neon project {project} restricts connections{scope} to these addresses (IP Allow): {}. \
+             If Tidepool's connections are refused (\"This IP address … is not allowed to connect to this endpoint\"), \
+             add the public address Tidepool connects from to the list: Neon Console → Project settings → Network security → IP Allow.",
+            allowed.ips.join(", ")
+        ),
+        None,
+    )
+}
+
+/// [`ip_allow`] with the settings read through the Neon API; when they cannot be read (no API key,
+/// an API error) the check says why and warns, since the list is then unknown.
+pub async fn neon_ip_allow(neon: Result<crate::neon::Client>, project: &str) -> Check {
+    let mut client = match neon {
+        Ok(client) => client,
+        Err(e) => return unknown_ip_allow(project, &e),
+    };
+    // A preflight waits for this answer: one retry, not the full back-off of a fix.
+    client.attempts = client.attempts.min(2);
+    match client.allowed_ips(project).await {
+        Ok(allowed) => ip_allow(project, &allowed),
+        Err(e) => unknown_ip_allow(project, &e),
+    }
+}
+
+fn unknown_ip_allow(project: &str, e: &Error) -> Check {
+    check(
+        "neon_ip_allow",
+        "Neon IP Allow",
+        Status::Warn,
+        format!("Could not read the IP Allow settings of Neon project {project} ({e}); if the project restricts connections by address, the address Tidepool connects from must be on its list."),
+        None,
+    )
+}
+
 /// Runs every check.
 pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     let q = |e: tokio_postgres::Error| Error::from_postgres(&e, "running the preflight checks");
@@ -400,6 +457,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
                     publication: target.publication.clone(),
                     tables: Vec::new(),
                     choices: Vec::new(),
+                    all_tables: false,
                 },
                 statements: Vec::new(),
             }),
@@ -412,6 +470,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
                 .map(|(s, t)| crate::publication::TableRef::new(s, t))
                 .collect(),
             choices: Vec::new(),
+            all_tables: false,
         };
         let plan = crate::publication::plan(client, &request).await?;
         let undecided = plan.undecided().len();

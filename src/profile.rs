@@ -845,8 +845,14 @@ impl Profiles {
             running_capture,
             store_history: Some(store_history),
         };
-        let client = crate::connection::connect(&spec).await?;
-        crate::preflight::run(&client, &target).await
+        let client = crate::connection::connect(&spec)
+            .await
+            .map_err(|e| e.in_neon_project(target.neon_project.as_deref()))?;
+        let mut checks = crate::preflight::run(&client, &target).await?;
+        if let Some(project) = &target.neon_project {
+            checks.push(crate::preflight::neon_ip_allow(self.neon_client().await, project).await);
+        }
+        Ok(checks)
     }
 
     /// Runs a fix the user confirmed: SQL as the profile's role, a Neon action through the Neon API
@@ -989,6 +995,7 @@ impl Profiles {
                 publication: profile.publication.clone(),
                 tables,
                 choices,
+                all_tables: false,
             },
         )
         .await

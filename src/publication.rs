@@ -10,8 +10,12 @@
 //!
 //! Invariants:
 //! - every identifier in a planned statement is quoted by [`crate::sql::ident`];
-//! - a plan publishes exactly the tables asked for (never `FOR ALL TABLES`) and only adds, except a
+//! - a plan publishes exactly the tables asked for, or `FOR ALL TABLES` only when asked
+//!   ([`Request::all_tables`]) and after the same check over every table it would cover (there a
+//!   keyless table can only be given REPLICA IDENTITY FULL), and only adds, except a
 //!   table whose writes are refused now, which leaves the publication only when the user asked so;
+//! - outside a plan, a table leaves a publication only by name ([`drop_table_statements`], for
+//!   `binding remove --drop-from-publication`), which can never make PostgreSQL refuse a write;
 //! - [`apply`] refuses a plan with a hazard the user has not decided, and refuses to commit when,
 //!   after its statements, any table's UPDATE or DELETE would be refused that was accepted before
 //!   (checked in the same transaction, so a race with a concurrent `ALTER TABLE` cannot slip by);
@@ -175,6 +179,10 @@ pub struct Request {
     /// Decisions for the tables that have no usable replica identity.
     #[serde(default)]
     pub choices: Vec<Choice>,
+    /// `FOR ALL TABLES` instead of `tables` (`setup publication --all-tables`): every table the
+    /// publication would cover is checked for a usable replica identity first ([`plan`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_tables: bool,
 }
 
 impl Request {
@@ -240,6 +248,15 @@ impl Plan {
             .iter()
             .map(|h| format!("{} ({})", h.table.quoted(), h.reason))
             .collect();
+        if self.request.all_tables {
+            return Err(Error::invalid_input(
+                "choices",
+                format!(
+                    "a FOR ALL TABLES publication would make PostgreSQL refuse every UPDATE and DELETE on {} in your application; choose for each: set REPLICA IDENTITY FULL, or publish the tables by name instead (then a table can be left out or publish its inserts only)",
+                    tables.join(", ")
+                ),
+            ));
+        }
         Err(Error::invalid_input(
             "choices",
             format!(
@@ -368,6 +385,9 @@ async fn facts(client: &Client, table: &TableRef, field: &str) -> Result<Facts> 
 pub async fn plan(client: &Client, request: &Request) -> Result<Plan> {
     if request.publication.is_empty() {
         return Err(Error::invalid_input("publication", "must not be empty"));
+    }
+    if request.all_tables {
+        return plan_all_tables(client, request).await;
     }
     let existing = find(client, &request.publication).await?;
     let companion_name = insert_only_name(&request.publication)?;
@@ -609,6 +629,153 @@ fn statements_for(
     statements
 }
 
+/// Every table a `FOR ALL TABLES` publication covers: permanent ordinary and partitioned tables
+/// (partitions through their root) outside the system schemas.
+const ALL_TABLES_SQL: &str = "
+SELECT n.nspname::text, c.relname::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+ ORDER BY 1, 2";
+
+/// [`plan`] for `FOR ALL TABLES`. Such a publication covers every table, now and later, so a table
+/// cannot be left out or published inserts-only: each table without a usable replica identity must be
+/// given REPLICA IDENTITY FULL (chosen explicitly), or the plan stays undecided and [`apply`] refuses
+/// it; [`apply`]'s check in the same transaction also catches a keyless table created meanwhile.
+/// An existing publication with a table list is refused: PostgreSQL cannot turn it into one for all
+/// tables, and dropping it under a capture would break the slot's decoding.
+async fn plan_all_tables(client: &Client, request: &Request) -> Result<Plan> {
+    let existing = find(client, &request.publication).await?;
+    if let Some(info) = existing.as_ref().filter(|p| !p.all_tables) {
+        return Err(Error::invalid_input(
+            "--all-tables",
+            format!(
+                "publication {} exists with a list of {} table(s); PostgreSQL cannot turn it into FOR ALL TABLES: keep publishing by name (--tables), or use another publication name",
+                sql::ident(&info.name),
+                info.tables.len()
+            ),
+        ));
+    }
+    let refused = refused_now(client).await?;
+    let tables: Vec<TableRef> = client
+        .query(ALL_TABLES_SQL, &[])
+        .await
+        .map_err(|e| Error::from_postgres(&e, "listing the tables FOR ALL TABLES covers"))?
+        .iter()
+        .map(|r| TableRef {
+            schema: r.get(0),
+            table: r.get(1),
+        })
+        .collect();
+    let mut partitioned_any = false;
+    let mut identity = Vec::new();
+    let mut hazards = Vec::new();
+    let mut notes = Vec::new();
+    for table in &tables {
+        let facts = facts(client, table, "tables").await?;
+        partitioned_any |= facts.partitioned;
+        if facts.gaps.is_empty() {
+            continue;
+        }
+        let refused_now = facts.gaps.iter().any(|(r, _)| refused.contains(r));
+        let handling = request.choice(table);
+        match handling {
+            Some(Handling::ReplicaIdentityFull) => {
+                for (relation, _) in &facts.gaps {
+                    identity.push(format!(
+                        "ALTER TABLE {} REPLICA IDENTITY FULL",
+                        relation.quoted()
+                    ));
+                }
+                notes.push(format!(
+                    "{}: REPLICA IDENTITY FULL first, then published with the rest",
+                    table.quoted()
+                ));
+            }
+            Some(_) => {
+                return Err(Error::invalid_input(
+                    "choices",
+                    format!(
+                        "{}: a FOR ALL TABLES publication covers every table, so it cannot be left out or published inserts-only; choose replica-identity-full, or publish the tables by name (--tables)",
+                        table.quoted()
+                    ),
+                ))
+            }
+            None => notes.push(format!(
+                "{} ({}): FOR ALL TABLES would make PostgreSQL refuse its UPDATE and DELETE; choose replica-identity-full for it, or publish the tables by name (--tables) to leave it out or publish its inserts only",
+                table.quoted(),
+                facts.gaps[0].1
+            )),
+        }
+        hazards.push(Hazard {
+            table: table.clone(),
+            reason: facts.gaps[0].1.to_string(),
+            relations: facts.gaps.iter().map(|(r, _)| r.clone()).collect(),
+            refused_now,
+            options: vec![Handling::ReplicaIdentityFull],
+            handling,
+        });
+    }
+    let ident = sql::ident(&request.publication);
+    let mut statements = identity;
+    match &existing {
+        None if partitioned_any => statements.push(format!(
+            "CREATE PUBLICATION {ident} FOR ALL TABLES WITH (publish_via_partition_root = true)"
+        )),
+        None => statements.push(format!("CREATE PUBLICATION {ident} FOR ALL TABLES")),
+        Some(info) if partitioned_any && !info.via_root => statements.push(format!(
+            "ALTER PUBLICATION {ident} SET (publish_via_partition_root = true)"
+        )),
+        Some(_) => {}
+    }
+    Ok(Plan {
+        request: request.clone(),
+        statements,
+        hazards,
+        notes,
+    })
+}
+
+/// The statements that take `table` out of a capture's publication and its insert-only companion:
+/// one `ALTER PUBLICATION … DROP TABLE …` per publication that lists it. Dropping never makes
+/// PostgreSQL refuse a write, so there is nothing to decide. A `FOR ALL TABLES` publication cannot
+/// drop one table: that is an error saying so.
+pub async fn drop_table_statements(
+    client: &Client,
+    publication: &str,
+    table: &TableRef,
+) -> Result<Vec<String>> {
+    let mut statements = Vec::new();
+    for name in streamed(client, publication).await? {
+        let Some(info) = find(client, &name).await? else {
+            continue;
+        };
+        if info.all_tables {
+            return Err(Error::invalid_input(
+                "--drop-from-publication",
+                format!(
+                    "{} is FOR ALL TABLES: it cannot drop {}; recreate it with the tables to publish (`tidepool setup … publication --tables …`)",
+                    sql::ident(&name),
+                    table.quoted()
+                ),
+            ));
+        }
+        if info
+            .tables
+            .iter()
+            .any(|(s, t)| *s == table.schema && *t == table.table)
+        {
+            statements.push(format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                sql::ident(&name),
+                table.quoted()
+            ));
+        }
+    }
+    Ok(statements)
+}
+
 /// "Save and publish"'s part on the server: plans publishing the bound `tables` with `choices` and
 /// runs it. A bound table must be captured, so leaving one out is refused (unselect it instead), as is
 /// a table without a usable replica identity that has no choice.
@@ -622,6 +789,7 @@ pub async fn publish_bound(
         publication: publication.to_string(),
         tables: tables.to_vec(),
         choices: choices.to_vec(),
+        all_tables: false,
     };
     let plan = plan(client, &request).await?;
     if let Some(left) = plan

@@ -270,7 +270,7 @@ impl Action {
                 request,
                 statements,
             } => {
-                if request.tables.is_empty() {
+                if request.tables.is_empty() && !request.all_tables {
                     return Err(Error::invalid_input(
                         "tables",
                         "pick the tables to publish first",

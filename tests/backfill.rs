@@ -579,3 +579,158 @@ fn the_command_line_publishes_and_edits_bindings() {
     );
     std::fs::remove_dir_all(store).unwrap();
 }
+
+#[test]
+fn the_command_line_uses_the_profile_s_store_and_drops_a_removed_table_from_the_publication() {
+    crate::profiles::require_keyring_session();
+    let db = TestDb::new(harness::plain(), "bf_profile_cli");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL); INSERT INTO t VALUES (1, 0), (2, 0);
+         CREATE TABLE \"U x\" (id int PRIMARY KEY, version int NOT NULL); INSERT INTO \"U x\" VALUES (1, 0);",
+    );
+    let dir = harness::temp_dir("bf_profile_cli");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
+    let tidepool = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(args)
+            .env("TIDEPOOL_DATA_DIR", &dir)
+            .env("PGPASSWORD", db.cluster.superuser_password().expose())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = tidepool(&[
+        "profile",
+        "add",
+        "--name",
+        "P",
+        "--url",
+        &url,
+        "--publication",
+        "p cli",
+        "--slot",
+        &db.name,
+        "--plain-store",
+    ]);
+    assert!(ok, "{err}");
+    let lsn = db.current_lsn().to_string();
+    let (ok, _, err) = tidepool(&[
+        "capture",
+        "--profile",
+        "P",
+        "--tables",
+        "public.t,public.U x",
+        "--publish",
+        "--stop-at-lsn",
+        &lsn,
+    ]);
+    assert!(ok, "{err}");
+    // No --store anywhere: every command reads the profile's own store, the one the app uses.
+    let store = tidepool::profile::Profiles::open(&dir)
+        .store_dir("P")
+        .unwrap();
+    assert_eq!(collection_rows(&store, "public/t").len(), 2);
+    let (ok, out, err) = tidepool(&["collections", "--profile", "P", "--json"]);
+    assert!(ok, "{err}");
+    let listed: Json = serde_json::from_str(&out).unwrap();
+    let mut names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["public/U_x", "public/t"], "{out}");
+    let (ok, out, err) = tidepool(&["preview", "--profile", "P", "public/t"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // --store overrides the profile's.
+    let elsewhere = harness::temp_dir("bf_profile_cli_other");
+    let (ok, _, err) = tidepool(&[
+        "collections",
+        "--profile",
+        "P",
+        "--store",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert!(!ok, "an empty folder is not the profile's store");
+    assert!(err.contains(elsewhere.to_str().unwrap()), "{err}");
+
+    let published = || {
+        db.sql("SELECT tablename FROM pg_publication_tables WHERE pubname = 'p cli' ORDER BY 1;")
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let bound = || {
+        let (ok, out, err) = tidepool(&["binding", "list", "--profile", "P", "--json"]);
+        assert!(ok, "{err}");
+        let listed: Json = serde_json::from_str(&out).unwrap();
+        listed["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["table"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(published(), vec!["U x", "t"]);
+    assert_eq!(bound(), vec!["t", "U x"]);
+    // The dry run prints the statement, quoted, and changes nothing.
+    let drop = r#"ALTER PUBLICATION "p cli" DROP TABLE "public"."U x""#;
+    let (ok, out, err) = tidepool(&[
+        "binding",
+        "remove",
+        "--profile",
+        "P",
+        "public.U x",
+        "--drop-from-publication",
+        "--dry-run",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), drop);
+    assert_eq!(published(), vec!["U x", "t"]);
+    assert_eq!(bound(), vec!["t", "U x"]);
+    // Without the profile there is no connection to alter the publication with.
+    let (ok, _, err) = tidepool(&[
+        "binding",
+        "remove",
+        "--store",
+        store.to_str().unwrap(),
+        "public.U x",
+        "--drop-from-publication",
+    ]);
+    assert!(!ok && err.contains("--profile"), "{err}");
+    assert_eq!(bound(), vec!["t", "U x"]);
+    // For real: printed, then run; the binding and the publication's table are gone, the rest stays.
+    let (ok, out, err) = tidepool(&[
+        "binding",
+        "remove",
+        "--profile",
+        "P",
+        "public.U x",
+        "--drop-from-publication",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), drop);
+    assert_eq!(published(), vec!["t"]);
+    assert_eq!(bound(), vec!["t"]);
+    // A plain remove leaves the publication alone.
+    let (ok, out, err) = tidepool(&["binding", "remove", "--profile", "P", "public.t"]);
+    assert!(ok, "{err}");
+    assert!(out.trim().is_empty(), "{out}");
+    assert_eq!(published(), vec!["t"]);
+
+    db.sql(&format!("SELECT pg_drop_replication_slot('{}');", db.name));
+    let (ok, _, err) = tidepool(&["profile", "remove", "P"]);
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(elsewhere).unwrap();
+}

@@ -399,8 +399,11 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     assert_eq!(
         requests,
         vec![
+            // Each preflight of a linked profile reads the project's IP Allow settings.
+            format!("GET /api/v2/projects/{PROJECT}"),
             format!("POST /api/v2/projects/{PROJECT}/branches/{BRANCH}/roles"),
             format!("GET /api/v2/projects/{PROJECT}/operations/op-role"),
+            format!("GET /api/v2/projects/{PROJECT}"),
             format!(
                 "POST /api/v2/projects/{PROJECT}/branches/{BRANCH}/roles/{}/reset_password",
                 app.user
@@ -411,6 +414,122 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     assert!(seen
         .iter()
         .all(|s| s.header("authorization") == Some("Bearer napi_profile_key")));
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
+}
+
+#[tokio::test]
+#[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
+async fn a_linked_profile_s_preflight_warns_about_neon_ip_allow_with_the_list() {
+    use tidepool::preflight::Status;
+    use tidepool::profile::{ProfileDraft, Profiles};
+    use tidepool::secrets::Keychain;
+    let db: &'static _ = Box::leak(Box::new(crate::harness::TestDb::new(
+        crate::harness::plain(),
+        "neon_ip_allow",
+    )));
+    let app = db.role("neon_ip_app", "", "ip-allow-password");
+    let allowed = Arc::new(Mutex::new(vec![
+        "203.0.113.0/24".to_string(),
+        "198.51.100.7".to_string(),
+        "192.0.2.10-192.0.2.20".to_string(),
+    ]));
+    let (base, seen) = crate::neon_api::backed_by_with_ip_allow(
+        move |sql| {
+            db.sql(sql);
+        },
+        allowed.clone(),
+    )
+    .await;
+    let dir = crate::harness::temp_dir("neon_ip_allow_profiles");
+    let profiles = Profiles::open(&dir).with_neon_api(&base);
+    let draft = ProfileDraft {
+        name: "Allow".into(),
+        address: format!("127.0.0.1:{}", db.cluster.port()),
+        user: app.user.clone(),
+        database: db.name.clone(),
+        sslmode: tidepool::tls::SslMode::Disable,
+        ..Default::default()
+    };
+    profiles
+        .save(None, draft, Some(Secret::new("ip-allow-password")))
+        .unwrap();
+
+    // Not linked: no IP Allow check and no request.
+    let checks = profiles.preflight("Allow", None).await.unwrap();
+    assert!(checks.iter().all(|c| c.id != "neon_ip_allow"));
+    assert!(seen.lock().unwrap().is_empty());
+
+    profiles
+        .link_neon(
+            "Allow",
+            Some(tidepool::neon::Link {
+                project_id: PROJECT.into(),
+                branch_id: BRANCH.into(),
+            }),
+        )
+        .unwrap();
+    let _key = NEON_KEY.lock().unwrap_or_else(|e| e.into_inner());
+    Keychain::open()
+        .unwrap()
+        .set_neon_api_key(&Secret::new("napi_ip_allow_key"))
+        .unwrap();
+
+    // A non-empty list: a warning that shows the list and says what to add.
+    let checks = profiles.preflight("Allow", None).await.unwrap();
+    let ip = checks.iter().find(|c| c.id == "neon_ip_allow").unwrap();
+    assert_eq!(ip.status, Status::Warn, "{}", ip.explanation);
+    assert!(
+        ip.explanation.contains(&format!(
+            "Neon project {PROJECT} restricts connections to these addresses (IP Allow): \
+             203.0.113.0/24, 198.51.100.7, 192.0.2.10-192.0.2.20"
+        )) && ip
+            .explanation
+            .contains("add the public address Tidepool connects from to the list"),
+        "{}",
+        ip.explanation
+    );
+    assert!(ip.fix.is_none());
+    // The check is in the JSON the Setup tab renders like every other check.
+    let json = serde_json::to_value(ip).unwrap();
+    assert_eq!(json["status"], "warn");
+    assert_eq!(json["title"], "Neon IP Allow");
+
+    // An empty list: the check passes.
+    allowed.lock().unwrap().clear();
+    let checks = profiles.preflight("Allow", None).await.unwrap();
+    let ip = checks.iter().find(|c| c.id == "neon_ip_allow").unwrap();
+    assert_eq!(ip.status, Status::Pass, "{}", ip.explanation);
+    assert!(ip.explanation.contains("IP Allow list is empty"));
+
+    // Without an API key the list is unknown: a warning that says why, and the rest still runs.
+    Keychain::open().unwrap().remove_neon_api_key().unwrap();
+    let checks = profiles.preflight("Allow", None).await.unwrap();
+    let ip = checks.iter().find(|c| c.id == "neon_ip_allow").unwrap();
+    assert_eq!(ip.status, Status::Warn);
+    assert!(
+        ip.explanation
+            .contains("Could not read the IP Allow settings")
+            && ip.explanation.contains("no Neon API key is stored"),
+        "{}",
+        ip.explanation
+    );
+    assert!(checks.iter().any(|c| c.id == "wal_level"));
+
+    let seen = seen.lock().unwrap().clone();
+    let requests: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![format!("GET /api/v2/projects/{PROJECT}"); 2],
+        "one documented GET per preflight with a key"
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.header("authorization") == Some("Bearer napi_ip_allow_key")));
     for p in profiles.list().unwrap() {
         profiles.delete(&p.profile.id).unwrap();
     }

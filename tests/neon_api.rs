@@ -162,6 +162,18 @@ pub async fn backed_by<F>(run_sql: F) -> (String, Arc<Mutex<Vec<Seen>>>)
 where
     F: Fn(&str) + Send + Sync + 'static,
 {
+    backed_by_with_ip_allow(run_sql, Arc::new(Mutex::new(Vec::new()))).await
+}
+
+/// [`backed_by`] whose project's IP Allow list (`project.settings.allowed_ips.ips` in
+/// `GET /projects/{project_id}`) is `allowed_ips`, which the test may change between requests.
+pub async fn backed_by_with_ip_allow<F>(
+    run_sql: F,
+    allowed_ips: Arc<Mutex<Vec<String>>>,
+) -> (String, Arc<Mutex<Vec<Seen>>>)
+where
+    F: Fn(&str) + Send + Sync + 'static,
+{
     use serde_json::json;
     run_sql(
         "DO $$ BEGIN CREATE ROLE neon_superuser NOLOGIN REPLICATION; \
@@ -221,6 +233,19 @@ where
             ("GET", ["projects"]) => Answer::json(
                 200,
                 json!({"projects": [{"id": PROJECT, "name": "shop", "region_id": "aws-us-east-2"}]}),
+            ),
+            ("GET", ["projects", PROJECT]) => Answer::json(
+                200,
+                json!({"project": {
+                    "id": PROJECT, "name": "shop", "region_id": "aws-us-east-2",
+                    "settings": {
+                        "allowed_ips": {
+                            "ips": *allowed_ips.lock().unwrap(),
+                            "protected_branches_only": false
+                        },
+                        "enable_logical_replication": true
+                    }
+                }}),
             ),
             ("GET", ["projects", PROJECT, "branches"]) => Answer::json(
                 200,

@@ -12,7 +12,7 @@ use tidepool::ErrorKind;
 
 use crate::harness::{self, TestDb};
 
-fn require_keyring_session() {
+pub(crate) fn require_keyring_session() {
     assert!(
         std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
         "these tests use the real Secret Service: run them through script/test, which starts a private D-Bus \

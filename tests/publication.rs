@@ -198,6 +198,7 @@ async fn the_publication_fix_asks_first_and_refuses_a_plan_that_would_break_writ
         publication: "shop pub".into(),
         tables: all_tables(),
         choices: choose(Handling::LeaveOut),
+        all_tables: false,
     };
     let forged = Action::Publication {
         request: request.clone(),
@@ -237,6 +238,7 @@ async fn each_choice_does_what_it_says_and_writes_keep_working() {
             publication: "shop pub".into(),
             tables: all_tables(),
             choices: choose(handling),
+            all_tables: false,
         };
         let plan = tidepool::publication::plan(&admin, &request).await.unwrap();
         assert!(plan.undecided().is_empty());
@@ -354,6 +356,7 @@ async fn a_keyless_table_already_published_is_a_fail_whose_fixes_restore_writes(
             TableRef::new("shop", "page_views"),
         ],
         choices: vec![],
+        all_tables: false,
     };
     let plan = tidepool::publication::plan(&admin, &request).await.unwrap();
     assert!(plan.hazards[0].refused_now);
@@ -587,4 +590,111 @@ fn the_command_line_requires_tables_and_a_choice_for_each_keyless_one() {
         "shop.ledger=sometimes",
     ]);
     assert!(!ok && err.contains("'sometimes'"), "{err}");
+}
+
+#[test]
+fn all_tables_is_checked_for_keyless_tables_first_and_previewed() {
+    let db = TestDb::new(harness::plain(), "pub_all");
+    db.sql(SCHEMA);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    );
+    let run = |publication: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(["setup", "--url", &url, "--publication", publication])
+            .args(args)
+            .env("PGPASSWORD", db.cluster.superuser_password().expose())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let publications = || {
+        db.sql("SELECT count(*) FROM pg_publication;")
+            .trim()
+            .to_string()
+    };
+    // The dry run shows the statement and names every keyless table.
+    let (ok, out, err) = run("all pub", &["--dry-run", "publication", "--all-tables"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"CREATE PUBLICATION "all pub" FOR ALL TABLES"#);
+    for table in HAZARDOUS {
+        assert!(
+            err.contains(&format!("\"shop\".\"{table}\""))
+                && err.contains("FOR ALL TABLES would make PostgreSQL refuse"),
+            "{table}: {err}"
+        );
+    }
+    // Without a choice the real run is refused with the list and the choices; nothing changes.
+    let (ok, _, err) = run("all pub", &["publication", "--all-tables"]);
+    assert!(!ok, "ran without a choice");
+    assert!(
+        err.contains("--keyless")
+            && err
+                .contains("\"shop\".\"page_views\" (no primary key and REPLICA IDENTITY DEFAULT)")
+            && err.contains("\"shop\".\"ledger\" (REPLICA IDENTITY NOTHING)")
+            && err.contains("\"shop\".\"tagged\"")
+            && err.contains("set REPLICA IDENTITY FULL, or publish the tables by name"),
+        "{err}"
+    );
+    assert_eq!(publications(), "0");
+    assert_every_write_accepted(&db);
+    // FOR ALL TABLES cannot leave a table out, and --tables with --all-tables is refused.
+    let (ok, _, err) = run(
+        "all pub",
+        &[
+            "publication",
+            "--all-tables",
+            "--keyless",
+            "shop.page_views=leave-out",
+        ],
+    );
+    assert!(!ok && err.contains("cannot be left out"), "{err}");
+    let (ok, _, err) = run(
+        "all pub",
+        &["--tables", "shop.orders", "publication", "--all-tables"],
+    );
+    assert!(!ok && err.contains("not both"), "{err}");
+    assert_eq!(publications(), "0");
+    // With replica-identity-full for each it runs, printed first, and every write still works.
+    let (ok, out, err) = run(
+        "all pub",
+        &[
+            "publication",
+            "--all-tables",
+            "--keyless",
+            "shop.page_views=replica-identity-full",
+            "--keyless",
+            "shop.ledger=replica-identity-full",
+            "--keyless",
+            "shop.tagged=replica-identity-full",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "ALTER TABLE \"shop\".\"ledger\" REPLICA IDENTITY FULL\n\
+         ALTER TABLE \"shop\".\"page_views\" REPLICA IDENTITY FULL\n\
+         ALTER TABLE \"shop\".\"tagged\" REPLICA IDENTITY FULL\n\
+         CREATE PUBLICATION \"all pub\" FOR ALL TABLES"
+    );
+    assert_eq!(
+        db.sql("SELECT puballtables FROM pg_publication WHERE pubname = 'all pub';")
+            .trim(),
+        "t"
+    );
+    assert_every_write_accepted(&db);
+    // A publication with a table list cannot become FOR ALL TABLES.
+    let (ok, _, err) = run("listed", &["--tables", "shop.orders", "publication"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run("listed", &["publication", "--all-tables"]);
+    assert!(
+        !ok && err.contains("cannot turn it into FOR ALL TABLES"),
+        "{err}"
+    );
 }

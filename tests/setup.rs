@@ -332,6 +332,7 @@ async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
             tidepool::publication::TableRef::new(schema, &long),
         ],
         choices: Vec::new(),
+        all_tables: false,
     };
     let statements = tidepool::publication::plan(&admin_client, &request)
         .await

@@ -93,18 +93,16 @@ enum Command {
     },
     /// Lists the store's collections: name, current rows, changes.
     Collections {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints a collection's current rows (or its change log) as JSON lines.
     Preview {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// The collection, e.g. public/orders.
         collection: String,
         /// The change log in order instead of the current rows.
@@ -278,6 +276,10 @@ enum SetupCommand {
     Publication {
         #[command(flatten)]
         keyless: Keyless,
+        /// FOR ALL TABLES instead of --tables; refused while a table without a usable replica
+        /// identity has no --keyless schema.table=replica-identity-full.
+        #[arg(long)]
+        all_tables: bool,
     },
     /// Creates the slot (pgoutput).
     CreateSlot,
@@ -350,9 +352,8 @@ enum NeonCommand {
 enum BindingCommand {
     /// Lists the bindings: table, collection, mode, backfill counter.
     List {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -362,9 +363,9 @@ enum BindingCommand {
     Add {
         #[command(flatten)]
         target: Target,
-        /// The store folder.
+        /// The store folder (default: the profile's own store).
         #[arg(long)]
-        store: PathBuf,
+        store: Option<PathBuf>,
         /// schema.table
         table: String,
         /// The collection's name (default schema/table).
@@ -379,17 +380,15 @@ enum BindingCommand {
     },
     /// Reads a bound table again (a re-backfill) while the capture runs.
     Backfill {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// schema.table
         table: String,
     },
     /// Renames a binding's collection (the stored rows and log keep their history).
     Rename {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// schema.table
         table: String,
         /// The new collection name.
@@ -397,11 +396,17 @@ enum BindingCommand {
     },
     /// Stops capturing a table; its collection stays in the store.
     Remove {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        store: consumer::StoreArg,
         /// schema.table
         table: String,
+        /// Also take the table out of the profile's publication (and its insert-only companion):
+        /// its changes then stop reaching the slot at all. Needs --profile.
+        #[arg(long)]
+        drop_from_publication: bool,
+        /// Print the statements, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -513,7 +518,10 @@ async fn main() -> ExitCode {
             publication,
             json,
         } => (discover(&target, publication, json).await, json),
-        Command::Collections { store, json } => (collections(&store, json), json),
+        Command::Collections { store, json } => (
+            store.dir().and_then(|store| collections(&store, json)),
+            json,
+        ),
         Command::Preview {
             store,
             collection,
@@ -522,14 +530,16 @@ async fn main() -> ExitCode {
             filter,
             contains,
         } => (
-            preview(
-                &store,
-                &collection,
-                changes,
-                limit,
-                filter.as_deref(),
-                contains,
-            ),
+            store.dir().and_then(|store| {
+                preview(
+                    &store,
+                    &collection,
+                    changes,
+                    limit,
+                    filter.as_deref(),
+                    contains,
+                )
+            }),
             false,
         ),
         Command::Demo { interval_ms } => (demo(interval_ms).await, false),
@@ -711,10 +721,18 @@ fn preflight_target(
 /// Prints the server's facts and the preflight checklist; returns whether a check failed.
 async fn check(target: &Target, json: bool, scope: &Scope) -> Result<bool, Error> {
     let spec = spec_for(target)?;
-    let facts = connection::test_connection(&spec).await?;
     let preflight = preflight_target(target, &spec, scope)?;
+    let facts = connection::test_connection(&spec)
+        .await
+        .map_err(|e| e.in_neon_project(preflight.neon_project.as_deref()))?;
     let client = connection::connect(&spec).await?;
-    let checks = tidepool::preflight::run(&client, &preflight).await?;
+    let mut checks = tidepool::preflight::run(&client, &preflight).await?;
+    if let Some(project) = &preflight.neon_project {
+        let neon = tokio::task::spawn_blocking(tidepool::neon::Client::from_keychain)
+            .await
+            .map_err(Error::internal)?;
+        checks.push(tidepool::preflight::neon_ip_allow(neon, project).await);
+    }
     let failed = checks
         .iter()
         .any(|c| c.status == tidepool::preflight::Status::Fail);
@@ -776,11 +794,20 @@ async fn setup(
             schema,
             role: role.unwrap_or(connecting),
         },
-        SetupCommand::Publication { keyless } => {
-            if preflight.tables.is_empty() {
+        SetupCommand::Publication {
+            keyless,
+            all_tables,
+        } => {
+            if all_tables && !preflight.tables.is_empty() {
+                return Err(Error::invalid_input(
+                    "--all-tables",
+                    "give either --tables or --all-tables, not both",
+                ));
+            }
+            if !all_tables && preflight.tables.is_empty() {
                 return Err(Error::invalid_input(
                     "--tables",
-                    "name the tables to publish (Tidepool never publishes every table: a published table without a primary key refuses updates and deletes)",
+                    "name the tables to publish, or give --all-tables (a published table without a usable replica identity refuses updates and deletes, so every one is checked first)",
                 ));
             }
             let client = connection::connect(&spec).await?;
@@ -792,19 +819,19 @@ async fn setup(
                     .map(|(s, t)| tidepool::publication::TableRef::new(s, t))
                     .collect(),
                 choices: keyless.parse()?,
+                all_tables,
             };
             let plan = tidepool::publication::plan(&client, &request).await?;
             print_notes(&plan);
             if !dry_run {
                 // Before anything is printed as if it ran: the choice is the user's.
                 plan.ensure_decided().map_err(|e| {
-                    Error::invalid_input(
-                        "--keyless",
-                        format!(
-                            "{}: add --keyless schema.table=leave-out|replica-identity-full|insert-only for each",
-                            e.message()
-                        ),
-                    )
+                    let flag = if all_tables {
+                        "add --keyless schema.table=replica-identity-full for each, or use --tables"
+                    } else {
+                        "add --keyless schema.table=leave-out|replica-identity-full|insert-only for each"
+                    };
+                    Error::invalid_input("--keyless", format!("{}: {flag}", e.message()))
                 })?;
             }
             Action::Publication {
@@ -1482,6 +1509,7 @@ async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
 async fn binding_command(command: BindingCommand) -> Result<(), Error> {
     match command {
         BindingCommand::List { store, json } => {
+            let store = store.dir()?;
             let definition = Definition::load_from(&store)?;
             if json {
                 println!(
@@ -1513,6 +1541,16 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             no_backfill,
             keyless,
         } => {
+            let store = match (store, &target.profile) {
+                (Some(store), _) => store,
+                (None, Some(profile)) => profiles()?.store_dir(profile)?,
+                (None, None) => {
+                    return Err(Error::invalid_input(
+                        "--store",
+                        "give --store, or --profile to use the profile's own store",
+                    ))
+                }
+            };
             let mut definition = Definition::load_from(&store)?;
             let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
             if definition.binding(&schema, &table).is_some() {
@@ -1550,7 +1588,7 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             eprintln!("bound {schema}.{table} to {collection}");
         }
         BindingCommand::Backfill { store, table } => {
-            edit_binding(&store, &table, |b| {
+            edit_binding(&store.dir()?, &table, |b| {
                 b.backfill += 1;
                 eprintln!(
                     "{}.{}: backfill #{} requested",
@@ -1563,9 +1601,15 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
             table,
             collection,
         } => {
-            edit_binding(&store, &table, |b| b.collection = collection.clone())?;
+            edit_binding(&store.dir()?, &table, |b| b.collection = collection.clone())?;
         }
-        BindingCommand::Remove { store, table } => {
+        BindingCommand::Remove {
+            store: store_arg,
+            table,
+            drop_from_publication,
+            dry_run,
+        } => {
+            let store = store_arg.dir()?;
             let mut definition = Definition::load_from(&store)?;
             let (schema, name) = tidepool::backfill::parse_table_name(&table)?;
             let before = definition.bindings.len();
@@ -1578,7 +1622,52 @@ async fn binding_command(command: BindingCommand) -> Result<(), Error> {
                     format!("{table} is not bound"),
                 ));
             }
+            // The statements are planned (and shown) before anything changes, the binding included.
+            let dropping = if drop_from_publication {
+                let profile = store_arg.profile.clone().ok_or_else(|| {
+                    Error::invalid_input(
+                        "--drop-from-publication",
+                        "give --profile: its connection alters the publication",
+                    )
+                })?;
+                let spec = spec_for(&Target {
+                    url: None,
+                    profile: Some(profile),
+                })?;
+                let client = connection::connect(&spec).await?;
+                let statements = tidepool::publication::drop_table_statements(
+                    &client,
+                    &definition.publication,
+                    &tidepool::publication::TableRef::new(&schema, &name),
+                )
+                .await?;
+                if statements.is_empty() {
+                    eprintln!(
+                        "{schema}.{name} is not in publication {}",
+                        tidepool::sql::ident(&definition.publication)
+                    );
+                }
+                Some((client, statements))
+            } else {
+                None
+            };
+            if dry_run {
+                for statement in dropping.iter().flat_map(|(_, s)| s) {
+                    println!("{statement}");
+                }
+                return Ok(());
+            }
             definition.save(&mut Store::open(&store)?)?;
+            eprintln!("unbound {schema}.{name}; its collection stays in the store");
+            if let Some((client, statements)) = dropping {
+                for statement in statements {
+                    println!("{statement}");
+                    client
+                        .batch_execute(&statement)
+                        .await
+                        .map_err(|e| Error::from_postgres(&e, &statement))?;
+                }
+            }
         }
     }
     Ok(())
