@@ -109,7 +109,6 @@ async fn receiver(seen: Arc<Mutex<Vec<String>>>) -> String {
 
 #[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
 async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     assert!(
         std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
