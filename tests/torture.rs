@@ -361,6 +361,69 @@ async fn consumer(source: &Source) -> Arc<Received> {
     received
 }
 
+/// What the in-process cases run while their fault strikes: a webhook consumer of `public/t` from
+/// the beginning, the watchdog, the capture (through `port` when given, e.g. a proxy's), delivery,
+/// and the workload.
+struct Streaming {
+    received: Arc<Received>,
+    watchdog: Watchdog,
+    capture: tokio::task::JoinHandle<tidepool::Result<tidepool::capture::CaptureReport>>,
+    delivery: tokio::task::JoinHandle<()>,
+    workload: tokio::task::JoinHandle<u64>,
+}
+
+impl Streaming {
+    async fn start(
+        source: &Source,
+        seed: u64,
+        duration: Duration,
+        gate: Arc<Gate>,
+        port: Option<u16>,
+    ) -> Streaming {
+        let received = consumer(source).await;
+        let watchdog = Watchdog::start(source);
+        let mut options = source.options(None);
+        if let Some(port) = port {
+            options.spec.port = port;
+        }
+        let capture = tokio::spawn(run(options));
+        let delivery = delivery(source);
+        let workload = tokio::spawn(workload(source.db.spec(), seed, duration, gate));
+        Streaming {
+            received,
+            watchdog,
+            capture,
+            delivery,
+            workload,
+        }
+    }
+
+    /// Whether the workload has ended.
+    fn workload_done(&self) -> bool {
+        self.workload.is_finished()
+    }
+
+    /// Waits for the workload, fails if the capture gave up, stops it, and returns how many changes
+    /// the source committed (the case's first row included).
+    async fn stop(&mut self) -> u64 {
+        let total = (&mut self.workload).await.unwrap() + FIRST;
+        assert!(
+            !self.capture.is_finished(),
+            "the capture gave up: {:?}",
+            (&mut self.capture).await
+        );
+        self.capture.abort();
+        total
+    }
+
+    /// The watchdog's verdict, then the checks every case ends with ([`verify_columns`]).
+    async fn check(self, source: &Source, total: u64, workload_columns_only: bool) {
+        self.watchdog.finish().await;
+        verify_columns(source, total, Some(&self.received), workload_columns_only).await;
+        self.delivery.abort();
+    }
+}
+
 /// Delivery beside an in-process capture.
 fn delivery(source: &Source) -> tokio::task::JoinHandle<()> {
     let options = DeliveryOptions {
@@ -545,16 +608,12 @@ async fn the_walsender_terminated_again_and_again_loses_and_doubles_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let source = source(crate::harness::plain(), "torture_walsender");
     source.catch_up().await;
-    let received = consumer(&source).await;
-    let watchdog = Watchdog::start(&source);
-    let capture = tokio::spawn(run(source.options(None)));
-    let delivery = delivery(&source);
-    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let mut streaming = Streaming::start(&source, seed, duration, Arc::default(), None).await;
     let mut random = Random(seed.rotate_left(11) | 1);
     let mut terminations = 0;
     let started = Instant::now();
     // Past the workload too, until enough terminations landed (a reconnect takes a moment).
-    while !workload.is_finished()
+    while !streaming.workload_done()
         || (terminations < terminations_wanted && started.elapsed() < Duration::from_secs(120))
     {
         tokio::time::sleep(Duration::from_millis(300 + random.below(600))).await;
@@ -564,21 +623,13 @@ async fn the_walsender_terminated_again_and_again_loses_and_doubles_nothing() {
         ));
         terminations += n.trim().parse::<usize>().unwrap_or(0);
     }
-    let total = workload.await.unwrap() + FIRST;
+    let total = streaming.stop().await;
     assert!(
         terminations >= terminations_wanted,
         "only {terminations} terminations happened"
     );
-    assert!(
-        !capture.is_finished(),
-        "the capture gave up: {:?}",
-        capture.await
-    );
-    capture.abort();
     eprintln!("torture walsender: {total} changes, {terminations} terminations");
-    watchdog.finish().await;
-    verify(&source, total, Some(&received)).await;
-    delivery.abort();
+    streaming.check(&source, total, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,15 +643,11 @@ async fn postgres_restarted_fast_and_immediate_mid_stream_loses_and_doubles_noth
     ));
     let source = source(cluster, "torture_restart");
     source.catch_up().await;
-    let received = consumer(&source).await;
-    let watchdog = Watchdog::start(&source);
-    let capture = tokio::spawn(run(source.options(None)));
-    let delivery = delivery(&source);
     let gate: Arc<Gate> = Arc::default();
-    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, gate.clone()));
+    let mut streaming = Streaming::start(&source, seed, duration, gate.clone(), None).await;
     let mut random = Random(seed.rotate_left(5) | 1);
     let mut restarts = 0;
-    while !workload.is_finished() || restarts < restarts_wanted {
+    while !streaming.workload_done() || restarts < restarts_wanted {
         tokio::time::sleep(Duration::from_millis(800 + random.below(1200))).await;
         let shutdown = if restarts % 2 == 0 {
             Shutdown::Fast
@@ -611,21 +658,13 @@ async fn postgres_restarted_fast_and_immediate_mid_stream_loses_and_doubles_noth
         tokio::task::block_in_place(|| cluster.restart(shutdown)).expect("restarting PostgreSQL");
         restarts += 1;
     }
-    let total = workload.await.unwrap() + FIRST;
+    let total = streaming.stop().await;
     assert!(
         restarts >= restarts_wanted,
         "only {restarts} restarts happened"
     );
-    assert!(
-        !capture.is_finished(),
-        "the capture gave up: {:?}",
-        capture.await
-    );
-    capture.abort();
     eprintln!("torture restart: {total} changes, {restarts} restarts (fast and immediate)");
-    watchdog.finish().await;
-    verify(&source, total, Some(&received)).await;
-    delivery.abort();
+    streaming.check(&source, total, false).await;
     drop(source);
     cluster.stop();
 }
@@ -640,11 +679,7 @@ async fn ddl_mid_stream_loses_and_doubles_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let source = source(crate::harness::plain(), "torture_ddl");
     source.catch_up().await;
-    let received = consumer(&source).await;
-    let watchdog = Watchdog::start(&source);
-    let capture = tokio::spawn(run(source.options(None)));
-    let delivery = delivery(&source);
-    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let mut streaming = Streaming::start(&source, seed, duration, Arc::default(), None).await;
     let client = tidepool::connection::connect(&source.db.spec())
         .await
         .unwrap();
@@ -652,7 +687,7 @@ async fn ddl_mid_stream_loses_and_doubles_nothing() {
     // Extra columns now in the table, by name, and whether each is text yet.
     let mut extras: Vec<(String, bool)> = Vec::new();
     let (mut statements, mut next, mut widened) = (0, 0, false);
-    while !workload.is_finished() || statements < statements_wanted {
+    while !streaming.workload_done() || statements < statements_wanted {
         tokio::time::sleep(Duration::from_millis(300 + random.below(600))).await;
         let ddl = match random.below(8) {
             0 | 1 if extras.len() < 4 => {
@@ -692,17 +727,9 @@ async fn ddl_mid_stream_loses_and_doubles_nothing() {
         client.batch_execute(&ddl).await.unwrap();
         statements += 1;
     }
-    let total = workload.await.unwrap() + FIRST;
-    assert!(
-        !capture.is_finished(),
-        "the capture gave up: {:?}",
-        capture.await
-    );
-    capture.abort();
+    let total = streaming.stop().await;
     eprintln!("torture DDL: {total} changes, {statements} DDL statements");
-    watchdog.finish().await;
-    verify_columns(&source, total, Some(&received), true).await;
-    delivery.abort();
+    streaming.check(&source, total, true).await;
 }
 
 /// PostgreSQL restarted (fast and immediate, alternately) while the first backfill of a table reads
@@ -877,17 +904,12 @@ async fn connections_cut_and_stalled_by_a_proxy_lose_and_double_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let source = source(crate::harness::plain(), "torture_proxy");
     source.catch_up().await;
-    let received = consumer(&source).await;
-    let watchdog = Watchdog::start(&source);
     let proxy = Proxy::start(source.db.cluster.port()).await;
-    let mut options = source.options(None);
-    options.spec.port = proxy.port;
-    let capture = tokio::spawn(run(options));
-    let delivery = delivery(&source);
-    let workload = tokio::spawn(workload(source.db.spec(), seed, duration, Arc::default()));
+    let mut streaming =
+        Streaming::start(&source, seed, duration, Arc::default(), Some(proxy.port)).await;
     let mut random = Random(seed.rotate_left(23) | 1);
     let (mut cuts, mut stalls) = (0, 0);
-    while !workload.is_finished() || cuts + stalls < faults_wanted {
+    while !streaming.workload_done() || cuts + stalls < faults_wanted {
         tokio::time::sleep(Duration::from_millis(400 + random.below(800))).await;
         if random.below(3) == 0 {
             // A stall shorter than the capture's timeouts: it must ride it out.
@@ -900,19 +922,11 @@ async fn connections_cut_and_stalled_by_a_proxy_lose_and_double_nothing() {
             cuts += 1;
         }
     }
-    let total = workload.await.unwrap() + FIRST;
+    let total = streaming.stop().await;
     assert!(
         cuts + stalls >= faults_wanted,
         "only {cuts} cuts and {stalls} stalls"
     );
-    assert!(
-        !capture.is_finished(),
-        "the capture gave up: {:?}",
-        capture.await
-    );
-    capture.abort();
     eprintln!("torture proxy: {total} changes, {cuts} cuts, {stalls} stalls");
-    watchdog.finish().await;
-    verify(&source, total, Some(&received)).await;
-    delivery.abort();
+    streaming.check(&source, total, false).await;
 }
