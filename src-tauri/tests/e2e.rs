@@ -2287,11 +2287,16 @@ async fn every_tab_reachable(
             // Every piece of text in the document (keys, strings, numbers, the Copy button) meets
             // WCAG AA against what is rendered behind it, in this theme.
             let worst = lowest_contrast(client, "preview-document").await;
+            assert_ne!(worst.1, "nothing", "{case}: the document shows no text");
             assert!(
                 worst.0 >= 4.5,
                 "{case}: the document's text has a contrast of {:.2}:1 ({})",
                 worst.0,
                 worst.1
+            );
+            eprintln!(
+                "{case}: the document's lowest contrast is {:.2}:1 ({})",
+                worst.0, worst.1
             );
         }
         let spill = overflow(client).await;
