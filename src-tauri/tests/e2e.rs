@@ -1114,7 +1114,10 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
     let linked = wait_for_text(&client, "neon-linked", |t| t.contains(neon_api::PROJECT)).await;
     assert!(linked.contains(neon_api::BRANCH), "{linked}");
 
-    // Linked, the replication check's fix is a role made through Neon's API.
+    // Linked, the checks run again with the link (the IP Allow check only exists then), and the
+    // replication check's fix is a role made through Neon's API.
+    let allow = wait_for_text(&client, "check-neon_ip_allow-status", |t| t == "Pass").await;
+    assert_eq!(allow, "Pass", "the linked profile's checks never ran");
     let status = wait_for_text(&client, "check-replication-status", |t| t == "Fail").await;
     assert_eq!(status, "Fail");
     click(&client, "fix-replication").await;
