@@ -16,7 +16,13 @@ use tidepool::store::Store;
 use crate::capture::data;
 use crate::harness::{self, TestDb};
 
-fn options(db: &TestDb, store: &std::path::Path, stop_at: Option<Lsn>) -> CaptureOptions {
+/// A capture of `public.t` through `bf_pub` into `store`, creating the slot (named after the
+/// database) with the snapshot its backfill reads.
+pub(crate) fn options(
+    db: &TestDb,
+    store: &std::path::Path,
+    stop_at: Option<Lsn>,
+) -> CaptureOptions {
     CaptureOptions {
         spec: db.spec(),
         store_dir: store.to_path_buf(),

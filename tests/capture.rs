@@ -241,17 +241,7 @@ async fn a_source_in_another_time_zone_and_date_style_gives_the_same_documents()
         "the session did not run in the odd settings"
     );
     let store = harness::temp_dir("cap_tz");
-    let options = |stop_at| CaptureOptions {
-        spec: db.spec(),
-        store_dir: store.clone(),
-        publication: "bf_pub".into(),
-        slot: db.name.clone(),
-        create_slot: true,
-        stop_at,
-        observer: None,
-        bindings: vec![tidepool::binding::Binding::new("public", "t")],
-        backfill_progress: None,
-    };
+    let options = |stop_at| crate::backfill::options(&db, &store, stop_at);
     run(options(Some(db.current_lsn()))).await.unwrap();
     db.sql(&row(2));
     run(options(Some(db.current_lsn()))).await.unwrap();

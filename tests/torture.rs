@@ -749,17 +749,7 @@ async fn postgres_restarted_mid_backfill_ends_equal_to_the_source() {
          INSERT INTO t SELECT g, 0 FROM generate_series(1, {rows}) g;"
     ));
     let store = crate::harness::temp_dir("torture_backfill");
-    let options = |stop_at| tidepool::capture::CaptureOptions {
-        spec: db.spec(),
-        store_dir: store.clone(),
-        publication: "bf_pub".into(),
-        slot: db.name.clone(),
-        create_slot: true,
-        stop_at,
-        observer: None,
-        bindings: vec![tidepool::binding::Binding::new("public", "t")],
-        backfill_progress: None,
-    };
+    let options = |stop_at| crate::backfill::options(&db, &store, stop_at);
     let capture = tokio::spawn(run(options(None)));
     // Updates of random rows all along, paused while the server restarts.
     let gate: Arc<Gate> = Arc::default();
