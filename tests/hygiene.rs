@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidepool::profile::{ProfileDraft, Profiles};
@@ -83,28 +83,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
-}
-
-/// A webhook receiver that keeps the `authorization` header of every request it accepts.
-async fn receiver(seen: Arc<Mutex<Vec<String>>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let seen = seen.clone();
-            async move {
-                let value = headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                seen.lock().unwrap().push(value.to_string());
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
 }
 
 #[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
@@ -228,8 +206,8 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
 
     // A webhook consumer with a secret header, and a pull consumer.
     let header_value = fresh("Bearer hdr-");
-    let authorizations = Arc::new(Mutex::new(Vec::new()));
-    let hook = receiver(authorizations.clone()).await;
+    let received = Arc::new(crate::deliver::Received::default());
+    let hook = crate::deliver::receiver(received.clone()).await;
     let consumer = |name: &str| {
         let mut command = tidepool(&dir);
         command.args([
@@ -306,18 +284,22 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(pulled.to_string().contains("before"), "{pulled}");
-    while authorizations.lock().unwrap().len() < 2 {
+    while received.accepted.lock().unwrap().len() < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the webhook never received both rows"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(authorizations
+    assert!(received
+        .signed
         .lock()
         .unwrap()
         .iter()
-        .all(|a| a == &header_value));
+        .all(
+            |(headers, _)| headers.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(header_value.as_str())
+        ));
     // The running capture's command line and environment.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
