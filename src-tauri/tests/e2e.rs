@@ -1766,14 +1766,43 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     click(&client, "view-changes").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut ops = preview_ops(&client).await;
+    let first_count = text_of(&client, "preview-count").await;
     while !ops.iter().any(|op| op == "u") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         ops = preview_ops(&client).await;
     }
-    assert!(
-        ops.iter().any(|op| op == "u"),
-        "no live update arrived: {ops:?}"
-    );
+    if !ops.iter().any(|op| op == "u") {
+        screenshot(&client, "demo-4-no-update").await;
+        let state = client
+            .execute(
+                "const s = document.querySelector('[data-testid=\"preview-scroll\"]'); \
+                 const c = document.querySelector('[data-testid=\"preview-count\"]'); \
+                 return [c ? c.textContent : null, s ? [s.scrollTop, s.clientHeight, s.scrollHeight] : null, \
+                         document.querySelector('[role=\"alert\"]')?.textContent ?? null]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        panic!(
+            "no live update arrived: {ops:?}; first {first_count}; count, scroll, alert: {state}"
+        );
+    }
+    // It keeps following: after the next changes arrive, the newest is still on screen.
+    let count = text_of(&client, "preview-count").await;
+    let later = wait_for_text(&client, "preview-count", |t| t != count).await;
+    assert_ne!(later, count, "no more changes arrived");
+    let at_end: bool = serde_json::from_value(
+        client
+            .execute(
+                "const s = document.querySelector('[data-testid=\"preview-scroll\"]'); \
+                 return s.scrollTop + s.clientHeight >= s.scrollHeight - 2 * 34",
+                vec![],
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(at_end, "the change log stopped following its tail");
     screenshot(&client, "demo-4-collections").await;
 
     // Monitor: a healthy, consumed slot, and charts drawn from the pushed statuses.

@@ -111,6 +111,22 @@ describe("CollectionsPanel", () => {
     expect(screen.queryByTestId("preview-document")).toBeNull();
   });
 
+  it("says so when the live tail ends on an error, rather than look live", async () => {
+    let failTail: (error: { kind: string; message: string }) => void = () => {};
+    answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1, lastChangeMs: null }]);
+    answer("collectionPage", async () =>
+      ({ collection: spec, documents: [{ _meta: { op: "c" }, id: 1 }], changes: [], lastSeq: 0, lastKey: null, hasMore: false }) satisfies Page,
+    );
+    answer("tailCollection", ((...args: unknown[]) => {
+      failTail = args[5] as typeof failTail;
+      return () => {};
+    }) as never);
+    render(<CollectionsPanel profileId="p1" />);
+    await waitFor(() => expect(callsOf("tailCollection")).toHaveLength(1));
+    act(() => failTail({ kind: "Store", message: "reading the store: disk I/O error" }));
+    expect((await screen.findByRole("alert")).textContent).toContain("disk I/O error");
+  });
+
   it("settles while the first page is still on its way (the window froze re-rendering forever)", async () => {
     // The collection list arrives first and the page later: the order that used to set off the loop.
     answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1, lastChangeMs: null }]);

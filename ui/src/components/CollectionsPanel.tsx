@@ -1,6 +1,6 @@
 import { type ColumnDef, flexRender, getCoreRowModel, useReactTable } from "@tanstack/react-table";
 import { observeElementRect, useVirtualizer } from "@tanstack/react-virtual";
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type {
@@ -31,6 +31,8 @@ const KEEP_CHANGES = 5000;
 const ROW_HEIGHT = 34;
 /** The height assumed until the table's container is laid out. */
 const FIRST_SCREEN = 480;
+/** A scroll this soon (ms) after the reader's wheel, touch, key or pointer is the reader's own. */
+const READER_SCROLL_MS = 1000;
 
 type Doc = Record<string, unknown>;
 
@@ -247,6 +249,8 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
             });
           }
           void loadList();
+        }, (e) => {
+          if (live) fail(e);
         });
       } catch (e) {
         if (live) {
@@ -311,19 +315,29 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
   const lastIndex = items.at(-1)?.index ?? -1;
 
   // The change log follows its tail, like `tail -f`, until the reader scrolls up or sorts it; scrolling
-  // back to the end follows again.
+  // back to the end follows again. The scroll is written to the element itself, after each commit:
+  // the virtualizer's own scrolls (scrollToIndex, followOnAppend) were seen, in WebKitGTK, to never land
+  // when rows kept arriving, leaving the view at its first row. Only the reader's own scrolling (wheel,
+  // touch, keys, the scrollbar) stops the following, so no scroll of the virtualizer's can.
   const following = useRef(true);
+  const readerScrolledAt = useRef(0);
   useEffect(() => {
     following.current = true;
   }, [selected, view, filter]);
-  useEffect(() => {
-    if (view === "changes" && !sort && following.current && rows.length > 0) {
-      virtualizer.scrollToIndex(rows.length - 1, { align: "end" });
+  useLayoutEffect(() => {
+    const el = scrollRef.current;
+    if (el && view === "changes" && !sort && following.current && rows.length > 0) {
+      el.scrollTop = el.scrollHeight;
     }
-  }, [view, sort, rows.length, virtualizer]);
+  }, [view, sort, rows.length]);
+  const onReaderScroll = () => {
+    readerScrolledAt.current = Date.now();
+  };
   const onScroll = (e: React.UIEvent<HTMLDivElement>) => {
     const el = e.currentTarget;
-    following.current = el.scrollTop + el.clientHeight >= el.scrollHeight - 2 * ROW_HEIGHT;
+    const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 2 * ROW_HEIGHT;
+    if (atEnd) following.current = true;
+    else if (Date.now() - readerScrolledAt.current < READER_SCROLL_MS) following.current = false;
   };
 
   // Scrolling near the end of the rows loaded so far reads the next page.
@@ -515,7 +529,16 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
           ) : null}
           {/* A clicked row's document opens beside the table (under it in a narrow window), not below the list. */}
           <div className={open ? "preview-with-doc" : undefined}>
-            <div className="table-scroll" ref={scrollRef} data-testid="preview-scroll" onScroll={onScroll}>
+            <div
+              className="table-scroll"
+              ref={scrollRef}
+              data-testid="preview-scroll"
+              onScroll={onScroll}
+              onWheel={onReaderScroll}
+              onTouchMove={onReaderScroll}
+              onPointerDown={onReaderScroll}
+              onKeyDown={onReaderScroll}
+            >
               <table className="tables" data-testid="preview-table" aria-rowcount={rows.length}>
                 <thead>
                   {table.getHeaderGroups().map((group) => (

@@ -167,11 +167,15 @@ export function tailCollection(
   after: number,
   filter: string | null,
   onChange: (entries: TailEntry[]) => void,
+  onError: (error: BackendError) => void,
 ): () => void {
   const token = `${Date.now()}-${Math.random().toString(36).slice(2)}`;
   const channel = new Channel<TailEntry[]>();
   channel.onmessage = onChange;
-  call<void>("tail_collection", { id, collection, after, filter, token, onChange: channel }).catch(() => {});
+  // A tail that ends on an error leaves the view still: say so rather than look live.
+  call<void>("tail_collection", { id, collection, after, filter, token, onChange: channel }).catch((e: unknown) =>
+    onError(e as BackendError),
+  );
   return () => {
     void call<void>("stop_tail", { token });
   };
