@@ -18,6 +18,10 @@
 //!   other JSON, has its collection read again (the stream stops before storing anything of that
 //!   transaction), so a collection never keeps the old table's rows or keys as current rows. Each is
 //!   logged and listed in [`CaptureReport::notices`].
+//! - A bound table that leaves the publication is never a silent gap: pgoutput just stops sending its
+//!   changes, so the capture checks membership at start and every few seconds, records the table as
+//!   out (in the store, at the checkpoint), stops with `Diverged` when the table was bound by a
+//!   definition (a notice without one), and reads its collection again once it is back in.
 //! - A backfill read alongside the stream is brought in only once the stream has stored everything
 //!   committed before its snapshot.
 //! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
@@ -147,6 +151,9 @@ pub struct CaptureReport {
 const MAX_BATCH_CHANGES: u64 = 20_000;
 /// How often a running capture looks for an edited definition.
 const DEFINITION_POLL: Duration = Duration::from_secs(1);
+/// How often a running capture checks that every bound table is still in its publication: pgoutput
+/// says nothing when one leaves, it just stops sending its changes.
+const PUBLICATION_POLL: Duration = Duration::from_secs(5);
 /// Longest a batch may stay open while more transactions keep arriving.
 const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
 
@@ -238,6 +245,11 @@ struct BindingState {
     /// replaces their rows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     retired: Vec<u32>,
+    /// Set when the table was found outside the publication while it was bound (with the checkpoint
+    /// then): the stream has none of its changes from some point before that on, and no slot can
+    /// send them again. Its collection is read again (a re-backfill) once the table is back in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    left_publication: Option<Lsn>,
 }
 
 impl BindingState {
@@ -372,6 +384,8 @@ struct Capture {
     streamed: Vec<String>,
     /// When to prune the log next ([`crate::retention`]).
     next_prune: Instant,
+    /// When to check next that the bound tables are still published ([`Capture::left_publication`]).
+    next_publication_check: Instant,
     backfill_done: (
         tokio::sync::mpsc::UnboundedSender<BackfillDone>,
         tokio::sync::mpsc::UnboundedReceiver<BackfillDone>,
@@ -496,6 +510,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         rebackfill: Vec::new(),
         streamed: Vec::new(),
         next_prune: Instant::now(),
+        next_publication_check: Instant::now() + PUBLICATION_POLL,
         backfill_done: tokio::sync::mpsc::unbounded_channel(),
     };
     // The start-up's queries are retried on a lost connection, as the stream is: each step reads
@@ -628,6 +643,7 @@ fn live_state(binding: &Binding) -> BindingState {
         was_live: false,
         oid: binding.oid,
         retired: Vec::new(),
+        left_publication: None,
     }
 }
 
@@ -761,6 +777,27 @@ async fn check_published(
     Ok(())
 }
 
+/// Which of `tables` (schema, table) none of `publications` publishes, by index, in one query.
+async fn unpublished(
+    sql: &Client,
+    publications: &[String],
+    tables: &[(&str, &str)],
+) -> Result<Vec<usize>> {
+    let schemas: Vec<&str> = tables.iter().map(|(s, _)| *s).collect();
+    let names: Vec<&str> = tables.iter().map(|(_, t)| *t).collect();
+    let rows = sql
+        .query(
+            "SELECT (b.i - 1)::int4 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS b(s, t, i)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables
+                                 WHERE pubname = ANY($1) AND schemaname = b.s AND tablename = b.t)
+                AND NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = ANY($1) AND puballtables)",
+            &[&publications, &schemas, &names],
+        )
+        .await
+        .map_err(|e| Error::from_postgres(&e, "reading pg_publication_tables"))?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as usize).collect())
+}
+
 async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
     let exists = sql
         .query_opt(
@@ -883,6 +920,7 @@ impl Capture {
             was_live: false,
             oid: Some(relid),
             retired: Vec::new(),
+            left_publication: None,
         });
         self.save_states()?;
         Ok(Identity::Bound(self.states.len() - 1))
@@ -1071,6 +1109,145 @@ impl Capture {
         Ok(found)
     }
 
+    /// Finds bound tables that are no longer in the publication and records it (committed at the
+    /// checkpoint, so the record survives the error). pgoutput stops sending a table's changes from the
+    /// `ALTER PUBLICATION … DROP TABLE` on and says nothing, so without this the collection would
+    /// silently fall behind its table. With a definition (the tables were bound on purpose) the capture
+    /// stops with a [`ErrorKind::Diverged`] error that says what happened and what will be done; without
+    /// one (every published table) the table's leaving is a notice, and its collection is read again if
+    /// it comes back ([`Capture::back_in_publication`]).
+    async fn left_publication(&mut self) -> Result<()> {
+        if self.states.is_empty() {
+            return Ok(());
+        }
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        let publications = crate::publication::streamed(sql, &self.options.publication).await?;
+        let tables: Vec<(&str, &str)> = self
+            .states
+            .iter()
+            .map(|s| (s.schema.as_str(), s.table.as_str()))
+            .collect();
+        let missing = unpublished(sql, &publications, &tables).await?;
+        // Only news is recorded: a table still out keeps the position it was first noticed at.
+        let news: Vec<usize> = missing
+            .iter()
+            .copied()
+            .filter(|&i| self.states[i].left_publication.is_none())
+            .collect();
+        if !news.is_empty() {
+            for &i in &news {
+                self.states[i].left_publication = Some(self.checkpoint);
+            }
+            self.save_states()?;
+            self.store.commit(self.checkpoint)?;
+        }
+        let reported = if self.definition.is_some() {
+            &missing
+        } else {
+            &news
+        };
+        if reported.is_empty() {
+            return Ok(());
+        }
+        let publication = sql::ident(&self.options.publication);
+        let names: Vec<String> = reported
+            .iter()
+            .map(|&i| qualified(&self.states[i].schema, &self.states[i].table))
+            .collect();
+        let collections: Vec<&str> = reported
+            .iter()
+            .map(|&i| self.states[i].collection.as_str())
+            .collect();
+        let noticed: Vec<String> = reported
+            .iter()
+            .map(|&i| {
+                self.states[i]
+                    .left_publication
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        let what = format!(
+            "{} left publication {publication} while the capture followed it (noticed at {}): PostgreSQL \
+             sends none of its changes from then on, and no slot can send them again",
+            names.join(", "),
+            noticed.join(", ")
+        );
+        if self.definition.is_none() {
+            self.notice(format!(
+                "{what}; collection {} stops following it, and is read again from the table (a \
+                 re-backfill) if it is added back",
+                collections.join(", ")
+            ));
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Diverged,
+            format!(
+                "{what}. Add it back ({}) or remove its binding, then start the capture again: \
+                 collection {} is then read again from the table (a re-backfill), replacing its rows; the \
+                 changes in between are not in its change log",
+                names
+                    .iter()
+                    .map(|n| format!("ALTER PUBLICATION {publication} ADD TABLE {n}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                collections.join(", ")
+            ),
+        ))
+    }
+
+    /// The re-backfills due for tables that left the publication and are in it again.
+    async fn back_in_publication(&mut self) -> Result<Vec<Rebackfill>> {
+        let away: Vec<usize> = (0..self.states.len())
+            .filter(|&i| self.states[i].left_publication.is_some())
+            .collect();
+        if away.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.sql.is_none() {
+            self.sql = Some(connect(&self.options.spec).await?);
+        }
+        let sql = self.sql.as_ref().expect("connected above");
+        let publications = crate::publication::streamed(sql, &self.options.publication).await?;
+        let tables: Vec<(&str, &str)> = away
+            .iter()
+            .map(|&i| {
+                (
+                    self.states[i].schema.as_str(),
+                    self.states[i].table.as_str(),
+                )
+            })
+            .collect();
+        let missing = unpublished(sql, &publications, &tables).await?;
+        let mut due = Vec::new();
+        for (at, &i) in away.iter().enumerate() {
+            if missing.contains(&at) {
+                continue;
+            }
+            let state = &self.states[i];
+            let Some(oid) = table_oid(sql, &state.schema, &state.table).await? else {
+                continue;
+            };
+            due.push(Rebackfill {
+                schema: state.schema.clone(),
+                table: state.table.clone(),
+                seen: oid,
+                notice: format!(
+                    "table {} is in publication {} again after it left (noticed at {}); collection {} is read                      again from it (a re-backfill), replacing its rows; the changes made while it was out                      are not in its change log",
+                    qualified(&state.schema, &state.table),
+                    sql::ident(&self.options.publication),
+                    state.left_publication.unwrap_or_default(),
+                    state.collection
+                ),
+            });
+        }
+        Ok(due)
+    }
+
     /// Starts the re-backfills the stream asked for (called with no batch open): each binding
     /// follows its table's current OID (the old one retired), and its collection is read again in a
     /// new snapshot, its rows replaced when that is in. The stream then starts again at the
@@ -1240,8 +1417,12 @@ impl Capture {
         .await?;
         self.checkpoint = self.store.checkpoint()?;
         self.reconcile(definition, text).await?;
+        // A bound table that left the publication while the capture was stopped has a gap too.
+        self.left_publication().await?;
         // Read again now even if the new table never changes.
         self.rebackfill = self.recreated_while_stopped().await?;
+        let back = self.back_in_publication().await?;
+        self.rebackfill.extend(back);
         if !self.rebackfill.is_empty() {
             self.start_rebackfills().await?;
         }
@@ -1612,6 +1793,19 @@ impl Capture {
                             }
                             self.reload_definition().await?;
                             self.prune_if_due();
+                            if Instant::now() >= self.next_publication_check {
+                                self.next_publication_check = Instant::now() + PUBLICATION_POLL;
+                                self.left_publication().await?;
+                                let back = self.back_in_publication().await?;
+                                self.rebackfill.extend(back);
+                                if !self.rebackfill.is_empty() {
+                                    if self.store.in_batch() {
+                                        self.flush(&stream, batch_end)?;
+                                    }
+                                    stream.stop().await;
+                                    return Ok(Outcome::Rebackfill);
+                                }
+                            }
                             continue;
                         }
                         event = stream.next() => event?,

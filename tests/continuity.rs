@@ -16,7 +16,12 @@ use crate::harness::{self, TestDb};
 
 /// The source table's rows as id → v.
 fn source_rows(db: &TestDb) -> BTreeMap<i64, String> {
-    db.sql("SELECT id, v FROM t ORDER BY id;")
+    table_rows(db, "t")
+}
+
+/// Table `table`'s rows as id → v.
+fn table_rows(db: &TestDb, table: &str) -> BTreeMap<i64, String> {
+    db.sql(&format!("SELECT id, v FROM {table} ORDER BY id;"))
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -245,6 +250,97 @@ async fn a_slot_invalidated_while_the_capture_runs_is_named_as_such() {
     assert!(err.message().contains("invalidated"), "{err}");
     drop(holder);
     let _ = std::fs::remove_dir_all(&store);
+}
+
+/// A bound table that leaves the publication while the capture runs is never a silent gap (pgoutput
+/// just stops sending its changes): the capture stops with `Diverged`, naming the table, the statement
+/// that puts it back and what a re-backfill will do, and is refused the same way while the table is
+/// out. Back in, the next start reads it again, and both collections equal their tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_table_leaving_the_publication_stops_the_capture_and_is_read_again_when_back() {
+    let db = TestDb::new(harness::plain(), "cont_unpub");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text);
+         INSERT INTO t VALUES (1, 'a'); INSERT INTO u VALUES (1, 'a'), (2, 'b');
+         CREATE PUBLICATION tidepool_pub FOR TABLE t, u;",
+    );
+    let source = Source {
+        slot: db.name.clone(),
+        store: harness::temp_dir("cont_unpub"),
+        db,
+    };
+    let options = |stop_at| {
+        let mut options = source.options(stop_at);
+        options.create_slot = true;
+        options.bindings = vec![Binding::new("public", "t"), Binding::new("public", "u")];
+        options
+    };
+    run(options(Some(source.db.current_lsn())))
+        .await
+        .expect("the first capture");
+
+    // Streaming: u leaves the publication while both tables change.
+    let capture = tokio::spawn(run(options(None)));
+    source
+        .db
+        .sql("INSERT INTO u VALUES (3, 'c'); INSERT INTO t VALUES (2, 'b');");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store_rows(&source, "public/u").len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(store_rows(&source, "public/u"), table_rows(&source.db, "u"));
+    source
+        .db
+        .sql("ALTER PUBLICATION tidepool_pub DROP TABLE u;");
+    source.db.sql(
+        "UPDATE u SET v = 'B' WHERE id = 2; DELETE FROM u WHERE id = 1; INSERT INTO t VALUES (3, 'c');",
+    );
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), capture)
+        .await
+        .expect("the capture notices within its poll")
+        .unwrap()
+        .expect_err("a bound table out of the publication ends the capture");
+    assert_eq!(err.kind(), ErrorKind::Diverged, "{err}");
+    for said in [
+        "\"public\".\"u\" left publication \"tidepool_pub\"",
+        "ALTER PUBLICATION \"tidepool_pub\" ADD TABLE \"public\".\"u\"",
+        "collection public/u is then read again from the table (a re-backfill)",
+    ] {
+        assert!(err.message().contains(said), "{said} not in: {err}");
+    }
+
+    // Started again while u is still out: refused the same way, not streamed past the gap.
+    let err = run(options(Some(source.db.current_lsn())))
+        .await
+        .expect_err("still out of the publication");
+    assert_eq!(err.kind(), ErrorKind::Diverged, "{err}");
+    assert!(err.message().contains("left publication"), "{err}");
+
+    // Back in: the next start reads u again (its changes while out are in the new rows), and the
+    // stream goes on for both.
+    source.db.sql(
+        "ALTER PUBLICATION tidepool_pub ADD TABLE u; UPDATE u SET v = 'C' WHERE id = 3; INSERT INTO t VALUES (4, 'd');",
+    );
+    let report = run(options(Some(source.db.current_lsn())))
+        .await
+        .expect("the capture after u is back");
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| n.contains("\"public\".\"u\" is in publication \"tidepool_pub\" again")),
+        "{:?}",
+        report.notices
+    );
+    assert_eq!(store_rows(&source, "public/u"), table_rows(&source.db, "u"));
+    assert_eq!(store_rows(&source, "public/t"), source_rows(&source.db));
+    // Once read again, the next start streams on without a word about u.
+    source.db.sql("UPDATE u SET v = 'D' WHERE id = 2;");
+    let report = run(options(Some(source.db.current_lsn())))
+        .await
+        .expect("a later capture");
+    assert!(report.notices.is_empty(), "{:?}", report.notices);
+    assert_eq!(store_rows(&source, "public/u"), table_rows(&source.db, "u"));
 }
 
 #[tokio::test]
