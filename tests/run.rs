@@ -363,12 +363,20 @@ async fn setup_passes_the_slot_this_apps_capture_holds_and_steps_the_one_its_sta
     };
     db.sql("INSERT INTO items VALUES (4, 'streamed');");
     until("the streamed insert", || changes() == 4).await;
-    // The server shows the slot held by a connection named after this run.
-    let holder = db.sql(&format!(
-        "SELECT a.application_name FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
-          WHERE s.slot_name = '{}';",
-        db.name
-    ));
+    // The server shows the slot held by a connection named after this run. (The insert may have
+    // landed in the backfill's snapshot, stored before the stream holds the slot: wait for it.)
+    let holder = || {
+        db.sql(&format!(
+            "SELECT a.application_name FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+              WHERE s.slot_name = '{}';",
+            db.name
+        ))
+    };
+    until("the stream to hold the slot", || {
+        !holder().trim().is_empty()
+    })
+    .await;
+    let holder = holder();
     assert!(holder.trim().starts_with("tidepool capture "), "{holder:?}");
     let held = slot_of(runs.preflight(&profiles, &id).await.unwrap());
     assert_eq!(held.status, Status::Pass, "{held:?}");
