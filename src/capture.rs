@@ -19,9 +19,10 @@
 //!   transaction), so a collection never keeps the old table's rows or keys as current rows. Each is
 //!   logged and listed in [`CaptureReport::notices`].
 //! - A bound table that leaves the publication is never a silent gap: pgoutput just stops sending its
-//!   changes, so the capture checks membership at start and every few seconds, records the table as
-//!   out (in the store, at the checkpoint), stops with `Diverged` when the table was bound by a
-//!   definition (a notice without one), and reads its collection again once it is back in.
+//!   changes, so the capture checks membership at start and every few seconds (a table dropped and
+//!   added back in between shows as a new `pg_publication_rel` row), records the table as having left
+//!   (in the store, at the checkpoint), stops with `Diverged` while a table bound by a definition is
+//!   out (a notice without one), and reads its collection again once it is back in.
 //! - A backfill read alongside the stream is brought in only once the stream has stored everything
 //!   committed before its snapshot.
 //! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
@@ -250,6 +251,10 @@ struct BindingState {
     /// send them again. Its collection is read again (a re-backfill) once the table is back in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     left_publication: Option<Lsn>,
+    /// Its membership of the publication when last looked at ([`membership`]'s token): a new one
+    /// means it was dropped from the publication and added back since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    published_as: Option<String>,
 }
 
 impl BindingState {
@@ -384,7 +389,7 @@ struct Capture {
     streamed: Vec<String>,
     /// When to prune the log next ([`crate::retention`]).
     next_prune: Instant,
-    /// When to check next that the bound tables are still published ([`Capture::left_publication`]).
+    /// When to check next that the bound tables are still published ([`Capture::check_membership`]).
     next_publication_check: Instant,
     backfill_done: (
         tokio::sync::mpsc::UnboundedSender<BackfillDone>,
@@ -644,6 +649,7 @@ fn live_state(binding: &Binding) -> BindingState {
         oid: binding.oid,
         retired: Vec::new(),
         left_publication: None,
+        published_as: None,
     }
 }
 
@@ -777,25 +783,38 @@ async fn check_published(
     Ok(())
 }
 
-/// Which of `tables` (schema, table) none of `publications` publishes, by index, in one query.
-async fn unpublished(
+/// Whether `publications` publish each of `tables` (schema, table), in one query: `None` when none
+/// does, else a token that changes when the table was dropped from the publication and added back
+/// (the OIDs of its `pg_publication_rel` rows, which are new rows then; empty when it is published by
+/// FOR ALL TABLES, by its schema or through a parent, where a return cannot be seen this way).
+async fn membership(
     sql: &Client,
     publications: &[String],
     tables: &[(&str, &str)],
-) -> Result<Vec<usize>> {
+) -> Result<Vec<Option<String>>> {
     let schemas: Vec<&str> = tables.iter().map(|(s, _)| *s).collect();
     let names: Vec<&str> = tables.iter().map(|(_, t)| *t).collect();
     let rows = sql
         .query(
-            "SELECT (b.i - 1)::int4 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS b(s, t, i)
-              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables
-                                 WHERE pubname = ANY($1) AND schemaname = b.s AND tablename = b.t)
-                AND NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = ANY($1) AND puballtables)",
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                             WHERE pubname = ANY($1) AND schemaname = b.s AND tablename = b.t)
+                 OR EXISTS (SELECT 1 FROM pg_publication WHERE pubname = ANY($1) AND puballtables),
+                    coalesce((SELECT string_agg(r.oid::text, ',' ORDER BY r.oid)
+                                FROM pg_publication_rel r
+                                JOIN pg_publication p ON p.oid = r.prpubid
+                                JOIN pg_class c ON c.oid = r.prrelid
+                                JOIN pg_namespace n ON n.oid = c.relnamespace
+                               WHERE p.pubname = ANY($1) AND n.nspname = b.s AND c.relname = b.t), '')
+               FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS b(s, t, i)
+              ORDER BY b.i",
             &[&publications, &schemas, &names],
         )
         .await
-        .map_err(|e| Error::from_postgres(&e, "reading pg_publication_tables"))?;
-    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as usize).collect())
+        .map_err(|e| Error::from_postgres(&e, "reading pg_publication_rel"))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, bool>(0).then(|| r.get::<_, String>(1)))
+        .collect())
 }
 
 async fn check_publication(sql: &Client, publication: &str) -> Result<()> {
@@ -921,6 +940,7 @@ impl Capture {
             oid: Some(relid),
             retired: Vec::new(),
             left_publication: None,
+            published_as: None,
         });
         self.save_states()?;
         Ok(Identity::Bound(self.states.len() - 1))
@@ -1109,16 +1129,20 @@ impl Capture {
         Ok(found)
     }
 
-    /// Finds bound tables that are no longer in the publication and records it (committed at the
-    /// checkpoint, so the record survives the error). pgoutput stops sending a table's changes from the
-    /// `ALTER PUBLICATION … DROP TABLE` on and says nothing, so without this the collection would
-    /// silently fall behind its table. With a definition (the tables were bound on purpose) the capture
-    /// stops with a [`ErrorKind::Diverged`] error that says what happened and what will be done; without
-    /// one (every published table) the table's leaving is a notice, and its collection is read again if
-    /// it comes back ([`Capture::back_in_publication`]).
-    async fn left_publication(&mut self) -> Result<()> {
+    /// Checks that every bound table is still in the publication, and has not been out of it since the
+    /// last look; returns the re-backfills due. pgoutput stops sending a table's changes from the
+    /// `ALTER PUBLICATION … DROP TABLE` on and says nothing, so without this a collection would
+    /// silently fall behind its table. A table found out, or found back under a new membership (its
+    /// `pg_publication_rel` row is new: it was dropped and added back in between, however quickly), is
+    /// recorded as having left, committed at the checkpoint so the record outlives an error.
+    ///
+    /// A table out now stops a capture with a definition (the tables were bound on purpose) with a
+    /// [`ErrorKind::Diverged`] error that says what happened and what will be done; without one (every
+    /// published table) it is a notice. A table that left and is in again has its collection read
+    /// again (a re-backfill), once no backfill of it is under way.
+    async fn check_membership(&mut self) -> Result<Vec<Rebackfill>> {
         if self.states.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if self.sql.is_none() {
             self.sql = Some(connect(&self.options.spec).await?);
@@ -1130,105 +1154,94 @@ impl Capture {
             .iter()
             .map(|s| (s.schema.as_str(), s.table.as_str()))
             .collect();
-        let missing = unpublished(sql, &publications, &tables).await?;
-        // Only news is recorded: a table still out keeps the position it was first noticed at.
-        let news: Vec<usize> = missing
-            .iter()
-            .copied()
-            .filter(|&i| self.states[i].left_publication.is_none())
-            .collect();
-        if !news.is_empty() {
-            for &i in &news {
-                self.states[i].left_publication = Some(self.checkpoint);
+        let found = membership(sql, &publications, &tables).await?;
+        let mut changed = false;
+        let mut news = Vec::new();
+        let mut out = Vec::new();
+        for (i, member) in found.into_iter().enumerate() {
+            let state = &mut self.states[i];
+            let left = match &member {
+                None => true,
+                Some(token) => state.published_as.as_ref().is_some_and(|old| old != token),
+            };
+            if left && state.left_publication.is_none() {
+                state.left_publication = Some(self.checkpoint);
+                news.push(i);
+                changed = true;
             }
+            if member.is_none() {
+                out.push(i);
+            }
+            if member.is_some() && state.published_as != member {
+                state.published_as = member;
+                changed = true;
+            }
+        }
+        if changed {
             self.save_states()?;
             self.store.commit(self.checkpoint)?;
         }
-        let reported = if self.definition.is_some() {
-            &missing
-        } else {
-            &news
-        };
-        if reported.is_empty() {
-            return Ok(());
-        }
         let publication = sql::ident(&self.options.publication);
-        let names: Vec<String> = reported
-            .iter()
-            .map(|&i| qualified(&self.states[i].schema, &self.states[i].table))
-            .collect();
-        let collections: Vec<&str> = reported
-            .iter()
-            .map(|&i| self.states[i].collection.as_str())
-            .collect();
-        let noticed: Vec<String> = reported
-            .iter()
-            .map(|&i| {
-                self.states[i]
-                    .left_publication
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
-        let what = format!(
-            "{} left publication {publication} while the capture followed it (noticed at {}): PostgreSQL \
-             sends none of its changes from then on, and no slot can send them again",
-            names.join(", "),
-            noticed.join(", ")
-        );
-        if self.definition.is_none() {
+        let reported: Vec<usize> = if self.definition.is_some() {
+            out.clone()
+        } else {
+            out.iter().copied().filter(|i| news.contains(i)).collect()
+        };
+        if !reported.is_empty() {
+            let names: Vec<String> = reported
+                .iter()
+                .map(|&i| qualified(&self.states[i].schema, &self.states[i].table))
+                .collect();
+            let collections: Vec<&str> = reported
+                .iter()
+                .map(|&i| self.states[i].collection.as_str())
+                .collect();
+            let noticed: Vec<String> = reported
+                .iter()
+                .map(|&i| {
+                    self.states[i]
+                        .left_publication
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            let what = format!(
+                "{} left publication {publication} while the capture followed it (noticed at {}): \
+                 PostgreSQL sends none of its changes from then on, and no slot can send them again",
+                names.join(", "),
+                noticed.join(", ")
+            );
+            if self.definition.is_some() {
+                return Err(Error::new(
+                    ErrorKind::Diverged,
+                    format!(
+                        "{what}. Add it back ({}) or remove its binding, then start the capture again: \
+                         collection {} is then read again from the table (a re-backfill), replacing its \
+                         rows; the changes in between are not in its change log",
+                        names
+                            .iter()
+                            .map(|n| format!("ALTER PUBLICATION {publication} ADD TABLE {n}"))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        collections.join(", ")
+                    ),
+                ));
+            }
             self.notice(format!(
                 "{what}; collection {} stops following it, and is read again from the table (a \
                  re-backfill) if it is added back",
                 collections.join(", ")
             ));
-            return Ok(());
         }
-        Err(Error::new(
-            ErrorKind::Diverged,
-            format!(
-                "{what}. Add it back ({}) or remove its binding, then start the capture again: \
-                 collection {} is then read again from the table (a re-backfill), replacing its rows; the \
-                 changes in between are not in its change log",
-                names
-                    .iter()
-                    .map(|n| format!("ALTER PUBLICATION {publication} ADD TABLE {n}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                collections.join(", ")
-            ),
-        ))
-    }
-
-    /// The re-backfills due for tables that left the publication and are in it again.
-    async fn back_in_publication(&mut self) -> Result<Vec<Rebackfill>> {
-        let away: Vec<usize> = (0..self.states.len())
-            .filter(|&i| self.states[i].left_publication.is_some())
-            .collect();
-        if away.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.sql.is_none() {
-            self.sql = Some(connect(&self.options.spec).await?);
-        }
-        let sql = self.sql.as_ref().expect("connected above");
-        let publications = crate::publication::streamed(sql, &self.options.publication).await?;
-        let tables: Vec<(&str, &str)> = away
-            .iter()
-            .map(|&i| {
-                (
-                    self.states[i].schema.as_str(),
-                    self.states[i].table.as_str(),
-                )
-            })
-            .collect();
-        let missing = unpublished(sql, &publications, &tables).await?;
         let mut due = Vec::new();
-        for (at, &i) in away.iter().enumerate() {
-            if missing.contains(&at) {
+        for (i, state) in self.states.iter().enumerate() {
+            let Some(since) = state.left_publication else {
+                continue;
+            };
+            if out.contains(&i) || state.backfilling.is_some() {
                 continue;
             }
-            let state = &self.states[i];
+            let sql = self.sql.as_ref().expect("connected above");
             let Some(oid) = table_oid(sql, &state.schema, &state.table).await? else {
                 continue;
             };
@@ -1237,10 +1250,10 @@ impl Capture {
                 table: state.table.clone(),
                 seen: oid,
                 notice: format!(
-                    "table {} is in publication {} again after it left (noticed at {}); collection {} is read                      again from it (a re-backfill), replacing its rows; the changes made while it was out                      are not in its change log",
+                    "table {} is in publication {publication} again after it left (noticed at {since}); \
+                     collection {} is read again from it (a re-backfill), replacing its rows; the changes \
+                     made while it was out are not in its change log",
                     qualified(&state.schema, &state.table),
-                    sql::ident(&self.options.publication),
-                    state.left_publication.unwrap_or_default(),
                     state.collection
                 ),
             });
@@ -1417,11 +1430,10 @@ impl Capture {
         .await?;
         self.checkpoint = self.store.checkpoint()?;
         self.reconcile(definition, text).await?;
-        // A bound table that left the publication while the capture was stopped has a gap too.
-        self.left_publication().await?;
         // Read again now even if the new table never changes.
         self.rebackfill = self.recreated_while_stopped().await?;
-        let back = self.back_in_publication().await?;
+        // A bound table that left the publication while the capture was stopped has a gap too.
+        let back = self.check_membership().await?;
         self.rebackfill.extend(back);
         if !self.rebackfill.is_empty() {
             self.start_rebackfills().await?;
@@ -1554,15 +1566,27 @@ impl Capture {
         } else {
             self.streamed.clone()
         };
-        for (binding, _) in &tables {
-            check_published(sql, &publications, &binding.schema, &binding.table).await?;
+        // A table read again (it was live) may leave the publication at any moment, here too: the
+        // membership check ([`Capture::check_membership`]) follows those, so only a new one is refused.
+        for (binding, was_live) in &tables {
+            if !was_live {
+                check_published(sql, &publications, &binding.schema, &binding.table).await?;
+            }
         }
+        // Membership read before the snapshot: a table that leaves the publication (or leaves and
+        // comes back) after this shows as a change at the next check, so no gap after the snapshot's
+        // point goes unseen; one out already has left.
+        let named: Vec<(&str, &str)> = tables
+            .iter()
+            .map(|(b, _)| (b.schema.as_str(), b.table.as_str()))
+            .collect();
+        let members = membership(sql, &publications, &named).await?;
         let name = format!("tidepool_backfill_{}", crate::secrets::random_hex(6)?);
         let session =
             crate::replication::SnapshotSession::create(&self.options.spec, &name, true).await?;
         let point = session.consistent_point;
         self.store.begin()?;
-        for (binding, was_live) in &tables {
+        for ((binding, was_live), member) in tables.iter().zip(members) {
             self.store.drop_held(&binding.collection)?;
             let retired = self
                 .states
@@ -1576,6 +1600,8 @@ impl Capture {
                 backfilling: Some(point),
                 was_live: *was_live,
                 retired,
+                left_publication: member.is_none().then_some(self.checkpoint),
+                published_as: member,
                 ..live_state(binding)
             });
         }
@@ -1795,8 +1821,7 @@ impl Capture {
                             self.prune_if_due();
                             if Instant::now() >= self.next_publication_check {
                                 self.next_publication_check = Instant::now() + PUBLICATION_POLL;
-                                self.left_publication().await?;
-                                let back = self.back_in_publication().await?;
+                                let back = self.check_membership().await?;
                                 self.rebackfill.extend(back);
                                 if !self.rebackfill.is_empty() {
                                     if self.store.in_batch() {

@@ -732,6 +732,119 @@ async fn ddl_mid_stream_loses_and_doubles_nothing() {
     streaming.check(&source, total, true).await;
 }
 
+/// The publication altered while the capture streams: three other tables removed from it and added
+/// back again and again, while all four tables change. Each ALTER makes pgoutput send its relations
+/// anew; each removal of a table the capture follows (it has no definition: every published table)
+/// is a notice, and each return reads that table's collection again alongside the stream. `t` keeps
+/// every change exactly once, and each side table's collection ends equal to its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publication_altered_mid_stream_loses_and_doubles_nothing() {
+    const SIDES: [&str; 3] = ["side_1", "side_2", "side_3"];
+    let (alters_wanted, duration) = scale((6, 10), (40, 60));
+    let seed = seed("publication altered");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let source = Source::on(
+        crate::harness::plain(),
+        "torture_pub",
+        "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL, payload text);
+         CREATE TABLE side_1 (id int PRIMARY KEY, n int NOT NULL);
+         CREATE TABLE side_2 (id int PRIMARY KEY, n int NOT NULL);
+         CREATE TABLE side_3 (id int PRIMARY KEY, n int NOT NULL);",
+    );
+    // A publication of listed tables (one FOR ALL TABLES cannot lose one), and a slot made after it:
+    // pgoutput reads the publication as of each change it decodes.
+    source.db.sql(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION tidepool_pub;
+         CREATE PUBLICATION tidepool_pub FOR TABLE t, side_1, side_2, side_3;
+         SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');
+         INSERT INTO t VALUES (0, 1, 'first');
+         INSERT INTO side_1 VALUES (0, 0); INSERT INTO side_2 VALUES (0, 0); INSERT INTO side_3 VALUES (0, 0);",
+        slot = source.slot
+    ));
+    source.catch_up().await;
+    let mut streaming = Streaming::start(&source, seed, duration, Arc::default(), None).await;
+    // The side tables change throughout, in the publication or not.
+    let sides = {
+        let spec = source.db.spec();
+        let mut random = Random(seed.rotate_left(41) | 1);
+        tokio::spawn(async move {
+            let client = tidepool::connection::connect(&spec).await.unwrap();
+            let deadline = Instant::now() + duration;
+            let mut next = 1;
+            while Instant::now() < deadline {
+                let side = SIDES[random.below(3) as usize];
+                let sql = match random.below(3) {
+                    0 => format!("INSERT INTO {side} VALUES ({next}, 0)"),
+                    1 => format!(
+                        "UPDATE {side} SET n = n + 1 WHERE id = (SELECT max(id) FROM {side})"
+                    ),
+                    _ => format!(
+                        "DELETE FROM {side} WHERE id = (SELECT min(id) FROM {side} WHERE id > 0)"
+                    ),
+                };
+                next += 1;
+                client.batch_execute(&sql).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5 + random.below(10))).await;
+            }
+        })
+    };
+    let client = tidepool::connection::connect(&source.db.spec())
+        .await
+        .unwrap();
+    let mut random = Random(seed.rotate_left(29) | 1);
+    let mut published = [true; 3];
+    let mut alters = 0;
+    while !streaming.workload_done() || alters < alters_wanted {
+        tokio::time::sleep(Duration::from_millis(300 + random.below(600))).await;
+        let at = random.below(3) as usize;
+        let verb = if published[at] { "DROP" } else { "ADD" };
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION tidepool_pub {verb} TABLE {}",
+                SIDES[at]
+            ))
+            .await
+            .unwrap();
+        published[at] = !published[at];
+        alters += 1;
+    }
+    sides.await.unwrap();
+    // All back in: the final catch-up reads again whichever left last.
+    for (at, side) in SIDES.iter().enumerate() {
+        if !published[at] {
+            client
+                .batch_execute(&format!("ALTER PUBLICATION tidepool_pub ADD TABLE {side}"))
+                .await
+                .unwrap();
+        }
+    }
+    let total = streaming.stop().await;
+    eprintln!("torture publication: {total} changes, {alters} ALTER PUBLICATION statements");
+    streaming.check(&source, total, false).await;
+    for side in SIDES {
+        let table: BTreeMap<i64, i64> = source
+            .db
+            .sql(&format!("SELECT id, n FROM {side} ORDER BY id;"))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (id, n) = l.split_once('|').unwrap();
+                (id.trim().parse().unwrap(), n.trim().parse().unwrap())
+            })
+            .collect();
+        let stored: BTreeMap<i64, i64> = source
+            .rows(&format!("public/{side}"))
+            .iter()
+            .map(data)
+            .map(|r| (r["id"].as_i64().unwrap(), r["n"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            stored, table,
+            "collection public/{side} differs from its table"
+        );
+    }
+}
+
 /// PostgreSQL restarted (fast and immediate, alternately) while the first backfill of a table reads
 /// it under concurrent updates: the capture starts the backfill over and ends with the source's rows,
 /// each stream change once, and each row backfilled at most once.
