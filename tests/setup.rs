@@ -485,3 +485,186 @@ fn the_command_line_prints_the_checklist_and_dry_runs_fixes() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm"));
 }
+
+/// Neon's guides have the database owner run the setup and the replication role only capture: a
+/// capture role that owns nothing gets a permission error that says how to run the fix as an owner,
+/// and the same fixes run as an owner profile (or with a password entered for the run) leave every
+/// check passing for the capture role.
+#[tokio::test]
+async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
+    use tidepool::profile::Profiles;
+    use tidepool::secrets::Secret;
+    use tidepool::setup::RunAs;
+    use tidepool::ErrorKind;
+
+    crate::profiles::require_keyring_session();
+    let db = TestDb::new(harness::plain(), "setup_owner");
+    // The owner is no superuser (Neon's neondb_owner is not one either): it owns the schema and its
+    // tables and may create in the database.
+    let owner = db.role("shop_owner", "", "owner-pw-3141");
+    let capture = db.role("cdc_role", "", "capture-pw-2718");
+    let o = tidepool::sql::ident(&owner.user);
+    db.sql(&format!(
+        "GRANT CREATE ON DATABASE {db} TO {o};
+         CREATE SCHEMA shop AUTHORIZATION {o};
+         SET ROLE {o};
+         CREATE TABLE shop.orders (id int PRIMARY KEY, n int);
+         CREATE TABLE shop.items (id int PRIMARY KEY, qty int);
+         RESET ROLE;",
+        db = tidepool::sql::ident(&db.name)
+    ));
+
+    let dir = harness::temp_dir("setup_owner_profiles");
+    let profiles = Profiles::open(&dir);
+    let save = |name: &str, user: &str, password: &str, database: &str| {
+        let mut draft = db.profile_draft(name);
+        draft.user = user.into();
+        draft.database = database.into();
+        profiles
+            .save(None, draft, Some(Secret::new(password)))
+            .unwrap()
+    };
+    let capture_profile = save("Capture", &capture.user, "capture-pw-2718", &db.name);
+    save("Owner", &owner.user, "owner-pw-3141", &db.name);
+    save("Elsewhere", &owner.user, "owner-pw-3141", "postgres");
+
+    let t = target(
+        &capture_profile.profile.publication,
+        &capture_profile.profile.slot,
+        &[("shop", "orders"), ("shop", "items")],
+    );
+    let found = checks(&capture, &t).await;
+    let action = |id: &str| find(&found, id).fix.clone().unwrap().action;
+    for id in ["replication", "grants:shop", "publication"] {
+        assert_eq!(find(&found, id).status, Status::Fail, "{id}");
+        assert!(!find(&found, id).fix.as_ref().unwrap().needs.is_empty());
+    }
+
+    // As the capture role itself, each fails for lack of rights, and the message says what to do.
+    for id in ["grants:shop", "publication", "replication"] {
+        let e = profiles.run_fix("Capture", action(id)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Permission, "{id}: {e:?}");
+        assert!(
+            e.message().contains("Run it as the owner instead")
+                && e.message().contains("--as <profile>")
+                && e.message().contains(action(id).needs()),
+            "{id}: {}",
+            e.message()
+        );
+    }
+
+    // A wrong owner password is an authentication error that does not carry the password.
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            action("grants:shop"),
+            RunAs::Password {
+                user: owner.user.clone(),
+                password: Secret::new("wrong-horse-battery-staple"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Authentication, "{e:?}");
+    assert!(!e.message().contains("wrong-horse-battery-staple"));
+    assert!(!format!("{e:?}").contains("wrong-horse-battery-staple"));
+
+    // A profile for another database is refused, naming the field, before anything runs.
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            action("grants:shop"),
+            RunAs::OtherProfile {
+                profile: "Elsewhere".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e:?}");
+    assert!(e.message().starts_with("database:"), "{}", e.message());
+
+    // A Neon action goes through the API, never as a database role.
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            Action::NeonEnableLogicalReplication {
+                project_id: "p".into(),
+            },
+            RunAs::OtherProfile {
+                profile: "Owner".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e:?}");
+
+    // The owner profile grants the schema and creates the publication.
+    let owner_profile = || RunAs::OtherProfile {
+        profile: "Owner".into(),
+    };
+    for id in ["grants:shop", "publication"] {
+        profiles
+            .run_fix_as("Capture", action(id), owner_profile())
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+    }
+    // On PostgreSQL 15 only a superuser may give REPLICATION: the owner's error says what it lacks.
+    let e = profiles
+        .run_fix_as("Capture", action("replication"), owner_profile())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("which role '{}' lacks", owner.user)),
+        "{}",
+        e.message()
+    );
+    // A superuser's password, entered for this run only.
+    let superuser = db.cluster.superuser_password().expose().to_string();
+    profiles
+        .run_fix_as(
+            "Capture",
+            action("replication"),
+            RunAs::Password {
+                user: "postgres".into(),
+                password: Secret::new(superuser.clone()),
+            },
+        )
+        .await
+        .unwrap();
+
+    // Checked again as the capture role: every check passes (the slot is the capture's first step),
+    // with the tables read from the publication the owner created.
+    let after = profiles.preflight("Capture", None).await.unwrap();
+    assert_eq!(find(&after, "grants:shop").status, Status::Pass);
+    for c in &after {
+        let expected = if c.id == "slot" {
+            Status::Step
+        } else {
+            Status::Pass
+        };
+        assert_eq!(c.status, expected, "{c:#?}");
+    }
+    // The default privileges were the owner's: a table it creates later is readable too.
+    db.sql(&format!(
+        "SET ROLE {o}; CREATE TABLE shop.later (id int PRIMARY KEY); RESET ROLE;"
+    ));
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT has_table_privilege({}, 'shop.later', 'SELECT');",
+            tidepool::sql::literal(&capture.user)
+        ))
+        .trim(),
+        "t"
+    );
+    // No password entered or stored reached the profile list.
+    let file = std::fs::read_to_string(dir.join("profiles.json")).unwrap();
+    for secret in [superuser.as_str(), "owner-pw-3141", "capture-pw-2718"] {
+        assert!(!file.contains(secret));
+    }
+    for name in ["Capture", "Owner", "Elsewhere"] {
+        profiles.delete(name).unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
