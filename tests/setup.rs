@@ -668,3 +668,107 @@ async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `tidepool setup --as-user <role>` reads the owner's password from standard input (never an
+/// argument or the environment) and runs the fix as that role; `--as <profile>` runs it as a saved
+/// profile; as the connecting role, the refusal says how to run it as an owner.
+#[test]
+fn the_command_line_runs_a_fix_as_the_owner() {
+    use std::io::Write;
+    use tidepool::secrets::Secret;
+
+    crate::profiles::require_keyring_session();
+    let db = TestDb::new(harness::plain(), "setup_cli_owner");
+    let owner = db.role("cli_owner", "", "cli-owner-pw-1618");
+    let capture = db.role("cli_cdc", "", "cli-capture-pw-1414");
+    let o = tidepool::sql::ident(&owner.user);
+    db.sql(&format!(
+        "CREATE SCHEMA shop AUTHORIZATION {o};
+         SET ROLE {o}; CREATE TABLE shop.orders (id int PRIMARY KEY); RESET ROLE;"
+    ));
+    let dir = harness::temp_dir("setup_cli_owner");
+    let profiles = tidepool::profile::Profiles::open(&dir);
+    let mut draft = db.profile_draft("Owner");
+    draft.user = owner.user.clone();
+    profiles
+        .save(None, draft, Some(Secret::new("cli-owner-pw-1618")))
+        .unwrap();
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
+        capture.user,
+        db.cluster.port(),
+        db.name
+    );
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(["setup", "--url", &url])
+            .args(args)
+            .env("PGPASSWORD", "cli-capture-pw-1414")
+            .env("TIDEPOOL_DATA_DIR", &dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains("cli-owner-pw-1618"), "{text}");
+        (out.status.success(), text)
+    };
+    let usage = || {
+        db.sql(&format!(
+            "SELECT has_schema_privilege({}, 'shop', 'USAGE');",
+            tidepool::sql::literal(&capture.user)
+        ))
+        .trim()
+        .to_string()
+    };
+
+    let (ok, text) = run(&["grant-schema", "--schema", "shop"], "");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("--as <profile> or --as-user <role>"),
+        "{text}"
+    );
+    assert_eq!(usage(), "f");
+
+    let (ok, text) = run(
+        &["--as-user", &owner.user, "grant-schema", "--schema", "shop"],
+        "cli-owner-pw-1618\n",
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("runs as role {}", owner.user)),
+        "{text}"
+    );
+    assert_eq!(usage(), "t");
+
+    let (ok, text) = run(
+        &[
+            "--as",
+            "Owner",
+            "replica-identity-full",
+            "--table",
+            "shop.orders",
+        ],
+        "",
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        db.sql("SELECT relreplident FROM pg_class WHERE oid = 'shop.orders'::regclass;")
+            .trim(),
+        "f"
+    );
+    profiles.delete("Owner").unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
