@@ -43,13 +43,21 @@ export function PublicationFix({
   const [error, setError] = useState<BackendError | null>(null);
   const [runAs, setRunAs] = useState<RunAs>(OWN_ROLE);
 
+  // The tables to pick from are those the role that runs the fix can read: a capture role that owns
+  // nothing reads none until the owner grants it, so run as the owner's profile, they are the owner's.
+  const pickingAs = runAs.kind === "otherProfile" ? runAs.profile : profileId;
   useEffect(() => {
     if (!asking) return;
+    let live = true;
+    setAvailable(null);
     backend
-      .discoverTables(profileId)
-      .then(setAvailable)
-      .catch((e) => setError(e as BackendError));
-  }, [asking, profileId]);
+      .discoverTables(pickingAs)
+      .then((found) => live && setAvailable(found))
+      .catch((e) => live && setError(e as BackendError));
+    return () => {
+      live = false;
+    };
+  }, [asking, pickingAs]);
 
   useEffect(() => {
     if (tables.length === 0) {
@@ -102,6 +110,13 @@ export function PublicationFix({
         <fieldset data-testid="publication-pick">
           <legend>Which tables should {publication || "the publication"} publish?</legend>
           {available === null && !error && <p>Reading the tables…</p>}
+          {available?.length === 0 && runAs.kind !== "otherProfile" && (
+            <p className="note" data-testid="publication-pick-none">
+              {profile ? `Role ${profile.user}` : "The profile's role"} can read no table yet. Pick them as the
+              owner: &ldquo;Run as another role…&rdquo; below, then another saved profile. Setup then offers the
+              schema grant for the tables published.
+            </p>
+          )}
           {(available ?? []).map((t) => (
             <label key={key(t)} className="choice">
               <input

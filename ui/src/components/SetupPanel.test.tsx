@@ -461,6 +461,31 @@ describe("SetupPanel: Run as", () => {
     expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as neondb_owner");
   });
 
+  it("picks the tables to publish from those the owner's profile reads when the profile's role reads none", async () => {
+    answer("preflight", async () => [noPublication]);
+    answer("discoverTables", async (id) => (id === "p2" ? [discovered(orders, ["id"])] : []));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("runFix", async () => {});
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    expect((await screen.findByTestId("publication-pick-none")).textContent).toContain("Role cdc_role can read no table yet");
+    expect(screen.queryByTestId("publish-pick-shop.orders")).toBeNull();
+    await user.click(screen.getByTestId("run-as-toggle"));
+    await user.click(screen.getByTestId("run-as-other"));
+    await user.click(await screen.findByTestId("publish-pick-shop.orders"));
+    expect(screen.queryByTestId("publication-pick-none")).toBeNull();
+    expect(callsOf("discoverTables")).toStrictEqual([["p1"], ["p2"]]);
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'),
+    );
+    // Planned for the profile's publication, run as the owner.
+    expect(callsOf("planPublication").every(([id]) => id === "p1")).toBe(true);
+    await user.click(screen.getByTestId("fix-publication-run"));
+    await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
+    expect(callsOf("runFix")[0]?.[2]).toStrictEqual({ kind: "otherProfile", profile: "p2" });
+  });
+
   it("runs the publication fix as the chosen owner profile", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"])]);
