@@ -379,6 +379,9 @@ impl Action {
                 Error::from_postgres(&e, &what)
             })?;
         }
+        if let Action::GrantSchemaAccess { schema, role } = self {
+            granted(client, schema, role).await?;
+        }
         Ok(password)
     }
 
@@ -415,6 +418,54 @@ impl Action {
             )),
         }
     }
+}
+
+/// Whether `role` can now use `schema` and read its tables. A GRANT by a role that holds a right
+/// without its grant option only warns ("no privileges were granted") and succeeds, so a fix run as
+/// the wrong "owner" would otherwise look done.
+async fn granted(client: &Client, schema: &str, role: &str) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT has_schema_privilege($2::text::name, n.oid, 'USAGE'),
+                    ARRAY(SELECT c.relname::text FROM pg_class c
+                           WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+                             AND NOT has_table_privilege($2::text::name, c.oid, 'SELECT')
+                           ORDER BY 1)
+               FROM pg_namespace n WHERE n.nspname = $1",
+            &[&schema, &role],
+        )
+        .await
+        .map_err(|e| {
+            Error::from_postgres(
+                &e,
+                &format!("checking the grants on schema {}", ident(schema)),
+            )
+        })?;
+    let usage: bool = row.get(0);
+    let unreadable: Vec<String> = row.get(1);
+    if usage && unreadable.is_empty() {
+        return Ok(());
+    }
+    let what = if usage {
+        format!(
+            "cannot SELECT from {}",
+            unreadable
+                .iter()
+                .map(|t| ident(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        "has no USAGE on it".to_string()
+    };
+    Err(Error::new(
+        crate::error::ErrorKind::Permission,
+        format!(
+            "schema {}: the grants ran, but role {} still {what}: PostgreSQL granted nothing it only warned about, because the role that ran them neither owns these objects nor holds the rights WITH GRANT OPTION",
+            ident(schema),
+            ident(role)
+        ),
+    ))
 }
 
 #[cfg(test)]

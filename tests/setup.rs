@@ -598,6 +598,33 @@ async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e:?}");
 
+    // A role that reads the schema but holds no grant option: PostgreSQL only warns and grants
+    // nothing, and the fix says so instead of looking done.
+    let reader = db.role("shop_reader", "", "reader-pw-1732");
+    db.sql(&format!(
+        "GRANT USAGE ON SCHEMA shop TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {r};",
+        r = tidepool::sql::ident(&reader.user)
+    ));
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            action("grants:shop"),
+            RunAs::Password {
+                user: reader.user.clone(),
+                password: Secret::new("reader-pw-1732"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e:?}");
+    assert!(
+        e.message().contains("granted nothing")
+            && e.message()
+                .contains(&format!("which role '{}' lacks", reader.user)),
+        "{}",
+        e.message()
+    );
+
     // The owner profile grants the schema and creates the publication.
     let owner_profile = || RunAs::OtherProfile {
         profile: "Owner".into(),
