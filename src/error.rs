@@ -123,6 +123,14 @@ impl Error {
         }
     }
 
+    /// The same error with `advice` (what to do about it) after its message, keeping its kind.
+    pub fn with_advice(self, advice: impl fmt::Display) -> Self {
+        Error {
+            kind: self.kind,
+            message: format!("{}; {advice}", self.message),
+        }
+    }
+
     /// This error with the Neon project named, when it is a refusal by Neon's IP Allow (what to change
     /// is that project's list); any other error unchanged.
     pub fn in_neon_project(self, project: Option<&str>) -> Self {

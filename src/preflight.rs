@@ -58,6 +58,9 @@ pub struct Fix {
     pub preview: Vec<String>,
     /// What to know before confirming.
     pub warning: Option<String>,
+    /// The rights the role that runs it needs ([`Action::needs`]): when the profile's own role
+    /// lacks them, the fix can run as an owner ([`crate::setup::RunAs`]).
+    pub needs: String,
     /// For the publication fix: the plan, with each table that has no usable replica identity and
     /// the choices for it (the UI asks before "Run").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +73,7 @@ impl Fix {
         Fix {
             preview: action.preview(),
             warning: action.warning().map(str::to_string),
+            needs: action.needs().to_string(),
             action,
             plan: None,
         }

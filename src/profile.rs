@@ -718,6 +718,72 @@ impl Profiles {
         Ok(spec)
     }
 
+    /// The connection spec to run a fix with on the database `base` points at: `base` itself for
+    /// [`RunAs::Profile`](crate::setup::RunAs::Profile); another saved profile's (its password from
+    /// the keychain), refused unless it is for the same host, port and database; or `base`'s server
+    /// and TLS settings with the entered role and password. Reads the keychain (blocking).
+    pub fn spec_to_run_as(
+        &self,
+        base: ConnectionSpec,
+        run_as: crate::setup::RunAs,
+    ) -> Result<ConnectionSpec> {
+        use crate::setup::RunAs;
+        match run_as {
+            RunAs::Profile => Ok(base),
+            RunAs::OtherProfile { profile } => {
+                let other = self.get(&profile)?;
+                let differs = if !other.host.eq_ignore_ascii_case(&base.host) {
+                    Some(("host", other.host.clone(), base.host.clone()))
+                } else if other.port != base.port {
+                    Some(("port", other.port.to_string(), base.port.to_string()))
+                } else if other.database != base.database {
+                    Some(("database", other.database.clone(), base.database.clone()))
+                } else {
+                    None
+                };
+                if let Some((field, theirs, ours)) = differs {
+                    return Err(Error::invalid_input(
+                        field,
+                        format!(
+                            "profile '{}' connects to {field} '{theirs}', and the fix is for {field} '{ours}': run it as a profile for the same server and database",
+                            other.name
+                        ),
+                    ));
+                }
+                let spec = self.spec(&other.id, None)?;
+                if spec.password.is_none() && other.password == PasswordStorage::AskEachTime {
+                    return Err(Error::new(
+                        ErrorKind::Authentication,
+                        format!(
+                            "profile '{}' keeps no password (it asks each time): run the fix with its role's password instead",
+                            other.name
+                        ),
+                    ));
+                }
+                Ok(spec)
+            }
+            RunAs::Password { user, password } => {
+                let user = user.trim().to_string();
+                if user.is_empty() {
+                    return Err(Error::invalid_input(
+                        "user",
+                        "name the role to run the fix as",
+                    ));
+                }
+                if password.is_empty() {
+                    return Err(Error::invalid_input(
+                        "password",
+                        format!("enter the password of role '{user}'"),
+                    ));
+                }
+                let mut spec = base;
+                spec.user = user;
+                spec.password = Some(password);
+                Ok(spec)
+            }
+        }
+    }
+
     /// Connects with the form's values as they stand (saved or not) and reads the server's facts. The
     /// password is the typed one, else, for a saved profile that keeps it there, the keychain's.
     pub async fn test_draft(
@@ -855,13 +921,33 @@ impl Profiles {
         Ok(checks)
     }
 
-    /// Runs a fix the user confirmed: SQL as the profile's role, a Neon action through the Neon API
-    /// with the key in the keychain. A password that comes back never reaches the caller: a new role's
-    /// goes to the keychain with a new profile for it (named after the role, linked like this one); a
-    /// revealed or reset one replaces this profile's password in the keychain.
+    /// Runs a fix the user confirmed as the profile's own role: [`Profiles::run_fix_as`] with
+    /// [`RunAs::Profile`](crate::setup::RunAs::Profile).
     pub async fn run_fix(&self, id_or_name: &str, action: crate::setup::Action) -> Result<()> {
-        use crate::setup::Action;
+        self.run_fix_as(id_or_name, action, crate::setup::RunAs::Profile)
+            .await
+    }
+
+    /// Runs a fix the user confirmed: SQL as `run_as` (the profile's role, another saved profile for
+    /// the same database, or a role whose password was entered for this run), a Neon action through
+    /// the Neon API with the key in the keychain. A password that comes back never reaches the
+    /// caller: a new role's goes to the keychain with a new profile for it (named after the role,
+    /// linked like this one); a revealed or reset one replaces this profile's password in the
+    /// keychain. A permission error as the profile's own role says the fix can run as an owner.
+    pub async fn run_fix_as(
+        &self,
+        id_or_name: &str,
+        action: crate::setup::Action,
+        run_as: crate::setup::RunAs,
+    ) -> Result<()> {
+        use crate::setup::{Action, RunAs};
         let profile = self.get(id_or_name)?;
+        if action.is_neon() && !matches!(run_as, RunAs::Profile) {
+            return Err(Error::invalid_input(
+                "run as",
+                "a Neon action runs through the Neon API with its key, not as a database role",
+            ));
+        }
         let password = if action.is_neon() {
             if let Action::NeonRevealPassword { role, .. }
             | Action::NeonResetPassword { role, .. } = &action
@@ -878,9 +964,21 @@ impl Profiles {
             }
             action.run_neon(&self.neon_client().await?).await?
         } else {
-            let spec = self.spec_blocking(id_or_name, None).await?;
-            let client = crate::connection::connect(&spec).await?;
-            action.run(&client).await?
+            let own = matches!(run_as, RunAs::Profile);
+            let spec = match run_as {
+                RunAs::Profile => self.spec_blocking(id_or_name, None).await?,
+                other => {
+                    let profiles = self.clone();
+                    let base = profile.spec_without_password();
+                    tokio::task::spawn_blocking(move || profiles.spec_to_run_as(base, other))
+                        .await
+                        .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??
+                }
+            };
+            let user = spec.user.clone();
+            let ran = async { action.run(&crate::connection::connect(&spec).await?).await }.await;
+            drop(spec);
+            ran.map_err(|e| action.explain_refusal(e, own, &user))?
         };
         let Some(password) = password else {
             return Ok(());

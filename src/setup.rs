@@ -10,6 +10,10 @@
 //!   verifier (as psql's `\password` does), so the password is in no statement the server may log
 //!   (`log_statement`), no client debug log, and no error.
 //! - Nothing is dropped without an explicit action that names it ([`Action::DropSlot`]).
+//! - Each action says which rights it needs ([`Action::needs`]), and a SQL action can run as a role
+//!   other than the profile's ([`RunAs`]): the guides have the database owner run the setup and the
+//!   replication role only capture. An owner password entered for one run stays a [`Secret`] and is
+//!   dropped after it.
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -107,6 +111,32 @@ pub enum Action {
     },
 }
 
+/// Who runs a SQL fix. The statements are the same whoever runs them; only the login differs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum RunAs {
+    /// The profile's own role (the capture role).
+    #[default]
+    Profile,
+    /// Another saved profile, typically the database owner's, for the same host, port and database.
+    OtherProfile {
+        /// Its id or name.
+        profile: String,
+    },
+    /// A role whose password is entered for this one run and not kept; it logs in with the
+    /// profile's host, port, database and TLS settings.
+    Password {
+        /// The role.
+        user: String,
+        /// Its password, dropped after the run.
+        password: Secret,
+    },
+}
+
 /// Where a generated password goes in a preview.
 pub const PASSWORD_PLACEHOLDER: &str = "'<generated password, stored in the OS keychain>'";
 
@@ -169,6 +199,63 @@ impl Action {
                 ident(role)
             )],
             other => other.statements(),
+        }
+    }
+
+    /// The rights the role that runs it needs (PostgreSQL 15's rules; where a later version or Neon
+    /// differs, that too), for a person choosing who runs it.
+    pub fn needs(&self) -> &'static str {
+        match self {
+            Action::SetWalLevel => {
+                "a superuser (or a role granted ALTER SYSTEM on wal_level)"
+            }
+            Action::GrantReplication { .. } => {
+                "a superuser (PostgreSQL 16 and later: CREATEROLE with ADMIN OPTION on the role, and \
+                 REPLICATION itself; on Neon, the database owner)"
+            }
+            Action::CreateReplicationRole { .. } => {
+                "a superuser (PostgreSQL 16 and later: CREATEROLE and REPLICATION; on Neon, the \
+                 database owner)"
+            }
+            Action::GrantSchemaAccess { .. } => {
+                "the owner of the schema and of its tables (or a superuser); the default privileges \
+                 it sets cover the tables that role creates later"
+            }
+            Action::Publication { .. } => {
+                "the owner of the tables, with CREATE on the database (or a superuser); adding to an \
+                 existing publication, its owner too"
+            }
+            Action::CreateSlot { .. } | Action::DropSlot { .. } => {
+                "REPLICATION (or a superuser)"
+            }
+            Action::ReplicaIdentityFull { .. } => "the owner of the table (or a superuser)",
+            Action::NeonEnableLogicalReplication { .. }
+            | Action::NeonCreateRole { .. }
+            | Action::NeonRevealPassword { .. }
+            | Action::NeonResetPassword { .. } => {
+                "a Neon API key with access to the project (kept in the OS keychain)"
+            }
+        }
+    }
+
+    /// `err` from running this action as role `user`, with what to do when it is a refusal for lack
+    /// of rights: as the profile's own role (`own`), run it as an owner; as another role, which
+    /// rights that role lacks. Any other error unchanged.
+    pub fn explain_refusal(&self, err: Error, own: bool, user: &str) -> Error {
+        if err.kind() != crate::error::ErrorKind::Permission {
+            err
+        } else if own {
+            err.with_advice(format!(
+                "this fix needs {}. Run it as the owner instead: as another saved profile (typically \
+                 the database owner's) or with the owner's password, entered once and not kept \
+                 (command line: --as <profile> or --as-user <role>)",
+                self.needs()
+            ))
+        } else {
+            err.with_advice(format!(
+                "this fix needs {}, which role '{user}' lacks",
+                self.needs()
+            ))
         }
     }
 
@@ -292,6 +379,9 @@ impl Action {
                 Error::from_postgres(&e, &what)
             })?;
         }
+        if let Action::GrantSchemaAccess { schema, role } = self {
+            granted(client, schema, role).await?;
+        }
         Ok(password)
     }
 
@@ -330,6 +420,54 @@ impl Action {
     }
 }
 
+/// Whether `role` can now use `schema` and read its tables. A GRANT by a role that holds a right
+/// without its grant option only warns ("no privileges were granted") and succeeds, so a fix run as
+/// the wrong "owner" would otherwise look done.
+async fn granted(client: &Client, schema: &str, role: &str) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT has_schema_privilege($2::text::name, n.oid, 'USAGE'),
+                    ARRAY(SELECT c.relname::text FROM pg_class c
+                           WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+                             AND NOT has_table_privilege($2::text::name, c.oid, 'SELECT')
+                           ORDER BY 1)
+               FROM pg_namespace n WHERE n.nspname = $1",
+            &[&schema, &role],
+        )
+        .await
+        .map_err(|e| {
+            Error::from_postgres(
+                &e,
+                &format!("checking the grants on schema {}", ident(schema)),
+            )
+        })?;
+    let usage: bool = row.get(0);
+    let unreadable: Vec<String> = row.get(1);
+    if usage && unreadable.is_empty() {
+        return Ok(());
+    }
+    let what = if usage {
+        format!(
+            "cannot SELECT from {}",
+            unreadable
+                .iter()
+                .map(|t| ident(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        "has no USAGE on it".to_string()
+    };
+    Err(Error::new(
+        crate::error::ErrorKind::Permission,
+        format!(
+            "schema {}: the grants ran, but role {} still {what}: PostgreSQL granted nothing it only warned about, because the role that ran them neither owns these objects nor holds the rights WITH GRANT OPTION",
+            ident(schema),
+            ident(role)
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +501,23 @@ mod tests {
                 "CREATE ROLE \"cdc\" WITH LOGIN REPLICATION PASSWORD {PASSWORD_PLACEHOLDER}"
             )]
         );
+    }
+
+    #[test]
+    fn run_as_travels_as_tagged_json_and_never_shows_the_password() {
+        let run_as: RunAs = serde_json::from_str(
+            r#"{"kind":"password","user":"neondb_owner","password":"hunter2-owner"}"#,
+        )
+        .unwrap();
+        assert!(matches!(&run_as, RunAs::Password { user, .. } if user == "neondb_owner"));
+        assert!(!format!("{run_as:?}").contains("hunter2-owner"));
+        let other: RunAs =
+            serde_json::from_str(r#"{"kind":"otherProfile","profile":"Owner"}"#).unwrap();
+        assert!(matches!(other, RunAs::OtherProfile { profile } if profile == "Owner"));
+        assert!(matches!(
+            serde_json::from_str::<RunAs>(r#"{"kind":"profile"}"#).unwrap(),
+            RunAs::Profile
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Secret hygiene over a whole session, the way a person would use Tidepool from the command line
 //! (which shares the engine, the data folder and the keychain with the app): an owner profile with a
-//! password, a capture role created by Setup with a generated password, a Neon API key used against
+//! password, a capture role created by Setup with a generated password, a fix run as a table's owner
+//! whose password is typed for that run only, a Neon API key used against
 //! the (stand-in) Neon API, a webhook consumer with a secret header and its signing secret, a pull
 //! consumer with the API token, and a capture that delivers to both. Then every place a secret could
 //! have leaked is searched for each one: every file of the data folder, everything the processes
@@ -156,6 +157,35 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         .expect("the generated password in the keychain")
         .expose()
         .to_string();
+
+    // A fix run as the table's owner, whose password is typed on standard input for this run only
+    // (the role made with its SCRAM verifier, so not even that statement names the password).
+    let entered = fresh("ownerpw_");
+    let table_owner = format!("{unique}_owner");
+    db.sql(&format!(
+        "CREATE ROLE {owner} LOGIN PASSWORD {verifier}; ALTER TABLE orders OWNER TO {owner};",
+        owner = tidepool::sql::ident(&table_owner),
+        verifier = tidepool::sql::literal(&Secret::new(entered.clone()).scram_verifier())
+    ));
+    run(
+        tidepool(&dir).args([
+            "setup",
+            "--profile",
+            "Capture",
+            "--as-user",
+            &table_owner,
+            "replica-identity-full",
+            "--table",
+            "public.orders",
+        ]),
+        Some(&format!("{entered}\n")),
+        &mut printed,
+    );
+    assert_eq!(
+        db.sql("SELECT relreplident FROM pg_class WHERE oid = 'orders'::regclass;")
+            .trim(),
+        "f"
+    );
 
     // The Neon API key, typed on standard input and used against the API.
     let neon_key = fresh("napi_");
@@ -354,6 +384,7 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         ("the store's encryption key", store_key.as_str()),
         ("the owner's password", owner_password.as_str()),
         ("the capture role's generated password", &role_password),
+        ("an owner's password entered for one fix", &entered),
         ("the Neon API key", &neon_key),
         ("the webhook's secret header", &header_value),
         ("the webhook signing secret", &signing),

@@ -485,3 +485,317 @@ fn the_command_line_prints_the_checklist_and_dry_runs_fixes() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm"));
 }
+
+/// Neon's guides have the database owner run the setup and the replication role only capture: a
+/// capture role that owns nothing gets a permission error that says how to run the fix as an owner,
+/// and the same fixes run as an owner profile (or with a password entered for the run) leave every
+/// check passing for the capture role.
+#[tokio::test]
+async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
+    use tidepool::profile::Profiles;
+    use tidepool::secrets::Secret;
+    use tidepool::setup::RunAs;
+    use tidepool::ErrorKind;
+
+    crate::profiles::require_keyring_session();
+    let db = TestDb::new(harness::plain(), "setup_owner");
+    // The owner is no superuser (Neon's neondb_owner is not one either): it owns the schema and its
+    // tables and may create in the database.
+    let owner = db.role("shop_owner", "", "owner-pw-3141");
+    let capture = db.role("cdc_role", "", "capture-pw-2718");
+    let o = tidepool::sql::ident(&owner.user);
+    db.sql(&format!(
+        "GRANT CREATE ON DATABASE {db} TO {o};
+         CREATE SCHEMA shop AUTHORIZATION {o};
+         SET ROLE {o};
+         CREATE TABLE shop.orders (id int PRIMARY KEY, n int);
+         CREATE TABLE shop.items (id int PRIMARY KEY, qty int);
+         RESET ROLE;",
+        db = tidepool::sql::ident(&db.name)
+    ));
+
+    let dir = harness::temp_dir("setup_owner_profiles");
+    let profiles = Profiles::open(&dir);
+    let save = |name: &str, user: &str, password: &str, database: &str| {
+        let mut draft = db.profile_draft(name);
+        draft.user = user.into();
+        draft.database = database.into();
+        profiles
+            .save(None, draft, Some(Secret::new(password)))
+            .unwrap()
+    };
+    let capture_profile = save("Capture", &capture.user, "capture-pw-2718", &db.name);
+    save("Owner", &owner.user, "owner-pw-3141", &db.name);
+    save("Elsewhere", &owner.user, "owner-pw-3141", "postgres");
+
+    let t = target(
+        &capture_profile.profile.publication,
+        &capture_profile.profile.slot,
+        &[("shop", "orders"), ("shop", "items")],
+    );
+    let found = checks(&capture, &t).await;
+    let action = |id: &str| find(&found, id).fix.clone().unwrap().action;
+    for id in ["replication", "grants:shop", "publication"] {
+        assert_eq!(find(&found, id).status, Status::Fail, "{id}");
+        assert!(!find(&found, id).fix.as_ref().unwrap().needs.is_empty());
+    }
+
+    // As the capture role itself, each fails for lack of rights, and the message says what to do.
+    for id in ["grants:shop", "publication", "replication"] {
+        let e = profiles.run_fix("Capture", action(id)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Permission, "{id}: {e:?}");
+        assert!(
+            e.message().contains("Run it as the owner instead")
+                && e.message().contains("--as <profile>")
+                && e.message().contains(action(id).needs()),
+            "{id}: {}",
+            e.message()
+        );
+    }
+
+    // A wrong owner password is an authentication error that does not carry the password.
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            action("grants:shop"),
+            RunAs::Password {
+                user: owner.user.clone(),
+                password: Secret::new("wrong-horse-battery-staple"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Authentication, "{e:?}");
+    assert!(!e.message().contains("wrong-horse-battery-staple"));
+    assert!(!format!("{e:?}").contains("wrong-horse-battery-staple"));
+
+    // A profile for another database is refused, naming the field, before anything runs.
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            action("grants:shop"),
+            RunAs::OtherProfile {
+                profile: "Elsewhere".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e:?}");
+    assert!(e.message().starts_with("database:"), "{}", e.message());
+
+    // A Neon action goes through the API, never as a database role.
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            Action::NeonEnableLogicalReplication {
+                project_id: "p".into(),
+            },
+            RunAs::OtherProfile {
+                profile: "Owner".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e:?}");
+
+    // A role that reads the schema but holds no grant option: PostgreSQL only warns and grants
+    // nothing, and the fix says so instead of looking done.
+    let reader = db.role("shop_reader", "", "reader-pw-1732");
+    db.sql(&format!(
+        "GRANT USAGE ON SCHEMA shop TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {r};",
+        r = tidepool::sql::ident(&reader.user)
+    ));
+    let e = profiles
+        .run_fix_as(
+            "Capture",
+            action("grants:shop"),
+            RunAs::Password {
+                user: reader.user.clone(),
+                password: Secret::new("reader-pw-1732"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e:?}");
+    assert!(
+        e.message().contains("granted nothing")
+            && e.message()
+                .contains(&format!("which role '{}' lacks", reader.user)),
+        "{}",
+        e.message()
+    );
+
+    // The owner profile grants the schema and creates the publication.
+    let owner_profile = || RunAs::OtherProfile {
+        profile: "Owner".into(),
+    };
+    for id in ["grants:shop", "publication"] {
+        profiles
+            .run_fix_as("Capture", action(id), owner_profile())
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+    }
+    // On PostgreSQL 15 only a superuser may give REPLICATION: the owner's error says what it lacks.
+    let e = profiles
+        .run_fix_as("Capture", action("replication"), owner_profile())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("which role '{}' lacks", owner.user)),
+        "{}",
+        e.message()
+    );
+    // A superuser's password, entered for this run only.
+    let superuser = db.cluster.superuser_password().expose().to_string();
+    profiles
+        .run_fix_as(
+            "Capture",
+            action("replication"),
+            RunAs::Password {
+                user: "postgres".into(),
+                password: Secret::new(superuser.clone()),
+            },
+        )
+        .await
+        .unwrap();
+
+    // Checked again as the capture role: every check passes (the slot is the capture's first step),
+    // with the tables read from the publication the owner created.
+    let after = profiles.preflight("Capture", None).await.unwrap();
+    assert_eq!(find(&after, "grants:shop").status, Status::Pass);
+    for c in &after {
+        let expected = if c.id == "slot" {
+            Status::Step
+        } else {
+            Status::Pass
+        };
+        assert_eq!(c.status, expected, "{c:#?}");
+    }
+    // The default privileges were the owner's: a table it creates later is readable too.
+    db.sql(&format!(
+        "SET ROLE {o}; CREATE TABLE shop.later (id int PRIMARY KEY); RESET ROLE;"
+    ));
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT has_table_privilege({}, 'shop.later', 'SELECT');",
+            tidepool::sql::literal(&capture.user)
+        ))
+        .trim(),
+        "t"
+    );
+    // No password entered or stored reached the profile list.
+    let file = std::fs::read_to_string(dir.join("profiles.json")).unwrap();
+    for secret in [superuser.as_str(), "owner-pw-3141", "capture-pw-2718"] {
+        assert!(!file.contains(secret));
+    }
+    for name in ["Capture", "Owner", "Elsewhere"] {
+        profiles.delete(name).unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `tidepool setup --as-user <role>` reads the owner's password from standard input (never an
+/// argument or the environment) and runs the fix as that role; `--as <profile>` runs it as a saved
+/// profile; as the connecting role, the refusal says how to run it as an owner.
+#[test]
+fn the_command_line_runs_a_fix_as_the_owner() {
+    use std::io::Write;
+    use tidepool::secrets::Secret;
+
+    crate::profiles::require_keyring_session();
+    let db = TestDb::new(harness::plain(), "setup_cli_owner");
+    let owner = db.role("cli_owner", "", "cli-owner-pw-1618");
+    let capture = db.role("cli_cdc", "", "cli-capture-pw-1414");
+    let o = tidepool::sql::ident(&owner.user);
+    db.sql(&format!(
+        "CREATE SCHEMA shop AUTHORIZATION {o};
+         SET ROLE {o}; CREATE TABLE shop.orders (id int PRIMARY KEY); RESET ROLE;"
+    ));
+    let dir = harness::temp_dir("setup_cli_owner");
+    let profiles = tidepool::profile::Profiles::open(&dir);
+    let mut draft = db.profile_draft("Owner");
+    draft.user = owner.user.clone();
+    profiles
+        .save(None, draft, Some(Secret::new("cli-owner-pw-1618")))
+        .unwrap();
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
+        capture.user,
+        db.cluster.port(),
+        db.name
+    );
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
+            .args(["setup", "--url", &url])
+            .args(args)
+            .env("PGPASSWORD", "cli-capture-pw-1414")
+            .env("TIDEPOOL_DATA_DIR", &dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains("cli-owner-pw-1618"), "{text}");
+        (out.status.success(), text)
+    };
+    let usage = || {
+        db.sql(&format!(
+            "SELECT has_schema_privilege({}, 'shop', 'USAGE');",
+            tidepool::sql::literal(&capture.user)
+        ))
+        .trim()
+        .to_string()
+    };
+
+    let (ok, text) = run(&["grant-schema", "--schema", "shop"], "");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("--as <profile> or --as-user <role>"),
+        "{text}"
+    );
+    assert_eq!(usage(), "f");
+
+    let (ok, text) = run(
+        &["--as-user", &owner.user, "grant-schema", "--schema", "shop"],
+        "cli-owner-pw-1618\n",
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("runs as role {}", owner.user)),
+        "{text}"
+    );
+    assert_eq!(usage(), "t");
+
+    let (ok, text) = run(
+        &[
+            "--as",
+            "Owner",
+            "replica-identity-full",
+            "--table",
+            "shop.orders",
+        ],
+        "",
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        db.sql("SELECT relreplident FROM pg_class WHERE oid = 'shop.orders'::regclass;")
+            .trim(),
+        "f"
+    );
+    profiles.delete("Owner").unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -26,7 +26,7 @@ use tidepool::profile::{
 use tidepool::publication::{Choice, Plan, TableRef};
 use tidepool::run::{PullAccess, RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
-use tidepool::setup::Action;
+use tidepool::setup::{Action, RunAs};
 use tidepool::store::CollectionInfo;
 use tidepool::Error;
 
@@ -169,14 +169,18 @@ pub async fn preflight(
     runs.preflight(&profiles, &id).await
 }
 
-/// Runs a fix the user saw and confirmed.
+/// Runs a fix the user saw and confirmed, as `run_as` (default: the profile's own role). An owner
+/// password arrives here once, straight into a `Secret`, and is dropped after the run.
 #[tauri::command]
 pub async fn run_fix(
     profiles: State<'_, Profiles>,
     id: String,
     action: Action,
+    run_as: Option<RunAs>,
 ) -> Result<(), Error> {
-    profiles.run_fix(&id, action).await
+    profiles
+        .run_fix_as(&id, action, run_as.unwrap_or_default())
+        .await
 }
 
 /// What a fix would run (SQL or the Neon API request) and what to know first, before "Run".

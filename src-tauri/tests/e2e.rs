@@ -860,6 +860,100 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
     );
 }
 
+/// Neon's guides have the database owner run the setup: a capture role that owns nothing (with
+/// REPLICATION) and reads no table gets its publication (tables picked from those the owner reads)
+/// and its schema grant from fixes run as the owner's saved profile, chosen in the preview ("Runs as"
+/// names the owner), and the checks, run again as the capture role, pass: "Ready to capture".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_runs_fixes_as_the_owner_profile() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let database = fresh_database("e2e_owner");
+    let db = tidepool::sql::ident(&database);
+    cluster()
+        .psql(
+            &database,
+            &format!(
+                "CREATE ROLE e2e_shop_owner LOGIN PASSWORD 'owner-e2e-pw';
+                 CREATE ROLE e2e_cdc LOGIN REPLICATION PASSWORD 'cdc-e2e-pw';
+                 GRANT CREATE ON DATABASE {db} TO e2e_shop_owner;
+                 CREATE SCHEMA shop AUTHORIZATION e2e_shop_owner;
+                 SET ROLE e2e_shop_owner;
+                 CREATE TABLE shop.orders (id int PRIMARY KEY, n int);
+                 RESET ROLE;"
+            ),
+        )
+        .unwrap();
+    let data = temp_data_dir("owner");
+    for (name, user, password) in [
+        ("Capture", "e2e_cdc", "cdc-e2e-pw"),
+        ("Shop owner", "e2e_shop_owner", "owner-e2e-pw"),
+    ] {
+        save_profile(
+            &data,
+            serde_json::json!({
+                "name": name,
+                "user": user,
+                "database": database,
+                "publication": "owner_pub",
+                "slot": "e2e_owner_slot",
+            }),
+            password,
+        );
+    }
+    let driver = Driver::start(&data);
+    let client = driver.session().await;
+    click(&client, "profile-Capture").await;
+    click(&client, "tab-setup").await;
+    wait_for_text(&client, "check-publication-status", |t| t == "Fail").await;
+
+    // The capture role reads no table: the publication's tables are picked, and the fix run, as the
+    // owner's profile chosen in the preview.
+    click(&client, "fix-publication").await;
+    wait_for_text(&client, "publication-pick-none", |t| t.contains("e2e_cdc")).await;
+    assert_eq!(text_of(&client, "run-as-role").await, "Runs as e2e_cdc");
+    click(&client, "run-as-toggle").await;
+    click(&client, "run-as-other").await;
+    let runs_as = wait_for_text(&client, "run-as-role", |t| t.contains("e2e_shop_owner")).await;
+    assert_eq!(runs_as, "Runs as e2e_shop_owner");
+    click(&client, "publish-pick-shop.orders").await;
+    let sql = wait_for_text(&client, "fix-publication-sql", |t| !t.is_empty()).await;
+    assert_eq!(
+        sql,
+        "CREATE PUBLICATION \"owner_pub\" FOR TABLE \"shop\".\"orders\""
+    );
+    screenshot(&client, "setup-run-as-owner").await;
+    click(&client, "fix-publication-run").await;
+    wait_for_text(&client, "check-publication-status", |t| t == "Pass").await;
+
+    // With the table published, the checks (as the capture role) find it unreadable: the schema
+    // grant, run as the owner too.
+    wait_for_text(&client, "check-grants:shop-status", |t| t == "Fail").await;
+    click(&client, "fix-grants:shop").await;
+    click(&client, "run-as-toggle").await;
+    click(&client, "run-as-other").await;
+    wait_for_text(&client, "run-as-role", |t| t == "Runs as e2e_shop_owner").await;
+    click(&client, "fix-grants:shop-run").await;
+    let status = wait_for_text(&client, "check-grants:shop-status", |t| t == "Pass").await;
+    let summary = wait_for_text(&client, "setup-summary-text", |t| {
+        t.starts_with("Ready to capture")
+    })
+    .await;
+    screenshot(&client, "setup-run-as-owner-done").await;
+    close(client).await;
+    assert_eq!(status, "Pass");
+    assert!(summary.starts_with("Ready to capture"), "{summary}");
+    assert_eq!(
+        cluster()
+            .psql(
+                &database,
+                "SELECT pubowner::regrole::text FROM pg_publication WHERE pubname = 'owner_pub';"
+            )
+            .unwrap()
+            .trim(),
+        "e2e_shop_owner"
+    );
+}
+
 /// Setup knows Tidepool's own state: before the first start the slot is a neutral step and the next
 /// step is Capture (the tables are saved); while this app's capture runs, the slot it holds reads as
 /// passed, not as "in use by server process N".

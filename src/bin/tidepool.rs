@@ -57,6 +57,14 @@ enum Command {
         /// Print what would run, run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Run the fix as this saved profile (typically the database owner's), which must be for
+        /// the same host, port and database; the checks stay the capture role's.
+        #[arg(long = "as", value_name = "PROFILE", conflicts_with = "as_user")]
+        as_profile: Option<String>,
+        /// Run the fix as this role, its password read from the terminal (or one line of standard
+        /// input), used for this run and not kept.
+        #[arg(long, value_name = "ROLE")]
+        as_user: Option<String>,
         #[command(subcommand)]
         action: SetupCommand,
     },
@@ -489,8 +497,19 @@ async fn main() -> ExitCode {
             target,
             scope,
             dry_run,
+            as_profile,
+            as_user,
             action,
-        } => (setup(&target, &scope, dry_run, action).await, false),
+        } => {
+            let run_as = RunAsFlag {
+                profile: as_profile,
+                user: as_user,
+            };
+            (
+                setup(&target, &scope, dry_run, &run_as, action).await,
+                false,
+            )
+        }
         Command::Profile(command) => {
             let json = matches!(command, ProfileCommand::List { json: true });
             (profile_command(command).await, json)
@@ -767,10 +786,62 @@ async fn check(target: &Target, json: bool, scope: &Scope) -> Result<bool, Error
     Ok(failed)
 }
 
+/// `setup`'s `--as` / `--as-user`: who runs the fix, when not the connecting role.
+struct RunAsFlag {
+    profile: Option<String>,
+    user: Option<String>,
+}
+
+impl RunAsFlag {
+    /// The role the fix runs as, for the preview.
+    fn role(&self, connecting: &str) -> Result<String, Error> {
+        Ok(match (&self.profile, &self.user) {
+            (Some(name), _) => profiles()?.get(name)?.user,
+            (None, Some(user)) => user.clone(),
+            (None, None) => connecting.to_string(),
+        })
+    }
+
+    /// Resolves it, reading `--as-user`'s password now (never from an argument or the environment).
+    fn resolve(&self) -> Result<tidepool::setup::RunAs, Error> {
+        use tidepool::setup::RunAs;
+        Ok(match (&self.profile, &self.user) {
+            (Some(name), _) => RunAs::OtherProfile {
+                profile: name.clone(),
+            },
+            (None, Some(user)) => RunAs::Password {
+                user: user.clone(),
+                password: read_secret(
+                    &format!("Password for role {user}: "),
+                    "--as-user password",
+                )?,
+            },
+            (None, None) => RunAs::Profile,
+        })
+    }
+}
+
+/// A secret typed at the terminal (not echoed), or one line of standard input when it is not one.
+fn read_secret(prompt: &str, what: &str) -> Result<Secret, Error> {
+    let text = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Error::invalid_input(what, format!("reading it: {e}")))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Error::invalid_input(what, format!("reading it: {e}")))?;
+        line.truncate(line.trim_end_matches(['\r', '\n']).len());
+        line
+    };
+    Ok(Secret::new(text))
+}
+
 async fn setup(
     target: &Target,
     scope: &Scope,
     dry_run: bool,
+    run_as: &RunAsFlag,
     command: SetupCommand,
 ) -> Result<(), Error> {
     use tidepool::setup::Action;
@@ -901,9 +972,18 @@ async fn setup(
             }
         }
     };
+    let own = run_as.profile.is_none() && run_as.user.is_none();
+    if !own && action.is_neon() {
+        return Err(Error::invalid_input(
+            "--as",
+            "a Neon action runs through the Neon API with its key, not as a database role",
+        ));
+    }
     if let Some(warning) = action.warning() {
         eprintln!("note: {warning}");
     }
+    let role = run_as.role(&spec.user)?;
+    eprintln!("runs as role {role}; it needs {}", action.needs());
     for line in action.preview() {
         println!("{line}");
     }
@@ -929,8 +1009,10 @@ async fn setup(
         eprintln!("done; the password is in the keychain");
         return Ok(());
     }
-    let client = connection::connect(&spec).await?;
-    let password = action.run(&client).await?;
+    let run_spec = profiles()?.spec_to_run_as(spec.clone(), run_as.resolve()?)?;
+    let ran = async { action.run(&connection::connect(&run_spec).await?).await }.await;
+    drop(run_spec);
+    let password = ran.map_err(|e| action.explain_refusal(e, own, &role))?;
     if let (Some(password), Some(name), Action::CreateReplicationRole { role }) =
         (password, save_as, &action)
     {

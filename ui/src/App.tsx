@@ -148,6 +148,7 @@ export function App() {
               <SetupPanel
                 key={selected.id}
                 profile={selected}
+                profiles={profiles ?? []}
                 onProfilesChanged={() => void reload()}
                 onGoTo={(tab) => setView({ screen: "profile", id: selected.id, tab })}
               />

@@ -1,9 +1,10 @@
 import { useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, Choice, DiscoveredTable, Fix, PublicationPlan, TableRef } from "../lib/types";
+import type { BackendError, Choice, DiscoveredTable, Fix, ProfileView, PublicationPlan, RunAs, TableRef } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { KeylessChoices, defaultChoices } from "./KeylessChoices";
+import { OWN_ROLE, RunAsChoice, RunsAs, runAsReady, withoutPassword } from "./RunAsChoice";
 
 const key = (t: TableRef) => `${t.schema}.${t.table}`;
 
@@ -11,15 +12,21 @@ const key = (t: TableRef) => `${t.schema}.${t.table}`;
  * The publication fix: the tables to publish (asked for when none are picked; never every table), a
  * question for each table that publishing would make refuse its writes (left out by default), and the
  * exact SQL of the current choices, planned by the engine. "Run" sends what was shown; the engine plans
- * again and refuses if that differs or a table is undecided.
+ * again and refuses if that differs or a table is undecided. It runs as the profile's role or, as chosen,
+ * another saved profile for the database or an owner's password, cleared after the run.
  */
 export function PublicationFix({
   profileId,
+  profile,
+  profiles = [],
   fix,
   onRan,
   onCancel,
 }: {
   profileId: string;
+  /** The profile, for "Run as" (without it, the fix runs as the profile's role). */
+  profile?: ProfileView;
+  profiles?: ProfileView[];
   fix: Fix;
   onRan: () => Promise<void> | void;
   onCancel: () => void;
@@ -34,14 +41,23 @@ export function PublicationFix({
   const [planning, setPlanning] = useState(false);
   const [running, setRunning] = useState(false);
   const [error, setError] = useState<BackendError | null>(null);
+  const [runAs, setRunAs] = useState<RunAs>(OWN_ROLE);
 
+  // The tables to pick from are those the role that runs the fix can read: a capture role that owns
+  // nothing reads none until the owner grants it, so run as the owner's profile, they are the owner's.
+  const pickingAs = runAs.kind === "otherProfile" ? runAs.profile : profileId;
   useEffect(() => {
     if (!asking) return;
+    let live = true;
+    setAvailable(null);
     backend
-      .discoverTables(profileId)
-      .then(setAvailable)
-      .catch((e) => setError(e as BackendError));
-  }, [asking, profileId]);
+      .discoverTables(pickingAs)
+      .then((found) => live && setAvailable(found))
+      .catch((e) => live && setError(e as BackendError));
+    return () => {
+      live = false;
+    };
+  }, [asking, pickingAs]);
 
   useEffect(() => {
     if (tables.length === 0) {
@@ -73,12 +89,16 @@ export function PublicationFix({
   async function run() {
     if (!plan) return;
     setRunning(true);
+    const action = { action: "publication" as const, request: plan.request, statements: plan.statements };
     try {
-      await backend.runFix(profileId, { action: "publication", request: plan.request, statements: plan.statements });
+      if (runAs.kind === "profile") await backend.runFix(profileId, action);
+      else await backend.runFix(profileId, action, runAs);
       await onRan();
     } catch (e) {
       setError(e as BackendError);
     } finally {
+      // A typed owner password is for one run only.
+      setRunAs(withoutPassword);
       setRunning(false);
     }
   }
@@ -90,6 +110,13 @@ export function PublicationFix({
         <fieldset data-testid="publication-pick">
           <legend>Which tables should {publication || "the publication"} publish?</legend>
           {available === null && !error && <p>Reading the tables…</p>}
+          {available?.length === 0 && runAs.kind !== "otherProfile" && (
+            <p className="note" data-testid="publication-pick-none">
+              {profile ? `Role ${profile.user}` : "The profile's role"} can read no table yet. Pick them as the
+              owner: &ldquo;Run as another role…&rdquo; below, then another saved profile. Setup then offers the
+              schema grant for the tables published.
+            </p>
+          )}
           {(available ?? []).map((t) => (
             <label key={key(t)} className="choice">
               <input
@@ -121,11 +148,12 @@ export function PublicationFix({
         </>
       )}
       {tables.length === 0 && asking && <p className="muted">Pick at least one table.</p>}
+      {profile && <RunsAs runAs={runAs} profile={profile} profiles={profiles} />}
       {error && <ErrorNotice error={error} testId="publication-fix-error" />}
       <button
         type="button"
         data-testid="fix-publication-run"
-        disabled={running || planning || !plan || plan.statements.length === 0 || undecided}
+        disabled={running || planning || !plan || plan.statements.length === 0 || undecided || !runAsReady(runAs)}
         onClick={() => void run()}
       >
         {running ? "Running…" : "Run"}
@@ -133,6 +161,16 @@ export function PublicationFix({
       <button type="button" className="secondary" onClick={onCancel}>
         Cancel
       </button>
+      {profile && (
+        <RunAsChoice
+          profile={profile}
+          profiles={profiles}
+          needs={fix.needs}
+          value={runAs}
+          onChange={setRunAs}
+          refused={error?.kind === "Permission"}
+        />
+      )}
     </div>
   );
 }

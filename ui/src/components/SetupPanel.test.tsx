@@ -329,3 +329,184 @@ describe("SetupPanel", () => {
     expect(summary([warn, warn])).toBe("Ready to capture (2 warnings worth a look)");
   });
 });
+
+describe("SetupPanel: Run as", () => {
+  const capture = profileView();
+  const owner = profileView({ id: "p2", name: "Shop owner", user: "neondb_owner" });
+  const elsewhere = profileView({ id: "p3", name: "Other database", user: "other_owner", database: "other" });
+  const ownerFix: PreflightCheck = {
+    id: "grants:shop",
+    title: 'The role can read schema "shop"',
+    status: "fail",
+    explanation: 'Role "cdc_role" has no USAGE on the schema.',
+    fix: {
+      action: { action: "grantSchemaAccess", schema: "shop", role: "cdc_role" },
+      preview: ['GRANT USAGE ON SCHEMA "shop" TO "cdc_role"'],
+      warning: null,
+      needs: "the owner of the schema and of its tables (or a superuser)",
+    },
+  };
+
+  it("runs as the profile's role by default, says who runs it and what it needs", async () => {
+    answer("preflight", async () => [ownerFix]);
+    answer("runFix", async () => {});
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner, elsewhere]} />);
+    await user.click(await screen.findByTestId("fix-grants:shop"));
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as cdc_role");
+    // The other choices wait behind a button after Run.
+    expect(screen.queryByTestId("run-as")).toBeNull();
+    await user.click(screen.getByTestId("run-as-toggle"));
+    expect(screen.getByTestId("run-as-needs").textContent).toContain("the owner of the schema");
+    expect((screen.getByTestId("run-as-profile") as HTMLInputElement).checked).toBe(true);
+    await user.click(screen.getByTestId("fix-grants:shop-run"));
+    await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
+    expect(callsOf("runFix")[0]).toStrictEqual(["p1", ownerFix.fix!.action]);
+  });
+
+  it("runs as another saved profile for the same database only, then checks again as the profile", async () => {
+    let fixed = false;
+    answer("preflight", async () => [fixed ? { ...ownerFix, status: "pass", fix: null } : ownerFix]);
+    answer("runFix", async () => {
+      fixed = true;
+    });
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner, elsewhere]} />);
+    await user.click(await screen.findByTestId("fix-grants:shop"));
+    await user.click(screen.getByTestId("run-as-toggle"));
+    await user.click(screen.getByTestId("run-as-other"));
+    const select = screen.getByTestId("run-as-other-select") as HTMLSelectElement;
+    // Neither the profile itself nor one for another database is offered.
+    expect([...select.options].map((o) => o.value)).toEqual(["p2"]);
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as neondb_owner");
+    // The SQL shown is the same statements.
+    expect(screen.getByTestId("fix-grants:shop-sql").textContent).toBe('GRANT USAGE ON SCHEMA "shop" TO "cdc_role"');
+    await user.click(screen.getByTestId("fix-grants:shop-run"));
+    await waitFor(() => expect(screen.getByTestId("check-grants:shop-status").textContent).toBe("Pass"));
+    expect(callsOf("runFix")).toStrictEqual([["p1", ownerFix.fix!.action, { kind: "otherProfile", profile: "p2" }]]);
+    // The checks ran again, for this profile (as its role).
+    expect(callsOf("preflight")).toStrictEqual([["p1"], ["p1"]]);
+  });
+
+  it("offers no other profile when none is for the same database", async () => {
+    answer("preflight", async () => [ownerFix]);
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, elsewhere]} />);
+    await user.click(await screen.findByTestId("fix-grants:shop"));
+    await user.click(screen.getByTestId("run-as-toggle"));
+    expect((screen.getByTestId("run-as-other") as HTMLInputElement).disabled).toBe(true);
+    expect(screen.getByTestId("run-as").textContent).toContain("none other for shop on db.example.com:5432");
+  });
+
+  it("sends an owner password once and clears it after the run, also when it is refused", async () => {
+    answer("preflight", async () => [ownerFix]);
+    answer("runFix", async () => {
+      throw { kind: "Authentication", message: 'db.example.com:5432: password authentication failed for user "neondb_owner"' };
+    });
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture]} />);
+    await user.click(await screen.findByTestId("fix-grants:shop"));
+    await user.click(screen.getByTestId("run-as-toggle"));
+    await user.click(screen.getByTestId("run-as-password"));
+    const run = screen.getByTestId("fix-grants:shop-run") as HTMLButtonElement;
+    // Not without the role and its password.
+    expect(run.disabled).toBe(true);
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Name the role to run as");
+    await user.type(screen.getByTestId("run-as-user"), "neondb_owner");
+    expect(run.disabled).toBe(true);
+    const password = screen.getByTestId("run-as-password-input") as HTMLInputElement;
+    expect(password.type).toBe("password");
+    await user.type(password, "0wner-s3cret");
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as neondb_owner");
+    await user.click(run);
+    await screen.findByTestId("fix-grants:shop-error");
+    expect(callsOf("runFix")).toStrictEqual([
+      ["p1", ownerFix.fix!.action, { kind: "password", user: "neondb_owner", password: "0wner-s3cret" }],
+    ]);
+    // Gone from the form once the run is over; the role stays for the next try.
+    expect((screen.getByTestId("run-as-password-input") as HTMLInputElement).value).toBe("");
+    expect((screen.getByTestId("run-as-user") as HTMLInputElement).value).toBe("neondb_owner");
+    expect((screen.getByTestId("fix-grants:shop-run") as HTMLButtonElement).disabled).toBe(true);
+    expect(document.body.textContent).not.toContain("0wner-s3cret");
+  });
+
+  it("opens each fix as the profile's role again", async () => {
+    answer("preflight", async () => [ownerFix, failing]);
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
+    await user.click(await screen.findByTestId("fix-grants:shop"));
+    await user.click(screen.getByTestId("run-as-toggle"));
+    await user.click(screen.getByTestId("run-as-other"));
+    await user.click(screen.getByTestId("fix-grants:shop-cancel"));
+    await user.click(screen.getByTestId("fix-replication"));
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as cdc_role");
+    expect(screen.queryByTestId("run-as")).toBeNull();
+  });
+
+  it("offers the owner by itself once the profile's role is refused for lack of rights", async () => {
+    answer("preflight", async () => [ownerFix]);
+    answer("runFix", async () => {
+      throw {
+        kind: "Permission",
+        message: "permission denied for schema shop (SQLSTATE 42501); this fix needs the owner of the schema. Run it as the owner instead",
+      };
+    });
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
+    await user.click(await screen.findByTestId("fix-grants:shop"));
+    await user.click(screen.getByTestId("fix-grants:shop-run"));
+    await screen.findByTestId("fix-grants:shop-error");
+    expect(screen.getByTestId("run-as")).toBeTruthy();
+    await user.click(screen.getByTestId("run-as-other"));
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as neondb_owner");
+  });
+
+  it("picks the tables to publish from those the owner's profile reads when the profile's role reads none", async () => {
+    answer("preflight", async () => [noPublication]);
+    answer("discoverTables", async (id) => (id === "p2" ? [discovered(orders, ["id"])] : []));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("runFix", async () => {});
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    expect((await screen.findByTestId("publication-pick-none")).textContent).toContain("Role cdc_role can read no table yet");
+    expect(screen.queryByTestId("publish-pick-shop.orders")).toBeNull();
+    await user.click(screen.getByTestId("run-as-toggle"));
+    await user.click(screen.getByTestId("run-as-other"));
+    await user.click(await screen.findByTestId("publish-pick-shop.orders"));
+    expect(screen.queryByTestId("publication-pick-none")).toBeNull();
+    expect(callsOf("discoverTables")).toStrictEqual([["p1"], ["p2"]]);
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'),
+    );
+    // Planned for the profile's publication, run as the owner.
+    expect(callsOf("planPublication").every(([id]) => id === "p1")).toBe(true);
+    await user.click(screen.getByTestId("fix-publication-run"));
+    await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
+    expect(callsOf("runFix")[0]?.[2]).toStrictEqual({ kind: "otherProfile", profile: "p2" });
+  });
+
+  it("runs the publication fix as the chosen owner profile", async () => {
+    answer("preflight", async () => [noPublication]);
+    answer("discoverTables", async () => [discovered(orders, ["id"])]);
+    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("runFix", async () => {});
+    const user = userEvent.setup();
+    render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
+    await user.click(await screen.findByTestId("fix-publication"));
+    await user.click(await screen.findByTestId("publish-pick-shop.orders"));
+    await waitFor(() =>
+      expect(screen.getByTestId("fix-publication-sql").textContent).toBe('CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'),
+    );
+    await user.click(screen.getByTestId("run-as-toggle"));
+    await user.click(screen.getByTestId("run-as-other"));
+    expect(screen.getByTestId("run-as-role").textContent).toBe("Runs as neondb_owner");
+    await user.click(screen.getByTestId("fix-publication-run"));
+    await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
+    expect(callsOf("runFix")[0]).toStrictEqual([
+      "p1",
+      { action: "publication", request: request([orders]), statements: ['CREATE PUBLICATION "p" FOR TABLE "shop"."orders"'] },
+      { kind: "otherProfile", profile: "p2" },
+    ]);
+  });
+});

@@ -2,11 +2,12 @@ import { useCallback, useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import { scrollIntoView } from "../lib/reveal";
-import type { BackendError, CaptureDefinition, PreflightCheck, ProfileView } from "../lib/types";
+import type { BackendError, CaptureDefinition, PreflightCheck, ProfileView, RunAs } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
 import { NeonSection } from "./NeonSection";
 import { PreviewBox } from "./PreviewBox";
 import { PublicationFix } from "./PublicationFix";
+import { OWN_ROLE, RunAsChoice, RunsAs, runAsReady, withoutPassword } from "./RunAsChoice";
 
 const MARK: Record<PreflightCheck["status"], string> = { pass: "Pass", warn: "Warning", fail: "Fail", step: "Step" };
 
@@ -40,14 +41,20 @@ export function summary(checks: PreflightCheck[]): string {
  * the Tables or Capture tab once nothing fails), then every check with its status and explanation; a
  * failing or warning check with a fix shows the exact SQL (or Neon API request) first, and runs it only
  * after "Run". The publication fix asks which tables (never every table) and how to publish each table
- * that would otherwise refuse its writes. The Neon part sits above it for Neon hosts and linked profiles.
+ * that would otherwise refuse its writes. A SQL fix runs as the profile's role, or, chosen in its
+ * preview, as another saved profile for the same database or with an owner's password that is cleared
+ * after the run; the checks then run again as the profile's role. The Neon part sits above it for Neon
+ * hosts and linked profiles.
  */
 export function SetupPanel({
   profile,
+  profiles = [],
   onProfilesChanged = () => {},
   onGoTo = () => {},
 }: {
   profile: ProfileView;
+  /** Every saved profile: those for the same database are offered to run a fix as. */
+  profiles?: ProfileView[];
   onProfilesChanged?: () => void;
   /** Opens another tab of the profile (the next step once nothing fails). */
   onGoTo?: (tab: SetupNext) => void;
@@ -57,6 +64,8 @@ export function SetupPanel({
   const [error, setError] = useState<BackendError | null>(null);
   const [open, setOpen] = useState<string | null>(null);
   const [running, setRunning] = useState<string | null>(null);
+  // Who the open fix runs as; back to the profile's role whenever another fix opens.
+  const [runAs, setRunAs] = useState<RunAs>(OWN_ROLE);
   // A fix that failed: shown under that check's Run button, where the click was, not atop the list.
   const [fixError, setFixError] = useState<{ check: string; error: BackendError } | null>(null);
   // Whether tables were saved ("Save and publish"): the next step is then Capture, else Tables.
@@ -72,7 +81,12 @@ export function SetupPanel({
   }, [returnTo, open]);
   const closeFix = (id: string) => {
     setOpen(null);
+    setRunAs(OWN_ROLE);
     setReturnTo(id);
+  };
+  const openFix = (id: string) => {
+    setRunAs(OWN_ROLE);
+    setOpen(id);
   };
 
   const load = useCallback(async () => {
@@ -90,7 +104,7 @@ export function SetupPanel({
   function goToFirstFailing(list: PreflightCheck[]) {
     const first = list.find((c) => c.status === "fail");
     if (!first) return;
-    if (first.fix) setOpen(first.id);
+    if (first.fix) openFix(first.id);
     const item = items.current.get(first.id);
     item?.scrollIntoView?.({ block: "start" });
     item?.focus();
@@ -111,14 +125,18 @@ export function SetupPanel({
     setRunning(check.id);
     setFixError(null);
     try {
-      await backend.runFix(profileId, check.fix.action);
+      if (runAs.kind === "profile") await backend.runFix(profileId, check.fix.action);
+      else await backend.runFix(profileId, check.fix.action, runAs);
       setOpen(null);
+      setRunAs(OWN_ROLE);
       // A fix may have added a profile (a new replication role).
       onProfilesChanged();
       await load();
     } catch (e) {
       setFixError({ check: check.id, error: e as BackendError });
     } finally {
+      // A typed owner password is for one run only.
+      setRunAs(withoutPassword);
       setRunning(null);
     }
   }
@@ -182,6 +200,8 @@ export function SetupPanel({
                   <PreviewBox label={`Fix: ${check.title}`} testId={`fix-${check.id}-preview`} onClose={() => closeFix(check.id)}>
                     <PublicationFix
                       profileId={profileId}
+                      profile={profile}
+                      profiles={profiles}
                       fix={check.fix}
                       onCancel={() => closeFix(check.id)}
                       onRan={async () => {
@@ -195,10 +215,13 @@ export function SetupPanel({
                     <p>This will run:</p>
                     <pre data-testid={`fix-${check.id}-sql`}>{check.fix.preview.join(";\n")}</pre>
                     {check.fix.warning && <p className="note">{check.fix.warning}</p>}
+                    {!check.fix.action.action.startsWith("neon") && (
+                      <RunsAs runAs={runAs} profile={profile} profiles={profiles} />
+                    )}
                     <button
                       type="button"
                       data-testid={`fix-${check.id}-run`}
-                      disabled={running !== null}
+                      disabled={running !== null || !runAsReady(runAs)}
                       onClick={() => void run(check)}
                     >
                       {running === check.id ? "Running…" : "Run"}
@@ -211,6 +234,16 @@ export function SetupPanel({
                         <ErrorNotice error={fixError.error} testId={`fix-${check.id}-error`} />
                       </div>
                     )}
+                    {!check.fix.action.action.startsWith("neon") && (
+                      <RunAsChoice
+                        profile={profile}
+                        profiles={profiles}
+                        needs={check.fix.needs}
+                        value={runAs}
+                        onChange={setRunAs}
+                        refused={fixError?.check === check.id && fixError.error.kind === "Permission"}
+                      />
+                    )}
                   </PreviewBox>
                 ) : (
                   <button
@@ -220,7 +253,7 @@ export function SetupPanel({
                       if (element) fixButtons.current.set(check.id, element);
                       else fixButtons.current.delete(check.id);
                     }}
-                    onClick={() => setOpen(check.id)}
+                    onClick={() => openFix(check.id)}
                   >
                     Fix…
                   </button>

@@ -294,9 +294,20 @@ export interface Fix {
   action: SetupAction;
   preview: string[];
   warning: string | null;
+  /** The rights the role that runs it needs; when the profile's role lacks them, run it as an owner. */
+  needs?: string;
   /** The publication fix's plan (absent for other fixes). */
   plan?: PublicationPlan;
 }
+
+/**
+ * Who runs a SQL fix: the profile's own role, another saved profile for the same database (by id), or
+ * a role whose password is typed for this run and not kept.
+ */
+export type RunAs =
+  | { kind: "profile" }
+  | { kind: "otherProfile"; profile: string }
+  | { kind: "password"; user: string; password: string };
 
 /** One preflight check, with its fix and the exact SQL or API request the fix runs. */
 export interface PreflightCheck {

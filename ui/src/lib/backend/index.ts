@@ -29,6 +29,7 @@ import {
   type NeonProject,
   type PreflightCheck,
   type SetupAction,
+  type RunAs,
   type KeychainStatus,
   type NeonKeyStatus,
   type ProfileDraft,
@@ -109,8 +110,12 @@ export const planPublication = (id: string, tables: TableRef[], choices: Choice[
 
 export const preflight = (id: string) => call<PreflightCheck[]>("preflight", { id });
 
-/** Runs a fix the user saw (its SQL) and confirmed. */
-export const runFix = (id: string, action: SetupAction) => call<void>("run_fix", { id, action });
+/**
+ * Runs a fix the user saw (its SQL) and confirmed, as the profile's role, or as `runAs` (an owner
+ * profile, or an owner password that goes only to this call).
+ */
+export const runFix = (id: string, action: SetupAction, runAs?: RunAs) =>
+  call<void>("run_fix", runAs && runAs.kind !== "profile" ? { id, action, runAs } : { id, action });
 
 /** What an action would run, with its warning, for the confirmation step. */
 export const previewAction = (action: SetupAction) => call<Fix>("preview_action", { action });
