@@ -265,15 +265,34 @@ async fn fill(client: &Client, id: &str, value: &str) {
         .unwrap_or_else(|e| panic!("typing into {id}: {e:?}"));
 }
 
+/// Whether a WebDriver error is a stale element: a live view re-rendered the element between finding
+/// it and using it (or while the driver was making its handle). Finding it again is the answer.
+fn stale(e: &fantoccini::error::CmdError) -> bool {
+    e.to_string().to_lowercase().contains("stale element")
+}
+
 async fn text_of(client: &Client, id: &str) -> String {
     step(format!("reading {id}"));
-    let element = client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&by_test_id(id)))
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {id}: {e}"));
-    element.text().await.unwrap()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let read = async {
+            client
+                .wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(&by_test_id(id)))
+                .await?
+                .text()
+                .await
+        }
+        .await;
+        match read {
+            Ok(text) => return text,
+            Err(e) if stale(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("reading {id}: {e}"),
+        }
+    }
 }
 
 /// The kind of the error notice `id`, read as a user would: after opening its "Details".
@@ -309,15 +328,26 @@ async fn fill_connection_form(client: &Client, password: &str, database: &str) {
 
 async fn click(client: &Client, id: &str) {
     step(format!("clicking {id}"));
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&by_test_id(id)))
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {id}: {e:?}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("clicking {id}: {e:?}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let clicked = async {
+            client
+                .wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(&by_test_id(id)))
+                .await?
+                .click()
+                .await
+        }
+        .await;
+        match clicked {
+            Ok(_) => return,
+            Err(e) if stale(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("clicking {id}: {e:?}"),
+        }
+    }
 }
 
 /// Ends the WebDriver session, which closes the app.
