@@ -461,36 +461,46 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
             for binding in &full {
                 check_published(&sql, &publications, &binding.schema, &binding.table).await?;
             }
-            states = definition.bindings.iter().map(live_state).collect();
-            let state_text = serde_json::to_string(&states).map_err(Error::internal)?;
-            if full.is_empty() {
-                store.set_meta(STATE_KEY, &state_text)?;
-                store.commit(Lsn(0))?;
+            // A slot the person created (Sequin's guide has them create it first) has no snapshot left
+            // to read the tables in: they are read in one of a temporary slot, taken at a transaction
+            // boundary, alongside the stream from this slot, as a table bound later is. The states
+            // stay empty, so the start-up's reconcile starts that backfill.
+            let ours = store.meta(OWNED)?.as_deref() == Some(options.slot.as_str());
+            if !full.is_empty() && !ours && slot::find(&sql, &options.slot).await?.is_some() {
+                tracing::info!(slot = %options.slot, "the slot exists already; the tables are read in a snapshot of their own, alongside the stream from it");
             } else {
-                // A lost connection (a restart or failover of the server, a network cut) takes the
-                // snapshot with it: the backfill starts over with a new slot and snapshot, as a
-                // stream reconnects, instead of ending the capture.
-                let mut backoff = Duration::from_millis(250);
-                backfilled_rows = loop {
-                    match initial_backfill(&options, &full, &state_text, &sql, &mut store).await {
-                        Ok(rows) => break rows,
-                        Err(e) if e.kind() == ErrorKind::Connection => {
-                            tracing::warn!(error = %e, "connection lost during the backfill; starting it over");
-                            sql = loop {
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(30));
-                                match connect(&options.spec).await {
-                                    Ok(client) => break client,
-                                    Err(e) if e.kind() == ErrorKind::Connection => {
-                                        tracing::warn!(error = %e, "reconnecting for the backfill")
+                states = definition.bindings.iter().map(live_state).collect();
+                let state_text = serde_json::to_string(&states).map_err(Error::internal)?;
+                if full.is_empty() {
+                    store.set_meta(STATE_KEY, &state_text)?;
+                    store.commit(Lsn(0))?;
+                } else {
+                    // A lost connection (a restart or failover of the server, a network cut) takes the
+                    // snapshot with it: the backfill starts over with a new slot and snapshot, as a
+                    // stream reconnects, instead of ending the capture.
+                    let mut backoff = Duration::from_millis(250);
+                    backfilled_rows = loop {
+                        match initial_backfill(&options, &full, &state_text, &sql, &mut store).await
+                        {
+                            Ok(rows) => break rows,
+                            Err(e) if e.kind() == ErrorKind::Connection => {
+                                tracing::warn!(error = %e, "connection lost during the backfill; starting it over");
+                                sql = loop {
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                                    match connect(&options.spec).await {
+                                        Ok(client) => break client,
+                                        Err(e) if e.kind() == ErrorKind::Connection => {
+                                            tracing::warn!(error = %e, "reconnecting for the backfill")
+                                        }
+                                        Err(e) => return Err(e),
                                     }
-                                    Err(e) => return Err(e),
-                                }
-                            };
+                                };
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
-                    }
-                };
+                    };
+                }
             }
         }
     }
@@ -683,9 +693,13 @@ fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", sql::ident(schema), sql::ident(table))
 }
 
+/// The store meta key naming the slot a first backfill created (so an interrupted one is recognised).
+const OWNED: &str = "backfill_slot";
+
 /// Creates the slot with an exported snapshot, reads the tables in it, and commits their rows with the
 /// slot's consistent point as the checkpoint. A slot left by an interrupted backfill (recorded in the
-/// store) is replaced; any other existing slot is refused, because its snapshot is gone.
+/// store) is replaced; any other existing slot never reaches here (its snapshot is gone, so the
+/// tables are read alongside the stream instead) and is refused should it appear in between.
 async fn initial_backfill(
     options: &CaptureOptions,
     tables: &[Binding],
@@ -693,7 +707,6 @@ async fn initial_backfill(
     sql: &Client,
     store: &mut Store,
 ) -> Result<u64> {
-    const OWNED: &str = "backfill_slot";
     if slot::find(sql, &options.slot).await?.is_some() {
         if store.meta(OWNED)?.as_deref() == Some(options.slot.as_str()) {
             tracing::warn!(slot = %options.slot, "an earlier backfill was interrupted; starting it over with a new slot");

@@ -522,8 +522,8 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             format!("Slot {} no longer exists, but the capture has streamed from it: it was dropped (by hand, or by Neon after a long pause), and the changes made since the capture last ran are gone with it. Start the capture: it is refused as diverged, and \"Re-backfill and continue\" on the Capture tab then creates the slot again and backfills every table.", ident(&target.slot)),
             None)),
         // Not a failure: the capture's first start creates it with an exported snapshot and backfills
-        // the tables in that snapshot. Creating it beforehand would leave the backfill no snapshot
-        // (the capture then refuses the existing slot), so no fix is offered here.
+        // the tables in that snapshot. Creating it beforehand only holds WAL sooner, so no fix is
+        // offered here.
         None => checks.push(check("slot", &slot_title, Status::Step,
             format!("Slot {} does not exist yet: it is created when the capture first starts (after Save and publish), with a snapshot that the selected tables are backfilled from first. Nothing to do here.", ident(&target.slot)),
             None)),

@@ -276,9 +276,9 @@ impl Action {
                  keychain with a new profile for the role.",
             ),
             Action::CreateSlot { .. } => Some(
-                "Creates the slot without a backfill: a capture then streams changes from now on, and the tables' \
-                 existing rows are not copied (a first capture that backfills refuses a slot that exists already). \
-                 A capture's first start creates the slot itself, with the snapshot it backfills from.",
+                "Creates the slot now, holding WAL from this moment until a capture reads it. A capture's first \
+                 start creates the slot itself, with the snapshot it backfills from; on a slot created \
+                 beforehand it reads the tables in a snapshot of its own instead, alongside the stream.",
             ),
             Action::DropSlot { .. } => Some(
                 "Whoever streams from this slot loses their position: they must start over with a new backfill.",

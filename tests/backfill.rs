@@ -161,25 +161,78 @@ async fn an_interrupted_backfill_starts_over_cleanly() {
     std::fs::remove_dir_all(store).unwrap();
 }
 
-#[tokio::test]
-async fn an_existing_slot_is_refused_for_a_backfill_with_the_way_out() {
-    let db = TestDb::new(harness::plain(), "bf_existing");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL); CREATE PUBLICATION bf_pub FOR TABLE t;");
+/// Sequin's guide creates the slot first (`pg_create_logical_replication_slot`) and then names it. Its
+/// snapshot is gone by then, so a first capture on it reads the tables in a snapshot of its own (a
+/// temporary slot at a transaction boundary), alongside the stream from the person's slot. Under
+/// writes from before the capture starts until after its backfill, it ends equal to the source, with
+/// every change once and every row backfilled at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_created_by_hand_backfills_in_a_snapshot_of_its_own_without_gaps_or_doubles() {
+    let db = TestDb::new(harness::plain(), "bf_by_hand");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, version int NOT NULL); CREATE PUBLICATION bf_pub FOR TABLE t;
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 50000) g;",
+    );
     db.sql(&format!(
         "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
         db.name
     ));
-    let store = harness::temp_dir("bf_existing");
-    let err = run(options(&db, &store, Some(db.current_lsn())))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), tidepool::ErrorKind::InvalidInput);
+    let store = harness::temp_dir("bf_by_hand");
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = writers(&db, "t", 50_000, 2_000_000, &stop);
+    // Changes between the slot's creation and the capture's snapshot, then through the backfill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut first = options(&db, &store, None);
+    first.create_slot = false;
+    let capture = tokio::spawn(run(first));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in running {
+        writer.await.unwrap();
+    }
     assert!(
-        err.message().starts_with("slot:") && err.message().contains("--no-backfill"),
-        "{}",
-        err.message()
+        !capture.is_finished(),
+        "the capture ended: {:?}",
+        capture.await
     );
+    capture.abort();
+    let _ = capture.await;
+    let report = run(options(&db, &store, Some(db.current_lsn())))
+        .await
+        .unwrap();
+    assert!(report.notices.is_empty(), "{:?}", report.notices);
+    assert_same_rows(&collection_rows(&store, "public/t"), &table_rows(&db, "t"));
+    let changes = Store::open(&store)
+        .unwrap()
+        .changes("public/t", 0, 10_000_000)
+        .unwrap();
+    let mut seen = HashSet::new();
+    let (mut backfilled, mut streamed) = (0, 0);
+    for (_, doc) in &changes {
+        let snapshot = doc["_meta"]["source"]["snapshot"] == json!(true);
+        if snapshot {
+            backfilled += 1;
+        } else {
+            streamed += 1;
+        }
+        let identity = json!([snapshot, doc["_meta"]["op"], doc["id"], doc["version"]]).to_string();
+        assert!(seen.insert(identity.clone()), "stored twice: {identity}");
+    }
+    assert!(backfilled > 40_000, "{backfilled} rows backfilled");
+    assert!(
+        streamed > 0,
+        "no streamed change: the writes were not captured"
+    );
+    // The stream came from the person's slot, which the capture confirmed; the snapshot's temporary
+    // slot is gone.
+    let slots = db.sql(&format!(
+        "SELECT slot_name, confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE database = '{}' ORDER BY 1;",
+        db.name
+    ));
+    assert_eq!(slots.trim(), format!("{}|t", db.name), "{slots}");
+    assert!(db.current_lsn() >= Store::open(&store).unwrap().checkpoint().unwrap());
 
+    // A table outside the publication is refused with the statement that adds it.
     db.sql("CREATE TABLE unpublished (id int PRIMARY KEY);");
     let mut other = options(&db, &store, None);
     other.bindings = vec![Binding::new("public", "unpublished")];

@@ -173,11 +173,13 @@ async fn every_fail_turns_into_a_pass_with_its_fix() {
         assert_eq!(c.status, expected, "{c:#?}");
     }
     // A slot made by hand (`tidepool setup create-slot`, by the user, who may replicate now) passes;
-    // its action says it skips the backfill.
+    // its action says it holds WAL from now and that the backfill takes a snapshot of its own.
     let create = Action::CreateSlot {
         slot: db.name.clone(),
     };
-    assert!(create.warning().unwrap().contains("without a backfill"));
+    let warning = create.warning().unwrap();
+    assert!(warning.contains("holding WAL from this moment"), "{warning}");
+    assert!(warning.contains("a snapshot of its own"), "{warning}");
     create.run(&connect(&user).await.unwrap()).await.unwrap();
     assert_eq!(find(&checks(&user, &t).await, "slot").status, Status::Pass);
 
