@@ -178,7 +178,10 @@ async fn every_fail_turns_into_a_pass_with_its_fix() {
         slot: db.name.clone(),
     };
     let warning = create.warning().unwrap();
-    assert!(warning.contains("holding WAL from this moment"), "{warning}");
+    assert!(
+        warning.contains("holding WAL from this moment"),
+        "{warning}"
+    );
     assert!(warning.contains("a snapshot of its own"), "{warning}");
     create.run(&connect(&user).await.unwrap()).await.unwrap();
     assert_eq!(find(&checks(&user, &t).await, "slot").status, Status::Pass);

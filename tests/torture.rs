@@ -45,7 +45,7 @@ impl Random {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether the long mode was asked for.
-fn long() -> bool {
+pub(crate) fn long() -> bool {
     std::env::var("TIDEPOOL_TORTURE").as_deref() == Ok("long")
 }
 
