@@ -1,6 +1,6 @@
-//! A 100 MiB value through the capture, streamed or backfilled: the `tidepool capture` process stays
-//! under 200 MiB peak memory, an unchanged value is stored once however many changes carry it, and
-//! every reader still gets whole documents.
+//! A 100 MiB value through the capture, streamed or backfilled, and a transaction of millions of rows:
+//! the `tidepool capture` process stays under 200 MiB peak memory, an unchanged value is stored once
+//! however many changes carry it, and every reader still gets whole documents.
 
 use std::process::{Command, Stdio};
 
