@@ -414,6 +414,25 @@ enum Outcome {
     Rebackfill,
 }
 
+/// The pause before the next attempt after a lost connection: 250 ms, doubling with each failure in a
+/// row, at most 30 s. One per retry loop, started afresh once an attempt worked.
+struct ReconnectPause(Duration);
+
+impl ReconnectPause {
+    const FIRST: Duration = Duration::from_millis(250);
+    const LONGEST: Duration = Duration::from_secs(30);
+
+    fn new() -> ReconnectPause {
+        ReconnectPause(Self::FIRST)
+    }
+
+    /// Sleeps for the current pause, and doubles the next one.
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::LONGEST);
+    }
+}
+
 /// Runs a capture until `stop_at` is reached (or forever). Connection losses are retried with backoff
 /// from the checkpoint; other errors end the run.
 pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
@@ -478,7 +497,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
                     // A lost connection (a restart or failover of the server, a network cut) takes the
                     // snapshot with it: the backfill starts over with a new slot and snapshot, as a
                     // stream reconnects, instead of ending the capture.
-                    let mut backoff = Duration::from_millis(250);
+                    let mut pause = ReconnectPause::new();
                     backfilled_rows = loop {
                         match initial_backfill(&options, &full, &state_text, &sql, &mut store).await
                         {
@@ -486,8 +505,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
                             Err(e) if e.kind() == ErrorKind::Connection => {
                                 tracing::warn!(error = %e, "connection lost during the backfill; starting it over");
                                 sql = loop {
-                                    tokio::time::sleep(backoff).await;
-                                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                                    pause.wait().await;
                                     match connect(&options.spec).await {
                                         Ok(client) => break client,
                                         Err(e) if e.kind() == ErrorKind::Connection => {
@@ -530,7 +548,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
     };
     // The start-up's queries are retried on a lost connection, as the stream is: each step reads
     // what is stored and running, so doing it again does only what is still undone.
-    let mut backoff = Duration::from_millis(250);
+    let mut pause = ReconnectPause::new();
     loop {
         match capture
             .start_up(definition.clone(), definition_text.clone())
@@ -542,13 +560,12 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
                 capture.store.rollback()?;
                 capture.states = load_states(&capture.store)?;
                 capture.sql = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                pause.wait().await;
             }
             Err(e) => return Err(e),
         }
     }
-    let mut backoff = Duration::from_millis(250);
+    let mut pause = ReconnectPause::new();
     let result = loop {
         let started = Instant::now();
         let stored_before = capture.checkpoint;
@@ -596,10 +613,9 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         // longer each time (a walsender terminated every few seconds must not grow into 30 s
         // stalls while each reconnect succeeds).
         if started.elapsed() > Duration::from_secs(30) || capture.checkpoint > stored_before {
-            backoff = Duration::from_millis(250);
+            pause = ReconnectPause::new();
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        pause.wait().await;
         capture.sql = None;
         capture.relations.clear();
     };
