@@ -19,6 +19,8 @@ const COMMANDS: &[&str] = &[
     "capture_definition",
     "publish_capture",
     "plan_publication",
+    "plan_save_and_publish",
+    "save_and_publish",
     "preflight",
     "run_fix",
     "preview_action",

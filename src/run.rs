@@ -278,6 +278,49 @@ impl Runs {
             .is_some_and(|r| !r.task.is_finished())
     }
 
+    /// What [`Runs::save_and_publish`] will do, in order, before anything runs: the publication's
+    /// statements, the slot, the tables backfilled, and whether the capture starts or, running
+    /// already, picks up the new definition.
+    pub async fn plan_publish(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+        bindings: Vec<crate::binding::Binding>,
+        choices: Vec<crate::publication::Choice>,
+    ) -> Result<crate::capture::PublishPlan> {
+        let profile = profiles.get(id_or_name)?;
+        let definition = publish_definition(&profile, bindings)?;
+        let spec = profiles.spec_blocking(&profile.id, None).await?;
+        crate::capture::plan_publish(
+            &spec,
+            &profiles.store_dir(&profile.id)?,
+            &definition,
+            &choices,
+            self.is_running(&profile.id),
+        )
+        .await
+    }
+
+    /// One-click "Save and publish": makes the publication contain the bound tables and saves the
+    /// definition ([`Profiles::publish`]), then starts the capture, which creates the slot and
+    /// backfills. A capture running already is not started again: it picks up the saved definition
+    /// and backfills the tables new to it alongside the stream, so a profile never has two captures.
+    pub async fn save_and_publish(
+        &self,
+        profiles: &Profiles,
+        id_or_name: &str,
+        bindings: Vec<crate::binding::Binding>,
+        choices: Vec<crate::publication::Choice>,
+        listener: StatusListener,
+    ) -> Result<RunStatus> {
+        let id = profiles.get(id_or_name)?.id;
+        profiles.publish(&id, bindings, choices).await?;
+        if self.is_running(&id) {
+            return self.status(&id, profiles);
+        }
+        self.start(profiles, &id, listener).await
+    }
+
     /// Starts the profile's capture (its saved definition, creating the slot if missing); `listener`
     /// hears every status change. Starting a running capture is an error.
     pub async fn start(
@@ -785,6 +828,25 @@ async fn read_changes(
     })
     .await
     .map_err(|e| Error::internal(format!("reading the store: {e}")))?
+}
+
+/// The definition "Save and publish" saves for `profile`: its publication and slot with `bindings`.
+fn publish_definition(
+    profile: &crate::profile::Profile,
+    bindings: Vec<crate::binding::Binding>,
+) -> Result<crate::binding::Definition> {
+    if bindings.is_empty() {
+        return Err(Error::invalid_input(
+            "bindings",
+            "select at least one table",
+        ));
+    }
+    Ok(crate::binding::Definition {
+        profile: Some(profile.id.clone()),
+        publication: profile.publication.clone(),
+        slot: profile.slot.clone(),
+        bindings,
+    })
 }
 
 #[cfg(test)]

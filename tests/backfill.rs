@@ -592,26 +592,58 @@ fn the_command_line_publishes_and_edits_bindings() {
         )
     };
     let store_arg = store.to_str().unwrap();
-    let lsn = db.current_lsn().to_string();
-    let (ok, _, err) = tidepool(&[
-        "capture",
-        "--url",
-        &url,
-        "--store",
-        store_arg,
-        "--publication",
-        "cli_pub",
-        "--slot",
-        &db.name,
-        "--tables",
-        "public.t",
-        "--collection",
-        "public.t=shop/t",
-        "--publish",
-        "--stop-at-lsn",
-        &lsn,
-    ]);
+    let publish = |more: &[&str]| {
+        let mut args = vec![
+            "capture",
+            "--url",
+            &url,
+            "--store",
+            store_arg,
+            "--publication",
+            "cli_pub",
+            "--slot",
+            &db.name,
+            "--tables",
+            "public.t",
+            "--collection",
+            "public.t=shop/t",
+            "--publish",
+        ];
+        args.extend_from_slice(more);
+        tidepool(&args)
+    };
+    // --dry-run prints what Save and publish will do, in order, and runs none of it.
+    let (ok, _, err) = publish(&["--dry-run"]);
     assert!(ok, "{err}");
+    let plan: Vec<&str> = err
+        .lines()
+        .skip_while(|l| *l != "save and publish will:")
+        .collect();
+    assert_eq!(
+        plan,
+        vec![
+            "save and publish will:",
+            "  1. Update the publication \"cli_pub\": CREATE PUBLICATION \"cli_pub\" FOR TABLE \"public\".\"t\".",
+            "  2. Save the capture definition (1 table).",
+            &format!("  3. Create the slot \"{}\" with an exported snapshot.", db.name),
+            "  4. Backfill \"public\".\"t\" in that snapshot.",
+            "  5. Start the capture: it streams every change from the slot.",
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT (SELECT count(*) FROM pg_publication WHERE pubname = 'cli_pub') + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}');",
+            db.name
+        ))
+        .trim(),
+        "0",
+        "a dry run creates nothing"
+    );
+    let lsn = db.current_lsn().to_string();
+    let (ok, _, err) = publish(&["--stop-at-lsn", &lsn]);
+    assert!(ok, "{err}");
+    assert!(err.contains("save and publish will:"), "{err}");
     assert!(
         err.contains("ran: CREATE PUBLICATION \"cli_pub\" FOR TABLE \"public\".\"t\""),
         "{err}"

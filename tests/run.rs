@@ -430,3 +430,169 @@ async fn setup_passes_the_slot_this_apps_capture_holds_and_steps_the_one_its_sta
         profiles.delete(&p.profile.id).unwrap();
     }
 }
+
+/// One-click "Save and publish": its plan says what will run before anything does (the publication's
+/// statements, the slot created with a snapshot, the table backfilled, the capture started); one call
+/// from a fresh profile creates the publication and the slot, backfills and streams. A second call
+/// that adds a table while the capture runs is planned as such and backfills that table in the
+/// running capture: no second capture starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_and_publish_plans_then_creates_publishes_backfills_and_streams_in_one_call() {
+    let (db, profiles, id) = items_profile("run_publish", "Publish");
+    db.sql(
+        "CREATE TABLE parts (id int PRIMARY KEY, label text);
+         INSERT INTO parts SELECT g, 'part ' || g FROM generate_series(1, 5) g;",
+    );
+    let publication = format!("{}_pub", db.name);
+    let count = |what: &str| db.sql(what).trim().to_string();
+    let runs = Runs::default();
+
+    let plan = runs
+        .plan_publish(
+            &profiles,
+            &id,
+            vec![Binding::new("public", "items")],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.publication.statements,
+        vec![format!(
+            "CREATE PUBLICATION \"{publication}\" FOR TABLE \"public\".\"items\""
+        )]
+    );
+    assert!(!plan.slot_exists && !plan.running, "{plan:?}");
+    assert_eq!(plan.backfills, vec!["\"public\".\"items\"".to_string()]);
+    assert_eq!(plan.steps.len(), 5, "{:?}", plan.steps);
+    assert!(
+        plan.steps[0].contains("CREATE PUBLICATION"),
+        "{:?}",
+        plan.steps
+    );
+    assert!(
+        plan.steps[2].contains("Create the slot"),
+        "{:?}",
+        plan.steps
+    );
+    assert!(
+        plan.steps[3].contains("Backfill \"public\".\"items\""),
+        "{:?}",
+        plan.steps
+    );
+    assert!(
+        plan.steps[4].contains("Start the capture"),
+        "{:?}",
+        plan.steps
+    );
+    // Planning ran nothing.
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{publication}';"
+        )),
+        "0"
+    );
+
+    let seen: Arc<Mutex<Vec<RunStatus>>> = Arc::default();
+    let log = seen.clone();
+    runs.save_and_publish(
+        &profiles,
+        &id,
+        vec![Binding::new("public", "items")],
+        vec![],
+        Arc::new(move |s: &RunStatus| log.lock().unwrap().push(s.clone())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&format!("SELECT count(*) FROM pg_publication_tables WHERE pubname = '{publication}' AND tablename = 'items';")),
+        "1"
+    );
+    until("the backfill's 100%", || {
+        seen.lock().unwrap().iter().any(|s| {
+            s.backfills
+                .get("public/items")
+                .is_some_and(|p| p.done && p.rows == 3)
+        })
+    })
+    .await;
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}';",
+            db.name
+        )),
+        "1"
+    );
+    let changes_of = |name: &str| {
+        preview::collections(&profiles, &id)
+            .unwrap()
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.changes)
+    };
+    db.sql("INSERT INTO items VALUES (4, 'streamed');");
+    until("the streamed insert", || changes_of("public/items") == 4).await;
+    let active_pid = format!(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}';",
+        db.name
+    );
+    let streaming_pid = count(&active_pid);
+    assert!(!streaming_pid.is_empty(), "the slot is streamed from");
+
+    // A table added while the capture runs: planned without a new slot or a second start.
+    let both = vec![
+        Binding::new("public", "items"),
+        Binding::new("public", "parts"),
+    ];
+    let plan = runs
+        .plan_publish(&profiles, &id, both.clone(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.publication.statements,
+        vec![format!(
+            "ALTER PUBLICATION \"{publication}\" ADD TABLE \"public\".\"parts\""
+        )]
+    );
+    assert!(plan.slot_exists && plan.running, "{plan:?}");
+    assert_eq!(plan.backfills, vec!["\"public\".\"parts\"".to_string()]);
+    assert!(
+        plan.steps.iter().all(|s| !s.contains("Start the capture")),
+        "{:?}",
+        plan.steps
+    );
+    let status = runs
+        .save_and_publish(&profiles, &id, both, vec![], Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert_eq!(status.state, RunState::Streaming);
+    until("the added table's backfill", || {
+        changes_of("public/parts") == 5
+    })
+    .await;
+    db.sql("INSERT INTO parts VALUES (6, 'streamed');");
+    until("the added table's insert", || {
+        changes_of("public/parts") == 6
+    })
+    .await;
+    // One capture, the same one: the walsender on the slot is the one from before, and the first
+    // run's status saw both backfills.
+    assert_eq!(runs.running().len(), 1);
+    assert_eq!(count(&active_pid), streaming_pid);
+    until(
+        "the added table's backfill in the first run's status",
+        || {
+            seen.lock().unwrap().iter().any(|s| {
+                s.backfills
+                    .get("public/parts")
+                    .is_some_and(|p| p.done && p.rows == 5)
+            })
+        },
+    )
+    .await;
+    assert_eq!(changes_of("public/items"), 4, "nothing of items read twice");
+    runs.stop(&id, &profiles).unwrap();
+    for p in profiles.list().unwrap() {
+        profiles.delete(&p.profile.id).unwrap();
+    }
+}

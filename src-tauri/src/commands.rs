@@ -7,6 +7,7 @@ use std::time::Duration;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 use tidepool::binding::{Binding, Definition};
+use tidepool::capture::PublishPlan;
 use tidepool::connection::ServerFacts;
 use tidepool::consumers::{
     ConsumerActivity, ConsumerStore, ConsumerView, FilterCheck, SecretHeader,
@@ -142,6 +143,41 @@ pub async fn publish_capture(
     profiles
         .publish(&id, bindings, choices.unwrap_or_default())
         .await
+}
+
+/// What one-click "Save and publish" will do, in order, before anything runs: the publication's
+/// statements, the slot, the tables backfilled, the capture started (or, running, updated).
+#[tauri::command]
+pub async fn plan_save_and_publish(
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+    bindings: Vec<Binding>,
+    choices: Option<Vec<Choice>>,
+) -> Result<PublishPlan, Error> {
+    runs.plan_publish(&profiles, &id, bindings, choices.unwrap_or_default())
+        .await
+}
+
+/// One-click "Save and publish": publishes, saves, and starts the capture (or lets the running one
+/// pick up the definition); its status then arrives as `capture-status` events.
+#[tauri::command]
+pub async fn save_and_publish(
+    app: AppHandle,
+    profiles: State<'_, Profiles>,
+    runs: State<'_, Runs>,
+    id: String,
+    bindings: Vec<Binding>,
+    choices: Option<Vec<Choice>>,
+) -> Result<RunStatus, Error> {
+    runs.save_and_publish(
+        &profiles,
+        &id,
+        bindings,
+        choices.unwrap_or_default(),
+        status_events(app),
+    )
+    .await
 }
 
 /// What publishing `tables` in the profile's publication would run, with each table that has no

@@ -87,6 +87,8 @@ pub fn run() {
             commands::capture_definition,
             commands::publish_capture,
             commands::plan_publication,
+            commands::plan_save_and_publish,
+            commands::save_and_publish,
             commands::preflight,
             commands::run_fix,
             commands::preview_action,

@@ -1384,12 +1384,22 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
         .unwrap());
     fill(&client, "collection-public.items", "shop/items").await;
     screenshot(&client, "flow-2-tables").await;
+    // Save and publish shows what it will do before anything runs: the publication's SQL, the slot
+    // created with a snapshot, the backfill, the start.
     click(&client, "publish").await;
-    wait_for_text(&client, "published", |t| !t.is_empty()).await;
+    let plan = wait_for_text(&client, "publish-plan", |t| t.contains("Start the capture")).await;
+    // Setup made the publication with the table: nothing to change there.
+    assert!(
+        plan.contains("already contains every selected table"),
+        "{plan}"
+    );
+    assert!(plan.contains("with an exported snapshot"), "{plan}");
+    assert!(plan.contains("Backfill \"public\".\"items\""), "{plan}");
+    screenshot(&client, "flow-2-publish-plan").await;
 
-    // Capture: the backfill reaches 100%, then the stream runs.
-    click(&client, "tab-capture").await;
-    click(&client, "capture-start").await;
+    // One click does it all and shows the Capture tab: the backfill reaches 100%, then the stream
+    // runs.
+    click(&client, "publish-run").await;
     let percent = wait_for_text(&client, "backfill-shop/items-percent", |t| t == "100%").await;
     assert_eq!(percent, "100%");
     let state = wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
@@ -1874,11 +1884,10 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
     }
     screenshot(&client, "demo-2-tables").await;
     click(&client, "publish").await;
-    wait_for_text(&client, "published", |t| !t.is_empty()).await;
+    wait_for_text(&client, "publish-plan", |t| t.contains("Start the capture")).await;
 
-    // Capture: the backfill, then the trickle streams in.
-    click(&client, "tab-capture").await;
-    click(&client, "capture-start").await;
+    // One click: published, the slot created, the backfill, then the trickle streams in.
+    click(&client, "publish-run").await;
     wait_for_text(&client, "backfill-shop/orders-percent", |t| t == "100%").await;
     let state = wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
     assert_eq!(state, "Streaming");

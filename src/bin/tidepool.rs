@@ -1321,10 +1321,14 @@ struct CaptureArgs {
     /// Name a table's collection: schema.table=name (default schema/table). Repeatable.
     #[arg(long = "collection", value_name = "TABLE=NAME")]
     collections: Vec<String>,
-    /// Save and publish: first make the publication contain --tables (creating it if missing)
-    /// and create the slot.
+    /// Save and publish: print what it will do (the publication's SQL, the slot, the tables
+    /// backfilled), make the publication contain --tables (creating it if missing), create the slot,
+    /// backfill and stream.
     #[arg(long)]
     publish: bool,
+    /// With --publish: print what it would do and exit; nothing runs.
+    #[arg(long, requires = "publish")]
+    dry_run: bool,
     /// After a refusal because the slot can no longer send every change (it was dropped, recreated,
     /// advanced or invalidated): create the slot again if needed, record the gap in the store, read
     /// every backfilled table again, and stream on.
@@ -1481,9 +1485,19 @@ async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
             slot: slot.clone(),
             bindings: bindings.clone(),
         };
+        let choices = args.keyless.parse()?;
+        // The same plan the app shows before its one-click "Save and publish".
+        let plan =
+            tidepool::capture::plan_publish(&spec, &store, &definition, &choices, false).await?;
+        eprintln!("save and publish will:");
+        for (n, step) in plan.steps.iter().enumerate() {
+            eprintln!("  {}. {step}", n + 1);
+        }
+        if args.dry_run {
+            return Ok(());
+        }
         for statement in
-            tidepool::capture::publish_with(&spec, &store, &definition, &args.keyless.parse()?)
-                .await?
+            tidepool::capture::publish_with(&spec, &store, &definition, &choices).await?
         {
             eprintln!("ran: {statement}");
         }

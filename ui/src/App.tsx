@@ -153,7 +153,11 @@ export function App() {
                 onGoTo={(tab) => setView({ screen: "profile", id: selected.id, tab })}
               />
             ) : view.tab === "tables" && selected ? (
-              <TablesPanel key={selected.id} profileId={selected.id} />
+              <TablesPanel
+                key={selected.id}
+                profileId={selected.id}
+                onStarted={() => setView({ screen: "profile", id: selected.id, tab: "capture" })}
+              />
             ) : view.tab === "capture" && selected ? (
               <CapturePanel key={selected.id} profileId={selected.id} />
             ) : view.tab === "collections" && selected ? (

@@ -2,12 +2,12 @@ import { render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { Choice, DiscoveredTable, TableRef } from "../lib/types";
+import type { Choice, DiscoveredTable, PublishPlan, TableRef } from "../lib/types";
 import { TablesPanel } from "./TablesPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
 vi.mock("../lib/backend", async () =>
-  (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "publishCapture", "checkCollectionName", "planPublication"]),
+  (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "planSaveAndPublish", "saveAndPublish", "checkCollectionName", "planPublication"]),
 );
 
 const table = (name: string, key: string[]): DiscoveredTable => ({
@@ -24,6 +24,23 @@ const table = (name: string, key: string[]): DiscoveredTable => ({
   inPublication: false,
   collection: { name: `public/${name}`, key: key.map((k) => `/${k}`), schema: { title: `public/${name}` } },
 });
+
+/** A plan as the engine makes it for a fresh profile: publication, slot, backfill, start. */
+const freshPlan = (statements: string[], backfills: string[]): PublishPlan => ({
+  publication: { request: { publication: "p", tables: [], choices: [] }, statements, hazards: [], notes: [] },
+  slotExists: false,
+  running: false,
+  backfills,
+  steps: [
+    `Update the publication "p": ${statements.join("; ")}.`,
+    "Save the capture definition (1 table).",
+    'Create the slot "s" with an exported snapshot.',
+    ...backfills.map((b) => `Backfill ${b} in that snapshot.`),
+    "Start the capture: it streams every change from the slot.",
+  ],
+});
+
+const streaming = { profile: "p1", state: "streaming", backfills: {}, changes: 0, commits: 0, checkpoint: "0/0", changesPerSecond: 0, lagMs: null, lastCommitMicros: null, error: null };
 
 beforeEach(() => {
   resetBackend();
@@ -43,7 +60,8 @@ describe("TablesPanel", () => {
 
   it("publishes the selected tables with their new names and modes, and shows the SQL that ran", async () => {
     answer("captureDefinition", async () => null);
-    answer("publishCapture", async () => ['ALTER PUBLICATION "p" ADD TABLE "public"."orders"']);
+    answer("planSaveAndPublish", async () => freshPlan(['ALTER PUBLICATION "p" ADD TABLE "public"."orders"'], []));
+    answer("saveAndPublish", async () => streaming);
     const user = userEvent.setup();
     render(<TablesPanel profileId="p1" />);
     await screen.findByTestId("tables-panel");
@@ -54,8 +72,9 @@ describe("TablesPanel", () => {
     await user.type(name, "shop/orders");
     await user.selectOptions(screen.getByTestId("mode-public.orders"), "onlyChanges");
     await user.click(screen.getByTestId("publish"));
+    await user.click(await screen.findByTestId("publish-run"));
     await screen.findByTestId("published");
-    expect(callsOf("publishCapture")).toEqual([
+    expect(callsOf("saveAndPublish")).toEqual([
       ["p1", [{ schema: "public", table: "orders", collection: "shop/orders", mode: "onlyChanges", backfill: 0 }], []],
     ]);
     expect(screen.getByTestId("published-sql").textContent).toBe('ALTER PUBLICATION "p" ADD TABLE "public"."orders"');
@@ -63,7 +82,10 @@ describe("TablesPanel", () => {
 
   it("asks how a selected keyless table is published before Save and publish, and sends the choice", async () => {
     answer("captureDefinition", async () => null);
-    answer("publishCapture", async () => ['CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"']);
+    answer("planSaveAndPublish", async () =>
+      freshPlan(['CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"'], ['"public"."events"']),
+    );
+    answer("saveAndPublish", async () => streaming);
     answer("planPublication", async (_id, tables, choices) => {
       const chosen = (choices as Choice[]).find((c) => c.table === "events")?.handling ?? null;
       const picked = (tables as TableRef[]).some((t) => t.table === "events");
@@ -101,8 +123,9 @@ describe("TablesPanel", () => {
       ),
     );
     await user.click(screen.getByTestId("publish"));
+    await user.click(await screen.findByTestId("publish-run"));
     await screen.findByTestId("published");
-    expect(callsOf("publishCapture")).toEqual([
+    expect(callsOf("saveAndPublish")).toEqual([
       [
         "p1",
         [{ schema: "public", table: "events", collection: "public/events", mode: "full", backfill: 0 }],
@@ -114,6 +137,64 @@ describe("TablesPanel", () => {
     await waitFor(() => expect(screen.queryByTestId("hazard-public.events")).toBeNull());
   });
 
+  it("shows what Save and publish will do, in order, and runs nothing until confirmed; Cancel runs nothing", async () => {
+    answer("captureDefinition", async () => null);
+    answer("planSaveAndPublish", async () =>
+      freshPlan(['CREATE PUBLICATION "p" FOR TABLE "public"."orders"'], ['"public"."orders"']),
+    );
+    answer("saveAndPublish", async () => streaming);
+    const started = vi.fn();
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" onStarted={started} />);
+    await user.click(await screen.findByTestId("select-public.orders"));
+    await user.click(screen.getByTestId("publish"));
+    const steps = (await screen.findAllByTestId("publish-plan-step")).map((s) => s.textContent);
+    expect(steps).toEqual([
+      'Update the publication "p": CREATE PUBLICATION "p" FOR TABLE "public"."orders".',
+      "Save the capture definition (1 table).",
+      'Create the slot "s" with an exported snapshot.',
+      'Backfill "public"."orders" in that snapshot.',
+      "Start the capture: it streams every change from the slot.",
+    ]);
+    expect(screen.getByTestId("publish-plan-statements").textContent).toBe(
+      'CREATE PUBLICATION "p" FOR TABLE "public"."orders"',
+    );
+    expect(screen.getByTestId("publish-run").textContent).toBe("Publish and start");
+    expect(callsOf("planSaveAndPublish")).toEqual([
+      ["p1", [{ schema: "public", table: "orders", collection: "public/orders", mode: "full", backfill: 0 }], []],
+    ]);
+    expect(callsOf("saveAndPublish")).toEqual([]);
+    await user.click(screen.getByTestId("publish-cancel"));
+    expect(screen.queryByTestId("publish-plan")).toBeNull();
+    expect(callsOf("saveAndPublish")).toEqual([]);
+    expect(started).not.toHaveBeenCalled();
+
+    // Confirmed: the one call runs, then the Capture tab is shown.
+    await user.click(screen.getByTestId("publish"));
+    await user.click(await screen.findByTestId("publish-run"));
+    await waitFor(() => expect(started).toHaveBeenCalledTimes(1));
+    expect(callsOf("saveAndPublish")).toEqual([
+      ["p1", [{ schema: "public", table: "orders", collection: "public/orders", mode: "full", backfill: 0 }], []],
+    ]);
+  });
+
+  it("shows the engine's error when the confirmed run fails, and does not leave the tab", async () => {
+    answer("captureDefinition", async () => null);
+    answer("planSaveAndPublish", async () => freshPlan([], []));
+    answer("saveAndPublish", async () => {
+      throw { kind: "Permission", message: "slot: permission denied to create replication slot \"s\"" };
+    });
+    const started = vi.fn();
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" onStarted={started} />);
+    await user.click(await screen.findByTestId("select-public.orders"));
+    await user.click(screen.getByTestId("publish"));
+    await user.click(await screen.findByTestId("publish-run"));
+    await waitFor(() => expect(screen.getByTestId("publish-error-kind").textContent).toBe("Permission"));
+    expect(screen.getByTestId("publish-error-message").textContent).toContain("permission denied to create replication slot");
+    expect(started).not.toHaveBeenCalled();
+  });
+
   it("starts from the saved capture and shows a refused name with the engine's message", async () => {
     answer("captureDefinition", async () => ({
       profile: "p1",
@@ -121,7 +202,7 @@ describe("TablesPanel", () => {
       slot: "s",
       bindings: [{ schema: "public", table: "events", collection: "audit/events", mode: "full", backfill: 2 }],
     }));
-    answer("publishCapture", async () => {
+    answer("planSaveAndPublish", async () => {
       throw { kind: "InvalidInput", message: "collection: 'audit events' contains ' '" };
     });
     const user = userEvent.setup();
@@ -134,7 +215,8 @@ describe("TablesPanel", () => {
     await user.click(screen.getByTestId("publish"));
     await waitFor(() => expect(screen.getByTestId("publish-error-kind").textContent).toBe("InvalidInput"));
     expect(screen.getByTestId("publish-error-message").textContent).toContain("collection: 'audit events'");
-    expect(callsOf("publishCapture")[0][1]).toEqual([
+    expect(callsOf("saveAndPublish")).toEqual([]);
+    expect(callsOf("planSaveAndPublish")[0][1]).toEqual([
       { schema: "public", table: "events", collection: "audit events", mode: "full", backfill: 2 },
     ]);
   });

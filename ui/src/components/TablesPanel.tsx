@@ -9,6 +9,7 @@ import type {
   Choice as KeylessChoice,
   DiscoveredTable,
   PublicationPlan,
+  PublishPlan,
   TableRef,
 } from "../lib/types";
 import { ErrorNotice } from "./ErrorNotice";
@@ -26,7 +27,9 @@ interface Choice {
 type State =
   | { status: "loading" }
   | { status: "ready" }
-  | { status: "publishing" }
+  | { status: "planning" }
+  | { status: "planned"; plan: PublishPlan; bindings: Binding[] }
+  | { status: "publishing"; plan: PublishPlan }
   | { status: "published"; statements: string[] }
   | { status: "failed"; error: BackendError; during: "discover" | "publish" };
 
@@ -41,9 +44,10 @@ const rowId = (t: DiscoveredTable) => `${t.schema}.${t.table}`;
 
 /**
  * Estuary's binding picker: discover the tables, pick them, rename their collections, choose how each
- * starts, then "Save and publish" (which adds them to the publication and saves the capture).
+ * starts, then "Save and publish": it shows what it will do (the publication's SQL, the slot, the
+ * backfills, the start), and on confirmation does it all in one call; `onStarted` then shows the capture.
  */
-export function TablesPanel({ profileId }: { profileId: string }) {
+export function TablesPanel({ profileId, onStarted }: { profileId: string; onStarted?: () => void }) {
   const [choices, setChoices] = useState<Choice[]>([]);
   const [state, setState] = useState<State>({ status: "loading" });
   const [schemaOf, setSchemaOf] = useState<string | null>(null);
@@ -158,9 +162,22 @@ export function TablesPanel({ profileId }: { profileId: string }) {
         mode: c.mode,
         backfill: c.backfill,
       }));
-    setState({ status: "publishing" });
+    // What will run is shown first; nothing runs before the confirmation.
+    setState({ status: "planning" });
     try {
-      setState({ status: "published", statements: await backend.publishCapture(profileId, bindings, keyless) });
+      setState({ status: "planned", plan: await backend.planSaveAndPublish(profileId, bindings, keyless), bindings });
+    } catch (error) {
+      setState({ status: "failed", error: error as BackendError, during: "publish" });
+    }
+  }
+
+  async function run(plan: PublishPlan, bindings: Binding[]) {
+    setState({ status: "publishing", plan });
+    try {
+      await backend.saveAndPublish(profileId, bindings, keyless);
+      setState({ status: "published", statements: plan.publication.statements });
+      // The backfill's progress and the capture's state are on the Capture tab.
+      onStarted?.();
     } catch (error) {
       setState({ status: "failed", error: error as BackendError, during: "publish" });
     }
@@ -341,12 +358,52 @@ export function TablesPanel({ profileId }: { profileId: string }) {
         <button
           type="button"
           data-testid="publish"
-          disabled={selected === 0 || blocked || state.status === "publishing"}
+          disabled={
+            selected === 0 ||
+            blocked ||
+            state.status === "planning" ||
+            state.status === "planned" ||
+            state.status === "publishing"
+          }
           onClick={() => void publish()}
         >
-          {state.status === "publishing" ? "Publishing…" : `Save and publish (${selected})`}
+          {state.status === "planning" ? "Planning…" : `Save and publish (${selected})`}
         </button>
       </div>
+      {(state.status === "planned" || state.status === "publishing") && (
+        <div className="publish-plan" data-testid="publish-plan">
+          <p>Save and publish will, in order:</p>
+          <ol>
+            {state.plan.steps.map((step) => (
+              <li key={step} data-testid="publish-plan-step">
+                {step}
+              </li>
+            ))}
+          </ol>
+          {state.plan.publication.statements.length > 0 && (
+            <pre data-testid="publish-plan-statements">{state.plan.publication.statements.join(";\n")}</pre>
+          )}
+          <div className="actions">
+            <button
+              type="button"
+              data-testid="publish-run"
+              disabled={state.status === "publishing"}
+              onClick={() => state.status === "planned" && void run(state.plan, state.bindings)}
+            >
+              {state.status === "publishing" ? "Publishing…" : state.plan.running ? "Publish" : "Publish and start"}
+            </button>
+            <button
+              type="button"
+              className="secondary"
+              data-testid="publish-cancel"
+              disabled={state.status === "publishing"}
+              onClick={() => setState({ status: "ready" })}
+            >
+              Cancel
+            </button>
+          </div>
+        </div>
+      )}
       {state.status === "failed" && <ErrorNotice error={state.error} testId="publish-error" place="form" />}
       {state.status === "published" && (
         <div className="ok" data-testid="published">

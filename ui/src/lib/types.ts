@@ -289,6 +289,19 @@ export interface PublicationPlan {
   notes: string[];
 }
 
+/** What one-click "Save and publish" will do, in order, before anything runs. */
+export interface PublishPlan {
+  /** The publication's part: exactly the statements that run. */
+  publication: PublicationPlan;
+  slotExists: boolean;
+  /** The capture runs already: it picks up the new definition, no second capture starts. */
+  running: boolean;
+  /** The tables whose existing rows will be read, `"schema"."table"`. */
+  backfills: string[];
+  /** One sentence per step, in the order they run. */
+  steps: string[];
+}
+
 /** A fix with the exact SQL or API request it runs, and what to know before confirming. */
 export interface Fix {
   action: SetupAction;

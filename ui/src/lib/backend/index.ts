@@ -10,6 +10,7 @@ import {
   type Binding,
   type Choice,
   type PublicationPlan,
+  type PublishPlan,
   type TableRef,
   type CaptureDefinition,
   type DiscoveredTable,
@@ -107,6 +108,18 @@ export const publishCapture = (id: string, bindings: Binding[], choices: Choice[
 /** What publishing `tables` in the profile's publication would run, and the tables that need a choice. */
 export const planPublication = (id: string, tables: TableRef[], choices: Choice[]) =>
   call<PublicationPlan>("plan_publication", { id, tables, choices });
+
+/** What one-click "Save and publish" will do, in order; runs nothing. */
+export const planSaveAndPublish = (id: string, bindings: Binding[], choices: Choice[] = []) =>
+  call<PublishPlan>("plan_save_and_publish", { id, bindings, choices });
+
+/**
+ * One-click "Save and publish": the publication, the definition, then the capture started (slot,
+ * backfill, stream), or the running capture told of the new definition. Its status then arrives as
+ * `capture-status` events.
+ */
+export const saveAndPublish = (id: string, bindings: Binding[], choices: Choice[] = []) =>
+  call<RunStatus>("save_and_publish", { id, bindings, choices });
 
 export const preflight = (id: string) => call<PreflightCheck[]>("preflight", { id });
 
