@@ -147,6 +147,18 @@ impl Error {
         }
     }
 
+    /// The `Permission` error for a connection Neon's proxy refused because of the project's IP Allow
+    /// list (`refusal`: what the server said), with what to change. One text for every connection
+    /// Tidepool makes: queries, COPY and replication.
+    pub(crate) fn neon_ip_allow(target: &str, refusal: &str) -> Self {
+        Error::new(
+            ErrorKind::Permission,
+            format!(
+                "{target}: {NEON_IP_ALLOW} refuses this connection: {refusal}. Add the public address Tidepool connects from to the project's list (Neon Console → Project settings → Network security → IP Allow)"
+            ),
+        )
+    }
+
     /// Whether Neon's proxy refused the connection because of the project's IP Allow list.
     pub fn is_neon_ip_allow_refusal(&self) -> bool {
         self.kind == ErrorKind::Permission && self.message.contains(NEON_IP_ALLOW_REFUSAL)
@@ -160,13 +172,9 @@ impl Error {
         if let Some(db) = err.as_db_error() {
             let code = db.code();
             if db.message().contains(NEON_IP_ALLOW_REFUSAL) {
-                return Error::new(
-                    ErrorKind::Permission,
-                    format!(
-                        "{target}: {NEON_IP_ALLOW} refuses this connection: {} (SQLSTATE {}). Add the public address Tidepool connects from to the project's list (Neon Console → Project settings → Network security → IP Allow)",
-                        db.message(),
-                        code.code()
-                    ),
+                return Error::neon_ip_allow(
+                    target,
+                    &format!("{} (SQLSTATE {})", db.message(), code.code()),
                 );
             }
             let kind = if *code == SqlState::INVALID_PASSWORD
@@ -254,7 +262,7 @@ impl Error {
 /// What Neon's proxy says when a project's IP Allow list does not hold the client's address
 /// ("This IP address 203.0.113.7 is not allowed to connect to this endpoint. Please add it to the
 /// allowed list in the Neon console. …").
-const NEON_IP_ALLOW_REFUSAL: &str = "is not allowed to connect to this endpoint";
+pub(crate) const NEON_IP_ALLOW_REFUSAL: &str = "is not allowed to connect to this endpoint";
 
 /// How a refusal by IP Allow is named before the project is known.
 const NEON_IP_ALLOW: &str = "Neon's IP Allow";

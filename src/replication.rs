@@ -438,6 +438,10 @@ impl Drop for SnapshotSession {
 fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError) -> Error {
     use pgwire_replication::PgWireError as E;
     let text = e.to_string();
+    // Neon's proxy refuses a replication connection for IP Allow as it refuses any other.
+    if text.contains(crate::error::NEON_IP_ALLOW_REFUSAL) {
+        return Error::neon_ip_allow(&format!("{target}: replication"), &text);
+    }
     let sqlstate = text
         .rsplit_once("(SQLSTATE ")
         .and_then(|(_, rest)| rest.strip_suffix(')'))
@@ -472,4 +476,39 @@ fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError)
         );
     }
     Error::new(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire_replication::PgWireError;
+
+    #[test]
+    fn a_replication_connection_refused_by_neons_ip_allow_says_so_and_what_to_change() {
+        let refusal =
+            "ERROR: This IP address 203.0.113.7 is not allowed to connect to this endpoint. \
+                       Please add it to the allowed list in the Neon console. (SQLSTATE 08004)";
+        for e in [
+            PgWireError::Server(refusal.into()),
+            PgWireError::Auth(refusal.into()),
+        ] {
+            let err = transport_error("ep-x.neon.tech:5432", "tidepool", e)
+                .in_neon_project(Some("calm-sun-123"));
+            assert_eq!(err.kind(), ErrorKind::Permission, "{err}");
+            assert!(err.is_neon_ip_allow_refusal(), "{err}");
+            assert!(
+                err.message()
+                    .contains("Neon's IP Allow of project calm-sun-123 refuses this connection"),
+                "{err}"
+            );
+            assert!(err.message().contains("203.0.113.7"), "{err}");
+        }
+        // Any other server refusal keeps its own kind.
+        let other = transport_error(
+            "h:5432",
+            "",
+            PgWireError::Server("ERROR: permission denied (SQLSTATE 42501)".into()),
+        );
+        assert!(!other.is_neon_ip_allow_refusal(), "{other}");
+    }
 }
