@@ -175,9 +175,11 @@ where
     F: Fn(&str) + Send + Sync + 'static,
 {
     use serde_json::json;
+    // Tests create it side by side on the shared cluster: one that loses the race to the catalog
+    // gets a unique violation rather than duplicate_object.
     run_sql(
         "DO $$ BEGIN CREATE ROLE neon_superuser NOLOGIN REPLICATION; \
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
     );
     let passwords = Arc::new(Mutex::new(
         std::collections::HashMap::<String, String>::new(),
