@@ -184,12 +184,58 @@ async fn a_slot_created_by_hand_backfills_in_a_snapshot_of_its_own_without_gaps_
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut first = options(&db, &store, None);
     first.create_slot = false;
+    // The writers go on until the backfill has read the table in its snapshot, and a while after:
+    // those later writes can only arrive streamed. The capture is stopped only once it has stored
+    // past the last write, so its backfill is in the store, not read again by the next run. (A
+    // fixed sleep let a loaded machine stop it mid-backfill: the next run read the table again after
+    // the writes, and nothing was left to stream.)
+    let read = Arc::new(AtomicBool::new(false));
+    let stored = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (seen, checkpoint) = (read.clone(), stored.clone());
+    first.backfill_progress = Some(Arc::new(move |p: &tidepool::backfill::BackfillProgress| {
+        if p.done {
+            seen.store(true, Ordering::Relaxed);
+        }
+    }));
+    first.observer = Some(tidepool::capture::Observer(Arc::new(
+        move |f: &tidepool::capture::Flush| {
+            checkpoint.fetch_max(f.checkpoint.0, Ordering::Relaxed);
+        },
+    )));
     let capture = tokio::spawn(run(first));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 180 s"
+        );
+        !done()
+    };
+    while wait_for("the backfill's read", &|| read.load(Ordering::Relaxed)) {
+        assert!(
+            !capture.is_finished(),
+            "the capture ended: {:?}",
+            capture.await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for writer in running {
         writer.await.unwrap();
     }
+    let last_write = db.current_lsn().0;
+    while wait_for("storing past the last write", &|| {
+        stored.load(Ordering::Relaxed) >= last_write
+    }) {
+        assert!(
+            !capture.is_finished(),
+            "the capture ended: {:?}",
+            capture.await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !capture.is_finished(),
         "the capture ended: {:?}",
@@ -224,11 +270,18 @@ async fn a_slot_created_by_hand_backfills_in_a_snapshot_of_its_own_without_gaps_
         "no streamed change: the writes were not captured"
     );
     // The stream came from the person's slot, which the capture confirmed; the snapshot's temporary
-    // slot is gone.
-    let slots = db.sql(&format!(
-        "SELECT slot_name, confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE database = '{}' ORDER BY 1;",
-        db.name
-    ));
+    // slot goes with its session (the server ends it a moment after the connection closes).
+    let slots = || {
+        db.sql(&format!(
+            "SELECT slot_name, confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE database = '{}' ORDER BY 1;",
+            db.name
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slots().trim() != format!("{}|t", db.name) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slots = slots();
     assert_eq!(slots.trim(), format!("{}|t", db.name), "{slots}");
     assert!(db.current_lsn() >= Store::open(&store).unwrap().checkpoint().unwrap());
 
