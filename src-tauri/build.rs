@@ -11,6 +11,7 @@ const COMMANDS: &[&str] = &[
     "discard_store",
     "autofill",
     "test_connection",
+    "ssh_host_key",
     "keychain_status",
     "neon_key_status",
     "set_neon_key",

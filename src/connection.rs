@@ -55,6 +55,9 @@ pub struct ConnectionSpec {
     pub options: Option<String>,
     /// SCRAM channel binding policy.
     pub channel_binding: ChannelBinding,
+    /// The SSH bastion every connection goes through, if the database is reached that way. Clones of
+    /// a spec share one session.
+    pub tunnel: Option<std::sync::Arc<crate::ssh::Tunnel>>,
 }
 
 /// libpq's `channel_binding`: whether SCRAM authentication binds to the TLS channel.
@@ -106,6 +109,19 @@ impl ConnectionSpec {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             options: None,
             channel_binding: ChannelBinding::default(),
+            tunnel: None,
+        }
+    }
+
+    /// Where to dial for this database: its own host and port, or the loopback port of its SSH
+    /// tunnel (opened, or opened again, now). TLS and messages keep naming [`ConnectionSpec::host`].
+    pub async fn dial(&self) -> Result<(String, u16)> {
+        match &self.tunnel {
+            None => Ok((self.host.clone(), self.port)),
+            Some(tunnel) => {
+                let local = tunnel.local_addr().await?;
+                Ok((local.ip().to_string(), local.port()))
+            }
         }
     }
 
@@ -137,6 +153,12 @@ impl ConnectionSpec {
                 ));
             }
         }
+        if self.tunnel.is_some() && self.host.starts_with('/') {
+            return Err(Error::invalid_input(
+                "host",
+                "is a Unix socket directory, which an SSH tunnel cannot reach: give the database's host name as the bastion sees it",
+            ));
+        }
         if self.connect_timeout > MAX_CONNECT_TIMEOUT {
             return Err(Error::invalid_input(
                 "connect_timeout",
@@ -159,11 +181,17 @@ impl ConnectionSpec {
         }
     }
 
-    fn driver_config(&self, sslmode: DriverSslMode) -> Config {
+    fn driver_config(&self, sslmode: DriverSslMode, dial: &(String, u16)) -> Config {
         let mut config = Config::new();
+        config.host(&self.host);
+        // Through a tunnel the driver dials its loopback port, and TLS still checks the host's name.
+        if let Ok(address) = dial.0.parse::<std::net::IpAddr>() {
+            if self.tunnel.is_some() {
+                config.hostaddr(address);
+            }
+        }
         config
-            .host(&self.host)
-            .port(self.port)
+            .port(dial.1)
             .user(&self.user)
             .dbname(&self.database)
             .application_name(&self.application_name)
@@ -189,65 +217,14 @@ impl ConnectionSpec {
 pub fn parse_address(address: &str) -> Result<(String, u16)> {
     const FIELD: &str = "server address";
     let address = address.trim();
-    if address.is_empty() {
-        return Err(Error::invalid_input(FIELD, "is empty"));
-    }
-    if address.chars().any(char::is_whitespace) {
-        return Err(Error::invalid_input(FIELD, "contains white space"));
-    }
     if address.contains("://") {
         return Err(Error::invalid_input(
             FIELD,
             "is a URL; use Autofill with URL, or give host[:port]",
         ));
     }
-    let port_of = |text: &str| -> Result<u16> {
-        match text.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(port),
-            _ => Err(Error::invalid_input(
-                FIELD,
-                format!("port '{text}' is not a number from 1 to 65535"),
-            )),
-        }
-    };
-    if let Some(rest) = address.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| Error::invalid_input(FIELD, "'[' without a closing ']'"))?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(Error::invalid_input(
-                FIELD,
-                format!("'{host}' is not an IPv6 address"),
-            ));
-        }
-        return match after {
-            "" => Ok((host.to_string(), DEFAULT_PORT)),
-            _ => match after.strip_prefix(':') {
-                Some(port) => Ok((host.to_string(), port_of(port)?)),
-                None => Err(Error::invalid_input(
-                    FIELD,
-                    format!("unexpected '{after}' after ']'"),
-                )),
-            },
-        };
-    }
-    match address.matches(':').count() {
-        0 => Ok((address.to_string(), DEFAULT_PORT)),
-        1 => {
-            let (host, port) = address.split_once(':').expect("one colon");
-            if host.is_empty() {
-                return Err(Error::invalid_input(FIELD, "no host before ':'"));
-            }
-            Ok((host.to_string(), port_of(port)?))
-        }
-        _ if address.parse::<std::net::Ipv6Addr>().is_ok() => {
-            Ok((address.to_string(), DEFAULT_PORT))
-        }
-        _ => Err(Error::invalid_input(
-            FIELD,
-            "write an IPv6 address with a port as [address]:port",
-        )),
-    }
+    crate::address::split_host_port(address, DEFAULT_PORT)
+        .map_err(|reason| Error::invalid_input(FIELD, reason))
 }
 
 /// Opens an ordinary (non-replication) connection. The connection's I/O runs on a spawned task that ends
@@ -273,8 +250,9 @@ async fn connect_with(
     sslmode: DriverSslMode,
     target: &str,
 ) -> Result<Client> {
-    let config = spec.driver_config(sslmode);
     let attempt = async {
+        let dial = spec.dial().await?;
+        let config = spec.driver_config(sslmode, &dial);
         if sslmode == DriverSslMode::Disable {
             let (client, connection) = config.connect(NoTls).await?;
             tokio::spawn(drive(connection, target.to_string()));

@@ -124,6 +124,7 @@ impl Demo {
             application_name: Some(DEMO_APPLICATION_NAME.into()),
             password_storage: PasswordStorage::Keychain,
             encrypt_store: None,
+            ..ProfileDraft::default()
         };
         let view = profiles.save(None, draft, Some(cluster.superuser_password().clone()))?;
         let stop = Arc::new(AtomicBool::new(false));

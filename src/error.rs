@@ -44,6 +44,9 @@ pub enum ErrorKind {
     /// A consumer fell behind the store's log retention: changes it had not read yet were pruned
     /// ([`crate::retention`]).
     Behind,
+    /// An SSH bastion's host key is not accepted yet, or differs from the one accepted: nothing was
+    /// sent through it ([`crate::ssh`]).
+    HostKey,
     /// A bug or an unexpected state of the machine (a missing binary).
     Internal,
 }
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::Diverged => "Diverged",
             ErrorKind::Locked => "Locked",
             ErrorKind::Behind => "Behind",
+            ErrorKind::HostKey => "HostKey",
             ErrorKind::Internal => "Internal",
         }
     }

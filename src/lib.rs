@@ -4,6 +4,7 @@
 //!
 //! Modules are named after the domain. Errors are [`Error`] values with a [`ErrorKind`] to match on.
 
+pub mod address;
 pub mod backfill;
 pub mod binding;
 pub mod capture;
@@ -39,6 +40,7 @@ pub mod setup;
 pub mod slot;
 pub mod snapshot;
 pub mod sql;
+pub mod ssh;
 pub mod store;
 pub mod tls;
 pub mod value;

@@ -76,6 +76,9 @@ pub struct Profile {
     /// The Neon project and branch the database lives in, when linked (enables the Neon fixes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neon: Option<crate::neon::Link>,
+    /// The SSH bastion the database is reached through, if any; its private key is in the keychain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshProfile>,
     /// Whether the profile's store is encrypted at rest ([`crate::encryption`]). Profiles saved
     /// before encryption existed have plain stores.
     #[serde(default)]
@@ -90,6 +93,18 @@ pub struct Profile {
 /// Whether a new profile's store is encrypted unless the person says otherwise. The cost is
 /// measured in `benches/capture.rs` (docs/benchmarks.md).
 pub const ENCRYPT_BY_DEFAULT: bool = true;
+
+/// How a profile reaches its database through an SSH bastion ([`crate::ssh`]). The private key and
+/// its passphrase are keychain entries of the profile, never fields here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SshProfile {
+    /// `ssh://user@host:port`.
+    pub address: String,
+    /// The bastion's host key a person accepted (`algorithm base64`), if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+}
 
 /// What removing a profile or discarding its store deleted, for the person who asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -193,6 +208,18 @@ pub struct ProfileDraft {
     /// Whether the store is encrypted at rest; unset keeps the profile's choice, or for a new
     /// profile [`ENCRYPT_BY_DEFAULT`].
     pub encrypt_store: Option<bool>,
+    /// The SSH bastion (`ssh://user@host[:port]`), or empty to connect directly.
+    pub ssh_address: Option<String>,
+    /// The bastion's host key the person accepted (`algorithm base64`); unset keeps the saved one
+    /// while the address stays the same.
+    pub ssh_host_key: Option<String>,
+    /// A new SSH private key (OpenSSH or PEM text), only on its way to the keychain: never shown
+    /// back, never written to a file.
+    #[serde(skip_serializing)]
+    pub ssh_key: Option<Secret>,
+    /// The new key's passphrase, if it has one; same path as the key.
+    #[serde(skip_serializing)]
+    pub ssh_passphrase: Option<Secret>,
 }
 
 /// What "Autofill with URL" gives back: the form's fields, the password that was in the pasted string
@@ -257,6 +284,7 @@ pub fn autofill(text: &str) -> Result<Autofill> {
         application_name: Some(spec.application_name),
         password_storage: PasswordStorage::Keychain,
         encrypt_store: None,
+        ..ProfileDraft::default()
     };
     Ok(Autofill {
         draft,
@@ -513,7 +541,19 @@ impl Profiles {
             None => new_id()?,
         };
         let keep_encryption = draft.encrypt_store.is_none();
+        let ssh_key = draft.ssh_key.clone().filter(|k| !k.is_empty());
+        let ssh_passphrase = draft.ssh_passphrase.clone().filter(|p| !p.is_empty());
         let mut profile = validate(profile_id, draft)?;
+        // An accepted host key stays with its bastion: a new address is a new host to accept.
+        if let (Some(ssh), Some(i)) = (profile.ssh.as_mut(), existing) {
+            if ssh.host_key.is_none() {
+                if let Some(before) = &file.profiles[i].ssh {
+                    if before.address == ssh.address {
+                        ssh.host_key = before.host_key.clone();
+                    }
+                }
+            }
+        }
         // The form does not carry the Neon link; editing the connection keeps it.
         profile.neon = existing.and_then(|i| file.profiles[i].neon.clone());
         if let (true, Some(i)) = (keep_encryption, existing) {
@@ -541,7 +581,16 @@ impl Profiles {
         {
             self.keychain()?;
         }
+        if profile.ssh.is_some() && ssh_key.is_some() {
+            self.keychain()?;
+        }
         self.apply_encryption(&profile)?;
+        self.store_ssh_secrets(
+            &profile,
+            existing.and_then(|i| file.profiles[i].ssh.as_ref()),
+            ssh_key,
+            ssh_passphrase,
+        )?;
         let key = SecretKey::ProfilePassword(profile.id.clone());
         match profile.password {
             PasswordStorage::Keychain => {
@@ -569,6 +618,120 @@ impl Profiles {
             .into_iter()
             .find(|v| v.profile.id == profile.id);
         view.ok_or_else(|| Error::internal("the saved profile vanished"))
+    }
+
+    /// Keeps the SSH private key and passphrase in the keychain: a new key replaces the old one (and a
+    /// key given without a passphrase removes the old passphrase); a profile that no longer uses SSH
+    /// leaves no key behind.
+    fn store_ssh_secrets(
+        &self,
+        profile: &Profile,
+        before: Option<&SshProfile>,
+        key: Option<Secret>,
+        passphrase: Option<Secret>,
+    ) -> Result<()> {
+        let key_entry = SecretKey::SshKey(profile.id.clone());
+        let passphrase_entry = SecretKey::SshPassphrase(profile.id.clone());
+        match (&profile.ssh, key) {
+            (Some(ssh), Some(key)) => {
+                let keychain = self.keychain()?;
+                keychain.set(
+                    &key_entry,
+                    &format!("Tidepool: SSH private key for {}", ssh.address),
+                    &key,
+                )?;
+                match passphrase {
+                    Some(passphrase) => keychain.set(
+                        &passphrase_entry,
+                        &format!("Tidepool: SSH key passphrase for {}", ssh.address),
+                        &passphrase,
+                    )?,
+                    None => keychain.delete(&passphrase_entry)?,
+                }
+            }
+            (None, _) if before.is_some() => {
+                let keychain = self.keychain()?;
+                keychain.delete(&key_entry)?;
+                keychain.delete(&passphrase_entry)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The tunnel a profile's connections go through, if it names a bastion: the key (and passphrase)
+    /// given, else the keychain's. Reads the keychain (blocking).
+    fn tunnel_for(
+        &self,
+        profile: &Profile,
+        spec: &ConnectionSpec,
+        given: Option<(Secret, Option<Secret>)>,
+    ) -> Result<Option<std::sync::Arc<crate::ssh::Tunnel>>> {
+        let Some(ssh) = &profile.ssh else {
+            return Ok(None);
+        };
+        let (key, passphrase) = match given {
+            Some(given) => given,
+            None => {
+                let keychain = self.keychain()?;
+                let Some(key) = keychain.get(&SecretKey::SshKey(profile.id.clone()))? else {
+                    return Err(Error::new(
+                        ErrorKind::Keychain,
+                        format!(
+                            "the keychain has no SSH private key for profile '{}'; edit the profile to enter it",
+                            profile.name
+                        ),
+                    ));
+                };
+                (
+                    key,
+                    keychain.get(&SecretKey::SshPassphrase(profile.id.clone()))?,
+                )
+            }
+        };
+        Ok(Some(crate::ssh::Tunnel::new(crate::ssh::TunnelSettings {
+            endpoint: crate::ssh::SshEndpoint::parse(&ssh.address)?,
+            key,
+            passphrase,
+            host_key: ssh.host_key.clone(),
+            database: (spec.host.clone(), spec.port),
+            timeout: spec.connect_timeout,
+        })))
+    }
+
+    /// The SSH bastion's host key, read without logging in, for a person to compare and accept
+    /// before the first connection through it.
+    pub async fn ssh_host_key(&self, address: &str) -> Result<crate::ssh::HostKey> {
+        let endpoint = crate::ssh::SshEndpoint::parse(address)?;
+        crate::ssh::fetch_host_key(&endpoint, crate::connection::DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// Saves `host_key` (`algorithm base64`, as [`Profiles::ssh_host_key`] showed it) as the accepted
+    /// host key of the profile's bastion.
+    pub fn accept_ssh_host_key(&self, id_or_name: &str, host_key: &str) -> Result<ProfileView> {
+        let id = self.get(id_or_name)?.id;
+        let accepted = crate::ssh::parse_host_key(host_key)?
+            .to_openssh()
+            .map_err(|e| Error::invalid_input("SSH host key", e.to_string()))?;
+        let mut file = self.load()?;
+        let profile = file
+            .profiles
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no profile with id '{id}'")))?;
+        let Some(ssh) = profile.ssh.as_mut() else {
+            return Err(Error::invalid_input(
+                "profile",
+                format!("profile '{}' connects without SSH", profile.name),
+            ));
+        };
+        ssh.host_key = Some(accepted);
+        tracing::info!(profile = %profile.name, via = %ssh.address, "SSH host key accepted");
+        self.store(&file)?;
+        self.list()?
+            .into_iter()
+            .find(|v| v.profile.id == id)
+            .ok_or_else(|| Error::internal("the saved profile vanished"))
     }
 
     /// Makes the profile's store folder match its encryption choice. A folder that holds no store yet
@@ -630,6 +793,14 @@ impl Profiles {
             removed
                 .keychain_entries
                 .insert(0, "database password".into());
+        }
+        if profile.ssh.is_some() {
+            let keychain = self.keychain().map_err(|e| {
+                e.context("the profile was kept so its SSH key is not left behind in the keychain")
+            })?;
+            keychain.delete(&SecretKey::SshKey(profile.id.clone()))?;
+            keychain.delete(&SecretKey::SshPassphrase(profile.id.clone()))?;
+            removed.keychain_entries.push("SSH private key".into());
         }
         let mut file = self.load()?;
         file.profiles.retain(|p| p.id != profile.id);
@@ -699,6 +870,7 @@ impl Profiles {
     pub fn spec(&self, id_or_name: &str, typed: Option<Secret>) -> Result<ConnectionSpec> {
         let profile = self.get(id_or_name)?;
         let mut spec = profile.spec_without_password();
+        spec.tunnel = self.tunnel_for(&profile, &spec, None)?;
         spec.password = match typed.filter(|p| !p.is_empty()) {
             Some(password) => Some(password),
             None if profile.password == PasswordStorage::Keychain => {
@@ -795,8 +967,31 @@ impl Profiles {
         if draft.name.trim().is_empty() {
             draft.name = "unsaved connection".into();
         }
-        let profile = validate(id.clone().unwrap_or_default(), draft)?;
+        let given_key = draft
+            .ssh_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .map(|key| (key, draft.ssh_passphrase.clone().filter(|p| !p.is_empty())));
+        let mut profile = validate(id.clone().unwrap_or_default(), draft)?;
         let mut spec = profile.spec_without_password();
+        if profile.ssh.is_some() {
+            // A saved profile's accepted host key and keychain key count for the form as it stands.
+            if let Some(saved) = id.as_deref().and_then(|id| self.get(id).ok()) {
+                profile.id = saved.id.clone();
+                if let (Some(ssh), Some(before)) = (profile.ssh.as_mut(), saved.ssh.as_ref()) {
+                    if ssh.host_key.is_none() && before.address == ssh.address {
+                        ssh.host_key = before.host_key.clone();
+                    }
+                }
+            }
+            let profiles = self.clone();
+            let (for_tunnel, base) = (profile.clone(), spec.clone());
+            spec.tunnel = tokio::task::spawn_blocking(move || {
+                profiles.tunnel_for(&for_tunnel, &base, given_key)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??;
+        }
         spec.password = match (typed.filter(|p| !p.is_empty()), id) {
             (Some(password), _) => Some(password),
             (None, Some(id)) if profile.password == PasswordStorage::Keychain => {
@@ -1146,6 +1341,10 @@ fn draft_of(profile: &Profile) -> ProfileDraft {
         application_name: Some(profile.application_name.clone()),
         password_storage: PasswordStorage::Keychain,
         encrypt_store: Some(profile.encrypted),
+        ssh_address: profile.ssh.as_ref().map(|s| s.address.clone()),
+        ssh_host_key: profile.ssh.as_ref().and_then(|s| s.host_key.clone()),
+        ssh_key: None,
+        ssh_passphrase: None,
     }
 }
 
@@ -1201,6 +1400,36 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
             ));
         }
     }
+    let ssh = match optional(draft.ssh_address) {
+        None => None,
+        Some(address) => {
+            let endpoint = crate::ssh::SshEndpoint::parse(&address)?;
+            if host.starts_with('/') {
+                return Err(Error::invalid_input(
+                    "server address",
+                    "is a Unix socket directory, which an SSH tunnel cannot reach: give the database's host name as the bastion sees it",
+                ));
+            }
+            let host_key = match optional(draft.ssh_host_key) {
+                Some(key) => Some(
+                    crate::ssh::parse_host_key(&key)?
+                        .to_openssh()
+                        .map_err(|e| Error::invalid_input("SSH host key", e.to_string()))?,
+                ),
+                None => None,
+            };
+            Some(SshProfile {
+                address: endpoint.url(),
+                host_key,
+            })
+        }
+    };
+    if let Some(key) = draft.ssh_key.as_ref().filter(|k| !k.is_empty()) {
+        crate::ssh::check_private_key(
+            key,
+            draft.ssh_passphrase.as_ref().filter(|p| !p.is_empty()),
+        )?;
+    }
     Ok(Profile {
         id,
         name,
@@ -1217,6 +1446,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
         application_name: optional(draft.application_name).unwrap_or_else(|| "tidepool".into()),
         password: draft.password_storage,
         neon: None,
+        ssh,
         encrypted: draft.encrypt_store.unwrap_or(ENCRYPT_BY_DEFAULT),
         untested: false,
     })

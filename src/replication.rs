@@ -111,7 +111,9 @@ pub struct StreamOptions<'a> {
 /// How often the transport tells the server the confirmed position.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
+/// `dial` is where to connect ([`ConnectionSpec::dial`]): the host itself, or an SSH tunnel's loopback
+/// port, in which case TLS is still told the host's name.
+fn config(options: &StreamOptions<'_>, dial: (String, u16)) -> ReplicationConfig {
     // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let spec = options.spec;
@@ -127,12 +129,17 @@ fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
             TlsConfig::verify_full(spec.sslrootcert.clone()).with_sni_hostname(&spec.host)
         }
     };
+    let tls = if spec.tunnel.is_some() && tls.mode != pgwire_replication::SslMode::Disable {
+        tls.with_sni_hostname(&spec.host)
+    } else {
+        tls
+    };
     let mut session_options = crate::value::SESSION_OPTIONS.to_string();
     if let Some(extra) = &spec.options {
         session_options = format!("{extra} {session_options}");
     }
     ReplicationConfig::new(
-        &spec.host,
+        &dial.0,
         &spec.user,
         spec.password
             .as_ref()
@@ -148,7 +155,7 @@ fn config(options: &StreamOptions<'_>) -> ReplicationConfig {
             .collect::<Vec<_>>()
             .join(","),
     )
-    .with_port(spec.port)
+    .with_port(dial.1)
     .with_tls(tls)
     .with_start_lsn(pgwire_replication::Lsn(options.start.0))
     .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
@@ -165,7 +172,8 @@ impl Stream {
         let spec = options.spec;
         spec.validate()?;
         let target = spec.target();
-        let connect = ReplicationClient::connect(config(&options));
+        let dial = spec.dial().await?;
+        let connect = ReplicationClient::connect(config(&options, dial));
         let client = match tokio::time::timeout(
             spec.connect_timeout.saturating_add(Duration::from_secs(2)),
             connect,
@@ -390,7 +398,8 @@ impl SnapshotSession {
             publications: &[String::new()],
             start: Lsn(0),
         };
-        let mut client = ReplicationClient::connect_gated(config(&options))
+        let dial = spec.dial().await?;
+        let mut client = ReplicationClient::connect_gated(config(&options, dial))
             .await
             .map_err(|e| transport_error(&target, slot, e))?;
         let rows = client

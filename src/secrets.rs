@@ -106,6 +106,10 @@ pub enum SecretKey {
     NatsCredential(String),
     /// The encryption key of the store whose marker names this key id ([`crate::encryption`]).
     StoreKey(String),
+    /// The SSH private key of the profile with this id ([`crate::ssh`]).
+    SshKey(String),
+    /// The passphrase of that key, if it has one.
+    SshPassphrase(String),
 }
 
 impl SecretKey {
@@ -121,6 +125,8 @@ impl SecretKey {
             SecretKey::PullApiToken(scope) => format!("pull-api-token-{scope}"),
             SecretKey::NatsCredential(id) => format!("consumer-{id}-nats-credential"),
             SecretKey::StoreKey(id) => format!("store-key-{id}"),
+            SecretKey::SshKey(id) => format!("profile-{id}-ssh-key"),
+            SecretKey::SshPassphrase(id) => format!("profile-{id}-ssh-passphrase"),
         }
     }
 }

@@ -29,5 +29,6 @@ mod publication;
 mod pull_app;
 mod run;
 mod setup;
+mod ssh;
 mod tls;
 mod torture;

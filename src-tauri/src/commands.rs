@@ -90,6 +90,16 @@ pub async fn test_connection(
     profiles.test_draft(id, draft, password).await
 }
 
+/// The SSH bastion's host key (fingerprint and key), read without logging in, for the person to
+/// compare and accept before anything goes through it.
+#[tauri::command]
+pub async fn ssh_host_key(
+    profiles: State<'_, Profiles>,
+    address: String,
+) -> Result<tidepool::ssh::HostKey, Error> {
+    profiles.ssh_host_key(&address).await
+}
+
 /// Whether the OS keychain opens.
 #[tauri::command(async)]
 pub fn keychain_status() -> KeychainStatus {

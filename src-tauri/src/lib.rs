@@ -79,6 +79,7 @@ pub fn run() {
             commands::discard_store,
             commands::autofill,
             commands::test_connection,
+            commands::ssh_host_key,
             commands::keychain_status,
             commands::neon_key_status,
             commands::set_neon_key,

@@ -22,6 +22,7 @@ const SENTENCES: Record<ErrorKind, string> = {
   Diverged: "The store can no longer follow the source without a gap.",
   Locked: "The encrypted store cannot be opened.",
   Behind: "A consumer fell behind what the store still keeps.",
+  HostKey: "The SSH bastion's host key is not the one accepted.",
   Internal: "Something went wrong inside Tidepool.",
 };
 
@@ -68,6 +69,10 @@ const FIRST_STEPS: Record<ErrorKind, Record<Place, string>> = {
   Behind: {
     form: "Move the consumer to the oldest change the store keeps, or create it again.",
     screen: "Move the consumer to the oldest change the store keeps, or create it again.",
+  },
+  HostKey: {
+    form: "Compare the fingerprint below with the bastion's own (ssh-keygen -lf on its host key), then trust it.",
+    screen: "Compare the fingerprint with the bastion's own, then trust it on the Connection tab.",
   },
   Internal: {
     form: "Try again. If it happens again, Tidepool's log (in its data folder) has the details.",

@@ -6,7 +6,7 @@ import type { ProfileView, ServerFacts } from "../lib/types";
 import { ProfileEditor } from "./ProfileEditor";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
-vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["autofill", "saveProfile", "testConnection", "deleteProfile"]));
+vi.mock("../lib/backend", async () => (await import("../test/fakeBackend")).commands(["autofill", "saveProfile", "testConnection", "deleteProfile", "sshHostKey"]));
 
 const FACTS: ServerFacts = {
   serverVersion: "15.18 (Debian 15.18-0+deb12u1)",
@@ -311,5 +311,43 @@ describe("ProfileEditor", () => {
   it("says a profile saved without testing has not logged in", () => {
     render(<ProfileEditor profile={{ ...SAVED, untested: true }} onSaved={() => {}} onDeleted={() => {}} />);
     expect(screen.getByTestId("untested-note").textContent).toMatch(/^Saved without testing/);
+  });
+
+  it("sends an SSH key once, shows the bastion's host key on first use and retries with it trusted", async () => {
+    const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----";
+    const HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let tests = 0;
+    answer("testConnection", async () => {
+      tests += 1;
+      if (tests === 1) throw { kind: "HostKey", message: "127.0.0.1:2222: the SSH server's host key is not accepted yet" };
+      return FACTS;
+    });
+    answer("sshHostKey", async () => ({ target: "127.0.0.1:2222", openssh: HOST_KEY, fingerprint: "SHA256:abcDEF" }));
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={null} onSaved={() => {}} onDeleted={() => {}} />);
+    await user.type(screen.getByTestId("address"), "db.internal:5432");
+    await user.click(screen.getByTestId("ssh-enable"));
+    await user.type(screen.getByTestId("ssh-address"), "ssh://ops@127.0.0.1:2222");
+    await user.click(screen.getByTestId("ssh-key"));
+    await user.paste(KEY);
+    await user.type(screen.getByTestId("ssh-passphrase"), "pass phrase");
+    await user.click(screen.getByTestId("test-connection"));
+
+    await screen.findByTestId("ssh-show-host-key");
+    const first = callsOf("testConnection")[0][1] as Record<string, unknown>;
+    expect(first).toMatchObject({ sshAddress: "ssh://ops@127.0.0.1:2222", sshHostKey: null, sshKey: KEY, sshPassphrase: "pass phrase" });
+    // The key and passphrase never reach the page's markup.
+    expect(document.body.innerHTML).not.toContain("b3BlbnNzaC1rZXktdjEAAAAA");
+    expect(document.body.innerHTML).not.toContain("pass phrase");
+
+    await user.click(screen.getByTestId("ssh-show-host-key"));
+    expect(callsOf("sshHostKey")).toEqual([["ssh://ops@127.0.0.1:2222"]]);
+    expect((await screen.findByTestId("ssh-fingerprint")).textContent).toBe("SHA256:abcDEF");
+    await user.click(screen.getByTestId("ssh-trust"));
+
+    await screen.findByTestId("server-facts");
+    const second = callsOf("testConnection")[1][1] as Record<string, unknown>;
+    expect(second).toMatchObject({ sshHostKey: HOST_KEY, sshKey: KEY });
+    expect(screen.getByTestId("ssh-host-key-state").textContent).toContain("ssh-ed25519");
   });
 });

@@ -8,6 +8,7 @@ import {
   SSL_MODES,
   type Advice,
   type BackendError,
+  type HostKey,
   type ProfileDraft,
   type ProfileView,
   type Removed,
@@ -65,6 +66,11 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   // The password is an uncontrolled field read only when needed: React mirrors a controlled input's
   // value into its `value` attribute, which would put the password into the page's markup.
   const passwordRef = useRef<HTMLInputElement>(null);
+  // The SSH private key and its passphrase likewise: read when sent, never in state or markup.
+  const sshKeyRef = useRef<HTMLTextAreaElement>(null);
+  const sshPassphraseRef = useRef<HTMLInputElement>(null);
+  const [hostKey, setHostKey] = useState<HostKey | null>(null);
+  const [hostKeyError, setHostKeyError] = useState<BackendError | null>(null);
   const autofillRef = useRef<HTMLTextAreaElement>(null);
   const resultRef = useRef<HTMLDivElement>(null);
   const nameRef = useRef<HTMLInputElement>(null);
@@ -77,7 +83,11 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     setResult({ status: "idle" });
     setAdvice([]);
     setConfirmDelete(false);
+    setHostKey(null);
+    setHostKeyError(null);
     if (passwordRef.current) passwordRef.current.value = "";
+    if (sshKeyRef.current) sshKeyRef.current.value = "";
+    if (sshPassphraseRef.current) sshPassphraseRef.current.value = "";
   }, [profile]);
 
   // A test's, save's or delete's outcome appears under the buttons: bring it into view, which in a
@@ -89,6 +99,12 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   const update = <K extends keyof ProfileDraft>(key: K, value: ProfileDraft[K]) =>
     setDraft((previous) => ({ ...previous, [key]: value }));
   const password = () => passwordRef.current?.value ?? "";
+  // What is sent: the form, plus a newly entered SSH key on its way to the keychain.
+  const outgoing = (form: ProfileDraft = draft): ProfileDraft => ({
+    ...form,
+    sshKey: form.sshAddress !== null ? sshKeyRef.current?.value || null : null,
+    sshPassphrase: form.sshAddress !== null ? sshPassphraseRef.current?.value || null : null,
+  });
   const busy = result.status === "busy";
 
   async function applyAutofill() {
@@ -99,6 +115,9 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
         name: previous.name,
         passwordStorage: previous.passwordStorage,
         encryptStore: previous.encryptStore,
+        // A database URL says nothing of the bastion in front of it.
+        sshAddress: previous.sshAddress,
+        sshHostKey: previous.sshHostKey,
       }));
       if (fill.password !== null && passwordRef.current) passwordRef.current.value = fill.password;
       if (autofillRef.current) autofillRef.current.value = "";
@@ -119,11 +138,13 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
 
   // Save logs in first (the engine refuses to store what did not), as Estuary Flow and Sequin test on
   // save; "Save without testing" is the explicit way past a failed test, and the result says so.
-  async function save(check: SaveCheck) {
+  async function save(check: SaveCheck, form: ProfileDraft = draft) {
     setResult({ status: "busy", what: "saving" });
     try {
-      const saved = await backend.saveProfile(profile?.id ?? null, draft, password(), check);
+      const saved = await backend.saveProfile(profile?.id ?? null, outgoing(form), password(), check);
       if (passwordRef.current) passwordRef.current.value = "";
+      if (sshKeyRef.current) sshKeyRef.current.value = "";
+      if (sshPassphraseRef.current) sshPassphraseRef.current.value = "";
       setResult({ status: "saved", tested: check === "testFirst" });
       onSaved(saved);
     } catch (error) {
@@ -136,14 +157,33 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     void save("testFirst");
   }
 
-  async function test() {
+  async function test(form: ProfileDraft = draft) {
     setResult({ status: "busy", what: "testing" });
     try {
-      const facts = await backend.testConnection(profile?.id ?? null, draft, password());
+      const facts = await backend.testConnection(profile?.id ?? null, outgoing(form), password());
       setResult({ status: "connected", facts });
     } catch (error) {
       setResult({ status: "failed", error: error as BackendError, during: "test" });
     }
+  }
+
+  // Trust on first use: the bastion's key is fetched and shown, and accepted only by a click.
+  async function showHostKey() {
+    if (draft.sshAddress === null) return;
+    setHostKeyError(null);
+    try {
+      setHostKey(await backend.sshHostKey(draft.sshAddress));
+    } catch (error) {
+      setHostKeyError(error as BackendError);
+    }
+  }
+
+  function trustHostKey(key: HostKey, during: "test" | "save") {
+    const form = { ...draft, sshHostKey: key.openssh };
+    setDraft(form);
+    setHostKey(null);
+    if (during === "save") void save("testFirst", form);
+    else void test(form);
   }
 
   async function remove() {
@@ -289,6 +329,53 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
             captured again.{profile ? " A store that already holds rows keeps its setting until it is discarded." : ""}
           </span>
         </label>
+        <label className="checkbox">
+          <input
+            type="checkbox"
+            data-testid="ssh-enable"
+            checked={draft.sshAddress !== null}
+            onChange={(e) => update("sshAddress", e.target.checked ? "" : null)}
+          />
+          Connect through an SSH bastion
+          <span className="note"> For a database reachable only from a jump host. Every connection goes through it.</span>
+        </label>
+        {draft.sshAddress !== null && (
+          <div className="advanced" data-testid="ssh-section">
+            <label>
+              SSH address
+              <input
+                data-testid="ssh-address"
+                value={draft.sshAddress}
+                onChange={(e) => setDraft((previous) => ({ ...previous, sshAddress: e.target.value, sshHostKey: null }))}
+                placeholder="ssh://ubuntu@bastion.example.com:22"
+                autoComplete="off"
+                spellCheck={false}
+              />
+              <span className="hint">The server address above is the database as the bastion reaches it.</span>
+            </label>
+            <label>
+              Private key
+              <textarea
+                ref={sshKeyRef}
+                data-testid="ssh-key"
+                rows={3}
+                spellCheck={false}
+                autoComplete="off"
+                placeholder="-----BEGIN OPENSSH PRIVATE KEY-----"
+              />
+              <span className="hint">
+                {profile?.ssh ? "Stored in the OS keychain. Leave empty to keep it; paste a new one to replace it." : "Stored only in the OS keychain, never in a file."}
+              </span>
+            </label>
+            <label>
+              Key passphrase
+              <input data-testid="ssh-passphrase" type="password" ref={sshPassphraseRef} autoComplete="off" />
+            </label>
+            <p className="hint" data-testid="ssh-host-key-state">
+              {draft.sshHostKey ? `Host key accepted: ${draft.sshHostKey.split(" ")[0]}` : "The bastion's host key is shown for you to accept at the first connection."}
+            </p>
+          </div>
+        )}
         <button type="button" className="link" data-testid="advanced-open" onClick={() => setShowAdvanced((v) => !v)} aria-expanded={showAdvanced}>
           {showAdvanced ? "Hide advanced options" : "Advanced options"}
         </button>
@@ -324,7 +411,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
           </div>
         )}
         <div className="actions">
-          <button type="button" data-testid="test-connection" disabled={busy} onClick={test}>
+          <button type="button" data-testid="test-connection" disabled={busy} onClick={() => void test()}>
             {result.status === "busy" && result.what === "testing" ? "Testing…" : "Test connection"}
           </button>
           <button type="submit" className="secondary" data-testid="save-profile" disabled={busy} aria-describedby="save-hint">
@@ -372,6 +459,28 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
                 <button type="button" className="secondary" data-testid="save-untested" onClick={() => void save("withoutTesting")}>
                   Save without testing
                 </button>
+              </span>
+            )}
+            {result.error.kind === "HostKey" && draft.sshAddress !== null && result.during !== "delete" && (
+              <span className="host-key">
+                {!hostKey && (
+                  <button type="button" className="secondary" data-testid="ssh-show-host-key" onClick={() => void showHostKey()}>
+                    Show the bastion's host key
+                  </button>
+                )}
+                {hostKey && (
+                  <span>
+                    {hostKey.target} shows <code data-testid="ssh-fingerprint">{hostKey.fingerprint}</code>.{" "}
+                    <button
+                      type="button"
+                      data-testid="ssh-trust"
+                      onClick={() => trustHostKey(hostKey, result.during === "save" ? "save" : "test")}
+                    >
+                      Trust this host key
+                    </button>
+                  </span>
+                )}
+                {hostKeyError && <ErrorNotice error={hostKeyError} testId="ssh-host-key-error" place="form" />}
               </span>
             )}
             {result.error.kind === "Keychain" && result.during === "save" && (

@@ -15,6 +15,7 @@ export type ErrorKind =
   | "Diverged"
   | "Locked"
   | "Behind"
+  | "HostKey"
   | "Internal";
 
 /** Every error from the backend reaches the UI as `{kind, message}`. */
@@ -47,6 +48,27 @@ export interface ProfileDraft {
   passwordStorage: PasswordStorage;
   /** Whether the store is encrypted at rest; null keeps the profile's choice (new profiles: on). */
   encryptStore: boolean | null;
+  /** The SSH bastion, `ssh://user@host[:port]`, or null to connect directly. */
+  sshAddress: string | null;
+  /** The bastion's host key the person accepted (`algorithm base64`); null keeps the saved one. */
+  sshHostKey: string | null;
+  /** A new private key, sent once on its way to the keychain (never kept in the form's state). */
+  sshKey?: string | null;
+  /** Its passphrase, same path. */
+  sshPassphrase?: string | null;
+}
+
+/** How a saved profile reaches its database through an SSH bastion (the key is in the keychain). */
+export interface SshProfile {
+  address: string;
+  hostKey?: string;
+}
+
+/** A bastion's host key as shown before it is accepted. */
+export interface HostKey {
+  target: string;
+  openssh: string;
+  fingerprint: string;
 }
 
 /** Where a saved profile's password stands. */
@@ -76,6 +98,8 @@ export interface ProfileView {
   encrypted: boolean;
   /** Saved with "Save without testing": its settings have not logged in since. */
   untested?: boolean;
+  /** The SSH bastion it goes through, if any. */
+  ssh?: SshProfile;
 }
 
 /** What Save does first: log in with the form's values (nothing is stored if that fails), or not. */
@@ -169,6 +193,8 @@ export function emptyDraft(): ProfileDraft {
     applicationName: null,
     passwordStorage: "keychain",
     encryptStore: true,
+    sshAddress: null,
+    sshHostKey: null,
   };
 }
 
@@ -188,6 +214,8 @@ export function draftOf(profile: ProfileView): ProfileDraft {
     applicationName: profile.applicationName,
     passwordStorage: profile.password,
     encryptStore: profile.encrypted,
+    sshAddress: profile.ssh?.address ?? null,
+    sshHostKey: profile.ssh?.hostKey ?? null,
   };
 }
 

@@ -31,6 +31,7 @@ import {
   type PreflightCheck,
   type SetupAction,
   type RunAs,
+  type HostKey,
   type KeychainStatus,
   type NeonKeyStatus,
   type ProfileDraft,
@@ -76,6 +77,9 @@ export const listProfiles = () => call<ProfileView[]>("list_profiles");
  */
 export const saveProfile = (id: string | null, draft: ProfileDraft, password: string, check: SaveCheck = "testFirst") =>
   call<ProfileView>("save_profile", { id, draft, password: orNull(password), check });
+
+/** The SSH bastion's host key, read without logging in, to compare and accept. */
+export const sshHostKey = (address: string) => call<HostKey>("ssh_host_key", { address });
 
 export const deleteProfile = (id: string) => call<Removed>("delete_profile", { id });
 export const discardStore = (id: string) => call<Removed>("discard_store", { id });
