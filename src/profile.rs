@@ -699,6 +699,31 @@ impl Profiles {
         })))
     }
 
+    /// Gives the profile `to` the SSH private key (and passphrase) of the profile `from`: a profile
+    /// Setup makes for a new role of the same database goes through the same bastion.
+    pub fn copy_ssh_key(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (self.get(from)?, self.get(to)?);
+        let (Some(_), Some(ssh)) = (&from.ssh, &to.ssh) else {
+            return Ok(());
+        };
+        let keychain = self.keychain()?;
+        if let Some(key) = keychain.get(&SecretKey::SshKey(from.id.clone()))? {
+            keychain.set(
+                &SecretKey::SshKey(to.id.clone()),
+                &format!("Tidepool: SSH private key for {}", ssh.address),
+                &key,
+            )?;
+        }
+        if let Some(passphrase) = keychain.get(&SecretKey::SshPassphrase(from.id.clone()))? {
+            keychain.set(
+                &SecretKey::SshPassphrase(to.id.clone()),
+                &format!("Tidepool: SSH key passphrase for {}", ssh.address),
+                &passphrase,
+            )?;
+        }
+        Ok(())
+    }
+
     /// The SSH bastion's host key, read without logging in, for a person to compare and accept
     /// before the first connection through it.
     pub async fn ssh_host_key(&self, address: &str) -> Result<crate::ssh::HostKey> {
@@ -922,7 +947,12 @@ impl Profiles {
                         ),
                     ));
                 }
-                let spec = self.spec(&other.id, None)?;
+                let mut spec = self.spec(&other.id, None)?;
+                // The same database: reached the way `base` reaches it unless the other profile
+                // names a bastion of its own.
+                if spec.tunnel.is_none() {
+                    spec.tunnel = base.tunnel.clone();
+                }
                 if spec.password.is_none() && other.password == PasswordStorage::AskEachTime {
                     return Err(Error::new(
                         ErrorKind::Authentication,
@@ -1164,10 +1194,15 @@ impl Profiles {
                 RunAs::Profile => self.spec_blocking(id_or_name, None).await?,
                 other => {
                     let profiles = self.clone();
-                    let base = profile.spec_without_password();
-                    tokio::task::spawn_blocking(move || profiles.spec_to_run_as(base, other))
-                        .await
-                        .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??
+                    let for_tunnel = profile.clone();
+                    tokio::task::spawn_blocking(move || {
+                        // The owner's connection goes through the profile's bastion too.
+                        let mut base = for_tunnel.spec_without_password();
+                        base.tunnel = profiles.tunnel_for(&for_tunnel, &base, None)?;
+                        profiles.spec_to_run_as(base, other)
+                    })
+                    .await
+                    .map_err(|e| Error::internal(format!("reading the keychain: {e}")))??
                 }
             };
             let user = spec.user.clone();
@@ -1187,6 +1222,7 @@ impl Profiles {
                 let link = profile.neon.clone();
                 tokio::task::spawn_blocking(move || {
                     let view = profiles.save(None, draft, Some(password))?;
+                    profiles.copy_ssh_key(&profile.id, &view.profile.id)?;
                     profiles.link_neon(&view.profile.id, link)
                 })
                 .await

@@ -3,13 +3,14 @@
 //! password, a capture role created by Setup with a generated password, a fix run as a table's owner
 //! whose password is typed for that run only, a Neon API key used against
 //! the (stand-in) Neon API, a webhook consumer with a secret header and its signing secret, a pull
-//! consumer with the API token, and a capture that delivers to both. Then every place a secret could
+//! consumer with the API token, and a capture that delivers to both, all through an SSH bastion
+//! whose private key has a passphrase. Then every place a secret could
 //! have leaked is searched for each one: every file of the data folder, everything the processes
 //! printed at debug level, the server's log with every statement logged, and the command line and
 //! environment of the running capture. Zero hits.
 //!
-//! Not covered here: an SSH key (no SSH tunnel yet, issue #17), and the webview's storage (the desktop
-//! end-to-end suite searches the app's data folder, which holds it, for the password it typed).
+//! Not covered here: the webview's storage (the desktop end-to-end suite searches the app's data
+//! folder, which holds it, for the password it typed).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -110,18 +111,26 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         tidepool::sql::ident(&db.name)
     ));
 
-    // The owner's profile, saved as the app saves it: the password goes to the keychain.
+    // The owner's profile, saved as the app saves it: the password, the SSH key and its passphrase go
+    // to the keychain. The database is reachable only through the bastion, so every later command
+    // goes through the tunnel.
+    let sshd = crate::ssh::Sshd::start("hygiene_sshd");
+    let ssh_key = sshd.client_key();
     let owner_password = db.cluster.superuser_password().expose().to_string();
     Profiles::open(&dir)
         .save(
             None,
             ProfileDraft {
                 name: "Owner".into(),
-                address: format!("127.0.0.1:{}", db.cluster.port()),
+                address: format!("{}:{}", crate::ssh::TUNNEL_ONLY_HOST, db.cluster.port()),
                 user: "postgres".into(),
                 database: db.name.clone(),
                 publication: Some(unique.clone()),
                 slot: Some(unique.clone()),
+                ssh_address: Some(sshd.address()),
+                ssh_host_key: Some(sshd.host_key_line()),
+                ssh_key: Some(Secret::new(ssh_key.clone())),
+                ssh_passphrase: Some(Secret::new(crate::ssh::PASSPHRASE)),
                 ..Default::default()
             },
             Some(Secret::new(owner_password.clone())),
@@ -380,8 +389,15 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         .expose()
         .to_string();
 
-    let secrets = [
+    // The private key's body, line by line (its first and last lines are its armour, not secret).
+    let key_lines: Vec<&str> = ssh_key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 24)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let mut secrets = vec![
         ("the store's encryption key", store_key.as_str()),
+        ("the SSH key's passphrase", crate::ssh::PASSPHRASE),
         ("the owner's password", owner_password.as_str()),
         ("the capture role's generated password", &role_password),
         ("an owner's password entered for one fix", &entered),
@@ -390,6 +406,9 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         ("the webhook signing secret", &signing),
         ("the pull API token", &token),
     ];
+    for line in &key_lines {
+        secrets.push(("a line of the SSH private key", *line));
+    }
     for (what, secret) in secrets {
         assert_eq!(
             crate::profiles::files_containing(&dir, secret),

@@ -16,12 +16,12 @@ use crate::harness::{self, TestDb};
 use crate::profiles::{files_containing, require_keyring_session};
 
 /// The database's name as only the bastion resolves it.
-const TUNNEL_ONLY_HOST: &str = "db.tunnel.test";
+pub(crate) const TUNNEL_ONLY_HOST: &str = "db.tunnel.test";
 /// The client key's passphrase (the key is stored with it, both in the keychain only).
-const PASSPHRASE: &str = "correct horse tunnel";
+pub(crate) const PASSPHRASE: &str = "correct horse tunnel";
 
 /// An sshd on a loopback port, stopped when dropped.
-struct Sshd {
+pub(crate) struct Sshd {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
@@ -51,7 +51,7 @@ fn fingerprint(public: &Path) -> String {
 }
 
 impl Sshd {
-    fn start(prefix: &str) -> Sshd {
+    pub(crate) fn start(prefix: &str) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "sshd is not installed: script/bootstrap --test installs it (apt-get install openssh-server)"
@@ -130,15 +130,15 @@ impl Sshd {
         // The listener is gone once the child is reaped (sshd -D does not fork).
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("ssh://{}@127.0.0.1:{}", self.user, self.port)
     }
 
-    fn client_key(&self) -> String {
+    pub(crate) fn client_key(&self) -> String {
         std::fs::read_to_string(self.dir.join("client_key")).unwrap()
     }
 
-    fn host_key_line(&self) -> String {
+    pub(crate) fn host_key_line(&self) -> String {
         std::fs::read_to_string(self.dir.join("host_key.pub"))
             .unwrap()
             .trim()

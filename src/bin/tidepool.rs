@@ -1067,9 +1067,21 @@ async fn setup(
             application_name: None,
             password_storage: PasswordStorage::Keychain,
             encrypt_store: based_on.as_ref().map(|p| p.encrypted),
+            // The same database, reached through the same bastion.
+            ssh_address: based_on
+                .as_ref()
+                .and_then(|p| p.ssh.as_ref())
+                .map(|s| s.address.clone()),
+            ssh_host_key: based_on
+                .as_ref()
+                .and_then(|p| p.ssh.as_ref())
+                .and_then(|s| s.host_key.clone()),
             ..ProfileDraft::default()
         };
-        profiles.save(None, draft, Some(password))?;
+        let view = profiles.save(None, draft, Some(password))?;
+        if let Some(base) = &based_on {
+            profiles.copy_ssh_key(&base.id, &view.profile.id)?;
+        }
         eprintln!(
             "created role {role}; its password is in the keychain with the new profile '{name}'"
         );
