@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidepool::profile::{Profiles, SaveCheck};
@@ -97,7 +99,7 @@ impl Sshd {
         sshd
     }
 
-    fn launch(&mut self) {
+    pub(crate) fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("sshd.log")).unwrap();
         // A private mount namespace: the bind mount of /etc/hosts is seen by sshd alone.
         let child = Command::new("unshare")
@@ -122,12 +124,18 @@ impl Sshd {
         }
     }
 
-    fn stop(&mut self) {
+    /// Stops the server and every session it serves: each connection has a process of its own
+    /// (re-executed with the same configuration file), which outlives the listener.
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // The sessions first (they retitle themselves, so they are found by parentage), then the
+            // listener.
+            for pid in descendants(child.id()) {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
-        // The listener is gone once the child is reaped (sshd -D does not fork).
     }
 
     pub(crate) fn address(&self) -> String {
@@ -151,6 +159,36 @@ impl Drop for Sshd {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Every process below `root`, read from /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid …; comm may hold spaces and parentheses.
+            let after = &stat[stat.rfind(')')? + 2..];
+            let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// A profile for the harness database named as only the bastion knows it, through `sshd`.
@@ -272,6 +310,94 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
         listed.contains(&format!("via {}", sshd.address())),
         "{listed}"
     );
+
+    // A capture through the tunnel outlives the bastion going away: it reconnects, tunnel and all,
+    // once the bastion is back, and the change made meanwhile arrives.
+    let profiles_for_spec = profiles.clone();
+    let spec = tokio::task::spawn_blocking(move || profiles_for_spec.spec("via-bastion", None))
+        .await
+        .unwrap()
+        .unwrap();
+    let resumed_store = harness::temp_dir("ssh_resumed");
+    let stored = Arc::new(AtomicU64::new(0));
+    let streaming = Arc::new(AtomicU64::new(0));
+    let (counter, starts) = (stored.clone(), streaming.clone());
+    let capture = tokio::spawn(tidepool::capture::run(tidepool::capture::CaptureOptions {
+        spec,
+        store_dir: resumed_store.clone(),
+        publication: view.profile.publication.clone(),
+        slot: format!("{}_again", db.name),
+        create_slot: true,
+        stop_at: None,
+        observer: Some(tidepool::capture::Observer(Arc::new(
+            move |f: &tidepool::capture::Flush| {
+                starts.fetch_add(1, Ordering::Relaxed);
+                counter.fetch_add(f.changes, Ordering::Relaxed);
+            },
+        ))),
+        bindings: vec![tidepool::binding::Binding::new("public", "t")],
+        backfill_progress: None,
+    }));
+    macro_rules! wait_for_more {
+        ($than:expr, $what:expr) => {{
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while stored.load(Ordering::Relaxed) <= $than {
+                assert!(
+                    !capture.is_finished(),
+                    "the capture ended: {:?}",
+                    capture.await
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not arrive within 90 s",
+                    $what
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }};
+    }
+    // Once it streams (the backfill is read), a new row can only arrive streamed.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while streaming.load(Ordering::Relaxed) == 0 {
+        assert!(
+            !capture.is_finished(),
+            "the capture ended: {:?}",
+            capture.await
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the capture did not start streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.sql("INSERT INTO t VALUES (102, 'while the bastion is up');");
+    wait_for_more!(0, "a change through the tunnel");
+    let before = stored.load(Ordering::Relaxed);
+    sshd.stop();
+    db.sql("INSERT INTO t VALUES (103, 'while the bastion is down');");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !capture.is_finished(),
+        "the capture gave up: {:?}",
+        capture.await
+    );
+    assert_eq!(stored.load(Ordering::Relaxed), before);
+    sshd.launch();
+    wait_for_more!(before, "the change made while the bastion was down");
+    capture.abort();
+    let _ = capture.await;
+    let resumed = Store::open(&resumed_store).unwrap();
+    assert!(resumed
+        .changes("public/t", 0, 1000)
+        .unwrap()
+        .iter()
+        .any(|(_, doc)| doc["note"] == "while the bastion is down"));
+    drop(resumed);
+    db.sql(&format!(
+        "SELECT pg_drop_replication_slot('{}_again');",
+        db.name
+    ));
+    std::fs::remove_dir_all(&resumed_store).unwrap();
 
     // The key and its passphrase are in the keychain only.
     let key_body = sshd.client_key();

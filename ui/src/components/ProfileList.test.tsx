@@ -52,6 +52,24 @@ describe("ProfileList", () => {
     expect(label.classList.contains("inKeychain")).toBe(false);
   });
 
+  it("shows the bastion a profile goes through and whether its host key is accepted", () => {
+    render(
+      <ProfileList
+        profiles={[
+          { ...profile("T", "inKeychain"), ssh: { address: "ssh://ops@bastion:22", hostKey: "ssh-ed25519 AAAA" } },
+          { ...profile("N", "inKeychain"), ssh: { address: "ssh://ops@other:22" } },
+          profile("D", "inKeychain"),
+        ]}
+        selected={null}
+        onSelect={() => {}}
+        onNew={() => {}}
+      />,
+    );
+    expect(screen.getByTestId("ssh-T").textContent).toBe("via ssh://ops@bastion:22");
+    expect(screen.getByTestId("ssh-N").textContent).toBe("via ssh://ops@other:22, host key not accepted yet");
+    expect(screen.queryByTestId("ssh-D")).toBeNull();
+  });
+
   it("explains the empty state", () => {
     render(<ProfileList profiles={[]} selected={null} onSelect={() => {}} onNew={() => {}} />);
     expect(screen.getByTestId("no-profiles").textContent).toContain("Autofill with URL");

@@ -44,6 +44,12 @@ export function ProfileList({ profiles, selected, onSelect, onNew }: Props) {
               <span className="profile-address">
                 {p.user}@{p.address}/{p.database}
               </span>
+              {p.ssh && (
+                <span className="profile-address" data-testid={`ssh-${p.name}`}>
+                  via {p.ssh.address}
+                  {p.ssh.hostKey ? "" : ", host key not accepted yet"}
+                </span>
+              )}
               <span
                 className={p.untested ? "secret untested" : `secret ${p.secret}`}
                 data-testid={`secret-${p.name}`}
