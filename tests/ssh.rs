@@ -58,6 +58,11 @@ impl Sshd {
             Path::new("/usr/sbin/sshd").exists(),
             "sshd is not installed: script/bootstrap --test installs it (apt-get install openssh-server)"
         );
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the SSH tests need root (CI runs as root): sshd runs in a mount namespace of its own"
+        );
         let dir = harness::temp_dir(prefix);
         ssh_keygen(&dir.join("host_key"), "", "bastion");
         ssh_keygen(&dir.join("client_key"), PASSPHRASE, "tidepool-test");
@@ -338,10 +343,11 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
         bindings: vec![tidepool::binding::Binding::new("public", "t")],
         backfill_progress: None,
     }));
-    macro_rules! wait_for_more {
-        ($than:expr, $what:expr) => {{
+    // Waits (90 s at most) until `$done` holds, failing if the capture ends first.
+    macro_rules! wait_until {
+        ($done:expr, $what:expr) => {{
             let deadline = Instant::now() + Duration::from_secs(90);
-            while stored.load(Ordering::Relaxed) <= $than {
+            while !$done {
                 assert!(
                     !capture.is_finished(),
                     "the capture ended: {:?}",
@@ -349,7 +355,7 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
                 );
                 assert!(
                     Instant::now() < deadline,
-                    "{} did not arrive within 90 s",
+                    "{} did not happen within 90 s",
                     $what
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -357,21 +363,15 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
         }};
     }
     // Once it streams (the backfill is read), a new row can only arrive streamed.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while streaming.load(Ordering::Relaxed) == 0 {
-        assert!(
-            !capture.is_finished(),
-            "the capture ended: {:?}",
-            capture.await
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the capture did not start streaming"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until!(
+        streaming.load(Ordering::Relaxed) > 0,
+        "the start of the stream"
+    );
     db.sql("INSERT INTO t VALUES (102, 'while the bastion is up');");
-    wait_for_more!(0, "a change through the tunnel");
+    wait_until!(
+        stored.load(Ordering::Relaxed) > 0,
+        "a change through the tunnel"
+    );
     let before = stored.load(Ordering::Relaxed);
     sshd.stop();
     db.sql("INSERT INTO t VALUES (103, 'while the bastion is down');");
@@ -383,7 +383,10 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
     );
     assert_eq!(stored.load(Ordering::Relaxed), before);
     sshd.launch();
-    wait_for_more!(before, "the change made while the bastion was down");
+    wait_until!(
+        stored.load(Ordering::Relaxed) > before,
+        "the arrival of the change made while the bastion was down"
+    );
     capture.abort();
     let _ = capture.await;
     let resumed = Store::open(&resumed_store).unwrap();

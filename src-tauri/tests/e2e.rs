@@ -265,6 +265,19 @@ async fn fill(client: &Client, id: &str, value: &str) {
         .unwrap_or_else(|e| panic!("typing into {id}: {e:?}"));
 }
 
+/// Ticks the Tables tab's checkbox of `table` (`schema.table`) unless it is ticked already.
+async fn select_table(client: &Client, table: &str) {
+    let select = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&by_test_id(&format!("select-{table}"))))
+        .await
+        .unwrap();
+    if !select.is_selected().await.unwrap() {
+        select.click().await.unwrap();
+    }
+}
+
 /// Whether a WebDriver error is a stale element: a live view re-rendered the element between finding
 /// it and using it (or while the driver was making its handle). Finding it again is the answer.
 fn stale(e: &fantoccini::error::CmdError) -> bool {
@@ -343,6 +356,20 @@ async fn click(client: &Client, id: &str) {
         match clicked {
             Ok(_) => return,
             Err(e) if stale(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            // WebKitWebDriver scrolls an element only just into view, where the sticky tab bar
+            // can cover it (a long form scrolled down): bring it to the middle and click again.
+            Err(fantoccini::error::CmdError::Standard(w))
+                if w.error == fantoccini::error::ErrorStatus::ElementNotInteractable
+                    && Instant::now() < deadline =>
+            {
+                let _ = client
+                    .execute(
+                        "document.querySelector(arguments[0])?.scrollIntoView({block: 'center'})",
+                        vec![serde_json::json!(by_test_id(id))],
+                    )
+                    .await;
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
             Err(e) => panic!("clicking {id}: {e:?}"),
@@ -893,9 +920,11 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
 /// Neon's guides have the database owner run the setup: a capture role that owns nothing (with
 /// REPLICATION) and reads no table gets its publication (tables picked from those the owner reads)
 /// and its schema grant from fixes run as the owner's saved profile, chosen in the preview ("Runs as"
-/// names the owner), and the checks, run again as the capture role, pass: "Ready to capture".
+/// names the owner), and the checks, run again as the capture role, pass: "Ready to capture". Then
+/// one click on "Save and publish" as the capture role creates the slot, backfills the owner's rows
+/// and streams: a row the owner inserts arrives in the preview.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn setup_runs_fixes_as_the_owner_profile() {
+async fn setup_runs_fixes_as_the_owner_profile_then_one_click_publish_captures() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let database = fresh_database("e2e_owner");
     let db = tidepool::sql::ident(&database);
@@ -909,6 +938,7 @@ async fn setup_runs_fixes_as_the_owner_profile() {
                  CREATE SCHEMA shop AUTHORIZATION e2e_shop_owner;
                  SET ROLE e2e_shop_owner;
                  CREATE TABLE shop.orders (id int PRIMARY KEY, n int);
+                 INSERT INTO shop.orders SELECT g, g FROM generate_series(1, 3) g;
                  RESET ROLE;"
             ),
         )
@@ -969,9 +999,38 @@ async fn setup_runs_fixes_as_the_owner_profile() {
     })
     .await;
     screenshot(&client, "setup-run-as-owner-done").await;
-    close(client).await;
     assert_eq!(status, "Pass");
     assert!(summary.starts_with("Ready to capture"), "{summary}");
+
+    // Then one click, as the capture role: the publication the owner made already holds the table,
+    // so Save and publish creates the slot, backfills and streams.
+    click(&client, "tab-tables").await;
+    select_table(&client, "shop.orders").await;
+    click(&client, "publish").await;
+    let plan = wait_for_text(&client, "publish-plan", |t| t.contains("Start the capture")).await;
+    assert!(
+        plan.contains("already contains every selected table"),
+        "{plan}"
+    );
+    screenshot(&client, "setup-run-as-owner-publish-plan").await;
+    click(&client, "publish-run").await;
+    wait_for_text(&client, "backfill-shop/orders-percent", |t| t == "100%").await;
+    wait_for_text(&client, "capture-state", |t| t == "Streaming").await;
+    cluster()
+        .psql(
+            &database,
+            "SET ROLE e2e_shop_owner; INSERT INTO shop.orders VALUES (4, 40);",
+        )
+        .unwrap();
+    click(&client, "tab-collections").await;
+    click(&client, "collection-shop/orders").await;
+    let count = wait_for_text(&client, "preview-count", |t| t.starts_with("4 rows")).await;
+    assert!(count.starts_with("4 rows"), "{count}");
+    screenshot(&client, "setup-run-as-owner-captured").await;
+    click(&client, "tab-capture").await;
+    click(&client, "capture-stop").await;
+    wait_for_text(&client, "capture-state", |t| t == "Stopped").await;
+    close(client).await;
     assert_eq!(
         cluster()
             .psql(
@@ -1362,15 +1421,7 @@ async fn autofill_setup_publish_backfill_and_a_live_preview_of_inserts_updates_a
 
     // Tables: select the table, rename its collection, publish.
     click(&client, "tab-tables").await;
-    let select = client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&by_test_id("select-public.items")))
-        .await
-        .unwrap();
-    if !select.is_selected().await.unwrap() {
-        select.click().await.unwrap();
-    }
+    select_table(&client, "public.items").await;
     // A refused name says why as it is typed, and blocks publishing.
     fill(&client, "collection-public.items", "shop items").await;
     let why = text_of(&client, "collection-error-public.items").await;
@@ -1873,15 +1924,7 @@ async fn the_demo_database_goes_from_one_click_to_live_changes_and_is_removed() 
 
     // Tables: the sample schema; capture the orders.
     click(&client, "tab-tables").await;
-    let select = client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&by_test_id("select-shop.orders")))
-        .await
-        .unwrap();
-    if !select.is_selected().await.unwrap() {
-        select.click().await.unwrap();
-    }
+    select_table(&client, "shop.orders").await;
     screenshot(&client, "demo-2-tables").await;
     click(&client, "publish").await;
     wait_for_text(&client, "publish-plan", |t| t.contains("Start the capture")).await;

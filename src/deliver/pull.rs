@@ -586,6 +586,27 @@ async fn receive(
     }
 }
 
+/// What the pull API reads from a request before it touches the store, or the `summary` it refuses
+/// it with.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    /// `receive`'s batch size and wait, from its query string and body.
+    pub receive: std::result::Result<(usize, Option<Duration>), String>,
+    /// An ack or nack body's ack ids.
+    pub ack_ids: std::result::Result<Vec<String>, String>,
+}
+
+/// Runs the handlers' request parsers on raw input, for the fuzz target
+/// (`fuzz/fuzz_targets/pull_request.rs`): they never panic, and refuse with a summary.
+pub fn parse_request(query: Option<&str>, body: &[u8]) -> ParsedRequest {
+    ParsedRequest {
+        receive: parse_receive(query, body).map(|p| (p.batch_size, p.wait_for)),
+        ack_ids: parse_ack_ids(body).map_err(|Refusal(_, summary)| {
+            summary["summary"].as_str().unwrap_or_default().to_string()
+        }),
+    }
+}
+
 /// The `ack_ids` of an ack or nack body.
 fn parse_ack_ids(body: &[u8]) -> Result<Vec<String>, Refusal> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -680,6 +701,24 @@ pub fn api_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fuzzed_entry_point_gives_the_handlers_answers_and_summaries() {
+        let parsed = parse_request(Some("batch_size=0"), b"");
+        assert!(parsed.receive.unwrap_err().contains("batch_size"));
+        assert!(parsed.ack_ids.unwrap_err().contains("ack_ids"));
+        let parsed = parse_request(
+            None,
+            br#"{"ack_ids": ["6f1c1b7e-2b4f-4b8a-9d43-1a2b3c4d5e6f"], "wait_for": "5s"}"#,
+        );
+        assert_eq!(parsed.receive.unwrap(), (1, Some(Duration::from_secs(5))));
+        assert_eq!(
+            parsed.ack_ids.unwrap(),
+            vec!["6f1c1b7e-2b4f-4b8a-9d43-1a2b3c4d5e6f"]
+        );
+        let refused = parse_request(None, br#"{"ack_ids": ["a"]}"#).ack_ids;
+        assert!(refused.unwrap_err().contains("UUID"));
+    }
 
     #[test]
     fn receive_parameters_are_parsed_as_sequin_takes_them() {
