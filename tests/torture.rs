@@ -412,7 +412,10 @@ impl Streaming {
             "the capture gave up: {:?}",
             (&mut self.capture).await
         );
+        // Cancelled and gone before anything else opens the store: an abort only asks, and a capture
+        // still finishing a store commit on the other worker would race the next one's positions.
         self.capture.abort();
+        let _ = (&mut self.capture).await;
         total
     }
 
