@@ -59,6 +59,16 @@ impl Source {
         self.store().rows(collection, 1_000_000).unwrap()
     }
 
+    /// The rows stored so far while a capture runs: none until its first change of the collection
+    /// has created it.
+    pub fn rows_so_far(&self, collection: &str) -> Vec<Json> {
+        match self.store().rows(collection, 1_000_000) {
+            Ok(rows) => rows,
+            Err(e) if e.kind() == tidepool::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("reading {collection}: {e}"),
+        }
+    }
+
     pub fn changes(&self, collection: &str) -> Vec<Json> {
         self.store()
             .changes(collection, 0, 1_000_000)

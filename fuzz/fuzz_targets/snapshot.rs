@@ -8,7 +8,7 @@ use tidepool::snapshot::Snapshot;
 fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("tidepool-fuzz-snapshot-{}", std::process::id()));
     std::fs::write(&path, data).expect("writing the input");
-    if let Ok(snapshot) = Snapshot::open(&path) {
+    if let Ok(snapshot) = Snapshot::open(&path, None) {
         let _ = snapshot.get(b"\x01\x80\0\0\0\0\0\0\x01");
         for i in 0..snapshot.blocks() {
             let _ = snapshot.block(i);
