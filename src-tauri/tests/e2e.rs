@@ -255,14 +255,32 @@ async fn fill(client: &Client, id: &str, value: &str) {
         .for_element(Locator::Css(&by_test_id(id)))
         .await
         .unwrap_or_else(|e| panic!("waiting for field {id}: {e:?}"));
-    field
-        .clear()
-        .await
-        .unwrap_or_else(|e| panic!("clearing {id}: {e:?}"));
-    field
-        .send_keys(value)
-        .await
-        .unwrap_or_else(|e| panic!("typing into {id}: {e:?}"));
+    // WebKit's driver can lose a key typed into a controlled input while the page re-renders
+    // (seen on a loaded CI machine: a filter missing a letter kept a row it should have dropped),
+    // so the field is read back and typed again until it holds exactly what was asked.
+    for attempt in 1..=3 {
+        field
+            .clear()
+            .await
+            .unwrap_or_else(|e| panic!("clearing {id}: {e:?}"));
+        field
+            .send_keys(value)
+            .await
+            .unwrap_or_else(|e| panic!("typing into {id}: {e:?}"));
+        let typed = field
+            .prop("value")
+            .await
+            .unwrap_or_else(|e| panic!("reading {id}'s value: {e:?}"))
+            .unwrap_or_default();
+        if typed == value {
+            return;
+        }
+        step(format!(
+            "{id} holds {} characters of {} after attempt {attempt}; typing again",
+            typed.chars().count(),
+            value.chars().count()
+        ));
+    }
 }
 
 /// Ticks the Tables tab's checkbox of `table` (`schema.table`) unless it is ticked already.
@@ -2833,6 +2851,15 @@ async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_w
     screenshot(&client, "consumers-0-create").await;
     click(&client, "consumer-create").await;
     wait_for_text(&client, "consumer-items-hook-destination", |t| t == url).await;
+    let created = tidepool::consumers::ConsumerStore::at(&store)
+        .get("items-hook")
+        .unwrap()
+        .consumer;
+    assert_eq!(
+        created.spec.filter.as_deref(),
+        Some(r#"record.name != "drop me""#),
+        "the filter as typed"
+    );
 
     step("inserting rows in PostgreSQL");
     cluster()
