@@ -448,6 +448,8 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
 
 async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
     slot::validate_name(&options.slot)?;
+    // Held until the capture returns (or its task is dropped): one writer numbers the log.
+    let _writer = crate::store_lock::StoreLock::acquire_soon(&options.store_dir).await?;
     let mut store = Store::open(&options.store_dir)?;
     let mut sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;

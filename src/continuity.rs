@@ -243,6 +243,7 @@ pub async fn resync(
     slot_name: &str,
 ) -> Result<Resync> {
     slot::validate_name(slot_name)?;
+    let _writer = crate::store_lock::StoreLock::acquire_soon(store_dir).await?;
     let client = connect(spec).await?;
     let mut store = Store::open(store_dir)?;
     let reason = match verify(&client, &mut store, slot_name, false).await {

@@ -47,6 +47,9 @@ pub enum ErrorKind {
     /// An SSH bastion's host key is not accepted yet, or differs from the one accepted: nothing was
     /// sent through it ([`crate::ssh`]).
     HostKey,
+    /// Another capture is writing the same store (the app and a `tidepool capture` command on one
+    /// profile): the second is refused before it touches anything ([`crate::store_lock`]).
+    Busy,
     /// A bug or an unexpected state of the machine (a missing binary).
     Internal,
 }
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::Locked => "Locked",
             ErrorKind::Behind => "Behind",
             ErrorKind::HostKey => "HostKey",
+            ErrorKind::Busy => "Busy",
             ErrorKind::Internal => "Internal",
         }
     }

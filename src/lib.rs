@@ -42,6 +42,7 @@ pub mod snapshot;
 pub mod sql;
 pub mod ssh;
 pub mod store;
+pub mod store_lock;
 pub mod tls;
 pub mod value;
 

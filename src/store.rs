@@ -262,6 +262,7 @@ static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 /// consumers' ledger ([`crate::deliver`]), the snapshot files, and the capture's backfill staging
 /// stores ([`crate::capture`]). Tightened on open.
 const STORE_ENTRIES: &[&str] = &[
+    crate::store_lock::LOCK_FILE,
     "tidepool.db",
     "tidepool.db-wal",
     "tidepool.db-shm",

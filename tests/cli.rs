@@ -198,3 +198,83 @@ async fn logs_carry_no_colour_escapes_and_preview_stops_quietly_at_a_closed_pipe
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// One writer per store: while a `tidepool capture` runs, a second capture of the same store is
+/// refused up front (Busy, naming the process), and the running one is undisturbed. Killed with
+/// SIGKILL, the first leaves no lock behind: the next capture runs and stores every change once.
+#[tokio::test]
+async fn a_second_capture_of_one_store_is_refused_and_a_killed_one_leaves_no_lock() {
+    let source = crate::capture::Source::new(
+        "cli_one_writer",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+    );
+    source.db.sql("INSERT INTO t VALUES (1, 'one');");
+    let capture = |stop_at: Option<String>| {
+        let mut command = tidepool();
+        command
+            .args([
+                "capture",
+                "--url",
+                &url(&source.db),
+                "--store",
+                &source.store.display().to_string(),
+                "--publication",
+                "tidepool_pub",
+                "--slot",
+                &source.slot,
+            ])
+            .env(
+                "PGPASSWORD",
+                source.db.cluster.superuser_password().expose(),
+            );
+        if let Some(lsn) = stop_at {
+            command.args(["--stop-at-lsn", &lsn]);
+        }
+        command
+    };
+    let mut first = capture(None)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    harness::until("the first capture stores row 1", || {
+        source.rows_so_far("public/t").len() == 1
+    })
+    .await;
+
+    let second = capture(Some(source.db.current_lsn().to_string()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(stderr.contains("error (Busy)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("by process {}", first.id())),
+        "{stderr}"
+    );
+
+    // The first is still capturing.
+    source.db.sql("INSERT INTO t VALUES (2, 'two');");
+    harness::until("the first capture stores row 2", || {
+        source.rows_so_far("public/t").len() == 2
+    })
+    .await;
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    source.db.sql("INSERT INTO t VALUES (3, 'three');");
+    let third = capture(Some(source.db.current_lsn().to_string()))
+        .output()
+        .unwrap();
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let ids: Vec<i64> = source
+        .changes("public/t")
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "each change once");
+}

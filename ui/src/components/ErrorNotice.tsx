@@ -23,6 +23,7 @@ const SENTENCES: Record<ErrorKind, string> = {
   Locked: "The encrypted store cannot be opened.",
   Behind: "A consumer fell behind what the store still keeps.",
   HostKey: "The SSH bastion's host key is not the one accepted.",
+  Busy: "Another capture is writing this profile's store.",
   Internal: "Something went wrong inside Tidepool.",
 };
 
@@ -73,6 +74,10 @@ const FIRST_STEPS: Record<ErrorKind, Record<Place, string>> = {
   HostKey: {
     form: "Compare the fingerprint below with the bastion's own (ssh-keygen -lf on its host key), then trust it.",
     screen: "Compare the fingerprint with the bastion's own, then trust it on the Connection tab.",
+  },
+  Busy: {
+    form: "Stop the other capture of this profile (in another Tidepool window or a tidepool capture command), then try again.",
+    screen: "Stop the other capture of this profile (in another Tidepool window or a tidepool capture command), then try again.",
   },
   Internal: {
     form: "Try again. If it happens again, Tidepool's log (in its data folder) has the details.",

@@ -16,6 +16,7 @@ export type ErrorKind =
   | "Locked"
   | "Behind"
   | "HostKey"
+  | "Busy"
   | "Internal";
 
 /** Every error from the backend reaches the UI as `{kind, message}`. */
