@@ -544,15 +544,8 @@ impl Profiles {
         let ssh_key = draft.ssh_key.clone().filter(|k| !k.is_empty());
         let ssh_passphrase = draft.ssh_passphrase.clone().filter(|p| !p.is_empty());
         let mut profile = validate(profile_id, draft)?;
-        // An accepted host key stays with its bastion: a new address is a new host to accept.
-        if let (Some(ssh), Some(i)) = (profile.ssh.as_mut(), existing) {
-            if ssh.host_key.is_none() {
-                if let Some(before) = &file.profiles[i].ssh {
-                    if before.address == ssh.address {
-                        ssh.host_key = before.host_key.clone();
-                    }
-                }
-            }
+        if let Some(i) = existing {
+            keep_accepted_host_key(&mut profile, &file.profiles[i]);
         }
         // The form does not carry the Neon link; editing the connection keeps it.
         profile.neon = existing.and_then(|i| file.profiles[i].neon.clone());
@@ -703,25 +696,15 @@ impl Profiles {
     /// Setup makes for a new role of the same database goes through the same bastion.
     pub fn copy_ssh_key(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (self.get(from)?, self.get(to)?);
-        let (Some(_), Some(ssh)) = (&from.ssh, &to.ssh) else {
+        let (Some(_), Some(_)) = (&from.ssh, &to.ssh) else {
             return Ok(());
         };
         let keychain = self.keychain()?;
-        if let Some(key) = keychain.get(&SecretKey::SshKey(from.id.clone()))? {
-            keychain.set(
-                &SecretKey::SshKey(to.id.clone()),
-                &format!("Tidepool: SSH private key for {}", ssh.address),
-                &key,
-            )?;
-        }
-        if let Some(passphrase) = keychain.get(&SecretKey::SshPassphrase(from.id.clone()))? {
-            keychain.set(
-                &SecretKey::SshPassphrase(to.id.clone()),
-                &format!("Tidepool: SSH key passphrase for {}", ssh.address),
-                &passphrase,
-            )?;
-        }
-        Ok(())
+        let Some(key) = keychain.get(&SecretKey::SshKey(from.id.clone()))? else {
+            return Ok(());
+        };
+        let passphrase = keychain.get(&SecretKey::SshPassphrase(from.id.clone()))?;
+        self.store_ssh_secrets(&to, to.ssh.as_ref(), Some(key), passphrase)
     }
 
     /// The SSH bastion's host key, read without logging in, for a person to compare and accept
@@ -1008,11 +991,7 @@ impl Profiles {
             // A saved profile's accepted host key and keychain key count for the form as it stands.
             if let Some(saved) = id.as_deref().and_then(|id| self.get(id).ok()) {
                 profile.id = saved.id.clone();
-                if let (Some(ssh), Some(before)) = (profile.ssh.as_mut(), saved.ssh.as_ref()) {
-                    if ssh.host_key.is_none() && before.address == ssh.address {
-                        ssh.host_key = before.host_key.clone();
-                    }
-                }
+                keep_accepted_host_key(&mut profile, &saved);
             }
             let profiles = self.clone();
             let (for_tunnel, base) = (profile.clone(), spec.clone());
@@ -1381,6 +1360,16 @@ fn draft_of(profile: &Profile) -> ProfileDraft {
         ssh_host_key: profile.ssh.as_ref().and_then(|s| s.host_key.clone()),
         ssh_key: None,
         ssh_passphrase: None,
+    }
+}
+
+/// An accepted host key stays with its bastion: `profile` (as edited) keeps `saved`'s accepted key
+/// when it names the same bastion and brings none of its own; a new address is a new host to accept.
+fn keep_accepted_host_key(profile: &mut Profile, saved: &Profile) {
+    if let (Some(ssh), Some(before)) = (profile.ssh.as_mut(), saved.ssh.as_ref()) {
+        if ssh.host_key.is_none() && before.address == ssh.address {
+            ssh.host_key = before.host_key.clone();
+        }
     }
 }
 

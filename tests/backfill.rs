@@ -203,38 +203,25 @@ async fn a_slot_created_by_hand_backfills_in_a_snapshot_of_its_own_without_gaps_
         },
     )));
     let capture = tokio::spawn(run(first));
+    let mut capture = capture;
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not happen within 180 s"
-        );
-        !done()
-    };
-    while wait_for("the backfill's read", &|| read.load(Ordering::Relaxed)) {
-        assert!(
-            !capture.is_finished(),
-            "the capture ended: {:?}",
-            capture.await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    capturing_until(&mut capture, deadline, "the backfill's read", || {
+        read.load(Ordering::Relaxed)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for writer in running {
         writer.await.unwrap();
     }
     let last_write = db.current_lsn().0;
-    while wait_for("storing past the last write", &|| {
-        stored.load(Ordering::Relaxed) >= last_write
-    }) {
-        assert!(
-            !capture.is_finished(),
-            "the capture ended: {:?}",
-            capture.await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    capturing_until(
+        &mut capture,
+        deadline,
+        "storing past the last write",
+        || stored.load(Ordering::Relaxed) >= last_write,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !capture.is_finished(),
@@ -877,4 +864,23 @@ fn the_command_line_uses_the_profile_s_store_and_drops_a_removed_table_from_the_
     assert!(ok, "{err}");
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_dir_all(elsewhere).unwrap();
+}
+
+/// Waits until `done`, failing if the `capture` ends first or `deadline` passes.
+async fn capturing_until(
+    capture: &mut tokio::task::JoinHandle<tidepool::Result<tidepool::capture::CaptureReport>>,
+    deadline: std::time::Instant,
+    what: &str,
+    done: impl Fn() -> bool,
+) {
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 180 s"
+        );
+        if capture.is_finished() {
+            panic!("the capture ended: {:?}", capture.await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
