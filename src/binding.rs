@@ -71,26 +71,6 @@ impl Binding {
         }
     }
 
-    /// This binding's table among `discovered`, or a NotFound error naming `field`.
-    pub fn discovered_in<'a>(
-        &self,
-        discovered: &'a [crate::discovery::DiscoveredTable],
-        field: &str,
-    ) -> Result<&'a crate::discovery::DiscoveredTable> {
-        discovered
-            .iter()
-            .find(|t| t.schema == self.schema && t.table == self.table)
-            .ok_or_else(|| {
-                Error::new(
-                    crate::ErrorKind::NotFound,
-                    format!(
-                        "{field}: {} is not a table this role can read",
-                        self.qualified()
-                    ),
-                )
-            })
-    }
-
     /// `"schema"."table"`, for messages and SQL.
     pub fn qualified(&self) -> String {
         format!("{}.{}", sql::ident(&self.schema), sql::ident(&self.table))

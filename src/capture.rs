@@ -35,19 +35,22 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{json, Value as Json};
 use tokio_postgres::Client;
 
 use crate::binding::{default_collection_name, Binding, Definition, Mode};
 use crate::connection::{connect, ConnectionSpec};
 use crate::continuity;
+use crate::document::{
+    document, document_of, meta, meta_at, now_postgres_micros, postgres_time_to_unix_ms, write_row,
+    ColumnInfo, Columns, Relation, StoredRow, Transaction,
+};
 use crate::error::{Error, ErrorKind, Result};
-use crate::large_value::{write_json_pieces, Document, ValueRef, LARGE_VALUE_BYTES};
+use crate::large_value::{Document, ValueRef};
 use crate::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
 use crate::replication::{Event, Stream, StreamOptions};
 use crate::slot;
 use crate::sql;
-use crate::store::{CollectionSpec, Op, Store};
+use crate::store::{Op, Store};
 use crate::value::{builtin, Kind};
 
 /// What one store commit made durable, reported to an [`Observer`].
@@ -74,14 +77,6 @@ impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Observer")
     }
-}
-
-/// Microseconds since 2000-01-01 on this machine's clock, PostgreSQL's epoch.
-pub fn now_postgres_micros() -> i64 {
-    let since_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    since_unix.as_micros() as i64 - 946_684_800_000_000
 }
 
 /// Told how a backfill progresses (from the capture's task or a backfill's).
@@ -158,37 +153,12 @@ const PUBLICATION_POLL: Duration = Duration::from_secs(5);
 /// Longest a batch may stay open while more transactions keep arriving.
 const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
 
-pub(crate) struct ColumnInfo {
-    pub(crate) name: String,
-    /// `"name":`, escaped once per Relation message.
-    pub(crate) member: String,
-    pub(crate) type_oid: u32,
-    pub(crate) kind: Kind,
-}
-
-impl ColumnInfo {
-    pub(crate) fn new(name: String, type_oid: u32, kind: Kind) -> ColumnInfo {
-        let mut member = String::new();
-        crate::value::write_json_string(&name, &mut member);
-        member.push(':');
-        ColumnInfo {
-            name,
-            member,
-            type_oid,
-            kind,
-        }
-    }
-}
-
-pub(crate) struct Relation {
-    pub(crate) collection: String,
-    pub(crate) schema: String,
-    pub(crate) table: String,
-    pub(crate) columns: Vec<ColumnInfo>,
-    pub(crate) key: Vec<usize>,
-    pub(crate) recorded: bool,
-    /// What happens to this table's changes.
-    pub(crate) handling: Handling,
+/// A table the stream described, as the capture holds it: its description for documents, whether
+/// its collection is recorded in the open batch, and what happens to its changes.
+struct Bound {
+    rel: Relation,
+    recorded: bool,
+    handling: Handling,
 }
 
 /// What the capture does with a table's changes.
@@ -302,73 +272,11 @@ enum Identity {
     Rebackfill(Rebackfill),
 }
 
-impl Relation {
-    /// The collection's description for the store.
-    pub(crate) fn spec(&self) -> CollectionSpec {
-        CollectionSpec {
-            name: self.collection.clone(),
-            schema: self.schema.clone(),
-            table: self.table.clone(),
-            key: self
-                .key
-                .iter()
-                .map(|&i| self.columns[i].name.clone())
-                .collect(),
-            columns: Json::Array(
-                self.columns
-                    .iter()
-                    .map(|c| json!({"name": c.name, "typeOid": c.type_oid}))
-                    .collect(),
-            ),
-        }
-    }
-}
-
-pub(crate) struct Transaction {
-    pub(crate) final_lsn: Lsn,
-    pub(crate) xid: u32,
-    pub(crate) ts_ms: i64,
-    pub(crate) commit_time_micros: i64,
-    pub(crate) skip: bool,
-    pub(crate) index: u64,
-    /// Rows read by a backfill in the snapshot, not changes from the stream.
-    pub(crate) snapshot: bool,
-    /// `_meta.source` per relation, the same for every change of that table in this transaction.
-    pub(crate) sources: Vec<(u32, String)>,
-}
-
-impl Transaction {
-    fn source(&mut self, relid: u32, rel: &Relation) -> &str {
-        let at = match self.sources.iter().position(|(id, _)| *id == relid) {
-            Some(at) => at,
-            None => {
-                let mut source = String::with_capacity(96);
-                source.push_str("{\"schema\":");
-                crate::value::write_json_string(&rel.schema, &mut source);
-                source.push_str(",\"table\":");
-                crate::value::write_json_string(&rel.table, &mut source);
-                source.push_str(&format!(
-                    ",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}",
-                    self.final_lsn, self.xid, self.ts_ms
-                ));
-                source.push_str(if self.snapshot {
-                    ",\"snapshot\":true}"
-                } else {
-                    "}"
-                });
-                self.sources.push((relid, source));
-                self.sources.len() - 1
-            }
-        };
-        &self.sources[at].1
-    }
-}
-
 struct Capture {
     options: CaptureOptions,
     store: Store,
     sql: Option<Client>,
-    relations: HashMap<u32, Relation>,
+    relations: HashMap<u32, Bound>,
     types: HashMap<u32, Kind>,
     checkpoint: Lsn,
     report: CaptureReport,
@@ -666,7 +574,7 @@ async fn bound_tables(
     let readable = crate::discovery::discover(client, None).await?;
     let mut tables = Vec::with_capacity(definition.bindings.len());
     for binding in &definition.bindings {
-        let found = binding.discovered_in(&readable, "bindings")?;
+        let found = crate::discovery::bound_table(&readable, binding, "bindings")?;
         tables.push(crate::publication::TableRef::new(
             &found.schema,
             &found.table,
@@ -1513,18 +1421,19 @@ impl Capture {
         let updates: Vec<(u32, String, Handling)> = self
             .relations
             .iter()
-            .map(|(id, rel)| {
-                let (collection, handling) = self.handling_for(*id, &rel.schema, &rel.table);
+            .map(|(id, bound)| {
+                let (collection, handling) =
+                    self.handling_for(*id, &bound.rel.schema, &bound.rel.table);
                 (*id, collection, handling)
             })
             .collect();
         for (id, collection, handling) in updates {
-            if let Some(rel) = self.relations.get_mut(&id) {
-                if rel.collection != collection {
-                    rel.recorded = false;
+            if let Some(bound) = self.relations.get_mut(&id) {
+                if bound.rel.collection != collection {
+                    bound.recorded = false;
                 }
-                rel.collection = collection;
-                rel.handling = handling;
+                bound.rel.collection = collection;
+                bound.handling = handling;
             }
         }
     }
@@ -2207,12 +2116,14 @@ impl Capture {
                 }
                 self.relations.insert(
                     relid,
-                    Relation {
-                        collection,
-                        schema: namespace,
-                        table: name,
-                        columns: infos,
-                        key,
+                    Bound {
+                        rel: Relation {
+                            collection,
+                            schema: namespace,
+                            table: name,
+                            columns: infos,
+                            key,
+                        },
                         recorded: false,
                         handling,
                     },
@@ -2427,7 +2338,9 @@ impl Capture {
 
     /// Where a change of `relid` in the transaction committed at `final_lsn` goes.
     fn disposition(&self, relid: u32, final_lsn: Lsn) -> Result<Disposition> {
-        Ok(self.relation(relid)?.handling.disposition(final_lsn))
+        Ok(bound_in(&self.relations, relid)?
+            .handling
+            .disposition(final_lsn))
     }
 
     /// Stores or holds a change.
@@ -2455,15 +2368,15 @@ impl Capture {
 
     /// Records the relation's collection (its key and columns) in the open batch, once per Relation.
     fn record_relation(&mut self, relid: u32) -> Result<()> {
-        let rel = self
+        let bound = self
             .relations
             .get_mut(&relid)
             .ok_or_else(|| Error::internal(format!("pgoutput: unknown relation {relid}")))?;
-        if rel.recorded {
+        if bound.recorded {
             return Ok(());
         }
-        self.store.put_collection(&rel.spec())?;
-        rel.recorded = true;
+        self.store.put_collection(&bound.rel.spec())?;
+        bound.recorded = true;
         Ok(())
     }
 
@@ -2493,298 +2406,17 @@ impl Capture {
     }
 }
 
-/// PostgreSQL timestamps count microseconds from 2000-01-01.
-pub(crate) fn postgres_time_to_unix_ms(micros: i64) -> i64 {
-    micros.div_euclid(1000).saturating_add(946_684_800_000)
-}
-
-/// Which columns of a tuple go into a document.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Columns {
-    /// Every column.
-    All,
-    /// Only the key's (a delete's or an old key's 'K' tuple).
-    Key,
-}
-
-/// A row written as JSON object members (`"a":1,"b":"x"`), with its canonical key.
-pub(crate) struct RowJson {
-    pub(crate) members: String,
-    pub(crate) key: String,
-    pub(crate) unknown: Vec<String>,
-    /// Large values stored apart, each `null` in `members` (offsets into `members`).
-    pub(crate) refs: Vec<ValueRef>,
-}
-
 /// The relation `relid` among those the stream described; a function of the map alone, so the caller
 /// can write to the store while it holds the relation.
-fn relation_in(relations: &HashMap<u32, Relation>, relid: u32) -> Result<&Relation> {
+fn relation_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Relation> {
+    bound_in(relations, relid).map(|b| &b.rel)
+}
+
+/// [`relation_in`], with what the capture does with the relation's changes.
+fn bound_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Bound> {
     relations.get(&relid).ok_or_else(|| {
         Error::internal(format!(
             "pgoutput: a change for relation {relid} arrived before its Relation message"
         ))
     })
-}
-
-/// The stored row an update's unchanged TOAST values are taken from: its document with large values
-/// left as references, which are copied as they are.
-pub(crate) struct StoredRow {
-    doc: Json,
-    refs: Vec<ValueRef>,
-}
-
-impl StoredRow {
-    pub(crate) fn of(doc: Document) -> Result<StoredRow> {
-        Ok(StoredRow {
-            doc: serde_json::from_str(&doc.text).map_err(|e| {
-                Error::internal(format!("store: a stored document is not JSON: {e}"))
-            })?,
-            refs: doc.refs,
-        })
-    }
-
-    /// A stored row known only by its large values' references (a snapshot file's line,
-    /// [`crate::backfill::parse_stored_line`]).
-    pub(crate) fn refs_only(refs: Vec<ValueRef>) -> StoredRow {
-        StoredRow {
-            doc: Json::Null,
-            refs,
-        }
-    }
-}
-
-/// A reference to the large value of `column` among `refs`, if it has one.
-fn value_ref<'r>(refs: &'r [ValueRef], column: &ColumnInfo) -> Option<&'r ValueRef> {
-    refs.iter()
-        .find(|r| r.path.len() == 1 && r.path[0] == column.name)
-}
-
-/// Writes a tuple's columns as JSON members. Unchanged TOAST values come from `old` (REPLICA IDENTITY
-/// FULL: its values and the references its row took) or `stored`; those found in neither are left out
-/// and returned by name. With a `store`, a large value of a non-key column is stored there once and
-/// referred to. The key is a JSON array of the key columns' values; a table without a key is keyed by
-/// the change's position in the stream, so every change stays its own row.
-pub(crate) fn write_row(
-    rel: &Relation,
-    values: &[Value],
-    columns: Columns,
-    old: Option<(&[Value], &[ValueRef])>,
-    stored: Option<&StoredRow>,
-    tx: &Transaction,
-    mut store: Option<&mut Store>,
-) -> Result<RowJson> {
-    let mut members = String::with_capacity(64 + values.len() * 16);
-    let mut unknown = Vec::new();
-    let mut refs = Vec::new();
-    let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
-    for (i, column) in rel.columns.iter().enumerate() {
-        let is_key = rel.key.contains(&i);
-        if columns == Columns::Key && !is_key {
-            continue;
-        }
-        let value = values.get(i).unwrap_or(&Value::Null);
-        let value = match value {
-            Value::UnchangedToast => {
-                let from_old = old.and_then(|(values, _)| values.get(i));
-                let old_ref = old.and_then(|(_, refs)| value_ref(refs, column));
-                let stored_ref = stored.and_then(|s| value_ref(&s.refs, column));
-                // The old row's value first (its reference when it took one), then the stored row's.
-                let reference = match (from_old, old_ref, stored_ref) {
-                    (Some(Value::Text(_)), Some(r), _) => Some(r),
-                    (Some(Value::Text(_)), None, _) => None,
-                    (_, _, stored_ref) => stored_ref,
-                };
-                match (from_old, reference) {
-                    (_, Some(r)) if !is_key => {
-                        push_member(&mut members, column);
-                        refs.push(ValueRef {
-                            at: members.len(),
-                            hash: r.hash.clone(),
-                            path: vec![column.name.clone()],
-                        });
-                        members.push_str("null");
-                        continue;
-                    }
-                    (Some(text @ Value::Text(_)), _) => text,
-                    _ => match stored.and_then(|s| s.doc.get(&column.name)) {
-                        Some(previous) => {
-                            let filled = previous.to_string();
-                            push_member(&mut members, column);
-                            let start = members.len();
-                            match store.as_deref_mut() {
-                                Some(store) if !is_key && filled.len() >= LARGE_VALUE_BYTES => {
-                                    let hash = store.put_large_value(&|sink| {
-                                        crate::large_value::pieces(filled.as_bytes(), sink)
-                                    })?;
-                                    refs.push(ValueRef {
-                                        at: start,
-                                        hash,
-                                        path: vec![column.name.clone()],
-                                    });
-                                    members.push_str("null");
-                                }
-                                _ => members.push_str(&filled),
-                            }
-                            if is_key {
-                                key_spans.push((i, start..members.len()));
-                            }
-                            continue;
-                        }
-                        None => {
-                            unknown.push(column.name.clone());
-                            continue;
-                        }
-                    },
-                }
-            }
-            other => other,
-        };
-        push_member(&mut members, column);
-        let start = members.len();
-        match value {
-            Value::Null | Value::UnchangedToast => members.push_str("null"),
-            Value::Text(bytes) => {
-                let text = std::str::from_utf8(bytes).map_err(|_| {
-                    Error::internal(format!(
-                        "{}.{}: a value is not UTF-8 text",
-                        rel.collection, column.name
-                    ))
-                })?;
-                match store.as_deref_mut() {
-                    Some(store) if !is_key && text.len() >= LARGE_VALUE_BYTES => {
-                        let hash = store
-                            .put_large_value(&|sink| write_json_pieces(&column.kind, text, sink))
-                            .map_err(|e| {
-                                Error::new(
-                                    e.kind(),
-                                    format!(
-                                        "{} column {}: {}",
-                                        rel.collection,
-                                        column.name,
-                                        e.message()
-                                    ),
-                                )
-                            })?;
-                        refs.push(ValueRef {
-                            at: start,
-                            hash,
-                            path: vec![column.name.clone()],
-                        });
-                        members.push_str("null");
-                    }
-                    _ => column.kind.write_json(text, &mut members).map_err(|e| {
-                        Error::internal(format!("{} column {}: {e}", rel.collection, column.name))
-                    })?,
-                }
-            }
-            Value::Binary(_) => {
-                return Err(Error::internal(
-                    "pgoutput sent a binary value although text was requested",
-                ))
-            }
-        }
-        if is_key {
-            key_spans.push((i, start..members.len()));
-        }
-    }
-    let key = if rel.key.is_empty() {
-        json!([tx.final_lsn.to_string(), tx.index]).to_string()
-    } else {
-        let mut key = String::from("[");
-        for (n, &k) in rel.key.iter().enumerate() {
-            if n > 0 {
-                key.push(',');
-            }
-            match key_spans.iter().find(|(i, _)| *i == k) {
-                Some((_, span)) => key.push_str(&members[span.clone()]),
-                None => key.push_str("null"),
-            }
-        }
-        key.push(']');
-        key
-    };
-    Ok(RowJson {
-        members,
-        key,
-        unknown,
-        refs,
-    })
-}
-
-fn push_member(members: &mut String, column: &ColumnInfo) {
-    if !members.is_empty() {
-        members.push(',');
-    }
-    members.push_str(&column.member);
-}
-
-/// The `_meta` object: op, source, and `before` / `unknown` when there are any.
-pub(crate) fn meta(
-    op: Op,
-    relid: u32,
-    rel: &Relation,
-    tx: &mut Transaction,
-    before: Option<&str>,
-    unknown: &[String],
-) -> String {
-    meta_at(op, relid, rel, tx, before, unknown).0
-}
-
-/// [`meta`], and where `before` starts in it (for the references of its large values).
-fn meta_at(
-    op: Op,
-    relid: u32,
-    rel: &Relation,
-    tx: &mut Transaction,
-    before: Option<&str>,
-    unknown: &[String],
-) -> (String, Option<usize>) {
-    let mut before_at = None;
-    let mut meta = String::with_capacity(160);
-    meta.push_str("{\"op\":\"");
-    meta.push_str(op.code());
-    meta.push_str("\",\"source\":");
-    meta.push_str(tx.source(relid, rel));
-    if let Some(before) = before {
-        meta.push_str(",\"before\":");
-        before_at = Some(meta.len());
-        meta.push_str(before);
-    }
-    if !unknown.is_empty() {
-        meta.push_str(",\"unknown\":");
-        meta.push_str(&json!(unknown).to_string());
-    }
-    meta.push('}');
-    (meta, before_at)
-}
-
-/// The document of a row and its `_meta`, with the references of the large values in both (those of
-/// `meta` relative to it, under `_meta`).
-pub(crate) fn document_of(row: &RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
-    let mut doc = Document {
-        text: String::with_capacity(row.members.len() + meta.len() + 12),
-        refs: Vec::new(),
-    };
-    doc.text.push('{');
-    doc.push_part(&row.members, &row.refs, &[]);
-    if !row.members.is_empty() {
-        doc.text.push(',');
-    }
-    doc.text.push_str("\"_meta\":");
-    doc.push_part(meta, meta_refs, &["_meta".to_string()]);
-    doc.text.push('}');
-    doc
-}
-
-pub(crate) fn document(members: &str, meta: &str) -> String {
-    let mut doc = String::with_capacity(members.len() + meta.len() + 12);
-    doc.push('{');
-    doc.push_str(members);
-    if !members.is_empty() {
-        doc.push(',');
-    }
-    doc.push_str("\"_meta\":");
-    doc.push_str(meta);
-    doc.push('}');
-    doc
 }

@@ -368,6 +368,26 @@ fn json_schema(
     })
 }
 
+/// `binding`'s table among `discovered`, or a NotFound error naming `field`.
+pub fn bound_table<'a>(
+    discovered: &'a [DiscoveredTable],
+    binding: &crate::binding::Binding,
+    field: &str,
+) -> Result<&'a DiscoveredTable> {
+    discovered
+        .iter()
+        .find(|t| t.schema == binding.schema && t.table == binding.table)
+        .ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::NotFound,
+                format!(
+                    "{field}: {} is not a table this role can read",
+                    binding.qualified()
+                ),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

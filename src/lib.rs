@@ -16,6 +16,7 @@ pub mod continuity;
 pub mod deliver;
 pub mod demo;
 pub mod discovery;
+pub mod document;
 pub mod encryption;
 pub mod error;
 pub mod export;

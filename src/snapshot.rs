@@ -31,12 +31,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{document_of, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
+use crate::document::copy_text::{parse_stored_line, refs_row};
+use crate::document::Op;
+use crate::document::{document_of, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
 use crate::encryption::{Sealer, StoreKey, SALT_BYTES};
 use crate::error::{Error, Result};
 use crate::large_value::{Document, ValueRef};
 use crate::pgoutput::{Lsn, Value};
-use crate::store::Op;
 use crate::value::Kind;
 
 const MAGIC: &[u8; 8] = b"TPSNAP01";
@@ -841,8 +842,6 @@ impl Rebuild {
                 .map(|c| ColumnInfo::new(c.name.clone(), c.type_oid, c.kind.clone()))
                 .collect(),
             key: source.key.clone(),
-            recorded: true,
-            handling: crate::capture::Handling::Store,
         };
         let mut tx = snapshot_transaction(Lsn(source.lsn), source.ts_ms);
         let meta = meta(Op::Create, 0, &rel, &mut tx, None, &[]);
@@ -858,14 +857,14 @@ impl Rebuild {
     /// The document of one row, given its line: large values left as references
     /// ([`crate::large_value::splice`] puts them in).
     pub fn document(&mut self, line: &[u8]) -> Result<Document> {
-        crate::backfill::parse_stored_line(line, &self.rel, &mut self.values, &mut self.refs)
+        parse_stored_line(line, &self.rel, &mut self.values, &mut self.refs)
             .map_err(|e| Error::internal(format!("{}: {e}", self.rel.collection)))?;
         let row = write_row(
             &self.rel,
             &self.values,
             Columns::All,
             None,
-            crate::backfill::refs_row(&self.refs).as_ref(),
+            refs_row(&self.refs).as_ref(),
             &self.tx,
             None,
         )?;

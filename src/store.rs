@@ -37,57 +37,8 @@ use crate::pgoutput::Lsn;
 use crate::rowkey::sort_key;
 use crate::snapshot::{Rebuild, Snapshot, SnapshotSource};
 
-/// Operations recorded in the change log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Op {
-    /// Insert (Estuary's `c`).
-    Create,
-    /// Update (`u`).
-    Update,
-    /// Delete (`d`).
-    Delete,
-    /// Truncate (`t`).
-    Truncate,
-}
-
-impl Op {
-    /// The operation of a one-letter code.
-    pub fn from_code(code: &str) -> Option<Op> {
-        match code {
-            "c" => Some(Op::Create),
-            "u" => Some(Op::Update),
-            "d" => Some(Op::Delete),
-            "t" => Some(Op::Truncate),
-            _ => None,
-        }
-    }
-
-    /// The one-letter code used in documents.
-    pub fn code(self) -> &'static str {
-        match self {
-            Op::Create => "c",
-            Op::Update => "u",
-            Op::Delete => "d",
-            Op::Truncate => "t",
-        }
-    }
-}
-
-/// A collection's description, as the capture last saw its table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CollectionSpec {
-    /// Name, `schema/table` unless renamed.
-    pub name: String,
-    /// Source schema.
-    pub schema: String,
-    /// Source table.
-    pub table: String,
-    /// Key column names, in key order.
-    pub key: Vec<String>,
-    /// Columns as `[{"name":…, "typeOid":…}]`.
-    pub columns: Json,
-}
+// Documents and their operations are defined with the mapping that builds them; the store keeps them.
+pub use crate::document::{CollectionSpec, Op};
 
 /// A collection's counts, for `tidepool collections`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -163,7 +114,7 @@ impl Matching<'_> {
     /// be screened: the values are not in it.
     fn document(&mut self, conn: &Connection, line: &[u8]) -> Result<Option<Json>> {
         if self.needle.as_ref().is_some_and(|n| n.find(line).is_none())
-            && !crate::backfill::may_hold_refs(line)
+            && !crate::document::copy_text::may_hold_refs(line)
         {
             return Ok(None);
         }
@@ -1099,6 +1050,12 @@ pub struct Filter {
     /// Substring match instead of equality.
     #[serde(default)]
     pub contains: bool,
+}
+
+impl crate::document::LargeValues for Store {
+    fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String> {
+        Store::put_large_value(self, json)
+    }
 }
 
 impl Filter {

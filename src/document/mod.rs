@@ -1,0 +1,475 @@
+//! Documents: how a row of a PostgreSQL table becomes the JSON document a collection stores, with
+//! its `_meta` (operation, source position, the row before an update, columns whose value is not
+//! known). The stream ([`crate::capture`]) and the backfill ([`crate::backfill`], and the snapshot
+//! files it writes, [`crate::snapshot`]) both build documents here, so this module imports none of
+//! them, nor the store: a large value goes wherever [`LargeValues`] says.
+//!
+//! Invariant (why a row backfilled and the same row streamed give the same document): both paths
+//! hand [`write_row`] the row as PostgreSQL's text output (pgoutput sends it; COPY's text format is
+//! the same output, unescaped by [`copy_text`]), described by a [`Relation`] built from the same
+//! column types ([`crate::value::Kind`]); `write_row` alone turns text into JSON members and the
+//! canonical key, and [`meta`] / [`document_of`] alone add `_meta`. Only `_meta.source` differs
+//! (a backfilled row says `"snapshot": true`), and only `_meta.op` and `before` by operation.
+
+pub mod copy_text;
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+
+use crate::error::{Error, Result};
+use crate::large_value::{write_json_pieces, Document, Sink, ValueRef, LARGE_VALUE_BYTES};
+use crate::pgoutput::{Lsn, Value};
+use crate::value::Kind;
+
+/// Operations recorded in the change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    /// Insert (Estuary's `c`).
+    Create,
+    /// Update (`u`).
+    Update,
+    /// Delete (`d`).
+    Delete,
+    /// Truncate (`t`).
+    Truncate,
+}
+
+impl Op {
+    /// The operation of a one-letter code.
+    pub fn from_code(code: &str) -> Option<Op> {
+        match code {
+            "c" => Some(Op::Create),
+            "u" => Some(Op::Update),
+            "d" => Some(Op::Delete),
+            "t" => Some(Op::Truncate),
+            _ => None,
+        }
+    }
+
+    /// The one-letter code used in documents.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// A collection's description, as the capture last saw its table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionSpec {
+    /// Name, `schema/table` unless renamed.
+    pub name: String,
+    /// Source schema.
+    pub schema: String,
+    /// Source table.
+    pub table: String,
+    /// Key column names, in key order.
+    pub key: Vec<String>,
+    /// Columns as `[{"name":…, "typeOid":…}]`.
+    pub columns: Json,
+}
+
+/// Microseconds since 2000-01-01 on this machine's clock, PostgreSQL's epoch.
+pub fn now_postgres_micros() -> i64 {
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since_unix.as_micros() as i64 - 946_684_800_000_000
+}
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01.
+pub(crate) fn postgres_time_to_unix_ms(micros: i64) -> i64 {
+    micros.div_euclid(1000).saturating_add(946_684_800_000)
+}
+
+/// Which columns of a tuple go into a document.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Columns {
+    /// Every column.
+    All,
+    /// Only the key's (a delete's or an old key's 'K' tuple).
+    Key,
+}
+
+/// A row written as JSON object members (`"a":1,"b":"x"`), with its canonical key.
+pub(crate) struct RowJson {
+    pub(crate) members: String,
+    pub(crate) key: String,
+    pub(crate) unknown: Vec<String>,
+    /// Large values stored apart, each `null` in `members` (offsets into `members`).
+    pub(crate) refs: Vec<ValueRef>,
+}
+
+/// A column as documents need it: its name, its type, and how its values map to JSON.
+pub(crate) struct ColumnInfo {
+    pub(crate) name: String,
+    /// `"name":`, escaped once per Relation message.
+    pub(crate) member: String,
+    pub(crate) type_oid: u32,
+    pub(crate) kind: Kind,
+}
+
+impl ColumnInfo {
+    pub(crate) fn new(name: String, type_oid: u32, kind: Kind) -> ColumnInfo {
+        let mut member = String::new();
+        crate::value::write_json_string(&name, &mut member);
+        member.push(':');
+        ColumnInfo {
+            name,
+            member,
+            type_oid,
+            kind,
+        }
+    }
+}
+
+/// A table as documents need it, from a pgoutput Relation message (the stream) or from the catalog
+/// (a backfill): the same description either way.
+pub(crate) struct Relation {
+    /// The collection its rows go to.
+    pub(crate) collection: String,
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) columns: Vec<ColumnInfo>,
+    /// Positions in `columns` of the collection's key, in key order (empty: keyed by position).
+    pub(crate) key: Vec<usize>,
+}
+
+impl Relation {
+    /// The collection's description for the store.
+    pub(crate) fn spec(&self) -> CollectionSpec {
+        CollectionSpec {
+            name: self.collection.clone(),
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            key: self
+                .key
+                .iter()
+                .map(|&i| self.columns[i].name.clone())
+                .collect(),
+            columns: Json::Array(
+                self.columns
+                    .iter()
+                    .map(|c| json!({"name": c.name, "typeOid": c.type_oid}))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The source transaction (or backfill snapshot) a document belongs to: what its `_meta.source`
+/// says, and its position for keyless tables.
+pub(crate) struct Transaction {
+    pub(crate) final_lsn: Lsn,
+    pub(crate) xid: u32,
+    pub(crate) ts_ms: i64,
+    pub(crate) commit_time_micros: i64,
+    pub(crate) skip: bool,
+    pub(crate) index: u64,
+    /// Rows read by a backfill in the snapshot, not changes from the stream.
+    pub(crate) snapshot: bool,
+    /// `_meta.source` per relation, the same for every change of that table in this transaction.
+    pub(crate) sources: Vec<(u32, String)>,
+}
+
+impl Transaction {
+    fn source(&mut self, relid: u32, rel: &Relation) -> &str {
+        let at = match self.sources.iter().position(|(id, _)| *id == relid) {
+            Some(at) => at,
+            None => {
+                let mut source = String::with_capacity(96);
+                source.push_str("{\"schema\":");
+                crate::value::write_json_string(&rel.schema, &mut source);
+                source.push_str(",\"table\":");
+                crate::value::write_json_string(&rel.table, &mut source);
+                source.push_str(&format!(
+                    ",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}",
+                    self.final_lsn, self.xid, self.ts_ms
+                ));
+                source.push_str(if self.snapshot {
+                    ",\"snapshot\":true}"
+                } else {
+                    "}"
+                });
+                self.sources.push((relid, source));
+                self.sources.len() - 1
+            }
+        };
+        &self.sources[at].1
+    }
+}
+
+/// Where [`write_row`] puts a large value ([`crate::large_value`]): the store's values, kept once
+/// by hash. A row built only to read its key needs none.
+pub(crate) trait LargeValues {
+    /// Stores the JSON that `json` writes (in pieces) once; returns its hash.
+    fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String>;
+}
+
+/// The stored row an update's unchanged TOAST values are taken from: its document with large values
+/// left as references, which are copied as they are.
+pub(crate) struct StoredRow {
+    doc: Json,
+    refs: Vec<ValueRef>,
+}
+
+impl StoredRow {
+    pub(crate) fn of(doc: Document) -> Result<StoredRow> {
+        Ok(StoredRow {
+            doc: serde_json::from_str(&doc.text).map_err(|e| {
+                Error::internal(format!("store: a stored document is not JSON: {e}"))
+            })?,
+            refs: doc.refs,
+        })
+    }
+
+    /// A stored row known only by its large values' references (a snapshot file's line,
+    /// [`copy_text::parse_stored_line`]).
+    pub(crate) fn refs_only(refs: Vec<ValueRef>) -> StoredRow {
+        StoredRow {
+            doc: Json::Null,
+            refs,
+        }
+    }
+}
+
+/// A reference to the large value of `column` among `refs`, if it has one.
+fn value_ref<'r>(refs: &'r [ValueRef], column: &ColumnInfo) -> Option<&'r ValueRef> {
+    refs.iter()
+        .find(|r| r.path.len() == 1 && r.path[0] == column.name)
+}
+
+/// Writes a tuple's columns as JSON members. Unchanged TOAST values come from `old` (REPLICA IDENTITY
+/// FULL: its values and the references its row took) or `stored`; those found in neither are left out
+/// and returned by name. With a `store`, a large value of a non-key column is stored there once and
+/// referred to. The key is a JSON array of the key columns' values; a table without a key is keyed by
+/// the change's position in the stream, so every change stays its own row.
+pub(crate) fn write_row(
+    rel: &Relation,
+    values: &[Value],
+    columns: Columns,
+    old: Option<(&[Value], &[ValueRef])>,
+    stored: Option<&StoredRow>,
+    tx: &Transaction,
+    mut store: Option<&mut dyn LargeValues>,
+) -> Result<RowJson> {
+    let mut members = String::with_capacity(64 + values.len() * 16);
+    let mut unknown = Vec::new();
+    let mut refs = Vec::new();
+    let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
+    for (i, column) in rel.columns.iter().enumerate() {
+        let is_key = rel.key.contains(&i);
+        if columns == Columns::Key && !is_key {
+            continue;
+        }
+        let value = values.get(i).unwrap_or(&Value::Null);
+        let value = match value {
+            Value::UnchangedToast => {
+                let from_old = old.and_then(|(values, _)| values.get(i));
+                let old_ref = old.and_then(|(_, refs)| value_ref(refs, column));
+                let stored_ref = stored.and_then(|s| value_ref(&s.refs, column));
+                // The old row's value first (its reference when it took one), then the stored row's.
+                let reference = match (from_old, old_ref, stored_ref) {
+                    (Some(Value::Text(_)), Some(r), _) => Some(r),
+                    (Some(Value::Text(_)), None, _) => None,
+                    (_, _, stored_ref) => stored_ref,
+                };
+                match (from_old, reference) {
+                    (_, Some(r)) if !is_key => {
+                        push_member(&mut members, column);
+                        refs.push(ValueRef {
+                            at: members.len(),
+                            hash: r.hash.clone(),
+                            path: vec![column.name.clone()],
+                        });
+                        members.push_str("null");
+                        continue;
+                    }
+                    (Some(text @ Value::Text(_)), _) => text,
+                    _ => match stored.and_then(|s| s.doc.get(&column.name)) {
+                        Some(previous) => {
+                            let filled = previous.to_string();
+                            push_member(&mut members, column);
+                            let start = members.len();
+                            match store.as_deref_mut() {
+                                Some(store) if !is_key && filled.len() >= LARGE_VALUE_BYTES => {
+                                    let hash = store.put_large_value(&|sink| {
+                                        crate::large_value::pieces(filled.as_bytes(), sink)
+                                    })?;
+                                    refs.push(ValueRef {
+                                        at: start,
+                                        hash,
+                                        path: vec![column.name.clone()],
+                                    });
+                                    members.push_str("null");
+                                }
+                                _ => members.push_str(&filled),
+                            }
+                            if is_key {
+                                key_spans.push((i, start..members.len()));
+                            }
+                            continue;
+                        }
+                        None => {
+                            unknown.push(column.name.clone());
+                            continue;
+                        }
+                    },
+                }
+            }
+            other => other,
+        };
+        push_member(&mut members, column);
+        let start = members.len();
+        match value {
+            Value::Null | Value::UnchangedToast => members.push_str("null"),
+            Value::Text(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    Error::internal(format!(
+                        "{}.{}: a value is not UTF-8 text",
+                        rel.collection, column.name
+                    ))
+                })?;
+                match store.as_deref_mut() {
+                    Some(store) if !is_key && text.len() >= LARGE_VALUE_BYTES => {
+                        let hash = store
+                            .put_large_value(&|sink| write_json_pieces(&column.kind, text, sink))
+                            .map_err(|e| {
+                                Error::new(
+                                    e.kind(),
+                                    format!(
+                                        "{} column {}: {}",
+                                        rel.collection,
+                                        column.name,
+                                        e.message()
+                                    ),
+                                )
+                            })?;
+                        refs.push(ValueRef {
+                            at: start,
+                            hash,
+                            path: vec![column.name.clone()],
+                        });
+                        members.push_str("null");
+                    }
+                    _ => column.kind.write_json(text, &mut members).map_err(|e| {
+                        Error::internal(format!("{} column {}: {e}", rel.collection, column.name))
+                    })?,
+                }
+            }
+            Value::Binary(_) => {
+                return Err(Error::internal(
+                    "pgoutput sent a binary value although text was requested",
+                ))
+            }
+        }
+        if is_key {
+            key_spans.push((i, start..members.len()));
+        }
+    }
+    let key = if rel.key.is_empty() {
+        json!([tx.final_lsn.to_string(), tx.index]).to_string()
+    } else {
+        let mut key = String::from("[");
+        for (n, &k) in rel.key.iter().enumerate() {
+            if n > 0 {
+                key.push(',');
+            }
+            match key_spans.iter().find(|(i, _)| *i == k) {
+                Some((_, span)) => key.push_str(&members[span.clone()]),
+                None => key.push_str("null"),
+            }
+        }
+        key.push(']');
+        key
+    };
+    Ok(RowJson {
+        members,
+        key,
+        unknown,
+        refs,
+    })
+}
+
+fn push_member(members: &mut String, column: &ColumnInfo) {
+    if !members.is_empty() {
+        members.push(',');
+    }
+    members.push_str(&column.member);
+}
+
+/// The `_meta` object: op, source, and `before` / `unknown` when there are any.
+pub(crate) fn meta(
+    op: Op,
+    relid: u32,
+    rel: &Relation,
+    tx: &mut Transaction,
+    before: Option<&str>,
+    unknown: &[String],
+) -> String {
+    meta_at(op, relid, rel, tx, before, unknown).0
+}
+
+/// [`meta`], and where `before` starts in it (for the references of its large values).
+pub(crate) fn meta_at(
+    op: Op,
+    relid: u32,
+    rel: &Relation,
+    tx: &mut Transaction,
+    before: Option<&str>,
+    unknown: &[String],
+) -> (String, Option<usize>) {
+    let mut before_at = None;
+    let mut meta = String::with_capacity(160);
+    meta.push_str("{\"op\":\"");
+    meta.push_str(op.code());
+    meta.push_str("\",\"source\":");
+    meta.push_str(tx.source(relid, rel));
+    if let Some(before) = before {
+        meta.push_str(",\"before\":");
+        before_at = Some(meta.len());
+        meta.push_str(before);
+    }
+    if !unknown.is_empty() {
+        meta.push_str(",\"unknown\":");
+        meta.push_str(&json!(unknown).to_string());
+    }
+    meta.push('}');
+    (meta, before_at)
+}
+
+/// The document of a row and its `_meta`, with the references of the large values in both (those of
+/// `meta` relative to it, under `_meta`).
+pub(crate) fn document_of(row: &RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
+    let mut doc = Document {
+        text: String::with_capacity(row.members.len() + meta.len() + 12),
+        refs: Vec::new(),
+    };
+    doc.text.push('{');
+    doc.push_part(&row.members, &row.refs, &[]);
+    if !row.members.is_empty() {
+        doc.text.push(',');
+    }
+    doc.text.push_str("\"_meta\":");
+    doc.push_part(meta, meta_refs, &["_meta".to_string()]);
+    doc.text.push('}');
+    doc
+}
+
+/// A document's text from its members and its `_meta` (no large values in either).
+pub(crate) fn document(members: &str, meta: &str) -> String {
+    let mut doc = String::with_capacity(members.len() + meta.len() + 12);
+    doc.push('{');
+    doc.push_str(members);
+    if !members.is_empty() {
+        doc.push(',');
+    }
+    doc.push_str("\"_meta\":");
+    doc.push_str(meta);
+    doc.push('}');
+    doc
+}
