@@ -392,7 +392,9 @@ impl Profiles {
         }
     }
 
-    fn keychain(&self) -> Result<Keychain> {
+    /// The keychain these profiles were given (the platform's unless a test gave its own): every
+    /// secret the app or the command line stores goes through it.
+    pub fn keychain(&self) -> Result<Keychain> {
         match &self.keychain {
             KeychainSource::Platform => Keychain::open(),
             KeychainSource::Given(keychain) => Ok(keychain.clone()),
@@ -1144,7 +1146,25 @@ impl Profiles {
         action: crate::setup::Action,
         run_as: crate::setup::RunAs,
     ) -> Result<()> {
+        self.run_fix_with(id_or_name, action, run_as, FixOptions::default())
+            .await
+    }
+
+    /// [`Profiles::run_fix_as`] with what the command line adds: the password of a profile that
+    /// asks for it each time, and the name of the profile a new role is saved with. The app and
+    /// the command line run every fix through here, so a role they create is kept the same way.
+    pub async fn run_fix_with(
+        &self,
+        id_or_name: &str,
+        action: crate::setup::Action,
+        run_as: crate::setup::RunAs,
+        options: FixOptions,
+    ) -> Result<()> {
         use crate::setup::{Action, RunAs};
+        let FixOptions {
+            password: typed,
+            new_profile_name,
+        } = options;
         let profile = self.get(id_or_name)?;
         if action.is_neon() && !matches!(run_as, RunAs::Profile) {
             return Err(Error::invalid_input(
@@ -1170,7 +1190,7 @@ impl Profiles {
         } else {
             let own = matches!(run_as, RunAs::Profile);
             let spec = match run_as {
-                RunAs::Profile => self.spec_blocking(id_or_name, None).await?,
+                RunAs::Profile => self.spec_blocking(id_or_name, typed).await?,
                 other => {
                     let profiles = self.clone();
                     let for_tunnel = profile.clone();
@@ -1196,7 +1216,8 @@ impl Profiles {
         match &action {
             Action::CreateReplicationRole { role } | Action::NeonCreateRole { role, .. } => {
                 let mut draft = draft_of(&profile);
-                draft.name = format!("{} ({role})", profile.name);
+                draft.name =
+                    new_profile_name.unwrap_or_else(|| format!("{} ({role})", profile.name));
                 draft.user = role.clone();
                 let link = profile.neon.clone();
                 tokio::task::spawn_blocking(move || {
@@ -1338,6 +1359,16 @@ impl Profiles {
 }
 
 /// A saved profile as a form would show it.
+/// What a caller may add to a confirmed fix ([`Profiles::run_fix_with`]).
+#[derive(Debug, Default)]
+pub struct FixOptions {
+    /// The profile's password when it is asked for each time and the fix runs as the profile.
+    pub password: Option<Secret>,
+    /// The name of the profile saved for a role the fix creates; by default the source profile's
+    /// name followed by the role in parentheses.
+    pub new_profile_name: Option<String>,
+}
+
 fn draft_of(profile: &Profile) -> ProfileDraft {
     ProfileDraft {
         name: profile.name.clone(),

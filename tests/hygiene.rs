@@ -158,7 +158,15 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
         tidepool::sql::ident(&role)
     ));
     let profiles = Profiles::open(&dir);
-    let capture_id = profiles.get("Capture").unwrap().id;
+    let capture = profiles.get("Capture").unwrap();
+    // The command line keeps a new role the way the app does: same bastion, same publication.
+    assert_eq!(capture.user, role);
+    assert_eq!(capture.publication, unique);
+    assert_eq!(
+        capture.ssh.as_ref().map(|s| s.address.clone()),
+        Some(sshd.address())
+    );
+    let capture_id = capture.id;
     let role_password = Keychain::open()
         .unwrap()
         .get(&SecretKey::ProfilePassword(capture_id))

@@ -108,20 +108,20 @@ pub fn keychain_status() -> KeychainStatus {
 
 /// Whether a Neon API key is stored.
 #[tauri::command(async)]
-pub fn neon_key_status() -> Result<NeonKeyStatus, Error> {
-    Keychain::open()?.neon_api_key_status()
+pub fn neon_key_status(profiles: State<'_, Profiles>) -> Result<NeonKeyStatus, Error> {
+    profiles.keychain()?.neon_api_key_status()
 }
 
 /// Stores the Neon API key in the keychain.
 #[tauri::command(async)]
-pub fn set_neon_key(key: Secret) -> Result<NeonKeyStatus, Error> {
-    Keychain::open()?.set_neon_api_key(&key)
+pub fn set_neon_key(profiles: State<'_, Profiles>, key: Secret) -> Result<NeonKeyStatus, Error> {
+    profiles.keychain()?.set_neon_api_key(&key)
 }
 
 /// Removes the Neon API key from the keychain.
 #[tauri::command(async)]
-pub fn remove_neon_key() -> Result<NeonKeyStatus, Error> {
-    Keychain::open()?.remove_neon_api_key()
+pub fn remove_neon_key(profiles: State<'_, Profiles>) -> Result<NeonKeyStatus, Error> {
+    profiles.keychain()?.remove_neon_api_key()
 }
 
 /// The tables the profile's role can read, as collections (key, JSON Schema, publication membership).

@@ -267,9 +267,10 @@ enum SetupCommand {
         /// The new role.
         #[arg(long)]
         role: String,
-        /// The name of the new profile that uses it.
+        /// The name of the new profile that uses it (with --profile, by default that profile's
+        /// name followed by the role in parentheses; with --url, required).
         #[arg(long)]
-        save_as: String,
+        save_as: Option<String>,
     },
     /// The three GRANTs of the setup guide for one schema.
     GrantSchema {
@@ -886,7 +887,14 @@ async fn setup(
             role,
             save_as: name,
         } => {
-            save_as = Some(name);
+            if name.is_none() && (target.profile.is_none() || target.url.is_some()) {
+                // Without a profile to name it after, the new password would have nowhere to go.
+                return Err(Error::invalid_input(
+                    "--save-as",
+                    "name the profile that keeps the new role's password",
+                ));
+            }
+            save_as = name;
             Action::CreateReplicationRole { role }
         }
         SetupCommand::GrantSchema { schema, role } => Action::GrantSchemaAccess {
@@ -1018,8 +1026,37 @@ async fn setup(
     if dry_run {
         return Ok(());
     }
+    if let (Some(name), None) = (&target.profile, &target.url) {
+        // A saved profile: the app's own fix code runs it and keeps whatever password comes back.
+        let profiles = profiles()?;
+        let asks = profiles.get(name)?.password == PasswordStorage::AskEachTime;
+        let created = match &action {
+            Action::CreateReplicationRole { role } | Action::NeonCreateRole { role, .. } => {
+                Some(role.clone())
+            }
+            _ => None,
+        };
+        let options = tidepool::profile::FixOptions {
+            password: if asks && own {
+                spec.password.clone()
+            } else {
+                None
+            },
+            new_profile_name: save_as,
+        };
+        profiles
+            .run_fix_with(name, action, run_as.resolve()?, options)
+            .await?;
+        if let Some(role) = created {
+            eprintln!("created role {role}; its password is in the keychain with a new profile");
+        }
+        eprintln!("done");
+        return Ok(());
+    }
     if let Action::NeonEnableLogicalReplication { project_id } = &action {
-        tidepool::neon::Client::from_keychain()?
+        profiles()?
+            .neon_client()
+            .await?
             .enable_logical_replication(project_id)
             .await?;
         eprintln!("logical replication is on for Neon project {project_id}");
@@ -1027,15 +1064,10 @@ async fn setup(
     }
     if action.is_neon() {
         // A password Neon returns must land in a profile's keychain entry.
-        let name = target.profile.as_ref().ok_or_else(|| {
-            Error::invalid_input(
-                "--profile",
-                "a Neon role action keeps the password with a saved profile",
-            )
-        })?;
-        profiles()?.run_fix(name, action.clone()).await?;
-        eprintln!("done; the password is in the keychain");
-        return Ok(());
+        return Err(Error::invalid_input(
+            "--profile",
+            "a Neon role action keeps the password with a saved profile",
+        ));
     }
     let run_spec = profiles()?.spec_to_run_as(spec.clone(), run_as.resolve()?)?;
     let ran = async { action.run(&connection::connect(&run_spec).await?).await }.await;
@@ -1044,12 +1076,7 @@ async fn setup(
     if let (Some(password), Some(name), Action::CreateReplicationRole { role }) =
         (password, save_as, &action)
     {
-        let profiles = profiles()?;
-        let based_on = target
-            .profile
-            .as_ref()
-            .map(|p| profiles.get(p))
-            .transpose()?;
+        // Only a URL to start from: the new profile is that address, logging in as the new role.
         let draft = ProfileDraft {
             name: name.clone(),
             address: format!("{}:{}", spec.host, spec.port),
@@ -1057,31 +1084,12 @@ async fn setup(
             database: spec.database.clone(),
             sslmode: spec.sslmode,
             sslrootcert: spec.sslrootcert.as_ref().map(|p| p.display().to_string()),
-            options: None,
-            channel_binding: based_on
-                .as_ref()
-                .map(|p| p.channel_binding)
-                .unwrap_or_default(),
             publication: Some(preflight.publication.clone()),
             slot: Some(preflight.slot.clone()),
-            application_name: None,
             password_storage: PasswordStorage::Keychain,
-            encrypt_store: based_on.as_ref().map(|p| p.encrypted),
-            // The same database, reached through the same bastion.
-            ssh_address: based_on
-                .as_ref()
-                .and_then(|p| p.ssh.as_ref())
-                .map(|s| s.address.clone()),
-            ssh_host_key: based_on
-                .as_ref()
-                .and_then(|p| p.ssh.as_ref())
-                .and_then(|s| s.host_key.clone()),
             ..ProfileDraft::default()
         };
-        let view = profiles.save(None, draft, Some(password))?;
-        if let Some(base) = &based_on {
-            profiles.copy_ssh_key(&base.id, &view.profile.id)?;
-        }
+        profiles()?.save(None, draft, Some(password))?;
         eprintln!(
             "created role {role}; its password is in the keychain with the new profile '{name}'"
         );
@@ -1104,7 +1112,7 @@ async fn neon_command(command: NeonCommand) -> Result<(), Error> {
                 })?;
                 line
             };
-            tidepool::secrets::Keychain::open()?.set_neon_api_key(&Secret::new(key))?;
+            profiles.keychain()?.set_neon_api_key(&Secret::new(key))?;
             eprintln!("the Neon API key is in the keychain");
         }
         NeonCommand::Projects { json } => {
