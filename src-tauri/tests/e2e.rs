@@ -847,6 +847,24 @@ async fn an_autofilled_profile_survives_a_restart_with_its_password_only_in_the_
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&lookup.stdout), password);
     assert_eq!(files_containing(&data, &password), Vec::<String>::new());
+    // Nor in the webview's own storage (local storage, caches, WebKit's databases), which lives
+    // outside Tidepool's data folder, under the session's XDG folders.
+    let session_data = PathBuf::from(std::env::var_os("XDG_DATA_HOME").unwrap());
+    let webview = session_data.join("dev.tidepool.desktop");
+    assert!(
+        webview.is_dir(),
+        "the webview's storage is not where this test looks: {}",
+        webview.display()
+    );
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    for dir in [
+        session_data,
+        home.join(".cache/dev.tidepool.desktop"),
+        home.join(".cache/tidepool-desktop"),
+        home.join(".local/share/dev.tidepool.desktop"),
+    ] {
+        assert_eq!(files_containing(&dir, &password), Vec::<String>::new());
+    }
     assert!(
         data.join("logs").is_dir(),
         "the app writes its log in its data directory"
