@@ -1,0 +1,483 @@
+//! Writes, batching and the checkpoint: a batch ([`Store::begin`] … [`Store::commit`]) applies whole
+//! source transactions to the change log and the rows and commits them with the checkpoint LSN.
+//!
+//! Invariants: changes and the checkpoint commit in one SQLite transaction, and the checkpoint never
+//! moves back; inserts are held in `pending` and written many per statement, but anything that must
+//! see them (a read, a delete, a key change, a truncate, a commit) writes them first; changes held for
+//! a table not yet backfilled are replayed only past its snapshot point.
+
+use super::*;
+
+/// Rows per multi-row INSERT.
+pub(super) const CHUNK: usize = 64;
+
+/// Held documents' bytes past which they are written before a chunk is full.
+pub(super) const PENDING_BYTES: usize = 8 * 1024 * 1024;
+
+/// The multi-row statements, built once.
+pub(super) static CHANGES_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO changes (seq, collection, lsn, op, doc, refs) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?)"; CHUNK].join(", ")
+    )
+});
+
+pub(super) static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO rows (collection, skey, key, seq, base) VALUES {} ON CONFLICT (collection, skey) DO UPDATE SET seq = excluded.seq",
+        vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
+    )
+});
+
+impl crate::document::LargeValues for Store {
+    fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String> {
+        Store::put_large_value(self, json)
+    }
+}
+
+impl Store {
+    /// Starts a batch: one SQLite transaction for one or more whole source transactions.
+    pub fn begin(&mut self) -> Result<()> {
+        if self.batch.is_none() {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(sqlite("beginning a transaction"))?;
+            self.batch = Some(0);
+        }
+        Ok(())
+    }
+
+    /// Whether a batch is open.
+    pub fn in_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Changes written in the open batch.
+    pub fn batch_len(&self) -> u64 {
+        self.batch.unwrap_or(0)
+    }
+
+    /// Abandons the open batch.
+    pub fn rollback(&mut self) -> Result<()> {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        if self.batch.take().is_some() {
+            // SQLite rolls a transaction back by itself after some failures (a full disk among them);
+            // a second ROLLBACK would fail and hide the first error.
+            if !self.conn.is_autocommit() {
+                self.conn
+                    .execute_batch("ROLLBACK")
+                    .map_err(sqlite("rolling back"))?;
+            }
+            // Collections first recorded in the batch are gone with it, and so are their positions.
+            self.ids = collection_ids(&self.conn)?;
+            self.next_seq = next_seq(&self.conn)?;
+            self.opened.borrow_mut().clear();
+            self.live.borrow_mut().clear();
+        }
+        Ok(())
+    }
+
+    pub(super) fn in_open_batch(&self, what: &str) -> Result<()> {
+        if self.batch.is_none() {
+            return Err(Error::internal(format!("store: {what} outside a batch")));
+        }
+        Ok(())
+    }
+
+    /// Records (or updates) a collection's description, in the open batch. A renamed table's new name
+    /// replaces the old one.
+    pub fn put_collection(&mut self, spec: &CollectionSpec) -> Result<()> {
+        self.in_open_batch("recording a collection")?;
+        let id: i64 = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO collections (name, schema_name, table_name, key_columns, columns) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET schema_name = excluded.schema_name, table_name = excluded.table_name,
+                   key_columns = excluded.key_columns, columns = excluded.columns
+                 RETURNING id",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![spec.name, spec.schema, spec.table, serde_json::to_string(&spec.key).unwrap_or_default(), spec.columns.to_string()],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(sqlite("recording a collection"))?;
+        self.ids.insert(spec.name.clone(), id);
+        Ok(())
+    }
+
+    /// Stores a large value's JSON once, in the open batch, and returns its hash for a [`ValueRef`].
+    /// `json` writes the JSON to the sink it is given, in pieces; it is called once to hash it and,
+    /// unless a value with that hash is stored already, once more to store it, streamed into SQLite,
+    /// so the value is never held whole here.
+    pub fn put_large_value(
+        &mut self,
+        json: &dyn Fn(&mut Sink<'_>) -> Result<()>,
+    ) -> Result<String> {
+        use sha2::Digest;
+        use std::io::Write;
+        self.in_open_batch("storing a large value")?;
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0usize;
+        json(&mut |piece| {
+            hasher.update(piece);
+            len += piece.len();
+            Ok(())
+        })?;
+        let hash: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let stored: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM large_values WHERE hash = ?1)")
+            .and_then(|mut s| s.query_row([&hash], |r| r.get(0)))
+            .map_err(sqlite("looking up a large value"))?;
+        if stored {
+            return Ok(hash);
+        }
+        self.conn
+            .execute_batch(LARGE_VALUE_CACHE)
+            .map_err(sqlite("storing a large value"))?;
+        let written = (|| -> Result<()> {
+            let id: i64 = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO large_values (hash, json) VALUES (?1, zeroblob(?2)) RETURNING id",
+                )
+                .and_then(|mut s| s.query_row(params![hash, len as i64], |r| r.get(0)))
+                .map_err(sqlite("storing a large value"))?;
+            let mut blob = self
+                .conn
+                .blob_open("main", "large_values", "json", id, false)
+                .map_err(sqlite("storing a large value"))?;
+            let mut at = 0usize;
+            json(&mut |piece| {
+                at += piece.len();
+                if at > len {
+                    return Err(Error::internal(
+                        "store: a large value grew while it was stored",
+                    ));
+                }
+                blob.write_all(piece)
+                    .map_err(|e| Error::internal(format!("store: writing a large value: {e}")))
+            })?;
+            if at != len {
+                return Err(Error::internal(
+                    "store: a large value shrank while it was stored",
+                ));
+            }
+            Ok(())
+        })();
+        let restored = self
+            .conn
+            .execute_batch(CACHE)
+            .map_err(sqlite("storing a large value"));
+        written?;
+        restored?;
+        Ok(hash)
+    }
+
+    /// Appends a change to the log and applies it to the current rows. `key` is the canonical key of
+    /// the row after the change; `old_key` the key before it, when an update changed the key.
+    pub fn apply(
+        &mut self,
+        collection: &str,
+        lsn: Lsn,
+        op: Op,
+        key: &str,
+        old_key: Option<&str>,
+        doc: impl Into<Document>,
+    ) -> Result<()> {
+        let doc: Document = doc.into();
+        let refs = doc.refs_text();
+        let doc = doc.text;
+        self.in_open_batch("writing a change")?;
+        let id = self.id_of(collection)?;
+        let key_changed = old_key.is_some_and(|old| old != key);
+        let skey = match op {
+            Op::Truncate => Vec::new(),
+            _ => sort_key(key)?,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if matches!(op, Op::Create | Op::Update) && !key_changed {
+            let base = self.in_base(id, &skey)?;
+            self.pending_bytes += doc.len();
+            self.pending.push(Pending {
+                seq,
+                collection: id,
+                lsn,
+                op,
+                skey,
+                key: key.to_string(),
+                base,
+                doc,
+                refs,
+            });
+            if self.pending.len() >= CHUNK || self.pending_bytes >= PENDING_BYTES {
+                self.write_pending()?;
+            }
+        } else {
+            self.write_pending()?;
+            self.insert_change(seq, id, lsn, op, &doc, refs.as_deref())?;
+            if let Some(old) = old_key.filter(|_| key_changed) {
+                self.delete_row(id, &sort_key(old)?, old)?;
+            }
+            match op {
+                Op::Create | Op::Update => {
+                    let base = self.in_base(id, &skey)?;
+                    self.upsert_row(id, &skey, key, seq, base)?
+                }
+                Op::Delete => self.delete_row(id, &skey, key)?,
+                Op::Truncate => self.replace_rows(id)?,
+            }
+        }
+        self.batch = self.batch.map(|n| n + 1);
+        Ok(())
+    }
+
+    /// Keeps a change of a collection whose backfill is still being read, in the open batch, to be
+    /// applied after the backfill's rows by [`Store::import_backfill`]. Counts as a change of the batch.
+    pub fn hold(
+        &mut self,
+        collection: &str,
+        lsn: Lsn,
+        op: Op,
+        key: &str,
+        old_key: Option<&str>,
+        doc: &Document,
+    ) -> Result<()> {
+        self.in_open_batch("holding a change")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO held (collection, lsn, op, key, old_key, doc, refs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![collection, lsn.0 as i64, op.code(), key, old_key, doc.text, doc.refs_text()])
+            })
+            .map_err(sqlite("holding a change"))?;
+        self.batch = self.batch.map(|n| n + 1);
+        Ok(())
+    }
+
+    /// Forgets the held changes of `collection` (its backfill is started over with a new snapshot).
+    pub fn drop_held(&mut self, collection: &str) -> Result<()> {
+        self.in_open_batch("dropping held changes")?;
+        self.conn
+            .execute("DELETE FROM held WHERE collection = ?1", [collection])
+            .map_err(sqlite("dropping held changes"))?;
+        Ok(())
+    }
+
+    /// Renames a collection (its rows and log stay), in the open batch.
+    pub fn rename_collection(&mut self, from: &str, to: &str) -> Result<()> {
+        self.in_open_batch("renaming a collection")?;
+        self.write_pending()?;
+        self.conn
+            .execute(
+                "UPDATE collections SET name = ?2 WHERE name = ?1",
+                [from, to],
+            )
+            .map_err(sqlite("renaming a collection"))?;
+        self.conn
+            .execute(
+                "UPDATE held SET collection = ?2 WHERE collection = ?1",
+                [from, to],
+            )
+            .map_err(sqlite("renaming a collection"))?;
+        self.ids = collection_ids(&self.conn)?;
+        Ok(())
+    }
+
+    /// Applies the held changes of `collection` in order and forgets them.
+    pub(super) fn replay_held(&mut self, collection: &str) -> Result<()> {
+        let held = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT lsn, op, key, old_key, doc, refs FROM held WHERE collection = ?1 ORDER BY n",
+                )
+                .map_err(sqlite("reading held changes"))?;
+            let rows = stmt
+                .query_map([collection], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })
+                .map_err(sqlite("reading held changes"))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(sqlite("reading held changes"))?
+        };
+        if !held.is_empty() && !self.ids.contains_key(collection) {
+            return Err(Error::internal(format!(
+                "store: changes are held for '{collection}', which the backfill did not create"
+            )));
+        }
+        for (lsn, op, key, old_key, text, refs) in held {
+            let op = Op::from_code(&op)
+                .ok_or_else(|| Error::internal(format!("store: a held change has op '{op}'")))?;
+            let doc = Document {
+                text,
+                refs: refs
+                    .as_deref()
+                    .map(parse_refs)
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
+            self.apply(
+                collection,
+                Lsn(lsn as u64),
+                op,
+                &key,
+                old_key.as_deref(),
+                doc,
+            )?;
+        }
+        self.conn
+            .execute("DELETE FROM held WHERE collection = ?1", [collection])
+            .map_err(sqlite("dropping held changes"))?;
+        Ok(())
+    }
+
+    pub(super) fn insert_change(
+        &self,
+        seq: i64,
+        collection: i64,
+        lsn: Lsn,
+        op: Op,
+        doc: &str,
+        refs: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO changes (seq, collection, lsn, op, doc, refs) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![seq, collection, lsn.0 as i64, op.code(), doc, refs])
+            })
+            .map_err(sqlite("appending a change"))?;
+        Ok(())
+    }
+
+    pub(super) fn upsert_row(
+        &mut self,
+        collection: i64,
+        skey: &[u8],
+        key: &str,
+        seq: i64,
+        base: bool,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO rows (collection, skey, key, seq, base) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (collection, skey) DO UPDATE SET seq = excluded.seq",
+            )
+            .and_then(|mut s| s.execute(params![collection, skey, key, seq, base]))
+            .map_err(sqlite("writing a row"))?;
+        Ok(())
+    }
+
+    /// Writes the buffered inserts and upserts: full chunks with one statement per table, the rest row
+    /// by row. Within a statement SQLite applies rows in order, so a key written twice ends at the later.
+    pub(super) fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let mut chunks = pending.chunks_exact(CHUNK);
+        for chunk in &mut chunks {
+            // Converted values live here so the statement can borrow them.
+            let converted: Vec<(i64, &str)> = chunk
+                .iter()
+                .map(|p| (p.lsn.0 as i64, p.op.code()))
+                .collect();
+            let changes = chunk.iter().zip(&converted).flat_map(
+                |(p, (lsn, op))| -> [&dyn rusqlite::ToSql; 6] {
+                    [&p.seq, &p.collection, lsn, op, &p.doc, &p.refs]
+                },
+            );
+            self.conn
+                .prepare_cached(&CHANGES_CHUNK_SQL)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(changes)))
+                .map_err(sqlite("appending changes"))?;
+            let rows = chunk.iter().flat_map(|p| -> [&dyn rusqlite::ToSql; 5] {
+                [&p.collection, &p.skey, &p.key, &p.seq, &p.base]
+            });
+            self.conn
+                .prepare_cached(&ROWS_CHUNK_SQL)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(rows)))
+                .map_err(sqlite("writing rows"))?;
+        }
+        for p in chunks.remainder() {
+            self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc, p.refs.as_deref())?;
+            self.upsert_row(p.collection, &p.skey, &p.key, p.seq, p.base)?;
+        }
+        self.pending = pending;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Deletes the row under `skey`: forgets its entry, or, when the live snapshot has a row under
+    /// that key, leaves an entry without a document that hides it.
+    pub(super) fn delete_row(&mut self, collection: i64, skey: &[u8], key: &str) -> Result<()> {
+        if self.in_base(collection, skey)? {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO rows (collection, skey, key, seq, base) VALUES (?1, ?2, ?3, NULL, 1)
+                     ON CONFLICT (collection, skey) DO UPDATE SET seq = NULL",
+                )
+                .and_then(|mut s| s.execute(params![collection, skey, key]))
+                .map_err(sqlite("deleting a row"))?;
+        } else {
+            self.conn
+                .prepare_cached("DELETE FROM rows WHERE collection = ?1 AND skey = ?2")
+                .and_then(|mut s| s.execute(params![collection, skey]))
+                .map_err(sqlite("deleting a row"))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch (opening one if needed) with `checkpoint` as the new checkpoint. Returns
+    /// once SQLite has fsynced; only then may the capture confirm `checkpoint` to PostgreSQL.
+    pub fn commit(&mut self, checkpoint: Lsn) -> Result<()> {
+        self.begin()?;
+        self.write_pending()?;
+        let current = read_checkpoint(&self.conn)?;
+        if checkpoint < current {
+            self.rollback()?;
+            return Err(Error::internal(format!(
+                "store: the checkpoint would move back from {current} to {checkpoint}"
+            )));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('checkpoint', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [checkpoint.0.to_string()],
+            )
+            .map_err(sqlite("writing the checkpoint"))?;
+        if checkpoint > current {
+            // When the slot last made progress: Neon removes slots that make none for about 40 h.
+            self.conn
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('checkpoint_at', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [unix_ms().to_string()],
+                )
+                .map_err(sqlite("writing the checkpoint"))?;
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(sqlite("committing"))?;
+        self.batch = None;
+        Ok(())
+    }
+}
