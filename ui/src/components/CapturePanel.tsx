@@ -2,7 +2,8 @@ import { useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
 import { useRunStatus } from "../lib/runStatus";
-import type { BackendError, BackfillProgress, RunStatus } from "../lib/types";
+import type { BackfillProgress, RunStatus } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { DivergedNotice } from "./DivergedNotice";
 import { ErrorNotice } from "./ErrorNotice";
 import { HandOffPanel } from "./HandOffPanel";
@@ -30,21 +31,13 @@ const percent = (p: BackfillProgress): number =>
  */
 export function CapturePanel({ profileId }: { profileId: string }) {
   const { status, set: setStatus, error: readError } = useRunStatus(profileId);
-  const [actionError, setError] = useState<BackendError | null>(null);
+  const { busy, error: actionError, run } = useAction();
   const error = actionError ?? readError;
-  const [busy, setBusy] = useState(false);
   const [confirmDrop, setConfirmDrop] = useState(false);
 
   async function act(action: () => Promise<RunStatus>) {
-    setBusy(true);
-    setError(null);
-    try {
-      setStatus(await action());
-    } catch (e) {
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    const status = await run(action);
+    if (status) setStatus(status);
   }
 
   const running = status?.state === "starting" || status?.state === "streaming";

@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 
 /**
@@ -12,8 +12,7 @@ import { ErrorNotice } from "./ErrorNotice";
  */
 export function ClosePrompt() {
   const [open, setOpen] = useState(false);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<BackendError | null>(null);
+  const { busy, error, run } = useAction();
   // Whether the demo database runs (it goes when the app quits); asked each time the prompt opens.
   const [demo, setDemo] = useState(false);
   const first = useRef<HTMLButtonElement>(null);
@@ -43,16 +42,12 @@ export function ClosePrompt() {
 
   if (!open) return null;
   const answer = async (action: () => Promise<void>, close: boolean) => {
-    setBusy(true);
-    setError(null);
-    try {
+    // `true` stands for a command that answers nothing: undefined is a failure.
+    const answered = await run(async () => {
       await action();
-      if (close) setOpen(false);
-    } catch (e) {
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+      return true;
+    });
+    if (answered && close) setOpen(false);
   };
   return (
     <div className="modal-backdrop">

@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
+import { useAction } from "../lib/useAction";
 import type {
   BackendError,
   ConsumerActivity,
@@ -67,8 +68,7 @@ export function ConsumerPage({
   const [consumer, setConsumer] = useState<ConsumerView | null | undefined>(undefined);
   const [activity, setActivity] = useState<ConsumerActivity | null>(null);
   const [loadError, setLoadError] = useState<BackendError | null>(null);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<BackendError | null>(null);
+  const { busy, error, run } = useAction();
   const [done, setDone] = useState<string | null>(null);
   const [test, setTest] = useState<TestMessageResult | null>(null);
   const [secret, setSecret] = useState<string | null>(null);
@@ -106,18 +106,11 @@ export function ConsumerPage({
   }, [shown]);
 
   async function act(what: () => Promise<string | void>) {
-    setBusy(true);
-    setError(null);
     setDone(null);
-    try {
-      const said = await what();
-      if (said) setDone(said);
-      await reload();
-    } catch (e) {
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    const answered = await run(async () => ({ said: await what() }));
+    if (!answered) return;
+    if (answered.said) setDone(answered.said);
+    await reload();
   }
 
   const series = useMemo(

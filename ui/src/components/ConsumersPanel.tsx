@@ -2,6 +2,7 @@ import { useCallback, useEffect, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, ConsumerView, PullAccess } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ConsumerForm, curlExample, pullUrl } from "./ConsumerForm";
 import { ConsumerPage } from "./ConsumerPage";
 import { ErrorNotice } from "./ErrorNotice";
@@ -24,8 +25,7 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   const [open, setOpen] = useState<string | null>(null);
   // The "Try a webhook" receiver's URL, once started.
   const [trial, setTrial] = useState<string | null>(null);
-  const [trialError, setTrialError] = useState<BackendError | null>(null);
-  const [trying, setTrying] = useState(false);
+  const { busy: trying, error: trialError, run: runTrial } = useAction();
 
   const reload = useCallback(async () => {
     try {
@@ -44,15 +44,10 @@ export function ConsumersPanel({ profileId, profileName }: { profileId: string; 
   }, [reload, open]);
 
   async function tryWebhook() {
-    setTrying(true);
-    setTrialError(null);
-    try {
-      setTrial((await backend.tryWebhook(profileId)).url);
+    const started = await runTrial(() => backend.tryWebhook(profileId));
+    if (started) {
+      setTrial(started.url);
       void reload();
-    } catch (e) {
-      setTrialError(e as BackendError);
-    } finally {
-      setTrying(false);
     }
   }
 
@@ -141,24 +136,16 @@ function ConsumerItem({
   const [confirming, setConfirming] = useState(false);
   const [secret, setSecret] = useState<string | null>(null);
   const [access, setAccess] = useState<PullAccess | null>(null);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<BackendError | null>(null);
+  const { busy, error, run } = useAction();
   const [done, setDone] = useState<string | null>(null);
   const id = `consumer-${c.name}`;
 
   async function act(what: () => Promise<string | void>) {
-    setBusy(true);
-    setError(null);
     setDone(null);
-    try {
-      const said = await what();
-      if (said) setDone(said);
-      onChanged();
-    } catch (e) {
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    const answered = await run(async () => ({ said: await what() }));
+    if (!answered) return;
+    if (answered.said) setDone(answered.said);
+    onChanged();
   }
 
   const d = c.destination;

@@ -1,7 +1,6 @@
-import { useState } from "react";
-
 import * as backend from "../lib/backend";
 import type { BackendError, RunStatus } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 
 /**
@@ -20,20 +19,10 @@ export function DivergedNotice({
   testId: string;
   onStatus?: (status: RunStatus) => void;
 }) {
-  const [busy, setBusy] = useState(false);
-  const [failure, setFailure] = useState<BackendError | null>(null);
+  const { busy, error: failure, run } = useAction();
   async function resync() {
-    setBusy(true);
-    setFailure(null);
-    try {
-      // Not `onStatus?.(await …)`: an optional call skips evaluating its arguments when absent.
-      const status = await backend.resyncCapture(profileId);
-      onStatus?.(status);
-    } catch (e) {
-      setFailure(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    const status = await run(() => backend.resyncCapture(profileId));
+    if (status) onStatus?.(status);
   }
   return (
     <ErrorNotice error={error} testId={testId}>

@@ -1,7 +1,8 @@
 import { useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, Engine, ExportFile } from "../lib/types";
+import type { Engine, ExportFile } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 
 const ENGINES: { engine: Engine; label: string; next: string }[] = [
@@ -23,22 +24,12 @@ const ENGINES: { engine: Engine; label: string; next: string }[] = [
  */
 export function HandOffPanel({ profileId }: { profileId: string }) {
   const [file, setFile] = useState<ExportFile | null>(null);
-  const [error, setError] = useState<BackendError | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { busy, error, run } = useAction();
   const [copied, setCopied] = useState(false);
 
   async function make(engine: Engine) {
-    setBusy(true);
-    setError(null);
     setCopied(false);
-    try {
-      setFile(await backend.exportCapture(profileId, engine));
-    } catch (e) {
-      setFile(null);
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    setFile((await run(() => backend.exportCapture(profileId, engine))) ?? null);
   }
 
   const next = file && ENGINES.find((e) => e.engine === file.engine)?.next;

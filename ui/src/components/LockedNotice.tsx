@@ -2,6 +2,7 @@ import { useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, Removed } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 import { RemovedNotice } from "./RemovedNotice";
 
@@ -12,19 +13,13 @@ import { RemovedNotice } from "./RemovedNotice";
  */
 export function LockedNotice({ profileId, error, testId }: { profileId: string; error: BackendError; testId: string }) {
   const [confirming, setConfirming] = useState(false);
-  const [busy, setBusy] = useState(false);
-  const [failure, setFailure] = useState<BackendError | null>(null);
+  const { busy, error: failure, run } = useAction();
   const [removed, setRemoved] = useState<Removed | null>(null);
   async function discard() {
-    setBusy(true);
-    setFailure(null);
-    try {
-      setRemoved(await backend.discardStore(profileId));
+    const gone = await run(() => backend.discardStore(profileId));
+    if (gone) {
+      setRemoved(gone);
       setConfirming(false);
-    } catch (e) {
-      setFailure(e as BackendError);
-    } finally {
-      setBusy(false);
     }
   }
   if (removed) {

@@ -3,6 +3,7 @@ import { useEffect, useRef, useState } from "react";
 import * as backend from "../lib/backend";
 import type { BackendError, Fix, NeonBranch, NeonProject, ProfileView, SetupAction } from "../lib/types";
 import { isNeonHost } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 import { PreviewBox } from "./PreviewBox";
 
@@ -59,8 +60,7 @@ function NeonPicker({ profile, onLinked }: { profile: ProfileView; onLinked: (pr
   const [branches, setBranches] = useState<NeonBranch[] | null>(null);
   const [project, setProject] = useState(profile.neon?.projectId ?? "");
   const [branch, setBranch] = useState(profile.neon?.branchId ?? "");
-  const [error, setError] = useState<BackendError | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { busy, error, setError, run } = useAction();
 
   useEffect(() => {
     let live = true;
@@ -83,7 +83,7 @@ function NeonPicker({ profile, onLinked }: { profile: ProfileView; onLinked: (pr
     return () => {
       live = false;
     };
-  }, [profile.id, profile.neon]);
+  }, [profile.id, profile.neon, setError]);
 
   useEffect(() => {
     if (!project) return;
@@ -102,18 +102,11 @@ function NeonPicker({ profile, onLinked }: { profile: ProfileView; onLinked: (pr
     return () => {
       live = false;
     };
-  }, [project]);
+  }, [project, setError]);
 
   async function link() {
-    setBusy(true);
-    setError(null);
-    try {
-      onLinked(await backend.linkNeon(profile.id, { projectId: project, branchId: branch }));
-    } catch (e) {
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    const linked = await run(() => backend.linkNeon(profile.id, { projectId: project, branchId: branch }));
+    if (linked) onLinked(linked);
   }
 
   return (
@@ -180,9 +173,8 @@ function NeonActions({
   const link = profile.neon!;
   const [role, setRole] = useState("tidepool_cdc");
   const [pending, setPending] = useState<{ kind: Kind; fix: Fix } | null>(null);
-  const [busy, setBusy] = useState(false);
   const [done, setDone] = useState<string | null>(null);
-  const [error, setError] = useState<BackendError | null>(null);
+  const { busy, error, setError, run: runCommand } = useAction();
   // The buttons that open a preview, to give the focus back to when it closes (Escape or Cancel).
   const openers = useRef(new Map<Kind, HTMLButtonElement>());
   const opener = (kind: Kind) => (element: HTMLButtonElement | null) => {
@@ -221,18 +213,15 @@ function NeonActions({
 
   async function run() {
     if (!pending) return;
-    setBusy(true);
-    setError(null);
-    try {
-      await backend.runFix(profile.id, pending.fix.action);
-      setDone(DONE[pending.kind]);
-      setPending(null);
-      onChanged();
-    } catch (e) {
-      setError(e as BackendError);
-    } finally {
-      setBusy(false);
-    }
+    const { kind, fix } = pending;
+    const ran = await runCommand(async () => {
+      await backend.runFix(profile.id, fix.action);
+      return true;
+    });
+    if (!ran) return;
+    setDone(DONE[kind]);
+    setPending(null);
+    onChanged();
   }
 
   async function unlink() {

@@ -1,29 +1,28 @@
 import { useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
-import type { BackendError, KeychainStatus, NeonKeyStatus } from "../lib/types";
+import type { KeychainStatus, NeonKeyStatus } from "../lib/types";
+import { toBackendError, useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 
 /** Settings: the keychain's state and the Neon API key (kept only in the keychain). */
 export function SettingsPanel() {
   const [keychain, setKeychain] = useState<KeychainStatus | null>(null);
   const [neon, setNeon] = useState<NeonKeyStatus | null>(null);
-  const [error, setError] = useState<BackendError | null>(null);
+  const { error, setError, run: runCommand } = useAction();
   const keyRef = useRef<HTMLInputElement>(null);
 
   useEffect(() => {
-    backend.keychainStatus().then(setKeychain, (e) => setError(e as BackendError));
+    backend.keychainStatus().then(setKeychain, (e) => setError(toBackendError(e)));
     backend.neonKeyStatus().then(setNeon, () => setNeon(null));
-  }, []);
+  }, [setError]);
 
   async function run(action: () => Promise<NeonKeyStatus>) {
-    setError(null);
-    try {
-      setNeon(await action());
-      if (keyRef.current) keyRef.current.value = "";
-    } catch (e) {
-      setError(e as BackendError);
-    }
+    const status = await runCommand(action);
+    if (!status) return;
+    setNeon(status);
+    // The key is in the keychain now; none stays in the window.
+    if (keyRef.current) keyRef.current.value = "";
   }
 
   return (
