@@ -104,6 +104,28 @@ fn check_reports_a_wrong_password_as_authentication() {
     assert!(stderr.starts_with("error (Authentication):"), "{stderr}");
 }
 
+/// `tidepool capture` of `source`'s table into its store, the password in the environment.
+fn capture_of(source: &crate::capture::Source) -> Command {
+    let mut command = tidepool();
+    command
+        .args([
+            "capture",
+            "--url",
+            &url(&source.db),
+            "--store",
+            &source.store.display().to_string(),
+            "--publication",
+            "tidepool_pub",
+            "--slot",
+            &source.slot,
+        ])
+        .env(
+            "PGPASSWORD",
+            source.db.cluster.superuser_password().expose(),
+        );
+    command
+}
+
 fn tempdir(prefix: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tidepool-test-{prefix}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -138,24 +160,8 @@ async fn logs_carry_no_colour_escapes_and_preview_stops_quietly_at_a_closed_pipe
         .db
         .sql("INSERT INTO t SELECT i, repeat('x', 100) FROM generate_series(1, 5000) i;");
     // Info lines through the log writer: a pipe gets plain text.
-    let output = tidepool()
-        .args([
-            "capture",
-            "--url",
-            &url(&source.db),
-            "--store",
-            &source.store.display().to_string(),
-            "--publication",
-            "tidepool_pub",
-            "--slot",
-            &source.slot,
-            "--stop-at-lsn",
-            &source.db.current_lsn().to_string(),
-        ])
-        .env(
-            "PGPASSWORD",
-            source.db.cluster.superuser_password().expose(),
-        )
+    let output = capture_of(&source)
+        .args(["--stop-at-lsn", &source.db.current_lsn().to_string()])
         .env("TIDEPOOL_LOG", "tidepool=debug")
         .output()
         .unwrap();
@@ -210,23 +216,7 @@ async fn a_second_capture_of_one_store_is_refused_and_a_killed_one_leaves_no_loc
     );
     source.db.sql("INSERT INTO t VALUES (1, 'one');");
     let capture = |stop_at: Option<String>| {
-        let mut command = tidepool();
-        command
-            .args([
-                "capture",
-                "--url",
-                &url(&source.db),
-                "--store",
-                &source.store.display().to_string(),
-                "--publication",
-                "tidepool_pub",
-                "--slot",
-                &source.slot,
-            ])
-            .env(
-                "PGPASSWORD",
-                source.db.cluster.superuser_password().expose(),
-            );
+        let mut command = capture_of(&source);
         if let Some(lsn) = stop_at {
             command.args(["--stop-at-lsn", &lsn]);
         }
