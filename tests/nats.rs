@@ -141,6 +141,21 @@ impl NatsServer {
         messages
     }
 
+    /// How many messages `stream` holds now, in one request (reading them one by one takes long
+    /// enough for a publisher to finish meanwhile).
+    async fn count(&self, stream: &str) -> u64 {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        let client = options.connect(self.url()).await.expect("a test client");
+        let js = async_nats::jetstream::new(client);
+        let Ok(mut stream) = js.get_stream(stream).await else {
+            return 0;
+        };
+        stream.info().await.unwrap().state.messages
+    }
+
     /// Every message of `stream`, in stream order: (subject, Nats-Msg-Id, body).
     async fn messages(&self, stream: &str) -> Vec<(String, String, Json)> {
         let mut options = async_nats::ConnectOptions::new();
@@ -410,10 +425,11 @@ async fn kill_9_of_tidepool_mid_publish_stores_every_change_in_the_stream_exactl
         "{}",
         String::from_utf8_lossy(&added.stderr)
     );
-    for id in 1..=300 {
-        shop.db
-            .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
-    }
+    // Enough transactions that the kill lands while they are being published, one each.
+    const ROWS: i64 = 1000;
+    shop.db.sql(&format!(
+        "DO $$ BEGIN FOR i IN 1..{ROWS} LOOP INSERT INTO orders VALUES (i, 'new', i); COMMIT; END LOOP; END $$;"
+    ));
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
         shop.db.cluster.port(),
@@ -431,28 +447,39 @@ async fn kill_9_of_tidepool_mid_publish_stores_every_change_in_the_stream_exactl
         )
     };
     let mut first = capture();
-    server
-        .messages_once("SHOP", 30, 600, Duration::from_millis(20))
-        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.count("SHOP").await < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was published"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     first.0.kill().unwrap(); // SIGKILL
     first.0.wait().unwrap();
-    let at_kill = server.messages("SHOP").await.len();
-    assert!(at_kill < 300, "everything was published before the kill");
-    for id in 301..=350 {
+    let at_kill = server.count("SHOP").await;
+    assert!(
+        at_kill < ROWS as u64,
+        "everything was published before the kill"
+    );
+    for id in ROWS + 1..=ROWS + 50 {
         shop.db
             .sql(&format!("INSERT INTO orders VALUES ({id}, 'new', {id});"));
     }
-    shop.db
-        .sql("UPDATE orders SET status = 'paid' WHERE id IN (1, 2, 3, 320);");
+    shop.db.sql(&format!(
+        "UPDATE orders SET status = 'paid' WHERE id IN (1, 2, 3, {});",
+        ROWS + 20
+    ));
+    let expected = ROWS as usize + 54;
     let _second = capture();
     server
-        .messages_once("SHOP", 354, 1200, Duration::from_millis(100))
+        .messages_once("SHOP", expected, 1200, Duration::from_millis(100))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all = server.messages("SHOP").await;
     let changes = check_stream(&all, &shop.db.name);
-    assert_eq!(changes.len(), 354, "at the kill: {at_kill}");
-    assert_eq!(all.len(), 354);
+    assert_eq!(changes.len(), expected, "at the kill: {at_kill}");
+    assert_eq!(all.len(), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
