@@ -28,12 +28,34 @@ pub struct StoreLock {
     _file: File,
 }
 
-/// How the error names a holder in this very process.
-const BY_THIS_PROCESS: &str = "by this app";
-
 /// How long a writer waits for one in this process to let go: a capture that was just stopped is
 /// dropped by its runtime a moment after the stop returns.
 const SAME_PROCESS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who holds a store that could not be taken: the process id its lock file names, if any.
+struct Holder(Option<String>);
+
+impl Holder {
+    fn is_this_process(&self) -> bool {
+        self.0.as_deref() == Some(std::process::id().to_string().as_str())
+    }
+
+    fn busy(&self, dir: &Path) -> Error {
+        let by = match &self.0 {
+            None => String::new(),
+            Some(_) if self.is_this_process() => " by this app".to_string(),
+            Some(pid) => format!(" by process {pid}"),
+        };
+        Error::new(
+            ErrorKind::Busy,
+            format!(
+                "the store at {} is being written{by}: another capture of this profile \
+                 is running (in the app or a `tidepool capture` command); stop it first",
+                dir.display()
+            ),
+        )
+    }
+}
 
 impl StoreLock {
     /// [`StoreLock::acquire`], waiting a few seconds while the holder is this process (a capture
@@ -41,15 +63,12 @@ impl StoreLock {
     pub async fn acquire_soon(dir: &Path) -> Result<StoreLock> {
         let deadline = std::time::Instant::now() + SAME_PROCESS_GRACE;
         loop {
-            match StoreLock::acquire(dir) {
-                Err(e)
-                    if e.kind() == ErrorKind::Busy
-                        && e.message().contains(BY_THIS_PROCESS)
-                        && std::time::Instant::now() < deadline =>
-                {
+            match StoreLock::try_acquire(dir)? {
+                Ok(lock) => return Ok(lock),
+                Err(holder) if holder.is_this_process() && std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
-                other => return other,
+                Err(holder) => return Err(holder.busy(dir)),
             }
         }
     }
@@ -57,49 +76,43 @@ impl StoreLock {
     /// Takes the store in `dir` for writing, creating the folder if needed. Fails with [`ErrorKind::Busy`] while another capture or
     /// resync holds it, in this process or another.
     pub fn acquire(dir: &Path) -> Result<StoreLock> {
+        StoreLock::try_acquire(dir)?.map_err(|holder| holder.busy(dir))
+    }
+
+    /// The lock, or who holds it; an error only when the folder or the file cannot be used.
+    fn try_acquire(dir: &Path) -> Result<std::result::Result<StoreLock, Holder>> {
         crate::owner_only::create_dir_all(dir).map_err(|e| {
             Error::invalid_input("--store", format!("cannot create {}: {e}", dir.display()))
         })?;
         let path = dir.join(LOCK_FILE);
-        crate::owner_only::create_keep(&path)
-            .and_then(|()| OpenOptions::new().read(true).write(true).open(&path))
-            .map_err(|e| Error::new(ErrorKind::Storage, format!("{}: {e}", path.display())))
-            .and_then(|mut file| match try_lock(&file) {
-                Ok(true) => {
-                    let pid = std::process::id().to_string();
-                    file.set_len(0)
-                        .and_then(|()| file.seek(SeekFrom::Start(0)))
-                        .and_then(|_| file.write_all(pid.as_bytes()))
-                        .map_err(|e| {
-                            Error::new(ErrorKind::Storage, format!("{}: {e}", path.display()))
-                        })?;
-                    Ok(StoreLock { _file: file })
-                }
-                Ok(false) => {
-                    let mut holder = String::new();
-                    let _ = file.read_to_string(&mut holder);
-                    let holder = holder.trim();
-                    let by = if holder.is_empty() {
-                        String::new()
-                    } else if holder == std::process::id().to_string() {
-                        format!(" {BY_THIS_PROCESS}")
-                    } else {
-                        format!(" by process {holder}")
-                    };
-                    Err(Error::new(
-                        ErrorKind::Busy,
-                        format!(
-                            "the store at {} is being written{by}: another capture of this profile \
-                             is running (in the app or a `tidepool capture` command); stop it first",
-                            dir.display()
-                        ),
-                    ))
-                }
-                Err(e) => Err(Error::new(
-                    ErrorKind::Storage,
-                    format!("locking {}: {e}", path.display()),
-                )),
-            })
+        let storage =
+            |e: std::io::Error| Error::new(ErrorKind::Storage, format!("{}: {e}", path.display()));
+        crate::owner_only::create_keep(&path).map_err(storage)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(storage)?;
+        let locked = try_lock(&file).map_err(|e| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("locking {}: {e}", path.display()),
+            )
+        })?;
+        if !locked {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Ok(Err(Holder(
+                (!holder.is_empty()).then(|| holder.to_string()),
+            )));
+        }
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(pid.as_bytes()))
+            .map_err(storage)?;
+        Ok(Ok(StoreLock { _file: file }))
     }
 }
 
