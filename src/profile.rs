@@ -1150,9 +1150,10 @@ impl Profiles {
             .await
     }
 
-    /// [`Profiles::run_fix_as`] with what the command line adds: the password of a profile that
-    /// asks for it each time, and the name of the profile a new role is saved with. The app and
-    /// the command line run every fix through here, so a role they create is kept the same way.
+    /// [`Profiles::run_fix_as`] with what the command line adds: the profile's connection it
+    /// already made (with the password of a profile that asks for it each time, and its tunnel
+    /// open), and the name of the profile a new role is saved with. The app and the command line
+    /// run every fix through here, so a role they create is kept the same way.
     pub async fn run_fix_with(
         &self,
         id_or_name: &str,
@@ -1162,7 +1163,7 @@ impl Profiles {
     ) -> Result<()> {
         use crate::setup::{Action, RunAs};
         let FixOptions {
-            password: typed,
+            connection,
             new_profile_name,
         } = options;
         let profile = self.get(id_or_name)?;
@@ -1189,15 +1190,25 @@ impl Profiles {
             action.run_neon(&self.neon_client().await?).await?
         } else {
             let own = matches!(run_as, RunAs::Profile);
-            let spec = match run_as {
-                RunAs::Profile => self.spec_blocking(id_or_name, typed).await?,
-                other => {
+            let spec = match (run_as, connection) {
+                (RunAs::Profile, Some(made)) => made,
+                (RunAs::Profile, None) => self.spec_blocking(id_or_name, None).await?,
+                (other, made) => {
                     let profiles = self.clone();
                     let for_tunnel = profile.clone();
                     tokio::task::spawn_blocking(move || {
                         // The owner's connection goes through the profile's bastion too.
-                        let mut base = for_tunnel.spec_without_password();
-                        base.tunnel = profiles.tunnel_for(&for_tunnel, &base, None)?;
+                        let base = match made {
+                            Some(mut made) => {
+                                made.password = None;
+                                made
+                            }
+                            None => {
+                                let mut base = for_tunnel.spec_without_password();
+                                base.tunnel = profiles.tunnel_for(&for_tunnel, &base, None)?;
+                                base
+                            }
+                        };
                         profiles.spec_to_run_as(base, other)
                     })
                     .await
@@ -1358,17 +1369,19 @@ impl Profiles {
     }
 }
 
-/// A saved profile as a form would show it.
 /// What a caller may add to a confirmed fix ([`Profiles::run_fix_with`]).
 #[derive(Debug, Default)]
 pub struct FixOptions {
-    /// The profile's password when it is asked for each time and the fix runs as the profile.
-    pub password: Option<Secret>,
+    /// The profile's connection as the caller already made it ([`Profiles::spec`], with a typed
+    /// password if the profile asks each time): the fix runs over it, and an owner's connection
+    /// shares its tunnel, instead of opening another.
+    pub connection: Option<ConnectionSpec>,
     /// The name of the profile saved for a role the fix creates; by default the source profile's
     /// name followed by the role in parentheses.
     pub new_profile_name: Option<String>,
 }
 
+/// A saved profile as a form would show it.
 fn draft_of(profile: &Profile) -> ProfileDraft {
     ProfileDraft {
         name: profile.name.clone(),

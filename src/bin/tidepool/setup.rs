@@ -464,7 +464,6 @@ pub(super) async fn setup(
     if let (Some(name), None) = (&target.profile, &target.url) {
         // A saved profile: the app's own fix code runs it and keeps whatever password comes back.
         let profiles = profiles()?;
-        let asks = profiles.get(name)?.password == PasswordStorage::AskEachTime;
         let created = match &action {
             Action::CreateReplicationRole { role } | Action::NeonCreateRole { role, .. } => {
                 Some(role.clone())
@@ -472,11 +471,8 @@ pub(super) async fn setup(
             _ => None,
         };
         let options = tidepool::profile::FixOptions {
-            password: if asks && own {
-                spec.password.clone()
-            } else {
-                None
-            },
+            // The connection made above: its typed password and its tunnel serve the fix too.
+            connection: Some(spec),
             new_profile_name: save_as,
         };
         profiles
