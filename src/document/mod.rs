@@ -281,12 +281,8 @@ pub(crate) fn write_row(
                 match (from_old, reference) {
                     (_, Some(r)) if !is_key => {
                         push_member(&mut members, column);
-                        refs.push(ValueRef {
-                            at: members.len(),
-                            hash: r.hash.clone(),
-                            path: vec![column.name.clone()],
-                        });
-                        members.push_str("null");
+                        let at = members.len();
+                        refer(&mut members, &mut refs, at, r.hash.clone(), column);
                         continue;
                     }
                     (Some(text @ Value::Text(_)), _) => text,
@@ -300,12 +296,7 @@ pub(crate) fn write_row(
                                     let hash = store.put_large_value(&|sink| {
                                         crate::large_value::pieces(filled.as_bytes(), sink)
                                     })?;
-                                    refs.push(ValueRef {
-                                        at: start,
-                                        hash,
-                                        path: vec![column.name.clone()],
-                                    });
-                                    members.push_str("null");
+                                    refer(&mut members, &mut refs, start, hash, column);
                                 }
                                 _ => members.push_str(&filled),
                             }
@@ -349,12 +340,7 @@ pub(crate) fn write_row(
                                     ),
                                 )
                             })?;
-                        refs.push(ValueRef {
-                            at: start,
-                            hash,
-                            path: vec![column.name.clone()],
-                        });
-                        members.push_str("null");
+                        refer(&mut members, &mut refs, start, hash, column);
                     }
                     _ => column.kind.write_json(text, &mut members).map_err(|e| {
                         Error::internal(format!("{} column {}: {e}", rel.collection, column.name))
@@ -393,6 +379,23 @@ pub(crate) fn write_row(
         unknown,
         refs,
     })
+}
+
+/// A large value's place in a document: `null` in the members, and a reference at `at` to the
+/// value stored under `hash`, which every reader splices back in.
+fn refer(
+    members: &mut String,
+    refs: &mut Vec<ValueRef>,
+    at: usize,
+    hash: String,
+    column: &ColumnInfo,
+) {
+    refs.push(ValueRef {
+        at,
+        hash,
+        path: vec![column.name.clone()],
+    });
+    members.push_str("null");
 }
 
 fn push_member(members: &mut String, column: &ColumnInfo) {
