@@ -144,27 +144,28 @@ impl NatsServer {
     /// How many messages `stream` holds now, in one request (reading them one by one takes long
     /// enough for a publisher to finish meanwhile).
     async fn count(&self, stream: &str) -> u64 {
-        let mut options = async_nats::ConnectOptions::new();
-        if let Some(token) = &self.token {
-            options = options.token(token.clone());
-        }
-        let client = options.connect(self.url()).await.expect("a test client");
-        let js = async_nats::jetstream::new(client);
-        let Ok(mut stream) = js.get_stream(stream).await else {
+        let Some(mut stream) = self.stream(stream).await else {
             return 0;
         };
         stream.info().await.unwrap().state.messages
     }
 
-    /// Every message of `stream`, in stream order: (subject, Nats-Msg-Id, body).
-    async fn messages(&self, stream: &str) -> Vec<(String, String, Json)> {
+    /// `stream`, through a client of its own, or `None` while it does not exist.
+    async fn stream(&self, stream: &str) -> Option<async_nats::jetstream::stream::Stream> {
         let mut options = async_nats::ConnectOptions::new();
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
         let client = options.connect(self.url()).await.expect("a test client");
-        let js = async_nats::jetstream::new(client);
-        let Ok(mut stream) = js.get_stream(stream).await else {
+        async_nats::jetstream::new(client)
+            .get_stream(stream)
+            .await
+            .ok()
+    }
+
+    /// Every message of `stream`, in stream order: (subject, Nats-Msg-Id, body).
+    async fn messages(&self, stream: &str) -> Vec<(String, String, Json)> {
+        let Some(mut stream) = self.stream(stream).await else {
             return Vec::new();
         };
         let last = stream.info().await.unwrap().state.last_sequence;
