@@ -881,6 +881,38 @@ pub(crate) fn cli_ok(command: &mut std::process::Command) -> String {
 /// Kills the capture process it holds when dropped (a failed assertion included).
 pub(crate) struct Child(pub(crate) std::process::Child);
 
+/// Starts `command` (a `tidepool capture …`) serving the pull API on a port the OS picks, its
+/// standard error going to `log`, and returns it with the address it printed. Asking for port 0,
+/// rather than finding a free port and passing it on, is what keeps a parallel test from taking
+/// the port in between.
+pub(crate) fn spawn_listening(
+    mut command: std::process::Command,
+    log: &std::path::Path,
+) -> (Child, String) {
+    let child = Child(
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    loop {
+        let printed = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(after) = printed.split("pull API on http://").nth(1) {
+            let addr = after.split_whitespace().next().unwrap_or_default();
+            return (child, addr.to_string());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the capture never served the pull API:\n{printed}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -1026,19 +1058,9 @@ async fn the_command_line_adds_consumers_keeps_secrets_in_the_keychain_and_serve
     }
 
     // `capture --listen` streams and serves the pull API.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let _capture = Child(
-        tidepool_cli(&shop)
-            .args(capture_args)
-            .args(["--listen", &listen])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut capture = tidepool_cli(&shop);
+    capture.args(capture_args);
+    let (_capture, listen) = spawn_listening(capture, &shop.store.with_extension("capture.log"));
     let base = format!("http://{listen}");
     let client = http_client();
     let receive_url = format!("{base}/api/http_pull_consumers/app/receive?batch_size=10");
@@ -1608,18 +1630,9 @@ async fn every_consumer_command_works_on_the_profiles_own_store_and_store_overri
         .to_string();
 
     // `capture --profile P --listen ADDR` serves the pull API from the same store.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let _capture = Child(
-        cli()
-            .args(["capture", "--profile", "shop", "--listen", &listen])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut capture = cli();
+    capture.args(["capture", "--profile", "shop"]);
+    let (_capture, listen) = spawn_listening(capture, &elsewhere.with_extension("capture.log"));
     let client = http_client();
     let receive = format!("http://{listen}/api/http_pull_consumers/app/receive?batch_size=10");
     let started = Instant::now();

@@ -297,21 +297,10 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     let printed_before_capture = printed.len();
 
     // The capture again: stream, deliver, serve the pull API.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
     let log = dir.with_extension("capture.log");
-    let mut capture = crate::deliver::Child(
-        tidepool(&dir)
-            .args(["capture", "--profile", "Capture", "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = tidepool(&dir);
+    command.args(["capture", "--profile", "Capture"]);
+    let (mut capture, listen) = crate::deliver::spawn_listening(command, &log);
     let pid = capture.0.id();
     db.sql("INSERT INTO orders VALUES (2, 'after');");
     let client = crate::deliver::http_client();

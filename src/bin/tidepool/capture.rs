@@ -52,8 +52,8 @@ pub(super) struct CaptureArgs {
     /// With --publish: how each table without a usable replica identity is published.
     #[command(flatten)]
     pub(super) keyless: Keyless,
-    /// Serve the pull API on this address (127.0.0.1:7376 when given without one); webhook
-    /// consumers are delivered in any case.
+    /// Serve the pull API on this address (127.0.0.1:7376 when given without one; port 0 takes a
+    /// free port, printed on standard error); webhook consumers are delivered in any case.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = tidepool::deliver::pull::DEFAULT_LISTEN)]
     pub(super) listen: Option<String>,
 }
@@ -266,7 +266,12 @@ pub(super) async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
             let listener = tidepool::deliver::pull::bind(addr).await?;
             let token =
                 tidepool::deliver::pull::api_token(&store, &tidepool::secrets::Keychain::open()?)?;
-            eprintln!("pull API on http://{addr} (token: `tidepool api-token`)");
+            // The bound address, not the asked one: `--listen 127.0.0.1:0` takes a free port, and
+            // this line is how a script (and the tests) learn which.
+            let bound = listener
+                .local_addr()
+                .map_or_else(|_| addr.clone(), |a| a.to_string());
+            eprintln!("pull API on http://{bound} (token: `tidepool api-token`)");
             Some(tidepool::deliver::pull::serve(
                 listener,
                 tidepool::deliver::pull::PullOptions {
