@@ -15,9 +15,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tidepool::app::cluster::Cluster;
 use tidepool::capture::{run, CaptureOptions, Observer};
-use tidepool::cluster::Cluster;
-use tidepool::pgoutput::Lsn;
+use tidepool::source::pgoutput::Lsn;
 
 struct Bench {
     cluster: Cluster,
@@ -174,7 +174,7 @@ async fn latency(bench: &Bench) -> (f64, f64, usize) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // A steady 1,000 single-row transactions per second for 10 s.
-    let writer = tidepool::connection::connect(&spec).await.unwrap();
+    let writer = tidepool::source::connection::connect(&spec).await.unwrap();
     let insert = writer
         .prepare("INSERT INTO lat (v) VALUES ($1)")
         .await

@@ -65,10 +65,10 @@ async fn receiver(state: Arc<Receiver>) -> String {
 }
 
 fn capture_options(
-    cluster: &tidepool::cluster::Cluster,
+    cluster: &tidepool::app::cluster::Cluster,
     store: &std::path::Path,
     slot: &str,
-    stop_at: Option<tidepool::pgoutput::Lsn>,
+    stop_at: Option<tidepool::source::pgoutput::Lsn>,
     commits: tokio::sync::watch::Sender<u64>,
 ) -> CaptureOptions {
     CaptureOptions {
@@ -148,7 +148,7 @@ struct Rate {
     cpu_us: f64,
 }
 
-fn sql(cluster: &tidepool::cluster::Cluster, sql: &str) -> String {
+fn sql(cluster: &tidepool::app::cluster::Cluster, sql: &str) -> String {
     cluster.psql("bench", sql).expect("benchmark SQL")
 }
 
@@ -237,7 +237,7 @@ async fn nats_throughput(
 /// The capture's, the webhook delivery's and the JetStream delivery's rates for `n` single-row
 /// transactions (JetStream's `None` without nats-server).
 async fn throughput(
-    cluster: &tidepool::cluster::Cluster,
+    cluster: &tidepool::app::cluster::Cluster,
     keychain: &Keychain,
     n: u64,
 ) -> (Rate, Rate, Option<Rate>) {
@@ -252,7 +252,7 @@ async fn throughput(
         cluster,
         &format!("DO $$ BEGIN FOR i IN 1..{n} LOOP INSERT INTO t (v) VALUES (md5(i::text)); COMMIT; END LOOP; END $$;"),
     );
-    let end: tidepool::pgoutput::Lsn = sql(cluster, "SELECT pg_current_wal_lsn();")
+    let end: tidepool::source::pgoutput::Lsn = sql(cluster, "SELECT pg_current_wal_lsn();")
         .trim()
         .parse()
         .unwrap();
@@ -313,7 +313,7 @@ async fn throughput(
 /// (p50 ms, p99 ms, samples, transactions/s reached) from commit to delivered, 10,000
 /// transactions at (up to) 1,000 per second.
 async fn latency(
-    cluster: &tidepool::cluster::Cluster,
+    cluster: &tidepool::app::cluster::Cluster,
     keychain: &Keychain,
 ) -> (f64, f64, usize, f64) {
     let store = std::env::temp_dir().join(format!(
@@ -327,7 +327,7 @@ async fn latency(
     );
     let (commits, wake) = tokio::sync::watch::channel(0);
     // Store what is there (creates the collection), then stream.
-    let now: tidepool::pgoutput::Lsn = sql(
+    let now: tidepool::source::pgoutput::Lsn = sql(
         cluster,
         "INSERT INTO t (v) VALUES ('start'); SELECT pg_current_wal_lsn();",
     )
@@ -366,7 +366,7 @@ async fn latency(
     let task = delivery(&store, keychain, wake);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let writer = tidepool::connection::connect(&cluster.spec("bench"))
+    let writer = tidepool::source::connection::connect(&cluster.spec("bench"))
         .await
         .unwrap();
     let insert = writer

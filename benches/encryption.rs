@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use tidepool::cluster::Cluster;
+use tidepool::app::cluster::Cluster;
 use tidepool::secrets::Keychain;
 
 struct Bench {
@@ -40,7 +40,8 @@ impl Bench {
             std::env::temp_dir().join(format!("tidepool-bench-enc-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         if encrypted {
-            tidepool::encryption::create(&dir, &self.keychain).expect("an encrypted store folder");
+            tidepool::store::encryption::create(&dir, &self.keychain)
+                .expect("an encrypted store folder");
         }
         dir
     }
@@ -76,7 +77,7 @@ impl Bench {
     }
 
     fn forget(&self, store: &Path) {
-        let _ = tidepool::encryption::forget(store, &self.keychain);
+        let _ = tidepool::store::encryption::forget(store, &self.keychain);
         let _ = std::fs::remove_dir_all(store);
     }
 }

@@ -12,12 +12,12 @@
 
 use std::time::{Duration, Instant};
 
-use tidepool::pgoutput::Lsn;
-use tidepool::preview::{self, PageRequest, View};
-use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles};
-use tidepool::snapshot::{Snapshot, SnapshotSource, SnapshotWriter, SourceColumn};
+use tidepool::app::preview::{self, PageRequest, View};
+use tidepool::app::profile::{PasswordStorage, ProfileDraft, Profiles};
+use tidepool::document::value::Kind;
+use tidepool::source::pgoutput::Lsn;
+use tidepool::store::snapshot::{Snapshot, SnapshotSource, SnapshotWriter, SourceColumn};
 use tidepool::store::{CollectionSpec, Op, Store};
-use tidepool::value::Kind;
 
 const PAGE: usize = 500;
 const RUNS: usize = 20;
@@ -148,7 +148,7 @@ fn main() {
         );
         writer
             .push(
-                &tidepool::rowkey::sort_key(&format!("[{i}]")).unwrap(),
+                &tidepool::store::rowkey::sort_key(&format!("[{i}]")).unwrap(),
                 line.as_bytes(),
             )
             .unwrap();
@@ -238,7 +238,7 @@ fn main() {
         });
         let param = match name {
             "rows after a key in the middle" => Some(rusqlite::types::Value::Blob(
-                tidepool::rowkey::sort_key(&middle).unwrap(),
+                tidepool::store::rowkey::sort_key(&middle).unwrap(),
             )),
             "rows filtered by a field (scan)" => {
                 Some(rusqlite::types::Value::Text(rare_email.clone()))

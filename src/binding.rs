@@ -20,7 +20,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sql;
+use crate::source::sql;
 use crate::store::Store;
 
 /// How a binding's collection starts.
@@ -102,7 +102,7 @@ impl Definition {
         if self.publication.is_empty() {
             return Err(Error::invalid_input("publication", "must not be empty"));
         }
-        crate::slot::validate_name(&self.slot)?;
+        crate::source::slot::validate_name(&self.slot)?;
         let mut tables = HashSet::new();
         let mut collections: HashMap<&str, &Binding> = HashMap::new();
         for binding in &self.bindings {

@@ -42,13 +42,13 @@ pub enum ErrorKind {
     /// The local copy is lost, the source is not; discarding the store and capturing again rebuilds it.
     Locked,
     /// A consumer fell behind the store's log retention: changes it had not read yet were pruned
-    /// ([`crate::retention`]).
+    /// ([`crate::store::retention`]).
     Behind,
     /// An SSH bastion's host key is not accepted yet, or differs from the one accepted: nothing was
-    /// sent through it ([`crate::ssh`]).
+    /// sent through it ([`crate::source::ssh`]).
     HostKey,
     /// Another capture is writing the same store (the app and a `tidepool capture` command on one
-    /// profile): the second is refused before it touches anything ([`crate::store_lock`]).
+    /// profile): the second is refused before it touches anything ([`crate::store::lock`]).
     Busy,
     /// A bug or an unexpected state of the machine (a missing binary).
     Internal,

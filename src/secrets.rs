@@ -104,9 +104,9 @@ pub enum SecretKey {
     /// The NATS credential (token, password, nkey seed or `.creds` content) of the consumer with
     /// this id.
     NatsCredential(String),
-    /// The encryption key of the store whose marker names this key id ([`crate::encryption`]).
+    /// The encryption key of the store whose marker names this key id ([`crate::store::encryption`]).
     StoreKey(String),
-    /// The SSH private key of the profile with this id ([`crate::ssh`]).
+    /// The SSH private key of the profile with this id ([`crate::source::ssh`]).
     SshKey(String),
     /// The passphrase of that key, if it has one.
     SshPassphrase(String),

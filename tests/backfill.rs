@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 use tidepool::binding::Binding;
 use tidepool::capture::{run, CaptureOptions};
-use tidepool::pgoutput::Lsn;
+use tidepool::source::pgoutput::Lsn;
 use tidepool::store::Store;
 
 use crate::capture::data;
@@ -192,11 +192,13 @@ async fn a_slot_created_by_hand_backfills_in_a_snapshot_of_its_own_without_gaps_
     let read = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (seen, checkpoint) = (read.clone(), stored.clone());
-    first.backfill_progress = Some(Arc::new(move |p: &tidepool::backfill::BackfillProgress| {
-        if p.done {
-            seen.store(true, Ordering::Relaxed);
-        }
-    }));
+    first.backfill_progress = Some(Arc::new(
+        move |p: &tidepool::capture::backfill::BackfillProgress| {
+            if p.done {
+                seen.store(true, Ordering::Relaxed);
+            }
+        },
+    ));
     first.observer = Some(tidepool::capture::Observer(Arc::new(
         move |f: &tidepool::capture::Flush| {
             checkpoint.fetch_max(f.checkpoint.0, Ordering::Relaxed);
@@ -300,7 +302,7 @@ fn writers(
             let spec = db.spec();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let client = tidepool::connection::connect(&spec).await.unwrap();
+                let client = tidepool::source::connection::connect(&spec).await.unwrap();
                 let mut n: i64 = 0;
                 let mut next_new = base + w * 1_000_000;
                 while !stop.load(Ordering::Relaxed) {
@@ -765,7 +767,7 @@ fn the_command_line_uses_the_profile_s_store_and_drops_a_removed_table_from_the_
     ]);
     assert!(ok, "{err}");
     // No --store anywhere: every command reads the profile's own store, the one the app uses.
-    let store = tidepool::profile::Profiles::open(&dir)
+    let store = tidepool::app::profile::Profiles::open(&dir)
         .store_dir("P")
         .unwrap();
     assert_eq!(collection_rows(&store, "public/t").len(), 2);

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value as Json};
 use tidepool::capture::{run, CaptureOptions, CaptureReport};
-use tidepool::pgoutput::Lsn;
+use tidepool::source::pgoutput::Lsn;
 use tidepool::store::Store;
 
 use crate::harness::{self, TestDb};
@@ -22,7 +22,11 @@ impl Source {
     }
 
     /// As [`Source::new`], on a cluster of the caller's (one a test may restart).
-    pub fn on(cluster: &'static tidepool::cluster::Cluster, prefix: &str, schema: &str) -> Source {
+    pub fn on(
+        cluster: &'static tidepool::app::cluster::Cluster,
+        prefix: &str,
+        schema: &str,
+    ) -> Source {
         let db = TestDb::new(cluster, prefix);
         db.sql(schema);
         let slot = db.name.clone();
@@ -229,7 +233,7 @@ async fn a_source_in_another_time_zone_and_date_style_gives_the_same_documents()
         "ALTER DATABASE {} SET timezone = 'Pacific/Chatham';
          ALTER DATABASE {0} SET datestyle = 'SQL, DMY';
          ALTER DATABASE {0} SET intervalstyle = 'postgres_verbose';",
-        tidepool::sql::ident(&db.name)
+        tidepool::source::sql::ident(&db.name)
     ));
     // In a new session, so the database's settings apply to the literals too.
     let row = |id: i32| {
@@ -574,7 +578,7 @@ async fn capture_streams_over_tls_with_verify_full() {
     let dir = harness::temp_dir("cap_tls");
     let mut spec = db.spec();
     spec.host = "localhost".into();
-    spec.sslmode = tidepool::tls::SslMode::VerifyFull;
+    spec.sslmode = tidepool::source::tls::SslMode::VerifyFull;
     spec.sslrootcert = Some(harness::ca_file(db.cluster, &dir));
     let options = CaptureOptions {
         spec,

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use tidepool::connection::{test_connection, ConnectionSpec, ReplicationRight};
 use tidepool::secrets::Secret;
-use tidepool::tls::SslMode;
+use tidepool::source::connection::{test_connection, ConnectionSpec, ReplicationRight};
+use tidepool::source::tls::SslMode;
 use tidepool::ErrorKind;
 
 use crate::harness::{self, TestDb};
@@ -187,13 +187,13 @@ async fn replication_rights_are_reported_with_their_basis() {
     let group = harness::unique("neon_superuser");
     db.sql(&format!(
         "CREATE ROLE {} NOLOGIN REPLICATION;",
-        tidepool::sql::ident(&group)
+        tidepool::source::sql::ident(&group)
     ));
     let member = db.role("member", "", "member-pw");
     db.sql(&format!(
         "GRANT {} TO {};",
-        tidepool::sql::ident(&group),
-        tidepool::sql::ident(&member.user)
+        tidepool::source::sql::ident(&group),
+        tidepool::source::sql::ident(&member.user)
     ));
     assert_eq!(
         test_connection(&member).await.unwrap().replication,

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidepool::consumers::ConsumerStore;
+use tidepool::app::consumers::ConsumerStore;
 use tidepool::deliver::consumer::{Destination, Mode, Pull, Start};
 use tidepool::secrets::{Keychain, SecretKey};
 
 use crate::deliver::{receiver, wait_for, webhook, Received, Shop};
 
-fn confirmed_flush(shop: &Shop) -> tidepool::pgoutput::Lsn {
+fn confirmed_flush(shop: &Shop) -> tidepool::source::pgoutput::Lsn {
     shop.db
         .sql(&format!(
             "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
@@ -249,7 +249,7 @@ async fn try_a_webhook_delivers_to_the_apps_own_receiver_which_verifies_the_sign
         .unwrap();
     assert!(receiver.url().starts_with("http://127.0.0.1:"));
     let (consumer, secret) = consumers.try_webhook(receiver.url()).unwrap();
-    assert_eq!(consumer.spec.name, tidepool::consumers::TRY_WEBHOOK);
+    assert_eq!(consumer.spec.name, tidepool::app::consumers::TRY_WEBHOOK);
     assert_eq!(consumer.spec.collections, ["public/orders"]);
     receiver.add_secret(secret);
     let delivery = shop.delivery();

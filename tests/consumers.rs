@@ -1,4 +1,4 @@
-//! Consumers managed as the desktop app manages them ([`tidepool::consumers::ConsumerStore`] keyed by
+//! Consumers managed as the desktop app manages them ([`tidepool::app::consumers::ConsumerStore`] keyed by
 //! a profile), delivering from the profile's own run: a real capture of a harness database, a real
 //! webhook receiver (axum on loopback), the real keychain.
 
@@ -9,11 +9,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value as Json;
+use tidepool::app::consumers::{ConsumerStore, SecretHeader};
+use tidepool::app::profile::Profiles;
+use tidepool::app::run::Runs;
 use tidepool::binding::Binding;
-use tidepool::consumers::{ConsumerStore, SecretHeader};
 use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Start, Webhook};
-use tidepool::profile::Profiles;
-use tidepool::run::Runs;
 use tidepool::secrets::{Keychain, Secret, SecretKey};
 
 use crate::harness::{self, until, TestDb};

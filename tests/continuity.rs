@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 use tidepool::binding::Binding;
 use tidepool::capture::run;
-use tidepool::continuity;
+use tidepool::source::continuity;
 use tidepool::ErrorKind;
 
 use crate::capture::Source;
@@ -374,7 +374,7 @@ async fn bad_slot_names_are_refused_naming_the_slot() {
 /// A field's name and how to spoil it.
 type Spoiler = (
     &'static str,
-    Box<dyn Fn(&mut tidepool::connection::ConnectionSpec)>,
+    Box<dyn Fn(&mut tidepool::source::connection::ConnectionSpec)>,
 );
 
 #[tokio::test]
@@ -397,7 +397,9 @@ async fn hostile_connection_values_are_refused_naming_the_field() {
     for (field, change) in cases {
         let mut spec = db.spec();
         change(&mut spec);
-        let err = tidepool::connection::connect(&spec).await.expect_err(field);
+        let err = tidepool::source::connection::connect(&spec)
+            .await
+            .expect_err(field);
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{field}: {err}");
         assert!(err.message().starts_with(&format!("{field}:")), "{err}");
     }
@@ -442,7 +444,7 @@ async fn a_full_disk_stops_the_capture_with_a_storage_error_and_it_resumes_with_
     let checkpoint = tidepool::store::Store::open(&store)
         .ok()
         .and_then(|s| s.checkpoint().ok())
-        .unwrap_or(tidepool::pgoutput::Lsn(0));
+        .unwrap_or(tidepool::source::pgoutput::Lsn(0));
     assert!(source.confirmed_flush() <= checkpoint);
 
     let grown = std::process::Command::new("mount")

@@ -44,7 +44,7 @@ impl Shop {
 
     pub(crate) fn options(
         &self,
-        stop_at: Option<tidepool::pgoutput::Lsn>,
+        stop_at: Option<tidepool::source::pgoutput::Lsn>,
         backfill: bool,
     ) -> CaptureOptions {
         let commits = self.commits.clone();
@@ -397,7 +397,7 @@ async fn a_message_past_its_retries_is_parked_and_retry_delivers_it() {
     );
     // The slot never waits for delivery: with the message parked, a later change of the same row
     // is stored and confirmed to PostgreSQL; it waits behind the parked one in its group.
-    let confirmed = || -> tidepool::pgoutput::Lsn {
+    let confirmed = || -> tidepool::source::pgoutput::Lsn {
         shop.db
             .sql(&format!(
                 "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
@@ -421,7 +421,7 @@ async fn a_message_past_its_retries_is_parked_and_retry_delivers_it() {
             if stored[0].1["_meta"]["op"] == json!("u") {
                 found = stored[0].1["_meta"]["source"]["lsn"]
                     .as_str()
-                    .and_then(|l| l.parse::<tidepool::pgoutput::Lsn>().ok());
+                    .and_then(|l| l.parse::<tidepool::source::pgoutput::Lsn>().ok());
             }
             found.is_some()
         })
@@ -1187,7 +1187,7 @@ impl Downable {
 }
 
 /// The slot's `confirmed_flush_lsn`.
-fn confirmed_flush(shop: &Shop) -> tidepool::pgoutput::Lsn {
+fn confirmed_flush(shop: &Shop) -> tidepool::source::pgoutput::Lsn {
     shop.db
         .sql(&format!(
             "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}';",
@@ -1199,7 +1199,7 @@ fn confirmed_flush(shop: &Shop) -> tidepool::pgoutput::Lsn {
 }
 
 /// The source LSN of the newest change in the store, once it is the change of row `id`.
-async fn stored_lsn_of(shop: &Shop, id: i64) -> tidepool::pgoutput::Lsn {
+async fn stored_lsn_of(shop: &Shop, id: i64) -> tidepool::source::pgoutput::Lsn {
     let mut found = None;
     wait_for("the change stored", Duration::from_secs(20), || {
         let latest = tidepool::store::Store::open(&shop.store)
@@ -1209,7 +1209,7 @@ async fn stored_lsn_of(shop: &Shop, id: i64) -> tidepool::pgoutput::Lsn {
         if latest.first().map(|c| c.1["id"].clone()) == Some(json!(id)) {
             found = latest[0].1["_meta"]["source"]["lsn"]
                 .as_str()
-                .and_then(|l| l.parse::<tidepool::pgoutput::Lsn>().ok());
+                .and_then(|l| l.parse::<tidepool::source::pgoutput::Lsn>().ok());
         }
         found.is_some()
     })
@@ -1466,8 +1466,10 @@ async fn the_retention_prunes_old_changes_keeps_rows_and_tells_a_consumer_that_f
     shop.catch_up().await;
     assert_eq!(drain(&client, &base, "keeps-up").await.len(), 5);
     let mut store = tidepool::store::Store::open(&shop.store).unwrap();
-    assert!(tidepool::retention::retention(&store).unwrap().is_none());
-    tidepool::retention::set_retention(&mut store, Some(Duration::from_secs(2))).unwrap();
+    assert!(tidepool::store::retention::retention(&store)
+        .unwrap()
+        .is_none());
+    tidepool::store::retention::set_retention(&mut store, Some(Duration::from_secs(2))).unwrap();
     drop(store);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     shop.db.sql("INSERT INTO orders VALUES (4, 'new', 40);");
@@ -1479,7 +1481,9 @@ async fn the_retention_prunes_old_changes_keeps_rows_and_tells_a_consumer_that_f
         Duration::from_secs(30),
         || {
             let store = tidepool::store::Store::open(&shop.store).unwrap();
-            !tidepool::retention::pruned(&store).unwrap().is_empty()
+            !tidepool::store::retention::pruned(&store)
+                .unwrap()
+                .is_empty()
                 && stored_log(&shop).iter().any(|e| e.1 == 4)
         },
     )
@@ -1571,7 +1575,7 @@ async fn every_consumer_command_works_on_the_profiles_own_store_and_store_overri
             .args(["--publication", "shop_pub", "--slot", &shop.db.name]),
     );
     // The store the app uses for this profile.
-    let own = tidepool::profile::Profiles::open(&data)
+    let own = tidepool::app::profile::Profiles::open(&data)
         .store_dir("shop")
         .unwrap();
     let lsn = shop.db.current_lsn().to_string();
@@ -1591,7 +1595,8 @@ async fn every_consumer_command_works_on_the_profiles_own_store_and_store_overri
         "capture did not use the profile's store"
     );
     assert_eq!(
-        tidepool::retention::retention(&tidepool::store::Store::open(&own).unwrap()).unwrap(),
+        tidepool::store::retention::retention(&tidepool::store::Store::open(&own).unwrap())
+            .unwrap(),
         Some(Duration::from_secs(7 * 86_400))
     );
     cli_ok(
@@ -1687,7 +1692,7 @@ async fn after_a_resync_consumers_get_every_row_again_as_read_and_are_told_of_th
         .await
         .expect_err("a dropped slot is a gap");
     assert_eq!(err.kind(), tidepool::ErrorKind::Diverged, "{err}");
-    let done = tidepool::continuity::resync(&shop.db.spec(), &shop.store, &shop.db.name)
+    let done = tidepool::source::continuity::resync(&shop.db.spec(), &shop.store, &shop.db.name)
         .await
         .expect("resync");
     assert_eq!(done.gap.rebackfilled, ["public/orders"]);

@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tidepool::app::demo::{Demo, DEMO_PROFILE};
+use tidepool::app::preview::{self, PageRequest, View};
+use tidepool::app::profile::{Profiles, SecretState};
+use tidepool::app::run::{RunState, RunStatus, Runs};
 use tidepool::binding::Binding;
-use tidepool::demo::{Demo, DEMO_PROFILE};
-use tidepool::preview::{self, PageRequest, View};
-use tidepool::profile::{Profiles, SecretState};
-use tidepool::run::{RunState, RunStatus, Runs};
 
 use crate::harness::{self, until};
 
@@ -133,12 +133,12 @@ async fn a_persons_own_profile_named_like_the_demo_is_never_taken_for_it() {
     let mine = profiles
         .save(
             None,
-            tidepool::profile::ProfileDraft {
+            tidepool::app::profile::ProfileDraft {
                 name: DEMO_PROFILE.into(),
                 address: "db.example.com:5432".into(),
                 user: "me".into(),
                 database: "prod".into(),
-                password_storage: tidepool::profile::PasswordStorage::AskEachTime,
+                password_storage: tidepool::app::profile::PasswordStorage::AskEachTime,
                 ..Default::default()
             },
             None,

@@ -2,8 +2,8 @@
 //! one unit, hostile names, privileges, and JSON Schemas that validate the documents actually captured.
 
 use serde_json::Value as Json;
-use tidepool::connection::connect;
-use tidepool::discovery::{discover, DiscoveredTable, KeySource};
+use tidepool::source::connection::connect;
+use tidepool::source::discovery::{discover, DiscoveredTable, KeySource};
 
 use crate::capture::Source;
 
@@ -36,7 +36,7 @@ async fn tables_become_collections_with_keys_schemas_and_sizes() {
     let reader = source.db.role("reader", "", "reader-pw");
     source.db.sql(&format!(
         "GRANT USAGE ON SCHEMA public, \"My Schema\" TO {0}; GRANT SELECT ON composite, fallback, keyless, events, \"My Schema\".\"Ta;ble \"\"x\"\"\" TO {0};",
-        tidepool::sql::ident(&reader.user)
+        tidepool::source::sql::ident(&reader.user)
     ));
     let client = connect(&reader).await.unwrap();
     let tables = discover(&client, Some("tidepool_pub")).await.unwrap();

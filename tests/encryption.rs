@@ -9,13 +9,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tidepool::app::preview;
+use tidepool::app::profile::{ProfileDraft, Profiles};
+use tidepool::app::run::{RunState, RunStatus, Runs};
 use tidepool::binding::Binding;
 use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Start, Webhook};
-use tidepool::encryption;
-use tidepool::preview;
-use tidepool::profile::{ProfileDraft, Profiles};
-use tidepool::run::{RunState, RunStatus, Runs};
 use tidepool::secrets::{Keychain, Secret, SecretKey};
+use tidepool::store::encryption;
 use tidepool::ErrorKind;
 
 use crate::harness::{self, until, TestDb};

@@ -1,16 +1,16 @@
-//! Export to Estuary Flow and Sequin ([`tidepool::export`]) from a profile that really captured: the
+//! Export to Estuary Flow and Sequin ([`tidepool::app::export`]) from a profile that really captured: the
 //! files parse, use only fields the other engine accepts, give it a slot of its own, carry no
 //! secret, and Estuary's collection schemas accept every document Tidepool stored.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
+use tidepool::app::consumers::{ConsumerStore, SecretHeader};
+use tidepool::app::export::{of_profile, Engine, ESTUARY_PASSWORD_PLACEHOLDER};
+use tidepool::app::profile::Profiles;
+use tidepool::app::run::Runs;
 use tidepool::binding::Binding;
-use tidepool::consumers::{ConsumerStore, SecretHeader};
 use tidepool::deliver::consumer::{Action, ConsumerSpec, Destination, Mode, Pull, Start, Webhook};
-use tidepool::export::{of_profile, Engine, ESTUARY_PASSWORD_PLACEHOLDER};
-use tidepool::profile::Profiles;
-use tidepool::run::Runs;
 use tidepool::secrets::Secret;
 
 use crate::harness::{self, TestDb};

@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use tidepool::cluster::{Cluster, ClusterOptions};
-use tidepool::connection::ConnectionSpec;
-use tidepool::sql;
+use tidepool::app::cluster::{Cluster, ClusterOptions};
+use tidepool::source::connection::ConnectionSpec;
+use tidepool::source::sql;
 
 fn shared(
     cell: &'static OnceLock<Cluster>,
@@ -106,13 +106,13 @@ pub async fn until(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 /// Every status a run reported, oldest first.
-pub type Statuses = std::sync::Arc<std::sync::Mutex<Vec<tidepool::run::RunStatus>>>;
+pub type Statuses = std::sync::Arc<std::sync::Mutex<Vec<tidepool::app::run::RunStatus>>>;
 
 /// Starts profile `id`'s run in `runs` as the app does, and waits until it streams with each of
 /// `collections` backfilled; returns what it reported.
 pub async fn start_backfilled(
-    runs: &tidepool::run::Runs,
-    profiles: &tidepool::profile::Profiles,
+    runs: &tidepool::app::run::Runs,
+    profiles: &tidepool::app::profile::Profiles,
     id: &str,
     collections: &[&str],
 ) -> Statuses {
@@ -121,7 +121,7 @@ pub async fn start_backfilled(
     runs.start(
         profiles,
         id,
-        std::sync::Arc::new(move |s: &tidepool::run::RunStatus| {
+        std::sync::Arc::new(move |s: &tidepool::app::run::RunStatus| {
             log.lock().unwrap().push(s.clone())
         }),
     )
@@ -129,7 +129,7 @@ pub async fn start_backfilled(
     .unwrap();
     until("the backfill", || {
         seen.lock().unwrap().iter().any(|s| {
-            s.state == tidepool::run::RunState::Streaming
+            s.state == tidepool::app::run::RunState::Streaming
                 && collections
                     .iter()
                     .all(|c| s.backfills.get(*c).is_some_and(|p| p.done))
@@ -169,7 +169,7 @@ impl TestDb {
     }
 
     /// The server's current WAL insert position: every transaction committed so far ends at or before it.
-    pub fn current_lsn(&self) -> tidepool::pgoutput::Lsn {
+    pub fn current_lsn(&self) -> tidepool::source::pgoutput::Lsn {
         self.sql("SELECT pg_current_wal_lsn();")
             .trim()
             .parse()
@@ -178,13 +178,13 @@ impl TestDb {
 
     /// A profile form for this database as the superuser (password not included), with its own slot
     /// and publication named after the database.
-    pub fn profile_draft(&self, name: &str) -> tidepool::profile::ProfileDraft {
-        tidepool::profile::ProfileDraft {
+    pub fn profile_draft(&self, name: &str) -> tidepool::app::profile::ProfileDraft {
+        tidepool::app::profile::ProfileDraft {
             name: name.into(),
             address: format!("127.0.0.1:{}", self.cluster.port()),
             user: "postgres".into(),
             database: self.name.clone(),
-            sslmode: tidepool::tls::SslMode::Disable,
+            sslmode: tidepool::source::tls::SslMode::Disable,
             slot: Some(self.name.clone()),
             publication: Some(format!("{}_pub", self.name)),
             ..Default::default()

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool::profile::{ProfileDraft, Profiles};
+use tidepool::app::profile::{ProfileDraft, Profiles};
 use tidepool::secrets::{Keychain, Secret, SecretKey};
 
 use crate::harness::{self, TestDb};
@@ -108,7 +108,7 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
          CREATE TABLE orders (id int PRIMARY KEY, note text);
          INSERT INTO orders VALUES (1, 'before');
          CREATE PUBLICATION {unique} FOR TABLE orders;",
-        tidepool::sql::ident(&db.name)
+        tidepool::source::sql::ident(&db.name)
     ));
 
     // The owner's profile, saved as the app saves it: the password, the SSH key and its passphrase go
@@ -155,7 +155,7 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     );
     db.sql(&format!(
         "GRANT SELECT ON orders TO {};",
-        tidepool::sql::ident(&role)
+        tidepool::source::sql::ident(&role)
     ));
     let profiles = Profiles::open(&dir);
     let capture = profiles.get("Capture").unwrap();
@@ -181,8 +181,8 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     let table_owner = format!("{unique}_owner");
     db.sql(&format!(
         "CREATE ROLE {owner} LOGIN PASSWORD {verifier}; ALTER TABLE orders OWNER TO {owner};",
-        owner = tidepool::sql::ident(&table_owner),
-        verifier = tidepool::sql::literal(&Secret::new(entered.clone()).scram_verifier())
+        owner = tidepool::source::sql::ident(&table_owner),
+        verifier = tidepool::source::sql::literal(&Secret::new(entered.clone()).scram_verifier())
     ));
     run(
         tidepool(&dir).args([
@@ -354,7 +354,7 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     // A failure's output too: the role's password changed behind the profile's back.
     db.sql(&format!(
         "ALTER ROLE {} PASSWORD NULL;",
-        tidepool::sql::ident(&role)
+        tidepool::source::sql::ident(&role)
     ));
     let refused = tidepool(&dir)
         .args(["check", "--profile", "Capture"])
@@ -372,9 +372,9 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     // The capture profile's store is encrypted; its key lives in the keychain only.
     let marker = walk(&dir)
         .into_iter()
-        .find(|p| p.ends_with(tidepool::encryption::MARKER))
+        .find(|p| p.ends_with(tidepool::store::encryption::MARKER))
         .expect("an encrypted store");
-    let key_id = tidepool::encryption::marker(marker.parent().unwrap())
+    let key_id = tidepool::store::encryption::marker(marker.parent().unwrap())
         .unwrap()
         .unwrap()
         .key_id;
@@ -440,7 +440,7 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     drop(capture);
     db.sql(&format!(
         "SELECT pg_drop_replication_slot('{unique}'); DROP OWNED BY {r}; DROP ROLE {r};",
-        r = tidepool::sql::ident(&role)
+        r = tidepool::source::sql::ident(&role)
     ));
     let _ = Keychain::open().unwrap().remove_neon_api_key();
     for profile in ["Capture", "Owner"] {

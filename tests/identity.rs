@@ -61,10 +61,10 @@ async fn two_tables_whose_default_names_collide_get_collections_of_their_own() {
            CREATE TABLE order_items (id int PRIMARY KEY, v text);"#,
     );
     // Discovery shows the names the capture will use.
-    let client = tidepool::connection::connect(&source.db.spec())
+    let client = tidepool::source::connection::connect(&source.db.spec())
         .await
         .unwrap();
-    let tables = tidepool::discovery::discover(&client, Some("tidepool_pub"))
+    let tables = tidepool::source::discovery::discover(&client, Some("tidepool_pub"))
         .await
         .unwrap();
     let name_of = |table: &str| {

@@ -32,7 +32,11 @@ fn sha256_hex(text: &str) -> String {
 /// carries the high-water mark of the memory a child was spawned with over its exec, and a child
 /// spawned (vfork) by this test binary starts in the binary's memory, which the tests running beside
 /// this one inflate by gigabytes.
-fn capture_in_child(source: &Source, stop_at: tidepool::pgoutput::Lsn, extra: &[&str]) -> f64 {
+fn capture_in_child(
+    source: &Source,
+    stop_at: tidepool::source::pgoutput::Lsn,
+    extra: &[&str],
+) -> f64 {
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
         source.db.cluster.port(),

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tidepool::consumers::ConsumerStore;
+use tidepool::app::consumers::ConsumerStore;
 use tidepool::deliver::consumer::{Destination, Mode, Nats, NatsAuth, Start};
 use tidepool::deliver::ledger::Ledger;
 use tidepool::secrets::{Keychain, Secret, SecretKey};
@@ -61,7 +61,7 @@ impl NatsServer {
         let dir = harness::temp_dir(prefix);
         let ca_file = tls.then(|| {
             let certs =
-                tidepool::cluster::TestCertificates::generate(&["127.0.0.1".into()]).unwrap();
+                tidepool::app::cluster::TestCertificates::generate(&["127.0.0.1".into()]).unwrap();
             std::fs::write(dir.join("server.pem"), &certs.server_cert).unwrap();
             std::fs::write(dir.join("server.key"), &certs.server_key).unwrap();
             std::fs::write(dir.join("ca.pem"), &certs.ca_cert).unwrap();
@@ -379,7 +379,7 @@ async fn a_nats_server_that_is_down_delays_delivery_and_loses_nothing() {
     assert!(changes.contains(&("update".to_string(), 1)));
     // The consumer's page: the publishes that failed while the server was down, with why, then
     // acknowledged ones; each message counted once in the delivered samples.
-    let consumers = tidepool::consumers::ConsumerStore::at(&shop.store);
+    let consumers = tidepool::app::consumers::ConsumerStore::at(&shop.store);
     wait_for(
         "every publish counted in the samples",
         Duration::from_secs(10),

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
-use tidepool::neon::Client;
 use tidepool::secrets::Secret;
+use tidepool::source::neon::Client;
 use tidepool::ErrorKind;
 
 use crate::neon_api::{serve, Answer, Seen, BRANCH, PROJECT};
@@ -242,7 +242,7 @@ async fn locating_a_host_finds_its_project_and_branch_through_the_endpoints() {
         neon.locate("ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech")
             .await
             .unwrap(),
-        Some(tidepool::neon::Link {
+        Some(tidepool::source::neon::Link {
             project_id: "p-two".into(),
             branch_id: "br-dev".into()
         })
@@ -261,9 +261,9 @@ async fn locating_a_host_finds_its_project_and_branch_through_the_endpoints() {
 #[tokio::test]
 #[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
 async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_keychain() {
-    use tidepool::preflight::Status;
-    use tidepool::profile::{ProfileDraft, Profiles};
+    use tidepool::app::profile::{ProfileDraft, Profiles};
     use tidepool::secrets::{Keychain, SecretKey};
+    use tidepool::source::preflight::Status;
     let db: &'static _ = Box::leak(Box::new(crate::harness::TestDb::new(
         crate::harness::plain(),
         "neon_fix",
@@ -280,14 +280,14 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
         address: format!("127.0.0.1:{}", db.cluster.port()),
         user: app.user.clone(),
         database: db.name.clone(),
-        sslmode: tidepool::tls::SslMode::Disable,
+        sslmode: tidepool::source::tls::SslMode::Disable,
         ..Default::default()
     };
     let shop = profiles
         .save(None, draft.clone(), Some(Secret::new("old-password")))
         .unwrap()
         .profile;
-    let link = tidepool::neon::Link {
+    let link = tidepool::source::neon::Link {
         project_id: PROJECT.into(),
         branch_id: BRANCH.into(),
     };
@@ -332,7 +332,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     );
 
     // Reset: the new password replaces the profile's in the keychain, and logging in works with it.
-    let reset = tidepool::setup::Action::NeonResetPassword {
+    let reset = tidepool::source::setup::Action::NeonResetPassword {
         project_id: link.project_id.clone(),
         branch_id: link.branch_id.clone(),
         role: app.user.clone(),
@@ -347,7 +347,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     assert!(profiles.test("Shop", None).await.is_ok());
     let mut old = app.clone();
     old.password = Some(Secret::new("old-password"));
-    assert!(tidepool::connection::connect(&old).await.is_err());
+    assert!(tidepool::source::connection::connect(&old).await.is_err());
     assert!(
         crate::profiles::files_containing(&dir, stored.expose()).is_empty(),
         "a password reached a file"
@@ -381,7 +381,7 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
     assert_eq!(seen.lock().unwrap().len(), before);
 
     // Only the profile's own role's password is kept.
-    let other = tidepool::setup::Action::NeonRevealPassword {
+    let other = tidepool::source::setup::Action::NeonRevealPassword {
         project_id: link.project_id.clone(),
         branch_id: link.branch_id.clone(),
         role: "someone_else".into(),
@@ -422,9 +422,9 @@ async fn a_linked_profile_runs_neon_fixes_and_keeps_returned_passwords_in_the_ke
 #[tokio::test]
 #[allow(clippy::await_holding_lock)] // one keychain entry: tests take turns, each on its own runtime
 async fn a_linked_profile_s_preflight_warns_about_neon_ip_allow_with_the_list() {
-    use tidepool::preflight::Status;
-    use tidepool::profile::{ProfileDraft, Profiles};
+    use tidepool::app::profile::{ProfileDraft, Profiles};
     use tidepool::secrets::Keychain;
+    use tidepool::source::preflight::Status;
     let db: &'static _ = Box::leak(Box::new(crate::harness::TestDb::new(
         crate::harness::plain(),
         "neon_ip_allow",
@@ -449,7 +449,7 @@ async fn a_linked_profile_s_preflight_warns_about_neon_ip_allow_with_the_list() 
         address: format!("127.0.0.1:{}", db.cluster.port()),
         user: app.user.clone(),
         database: db.name.clone(),
-        sslmode: tidepool::tls::SslMode::Disable,
+        sslmode: tidepool::source::tls::SslMode::Disable,
         ..Default::default()
     };
     profiles
@@ -464,7 +464,7 @@ async fn a_linked_profile_s_preflight_warns_about_neon_ip_allow_with_the_list() 
     profiles
         .link_neon(
             "Allow",
-            Some(tidepool::neon::Link {
+            Some(tidepool::source::neon::Link {
                 project_id: PROJECT.into(),
                 branch_id: BRANCH.into(),
             }),

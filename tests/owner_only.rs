@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tidepool::app::preview::{self, View};
+use tidepool::app::profile::Profiles;
+use tidepool::app::run::{RunState, RunStatus, Runs};
 use tidepool::binding::Binding;
-use tidepool::preview::{self, View};
-use tidepool::profile::Profiles;
-use tidepool::run::{RunState, RunStatus, Runs};
-use tidepool::snapshot::SnapshotWriter;
+use tidepool::store::snapshot::SnapshotWriter;
 use tidepool::store::Store;
 
 use crate::harness::{self, TestDb};

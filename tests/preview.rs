@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value as Json};
+use tidepool::app::preview::{self, BeforeImage, FieldChange, PageRequest, Sort, View};
+use tidepool::app::profile::Profiles;
+use tidepool::app::run::{RunStatus, Runs, TailEntry};
 use tidepool::binding::Binding;
-use tidepool::preview::{self, BeforeImage, FieldChange, PageRequest, Sort, View};
-use tidepool::profile::Profiles;
-use tidepool::run::{RunStatus, Runs, TailEntry};
 
 use crate::harness::{self, until, TestDb};
 
@@ -114,7 +114,7 @@ async fn the_preview_shows_commits_and_what_changed_filters_sorts_and_exports() 
     assert_eq!(update.op, "u");
     assert!(!update.snapshot);
     assert_eq!(update.xid, Some(xid), "the source transaction's id");
-    let lsn: tidepool::pgoutput::Lsn = update.lsn.as_deref().unwrap().parse().unwrap();
+    let lsn: tidepool::source::pgoutput::Lsn = update.lsn.as_deref().unwrap().parse().unwrap();
     assert!(lsn.0 > 0 && lsn <= end, "{lsn} after {end}");
     let committed = update.committed_ms.unwrap();
     assert!(

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use tidepool::profile::{PasswordStorage, ProfileDraft, Profiles, SaveCheck, SecretState};
+use tidepool::app::profile::{PasswordStorage, ProfileDraft, Profiles, SaveCheck, SecretState};
 use tidepool::secrets::{Secret, SecretKey, SERVICE};
-use tidepool::tls::SslMode;
+use tidepool::source::tls::SslMode;
 use tidepool::ErrorKind;
 
 use crate::harness::{self, TestDb};

@@ -6,10 +6,10 @@
 
 use tidepool::binding::{Binding, Definition};
 use tidepool::capture::CaptureOptions;
-use tidepool::connection::connect;
-use tidepool::preflight::{run, Check, Status, Target};
-use tidepool::publication::{Choice, Handling, Plan, Request, TableRef};
-use tidepool::setup::Action;
+use tidepool::source::connection::connect;
+use tidepool::source::preflight::{run, Check, Status, Target};
+use tidepool::source::publication::{Choice, Handling, Plan, Request, TableRef};
+use tidepool::source::setup::Action;
 use tidepool::ErrorKind;
 
 use crate::harness::{self, TestDb};
@@ -216,7 +216,7 @@ async fn the_publication_fix_asks_first_and_refuses_a_plan_that_would_break_writ
         hazards: Vec::new(),
         notes: Vec::new(),
     };
-    let err = tidepool::publication::apply(&admin, &sneaky)
+    let err = tidepool::source::publication::apply(&admin, &sneaky)
         .await
         .unwrap_err();
     assert!(err.message().contains("\"shop\".\"page_views\""), "{err}");
@@ -240,7 +240,9 @@ async fn each_choice_does_what_it_says_and_writes_keep_working() {
             choices: choose(handling),
             all_tables: false,
         };
-        let plan = tidepool::publication::plan(&admin, &request).await.unwrap();
+        let plan = tidepool::source::publication::plan(&admin, &request)
+            .await
+            .unwrap();
         assert!(plan.undecided().is_empty());
         assert_eq!(plan.notes.len(), 3, "{:?}", plan.notes);
         // What the user confirms is what runs.
@@ -358,7 +360,9 @@ async fn a_keyless_table_already_published_is_a_fail_whose_fixes_restore_writes(
         choices: vec![],
         all_tables: false,
     };
-    let plan = tidepool::publication::plan(&admin, &request).await.unwrap();
+    let plan = tidepool::source::publication::plan(&admin, &request)
+        .await
+        .unwrap();
     assert!(plan.hazards[0].refused_now);
     assert!(plan.notes[0].contains("refusing its UPDATEs and DELETEs now"));
     let mut leave = request.clone();
@@ -367,12 +371,16 @@ async fn a_keyless_table_already_published_is_a_fail_whose_fixes_restore_writes(
         table: "page_views".into(),
         handling: Handling::LeaveOut,
     }];
-    let plan = tidepool::publication::plan(&admin, &leave).await.unwrap();
+    let plan = tidepool::source::publication::plan(&admin, &leave)
+        .await
+        .unwrap();
     assert_eq!(
         plan.statements,
         vec![r#"ALTER PUBLICATION "mine" DROP TABLE "shop"."page_views""#]
     );
-    tidepool::publication::apply(&admin, &plan).await.unwrap();
+    tidepool::source::publication::apply(&admin, &plan)
+        .await
+        .unwrap();
     assert_every_write_accepted(&db);
 
     // Covered by FOR ALL TABLES (not a list Tidepool can take it out of): only REPLICA IDENTITY FULL
@@ -385,14 +393,18 @@ async fn a_keyless_table_already_published_is_a_fail_whose_fixes_restore_writes(
     let mut all = request.clone();
     all.publication = "everything".into();
     all.tables = vec![TableRef::new("shop", "ledger")];
-    let plan = tidepool::publication::plan(&admin, &all).await.unwrap();
+    let plan = tidepool::source::publication::plan(&admin, &all)
+        .await
+        .unwrap();
     assert_eq!(plan.hazards[0].options, vec![Handling::ReplicaIdentityFull]);
     all.choices = vec![Choice {
         schema: "shop".into(),
         table: "ledger".into(),
         handling: Handling::LeaveOut,
     }];
-    assert!(tidepool::publication::plan(&admin, &all).await.is_err());
+    assert!(tidepool::source::publication::plan(&admin, &all)
+        .await
+        .is_err());
     let checks = run(&admin, &target("everything", &[])).await.unwrap();
     for table in HAZARDOUS {
         let check = find(&checks, &format!("replica_identity:shop.{table}"));

@@ -1,4 +1,4 @@
-//! The desktop app's one pull API server ([`tidepool::run::Runs`]): two profiles capture at once,
+//! The desktop app's one pull API server ([`tidepool::app::run::Runs`]): two profiles capture at once,
 //! each store chosen by its own token on the same port, with Sequin's paths unchanged; a long poll
 //! answers as soon as a row is inserted; a port already taken leaves the captures running and says
 //! why. Real captures of harness databases, real HTTP (reqwest), the real keychain.
@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
+use tidepool::app::consumers::ConsumerStore;
+use tidepool::app::profile::Profiles;
+use tidepool::app::run::{RunState, Runs};
 use tidepool::binding::Binding;
-use tidepool::consumers::ConsumerStore;
 use tidepool::deliver::consumer::{ConsumerSpec, Destination, Mode, Pull, Start};
-use tidepool::profile::Profiles;
-use tidepool::run::{RunState, Runs};
 
 use crate::harness::{self, until, TestDb};
 

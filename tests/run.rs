@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
+use tidepool::app::preview::{self, PageRequest, View};
+use tidepool::app::profile::{ProfileDraft, Profiles};
+use tidepool::app::run::{RunState, RunStatus, Runs, TailEntry};
 use tidepool::binding::Binding;
-use tidepool::preview::{self, PageRequest, View};
-use tidepool::profile::{ProfileDraft, Profiles};
-use tidepool::run::{RunState, RunStatus, Runs, TailEntry};
 
 use crate::harness::{self, TestDb};
 
@@ -38,7 +38,7 @@ fn items_profile(prefix: &str, name: &str) -> (TestDb, Profiles, String) {
         address: format!("127.0.0.1:{}", db.cluster.port()),
         user: "postgres".into(),
         database: db.name.clone(),
-        sslmode: tidepool::tls::SslMode::Disable,
+        sslmode: tidepool::source::tls::SslMode::Disable,
         slot: Some(db.name.clone()),
         publication: Some(format!("{}_pub", db.name)),
         ..Default::default()
@@ -272,7 +272,9 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
     until("the streamed insert", || changes() == 4).await;
 
     // Health while streaming: the slot exists, is consumed, and the checkpoint's time is known.
-    let health = tidepool::health::slot(&profiles, &id).await.unwrap();
+    let health = tidepool::source::health::slot(&profiles, &id)
+        .await
+        .unwrap();
     assert!(health.exists && health.active, "{health:?}");
     assert_eq!(health.wal_status.as_deref(), Some("reserved"));
     assert!(health.last_progress_unix_ms.is_some());
@@ -284,13 +286,17 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
     // Paused: the slot stays, inactive, and keeps the WAL written meanwhile.
     runs.stop(&id, &profiles).unwrap();
     db.sql("INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(100, 2000) g;");
-    let mut paused = tidepool::health::slot(&profiles, &id).await.unwrap();
+    let mut paused = tidepool::source::health::slot(&profiles, &id)
+        .await
+        .unwrap();
     for _ in 0..100 {
         if !paused.active {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        paused = tidepool::health::slot(&profiles, &id).await.unwrap();
+        paused = tidepool::source::health::slot(&profiles, &id)
+            .await
+            .unwrap();
     }
     assert!(paused.exists && !paused.active, "{paused:?}");
     assert!(paused.unconfirmed_bytes.unwrap() > 1_000_000, "{paused:?}");
@@ -307,7 +313,9 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
     );
     assert!(preview::collections(&profiles, &id).unwrap().is_empty());
     assert!(profiles.capture_definition(&id).unwrap().is_some());
-    let dropped = tidepool::health::slot(&profiles, &id).await.unwrap();
+    let dropped = tidepool::source::health::slot(&profiles, &id)
+        .await
+        .unwrap();
     assert!(!dropped.exists);
     assert!(
         dropped.warnings.is_empty(),
@@ -338,7 +346,7 @@ async fn stop_and_drop_frees_the_slot_and_the_next_start_backfills_afresh() {
 /// after "Stop and drop the slot", a step again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_passes_the_slot_this_apps_capture_holds_and_steps_the_one_its_start_creates() {
-    use tidepool::preflight::{Check, Status};
+    use tidepool::source::preflight::{Check, Status};
 
     let (db, profiles, id) = items_profile("run_setup", "Setup");
     let runs = Runs::with_pull_listen("127.0.0.1:0");

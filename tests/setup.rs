@@ -1,9 +1,9 @@
 //! Preflight checks in their pass and fail states, and every fix turning a fail into a pass, against
 //! real clusters; hostile names go through the fixes without injecting anything.
 
-use tidepool::connection::{connect, ConnectionSpec};
-use tidepool::preflight::{run, Check, Status, Target};
-use tidepool::setup::Action;
+use tidepool::source::connection::{connect, ConnectionSpec};
+use tidepool::source::preflight::{run, Check, Status, Target};
+use tidepool::source::setup::Action;
 
 use crate::harness::{self, TestDb};
 
@@ -305,9 +305,9 @@ async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
     let long = "é".repeat(31); // 62 bytes: near PostgreSQL's 63-byte limit
     db.sql(&format!(
         "CREATE TABLE canary (id int); CREATE SCHEMA {s}; CREATE TABLE {s}.{t} (id int, v text); CREATE TABLE {s}.{l} (id int PRIMARY KEY);",
-        s = tidepool::sql::ident(schema),
-        t = tidepool::sql::ident(table),
-        l = tidepool::sql::ident(&long),
+        s = tidepool::source::sql::ident(schema),
+        t = tidepool::source::sql::ident(table),
+        l = tidepool::source::sql::ident(&long),
     ));
     let admin_client = connect(&db.spec()).await.unwrap();
     let created = Action::CreateReplicationRole { role: role.into() }
@@ -330,16 +330,16 @@ async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
     .run(&admin_client)
     .await
     .unwrap();
-    let request = tidepool::publication::Request {
+    let request = tidepool::source::publication::Request {
         publication: publication.into(),
         tables: vec![
-            tidepool::publication::TableRef::new(schema, table),
-            tidepool::publication::TableRef::new(schema, &long),
+            tidepool::source::publication::TableRef::new(schema, table),
+            tidepool::source::publication::TableRef::new(schema, &long),
         ],
         choices: Vec::new(),
         all_tables: false,
     };
-    let statements = tidepool::publication::plan(&admin_client, &request)
+    let statements = tidepool::source::publication::plan(&admin_client, &request)
         .await
         .unwrap()
         .statements;
@@ -384,8 +384,8 @@ async fn hostile_names_are_quoted_everywhere_and_nothing_is_injected() {
     );
     db.sql(&format!(
         "DROP PUBLICATION {}; DROP OWNED BY {r}; DROP ROLE {r};",
-        tidepool::sql::ident(publication),
-        r = tidepool::sql::ident(role)
+        tidepool::source::sql::ident(publication),
+        r = tidepool::source::sql::ident(role)
     ));
 }
 
@@ -497,9 +497,9 @@ fn the_command_line_prints_the_checklist_and_dry_runs_fixes() {
 /// check passing for the capture role.
 #[tokio::test]
 async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
-    use tidepool::profile::Profiles;
+    use tidepool::app::profile::Profiles;
     use tidepool::secrets::Secret;
-    use tidepool::setup::RunAs;
+    use tidepool::source::setup::RunAs;
     use tidepool::ErrorKind;
 
     crate::profiles::require_keyring_session();
@@ -508,7 +508,7 @@ async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
     // tables and may create in the database.
     let owner = db.role("shop_owner", "", "owner-pw-3141");
     let capture = db.role("cdc_role", "", "capture-pw-2718");
-    let o = tidepool::sql::ident(&owner.user);
+    let o = tidepool::source::sql::ident(&owner.user);
     db.sql(&format!(
         "GRANT CREATE ON DATABASE {db} TO {o};
          CREATE SCHEMA shop AUTHORIZATION {o};
@@ -516,7 +516,7 @@ async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
          CREATE TABLE shop.orders (id int PRIMARY KEY, n int);
          CREATE TABLE shop.items (id int PRIMARY KEY, qty int);
          RESET ROLE;",
-        db = tidepool::sql::ident(&db.name)
+        db = tidepool::source::sql::ident(&db.name)
     ));
 
     let dir = harness::temp_dir("setup_owner_profiles");
@@ -608,7 +608,7 @@ async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
     let reader = db.role("shop_reader", "", "reader-pw-1732");
     db.sql(&format!(
         "GRANT USAGE ON SCHEMA shop TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {r};",
-        r = tidepool::sql::ident(&reader.user)
+        r = tidepool::source::sql::ident(&reader.user)
     ));
     let e = profiles
         .run_fix_as(
@@ -685,7 +685,7 @@ async fn fixes_run_as_the_owner_make_a_capture_role_that_owns_nothing_ready() {
     assert_eq!(
         db.sql(&format!(
             "SELECT has_table_privilege({}, 'shop.later', 'SELECT');",
-            tidepool::sql::literal(&capture.user)
+            tidepool::source::sql::literal(&capture.user)
         ))
         .trim(),
         "t"
@@ -713,13 +713,13 @@ fn the_command_line_runs_a_fix_as_the_owner() {
     let db = TestDb::new(harness::plain(), "setup_cli_owner");
     let owner = db.role("cli_owner", "", "cli-owner-pw-1618");
     let capture = db.role("cli_cdc", "", "cli-capture-pw-1414");
-    let o = tidepool::sql::ident(&owner.user);
+    let o = tidepool::source::sql::ident(&owner.user);
     db.sql(&format!(
         "CREATE SCHEMA shop AUTHORIZATION {o};
          SET ROLE {o}; CREATE TABLE shop.orders (id int PRIMARY KEY); RESET ROLE;"
     ));
     let dir = harness::temp_dir("setup_cli_owner");
-    let profiles = tidepool::profile::Profiles::open(&dir);
+    let profiles = tidepool::app::profile::Profiles::open(&dir);
     let mut draft = db.profile_draft("Owner");
     draft.user = owner.user.clone();
     profiles
@@ -760,7 +760,7 @@ fn the_command_line_runs_a_fix_as_the_owner() {
     let usage = || {
         db.sql(&format!(
             "SELECT has_schema_privilege({}, 'shop', 'USAGE');",
-            tidepool::sql::literal(&capture.user)
+            tidepool::source::sql::literal(&capture.user)
         ))
         .trim()
         .to_string()

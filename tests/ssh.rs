@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool::profile::{Profiles, SaveCheck};
+use tidepool::app::profile::{Profiles, SaveCheck};
 use tidepool::secrets::Secret;
 use tidepool::store::Store;
 use tidepool::ErrorKind;
@@ -197,7 +197,7 @@ fn descendants(root: u32) -> Vec<u32> {
 }
 
 /// A profile for the harness database named as only the bastion knows it, through `sshd`.
-fn draft(db: &TestDb, sshd: &Sshd, name: &str) -> tidepool::profile::ProfileDraft {
+fn draft(db: &TestDb, sshd: &Sshd, name: &str) -> tidepool::app::profile::ProfileDraft {
     let mut draft = db.profile_draft(name);
     draft.address = format!("{TUNNEL_ONLY_HOST}:{}", db.cluster.port());
     draft.ssh_address = Some(sshd.address());
@@ -227,7 +227,7 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
     // Without the tunnel the name does not even resolve here.
     let mut direct = db.spec();
     direct.host = TUNNEL_ONLY_HOST.into();
-    let err = tidepool::connection::test_connection(&direct)
+    let err = tidepool::source::connection::test_connection(&direct)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
@@ -250,7 +250,7 @@ async fn a_database_reachable_only_through_a_bastion_is_checked_and_captured_thr
     let shown = profiles.ssh_host_key(&sshd.address()).await.unwrap();
     assert_eq!(shown.fingerprint, expected);
     assert!(
-        tidepool::ssh::same_host_key(&shown.openssh, &sshd.host_key_line()).unwrap(),
+        tidepool::source::ssh::same_host_key(&shown.openssh, &sshd.host_key_line()).unwrap(),
         "{} vs {}",
         shown.openssh,
         sshd.host_key_line()

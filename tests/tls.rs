@@ -1,7 +1,7 @@
 //! sslmode as libpq documents it, against clusters serving certificates from their own test authority.
 
-use tidepool::connection::{test_connection, ChannelBinding};
-use tidepool::tls::SslMode;
+use tidepool::source::connection::{test_connection, ChannelBinding};
+use tidepool::source::tls::SslMode;
 use tidepool::ErrorKind;
 
 use crate::harness::{self, TestDb};

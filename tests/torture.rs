@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
+use tidepool::app::cluster::{Cluster, ClusterOptions, Shutdown};
 use tidepool::capture::run;
-use tidepool::cluster::{Cluster, ClusterOptions, Shutdown};
 use tidepool::deliver::consumer::{ConsumerSpec, Mode, Start};
 use tidepool::deliver::{Database, DeliveryOptions};
 use tidepool::secrets::Keychain;
@@ -82,12 +82,12 @@ struct Gate(tokio::sync::RwLock<()>);
 /// Returns how many changes were committed. It reconnects when its connection was closed while the
 /// gate was shut.
 async fn workload(
-    spec: tidepool::connection::ConnectionSpec,
+    spec: tidepool::source::connection::ConnectionSpec,
     seed: u64,
     duration: Duration,
     gate: Arc<Gate>,
 ) -> u64 {
-    let mut client = tidepool::connection::connect(&spec).await.unwrap();
+    let mut client = tidepool::source::connection::connect(&spec).await.unwrap();
     let mut random = Random(seed);
     let mut live: Vec<i32> = Vec::new();
     let mut next_id = 1;
@@ -96,7 +96,7 @@ async fn workload(
     while Instant::now() < deadline {
         let _open = gate.0.read().await;
         if client.is_closed() {
-            client = tidepool::connection::connect(&spec).await.unwrap();
+            client = tidepool::source::connection::connect(&spec).await.unwrap();
         }
         let statements = if random.below(5) == 0 { 3 } else { 1 };
         let mut sql = String::from("BEGIN;");
@@ -134,7 +134,7 @@ async fn workload(
             // Only a connection the server closed while the gate was shut (a restart) fails here,
             // and it failed before the transaction began: nothing of it committed. Again, anew.
             assert!(client.is_closed(), "the workload failed: {e}");
-            client = tidepool::connection::connect(&spec).await.unwrap();
+            client = tidepool::source::connection::connect(&spec).await.unwrap();
             client.batch_execute(&sql).await.unwrap();
         }
         live = planned;
@@ -294,7 +294,7 @@ impl Watchdog {
                 tokio::time::sleep(Duration::from_millis(3)).await;
                 // The server may be restarting: a failed read is a skipped sample.
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = tidepool::connection::connect(&spec).await.ok();
+                    client = tidepool::source::connection::connect(&spec).await.ok();
                 }
                 let Some(c) = &client else { continue };
                 let Ok(row) = c
@@ -309,7 +309,7 @@ impl Watchdog {
                 let Some(confirmed) = row.and_then(|r| r.get::<_, Option<String>>(0)) else {
                     continue;
                 };
-                let confirmed: tidepool::pgoutput::Lsn = confirmed.parse().unwrap();
+                let confirmed: tidepool::source::pgoutput::Lsn = confirmed.parse().unwrap();
                 let Ok(checkpoint) = store.checkpoint() else {
                     continue;
                 };
@@ -683,7 +683,7 @@ async fn ddl_mid_stream_loses_and_doubles_nothing() {
     let source = source(crate::harness::plain(), "torture_ddl");
     source.catch_up().await;
     let mut streaming = Streaming::start(&source, seed, duration, Arc::default(), None).await;
-    let client = tidepool::connection::connect(&source.db.spec())
+    let client = tidepool::source::connection::connect(&source.db.spec())
         .await
         .unwrap();
     let mut random = Random(seed.rotate_left(37) | 1);
@@ -771,7 +771,7 @@ async fn the_publication_altered_mid_stream_loses_and_doubles_nothing() {
         let spec = source.db.spec();
         let mut random = Random(seed.rotate_left(41) | 1);
         tokio::spawn(async move {
-            let client = tidepool::connection::connect(&spec).await.unwrap();
+            let client = tidepool::source::connection::connect(&spec).await.unwrap();
             let deadline = Instant::now() + duration;
             let mut next = 1;
             while Instant::now() < deadline {
@@ -791,7 +791,7 @@ async fn the_publication_altered_mid_stream_loses_and_doubles_nothing() {
             }
         })
     };
-    let client = tidepool::connection::connect(&source.db.spec())
+    let client = tidepool::source::connection::connect(&source.db.spec())
         .await
         .unwrap();
     let mut random = Random(seed.rotate_left(29) | 1);
@@ -874,17 +874,17 @@ async fn postgres_restarted_mid_backfill_ends_equal_to_the_source() {
         let (spec, gate, stop) = (db.spec(), gate.clone(), stop.clone());
         let mut random = Random(seed);
         tokio::spawn(async move {
-            let mut client = tidepool::connection::connect(&spec).await.unwrap();
+            let mut client = tidepool::source::connection::connect(&spec).await.unwrap();
             while !stop.load(Ordering::SeqCst) {
                 let _open = gate.0.read().await;
                 if client.is_closed() {
-                    client = tidepool::connection::connect(&spec).await.unwrap();
+                    client = tidepool::source::connection::connect(&spec).await.unwrap();
                 }
                 let id = 1 + random.below(rows) as i32;
                 let sql = format!("UPDATE t SET version = version + 1 WHERE id = {id}");
                 if client.batch_execute(&sql).await.is_err() {
                     // Closed while the gate was shut: nothing of it committed; again, anew.
-                    client = tidepool::connection::connect(&spec).await.unwrap();
+                    client = tidepool::source::connection::connect(&spec).await.unwrap();
                     client.batch_execute(&sql).await.unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -1,6 +1,6 @@
 //! What the benchmarks share: a cluster set up for bulk writes, and the peak memory of a child.
 
-use tidepool::cluster::{Cluster, ClusterOptions};
+use tidepool::app::cluster::{Cluster, ClusterOptions};
 
 /// A throwaway cluster whose checkpoints stay out of the measurements, with an empty `bench` database.
 pub fn cluster() -> Cluster {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool::conninfo::Conninfo;
+use tidepool::source::conninfo::Conninfo;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -14,11 +14,11 @@ fuzz_target!(|data: &[u8]| {
             if let Err(e) = spec.validate() {
                 assert!(!e.message().is_empty());
             }
-            assert!(tidepool::profile::autofill(text).is_ok());
+            assert!(tidepool::app::profile::autofill(text).is_ok());
         }
         Err(e) => {
             assert!(!e.message().is_empty());
-            assert!(tidepool::profile::autofill(text).is_err());
+            assert!(tidepool::app::profile::autofill(text).is_err());
         }
     }
 });

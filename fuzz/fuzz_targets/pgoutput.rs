@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool::pgoutput::{decode, encode, Context};
+use tidepool::source::pgoutput::{decode, encode, Context};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte chooses the context; the rest is the message.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool::snapshot::Snapshot;
+use tidepool::store::snapshot::Snapshot;
 
 fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("tidepool-fuzz-snapshot-{}", std::process::id()));

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool::value::builtin;
+use tidepool::document::value::builtin;
 
 const OIDS: [u32; 18] = [16, 20, 700, 701, 1700, 25, 114, 3802, 17, 2950, 1082, 1083, 1266, 1114, 1184, 1186, 1007, 1009];
 
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let direct = kind.write_json(text, &mut written);
     if let (Ok(mapped), Ok(())) = (&mapped, &direct) {
         // json/jsonb are embedded as PostgreSQL printed them; for the others the two must agree.
-        if !matches!(kind, tidepool::value::Kind::Json) {
+        if !matches!(kind, tidepool::document::value::Kind::Json) {
             let reparsed: serde_json::Value = serde_json::from_str(&written).expect("the writer wrote JSON");
             // 0 and 0.0 are one JSON number: compare numbers by value, everything else exactly.
             match (reparsed.as_f64(), mapped.as_f64()) {

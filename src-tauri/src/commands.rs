@@ -6,34 +6,35 @@ use std::time::Duration;
 
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
-use tidepool::binding::{Binding, Definition};
-use tidepool::capture::PublishPlan;
-use tidepool::connection::ServerFacts;
-use tidepool::consumers::{
+use tidepool::app::api::{Tidepool, TrialWebhook};
+use tidepool::app::consumers::{
     ConsumerActivity, ConsumerStore, ConsumerView, FilterCheck, SecretHeader,
 };
+use tidepool::app::export::{Engine, ExportFile};
+use tidepool::app::preview::{ExportFormat, Exported, Page, PageRequest, View};
+use tidepool::app::profile::{
+    self, Autofill, ProfileDraft, ProfileView, Removed, RevealedSecret, SaveCheck,
+};
+use tidepool::app::run::{PullAccess, RunStatus, TailEntry};
+use tidepool::binding::{Binding, Definition};
+use tidepool::capture::PublishPlan;
 use tidepool::deliver::consumer::{Action as ConsumerAction, Consumer, ConsumerSpec};
 use tidepool::deliver::webhook::TestResult;
-use tidepool::demo::DemoHost;
-use tidepool::discovery::DiscoveredTable;
-use tidepool::export::{Engine, ExportFile};
-use tidepool::health::SlotHealth;
-use tidepool::neon::{Branch, Link, Project};
-use tidepool::preflight::{Check, Fix};
-use tidepool::preview::{ExportFormat, Exported, Page, PageRequest, View};
-use tidepool::profile::{
-    self, Autofill, ProfileDraft, ProfileView, Profiles, Removed, RevealedSecret, SaveCheck,
-};
-use tidepool::publication::{Choice, Plan, TableRef};
-use tidepool::run::{PullAccess, RunStatus, Runs, TailEntry};
 use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
-use tidepool::setup::{Action, RunAs};
+use tidepool::source::connection::ServerFacts;
+use tidepool::source::discovery::DiscoveredTable;
+use tidepool::source::health::SlotHealth;
+use tidepool::source::neon::{Branch, Link, Project};
+use tidepool::source::preflight::{Check, Fix};
+use tidepool::source::publication::{Choice, Plan, TableRef};
+use tidepool::source::setup::{Action, RunAs};
 use tidepool::store::CollectionInfo;
 use tidepool::Error;
 
 /// Every saved profile with the state of its password.
 #[tauri::command(async)]
-pub fn list_profiles(profiles: State<'_, Profiles>) -> Result<Vec<ProfileView>, Error> {
+pub fn list_profiles(tidepool: State<'_, Tidepool>) -> Result<Vec<ProfileView>, Error> {
+    let profiles = tidepool.profiles();
     profiles.list()
 }
 
@@ -41,12 +42,13 @@ pub fn list_profiles(profiles: State<'_, Profiles>) -> Result<Vec<ProfileView>, 
 /// connection first and saves nothing if it fails, unless `check` is "withoutTesting".
 #[tauri::command]
 pub async fn save_profile(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: Option<String>,
     draft: ProfileDraft,
     password: Option<Secret>,
     check: Option<SaveCheck>,
 ) -> Result<ProfileView, Error> {
+    let profiles = tidepool.profiles();
     profiles
         .save_checked(id, draft, password, check.unwrap_or_default())
         .await
@@ -54,23 +56,15 @@ pub async fn save_profile(
 
 /// Deletes a profile, its store and its keychain entries; says what was deleted.
 #[tauri::command(async)]
-pub fn delete_profile(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    id: String,
-) -> Result<Removed, Error> {
-    runs.delete_profile(&profiles, &id)
+pub fn delete_profile(tidepool: State<'_, Tidepool>, id: String) -> Result<Removed, Error> {
+    tidepool.delete_profile(&id)
 }
 
 /// "Discard the local copy": deletes the profile's store and its keychain entries and drops its
 /// slot, keeping the profile; the way out when an encrypted store's key is lost.
 #[tauri::command]
-pub async fn discard_store(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    id: String,
-) -> Result<Removed, Error> {
-    runs.discard_store(&profiles, &id).await
+pub async fn discard_store(tidepool: State<'_, Tidepool>, id: String) -> Result<Removed, Error> {
+    tidepool.discard_store(&id).await
 }
 
 /// "Autofill with URL": the form's fields from a pasted URL or key=value string.
@@ -82,11 +76,12 @@ pub fn autofill(text: String) -> Result<Autofill, Error> {
 /// "Test connection" with the form as it stands; the password typed, else the keychain's.
 #[tauri::command]
 pub async fn test_connection(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: Option<String>,
     draft: ProfileDraft,
     password: Option<Secret>,
 ) -> Result<ServerFacts, Error> {
+    let profiles = tidepool.profiles();
     profiles.test_draft(id, draft, password).await
 }
 
@@ -94,9 +89,10 @@ pub async fn test_connection(
 /// compare and accept before anything goes through it.
 #[tauri::command]
 pub async fn ssh_host_key(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     address: String,
-) -> Result<tidepool::ssh::HostKey, Error> {
+) -> Result<tidepool::source::ssh::HostKey, Error> {
+    let profiles = tidepool.profiles();
     profiles.ssh_host_key(&address).await
 }
 
@@ -108,48 +104,54 @@ pub fn keychain_status() -> KeychainStatus {
 
 /// Whether a Neon API key is stored.
 #[tauri::command(async)]
-pub fn neon_key_status(profiles: State<'_, Profiles>) -> Result<NeonKeyStatus, Error> {
+pub fn neon_key_status(tidepool: State<'_, Tidepool>) -> Result<NeonKeyStatus, Error> {
+    let profiles = tidepool.profiles();
     profiles.keychain()?.neon_api_key_status()
 }
 
 /// Stores the Neon API key in the keychain.
 #[tauri::command(async)]
-pub fn set_neon_key(profiles: State<'_, Profiles>, key: Secret) -> Result<NeonKeyStatus, Error> {
+pub fn set_neon_key(tidepool: State<'_, Tidepool>, key: Secret) -> Result<NeonKeyStatus, Error> {
+    let profiles = tidepool.profiles();
     profiles.keychain()?.set_neon_api_key(&key)
 }
 
 /// Removes the Neon API key from the keychain.
 #[tauri::command(async)]
-pub fn remove_neon_key(profiles: State<'_, Profiles>) -> Result<NeonKeyStatus, Error> {
+pub fn remove_neon_key(tidepool: State<'_, Tidepool>) -> Result<NeonKeyStatus, Error> {
+    let profiles = tidepool.profiles();
     profiles.keychain()?.remove_neon_api_key()
 }
 
 /// The tables the profile's role can read, as collections (key, JSON Schema, publication membership).
 #[tauri::command]
 pub async fn discover_tables(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Vec<DiscoveredTable>, Error> {
+    let profiles = tidepool.profiles();
     profiles.discover(&id).await
 }
 
 /// The profile's saved capture definition, if any.
 #[tauri::command(async)]
 pub fn capture_definition(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Option<Definition>, Error> {
+    let profiles = tidepool.profiles();
     profiles.capture_definition(&id)
 }
 
 /// "Save and publish": saves the bindings and makes the publication contain their tables.
 #[tauri::command]
 pub async fn publish_capture(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     bindings: Vec<Binding>,
     choices: Option<Vec<Choice>>,
 ) -> Result<Vec<String>, Error> {
+    let profiles = tidepool.profiles();
     profiles
         .publish(&id, bindings, choices.unwrap_or_default())
         .await
@@ -159,13 +161,14 @@ pub async fn publish_capture(
 /// statements, the slot, the tables backfilled, the capture started (or, running, updated).
 #[tauri::command]
 pub async fn plan_save_and_publish(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     bindings: Vec<Binding>,
     choices: Option<Vec<Choice>>,
 ) -> Result<PublishPlan, Error> {
-    runs.plan_publish(&profiles, &id, bindings, choices.unwrap_or_default())
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.plan_publish(profiles, &id, bindings, choices.unwrap_or_default())
         .await
 }
 
@@ -174,14 +177,15 @@ pub async fn plan_save_and_publish(
 #[tauri::command]
 pub async fn save_and_publish(
     app: AppHandle,
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     bindings: Vec<Binding>,
     choices: Option<Vec<Choice>>,
 ) -> Result<RunStatus, Error> {
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
     runs.save_and_publish(
-        &profiles,
+        profiles,
         &id,
         bindings,
         choices.unwrap_or_default(),
@@ -194,11 +198,12 @@ pub async fn save_and_publish(
 /// usable replica identity and what `choices` do with it; runs nothing.
 #[tauri::command]
 pub async fn plan_publication(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     tables: Vec<TableRef>,
     choices: Option<Vec<Choice>>,
 ) -> Result<Plan, Error> {
+    let profiles = tidepool.profiles();
     profiles
         .plan_publication(&id, tables, choices.unwrap_or_default())
         .await
@@ -207,23 +212,22 @@ pub async fn plan_publication(
 /// The preflight checklist for a profile, each failing check with its fix and that fix's SQL; a slot
 /// this app's running capture holds is a pass.
 #[tauri::command]
-pub async fn preflight(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    id: String,
-) -> Result<Vec<Check>, Error> {
-    runs.preflight(&profiles, &id).await
+pub async fn preflight(tidepool: State<'_, Tidepool>, id: String) -> Result<Vec<Check>, Error> {
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.preflight(profiles, &id).await
 }
 
 /// Runs a fix the user saw and confirmed, as `run_as` (default: the profile's own role). An owner
 /// password arrives here once, straight into a `Secret`, and is dropped after the run.
 #[tauri::command]
 pub async fn run_fix(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     action: Action,
     run_as: Option<RunAs>,
 ) -> Result<(), Error> {
+    let profiles = tidepool.profiles();
     profiles
         .run_fix_as(&id, action, run_as.unwrap_or_default())
         .await
@@ -237,32 +241,36 @@ pub fn preview_action(action: Action) -> Fix {
 
 /// The Neon projects the stored API key can see.
 #[tauri::command]
-pub async fn neon_projects(profiles: State<'_, Profiles>) -> Result<Vec<Project>, Error> {
+pub async fn neon_projects(tidepool: State<'_, Tidepool>) -> Result<Vec<Project>, Error> {
+    let profiles = tidepool.profiles();
     profiles.neon_projects().await
 }
 
 /// A Neon project's branches.
 #[tauri::command]
 pub async fn neon_branches(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     project_id: String,
 ) -> Result<Vec<Branch>, Error> {
+    let profiles = tidepool.profiles();
     profiles.neon_branches(&project_id).await
 }
 
 /// The Neon project and branch that serve the profile's host, if the key can see them.
 #[tauri::command]
-pub async fn neon_locate(profiles: State<'_, Profiles>, id: String) -> Result<Option<Link>, Error> {
+pub async fn neon_locate(tidepool: State<'_, Tidepool>, id: String) -> Result<Option<Link>, Error> {
+    let profiles = tidepool.profiles();
     profiles.neon_locate(&id).await
 }
 
 /// Links the profile to a Neon project and branch, or unlinks it (`link` = null).
 #[tauri::command(async)]
 pub fn link_neon(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     link: Option<Link>,
 ) -> Result<ProfileView, Error> {
+    let profiles = tidepool.profiles();
     profiles.link_neon(&id, link)
 }
 
@@ -270,15 +278,16 @@ pub fn link_neon(
 #[tauri::command]
 pub async fn start_capture(
     app: AppHandle,
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    runs.start(&profiles, &id, status_events(app)).await
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.start(profiles, &id, status_events(app)).await
 }
 
 /// Forwards a run's statuses to the window as `capture-status` events.
-fn status_events(app: AppHandle) -> tidepool::run::StatusListener {
+fn status_events(app: AppHandle) -> tidepool::app::run::StatusListener {
     Arc::new(move |status: &RunStatus| {
         let _ = app.emit("capture-status", status);
     })
@@ -286,73 +295,73 @@ fn status_events(app: AppHandle) -> tidepool::run::StatusListener {
 
 /// Stops the profile's capture; the slot stays.
 #[tauri::command(async)]
-pub fn stop_capture(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    id: String,
-) -> Result<RunStatus, Error> {
-    runs.stop(&id, &profiles)
+pub fn stop_capture(tidepool: State<'_, Tidepool>, id: String) -> Result<RunStatus, Error> {
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.stop(&id, profiles)
 }
 
 /// The profile's capture status.
 #[tauri::command(async)]
-pub fn capture_status(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    id: String,
-) -> Result<RunStatus, Error> {
-    runs.status(&id, &profiles)
+pub fn capture_status(tidepool: State<'_, Tidepool>, id: String) -> Result<RunStatus, Error> {
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.status(&id, profiles)
 }
 
 /// The profile's collections with their counts.
 #[tauri::command(async)]
 pub fn collections(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Vec<CollectionInfo>, Error> {
-    tidepool::preview::collections(&profiles, &id)
+    let profiles = tidepool.profiles();
+    tidepool::app::preview::collections(profiles, &id)
 }
 
 /// A page of a collection's rows or change log, optionally filtered.
 #[tauri::command(async)]
 pub fn collection_page(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     collection: String,
     request: PageRequest,
 ) -> Result<Page, Error> {
-    tidepool::preview::page(&profiles, &id, &collection, &request)
+    let profiles = tidepool.profiles();
+    tidepool::app::preview::page(profiles, &id, &collection, &request)
 }
 
 /// The profile's capture as another engine's file (Estuary Flow's `flow.yaml`, Sequin's
 /// `sequin.yaml`), secrets as placeholders.
 #[tauri::command(async)]
 pub fn export_capture(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     engine: Engine,
 ) -> Result<ExportFile, Error> {
-    tidepool::export::of_profile(&profiles, &id, engine)
+    let profiles = tidepool.profiles();
+    tidepool::app::export::of_profile(profiles, &id, engine)
 }
 
 /// Exports a collection's rows or change log (filtered) to the Downloads folder.
 #[tauri::command(async)]
 pub fn export_collection(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     collection: String,
     view: View,
     filter: Option<String>,
     format: ExportFormat,
 ) -> Result<Exported, Error> {
-    tidepool::preview::export(
-        &profiles,
+    let profiles = tidepool.profiles();
+    tidepool::app::preview::export(
+        profiles,
         &id,
         &collection,
         view,
         filter,
         format,
-        &tidepool::preview::default_export_dir()?,
+        &tidepool::app::preview::default_export_dir()?,
     )
 }
 
@@ -360,7 +369,7 @@ pub fn export_collection(
 /// the window cannot use it to open anything else.
 #[tauri::command(async)]
 pub fn open_export_folder() -> Result<(), Error> {
-    let dir = tidepool::preview::default_export_dir()?;
+    let dir = tidepool::app::preview::default_export_dir()?;
     open::that_detached(&dir)
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", dir.display())))
 }
@@ -370,8 +379,7 @@ pub fn open_export_folder() -> Result<(), Error> {
 #[allow(clippy::too_many_arguments)]
 #[tauri::command]
 pub async fn tail_collection(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     collection: String,
     after: u64,
@@ -379,8 +387,10 @@ pub async fn tail_collection(
     token: String,
     on_change: Channel<Vec<TailEntry>>,
 ) -> Result<(), Error> {
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
     runs.tail(
-        &profiles,
+        profiles,
         &id,
         &collection,
         after,
@@ -393,65 +403,65 @@ pub async fn tail_collection(
 
 /// Ends a tail.
 #[tauri::command]
-pub fn stop_tail(runs: State<'_, Runs>, token: String) {
-    runs.stop_tail(&token)
+pub fn stop_tail(tidepool: State<'_, Tidepool>, token: String) {
+    tidepool.runs().stop_tail(&token)
 }
 
 /// "Try it with a demo database": starts the throwaway server and returns its saved profile.
 #[tauri::command(async)]
-pub fn start_demo(
-    profiles: State<'_, Profiles>,
-    demo: State<'_, DemoHost>,
-) -> Result<ProfileView, Error> {
-    demo.start(&profiles, Duration::from_secs(1))
+pub fn start_demo(tidepool: State<'_, Tidepool>) -> Result<ProfileView, Error> {
+    tidepool.start_demo(Duration::from_secs(1))
 }
 
 /// Removes the demo database, its profile and its capture.
 #[tauri::command(async)]
-pub fn stop_demo(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    demo: State<'_, DemoHost>,
-) -> Result<Option<Removed>, Error> {
-    demo.stop(&profiles, &runs)
+pub fn stop_demo(tidepool: State<'_, Tidepool>) -> Result<Option<Removed>, Error> {
+    tidepool.stop_demo()
 }
 
 /// The demo's profile id while a demo runs.
 #[tauri::command]
-pub fn demo_profile(demo: State<'_, DemoHost>) -> Option<String> {
-    demo.profile_id()
+pub fn demo_profile(tidepool: State<'_, Tidepool>) -> Option<String> {
+    tidepool.demo_profile()
 }
 
 /// Stops the capture, drops its slot and empties the local collections (the definition stays).
 #[tauri::command]
 pub async fn stop_and_drop_slot(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    runs.stop_and_drop_slot(&id, &profiles).await
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.stop_and_drop_slot(&id, profiles).await
 }
 
 /// "Re-backfill and continue" after a refusal for a gap; status then arrives as `capture-status` events.
 #[tauri::command]
 pub async fn resync_capture(
     app: AppHandle,
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    runs.resync(&profiles, &id, status_events(app)).await
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.resync(profiles, &id, status_events(app)).await
 }
 
 /// The health of the profile's slot, with warnings.
 #[tauri::command]
-pub async fn slot_health(profiles: State<'_, Profiles>, id: String) -> Result<SlotHealth, Error> {
-    tidepool::health::slot(&profiles, &id).await
+pub async fn slot_health(tidepool: State<'_, Tidepool>, id: String) -> Result<SlotHealth, Error> {
+    let profiles = tidepool.profiles();
+    tidepool::source::health::slot(profiles, &id).await
 }
 
 /// Closing while capturing, answered: stop every capture (slots stay) and quit.
 #[tauri::command]
-pub async fn stop_captures_and_quit(app: AppHandle, runs: State<'_, Runs>) -> Result<(), Error> {
+pub async fn stop_captures_and_quit(
+    app: AppHandle,
+    tidepool: State<'_, Tidepool>,
+) -> Result<(), Error> {
+    let runs = tidepool.runs();
     runs.stop_all().await;
     app.exit(0);
     Ok(())
@@ -474,10 +484,11 @@ pub fn check_collection_name(name: String) -> Result<(), Error> {
 /// The profile's consumers with their counts, notices and parked messages.
 #[tauri::command(async)]
 pub fn list_consumers(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Vec<ConsumerView>, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.list()
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.list()
 }
 
 /// "Create consumer": saves it in the profile's store once its NATS server (if it has one) took
@@ -485,13 +496,14 @@ pub fn list_consumers(
 /// go to the keychain. The running capture starts delivering it within a second.
 #[tauri::command]
 pub async fn add_consumer(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     spec: ConsumerSpec,
     secret_headers: Option<Vec<SecretHeader>>,
     credential: Option<Secret>,
 ) -> Result<Consumer, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?
         .add_checked(spec, secret_headers.unwrap_or_default(), credential)
         .await
 }
@@ -499,69 +511,72 @@ pub async fn add_consumer(
 /// Deletes a consumer, its queue and its keychain entries (after the window's confirmation).
 #[tauri::command(async)]
 pub fn remove_consumer(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
 ) -> Result<Consumer, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.remove(&name)
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.remove(&name)
 }
 
 /// "Reveal signing secret": a webhook consumer's `whsec_…` secret, read from the keychain only on
 /// this explicit request.
 #[tauri::command(async)]
 pub fn reveal_signing_secret(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
 ) -> Result<RevealedSecret, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.reveal_signing_secret(&name)
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.reveal_signing_secret(&name)
 }
 
 /// "Reveal token" on a pull consumer: the profile's pull API token, read from the keychain (made
 /// there the first time) only on this explicit request, with the API's URL and why it does not
 /// answer now, if it does not.
 #[tauri::command(async)]
-pub fn reveal_pull_token(
-    profiles: State<'_, Profiles>,
-    runs: State<'_, Runs>,
-    id: String,
-) -> Result<PullAccess, Error> {
-    runs.pull_access(&profiles, &id)
+pub fn reveal_pull_token(tidepool: State<'_, Tidepool>, id: String) -> Result<PullAccess, Error> {
+    let profiles = tidepool.profiles();
+    let runs = tidepool.runs();
+    runs.pull_access(profiles, &id)
 }
 
 /// "Retry": puts a consumer's parked messages (all, or the one at `seq`) back in its queue.
 #[tauri::command(async)]
 pub fn retry_consumer(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
     seq: Option<u64>,
 ) -> Result<u64, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.retry(&name, seq)
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.retry(&name, seq)
 }
 
 /// "Skip": drops a consumer's parked messages (all, or the one at `seq`) undelivered.
 #[tauri::command(async)]
 pub fn skip_consumer(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
     seq: Option<u64>,
 ) -> Result<u64, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.skip(&name, seq)
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.skip(&name, seq)
 }
 
 /// "Check" on a consumer's filter: the refusal with its position, or how many of each
 /// collection's newest changes it keeps.
 #[tauri::command(async)]
 pub fn check_consumer_filter(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     filter: String,
     collections: Vec<String>,
     actions: Option<Vec<ConsumerAction>>,
 ) -> Result<FilterCheck, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.check_filter(
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.check_filter(
         &filter,
         &collections,
         &actions.unwrap_or_default(),
@@ -572,34 +587,37 @@ pub fn check_consumer_filter(
 /// queued.
 #[tauri::command(async)]
 pub fn set_consumer_paused(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
     paused: bool,
 ) -> Result<Consumer, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.set_paused(&name, paused)
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.set_paused(&name, paused)
 }
 
 /// A consumer's page: its recent requests (status, duration, error) and what it delivered per
 /// second with its commit → delivered latency.
 #[tauri::command(async)]
 pub fn consumer_activity(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
 ) -> Result<ConsumerActivity, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.activity(&name)
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.activity(&name)
 }
 
 /// "Send a test message": one signed request to a webhook consumer's URL, its body marked as a
 /// test; the answer is shown, nothing is queued.
 #[tauri::command]
 pub async fn test_consumer(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
 ) -> Result<TestResult, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?
         .send_test(&name)
         .await
 }
@@ -608,65 +626,27 @@ pub async fn test_consumer(
 /// go to the keychain, those not retyped stay there.
 #[tauri::command(async)]
 pub fn edit_consumer(
-    profiles: State<'_, Profiles>,
+    tidepool: State<'_, Tidepool>,
     id: String,
     name: String,
     spec: ConsumerSpec,
     secret_headers: Option<Vec<SecretHeader>>,
 ) -> Result<Consumer, Error> {
-    ConsumerStore::of_profile(&profiles, &id)?.edit(&name, spec, secret_headers.unwrap_or_default())
-}
-
-/// The app's "Try a webhook" receiver, started the first time it is asked for.
-#[derive(Default)]
-pub struct TrialHost(tauri::async_runtime::Mutex<Option<tidepool::deliver::trial::TrialReceiver>>);
-
-/// What "Try a webhook" made: the receiver's URL and the consumer pointed at it.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TrialWebhook {
-    url: String,
-    consumer: Consumer,
+    let profiles = tidepool.profiles();
+    ConsumerStore::of_profile(profiles, &id)?.edit(&name, spec, secret_headers.unwrap_or_default())
 }
 
 /// "Try a webhook": starts the app's own receiver (on loopback) and a consumer `try-webhook` of
 /// every collection delivering to it, so deliveries can be watched with nothing else running.
 #[tauri::command]
-pub async fn try_webhook(
-    profiles: State<'_, Profiles>,
-    trial: State<'_, TrialHost>,
-    id: String,
-) -> Result<TrialWebhook, Error> {
-    let mut receiver = trial.0.lock().await;
-    if receiver.is_none() {
-        *receiver = Some(tidepool::deliver::trial::TrialReceiver::start().await?);
-    }
-    let Some(receiver) = receiver.as_ref() else {
-        return Err(Error::internal("the trial webhook receiver did not start"));
-    };
-    let url = receiver.url().to_string();
-    let consumers = ConsumerStore::of_profile(&profiles, &id)?;
-    let (consumer, secret) =
-        tauri::async_runtime::spawn_blocking(move || consumers.try_webhook(&url))
-            .await
-            .map_err(|e| Error::internal(format!("try a webhook: {e}")))??;
-    receiver.add_secret(secret);
-    Ok(TrialWebhook {
-        url: receiver.url().to_string(),
-        consumer,
-    })
+pub async fn try_webhook(tidepool: State<'_, Tidepool>, id: String) -> Result<TrialWebhook, Error> {
+    tidepool.try_webhook(&id).await
 }
 
 /// What the "Try a webhook" receiver got, newest first (nothing before it was started).
 #[tauri::command]
 pub async fn trial_webhook_requests(
-    trial: State<'_, TrialHost>,
+    tidepool: State<'_, Tidepool>,
 ) -> Result<Vec<tidepool::deliver::trial::TrialRequest>, Error> {
-    Ok(trial
-        .0
-        .lock()
-        .await
-        .as_ref()
-        .map(|r| r.received())
-        .unwrap_or_default())
+    Ok(tidepool.trial_webhook_requests().await)
 }

@@ -9,6 +9,7 @@ mod commands;
 mod tray;
 
 use tauri::{Emitter, Manager};
+use tidepool::app::api::Tidepool;
 
 /// What the app keeps in the data dir beside the engine's files: tightened at start.
 const APP_ENTRIES: &[&str] = &["window-state.json", "logs"];
@@ -24,7 +25,7 @@ pub fn run() {
     tidepool::owner_only::restrict_umask();
     // The engine's data dir (TIDEPOOL_DATA_DIR, else the platform's, the same as Tauri's app data dir),
     // so the app and the `tidepool` command line share profiles.
-    let data_dir = match tidepool::profile::data_dir() {
+    let data_dir = match tidepool::app::profile::data_dir() {
         Ok(dir) => dir,
         Err(e) => {
             eprintln!("Tidepool cannot start: {}", e.message());
@@ -51,7 +52,7 @@ pub fn run() {
         .on_window_event(|window, event| match event {
             // Closing while capturing asks first: keep capturing in the background, or stop.
             tauri::WindowEvent::CloseRequested { api, .. }
-                if window.state::<tidepool::run::Runs>().any_running() =>
+                if window.state::<Tidepool>().runs().any_running() =>
             {
                 api.prevent_close();
                 let _ = window.emit("close-requested", ());
@@ -62,10 +63,8 @@ pub fn run() {
             }
             _ => {}
         })
-        .manage(tidepool::profile::Profiles::open(&data_dir))
-        .manage(tidepool::run::Runs::default())
-        .manage(tidepool::demo::DemoHost::default())
-        .manage(commands::TrialHost::default())
+        // The engine is the shell's only state: every command is one call on it.
+        .manage(Tidepool::open(&data_dir))
         .setup(move |app| {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "Tidepool started");
             // While the window is minimized, the tray shows that a capture runs.
@@ -136,9 +135,7 @@ pub fn run() {
         .run(|app, event| {
             if let tauri::RunEvent::Exit = event {
                 // The demo database lives only as long as the app.
-                let profiles = app.state::<tidepool::profile::Profiles>();
-                let runs = app.state::<tidepool::run::Runs>();
-                if let Err(e) = app.state::<tidepool::demo::DemoHost>().stop(&profiles, &runs) {
+                if let Err(e) = app.state::<Tidepool>().shut_down() {
                     tracing::warn!(error = %e.message(), "removing the demo database at exit");
                 }
             }

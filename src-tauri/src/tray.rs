@@ -3,7 +3,7 @@
 //! open the window or stop the captures.
 //!
 //! Invariants: the menu's "Stop capturing" goes through the same engine call as the Capture tab's
-//! Stop ([`tidepool::run::Runs::stop`], per running capture) and tells the window the same way
+//! Stop ([`tidepool::app::run::Runs::stop`], per running capture) and tells the window the same way
 //! (`capture-status` events). A tray that cannot be made (no appindicator library, no tray host)
 //! is logged and the app runs without it: nothing here may stop the app from starting.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
 use tauri::{AppHandle, Emitter, Manager, Wry};
-use tidepool::profile::Profiles;
-use tidepool::run::{RunState, RunStatus, Runs};
+use tidepool::app::api::Tidepool;
+use tidepool::app::run::{RunState, RunStatus};
 
 /// The tray's parts that change with the captures.
 struct Tray {
@@ -113,11 +113,14 @@ fn line(running: &[(String, RunState)]) -> String {
 
 /// The running captures with their profiles' names (the id when the profile is gone).
 fn named(app: &AppHandle, running: Vec<RunStatus>) -> Vec<(String, RunState)> {
-    let profiles = app.state::<Profiles>();
+    let tidepool = app.state::<Tidepool>();
     running
         .into_iter()
         .map(|s| {
-            let name = profiles.get(&s.profile).map_or(s.profile, |p| p.name);
+            let name = tidepool
+                .profiles()
+                .get(&s.profile)
+                .map_or(s.profile, |p| p.name);
             (name, s.state)
         })
         .collect()
@@ -127,7 +130,7 @@ fn refresh(app: &AppHandle) {
     let Some(tray) = app.try_state::<Tray>() else {
         return;
     };
-    let running = named(app, app.state::<Runs>().running());
+    let running = named(app, app.state::<Tidepool>().runs().running());
     let text = line(&running);
     let mut shown = tray.shown.lock().unwrap_or_else(|e| e.into_inner());
     if *shown == text {
@@ -151,10 +154,10 @@ fn open_window(app: &AppHandle) {
 /// "Stop capturing": each running capture stopped as the Capture tab's Stop does (the slot stays),
 /// and the window told.
 fn stop_captures(app: &AppHandle) {
-    let runs = app.state::<Runs>();
-    let profiles = app.state::<Profiles>();
+    let tidepool = app.state::<Tidepool>();
+    let (profiles, runs) = (tidepool.profiles(), tidepool.runs());
     for status in runs.running() {
-        match runs.stop(&status.profile, &profiles) {
+        match runs.stop(&status.profile, profiles) {
             Ok(stopped) => {
                 let _ = app.emit("capture-status", &stopped);
             }

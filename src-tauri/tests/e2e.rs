@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use tidepool::cluster::{Cluster, ClusterOptions};
+use tidepool::app::cluster::{Cluster, ClusterOptions};
 
 /// The Neon API stand-in, shared with the engine tests.
 #[path = "../../tests/neon_api.rs"]
@@ -485,8 +485,8 @@ fn save_profile(data: &Path, fields: serde_json::Value, password: &str) -> Strin
     for (name, value) in fields.as_object().expect("profile fields") {
         draft[name] = value.clone();
     }
-    let draft: tidepool::profile::ProfileDraft = serde_json::from_value(draft).unwrap();
-    tidepool::profile::Profiles::open(data)
+    let draft: tidepool::app::profile::ProfileDraft = serde_json::from_value(draft).unwrap();
+    tidepool::app::profile::Profiles::open(data)
         .save(None, draft, Some(tidepool::secrets::Secret::new(password)))
         .unwrap()
         .profile
@@ -519,7 +519,7 @@ async fn published_items(
         }),
         cluster().superuser_password().expose(),
     );
-    let store = tidepool::profile::Profiles::open(&data)
+    let store = tidepool::app::profile::Profiles::open(&data)
         .store_dir(&id)
         .unwrap();
     let definition = tidepool::binding::Definition {
@@ -562,7 +562,7 @@ fn fresh_database(name: &str) -> String {
     cluster()
         .psql(
             "postgres",
-            &format!("CREATE DATABASE {};", tidepool::sql::ident(name)),
+            &format!("CREATE DATABASE {};", tidepool::source::sql::ident(name)),
         )
         .unwrap();
     name.to_string()
@@ -963,7 +963,7 @@ async fn setup_previews_a_fix_and_the_check_turns_to_pass() {
 async fn setup_runs_fixes_as_the_owner_profile_then_one_click_publish_captures() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let database = fresh_database("e2e_owner");
-    let db = tidepool::sql::ident(&database);
+    let db = tidepool::source::sql::ident(&database);
     cluster()
         .psql(
             &database,
@@ -1288,7 +1288,7 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
         serde_json::json!({"name": "Neon e2e", "user": "e2e_app", "database": database}),
         "e2e-old-password",
     );
-    let profiles = tidepool::profile::Profiles::open(&data);
+    let profiles = tidepool::app::profile::Profiles::open(&data);
 
     let driver = Driver::start_with(&data, &[("TIDEPOOL_NEON_API_URL", &base)]);
     let client = driver.session().await;
@@ -1390,7 +1390,7 @@ async fn neon_setup_links_the_project_creates_a_role_and_resets_the_password_int
     old.user = "e2e_app".into();
     old.password = Some(tidepool::secrets::Secret::new("e2e-old-password"));
     assert!(
-        tidepool::connection::connect(&old).await.is_err(),
+        tidepool::source::connection::connect(&old).await.is_err(),
         "the old password still works"
     );
     let seen = seen.lock().unwrap();
@@ -1662,7 +1662,7 @@ async fn a_slot_dropped_behind_the_capture_is_refused_and_re_backfilled_from_the
         !ids.contains(&1) && ids.contains(&50) && ids.contains(&100),
         "{ids:?}"
     );
-    let gaps = tidepool::continuity::gaps(&opened).unwrap();
+    let gaps = tidepool::source::continuity::gaps(&opened).unwrap();
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert_eq!(gaps[0].rebackfilled, vec!["public/items".to_string()]);
 }
@@ -1691,7 +1691,7 @@ async fn published_full_identity_items(name: &str) -> (String, PathBuf) {
         }),
         cluster().superuser_password().expose(),
     );
-    let store = tidepool::profile::Profiles::open(&data)
+    let store = tidepool::app::profile::Profiles::open(&data)
         .store_dir(&id)
         .unwrap();
     let definition = tidepool::binding::Definition {
@@ -1807,7 +1807,8 @@ async fn the_preview_shows_commits_what_an_update_changed_sorted_rows_and_a_cel_
     let update: Vec<&str> = rows.last().unwrap().split('|').collect();
     assert_eq!(update[0], "u", "{rows:?}");
     assert!(!update[1].is_empty(), "no commit time: {update:?}");
-    let lsn: tidepool::pgoutput::Lsn = update[2].parse().unwrap_or_else(|_| panic!("{update:?}"));
+    let lsn: tidepool::source::pgoutput::Lsn =
+        update[2].parse().unwrap_or_else(|_| panic!("{update:?}"));
     assert!(lsn.0 > 0);
     assert_eq!(update[3], xid.to_string(), "the transaction's id");
     assert!(rows[0].split('|').nth(3) == Some("backfill"), "{rows:?}");
@@ -2869,7 +2870,7 @@ async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_w
     screenshot(&client, "consumers-0-create").await;
     click(&client, "consumer-create").await;
     wait_for_text(&client, "consumer-items-hook-destination", |t| t == url).await;
-    let created = tidepool::consumers::ConsumerStore::at(&store)
+    let created = tidepool::app::consumers::ConsumerStore::at(&store)
         .get("items-hook")
         .unwrap()
         .consumer;
@@ -2918,7 +2919,7 @@ async fn a_push_consumer_created_in_the_app_delivers_only_matching_rows_signed_w
     // The signing secret, revealed in the app on request, is the keychain's and verifies each request.
     click(&client, "consumer-items-hook-reveal").await;
     let secret = text_of(&client, "consumer-items-hook-secret").await;
-    let consumer = tidepool::consumers::ConsumerStore::at(&store)
+    let consumer = tidepool::app::consumers::ConsumerStore::at(&store)
         .get("items-hook")
         .unwrap()
         .consumer;
@@ -2983,7 +2984,7 @@ async fn a_pull_consumer_created_in_the_app_is_received_and_acked_with_the_token
     // Reveal token: the keychain's token, and the URL the app actually serves.
     click(&client, "consumer-items-pull-reveal-token").await;
     let token = text_of(&client, "consumer-items-pull-token").await;
-    let stored = tidepool::consumers::ConsumerStore::at(&store)
+    let stored = tidepool::app::consumers::ConsumerStore::at(&store)
         .pull_token()
         .unwrap();
     assert_eq!(token, stored.expose());

@@ -1,6 +1,6 @@
 //! Capture: every insert, update, delete and truncate from a pgoutput slot, stored exactly once.
 //!
-//! The stream is decoded message by message ([`crate::pgoutput`]); each source transaction is written
+//! The stream is decoded message by message ([`crate::source::pgoutput`]); each source transaction is written
 //! into the store inside a store batch, and the batch is committed together with the new checkpoint
 //! (the transaction's end LSN). Several source transactions share one batch while more are already
 //! waiting, so a busy stream pays one fsync per batch, an idle one per transaction.
@@ -27,7 +27,7 @@
 //!   committed before its snapshot.
 //! - An unchanged TOASTed value is never turned into null: it comes from the old row (REPLICA IDENTITY
 //!   FULL), else from the stored row, else the column is left out and named in `_meta.unknown`.
-//! - A large value ([`crate::large_value`]) is stored once and referred to: taking an unchanged one
+//! - A large value ([`crate::document::large_value`]) is stored once and referred to: taking an unchanged one
 //!   from the stored row copies its reference, never the value.
 
 use std::collections::HashMap;
@@ -38,21 +38,22 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::binding::{default_collection_name, Binding, Definition, Mode};
-use crate::connection::{connect, ConnectionSpec};
-use crate::continuity;
+use crate::document::large_value::{Document, ValueRef};
+use crate::document::value::{builtin, Kind};
 use crate::document::{
     document, document_of, meta, meta_at, now_postgres_micros, postgres_time_to_unix_ms, write_row,
     ColumnInfo, Columns, Relation, StoredRow, Transaction,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::large_value::{Document, ValueRef};
-use crate::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
-use crate::replication::{Event, Stream, StreamOptions};
-use crate::slot;
-use crate::sql;
+use crate::source::connection::{connect, ConnectionSpec};
+use crate::source::continuity;
+use crate::source::pgoutput::{Decoder, Lsn, Message, OldKind, Value};
+use crate::source::replication::{Event, Stream, StreamOptions};
+use crate::source::slot;
+use crate::source::sql;
 use crate::store::{Op, Store};
-use crate::value::{builtin, Kind};
 
+pub mod backfill;
 mod publish;
 mod reconcile;
 
@@ -90,7 +91,7 @@ impl std::fmt::Debug for Observer {
 
 /// Told how a backfill progresses (from the capture's task or a backfill's).
 pub type ProgressCallback =
-    std::sync::Arc<dyn Fn(&crate::backfill::BackfillProgress) + Send + Sync>;
+    std::sync::Arc<dyn Fn(&crate::capture::backfill::BackfillProgress) + Send + Sync>;
 
 /// A finished backfill's staging folder and outcome.
 type BackfillDone = (PathBuf, Result<u64>);
@@ -228,7 +229,7 @@ struct Capture {
     rebackfill: Vec<Rebackfill>,
     /// The publications the current stream decodes with (empty before the first stream starts).
     streamed: Vec<String>,
-    /// When to prune the log next ([`crate::retention`]).
+    /// When to prune the log next ([`crate::store::retention`]).
     next_prune: Instant,
     /// When to check next that the bound tables are still published ([`Capture::check_membership`]).
     next_publication_check: Instant,
@@ -290,7 +291,7 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
 async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
     slot::validate_name(&options.slot)?;
     // Held until the capture returns (or its task is dropped): one writer numbers the log.
-    let _writer = crate::store_lock::StoreLock::acquire_soon(&options.store_dir).await?;
+    let _writer = crate::store::lock::StoreLock::acquire_soon(&options.store_dir).await?;
     let mut store = Store::open(&options.store_dir)?;
     let mut sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
@@ -319,7 +320,8 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
                 .filter(|b| b.mode == Mode::Full)
                 .cloned()
                 .collect();
-            let publications = crate::publication::streamed(&sql, &options.publication).await?;
+            let publications =
+                crate::source::publication::streamed(&sql, &options.publication).await?;
             for binding in &full {
                 check_published(&sql, &publications, &binding.schema, &binding.table).await?;
             }
@@ -493,7 +495,7 @@ impl Capture {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let wait = match crate::retention::prune(&mut self.store, now_ms) {
+        let wait = match crate::store::retention::prune(&mut self.store, now_ms) {
             Ok(wait) => wait,
             Err(e) => {
                 tracing::warn!(error = %e, "pruning the change log failed; trying again in a minute");
@@ -528,7 +530,7 @@ impl Capture {
         // may have been dropped, recreated or invalidated while the connection was down.
         continuity::verify(sql, &mut self.store, &self.options.slot, false).await?;
         // The insert-only companion is decoded along, when it exists now.
-        let publications = crate::publication::streamed(
+        let publications = crate::source::publication::streamed(
             self.sql.as_ref().expect("connected above"),
             &self.options.publication,
         )
@@ -1075,7 +1077,7 @@ impl Capture {
         if self.sql.is_none() {
             self.sql = Some(connect(&self.options.spec).await?);
         }
-        crate::discovery::key_of(self.sql.as_ref().expect("connected above"), relid).await
+        crate::source::discovery::key_of(self.sql.as_ref().expect("connected above"), relid).await
     }
 
     async fn kind_of(&mut self, oid: u32) -> Result<Kind> {
@@ -1089,7 +1091,8 @@ impl Capture {
             self.sql = Some(connect(&self.options.spec).await?);
         }
         let kind =
-            crate::discovery::kind_of(self.sql.as_ref().expect("connected above"), oid).await?;
+            crate::source::discovery::kind_of(self.sql.as_ref().expect("connected above"), oid)
+                .await?;
         self.types.insert(oid, kind.clone());
         Ok(kind)
     }

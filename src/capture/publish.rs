@@ -26,14 +26,18 @@ pub async fn publish_with(
     spec: &ConnectionSpec,
     store_dir: &std::path::Path,
     definition: &Definition,
-    choices: &[crate::publication::Choice],
+    choices: &[crate::source::publication::Choice],
 ) -> Result<Vec<String>> {
     definition.validate()?;
     let client = connect(spec).await?;
     let tables = bound_tables(&client, definition).await?;
-    let plan =
-        crate::publication::publish_bound(&client, &definition.publication, &tables, choices)
-            .await?;
+    let plan = crate::source::publication::publish_bound(
+        &client,
+        &definition.publication,
+        &tables,
+        choices,
+    )
+    .await?;
     let mut store = Store::open(store_dir)?;
     definition.save(&mut store)?;
     Ok(plan.statements)
@@ -43,12 +47,12 @@ pub async fn publish_with(
 pub(super) async fn bound_tables(
     client: &Client,
     definition: &Definition,
-) -> Result<Vec<crate::publication::TableRef>> {
-    let readable = crate::discovery::discover(client, None).await?;
+) -> Result<Vec<crate::source::publication::TableRef>> {
+    let readable = crate::source::discovery::discover(client, None).await?;
     let mut tables = Vec::with_capacity(definition.bindings.len());
     for binding in &definition.bindings {
-        let found = crate::discovery::bound_table(&readable, binding, "bindings")?;
-        tables.push(crate::publication::TableRef::new(
+        let found = crate::source::discovery::bound_table(&readable, binding, "bindings")?;
+        tables.push(crate::source::publication::TableRef::new(
             &found.schema,
             &found.table,
         ));
@@ -62,8 +66,8 @@ pub(super) async fn bound_tables(
 #[serde(rename_all = "camelCase")]
 pub struct PublishPlan {
     /// The publication's part: exactly the statements [`publish_with`] runs (the same
-    /// [`crate::publication::plan`]), and the tables without a usable replica identity.
-    pub publication: crate::publication::Plan,
+    /// [`crate::source::publication::plan`]), and the tables without a usable replica identity.
+    pub publication: crate::source::publication::Plan,
     /// Whether the slot exists already.
     pub slot_exists: bool,
     /// Whether the profile's capture runs already (it then picks up the new definition: no second
@@ -82,16 +86,16 @@ pub async fn plan_publish(
     spec: &ConnectionSpec,
     store_dir: &std::path::Path,
     definition: &Definition,
-    choices: &[crate::publication::Choice],
+    choices: &[crate::source::publication::Choice],
     running: bool,
 ) -> Result<PublishPlan> {
     definition.validate()?;
     slot::validate_name(&definition.slot)?;
     let client = connect(spec).await?;
     let tables = bound_tables(&client, definition).await?;
-    let publication = crate::publication::plan(
+    let publication = crate::source::publication::plan(
         &client,
-        &crate::publication::Request {
+        &crate::source::publication::Request {
             publication: definition.publication.clone(),
             tables,
             choices: choices.to_vec(),

@@ -170,13 +170,14 @@ pub(super) async fn initial_backfill(
     store.set_meta(OWNED, &options.slot)?;
     store.commit(Lsn(0))?;
     let session =
-        crate::replication::SnapshotSession::create(&options.spec, &options.slot, false).await?;
-    let mut progress = |p: &crate::backfill::BackfillProgress| {
+        crate::source::replication::SnapshotSession::create(&options.spec, &options.slot, false)
+            .await?;
+    let mut progress = |p: &crate::capture::backfill::BackfillProgress| {
         if let Some(callback) = &options.backfill_progress {
             callback(p);
         }
     };
-    let result = crate::backfill::run(
+    let result = crate::capture::backfill::run(
         &options.spec,
         store,
         tables,
@@ -493,7 +494,7 @@ impl Capture {
             self.sql = Some(connect(&self.options.spec).await?);
         }
         let sql = self.sql.as_ref().expect("connected above");
-        let mut names: Vec<(String, String)> = crate::discovery::readable_tables(sql)
+        let mut names: Vec<(String, String)> = crate::source::discovery::readable_tables(sql)
             .await?
             .into_iter()
             // Tables already bound have their names; the others may yet claim theirs.
@@ -529,7 +530,7 @@ impl Capture {
     pub(super) async fn key_type_change(
         &mut self,
         collection: &str,
-        columns: &[crate::pgoutput::Column],
+        columns: &[crate::source::pgoutput::Column],
     ) -> Result<Option<String>> {
         let Some(spec) = self.store.collection(collection)? else {
             return Ok(None);
@@ -616,7 +617,8 @@ impl Capture {
             self.sql = Some(connect(&self.options.spec).await?);
         }
         let sql = self.sql.as_ref().expect("connected above");
-        let publications = crate::publication::streamed(sql, &self.options.publication).await?;
+        let publications =
+            crate::source::publication::streamed(sql, &self.options.publication).await?;
         let tables: Vec<(&str, &str)> = self
             .states
             .iter()
@@ -1031,7 +1033,7 @@ impl Capture {
         let sql = self.sql.as_ref().expect("connected above");
         // Before the first stream, the one about to start decodes what exists now.
         let publications = if self.streamed.is_empty() {
-            crate::publication::streamed(sql, &self.options.publication).await?
+            crate::source::publication::streamed(sql, &self.options.publication).await?
         } else {
             self.streamed.clone()
         };
@@ -1052,7 +1054,8 @@ impl Capture {
         let members = membership(sql, &publications, &named).await?;
         let name = format!("tidepool_backfill_{}", crate::secrets::random_hex(6)?);
         let session =
-            crate::replication::SnapshotSession::create(&self.options.spec, &name, true).await?;
+            crate::source::replication::SnapshotSession::create(&self.options.spec, &name, true)
+                .await?;
         let point = session.consistent_point;
         self.store.begin()?;
         for ((binding, was_live), member) in tables.iter().zip(members) {
@@ -1090,12 +1093,12 @@ impl Capture {
         let task = tokio::spawn(async move {
             let result = async {
                 let mut store = Store::open_keyed(&dir, key)?;
-                let mut report = |p: &crate::backfill::BackfillProgress| {
+                let mut report = |p: &crate::capture::backfill::BackfillProgress| {
                     if let Some(callback) = &progress {
                         callback(p);
                     }
                 };
-                let rows = crate::backfill::run(
+                let rows = crate::capture::backfill::run(
                     &spec,
                     &mut store,
                     &bindings,

@@ -248,7 +248,7 @@ fn index_of(
 /// retention), and gaps in the store's history it has not read past. Each is logged once.
 fn tell(ledger: &mut Ledger, consumer: &Definition, store: &Store, now_ms: i64) -> Result<()> {
     let name = &consumer.spec.name;
-    let pruned = crate::retention::pruned(store)?;
+    let pruned = crate::store::retention::pruned(store)?;
     if !pruned.is_empty() {
         let floor = match consumer.spec.start {
             Start::Beginning => ledger.start_pruned(&consumer.id)?,
@@ -269,7 +269,7 @@ fn tell(ledger: &mut Ledger, consumer: &Definition, store: &Store, now_ms: i64) 
                 "consumer '{name}' fell behind the store's retention ({}): changes it had not read yet were pruned ({}). \
                  They will not be delivered; it goes on with the changes kept. Raise the retention \
                  (`tidepool capture --retention`) so that a consumer which is down does not miss changes.",
-                crate::retention::describe(crate::retention::retention(store)?),
+                crate::store::retention::describe(crate::store::retention::retention(store)?),
                 missed.join(", ")
             );
             let notice = Notice {
@@ -282,7 +282,7 @@ fn tell(ledger: &mut Ledger, consumer: &Definition, store: &Store, now_ms: i64) 
             }
         }
     }
-    for gap in crate::continuity::gaps(store)? {
+    for gap in crate::source::continuity::gaps(store)? {
         let Some(at) = gap.log_position else {
             continue;
         };

@@ -199,7 +199,7 @@ impl Ledger {
             Error::invalid_input("--store", format!("cannot create {}: {e}", path.display()))
         })?;
         // Queued messages are copies of captured rows: encrypted with the store's key if it is.
-        let key = crate::encryption::key_for(store_dir)?;
+        let key = crate::store::encryption::key_for(store_dir)?;
         let conn = crate::store::open_database(&path, store_dir, key.as_deref())?;
         // NORMAL in WAL mode keeps the file consistent through a crash; a power loss may forget the
         // last acknowledgements, which only means a redelivery (delivery is at least once).

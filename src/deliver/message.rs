@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::deliver::consumer::Action;
 use crate::error::{Error, Result};
-use crate::pgoutput::Lsn;
+use crate::source::pgoutput::Lsn;
 use crate::store::CollectionSpec;
 
 /// The source database, as `metadata.database` names it.

@@ -248,7 +248,7 @@ pub fn add_consumer(
     let consumer = ledger.add(spec, position)?;
     if consumer.spec.start == Start::Beginning {
         // It starts from the log as kept now: what was pruned before is not its loss.
-        let pruned = crate::retention::pruned(&store)?;
+        let pruned = crate::store::retention::pruned(&store)?;
         if !pruned.is_empty() {
             if let Err(e) = ledger.set_start_pruned(&consumer.id, &pruned) {
                 let _ = ledger.remove(&consumer.id);

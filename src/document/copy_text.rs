@@ -7,10 +7,10 @@
 //! wrong); a reference mark (`\L` and a hash) can never be read from a value PostgreSQL wrote,
 //! since COPY never writes a backslash before `L`.
 
+use crate::document::large_value::ValueRef;
+use crate::document::value::Kind;
 use crate::error::{Error, Result};
-use crate::large_value::ValueRef;
-use crate::pgoutput::Value;
-use crate::value::Kind;
+use crate::source::pgoutput::Value;
 
 use super::{Relation, StoredRow};
 
@@ -105,7 +105,7 @@ fn unescape_copy(
 const LARGE_PIECE_BYTES: usize = 1024 * 1024;
 
 /// Writes the JSON of the value in COPY's text field `field` (a column of `kind`) to `sink` in
-/// pieces: the same bytes as [`crate::value::Kind::write_json`] of the unescaped text, and so the
+/// pieces: the same bytes as [`crate::document::value::Kind::write_json`] of the unescaped text, and so the
 /// same hash as the value streamed from pgoutput, without holding the unescaped value whole (for
 /// text and JSON; other kinds are unescaped whole first).
 pub(crate) fn write_copy_field_json(
@@ -122,7 +122,7 @@ pub(crate) fn write_copy_field_json(
             let mut raw = Vec::with_capacity(field.len());
             unescape_copy(field, 0, &mut raw, usize::MAX).map_err(copy_error)?;
             let text = String::from_utf8(raw).map_err(|_| not_utf8())?;
-            return crate::large_value::write_json_pieces(other, &text, sink);
+            return crate::document::large_value::write_json_pieces(other, &text, sink);
         }
     };
     if quoted {
@@ -143,7 +143,7 @@ pub(crate) fn write_copy_field_json(
         let text = std::str::from_utf8(&raw[..valid]).map_err(|_| not_utf8())?;
         if quoted {
             json.clear();
-            crate::value::write_json_string(text, &mut json);
+            crate::document::value::write_json_string(text, &mut json);
             sink(&json.as_bytes()[1..json.len() - 1])?;
         } else if !text.is_empty() {
             sink(text.as_bytes())?;
@@ -159,7 +159,7 @@ pub(crate) fn write_copy_field_json(
     Ok(())
 }
 
-/// How a snapshot file's line holds a large value stored apart ([`crate::large_value`]): the field
+/// How a snapshot file's line holds a large value stored apart ([`crate::document::large_value`]): the field
 /// is this mark and the value's hash. COPY never writes a backslash before `L`, so no value read
 /// from PostgreSQL is taken for one.
 pub(crate) const REF_MARK: &[u8] = b"\\L";
@@ -178,7 +178,7 @@ pub(crate) fn may_hold_refs(line: &[u8]) -> bool {
 }
 
 /// Splits a snapshot file's line (COPY text whose large values may be references,
-/// [`crate::backfill`]) into `values`; a reference's column reads as unchanged TOAST, and its
+/// [`crate::capture::backfill`]) into `values`; a reference's column reads as unchanged TOAST, and its
 /// reference is in `refs`, for [`write_row`] to take from a [`StoredRow`].
 pub(crate) fn parse_stored_line(
     line: &[u8],

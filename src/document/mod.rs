@@ -1,25 +1,29 @@
 //! Documents: how a row of a PostgreSQL table becomes the JSON document a collection stores, with
 //! its `_meta` (operation, source position, the row before an update, columns whose value is not
-//! known). The stream ([`crate::capture`]) and the backfill ([`crate::backfill`], and the snapshot
-//! files it writes, [`crate::snapshot`]) both build documents here, so this module imports none of
+//! known). The stream ([`crate::capture`]) and the backfill ([`crate::capture::backfill`], and the snapshot
+//! files it writes, [`crate::store::snapshot`]) both build documents here, so this module imports none of
 //! them, nor the store: a large value goes wherever [`LargeValues`] says.
 //!
 //! Invariant (why a row backfilled and the same row streamed give the same document): both paths
 //! hand [`write_row`] the row as PostgreSQL's text output (pgoutput sends it; COPY's text format is
 //! the same output, unescaped by [`copy_text`]), described by a [`Relation`] built from the same
-//! column types ([`crate::value::Kind`]); `write_row` alone turns text into JSON members and the
+//! column types ([`crate::document::value::Kind`]); `write_row` alone turns text into JSON members and the
 //! canonical key, and [`meta`] / [`document_of`] alone add `_meta`. Only `_meta.source` differs
 //! (a backfilled row says `"snapshot": true`), and only `_meta.op` and `before` by operation.
 
 pub mod copy_text;
+pub mod large_value;
+pub mod value;
 
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
+use crate::document::large_value::{
+    write_json_pieces, Document, Sink, ValueRef, LARGE_VALUE_BYTES,
+};
+use crate::document::value::Kind;
 use crate::error::{Error, Result};
-use crate::large_value::{write_json_pieces, Document, Sink, ValueRef, LARGE_VALUE_BYTES};
-use crate::pgoutput::{Lsn, Value};
-use crate::value::Kind;
+use crate::source::pgoutput::{Lsn, Value};
 
 /// Operations recorded in the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -116,7 +120,7 @@ pub(crate) struct ColumnInfo {
 impl ColumnInfo {
     pub(crate) fn new(name: String, type_oid: u32, kind: Kind) -> ColumnInfo {
         let mut member = String::new();
-        crate::value::write_json_string(&name, &mut member);
+        crate::document::value::write_json_string(&name, &mut member);
         member.push(':');
         ColumnInfo {
             name,
@@ -183,9 +187,9 @@ impl Transaction {
             None => {
                 let mut source = String::with_capacity(96);
                 source.push_str("{\"schema\":");
-                crate::value::write_json_string(&rel.schema, &mut source);
+                crate::document::value::write_json_string(&rel.schema, &mut source);
                 source.push_str(",\"table\":");
-                crate::value::write_json_string(&rel.table, &mut source);
+                crate::document::value::write_json_string(&rel.table, &mut source);
                 source.push_str(&format!(
                     ",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}",
                     self.final_lsn, self.xid, self.ts_ms
@@ -203,7 +207,7 @@ impl Transaction {
     }
 }
 
-/// Where [`write_row`] puts a large value ([`crate::large_value`]): the store's values, kept once
+/// Where [`write_row`] puts a large value ([`crate::document::large_value`]): the store's values, kept once
 /// by hash. A row built only to read its key needs none.
 pub(crate) trait LargeValues {
     /// Stores the JSON that `json` writes (in pieces) once; returns its hash.
@@ -294,7 +298,10 @@ pub(crate) fn write_row(
                             match store.as_deref_mut() {
                                 Some(store) if !is_key && filled.len() >= LARGE_VALUE_BYTES => {
                                     let hash = store.put_large_value(&|sink| {
-                                        crate::large_value::pieces(filled.as_bytes(), sink)
+                                        crate::document::large_value::pieces(
+                                            filled.as_bytes(),
+                                            sink,
+                                        )
                                     })?;
                                     refer(&mut members, &mut refs, start, hash, column);
                                 }

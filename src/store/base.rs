@@ -1,4 +1,4 @@
-//! Rows backed by snapshot files: a backfill's rows stay in the file it wrote ([`crate::snapshot`]),
+//! Rows backed by snapshot files: a backfill's rows stay in the file it wrote ([`crate::store::snapshot`]),
 //! recorded in `snapshots` with the log positions its documents take, and `rows` only shadows them.
 //!
 //! Invariants: a collection has at most one live snapshot, whose base rows are the file's; an entry
@@ -15,7 +15,7 @@ pub(super) struct Base {
     pub(super) source: SnapshotSource,
     /// The block read last: keys looked up one after another often fall in it.
     pub(super) last_block:
-        std::sync::Mutex<Option<(usize, std::sync::Arc<crate::snapshot::Block>)>>,
+        std::sync::Mutex<Option<(usize, std::sync::Arc<crate::store::snapshot::Block>)>>,
 }
 
 /// Turns a snapshot file's lines into the documents that match a filter, screening lines with the
@@ -65,7 +65,7 @@ impl Base {
         &self,
         filter: Option<&Filter>,
     ) -> Option<memchr::memmem::Finder<'static>> {
-        use crate::value::Kind;
+        use crate::document::value::Kind;
         let f = filter?;
         let column = self.source.columns.iter().find(|c| c.name == f.field)?;
         if !matches!(column.kind, Kind::Text | Kind::Uuid | Kind::Integer) {
@@ -82,7 +82,7 @@ impl Base {
         Some(memchr::memmem::Finder::new(f.value.as_bytes()).into_owned())
     }
 
-    pub(super) fn block(&self, i: usize) -> Result<std::sync::Arc<crate::snapshot::Block>> {
+    pub(super) fn block(&self, i: usize) -> Result<std::sync::Arc<crate::store::snapshot::Block>> {
         let mut last = self.last_block.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, block)) = last.as_ref() {
             if *at == i {
@@ -116,7 +116,7 @@ impl Store {
     /// Only the capture calls this, before it writes files of its own.
     pub fn remove_unrecorded_snapshots(&self) -> Result<()> {
         let files = self.recorded_files()?;
-        crate::snapshot::remove_unrecorded(&self.snapshot_dir(), &files)
+        crate::store::snapshot::remove_unrecorded(&self.snapshot_dir(), &files)
     }
 
     pub(super) fn recorded_files(&self) -> Result<Vec<String>> {

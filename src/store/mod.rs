@@ -11,16 +11,16 @@
 //!   empties the collection; every one of them is also appended to the change log, in order.
 //! - A document is written once: the change log holds it, and a row is the key's pointer to the change
 //!   that last wrote it (so a row always equals a logged document).
-//! - A backfill's rows are a snapshot file ([`crate::snapshot`]), recorded in `snapshots` with the
+//! - A backfill's rows are a snapshot file ([`crate::store::snapshot`]), recorded in `snapshots` with the
 //!   range of log positions its documents take. The live snapshot of a collection holds its base rows;
 //!   `rows` holds what changed since, and shadows the file: an entry with a document replaces the
 //!   file's row under that key, an entry without one (`seq IS NULL`) deletes it. `base` says whether
 //!   the key has a row in the live snapshot, so counts need no file reads.
-//! - Rows are kept in the order of their sort keys ([`crate::rowkey`]), in `rows` and in the files.
+//! - Rows are kept in the order of their sort keys ([`crate::store::rowkey`]), in `rows` and in the files.
 //! - The store folder and everything in it are owner-only ([`crate::owner_only`]); the database file
 //!   is made `0600` before SQLite opens it, so its `-wal` and `-shm` files are too.
 //! - A large value is stored once in `large_values`, under the hash of its JSON, and documents and
-//!   snapshot files' lines refer to it ([`crate::large_value`]); every read splices it back, so
+//!   snapshot files' lines refer to it ([`crate::document::large_value`]); every read splices it back, so
 //!   readers see whole documents.
 
 use std::collections::BTreeMap;
@@ -30,20 +30,25 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::encryption::StoreKey;
+use crate::document::large_value::{parse_refs, splice, Document, Sink, ValueRef};
 use crate::error::{Error, Result};
-use crate::large_value::{parse_refs, splice, Document, Sink, ValueRef};
-use crate::pgoutput::Lsn;
-use crate::rowkey::sort_key;
-use crate::snapshot::{Rebuild, Snapshot, SnapshotSource};
+use crate::source::pgoutput::Lsn;
+use crate::store::encryption::StoreKey;
+use crate::store::rowkey::sort_key;
+use crate::store::snapshot::{Rebuild, Snapshot, SnapshotSource};
 
 // Documents and their operations are defined with the mapping that builds them; the store keeps them.
 pub use crate::document::{CollectionSpec, Op};
 
 mod base;
+pub mod encryption;
 mod filter;
+pub mod lock;
 mod prune;
 mod read;
+pub mod retention;
+pub mod rowkey;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -89,7 +94,7 @@ pub struct Store {
     opened: std::cell::RefCell<std::collections::HashMap<i64, std::sync::Arc<Base>>>,
     /// Each collection's live snapshot (its id), once looked up.
     live: std::cell::RefCell<std::collections::HashMap<i64, Option<i64>>>,
-    /// The key of an encrypted store ([`crate::encryption`]); its snapshot files are sealed with it.
+    /// The key of an encrypted store ([`crate::store::encryption`]); its snapshot files are sealed with it.
     key: Option<std::sync::Arc<StoreKey>>,
 }
 
@@ -115,7 +120,7 @@ const CACHE: &str = "PRAGMA cache_size = -65536";
 /// consumers' ledger ([`crate::deliver`]), the snapshot files, and the capture's backfill staging
 /// stores ([`crate::capture`]). Tightened on open.
 const STORE_ENTRIES: &[&str] = &[
-    crate::store_lock::LOCK_FILE,
+    crate::store::lock::LOCK_FILE,
     "tidepool.db",
     "tidepool.db-wal",
     "tidepool.db-shm",
@@ -167,7 +172,7 @@ pub fn open_database(path: &Path, dir: &Path, key: Option<&StoreKey>) -> Result<
         ))
         .map_err(sqlite("opening"))?;
         conn.execute_batch(key.sqlcipher_pragma().expose())
-            .map_err(|_| crate::encryption::lost(dir, "SQLCipher refused its key"))?;
+            .map_err(|_| crate::store::encryption::lost(dir, "SQLCipher refused its key"))?;
         conn.execute_batch(&format!("PRAGMA cipher_page_size = {CIPHER_PAGE_BYTES};"))
             .map_err(sqlite("opening"))?;
     }
@@ -179,13 +184,13 @@ pub fn open_database(path: &Path, dir: &Path, key: Option<&StoreKey>) -> Result<
         Ok(_) => Ok(conn),
         Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::NotADatabase => {
             Err(match key {
-                Some(_) => crate::encryption::lost(dir, "its key from the keychain does not open it (the key was replaced, or the file is damaged)"),
-                None => crate::encryption::lost(
+                Some(_) => crate::store::encryption::lost(dir, "its key from the keychain does not open it (the key was replaced, or the file is damaged)"),
+                None => crate::store::encryption::lost(
                     dir,
                     &format!(
                         "{} is not a readable database: it is encrypted but its marker ({}) is missing, or it is damaged",
                         path.display(),
-                        crate::encryption::MARKER
+                        crate::store::encryption::MARKER
                     ),
                 ),
             })
@@ -227,7 +232,7 @@ fn whole_document(conn: &Connection, doc: String, refs: Option<String>) -> Resul
     }
 }
 
-/// What large values need ([`crate::large_value`]): their table, a `refs` column beside each stored
+/// What large values need ([`crate::document::large_value`]): their table, a `refs` column beside each stored
 /// document (added to stores made before values were shared), the `tidepool_field` function filters
 /// use, and a cap on the WAL kept after a checkpoint (a 100 MiB value would otherwise leave a
 /// 100 MiB `-wal` file behind).
@@ -414,9 +419,9 @@ impl Store {
 
     /// Opens (creating if needed) the store in `dir`. The folder and its files are owner-only
     /// ([`crate::owner_only`]); an existing store is tightened first. A folder marked encrypted
-    /// ([`crate::encryption`]) is opened with its key from the OS keychain.
+    /// ([`crate::store::encryption`]) is opened with its key from the OS keychain.
     pub fn open(dir: &Path) -> Result<Store> {
-        let key = crate::encryption::key_for(dir)?;
+        let key = crate::store::encryption::key_for(dir)?;
         Store::open_keyed(dir, key)
     }
 

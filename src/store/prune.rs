@@ -1,4 +1,4 @@
-//! Log retention ([`crate::retention`]): old changes that no current row needs are removed, in whole
+//! Log retention ([`crate::store::retention`]): old changes that no current row needs are removed, in whole
 //! source transactions; snapshots and the newest change are always kept.
 
 use super::*;
@@ -14,7 +14,7 @@ pub struct Pruned {
     pub more: bool,
 }
 
-/// Log retention ([`crate::retention`]): old changes that no current row needs are removed.
+/// Log retention ([`crate::store::retention`]): old changes that no current row needs are removed.
 impl Store {
     /// The newest log position taken (0 for an empty log); the next entry stored goes after it.
     pub fn log_end(&self) -> u64 {

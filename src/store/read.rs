@@ -156,7 +156,7 @@ impl Store {
                 (Some(fk), ek) if ek.is_none_or(|ek| fk < ek) => {
                     let b = block.as_ref().expect("a file key comes from a block");
                     if let Some(doc) = matching.document(&self.conn, b.line(at))? {
-                        out.push((crate::rowkey::key_of(fk)?, doc));
+                        out.push((crate::store::rowkey::key_of(fk)?, doc));
                     }
                     at += 1;
                 }

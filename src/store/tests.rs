@@ -24,7 +24,7 @@ fn spec(name: &str) -> CollectionSpec {
 
 /// A collection whose base rows are a snapshot file of ids 1..=n (`id`, `v` = "row {id}").
 fn with_snapshot(store: &mut Store, n: i64) {
-    use crate::snapshot::{SnapshotWriter, SourceColumn};
+    use crate::store::snapshot::{SnapshotWriter, SourceColumn};
     store.begin().unwrap();
     store.put_collection(&spec("public/t")).unwrap();
     let mut writer = SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
@@ -46,8 +46,8 @@ fn with_snapshot(store: &mut Store, n: i64) {
         schema: "public".into(),
         table: "t".into(),
         columns: vec![
-            column("id", crate::value::Kind::Integer),
-            column("v", crate::value::Kind::Text),
+            column("id", crate::document::value::Kind::Integer),
+            column("v", crate::document::value::Kind::Text),
         ],
         key: vec![0],
         lsn: 100,
@@ -71,7 +71,7 @@ fn an_encrypted_store_imports_a_staged_backfill_sealed_with_its_key() {
     let put = |store: &mut Store, json: &str, lsn| {
         store.begin().unwrap();
         let hash = store
-            .put_large_value(&|sink| crate::large_value::pieces(json.as_bytes(), sink))
+            .put_large_value(&|sink| crate::document::large_value::pieces(json.as_bytes(), sink))
             .unwrap();
         store.commit(Lsn(lsn)).unwrap();
         hash
@@ -297,7 +297,7 @@ fn a_large_value_is_stored_once_and_every_reader_gets_it_back() {
     let json = serde_json::to_string(&value).unwrap();
     let put = |store: &mut Store| {
         store
-            .put_large_value(&|sink| crate::large_value::pieces(json.as_bytes(), sink))
+            .put_large_value(&|sink| crate::document::large_value::pieces(json.as_bytes(), sink))
             .unwrap()
     };
     let hash = put(&mut store);
@@ -361,7 +361,7 @@ fn an_uncommitted_snapshot_is_removed_and_a_recorded_one_kept() {
     let (mut store, dir) = store();
     with_snapshot(&mut store, 10);
     let mut stray =
-        crate::snapshot::SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
+        crate::store::snapshot::SnapshotWriter::create(&store.snapshot_dir(), store.key()).unwrap();
     stray.push(b"x", b"1").unwrap();
     stray.finish().unwrap();
     std::fs::write(store.snapshot_dir().join("half.snap.partial"), b"TPSNAP01").unwrap();

@@ -101,7 +101,7 @@ pub(super) async fn binding_command(command: BindingCommand) -> Result<(), Error
         } => {
             let store = match (store, &target.profile) {
                 (Some(store), _) => store,
-                (None, Some(profile)) => profiles()?.store_dir(profile)?,
+                (None, Some(profile)) => engine()?.profiles().store_dir(profile)?,
                 (None, None) => {
                     return Err(Error::invalid_input(
                         "--store",
@@ -110,7 +110,7 @@ pub(super) async fn binding_command(command: BindingCommand) -> Result<(), Error
                 }
             };
             let mut definition = Definition::load_from(&store)?;
-            let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
+            let (schema, table) = tidepool::capture::backfill::parse_table_name(&table)?;
             if definition.binding(&schema, &table).is_some() {
                 return Err(Error::invalid_input(
                     "table",
@@ -169,7 +169,7 @@ pub(super) async fn binding_command(command: BindingCommand) -> Result<(), Error
         } => {
             let store = store_arg.dir()?;
             let mut definition = Definition::load_from(&store)?;
-            let (schema, name) = tidepool::backfill::parse_table_name(&table)?;
+            let (schema, name) = tidepool::capture::backfill::parse_table_name(&table)?;
             let before = definition.bindings.len();
             definition
                 .bindings
@@ -193,16 +193,16 @@ pub(super) async fn binding_command(command: BindingCommand) -> Result<(), Error
                     profile: Some(profile),
                 })?;
                 let client = connection::connect(&spec).await?;
-                let statements = tidepool::publication::drop_table_statements(
+                let statements = tidepool::source::publication::drop_table_statements(
                     &client,
                     &definition.publication,
-                    &tidepool::publication::TableRef::new(&schema, &name),
+                    &tidepool::source::publication::TableRef::new(&schema, &name),
                 )
                 .await?;
                 if statements.is_empty() {
                     eprintln!(
                         "{schema}.{name} is not in publication {}",
-                        tidepool::sql::ident(&definition.publication)
+                        tidepool::source::sql::ident(&definition.publication)
                     );
                 }
                 Some((client, statements))
@@ -238,7 +238,7 @@ pub(super) fn edit_binding(
     change: impl FnOnce(&mut Binding),
 ) -> Result<(), Error> {
     let mut definition = Definition::load_from(store)?;
-    let (schema, name) = tidepool::backfill::parse_table_name(table)?;
+    let (schema, name) = tidepool::capture::backfill::parse_table_name(table)?;
     let binding = definition
         .bindings
         .iter_mut()
@@ -257,11 +257,11 @@ pub(super) async fn discover(
     let spec = spec_for(target)?;
     let publication = match (publication, &target.profile) {
         (Some(p), _) => Some(p),
-        (None, Some(name)) => Some(profiles()?.get(name)?.publication),
+        (None, Some(name)) => Some(engine()?.profiles().get(name)?.publication),
         (None, None) => None,
     };
     let client = connection::connect(&spec).await?;
-    let tables = tidepool::discovery::discover(&client, publication.as_deref()).await?;
+    let tables = tidepool::source::discovery::discover(&client, publication.as_deref()).await?;
     if json {
         println!(
             "{}",
@@ -271,17 +271,17 @@ pub(super) async fn discover(
     }
     for t in &tables {
         let key = match t.key_source {
-            tidepool::discovery::KeySource::PrimaryKey => {
+            tidepool::source::discovery::KeySource::PrimaryKey => {
                 format!("primary key ({})", t.key.join(", "))
             }
-            tidepool::discovery::KeySource::UniqueIndex => {
+            tidepool::source::discovery::KeySource::UniqueIndex => {
                 format!(
                     "unique index {} ({})",
                     t.key_index.as_deref().unwrap_or("?"),
                     t.key.join(", ")
                 )
             }
-            tidepool::discovery::KeySource::None => {
+            tidepool::source::discovery::KeySource::None => {
                 "no key: captured as changes keyed by position".to_string()
             }
         };

@@ -67,7 +67,7 @@ pub(super) fn collection_names(pairs: &[String]) -> Result<Vec<CollectionName>, 
                 Error::invalid_input("--collection", format!("'{pair}' is not schema.table=name"))
             })?;
             Ok((
-                tidepool::backfill::parse_table_name(table)?,
+                tidepool::capture::backfill::parse_table_name(table)?,
                 name.to_string(),
             ))
         })
@@ -86,7 +86,7 @@ pub(super) fn bindings_for(
     let names = collection_names(names)?;
     let parsed = tables
         .iter()
-        .map(|t| tidepool::backfill::parse_table_name(t))
+        .map(|t| tidepool::capture::backfill::parse_table_name(t))
         .collect::<Result<Vec<_>, Error>>()?;
     let saved_name = |schema: &str, table: &str| {
         saved
@@ -148,7 +148,7 @@ pub(super) fn bindings_for(
 pub(super) async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
     let store_dir = match (&args.store, &args.target.profile) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(profile)) => profiles()?.store_dir(profile)?,
+        (None, Some(profile)) => engine()?.profiles().store_dir(profile)?,
         (None, None) => {
             return Err(Error::invalid_input(
                 "--store",
@@ -158,11 +158,11 @@ pub(super) async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
     };
     let store = store_dir;
     if let Some(text) = args.retention.take() {
-        let retention = tidepool::retention::parse(&text)?;
-        tidepool::retention::set_retention(&mut Store::open(&store)?, retention)?;
+        let retention = tidepool::store::retention::parse(&text)?;
+        tidepool::store::retention::set_retention(&mut Store::open(&store)?, retention)?;
         eprintln!(
             "log retention: {}",
-            tidepool::retention::describe(retention)
+            tidepool::store::retention::describe(retention)
         );
     }
     let saved = match Store::open_existing(&store)? {
@@ -215,7 +215,7 @@ pub(super) async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
         }
     }
     if args.resync {
-        let done = tidepool::continuity::resync(&spec, &store, &slot).await?;
+        let done = tidepool::source::continuity::resync(&spec, &store, &slot).await?;
         eprintln!(
             "resync: {}; the change log has a gap from {} to {}; re-backfilling {}",
             if done.slot_created {
@@ -232,20 +232,21 @@ pub(super) async fn capture(mut args: CaptureArgs) -> Result<(), Error> {
             }
         );
     }
-    let progress: std::sync::Arc<dyn Fn(&tidepool::backfill::BackfillProgress) + Send + Sync> =
-        std::sync::Arc::new(|p| {
-            let of = p
-                .estimated_rows
-                .map_or(String::new(), |e| format!(" of ~{e}"));
-            let left = p
-                .seconds_left
-                .map_or(String::new(), |s| format!(", ~{s:.0} s left"));
-            let state = if p.done { "done" } else { "reading" };
-            eprintln!(
-                "backfill {}: {state} {} rows{of} ({:.0} rows/s{left})",
-                p.collection, p.rows, p.rows_per_second
-            );
-        });
+    let progress: std::sync::Arc<
+        dyn Fn(&tidepool::capture::backfill::BackfillProgress) + Send + Sync,
+    > = std::sync::Arc::new(|p| {
+        let of = p
+            .estimated_rows
+            .map_or(String::new(), |e| format!(" of ~{e}"));
+        let left = p
+            .seconds_left
+            .map_or(String::new(), |s| format!(", ~{s:.0} s left"));
+        let state = if p.done { "done" } else { "reading" };
+        eprintln!(
+            "backfill {}: {state} {} rows{of} ({:.0} rows/s{left})",
+            p.collection, p.rows, p.rows_per_second
+        );
+    });
     // Delivery reads the store beside the capture, woken by each store commit.
     let (commits, wake) = tokio::sync::watch::channel(0u64);
     let observer =

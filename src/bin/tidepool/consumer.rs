@@ -11,7 +11,7 @@ use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use tidepool::consumers::{ConsumerStore, ConsumerView, SecretHeader};
+use tidepool::app::consumers::{ConsumerStore, ConsumerView, SecretHeader};
 use tidepool::deliver::consumer::{
     Action, ConsumerSpec, Destination, Mode, Nats, NatsAuth, Pull, Start, Webhook,
     DEFAULT_NATS_SUBJECT,
@@ -40,7 +40,8 @@ impl StoreArg {
             .profile
             .as_deref()
             .ok_or_else(|| Error::invalid_input("--profile", "give --profile or --store"))?;
-        tidepool::profile::Profiles::open(&tidepool::profile::data_dir()?).store_dir(profile)
+        tidepool::app::profile::Profiles::open(&tidepool::app::profile::data_dir()?)
+            .store_dir(profile)
     }
 
     /// The consumers of that store.

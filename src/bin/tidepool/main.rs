@@ -19,15 +19,17 @@ mod setup;
 mod slot;
 mod store;
 
+use tidepool::app::api::Tidepool;
+use tidepool::app::profile::{self, PasswordStorage, ProfileDraft, SecretState};
 use tidepool::binding::{Binding, Definition, Mode};
 use tidepool::capture::CaptureOptions;
-use tidepool::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
-use tidepool::conninfo::Conninfo;
-use tidepool::pgoutput::Lsn;
-use tidepool::profile::{self, PasswordStorage, ProfileDraft, Profiles, SecretState};
 use tidepool::secrets::Secret;
+use tidepool::source::connection::{self, ConnectionSpec, ReplicationRight, ServerFacts};
+use tidepool::source::conninfo::Conninfo;
+use tidepool::source::pgoutput::Lsn;
+use tidepool::source::pgpass;
 use tidepool::store::Store;
-use tidepool::{pgpass, Error, ErrorKind};
+use tidepool::{Error, ErrorKind};
 
 use binding::{binding_command, discover, BindingCommand};
 use capture::{capture, CaptureArgs};
@@ -324,11 +326,11 @@ async fn main() -> ExitCode {
 
 /// Runs the demo database until Ctrl-C, then removes it and its profile.
 async fn demo(interval_ms: u64) -> Result<(), Error> {
-    let profiles = profiles()?;
+    let profiles = engine()?.profiles().clone();
     let interval = std::time::Duration::from_millis(interval_ms.max(10));
     let (demo, view) = {
         let profiles = profiles.clone();
-        tokio::task::spawn_blocking(move || tidepool::demo::Demo::start(&profiles, interval))
+        tokio::task::spawn_blocking(move || tidepool::app::demo::Demo::start(&profiles, interval))
             .await
             .map_err(|e| Error::internal(format!("starting the demo: {e}")))??
     };
@@ -336,7 +338,7 @@ async fn demo(interval_ms: u64) -> Result<(), Error> {
         "Demo database running at {} (profile \"{}\", database {}); Ctrl-C removes it.",
         view.address,
         view.profile.name,
-        tidepool::demo::DEMO_DATABASE
+        tidepool::app::demo::DEMO_DATABASE
     );
     let _ = tokio::signal::ctrl_c().await;
     let removed = tokio::task::spawn_blocking(move || demo.stop(&profiles))
@@ -355,7 +357,7 @@ fn publication_and_slot(
     slot: Option<String>,
 ) -> Result<(String, String), Error> {
     let saved = match &target.profile {
-        Some(name) => Some(profiles()?.get(name)?),
+        Some(name) => Some(engine()?.profiles().get(name)?),
         None => None,
     };
     Ok((
@@ -368,7 +370,8 @@ fn publication_and_slot(
 }
 
 fn export(engine: &str, profile: &str, output: Option<&std::path::Path>) -> Result<(), Error> {
-    let exported = tidepool::export::of_profile(&profiles()?, profile, engine.parse()?)?;
+    let exported =
+        tidepool::app::export::of_profile(crate::engine()?.profiles(), profile, engine.parse()?)?;
     match output {
         Some(path) => {
             std::fs::write(path, &exported.text).map_err(|e| {
@@ -381,8 +384,9 @@ fn export(engine: &str, profile: &str, output: Option<&std::path::Path>) -> Resu
     Ok(())
 }
 
-fn profiles() -> Result<Profiles, Error> {
-    Ok(Profiles::open(&profile::data_dir()?))
+/// The engine over the saved profiles: the same API the desktop app holds.
+fn engine() -> Result<Tidepool, Error> {
+    Ok(Tidepool::open(&profile::data_dir()?))
 }
 
 /// The spec for `--url` or `--profile`, with the password found without it ever being an argument.
@@ -390,7 +394,8 @@ fn spec_for(target: &Target) -> Result<ConnectionSpec, Error> {
     match (&target.url, &target.profile) {
         (Some(url), _) => spec_from_url(url),
         (None, Some(name)) => {
-            let profiles = profiles()?;
+            let engine = engine()?;
+            let profiles = engine.profiles();
             let profile = profiles.get(name)?;
             let typed = match profile.password {
                 PasswordStorage::Keychain => None,

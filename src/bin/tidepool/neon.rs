@@ -34,7 +34,8 @@ pub(super) enum NeonCommand {
 }
 
 pub(super) async fn neon_command(command: NeonCommand) -> Result<(), Error> {
-    let profiles = profiles()?;
+    let engine = engine()?;
+    let profiles = engine.profiles();
     match command {
         NeonCommand::Key => {
             let key = if std::io::stdin().is_terminal() {
@@ -82,7 +83,7 @@ pub(super) async fn neon_command(command: NeonCommand) -> Result<(), Error> {
             branch,
         } => {
             let link = match (project, branch) {
-                (Some(project_id), Some(branch_id)) => tidepool::neon::Link {
+                (Some(project_id), Some(branch_id)) => tidepool::source::neon::Link {
                     project_id,
                     branch_id,
                 },

@@ -69,7 +69,8 @@ pub(super) enum ProfileCommand {
 }
 
 pub(super) async fn profile_command(command: ProfileCommand) -> Result<(), Error> {
-    let profiles = profiles()?;
+    let engine = engine()?;
+    let profiles = engine.profiles();
     match command {
         ProfileCommand::Add {
             name,
@@ -112,7 +113,7 @@ pub(super) async fn profile_command(command: ProfileCommand) -> Result<(), Error
                 let key = Secret::new(key);
                 let passphrase = match std::env::var("TIDEPOOL_SSH_PASSPHRASE") {
                     Ok(p) if !p.is_empty() => Some(Secret::new(p)),
-                    _ if tidepool::ssh::check_private_key(&key, None).is_err()
+                    _ if tidepool::source::ssh::check_private_key(&key, None).is_err()
                         && std::io::stdin().is_terminal() =>
                     {
                         let typed = rpassword::prompt_password("SSH key passphrase: ")
@@ -198,7 +199,9 @@ pub(super) async fn profile_command(command: ProfileCommand) -> Result<(), Error
             let shown = profiles.ssh_host_key(&ssh.address).await?;
             let state = match &ssh.host_key {
                 None => "not accepted yet",
-                Some(accepted) if tidepool::ssh::same_host_key(accepted, &shown.openssh)? => {
+                Some(accepted)
+                    if tidepool::source::ssh::same_host_key(accepted, &shown.openssh)? =>
+                {
                     "accepted"
                 }
                 Some(_) => "DIFFERENT from the accepted key",

@@ -15,8 +15,8 @@ pub(super) struct Keyless {
 }
 
 impl Keyless {
-    pub(super) fn parse(&self) -> Result<Vec<tidepool::publication::Choice>, Error> {
-        use tidepool::publication::{Choice, Handling};
+    pub(super) fn parse(&self) -> Result<Vec<tidepool::source::publication::Choice>, Error> {
+        use tidepool::source::publication::{Choice, Handling};
         self.choices
             .iter()
             .map(|pair| {
@@ -26,7 +26,7 @@ impl Keyless {
                         format!("'{pair}' is not schema.table=choice"),
                     )
                 })?;
-                let (schema, table) = tidepool::backfill::parse_table_name(table)?;
+                let (schema, table) = tidepool::capture::backfill::parse_table_name(table)?;
                 let handling = match choice {
                     "leave-out" => Handling::LeaveOut,
                     "replica-identity-full" | "full" => Handling::ReplicaIdentityFull,
@@ -51,7 +51,7 @@ impl Keyless {
 }
 
 /// Prints what a publication plan does with each table that has no usable replica identity.
-pub(super) fn print_notes(plan: &tidepool::publication::Plan) {
+pub(super) fn print_notes(plan: &tidepool::source::publication::Plan) {
     for note in &plan.notes {
         eprintln!("note: {note}");
     }
@@ -154,7 +154,7 @@ pub(super) enum SetupCommand {
 
 /// The Neon project and branch the fix acts on, or an error naming the flags to give.
 pub(super) fn neon_branch_of(
-    target: &tidepool::preflight::Target,
+    target: &tidepool::source::preflight::Target,
 ) -> Result<(String, String), Error> {
     match (&target.neon_project, &target.neon_branch) {
         (Some(project), Some(branch)) => Ok((project.clone(), branch.clone())),
@@ -170,21 +170,21 @@ pub(super) fn preflight_target(
     target: &Target,
     spec: &ConnectionSpec,
     scope: &Scope,
-) -> Result<tidepool::preflight::Target, Error> {
+) -> Result<tidepool::source::preflight::Target, Error> {
     let (publication, slot) =
         publication_and_slot(target, scope.publication.clone(), scope.slot.clone())?;
     let link = match &target.profile {
-        Some(name) => profiles()?.get(name)?.neon,
+        Some(name) => engine()?.profiles().get(name)?.neon,
         None => None,
     };
-    Ok(tidepool::preflight::Target {
+    Ok(tidepool::source::preflight::Target {
         host: spec.host.clone(),
         publication,
         slot,
         tables: scope
             .tables
             .iter()
-            .map(|t| tidepool::backfill::parse_table_name(t))
+            .map(|t| tidepool::capture::backfill::parse_table_name(t))
             .collect::<Result<_, _>>()?,
         neon_project: scope
             .neon_project
@@ -209,16 +209,16 @@ pub(super) async fn check(target: &Target, json: bool, scope: &Scope) -> Result<
         .await
         .map_err(|e| e.in_neon_project(preflight.neon_project.as_deref()))?;
     let client = connection::connect(&spec).await?;
-    let mut checks = tidepool::preflight::run(&client, &preflight).await?;
+    let mut checks = tidepool::source::preflight::run(&client, &preflight).await?;
     if let Some(project) = &preflight.neon_project {
-        let neon = tokio::task::spawn_blocking(tidepool::neon::Client::from_keychain)
+        let neon = tokio::task::spawn_blocking(tidepool::source::neon::Client::from_keychain)
             .await
             .map_err(Error::internal)?;
-        checks.push(tidepool::preflight::neon_ip_allow(neon, project).await);
+        checks.push(tidepool::source::preflight::neon_ip_allow(neon, project).await);
     }
     let failed = checks
         .iter()
-        .any(|c| c.status == tidepool::preflight::Status::Fail);
+        .any(|c| c.status == tidepool::source::preflight::Status::Fail);
     if json {
         let mut value = serde_json::to_value(&facts).map_err(Error::internal)?;
         value["checks"] = serde_json::to_value(&checks).map_err(Error::internal)?;
@@ -231,10 +231,10 @@ pub(super) async fn check(target: &Target, json: bool, scope: &Scope) -> Result<
         println!();
         for c in &checks {
             let mark = match c.status {
-                tidepool::preflight::Status::Pass => "pass",
-                tidepool::preflight::Status::Warn => "WARN",
-                tidepool::preflight::Status::Fail => "FAIL",
-                tidepool::preflight::Status::Step => "step",
+                tidepool::source::preflight::Status::Pass => "pass",
+                tidepool::source::preflight::Status::Warn => "WARN",
+                tidepool::source::preflight::Status::Fail => "FAIL",
+                tidepool::source::preflight::Status::Step => "step",
             };
             println!("[{mark}] {}: {}", c.title, c.explanation);
             if let Some(fix) = &c.fix {
@@ -260,15 +260,15 @@ impl RunAsFlag {
     /// The role the fix runs as, for the preview.
     pub(super) fn role(&self, connecting: &str) -> Result<String, Error> {
         Ok(match (&self.profile, &self.user) {
-            (Some(name), _) => profiles()?.get(name)?.user,
+            (Some(name), _) => engine()?.profiles().get(name)?.user,
             (None, Some(user)) => user.clone(),
             (None, None) => connecting.to_string(),
         })
     }
 
     /// Resolves it, reading `--as-user`'s password now (never from an argument or the environment).
-    pub(super) fn resolve(&self) -> Result<tidepool::setup::RunAs, Error> {
-        use tidepool::setup::RunAs;
+    pub(super) fn resolve(&self) -> Result<tidepool::source::setup::RunAs, Error> {
+        use tidepool::source::setup::RunAs;
         Ok(match (&self.profile, &self.user) {
             (Some(name), _) => RunAs::OtherProfile {
                 profile: name.clone(),
@@ -308,7 +308,7 @@ pub(super) async fn setup(
     run_as: &RunAsFlag,
     command: SetupCommand,
 ) -> Result<(), Error> {
-    use tidepool::setup::Action;
+    use tidepool::source::setup::Action;
     let spec = spec_for(target)?;
     let preflight = preflight_target(target, &spec, scope)?;
     let connecting = spec.user.clone();
@@ -353,17 +353,17 @@ pub(super) async fn setup(
                 ));
             }
             let client = connection::connect(&spec).await?;
-            let request = tidepool::publication::Request {
+            let request = tidepool::source::publication::Request {
                 publication: preflight.publication.clone(),
                 tables: preflight
                     .tables
                     .iter()
-                    .map(|(s, t)| tidepool::publication::TableRef::new(s, t))
+                    .map(|(s, t)| tidepool::source::publication::TableRef::new(s, t))
                     .collect(),
                 choices: keyless.parse()?,
                 all_tables,
             };
-            let plan = tidepool::publication::plan(&client, &request).await?;
+            let plan = tidepool::source::publication::plan(&client, &request).await?;
             print_notes(&plan);
             if !dry_run {
                 // Before anything is printed as if it ran: the choice is the user's.
@@ -396,7 +396,7 @@ pub(super) async fn setup(
             }
         }
         SetupCommand::ReplicaIdentityFull { table } => {
-            let (schema, table) = tidepool::backfill::parse_table_name(&table)?;
+            let (schema, table) = tidepool::capture::backfill::parse_table_name(&table)?;
             Action::ReplicaIdentityFull { schema, table }
         }
         SetupCommand::NeonLogicalReplication { confirm } => {
@@ -463,14 +463,15 @@ pub(super) async fn setup(
     }
     if let (Some(name), None) = (&target.profile, &target.url) {
         // A saved profile: the app's own fix code runs it and keeps whatever password comes back.
-        let profiles = profiles()?;
+        let engine = engine()?;
+        let profiles = engine.profiles();
         let created = match &action {
             Action::CreateReplicationRole { role } | Action::NeonCreateRole { role, .. } => {
                 Some(role.clone())
             }
             _ => None,
         };
-        let options = tidepool::profile::FixOptions {
+        let options = tidepool::app::profile::FixOptions {
             // The connection made above: its typed password and its tunnel serve the fix too.
             connection: Some(spec),
             new_profile_name: save_as,
@@ -485,7 +486,8 @@ pub(super) async fn setup(
         return Ok(());
     }
     if let Action::NeonEnableLogicalReplication { project_id } = &action {
-        profiles()?
+        engine()?
+            .profiles()
             .neon_client()
             .await?
             .enable_logical_replication(project_id)
@@ -500,7 +502,9 @@ pub(super) async fn setup(
             "a Neon role action keeps the password with a saved profile",
         ));
     }
-    let run_spec = profiles()?.spec_to_run_as(spec.clone(), run_as.resolve()?)?;
+    let run_spec = engine()?
+        .profiles()
+        .spec_to_run_as(spec.clone(), run_as.resolve()?)?;
     let ran = async { action.run(&connection::connect(&run_spec).await?).await }.await;
     drop(run_spec);
     let password = ran.map_err(|e| action.explain_refusal(e, own, &role))?;
@@ -520,7 +524,7 @@ pub(super) async fn setup(
             password_storage: PasswordStorage::Keychain,
             ..ProfileDraft::default()
         };
-        profiles()?.save(None, draft, Some(password))?;
+        engine()?.profiles().save(None, draft, Some(password))?;
         eprintln!(
             "created role {role}; its password is in the keychain with the new profile '{name}'"
         );

@@ -11,9 +11,7 @@ pub(super) async fn discard_store(profile: &str, yes: bool) -> Result<(), Error>
             "discarding deletes the local copy of the captured rows and drops the profile's slot (the next capture backfills again); add --yes",
         ));
     }
-    let removed = tidepool::run::Runs::default()
-        .discard_store(&profiles()?, profile)
-        .await?;
+    let removed = engine()?.discard_store(profile).await?;
     println!("{}", removed.describe());
     Ok(())
 }

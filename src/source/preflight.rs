@@ -1,9 +1,9 @@
 //! Preflight: everything a capture needs from the server, checked before it starts, each with a status,
-//! an explanation and, where one exists, the fix ([`crate::setup::Action`]) that turns it into a pass.
+//! an explanation and, where one exists, the fix ([`crate::source::setup::Action`]) that turns it into a pass.
 //!
 //! Invariants:
 //! - Checks only read (catalog queries and settings); nothing here changes the server. Fixes run only
-//!   through [`crate::setup::Action::run`], after the user saw their preview.
+//!   through [`crate::source::setup::Action::run`], after the user saw their preview.
 //! - Checks know Tidepool's own state ([`Target::running_capture`], [`Target::store_history`]): a slot
 //!   held by this process's own capture is a pass, and a slot the capture's first start will create
 //!   (with the snapshot it backfills from) is a [`Status::Step`], never a failure whose fix would skip
@@ -12,10 +12,10 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::connection::ReplicationRight;
 use crate::error::{Error, Result};
-use crate::setup::Action;
-use crate::sql::ident;
+use crate::source::connection::ReplicationRight;
+use crate::source::setup::Action;
+use crate::source::sql::ident;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,12 +59,12 @@ pub struct Fix {
     /// What to know before confirming.
     pub warning: Option<String>,
     /// The rights the role that runs it needs ([`Action::needs`]): when the profile's own role
-    /// lacks them, the fix can run as an owner ([`crate::setup::RunAs`]).
+    /// lacks them, the fix can run as an owner ([`crate::source::setup::RunAs`]).
     pub needs: String,
     /// For the publication fix: the plan, with each table that has no usable replica identity and
     /// the choices for it (the UI asks before "Run").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan: Option<crate::publication::Plan>,
+    pub plan: Option<crate::source::publication::Plan>,
 }
 
 impl Fix {
@@ -98,7 +98,7 @@ pub struct Target {
     /// Retained WAL above which the slot check warns (default [`LAG_WARN_BYTES`]).
     pub slot_warn_bytes: Option<i64>,
     /// The `application_name` of this target's capture when it runs in this process (each run of
-    /// [`crate::run::Runs`] has its own): a slot held by a connection of that name is Tidepool's own
+    /// [`crate::app::run::Runs`] has its own): a slot held by a connection of that name is Tidepool's own
     /// capture, not a conflict. `None` where no capture runs in-process (the command line).
     pub running_capture: Option<String>,
     /// Whether the capture's store has streamed from the slot already (a checkpoint is stored): then a
@@ -131,7 +131,7 @@ pub(crate) fn is_neon(host: &str) -> bool {
 /// The IP Allow check for a profile linked to Neon `project`: Neon's proxy refuses connections from
 /// any address outside a non-empty list, and this machine's public address cannot be known from here,
 /// so a list is a warning that shows it and says what to add; an empty list passes.
-pub fn ip_allow(project: &str, allowed: &crate::neon::AllowedIps) -> Check {
+pub fn ip_allow(project: &str, allowed: &crate::source::neon::AllowedIps) -> Check {
     if allowed.ips.is_empty() {
         return check(
             "neon_ip_allow",
@@ -162,7 +162,7 @@ pub fn ip_allow(project: &str, allowed: &crate::neon::AllowedIps) -> Check {
 
 /// [`ip_allow`] with the settings read through the Neon API; when they cannot be read (no API key,
 /// an API error) the check says why and warns, since the list is then unknown.
-pub async fn neon_ip_allow(neon: Result<crate::neon::Client>, project: &str) -> Check {
+pub async fn neon_ip_allow(neon: Result<crate::source::neon::Client>, project: &str) -> Check {
     let mut client = match neon {
         Ok(client) => client,
         Err(e) => return unknown_ip_allow(project, &e),
@@ -191,8 +191,8 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
 
     // A Neon pooled host cannot carry replication.
-    if let Some(crate::conninfo::Advice::NeonPooler { direct_host, .. }) =
-        crate::conninfo::neon_pooler(&target.host)
+    if let Some(crate::source::conninfo::Advice::NeonPooler { direct_host, .. }) =
+        crate::source::conninfo::neon_pooler(&target.host)
     {
         checks.push(check(
             "pooler",
@@ -215,7 +215,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
         .query_one(
             concat!(
                 "SELECT current_setting('wal_level'), current_user::text, ",
-                crate::connection::replication_columns!(),
+                crate::source::connection::replication_columns!(),
                 ",
                     current_setting('max_replication_slots')::int,
                     (SELECT count(*) FROM pg_replication_slots)::int,
@@ -343,7 +343,8 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     ));
 
     // Tables: the given ones, else the publication's (and its insert-only companion's).
-    let companion = crate::publication::insert_only_name(&target.publication).unwrap_or_default();
+    let companion =
+        crate::source::publication::insert_only_name(&target.publication).unwrap_or_default();
     let tables: Vec<(String, String)> = if target.tables.is_empty() {
         client
             .query(
@@ -442,7 +443,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
         "Publication {} exists with the tables",
         ident(&target.publication)
     );
-    let exists = crate::publication::find(client, &target.publication)
+    let exists = crate::source::publication::find(client, &target.publication)
         .await?
         .is_some();
     if tables.is_empty() {
@@ -457,7 +458,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             Status::Fail,
             explanation,
             Some(Action::Publication {
-                request: crate::publication::Request {
+                request: crate::source::publication::Request {
                     publication: target.publication.clone(),
                     tables: Vec::new(),
                     choices: Vec::new(),
@@ -467,16 +468,16 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             }),
         ));
     } else {
-        let request = crate::publication::Request {
+        let request = crate::source::publication::Request {
             publication: target.publication.clone(),
             tables: tables
                 .iter()
-                .map(|(s, t)| crate::publication::TableRef::new(s, t))
+                .map(|(s, t)| crate::source::publication::TableRef::new(s, t))
                 .collect(),
             choices: Vec::new(),
             all_tables: false,
         };
-        let plan = crate::publication::plan(client, &request).await?;
+        let plan = crate::source::publication::plan(client, &request).await?;
         let undecided = plan.undecided().len();
         if exists && plan.statements.is_empty() && undecided == 0 {
             checks.push(check(
@@ -555,7 +556,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             } else if active {
                 let by = holder
                     .filter(|name| !name.is_empty())
-                    .map(|name| format!(" (application_name {})", crate::sql::literal(&name)))
+                    .map(|name| format!(" (application_name {})", crate::source::sql::literal(&name)))
                     .unwrap_or_default();
                 checks.push(check("slot", &slot_title, Status::Fail,
                     format!("Slot {} is in use by server process {pid}{by}, which is not this app's capture: a slot serves one consumer at a time. Stop the other consumer (another Tidepool window or `tidepool capture` included), or choose another slot name.", ident(&target.slot)), None));
@@ -574,13 +575,13 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
     }
 
     // Keys, replica identity, TOAST
-    let refused = crate::publication::refused_now(client).await?;
-    let insert_only: Vec<crate::publication::TableRef> =
-        match crate::publication::find(client, &companion).await? {
+    let refused = crate::source::publication::refused_now(client).await?;
+    let insert_only: Vec<crate::source::publication::TableRef> =
+        match crate::source::publication::find(client, &companion).await? {
             Some(info) if !info.updates_or_deletes => info
                 .tables
                 .iter()
-                .map(|(s, t)| crate::publication::TableRef::new(s, t))
+                .map(|(s, t)| crate::source::publication::TableRef::new(s, t))
                 .collect(),
             _ => Vec::new(),
         };
@@ -610,7 +611,7 @@ pub async fn run(client: &Client, target: &Target) -> Result<Vec<Check>> {
             table: table.clone(),
         });
         let keyed = (identity == "d" && primary) || (identity == "i" && identity_index);
-        let relation = crate::publication::TableRef::new(schema, table);
+        let relation = crate::source::publication::TableRef::new(schema, table);
         if refused.contains(&relation) {
             checks.push(check(&id, &title, Status::Fail,
                 format!("PostgreSQL is refusing every UPDATE and DELETE on this table now: a publication that publishes updates and deletes covers it, and it has no primary key or usable replica identity (your application gets \"cannot update table {} because it does not have a replica identity and publishes updates\"). Fix: set REPLICA IDENTITY FULL (below), add a primary key, take it out of the publication (ALTER PUBLICATION … DROP TABLE {}), or publish only its inserts (the publication fix, inserts only).", ident(table), relation.quoted_name()),

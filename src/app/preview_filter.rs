@@ -21,9 +21,9 @@ use serde_json::Value as Json;
 
 use crate::deliver::filter::{numeric_columns, Filter};
 use crate::deliver::message::{build, Database, Place};
+use crate::document::value::Kind;
 use crate::error::{Error, Result};
 use crate::store::CollectionSpec;
-use crate::value::Kind;
 
 /// A compiled preview filter for one collection.
 #[derive(Debug)]
@@ -73,7 +73,7 @@ enum Shape {
 }
 
 fn shape_of(type_oid: u32) -> Option<Shape> {
-    match crate::value::builtin(type_oid)? {
+    match crate::document::value::builtin(type_oid)? {
         Kind::Integer | Kind::Float | Kind::Numeric => Some(Shape::Number),
         Kind::Bool => Some(Shape::Bool),
         Kind::Json | Kind::Array { .. } => None,

@@ -7,7 +7,7 @@
 //!   the keychain and nowhere else.
 //! - Nothing outlives the demo: [`Demo::stop`] (and dropping a [`DemoHost`]) stops the trickle, forgets
 //!   the profile, its keychain entry and its capture store, and removes the cluster. The cluster itself
-//!   also goes when the process exits any other way (see [`crate::cluster`]).
+//!   also goes when the process exits any other way (see [`crate::app::cluster`]).
 //! - A demo profile left by a process that died is replaced at the next start, store included: its
 //!   checkpoint belongs to a server that no longer exists.
 
@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::cluster::{Cluster, ClusterOptions};
+use crate::app::cluster::{Cluster, ClusterOptions};
+use crate::app::profile::{PasswordStorage, ProfileDraft, ProfileView, Profiles};
 use crate::error::{Error, Result};
-use crate::profile::{PasswordStorage, ProfileDraft, ProfileView, Profiles};
-use crate::tls::SslMode;
+use crate::source::tls::SslMode;
 
 /// The name of the profile the demo fills in.
 pub const DEMO_PROFILE: &str = "Demo database";
@@ -160,7 +160,7 @@ impl Demo {
 
     /// Stops the writes, forgets the profile (keychain entry and capture store too) and removes the
     /// cluster. The caller stops the profile's capture first.
-    pub fn stop(mut self, profiles: &Profiles) -> Result<Option<crate::profile::Removed>> {
+    pub fn stop(mut self, profiles: &Profiles) -> Result<Option<crate::app::profile::Removed>> {
         self.halt_trickle();
         let forgotten = forget_profile(profiles);
         self.cluster.stop();
@@ -184,7 +184,7 @@ impl Drop for Demo {
 
 /// Removes a demo profile, its keychain entry and its store, if there is one. A profile of the same
 /// name that is not the demo's is left alone, and the demo refuses to start over it.
-fn forget_profile(profiles: &Profiles) -> Result<Option<crate::profile::Removed>> {
+fn forget_profile(profiles: &Profiles) -> Result<Option<crate::app::profile::Removed>> {
     let Some(found) = profiles
         .list()?
         .into_iter()
@@ -203,7 +203,11 @@ fn forget_profile(profiles: &Profiles) -> Result<Option<crate::profile::Removed>
 
 /// Writes one tick every `interval` until told to stop. A failed tick is logged and the next one tried:
 /// the demo's writes are a convenience, not something to stop the app for.
-fn trickle(spec: crate::connection::ConnectionSpec, interval: Duration, stop: Arc<AtomicBool>) {
+fn trickle(
+    spec: crate::source::connection::ConnectionSpec,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -218,7 +222,7 @@ fn trickle(spec: crate::connection::ConnectionSpec, interval: Duration, stop: Ar
         let mut client = None;
         while !stop.load(Ordering::Relaxed) {
             if client.is_none() {
-                client = crate::connection::connect(&spec).await.ok();
+                client = crate::source::connection::connect(&spec).await.ok();
             }
             if let Some(c) = &client {
                 if let Err(e) = c.batch_execute(TICK).await {
@@ -269,8 +273,8 @@ impl DemoHost {
     pub fn stop(
         &self,
         profiles: &Profiles,
-        runs: &crate::run::Runs,
-    ) -> Result<Option<crate::profile::Removed>> {
+        runs: &crate::app::run::Runs,
+    ) -> Result<Option<crate::app::profile::Removed>> {
         let demo = self.demo.lock().unwrap_or_else(|p| p.into_inner()).take();
         match demo {
             Some(demo) => {

@@ -1,5 +1,5 @@
 //! Server addresses as people write them, `host[:port]`, for the database and for an SSH bastion
-//! alike. Kept apart so both [`crate::connection`] and [`crate::ssh`] parse them the same way
+//! alike. Kept apart so both [`crate::source::connection`] and [`crate::source::ssh`] parse them the same way
 //! without importing each other.
 //!
 //! Invariant: an IPv6 address with a port is written in brackets; a bare IPv6 address has no port.

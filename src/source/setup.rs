@@ -3,8 +3,8 @@
 //!
 //! Invariants:
 //! - [`Action::preview`] and [`Action::run`] come from the same statements, so what the user confirmed is
-//!   what runs. Every identifier is quoted by [`crate::sql::ident`] and every literal by
-//!   [`crate::sql::literal`]; nothing the user typed is pasted into SQL.
+//!   what runs. Every identifier is quoted by [`crate::source::sql::ident`] and every literal by
+//!   [`crate::source::sql::literal`]; nothing the user typed is pasted into SQL.
 //! - A generated password is never part of a preview: the preview shows a placeholder, and the password
 //!   goes from the generator straight into the OS keychain. The server is sent only its SCRAM-SHA-256
 //!   verifier (as psql's `\password` does), so the password is in no statement the server may log
@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::secrets::Secret;
-use crate::sql::{ident, literal};
+use crate::source::sql::{ident, literal};
 
 /// A fix preflight can offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +55,8 @@ pub enum Action {
     /// a table's writes would be refused.
     Publication {
         /// The tables and the choices.
-        request: crate::publication::Request,
-        /// The statements previewed (from [`crate::publication::plan`]).
+        request: crate::source::publication::Request,
+        /// The statements previewed (from [`crate::source::publication::plan`]).
         statements: Vec<String>,
     },
     /// Creates a pgoutput slot.
@@ -157,15 +157,15 @@ impl Action {
         let role_path = |project: &str, branch: &str| {
             format!(
                 "/api/v2/projects/{}/branches/{}/roles",
-                crate::neon::segment(project),
-                crate::neon::segment(branch)
+                crate::source::neon::segment(project),
+                crate::source::neon::segment(branch)
             )
         };
         match self {
             Action::NeonEnableLogicalReplication { project_id } => vec![format!(
                 "PATCH /api/v2/projects/{} {}",
-                crate::neon::segment(project_id),
-                crate::neon::enable_logical_replication_body()
+                crate::source::neon::segment(project_id),
+                crate::source::neon::enable_logical_replication_body()
             )],
             Action::NeonCreateRole {
                 project_id,
@@ -183,7 +183,7 @@ impl Action {
             } => vec![format!(
                 "GET {}/{}/reveal_password",
                 role_path(project_id, branch_id),
-                crate::neon::segment(role)
+                crate::source::neon::segment(role)
             )],
             Action::NeonResetPassword {
                 project_id,
@@ -192,7 +192,7 @@ impl Action {
             } => vec![format!(
                 "POST {}/{}/reset_password",
                 role_path(project_id, branch_id),
-                crate::neon::segment(role)
+                crate::source::neon::segment(role)
             )],
             Action::CreateReplicationRole { role } => vec![format!(
                 "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {PASSWORD_PLACEHOLDER}",
@@ -335,7 +335,7 @@ impl Action {
     }
 
     /// Runs a SQL action on `client`. A new role's password is generated here and returned, for the
-    /// caller to put in the keychain; Neon actions go through [`crate::neon::Client`] instead.
+    /// caller to put in the keychain; Neon actions go through [`crate::source::neon::Client`] instead.
     pub async fn run(&self, client: &Client) -> Result<Option<Secret>> {
         let (statements, password) = match self {
             neon if neon.is_neon() => {
@@ -363,7 +363,7 @@ impl Action {
                         "pick the tables to publish first",
                     ));
                 }
-                crate::publication::apply_previewed(client, request, statements).await?;
+                crate::source::publication::apply_previewed(client, request, statements).await?;
                 return Ok(None);
             }
             other => (other.statements(), None),
@@ -387,7 +387,7 @@ impl Action {
 
     /// Runs a Neon action through the API. A password Neon hands back (a new role's, a revealed or
     /// reset one) is returned for the caller to put in the keychain.
-    pub async fn run_neon(&self, neon: &crate::neon::Client) -> Result<Option<Secret>> {
+    pub async fn run_neon(&self, neon: &crate::source::neon::Client) -> Result<Option<Secret>> {
         match self {
             Action::NeonEnableLogicalReplication { project_id } => {
                 neon.enable_logical_replication(project_id).await?;

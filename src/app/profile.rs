@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::connection::{
-    parse_address, test_connection, ChannelBinding, ConnectionSpec, ServerFacts,
-};
-use crate::conninfo::{Advice, Conninfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secrets::{Keychain, Secret, SecretKey};
-use crate::tls::SslMode;
+use crate::source::connection::{
+    parse_address, test_connection, ChannelBinding, ConnectionSpec, ServerFacts,
+};
+use crate::source::conninfo::{Advice, Conninfo};
+use crate::source::tls::SslMode;
 
 /// The publication a new profile uses unless told otherwise.
 pub const DEFAULT_PUBLICATION: &str = "tidepool_publication";
@@ -75,11 +75,11 @@ pub struct Profile {
     pub password: PasswordStorage,
     /// The Neon project and branch the database lives in, when linked (enables the Neon fixes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub neon: Option<crate::neon::Link>,
+    pub neon: Option<crate::source::neon::Link>,
     /// The SSH bastion the database is reached through, if any; its private key is in the keychain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<SshProfile>,
-    /// Whether the profile's store is encrypted at rest ([`crate::encryption`]). Profiles saved
+    /// Whether the profile's store is encrypted at rest ([`crate::store::encryption`]). Profiles saved
     /// before encryption existed have plain stores.
     #[serde(default)]
     pub encrypted: bool,
@@ -94,7 +94,7 @@ pub struct Profile {
 /// measured in `benches/capture.rs` (docs/benchmarks.md).
 pub const ENCRYPT_BY_DEFAULT: bool = true;
 
-/// How a profile reaches its database through an SSH bastion ([`crate::ssh`]). The private key and
+/// How a profile reaches its database through an SSH bastion ([`crate::source::ssh`]). The private key and
 /// its passphrase are keychain entries of the profile, never fields here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -237,8 +237,8 @@ pub struct Autofill {
 
 /// A secret deliberately handed to the UI: the password Autofill found in the string the UI just
 /// supplied, or a consumer's signing secret or the pull API token a person asked to see
-/// ([`crate::consumers::ConsumerStore::reveal_signing_secret`],
-/// [`crate::consumers::ConsumerStore::reveal_pull_token`]). Any other path keeps [`Secret`],
+/// ([`crate::app::consumers::ConsumerStore::reveal_signing_secret`],
+/// [`crate::app::consumers::ConsumerStore::reveal_pull_token`]). Any other path keeps [`Secret`],
 /// which cannot be serialized.
 pub struct RevealedSecret(Secret);
 
@@ -661,7 +661,7 @@ impl Profiles {
         profile: &Profile,
         spec: &ConnectionSpec,
         given: Option<(Secret, Option<Secret>)>,
-    ) -> Result<Option<std::sync::Arc<crate::ssh::Tunnel>>> {
+    ) -> Result<Option<std::sync::Arc<crate::source::ssh::Tunnel>>> {
         let Some(ssh) = &profile.ssh else {
             return Ok(None);
         };
@@ -684,14 +684,16 @@ impl Profiles {
                 )
             }
         };
-        Ok(Some(crate::ssh::Tunnel::new(crate::ssh::TunnelSettings {
-            endpoint: crate::ssh::SshEndpoint::parse(&ssh.address)?,
-            key,
-            passphrase,
-            host_key: ssh.host_key.clone(),
-            database: (spec.host.clone(), spec.port),
-            timeout: spec.connect_timeout,
-        })))
+        Ok(Some(crate::source::ssh::Tunnel::new(
+            crate::source::ssh::TunnelSettings {
+                endpoint: crate::source::ssh::SshEndpoint::parse(&ssh.address)?,
+                key,
+                passphrase,
+                host_key: ssh.host_key.clone(),
+                database: (spec.host.clone(), spec.port),
+                timeout: spec.connect_timeout,
+            },
+        )))
     }
 
     /// Gives the profile `to` the SSH private key (and passphrase) of the profile `from`: a profile
@@ -711,16 +713,20 @@ impl Profiles {
 
     /// The SSH bastion's host key, read without logging in, for a person to compare and accept
     /// before the first connection through it.
-    pub async fn ssh_host_key(&self, address: &str) -> Result<crate::ssh::HostKey> {
-        let endpoint = crate::ssh::SshEndpoint::parse(address)?;
-        crate::ssh::fetch_host_key(&endpoint, crate::connection::DEFAULT_CONNECT_TIMEOUT).await
+    pub async fn ssh_host_key(&self, address: &str) -> Result<crate::source::ssh::HostKey> {
+        let endpoint = crate::source::ssh::SshEndpoint::parse(address)?;
+        crate::source::ssh::fetch_host_key(
+            &endpoint,
+            crate::source::connection::DEFAULT_CONNECT_TIMEOUT,
+        )
+        .await
     }
 
     /// Saves `host_key` (`algorithm base64`, as [`Profiles::ssh_host_key`] showed it) as the accepted
     /// host key of the profile's bastion.
     pub fn accept_ssh_host_key(&self, id_or_name: &str, host_key: &str) -> Result<ProfileView> {
         let id = self.get(id_or_name)?.id;
-        let accepted = crate::ssh::parse_host_key(host_key)?
+        let accepted = crate::source::ssh::parse_host_key(host_key)?
             .to_openssh()
             .map_err(|e| Error::invalid_input("SSH host key", e.to_string()))?;
         let mut file = self.load()?;
@@ -749,7 +755,7 @@ impl Profiles {
     /// refused: its rows cannot be re-encrypted in place, so the person discards it and captures again.
     fn apply_encryption(&self, profile: &Profile) -> Result<()> {
         let dir = self.store_dir_of(&profile.id);
-        let marked = crate::encryption::marker(&dir)?.is_some();
+        let marked = crate::store::encryption::marker(&dir)?.is_some();
         if marked == profile.encrypted {
             return Ok(());
         }
@@ -778,17 +784,17 @@ impl Profiles {
             )
         })?;
         if profile.encrypted {
-            crate::encryption::create(&dir, &keychain)?;
+            crate::store::encryption::create(&dir, &keychain)?;
         } else {
-            crate::encryption::forget(&dir, &keychain)?;
-            let _ = std::fs::remove_file(dir.join(crate::encryption::MARKER));
+            crate::store::encryption::forget(&dir, &keychain)?;
+            let _ = std::fs::remove_file(dir.join(crate::store::encryption::MARKER));
         }
         Ok(())
     }
 
     /// Deletes a profile, its store (captured rows, snapshots, consumers) and every keychain entry
     /// it had: its password, the store's key, its consumers' secrets and its pull API token. The
-    /// caller makes sure no capture of it runs ([`crate::run::Runs::delete_profile`]).
+    /// caller makes sure no capture of it runs ([`crate::app::run::Runs::delete_profile`]).
     pub fn delete(&self, id_or_name: &str) -> Result<Removed> {
         let profile = self.get(id_or_name)?;
         let mut removed = self.discard(&profile)?;
@@ -821,10 +827,10 @@ impl Profiles {
     }
 
     /// Discards the profile's local copy: its store folder and the keychain entries that belong to
-    /// it. The source is untouched (its slot is [`crate::run::Runs::discard_store`]'s to drop); the
+    /// it. The source is untouched (its slot is [`crate::app::run::Runs::discard_store`]'s to drop); the
     /// next capture backfills again. An encrypted profile gets a
     /// new key for the new store. The way out of a store whose key is lost. The caller makes sure no
-    /// capture of it runs ([`crate::run::Runs::discard_store`]).
+    /// capture of it runs ([`crate::app::run::Runs::discard_store`]).
     pub fn discard_store(&self, id_or_name: &str) -> Result<Removed> {
         let profile = self.get(id_or_name)?;
         let removed = self.discard(&profile)?;
@@ -862,8 +868,8 @@ impl Profiles {
                 Err(e) => return Err(e),
             }
         }
-        if crate::encryption::marker(&dir)?.is_some() {
-            crate::encryption::forget(&dir, &keychain()?)?;
+        if crate::store::encryption::marker(&dir)?.is_some() {
+            crate::store::encryption::forget(&dir, &keychain()?)?;
             removed.keychain_entries.push("store key".into());
         }
         std::fs::remove_dir_all(&dir).map_err(|e| {
@@ -901,15 +907,15 @@ impl Profiles {
     }
 
     /// The connection spec to run a fix with on the database `base` points at: `base` itself for
-    /// [`RunAs::Profile`](crate::setup::RunAs::Profile); another saved profile's (its password from
+    /// [`RunAs::Profile`](crate::source::setup::RunAs::Profile); another saved profile's (its password from
     /// the keychain), refused unless it is for the same host, port and database; or `base`'s server
     /// and TLS settings with the entered role and password. Reads the keychain (blocking).
     pub fn spec_to_run_as(
         &self,
         base: ConnectionSpec,
-        run_as: crate::setup::RunAs,
+        run_as: crate::source::setup::RunAs,
     ) -> Result<ConnectionSpec> {
-        use crate::setup::RunAs;
+        use crate::source::setup::RunAs;
         match run_as {
             RunAs::Profile => Ok(base),
             RunAs::OtherProfile { profile } => {
@@ -1039,7 +1045,7 @@ impl Profiles {
     /// The store folder of the profile's capture: `stores/<profile id>` next to `profiles.json`. An
     /// encrypted profile's folder always has its key before a store can be created in it. With a given
     /// keychain (not the OS's), the key is read from it here, so opening the store finds it
-    /// ([`crate::encryption::unlock`]).
+    /// ([`crate::store::encryption::unlock`]).
     pub fn store_dir(&self, id_or_name: &str) -> Result<PathBuf> {
         let profile = self.get(id_or_name)?;
         let dir = self.store_dir_of(&profile.id);
@@ -1047,7 +1053,7 @@ impl Profiles {
         // can create a plain store there.
         self.apply_encryption(&profile)?;
         if let KeychainSource::Given(keychain) = &self.keychain {
-            crate::encryption::unlock(&dir, keychain)?;
+            crate::store::encryption::unlock(&dir, keychain)?;
         }
         Ok(dir)
     }
@@ -1061,11 +1067,11 @@ impl Profiles {
     pub async fn discover(
         &self,
         id_or_name: &str,
-    ) -> Result<Vec<crate::discovery::DiscoveredTable>> {
+    ) -> Result<Vec<crate::source::discovery::DiscoveredTable>> {
         let profile = self.get(id_or_name)?;
         let spec = self.spec_blocking(id_or_name, None).await?;
-        let client = crate::connection::connect(&spec).await?;
-        crate::discovery::discover(&client, Some(&profile.publication)).await
+        let client = crate::source::connection::connect(&spec).await?;
+        crate::source::discovery::discover(&client, Some(&profile.publication)).await
     }
 
     /// The profile's saved capture definition, if it has one.
@@ -1082,13 +1088,13 @@ impl Profiles {
     /// The preflight checklist for the profile: its publication and slot, and the tables of its saved
     /// capture (else the publication's). The checks know what the store knows (whether the capture has
     /// streamed from the slot), and `running_capture` names the `application_name` of the profile's
-    /// capture when one runs in this process ([`crate::run::Runs::preflight`] passes it), so a slot that
+    /// capture when one runs in this process ([`crate::app::run::Runs::preflight`] passes it), so a slot that
     /// capture holds is a pass.
     pub async fn preflight(
         &self,
         id_or_name: &str,
         running_capture: Option<String>,
-    ) -> Result<Vec<crate::preflight::Check>> {
+    ) -> Result<Vec<crate::source::preflight::Check>> {
         let profile = self.get(id_or_name)?;
         let spec = self.spec_blocking(id_or_name, None).await?;
         let (tables, store_history) =
@@ -1102,11 +1108,14 @@ impl Profiles {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    (tables, store.checkpoint()? > crate::pgoutput::Lsn(0))
+                    (
+                        tables,
+                        store.checkpoint()? > crate::source::pgoutput::Lsn(0),
+                    )
                 }
                 None => (Vec::new(), false),
             };
-        let target = crate::preflight::Target {
+        let target = crate::source::preflight::Target {
             host: profile.host.clone(),
             publication: profile.publication.clone(),
             slot: profile.slot.clone(),
@@ -1117,20 +1126,26 @@ impl Profiles {
             running_capture,
             store_history: Some(store_history),
         };
-        let client = crate::connection::connect(&spec)
+        let client = crate::source::connection::connect(&spec)
             .await
             .map_err(|e| e.in_neon_project(target.neon_project.as_deref()))?;
-        let mut checks = crate::preflight::run(&client, &target).await?;
+        let mut checks = crate::source::preflight::run(&client, &target).await?;
         if let Some(project) = &target.neon_project {
-            checks.push(crate::preflight::neon_ip_allow(self.neon_client().await, project).await);
+            checks.push(
+                crate::source::preflight::neon_ip_allow(self.neon_client().await, project).await,
+            );
         }
         Ok(checks)
     }
 
     /// Runs a fix the user confirmed as the profile's own role: [`Profiles::run_fix_as`] with
-    /// [`RunAs::Profile`](crate::setup::RunAs::Profile).
-    pub async fn run_fix(&self, id_or_name: &str, action: crate::setup::Action) -> Result<()> {
-        self.run_fix_as(id_or_name, action, crate::setup::RunAs::Profile)
+    /// [`RunAs::Profile`](crate::source::setup::RunAs::Profile).
+    pub async fn run_fix(
+        &self,
+        id_or_name: &str,
+        action: crate::source::setup::Action,
+    ) -> Result<()> {
+        self.run_fix_as(id_or_name, action, crate::source::setup::RunAs::Profile)
             .await
     }
 
@@ -1143,8 +1158,8 @@ impl Profiles {
     pub async fn run_fix_as(
         &self,
         id_or_name: &str,
-        action: crate::setup::Action,
-        run_as: crate::setup::RunAs,
+        action: crate::source::setup::Action,
+        run_as: crate::source::setup::RunAs,
     ) -> Result<()> {
         self.run_fix_with(id_or_name, action, run_as, FixOptions::default())
             .await
@@ -1157,11 +1172,11 @@ impl Profiles {
     pub async fn run_fix_with(
         &self,
         id_or_name: &str,
-        action: crate::setup::Action,
-        run_as: crate::setup::RunAs,
+        action: crate::source::setup::Action,
+        run_as: crate::source::setup::RunAs,
         options: FixOptions,
     ) -> Result<()> {
-        use crate::setup::{Action, RunAs};
+        use crate::source::setup::{Action, RunAs};
         let FixOptions {
             connection,
             new_profile_name,
@@ -1216,7 +1231,12 @@ impl Profiles {
                 }
             };
             let user = spec.user.clone();
-            let ran = async { action.run(&crate::connection::connect(&spec).await?).await }.await;
+            let ran = async {
+                action
+                    .run(&crate::source::connection::connect(&spec).await?)
+                    .await
+            }
+            .await;
             drop(spec);
             ran.map_err(|e| action.explain_refusal(e, own, &user))?
         };
@@ -1265,7 +1285,7 @@ impl Profiles {
     pub fn link_neon(
         &self,
         id_or_name: &str,
-        link: Option<crate::neon::Link>,
+        link: Option<crate::source::neon::Link>,
     ) -> Result<ProfileView> {
         let profile = self.get(id_or_name)?;
         if let Some(link) = &link {
@@ -1293,27 +1313,33 @@ impl Profiles {
     }
 
     /// A Neon API client with the key from this keychain (read off the async workers).
-    pub async fn neon_client(&self) -> Result<crate::neon::Client> {
+    pub async fn neon_client(&self) -> Result<crate::source::neon::Client> {
         let profiles = self.clone();
         tokio::task::spawn_blocking(move || {
-            crate::neon::Client::with_keychain(&profiles.keychain()?, profiles.neon_api.as_deref())
+            crate::source::neon::Client::with_keychain(
+                &profiles.keychain()?,
+                profiles.neon_api.as_deref(),
+            )
         })
         .await
         .map_err(|e| Error::internal(format!("reading the keychain: {e}")))?
     }
 
     /// The Neon projects the stored API key can see.
-    pub async fn neon_projects(&self) -> Result<Vec<crate::neon::Project>> {
+    pub async fn neon_projects(&self) -> Result<Vec<crate::source::neon::Project>> {
         self.neon_client().await?.projects().await
     }
 
     /// A Neon project's branches.
-    pub async fn neon_branches(&self, project_id: &str) -> Result<Vec<crate::neon::Branch>> {
+    pub async fn neon_branches(
+        &self,
+        project_id: &str,
+    ) -> Result<Vec<crate::source::neon::Branch>> {
         self.neon_client().await?.branches(project_id).await
     }
 
     /// The Neon project and branch whose endpoint serves the profile's host, if the key can see one.
-    pub async fn neon_locate(&self, id_or_name: &str) -> Result<Option<crate::neon::Link>> {
+    pub async fn neon_locate(&self, id_or_name: &str) -> Result<Option<crate::source::neon::Link>> {
         let profile = self.get(id_or_name)?;
         self.neon_client().await?.locate(&profile.host).await
     }
@@ -1323,15 +1349,15 @@ impl Profiles {
     pub async fn plan_publication(
         &self,
         id_or_name: &str,
-        tables: Vec<crate::publication::TableRef>,
-        choices: Vec<crate::publication::Choice>,
-    ) -> Result<crate::publication::Plan> {
+        tables: Vec<crate::source::publication::TableRef>,
+        choices: Vec<crate::source::publication::Choice>,
+    ) -> Result<crate::source::publication::Plan> {
         let profile = self.get(id_or_name)?;
         let spec = self.spec_blocking(id_or_name, None).await?;
-        let client = crate::connection::connect(&spec).await?;
-        crate::publication::plan(
+        let client = crate::source::connection::connect(&spec).await?;
+        crate::source::publication::plan(
             &client,
-            &crate::publication::Request {
+            &crate::source::publication::Request {
                 publication: profile.publication.clone(),
                 tables,
                 choices,
@@ -1348,7 +1374,7 @@ impl Profiles {
         &self,
         id_or_name: &str,
         bindings: Vec<crate::binding::Binding>,
-        choices: Vec<crate::publication::Choice>,
+        choices: Vec<crate::source::publication::Choice>,
     ) -> Result<Vec<String>> {
         let profile = self.get(id_or_name)?;
         if bindings.is_empty() {
@@ -1472,7 +1498,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
     let ssh = match optional(draft.ssh_address) {
         None => None,
         Some(address) => {
-            let endpoint = crate::ssh::SshEndpoint::parse(&address)?;
+            let endpoint = crate::source::ssh::SshEndpoint::parse(&address)?;
             if host.starts_with('/') {
                 return Err(Error::invalid_input(
                     "server address",
@@ -1481,7 +1507,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
             }
             let host_key = match optional(draft.ssh_host_key) {
                 Some(key) => Some(
-                    crate::ssh::parse_host_key(&key)?
+                    crate::source::ssh::parse_host_key(&key)?
                         .to_openssh()
                         .map_err(|e| Error::invalid_input("SSH host key", e.to_string()))?,
                 ),
@@ -1494,7 +1520,7 @@ fn validate(id: String, draft: ProfileDraft) -> Result<Profile> {
         }
     };
     if let Some(key) = draft.ssh_key.as_ref().filter(|k| !k.is_empty()) {
-        crate::ssh::check_private_key(
+        crate::source::ssh::check_private_key(
             key,
             draft.ssh_passphrase.as_ref().filter(|p| !p.is_empty()),
         )?;

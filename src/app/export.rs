@@ -17,10 +17,10 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
+use crate::app::profile::Profile;
 use crate::binding::Definition;
 use crate::deliver::consumer::{Action, ConsumerSpec, Destination, Mode};
 use crate::error::{Error, Result};
-use crate::profile::Profile;
 use crate::store::CollectionSpec;
 
 /// The engine an export is for.
@@ -95,7 +95,7 @@ fn other_slot(preferred: &str, ours: &str) -> String {
 /// The export of profile `id_or_name`'s capture for `engine`: its saved definition, the collections
 /// its store holds and its consumers. What the app's Export buttons and `tidepool export` call.
 pub fn of_profile(
-    profiles: &crate::profile::Profiles,
+    profiles: &crate::app::profile::Profiles,
     id_or_name: &str,
     engine: Engine,
 ) -> Result<ExportFile> {
@@ -125,7 +125,7 @@ pub fn of_profile(
     }
     drop(store);
     let consumers: Vec<ConsumerSpec> =
-        crate::consumers::ConsumerStore::of_profile(profiles, id_or_name)?
+        crate::app::consumers::ConsumerStore::of_profile(profiles, id_or_name)?
             .list()?
             .into_iter()
             .map(|view| view.consumer.spec)
@@ -212,8 +212,8 @@ fn flow_collection(spec: &CollectionSpec) -> std::result::Result<Json, String> {
             continue;
         };
         let oid = column.get("typeOid").and_then(Json::as_u64).unwrap_or(0) as u32;
-        let mut schema = crate::value::builtin(oid)
-            .map(|kind| crate::discovery::value_schema(&kind))
+        let mut schema = crate::document::value::builtin(oid)
+            .map(|kind| crate::source::discovery::value_schema(&kind))
             .unwrap_or_else(|| json!({}));
         let is_key = spec.key.iter().any(|k| k == name);
         if is_key {
@@ -229,7 +229,7 @@ fn flow_collection(spec: &CollectionSpec) -> std::result::Result<Json, String> {
             }
         } else {
             // Whether the column is nullable is not stored: allow null.
-            schema = crate::discovery::or_null(schema);
+            schema = crate::source::discovery::or_null(schema);
         }
         properties.insert(name.to_string(), schema);
     }
@@ -239,7 +239,7 @@ fn flow_collection(spec: &CollectionSpec) -> std::result::Result<Json, String> {
         }
     }
     Ok(json!({
-        "key": spec.key.iter().map(|k| crate::discovery::pointer(k)).collect::<Vec<_>>(),
+        "key": spec.key.iter().map(|k| crate::source::discovery::pointer(k)).collect::<Vec<_>>(),
         "schema": {
             "type": "object",
             "properties": properties,

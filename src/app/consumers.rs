@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::app::profile::{Profiles, RevealedSecret};
 use crate::deliver::consumer::{Action, Consumer, ConsumerSpec, Destination};
 use crate::deliver::filter::{numeric_columns, Filter};
 use crate::deliver::ledger::{ledger_path, Attempt, Ledger, Parked, Sample};
 use crate::deliver::message::{build, Database, Place};
 use crate::deliver::webhook::TestResult;
 use crate::error::{Error, ErrorKind, Result};
-use crate::profile::{Profiles, RevealedSecret};
 use crate::secrets::{Keychain, Secret, SecretKey};
 use crate::store::Store;
 
@@ -126,7 +126,7 @@ impl ConsumerStore {
         Ok(ConsumerStore {
             dir: profiles.store_dir(&profile.id)?,
             keychain: profiles.given_keychain(),
-            // As the profile's run names it to delivery (crate::run).
+            // As the profile's run names it to delivery (crate::app::run).
             database: Database {
                 name: profile.name,
                 database: profile.database,

@@ -7,7 +7,7 @@
 //!   expressions or predicates; else none (captured keyed by change position);
 //! - the collection name defaults to `schema/table`, made unique among the tables listed
 //!   ([`crate::binding::unique_collection_names`]: `"order items"` beside `order_items` gets a suffix);
-//! - the JSON Schema (draft 2020-12) follows the capture's value mapping ([`crate::value`]), each
+//! - the JSON Schema (draft 2020-12) follows the capture's value mapping ([`crate::document::value`]), each
 //!   property describes its source type ("(source type: non-nullable int4)"), and only key columns are
 //!   `required`.
 //!
@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 use tokio_postgres::Client;
 
+use crate::document::value::{builtin, Kind};
 use crate::error::{Error, Result};
-use crate::value::{builtin, Kind};
 
 /// A discovered column.
 #[derive(Debug, Clone, PartialEq, Serialize)]

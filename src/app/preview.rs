@@ -4,7 +4,7 @@
 //!
 //! Each change-log entry comes with what the screen shows of it (commit LSN, transaction, time, and
 //! for an update the columns it changed, old → new), read from its `_meta` here. A filter is the
-//! consumers' CEL expression ([`crate::preview_filter`]), evaluated here for stored documents and
+//! consumers' CEL expression ([`crate::app::preview_filter`]), evaluated here for stored documents and
 //! for the live tail alike. Rows can be sorted by a column here too, so a big collection is never
 //! shipped to the window to be sorted. It also exports a whole view (optionally filtered) as JSON
 //! Lines or CSV.
@@ -17,9 +17,9 @@
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::app::preview_filter::PreviewFilter;
+use crate::app::profile::Profiles;
 use crate::error::{Error, ErrorKind, Result};
-use crate::preview_filter::PreviewFilter;
-use crate::profile::Profiles;
 use crate::store::{CollectionInfo, CollectionSpec, Store};
 
 /// Which view of a collection.

@@ -12,15 +12,15 @@
 
 use serde::Serialize;
 
+use crate::app::profile::Profiles;
 use crate::error::{Error, Result};
-use crate::profile::Profiles;
 use crate::store::Store;
 
 /// Neon removes a slot that has made no flush progress for about this long.
 pub const NEON_INACTIVE_SLOT_HOURS: i64 = 40;
 
 /// Retained WAL above which a warning is shown (the preflight's threshold).
-pub const RETAINED_WARN_BYTES: i64 = crate::preflight::LAG_WARN_BYTES;
+pub const RETAINED_WARN_BYTES: i64 = crate::source::preflight::LAG_WARN_BYTES;
 
 /// How serious a warning is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,7 +81,7 @@ pub struct SlotHealth {
 pub async fn slot(profiles: &Profiles, id_or_name: &str) -> Result<SlotHealth> {
     let profile = profiles.get(id_or_name)?;
     let spec = profiles.spec_blocking(&profile.id, None).await?;
-    let client = crate::connection::connect(&spec).await?;
+    let client = crate::source::connection::connect(&spec).await?;
     let row = client
         .query_one(
             "SELECT s.slot_name IS NOT NULL, COALESCE(s.active, false), s.wal_status,
@@ -108,7 +108,7 @@ pub async fn slot(profiles: &Profiles, id_or_name: &str) -> Result<SlotHealth> {
         unconfirmed: row.get(4),
         safe_wal_size: row.get(5),
         max_keep: keep.filter(|k| *k >= 0),
-        neon: crate::preflight::is_neon(&profile.host) || profile.neon.is_some(),
+        neon: crate::source::preflight::is_neon(&profile.host) || profile.neon.is_some(),
         last_progress,
         captured_before: last_progress.is_some(),
     };
@@ -146,7 +146,7 @@ fn hours(secs: i64) -> String {
 
 /// Judges the facts (a pure function, so every branch is tested without a server).
 fn assess(slot: &str, f: Facts, now_ms: i64) -> SlotHealth {
-    let name = crate::sql::ident(slot);
+    let name = crate::source::sql::ident(slot);
     let mut warnings = Vec::new();
     let mut warn = |id, level, message: String| warnings.push(Warning { id, level, message });
     if !f.exists {

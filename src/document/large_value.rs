@@ -14,8 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::value::Kind;
 use crate::error::{Error, Result};
-use crate::value::Kind;
 
 /// Values whose text is at least this long are stored apart from their documents.
 pub const LARGE_VALUE_BYTES: usize = 64 * 1024;
@@ -138,7 +138,7 @@ pub fn write_json_pieces(
                     end -= 1;
                 }
                 piece.clear();
-                crate::value::write_json_string(&rest[..end], &mut piece);
+                crate::document::value::write_json_string(&rest[..end], &mut piece);
                 sink(&piece.as_bytes()[1..piece.len() - 1])?;
                 rest = &rest[end..];
             }

@@ -6,7 +6,7 @@
 //! Why a loopback listener: the replication transport dials a host and port itself, so the tunnel
 //! offers one on `127.0.0.1` (an ephemeral port, as `ssh -L` and Estuary's connectors do) and carries
 //! each accepted connection to the database's host and port, as the bastion resolves them. TLS still
-//! names the database's own host ([`crate::connection`]), so `verify-full` checks the real server.
+//! names the database's own host ([`crate::source::connection`]), so `verify-full` checks the real server.
 //!
 //! Invariants:
 //! - The bastion's host key is checked before anything is sent: a profile without an accepted key gets a
@@ -77,7 +77,7 @@ impl SshEndpoint {
                 "takes no path or options: write it as ssh://user@host[:port]",
             ));
         }
-        let (host, port) = crate::address::split_host_port(address, DEFAULT_SSH_PORT)
+        let (host, port) = crate::source::address::split_host_port(address, DEFAULT_SSH_PORT)
             .map_err(|reason| Error::invalid_input(FIELD, reason))?;
         Ok(SshEndpoint {
             user: user.to_string(),
@@ -239,7 +239,7 @@ pub struct TunnelSettings {
 }
 
 /// One SSH session to a bastion and the loopback port that carries connections through it. Shared by
-/// every connection of a [`crate::connection::ConnectionSpec`] (cloned specs share it); dropping the
+/// every connection of a [`crate::source::connection::ConnectionSpec`] (cloned specs share it); dropping the
 /// last clone closes the session and the port.
 pub struct Tunnel {
     settings: TunnelSettings,

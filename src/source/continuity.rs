@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::binding::{Definition, Mode};
-use crate::connection::{connect, ConnectionSpec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pgoutput::Lsn;
-use crate::slot::{self, SlotInfo};
-use crate::sql;
+use crate::source::connection::{connect, ConnectionSpec};
+use crate::source::pgoutput::Lsn;
+use crate::source::slot::{self, SlotInfo};
+use crate::source::sql;
 use crate::store::Store;
 
 /// The store meta key holding the [`SourceIdentity`] it was captured from.
@@ -243,7 +243,7 @@ pub async fn resync(
     slot_name: &str,
 ) -> Result<Resync> {
     slot::validate_name(slot_name)?;
-    let _writer = crate::store_lock::StoreLock::acquire_soon(store_dir).await?;
+    let _writer = crate::store::lock::StoreLock::acquire_soon(store_dir).await?;
     let client = connect(spec).await?;
     let mut store = Store::open(store_dir)?;
     let reason = match verify(&client, &mut store, slot_name, false).await {

@@ -4,11 +4,11 @@
 //!
 //! Rows are read with `COPY … TO STDOUT` (text format: the same text output pgoutput sends, so a row
 //! gives the same document either way). A keyed table's rows go, as PostgreSQL sent them, into a
-//! snapshot file sorted by key ([`crate::snapshot`]) that the store records in the open batch; only
+//! snapshot file sorted by key ([`crate::store::snapshot`]) that the store records in the open batch; only
 //! the key is parsed per row, and documents are built when read. A table without a key is stored
 //! document by document in the log, keyed by position. Memory stays bounded: rows stream to the file
 //! (or, when they arrive out of key order, to sorted runs of bounded size). A row holding a large value
-//! ([`crate::large_value`]) is the one that COPY delivers whole: its large fields are turned into JSON
+//! ([`crate::document::large_value`]) is the one that COPY delivers whole: its large fields are turned into JSON
 //! and stored a piece at a time, straight from the line, and the row is kept with references to them,
 //! so the value is held once, as it arrived.
 //!
@@ -24,20 +24,20 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::binding::Binding;
-use crate::connection::{connect, ConnectionSpec};
-use crate::discovery::{discover, kind_of, DiscoveredTable};
 use crate::document::copy_text::{
     parse_copy_line, parse_stored_line, refs_row, write_copy_field_json, REF_MARK,
 };
+use crate::document::large_value::{ValueRef, LARGE_VALUE_BYTES};
 use crate::document::{
     document_of, meta, now_postgres_micros, postgres_time_to_unix_ms, write_row, ColumnInfo,
     Columns, Relation, Transaction,
 };
 use crate::error::{Error, Result};
-use crate::large_value::{ValueRef, LARGE_VALUE_BYTES};
-use crate::pgoutput::{Lsn, Value};
-use crate::snapshot::{SnapshotSource, SnapshotWriter};
-use crate::sql;
+use crate::source::connection::{connect, ConnectionSpec};
+use crate::source::discovery::{discover, kind_of, DiscoveredTable};
+use crate::source::pgoutput::{Lsn, Value};
+use crate::source::sql;
+use crate::store::snapshot::{SnapshotSource, SnapshotWriter};
 use crate::store::{Op, Store};
 
 /// How far a table's backfill is.
@@ -103,7 +103,7 @@ pub async fn run(
     spec.options = Some(format!(
         "{} {}",
         spec.options.clone().unwrap_or_default(),
-        crate::value::SESSION_OPTIONS
+        crate::document::value::SESSION_OPTIONS
     ));
     let client = connect(&spec).await?;
     let target = spec.target();
@@ -119,7 +119,7 @@ pub async fn run(
     store.begin()?;
     let mut total = 0;
     for (relid, binding) in tables.iter().enumerate() {
-        let found = crate::discovery::bound_table(&discovered, binding, "--tables")?;
+        let found = crate::source::discovery::bound_table(&discovered, binding, "--tables")?;
         total += copy_table(
             &client,
             store,
@@ -260,7 +260,7 @@ async fn copy_table(
                     .sort_key(line)
                     .map_err(|e| Error::internal(format!("{qualified}: {e}")))?;
                 if let Some(built) = &built {
-                    if crate::rowkey::sort_key(&built.key)? != skey {
+                    if crate::store::rowkey::sort_key(&built.key)? != skey {
                         return Err(Error::internal(format!(
                             "{qualified}: the key read from COPY differs from the document's"
                         )));
@@ -339,10 +339,10 @@ async fn copy_table(
 const CHECKED_ROWS: u64 = 1000;
 
 /// Reads a row's sort key straight from its COPY line: the key columns' fields, as JSON, encoded as
-/// [`crate::rowkey`] does, without building the document.
+/// [`crate::store::rowkey`] does, without building the document.
 struct KeyReader {
     /// (field position, kind) of the key columns, in key order.
-    key: Vec<(usize, crate::value::Kind)>,
+    key: Vec<(usize, crate::document::value::Kind)>,
     /// The last field a key needs: a line is split no further.
     last: usize,
     fields: Vec<(usize, usize)>,
@@ -385,12 +385,12 @@ impl KeyReader {
                 .ok_or("a row has fewer fields than the table has columns")?;
             let field = &line[s..e];
             // The common key, an integer: its sort key straight from the digits PostgreSQL printed.
-            if *kind == crate::value::Kind::Integer {
+            if *kind == crate::document::value::Kind::Integer {
                 if let Some(n) = std::str::from_utf8(field)
                     .ok()
-                    .and_then(crate::rowkey::integer)
+                    .and_then(crate::store::rowkey::integer)
                 {
-                    crate::rowkey::push_integer(n, &mut self.out);
+                    crate::store::rowkey::push_integer(n, &mut self.out);
                     continue;
                 }
             }
@@ -410,7 +410,7 @@ impl KeyReader {
                 kind.write_json(text, &mut self.json)
                     .map_err(|e| e.to_string())?;
             }
-            crate::rowkey::push_element(&self.json, &mut self.out);
+            crate::store::rowkey::push_element(&self.json, &mut self.out);
         }
         Ok(&self.out)
     }
@@ -473,14 +473,14 @@ mod tests {
             "1000",
         ] {
             let mut json = String::new();
-            crate::value::Kind::Integer
+            crate::document::value::Kind::Integer
                 .write_json(text, &mut json)
                 .unwrap();
             let mut expected = Vec::new();
-            crate::rowkey::push_element(&json, &mut expected);
-            let n = crate::rowkey::integer(text).unwrap();
+            crate::store::rowkey::push_element(&json, &mut expected);
+            let n = crate::store::rowkey::integer(text).unwrap();
             let mut got = Vec::new();
-            crate::rowkey::push_integer(n, &mut got);
+            crate::store::rowkey::push_integer(n, &mut got);
             assert_eq!(got, expected, "{text}");
         }
         for other in [
@@ -493,7 +493,7 @@ mod tests {
             "+1",
             "１",
         ] {
-            assert_eq!(crate::rowkey::integer(other), None, "{other}");
+            assert_eq!(crate::store::rowkey::integer(other), None, "{other}");
         }
     }
 

@@ -9,7 +9,7 @@
 //! before anything runs, and each is handled only as the user chose ([`Handling`]).
 //!
 //! Invariants:
-//! - every identifier in a planned statement is quoted by [`crate::sql::ident`];
+//! - every identifier in a planned statement is quoted by [`crate::source::sql::ident`];
 //! - a plan publishes exactly the tables asked for, or `FOR ALL TABLES` only when asked
 //!   ([`Request::all_tables`]) and after the same check over every table it would cover (there a
 //!   keyless table can only be given REPLICA IDENTITY FULL), and only adds, except a
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sql;
+use crate::source::sql;
 
 /// A publication as the server has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

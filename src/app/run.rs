@@ -27,11 +27,11 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::backfill::BackfillProgress;
+use crate::app::profile::{Profiles, RevealedSecret};
+use crate::capture::backfill::BackfillProgress;
 use crate::capture::{CaptureOptions, Flush, Observer};
 use crate::deliver::pull::{PullHost, PullRoute, PullServing};
 use crate::error::{Error, ErrorKind, Result};
-use crate::profile::{Profiles, RevealedSecret};
 use crate::store::Store;
 
 /// Where a run stands.
@@ -177,7 +177,7 @@ impl Runs {
     /// with the URL to pull from and, when the API does not answer for it now, why.
     pub fn pull_access(&self, profiles: &Profiles, id_or_name: &str) -> Result<PullAccess> {
         let profile = profiles.get(id_or_name)?;
-        let token = crate::consumers::ConsumerStore::of_profile(profiles, &profile.id)?
+        let token = crate::app::consumers::ConsumerStore::of_profile(profiles, &profile.id)?
             .reveal_pull_token()?;
         let serving = self.pull.serving();
         let running = self.is_running(&profile.id);
@@ -265,7 +265,7 @@ impl Runs {
         &self,
         profiles: &Profiles,
         id_or_name: &str,
-    ) -> Result<Vec<crate::preflight::Check>> {
+    ) -> Result<Vec<crate::source::preflight::Check>> {
         let id = profiles.get(id_or_name)?.id;
         profiles.preflight(&id, self.running_capture(&id)).await
     }
@@ -286,7 +286,7 @@ impl Runs {
         profiles: &Profiles,
         id_or_name: &str,
         bindings: Vec<crate::binding::Binding>,
-        choices: Vec<crate::publication::Choice>,
+        choices: Vec<crate::source::publication::Choice>,
     ) -> Result<crate::capture::PublishPlan> {
         let profile = profiles.get(id_or_name)?;
         let definition = publish_definition(&profile, bindings)?;
@@ -310,7 +310,7 @@ impl Runs {
         profiles: &Profiles,
         id_or_name: &str,
         bindings: Vec<crate::binding::Binding>,
-        choices: Vec<crate::publication::Choice>,
+        choices: Vec<crate::source::publication::Choice>,
         listener: StatusListener,
     ) -> Result<RunStatus> {
         let id = profiles.get(id_or_name)?.id;
@@ -498,7 +498,7 @@ impl Runs {
 
     /// "Re-backfill and continue", after the capture was refused because its store can no longer
     /// follow the source without a gap ([`ErrorKind::Diverged`]): records the gap, raises the backfill
-    /// of every backfilled table (see [`crate::continuity::resync`]), and starts the capture.
+    /// of every backfilled table (see [`crate::source::continuity::resync`]), and starts the capture.
     pub async fn resync(
         &self,
         profiles: &Profiles,
@@ -516,11 +516,16 @@ impl Runs {
             ));
         }
         let spec = profiles.spec_blocking(&profile.id, None).await?;
-        crate::continuity::resync(&spec, &profiles.store_dir(&profile.id)?, &profile.slot).await?;
+        crate::source::continuity::resync(&spec, &profiles.store_dir(&profile.id)?, &profile.slot)
+            .await?;
         self.start(profiles, &profile.id, listener).await
     }
 
-    fn refuse_while_running(&self, profile: &crate::profile::Profile, what: &str) -> Result<()> {
+    fn refuse_while_running(
+        &self,
+        profile: &crate::app::profile::Profile,
+        what: &str,
+    ) -> Result<()> {
         if self.is_running(&profile.id) {
             return Err(Error::invalid_input(
                 "profile",
@@ -539,7 +544,7 @@ impl Runs {
         &self,
         profiles: &Profiles,
         id_or_name: &str,
-    ) -> Result<crate::profile::Removed> {
+    ) -> Result<crate::app::profile::Removed> {
         let profile = profiles.get(id_or_name)?;
         self.refuse_while_running(&profile, "remove the profile")?;
         let removed = profiles.delete(&profile.id)?;
@@ -555,14 +560,14 @@ impl Runs {
         &self,
         profiles: &Profiles,
         id_or_name: &str,
-    ) -> Result<crate::profile::Removed> {
+    ) -> Result<crate::app::profile::Removed> {
         let profile = profiles.get(id_or_name)?;
         self.refuse_while_running(&profile, "discard its local copy")?;
         let spec = profiles.spec_blocking(&profile.id, None).await?;
-        let client = crate::connection::connect(&spec)
+        let client = crate::source::connection::connect(&spec)
             .await
             .map_err(|e| e.context("the local copy was kept: its slot must be dropped with it"))?;
-        let dropped = crate::slot::drop_released(&client, &profile.slot).await?;
+        let dropped = crate::source::slot::drop_released(&client, &profile.slot).await?;
         let mut removed = profiles.discard_store(&profile.id)?;
         removed.slot_dropped = dropped.then(|| profile.slot.clone());
         self.lock().status.remove(&profile.id);
@@ -606,12 +611,15 @@ impl Runs {
             let _ = run.task.await;
         }
         let spec = profiles.spec_blocking(&profile.id, None).await?;
-        let client = crate::connection::connect(&spec).await?;
-        crate::slot::drop_released(&client, &profile.slot).await?;
+        let client = crate::source::connection::connect(&spec).await?;
+        crate::source::slot::drop_released(&client, &profile.slot).await?;
         let store_dir = profiles.store_dir(&profile.id)?;
         if let Some(mut store) = Store::open_existing(&store_dir)? {
             // The definition and the retention are the person's settings, not capture state.
-            store.forget_capture(&[crate::binding::META_KEY, crate::retention::RETENTION_KEY])?;
+            store.forget_capture(&[
+                crate::binding::META_KEY,
+                crate::store::retention::RETENTION_KEY,
+            ])?;
             crate::deliver::log_restarted(&store_dir)?;
         }
         let mut shared = self.lock();
@@ -770,7 +778,7 @@ pub struct TailEntry {
     /// The change document.
     pub doc: Json,
     /// Its commit LSN, transaction, time and, for an update, what changed (as a page's `changes`).
-    pub info: crate::preview::ChangeInfo,
+    pub info: crate::app::preview::ChangeInfo,
 }
 
 /// Refuses a filter that does not compile for `collection` (nothing to check before it exists).
@@ -783,7 +791,7 @@ async fn compile_filter(dir: &std::path::Path, collection: &str, source: &str) -
             return Ok(());
         };
         if let Some(spec) = store.collection(&collection)? {
-            crate::preview_filter::PreviewFilter::compile(&source, &spec)?;
+            crate::app::preview_filter::PreviewFilter::compile(&source, &spec)?;
         }
         Ok(())
     })
@@ -811,7 +819,7 @@ async fn read_changes(
         // Compiled per page: a page is read only after a commit, and the collection's columns (which
         // the filter's checks use) may have changed since the last one.
         let filter = filter
-            .map(|f| crate::preview_filter::PreviewFilter::compile(&f, &spec))
+            .map(|f| crate::app::preview_filter::PreviewFilter::compile(&f, &spec))
             .transpose()?;
         let page = store.changes(&collection, after, TAIL_PAGE)?;
         let scanned = page.last().map(|(seq, _)| (*seq, page.len() == TAIL_PAGE));
@@ -819,7 +827,7 @@ async fn read_changes(
             .into_iter()
             .filter(|(seq, doc)| filter.as_ref().is_none_or(|f| f.matches(*seq, doc)))
             .map(|(seq, doc)| TailEntry {
-                info: crate::preview::ChangeInfo::of(seq, &doc, &spec),
+                info: crate::app::preview::ChangeInfo::of(seq, &doc, &spec),
                 seq,
                 doc,
             })
@@ -832,7 +840,7 @@ async fn read_changes(
 
 /// The definition "Save and publish" saves for `profile`: its publication and slot with `bindings`.
 fn publish_definition(
-    profile: &crate::profile::Profile,
+    profile: &crate::app::profile::Profile,
     bindings: Vec<crate::binding::Binding>,
 ) -> Result<crate::binding::Definition> {
     if bindings.is_empty() {

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::connection::{ChannelBinding, ConnectionSpec, DEFAULT_PORT};
 use crate::error::{Error, Result};
 use crate::secrets::Secret;
-use crate::tls::SslMode;
+use crate::source::connection::{ChannelBinding, ConnectionSpec, DEFAULT_PORT};
+use crate::source::tls::SslMode;
 
 /// What a connection string says; `None` where it says nothing (libpq's defaults then apply).
 #[derive(Debug, Clone, Default)]
@@ -176,12 +176,12 @@ impl Conninfo {
                         format!("'{value}' is not a whole number of seconds"),
                     )
                 })?;
-                if secs > crate::connection::MAX_CONNECT_TIMEOUT.as_secs() {
+                if secs > crate::source::connection::MAX_CONNECT_TIMEOUT.as_secs() {
                     return Err(Error::invalid_input(
                         "connect_timeout",
                         format!(
                             "{secs} s is more than the {} s Tidepool waits at most",
-                            crate::connection::MAX_CONNECT_TIMEOUT.as_secs()
+                            crate::source::connection::MAX_CONNECT_TIMEOUT.as_secs()
                         ),
                     ));
                 }

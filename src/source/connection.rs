@@ -2,7 +2,7 @@
 //! as whom, whether logical decoding is on, and whether this role may replicate.
 //!
 //! A [`ConnectionSpec`] is what the engine connects with; it comes from a connection string
-//! ([`crate::conninfo`]) or a profile ([`crate::profile`]). The password travels inside it as a [`Secret`]
+//! ([`crate::source::conninfo`]) or a profile ([`crate::app::profile`]). The password travels inside it as a [`Secret`]
 //! and goes nowhere but to the server.
 //!
 //! Invariants: the host name, not a resolved address, is what TLS sees (SNI and name checks need it); a
@@ -18,7 +18,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::secrets::Secret;
-use crate::tls::{client_config, SslMode};
+use crate::source::tls::{client_config, SslMode};
 
 /// The port PostgreSQL listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -57,7 +57,7 @@ pub struct ConnectionSpec {
     pub channel_binding: ChannelBinding,
     /// The SSH bastion every connection goes through, if the database is reached that way. Clones of
     /// a spec share one session.
-    pub tunnel: Option<std::sync::Arc<crate::ssh::Tunnel>>,
+    pub tunnel: Option<std::sync::Arc<crate::source::ssh::Tunnel>>,
 }
 
 /// libpq's `channel_binding`: whether SCRAM authentication binds to the TLS channel.
@@ -223,7 +223,7 @@ pub fn parse_address(address: &str) -> Result<(String, u16)> {
             "is a URL; use Autofill with URL, or give host[:port]",
         ));
     }
-    crate::address::split_host_port(address, DEFAULT_PORT)
+    crate::source::address::split_host_port(address, DEFAULT_PORT)
         .map_err(|reason| Error::invalid_input(FIELD, reason))
 }
 

@@ -9,7 +9,7 @@
 //! - The position reported to the server (write = flush = apply) is only ever what [`Stream::confirm`]
 //!   was given, i.e. what the capture has durably stored; it starts at the stored checkpoint.
 //! - Keepalives that ask for a reply are answered by the transport with that same confirmed position.
-//! - The session pins every setting that text output depends on ([`crate::value::SESSION_OPTIONS`]).
+//! - The session pins every setting that text output depends on ([`crate::document::value::SESSION_OPTIONS`]).
 //! - The password goes only to the server; the transport's config (which derives `Debug` with the
 //!   password in it) is never logged.
 //! - What is read ahead of the capture is bounded in bytes, not only in events: a relay task takes
@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
-use crate::connection::ConnectionSpec;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pgoutput::Lsn;
-use crate::sql;
-use crate::tls::SslMode;
+use crate::source::connection::ConnectionSpec;
+use crate::source::pgoutput::Lsn;
+use crate::source::sql;
+use crate::source::tls::SslMode;
 
 /// What the replication stream delivers.
 #[derive(Debug)]
@@ -134,7 +134,7 @@ fn config(options: &StreamOptions<'_>, dial: (String, u16)) -> ReplicationConfig
     } else {
         tls
     };
-    let mut session_options = crate::value::SESSION_OPTIONS.to_string();
+    let mut session_options = crate::document::value::SESSION_OPTIONS.to_string();
     if let Some(extra) = &spec.options {
         session_options = format!("{extra} {session_options}");
     }

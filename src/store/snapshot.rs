@@ -1,9 +1,9 @@
 //! Snapshot files: a backfill's rows, stored once, in the form PostgreSQL sent them (COPY's text
-//! lines), sorted by the rows' sort keys ([`crate::rowkey`]) with a block index. A backfill writes
+//! lines), sorted by the rows' sort keys ([`crate::store::rowkey`]) with a block index. A backfill writes
 //! one file per table instead of a document and an index entry per row in SQLite; the store serves the
 //! file's rows as the collection's base rows and as a range of its change log, and rebuilds each row's
 //! document on read with the same code the backfill used to build it ([`Rebuild`]), so a document
-//! reads the same whichever way it was stored. A field of [`crate::large_value::LARGE_VALUE_BYTES`] or
+//! reads the same whichever way it was stored. A field of [`crate::document::large_value::LARGE_VALUE_BYTES`] or
 //! more (as COPY wrote it) in a non-key column is the exception: the backfill stores it once in the store, as streamed
 //! values are, and its field in the line is its reference (`\L` and the value's hash, which COPY
 //! never writes), so reading the row never holds the value unless the reader wants it whole.
@@ -18,7 +18,7 @@
 //! - Every reference in a file's lines names a value its store holds: the values are stored in the
 //!   batch that records the file (and brought in with it from a backfill's staging store).
 //! - Reading never panics on a damaged file: lengths and offsets are checked, errors name the file.
-//! - A file of an encrypted store ([`crate::encryption`]) is sealed block by block (AES-256-GCM under
+//! - A file of an encrypted store ([`crate::store::encryption`]) is sealed block by block (AES-256-GCM under
 //!   the file's own key, block `n` as chunk `n`) and its index as one more chunk bound to the footer,
 //!   so no key or row is on disk in the clear and a block moved, swapped or damaged fails to open.
 
@@ -32,13 +32,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::document::copy_text::{parse_stored_line, refs_row};
+use crate::document::large_value::{Document, ValueRef};
+use crate::document::value::Kind;
 use crate::document::Op;
 use crate::document::{document_of, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
-use crate::encryption::{Sealer, StoreKey, SALT_BYTES};
 use crate::error::{Error, Result};
-use crate::large_value::{Document, ValueRef};
-use crate::pgoutput::{Lsn, Value};
-use crate::value::Kind;
+use crate::source::pgoutput::{Lsn, Value};
+use crate::store::encryption::{Sealer, StoreKey, SALT_BYTES};
 
 const MAGIC: &[u8; 8] = b"TPSNAP01";
 /// The mark of a sealed file; its header continues with the salt its key is derived from.
@@ -120,7 +120,7 @@ impl Appender {
         let mut buf = Vec::with_capacity(FLUSH_BYTES + 2 * BLOCK_BYTES);
         let sealer = match key {
             Some(key) => {
-                let salt = crate::encryption::new_salt()?;
+                let salt = crate::store::encryption::new_salt()?;
                 buf.extend_from_slice(SEALED_MAGIC);
                 buf.extend_from_slice(&salt);
                 Some(key.file_sealer(&salt))
@@ -855,7 +855,7 @@ impl Rebuild {
     }
 
     /// The document of one row, given its line: large values left as references
-    /// ([`crate::large_value::splice`] puts them in).
+    /// ([`crate::document::large_value::splice`] puts them in).
     pub fn document(&mut self, line: &[u8]) -> Result<Document> {
         parse_stored_line(line, &self.rel, &mut self.values, &mut self.refs)
             .map_err(|e| Error::internal(format!("{}: {e}", self.rel.collection)))?;
@@ -908,7 +908,7 @@ mod tests {
     }
 
     fn skey(n: i64) -> Vec<u8> {
-        crate::rowkey::sort_key(&format!("[{n}]")).unwrap()
+        crate::store::rowkey::sort_key(&format!("[{n}]")).unwrap()
     }
 
     /// Every test runs on a plain file and on a sealed one.

@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pgoutput::Lsn;
-use crate::sql;
+use crate::source::pgoutput::Lsn;
+use crate::source::sql;
 
 /// What `pg_replication_slots` says about a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

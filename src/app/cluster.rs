@@ -21,7 +21,7 @@
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "src/cluster.rs (the demo database and the tests' PostgreSQL servers) supports Linux only; \
+    "src/app/cluster.rs (the demo database and the tests' PostgreSQL servers) supports Linux only; \
      see README.md, Platforms"
 );
 
@@ -33,11 +33,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
 
-use crate::connection::ConnectionSpec;
 use crate::error::{Error, Result};
 use crate::secrets::{random_hex, Secret};
-use crate::sql;
-use crate::tls::SslMode;
+use crate::source::connection::ConnectionSpec;
+use crate::source::sql;
+use crate::source::tls::SslMode;
 
 /// How a cluster is configured.
 #[derive(Debug, Clone)]
