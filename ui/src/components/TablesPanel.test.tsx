@@ -178,6 +178,35 @@ describe("TablesPanel", () => {
     ]);
   });
 
+  it("says which step is running, planning or publishing, with its buttons off meanwhile", async () => {
+    answer("captureDefinition", async () => null);
+    let planned: (plan: PublishPlan) => void = () => {};
+    let published: (status: typeof streaming) => void = () => {};
+    answer("planSaveAndPublish", () => new Promise((resolve) => (planned = resolve)));
+    answer("saveAndPublish", () => new Promise((resolve) => (published = resolve)));
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await user.click(await screen.findByTestId("select-public.orders"));
+    await user.click(screen.getByTestId("publish"));
+    const publish = screen.getByTestId("publish") as HTMLButtonElement;
+    expect(publish.textContent).toBe("Planning…");
+    expect(publish.disabled).toBe(true);
+    planned(freshPlan([], []));
+    const run = (await screen.findByTestId("publish-run")) as HTMLButtonElement;
+    expect(publish.textContent).toBe("Save and publish (1)");
+    expect(publish.disabled).toBe(true);
+    expect(run.disabled).toBe(false);
+    await user.click(run);
+    expect(run.textContent).toBe("Publishing…");
+    expect(run.disabled).toBe(true);
+    expect((screen.getByTestId("publish-cancel") as HTMLButtonElement).disabled).toBe(true);
+    expect(publish.textContent).toBe("Save and publish (1)");
+    published(streaming);
+    await screen.findByTestId("published");
+    expect(screen.queryByTestId("publish-plan")).toBeNull();
+    expect(publish.disabled).toBe(false);
+  });
+
   it("shows the engine's error when the confirmed run fails, and does not leave the tab", async () => {
     answer("captureDefinition", async () => null);
     answer("planSaveAndPublish", async () => freshPlan([], []));
