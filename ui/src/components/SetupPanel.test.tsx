@@ -156,6 +156,26 @@ describe("SetupPanel", () => {
     }
   });
 
+  it("says a fix is running on its own Run button, and lets it run again once it failed", async () => {
+    answer("preflight", async () => [failing]);
+    let fail: (error: unknown) => void = () => {};
+    answer("runFix", () => new Promise((_, reject) => (fail = reject)));
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    await user.click(await screen.findByTestId("fix-replication"));
+    const run = screen.getByTestId("fix-replication-run") as HTMLButtonElement;
+    await user.click(run);
+    expect(run.textContent).toBe("Running…");
+    expect(run.disabled).toBe(true);
+    fail({ kind: "Permission", message: "permission denied to alter role" });
+    await screen.findByTestId("fix-replication-error");
+    expect(run.textContent).toBe("Run");
+    expect(run.disabled).toBe(false);
+    await user.click(run);
+    // A new run starts without the last one's error.
+    expect(screen.queryByTestId("fix-replication-error")).toBeNull();
+  });
+
   it("asks which tables to publish when none are picked, and never offers every table", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
