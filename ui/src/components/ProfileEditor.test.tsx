@@ -226,6 +226,23 @@ describe("ProfileEditor", () => {
     expect(callsOf("deleteProfile")).toEqual([["abc123"]]);
   });
 
+  it("says why a delete failed without marking a field or offering an untested save", async () => {
+    answer("deleteProfile", async () => {
+      throw { kind: "Connection", message: "db.example.com:6543: connection refused while dropping the slot" };
+    });
+    const onDeleted = vi.fn();
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={onDeleted} />);
+    await user.click(screen.getByTestId("delete-profile"));
+    await user.click(screen.getByTestId("confirm-delete"));
+    expect((await screen.findByTestId("connection-error-message")).textContent).toContain("connection refused");
+    // The form's address did not fail: the delete did.
+    expect(screen.getByTestId("address").getAttribute("aria-invalid")).toBeNull();
+    expect(screen.queryByTestId("address-error")).toBeNull();
+    expect(screen.queryByTestId("save-untested")).toBeNull();
+    expect(onDeleted).not.toHaveBeenCalled();
+  });
+
   it("saves a new profile with an unencrypted store only when the box is cleared", async () => {
     answer("saveProfile", async () => SAVED);
     const user = userEvent.setup();
