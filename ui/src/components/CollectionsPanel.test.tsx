@@ -4,7 +4,7 @@ import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import type { ChangeInfo, Page, PageRequest, TailEntry } from "../lib/types";
-import { CollectionsPanel, sortEntries } from "./CollectionsPanel";
+import { CollectionsPanel } from "./CollectionsPanel";
 import { jsonTokens } from "./JsonView";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 
@@ -258,22 +258,6 @@ describe("CollectionsPanel", () => {
     await waitFor(() => expect(sorts().at(-1)).toEqual({ column: "name", descending: true }));
     await user.click(screen.getByTestId("sort-name"));
     await waitFor(() => expect(sorts().at(-1)).toBeNull());
-  });
-});
-
-describe("sortEntries", () => {
-  it("orders the loaded changes by a column, numbers as numbers, NULL last ascending and first descending", () => {
-    const entries = [
-      { doc: { total: "10.5" }, info: info(3, "u") },
-      { doc: { total: null }, info: info(1, "c") },
-      { doc: { total: "9" }, info: info(2, "c") },
-    ];
-    const totals = (s: { column: string; descending: boolean }, numeric: boolean) =>
-      sortEntries(entries, s, numeric).map((e) => e.doc.total);
-    expect(totals({ column: "total", descending: false }, true)).toEqual(["9", "10.5", null]);
-    expect(totals({ column: "total", descending: true }, true)).toEqual([null, "10.5", "9"]);
-    expect(totals({ column: "total", descending: false }, false)).toEqual(["10.5", "9", null]);
-    expect(sortEntries(entries, { column: "_lsn", descending: true }, false).map((e) => e.info?.seq)).toEqual([3, 2, 1]);
   });
 });
 
