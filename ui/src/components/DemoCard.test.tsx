@@ -23,7 +23,7 @@ describe("DemoCard", () => {
   it("starts the demo, shows that it runs, and removes it", async () => {
     const user = userEvent.setup();
     const demo = profileView({ id: "demo-1", name: "Demo database" });
-    let finish: (p: unknown) => void = () => {};
+    let finish: (p: ProfileView) => void = () => {};
     answer("startDemo", () => new Promise((resolve) => (finish = resolve)));
     answer("stopDemo", async () => ({
       profile: "Demo database",

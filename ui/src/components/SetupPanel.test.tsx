@@ -98,8 +98,20 @@ function planFor(tables: TableRef[], choices: Choice[]): PublicationPlan {
   };
 }
 
-const discovered = (t: TableRef, key: string[]) =>
-  ({ ...t, key, replicaIdentity: "default", partitioned: false, columns: [] }) as unknown as DiscoveredTable;
+/** A table as discovery reports it: keyed by its primary key, or without a key at all. */
+const discovered = (t: TableRef, key: string[]): DiscoveredTable => ({
+  ...t,
+  partitioned: false,
+  columns: key.map((name) => ({ name, typeOid: 23, typeName: "integer", nullable: false })),
+  key,
+  keySource: key.length ? "primaryKey" : "none",
+  keyIndex: null,
+  replicaIdentity: "default",
+  estimatedRows: null,
+  sizeBytes: 8192,
+  inPublication: false,
+  collection: { name: `${t.schema}/${t.table}`, key: key.map((k) => `/${k}`), schema: {} },
+});
 
 beforeEach(() => {
   resetBackend();
@@ -179,7 +191,7 @@ describe("SetupPanel", () => {
   it("asks which tables to publish when none are picked, and never offers every table", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={profileView()} />);
@@ -205,7 +217,7 @@ describe("SetupPanel", () => {
   it("a keyless table starts left out; each choice re-plans and runs exactly what it shows", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={profileView()} />);
@@ -242,7 +254,7 @@ describe("SetupPanel", () => {
     expect(screen.getByTestId("fix-publication-notes").textContent).toContain("replicaIdentityFull");
     await user.click(screen.getByTestId("fix-publication-run"));
     await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
-    const [, action] = callsOf("runFix")[0] as [string, { request: PublicationRequest; statements: string[] }];
+    const action = callsOf("runFix")[0][1] as { action: "publication"; request: PublicationRequest; statements: string[] };
     expect(action.request.choices).toEqual([{ ...views, handling: "replicaIdentityFull" }]);
     expect(action.statements).toEqual([
       'ALTER TABLE "shop"."page_views" REPLICA IDENTITY FULL',
@@ -484,7 +496,7 @@ describe("SetupPanel: Run as", () => {
   it("picks the tables to publish from those the owner's profile reads when the profile's role reads none", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async (id) => (id === "p2" ? [discovered(orders, ["id"])] : []));
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
@@ -509,7 +521,7 @@ describe("SetupPanel: Run as", () => {
   it("runs the publication fix as the chosen owner profile", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"])]);
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={capture} profiles={[capture, owner]} />);

@@ -2,9 +2,10 @@ import { render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { Choice, DiscoveredTable, PublishPlan, TableRef } from "../lib/types";
+import type { DiscoveredTable, PublishPlan, RunStatus } from "../lib/types";
 import { TablesPanel } from "./TablesPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { runStatus } from "../test/fixtures";
 
 vi.mock("../lib/backend", async () =>
   (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "planSaveAndPublish", "saveAndPublish", "checkCollectionName", "planPublication"]),
@@ -40,7 +41,7 @@ const freshPlan = (statements: string[], backfills: string[]): PublishPlan => ({
   ],
 });
 
-const streaming = { profile: "p1", state: "streaming", backfills: {}, changes: 0, commits: 0, checkpoint: "0/0", changesPerSecond: 0, lagMs: null, lastCommitMicros: null, error: null };
+const streaming = runStatus({ state: "streaming", checkpoint: "0/0" });
 
 beforeEach(() => {
   resetBackend();
@@ -87,8 +88,8 @@ describe("TablesPanel", () => {
     );
     answer("saveAndPublish", async () => streaming);
     answer("planPublication", async (_id, tables, choices) => {
-      const chosen = (choices as Choice[]).find((c) => c.table === "events")?.handling ?? null;
-      const picked = (tables as TableRef[]).some((t) => t.table === "events");
+      const chosen = choices.find((c) => c.table === "events")?.handling ?? null;
+      const picked = tables.some((t) => t.table === "events");
       return {
         request: { publication: "p", tables, choices },
         statements: chosen === "insertOnly" ? ['CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"'] : [],
@@ -181,7 +182,7 @@ describe("TablesPanel", () => {
   it("says which step is running, planning or publishing, with its buttons off meanwhile", async () => {
     answer("captureDefinition", async () => null);
     let planned: (plan: PublishPlan) => void = () => {};
-    let published: (status: typeof streaming) => void = () => {};
+    let published: (status: RunStatus) => void = () => {};
     answer("planSaveAndPublish", () => new Promise((resolve) => (planned = resolve)));
     answer("saveAndPublish", () => new Promise((resolve) => (published = resolve)));
     const user = userEvent.setup();
