@@ -5,24 +5,11 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 import type { RunStatus } from "../lib/types";
 import { CapturePanel } from "./CapturePanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { runStatus, slotHealth } from "../test/fixtures";
 
 vi.mock("../lib/backend", async () =>
   (await import("../test/fakeBackend")).commands(["captureStatus", "onCaptureStatus", "startCapture", "stopCapture", "stopAndDropSlot", "slotHealth", "resyncCapture", "discardStore"]),
 );
-
-const status = (overrides: Partial<RunStatus>): RunStatus => ({
-  profile: "p1",
-  state: "stopped",
-  backfills: {},
-  changes: 0,
-  commits: 0,
-  checkpoint: "",
-  changesPerSecond: 0,
-  lagMs: null,
-  lastCommitMicros: null,
-  error: null,
-  ...overrides,
-});
 
 beforeEach(() => {
   resetBackend();
@@ -31,14 +18,14 @@ beforeEach(() => {
 describe("CapturePanel", () => {
   it("starts the capture and shows pushed backfill progress and stream facts", async () => {
     let push: (s: RunStatus) => void = () => {};
-    answer("captureStatus", async () => status({}));
+    answer("captureStatus", async () => runStatus({}));
     answer("onCaptureStatus", async (listener) => {
-      push = listener as (s: RunStatus) => void;
+      push = listener;
       return () => {};
     });
-    answer("startCapture", async () => status({ state: "starting" }));
-    answer("stopCapture", async () => status({ state: "stopped" }));
-    answer("slotHealth", async () => ({ unconfirmedBytes: 2048 }));
+    answer("startCapture", async () => runStatus({ state: "starting" }));
+    answer("stopCapture", async () => runStatus({ state: "stopped" }));
+    answer("slotHealth", async () => slotHealth({ unconfirmedBytes: 2048 }));
     const user = userEvent.setup();
     render(<CapturePanel profileId="p1" />);
     await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Stopped"));
@@ -48,14 +35,14 @@ describe("CapturePanel", () => {
     expect(screen.getByTestId("capture-state").textContent).toBe("Starting");
 
     const half = { collection: "public/items", rows: 500, estimatedRows: 1000, rowsPerSecond: 250, secondsLeft: 2, done: false };
-    act(() => push(status({ state: "starting", backfills: { "public/items": half } })));
+    act(() => push(runStatus({ state: "starting", backfills: { "public/items": half } })));
     expect(screen.getByTestId("backfill-public/items-percent").textContent).toBe("50%");
     // Another profile's status is not this one's.
-    act(() => push(status({ profile: "p2", state: "failed" })));
+    act(() => push(runStatus({ profile: "p2", state: "failed" })));
     expect(screen.getByTestId("capture-state").textContent).toBe("Starting");
     act(() =>
       push(
-        status({
+        runStatus({
           state: "streaming",
           backfills: { "public/items": { ...half, rows: 1000, done: true } },
           changes: 1004,
@@ -75,9 +62,9 @@ describe("CapturePanel", () => {
 
   it("drops the slot only after the confirmation that says what is lost", async () => {
     const user = userEvent.setup();
-    answer("captureStatus", async () => status({ state: "streaming" }));
+    answer("captureStatus", async () => runStatus({ state: "streaming" }));
     answer("onCaptureStatus", async () => () => {});
-    answer("stopAndDropSlot", async () => status({ state: "stopped" }));
+    answer("stopAndDropSlot", async () => runStatus({ state: "stopped" }));
     render(<CapturePanel profileId="p1" />);
     await waitFor(() => expect(screen.getByTestId("capture-state").textContent).toBe("Streaming"));
 
@@ -96,9 +83,9 @@ describe("CapturePanel", () => {
   it("offers a re-backfill when the store can no longer follow the source, and only then", async () => {
     const user = userEvent.setup();
     const diverged = { kind: "Diverged" as const, message: "replication slot \"s\" has confirmed up to 0/2, past the store's checkpoint 0/1" };
-    answer("captureStatus", async () => status({ state: "failed", error: diverged }));
+    answer("captureStatus", async () => runStatus({ state: "failed", error: diverged }));
     answer("onCaptureStatus", async () => () => {});
-    answer("resyncCapture", async () => status({ state: "starting" }));
+    answer("resyncCapture", async () => runStatus({ state: "starting" }));
     render(<CapturePanel profileId="p1" />);
     expect((await screen.findByTestId("capture-failure-message")).textContent).toContain("past the store's checkpoint");
     expect(screen.getByTestId("capture-failure-kind").textContent).toBe("Diverged");
@@ -111,7 +98,7 @@ describe("CapturePanel", () => {
   it("offers to discard the local copy when an encrypted store's key is lost, after a confirmation", async () => {
     const user = userEvent.setup();
     const locked = { kind: "Locked" as const, message: "the store in /d is encrypted and cannot be opened: its key is not in the OS keychain" };
-    answer("captureStatus", async () => status({ state: "failed", error: locked }));
+    answer("captureStatus", async () => runStatus({ state: "failed", error: locked }));
     answer("onCaptureStatus", async () => () => {});
     answer("discardStore", async () => ({
       profile: "Shop",
@@ -134,7 +121,7 @@ describe("CapturePanel", () => {
   });
 
   it("offers no re-backfill for other failures", async () => {
-    answer("captureStatus", async () => status({ state: "failed", error: { kind: "Connection", message: "no answer" } }));
+    answer("captureStatus", async () => runStatus({ state: "failed", error: { kind: "Connection", message: "no answer" } }));
     answer("onCaptureStatus", async () => () => {});
     render(<CapturePanel profileId="p1" />);
     await screen.findByTestId("capture-failure-message");

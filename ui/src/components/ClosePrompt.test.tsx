@@ -14,7 +14,7 @@ beforeEach(() => {
   resetBackend();
   answer("demoProfile", async () => null);
   answer("onCloseRequested", async (listener) => {
-    request = listener as () => void;
+    request = listener;
     return () => {};
   });
 });

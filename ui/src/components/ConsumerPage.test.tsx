@@ -160,8 +160,8 @@ describe("ConsumerPage", () => {
     let paused = false;
     answer("listConsumers", async () => [hook({ paused })]);
     answer("consumerActivity", async () => activity());
-    answer("setConsumerPaused", async (...args) => {
-      paused = args[2] as boolean;
+    answer("setConsumerPaused", async (_id, _name, pause) => {
+      paused = pause;
       return hook({ paused });
     });
     answer("testConsumer", async () =>
@@ -255,7 +255,7 @@ describe("ConsumerPage", () => {
     await user.type(filter, "record.total > 5");
     await user.click(within(form).getByTestId("consumer-edit-save"));
     await waitFor(() => expect(callsOf("editConsumer").length).toBe(1));
-    const [id, name, spec] = callsOf("editConsumer")[0] as [string, string, Record<string, unknown>];
+    const [id, name, spec] = callsOf("editConsumer")[0];
     expect([id, name]).toEqual(["p1", "orders-hook"]);
     expect(spec.filter).toBe("record.total > 5");
     expect(spec.destination).toEqual({

@@ -2,7 +2,7 @@ import { render, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { ConsumerSpec, ConsumerView } from "../lib/types";
+import type { ConsumerSpec, ConsumerView, TrialRequest } from "../lib/types";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
 import { curlExample, filterPosition } from "./ConsumerForm";
 import { ConsumersPanel } from "./ConsumersPanel";
@@ -365,8 +365,7 @@ describe("Create consumer", () => {
 
   it("checks the filter as it is typed, showing only the latest expression's preview", async () => {
     const user = await openForm();
-    answer("checkConsumerFilter", async (...args: unknown[]) => {
-      const text = args[1] as string;
+    answer("checkConsumerFilter", async (_id, text) => {
       return text.endsWith(">")
         ? { problem: { message: "filter: line 1, column 14: unexpected end of input", line: 1, column: 14 }, preview: [] }
         : { problem: null, preview: [{ collection: "public/orders", tried: 20, kept: 7 }] };
@@ -382,7 +381,7 @@ describe("Create consumer", () => {
       (await screen.findByTestId("consumer-filter-preview-public/orders", {}, { timeout: 5000 })).textContent,
     ).toContain("keeps 7 of its last 20 changes");
     expect(screen.queryByTestId("consumer-filter-problem")).toBeNull();
-    const texts = callsOf("checkConsumerFilter").map((c) => (c as unknown[])[1]);
+    const texts = callsOf("checkConsumerFilter").map((c) => c[1]);
     expect(texts[texts.length - 1]).toBe("record.total > 100");
     // Debounced: far fewer checks than keys typed.
     expect(texts.length).toBeLessThan(5);
@@ -421,7 +420,7 @@ describe("filterPosition", () => {
     const user = userEvent.setup();
     answer("listConsumers", async () => []);
     answer("tryWebhook", async () => ({ url: "http://127.0.0.1:41234/hook", consumer: hook({ name: "try-webhook" }) }));
-    let arrived: unknown[] = [];
+    let arrived: TrialRequest[] = [];
     answer("trialWebhookRequests", async () => arrived);
     render(<ConsumersPanel profileId="p1" profileName="Shop" />);
     await screen.findByTestId("consumers-empty");

@@ -23,7 +23,7 @@ describe("DemoCard", () => {
   it("starts the demo, shows that it runs, and removes it", async () => {
     const user = userEvent.setup();
     const demo = profileView({ id: "demo-1", name: "Demo database" });
-    let finish: (p: unknown) => void = () => {};
+    let finish: (p: ProfileView) => void = () => {};
     answer("startDemo", () => new Promise((resolve) => (finish = resolve)));
     answer("stopDemo", async () => ({
       profile: "Demo database",
@@ -74,6 +74,20 @@ describe("DemoCard", () => {
     await userEvent.setup().click(screen.getByTestId("demo-start"));
     expect((await screen.findByTestId("demo-error-message")).textContent).toContain("no PostgreSQL server found");
     expect(screen.getByTestId("demo-error").textContent).toContain("apt-get install postgresql");
+  });
+
+  it("says why a removal failed, and offers a new demo (the engine let go of the old one)", async () => {
+    answer("demoProfile", async () => "demo-1");
+    answer("stopDemo", async () => {
+      throw { kind: "Internal", message: "demo store: directory not empty" };
+    });
+    const user = userEvent.setup();
+    render(<Card onStarted={() => {}} onStopped={() => {}} />);
+    await user.click(await screen.findByTestId("demo-stop"));
+    await user.click(screen.getByTestId("demo-stop-run"));
+    expect((await screen.findByTestId("demo-error-message")).textContent).toContain("directory not empty");
+    expect(screen.queryByTestId("demo-running")).toBeNull();
+    expect((screen.getByTestId("demo-start") as HTMLButtonElement).disabled).toBe(false);
   });
 
   it("shows a demo already running after a reload of the window", async () => {

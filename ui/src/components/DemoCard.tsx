@@ -2,6 +2,7 @@ import { useEffect, useRef, useState } from "react";
 
 import * as backend from "../lib/backend";
 import type { BackendError, ProfileView, Removed } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 import { RemovedNotice } from "./RemovedNotice";
 
@@ -24,7 +25,7 @@ export type DemoState =
 export interface Demo {
   state: DemoState;
   start: () => Promise<void>;
-  stop: (id: string) => Promise<void>;
+  stop: () => Promise<void>;
 }
 
 /**
@@ -32,13 +33,16 @@ export interface Demo {
  * with a profile filled in for it. It is removed when the app quits or on "Remove".
  */
 export function useDemo({ onStarted, onStopped }: Callbacks): Demo {
-  const [state, setState] = useState<DemoState>({ status: "idle" });
+  // The running demo's profile id, and what the last removal deleted.
+  const [id, setId] = useState<string | null>(null);
+  const [removed, setRemoved] = useState<Removed | null>(null);
+  const { busy, error, run } = useAction();
 
   useEffect(() => {
     let live = true;
     backend
       .demoProfile()
-      .then((id) => live && id && setState({ status: "running", id }))
+      .then((id) => live && id && setId(id))
       .catch(() => {});
     return () => {
       live = false;
@@ -46,26 +50,32 @@ export function useDemo({ onStarted, onStopped }: Callbacks): Demo {
   }, []);
 
   const start = async () => {
-    setState({ status: "starting" });
-    try {
-      const profile = await backend.startDemo();
-      setState({ status: "running", id: profile.id });
-      onStarted(profile);
-    } catch (error) {
-      setState({ status: "failed", error: error as BackendError });
-    }
+    setRemoved(null);
+    const profile = await run(() => backend.startDemo());
+    if (!profile) return;
+    setId(profile.id);
+    onStarted(profile);
   };
 
-  const stop = async (id: string) => {
-    setState({ status: "stopping", id });
-    try {
-      setState({ status: "idle", removed: await backend.stopDemo() });
-      onStopped();
-    } catch (error) {
-      setState({ status: "failed", error: error as BackendError });
-    }
+  const stop = async () => {
+    const gone = await run(() => backend.stopDemo());
+    // The engine lets go of the demo before anything in its removal can fail: after a failed removal
+    // none runs, and the card offers a new one with the error.
+    setId(null);
+    if (gone === undefined) return;
+    setRemoved(gone);
+    onStopped();
   };
 
+  const state: DemoState = busy
+    ? id !== null
+      ? { status: "stopping", id }
+      : { status: "starting" }
+    : error
+      ? { status: "failed", error }
+      : id !== null
+        ? { status: "running", id }
+        : { status: "idle", removed };
   return { state, start, stop };
 }
 
@@ -90,9 +100,9 @@ export function DemoCard({ demo }: { demo: Demo }) {
     setConfirming(false);
     setReturnFocus(true);
   };
-  const stop = (id: string) => {
+  const stop = () => {
     setConfirming(false);
-    return demo.stop(id);
+    return demo.stop();
   };
 
   return (
@@ -121,7 +131,7 @@ export function DemoCard({ demo }: { demo: Demo }) {
                 className="danger"
                 data-testid="demo-stop-run"
                 aria-describedby="demo-stop-what"
-                onClick={() => void stop(state.id)}
+                onClick={() => void stop()}
               >
                 Remove
               </button>

@@ -3,8 +3,9 @@ import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
 import { clearHistory, record } from "../lib/history";
-import type { RunStatus, SlotHealth } from "../lib/types";
+import type { RunStatus } from "../lib/types";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { slotHealth } from "../test/fixtures";
 import { MonitorPanel } from "./MonitorPanel";
 
 vi.mock("../lib/backend", async () =>
@@ -16,22 +17,6 @@ vi.mock("./Chart", () => ({
     <div data-testid={testId} data-x={JSON.stringify(x)} data-y={JSON.stringify(y)} />
   ),
 }));
-
-const health = (overrides: Partial<SlotHealth>): SlotHealth => ({
-  slot: "tidepool_slot",
-  exists: true,
-  active: true,
-  walStatus: "reserved",
-  retainedBytes: 2 * 1048576,
-  unconfirmedBytes: 0,
-  safeWalSize: null,
-  maxSlotWalKeepBytes: null,
-  neon: false,
-  lastProgressUnixMs: null,
-  neonRemovalInSecs: null,
-  warnings: [],
-  ...overrides,
-});
 
 const streaming = (changesPerSecond: number, lagMs: number | null): RunStatus => ({
   profile: "p1",
@@ -53,7 +38,7 @@ beforeEach(() => {
 
 describe("MonitorPanel", () => {
   it("shows a healthy slot's facts and says there is nothing to do", async () => {
-    answer("slotHealth", async () => health({}));
+    answer("slotHealth", async () => slotHealth({}));
     render(<MonitorPanel profileId="p1" />);
     expect((await screen.findByTestId("health-ok")).textContent).toContain("nothing to do");
     expect(screen.getByTestId("health-retained").textContent).toBe("2.0 MiB");
@@ -63,7 +48,7 @@ describe("MonitorPanel", () => {
 
   it("lists warnings by level and counts down Neon's removal of an inactive slot", async () => {
     answer("slotHealth", async () =>
-      health({
+      slotHealth({
         active: false,
         neon: true,
         neonRemovalInSecs: 30 * 3600 + 15 * 60,
@@ -81,7 +66,7 @@ describe("MonitorPanel", () => {
   });
 
   it("charts the pushed throughput and lag of this profile only, as they arrive", async () => {
-    answer("slotHealth", async () => health({}));
+    answer("slotHealth", async () => slotHealth({}));
     render(<MonitorPanel profileId="p1" />);
     act(() => {
       record(streaming(120, 4.5), 1_000_000);
@@ -95,7 +80,7 @@ describe("MonitorPanel", () => {
   });
 
   it("shows a capture refused for a gap with the way out", async () => {
-    answer("slotHealth", async () => health({ exists: false }));
+    answer("slotHealth", async () => slotHealth({ exists: false }));
     answer("onCaptureStatus", async () => () => {});
     answer("captureStatus", async () => ({
       ...streaming(0, null),

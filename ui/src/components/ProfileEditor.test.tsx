@@ -60,6 +60,9 @@ describe("ProfileEditor", () => {
         slot: null,
         applicationName: "tidepool",
         passwordStorage: "keychain",
+        encryptStore: null,
+        sshAddress: null,
+        sshHostKey: null,
       },
       password: "AbC123dEf",
       advice: [{ kind: "neonPooler", pooledHost: POOLED, directHost: DIRECT }],
@@ -94,7 +97,7 @@ describe("ProfileEditor", () => {
     await user.click(screen.getByTestId("save-profile"));
 
     await waitFor(() => expect(onSaved).toHaveBeenCalledWith(SAVED));
-    const [[id, draft, password, check]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>, string, string]];
+    const [[id, draft, password, check]] = callsOf("saveProfile");
     expect(id).toBeNull();
     // Save tests first: the engine stores nothing that does not log in.
     expect(check).toBe("testFirst");
@@ -226,6 +229,23 @@ describe("ProfileEditor", () => {
     expect(callsOf("deleteProfile")).toEqual([["abc123"]]);
   });
 
+  it("says why a delete failed without marking a field or offering an untested save", async () => {
+    answer("deleteProfile", async () => {
+      throw { kind: "Connection", message: "db.example.com:6543: connection refused while dropping the slot" };
+    });
+    const onDeleted = vi.fn();
+    const user = userEvent.setup();
+    render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={onDeleted} />);
+    await user.click(screen.getByTestId("delete-profile"));
+    await user.click(screen.getByTestId("confirm-delete"));
+    expect((await screen.findByTestId("connection-error-message")).textContent).toContain("connection refused");
+    // The form's address did not fail: the delete did.
+    expect(screen.getByTestId("address").getAttribute("aria-invalid")).toBeNull();
+    expect(screen.queryByTestId("address-error")).toBeNull();
+    expect(screen.queryByTestId("save-untested")).toBeNull();
+    expect(onDeleted).not.toHaveBeenCalled();
+  });
+
   it("saves a new profile with an unencrypted store only when the box is cleared", async () => {
     answer("saveProfile", async () => SAVED);
     const user = userEvent.setup();
@@ -234,13 +254,13 @@ describe("ProfileEditor", () => {
     expect(box.checked).toBe(true);
     await user.click(box);
     await user.click(screen.getByTestId("save-profile"));
-    const [[, draft]] = callsOf("saveProfile") as [[string | null, Record<string, unknown>]];
+    const [[, draft]] = callsOf("saveProfile");
     expect(draft).toMatchObject({ encryptStore: false });
   });
 
   it("disables the buttons while a test runs", async () => {
     let resolve: (facts: ServerFacts) => void = () => {};
-    answer("testConnection", () => new Promise((r) => (resolve = r as (facts: ServerFacts) => void)));
+    answer("testConnection", () => new Promise((r) => (resolve = r)));
     const user = userEvent.setup();
     render(<ProfileEditor profile={SAVED} onSaved={() => {}} onDeleted={() => {}} />);
     await user.click(screen.getByTestId("test-connection"));
@@ -264,9 +284,9 @@ describe("ProfileEditor", () => {
 
   it("refuses a save whose test fails, at the field, and saves it only when told not to test", async () => {
     let saves = 0;
-    answer("saveProfile", async (...args: unknown[]) => {
+    answer("saveProfile", async (_id, _draft, _password, check) => {
       saves += 1;
-      if (args[3] === "testFirst") {
+      if (check === "testFirst") {
         throw { kind: "Authentication", message: 'password authentication failed for user "cdc_role" (SQLSTATE 28P01)' };
       }
       return { ...SAVED, untested: true };
@@ -290,7 +310,7 @@ describe("ProfileEditor", () => {
     await user.click(screen.getByTestId("save-untested"));
     await waitFor(() => expect(onSaved).toHaveBeenCalledWith({ ...SAVED, untested: true }));
     expect(saves).toBe(2);
-    expect((callsOf("saveProfile")[1] as unknown[]).slice(2)).toEqual(["wrong", "withoutTesting"]);
+    expect(callsOf("saveProfile")[1].slice(2)).toEqual(["wrong", "withoutTesting"]);
     const saved = screen.getByTestId("saved");
     expect(saved.getAttribute("data-tested")).toBe("false");
     expect(saved.className).toBe("warning");
@@ -334,7 +354,7 @@ describe("ProfileEditor", () => {
     await user.click(screen.getByTestId("test-connection"));
 
     await screen.findByTestId("ssh-show-host-key");
-    const first = callsOf("testConnection")[0][1] as Record<string, unknown>;
+    const first = callsOf("testConnection")[0][1];
     expect(first).toMatchObject({ sshAddress: "ssh://ops@127.0.0.1:2222", sshHostKey: null, sshKey: KEY, sshPassphrase: "pass phrase" });
     // The key and passphrase never reach the page's markup.
     expect(document.body.innerHTML).not.toContain("b3BlbnNzaC1rZXktdjEAAAAA");
@@ -346,7 +366,7 @@ describe("ProfileEditor", () => {
     await user.click(screen.getByTestId("ssh-trust"));
 
     await screen.findByTestId("server-facts");
-    const second = callsOf("testConnection")[1][1] as Record<string, unknown>;
+    const second = callsOf("testConnection")[1][1];
     expect(second).toMatchObject({ sshHostKey: HOST_KEY, sshKey: KEY });
     expect(screen.getByTestId("ssh-host-key-state").textContent).toContain("ssh-ed25519");
   });

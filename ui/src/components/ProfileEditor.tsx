@@ -16,15 +16,14 @@ import {
   type ServerFacts,
   type SslMode,
 } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 import { ServerFactsView } from "./ServerFactsView";
 
-type Result =
-  | { status: "idle" }
-  | { status: "busy"; what: "testing" | "saving" | "deleting" }
-  | { status: "connected"; facts: ServerFacts }
-  | { status: "saved"; tested: boolean }
-  | { status: "failed"; error: BackendError; during: "test" | "save" | "delete" };
+/** What the last test or save answered, shown under the buttons. */
+type Outcome = { status: "idle" } | { status: "connected"; facts: ServerFacts } | { status: "saved"; tested: boolean };
+
+type Step = "test" | "save" | "delete";
 
 type Field = "address" | "password";
 
@@ -59,9 +58,12 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   const [showAdvanced, setShowAdvanced] = useState(false);
   const [autofillOpen, setAutofillOpen] = useState(false);
   // Shown right under the URL it is about, not below the form where nobody looks after the click.
-  const [autofillError, setAutofillError] = useState<BackendError | null>(null);
+  const { error: autofillError, setError: setAutofillError, run: runAutofill } = useAction();
   const [advice, setAdvice] = useState<Advice[]>([]);
-  const [result, setResult] = useState<Result>({ status: "idle" });
+  const [outcome, setOutcome] = useState<Outcome>({ status: "idle" });
+  // Test, save and delete share one busy state and one error; `during` says which command they are about.
+  const { busy, error, setError, run } = useAction();
+  const [during, setDuring] = useState<Step>("test");
   const [confirmDelete, setConfirmDelete] = useState(false);
   // The password is an uncontrolled field read only when needed: React mirrors a controlled input's
   // value into its `value` attribute, which would put the password into the page's markup.
@@ -70,7 +72,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   const sshKeyRef = useRef<HTMLTextAreaElement>(null);
   const sshPassphraseRef = useRef<HTMLInputElement>(null);
   const [hostKey, setHostKey] = useState<HostKey | null>(null);
-  const [hostKeyError, setHostKeyError] = useState<BackendError | null>(null);
+  const { error: hostKeyError, setError: setHostKeyError, run: runHostKey } = useAction();
   const autofillRef = useRef<HTMLTextAreaElement>(null);
   const resultRef = useRef<HTMLDivElement>(null);
   const nameRef = useRef<HTMLInputElement>(null);
@@ -80,7 +82,8 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
 
   useEffect(() => {
     setDraft(profile ? draftOf(profile) : emptyDraft());
-    setResult({ status: "idle" });
+    setOutcome({ status: "idle" });
+    setError(null);
     setAdvice([]);
     setConfirmDelete(false);
     setHostKey(null);
@@ -88,13 +91,13 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     if (passwordRef.current) passwordRef.current.value = "";
     if (sshKeyRef.current) sshKeyRef.current.value = "";
     if (sshPassphraseRef.current) sshPassphraseRef.current.value = "";
-  }, [profile]);
+  }, [profile, setError, setHostKeyError]);
 
   // A test's, save's or delete's outcome appears under the buttons: bring it into view, which in a
   // short window is below the fold.
   useEffect(() => {
-    if (result.status !== "idle" && result.status !== "busy") scrollIntoView(resultRef.current);
-  }, [result]);
+    if (outcome.status !== "idle" || error) scrollIntoView(resultRef.current);
+  }, [outcome, error]);
 
   const update = <K extends keyof ProfileDraft>(key: K, value: ProfileDraft[K]) =>
     setDraft((previous) => ({ ...previous, [key]: value }));
@@ -105,30 +108,32 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     sshKey: form.sshAddress !== null ? sshKeyRef.current?.value || null : null,
     sshPassphrase: form.sshAddress !== null ? sshPassphraseRef.current?.value || null : null,
   });
-  const busy = result.status === "busy";
+  // Each command starts the result area afresh.
+  function command<T>(step: Step, call: () => Promise<T>) {
+    setDuring(step);
+    setOutcome({ status: "idle" });
+    return run(call);
+  }
 
   async function applyAutofill() {
-    try {
-      const fill = await backend.autofill(autofillRef.current?.value ?? "");
-      setDraft((previous) => ({
-        ...fill.draft,
-        name: previous.name,
-        passwordStorage: previous.passwordStorage,
-        encryptStore: previous.encryptStore,
-        // A database URL says nothing of the bastion in front of it.
-        sshAddress: previous.sshAddress,
-        sshHostKey: previous.sshHostKey,
-      }));
-      if (fill.password !== null && passwordRef.current) passwordRef.current.value = fill.password;
-      if (autofillRef.current) autofillRef.current.value = "";
-      setAdvice(fill.advice);
-      setShowAdvanced(fill.draft.sslmode !== "prefer" || fill.draft.options !== null);
-      setAutofillOpen(false);
-      setAutofillError(null);
-      setResult({ status: "idle" });
-    } catch (error) {
-      setAutofillError(error as BackendError);
-    }
+    const fill = await runAutofill(() => backend.autofill(autofillRef.current?.value ?? ""));
+    if (!fill) return;
+    setDraft((previous) => ({
+      ...fill.draft,
+      name: previous.name,
+      passwordStorage: previous.passwordStorage,
+      encryptStore: previous.encryptStore,
+      // A database URL says nothing of the bastion in front of it.
+      sshAddress: previous.sshAddress,
+      sshHostKey: previous.sshHostKey,
+    }));
+    if (fill.password !== null && passwordRef.current) passwordRef.current.value = fill.password;
+    if (autofillRef.current) autofillRef.current.value = "";
+    setAdvice(fill.advice);
+    setShowAdvanced(fill.draft.sslmode !== "prefer" || fill.draft.options !== null);
+    setAutofillOpen(false);
+    setOutcome({ status: "idle" });
+    setError(null);
   }
 
   function switchToDirectHost(item: Advice) {
@@ -139,17 +144,15 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   // Save logs in first (the engine refuses to store what did not), as Estuary Flow and Sequin test on
   // save; "Save without testing" is the explicit way past a failed test, and the result says so.
   async function save(check: SaveCheck, form: ProfileDraft = draft) {
-    setResult({ status: "busy", what: "saving" });
-    try {
-      const saved = await backend.saveProfile(profile?.id ?? null, outgoing(form), password(), check);
-      if (passwordRef.current) passwordRef.current.value = "";
-      if (sshKeyRef.current) sshKeyRef.current.value = "";
-      if (sshPassphraseRef.current) sshPassphraseRef.current.value = "";
-      setResult({ status: "saved", tested: check === "testFirst" });
-      onSaved(saved);
-    } catch (error) {
-      setResult({ status: "failed", error: error as BackendError, during: "save" });
-    }
+    const saved = await command("save", () =>
+      backend.saveProfile(profile?.id ?? null, outgoing(form), password(), check),
+    );
+    if (!saved) return;
+    if (passwordRef.current) passwordRef.current.value = "";
+    if (sshKeyRef.current) sshKeyRef.current.value = "";
+    if (sshPassphraseRef.current) sshPassphraseRef.current.value = "";
+    setOutcome({ status: "saved", tested: check === "testFirst" });
+    onSaved(saved);
   }
 
   function submit(event: FormEvent) {
@@ -158,45 +161,33 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
   }
 
   async function test(form: ProfileDraft = draft) {
-    setResult({ status: "busy", what: "testing" });
-    try {
-      const facts = await backend.testConnection(profile?.id ?? null, outgoing(form), password());
-      setResult({ status: "connected", facts });
-    } catch (error) {
-      setResult({ status: "failed", error: error as BackendError, during: "test" });
-    }
+    const facts = await command("test", () => backend.testConnection(profile?.id ?? null, outgoing(form), password()));
+    if (facts) setOutcome({ status: "connected", facts });
   }
 
   // Trust on first use: the bastion's key is fetched and shown, and accepted only by a click.
   async function showHostKey() {
-    if (draft.sshAddress === null) return;
-    setHostKeyError(null);
-    try {
-      setHostKey(await backend.sshHostKey(draft.sshAddress));
-    } catch (error) {
-      setHostKeyError(error as BackendError);
-    }
+    const address = draft.sshAddress;
+    if (address === null) return;
+    const key = await runHostKey(() => backend.sshHostKey(address));
+    if (key) setHostKey(key);
   }
 
-  function trustHostKey(key: HostKey, during: "test" | "save") {
+  function trustHostKey(key: HostKey, retry: "test" | "save") {
     const form = { ...draft, sshHostKey: key.openssh };
     setDraft(form);
     setHostKey(null);
-    if (during === "save") void save("testFirst", form);
+    if (retry === "save") void save("testFirst", form);
     else void test(form);
   }
 
   async function remove() {
     if (!profile) return;
-    setResult({ status: "busy", what: "deleting" });
-    try {
-      onDeleted(await backend.deleteProfile(profile.id));
-    } catch (error) {
-      setResult({ status: "failed", error: error as BackendError, during: "delete" });
-    }
+    const removed = await command("delete", () => backend.deleteProfile(profile.id));
+    if (removed) onDeleted(removed);
   }
 
-  const fault = result.status === "failed" && result.during !== "delete" ? fieldAtFault(result.error) : undefined;
+  const fault = error && during !== "delete" ? fieldAtFault(error) : undefined;
   // Marks the field the error below is about, for the eye and for screen readers.
   const marked = (field: Field) =>
     fault === field ? { "aria-invalid": true, "aria-describedby": `${field}-error connection-error` } : {};
@@ -205,14 +196,14 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
     fault === field && (
       <span className="field-error" id={`${field}-error`} data-testid={`${field}-error`}>
         {FIELD_NOTES[field]}
-        {result.status === "failed" && result.during === "save" ? " Nothing was saved." : ""}
+        {during === "save" ? " Nothing was saved." : ""}
       </span>
     );
   const keepsPassword = profile?.password === "keychain" && profile.secret === "inKeychain";
   // A save refused because its test failed can still be made on purpose (a server not reachable from
   // here yet); not for the form's own mistakes, which the engine refuses either way.
   const canSaveUntested =
-    result.status === "failed" && result.during === "save" && result.error.kind !== "InvalidInput" && result.error.kind !== "Keychain";
+    error !== null && during === "save" && error.kind !== "InvalidInput" && error.kind !== "Keychain";
   return (
     <section className="card" aria-labelledby="editor-heading">
       <div className="card-head">
@@ -260,7 +251,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
           </button>
         </div>
       ))}
-      {profile?.untested && result.status !== "saved" && (
+      {profile?.untested && outcome.status !== "saved" && (
         <p className="warning" role="status" data-testid="untested-note">
           Saved without testing: these settings have not logged in yet. Save tests them again.
         </p>
@@ -412,10 +403,10 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
         )}
         <div className="actions">
           <button type="button" data-testid="test-connection" disabled={busy} onClick={() => void test()}>
-            {result.status === "busy" && result.what === "testing" ? "Testing…" : "Test connection"}
+            {busy && during === "test" ? "Testing…" : "Test connection"}
           </button>
           <button type="submit" className="secondary" data-testid="save-profile" disabled={busy} aria-describedby="save-hint">
-            {result.status === "busy" && result.what === "saving" ? "Testing and saving…" : "Save"}
+            {busy && during === "save" ? "Testing and saving…" : "Save"}
           </button>
           {profile && !confirmDelete && (
             <button type="button" className="danger" data-testid="delete-profile" disabled={busy} onClick={() => setConfirmDelete(true)}>
@@ -440,8 +431,8 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
         </p>
       </form>
       <div aria-live="polite" ref={resultRef}>
-        {result.status === "saved" &&
-          (result.tested ? (
+        {outcome.status === "saved" &&
+          (outcome.tested ? (
             <p className="ok" data-testid="saved" data-tested="true">
               Connection tested and saved.
             </p>
@@ -450,9 +441,9 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
               Saved, not tested: nothing has logged in with these settings. Test the connection before you capture.
             </p>
           ))}
-        {result.status === "connected" && <ServerFactsView facts={result.facts} />}
-        {result.status === "failed" && (
-          <ErrorNotice error={result.error} testId="connection-error" id="connection-error" place="form">
+        {outcome.status === "connected" && <ServerFactsView facts={outcome.facts} />}
+        {error && (
+          <ErrorNotice error={error} testId="connection-error" id="connection-error" place="form">
             {canSaveUntested && (
               <span className="untested-choice">
                 {fault ? "" : "Nothing was saved. "}
@@ -461,7 +452,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
                 </button>
               </span>
             )}
-            {result.error.kind === "HostKey" && draft.sshAddress !== null && result.during !== "delete" && (
+            {error.kind === "HostKey" && draft.sshAddress !== null && during !== "delete" && (
               <span className="host-key">
                 {!hostKey && (
                   <button type="button" className="secondary" data-testid="ssh-show-host-key" onClick={() => void showHostKey()}>
@@ -474,7 +465,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
                     <button
                       type="button"
                       data-testid="ssh-trust"
-                      onClick={() => trustHostKey(hostKey, result.during === "save" ? "save" : "test")}
+                      onClick={() => trustHostKey(hostKey, during === "save" ? "save" : "test")}
                     >
                       Trust this host key
                     </button>
@@ -483,7 +474,7 @@ export function ProfileEditor({ profile, onSaved, onDeleted, autoFocus = false }
                 {hostKeyError && <ErrorNotice error={hostKeyError} testId="ssh-host-key-error" place="form" />}
               </span>
             )}
-            {result.error.kind === "Keychain" && result.during === "save" && (
+            {error.kind === "Keychain" && during === "save" && (
               <button type="button" className="link" data-testid="use-ask-each-time" onClick={() => update("passwordStorage", "askEachTime")}>
                 Ask for the password each time instead
               </button>

@@ -98,8 +98,20 @@ function planFor(tables: TableRef[], choices: Choice[]): PublicationPlan {
   };
 }
 
-const discovered = (t: TableRef, key: string[]) =>
-  ({ ...t, key, replicaIdentity: "default", partitioned: false, columns: [] }) as unknown as DiscoveredTable;
+/** A table as discovery reports it: keyed by its primary key, or without a key at all. */
+const discovered = (t: TableRef, key: string[]): DiscoveredTable => ({
+  ...t,
+  partitioned: false,
+  columns: key.map((name) => ({ name, typeOid: 23, typeName: "integer", nullable: false })),
+  key,
+  keySource: key.length ? "primaryKey" : "none",
+  keyIndex: null,
+  replicaIdentity: "default",
+  estimatedRows: null,
+  sizeBytes: 8192,
+  inPublication: false,
+  collection: { name: `${t.schema}/${t.table}`, key: key.map((k) => `/${k}`), schema: {} },
+});
 
 beforeEach(() => {
   resetBackend();
@@ -156,10 +168,30 @@ describe("SetupPanel", () => {
     }
   });
 
+  it("says a fix is running on its own Run button, and lets it run again once it failed", async () => {
+    answer("preflight", async () => [failing]);
+    let fail: (error: unknown) => void = () => {};
+    answer("runFix", () => new Promise((_, reject) => (fail = reject)));
+    const user = userEvent.setup();
+    render(<SetupPanel profile={profileView()} />);
+    await user.click(await screen.findByTestId("fix-replication"));
+    const run = screen.getByTestId("fix-replication-run") as HTMLButtonElement;
+    await user.click(run);
+    expect(run.textContent).toBe("Running…");
+    expect(run.disabled).toBe(true);
+    fail({ kind: "Permission", message: "permission denied to alter role" });
+    await screen.findByTestId("fix-replication-error");
+    expect(run.textContent).toBe("Run");
+    expect(run.disabled).toBe(false);
+    await user.click(run);
+    // A new run starts without the last one's error.
+    expect(screen.queryByTestId("fix-replication-error")).toBeNull();
+  });
+
   it("asks which tables to publish when none are picked, and never offers every table", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={profileView()} />);
@@ -185,7 +217,7 @@ describe("SetupPanel", () => {
   it("a keyless table starts left out; each choice re-plans and runs exactly what it shows", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"]), discovered(views, [])]);
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={profileView()} />);
@@ -222,7 +254,7 @@ describe("SetupPanel", () => {
     expect(screen.getByTestId("fix-publication-notes").textContent).toContain("replicaIdentityFull");
     await user.click(screen.getByTestId("fix-publication-run"));
     await waitFor(() => expect(callsOf("runFix")).toHaveLength(1));
-    const [, action] = callsOf("runFix")[0] as [string, { request: PublicationRequest; statements: string[] }];
+    const action = callsOf("runFix")[0][1] as { action: "publication"; request: PublicationRequest; statements: string[] };
     expect(action.request.choices).toEqual([{ ...views, handling: "replicaIdentityFull" }]);
     expect(action.statements).toEqual([
       'ALTER TABLE "shop"."page_views" REPLICA IDENTITY FULL',
@@ -464,7 +496,7 @@ describe("SetupPanel: Run as", () => {
   it("picks the tables to publish from those the owner's profile reads when the profile's role reads none", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async (id) => (id === "p2" ? [discovered(orders, ["id"])] : []));
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={capture} profiles={[capture, owner]} />);
@@ -489,7 +521,7 @@ describe("SetupPanel: Run as", () => {
   it("runs the publication fix as the chosen owner profile", async () => {
     answer("preflight", async () => [noPublication]);
     answer("discoverTables", async () => [discovered(orders, ["id"])]);
-    answer("planPublication", async (_id, tables, choices) => planFor(tables as TableRef[], choices as Choice[]));
+    answer("planPublication", async (_id, tables, choices) => planFor(tables, choices));
     answer("runFix", async () => {});
     const user = userEvent.setup();
     render(<SetupPanel profile={capture} profiles={[capture, owner]} />);

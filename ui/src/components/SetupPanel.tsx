@@ -3,6 +3,7 @@ import { useCallback, useEffect, useRef, useState } from "react";
 import * as backend from "../lib/backend";
 import { scrollIntoView } from "../lib/reveal";
 import type { BackendError, CaptureDefinition, PreflightCheck, ProfileView, RunAs } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 import { NeonSection } from "./NeonSection";
 import { PreviewBox } from "./PreviewBox";
@@ -63,11 +64,12 @@ export function SetupPanel({
   const [checks, setChecks] = useState<PreflightCheck[] | null>(null);
   const [error, setError] = useState<BackendError | null>(null);
   const [open, setOpen] = useState<string | null>(null);
-  const [running, setRunning] = useState<string | null>(null);
   // Who the open fix runs as; back to the profile's role whenever another fix opens.
   const [runAs, setRunAs] = useState<RunAs>(OWN_ROLE);
-  // A fix that failed: shown under that check's Run button, where the click was, not atop the list.
-  const [fixError, setFixError] = useState<{ check: string; error: BackendError } | null>(null);
+  // The check whose fix ran last, which `fixing` and `fixError` are about. A failed fix's error is shown
+  // under that check's Run button, where the click was, not atop the list.
+  const [ranCheck, setRanCheck] = useState<string | null>(null);
+  const { busy: fixing, error: fixError, run: runCommand } = useAction();
   // Whether tables were saved ("Save and publish"): the next step is then Capture, else Tables.
   const [definition, setDefinition] = useState<CaptureDefinition | null | undefined>(undefined);
   const items = useRef(new Map<string, HTMLLIElement>());
@@ -121,24 +123,21 @@ export function SetupPanel({
   };
 
   async function run(check: PreflightCheck) {
-    if (!check.fix) return;
-    setRunning(check.id);
-    setFixError(null);
-    try {
-      if (runAs.kind === "profile") await backend.runFix(profileId, check.fix.action);
-      else await backend.runFix(profileId, check.fix.action, runAs);
+    const fix = check.fix;
+    if (!fix) return;
+    setRanCheck(check.id);
+    await runCommand(async () => {
+      if (runAs.kind === "profile") await backend.runFix(profileId, fix.action);
+      else await backend.runFix(profileId, fix.action, runAs);
       setOpen(null);
       setRunAs(OWN_ROLE);
       // A fix may have added a profile (a new replication role).
       onProfilesChanged();
+      // Still running until the checks say what the fix changed.
       await load();
-    } catch (e) {
-      setFixError({ check: check.id, error: e as BackendError });
-    } finally {
-      // A typed owner password is for one run only.
-      setRunAs(withoutPassword);
-      setRunning(null);
-    }
+    });
+    // A typed owner password is for one run only.
+    setRunAs(withoutPassword);
   }
 
   const firstFailing = checks?.find((c) => c.status === "fail");
@@ -221,17 +220,17 @@ export function SetupPanel({
                     <button
                       type="button"
                       data-testid={`fix-${check.id}-run`}
-                      disabled={running !== null || !runAsReady(runAs)}
+                      disabled={fixing || !runAsReady(runAs)}
                       onClick={() => void run(check)}
                     >
-                      {running === check.id ? "Running…" : "Run"}
+                      {fixing && ranCheck === check.id ? "Running…" : "Run"}
                     </button>{" "}
                     <button type="button" className="secondary" data-testid={`fix-${check.id}-cancel`} onClick={() => closeFix(check.id)}>
                       Cancel
                     </button>
-                    {fixError?.check === check.id && (
+                    {fixError && ranCheck === check.id && (
                       <div ref={scrollIntoView}>
-                        <ErrorNotice error={fixError.error} testId={`fix-${check.id}-error`} />
+                        <ErrorNotice error={fixError} testId={`fix-${check.id}-error`} />
                       </div>
                     )}
                     {!check.fix.action.action.startsWith("neon") && (
@@ -241,7 +240,7 @@ export function SetupPanel({
                         needs={check.fix.needs}
                         value={runAs}
                         onChange={setRunAs}
-                        refused={fixError?.check === check.id && fixError.error.kind === "Permission"}
+                        refused={ranCheck === check.id && fixError?.kind === "Permission"}
                       />
                     )}
                   </PreviewBox>

@@ -2,9 +2,10 @@ import { render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { Choice, DiscoveredTable, PublishPlan, TableRef } from "../lib/types";
+import type { DiscoveredTable, PublishPlan, RunStatus } from "../lib/types";
 import { TablesPanel } from "./TablesPanel";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { runStatus } from "../test/fixtures";
 
 vi.mock("../lib/backend", async () =>
   (await import("../test/fakeBackend")).commands(["discoverTables", "captureDefinition", "planSaveAndPublish", "saveAndPublish", "checkCollectionName", "planPublication"]),
@@ -40,7 +41,7 @@ const freshPlan = (statements: string[], backfills: string[]): PublishPlan => ({
   ],
 });
 
-const streaming = { profile: "p1", state: "streaming", backfills: {}, changes: 0, commits: 0, checkpoint: "0/0", changesPerSecond: 0, lagMs: null, lastCommitMicros: null, error: null };
+const streaming = runStatus({ state: "streaming", checkpoint: "0/0" });
 
 beforeEach(() => {
   resetBackend();
@@ -87,8 +88,8 @@ describe("TablesPanel", () => {
     );
     answer("saveAndPublish", async () => streaming);
     answer("planPublication", async (_id, tables, choices) => {
-      const chosen = (choices as Choice[]).find((c) => c.table === "events")?.handling ?? null;
-      const picked = (tables as TableRef[]).some((t) => t.table === "events");
+      const chosen = choices.find((c) => c.table === "events")?.handling ?? null;
+      const picked = tables.some((t) => t.table === "events");
       return {
         request: { publication: "p", tables, choices },
         statements: chosen === "insertOnly" ? ['CREATE PUBLICATION "p_insert_only" FOR TABLE "public"."events"'] : [],
@@ -176,6 +177,35 @@ describe("TablesPanel", () => {
     expect(callsOf("saveAndPublish")).toEqual([
       ["p1", [{ schema: "public", table: "orders", collection: "public/orders", mode: "full", backfill: 0 }], []],
     ]);
+  });
+
+  it("says which step is running, planning or publishing, with its buttons off meanwhile", async () => {
+    answer("captureDefinition", async () => null);
+    let planned: (plan: PublishPlan) => void = () => {};
+    let published: (status: RunStatus) => void = () => {};
+    answer("planSaveAndPublish", () => new Promise((resolve) => (planned = resolve)));
+    answer("saveAndPublish", () => new Promise((resolve) => (published = resolve)));
+    const user = userEvent.setup();
+    render(<TablesPanel profileId="p1" />);
+    await user.click(await screen.findByTestId("select-public.orders"));
+    await user.click(screen.getByTestId("publish"));
+    const publish = screen.getByTestId("publish") as HTMLButtonElement;
+    expect(publish.textContent).toBe("Planning…");
+    expect(publish.disabled).toBe(true);
+    planned(freshPlan([], []));
+    const run = (await screen.findByTestId("publish-run")) as HTMLButtonElement;
+    expect(publish.textContent).toBe("Save and publish (1)");
+    expect(publish.disabled).toBe(true);
+    expect(run.disabled).toBe(false);
+    await user.click(run);
+    expect(run.textContent).toBe("Publishing…");
+    expect(run.disabled).toBe(true);
+    expect((screen.getByTestId("publish-cancel") as HTMLButtonElement).disabled).toBe(true);
+    expect(publish.textContent).toBe("Save and publish (1)");
+    published(streaming);
+    await screen.findByTestId("published");
+    expect(screen.queryByTestId("publish-plan")).toBeNull();
+    expect(publish.disabled).toBe(false);
   });
 
   it("shows the engine's error when the confirmed run fails, and does not leave the tab", async () => {

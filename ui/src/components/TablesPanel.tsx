@@ -12,6 +12,7 @@ import type {
   PublishPlan,
   TableRef,
 } from "../lib/types";
+import { useAction } from "../lib/useAction";
 import { ErrorNotice } from "./ErrorNotice";
 import { KeylessChoices } from "./KeylessChoices";
 
@@ -24,14 +25,13 @@ interface Choice {
   backfill: number;
 }
 
-type State =
-  | { status: "loading" }
-  | { status: "ready" }
-  | { status: "planning" }
+type Discovery = { status: "loading" } | { status: "ready" } | { status: "failed"; error: BackendError };
+
+/** How far "Save and publish" got: its plan awaits the confirmation, or it ran. */
+type Publishing =
+  | { status: "none" }
   | { status: "planned"; plan: PublishPlan; bindings: Binding[] }
-  | { status: "publishing"; plan: PublishPlan }
-  | { status: "published"; statements: string[] }
-  | { status: "failed"; error: BackendError; during: "discover" | "publish" };
+  | { status: "published"; statements: string[] };
 
 const keyLabel = (t: DiscoveredTable) =>
   t.keySource === "primaryKey"
@@ -49,7 +49,10 @@ const rowId = (t: DiscoveredTable) => `${t.schema}.${t.table}`;
  */
 export function TablesPanel({ profileId, onStarted }: { profileId: string; onStarted?: () => void }) {
   const [choices, setChoices] = useState<Choice[]>([]);
-  const [state, setState] = useState<State>({ status: "loading" });
+  const [discovery, setDiscovery] = useState<Discovery>({ status: "loading" });
+  const [publishing, setPublishing] = useState<Publishing>({ status: "none" });
+  // Planning and publishing, one at a time: the plan on screen tells which is running.
+  const { busy, error, run: runCommand } = useAction();
   const [schemaOf, setSchemaOf] = useState<string | null>(null);
   const [search, setSearch] = useState("");
   /** Why a table's collection name is refused (by the engine's rules), per table. */
@@ -79,9 +82,9 @@ export function TablesPanel({ profileId, onStarted }: { profileId: string; onSta
             };
           }),
         );
-        setState({ status: "ready" });
+        setDiscovery({ status: "ready" });
       } catch (error) {
-        if (live) setState({ status: "failed", error: error as BackendError, during: "discover" });
+        if (live) setDiscovery({ status: "failed", error: error as BackendError });
       }
     })();
     return () => {
@@ -163,35 +166,32 @@ export function TablesPanel({ profileId, onStarted }: { profileId: string; onSta
         backfill: c.backfill,
       }));
     // What will run is shown first; nothing runs before the confirmation.
-    setState({ status: "planning" });
-    try {
-      setState({ status: "planned", plan: await backend.planSaveAndPublish(profileId, bindings, keyless), bindings });
-    } catch (error) {
-      setState({ status: "failed", error: error as BackendError, during: "publish" });
-    }
+    setPublishing({ status: "none" });
+    const plan = await runCommand(() => backend.planSaveAndPublish(profileId, bindings, keyless));
+    if (plan) setPublishing({ status: "planned", plan, bindings });
   }
 
   async function run(plan: PublishPlan, bindings: Binding[]) {
-    setState({ status: "publishing", plan });
-    try {
-      await backend.saveAndPublish(profileId, bindings, keyless);
-      setState({ status: "published", statements: plan.publication.statements });
-      // The backfill's progress and the capture's state are on the Capture tab.
-      onStarted?.();
-    } catch (error) {
-      setState({ status: "failed", error: error as BackendError, during: "publish" });
+    const ran = await runCommand(() => backend.saveAndPublish(profileId, bindings, keyless));
+    if (!ran) {
+      setPublishing({ status: "none" });
+      return;
     }
+    setPublishing({ status: "published", statements: plan.publication.statements });
+    // The backfill's progress and the capture's state are on the Capture tab.
+    onStarted?.();
   }
 
-  if (state.status === "loading") return <p data-testid="tables-loading">Discovering tables…</p>;
-  if (state.status === "failed" && state.during === "discover")
-    return <ErrorNotice error={state.error} testId="discover-error" />;
+  if (discovery.status === "loading") return <p data-testid="tables-loading">Discovering tables…</p>;
+  if (discovery.status === "failed") return <ErrorNotice error={discovery.error} testId="discover-error" />;
 
   const selected = choices.filter((c) => c.selected).length;
   // A selected table that publishing would make refuse its writes must be decided first.
   const hazards = plan?.hazards ?? [];
   const undecided = hazards.some((h) => !h.refusedNow && !keyless.some((k) => k.schema === h.table.schema && k.table === h.table.table));
   const blocked = undecided || choices.some((c) => c.selected && problemOf(c) !== null);
+  const planned = publishing.status === "planned" ? publishing : null;
+  const planning = busy && !planned;
   return (
     <section className="panel" data-testid="tables-panel">
       <h2>Tables</h2>
@@ -358,57 +358,51 @@ export function TablesPanel({ profileId, onStarted }: { profileId: string; onSta
         <button
           type="button"
           data-testid="publish"
-          disabled={
-            selected === 0 ||
-            blocked ||
-            state.status === "planning" ||
-            state.status === "planned" ||
-            state.status === "publishing"
-          }
+          disabled={selected === 0 || blocked || busy || planned !== null}
           onClick={() => void publish()}
         >
-          {state.status === "planning" ? "Planning…" : `Save and publish (${selected})`}
+          {planning ? "Planning…" : `Save and publish (${selected})`}
         </button>
       </div>
-      {(state.status === "planned" || state.status === "publishing") && (
+      {planned && (
         <div className="publish-plan" data-testid="publish-plan">
           <p>Save and publish will, in order:</p>
           <ol>
-            {state.plan.steps.map((step) => (
+            {planned.plan.steps.map((step) => (
               <li key={step} data-testid="publish-plan-step">
                 {step}
               </li>
             ))}
           </ol>
-          {state.plan.publication.statements.length > 0 && (
-            <pre data-testid="publish-plan-statements">{state.plan.publication.statements.join(";\n")}</pre>
+          {planned.plan.publication.statements.length > 0 && (
+            <pre data-testid="publish-plan-statements">{planned.plan.publication.statements.join(";\n")}</pre>
           )}
           <div className="actions">
             <button
               type="button"
               data-testid="publish-run"
-              disabled={state.status === "publishing"}
-              onClick={() => state.status === "planned" && void run(state.plan, state.bindings)}
+              disabled={busy}
+              onClick={() => void run(planned.plan, planned.bindings)}
             >
-              {state.status === "publishing" ? "Publishing…" : state.plan.running ? "Publish" : "Publish and start"}
+              {busy ? "Publishing…" : planned.plan.running ? "Publish" : "Publish and start"}
             </button>
             <button
               type="button"
               className="secondary"
               data-testid="publish-cancel"
-              disabled={state.status === "publishing"}
-              onClick={() => setState({ status: "ready" })}
+              disabled={busy}
+              onClick={() => setPublishing({ status: "none" })}
             >
               Cancel
             </button>
           </div>
         </div>
       )}
-      {state.status === "failed" && <ErrorNotice error={state.error} testId="publish-error" place="form" />}
-      {state.status === "published" && (
+      {error && <ErrorNotice error={error} testId="publish-error" place="form" />}
+      {publishing.status === "published" && (
         <div className="ok" data-testid="published">
-          Saved. {state.statements.length === 0 ? "The publication already had every table." : "Ran:"}
-          {state.statements.map((s) => (
+          Saved. {publishing.statements.length === 0 ? "The publication already had every table." : "Ran:"}
+          {publishing.statements.map((s) => (
             <pre key={s} data-testid="published-sql">
               {s}
             </pre>

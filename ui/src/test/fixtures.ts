@@ -1,4 +1,4 @@
-import type { ProfileView } from "../lib/types";
+import type { ProfileView, RunStatus, SlotHealth } from "../lib/types";
 
 /** A saved profile as the engine lists it, with any fields overridden. */
 export const profileView = (overrides: Partial<ProfileView> = {}): ProfileView => ({
@@ -17,5 +17,37 @@ export const profileView = (overrides: Partial<ProfileView> = {}): ProfileView =
   address: "db.example.com:5432",
   secret: "inKeychain",
   encrypted: true,
+  ...overrides,
+});
+
+/** A slot's health as the engine reads it: a healthy, active slot, with any fields overridden. */
+export const slotHealth = (overrides: Partial<SlotHealth> = {}): SlotHealth => ({
+  slot: "tidepool_slot",
+  exists: true,
+  active: true,
+  walStatus: "reserved",
+  retainedBytes: 2 * 1048576,
+  unconfirmedBytes: 0,
+  safeWalSize: null,
+  maxSlotWalKeepBytes: null,
+  neon: false,
+  lastProgressUnixMs: null,
+  neonRemovalInSecs: null,
+  warnings: [],
+  ...overrides,
+});
+
+/** A capture's status as the engine pushes it: stopped, nothing counted yet, with any fields overridden. */
+export const runStatus = (overrides: Partial<RunStatus> = {}): RunStatus => ({
+  profile: "p1",
+  state: "stopped",
+  backfills: {},
+  changes: 0,
+  commits: 0,
+  checkpoint: "",
+  changesPerSecond: 0,
+  lagMs: null,
+  lastCommitMicros: null,
+  error: null,
   ...overrides,
 });
