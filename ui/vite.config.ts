@@ -12,6 +12,7 @@ export default defineConfig({
     environment: "jsdom",
     globals: true,
     include: ["src/**/*.test.{ts,tsx}"],
+    setupFiles: ["src/test/setup.ts"],
     // Form tests type whole names and URLs key by key; on a 2-core machine shared with a Rust build
     // they pass 5 s. Time is not what they assert.
     testTimeout: 20_000,
