@@ -45,6 +45,7 @@ pub mod ssh;
 pub mod store;
 pub mod store_lock;
 pub mod tls;
+pub mod typescript;
 pub mod value;
 
 pub use error::{Error, ErrorKind, Result};
