@@ -622,7 +622,7 @@ pub fn edit_consumer(
 pub struct TrialHost(tauri::async_runtime::Mutex<Option<tidepool::deliver::trial::TrialReceiver>>);
 
 /// What "Try a webhook" made: the receiver's URL and the consumer pointed at it.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialWebhook {
     url: String,

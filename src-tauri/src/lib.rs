@@ -13,6 +13,15 @@ use tauri::{Emitter, Manager};
 /// What the app keeps in the data dir beside the engine's files: tightened at start.
 const APP_ENTRIES: &[&str] = &["window-state.json", "logs"];
 
+/// The UI's TypeScript transport types (`ui/src/lib/generated.ts`): the engine's, then the shell's
+/// own, which only the shell can name (`tests/typescript.rs` checks the committed file against it).
+pub fn typescript() -> tidepool::typescript::Declarations {
+    let mut declarations = tidepool::typescript::engine();
+    declarations.section("The desktop shell's own types (src-tauri/src/commands.rs)");
+    declarations.add::<commands::TrialWebhook>();
+    declarations
+}
+
 /// Starts the app: logging to a file in the app's log folder, then the main window.
 pub fn run() {
     if let Err(message) = display_available() {

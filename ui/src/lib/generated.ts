@@ -1979,3 +1979,10 @@ export type WebhookDestination = {
    */
   maxInFlight: number,
 };
+
+// ─── The desktop shell's own types (src-tauri/src/commands.rs)
+
+/**
+ * What "Try a webhook" made: the receiver's URL and the consumer pointed at it.
+ */
+export type TrialWebhook = { url: string, consumer: Consumer, };
