@@ -208,7 +208,7 @@ fn parse(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Vec<Node> {
             '/' if chars.peek() == Some(&'*') => {
                 flush(&mut text, &mut nodes);
                 let mut comment = String::from('/');
-                while let Some(c) = chars.next() {
+                for c in chars.by_ref() {
                     comment.push(c);
                     if comment.len() > 3 && comment.ends_with("*/") {
                         break;
