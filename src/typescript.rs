@@ -3,12 +3,13 @@
 //! from what serde sends and accepts.
 //!
 //! The UI imports them from one committed file, [`GENERATED_FILE`]. This module renders the engine's
-//! part of it; the shell adds its own few types in a section after it (`src-tauri/tests/typescript.rs`).
+//! part of it; the shell adds its own few types in a section after it (`tidepool_desktop::typescript`,
+//! checked by `src-tauri/tests/typescript.rs`).
 //! A test on each side fails when the committed file differs from what the Rust types render, and
 //! rewrites it when [`WRITE_VAR`] is set.
 //!
 //! Integers are declared `number` whatever their width: serde_json writes a `u64` as a plain JSON
-//! number, which `JSON.parse` reads into a `number`, never a `bigint`.
+//! number, which `JSON.parse` reads into a `number` (past 2^53 with lost precision), never a `bigint`.
 
 use std::any::TypeId;
 use std::collections::{BTreeMap, HashSet};
