@@ -24,8 +24,9 @@ use crate::source::sql;
 use crate::store::Store;
 
 /// How a binding's collection starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "BindingMode")]
 pub enum Mode {
     /// The table's existing rows are read in a snapshot that lines up with the stream, then its changes.
     #[default]
@@ -35,7 +36,7 @@ pub enum Mode {
 }
 
 /// One source table bound to one collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Binding {
     /// Source schema.
@@ -78,8 +79,9 @@ impl Binding {
 }
 
 /// What a capture stores: its publication and slot, and the tables it binds to collections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "CaptureDefinition")]
 pub struct Definition {
     /// The connection profile the capture reads from, when it was made from one.
     #[serde(default)]

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// What went wrong, coarsely enough that a UI can choose what to show and what to offer next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ts_rs::TS)]
 pub enum ErrorKind {
     /// A value given by a person (a form field, a flag, a connection string) is malformed.
     InvalidInput,
@@ -84,8 +84,9 @@ impl fmt::Display for ErrorKind {
 }
 
 /// An engine error: a kind to match on and a message for a person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, ts_rs::TS)]
 #[error("{message}")]
+#[ts(rename = "BackendError")]
 pub struct Error {
     kind: ErrorKind,
     message: String,

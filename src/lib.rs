@@ -15,5 +15,6 @@ pub mod owner_only;
 pub mod secrets;
 pub mod source;
 pub mod store;
+pub mod typescript;
 
 pub use error::{Error, ErrorKind, Result};

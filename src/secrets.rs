@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A password or key whose value is only reachable through [`Secret::expose`].
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, ts_rs::TS)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -132,7 +132,7 @@ impl SecretKey {
 }
 
 /// Whether the OS keychain can be used right now, as shown next to each profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum KeychainStatus {
     /// The keychain opened.
@@ -238,7 +238,7 @@ impl Keychain {
 const SECRET_SERVICE: &str = "Secret Service";
 
 /// Whether the Neon API key is in the keychain, as Settings shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct NeonKeyStatus {
     /// A key is stored.

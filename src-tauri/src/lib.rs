@@ -14,6 +14,13 @@ use tidepool::app::api::Tidepool;
 /// What the app keeps in the data dir beside the engine's files: tightened at start.
 const APP_ENTRIES: &[&str] = &["window-state.json", "logs"];
 
+/// The UI's TypeScript transport types (`ui/src/lib/generated.ts`; `tests/typescript.rs` checks the
+/// committed file against it). Every command returns an engine type today; a type only the shell
+/// could name would be added here, in a section after the engine's.
+pub fn typescript() -> tidepool::typescript::Declarations {
+    tidepool::typescript::engine()
+}
+
 /// Starts the app: logging to a file in the app's log folder, then the main window.
 pub fn run() {
     if let Err(message) = display_available() {

@@ -31,7 +31,7 @@ pub struct Tidepool {
 }
 
 /// What "Try a webhook" made: the receiver's URL and the consumer pointed at it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialWebhook {
     /// The receiver's URL, on loopback.

@@ -35,7 +35,7 @@ pub const FILTER_PREVIEW_CHANGES: usize = 100;
 
 /// A consumer as the Consumers tab and `tidepool consumer show --json` show it: its definition
 /// (secret header names only), where it stands and its parked messages.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerView {
     /// Definition, id, position, pending and failed counts, notices.
@@ -53,7 +53,7 @@ pub const ACTIVITY_SECONDS: i64 = 300;
 
 /// What a consumer's page shows besides its definition: its recent requests and what it delivered
 /// per second.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerActivity {
     /// Its last requests (at most [`crate::deliver::ledger::ATTEMPTS_KEPT`]), newest first.
@@ -65,8 +65,9 @@ pub struct ConsumerActivity {
 }
 
 /// A secret header's value as typed once in the form, on its way to the keychain.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "SecretHeaderValue")]
 pub struct SecretHeader {
     /// The header's name (one of the webhook's `secretHeaders`).
     pub name: String,
@@ -75,7 +76,7 @@ pub struct SecretHeader {
 }
 
 /// Where an expression went wrong, as the filter field shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterProblem {
     /// The reason, with its position (`filter: line 1, column 16: …`), as saving would refuse it.
@@ -87,7 +88,7 @@ pub struct FilterProblem {
 }
 
 /// How a filter fares on one collection's newest changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterPreview {
     /// The collection.
@@ -99,7 +100,7 @@ pub struct FilterPreview {
 }
 
 /// The answer to "Check" on a filter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterCheck {
     /// Why the expression is refused; none when it compiles.

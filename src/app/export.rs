@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::store::CollectionSpec;
 
 /// The engine an export is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum Engine {
     /// Estuary Flow (`flow.yaml`).
@@ -49,7 +49,7 @@ impl std::str::FromStr for Engine {
 }
 
 /// An export, ready to be saved or shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ExportFile {
     /// The engine it is for.

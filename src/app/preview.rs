@@ -23,8 +23,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::store::{CollectionInfo, CollectionSpec, Store};
 
 /// Which view of a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "CollectionView")]
 pub enum View {
     /// The current rows, one per key, in key order.
     #[default]
@@ -34,12 +35,13 @@ pub enum View {
 }
 
 /// One page of documents.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Page {
     /// The collection's description (key and columns).
     pub collection: CollectionSpec,
     /// The documents; for the change log, each with its log position.
+    #[ts(type = "Array<Record<string, unknown>>")]
     pub documents: Vec<Json>,
     /// For the change log: what each document's change was (one per document, in the same order),
     /// read from its `_meta` here so the screen does not parse LSNs or documents itself. Empty for rows.
@@ -56,7 +58,7 @@ pub struct Page {
 }
 
 /// A column to sort rows by.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Sort {
     /// A column of the collection.
@@ -67,7 +69,7 @@ pub struct Sort {
 }
 
 /// Which page to read.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct PageRequest {
     /// Rows or changes.
@@ -105,7 +107,7 @@ impl PageRequest {
 
 /// What one change-log entry was, beside its document: where and when it was committed, and for an
 /// update what it changed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeInfo {
     /// Its position in the store's log.
@@ -126,7 +128,7 @@ pub struct ChangeInfo {
 }
 
 /// How much of an updated row's previous version a change carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum BeforeImage {
     /// The whole previous row (the table has `REPLICA IDENTITY FULL`).
@@ -138,7 +140,7 @@ pub enum BeforeImage {
 }
 
 /// What an update changed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateDiff {
     /// How much of the previous row is known.
@@ -150,7 +152,7 @@ pub struct UpdateDiff {
 }
 
 /// One changed column.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldChange {
     /// The column.
@@ -158,9 +160,11 @@ pub struct FieldChange {
     /// Its previous value (JSON `null` for NULL); absent when longer than [`DIFF_VALUE_BYTES`] (it is
     /// in the document's `_meta.before`, and is not sent twice).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[ts(optional, type = "unknown")]
     pub before: Option<Json>,
     /// Its new value; absent when longer than [`DIFF_VALUE_BYTES`] (it is in the document).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[ts(optional, type = "unknown")]
     pub after: Option<Json>,
 }
 
@@ -638,7 +642,7 @@ fn rows_sorted(
 }
 
 /// A file format for [`export`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum ExportFormat {
     /// One document per line, exactly as stored.
@@ -649,7 +653,7 @@ pub enum ExportFormat {
 }
 
 /// What an export wrote.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Exported {
     /// The file.

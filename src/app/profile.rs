@@ -28,7 +28,7 @@ pub const DEFAULT_PUBLICATION: &str = "tidepool_publication";
 pub const DEFAULT_SLOT: &str = "tidepool_slot";
 
 /// Where a profile's password lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum PasswordStorage {
     /// In the OS keychain.
@@ -39,7 +39,7 @@ pub enum PasswordStorage {
 }
 
 /// A saved profile, as stored (no password).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
     /// Stable id; keys the keychain entry.
@@ -96,7 +96,7 @@ pub const ENCRYPT_BY_DEFAULT: bool = true;
 
 /// How a profile reaches its database through an SSH bastion ([`crate::source::ssh`]). The private key and
 /// its passphrase are keychain entries of the profile, never fields here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct SshProfile {
     /// `ssh://user@host:port`.
@@ -107,7 +107,7 @@ pub struct SshProfile {
 }
 
 /// What removing a profile or discarding its store deleted, for the person who asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Removed {
     /// The profile's name.
@@ -178,7 +178,7 @@ impl Profile {
 }
 
 /// A profile as the form (or `tidepool profile add`) gives it: the fields a person fills in.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProfileDraft {
     /// Name.
@@ -216,15 +216,17 @@ pub struct ProfileDraft {
     /// A new SSH private key (OpenSSH or PEM text), only on its way to the keychain: never shown
     /// back, never written to a file.
     #[serde(skip_serializing)]
+    #[ts(optional = nullable)]
     pub ssh_key: Option<Secret>,
     /// The new key's passphrase, if it has one; same path as the key.
     #[serde(skip_serializing)]
+    #[ts(optional = nullable)]
     pub ssh_passphrase: Option<Secret>,
 }
 
 /// What "Autofill with URL" gives back: the form's fields, the password that was in the pasted string
 /// (only so the form's password field can be filled; it is stored only on save), and advice.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Autofill {
     /// The fields, ready for the form.
@@ -240,6 +242,7 @@ pub struct Autofill {
 /// ([`crate::app::consumers::ConsumerStore::reveal_signing_secret`],
 /// [`crate::app::consumers::ConsumerStore::reveal_pull_token`]). Any other path keeps [`Secret`],
 /// which cannot be serialized.
+#[derive(ts_rs::TS)]
 pub struct RevealedSecret(Secret);
 
 impl RevealedSecret {
@@ -294,7 +297,7 @@ pub fn autofill(text: &str) -> Result<Autofill> {
 }
 
 /// What the form's Save does before it stores anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum SaveCheck {
     /// Log in with the form's values first and store nothing if that fails (as Estuary Flow and
@@ -307,7 +310,7 @@ pub enum SaveCheck {
 }
 
 /// Whether a profile's password can be had without asking, as shown next to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum SecretState {
     /// The keychain holds the password.
@@ -321,7 +324,7 @@ pub enum SecretState {
 }
 
 /// A profile with the state of its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ProfileView {
     /// The profile.

@@ -35,7 +35,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::store::Store;
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum RunState {
     /// Not running.
@@ -49,7 +49,7 @@ pub enum RunState {
 }
 
 /// A run's state, as the Capture screen shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct RunStatus {
     /// The profile.
@@ -139,7 +139,7 @@ impl Default for Runs {
 
 /// What the Consumers tab needs to pull a profile's consumers: the token, revealed because a
 /// person clicked "Reveal token", and where and whether the API answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct PullAccess {
     /// The store's bearer token.
@@ -770,12 +770,13 @@ fn run_application_name(base: &str) -> String {
 const TAIL_PAGE: usize = 500;
 
 /// One change in a tail: its log position, document, and what the change was.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct TailEntry {
     /// Position in the store's log.
     pub seq: u64,
     /// The change document.
+    #[ts(type = "Record<string, unknown>")]
     pub doc: Json,
     /// Its commit LSN, transaction, time and, for an update, what changed (as a page's `changes`).
     pub info: crate::app::preview::ChangeInfo,

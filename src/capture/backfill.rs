@@ -41,7 +41,7 @@ use crate::store::snapshot::{SnapshotSource, SnapshotWriter};
 use crate::store::{Op, Store};
 
 /// How far a table's backfill is.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillProgress {
     /// The collection, `schema/table`.

@@ -62,7 +62,7 @@ pub(super) async fn bound_tables(
 
 /// What "Save and publish" followed by starting the capture will do, in order, worked out before
 /// anything runs ([`plan_publish`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishPlan {
     /// The publication's part: exactly the statements [`publish_with`] runs (the same

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// What a change did, as Sequin names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "lowercase")]
+#[ts(rename = "ConsumerAction")]
 pub enum Action {
     /// A row inserted.
     Insert,
@@ -68,8 +69,9 @@ impl Action {
 }
 
 /// Every change, or the latest state of each row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "lowercase")]
+#[ts(rename = "ConsumerMode")]
 pub enum Mode {
     /// Every change, in commit order per group.
     #[default]
@@ -80,8 +82,9 @@ pub enum Mode {
 }
 
 /// Where a new consumer starts in the store's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "lowercase")]
+#[ts(rename = "ConsumerStart")]
 pub enum Start {
     /// After everything stored when the consumer is added.
     #[default]
@@ -91,8 +94,9 @@ pub enum Start {
 }
 
 /// An HTTP endpoint that receives messages by POST.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "WebhookDestination")]
 pub struct Webhook {
     /// `http://` or `https://` URL.
     pub url: String,
@@ -113,8 +117,9 @@ pub struct Webhook {
 }
 
 /// Messages fetched by the application through the pull API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "PullDestination")]
 pub struct Pull {
     /// How long a received message stays invisible before it is offered again unless acknowledged.
     pub visibility_timeout_ms: u64,
@@ -136,7 +141,7 @@ impl Default for Pull {
 
 /// How Tidepool proves who it is to a NATS server. The secret itself (token, password, the seed of
 /// an nkey, or a `.creds` file's content) is in the keychain, never here.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum NatsAuth {
     /// No credentials.
@@ -164,8 +169,9 @@ impl NatsAuth {
 }
 
 /// A NATS JetStream stream that receives each message on a subject of its own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "NatsDestination")]
 pub struct Nats {
     /// The server, `nats://host:port` or `tls://host:port` (several separated by commas).
     pub url: String,
@@ -214,8 +220,9 @@ impl Default for Nats {
 }
 
 /// Where messages go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase", tag = "type")]
+#[ts(rename = "ConsumerDestination")]
 pub enum Destination {
     /// HTTP push.
     Webhook(Webhook),
@@ -226,7 +233,7 @@ pub enum Destination {
 }
 
 /// A consumer as a person defines it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerSpec {
     /// Unique name in the store.
@@ -254,7 +261,7 @@ pub struct ConsumerSpec {
 }
 
 /// A saved consumer: its definition, its id and where it stands.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Consumer {
     /// Stable id (a UUID), in every message's `metadata.consumer.id`.
@@ -276,8 +283,9 @@ pub struct Consumer {
 }
 
 /// Something a consumer's user must know about what it delivers, kept until the consumer is removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "ConsumerNotice")]
 pub struct Notice {
     /// [`crate::ErrorKind::Behind`]: changes it had not read were pruned;
     /// [`crate::ErrorKind::Diverged`]: the store's history has a gap it crosses.

@@ -49,8 +49,9 @@ pub struct Claimed {
 }
 
 /// A message parked after its last retry, as `tidepool consumer show` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "ParkedMessage")]
 pub struct Parked {
     /// Its log position.
     pub seq: u64,
@@ -61,6 +62,7 @@ pub struct Parked {
     /// The last failure.
     pub last_error: Option<String>,
     /// The message.
+    #[ts(type = "unknown")]
     pub message: Json,
 }
 
@@ -153,8 +155,9 @@ pub const ATTEMPTS_KEPT: i64 = 100;
 pub const SAMPLES_KEPT_S: i64 = 3600;
 
 /// One request (or publish batch) a delivery worker made, as a consumer's page lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "DeliveryAttempt")]
 pub struct Attempt {
     /// When it started (Unix ms).
     pub at_ms: i64,
@@ -171,8 +174,9 @@ pub struct Attempt {
 }
 
 /// What a consumer delivered in one second.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "DeliverySample")]
 pub struct Sample {
     /// The second (Unix seconds).
     pub second: i64,

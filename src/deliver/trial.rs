@@ -27,7 +27,7 @@ pub const TRIAL_KEPT: usize = 50;
 const BODY_KEPT: usize = 16 * 1024;
 
 /// A request the trial receiver got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialRequest {
     /// When it arrived (Unix ms).

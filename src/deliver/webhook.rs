@@ -426,8 +426,9 @@ struct Outcome {
 }
 
 /// What "Send a test message" got back.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "TestMessageResult")]
 pub struct TestResult {
     /// The webhook id it was signed under (`msg_test_…`).
     pub webhook_id: String,

@@ -62,7 +62,7 @@ impl Op {
 }
 
 /// A collection's description, as the capture last saw its table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionSpec {
     /// Name, `schema/table` unless renamed.
@@ -74,6 +74,7 @@ pub struct CollectionSpec {
     /// Key column names, in key order.
     pub key: Vec<String>,
     /// Columns as `[{"name":…, "typeOid":…}]`.
+    #[ts(type = "Array<{ name: string, typeOid: number }>")]
     pub columns: Json,
 }
 

@@ -61,7 +61,7 @@ pub struct ConnectionSpec {
 }
 
 /// libpq's `channel_binding`: whether SCRAM authentication binds to the TLS channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelBinding {
     /// Never bind.
@@ -340,7 +340,7 @@ where
 }
 
 /// On what grounds the role may open a replication connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(tag = "basis", rename_all = "camelCase")]
 pub enum ReplicationRight {
     /// The role is a superuser.
@@ -377,7 +377,7 @@ impl ReplicationRight {
 }
 
 /// What [`test_connection`] learns about a server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerFacts {
     /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.

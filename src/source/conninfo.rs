@@ -46,7 +46,7 @@ pub struct Conninfo {
 }
 
 /// Something worth telling the person about a parsed connection string.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",

@@ -21,7 +21,7 @@ use crate::document::value::{builtin, Kind};
 use crate::error::{Error, Result};
 
 /// A discovered column.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct DiscoveredColumn {
     /// Name.
@@ -35,7 +35,7 @@ pub struct DiscoveredColumn {
 }
 
 /// Where a table's key comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum KeySource {
     /// The primary key.
@@ -47,7 +47,7 @@ pub enum KeySource {
 }
 
 /// A table as a collection.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct DiscoveredTable {
     /// The table's identity (`pg_class.oid`), which a rename keeps.
@@ -79,7 +79,7 @@ pub struct DiscoveredTable {
 }
 
 /// A collection as discovery proposes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionDraft {
     /// `schema/table`.
@@ -87,6 +87,7 @@ pub struct CollectionDraft {
     /// JSON pointers of the key, e.g. `["/id"]`; empty when the table has no usable key.
     pub key: Vec<String>,
     /// JSON Schema (draft 2020-12) of the documents.
+    #[ts(type = "unknown")]
     pub schema: Json,
 }
 

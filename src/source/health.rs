@@ -23,8 +23,9 @@ pub const NEON_INACTIVE_SLOT_HOURS: i64 = 40;
 pub const RETAINED_WARN_BYTES: i64 = crate::source::preflight::LAG_WARN_BYTES;
 
 /// How serious a warning is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "HealthLevel")]
 pub enum Level {
     /// Worth knowing (e.g. Neon will not scale to zero while capturing).
     Info,
@@ -35,8 +36,9 @@ pub enum Level {
 }
 
 /// One thing to know about the slot, with what to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "HealthWarning")]
 pub struct Warning {
     /// Stable id for the UI and tests (`lost`, `unreserved`, `retained`, `neonRemoval`, …).
     pub id: &'static str,
@@ -47,7 +49,7 @@ pub struct Warning {
 }
 
 /// The slot as the server sees it, and what follows from that.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotHealth {
     /// The profile's slot.

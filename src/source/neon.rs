@@ -22,8 +22,9 @@ use crate::secrets::Secret;
 pub const DEFAULT_BASE_URL: &str = "https://console.neon.tech/api/v2";
 
 /// A Neon project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "NeonProject")]
 pub struct Project {
     /// e.g. `hidden-cell-763301`.
     pub id: String,
@@ -35,8 +36,9 @@ pub struct Project {
 }
 
 /// A branch of a project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "NeonBranch")]
 pub struct Branch {
     /// e.g. `br-blue-tooth-671580`.
     pub id: String,
@@ -64,8 +66,9 @@ pub struct Endpoint {
 }
 
 /// The Neon project and branch a profile's database lives in: what the Neon fixes act on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "NeonLink")]
 pub struct Link {
     /// The project, e.g. `hidden-cell-763301`.
     pub project_id: String,

@@ -18,8 +18,9 @@ use crate::source::setup::Action;
 use crate::source::sql::ident;
 
 /// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "CheckStatus")]
 pub enum Status {
     /// Nothing to do.
     Pass,
@@ -33,8 +34,9 @@ pub enum Status {
 }
 
 /// One check's outcome.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "PreflightCheck")]
 pub struct Check {
     /// Stable id, e.g. `wal_level`, `grants:public`, `replica_identity:public.t`.
     pub id: String,
@@ -49,7 +51,7 @@ pub struct Check {
 }
 
 /// A fix with what it would run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Fix {
     /// The action to run once confirmed.
@@ -64,6 +66,7 @@ pub struct Fix {
     /// For the publication fix: the plan, with each table that has no usable replica identity and
     /// the choices for it (the UI asks before "Run").
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub plan: Option<crate::source::publication::Plan>,
 }
 

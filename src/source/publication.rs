@@ -113,7 +113,7 @@ pub async fn streamed(client: &Client, publication: &str) -> Result<Vec<String>>
 }
 
 /// A table, by schema and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct TableRef {
     /// Schema.
@@ -142,7 +142,7 @@ impl TableRef {
 }
 
 /// How a table that would make PostgreSQL refuse its UPDATEs and DELETEs once published is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub enum Handling {
     /// Not published (the safe default); its changes are not captured. A table whose writes are
@@ -157,7 +157,7 @@ pub enum Handling {
 }
 
 /// The user's decision for one table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Choice {
     /// Schema.
@@ -169,8 +169,9 @@ pub struct Choice {
 }
 
 /// What to publish: the tables the user picked and how each hazardous one is handled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "PublicationRequest")]
 pub struct Request {
     /// The capture's publication.
     pub publication: String,
@@ -195,7 +196,7 @@ impl Request {
 }
 
 /// A table that has no usable replica identity (itself or one of its partitions).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct Hazard {
     /// The table asked for.
@@ -215,8 +216,9 @@ pub struct Hazard {
 
 /// What publishing a [`Request`] takes, for the preview: the statements, every hazard, and in words
 /// what happens to each hazardous table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "PublicationPlan")]
 pub struct Plan {
     /// The request it was made for.
     pub request: Request,

@@ -23,12 +23,13 @@ use crate::secrets::Secret;
 use crate::source::sql::{ident, literal};
 
 /// A fix preflight can offer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(
     tag = "action",
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
 )]
+#[ts(rename = "SetupAction")]
 pub enum Action {
     /// `ALTER SYSTEM SET wal_level = logical` (takes effect after a restart).
     SetWalLevel,
@@ -112,7 +113,7 @@ pub enum Action {
 }
 
 /// Who runs a SQL fix. The statements are the same whoever runs them; only the login differs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ts_rs::TS)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",

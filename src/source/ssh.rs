@@ -102,7 +102,7 @@ impl SshEndpoint {
 }
 
 /// A bastion's host key as a person is shown it before accepting it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct HostKey {
     /// The bastion, `host:port`.

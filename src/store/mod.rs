@@ -60,7 +60,7 @@ pub use prune::Pruned;
 use write::CHUNK;
 
 /// A collection's counts, for `tidepool collections`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionInfo {
     /// Name.

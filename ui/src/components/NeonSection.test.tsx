@@ -18,6 +18,8 @@ vi.mock("../lib/backend", async () =>
 );
 
 const NEON_HOST = "ep-cool-darkness-123456.us-east-2.aws.neon.tech";
+/** What every Neon API action needs, as the engine says it (`setup::Action::needs`). */
+const NEON_NEEDS = "a Neon API key with access to the project (kept in the OS keychain)";
 const LINK = { projectId: "hidden-cell-763301", branchId: "br-dev" };
 
 beforeEach(() => {
@@ -66,6 +68,7 @@ describe("NeonSection", () => {
     const reset = { action: "neonResetPassword", ...LINK, role: "cdc_role" };
     answer("previewAction", async (action) => ({
       action,
+      needs: NEON_NEEDS,
       preview: ["POST /api/v2/projects/hidden-cell-763301/branches/br-dev/roles/cdc_role/reset_password"],
       warning: "Every client that uses the role's current password stops connecting",
     }));
@@ -86,7 +89,7 @@ describe("NeonSection", () => {
   });
 
   it("creates a role with the name typed", async () => {
-    answer("previewAction", async (action) => ({ action, preview: ["POST …/roles"], warning: null }));
+    answer("previewAction", async (action) => ({ action, preview: ["POST …/roles"], warning: null, needs: NEON_NEEDS }));
     const user = userEvent.setup();
     render(<NeonSection profile={profileView({ neon: LINK })} onLinked={() => {}} onChanged={() => {}} />);
     await user.clear(screen.getByTestId("neon-role-name"));
@@ -97,7 +100,7 @@ describe("NeonSection", () => {
   });
 
   it("moves the focus into a request's preview, and Escape closes it back onto its button", async () => {
-    answer("previewAction", async (action) => ({ action, preview: ["POST …/reset_password"], warning: null }));
+    answer("previewAction", async (action) => ({ action, preview: ["POST …/reset_password"], warning: null, needs: NEON_NEEDS }));
     const user = userEvent.setup();
     render(<NeonSection profile={profileView({ neon: LINK })} onLinked={() => {}} onChanged={() => {}} />);
     await user.click(screen.getByTestId("neon-action-reset"));

@@ -31,8 +31,8 @@ export function PublicationFix({
   onRan: () => Promise<void> | void;
   onCancel: () => void;
 }) {
-  const given = ((fix.action.request as { tables?: TableRef[] } | undefined)?.tables ?? []) as TableRef[];
-  const publication = (fix.action.request as { publication?: string } | undefined)?.publication ?? "";
+  const given = fix.action.action === "publication" ? fix.action.request.tables : [];
+  const publication = fix.action.action === "publication" ? fix.action.request.publication : "";
   const asking = given.length === 0;
   const [tables, setTables] = useState<TableRef[]>(given);
   const [available, setAvailable] = useState<DiscoveredTable[] | null>(null);

@@ -32,6 +32,7 @@ const failing: PreflightCheck = {
     action: { action: "grantReplication", role: "app" },
     preview: ['ALTER ROLE "app" WITH REPLICATION'],
     warning: null,
+    needs: "a superuser",
   },
 };
 
@@ -43,7 +44,12 @@ const noPublication: PreflightCheck = {
   title: 'Publication "p" exists with the tables',
   status: "fail",
   explanation: 'Publication "p" does not exist. Pick the tables.',
-  fix: { action: { action: "publication", request: request([]), statements: [] }, preview: [], warning: null },
+  fix: {
+    action: { action: "publication", request: request([]), statements: [] },
+    preview: [],
+    warning: null,
+    needs: "the owner of the tables",
+  },
 };
 
 /** The slot before the first capture: a step the capture's start takes, with no fix. */
@@ -101,6 +107,7 @@ function planFor(tables: TableRef[], choices: Choice[]): PublicationPlan {
 /** A table as discovery reports it: keyed by its primary key, or without a key at all. */
 const discovered = (t: TableRef, key: string[]): DiscoveredTable => ({
   ...t,
+  oid: 0,
   partitioned: false,
   columns: key.map((name) => ({ name, typeOid: 23, typeName: "integer", nullable: false })),
   key,

@@ -12,6 +12,7 @@ vi.mock("../lib/backend", async () =>
 );
 
 const table = (name: string, key: string[]): DiscoveredTable => ({
+  oid: 0,
   schema: "public",
   table: name,
   partitioned: false,
