@@ -2,25 +2,10 @@ import { render, screen } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { describe, expect, it, vi } from "vitest";
 
-import type { ChangeInfo, CollectionSpec, CollectionView, Sort } from "../lib/types";
+import type { CollectionView, Sort } from "../lib/types";
 import { CollectionTable, columnLabel, identity, sortEntries, type Entry } from "./CollectionTable";
+import { changeInfo as info, itemsSpec as spec } from "../test/fixtures";
 
-/** A change's info as the engine sends it. */
-function info(seq: number, op: string, extra: Partial<ChangeInfo> = {}): ChangeInfo {
-  return { seq, op, snapshot: false, lsn: `0/${(0x16b3700 + seq).toString(16).toUpperCase()}`, xid: 700 + seq, committedMs: Date.UTC(2026, 10, 23, 9, 30, seq), update: null, ...extra };
-}
-
-const spec: CollectionSpec = {
-  name: "public/items",
-  schema: "public",
-  table: "items",
-  key: ["id"],
-  columns: [
-    { name: "id", typeOid: 23 },
-    { name: "name", typeOid: 25 },
-    { name: "body", typeOid: 25 },
-  ],
-};
 
 function table(
   entries: Entry[] | null,

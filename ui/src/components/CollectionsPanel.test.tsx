@@ -3,10 +3,11 @@ import { Profiler } from "react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import type { BackendError, ChangeInfo, Page, TailEntry } from "../lib/types";
+import type { BackendError, Page, TailEntry } from "../lib/types";
 import { CollectionsPanel } from "./CollectionsPanel";
 import { jsonTokens } from "./JsonView";
 import { answer, callsOf, resetBackend } from "../test/fakeBackend";
+import { changeInfo as info, itemsSpec as spec } from "../test/fixtures";
 
 vi.mock("../lib/backend", async () =>
   (await import("../test/fakeBackend")).commands([
@@ -18,22 +19,6 @@ vi.mock("../lib/backend", async () =>
   ]),
 );
 
-/** A change's info as the engine sends it. */
-function info(seq: number, op: string, extra: Partial<ChangeInfo> = {}): ChangeInfo {
-  return { seq, op, snapshot: false, lsn: `0/${(0x16b3700 + seq).toString(16).toUpperCase()}`, xid: 700 + seq, committedMs: Date.UTC(2026, 10, 23, 9, 30, seq), update: null, ...extra };
-}
-
-const spec = {
-  name: "public/items",
-  schema: "public",
-  table: "items",
-  key: ["id"],
-  columns: [
-    { name: "id", typeOid: 23 },
-    { name: "name", typeOid: 25 },
-    { name: "body", typeOid: 25 },
-  ],
-};
 
 beforeEach(() => {
   resetBackend();

@@ -1,4 +1,4 @@
-import type { ProfileView, RunStatus, SlotHealth } from "../lib/types";
+import type { ChangeInfo, CollectionSpec, ProfileView, RunStatus, SlotHealth } from "../lib/types";
 
 /** A saved profile as the engine lists it, with any fields overridden. */
 export const profileView = (overrides: Partial<ProfileView> = {}): ProfileView => ({
@@ -51,3 +51,21 @@ export const runStatus = (overrides: Partial<RunStatus> = {}): RunStatus => ({
   error: null,
   ...overrides,
 });
+
+/** A change's info as the engine sends it. */
+export function changeInfo(seq: number, op: string, extra: Partial<ChangeInfo> = {}): ChangeInfo {
+  return { seq, op, snapshot: false, lsn: `0/${(0x16b3700 + seq).toString(16).toUpperCase()}`, xid: 700 + seq, committedMs: Date.UTC(2026, 10, 23, 9, 30, seq), update: null, ...extra };
+}
+
+/** The collection the Collections tests page through: `public/items`, keyed by `id`. */
+export const itemsSpec: CollectionSpec = {
+  name: "public/items",
+  schema: "public",
+  table: "items",
+  key: ["id"],
+  columns: [
+    { name: "id", typeOid: 23 },
+    { name: "name", typeOid: 25 },
+    { name: "body", typeOid: 25 },
+  ],
+};
