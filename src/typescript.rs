@@ -12,7 +12,7 @@
 //! number, which `JSON.parse` reads into a `number` (past 2^53 with lost precision), never a `bigint`.
 
 use std::any::TypeId;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use ts_rs::{Config, TypeVisitor, TS};
@@ -43,6 +43,8 @@ pub fn generated_file() -> PathBuf {
 pub struct Declarations {
     config: Config,
     seen: HashSet<TypeId>,
+    /// The Rust paths of the declared types (`tidepool::app::profile::ProfileView`).
+    rust_paths: BTreeSet<String>,
     /// Each section's title (none for the first) and its declarations by TypeScript name.
     sections: Vec<(Option<String>, BTreeMap<String, String>)>,
 }
@@ -52,6 +54,7 @@ impl Default for Declarations {
         Declarations {
             config: Config::new().with_large_int("number"),
             seen: HashSet::new(),
+            rust_paths: BTreeSet::new(),
             sections: vec![(None, BTreeMap::new())],
         }
     }
@@ -69,6 +72,13 @@ impl Declarations {
         self.sections
             .push((Some(title.to_string()), BTreeMap::new()));
         self
+    }
+
+    /// Whether a Rust type whose path ends in `::{name}` is declared: how the shell's test finds
+    /// a command whose argument or answer type was never added, so has no TypeScript twin.
+    pub fn declares_rust_type(&self, name: &str) -> bool {
+        let suffix = format!("::{name}");
+        self.rust_paths.iter().any(|path| path.ends_with(&suffix))
     }
 
     /// The file's text: the header, then each section's declarations in name order.
@@ -128,6 +138,8 @@ impl Declarations {
         if T::output_path().is_none() || !self.seen.insert(TypeId::of::<T>()) {
             return;
         }
+        self.rust_paths
+            .insert(std::any::type_name::<T>().to_string());
         let docs = T::docs().unwrap_or_default();
         let declaration = format!("{docs}export {}", layout(&T::decl(&self.config)));
         let name = T::ident(&self.config);

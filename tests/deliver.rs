@@ -1077,7 +1077,7 @@ async fn the_command_line_adds_consumers_keeps_secrets_in_the_keychain_and_serve
     };
     let reads: Vec<Json> = first["data"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("the first receive answered {first}"))
         .iter()
         .map(|m| m["data"].clone())
         .collect();

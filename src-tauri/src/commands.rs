@@ -7,20 +7,18 @@ use std::time::Duration;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 use tidepool::app::api::{Tidepool, TrialWebhook};
-use tidepool::app::consumers::{
-    ConsumerActivity, ConsumerStore, ConsumerView, FilterCheck, SecretHeader,
-};
+use tidepool::app::consumers::{ConsumerActivity, ConsumerView, FilterCheck, SecretHeader};
 use tidepool::app::export::{Engine, ExportFile};
 use tidepool::app::preview::{ExportFormat, Exported, Page, PageRequest, View};
 use tidepool::app::profile::{
-    self, Autofill, ProfileDraft, ProfileView, Removed, RevealedSecret, SaveCheck,
+    Autofill, ProfileDraft, ProfileView, Removed, RevealedSecret, SaveCheck,
 };
 use tidepool::app::run::{PullAccess, RunStatus, TailEntry};
 use tidepool::binding::{Binding, Definition};
 use tidepool::capture::PublishPlan;
 use tidepool::deliver::consumer::{Action as ConsumerAction, Consumer, ConsumerSpec};
 use tidepool::deliver::webhook::TestResult;
-use tidepool::secrets::{Keychain, KeychainStatus, NeonKeyStatus, Secret};
+use tidepool::secrets::{KeychainStatus, NeonKeyStatus, Secret};
 use tidepool::source::connection::ServerFacts;
 use tidepool::source::discovery::DiscoveredTable;
 use tidepool::source::health::SlotHealth;
@@ -34,8 +32,7 @@ use tidepool::Error;
 /// Every saved profile with the state of its password.
 #[tauri::command(async)]
 pub fn list_profiles(tidepool: State<'_, Tidepool>) -> Result<Vec<ProfileView>, Error> {
-    let profiles = tidepool.profiles();
-    profiles.list()
+    tidepool.profiles().list()
 }
 
 /// Creates (`id` = null) or updates a profile; a given password goes to the keychain. Tests the
@@ -48,8 +45,8 @@ pub async fn save_profile(
     password: Option<Secret>,
     check: Option<SaveCheck>,
 ) -> Result<ProfileView, Error> {
-    let profiles = tidepool.profiles();
-    profiles
+    tidepool
+        .profiles()
         .save_checked(id, draft, password, check.unwrap_or_default())
         .await
 }
@@ -70,7 +67,7 @@ pub async fn discard_store(tidepool: State<'_, Tidepool>, id: String) -> Result<
 /// "Autofill with URL": the form's fields from a pasted URL or key=value string.
 #[tauri::command]
 pub fn autofill(text: String) -> Result<Autofill, Error> {
-    profile::autofill(&text)
+    Tidepool::autofill(&text)
 }
 
 /// "Test connection" with the form as it stands; the password typed, else the keychain's.
@@ -81,8 +78,7 @@ pub async fn test_connection(
     draft: ProfileDraft,
     password: Option<Secret>,
 ) -> Result<ServerFacts, Error> {
-    let profiles = tidepool.profiles();
-    profiles.test_draft(id, draft, password).await
+    tidepool.profiles().test_draft(id, draft, password).await
 }
 
 /// The SSH bastion's host key (fingerprint and key), read without logging in, for the person to
@@ -92,35 +88,31 @@ pub async fn ssh_host_key(
     tidepool: State<'_, Tidepool>,
     address: String,
 ) -> Result<tidepool::source::ssh::HostKey, Error> {
-    let profiles = tidepool.profiles();
-    profiles.ssh_host_key(&address).await
+    tidepool.profiles().ssh_host_key(&address).await
 }
 
 /// Whether the OS keychain opens.
 #[tauri::command(async)]
 pub fn keychain_status() -> KeychainStatus {
-    Keychain::status()
+    Tidepool::keychain_status()
 }
 
 /// Whether a Neon API key is stored.
 #[tauri::command(async)]
 pub fn neon_key_status(tidepool: State<'_, Tidepool>) -> Result<NeonKeyStatus, Error> {
-    let profiles = tidepool.profiles();
-    profiles.keychain()?.neon_api_key_status()
+    tidepool.neon_key_status()
 }
 
 /// Stores the Neon API key in the keychain.
 #[tauri::command(async)]
 pub fn set_neon_key(tidepool: State<'_, Tidepool>, key: Secret) -> Result<NeonKeyStatus, Error> {
-    let profiles = tidepool.profiles();
-    profiles.keychain()?.set_neon_api_key(&key)
+    tidepool.set_neon_key(&key)
 }
 
 /// Removes the Neon API key from the keychain.
 #[tauri::command(async)]
 pub fn remove_neon_key(tidepool: State<'_, Tidepool>) -> Result<NeonKeyStatus, Error> {
-    let profiles = tidepool.profiles();
-    profiles.keychain()?.remove_neon_api_key()
+    tidepool.remove_neon_key()
 }
 
 /// The tables the profile's role can read, as collections (key, JSON Schema, publication membership).
@@ -129,8 +121,7 @@ pub async fn discover_tables(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Vec<DiscoveredTable>, Error> {
-    let profiles = tidepool.profiles();
-    profiles.discover(&id).await
+    tidepool.profiles().discover(&id).await
 }
 
 /// The profile's saved capture definition, if any.
@@ -139,8 +130,7 @@ pub fn capture_definition(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Option<Definition>, Error> {
-    let profiles = tidepool.profiles();
-    profiles.capture_definition(&id)
+    tidepool.profiles().capture_definition(&id)
 }
 
 /// "Save and publish": saves the bindings and makes the publication contain their tables.
@@ -151,8 +141,8 @@ pub async fn publish_capture(
     bindings: Vec<Binding>,
     choices: Option<Vec<Choice>>,
 ) -> Result<Vec<String>, Error> {
-    let profiles = tidepool.profiles();
-    profiles
+    tidepool
+        .profiles()
         .publish(&id, bindings, choices.unwrap_or_default())
         .await
 }
@@ -166,9 +156,8 @@ pub async fn plan_save_and_publish(
     bindings: Vec<Binding>,
     choices: Option<Vec<Choice>>,
 ) -> Result<PublishPlan, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.plan_publish(profiles, &id, bindings, choices.unwrap_or_default())
+    tidepool
+        .plan_save_and_publish(&id, bindings, choices.unwrap_or_default())
         .await
 }
 
@@ -182,16 +171,14 @@ pub async fn save_and_publish(
     bindings: Vec<Binding>,
     choices: Option<Vec<Choice>>,
 ) -> Result<RunStatus, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.save_and_publish(
-        profiles,
-        &id,
-        bindings,
-        choices.unwrap_or_default(),
-        status_events(app),
-    )
-    .await
+    tidepool
+        .save_and_publish(
+            &id,
+            bindings,
+            choices.unwrap_or_default(),
+            status_events(app),
+        )
+        .await
 }
 
 /// What publishing `tables` in the profile's publication would run, with each table that has no
@@ -203,8 +190,8 @@ pub async fn plan_publication(
     tables: Vec<TableRef>,
     choices: Option<Vec<Choice>>,
 ) -> Result<Plan, Error> {
-    let profiles = tidepool.profiles();
-    profiles
+    tidepool
+        .profiles()
         .plan_publication(&id, tables, choices.unwrap_or_default())
         .await
 }
@@ -213,9 +200,7 @@ pub async fn plan_publication(
 /// this app's running capture holds is a pass.
 #[tauri::command]
 pub async fn preflight(tidepool: State<'_, Tidepool>, id: String) -> Result<Vec<Check>, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.preflight(profiles, &id).await
+    tidepool.preflight(&id).await
 }
 
 /// Runs a fix the user saw and confirmed, as `run_as` (default: the profile's own role). An owner
@@ -227,8 +212,8 @@ pub async fn run_fix(
     action: Action,
     run_as: Option<RunAs>,
 ) -> Result<(), Error> {
-    let profiles = tidepool.profiles();
-    profiles
+    tidepool
+        .profiles()
         .run_fix_as(&id, action, run_as.unwrap_or_default())
         .await
 }
@@ -236,14 +221,13 @@ pub async fn run_fix(
 /// What a fix would run (SQL or the Neon API request) and what to know first, before "Run".
 #[tauri::command]
 pub fn preview_action(action: Action) -> Fix {
-    Fix::of(action)
+    Tidepool::preview_action(action)
 }
 
 /// The Neon projects the stored API key can see.
 #[tauri::command]
 pub async fn neon_projects(tidepool: State<'_, Tidepool>) -> Result<Vec<Project>, Error> {
-    let profiles = tidepool.profiles();
-    profiles.neon_projects().await
+    tidepool.profiles().neon_projects().await
 }
 
 /// A Neon project's branches.
@@ -252,15 +236,13 @@ pub async fn neon_branches(
     tidepool: State<'_, Tidepool>,
     project_id: String,
 ) -> Result<Vec<Branch>, Error> {
-    let profiles = tidepool.profiles();
-    profiles.neon_branches(&project_id).await
+    tidepool.profiles().neon_branches(&project_id).await
 }
 
 /// The Neon project and branch that serve the profile's host, if the key can see them.
 #[tauri::command]
 pub async fn neon_locate(tidepool: State<'_, Tidepool>, id: String) -> Result<Option<Link>, Error> {
-    let profiles = tidepool.profiles();
-    profiles.neon_locate(&id).await
+    tidepool.profiles().neon_locate(&id).await
 }
 
 /// Links the profile to a Neon project and branch, or unlinks it (`link` = null).
@@ -270,8 +252,7 @@ pub fn link_neon(
     id: String,
     link: Option<Link>,
 ) -> Result<ProfileView, Error> {
-    let profiles = tidepool.profiles();
-    profiles.link_neon(&id, link)
+    tidepool.profiles().link_neon(&id, link)
 }
 
 /// Starts the profile's capture; its status then arrives as `capture-status` events.
@@ -281,9 +262,7 @@ pub async fn start_capture(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.start(profiles, &id, status_events(app)).await
+    tidepool.start_capture(&id, status_events(app)).await
 }
 
 /// Forwards a run's statuses to the window as `capture-status` events.
@@ -296,17 +275,13 @@ fn status_events(app: AppHandle) -> tidepool::app::run::StatusListener {
 /// Stops the profile's capture; the slot stays.
 #[tauri::command(async)]
 pub fn stop_capture(tidepool: State<'_, Tidepool>, id: String) -> Result<RunStatus, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.stop(&id, profiles)
+    tidepool.stop_capture(&id)
 }
 
 /// The profile's capture status.
 #[tauri::command(async)]
 pub fn capture_status(tidepool: State<'_, Tidepool>, id: String) -> Result<RunStatus, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.status(&id, profiles)
+    tidepool.capture_status(&id)
 }
 
 /// The profile's collections with their counts.
@@ -315,8 +290,7 @@ pub fn collections(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Vec<CollectionInfo>, Error> {
-    let profiles = tidepool.profiles();
-    tidepool::app::preview::collections(profiles, &id)
+    tidepool.collections(&id)
 }
 
 /// A page of a collection's rows or change log, optionally filtered.
@@ -327,8 +301,7 @@ pub fn collection_page(
     collection: String,
     request: PageRequest,
 ) -> Result<Page, Error> {
-    let profiles = tidepool.profiles();
-    tidepool::app::preview::page(profiles, &id, &collection, &request)
+    tidepool.collection_page(&id, &collection, &request)
 }
 
 /// The profile's capture as another engine's file (Estuary Flow's `flow.yaml`, Sequin's
@@ -339,8 +312,7 @@ pub fn export_capture(
     id: String,
     engine: Engine,
 ) -> Result<ExportFile, Error> {
-    let profiles = tidepool.profiles();
-    tidepool::app::export::of_profile(profiles, &id, engine)
+    tidepool.export_capture(&id, engine)
 }
 
 /// Exports a collection's rows or change log (filtered) to the Downloads folder.
@@ -353,15 +325,13 @@ pub fn export_collection(
     filter: Option<String>,
     format: ExportFormat,
 ) -> Result<Exported, Error> {
-    let profiles = tidepool.profiles();
-    tidepool::app::preview::export(
-        profiles,
+    tidepool.export_collection(
         &id,
         &collection,
         view,
         filter,
         format,
-        &tidepool::app::preview::default_export_dir()?,
+        &Tidepool::export_dir()?,
     )
 }
 
@@ -369,7 +339,7 @@ pub fn export_collection(
 /// the window cannot use it to open anything else.
 #[tauri::command(async)]
 pub fn open_export_folder() -> Result<(), Error> {
-    let dir = tidepool::app::preview::default_export_dir()?;
+    let dir = Tidepool::export_dir()?;
     open::that_detached(&dir)
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", dir.display())))
 }
@@ -387,24 +357,17 @@ pub async fn tail_collection(
     token: String,
     on_change: Channel<Vec<TailEntry>>,
 ) -> Result<(), Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.tail(
-        profiles,
-        &id,
-        &collection,
-        after,
-        filter.as_deref(),
-        &token,
-        |page| on_change.send(page).is_ok(),
-    )
-    .await
+    tidepool
+        .tail_collection(&id, &collection, after, filter.as_deref(), &token, |page| {
+            on_change.send(page).is_ok()
+        })
+        .await
 }
 
 /// Ends a tail.
 #[tauri::command]
 pub fn stop_tail(tidepool: State<'_, Tidepool>, token: String) {
-    tidepool.runs().stop_tail(&token)
+    tidepool.stop_tail(&token)
 }
 
 /// "Try it with a demo database": starts the throwaway server and returns its saved profile.
@@ -431,9 +394,7 @@ pub async fn stop_and_drop_slot(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.stop_and_drop_slot(&id, profiles).await
+    tidepool.stop_and_drop_slot(&id).await
 }
 
 /// "Re-backfill and continue" after a refusal for a gap; status then arrives as `capture-status` events.
@@ -443,16 +404,13 @@ pub async fn resync_capture(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<RunStatus, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.resync(profiles, &id, status_events(app)).await
+    tidepool.resync_capture(&id, status_events(app)).await
 }
 
 /// The health of the profile's slot, with warnings.
 #[tauri::command]
 pub async fn slot_health(tidepool: State<'_, Tidepool>, id: String) -> Result<SlotHealth, Error> {
-    let profiles = tidepool.profiles();
-    tidepool::source::health::slot(profiles, &id).await
+    tidepool.slot_health(&id).await
 }
 
 /// Closing while capturing, answered: stop every capture (slots stay) and quit.
@@ -461,8 +419,7 @@ pub async fn stop_captures_and_quit(
     app: AppHandle,
     tidepool: State<'_, Tidepool>,
 ) -> Result<(), Error> {
-    let runs = tidepool.runs();
-    runs.stop_all().await;
+    tidepool.stop_all_captures().await;
     app.exit(0);
     Ok(())
 }
@@ -478,7 +435,7 @@ pub fn keep_capturing_in_background(window: tauri::WebviewWindow) -> Result<(), 
 /// Checks a collection name as the engine will on publish (the Tables screen shows why as you type).
 #[tauri::command]
 pub fn check_collection_name(name: String) -> Result<(), Error> {
-    tidepool::binding::validate_collection_name(&name)
+    Tidepool::check_collection_name(&name)
 }
 
 /// The profile's consumers with their counts, notices and parked messages.
@@ -487,8 +444,7 @@ pub fn list_consumers(
     tidepool: State<'_, Tidepool>,
     id: String,
 ) -> Result<Vec<ConsumerView>, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.list()
+    tidepool.consumers(&id)?.list()
 }
 
 /// "Create consumer": saves it in the profile's store once its NATS server (if it has one) took
@@ -502,8 +458,8 @@ pub async fn add_consumer(
     secret_headers: Option<Vec<SecretHeader>>,
     credential: Option<Secret>,
 ) -> Result<Consumer, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?
+    tidepool
+        .consumers(&id)?
         .add_checked(spec, secret_headers.unwrap_or_default(), credential)
         .await
 }
@@ -515,8 +471,7 @@ pub fn remove_consumer(
     id: String,
     name: String,
 ) -> Result<Consumer, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.remove(&name)
+    tidepool.consumers(&id)?.remove(&name)
 }
 
 /// "Reveal signing secret": a webhook consumer's `whsec_…` secret, read from the keychain only on
@@ -527,8 +482,7 @@ pub fn reveal_signing_secret(
     id: String,
     name: String,
 ) -> Result<RevealedSecret, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.reveal_signing_secret(&name)
+    tidepool.consumers(&id)?.reveal_signing_secret(&name)
 }
 
 /// "Reveal token" on a pull consumer: the profile's pull API token, read from the keychain (made
@@ -536,9 +490,7 @@ pub fn reveal_signing_secret(
 /// answer now, if it does not.
 #[tauri::command(async)]
 pub fn reveal_pull_token(tidepool: State<'_, Tidepool>, id: String) -> Result<PullAccess, Error> {
-    let profiles = tidepool.profiles();
-    let runs = tidepool.runs();
-    runs.pull_access(profiles, &id)
+    tidepool.pull_access(&id)
 }
 
 /// "Retry": puts a consumer's parked messages (all, or the one at `seq`) back in its queue.
@@ -549,8 +501,7 @@ pub fn retry_consumer(
     name: String,
     seq: Option<u64>,
 ) -> Result<u64, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.retry(&name, seq)
+    tidepool.consumers(&id)?.retry(&name, seq)
 }
 
 /// "Skip": drops a consumer's parked messages (all, or the one at `seq`) undelivered.
@@ -561,8 +512,7 @@ pub fn skip_consumer(
     name: String,
     seq: Option<u64>,
 ) -> Result<u64, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.skip(&name, seq)
+    tidepool.consumers(&id)?.skip(&name, seq)
 }
 
 /// "Check" on a consumer's filter: the refusal with its position, or how many of each
@@ -575,12 +525,9 @@ pub fn check_consumer_filter(
     collections: Vec<String>,
     actions: Option<Vec<ConsumerAction>>,
 ) -> Result<FilterCheck, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.check_filter(
-        &filter,
-        &collections,
-        &actions.unwrap_or_default(),
-    )
+    tidepool
+        .consumers(&id)?
+        .check_filter(&filter, &collections, &actions.unwrap_or_default())
 }
 
 /// Pause or Resume on a consumer's page: while paused nothing is delivered and its messages stay
@@ -592,8 +539,7 @@ pub fn set_consumer_paused(
     name: String,
     paused: bool,
 ) -> Result<Consumer, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.set_paused(&name, paused)
+    tidepool.consumers(&id)?.set_paused(&name, paused)
 }
 
 /// A consumer's page: its recent requests (status, duration, error) and what it delivered per
@@ -604,8 +550,7 @@ pub fn consumer_activity(
     id: String,
     name: String,
 ) -> Result<ConsumerActivity, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.activity(&name)
+    tidepool.consumers(&id)?.activity(&name)
 }
 
 /// "Send a test message": one signed request to a webhook consumer's URL, its body marked as a
@@ -616,10 +561,7 @@ pub async fn test_consumer(
     id: String,
     name: String,
 ) -> Result<TestResult, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?
-        .send_test(&name)
-        .await
+    tidepool.consumers(&id)?.send_test(&name).await
 }
 
 /// "Edit" on a consumer's page: saves its new definition; new secret header values (typed once)
@@ -632,8 +574,9 @@ pub fn edit_consumer(
     spec: ConsumerSpec,
     secret_headers: Option<Vec<SecretHeader>>,
 ) -> Result<Consumer, Error> {
-    let profiles = tidepool.profiles();
-    ConsumerStore::of_profile(profiles, &id)?.edit(&name, spec, secret_headers.unwrap_or_default())
+    tidepool
+        .consumers(&id)?
+        .edit(&name, spec, secret_headers.unwrap_or_default())
 }
 
 /// "Try a webhook": starts the app's own receiver (on loopback) and a consumer `try-webhook` of

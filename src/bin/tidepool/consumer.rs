@@ -40,13 +40,16 @@ impl StoreArg {
             .profile
             .as_deref()
             .ok_or_else(|| Error::invalid_input("--profile", "give --profile or --store"))?;
-        tidepool::app::profile::Profiles::open(&tidepool::app::profile::data_dir()?)
-            .store_dir(profile)
+        crate::engine()?.profiles().store_dir(profile)
     }
 
-    /// The consumers of that store.
+    /// The consumers of that store: through the engine for a profile (as the app opens them),
+    /// else of the folder.
     pub fn consumers(&self) -> Result<ConsumerStore, Error> {
-        Ok(ConsumerStore::at(&self.dir()?))
+        match (&self.store, &self.profile) {
+            (None, Some(profile)) => crate::engine()?.consumers(profile),
+            _ => Ok(ConsumerStore::at(&self.dir()?)),
+        }
     }
 }
 

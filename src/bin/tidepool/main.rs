@@ -326,11 +326,11 @@ async fn main() -> ExitCode {
 
 /// Runs the demo database until Ctrl-C, then removes it and its profile.
 async fn demo(interval_ms: u64) -> Result<(), Error> {
-    let profiles = engine()?.profiles().clone();
+    let engine = std::sync::Arc::new(engine()?);
     let interval = std::time::Duration::from_millis(interval_ms.max(10));
-    let (demo, view) = {
-        let profiles = profiles.clone();
-        tokio::task::spawn_blocking(move || tidepool::app::demo::Demo::start(&profiles, interval))
+    let view = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.start_demo(interval))
             .await
             .map_err(|e| Error::internal(format!("starting the demo: {e}")))??
     };
@@ -341,7 +341,7 @@ async fn demo(interval_ms: u64) -> Result<(), Error> {
         tidepool::app::demo::DEMO_DATABASE
     );
     let _ = tokio::signal::ctrl_c().await;
-    let removed = tokio::task::spawn_blocking(move || demo.stop(&profiles))
+    let removed = tokio::task::spawn_blocking(move || engine.stop_demo())
         .await
         .map_err(|e| Error::internal(format!("removing the demo: {e}")))??;
     if let Some(removed) = removed {
@@ -370,8 +370,7 @@ fn publication_and_slot(
 }
 
 fn export(engine: &str, profile: &str, output: Option<&std::path::Path>) -> Result<(), Error> {
-    let exported =
-        tidepool::app::export::of_profile(crate::engine()?.profiles(), profile, engine.parse()?)?;
+    let exported = crate::engine()?.export_capture(profile, engine.parse()?)?;
     match output {
         Some(path) => {
             std::fs::write(path, &exported.text).map_err(|e| {

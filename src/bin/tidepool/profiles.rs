@@ -84,7 +84,7 @@ pub(super) async fn profile_command(command: ProfileCommand) -> Result<(), Error
             ssh_host_key,
             trust_ssh_host_key,
         } => {
-            let fill = profile::autofill(&url)?;
+            let fill = Tidepool::autofill(&url)?;
             if fill.password.is_some() {
                 return Err(password_in_url());
             }

@@ -4,7 +4,7 @@ use super::*;
 
 /// Prints the slot's health and its warnings.
 pub(super) async fn health(profile: &str, json: bool) -> Result<(), Error> {
-    let health = tidepool::source::health::slot(engine()?.profiles(), profile).await?;
+    let health = engine()?.slot_health(profile).await?;
     if json {
         println!(
             "{}",
@@ -41,11 +41,7 @@ pub(super) async fn drop_slot(profile: &str, confirm: bool) -> Result<(), Error>
             "dropping the slot loses the changes it still holds, and the next capture backfills again; add --confirm",
         ));
     }
-    let engine = engine()?;
-    engine
-        .runs()
-        .stop_and_drop_slot(profile, engine.profiles())
-        .await?;
+    engine()?.stop_and_drop_slot(profile).await?;
     println!("Slot dropped; the next capture backfills again.");
     Ok(())
 }
