@@ -281,7 +281,7 @@ async fn copy_table(
             }
         }
         tx.index += 1;
-        if tx.index % 100_000 == 0 {
+        if tx.index.is_multiple_of(100_000) {
             report(tx.index, false, progress);
         }
         Ok(())
@@ -291,7 +291,7 @@ async fn copy_table(
         // COPY's stream is usually ready: without this the loop would never yield, hogging its worker
         // thread and ignoring cancellation until the whole table is read.
         chunks = chunks.wrapping_add(1);
-        if chunks % 64 == 0 {
+        if chunks.is_multiple_of(64) {
             tokio::task::consume_budget().await;
         }
         let chunk = chunk.map_err(|e| Error::from_postgres(&e, &qualified))?;

@@ -192,6 +192,43 @@ describe("CollectionsPanel", () => {
     expect(callsOf("openExportFolder")).toEqual([[]]);
   });
 
+  it("drops a next page that arrives after another collection was chosen, and pages the new one from its start", async () => {
+    answer("collections", async () => [
+      { name: "public/items", rows: 3, changes: 3, lastChangeMs: null },
+      { name: "public/other", rows: 1, changes: 1, lastChangeMs: null },
+    ]);
+    let releaseItems: () => void = () => {};
+    answer("collectionPage", async (_id, collection, r) => {
+      if (collection === "public/other")
+        return { collection: spec, documents: [{ _meta: { op: "c" }, id: 9, name: "other" }], changes: [], lastSeq: 0, lastKey: "9", hasMore: false } satisfies Page;
+      if (r.afterKey === null)
+        return {
+          collection: spec,
+          documents: [1, 2].map((id) => ({ _meta: { op: "c" }, id, name: `item${id}` })),
+          changes: [],
+          lastSeq: 0,
+          lastKey: "2",
+          hasMore: true,
+        } satisfies Page;
+      // The items' second page is slow: it answers only once the other collection is on screen.
+      await new Promise<void>((resolve) => (releaseItems = resolve));
+      return { collection: spec, documents: [{ _meta: { op: "c" }, id: 3, name: "item3" }], changes: [], lastSeq: 0, lastKey: "3", hasMore: false } satisfies Page;
+    });
+    answer("tailCollection", () => () => {});
+    const user = userEvent.setup();
+    render(<CollectionsPanel profileId="p1" />);
+    await waitFor(() => expect(callsOf("collectionPage").map((c) => c[2].afterKey)).toEqual([null, "2"]));
+    await user.click(screen.getByTestId("collection-public/other"));
+    await waitFor(() => expect(screen.getAllByTestId("preview-row").map((r) => r.textContent)).toEqual([expect.stringContaining("other")]));
+    await act(async () => releaseItems());
+    await act(() => new Promise((r) => setTimeout(r, 50)));
+    const rows = screen.getAllByTestId("preview-row").map((r) => r.textContent ?? "");
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toContain("other");
+    // The other collection was never asked for a page after the items' key.
+    expect(callsOf("collectionPage").filter((c) => c[1] === "public/other").map((c) => c[2].afterKey)).toEqual([null]);
+  });
+
   it("shows the engine's refusal of a filter under it, with a caret at the position", async () => {
     answer("collections", async () => [{ name: "public/items", rows: 1, changes: 1, lastChangeMs: null }]);
     answer("collectionPage", async (_id, _c, r) => {

@@ -49,6 +49,9 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
   // How many rows are on screen, for the tail's re-read (read outside React's render).
   const loaded = useRef(0);
   loaded.current = entries?.length ?? 0;
+  // Which first page the rows on screen belong to: a "load more" answer for an earlier collection,
+  // view, filter or sort is dropped instead of appended to the new one's rows.
+  const generation = useRef(0);
   // Rows are sorted in the engine; the change log's loaded entries are sorted by the table.
   const rowSort = view === "rows" ? sort : null;
 
@@ -78,7 +81,9 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
     let live = true;
     let stopTail: (() => void) | null = null;
     const first: PageRequest = { view, after: null, afterKey: null, limit: PAGE, filter, sort: rowSort, offset: 0 };
+    generation.current += 1;
     setEntries(null);
+    setCursor({ lastKey: null, hasMore: false });
     (async () => {
       try {
         const page = await backend.collectionPage(profileId, selected, first);
@@ -124,6 +129,7 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
   const loadMore = useCallback(async () => {
     if (!selected || loadingMore || !cursor.hasMore) return;
     setLoadingMore(true);
+    const asked = generation.current;
     try {
       const page = await backend.collectionPage(profileId, selected, {
         view: "rows",
@@ -134,10 +140,11 @@ export function CollectionsPanel({ profileId }: { profileId: string }) {
         sort: rowSort,
         offset: rowSort ? loaded.current : 0,
       });
+      if (asked !== generation.current) return;
       setEntries((d) => [...(d ?? []), ...page.documents.map((doc) => ({ doc, info: null }))]);
       setCursor({ lastKey: page.lastKey, hasMore: page.hasMore });
     } catch (e) {
-      fail(e as BackendError);
+      if (asked === generation.current) fail(e as BackendError);
     } finally {
       setLoadingMore(false);
     }
