@@ -299,7 +299,11 @@ async fn select_table(client: &Client, table: &str) {
 /// Whether a WebDriver error is a stale element: a live view re-rendered the element between finding
 /// it and using it (or while the driver was making its handle). Finding it again is the answer.
 fn stale(e: &fantoccini::error::CmdError) -> bool {
-    e.to_string().to_lowercase().contains("stale element")
+    let message = e.to_string().to_lowercase();
+    // WebKitWebDriver says it either way: "stale element", or that the node of the handle it gave
+    // out "was not found" once React re-rendered it.
+    message.contains("stale element")
+        || (message.contains("node with identifier") && message.contains("was not found"))
 }
 
 async fn text_of(client: &Client, id: &str) -> String {
