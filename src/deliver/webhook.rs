@@ -463,7 +463,11 @@ impl Window {
             return;
         }
         if !self.pending.is_empty() {
-            tracing::warn!(consumer, dropped = self.pending.len(), "the store's log restarted: reading it again from its start");
+            tracing::warn!(
+                consumer,
+                dropped = self.pending.len(),
+                "the store's log restarted: reading it again from its start"
+            );
             self.pending.clear();
             self.epoch += 1;
         }
@@ -657,8 +661,7 @@ impl Rules {
                 if held > 0 && held + PAGE > limit {
                     break;
                 }
-                let Some(page) = feeder.read(ledger, &definition, window.read_to, now_ms())?
-                else {
+                let Some(page) = feeder.read(ledger, &definition, window.read_to, now_ms())? else {
                     break;
                 };
                 for (seq, message) in page.messages {
