@@ -208,7 +208,7 @@ impl Feeder {
                 &doc,
             )?;
             let Some(message) = build(
-                &doc,
+                doc,
                 Place { seq, index },
                 &specs[at],
                 (&consumer.id, &consumer.spec.name),
@@ -282,8 +282,27 @@ fn index_of(
         (_, Some((before, before_lsn))) if *before + 1 == seq && before_lsn != lsn => seq,
         _ => store.first_of_transaction(seq)?,
     };
-    *transaction = Some((lsn.to_string(), first));
-    *previous = Some((seq, lsn.to_string()));
+    // Both are kept across entries; their text is rewritten in place, not allocated per entry.
+    match transaction {
+        Some((known, at)) => {
+            if known.as_str() != lsn {
+                known.clear();
+                known.push_str(lsn);
+            }
+            *at = first;
+        }
+        None => *transaction = Some((lsn.to_string(), first)),
+    }
+    match previous {
+        Some((at, known)) => {
+            if known.as_str() != lsn {
+                known.clear();
+                known.push_str(lsn);
+            }
+            *at = seq;
+        }
+        None => *previous = Some((seq, lsn.to_string())),
+    }
     Ok(seq - first)
 }
 
