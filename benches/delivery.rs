@@ -1,7 +1,7 @@
 //! Delivery benchmarks, in one run, on one cluster, to a webhook receiver on loopback (axum):
 //!
 //! 1. Throughput: the capture rate of 100k single-row transactions (slot → store, durable) against
-//!    the webhook delivery rate of the same stored changes (store → queue → signed POSTs of 100
+//!    the webhook delivery rate of the same stored changes (store → signed POSTs of 100
 //!    messages, 10 in flight → acknowledged). Reported as messages/s and delivery ÷ capture.
 //!    Then the same stored changes published to NATS JetStream (a `nats-server -js` started here,
 //!    batches of 100 publishes before their acknowledgements are awaited), reported the same way.

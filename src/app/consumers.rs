@@ -588,8 +588,7 @@ impl ConsumerStore {
             let (mut tried, mut kept) = (0, 0);
             for (seq, doc) in store.latest_changes(name, FILTER_PREVIEW_CHANGES)? {
                 let place = Place { seq, index: 0 };
-                let Some(message) =
-                    build(&doc, place, &spec, ("", "preview"), &self.database, &[])?
+                let Some(message) = build(doc, place, &spec, ("", "preview"), &self.database, &[])?
                 else {
                     continue;
                 };

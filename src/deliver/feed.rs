@@ -5,7 +5,8 @@
 //! - The store is only read here (its own connection, never a write), so delivery can neither block
 //!   nor slow the capture's commits.
 //! - The position moves past every entry read, matched or not, in the same ledger transaction that
-//!   queues the messages ([`Ledger::enqueue`]).
+//!   queues the messages ([`Ledger::enqueue`]). [`Feeder::read`] reads without queueing for a
+//!   worker that delivers from the log and moves the position itself once messages are settled.
 //! - A queue holds at most [`queue_limit`] messages (never more than [`QUEUE_LIMIT`]): a consumer that is behind costs local disk in
 //!   the change store (which keeps the log), not memory or a copy of the log.
 //! - A consumer is never silently short of changes: before each read it is told (a notice on the
@@ -46,6 +47,17 @@ pub fn queue_limit(spec: &ConsumerSpec) -> u64 {
     }
 }
 
+/// One page of a consumer's changes read from the log.
+#[derive(Debug)]
+pub struct Page {
+    /// The messages it gave, with their log positions, in log order.
+    pub messages: Vec<(u64, Message)>,
+    /// The last log position read (matched or not): the next page starts after it.
+    pub last: u64,
+    /// Log entries read (fewer than [`PAGE`] once the consumer has caught up).
+    pub read: usize,
+}
+
 /// Reads one store for its consumers.
 pub struct Feeder {
     store_dir: PathBuf,
@@ -83,7 +95,29 @@ impl Feeder {
     /// Queues the next page of the consumer's changes; returns how many log entries were read
     /// (fewer than [`PAGE`] when it has caught up or its queue is full).
     pub fn feed(&mut self, ledger: &mut Ledger, consumer_id: &str, now_ms: i64) -> Result<usize> {
-        let consumer = ledger.definition(consumer_id)?.ok_or_else(|| {
+        let consumer = self.definition(ledger, consumer_id)?;
+        // Reading waits until a whole page fits: a queue kept full by one message at a time would
+        // pay a round of queries per message delivered.
+        let queued = ledger.queued(consumer_id)?;
+        if queued > 0 && queued + PAGE as u64 > queue_limit(&consumer.spec) {
+            return Ok(0);
+        }
+        let Some(page) = self.read(ledger, &consumer, consumer.position, now_ms)? else {
+            return Ok(0);
+        };
+        ledger.enqueue(
+            &consumer.id,
+            consumer.spec.mode,
+            &page.messages,
+            page.last,
+            now_ms,
+        )?;
+        Ok(page.read)
+    }
+
+    /// The consumer's definition, or `NotFound` once it was removed.
+    pub fn definition(&self, ledger: &Ledger, consumer_id: &str) -> Result<Definition> {
+        ledger.definition(consumer_id)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -91,20 +125,26 @@ impl Feeder {
                     self.store_dir.display()
                 ),
             )
-        })?;
-        // Reading waits until a whole page fits: a queue kept full by one message at a time would
-        // pay a round of queries per message delivered.
-        let queued = ledger.queued(consumer_id)?;
-        if queued > 0 && queued + PAGE as u64 > queue_limit(&consumer.spec) {
-            return Ok(0);
-        }
+        })
+    }
+
+    /// The next page of the consumer's changes after log position `after`, as messages, without
+    /// queueing them or moving the consumer's position (the caller does either); `None` when
+    /// nothing was read. Records the consumer's notices first (see [`tell`]).
+    pub fn read(
+        &mut self,
+        ledger: &mut Ledger,
+        consumer: &Definition,
+        after: u64,
+        now_ms: i64,
+    ) -> Result<Option<Page>> {
         if self.store.is_none() {
             self.store = Store::open_existing(&self.store_dir)?;
         }
         let Some(store) = &self.store else {
-            return Ok(0);
+            return Ok(None);
         };
-        tell(ledger, &consumer, store, now_ms)?;
+        tell(ledger, consumer, store, now_ms)?;
         let mut specs: Vec<CollectionSpec> = Vec::new();
         let mut entries: Vec<(u64, usize, Json)> = Vec::new();
         let mut stale = false;
@@ -112,7 +152,7 @@ impl Feeder {
             let Some(spec) = store.collection(name)? else {
                 continue;
             };
-            match store.changes(name, consumer.position, PAGE) {
+            match store.changes(name, after, PAGE) {
                 Ok(page) => {
                     let at = specs.len();
                     entries.extend(page.into_iter().map(|(seq, doc)| (seq, at, doc)));
@@ -130,12 +170,15 @@ impl Feeder {
         entries.sort_by_key(|e| e.0);
         entries.truncate(PAGE);
         let Some(last) = entries.last().map(|e| e.0) else {
-            return Ok(0);
+            return Ok(None);
         };
         let read = entries.len();
-        let messages = self.messages(&consumer, &specs, entries)?;
-        ledger.enqueue(&consumer.id, consumer.spec.mode, &messages, last, now_ms)?;
-        Ok(read)
+        let messages = self.messages(consumer, &specs, entries)?;
+        Ok(Some(Page {
+            messages,
+            last,
+            read,
+        }))
     }
 
     fn messages(
@@ -165,7 +208,7 @@ impl Feeder {
                 &doc,
             )?;
             let Some(message) = build(
-                &doc,
+                doc,
                 Place { seq, index },
                 &specs[at],
                 (&consumer.id, &consumer.spec.name),
@@ -239,8 +282,27 @@ fn index_of(
         (_, Some((before, before_lsn))) if *before + 1 == seq && before_lsn != lsn => seq,
         _ => store.first_of_transaction(seq)?,
     };
-    *transaction = Some((lsn.to_string(), first));
-    *previous = Some((seq, lsn.to_string()));
+    // Both are kept across entries; their text is rewritten in place, not allocated per entry.
+    match transaction {
+        Some((known, at)) => {
+            if known.as_str() != lsn {
+                known.clear();
+                known.push_str(lsn);
+            }
+            *at = first;
+        }
+        None => *transaction = Some((lsn.to_string(), first)),
+    }
+    match previous {
+        Some((at, known)) => {
+            if known.as_str() != lsn {
+                known.clear();
+                known.push_str(lsn);
+            }
+            *at = seq;
+        }
+        None => *previous = Some((seq, lsn.to_string())),
+    }
     Ok(seq - first)
 }
 

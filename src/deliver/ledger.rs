@@ -5,12 +5,21 @@
 //! delivery never takes the change store's write lock: acknowledging messages can never delay a
 //! capture's commit, and so never delays confirming the slot.
 //!
+//! A webhook consumer in changes mode does not copy its messages here: it delivers them straight
+//! from the log ([`crate::deliver::webhook`]) and writes a row only for a message that failed, or
+//! that must wait behind one of its group ([`Ledger::hold`]); its position is the log position up
+//! to which every message was acknowledged or has a row. Rows mode (which coalesces queued rows),
+//! a paused consumer, the pull API and NATS queue every message as before.
+//!
 //! Invariants:
 //! - Reading the log into a queue and moving the consumer's position happen in one transaction
 //!   ([`Ledger::enqueue`]): after a crash a change is either queued or still ahead of the position.
+//!   A message delivered from the log gets its row in the transaction that moves the position past
+//!   it, or is acknowledged before it ([`Ledger::advance`]).
 //! - A message leaves the queue only when acknowledged (a 2xx, an ack) or skipped by hand, so a
 //!   restart redelivers exactly what was not acknowledged. Its `ack_id` and body are fixed when it is
-//!   queued, so a redelivery carries the same ones.
+//!   queued, so a redelivery carries the same ones; a message delivered from the log has the ack id
+//!   [`ack_id_of`] its consumer and `idempotency_key`, the same after any restart and in its row.
 //! - Per group, only the oldest queued message can be claimed, and only while no message of the
 //!   group is in flight or parked: at most one message per group in flight, in commit order.
 //!   [`Ledger::claim_runs`] (NATS) hands out a group's queued messages together, oldest first, under
@@ -19,7 +28,6 @@
 //! - What a consumer's page shows is bounded: its last [`ATTEMPTS_KEPT`] requests and
 //!   [`SAMPLES_KEPT_S`] seconds of delivered/latency samples, pruned as new ones arrive, removed
 //!   with the consumer. A consumer is paused by a `paused:<id>` entry in `meta`.
-
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -129,6 +137,51 @@ fn mark_claimed(tx: &Connection, id: &str, claimed: &[Claimed], until: i64) -> R
             .map_err(sqlite("claiming"))?;
     }
     Ok(())
+}
+
+/// The ack id of the change with `idempotency_key` for consumer `consumer_id`: a UUID made from a
+/// SHA-256 of both. A message delivered straight from the log (a webhook consumer in changes mode)
+/// is never stored unless it fails, so its ack id (and the `webhook-id` made from it) must be
+/// computable again: it is the same on every delivery, after any restart, and in the row written
+/// if the message fails.
+pub fn ack_id_of(consumer_id: &str, idempotency_key: &str) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    // Length-prefixed, so no two pairs hash the same bytes.
+    context.update(&(consumer_id.len() as u64).to_be_bytes());
+    context.update(consumer_id.as_bytes());
+    context.update(idempotency_key.as_bytes());
+    let digest = context.finish();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// A message delivered straight from the log that now needs a row in the queue
+/// ([`Ledger::hold`]): it failed, or its group is held back by a message that has one.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    /// Its log position.
+    pub seq: u64,
+    /// Its delivery group.
+    pub group: &'a str,
+    /// Its ack id ([`ack_id_of`]).
+    pub ack_id: &'a str,
+    /// The message as JSON text.
+    pub body: &'a str,
+}
+
+/// A failed first attempt of messages delivered straight from the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// Why it failed.
+    pub error: &'a str,
+    /// When it is due again (Unix ms).
+    pub retry_at_ms: i64,
+    /// Failures after which it is parked (`None`: never).
+    pub max_retries: Option<u32>,
 }
 
 /// The ledger's file in a store folder.
@@ -711,6 +764,67 @@ impl Ledger {
             )
             .map(|n| n as u64)
             .map_err(sqlite("counting messages"))
+    }
+
+    /// Writes queue rows for messages delivered straight from the log: after `failure` (one failed
+    /// attempt: due again at its retry time, or parked when no retry is allowed), or, without
+    /// one, waiting behind a queued message of their group. A message that has a row already keeps
+    /// it as it is (it was read again after a restart).
+    pub fn hold(&mut self, id: &str, rows: &[Row<'_>], failure: Option<Failure<'_>>) -> Result<()> {
+        let tx = self.conn.savepoint().map_err(sqlite("queueing"))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO messages
+                       (consumer, seq, grp, ack_id, body, attempts, not_before, failed, last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(sqlite("queueing"))?;
+            let (attempts, not_before, failed, error) = match failure {
+                Some(f) => (1, f.retry_at_ms, f.max_retries == Some(0), Some(f.error)),
+                None => (0, 0, false, None),
+            };
+            for row in rows {
+                insert
+                    .execute(params![
+                        id,
+                        row.seq as i64,
+                        row.group,
+                        row.ack_id,
+                        row.body,
+                        attempts,
+                        not_before,
+                        failed,
+                        error
+                    ])
+                    .map_err(sqlite("queueing"))?;
+            }
+        }
+        tx.commit().map_err(sqlite("queueing"))
+    }
+
+    /// The groups that have a queued message (waiting, in flight or parked): a message of one of
+    /// them read from the log must wait behind it in the queue.
+    pub fn queued_groups(&self, id: &str) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT grp FROM messages WHERE consumer = ?1")
+            .map_err(sqlite("reading the queue"))?;
+        let rows = stmt
+            .query_map([id], |r| r.get(0))
+            .map_err(sqlite("reading the queue"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(sqlite("reading the queue"))
+    }
+
+    /// Moves the consumer's position forward to `position` (never back): every log entry up to it
+    /// has been acknowledged or has a queue row.
+    pub fn advance(&mut self, id: &str, position: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE consumers SET position = ?2 WHERE id = ?1 AND position < ?2")
+            .and_then(|mut s| s.execute(params![id, position as i64]))
+            .map(|_| ())
+            .map_err(sqlite("moving a position"))
     }
 
     /// Queues `messages` (in log order) and moves the consumer's position to `position`, in one

@@ -52,22 +52,26 @@ pub struct Place {
 }
 
 /// The message of a stored change; `None` for what Sequin does not deliver (a truncate).
+///
+/// Takes the document by value: its columns become the message's `record` as they are, moved
+/// rather than copied (the document is read once, and copying every value was most of the cost of
+/// building a message).
 pub fn build(
-    doc: &Json,
+    doc: Json,
     place: Place,
     collection: &CollectionSpec,
     consumer: (&str, &str),
     database: &Database,
     group_by: &[String],
 ) -> Result<Option<Message>> {
-    let Json::Object(fields) = doc else {
+    let Json::Object(mut record) = doc else {
         return Err(Error::internal(format!(
             "store: change {} of {} is not an object",
             place.seq, collection.name
         )));
     };
-    let meta = fields.get("_meta").cloned().unwrap_or(Json::Null);
-    let source = meta.get("source").cloned().unwrap_or(Json::Null);
+    let meta = record.remove("_meta").unwrap_or(Json::Null);
+    let source = meta.get("source").unwrap_or(&Json::Null);
     let snapshot = source.get("snapshot").and_then(Json::as_bool) == Some(true);
     let action = match meta.get("op").and_then(Json::as_str) {
         Some("c") if snapshot => Action::Read,
@@ -76,8 +80,6 @@ pub fn build(
         Some("d") => Action::Delete,
         _ => return Ok(None),
     };
-    let mut record: Map<String, Json> = fields.clone();
-    record.remove("_meta");
     let changes = match action {
         Action::Update => {
             let mut changed = Map::new();
@@ -210,7 +212,7 @@ mod tests {
             "source": {"schema": "public", "table": "orders", "lsn": "0/16B3748", "txid": 7, "ts_ms": 1767225600123i64},
             "before": {"id": 1, "status": "new", "total": "10.00"}}});
         let m = build(
-            &doc,
+            doc.clone(),
             Place { seq: 9, index: 2 },
             &orders(),
             ("c-id", "c"),
@@ -235,7 +237,7 @@ mod tests {
         assert_eq!(m.group, "public/orders\n[\"1\"]");
         // The same change gives the same key; another index another.
         let again = build(
-            &doc,
+            doc.clone(),
             Place { seq: 99, index: 2 },
             &orders(),
             ("c-id", "c"),
@@ -249,7 +251,7 @@ mod tests {
             meta["idempotency_key"]
         );
         let other = build(
-            &doc,
+            doc.clone(),
             Place { seq: 9, index: 3 },
             &orders(),
             ("c-id", "c"),
@@ -269,7 +271,7 @@ mod tests {
         let doc = json!({"id": 2, "_meta": {"op": "c", "source": {"schema": "public", "table": "orders",
             "lsn": "0/10", "txid": 0, "ts_ms": 0, "snapshot": true}}});
         let m = build(
-            &doc,
+            doc.clone(),
             Place { seq: 1, index: 0 },
             &orders(),
             ("i", "n"),
@@ -282,7 +284,7 @@ mod tests {
         assert_eq!(m.body["changes"], Json::Null);
         let t = json!({"_meta": {"op": "t", "source": {"lsn": "0/10"}}});
         assert!(build(
-            &t,
+            t,
             Place { seq: 2, index: 0 },
             &orders(),
             ("i", "n"),
@@ -292,7 +294,7 @@ mod tests {
         .unwrap()
         .is_none());
         let grouped = build(
-            &doc,
+            doc,
             Place { seq: 1, index: 0 },
             &orders(),
             ("i", "n"),

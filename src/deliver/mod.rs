@@ -11,8 +11,10 @@
 //! - Delivery only reads the change store; it never holds its write lock, and nothing in the
 //!   capture waits for it. A consumer that is down costs local disk (the store's log), never WAL on
 //!   the source: the slot is confirmed as soon as changes are stored.
-//! - Delivery is at least once: a message leaves its queue only when acknowledged, and every message
-//!   carries an `idempotency_key` that is the same on every redelivery.
+//! - Delivery is at least once: a message leaves its queue only when acknowledged (a webhook
+//!   consumer in changes mode sends from the log, and its position passes a message only once it
+//!   is acknowledged or queued), and every message carries an `idempotency_key` that is the same on
+//!   every redelivery.
 //! - [`run`] wakes on each store commit it is told of (no polling needed for a capture in the same
 //!   process) and re-reads once a second for what another process changed (a consumer added, a
 //!   parked message retried from the command line).

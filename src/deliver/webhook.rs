@@ -1,26 +1,40 @@
-//! Webhook delivery (HTTP push): queued messages POSTed to the consumer's URL, signed by the
-//! Standard Webhooks specification, retried with exponential backoff, parked after the last retry.
+//! Webhook delivery (HTTP push): messages POSTed to the consumer's URL, signed by the Standard
+//! Webhooks specification, retried with exponential backoff, parked after the last retry.
+//!
+//! In changes mode messages go from the store's log straight into requests (a [`Window`] of those
+//! read past the consumer's position), never copied into the ledger's queue: copying, marking in
+//! flight and deleting each message cost three times the capture's CPU per change. A message gets
+//! a queue row only when its request fails, or when its group has a queued message it must wait
+//! behind; the queue then retries, parks and releases it as before. Rows mode (whose coalescing
+//! works on queued rows) and a paused consumer read the log into the queue.
 //!
 //! Invariants:
-//! - A message leaves the queue only after a 2xx answer to a request that carried it; anything else
-//!   (another status, a transport error, the timeout) is a failed attempt of every message in it.
-//! - At most one message per group is in flight (the ledger hands out only a group's oldest message,
-//!   and only while no message of the group is in flight or parked), so each group is delivered in
-//!   commit order and a failing message holds back only its own group.
+//! - A message is settled only after a 2xx answer to a request that carried it, or once it has a
+//!   queue row; anything else (another status, a transport error, the timeout) is a failed attempt
+//!   of every message in it. The consumer's position moves past a message only once it and every
+//!   message before it are settled, so a crash or a restart sends again what was not, with the
+//!   same ack id and `webhook-id`.
+//! - At most one message per group is in flight (from the queue only a group's oldest message, and
+//!   only while no message of the group is in flight or parked; from the log only a group's oldest,
+//!   while none of the group is in a request or queued), so each group is delivered in commit order
+//!   and a failing message holds back only its own group.
 //! - Retries wait 1 s doubling per failure, ±15 % jitter, at most 10 minutes.
 //! - The signing secret and secret header values are read from the keychain when the worker starts
 //!   and are sent only to the consumer's URL; errors name the URL and status, never a header value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::deliver::consumer::{Consumer, Destination, Webhook};
-use crate::deliver::feed::{Feeder, PAGE};
-use crate::deliver::ledger::{Attempt, Claimed, Ledger};
-use crate::deliver::message::commit_ms;
+use serde_json::value::RawValue;
+use serde_json::Value as Json;
+
+use crate::deliver::consumer::{Consumer, Destination, Mode, Webhook};
+use crate::deliver::feed::{queue_limit, Feeder, PAGE};
+use crate::deliver::ledger::{ack_id_of, Attempt, Claimed, Failure, Ledger, Row};
+use crate::deliver::message::{commit_ms, Message};
 use crate::deliver::{now_ms, on_blocking_thread, Context};
 use crate::error::{Error, Result};
 use crate::secrets::{Keychain, Secret, SecretKey};
@@ -251,7 +265,11 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
         tracing::info!(consumer = %consumer.spec.name, released, "redelivering what was in flight when delivery last stopped");
     }
     let feeder = Feeder::new(context.store_dir.clone(), context.database.clone());
-    let mut state = (ledger, feeder);
+    let mut state = Worker {
+        ledger,
+        feeder,
+        window: Window::at(consumer.position),
+    };
     let mut wake = context.wake.clone();
     let batch_size = webhook.batch_size.unwrap_or(1) as usize;
     // A request in flight holds its messages this long past its timeout before they are offered
@@ -290,26 +308,23 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             let target = target.clone();
             let client = context.client.clone();
             in_flight.spawn(async move {
-                let failures = batch.iter().map(|m| m.attempts).max().unwrap_or(0);
+                let failures = batch.messages.iter().map(|m| m.attempts).max().unwrap_or(0);
                 let at_ms = now_ms();
                 let started = std::time::Instant::now();
-                let (status, outcome) = target.send(&client, &batch).await;
+                let (status, outcome) = target.send(&client, &batch.messages).await;
                 let attempt = Attempt {
                     at_ms,
-                    messages: batch.len() as u32,
+                    messages: batch.messages.len() as u32,
                     status,
                     error: outcome.as_ref().err().cloned(),
                     duration_ms: started.elapsed().as_millis() as u64,
                     test: false,
                 };
-                let commits = batch.iter().map(|m| commit_ms(m.body.get())).collect();
-                let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
                 Outcome {
-                    seqs,
+                    batch,
                     failures,
                     outcome,
                     attempt,
-                    commits,
                 }
             });
         }
@@ -326,6 +341,250 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
     }
 }
 
+/// A worker's state, moved onto a blocking thread for each round.
+struct Worker {
+    ledger: Ledger,
+    feeder: Feeder,
+    window: Window,
+}
+
+/// Where a request's messages came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Queue rows: retries, messages held behind them, rows mode, what was read while paused.
+    Queue,
+    /// Straight from the log, through the [`Window`] of this epoch.
+    Log(u64),
+}
+
+/// The messages of one request.
+struct Batch {
+    messages: Vec<Claimed>,
+    /// Each message's commit time (Unix ms), for its latency.
+    commits: Vec<Option<i64>>,
+    source: Source,
+}
+
+/// Where a message read from the log (and not queued) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not sent yet.
+    Waiting,
+    /// In a request.
+    Sending,
+    /// Acknowledged, or given a queue row (failed, or held behind its group).
+    Settled,
+}
+
+/// A message read from the log past the consumer's position, not queued.
+struct Pending {
+    seq: u64,
+    group: String,
+    ack_id: String,
+    commit_ms: Option<i64>,
+    /// Its JSON text while it waits (it travels with its request, and comes back with the outcome).
+    body: Option<Box<RawValue>>,
+    state: State,
+}
+
+impl Pending {
+    fn new(consumer_id: &str, seq: u64, message: Message) -> Result<Pending> {
+        let metadata = message.body.get("metadata");
+        let key = metadata
+            .and_then(|m| m.get("idempotency_key"))
+            .and_then(Json::as_str);
+        // Every built message has a key; the position is a stand-in that is at least stable.
+        let ack_id = match key {
+            Some(key) => ack_id_of(consumer_id, key),
+            None => ack_id_of(consumer_id, &format!("seq:{seq}")),
+        };
+        let commit_ms = metadata
+            .and_then(|m| m.get("commit_timestamp"))
+            .and_then(Json::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        let body = serde_json::value::to_raw_value(&message.body)
+            .map_err(|e| Error::internal(format!("encoding a message: {e}")))?;
+        Ok(Pending {
+            seq,
+            group: message.group,
+            ack_id,
+            commit_ms,
+            body: Some(body),
+            state: State::Waiting,
+        })
+    }
+}
+
+/// The messages a changes-mode worker delivers straight from the log, without copying them into
+/// the queue: those read past the consumer's durable position, in log order.
+///
+/// The durable position only moves past a message once it is settled (acknowledged, or given a
+/// queue row), in the ledger transaction that settles it: after a crash everything unsettled is
+/// read from the log again, with the same ack id ([`ack_id_of`]).
+struct Window {
+    pending: VecDeque<Pending>,
+    /// The last log position read into it.
+    read_to: u64,
+    /// The consumer's position as last written or read.
+    position: u64,
+    /// Bumped when the window is dropped because the log restarted: outcomes of older requests
+    /// name positions of the old log.
+    epoch: u64,
+}
+
+impl Window {
+    fn at(position: u64) -> Window {
+        Window {
+            pending: VecDeque::new(),
+            read_to: position,
+            position,
+            epoch: 0,
+        }
+    }
+
+    fn get(&self, seq: u64) -> Option<&Pending> {
+        let i = self.pending.binary_search_by_key(&seq, |p| p.seq).ok()?;
+        self.pending.get(i)
+    }
+
+    fn settle(&mut self, seq: u64) {
+        if let Ok(i) = self.pending.binary_search_by_key(&seq, |p| p.seq) {
+            self.pending[i].state = State::Settled;
+            self.pending[i].body = None;
+        }
+    }
+
+    /// Follows the stored position: an empty window starts where it is (it moved when a paused
+    /// consumer's messages were queued); one that went back means the log was emptied and
+    /// restarted, so what the window holds is of the old log and is dropped.
+    fn sync(&mut self, position: u64, consumer: &str) {
+        if !self.pending.is_empty() && position >= self.position {
+            return;
+        }
+        if !self.pending.is_empty() {
+            tracing::warn!(
+                consumer,
+                dropped = self.pending.len(),
+                "the store's log restarted: reading it again from its start"
+            );
+            self.pending.clear();
+            self.epoch += 1;
+        }
+        self.read_to = position;
+        self.position = position;
+    }
+
+    fn sending(&self) -> bool {
+        self.pending.iter().any(|p| p.state == State::Sending)
+    }
+
+    /// Gives the waiting messages whose group is in `groups` (all, without) a queue row, where
+    /// they wait behind their group's queued messages.
+    fn hold(
+        &mut self,
+        ledger: &mut Ledger,
+        id: &str,
+        groups: Option<&HashSet<String>>,
+    ) -> Result<()> {
+        if groups.is_some_and(|g| g.is_empty()) {
+            return Ok(());
+        }
+        let rows: Vec<Row<'_>> = self
+            .pending
+            .iter()
+            .filter(|p| p.state == State::Waiting)
+            .filter(|p| groups.is_none_or(|g| g.contains(&p.group)))
+            .filter_map(|p| {
+                Some(Row {
+                    seq: p.seq,
+                    group: &p.group,
+                    ack_id: &p.ack_id,
+                    body: p.body.as_ref()?.get(),
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        ledger.hold(id, &rows, None)?;
+        for seq in seqs {
+            self.settle(seq);
+        }
+        Ok(())
+    }
+
+    /// Up to `room` requests of up to `batch_size` waiting messages, oldest first, each the oldest
+    /// of its group with none of the group in a request.
+    fn claim(&mut self, room: usize, batch_size: usize) -> Vec<Batch> {
+        let mut picked: Vec<usize> = Vec::new();
+        {
+            // Scanning in log order: a group's message in a request, or waiting and not picked,
+            // comes before every later one of the group, so those are skipped.
+            let mut seen: HashSet<&str> = HashSet::new();
+            for (i, p) in self.pending.iter().enumerate() {
+                if picked.len() >= room * batch_size {
+                    break;
+                }
+                match p.state {
+                    State::Settled => {}
+                    State::Sending => {
+                        seen.insert(&p.group);
+                    }
+                    State::Waiting => {
+                        if seen.insert(&p.group) {
+                            picked.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        let mut batches = Vec::new();
+        for chunk in picked.chunks(batch_size.max(1)) {
+            let mut messages = Vec::with_capacity(chunk.len());
+            let mut commits = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let p = &mut self.pending[i];
+                let Some(body) = p.body.take() else {
+                    continue;
+                };
+                p.state = State::Sending;
+                messages.push(Claimed {
+                    seq: p.seq,
+                    ack_id: p.ack_id.clone(),
+                    body,
+                    attempts: 0,
+                });
+                commits.push(p.commit_ms);
+            }
+            batches.push(Batch {
+                messages,
+                commits,
+                source: Source::Log(self.epoch),
+            });
+        }
+        batches
+    }
+
+    /// Moves the stored position past the settled messages at the front.
+    fn advance(&mut self, ledger: &mut Ledger, id: &str) -> Result<()> {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.state == State::Settled)
+        {
+            self.pending.pop_front();
+        }
+        let to = self.pending.front().map_or(self.read_to, |p| p.seq - 1);
+        if to > self.position {
+            ledger.advance(id, to)?;
+            self.position = to;
+        }
+        Ok(())
+    }
+}
+
 /// What a round needs to know of its consumer.
 struct Rules {
     consumer: Arc<Consumer>,
@@ -337,92 +596,218 @@ struct Rules {
 }
 
 impl Rules {
-    /// One round, in one ledger transaction: settles what finished, reads the log into the queue
-    /// and claims up to `room` batches; `None` once the consumer was removed. With the batches,
-    /// when the next message held back by a retry delay is due, if nothing more could be claimed.
+    /// One round, in one ledger transaction: settles what finished, reads the log and claims up to
+    /// `room` batches; `None` once the consumer was removed. With the batches, when the next
+    /// message held back by a retry delay is due, if nothing more could be claimed from the queue.
+    ///
+    /// In changes mode (not paused) messages go straight from the log into requests; the queue
+    /// holds only those that failed and those waiting behind them in their group. In rows mode,
+    /// and while paused, the log is read into the queue as before (coalescing needs the rows).
     #[allow(clippy::type_complexity)]
     fn round(
         &self,
-        (ledger, feeder): &mut (Ledger, Feeder),
+        worker: &mut Worker,
         finished: Vec<Outcome>,
-    ) -> Result<Option<(Vec<Vec<Claimed>>, Option<i64>)>> {
+    ) -> Result<Option<(Vec<Batch>, Option<i64>)>> {
         let consumer = &self.consumer;
+        let id = consumer.id.as_str();
+        let Worker {
+            ledger,
+            feeder,
+            window,
+        } = worker;
         ledger.round(|ledger| {
-            for Outcome {
-                seqs,
-                failures,
-                outcome,
-                attempt,
-                commits,
-            } in finished
-            {
-                ledger.record_attempt(&consumer.id, &attempt)?;
-                match outcome {
-                    Ok(()) => {
-                        ledger.delivered(&consumer.id, &seqs)?;
-                        let done = attempt.at_ms + attempt.duration_ms as i64;
-                        let latencies: Vec<u64> = commits
-                            .iter()
-                            .flatten()
-                            .map(|commit| (done - commit).max(0) as u64)
-                            .collect();
-                        ledger.record_delivered(&consumer.id, done, &latencies)?;
-                    }
-                    Err(reason) => {
-                        let delay = backoff_ms(failures + 1, jitter());
-                        tracing::warn!(consumer = %consumer.spec.name, messages = seqs.len(), retry_in_ms = delay, "webhook delivery failed: {reason}");
-                        ledger.attempt_failed(
-                            &consumer.id,
-                            &seqs,
-                            &reason,
-                            now_ms() + delay as i64,
-                            self.max_retries,
-                        )?;
-                    }
-                }
+            for outcome in finished {
+                self.settle(ledger, window, outcome)?;
             }
-            if !ledger.exists(&consumer.id)? {
+            if !ledger.exists(id)? {
                 return Ok(None);
             }
-            while feeder.feed(ledger, &consumer.id, now_ms())? == PAGE {}
-            // Paused: settled and read, nothing claimed; resuming is seen within a second.
-            if ledger.paused(&consumer.id)? {
-                return Ok(Some((Vec::new(), None)));
+            let definition = feeder.definition(ledger, id)?;
+            window.sync(definition.position, &consumer.spec.name);
+            let paused = ledger.paused(id)?;
+            if paused || consumer.spec.mode == Mode::Rows {
+                // What the window still waits to send is queued (once nothing of it is in a
+                // request, so no group gets a queued message while one is in flight), and the
+                // log is read into the queue.
+                if !window.sending() {
+                    window.hold(ledger, id, None)?;
+                }
+                window.advance(ledger, id)?;
+                if window.pending.is_empty() {
+                    while feeder.feed(ledger, id, now_ms())? == PAGE {}
+                }
+                // Paused: settled and read, nothing claimed; resuming is seen within a second.
+                if paused {
+                    return Ok(Some((Vec::new(), None)));
+                }
+                let (batches, short) = self.claim_queue(ledger, self.room)?;
+                let next = if short {
+                    ledger.next_due(id, now_ms())?
+                } else {
+                    None
+                };
+                return Ok(Some((batches, next)));
             }
-            let mut batches = Vec::new();
-            let mut short = false;
-            while batches.len() < self.room {
-                let batch =
-                    ledger.claim(&consumer.id, now_ms(), self.batch_size, self.hold_ms, None)?;
-                short = batch.len() < self.batch_size;
-                if batch.is_empty() {
+            // A message whose group has a queued message (a failure, or one held behind it)
+            // waits behind it in the queue.
+            let groups = ledger.queued_groups(id)?;
+            window.hold(ledger, id, Some(&groups))?;
+            let limit = queue_limit(&consumer.spec) as usize;
+            let queued = ledger.queued(id)? as usize;
+            loop {
+                // Reading waits until a whole page fits, as the queue's does.
+                let held = window.pending.len() + queued;
+                if held > 0 && held + PAGE > limit {
                     break;
                 }
-                batches.push(batch);
+                let Some(page) = feeder.read(ledger, &definition, window.read_to, now_ms())? else {
+                    break;
+                };
+                for (seq, message) in page.messages {
+                    window.pending.push_back(Pending::new(id, seq, message)?);
+                }
+                window.read_to = page.last;
+                if page.read < PAGE {
+                    break;
+                }
             }
-            // Only when nothing more could be claimed can a retry delay be what the worker waits
-            // for.
+            window.hold(ledger, id, Some(&groups))?;
+            // Retries and held-back messages first: they are older than the window's.
+            let (mut batches, short) = self.claim_queue(ledger, self.room)?;
+            let room = self.room.saturating_sub(batches.len());
+            if room > 0 {
+                batches.extend(window.claim(room, self.batch_size));
+            }
+            window.advance(ledger, id)?;
             let next = if short {
-                ledger.next_due(&consumer.id, now_ms())?
+                ledger.next_due(id, now_ms())?
             } else {
                 None
             };
             Ok(Some((batches, next)))
         })
     }
+
+    /// Up to `room` batches from the queue, and whether the last was short (the queue has no more
+    /// that can go now).
+    fn claim_queue(&self, ledger: &mut Ledger, room: usize) -> Result<(Vec<Batch>, bool)> {
+        let mut batches = Vec::new();
+        let mut short = false;
+        while batches.len() < room {
+            let messages = ledger.claim(
+                &self.consumer.id,
+                now_ms(),
+                self.batch_size,
+                self.hold_ms,
+                None,
+            )?;
+            short = messages.len() < self.batch_size;
+            if messages.is_empty() {
+                break;
+            }
+            let commits = messages.iter().map(|m| commit_ms(m.body.get())).collect();
+            batches.push(Batch {
+                messages,
+                commits,
+                source: Source::Queue,
+            });
+        }
+        Ok((batches, short))
+    }
+
+    /// Records a finished request: its attempt, then its messages acknowledged (removed from the
+    /// queue, or settled in the window) or failed (a retry delay or parked; a message from the
+    /// log gets its queue row now).
+    fn settle(&self, ledger: &mut Ledger, window: &mut Window, finished: Outcome) -> Result<()> {
+        let consumer = &self.consumer;
+        let Outcome {
+            batch,
+            failures,
+            outcome,
+            attempt,
+        } = finished;
+        ledger.record_attempt(&consumer.id, &attempt)?;
+        let seqs: Vec<u64> = batch.messages.iter().map(|m| m.seq).collect();
+        // A request of an older window names positions of a log that was emptied since.
+        let current = match batch.source {
+            Source::Queue => true,
+            Source::Log(epoch) => epoch == window.epoch,
+        };
+        match outcome {
+            Ok(()) => {
+                match batch.source {
+                    Source::Queue => ledger.delivered(&consumer.id, &seqs)?,
+                    Source::Log(_) if current => {
+                        for seq in &seqs {
+                            window.settle(*seq);
+                        }
+                    }
+                    Source::Log(_) => {}
+                }
+                let done = attempt.at_ms + attempt.duration_ms as i64;
+                let latencies: Vec<u64> = batch
+                    .commits
+                    .iter()
+                    .flatten()
+                    .map(|commit| (done - commit).max(0) as u64)
+                    .collect();
+                ledger.record_delivered(&consumer.id, done, &latencies)?;
+            }
+            Err(reason) => {
+                let delay = backoff_ms(failures + 1, jitter());
+                tracing::warn!(consumer = %consumer.spec.name, messages = seqs.len(), retry_in_ms = delay, "webhook delivery failed: {reason}");
+                let retry_at_ms = now_ms() + delay as i64;
+                match batch.source {
+                    Source::Queue => ledger.attempt_failed(
+                        &consumer.id,
+                        &seqs,
+                        &reason,
+                        retry_at_ms,
+                        self.max_retries,
+                    )?,
+                    Source::Log(_) if current => {
+                        let rows: Vec<Row<'_>> = batch
+                            .messages
+                            .iter()
+                            .filter_map(|m| {
+                                Some(Row {
+                                    seq: m.seq,
+                                    group: &window.get(m.seq)?.group,
+                                    ack_id: &m.ack_id,
+                                    body: m.body.get(),
+                                })
+                            })
+                            .collect();
+                        ledger.hold(
+                            &consumer.id,
+                            &rows,
+                            Some(Failure {
+                                error: &reason,
+                                retry_at_ms,
+                                max_retries: self.max_retries,
+                            }),
+                        )?;
+                        for seq in &seqs {
+                            window.settle(*seq);
+                        }
+                    }
+                    Source::Log(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A finished request.
 struct Outcome {
-    /// The log positions of its messages.
-    seqs: Vec<u64>,
-    /// The most failures any had before it.
+    batch: Batch,
+    /// The most failures any of its messages had before it.
     failures: u32,
     outcome: Result<(), String>,
     /// As the consumer's page lists it.
     attempt: Attempt,
-    /// Each message's commit time (Unix ms), for its latency.
-    commits: Vec<Option<i64>>,
 }
 
 /// What "Send a test message" got back.
@@ -517,6 +902,64 @@ pub fn describe_headers(webhook: &Webhook) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(group: &str, key: &str) -> Message {
+        Message {
+            body: serde_json::json!({"metadata": {
+                "idempotency_key": key,
+                "commit_timestamp": "2026-01-01T00:00:00.000Z"
+            }}),
+            action: crate::deliver::Action::Insert,
+            group: group.into(),
+        }
+    }
+
+    #[test]
+    fn the_window_sends_one_per_group_in_log_order_and_moves_the_position_past_what_settled() {
+        let dir = std::env::temp_dir().join(format!("tidepool-window-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ledger = Ledger::open(&dir).unwrap();
+        let mut window = Window::at(10);
+        for (seq, group) in [(11, "a"), (12, "b"), (13, "a"), (15, "c")] {
+            window
+                .pending
+                .push_back(Pending::new("c1", seq, message(group, &format!("k{seq}"))).unwrap());
+        }
+        window.read_to = 16;
+        let batches = window.claim(2, 2);
+        let sent: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.messages.iter().map(|m| m.seq).collect())
+            .collect();
+        assert_eq!(sent, [vec![11, 12], vec![15]], "13 waits behind 11");
+        assert_eq!(batches[0].commits[0], Some(1_767_225_600_000));
+        // The ack id is a function of the consumer and the key: the same when read again.
+        assert_eq!(batches[0].messages[0].ack_id, ack_id_of("c1", "k11"));
+        assert_ne!(ack_id_of("c1", "k11"), ack_id_of("c2", "k11"));
+        assert!(window.claim(2, 2).is_empty(), "13's group is in flight");
+        // 12 acknowledged: 11 is not, so the position stays.
+        window.settle(12);
+        window.advance(&mut ledger, "c1").unwrap();
+        assert_eq!(window.position, 10);
+        window.settle(11);
+        window.advance(&mut ledger, "c1").unwrap();
+        assert_eq!(window.position, 12);
+        // 13 is held behind a queued message of its group; 15 is settled: the position passes 16.
+        let groups: HashSet<String> = ["a".to_string()].into();
+        window.hold(&mut ledger, "c1", Some(&groups)).unwrap();
+        window.settle(15);
+        window.advance(&mut ledger, "c1").unwrap();
+        assert!(window.pending.is_empty());
+        assert_eq!(window.position, 16);
+        // A log emptied and restarted drops the window and starts it over.
+        window
+            .pending
+            .push_back(Pending::new("c1", 17, message("d", "k17")).unwrap());
+        window.sync(0, "c1");
+        assert!(window.pending.is_empty());
+        assert_eq!((window.read_to, window.epoch), (0, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_with_jitter_and_a_cap() {
