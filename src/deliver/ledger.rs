@@ -777,7 +777,8 @@ impl Ledger {
                 .prepare_cached(
                     "INSERT OR IGNORE INTO messages
                        (consumer, seq, grp, ack_id, body, attempts, not_before, failed, last_error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+                     WHERE EXISTS (SELECT 1 FROM consumers WHERE id = ?1)",
                 )
                 .map_err(sqlite("queueing"))?;
             let (attempts, not_before, failed, error) = match failure {
@@ -856,12 +857,18 @@ impl Ledger {
                         .execute(params![id, message.group, now_ms])
                         .map_err(sqlite("queueing"))?;
                 }
+                // The ack id a message sent straight from the log had (ack_id_of), so one first
+                // sent from there and queued after a restart keeps its `webhook-id`.
+                let ack_id = match message.body["metadata"]["idempotency_key"].as_str() {
+                    Some(key) => ack_id_of(id, key),
+                    None => new_uuid()?,
+                };
                 insert
                     .execute(params![
                         id,
                         *seq as i64,
                         message.group,
-                        new_uuid()?,
+                        ack_id,
                         message.body.to_string()
                     ])
                     .map_err(sqlite("queueing"))?;
@@ -1202,6 +1209,38 @@ mod tests {
         let next = l.claim(&c.id, 1700, 10, 500, Some(1)).unwrap();
         assert_eq!(next.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2]);
         assert_eq!(l.get("app").unwrap().position, 3);
+    }
+
+    #[test]
+    fn a_queued_message_has_the_ack_id_it_had_when_sent_from_the_log_and_a_removed_consumer_gets_no_rows(
+    ) {
+        let d = dir("ack-id");
+        let mut l = Ledger::open(&d.0).unwrap();
+        let c = l.add(spec(Mode::Changes), 0).unwrap();
+        let keyed = Message {
+            body: json!({"n": 1, "metadata": {"idempotency_key": "AAAB"}}),
+            action: Action::Insert,
+            group: "a".into(),
+        };
+        l.enqueue(&c.id, Mode::Changes, &[(1, keyed)], 1, 0)
+            .unwrap();
+        let claimed = l.claim(&c.id, 0, 10, 500, None).unwrap();
+        assert_eq!(claimed[0].ack_id, ack_id_of(&c.id, "AAAB"));
+
+        let body = r#"{"n":2}"#;
+        let row = Row {
+            seq: 2,
+            group: "b",
+            ack_id: "00000000-0000-4000-8000-000000000002",
+            body,
+        };
+        l.remove("app").unwrap();
+        l.hold(&c.id, &[row], None).unwrap();
+        let left: i64 = l
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

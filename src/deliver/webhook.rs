@@ -282,7 +282,7 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
     loop {
         wake.borrow_and_update();
         while let Some(done) = in_flight.try_join_next() {
-            finished.extend(done.ok());
+            finished.push(done.map_err(request_task_lost)?);
         }
         let room = capacity.saturating_sub(in_flight.len());
         // The round's SQLite work runs on a blocking thread, so requests in flight and the
@@ -332,13 +332,21 @@ pub(crate) async fn run(context: Arc<Context>, consumer_id: String) -> Result<()
             .map(|at| Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64))
             .unwrap_or(Duration::from_secs(1));
         tokio::select! {
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => finished.extend(done.ok()),
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                finished.push(done.map_err(request_task_lost)?)
+            }
             // Once the capture is gone (its sender dropped) this branch is disabled, and what is
             // stored is re-read after `pause`; a finished request is never held up by the wait.
             Ok(()) = wake.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// A request task that ended without an outcome (it panicked): its messages would stay marked as
+/// sending for good, so the worker fails instead, and its restart reads them from the log again.
+fn request_task_lost(e: tokio::task::JoinError) -> Error {
+    Error::internal(format!("a webhook request ended without an answer: {e}"))
 }
 
 /// A worker's state, moved onto a blocking thread for each round.
@@ -617,14 +625,18 @@ impl Rules {
             window,
         } = worker;
         ledger.round(|ledger| {
-            for outcome in finished {
-                self.settle(ledger, window, outcome)?;
-            }
+            // A removed consumer gets no rows for what finished meanwhile.
             if !ledger.exists(id)? {
                 return Ok(None);
             }
+            // The window follows the log before finished requests are settled: a request of a
+            // log emptied since must be seen as stale, not settled at a position the new log
+            // reuses.
             let definition = feeder.definition(ledger, id)?;
             window.sync(definition.position, &consumer.spec.name);
+            for outcome in finished {
+                self.settle(ledger, window, outcome)?;
+            }
             let paused = ledger.paused(id)?;
             if paused || consumer.spec.mode == Mode::Rows {
                 // What the window still waits to send is queued (once nothing of it is in a
