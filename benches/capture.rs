@@ -270,7 +270,13 @@ fn main() {
 
     let mut rows = Vec::new();
     if selected("big") {
-        rows.push(throughput(&bench, "one 1M-row transaction", "big", "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;", 1_000_000));
+        rows.push(throughput(
+            &bench,
+            "one 1M-row transaction",
+            "big",
+            "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;",
+            1_000_000,
+        ));
     }
     if selected("small") {
         rows.push(throughput(
