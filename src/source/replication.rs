@@ -15,7 +15,9 @@
 //! - What is read ahead of the capture is bounded in bytes, not only in events: a relay task takes
 //!   events from the transport (whose own buffer holds one) only while the events handed out and not
 //!   yet done with weigh at most [`READ_AHEAD_BYTES`]. A 100 MiB row is then the only one in memory
-//!   while it is stored, instead of the next ones being read behind it.
+//!   while it is stored, instead of the next ones being read behind it. Once full, the relay reads
+//!   again only when they have fallen to half of that, so it and the transport run in bursts instead
+//!   of waking each other for every event the capture is done with.
 
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub enum Event {
 }
 
 /// How much the relay reads ahead of the capture (a message counts its bytes plus [`EVENT_COST`]).
-pub const READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
+pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
 /// What an event counts for besides its bytes, so the number of small events read ahead is bounded too.
 const EVENT_COST: usize = 64;
 
