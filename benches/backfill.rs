@@ -83,7 +83,7 @@ fn main() {
         })
         .spawn()
         .expect("running tidepool capture");
-    let (status, max_rss_kib) = support::wait_with_rusage(child.id() as i32);
+    let (status, max_rss_kib, _) = support::wait_with_rusage(child.id() as i32);
     let tidepool_secs = started.elapsed().as_secs_f64();
     assert_eq!(status, 0, "tidepool capture failed");
     let stored = tidepool::store::Store::open(&store)

@@ -1,13 +1,19 @@
 //! Capture benchmarks against the physical limit, in one run, on one cluster:
 //!
-//! 1. Throughput: `pg_recvlogical -f /dev/null` drains one slot, Tidepool (documents stored durably in
-//!    SQLite) drains an identical slot created at the same moment. Workloads: one 1M-row transaction;
-//!    100k single-row transactions. Reported as changes/s and the ratio Tidepool ÷ pg_recvlogical.
-//! 2. Peak memory (max RSS) of the `tidepool capture` process while it stores the 1M-row transaction.
+//! 1. Throughput and CPU: `pg_recvlogical -f /dev/null` drains one slot, Tidepool (documents stored
+//!    durably in SQLite) drains an identical slot created at the same moment. Workloads: one 1M-row
+//!    transaction; 100k single-row transactions; 200k rows of a wide table (30 columns of mixed
+//!    types) in one transaction; 20k rows with a 10 KB text column in one transaction. Reported as
+//!    changes/s, the wall ratio Tidepool ÷ pg_recvlogical, and each process's own CPU per change
+//!    (user + system from `wait4`: unlike wall time, it barely moves with the machine's load).
+//! 2. Peak memory (max RSS) of the `tidepool capture` process for each workload.
 //! 3. Commit-to-stored latency at a steady 1,000 transactions/s: from the source commit (the Begin
 //!    message's commit time) to the store commit returning, p50 and p99.
 //!
 //! Run: `cargo bench --bench capture` (release build). Figures go to stdout as a Markdown table.
+//! `TIDEPOOL_BENCH_ONLY=big,wide` runs only the named workloads (`big`, `small`, `wide`, `text10k`,
+//! `latency`), for quicker before/after comparisons of one step. `TIDEPOOL_BENCH_PERF=DIR` records a
+//! `perf` profile of each `tidepool capture` run into `DIR/<slot>.perf.data`.
 
 mod support;
 
@@ -44,10 +50,12 @@ impl Bench {
         }
     }
 
-    /// Seconds `pg_recvlogical` takes to drain `slot` to /dev/null up to `end`.
-    fn pg_recvlogical(&self, slot: &str, end: Lsn) -> f64 {
+    /// Seconds and CPU seconds `pg_recvlogical` takes to drain `slot` to /dev/null up to `end`.
+    fn pg_recvlogical(&self, slot: &str, end: Lsn) -> (f64, f64) {
         let started = Instant::now();
-        let status = Command::new(self.cluster.bin_dir().join("pg_recvlogical"))
+        // Reaped by wait_with_rusage (wait4), which also reads its CPU time.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(self.cluster.bin_dir().join("pg_recvlogical"))
             .args([
                 "-h",
                 "127.0.0.1",
@@ -69,14 +77,16 @@ impl Bench {
             ])
             .env("PGPASSWORD", self.cluster.superuser_password().expose())
             .stdout(Stdio::null())
-            .status()
+            .spawn()
             .expect("running pg_recvlogical");
-        assert!(status.success(), "pg_recvlogical failed");
-        started.elapsed().as_secs_f64()
+        let (status, _, cpu_secs) = support::wait_with_rusage(child.id() as i32);
+        assert_eq!(status, 0, "pg_recvlogical failed");
+        (started.elapsed().as_secs_f64(), cpu_secs)
     }
 
-    /// Seconds and peak RSS (MiB) of `tidepool capture` storing `slot` up to `end` in a fresh store.
-    fn tidepool(&self, slot: &str, end: Lsn) -> (f64, f64) {
+    /// Seconds, CPU seconds and peak RSS (MiB) of `tidepool capture` storing `slot` up to `end` in a
+    /// fresh store.
+    fn tidepool(&self, slot: &str, end: Lsn) -> (f64, f64, f64) {
         let store =
             std::env::temp_dir().join(format!("tidepool-bench-{slot}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&store);
@@ -86,9 +96,22 @@ impl Bench {
             self.db
         );
         let started = Instant::now();
-        // Reaped by wait_with_rusage (wait4), which also reads its peak RSS.
+        let mut command = match std::env::var_os("TIDEPOOL_BENCH_PERF") {
+            // A profile of where the capture's CPU goes (perf's software clock, so it works in a VM);
+            // its CPU figures then include perf's own.
+            Some(dir) => {
+                let mut perf = Command::new("perf");
+                perf.args(["record", "-q", "-F", "2000", "-e", "cpu-clock", "-o"])
+                    .arg(std::path::Path::new(&dir).join(format!("{slot}.perf.data")))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_tidepool"));
+                perf
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tidepool")),
+        };
+        // Reaped by wait_with_rusage (wait4), which also reads its peak RSS and CPU time.
         #[allow(clippy::zombie_processes)]
-        let child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
+        let child = command
             .args([
                 "capture",
                 "--url",
@@ -103,11 +126,11 @@ impl Bench {
             .stdout(Stdio::null())
             .spawn()
             .expect("running tidepool capture");
-        let (status, max_rss_kib) = support::wait_with_rusage(child.id() as i32);
+        let (status, max_rss_kib, cpu_secs) = support::wait_with_rusage(child.id() as i32);
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(status, 0, "tidepool capture failed");
         let _ = std::fs::remove_dir_all(&store);
-        (seconds, max_rss_kib as f64 / 1024.0)
+        (seconds, cpu_secs, max_rss_kib as f64 / 1024.0)
     }
 }
 
@@ -115,7 +138,9 @@ struct Row {
     workload: &'static str,
     changes: u64,
     limit_secs: f64,
+    limit_cpu_secs: f64,
     tidepool_secs: f64,
+    tidepool_cpu_secs: f64,
     rss_mib: f64,
 }
 
@@ -129,17 +154,45 @@ fn throughput(bench: &Bench, workload: &'static str, table: &str, sql: &str, cha
         started.elapsed().as_secs_f64()
     );
     let end = bench.current_lsn();
-    let limit_secs = bench.pg_recvlogical(&limit_slot, end);
-    let (tidepool_secs, rss_mib) = bench.tidepool(&tidepool_slot, end);
+    let (limit_secs, limit_cpu_secs) = bench.pg_recvlogical(&limit_slot, end);
+    let (tidepool_secs, tidepool_cpu_secs, rss_mib) = bench.tidepool(&tidepool_slot, end);
     bench.sql(&format!("SELECT pg_drop_replication_slot('{limit_slot}'); SELECT pg_drop_replication_slot('{tidepool_slot}');"));
     Row {
         workload,
         changes,
         limit_secs,
+        limit_cpu_secs,
         tidepool_secs,
+        tidepool_cpu_secs,
         rss_mib,
     }
 }
+
+/// Whether the workload `name` is to run (`TIDEPOOL_BENCH_ONLY` unset, or naming it).
+fn selected(name: &str) -> bool {
+    match std::env::var("TIDEPOOL_BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|n| n.trim() == name),
+        Err(_) => true,
+    }
+}
+
+/// 30 columns of mixed types: the JSON of every common mapping, per row.
+const WIDE_TABLE: &str = "CREATE TABLE wide (
+    id int PRIMARY KEY, i2 int2, i4 int4, i8 int8, nu numeric, nu2 numeric(12,2), r real, d float8,
+    b bool, t text, vc varchar(40), ch char(8), dt date, tm time, tmtz timetz, ts timestamp,
+    tstz timestamptz, iv interval, u uuid, jb jsonb, js json, by bytea, ai int4[], at text[],
+    ip inet, mo money, t2 text, i8b int8, b2 bool, tstz2 timestamptz);";
+
+const WIDE_ROWS: &str = "INSERT INTO wide SELECT g, (g % 30000)::int2, g * 7, g::int8 * 1000003,
+    g::numeric / 7, (g % 100000)::numeric(12,2) / 3, g::real / 3, g::float8 / 7, g % 2 = 0,
+    md5(g::text), 'name ' || g, 'c' || (g % 1000), date '2024-01-01' + g % 1000,
+    time '00:00' + g * interval '1 ms', timetz '12:00+02', timestamp '2024-01-01' + g * interval '1 s',
+    timestamptz '2024-01-01 00:00+00' + g * interval '1 ms', make_interval(secs => g),
+    md5(g::text)::uuid, jsonb_build_object('a', g, 'b', md5(g::text), 'c', jsonb_build_array(1, 2.5, true)),
+    json_build_object('x', g), decode(md5(g::text), 'hex'), ARRAY[g, g + 1, g + 2],
+    ARRAY['a' || g, 'b \"q\"'], '10.0.0.1/24'::inet, (g % 10000)::numeric::money,
+    repeat('x', g % 50), -g, g % 3 = 0, timestamptz '2000-01-01 00:00+00' - g * interval '1 day'
+    FROM generate_series(1, 200000) g;";
 
 async fn latency(bench: &Bench) -> (f64, f64, usize) {
     bench.sql("CREATE TABLE lat (id bigserial PRIMARY KEY, v text); ALTER PUBLICATION bench_pub ADD TABLE lat;");
@@ -207,40 +260,75 @@ fn main() {
         cluster,
         db: "bench",
     };
-    bench.sql(
+    bench.sql(&format!(
         "CREATE TABLE big (id int PRIMARY KEY, h text);
          CREATE TABLE small (id bigserial PRIMARY KEY, h text);
-         CREATE PUBLICATION bench_pub FOR TABLE big, small;",
-    );
+         {WIDE_TABLE}
+         CREATE TABLE text10k (id int PRIMARY KEY, body text);
+         CREATE PUBLICATION bench_pub FOR TABLE big, small, wide, text10k;"
+    ));
 
-    let rows = vec![
-        throughput(&bench, "one 1M-row transaction", "big", "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;", 1_000_000),
-        throughput(
+    let mut rows = Vec::new();
+    if selected("big") {
+        rows.push(throughput(
+            &bench,
+            "one 1M-row transaction",
+            "big",
+            "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;",
+            1_000_000,
+        ));
+    }
+    if selected("small") {
+        rows.push(throughput(
             &bench,
             "100k single-row transactions",
             "small",
             "DO $$ BEGIN FOR i IN 1..100000 LOOP INSERT INTO small (h) VALUES (md5(i::text)); COMMIT; END LOOP; END $$;",
             100_000,
-        ),
-    ];
-    let (p50, p99, samples) = runtime.block_on(latency(&bench));
+        ));
+    }
+    if selected("wide") {
+        rows.push(throughput(
+            &bench,
+            "200k rows × 30 mixed columns, one transaction",
+            "wide",
+            WIDE_ROWS,
+            200_000,
+        ));
+    }
+    if selected("text10k") {
+        // 320 × 32 hex digits: 10,240 bytes, below the large-value threshold, so stored inline.
+        rows.push(throughput(
+            &bench,
+            "20k rows with a 10 KB text, one transaction",
+            "text10k",
+            "INSERT INTO text10k SELECT g, repeat(md5(g::text), 320) FROM generate_series(1, 20000) g;",
+            20_000,
+        ));
+    }
+    let latency = selected("latency").then(|| runtime.block_on(latency(&bench)));
 
-    println!("| workload | pg_recvlogical → /dev/null | Tidepool → SQLite (durable) | ratio | Tidepool peak RSS |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | pg_recvlogical → /dev/null | CPU/change | Tidepool → SQLite (durable) | CPU/change | wall ratio | Tidepool peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
     for row in &rows {
         let limit = row.changes as f64 / row.limit_secs;
         let ours = row.changes as f64 / row.tidepool_secs;
+        let micros_per_change = |cpu_secs: f64| cpu_secs * 1e6 / row.changes as f64;
         println!(
-            "| {} | {:.0} changes/s ({:.2} s) | {:.0} changes/s ({:.2} s) | {:.2}× | {:.0} MiB |",
+            "| {} | {:.0} changes/s ({:.2} s) | {:.2} µs | {:.0} changes/s ({:.2} s) | **{:.2} µs** | **{:.2}×** | {:.0} MiB |",
             row.workload,
             limit,
             row.limit_secs,
+            micros_per_change(row.limit_cpu_secs),
             ours,
             row.tidepool_secs,
+            micros_per_change(row.tidepool_cpu_secs),
             ours / limit,
             row.rss_mib
         );
     }
-    println!();
-    println!("Commit-to-stored latency at 1,000 transactions/s ({samples} transactions): p50 {p50:.2} ms, p99 {p99:.2} ms");
+    if let Some((p50, p99, samples)) = latency {
+        println!();
+        println!("Commit-to-stored latency at 1,000 transactions/s ({samples} transactions): p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
 }

@@ -70,7 +70,7 @@ impl Bench {
             .stdout(Stdio::null())
             .spawn()
             .expect("running tidepool capture");
-        let (status, max_rss_kib) = support::wait_with_rusage(child.id() as i32);
+        let (status, max_rss_kib, _) = support::wait_with_rusage(child.id() as i32);
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(status, 0, "tidepool capture failed");
         (seconds, max_rss_kib as f64 / 1024.0)

@@ -269,14 +269,15 @@ async fn copy_table(
                 writer.push(skey, line)?;
             }
             None => {
-                let built = built.expect("built for tables stored in the log");
+                let mut built = built.expect("built for tables stored in the log");
+                let doc = document_of(&mut built, &meta, &[]);
                 store.apply(
                     &rel.collection,
                     consistent_point,
                     Op::Create,
                     &built.key,
                     None,
-                    document_of(&built, &meta, &[]),
+                    doc,
                 )?;
             }
         }

@@ -484,6 +484,26 @@ fn bound_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Bound> {
     })
 }
 
+/// Stores or holds a change. A function of the store alone (not a method), so the caller can pass the
+/// collection's name borrowed from its relation instead of copying it for every change.
+#[allow(clippy::too_many_arguments)]
+fn write(
+    store: &mut Store,
+    disposition: Disposition,
+    collection: &str,
+    lsn: Lsn,
+    op: Op,
+    key: &str,
+    old_key: Option<&str>,
+    doc: Document,
+) -> Result<()> {
+    match disposition {
+        Disposition::Store => store.apply(collection, lsn, op, key, old_key, doc),
+        Disposition::Hold => store.hold(collection, lsn, op, key, old_key, &doc),
+        Disposition::Ignore => Ok(()),
+    }
+}
+
 impl Capture {
     /// Picks up an edited definition (called between transactions).
     /// Prunes the log by the store's retention when due. Between batches only; a failure is
@@ -836,7 +856,7 @@ impl Capture {
                 }
                 self.record_relation(relid)?;
                 let rel = relation_in(&self.relations, relid)?;
-                let row = write_row(
+                let mut row = write_row(
                     rel,
                     &new,
                     Columns::All,
@@ -846,11 +866,11 @@ impl Capture {
                     Some(&mut self.store),
                 )?;
                 let m = meta(Op::Create, relid, rel, tx, None, &row.unknown);
-                let doc = document_of(&row, &m, &[]);
-                let collection = rel.collection.clone();
-                self.write(
+                let doc = document_of(&mut row, &m, &[]);
+                write(
+                    &mut self.store,
                     disposition,
-                    &collection,
+                    &rel.collection,
                     tx.final_lsn,
                     Op::Create,
                     &row.key,
@@ -910,7 +930,7 @@ impl Capture {
                     }
                     _ => None,
                 };
-                let row = write_row(
+                let mut row = write_row(
                     rel,
                     &new,
                     Columns::All,
@@ -936,12 +956,12 @@ impl Capture {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let doc = document_of(&row, &m, &before_refs);
-                let collection = rel.collection.clone();
+                let doc = document_of(&mut row, &m, &before_refs);
                 let old_key = old_row.as_ref().map(|o| o.key.as_str());
-                self.write(
+                write(
+                    &mut self.store,
                     disposition,
-                    &collection,
+                    &rel.collection,
                     tx.final_lsn,
                     Op::Update,
                     &row.key,
@@ -971,13 +991,13 @@ impl Capture {
                 } else {
                     Columns::Key
                 };
-                let row = write_row(rel, &old, columns, None, None, tx, Some(&mut self.store))?;
+                let mut row = write_row(rel, &old, columns, None, None, tx, Some(&mut self.store))?;
                 let m = meta(Op::Delete, relid, rel, tx, None, &[]);
-                let doc = document_of(&row, &m, &[]);
-                let collection = rel.collection.clone();
-                self.write(
+                let doc = document_of(&mut row, &m, &[]);
+                write(
+                    &mut self.store,
                     disposition,
-                    &collection,
+                    &rel.collection,
                     tx.final_lsn,
                     Op::Delete,
                     &row.key,
@@ -999,7 +1019,7 @@ impl Capture {
                         continue;
                     }
                     self.record_relation(relid)?;
-                    let rel = self.relation(relid)?;
+                    let rel = relation_in(&self.relations, relid)?;
                     let mut m = meta(Op::Truncate, relid, rel, tx, None, &[]);
                     m.pop();
                     m.push_str(&format!(
@@ -1008,10 +1028,10 @@ impl Capture {
                         options & 2 != 0
                     ));
                     let doc = Document::from(document("", &m));
-                    let collection = rel.collection.clone();
-                    self.write(
+                    write(
+                        &mut self.store,
                         disposition,
-                        &collection,
+                        &rel.collection,
                         tx.final_lsn,
                         Op::Truncate,
                         "",
@@ -1032,29 +1052,6 @@ impl Capture {
         Ok(bound_in(&self.relations, relid)?
             .handling
             .disposition(final_lsn))
-    }
-
-    /// Stores or holds a change.
-    #[allow(clippy::too_many_arguments)]
-    fn write(
-        &mut self,
-        disposition: Disposition,
-        collection: &str,
-        lsn: Lsn,
-        op: Op,
-        key: &str,
-        old_key: Option<&str>,
-        doc: Document,
-    ) -> Result<()> {
-        match disposition {
-            Disposition::Store => self.store.apply(collection, lsn, op, key, old_key, doc),
-            Disposition::Hold => self.store.hold(collection, lsn, op, key, old_key, &doc),
-            Disposition::Ignore => Ok(()),
-        }
-    }
-
-    fn relation(&self, relid: u32) -> Result<&Relation> {
-        relation_in(&self.relations, relid)
     }
 
     /// Records the relation's collection (its key and columns) in the open batch, once per Relation.

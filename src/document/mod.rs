@@ -15,6 +15,9 @@ pub mod copy_text;
 pub mod large_value;
 pub mod value;
 
+#[cfg(test)]
+mod tests;
+
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
@@ -262,7 +265,9 @@ pub(crate) fn write_row(
     tx: &Transaction,
     mut store: Option<&mut dyn LargeValues>,
 ) -> Result<RowJson> {
-    let mut members = String::with_capacity(64 + values.len() * 16);
+    // Room for the document's `{`, `_meta` (about 150 bytes) and `}` as well: the members' buffer
+    // becomes the document's ([`document_of`]).
+    let mut members = String::with_capacity(224 + values.len() * 16);
     let mut unknown = Vec::new();
     let mut refs = Vec::new();
     let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
@@ -454,19 +459,33 @@ pub(crate) fn meta_at(
 }
 
 /// The document of a row and its `_meta`, with the references of the large values in both (those of
-/// `meta` relative to it, under `_meta`).
-pub(crate) fn document_of(row: &RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
+/// `meta` relative to it, under `_meta`). The row's members become the document's text in place (its
+/// buffer is taken, leaving `row.members` empty): the capture's hot path then copies no member and
+/// makes no new buffer per change. Its key, unknown columns and references stay for the caller.
+pub(crate) fn document_of(row: &mut RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
+    let members = std::mem::take(&mut row.members);
+    let had_members = !members.is_empty();
     let mut doc = Document {
-        text: String::with_capacity(row.members.len() + meta.len() + 12),
+        text: members,
         refs: Vec::new(),
     };
-    doc.text.push('{');
-    doc.push_part(&row.members, &row.refs, &[]);
-    if !row.members.is_empty() {
+    doc.text.reserve(meta.len() + 12);
+    // One byte moved along: the members' references shift by it.
+    doc.text.insert(0, '{');
+    doc.refs.extend(row.refs.iter().map(|r| ValueRef {
+        at: r.at + 1,
+        hash: r.hash.clone(),
+        path: r.path.clone(),
+    }));
+    if had_members {
         doc.text.push(',');
     }
     doc.text.push_str("\"_meta\":");
-    doc.push_part(meta, meta_refs, &["_meta".to_string()]);
+    if meta_refs.is_empty() {
+        doc.text.push_str(meta);
+    } else {
+        doc.push_part(meta, meta_refs, &["_meta".to_string()]);
+    }
     doc.text.push('}');
     doc
 }

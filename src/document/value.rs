@@ -270,7 +270,16 @@ impl Kind {
             Kind::Text | Kind::Uuid | Kind::Time | Kind::Interval => write_json_string(text, out),
             // json and jsonb text output is JSON already (json keeps its validated input as is).
             Kind::Json => out.push_str(text),
-            _ => out.push_str(&self.to_json(text)?.to_string()),
+            _ => match self.to_json(text)? {
+                // A string with nothing to escape (numeric, bytea's base64, dates, timestamps) is
+                // written as serde_json writes it, without printing it into a buffer of its own first.
+                Json::String(s) if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') => {
+                    out.push('"');
+                    out.push_str(&s);
+                    out.push('"');
+                }
+                json => out.push_str(&json.to_string()),
+            },
         }
         Ok(())
     }

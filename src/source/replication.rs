@@ -15,7 +15,9 @@
 //! - What is read ahead of the capture is bounded in bytes, not only in events: a relay task takes
 //!   events from the transport (whose own buffer holds one) only while the events handed out and not
 //!   yet done with weigh at most [`READ_AHEAD_BYTES`]. A 100 MiB row is then the only one in memory
-//!   while it is stored, instead of the next ones being read behind it.
+//!   while it is stored, instead of the next ones being read behind it. Once full, the relay reads
+//!   again only when they have fallen to half of that, so it and the transport run in bursts instead
+//!   of waking each other for every event the capture is done with.
 
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub enum Event {
 }
 
 /// How much the relay reads ahead of the capture (a message counts its bytes plus [`EVENT_COST`]).
-pub const READ_AHEAD_BYTES: usize = 16 * 1024 * 1024;
+pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
 /// What an event counts for besides its bytes, so the number of small events read ahead is bounded too.
 const EVENT_COST: usize = 64;
 
@@ -62,12 +64,22 @@ struct ReadAhead {
     released: tokio::sync::Notify,
 }
 
+/// Once the read-ahead is full, the relay waits until it falls to this before reading again: it then
+/// moves events in bursts of thousands instead of waking (and waking the transport) for every event
+/// the capture is done with, which cost the capture's core about as much as decoding the event.
+const RESUME_BYTES: usize = READ_AHEAD_BYTES / 2;
+
 impl ReadAhead {
     fn release(&self, cost: usize) {
         if cost > 0 {
-            self.bytes
+            let before = self
+                .bytes
                 .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
-            self.released.notify_one();
+            // Only the release that crosses the resume mark wakes the relay (a wake-up while it is
+            // not waiting is kept for its next wait, so none is lost).
+            if before > RESUME_BYTES && before - cost <= RESUME_BYTES {
+                self.released.notify_one();
+            }
         }
     }
 }
@@ -265,6 +277,8 @@ async fn relay(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     use std::sync::atomic::Ordering;
+    // Whether the read-ahead filled up and the relay waits for it to fall to RESUME_BYTES.
+    let mut waiting = false;
     let confirm = |client: &ReplicationClient,
                    confirmed: &mut tokio::sync::watch::Receiver<Lsn>| {
         let lsn = *confirmed.borrow_and_update();
@@ -287,7 +301,14 @@ async fn relay(
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return,
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
         }
-        let room = read_ahead.bytes.load(Ordering::Acquire) <= READ_AHEAD_BYTES;
+        let read = read_ahead.bytes.load(Ordering::Acquire);
+        // Full at READ_AHEAD_BYTES; after that, room again only from RESUME_BYTES down.
+        let room = if waiting {
+            read <= RESUME_BYTES
+        } else {
+            read <= READ_AHEAD_BYTES
+        };
+        waiting = !room;
         tokio::select! {
             biased;
             received = client.recv(), if room => {

@@ -111,10 +111,13 @@ struct Pending {
 }
 
 /// SQLite's page cache while a large value is written: its pages are written once and not read
-/// again, so they go to the WAL instead of filling the cache (64 MiB otherwise).
+/// again, so they go to the WAL instead of filling the cache ([`CACHE`] otherwise).
 const LARGE_VALUE_CACHE: &str = "PRAGMA cache_size = -2048";
 
-const CACHE: &str = "PRAGMA cache_size = -65536";
+/// SQLite's page cache: 16 MiB. The capture appends (the log, and rows mostly in key order), so a
+/// larger cache only held pages already written; at 64 MiB it was most of the capture's peak memory
+/// (docs/benchmarks.md, "Capture CPU (issue 21)").
+const CACHE: &str = "PRAGMA cache_size = -16384";
 
 /// What a store folder holds: the database and the journal files SQLite keeps beside it, the
 /// consumers' ledger ([`crate::deliver`]), the snapshot files, and the capture's backfill staging
@@ -442,7 +445,6 @@ impl Store {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = OFF;
-             PRAGMA cache_size = -65536;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS collections (
                id INTEGER PRIMARY KEY,
@@ -476,6 +478,8 @@ impl Store {
                doc TEXT NOT NULL);",
         )
         .map_err(sqlite("creating the schema"))?;
+        conn.execute_batch(CACHE)
+            .map_err(sqlite("creating the schema"))?;
         create_rows(&conn)?;
         large_value_schema(&conn)?;
         let ids = collection_ids(&conn)?;

@@ -859,7 +859,7 @@ impl Rebuild {
     pub fn document(&mut self, line: &[u8]) -> Result<Document> {
         parse_stored_line(line, &self.rel, &mut self.values, &mut self.refs)
             .map_err(|e| Error::internal(format!("{}: {e}", self.rel.collection)))?;
-        let row = write_row(
+        let mut row = write_row(
             &self.rel,
             &self.values,
             Columns::All,
@@ -868,7 +868,7 @@ impl Rebuild {
             &self.tx,
             None,
         )?;
-        Ok(document_of(&row, &self.meta, &[]))
+        Ok(document_of(&mut row, &self.meta, &[]))
     }
 }
 
