@@ -363,6 +363,108 @@ async fn a_receiver_failing_then_succeeding_gets_every_message_once_in_order_per
         .is_none());
 }
 
+/// Requests a receiver got per order id: it fails order 2 and answers order 1 only after 3 s.
+#[derive(Default)]
+struct PerOrder {
+    requests: Mutex<BTreeMap<i64, usize>>,
+    accepted: Mutex<BTreeMap<i64, usize>>,
+}
+
+async fn slow_one_failing_two(per: Arc<PerOrder>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app =
+        axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |axum::extract::State(per): axum::extract::State<Arc<PerOrder>>,
+                     body: Bytes| async move {
+                        let message: Json = serde_json::from_slice(&body).unwrap();
+                        let id = message["record"]["id"].as_i64().unwrap();
+                        *per.requests.lock().unwrap().entry(id).or_default() += 1;
+                        if id == 2 {
+                            return StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        if id == 1 {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        *per.accepted.lock().unwrap().entry(id).or_default() += 1;
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .with_state(per);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    url
+}
+
+/// A message parked while an earlier one of another row is still in flight lies above the
+/// consumer's position. Skipping it by hand must hold when delivery restarts and reads the log
+/// again from that position: it is not sent (and parked) again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_message_stays_skipped_when_delivery_restarts_below_it() {
+    let shop = Shop::new("dl_skip_holds", 0);
+    shop.backfill().await;
+    let per = Arc::new(PerOrder::default());
+    let url = slow_one_failing_two(per.clone()).await;
+    let consumer = shop.add(shop.spec(
+        "skips",
+        Mode::Changes,
+        Start::Now,
+        webhook(&url, None, Some(0)),
+    ));
+    shop.db.sql("INSERT INTO orders VALUES (1, 'new', 1);");
+    shop.db.sql("INSERT INTO orders VALUES (2, 'new', 2);");
+    shop.catch_up().await;
+    let delivery = shop.delivery();
+    let ledger = Ledger::open(&shop.store).unwrap();
+    wait_for("order 2 parked", Duration::from_secs(20), || {
+        ledger.get("skips").unwrap().failed == 1
+    })
+    .await;
+    // Order 1 is still in its 3 s request: the position has not passed it, nor order 2.
+    assert_eq!(per.accepted.lock().unwrap().get(&1), None);
+    assert_eq!(
+        Ledger::open(&shop.store)
+            .unwrap()
+            .skip(&consumer.id, None)
+            .unwrap(),
+        1
+    );
+    delivery.abort();
+    let _ = delivery.await;
+
+    let delivery = shop.delivery();
+    wait_for(
+        "order 1 delivered after the restart",
+        Duration::from_secs(30),
+        || {
+            per.accepted
+                .lock()
+                .unwrap()
+                .get(&1)
+                .is_some_and(|n| *n >= 1)
+        },
+    )
+    .await;
+    wait_for("nothing left to deliver", Duration::from_secs(10), || {
+        let c = ledger.get("skips").unwrap();
+        c.pending == 0 && c.failed == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        per.requests.lock().unwrap().get(&2).copied(),
+        Some(1),
+        "the skipped order 2 was sent again after the restart"
+    );
+    assert_eq!(ledger.get("skips").unwrap().failed, 0);
+    delivery.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_past_its_retries_is_parked_and_retry_delivers_it() {
     let shop = Shop::new("dl_parked", 0);

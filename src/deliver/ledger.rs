@@ -20,6 +20,9 @@
 //!   restart redelivers exactly what was not acknowledged. Its `ack_id` and body are fixed when it is
 //!   queued, so a redelivery carries the same ones; a message delivered from the log has the ack id
 //!   [`ack_id_of`] its consumer and `idempotency_key`, the same after any restart and in its row.
+//! - A queue row delivered or skipped while the position is below it is remembered in `settled`
+//!   until the position passes it, so reading the log again from the position (a restart, a
+//!   pause) never sends or queues it again: a skip holds.
 //! - Per group, only the oldest queued message can be claimed, and only while no message of the
 //!   group is in flight or parked: at most one message per group in flight, in commit order.
 //!   [`Ledger::claim_runs`] (NATS) hands out a group's queued messages together, oldest first, under
@@ -284,6 +287,13 @@ impl Ledger {
                failed INTEGER NOT NULL DEFAULT 0,
                last_error TEXT,
                PRIMARY KEY (consumer, seq));
+             -- Queue rows delivered or skipped while the consumer's position was below them: a
+             -- worker that reads the log again from the position passes over them, so a skip
+             -- holds across a restart. Pruned as the position passes them.
+             CREATE TABLE IF NOT EXISTS settled (
+               consumer TEXT NOT NULL,
+               seq INTEGER NOT NULL,
+               PRIMARY KEY (consumer, seq)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS messages_by_group ON messages (consumer, grp, seq);
              CREATE UNIQUE INDEX IF NOT EXISTS messages_by_ack_id ON messages (consumer, ack_id);
              -- Both partial, so a message queued and delivered at the first attempt never enters
@@ -473,7 +483,7 @@ impl Ledger {
             .map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id])
             .map_err(sqlite("removing"))?;
-        for table in ["attempts", "samples"] {
+        for table in ["attempts", "samples", "settled"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE consumer = ?1"),
                 [&consumer.id],
@@ -741,6 +751,9 @@ impl Ledger {
         .map_err(sqlite("rewinding"))?;
         tx.execute("UPDATE consumers SET position = 0", [])
             .map_err(sqlite("rewinding"))?;
+        // Positions of the old log: the new one reuses them.
+        tx.execute("DELETE FROM settled", [])
+            .map_err(sqlite("rewinding"))?;
         tx.commit().map_err(sqlite("rewinding"))
     }
 
@@ -824,6 +837,10 @@ impl Ledger {
         self.conn
             .prepare_cached("UPDATE consumers SET position = ?2 WHERE id = ?1 AND position < ?2")
             .and_then(|mut s| s.execute(params![id, position as i64]))
+            .map_err(sqlite("moving a position"))?;
+        self.conn
+            .prepare_cached("DELETE FROM settled WHERE consumer = ?1 AND seq <= ?2")
+            .and_then(|mut s| s.execute(params![id, position as i64]))
             .map(|_| ())
             .map_err(sqlite("moving a position"))
     }
@@ -846,9 +863,13 @@ impl Ledger {
                     "DELETE FROM messages WHERE consumer = ?1 AND grp = ?2 AND failed = 0 AND visible_until <= ?3",
                 )
                 .map_err(sqlite("queueing"))?;
+            // A position settled from the queue above the consumer's position (delivered or
+            // skipped by hand) is not queued again.
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO messages (consumer, seq, grp, ack_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO messages (consumer, seq, grp, ack_id, body)
+                     SELECT ?1, ?2, ?3, ?4, ?5
+                     WHERE NOT EXISTS (SELECT 1 FROM settled WHERE consumer = ?1 AND seq = ?2)",
                 )
                 .map_err(sqlite("queueing"))?;
             for (seq, message) in messages {
@@ -876,6 +897,11 @@ impl Ledger {
         }
         tx.execute(
             "UPDATE consumers SET position = ?2 WHERE id = ?1 AND position < ?2",
+            params![id, position as i64],
+        )
+        .map_err(sqlite("queueing"))?;
+        tx.execute(
+            "DELETE FROM settled WHERE consumer = ?1 AND seq <= ?2",
             params![id, position as i64],
         )
         .map_err(sqlite("queueing"))?;
@@ -975,10 +1001,21 @@ impl Ledger {
     pub fn delivered(&mut self, id: &str, seqs: &[u64]) -> Result<()> {
         let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
         {
+            // Only a message first sent from the log and queued when it failed can lie above the
+            // position; remembering it keeps a restart from sending it again.
+            let mut remember = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO settled (consumer, seq)
+                     SELECT ?1, ?2 WHERE ?2 > (SELECT position FROM consumers WHERE id = ?1)",
+                )
+                .map_err(sqlite("acknowledging"))?;
             let mut stmt = tx
                 .prepare_cached("DELETE FROM messages WHERE consumer = ?1 AND seq = ?2")
                 .map_err(sqlite("acknowledging"))?;
             for seq in seqs {
+                remember
+                    .execute(params![id, *seq as i64])
+                    .map_err(sqlite("acknowledging"))?;
                 stmt.execute(params![id, *seq as i64])
                     .map_err(sqlite("acknowledging"))?;
             }
@@ -1134,13 +1171,47 @@ impl Ledger {
 
     /// Drops parked messages (all, or the one at `seq`) without delivering them; returns how many.
     pub fn skip(&mut self, id: &str, seq: Option<u64>) -> Result<u64> {
-        self.conn
+        let tx = self.conn.savepoint().map_err(sqlite("skipping"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO settled (consumer, seq)
+             SELECT consumer, seq FROM messages
+             WHERE consumer = ?1 AND failed = 1 AND (?2 IS NULL OR seq = ?2)
+               AND seq > (SELECT position FROM consumers WHERE id = ?1)",
+            params![id, seq.map(|s| s as i64)],
+        )
+        .map_err(sqlite("skipping"))?;
+        let skipped = tx
             .execute(
                 "DELETE FROM messages WHERE consumer = ?1 AND failed = 1 AND (?2 IS NULL OR seq = ?2)",
                 params![id, seq.map(|s| s as i64)],
             )
-            .map(|n| n as u64)
-            .map_err(sqlite("skipping"))
+            .map_err(sqlite("skipping"))?;
+        tx.commit().map_err(sqlite("skipping"))?;
+        Ok(skipped as u64)
+    }
+
+    /// Which of the log positions in `(after, to]` were settled from the queue while the
+    /// consumer's position was below them (delivered or skipped): a worker reading the log again
+    /// passes over them.
+    pub fn settled_between(
+        &self,
+        id: &str,
+        after: u64,
+        to: u64,
+    ) -> Result<std::collections::HashSet<u64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM settled WHERE consumer = ?1 AND seq > ?2 AND seq <= ?3",
+            )
+            .map_err(sqlite("reading settled positions"))?;
+        let rows = stmt
+            .query_map(params![id, after as i64, to as i64], |r| {
+                r.get::<_, i64>(0).map(|s| s as u64)
+            })
+            .map_err(sqlite("reading settled positions"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(sqlite("reading settled positions"))
     }
 }
 
@@ -1241,6 +1312,39 @@ mod tests {
             .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn a_message_skipped_above_the_position_is_not_sent_or_queued_again_when_the_log_is_read_again()
+    {
+        let d = dir("skip-holds");
+        let mut l = Ledger::open(&d.0).unwrap();
+        let c = l.add(spec(Mode::Changes), 0).unwrap();
+        // Seq 5 failed from the log with no retries left while the position stayed at 0 (an
+        // earlier message of another group still in flight): parked.
+        let row = Row {
+            seq: 5,
+            group: "a",
+            ack_id: "00000000-0000-4000-8000-000000000005",
+            body: r#"{"n":5}"#,
+        };
+        let failure = Failure {
+            error: "HTTP 500",
+            retry_at_ms: 0,
+            max_retries: Some(0),
+        };
+        l.hold(&c.id, &[row], Some(failure)).unwrap();
+        assert_eq!(l.parked(&c.id).unwrap().len(), 1);
+        assert_eq!(l.skip(&c.id, Some(5)).unwrap(), 1);
+        assert_eq!(
+            l.settled_between(&c.id, 0, 10).unwrap(),
+            std::collections::HashSet::from([5])
+        );
+        // Read again from the position (after a restart, or paused): 1..=5 come back; 5 stays out.
+        let again: Vec<(u64, Message)> = (1..=5).map(|n| (n, msg("b", n as i64))).collect();
+        l.enqueue(&c.id, Mode::Changes, &again, 5, 0).unwrap();
+        assert_eq!(l.queued(&c.id).unwrap(), 4);
+        assert!(l.settled_between(&c.id, 0, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -676,8 +676,16 @@ impl Rules {
                 let Some(page) = feeder.read(ledger, &definition, window.read_to, now_ms())? else {
                     break;
                 };
+                // Settled from the queue while the position was below them (delivered, or
+                // skipped by hand): not sent again.
+                let settled = ledger.settled_between(id, window.read_to, page.last)?;
                 for (seq, message) in page.messages {
-                    window.pending.push_back(Pending::new(id, seq, message)?);
+                    let mut pending = Pending::new(id, seq, message)?;
+                    if settled.contains(&seq) {
+                        pending.state = State::Settled;
+                        pending.body = None;
+                    }
+                    window.pending.push_back(pending);
                 }
                 window.read_to = page.last;
                 if page.read < PAGE {
