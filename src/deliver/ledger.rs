@@ -880,7 +880,7 @@ impl Ledger {
                 }
                 // The ack id a message sent straight from the log had (ack_id_of), so one first
                 // sent from there and queued after a restart keeps its `webhook-id`.
-                let ack_id = match message.body["metadata"]["idempotency_key"].as_str() {
+                let ack_id = match message.idempotency_key() {
                     Some(key) => ack_id_of(id, key),
                     None => new_uuid()?,
                 };
@@ -1002,21 +1002,27 @@ impl Ledger {
         let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
         {
             // Only a message first sent from the log and queued when it failed can lie above the
-            // position; remembering it keeps a restart from sending it again.
+            // position; remembering it keeps a restart from sending it again. The position is
+            // read once, so a queue read ahead of it (NATS, rows mode) costs no extra statement.
+            let position: Option<i64> = tx
+                .query_row("SELECT position FROM consumers WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sqlite("acknowledging"))?;
             let mut remember = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO settled (consumer, seq)
-                     SELECT ?1, ?2 WHERE ?2 > (SELECT position FROM consumers WHERE id = ?1)",
-                )
+                .prepare_cached("INSERT OR IGNORE INTO settled (consumer, seq) VALUES (?1, ?2)")
                 .map_err(sqlite("acknowledging"))?;
             let mut stmt = tx
                 .prepare_cached("DELETE FROM messages WHERE consumer = ?1 AND seq = ?2")
                 .map_err(sqlite("acknowledging"))?;
-            for seq in seqs {
-                remember
-                    .execute(params![id, *seq as i64])
-                    .map_err(sqlite("acknowledging"))?;
-                stmt.execute(params![id, *seq as i64])
+            for &seq in seqs {
+                if position.is_some_and(|p| seq as i64 > p) {
+                    remember
+                        .execute(params![id, seq as i64])
+                        .map_err(sqlite("acknowledging"))?;
+                }
+                stmt.execute(params![id, seq as i64])
                     .map_err(sqlite("acknowledging"))?;
             }
         }

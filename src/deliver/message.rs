@@ -42,6 +42,20 @@ pub struct Message {
     pub group: String,
 }
 
+impl Message {
+    /// Its `metadata.idempotency_key`: what its ack id is made from ([`crate::deliver::ledger::ack_id_of`]).
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.body["metadata"]["idempotency_key"].as_str()
+    }
+
+    /// Its `metadata.commit_timestamp` in Unix ms, for its commit → delivered latency.
+    pub fn commit_ms(&self) -> Option<i64> {
+        self.body["metadata"]["commit_timestamp"]
+            .as_str()
+            .and_then(rfc3339_ms)
+    }
+}
+
 /// Where a stored change sits in what wrote it.
 #[derive(Debug, Clone, Copy)]
 pub struct Place {
@@ -179,7 +193,11 @@ pub(crate) fn commit_ms(body: &str) -> Option<i64> {
         metadata: Meta<'a>,
     }
     let body: Body = serde_json::from_str(body).ok()?;
-    chrono::DateTime::parse_from_rfc3339(body.metadata.commit_timestamp)
+    rfc3339_ms(body.metadata.commit_timestamp)
+}
+
+fn rfc3339_ms(timestamp: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(timestamp)
         .ok()
         .map(|t| t.timestamp_millis())
 }

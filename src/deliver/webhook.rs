@@ -29,7 +29,6 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use serde_json::value::RawValue;
-use serde_json::Value as Json;
 
 use crate::deliver::consumer::{Consumer, Destination, Mode, Webhook};
 use crate::deliver::feed::{queue_limit, Feeder, PAGE};
@@ -397,20 +396,12 @@ struct Pending {
 
 impl Pending {
     fn new(consumer_id: &str, seq: u64, message: Message) -> Result<Pending> {
-        let metadata = message.body.get("metadata");
-        let key = metadata
-            .and_then(|m| m.get("idempotency_key"))
-            .and_then(Json::as_str);
         // Every built message has a key; the position is a stand-in that is at least stable.
-        let ack_id = match key {
+        let ack_id = match message.idempotency_key() {
             Some(key) => ack_id_of(consumer_id, key),
             None => ack_id_of(consumer_id, &format!("seq:{seq}")),
         };
-        let commit_ms = metadata
-            .and_then(|m| m.get("commit_timestamp"))
-            .and_then(Json::as_str)
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_millis());
+        let commit_ms = message.commit_ms();
         let body = serde_json::value::to_raw_value(&message.body)
             .map_err(|e| Error::internal(format!("encoding a message: {e}")))?;
         Ok(Pending {
