@@ -65,8 +65,8 @@ pub struct Feeder {
     store: Option<Store>,
     /// The commit LSN (as in `_meta.source.lsn`) and first log position of the transaction read last.
     transaction: Option<(String, u64)>,
-    /// The log position and commit LSN of the entry read last, whichever collection it was of.
-    previous: Option<(u64, String)>,
+    /// The commit LSN and log position of the entry read last, whichever collection it was of.
+    previous: Option<(String, u64)>,
     /// The consumer's filter, compiled once: its text and the result.
     filter: Option<(String, Filter)>,
 }
@@ -255,7 +255,7 @@ impl Feeder {
 fn index_of(
     store: &Option<Store>,
     transaction: &mut Option<(String, u64)>,
-    previous: &mut Option<(u64, String)>,
+    previous: &mut Option<(String, u64)>,
     seq: u64,
     doc: &Json,
 ) -> Result<u64> {
@@ -279,31 +279,27 @@ fn index_of(
     let first = match (transaction.as_ref(), previous.as_ref()) {
         (Some((known, first)), _) if known == lsn && *first <= seq => *first,
         // The entry before it is of another transaction: this one starts here.
-        (_, Some((before, before_lsn))) if *before + 1 == seq && before_lsn != lsn => seq,
+        (_, Some((before_lsn, before))) if *before + 1 == seq && before_lsn != lsn => seq,
         _ => store.first_of_transaction(seq)?,
     };
-    // Both are kept across entries; their text is rewritten in place, not allocated per entry.
-    match transaction {
-        Some((known, at)) => {
-            if known.as_str() != lsn {
-                known.clear();
-                known.push_str(lsn);
-            }
-            *at = first;
-        }
-        None => *transaction = Some((lsn.to_string(), first)),
-    }
-    match previous {
-        Some((at, known)) => {
-            if known.as_str() != lsn {
-                known.clear();
-                known.push_str(lsn);
-            }
-            *at = seq;
-        }
-        None => *previous = Some((seq, lsn.to_string())),
-    }
+    keep(transaction, lsn, first);
+    keep(previous, lsn, seq);
     Ok(seq - first)
+}
+
+/// Sets `slot` to `(lsn, at)`. Both slots are kept across entries, so their text is rewritten in
+/// place, not allocated per entry.
+fn keep(slot: &mut Option<(String, u64)>, lsn: &str, at: u64) {
+    match slot {
+        Some((known, was)) => {
+            if known.as_str() != lsn {
+                known.clear();
+                known.push_str(lsn);
+            }
+            *was = at;
+        }
+        None => *slot = Some((lsn.to_string(), at)),
+    }
 }
 
 /// Records the consumer's notices: changes of its collections pruned before it read them (by the
