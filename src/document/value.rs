@@ -319,10 +319,30 @@ fn is_json_number(text: &str) -> bool {
 }
 
 /// Appends `text` as a JSON string literal.
+///
+/// Text is scanned eight bytes at a time for the bytes JSON escapes (`"`, `\\`, below 0x20) and
+/// copied in runs: most text has none, and a 10 KB text column was scanned a byte at a time for every
+/// change (docs/benchmarks.md, "Capture CPU (issue 21)"). The output is byte-identical to the
+/// byte-at-a-time loop it replaced, which a test keeps as the reference.
 pub fn write_json_string(text: &str, out: &mut String) {
+    out.reserve(text.len() + 2);
     out.push('"');
+    let bytes = text.as_bytes();
     let mut start = 0;
-    for (i, byte) in text.bytes().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip whole words with nothing to escape.
+        while i + 8 <= bytes.len() {
+            let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+            if needs_escape(word) {
+                break;
+            }
+            i += 8;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        let byte = bytes[i];
         let escaped = match byte {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -330,18 +350,39 @@ pub fn write_json_string(text: &str, out: &mut String) {
             b'\r' => "\\r",
             b'\t' => "\\t",
             0x00..=0x1f => "",
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
+        // `i` is at an ASCII byte, so both slices end on character boundaries.
         out.push_str(&text[start..i]);
         if escaped.is_empty() {
-            out.push_str(&format!("\\u{byte:04x}"));
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 0xf)] as char);
         } else {
             out.push_str(escaped);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.push_str(&text[start..]);
     out.push('"');
+}
+
+/// Whether any of the eight bytes in `word` is one JSON escapes: a quote, a backslash or a control
+/// character below 0x20. Exact (no false positives or negatives) for the question "any".
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below n (n <= 128) sets its high bit in (x - n) & !x; the classic "has less" test.
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    (below_space | quote | backslash) & HIGH != 0
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -666,6 +707,47 @@ mod tests {
         assert_eq!(out, "1.0");
     }
 
+    /// The byte-at-a-time escaping [`write_json_string`] replaced: the reference its output must match.
+    fn byte_loop(text: &str) -> String {
+        let mut out = String::from('"');
+        let mut start = 0;
+        for (i, byte) in text.bytes().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            out.push_str(&text[start..i]);
+            if escaped.is_empty() {
+                out.push_str(&format!("\\u{byte:04x}"));
+            } else {
+                out.push_str(escaped);
+            }
+            start = i + 1;
+        }
+        out.push_str(&text[start..]);
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn every_byte_a_word_can_hold_is_escaped_where_the_byte_loop_escaped_it() {
+        // Each byte value at each of the eight positions of a word, and across a word's end.
+        for byte in 0u8..=0x7f {
+            for at in 0..17 {
+                let mut text = "x".repeat(17);
+                text.replace_range(at..at + 1, &char::from(byte).to_string());
+                let mut fast = String::new();
+                write_json_string(&text, &mut fast);
+                assert_eq!(fast, byte_loop(&text), "byte {byte:#04x} at {at}");
+            }
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn direct_writing_agrees_with_the_mapping_for_numbers(text in "[-+]?[0-9]{0,4}(\\.[0-9]{0,3})?([eE][-+]?[0-9]{0,3})?") {
@@ -685,6 +767,16 @@ mod tests {
             let mut out = String::new();
             write_json_string(&text, &mut out);
             proptest::prop_assert_eq!(serde_json::from_str::<Json>(&out).unwrap(), Json::String(text));
+        }
+
+        #[test]
+        fn word_at_a_time_escaping_writes_what_the_byte_loop_wrote(
+            text in "([\\x00-\\x1f\"\\\\a-z\u{7f}\u{80}-\u{7ff}\u{10000}\u{1f600}]|[a-z]{0,17}){0,40}"
+        ) {
+            let mut fast = String::new();
+            write_json_string(&text, &mut fast);
+            proptest::prop_assert_eq!(&fast, &byte_loop(&text));
+            proptest::prop_assert_eq!(serde_json::from_str::<Json>(&fast).unwrap(), Json::String(text));
         }
 
         #[test]
