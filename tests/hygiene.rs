@@ -309,7 +309,13 @@ async fn no_secret_of_a_whole_session_reaches_a_file_a_log_or_a_process() {
     let pulled = loop {
         if let Ok(r) = client.get(&receive).bearer_auth(&token).send().await {
             let body: serde_json::Value = r.json().await.unwrap();
-            if !body["data"].as_array().unwrap().is_empty() {
+            let data = body["data"].as_array().unwrap_or_else(|| {
+                panic!(
+                    "the pull API answered {body}; the capture's log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+            if !data.is_empty() {
                 break body;
             }
         }

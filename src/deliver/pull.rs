@@ -545,18 +545,23 @@ async fn receive(
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let mut ledger = lock(&shared.ledger);
                 let mut feeder = lock(&shared.feeder);
-                while feeder.feed(&mut ledger, &id, now_ms())? == PAGE {}
-                // A paused consumer hands nothing out; a long poll waits for its resume.
-                if ledger.paused(&id)? {
-                    return Ok(Vec::new());
-                }
-                ledger.claim(
-                    &id,
-                    now_ms(),
-                    size,
-                    pull.visibility_timeout_ms,
-                    Some(u64::from(pull.max_ack_pending)),
-                )
+                // One IMMEDIATE transaction: each step's savepoint, begun on its own, would be a
+                // deferred transaction that reads and then writes, which SQLite refuses at once
+                // (SQLITE_BUSY, no waiting) when the delivery worker wrote in between.
+                ledger.round(|ledger| {
+                    while feeder.feed(ledger, &id, now_ms())? == PAGE {}
+                    // A paused consumer hands nothing out; a long poll waits for its resume.
+                    if ledger.paused(&id)? {
+                        return Ok(Vec::new());
+                    }
+                    ledger.claim(
+                        &id,
+                        now_ms(),
+                        size,
+                        pull.visibility_timeout_ms,
+                        Some(u64::from(pull.max_ack_pending)),
+                    )
+                })
             })
             .await
             .map_err(|e| internal(Error::internal(format!("receive: {e}"))))?
@@ -667,11 +672,14 @@ async fn settle(
     let ids = parse_ack_ids(&body)?;
     tokio::task::spawn_blocking(move || {
         let mut ledger = lock(&shared.ledger);
-        if ack {
-            ledger.ack(&consumer.id, &ids)
-        } else {
-            ledger.nack(&consumer.id, &ids)
-        }
+        // IMMEDIATE, for the reason given in `receive`.
+        ledger.round(|ledger| {
+            if ack {
+                ledger.ack(&consumer.id, &ids)
+            } else {
+                ledger.nack(&consumer.id, &ids)
+            }
+        })
     })
     .await
     .map_err(|e| internal(Error::internal(format!("ack: {e}"))))?
