@@ -166,6 +166,17 @@ const PUBLICATION_POLL: Duration = Duration::from_secs(5);
 /// Longest a batch may stay open while more transactions keep arriving.
 const MAX_BATCH_AGE: Duration = Duration::from_millis(50);
 
+/// Flushes closer together than this mean transactions are arriving faster than each can be made
+/// durable on its own: the capture then waits up to [`GROUP_COMMIT_WAIT`] for the next one before
+/// committing, so one fsync covers several. Slower streams (the latency benchmark's 1,000
+/// transactions/s among them) are committed at once, as before.
+const GROUP_COMMIT_RATE: Duration = Duration::from_micros(500);
+
+/// Longest a commit waits for the next transaction while transactions arrive quickly. Tokio's
+/// timers count whole milliseconds; the wait ends as soon as an event arrives, so it costs latency
+/// only at the end of a burst.
+const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(1);
+
 /// A table the stream described, as the capture holds it: its description for documents, whether
 /// its collection is recorded in the open batch, and what happens to its changes.
 struct Bound {
@@ -237,6 +248,9 @@ struct Capture {
         tokio::sync::mpsc::UnboundedSender<BackfillDone>,
         tokio::sync::mpsc::UnboundedReceiver<BackfillDone>,
     ),
+    /// The runtime [`run`] was called on: backfills read alongside the stream run there, so they
+    /// neither slow the stream's thread nor wait for it.
+    side: tokio::runtime::Handle,
 }
 
 impl Drop for Capture {
@@ -277,9 +291,12 @@ impl ReconnectPause {
 
 /// Runs a capture until `stop_at` is reached (or forever). Connection losses are retried with backoff
 /// from the checkpoint; other errors end the run.
+///
+/// The capture runs on a thread of its own ([`on_own_thread`]); dropping the returned future stops it
+/// there and returns once it has let go of its store and its connections.
 pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
     let store_dir = options.store_dir.clone();
-    run_in_store(options).await.map_err(|e| {
+    on_own_thread(options).await.map_err(|e| {
         if e.kind() == ErrorKind::Storage {
             e.context(format!("the store at {}", store_dir.display()))
         } else {
@@ -288,7 +305,74 @@ pub async fn run(options: CaptureOptions) -> Result<CaptureReport> {
     })
 }
 
-async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
+/// Runs [`run_in_store`] on a new thread with a single-threaded runtime, with the caller's runtime
+/// kept for the backfills read alongside the stream ([`Capture::side`]).
+///
+/// Why: the replication transport, its relay and the capture hand every event on to each other. On
+/// a multi-threaded runtime each hand-over could wake another thread, and on two cores those
+/// threads fought the walsender for the second one; on one thread a hand-over is a task switch.
+/// CPU per change fell by about a seventh (docs/benchmarks.md, "Capture CPU (issue 21)").
+///
+/// Invariant: the returned future, finished or dropped, outlives the capture: dropping it cancels
+/// the capture on its thread and joins that thread, so a caller that aborted the run's task and
+/// awaited it (to drop the slot, or to exit) knows the store and the connections are let go.
+async fn on_own_thread(options: CaptureOptions) -> Result<CaptureReport> {
+    let side = tokio::runtime::Handle::current();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("capture: starting its runtime: {e}")))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("tidepool-capture".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                tokio::select! {
+                    biased;
+                    // The sender is dropped when the caller's future is.
+                    _ = cancelled => None,
+                    result = run_in_store(options, side) => Some(result),
+                }
+            });
+            // Its tasks (the transport, a backfill's connection) are dropped, not waited for.
+            runtime.shutdown_background();
+            if let Some(result) = result {
+                let _ = done_tx.send(result);
+            }
+        })
+        .map_err(|e| Error::internal(format!("capture: starting its thread: {e}")))?;
+    let _thread = CaptureThread {
+        cancel: Some(cancel),
+        thread: Some(thread),
+    };
+    done_rx.await.unwrap_or_else(|_| {
+        Err(Error::internal(
+            "capture: its thread ended without a result",
+        ))
+    })
+}
+
+/// The capture's thread, cancelled and joined when dropped (see [`on_own_thread`]).
+struct CaptureThread {
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for CaptureThread {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(thread) = self.thread.take() {
+            // Brief: dropping the capture rolls back an open batch and closes its connections.
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn run_in_store(
+    options: CaptureOptions,
+    side: tokio::runtime::Handle,
+) -> Result<CaptureReport> {
     slot::validate_name(&options.slot)?;
     // Held until the capture returns (or its task is dropped): one writer numbers the log.
     let _writer = crate::store::lock::StoreLock::acquire_soon(&options.store_dir).await?;
@@ -390,6 +474,7 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
         next_prune: Instant::now(),
         next_publication_check: Instant::now() + PUBLICATION_POLL,
         backfill_done: tokio::sync::mpsc::unbounded_channel(),
+        side,
     };
     // The start-up's queries are retried on a lost connection, as the stream is: each step reads
     // what is stored and running, so doing it again does only what is still undone.
@@ -471,6 +556,21 @@ async fn run_in_store(options: CaptureOptions) -> Result<CaptureReport> {
 
 /// The relation `relid` among those the stream described; a function of the map alone, so the caller
 /// can write to the store while it holds the relation.
+/// The next event if one is waiting; when transactions arrive `quick`ly, waits up to
+/// [`GROUP_COMMIT_WAIT`] for one first.
+async fn next_soon(stream: &mut Stream, quick: bool) -> Result<Option<Event>> {
+    if let Some(next) = stream.next_ready().await? {
+        return Ok(Some(next));
+    }
+    if quick {
+        // `Stream::next` is cancel-safe: an event is never lost to the timeout.
+        if let Ok(next) = tokio::time::timeout(GROUP_COMMIT_WAIT, stream.next()).await {
+            return next;
+        }
+    }
+    Ok(None)
+}
+
 fn relation_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Relation> {
     bound_in(relations, relid).map(|b| &b.rel)
 }
@@ -576,6 +676,8 @@ impl Capture {
         let mut pending: Option<Event> = None;
         let mut batch_started = Instant::now();
         let mut batch_end = self.checkpoint;
+        // When the last commit of a batch with changes returned, for group commit.
+        let mut last_flush: Option<Instant> = None;
         let mut tick = tokio::time::interval(DEFINITION_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -682,12 +784,14 @@ impl Capture {
                     if self.store.batch_len() < MAX_BATCH_CHANGES
                         && batch_started.elapsed() < MAX_BATCH_AGE
                     {
-                        if let Some(next) = stream.next_ready().await? {
+                        let quick = last_flush.is_some_and(|at| at.elapsed() < GROUP_COMMIT_RATE);
+                        if let Some(next) = next_soon(&mut stream, quick).await? {
                             pending = Some(next);
                             continue;
                         }
                     }
                     self.flush(&stream, batch_end)?;
+                    last_flush = Some(Instant::now());
                     if self.reached_stop() {
                         stream.stop().await;
                         return Ok(Outcome::Stopped);

@@ -1090,7 +1090,7 @@ impl Capture {
         let dir = staging.clone();
         // The staging store is part of this store: encrypted with its key if it is.
         let key = self.store.key();
-        let task = tokio::spawn(async move {
+        let task = self.side.spawn(async move {
             let result = async {
                 let mut store = Store::open_keyed(&dir, key)?;
                 let mut report = |p: &crate::capture::backfill::BackfillProgress| {

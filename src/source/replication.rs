@@ -120,8 +120,11 @@ pub struct StreamOptions<'a> {
     pub start: Lsn,
 }
 
-/// How often the transport tells the server the confirmed position.
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the transport tells the server the confirmed position. Short, because a stopping
+/// capture waits for the last position to be sent ([`shutdown_confirmed`]): at 1 s, that wait was up
+/// to a second of every `--stop-at-lsn` run (docs/benchmarks.md, "Capture CPU (issue 21)"), and the
+/// slot's `confirmed_flush_lsn` trailed the store by as much. Ten small messages a second cost nothing.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `dial` is where to connect ([`ConnectionSpec::dial`]): the host itself, or an SSH tunnel's loopback
 /// port, in which case TLS is still told the host's name.
