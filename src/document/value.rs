@@ -270,6 +270,16 @@ impl Kind {
             Kind::Text | Kind::Uuid | Kind::Time | Kind::Interval => write_json_string(text, out),
             // json and jsonb text output is JSON already (json keeps its validated input as is).
             Kind::Json => out.push_str(text),
+            // The common scalar kinds whose JSON is a string made from the text: written straight
+            // into `out`, without the String and the `Json` value that `to_json` builds. Whatever the
+            // direct writer does not take (and any output JSON would escape) goes the general way.
+            Kind::Numeric
+            | Kind::Bytea
+            | Kind::Date
+            | Kind::TimeTz
+            | Kind::Timestamp
+            | Kind::TimestampTz
+                if self.write_json_string_directly(text, out) => {}
             _ => match self.to_json(text)? {
                 // A string with nothing to escape (numeric, bytea's base64, dates, timestamps) is
                 // written as serde_json writes it, without printing it into a buffer of its own first.
@@ -282,6 +292,52 @@ impl Kind {
             },
         }
         Ok(())
+    }
+}
+
+impl Kind {
+    /// Appends the JSON string of a numeric, bytea, date, timetz or timestamp value to `out` and
+    /// says so; says no, with `out` as it was, when the text is not one it writes directly (the
+    /// caller then takes the general way, which also reports malformed text).
+    fn write_json_string_directly(&self, text: &str, out: &mut String) -> bool {
+        let start = out.len();
+        out.push('"');
+        let written = match self {
+            Kind::Numeric => {
+                let ok = !text.is_empty()
+                    && text.bytes().all(|c| {
+                        c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'e' | b'E' | b'+')
+                    });
+                if ok {
+                    out.push_str(text);
+                }
+                ok
+            }
+            Kind::Bytea => match text.strip_prefix("\\x").and_then(decode_hex) {
+                Some(bytes) => {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+                    true
+                }
+                None => false,
+            },
+            Kind::Date => write_date(text, out).is_some(),
+            Kind::TimeTz => write_time_with_offset(text, out).is_some(),
+            Kind::Timestamp | Kind::TimestampTz => write_timestamp(text, out).is_some(),
+            _ => false,
+        };
+        // Quotes, backslashes and control characters would need escaping: PostgreSQL never prints
+        // them in these types, and the general way handles them if it ever did.
+        if !written
+            || out.as_bytes()[start + 1..]
+                .iter()
+                .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        {
+            out.truncate(start);
+            return false;
+        }
+        out.push('"');
+        true
     }
 }
 
@@ -398,75 +454,124 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 /// `YYYY-MM-DD[ BC]` → ISO 8601 (astronomical year numbering for BC), or ±infinity as is.
 fn date(text: &str) -> Option<String> {
+    let mut out = String::new();
+    write_date(text, &mut out)?;
+    Some(out)
+}
+
+/// Appends [`date`]'s result to `out`; on `None`, `out` may hold part of it.
+fn write_date(text: &str, out: &mut String) -> Option<()> {
     if text == "infinity" || text == "-infinity" {
-        return Some(text.to_string());
+        out.push_str(text);
+        return Some(());
     }
     let (body, bc) = match text.strip_suffix(" BC") {
         Some(body) => (body, true),
         None => (text, false),
     };
+    write_date_body(body, bc, out)
+}
+
+/// `YYYY-MM-DD`, before Christ when `bc`.
+fn write_date_body(body: &str, bc: bool, out: &mut String) -> Option<()> {
     let (year, rest) = body.split_once('-')?;
     if year.is_empty() || !year.bytes().all(|b| b.is_ascii_digit()) || rest.len() != 5 {
         return None;
     }
     if !bc {
-        return Some(body.to_string());
+        out.push_str(body);
+        return Some(());
     }
     let year: i64 = year.parse().ok()?;
-    Some(format!("-{:04}-{rest}", year - 1))
+    use std::fmt::Write;
+    write!(out, "-{:04}-{rest}", year - 1).ok()
 }
 
 /// `HH:MM:SS[.f]±HH[:MM[:SS]]` → `HH:MM:SS[.f]±HH:MM` (seconds in an offset are kept as `:SS`).
 fn time_with_offset(text: &str) -> Option<String> {
-    let split = text.rfind(['+', '-'])?;
-    let (time, offset) = text.split_at(split);
-    Some(format!("{time}{}", offset_of(offset)?))
+    let mut out = String::new();
+    write_time_with_offset(text, &mut out)?;
+    Some(out)
 }
 
-fn offset_of(offset: &str) -> Option<String> {
+/// Appends [`time_with_offset`]'s result to `out`; on `None`, `out` may hold part of it.
+fn write_time_with_offset(text: &str, out: &mut String) -> Option<()> {
+    let split = text.rfind(['+', '-'])?;
+    let (time, offset) = text.split_at(split);
+    out.push_str(time);
+    write_offset(offset, out)
+}
+
+/// Appends an offset (`±HH[:MM[:SS]]`) as RFC 3339 writes it: `Z` for UTC, else `±HH:MM[:SS]`.
+fn write_offset(offset: &str, out: &mut String) -> Option<()> {
     let sign = offset.get(..1)?;
-    let parts: Vec<&str> = offset[1..].split(':').collect();
-    if parts.is_empty()
-        || parts.len() > 3
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    let rest = &offset[1..];
+    let parts = rest.split(':');
+    let mut count = 0;
+    let mut zero = true;
+    for part in parts {
+        count += 1;
+        if count > 3 || part.len() != 2 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        zero &= part == "00";
+    }
+    if sign == "+" && zero {
+        out.push('Z');
+        return Some(());
+    }
+    if sign != "+" && sign != "-" {
         return None;
     }
-    if sign == "+" && parts.iter().all(|p| *p == "00") {
-        return Some("Z".to_string());
+    out.push_str(sign);
+    out.push_str(rest);
+    if count == 1 {
+        out.push_str(":00");
     }
-    Some(match parts.len() {
-        1 => format!("{sign}{}:00", parts[0]),
-        _ => format!("{sign}{}", parts.join(":")),
-    })
+    Some(())
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM]][ BC]` → RFC 3339 (`T`, offset, `Z` for UTC and for values
 /// without a zone), or ±infinity as is.
 fn timestamp(text: &str) -> Option<String> {
+    let mut out = String::new();
+    write_timestamp(text, &mut out)?;
+    Some(out)
+}
+
+/// Appends [`timestamp`]'s result to `out`; on `None`, `out` may hold part of it.
+fn write_timestamp(text: &str, out: &mut String) -> Option<()> {
     if text == "infinity" || text == "-infinity" {
-        return Some(text.to_string());
+        out.push_str(text);
+        return Some(());
     }
     let (body, bc) = match text.strip_suffix(" BC") {
         Some(body) => (body, true),
         None => (text, false),
     };
     let (day, time) = body.split_once(' ')?;
-    let day = date(&if bc {
-        format!("{day} BC")
+    // As the date alone would be: ±infinity is taken as it is, but not before Christ.
+    if !bc && (day == "infinity" || day == "-infinity") {
+        out.push_str(day);
     } else {
-        day.to_string()
-    })?;
+        write_date_body(day, bc, out)?;
+    }
     let (clock, offset) = match time.find(['+', '-']) {
-        Some(at) => (&time[..at], offset_of(&time[at..])?),
-        None => (time, "Z".to_string()),
+        Some(at) => (&time[..at], Some(&time[at..])),
+        None => (time, None),
     };
     if clock.len() < 8 {
         return None;
     }
-    Some(format!("{day}T{clock}{offset}"))
+    out.push('T');
+    out.push_str(clock);
+    match offset {
+        Some(offset) => write_offset(offset, out),
+        None => {
+            out.push('Z');
+            Some(())
+        }
+    }
 }
 
 struct ArrayParser<'a> {
@@ -707,6 +812,79 @@ mod tests {
         assert_eq!(out, "1.0");
     }
 
+    /// The date and time conversions as they were before they wrote into a buffer: the reference
+    /// their output must match.
+    mod old {
+        pub fn date(text: &str) -> Option<String> {
+            if text == "infinity" || text == "-infinity" {
+                return Some(text.to_string());
+            }
+            let (body, bc) = match text.strip_suffix(" BC") {
+                Some(body) => (body, true),
+                None => (text, false),
+            };
+            let (year, rest) = body.split_once('-')?;
+            if year.is_empty() || !year.bytes().all(|b| b.is_ascii_digit()) || rest.len() != 5 {
+                return None;
+            }
+            if !bc {
+                return Some(body.to_string());
+            }
+            let year: i64 = year.parse().ok()?;
+            Some(format!("-{:04}-{rest}", year - 1))
+        }
+
+        pub fn time_with_offset(text: &str) -> Option<String> {
+            let split = text.rfind(['+', '-'])?;
+            let (time, offset) = text.split_at(split);
+            Some(format!("{time}{}", offset_of(offset)?))
+        }
+
+        fn offset_of(offset: &str) -> Option<String> {
+            let sign = offset.get(..1)?;
+            let parts: Vec<&str> = offset[1..].split(':').collect();
+            if parts.is_empty()
+                || parts.len() > 3
+                || parts
+                    .iter()
+                    .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return None;
+            }
+            if sign == "+" && parts.iter().all(|p| *p == "00") {
+                return Some("Z".to_string());
+            }
+            Some(match parts.len() {
+                1 => format!("{sign}{}:00", parts[0]),
+                _ => format!("{sign}{}", parts.join(":")),
+            })
+        }
+
+        pub fn timestamp(text: &str) -> Option<String> {
+            if text == "infinity" || text == "-infinity" {
+                return Some(text.to_string());
+            }
+            let (body, bc) = match text.strip_suffix(" BC") {
+                Some(body) => (body, true),
+                None => (text, false),
+            };
+            let (day, time) = body.split_once(' ')?;
+            let day = date(&if bc {
+                format!("{day} BC")
+            } else {
+                day.to_string()
+            })?;
+            let (clock, offset) = match time.find(['+', '-']) {
+                Some(at) => (&time[..at], offset_of(&time[at..])?),
+                None => (time, "Z".to_string()),
+            };
+            if clock.len() < 8 {
+                return None;
+            }
+            Some(format!("{day}T{clock}{offset}"))
+        }
+    }
+
     /// The byte-at-a-time escaping [`write_json_string`] replaced: the reference its output must match.
     fn byte_loop(text: &str) -> String {
         let mut out = String::from('"');
@@ -777,6 +955,24 @@ mod tests {
             write_json_string(&text, &mut fast);
             proptest::prop_assert_eq!(&fast, &byte_loop(&text));
             proptest::prop_assert_eq!(serde_json::from_str::<Json>(&fast).unwrap(), Json::String(text));
+        }
+
+        #[test]
+        fn dates_times_and_timestamps_are_written_as_before(
+            text in "(-?infinity|[0-9]{0,5}-[0-9]{2}-[0-9]{2})( [0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?([+-][0-9]{2}(:[0-9]{2}){0,3})?)?( BC)?|[0-9:. +-]{0,20}"
+        ) {
+            proptest::prop_assert_eq!(date(&text), old::date(&text));
+            proptest::prop_assert_eq!(timestamp(&text), old::timestamp(&text));
+            proptest::prop_assert_eq!(time_with_offset(&text), old::time_with_offset(&text));
+            for oid in [1082u32, 1083, 1266, 1114, 1184, 1700, 17] {
+                let kind = builtin(oid).unwrap();
+                let mut out = String::from("[");
+                let direct = kind.write_json(&text, &mut out);
+                proptest::prop_assert_eq!(direct.is_ok(), kind.to_json(&text).is_ok());
+                if let Ok(json) = kind.to_json(&text) {
+                    proptest::prop_assert_eq!(out, format!("[{json}"));
+                }
+            }
         }
 
         #[test]
