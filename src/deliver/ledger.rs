@@ -478,7 +478,7 @@ impl Ledger {
     /// Removes a consumer and its queue.
     pub fn remove(&mut self, id_or_name: &str) -> Result<Consumer> {
         let consumer = self.get(id_or_name)?;
-        let tx = self.conn.savepoint().map_err(sqlite("removing"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM messages WHERE consumer = ?1", [&consumer.id])
             .map_err(sqlite("removing"))?;
         tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id])
@@ -616,10 +616,7 @@ impl Ledger {
         if !self.exists(id)? {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .savepoint()
-            .map_err(sqlite("recording an attempt"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("recording an attempt"))?;
         tx.prepare_cached(
             "INSERT INTO attempts (consumer, at_ms, messages, status, error, duration_ms, test)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -680,10 +677,7 @@ impl Ledger {
         let second = at_ms.div_euclid(1000);
         let sum: u64 = latencies_ms.iter().sum();
         let max = latencies_ms.iter().copied().max().unwrap_or(0);
-        let tx = self
-            .conn
-            .savepoint()
-            .map_err(sqlite("recording a sample"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("recording a sample"))?;
         tx.prepare_cached(
             "INSERT INTO samples (consumer, second, delivered, latency_sum_ms, latency_max_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)
@@ -742,7 +736,7 @@ impl Ledger {
     /// again from position 1. Queued messages stay, moved below 0 in the same order, so they are
     /// still delivered first and the new log's positions never collide with them.
     pub fn rewind_all(&mut self) -> Result<()> {
-        let tx = self.conn.savepoint().map_err(sqlite("rewinding"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("rewinding"))?;
         // Every new value is below every old one: no two rows ever share a key during the update.
         tx.execute(
             "UPDATE messages SET seq = seq - (SELECT max(seq) - min(seq) + 1 FROM messages)",
@@ -784,7 +778,7 @@ impl Ledger {
     /// one, waiting behind a queued message of their group. A message that has a row already keeps
     /// it as it is (it was read again after a restart).
     pub fn hold(&mut self, id: &str, rows: &[Row<'_>], failure: Option<Failure<'_>>) -> Result<()> {
-        let tx = self.conn.savepoint().map_err(sqlite("queueing"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("queueing"))?;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -856,7 +850,7 @@ impl Ledger {
         position: u64,
         now_ms: i64,
     ) -> Result<()> {
-        let tx = self.conn.savepoint().map_err(sqlite("queueing"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("queueing"))?;
         {
             let mut replace = tx
                 .prepare_cached(
@@ -919,7 +913,7 @@ impl Ledger {
         visible_ms: u64,
         max_pending: Option<u64>,
     ) -> Result<Vec<Claimed>> {
-        let tx = self.conn.savepoint().map_err(sqlite("claiming"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("claiming"))?;
         let mut limit = limit as i64;
         if let Some(max) = max_pending {
             let pending: i64 = tx
@@ -963,7 +957,7 @@ impl Ledger {
         limit: usize,
         visible_ms: u64,
     ) -> Result<Vec<Claimed>> {
-        let tx = self.conn.savepoint().map_err(sqlite("claiming"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("claiming"))?;
         let claimed = {
             let mut stmt = tx
                 .prepare_cached(
@@ -999,7 +993,7 @@ impl Ledger {
 
     /// Removes acknowledged messages by log position.
     pub fn delivered(&mut self, id: &str, seqs: &[u64]) -> Result<()> {
-        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("acknowledging"))?;
         {
             // Only a message first sent from the log and queued when it failed can lie above the
             // position; remembering it keeps a restart from sending it again. The position is
@@ -1039,10 +1033,7 @@ impl Ledger {
         retry_at_ms: i64,
         max_retries: Option<u32>,
     ) -> Result<()> {
-        let tx = self
-            .conn
-            .savepoint()
-            .map_err(sqlite("recording a failure"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("recording a failure"))?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -1082,7 +1073,7 @@ impl Ledger {
     /// counts those acknowledged now in the consumer's delivered samples.
     pub fn ack(&mut self, id: &str, ack_ids: &[String]) -> Result<()> {
         let now_ms = crate::deliver::now_ms();
-        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("acknowledging"))?;
         let mut latencies = Vec::new();
         {
             let mut stmt = tx
@@ -1118,7 +1109,7 @@ impl Ledger {
     }
 
     fn by_ack_ids(&mut self, id: &str, ack_ids: &[String], sql: &str) -> Result<()> {
-        let tx = self.conn.savepoint().map_err(sqlite("acknowledging"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("acknowledging"))?;
         {
             let mut stmt = tx.prepare_cached(sql).map_err(sqlite("acknowledging"))?;
             for ack_id in ack_ids {
@@ -1177,7 +1168,7 @@ impl Ledger {
 
     /// Drops parked messages (all, or the one at `seq`) without delivering them; returns how many.
     pub fn skip(&mut self, id: &str, seq: Option<u64>) -> Result<u64> {
-        let tx = self.conn.savepoint().map_err(sqlite("skipping"))?;
+        let tx = step(&mut self.conn).map_err(sqlite("skipping"))?;
         tx.execute(
             "INSERT OR IGNORE INTO settled (consumer, seq)
              SELECT consumer, seq FROM messages
@@ -1221,6 +1212,47 @@ impl Ledger {
     }
 }
 
+/// One ledger step's transaction: a savepoint inside a [`Ledger::round`], else an IMMEDIATE
+/// transaction of its own.
+///
+/// Why: a savepoint begun outside a transaction is a deferred transaction. A step that reads and
+/// then writes (claiming, queueing) would then ask for the write lock holding an old snapshot, and
+/// SQLite refuses that at once, without waiting for the busy timeout (SQLITE_BUSY), whenever another
+/// connection wrote in between: the delivery worker, the pull API, the command line.
+enum Step<'c> {
+    Own(rusqlite::Transaction<'c>),
+    Nested(rusqlite::Savepoint<'c>),
+}
+
+fn step(conn: &mut Connection) -> rusqlite::Result<Step<'_>> {
+    if conn.is_autocommit() {
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map(Step::Own)
+    } else {
+        conn.savepoint().map(Step::Nested)
+    }
+}
+
+impl std::ops::Deref for Step<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Step::Own(tx) => tx,
+            Step::Nested(savepoint) => savepoint,
+        }
+    }
+}
+
+impl Step<'_> {
+    fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            Step::Own(tx) => tx.commit(),
+            Step::Nested(savepoint) => savepoint.commit(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1252,12 +1284,55 @@ mod tests {
         }
     }
 
+    fn attempt(n: i64) -> Attempt {
+        Attempt {
+            at_ms: n,
+            messages: 1,
+            status: Some(200),
+            error: None,
+            duration_ms: 1,
+            test: false,
+        }
+    }
+
     fn msg(group: &str, n: i64) -> Message {
         Message {
             body: json!({"n": n}),
             action: Action::Update,
             group: group.into(),
         }
+    }
+
+    #[test]
+    fn steps_beside_another_connections_writes_wait_instead_of_failing_busy() {
+        let d = dir("busy");
+        let mut l = Ledger::open(&d.0).unwrap();
+        let c = l.add(spec(Mode::Changes), 0).unwrap();
+        l.enqueue(&c.id, Mode::Changes, &[(1, msg("a", 1))], 1, 0)
+            .unwrap();
+        let id = c.id.clone();
+        let path = d.0.clone();
+        // Another connection writes as fast as it can (the delivery worker's rounds)…
+        let writer = std::thread::spawn(move || {
+            let mut other = Ledger::open(&path).unwrap();
+            for n in 0..400 {
+                other.round(|l| l.record_attempt(&id, &attempt(n))).unwrap();
+            }
+        });
+        // …while this one claims (reads, then writes) outside any round, as the command line does.
+        let mut failures = Vec::new();
+        for n in 0..400 {
+            if let Err(e) = l.claim(&c.id, 1000 + n, 1, 0, None) {
+                failures.push(e.to_string());
+            }
+        }
+        writer.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of 400 claims failed: {:?}",
+            failures.len(),
+            failures.first()
+        );
     }
 
     #[test]
