@@ -554,8 +554,6 @@ async fn run_in_store(
     Ok(std::mem::take(&mut capture.report))
 }
 
-/// The relation `relid` among those the stream described; a function of the map alone, so the caller
-/// can write to the store while it holds the relation.
 /// The next event if one is waiting; when transactions arrive `quick`ly, waits up to
 /// [`GROUP_COMMIT_WAIT`] for one first.
 async fn next_soon(stream: &mut Stream, quick: bool) -> Result<Option<Event>> {
@@ -571,6 +569,8 @@ async fn next_soon(stream: &mut Stream, quick: bool) -> Result<Option<Event>> {
     Ok(None)
 }
 
+/// The relation `relid` among those the stream described; a function of the map alone, so the caller
+/// can write to the store while it holds the relation.
 fn relation_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Relation> {
     bound_in(relations, relid).map(|b| &b.rel)
 }

@@ -545,9 +545,8 @@ async fn receive(
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let mut ledger = lock(&shared.ledger);
                 let mut feeder = lock(&shared.feeder);
-                // One IMMEDIATE transaction: each step's savepoint, begun on its own, would be a
-                // deferred transaction that reads and then writes, which SQLite refuses at once
-                // (SQLITE_BUSY, no waiting) when the delivery worker wrote in between.
+                // Feeding and claiming in one IMMEDIATE transaction: one commit for the request
+                // instead of one per step (each step alone is IMMEDIATE too, see the ledger's `Step`).
                 ledger.round(|ledger| {
                     while feeder.feed(ledger, &id, now_ms())? == PAGE {}
                     // A paused consumer hands nothing out; a long poll waits for its resume.
@@ -672,7 +671,7 @@ async fn settle(
     let ids = parse_ack_ids(&body)?;
     tokio::task::spawn_blocking(move || {
         let mut ledger = lock(&shared.ledger);
-        // IMMEDIATE, for the reason given in `receive`.
+        // One IMMEDIATE transaction, as in `receive`.
         ledger.round(|ledger| {
             if ack {
                 ledger.ack(&consumer.id, &ids)
