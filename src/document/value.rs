@@ -188,11 +188,7 @@ impl Kind {
                 }
             },
             Kind::Numeric => {
-                let ok = matches!(text, "NaN" | "Infinity" | "-Infinity")
-                    || (!text.is_empty()
-                        && text.chars().all(|c| {
-                            c.is_ascii_digit() || matches!(c, '-' | '.' | 'e' | 'E' | '+')
-                        }));
+                let ok = matches!(text, "NaN" | "Infinity" | "-Infinity") || is_numeric_text(text);
                 if !ok {
                     return Err(error(name, text, "is not a numeric"));
                 }
@@ -283,7 +279,7 @@ impl Kind {
             _ => match self.to_json(text)? {
                 // A string with nothing to escape (numeric, bytea's base64, dates, timestamps) is
                 // written as serde_json writes it, without printing it into a buffer of its own first.
-                Json::String(s) if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') => {
+                Json::String(s) if !s.bytes().any(is_escaped) => {
                     out.push('"');
                     out.push_str(&s);
                     out.push('"');
@@ -304,10 +300,7 @@ impl Kind {
         out.push('"');
         let written = match self {
             Kind::Numeric => {
-                let ok = !text.is_empty()
-                    && text.bytes().all(|c| {
-                        c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'e' | b'E' | b'+')
-                    });
+                let ok = is_numeric_text(text);
                 if ok {
                     out.push_str(text);
                 }
@@ -328,17 +321,27 @@ impl Kind {
         };
         // Quotes, backslashes and control characters would need escaping: PostgreSQL never prints
         // them in these types, and the general way handles them if it ever did.
-        if !written
-            || out.as_bytes()[start + 1..]
-                .iter()
-                .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-        {
+        if !written || out.as_bytes()[start + 1..].iter().any(|&b| is_escaped(b)) {
             out.truncate(start);
             return false;
         }
         out.push('"');
         true
     }
+}
+
+/// Whether `text` is a finite numeric's output: digits, signs, a point and an exponent, and nothing
+/// else (what PostgreSQL prints for numeric; NaN and ±Infinity aside).
+fn is_numeric_text(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'e' | b'E' | b'+'))
+}
+
+/// Whether JSON escapes `byte` in a string: a quote, a backslash or a control character.
+fn is_escaped(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
 /// Whether `text` follows JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
