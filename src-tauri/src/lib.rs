@@ -151,10 +151,8 @@ pub fn run() {
 
 fn init_logging(dir: &std::path::Path) {
     let file = tracing_appender::rolling::daily(dir, "tidepool.log");
-    // The replication transport logs each lost connection as an ERROR before the capture reconnects
-    // and says so itself: its own lines are for debugging (TIDEPOOL_LOG=pgwire_replication=debug).
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
-        .unwrap_or_else(|_| "info,pgwire_replication=off".into());
+        .unwrap_or_else(|_| "info".into());
     // A second initialisation (tests that build the app twice) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -792,6 +792,13 @@ impl Capture {
                     }
                     self.flush(&stream, batch_end)?;
                     last_flush = Some(Instant::now());
+                    // Hand the thread back to the runtime once per batch. The stream reads the
+                    // socket on this task, so while the server has more to send nothing here waits,
+                    // and the runtime would neither fire timers (the definition poll, backfills
+                    // brought in) nor refill this task's cooperative budget: once spent, every
+                    // read looks empty, `next_soon` finds nothing, and each transaction is flushed
+                    // on its own. A capture behind a busy source then fell further behind.
+                    tokio::task::yield_now().await;
                     if self.reached_stop() {
                         stream.stop().await;
                         return Ok(Outcome::Stopped);

@@ -24,3 +24,4 @@ pub mod slot;
 pub mod sql;
 pub mod ssh;
 pub mod tls;
+pub mod wire;

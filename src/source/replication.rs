@@ -1,33 +1,33 @@
 //! The replication connection: `replication=database`, START_REPLICATION with pgoutput, keepalives and
 //! standby status updates, over TLS when the profile asks for it.
 //!
-//! The transport is pgwire-replication 0.5 (tokio-postgres has no streaming-replication protocol). This
-//! module is the only place that knows it, so it can be replaced: the rest of the engine sees
-//! [`Event`]s and calls [`Stream::confirm`].
+//! The stream is read on the capture's own task, straight from the socket ([`crate::source::wire`]):
+//! [`Stream::next`] frames the next message from the read buffer and reads the socket only when the
+//! buffer holds no whole message. There is no task or channel between the socket and the capture, so
+//! a change costs no hand-over, and what is read ahead is bounded by the buffer
+//! ([`crate::source::wire::READ_CHUNK`], or the one message being read) and the kernel's socket buffer,
+//! which is where the server then waits.
 //!
 //! Invariants:
 //! - The position reported to the server (write = flush = apply) is only ever what [`Stream::confirm`]
 //!   was given, i.e. what the capture has durably stored; it starts at the stored checkpoint.
-//! - Keepalives that ask for a reply are answered by the transport with that same confirmed position.
+//! - Keepalives that ask for a reply are answered with that same confirmed position.
+//! - A confirmed position is sent within [`STATUS_INTERVAL`] while the stream waits for the server, and
+//!   at the latest at the next read while it is busy; [`Stream::stop`] sends the last one and returns
+//!   once the server has read it.
 //! - The session pins every setting that text output depends on ([`crate::document::value::SESSION_OPTIONS`]).
-//! - The password goes only to the server; the transport's config (which derives `Debug` with the
-//!   password in it) is never logged.
-//! - What is read ahead of the capture is bounded in bytes, not only in events: a relay task takes
-//!   events from the transport (whose own buffer holds one) only while the events handed out and not
-//!   yet done with weigh at most [`READ_AHEAD_BYTES`]. A 100 MiB row is then the only one in memory
-//!   while it is stored, instead of the next ones being read behind it. Once full, the relay reads
-//!   again only when they have fallen to half of that, so it and the transport run in bursts instead
-//!   of waking each other for every event the capture is done with.
+//! - The password goes only to the server.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use bytes::Buf;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::connection::ConnectionSpec;
-use crate::source::pgoutput::Lsn;
+use crate::source::pgoutput::{self, Lsn};
 use crate::source::sql;
-use crate::source::tls::SslMode;
+use crate::source::wire::{Frame, ServerError, Startup, Wire, WireError};
 
 /// What the replication stream delivers.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub enum Event {
         commit_time_micros: i64,
         xid: u32,
     },
-    /// A pgoutput message other than Begin and Commit.
+    /// A pgoutput message other than Begin, Commit and Message (a slice of the read buffer).
     Data(bytes::Bytes),
     /// The transaction commits; `end_lsn` is where the next one can start.
     Commit {
@@ -52,60 +52,30 @@ pub enum Event {
     Message { lsn: Lsn, prefix: String },
 }
 
-/// How much the relay reads ahead of the capture (a message counts its bytes plus [`EVENT_COST`]).
-pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
-/// What an event counts for besides its bytes, so the number of small events read ahead is bounded too.
-const EVENT_COST: usize = 64;
+/// How often a newly confirmed position is sent to the server. Short, because the slot's
+/// `confirmed_flush_lsn` trails the store by as much, and ten small messages a second cost nothing.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The events read ahead and not yet done with, in bytes, and a wake-up for the relay when that falls.
-#[derive(Default)]
-struct ReadAhead {
-    bytes: std::sync::atomic::AtomicUsize,
-    released: tokio::sync::Notify,
-}
+/// How long [`Stream::stop`] waits for the server to acknowledge the end of the stream.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// Once the read-ahead is full, the relay waits until it falls to this before reading again: it then
-/// moves events in bursts of thousands instead of waking (and waking the transport) for every event
-/// the capture is done with, which cost the capture's core about as much as decoding the event.
-const RESUME_BYTES: usize = READ_AHEAD_BYTES / 2;
-
-impl ReadAhead {
-    fn release(&self, cost: usize) {
-        if cost > 0 {
-            let before = self
-                .bytes
-                .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
-            // Only the release that crosses the resume mark wakes the relay (a wake-up while it is
-            // not waiting is kept for its next wait, so none is lost).
-            if before > RESUME_BYTES && before - cost <= RESUME_BYTES {
-                self.released.notify_one();
-            }
-        }
-    }
-}
-
-/// What the relay passes on: an event, the end of the stream, or the transport's error.
-type Relayed = Result<Option<Event>>;
+/// The XLogData header before the pgoutput message: `w`, start, end and send time.
+const XLOG_DATA_HEADER: usize = 1 + 8 + 8 + 8;
+/// A primary keepalive: `k`, the server's end of WAL, its time, and whether it asks for a reply.
+const KEEPALIVE_LEN: usize = 1 + 8 + 8 + 1;
 
 /// An open replication stream.
 pub struct Stream {
-    events: tokio::sync::mpsc::UnboundedReceiver<(Relayed, usize)>,
-    read_ahead: std::sync::Arc<ReadAhead>,
-    /// The cost of the event handed out last, released when the next one is asked for.
-    holding: usize,
-    confirmed: tokio::sync::watch::Sender<Lsn>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    relay: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Stream {
-    /// A stream dropped without [`Stream::stop`] (an error ended the capture) takes the relay, and
-    /// with it the connection, down.
-    fn drop(&mut self) {
-        if let Some(relay) = &self.relay {
-            relay.abort();
-        }
-    }
+    wire: Wire,
+    target: String,
+    /// What the capture has durably stored ([`Stream::confirm`]).
+    confirmed: AtomicU64,
+    /// The position last sent to the server.
+    sent: u64,
+    /// When a position was last sent.
+    sent_at: tokio::time::Instant,
+    /// The server ended the stream.
+    ended: bool,
 }
 
 /// Where and what to stream.
@@ -120,126 +90,91 @@ pub struct StreamOptions<'a> {
     pub start: Lsn,
 }
 
-/// How often the transport tells the server the confirmed position. Short, because a stopping
-/// capture waits for the last position to be sent ([`shutdown_confirmed`]): at 1 s, that wait was up
-/// to a second of every `--stop-at-lsn` run (docs/benchmarks.md, "Capture CPU (issue 21)"), and the
-/// slot's `confirmed_flush_lsn` trailed the store by as much. Ten small messages a second cost nothing.
-const STATUS_INTERVAL: Duration = Duration::from_millis(100);
-
-/// `dial` is where to connect ([`ConnectionSpec::dial`]): the host itself, or an SSH tunnel's loopback
-/// port, in which case TLS is still told the host's name.
-fn config(options: &StreamOptions<'_>, dial: (String, u16)) -> ReplicationConfig {
-    // pgwire-replication enables both of rustls' crypto providers; choose one for the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let spec = options.spec;
-    let tls = match spec.sslmode {
-        SslMode::Disable | SslMode::Allow => TlsConfig::disabled(),
-        SslMode::Prefer => TlsConfig {
-            mode: pgwire_replication::SslMode::Prefer,
-            ..TlsConfig::disabled()
-        },
-        SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCa => TlsConfig::verify_ca(spec.sslrootcert.clone()),
-        SslMode::VerifyFull => {
-            TlsConfig::verify_full(spec.sslrootcert.clone()).with_sni_hostname(&spec.host)
-        }
-    };
-    let tls = if spec.tunnel.is_some() && tls.mode != pgwire_replication::SslMode::Disable {
-        tls.with_sni_hostname(&spec.host)
-    } else {
-        tls
-    };
+/// Connects a replication session (`replication=database`) within the profile's connect timeout.
+async fn open(spec: &ConnectionSpec, slot: &str) -> Result<Wire> {
+    spec.validate()?;
+    let target = spec.target();
+    let dial = spec.dial().await?;
     let mut session_options = crate::document::value::SESSION_OPTIONS.to_string();
     if let Some(extra) = &spec.options {
         session_options = format!("{extra} {session_options}");
     }
-    ReplicationConfig::new(
-        &dial.0,
-        &spec.user,
-        spec.password
-            .as_ref()
-            .map(|p| p.expose().to_string())
-            .unwrap_or_default(),
-        &spec.database,
-        options.slot,
-        // publication_names is parsed as a list of identifiers: quote each.
-        options
-            .publications
-            .iter()
-            .map(|p| sql::ident(p))
-            .collect::<Vec<_>>()
-            .join(","),
+    let parameters = [
+        ("replication", "database"),
+        ("application_name", spec.application_name.as_str()),
+        ("options", session_options.as_str()),
+    ];
+    let connect = Wire::connect(Startup {
+        spec,
+        dial,
+        parameters: &parameters,
+    });
+    match tokio::time::timeout(
+        spec.connect_timeout.saturating_add(Duration::from_secs(2)),
+        connect,
     )
-    .with_port(dial.1)
-    .with_tls(tls)
-    .with_start_lsn(pgwire_replication::Lsn(options.start.0))
-    .with_ack_lsn(pgwire_replication::Lsn(options.start.0))
-    .with_status_interval(STATUS_INTERVAL)
-    // The relay bounds what is read ahead in bytes; the transport's own buffer only hands over.
-    .with_buffer_size(1)
-    .with_options(session_options)
-    .with_application_name(&spec.application_name)
+    .await
+    {
+        Ok(Ok(wire)) => Ok(wire),
+        Ok(Err(e)) => Err(wire_error(&target, slot, e)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "{target}: the replication connection did not start within {} s",
+                spec.connect_timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 impl Stream {
     /// Connects, authenticates and starts streaming.
     pub async fn start(options: StreamOptions<'_>) -> Result<Stream> {
-        let spec = options.spec;
-        spec.validate()?;
-        let target = spec.target();
-        let dial = spec.dial().await?;
-        let connect = ReplicationClient::connect(config(&options, dial));
-        let client = match tokio::time::timeout(
-            spec.connect_timeout.saturating_add(Duration::from_secs(2)),
-            connect,
-        )
-        .await
-        {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(transport_error(&target, options.slot, e)),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "{target}: the replication connection did not start within {} s",
-                        spec.connect_timeout.as_secs()
-                    ),
-                ))
-            }
-        };
-        let read_ahead = std::sync::Arc::new(ReadAhead::default());
-        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let (confirmed, confirmed_rx) = tokio::sync::watch::channel(options.start);
-        let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        let relay = tokio::spawn(relay(
-            client,
-            target,
-            read_ahead.clone(),
-            events_tx,
-            confirmed_rx,
-            stop_rx,
-        ));
+        let target = options.spec.target();
+        let mut wire = open(options.spec, options.slot).await?;
+        // publication_names is parsed as a list of identifiers: quote each, then the list as a literal.
+        let publications = options
+            .publications
+            .iter()
+            .map(|p| sql::ident(p))
+            .collect::<Vec<_>>()
+            .join(",");
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
+            sql::ident(options.slot),
+            options.start,
+            sql::literal(&publications)
+        );
+        wire.start_copy_both(&command)
+            .await
+            .map_err(|e| wire_error(&target, options.slot, e))?;
         Ok(Stream {
-            events,
-            read_ahead,
-            holding: 0,
-            confirmed,
-            stop: Some(stop),
-            relay: Some(relay),
+            wire,
+            target,
+            confirmed: AtomicU64::new(options.start.0),
+            sent: options.start.0,
+            sent_at: tokio::time::Instant::now(),
+            ended: false,
         })
     }
 
-    /// The next event, or `None` when the server ended the stream. Cancel-safe. The event handed out
-    /// before is done with once this is called.
+    /// The next event, or `None` when the server ended the stream. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Event>> {
-        self.read_ahead.release(std::mem::take(&mut self.holding));
-        match self.events.recv().await {
-            Some((relayed, cost)) => {
-                self.holding = cost;
-                relayed
+        loop {
+            if self.ended {
+                return Ok(None);
             }
-            // The relay ended after passing on the end or an error.
-            None => Ok(None),
+            if self.wire.has_output() {
+                self.wire.flush().await.map_err(|e| self.error(e))?;
+            }
+            match self.wire.frame().map_err(|e| self.error(e))? {
+                Some(frame) => {
+                    if let Some(event) = self.event(frame)? {
+                        return Ok(Some(event));
+                    }
+                }
+                None => self.wait().await?,
+            }
         }
     }
 
@@ -254,152 +189,168 @@ impl Stream {
 
     /// Reports `lsn` as written, flushed and applied: call only once everything up to it is stored.
     pub fn confirm(&self, lsn: Lsn) {
-        self.confirmed.send_replace(lsn);
+        self.confirmed.store(lsn.0, Ordering::Release);
     }
 
-    /// Ends the stream cleanly, once the server has been sent the last confirmed position (see
-    /// [`shutdown_confirmed`]).
+    /// Ends the stream cleanly: sends the last confirmed position, ends the copy, and waits (within
+    /// [`STOP_WAIT`]) until the server is ready for a query again. By then it has read the position, so
+    /// the slot's `confirmed_flush_lsn` is the store's checkpoint, and it has released the slot, so a
+    /// stream started right after this (a re-backfill restarts the stream) is not refused with "slot
+    /// is active" (55006): the server sends its own CopyDone before it releases the slot, and
+    /// ReadyForQuery after.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(relay) = self.relay.take() {
-            let _ = relay.await;
-        }
-    }
-}
-
-/// Moves events from the transport to the stream while what is read ahead stays within
-/// [`READ_AHEAD_BYTES`], passes confirmations on, and shuts the transport down when asked.
-async fn relay(
-    mut client: ReplicationClient,
-    target: String,
-    read_ahead: std::sync::Arc<ReadAhead>,
-    events: tokio::sync::mpsc::UnboundedSender<(Relayed, usize)>,
-    mut confirmed: tokio::sync::watch::Receiver<Lsn>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    use std::sync::atomic::Ordering;
-    // Whether the read-ahead filled up and the relay waits for it to fall to RESUME_BYTES.
-    let mut waiting = false;
-    let confirm = |client: &ReplicationClient,
-                   confirmed: &mut tokio::sync::watch::Receiver<Lsn>| {
-        let lsn = *confirmed.borrow_and_update();
-        client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-    };
-    loop {
-        // Checked on every turn, so a busy stream cannot hold confirmations or the stop back.
-        if confirmed.has_changed().unwrap_or(false) {
-            confirm(&client, &mut confirmed);
-        }
-        match stop.try_recv() {
-            Ok(()) => {
-                if confirmed.has_changed().unwrap_or(false) {
-                    confirm(&client, &mut confirmed);
+        let last = self.confirmed.load(Ordering::Acquire);
+        self.queue_status(last, false);
+        postgres_protocol::message::frontend::copy_done(self.wire.output());
+        let wire = &mut self.wire;
+        let ended = async {
+            wire.flush().await?;
+            loop {
+                let frame = wire.read_frame().await?;
+                if frame.tag == b'Z' {
+                    return Ok::<_, WireError>(());
                 }
-                let last = *confirmed.borrow();
-                shutdown_confirmed(&mut client, last).await;
-                return;
             }
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return,
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-        }
-        let read = read_ahead.bytes.load(Ordering::Acquire);
-        // Full at READ_AHEAD_BYTES; after that, room again only from RESUME_BYTES down.
-        let room = if waiting {
-            read <= RESUME_BYTES
-        } else {
-            read <= READ_AHEAD_BYTES
         };
-        waiting = !room;
-        tokio::select! {
-            biased;
-            received = client.recv(), if room => {
-                let relayed = received
-                    .map_err(|e| transport_error(&target, "", e))
-                    .map(|event| event.and_then(translate));
-                let ended = !matches!(relayed, Ok(Some(_)));
-                let cost = match &relayed {
-                    Ok(Some(Event::Data(bytes))) => EVENT_COST + bytes.len(),
-                    _ => EVENT_COST,
-                };
-                read_ahead.bytes.fetch_add(cost, Ordering::AcqRel);
-                if events.send((relayed, cost)).is_err() || ended {
-                    return;
+        let _ = tokio::time::timeout(STOP_WAIT, ended).await;
+        self.wire.queue_terminate();
+        let _ = tokio::time::timeout(STOP_WAIT, self.wire.flush()).await;
+    }
+
+    /// Reads more from the server, first sending a confirmed position that is due; while one is
+    /// confirmed and not yet sent, waits no longer than until it is due.
+    async fn wait(&mut self) -> Result<()> {
+        let confirmed = self.confirmed.load(Ordering::Acquire);
+        let due = (confirmed > self.sent).then_some(self.sent_at + STATUS_INTERVAL);
+        if due.is_some_and(|due| tokio::time::Instant::now() >= due) {
+            self.queue_status(confirmed, false);
+            self.wire.flush().await.map_err(|e| self.error(e))?;
+            return Ok(());
+        }
+        let read = match due {
+            None => self.wire.fill().await,
+            Some(due) => tokio::select! {
+                biased;
+                read = self.wire.fill() => read,
+                _ = tokio::time::sleep_until(due) => Ok(()),
+            },
+        };
+        read.map_err(|e| self.error(e))
+    }
+
+    /// The event a message from the server carries, if any.
+    fn event(&mut self, frame: Frame) -> Result<Option<Event>> {
+        match frame.tag {
+            b'd' => {
+                let (event, reply) = copy_data(frame.body).map_err(|e| self.error(e))?;
+                if reply {
+                    let confirmed = self.confirmed.load(Ordering::Acquire);
+                    self.queue_status(confirmed, false);
                 }
+                Ok(Some(event))
             }
-            changed = confirmed.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                confirm(&client, &mut confirmed);
+            b'E' => {
+                let e = ServerError::parse(&frame.body).map_err(|e| self.error(e))?;
+                Err(self.error(WireError::Server(e)))
             }
-            _ = read_ahead.released.notified(), if !room => {}
-            _ = &mut stop => {
-                if confirmed.has_changed().unwrap_or(false) {
-                    confirm(&client, &mut confirmed);
-                }
-                let last = *confirmed.borrow();
-                shutdown_confirmed(&mut client, last).await;
-                return;
+            b'c' => {
+                self.ended = true;
+                Ok(None)
             }
+            // NoticeResponse, ParameterStatus.
+            _ => Ok(None),
         }
     }
-}
 
-/// Shuts the transport down once the server has been sent `last` (bounded by a few status
-/// intervals). The transport sends positions on its status interval and its shutdown sends none, so
-/// without the wait a run that stops right after storing (`--stop-at-lsn`) would leave the slot one
-/// run behind and the server would keep that run's WAL until the next start.
-async fn shutdown_confirmed(client: &mut ReplicationClient, last: Lsn) {
-    let metrics = client.metrics();
-    let deadline = tokio::time::Instant::now() + STATUS_INTERVAL * 3;
-    while metrics.last_applied_lsn().as_u64() < last.0
-        && tokio::time::Instant::now() < deadline
-        && client.is_running()
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    /// Queues a standby status update reporting `lsn` as written, flushed and applied.
+    fn queue_status(&mut self, lsn: u64, reply: bool) {
+        let mut body = [0u8; 34];
+        body[0] = b'r';
+        for at in [1, 9, 17] {
+            body[at..at + 8].copy_from_slice(&lsn.to_be_bytes());
+        }
+        body[25..33].copy_from_slice(&crate::document::now_postgres_micros().to_be_bytes());
+        body[33] = u8::from(reply);
+        self.wire.queue_copy_data(&body);
+        self.sent = lsn;
+        self.sent_at = tokio::time::Instant::now();
     }
-    let _ = client.shutdown().await;
+
+    fn error(&self, e: WireError) -> Error {
+        wire_error(&self.target, "", e)
+    }
 }
 
-/// The transport's event as the capture sees it; `None` for the end of the stream.
-fn translate(event: ReplicationEvent) -> Option<Event> {
-    Some(match event {
-        ReplicationEvent::Begin {
+/// What a CopyData message of the stream carries, and whether the server asks for a reply now.
+/// XLogData (`w`) carries a pgoutput message: Begin, Commit and Message become their events, any
+/// other is handed on as [`Event::Data`], a slice of `body` without its header. A primary keepalive
+/// (`k`) is the server's position.
+pub fn copy_data(mut body: bytes::Bytes) -> std::result::Result<(Event, bool), WireError> {
+    match body.first() {
+        Some(b'w') if body.len() >= XLOG_DATA_HEADER => {
+            // Advancing a shared slice moves its start; no count is touched.
+            body.advance(XLOG_DATA_HEADER);
+            let event = match body.first() {
+                Some(b'B' | b'C' | b'M') => boundary(&body)?,
+                _ => Event::Data(body),
+            };
+            Ok((event, false))
+        }
+        Some(b'k') if body.len() >= KEEPALIVE_LEN => {
+            let mut fields = &body[1..];
+            let wal_end = Lsn(fields.get_u64());
+            let _server_time = fields.get_i64();
+            let reply = fields.get_u8() != 0;
+            Ok((Event::KeepAlive { wal_end }, reply))
+        }
+        _ => Err(WireError::Protocol(format!(
+            "a replication message of type {:?} and {} bytes",
+            body.first().map(|&b| b as char),
+            body.len()
+        ))),
+    }
+}
+
+/// A Begin, Commit or Message as the capture sees it.
+fn boundary(data: &[u8]) -> std::result::Result<Event, WireError> {
+    let message = pgoutput::decode(data, pgoutput::Context::default())
+        .map_err(|e| WireError::Protocol(format!("decoding pgoutput: {e}")))?;
+    Ok(match message {
+        pgoutput::Message::Begin {
             final_lsn,
+            commit_time,
             xid,
-            commit_time_micros,
         } => Event::Begin {
-            final_lsn: Lsn(final_lsn.0),
-            commit_time_micros,
+            final_lsn,
+            commit_time_micros: commit_time,
             xid,
         },
-        ReplicationEvent::XLogData { data, .. } => Event::Data(data),
-        ReplicationEvent::Commit {
-            lsn,
+        pgoutput::Message::Commit {
+            commit_lsn,
             end_lsn,
-            commit_time_micros,
+            commit_time,
+            ..
         } => Event::Commit {
-            commit_lsn: Lsn(lsn.0),
-            end_lsn: Lsn(end_lsn.0),
-            commit_time_micros,
+            commit_lsn,
+            end_lsn,
+            commit_time_micros: commit_time,
         },
-        ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
-            wal_end: Lsn(wal_end.0),
-        },
-        ReplicationEvent::Message { lsn, prefix, .. } => Event::Message {
-            lsn: Lsn(lsn.0),
-            prefix,
-        },
-        ReplicationEvent::StoppedAt { .. } => return None,
+        pgoutput::Message::Message { lsn, prefix, .. } => Event::Message { lsn, prefix },
+        other => {
+            return Err(WireError::Protocol(format!(
+                "pgoutput: {other:?} taken for a boundary"
+            )))
+        }
     })
 }
 
 /// A replication session that created a slot with an exported snapshot. The snapshot stays valid
-/// until the session ends, so keep it open until every table has been read in it.
+/// until the session ends, so keep it open until every table has been read in it. Dropping it closes
+/// the connection, and the server ends the session and releases the snapshot: an interrupted backfill
+/// must not leave the session (and its open transaction) behind, or the next CREATE_REPLICATION_SLOT
+/// would wait for that transaction forever.
 pub struct SnapshotSession {
-    client: ReplicationClient,
+    _wire: Wire,
     /// Where streaming from the new slot starts: the snapshot sees exactly the transactions before it.
     pub consistent_point: Lsn,
     /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
@@ -414,83 +365,55 @@ impl SnapshotSession {
         slot: &str,
         temporary: bool,
     ) -> Result<SnapshotSession> {
-        spec.validate()?;
         let target = spec.target();
-        let options = StreamOptions {
-            spec,
-            slot,
-            publications: &[String::new()],
-            start: Lsn(0),
-        };
-        let dial = spec.dial().await?;
-        let mut client = ReplicationClient::connect_gated(config(&options, dial))
-            .await
-            .map_err(|e| transport_error(&target, slot, e))?;
-        let rows = client
+        let mut wire = open(spec, slot).await?;
+        let rows = wire
             .simple_query(&format!(
                 "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput (SNAPSHOT 'export')",
                 sql::ident(slot),
                 if temporary { " TEMPORARY" } else { "" }
             ))
             .await
-            .map_err(|e| transport_error(&target, "", e))?;
+            .map_err(|e| wire_error(&target, "", e))?;
         let field = |i: usize| -> Result<String> {
             rows.first()
                 .and_then(|row| row.get(i).cloned().flatten())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no row"))
         };
         let consistent_point: Lsn = field(1)?.parse()?;
         let snapshot = field(2)?;
         Ok(SnapshotSession {
-            client,
+            _wire: wire,
             consistent_point,
             snapshot,
         })
     }
 
-    /// Ends the session; the snapshot is released, the slot stays. The session never started
-    /// streaming, so there is nothing to drain: the transport's graceful shutdown would wait for a stream
-    /// that never comes, so the connection is closed instead (see `Drop`).
+    /// Ends the session; the snapshot is released, the slot stays.
     pub async fn close(self) {
         drop(self);
     }
 }
 
-impl Drop for SnapshotSession {
-    /// An interrupted backfill must not leave the session (and its open transaction) behind: the next
-    /// CREATE_REPLICATION_SLOT would wait for that transaction forever. Cancelling the transport's task
-    /// closes the connection, and the server ends the session.
-    fn drop(&mut self) {
-        self.client.abort();
-    }
-}
-
-/// Classifies a transport error by its variant and, for server errors, by SQLSTATE (the transport
-/// renders server errors as "message (SQLSTATE xxxxx)").
-fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError) -> Error {
-    use pgwire_replication::PgWireError as E;
+/// Classifies a wire error by its variant and, for server errors, by SQLSTATE.
+fn wire_error(target: &str, slot: &str, e: WireError) -> Error {
     let text = e.to_string();
     // Neon's proxy refuses a replication connection for IP Allow as it refuses any other.
     if text.contains(crate::error::NEON_IP_ALLOW_REFUSAL) {
         return Error::neon_ip_allow(&format!("{target}: replication"), &text);
     }
-    let sqlstate = text
-        .rsplit_once("(SQLSTATE ")
-        .and_then(|(_, rest)| rest.strip_suffix(')'))
-        .map(str::to_string);
-    let kind = match (&e, sqlstate.as_deref()) {
-        (E::Io(_), _) | (E::Task(_), _) => ErrorKind::Connection,
-        // The worker ended while the relay was not waiting for it (it was passing a confirmation
-        // on), so its reason is gone: treat it as a lost connection, which restarts from the
-        // checkpoint and meets any lasting cause again at the start.
-        (E::Internal(m), _) if m.contains("already joined") => ErrorKind::Connection,
-        (E::Auth(_), _) => ErrorKind::Authentication,
-        (E::Tls(_), _) => ErrorKind::Tls,
-        (E::Server(_), Some("28P01" | "28000")) => ErrorKind::Authentication,
-        (E::Server(_), Some("42501")) => ErrorKind::Permission,
-        (E::Server(_), Some("42704" | "3D000")) => ErrorKind::NotFound,
-        (E::Server(_), Some(code)) if code.starts_with("08") || code.starts_with("57") => {
+    let sqlstate = match &e {
+        WireError::Server(s) => Some(s.code.as_str()),
+        _ => None,
+    };
+    let kind = match (&e, sqlstate) {
+        (WireError::Io(_), _) => ErrorKind::Connection,
+        (WireError::Auth(_), _) => ErrorKind::Authentication,
+        (WireError::Tls(_), _) => ErrorKind::Tls,
+        (_, Some("28P01" | "28000")) => ErrorKind::Authentication,
+        (_, Some("42501")) => ErrorKind::Permission,
+        (_, Some("42704" | "3D000")) => ErrorKind::NotFound,
+        (_, Some(code)) if code.starts_with("08") || code.starts_with("57") => {
             ErrorKind::Connection
         }
         _ => ErrorKind::Postgres,
@@ -503,7 +426,7 @@ fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError)
         ));
     }
     // 55006 object_in_use: "replication slot … is active for PID …".
-    if sqlstate.as_deref() == Some("55006") {
+    if sqlstate == Some("55006") {
         message.push_str(
             "; another client is streaming from this slot (a slot serves one consumer at a time)",
         );
@@ -514,18 +437,86 @@ fn transport_error(target: &str, slot: &str, e: pgwire_replication::PgWireError)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwire_replication::PgWireError;
+
+    /// A CopyData body of XLogData around a pgoutput message.
+    fn xlog_data(message: &[u8]) -> bytes::Bytes {
+        let mut body = vec![b'w'];
+        body.extend_from_slice(&[0; 24]);
+        body.extend_from_slice(message);
+        body.into()
+    }
+
+    #[test]
+    fn copy_data_becomes_the_capture_s_events() {
+        let begin = pgoutput::encode(
+            &pgoutput::Message::Begin {
+                final_lsn: Lsn(0x1_0000_0010),
+                commit_time: 42,
+                xid: 7,
+            },
+            pgoutput::Context::default(),
+        );
+        match copy_data(xlog_data(&begin)).unwrap() {
+            (
+                Event::Begin {
+                    final_lsn,
+                    commit_time_micros: 42,
+                    xid: 7,
+                },
+                false,
+            ) => assert_eq!(final_lsn, Lsn(0x1_0000_0010)),
+            other => panic!("{other:?}"),
+        }
+        // Any other message is handed on as it came, without the XLogData header.
+        match copy_data(xlog_data(b"I\0\0\0\x01N")).unwrap() {
+            (Event::Data(data), false) => assert_eq!(&data[..], b"I\0\0\0\x01N"),
+            other => panic!("{other:?}"),
+        }
+        let mut keepalive = vec![b'k'];
+        keepalive.extend_from_slice(&0x2_0000_0001u64.to_be_bytes());
+        keepalive.extend_from_slice(&0i64.to_be_bytes());
+        for (flag, asks) in [(0u8, false), (1, true), (9, true)] {
+            let mut body = keepalive.clone();
+            body.push(flag);
+            match copy_data(body.into()).unwrap() {
+                (Event::KeepAlive { wal_end }, reply) => {
+                    assert_eq!((wal_end, reply), (Lsn(0x2_0000_0001), asks))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn short_or_unknown_copy_data_is_a_protocol_error() {
+        let short_begin = xlog_data(b"B\0\0");
+        let short_keepalive = bytes::Bytes::from_static(b"k\0\0\0\0\0\0\0\x01");
+        for body in [
+            bytes::Bytes::new(),
+            bytes::Bytes::from_static(b"w\0\0"),
+            short_keepalive,
+            short_begin,
+            bytes::Bytes::from_static(b"x"),
+        ] {
+            assert!(
+                matches!(copy_data(body.clone()), Err(WireError::Protocol(_))),
+                "{body:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_replication_connection_refused_by_neons_ip_allow_says_so_and_what_to_change() {
-        let refusal =
-            "ERROR: This IP address 203.0.113.7 is not allowed to connect to this endpoint. \
-                       Please add it to the allowed list in the Neon console. (SQLSTATE 08004)";
-        for e in [
-            PgWireError::Server(refusal.into()),
-            PgWireError::Auth(refusal.into()),
-        ] {
-            let err = transport_error("ep-x.neon.tech:5432", "tidepool", e)
+        let refusal = "This IP address 203.0.113.7 is not allowed to connect to this endpoint. \
+                       Please add it to the allowed list in the Neon console.";
+        let server = ServerError {
+            severity: "ERROR".into(),
+            code: "08004".into(),
+            message: refusal.into(),
+            ..ServerError::default()
+        };
+        for e in [WireError::Server(server), WireError::Auth(refusal.into())] {
+            let err = wire_error("ep-x.neon.tech:5432", "tidepool", e)
                 .in_neon_project(Some("calm-sun-123"));
             assert_eq!(err.kind(), ErrorKind::Permission, "{err}");
             assert!(err.is_neon_ip_allow_refusal(), "{err}");
@@ -537,11 +528,17 @@ mod tests {
             assert!(err.message().contains("203.0.113.7"), "{err}");
         }
         // Any other server refusal keeps its own kind.
-        let other = transport_error(
+        let other = wire_error(
             "h:5432",
             "",
-            PgWireError::Server("ERROR: permission denied (SQLSTATE 42501)".into()),
+            WireError::Server(ServerError {
+                severity: "ERROR".into(),
+                code: "42501".into(),
+                message: "permission denied".into(),
+                ..ServerError::default()
+            }),
         );
         assert!(!other.is_neon_ip_allow_refusal(), "{other}");
+        assert_eq!(other.kind(), ErrorKind::Permission);
     }
 }

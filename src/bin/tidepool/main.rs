@@ -213,10 +213,8 @@ async fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
-            // The replication transport logs each lost connection as an ERROR before the capture
-            // reconnects and says so itself: its own lines are for debugging.
             tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
-                .unwrap_or_else(|_| "warn,pgwire_replication=off".into()),
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
