@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool::bytes::BytesMut;
+use bytes::BytesMut;
 use tidepool::source::replication::copy_data;
 use tidepool::source::wire::{data_row, split_frame, Framed, ServerError};
 
