@@ -201,7 +201,7 @@ impl Stream {
     pub async fn stop(mut self) {
         let last = self.confirmed.load(Ordering::Acquire);
         self.queue_status(last, false);
-        postgres_protocol::message::frontend::copy_done(self.wire.output());
+        self.wire.queue_copy_done();
         let wire = &mut self.wire;
         let ended = async {
             wire.flush().await?;

@@ -430,11 +430,6 @@ impl Wire {
         }
     }
 
-    /// The buffer for messages to send; [`Wire::flush`] sends them.
-    pub fn output(&mut self) -> &mut BytesMut {
-        &mut self.output
-    }
-
     /// Whether queued messages wait to be written.
     pub fn has_output(&self) -> bool {
         !self.output.is_empty()
@@ -456,6 +451,11 @@ impl Wire {
         self.output.put_u8(b'd');
         self.output.put_u32(4 + body.len() as u32);
         self.output.put_slice(body);
+    }
+
+    /// Queues CopyDone: the end of what this side sends in a COPY.
+    pub fn queue_copy_done(&mut self) {
+        frontend::copy_done(&mut self.output);
     }
 
     /// Queues Terminate: the server ends the session once it has read what was sent before.
