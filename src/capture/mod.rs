@@ -41,8 +41,9 @@ use crate::binding::{default_collection_name, Binding, Definition, Mode};
 use crate::document::large_value::{Document, ValueRef};
 use crate::document::value::{builtin, Kind};
 use crate::document::{
-    document, document_of, meta, meta_at, now_postgres_micros, postgres_time_to_unix_ms, write_row,
-    ColumnInfo, Columns, Relation, StoredRow, Transaction,
+    document, document_of, document_with_meta, meta, meta_at, now_postgres_micros,
+    postgres_time_to_unix_ms, write_meta, write_row, ColumnInfo, Columns, Relation, StoredRow,
+    Transaction,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::connection::{connect, ConnectionSpec};
@@ -976,8 +977,9 @@ impl Capture {
                     tx,
                     Some(&mut self.store),
                 )?;
-                let m = meta(Op::Create, relid, rel, tx, None, &row.unknown);
-                let doc = document_of(&mut row, &m, &[]);
+                let doc = document_with_meta(&mut row, |out, unknown| {
+                    write_meta(out, Op::Create, relid, rel, tx, None, unknown);
+                });
                 write(
                     &mut self.store,
                     disposition,
@@ -1103,8 +1105,9 @@ impl Capture {
                     Columns::Key
                 };
                 let mut row = write_row(rel, &old, columns, None, None, tx, Some(&mut self.store))?;
-                let m = meta(Op::Delete, relid, rel, tx, None, &[]);
-                let doc = document_of(&mut row, &m, &[]);
+                let doc = document_with_meta(&mut row, |out, _| {
+                    write_meta(out, Op::Delete, relid, rel, tx, None, &[]);
+                });
                 write(
                     &mut self.store,
                     disposition,

@@ -270,7 +270,9 @@ pub(crate) fn write_row(
     let mut members = String::with_capacity(224 + values.len() * 16);
     let mut unknown = Vec::new();
     let mut refs = Vec::new();
-    let mut key_spans: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(rel.key.len());
+    // Inline: a key of up to four columns takes no allocation per change.
+    let mut key_spans: smallvec::SmallVec<[(usize, std::ops::Range<usize>); 4]> =
+        smallvec::SmallVec::new();
     for (i, column) in rel.columns.iter().enumerate() {
         let is_key = rel.key.contains(&i);
         if columns == Columns::Key && !is_key {
@@ -439,23 +441,38 @@ pub(crate) fn meta_at(
     before: Option<&str>,
     unknown: &[String],
 ) -> (String, Option<usize>) {
-    let mut before_at = None;
     let mut meta = String::with_capacity(160);
-    meta.push_str("{\"op\":\"");
-    meta.push_str(op.code());
-    meta.push_str("\",\"source\":");
-    meta.push_str(tx.source(relid, rel));
+    let before_at = write_meta(&mut meta, op, relid, rel, tx, before, unknown);
+    (meta, before_at)
+}
+
+/// Appends the `_meta` object to `out`; returns where `before` starts in what it appended.
+pub(crate) fn write_meta(
+    out: &mut String,
+    op: Op,
+    relid: u32,
+    rel: &Relation,
+    tx: &mut Transaction,
+    before: Option<&str>,
+    unknown: &[String],
+) -> Option<usize> {
+    let start = out.len();
+    let mut before_at = None;
+    out.push_str("{\"op\":\"");
+    out.push_str(op.code());
+    out.push_str("\",\"source\":");
+    out.push_str(tx.source(relid, rel));
     if let Some(before) = before {
-        meta.push_str(",\"before\":");
-        before_at = Some(meta.len());
-        meta.push_str(before);
+        out.push_str(",\"before\":");
+        before_at = Some(out.len() - start);
+        out.push_str(before);
     }
     if !unknown.is_empty() {
-        meta.push_str(",\"unknown\":");
-        meta.push_str(&json!(unknown).to_string());
+        out.push_str(",\"unknown\":");
+        out.push_str(&json!(unknown).to_string());
     }
-    meta.push('}');
-    (meta, before_at)
+    out.push('}');
+    before_at
 }
 
 /// The document of a row and its `_meta`, with the references of the large values in both (those of
@@ -463,13 +480,37 @@ pub(crate) fn meta_at(
 /// buffer is taken, leaving `row.members` empty): the capture's hot path then copies no member and
 /// makes no new buffer per change. Its key, unknown columns and references stay for the caller.
 pub(crate) fn document_of(row: &mut RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
+    let mut doc = document_opened(row);
+    if meta_refs.is_empty() {
+        doc.text.push_str(meta);
+    } else {
+        doc.push_part(meta, meta_refs, &["_meta".to_string()]);
+    }
+    doc.text.push('}');
+    doc
+}
+
+/// [`document_of`] for a `_meta` without large values, which `meta` writes straight into the
+/// document (given the row's unknown columns): no buffer of its own per change.
+pub(crate) fn document_with_meta(
+    row: &mut RowJson,
+    meta: impl FnOnce(&mut String, &[String]),
+) -> Document {
+    let mut doc = document_opened(row);
+    meta(&mut doc.text, &row.unknown);
+    doc.text.push('}');
+    doc
+}
+
+/// The start of a row's document, up to `"_meta":`, in the row's own buffer ([`document_of`]).
+fn document_opened(row: &mut RowJson) -> Document {
     let members = std::mem::take(&mut row.members);
     let had_members = !members.is_empty();
     let mut doc = Document {
         text: members,
         refs: Vec::new(),
     };
-    doc.text.reserve(meta.len() + 12);
+    doc.text.reserve(180);
     // One byte moved along: the members' references shift by it.
     doc.text.insert(0, '{');
     doc.refs.extend(row.refs.iter().map(|r| ValueRef {
@@ -481,12 +522,6 @@ pub(crate) fn document_of(row: &mut RowJson, meta: &str, meta_refs: &[ValueRef])
         doc.text.push(',');
     }
     doc.text.push_str("\"_meta\":");
-    if meta_refs.is_empty() {
-        doc.text.push_str(meta);
-    } else {
-        doc.push_part(meta, meta_refs, &["_meta".to_string()]);
-    }
-    doc.text.push('}');
     doc
 }
 

@@ -41,6 +41,7 @@ use crate::store::snapshot::{Rebuild, Snapshot, SnapshotSource};
 pub use crate::document::{CollectionSpec, Op};
 
 mod base;
+mod bulk;
 pub mod encryption;
 mod filter;
 pub mod lock;
@@ -77,6 +78,10 @@ pub struct CollectionInfo {
 /// The store in one folder. Writes happen in a batch: [`Store::begin`], then [`Store::apply`] and
 /// friends, then [`Store::commit`] with the new checkpoint (dropping the store rolls an open batch back).
 pub struct Store {
+    /// The multi-row inserts of `pending` into `changes` and `rows`, prepared on first use. Declared
+    /// before `conn`: they are finalized before it closes ([`bulk`]).
+    bulk_changes: Option<bulk::Bulk>,
+    bulk_rows: Option<bulk::Bulk>,
     conn: Connection,
     path: PathBuf,
     batch: Option<u64>,
@@ -87,6 +92,10 @@ pub struct Store {
     /// Inserts and upserts not yet written, so they can be written many rows per statement. Anything
     /// that must see them (a read, a delete, a key change, a truncate, a commit) writes them first.
     pending: Vec<Pending>,
+    /// The sort keys and the canonical keys of `pending`, end to end: one buffer each instead of two
+    /// allocations per change.
+    pending_skeys: Vec<u8>,
+    pending_keys: String,
     /// The bytes of the documents in `pending`: a few wide rows are written before `CHUNK` of them
     /// are held.
     pending_bytes: usize,
@@ -103,8 +112,10 @@ struct Pending {
     collection: i64,
     lsn: Lsn,
     op: Op,
-    skey: Vec<u8>,
-    key: String,
+    /// Where its sort key is in [`Store`]'s `pending_skeys`.
+    skey: std::ops::Range<usize>,
+    /// Where its canonical key is in [`Store`]'s `pending_keys`.
+    key: std::ops::Range<usize>,
     base: bool,
     doc: String,
     refs: Option<String>,
@@ -118,6 +129,11 @@ const LARGE_VALUE_CACHE: &str = "PRAGMA cache_size = -2048";
 /// larger cache only held pages already written; at 64 MiB it was most of the capture's peak memory
 /// (docs/benchmarks.md, "Capture CPU (issue 21)").
 const CACHE: &str = "PRAGMA cache_size = -16384";
+
+/// The page size of a new plain store: 16 KiB, the encrypted store's too. The capture's large
+/// transactions write and checkpoint each page once, with a quarter of the system calls of SQLite's
+/// default of 4 KiB (docs/benchmarks.md, "Capture CPU (issue 21)", step 8).
+const PAGE_SIZE: &str = "PRAGMA page_size = 16384";
 
 /// What a store folder holds: the database and the journal files SQLite keeps beside it, the
 /// consumers' ledger ([`crate::deliver`]), the snapshot files, and the capture's backfill staging
@@ -441,6 +457,11 @@ impl Store {
             Error::invalid_input("--store", format!("cannot create {}: {e}", path.display()))
         })?;
         let conn = open_database(&path, dir, key.as_deref())?;
+        if key.is_none() {
+            // A new database only (SQLite keeps an existing one's size, and an encrypted one has its
+            // cipher's, the same).
+            conn.execute_batch(PAGE_SIZE).map_err(sqlite("opening"))?;
+        }
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -485,12 +506,16 @@ impl Store {
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
         Ok(Store {
+            bulk_changes: None,
+            bulk_rows: None,
             conn,
             path,
             batch: None,
             ids,
             next_seq,
             pending: Vec::with_capacity(CHUNK),
+            pending_skeys: Vec::with_capacity(CHUNK * 16),
+            pending_keys: String::with_capacity(CHUNK * 16),
             pending_bytes: 0,
             opened: Default::default(),
             live: Default::default(),

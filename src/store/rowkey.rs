@@ -20,10 +20,15 @@ const OTHER: u8 = 2;
 /// The sort key of a canonical key.
 pub fn sort_key(key: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(key.len() + 8);
-    for element in elements(key)? {
-        push_element(element, &mut out);
-    }
+    push_sort_key(key, &mut out)?;
     Ok(out)
+}
+
+/// Appends the sort key of a canonical key to `out` (the capture's buffer of pending keys); on an
+/// error `out` is as it was.
+pub fn push_sort_key(key: &str, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    each_element(key, |element| push_element(element, out)).inspect_err(|_| out.truncate(start))
 }
 
 /// Appends one key element's sort key, given the element's JSON text.
@@ -91,7 +96,16 @@ pub fn integer(json: &str) -> Option<i64> {
 
 /// The JSON texts of a key array's elements, as written (nothing is re-serialized, so the sort key
 /// of a key read back from the store equals the one computed when it was written).
+#[cfg(test)]
 fn elements(key: &str) -> Result<Vec<&str>> {
+    let mut out = Vec::new();
+    each_element(key, |element| out.push(element))?;
+    Ok(out)
+}
+
+/// Calls `each` with the JSON text of each element of `key`, in order, without collecting them. A
+/// text that is not a JSON array is an error, found before or after some calls.
+fn each_element<'k>(key: &'k str, mut each: impl FnMut(&'k str)) -> Result<()> {
     let bad = || Error::invalid_input("key", format!("'{key}' is not a row key (a JSON array)"));
     let inner = key
         .trim()
@@ -99,7 +113,7 @@ fn elements(key: &str) -> Result<Vec<&str>> {
         .and_then(|k| k.strip_suffix(']'))
         .ok_or_else(bad)?;
     let bytes = inner.as_bytes();
-    let mut out = Vec::new();
+    let mut count = 0usize;
     let (mut depth, mut in_string, mut escaped, mut start) = (0usize, false, false, 0);
     for (i, &b) in bytes.iter().enumerate() {
         if in_string {
@@ -116,7 +130,12 @@ fn elements(key: &str) -> Result<Vec<&str>> {
             b'[' | b'{' => depth += 1,
             b']' | b'}' => depth = depth.checked_sub(1).ok_or_else(bad)?,
             b',' if depth == 0 => {
-                out.push(inner[start..i].trim());
+                let element = inner[start..i].trim();
+                if element.is_empty() {
+                    return Err(bad());
+                }
+                each(element);
+                count += 1;
                 start = i + 1;
             }
             _ => {}
@@ -126,13 +145,12 @@ fn elements(key: &str) -> Result<Vec<&str>> {
         return Err(bad());
     }
     let last = inner[start..].trim();
-    if !last.is_empty() || !out.is_empty() {
-        out.push(last);
+    if last.is_empty() {
+        // `[]` has no elements; `[1,]` has an empty one.
+        return if count == 0 { Ok(()) } else { Err(bad()) };
     }
-    if out.iter().any(|e| e.is_empty()) {
-        return Err(bad());
-    }
-    Ok(out)
+    each(last);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -518,6 +518,14 @@ fn chunked_writes_keep_the_order_of_changes() {
     let rows = store.rows("public/t", 1000).unwrap();
     assert!(rows.iter().all(|r| r["id"] != 8 && r["id"] != 9));
     assert!(rows.contains(&serde_json::json!({"id":200,"v":3})));
+    // Rows written a chunk at a time are found under their keys, with their own documents.
+    for i in [0, 63, 64, 127, 128, 149] {
+        assert_eq!(
+            store.row("public/t", &format!("[{i}]")).unwrap(),
+            Some(serde_json::json!({"id": i, "v": 0})),
+            "row [{i}]"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -678,4 +686,45 @@ fn pages_of_rows_follow_the_key_and_filters_match_as_the_tail_does() {
     assert!(e.message().contains("filter field"), "{e}");
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_new_store_has_16_kib_pages_and_an_older_one_keeps_its_own() {
+    let page_size = |dir: &Path| -> i64 {
+        Connection::open(dir.join("tidepool.db"))
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let (store, dir) = store();
+    drop(store);
+    assert_eq!(page_size(&dir), 16384);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A store created before, with SQLite's default pages, still opens and takes changes.
+    std::fs::create_dir_all(&dir).unwrap();
+    Connection::open(dir.join("tidepool.db"))
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+        .unwrap();
+    let mut store = Store::open(&dir).unwrap();
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    for i in 0..100 {
+        store
+            .apply(
+                "public/t",
+                Lsn(1),
+                Op::Create,
+                &format!("[{i}]"),
+                None,
+                format!(r#"{{"id":{i}}}"#),
+            )
+            .unwrap();
+    }
+    store.commit(Lsn(2)).unwrap();
+    assert_eq!(store.collections().unwrap()[0].rows, 100);
+    drop(store);
+    assert_eq!(page_size(&dir), 4096);
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -7,6 +7,7 @@
 //! a table not yet backfilled are replayed only past its snapshot point.
 
 use super::*;
+use crate::store::rowkey::push_sort_key;
 
 /// Rows per multi-row INSERT.
 pub(super) const CHUNK: usize = 64;
@@ -28,6 +29,18 @@ pub(super) static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyL
         vec!["(?, ?, ?, ?, ?)"; CHUNK].join(", ")
     )
 });
+
+/// The statement in `slot`, prepared from `sql` on first use.
+fn prepared<'s>(
+    slot: &'s mut Option<bulk::Bulk>,
+    conn: &Connection,
+    sql: &str,
+) -> rusqlite::Result<&'s mut bulk::Bulk> {
+    if slot.is_none() {
+        *slot = Some(bulk::Bulk::prepare(conn, sql)?);
+    }
+    Ok(slot.as_mut().expect("just prepared"))
+}
 
 impl crate::document::LargeValues for Store {
     fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String> {
@@ -198,14 +211,21 @@ impl Store {
         self.in_open_batch("writing a change")?;
         let id = self.id_of(collection)?;
         let key_changed = old_key.is_some_and(|old| old != key);
-        let skey = match op {
-            Op::Truncate => Vec::new(),
-            _ => sort_key(key)?,
-        };
         let seq = self.next_seq;
         self.next_seq += 1;
         if matches!(op, Op::Create | Op::Update) && !key_changed {
-            let base = self.in_base(id, &skey)?;
+            let start = self.pending_skeys.len();
+            push_sort_key(key, &mut self.pending_skeys)?;
+            let skey = start..self.pending_skeys.len();
+            let base = match self.in_base(id, &self.pending_skeys[skey.clone()]) {
+                Ok(base) => base,
+                Err(e) => {
+                    self.pending_skeys.truncate(start);
+                    return Err(e);
+                }
+            };
+            let start = self.pending_keys.len();
+            self.pending_keys.push_str(key);
             self.pending_bytes += doc.len();
             self.pending.push(Pending {
                 seq,
@@ -213,7 +233,7 @@ impl Store {
                 lsn,
                 op,
                 skey,
-                key: key.to_string(),
+                key: start..self.pending_keys.len(),
                 base,
                 doc,
                 refs,
@@ -222,6 +242,10 @@ impl Store {
                 self.write_pending()?;
             }
         } else {
+            let skey = match op {
+                Op::Truncate => Vec::new(),
+                _ => sort_key(key)?,
+            };
             self.write_pending()?;
             self.insert_change(seq, id, lsn, op, &doc, refs.as_deref())?;
             if let Some(old) = old_key.filter(|_| key_changed) {
@@ -393,37 +417,63 @@ impl Store {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let skeys = std::mem::take(&mut self.pending_skeys);
+        let keys = std::mem::take(&mut self.pending_keys);
         self.pending_bytes = 0;
+        let written = self.write_chunks(&pending, &skeys, &keys);
+        // The buffers are kept for the next changes, also after an error (the batch is rolled back).
+        let (mut pending, mut skeys, mut keys) = (pending, skeys, keys);
+        pending.clear();
+        skeys.clear();
+        keys.clear();
+        self.pending = pending;
+        self.pending_skeys = skeys;
+        self.pending_keys = keys;
+        written
+    }
+
+    fn write_chunks(&mut self, pending: &[Pending], skeys: &[u8], keys: &str) -> Result<()> {
+        use bulk::Param;
         let mut chunks = pending.chunks_exact(CHUNK);
+        let mut changes: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 6);
+        let mut rows: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 5);
         for chunk in &mut chunks {
-            // Converted values live here so the statement can borrow them.
-            let converted: Vec<(i64, &str)> = chunk
-                .iter()
-                .map(|p| (p.lsn.0 as i64, p.op.code()))
-                .collect();
-            let changes = chunk.iter().zip(&converted).flat_map(
-                |(p, (lsn, op))| -> [&dyn rusqlite::ToSql; 6] {
-                    [&p.seq, &p.collection, lsn, op, &p.doc, &p.refs]
-                },
-            );
-            self.conn
-                .prepare_cached(&CHANGES_CHUNK_SQL)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(changes)))
+            changes.clear();
+            rows.clear();
+            for p in chunk {
+                changes.extend([
+                    Param::Int(p.seq),
+                    Param::Int(p.collection),
+                    Param::Int(p.lsn.0 as i64),
+                    Param::Text(p.op.code()),
+                    Param::Text(&p.doc),
+                    p.refs.as_deref().map_or(Param::Null, Param::Text),
+                ]);
+                rows.extend([
+                    Param::Int(p.collection),
+                    Param::Blob(&skeys[p.skey.clone()]),
+                    Param::Text(&keys[p.key.clone()]),
+                    Param::Int(p.seq),
+                    Param::Int(p.base as i64),
+                ]);
+            }
+            prepared(&mut self.bulk_changes, &self.conn, &CHANGES_CHUNK_SQL)
+                .and_then(|s| s.execute(&self.conn, &changes))
                 .map_err(sqlite("appending changes"))?;
-            let rows = chunk.iter().flat_map(|p| -> [&dyn rusqlite::ToSql; 5] {
-                [&p.collection, &p.skey, &p.key, &p.seq, &p.base]
-            });
-            self.conn
-                .prepare_cached(&ROWS_CHUNK_SQL)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(rows)))
+            prepared(&mut self.bulk_rows, &self.conn, &ROWS_CHUNK_SQL)
+                .and_then(|s| s.execute(&self.conn, &rows))
                 .map_err(sqlite("writing rows"))?;
         }
         for p in chunks.remainder() {
             self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc, p.refs.as_deref())?;
-            self.upsert_row(p.collection, &p.skey, &p.key, p.seq, p.base)?;
+            self.upsert_row(
+                p.collection,
+                &skeys[p.skey.clone()],
+                &keys[p.key.clone()],
+                p.seq,
+                p.base,
+            )?;
         }
-        self.pending = pending;
-        self.pending.clear();
         Ok(())
     }
 
