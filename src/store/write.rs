@@ -211,8 +211,8 @@ impl Store {
         self.in_open_batch("writing a change")?;
         let id = self.id_of(collection)?;
         let key_changed = old_key.is_some_and(|old| old != key);
+        // Taken once the key is known good: a bad key leaves no gap in the log's positions.
         let seq = self.next_seq;
-        self.next_seq += 1;
         if matches!(op, Op::Create | Op::Update) && !key_changed {
             let start = self.pending_skeys.len();
             push_sort_key(key, &mut self.pending_skeys)?;
@@ -224,6 +224,7 @@ impl Store {
                     return Err(e);
                 }
             };
+            self.next_seq += 1;
             let start = self.pending_keys.len();
             self.pending_keys.push_str(key);
             self.pending_bytes += doc.len();
@@ -246,6 +247,7 @@ impl Store {
                 Op::Truncate => Vec::new(),
                 _ => sort_key(key)?,
             };
+            self.next_seq += 1;
             self.write_pending()?;
             self.insert_change(seq, id, lsn, op, &doc, refs.as_deref())?;
             if let Some(old) = old_key.filter(|_| key_changed) {
