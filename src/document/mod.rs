@@ -480,7 +480,7 @@ pub(crate) fn write_meta(
 /// buffer is taken, leaving `row.members` empty): the capture's hot path then copies no member and
 /// makes no new buffer per change. Its key, unknown columns and references stay for the caller.
 pub(crate) fn document_of(row: &mut RowJson, meta: &str, meta_refs: &[ValueRef]) -> Document {
-    let mut doc = document_opened(row);
+    let mut doc = document_opened(row, meta.len());
     if meta_refs.is_empty() {
         doc.text.push_str(meta);
     } else {
@@ -496,21 +496,23 @@ pub(crate) fn document_with_meta(
     row: &mut RowJson,
     meta: impl FnOnce(&mut String, &[String]),
 ) -> Document {
-    let mut doc = document_opened(row);
+    // About what `_meta` takes without `before` or unknown columns.
+    let mut doc = document_opened(row, 160);
     meta(&mut doc.text, &row.unknown);
     doc.text.push('}');
     doc
 }
 
-/// The start of a row's document, up to `"_meta":`, in the row's own buffer ([`document_of`]).
-fn document_opened(row: &mut RowJson) -> Document {
+/// The start of a row's document, up to `"_meta":`, in the row's own buffer ([`document_of`]), with
+/// room for a `_meta` of `meta_len` bytes after it.
+fn document_opened(row: &mut RowJson, meta_len: usize) -> Document {
     let members = std::mem::take(&mut row.members);
     let had_members = !members.is_empty();
     let mut doc = Document {
         text: members,
         refs: Vec::new(),
     };
-    doc.text.reserve(180);
+    doc.text.reserve(meta_len + 12);
     // One byte moved along: the members' references shift by it.
     doc.text.insert(0, '{');
     doc.refs.extend(row.refs.iter().map(|r| ValueRef {

@@ -22,6 +22,22 @@ fn spec(name: &str) -> CollectionSpec {
     }
 }
 
+/// Inserts rows `ids` into `public/t` at LSN 1, each with the document `doc` makes of its id.
+fn create_rows(store: &mut Store, ids: std::ops::Range<i64>, doc: impl Fn(i64) -> String) {
+    for i in ids {
+        store
+            .apply(
+                "public/t",
+                Lsn(1),
+                Op::Create,
+                &format!("[{i}]"),
+                None,
+                doc(i),
+            )
+            .unwrap();
+    }
+}
+
 /// A collection whose base rows are a snapshot file of ids 1..=n (`id`, `v` = "row {id}").
 fn with_snapshot(store: &mut Store, n: i64) {
     use crate::store::snapshot::{SnapshotWriter, SourceColumn};
@@ -457,18 +473,7 @@ fn chunked_writes_keep_the_order_of_changes() {
     let (mut store, dir) = store();
     store.begin().unwrap();
     store.put_collection(&spec("public/t")).unwrap();
-    for i in 0..150 {
-        store
-            .apply(
-                "public/t",
-                Lsn(1),
-                Op::Create,
-                &format!("[{i}]"),
-                None,
-                format!(r#"{{"id":{i},"v":0}}"#),
-            )
-            .unwrap();
-    }
+    create_rows(&mut store, 0..150, |i| format!(r#"{{"id":{i},"v":0}}"#));
     // Within the next chunk: the same key twice, then a delete and a key change that flush it.
     store
         .apply(
@@ -710,18 +715,7 @@ fn a_new_store_has_16_kib_pages_and_an_older_one_keeps_its_own() {
     let mut store = Store::open(&dir).unwrap();
     store.begin().unwrap();
     store.put_collection(&spec("public/t")).unwrap();
-    for i in 0..100 {
-        store
-            .apply(
-                "public/t",
-                Lsn(1),
-                Op::Create,
-                &format!("[{i}]"),
-                None,
-                format!(r#"{{"id":{i}}}"#),
-            )
-            .unwrap();
-    }
+    create_rows(&mut store, 0..100, |i| format!(r#"{{"id":{i}}}"#));
     store.commit(Lsn(2)).unwrap();
     assert_eq!(store.collections().unwrap()[0].rows, 100);
     drop(store);

@@ -36,10 +36,11 @@ fn prepared<'s>(
     conn: &Connection,
     sql: &str,
 ) -> rusqlite::Result<&'s mut bulk::Bulk> {
-    if slot.is_none() {
-        *slot = Some(bulk::Bulk::prepare(conn, sql)?);
-    }
-    Ok(slot.as_mut().expect("just prepared"))
+    let stmt = match slot.take() {
+        Some(stmt) => stmt,
+        None => bulk::Bulk::prepare(conn, sql)?,
+    };
+    Ok(slot.insert(stmt))
 }
 
 impl crate::document::LargeValues for Store {
@@ -418,13 +419,12 @@ impl Store {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let skeys = std::mem::take(&mut self.pending_skeys);
-        let keys = std::mem::take(&mut self.pending_keys);
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut skeys = std::mem::take(&mut self.pending_skeys);
+        let mut keys = std::mem::take(&mut self.pending_keys);
         self.pending_bytes = 0;
         let written = self.write_chunks(&pending, &skeys, &keys);
         // The buffers are kept for the next changes, also after an error (the batch is rolled back).
-        let (mut pending, mut skeys, mut keys) = (pending, skeys, keys);
         pending.clear();
         skeys.clear();
         keys.clear();
