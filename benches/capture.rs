@@ -13,7 +13,8 @@
 //! Run: `cargo bench --bench capture` (release build). Figures go to stdout as a Markdown table.
 //! `TIDEPOOL_BENCH_ONLY=big,wide` runs only the named workloads (`big`, `small`, `wide`, `text10k`,
 //! `latency`), for quicker before/after comparisons of one step. `TIDEPOOL_BENCH_PERF=DIR` records a
-//! `perf` profile of each `tidepool capture` run into `DIR/<slot>.perf.data`.
+//! `perf` profile of each `tidepool capture` run into `DIR/<slot>.perf.data`; `TIDEPOOL_BENCH_STAT=DIR`
+//! counts its reads, wake-ups and page writes (`perf stat` on [`SYSCALLS`]) into `DIR/<slot>.stat`.
 
 mod support;
 
@@ -24,6 +25,12 @@ use std::time::{Duration, Instant};
 use tidepool::app::cluster::Cluster;
 use tidepool::capture::{run, CaptureOptions, Observer};
 use tidepool::source::pgoutput::Lsn;
+
+/// The system calls `TIDEPOOL_BENCH_STAT` counts: socket reads and the waits before them, page writes
+/// and syncs, and the receive mark's changes (bulk mode).
+const SYSCALLS: &str = "syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,\
+    syscalls:sys_enter_pwrite64,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,\
+    syscalls:sys_enter_setsockopt,task-clock";
 
 struct Bench {
     cluster: Cluster,
@@ -107,7 +114,17 @@ impl Bench {
                     .arg(env!("CARGO_BIN_EXE_tidepool"));
                 perf
             }
-            None => Command::new(env!("CARGO_BIN_EXE_tidepool")),
+            None => match std::env::var_os("TIDEPOOL_BENCH_STAT") {
+                Some(dir) => {
+                    let mut perf = Command::new("perf");
+                    perf.args(["stat", "-e", SYSCALLS, "-o"])
+                        .arg(std::path::Path::new(&dir).join(format!("{slot}.stat")))
+                        .arg("--")
+                        .arg(env!("CARGO_BIN_EXE_tidepool"));
+                    perf
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_tidepool")),
+            },
         };
         // Reaped by wait_with_rusage (wait4), which also reads its peak RSS and CPU time.
         #[allow(clippy::zombie_processes)]

@@ -670,3 +670,46 @@ async fn a_lost_replication_connection_is_resumed_from_the_checkpoint() {
     assert_eq!(source.changes("public/t").len(), 20);
     assert_eq!(source.rows("public/t").len(), 20);
 }
+
+/// A large transaction is read in bulk (the socket wakes the capture once per 64 KiB, not per
+/// message); the stream must leave that mode at its commit, or a small transaction after it would
+/// wait for 64 KiB that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_transaction_after_a_large_one_is_stored_at_once() {
+    let source = Source::new(
+        "cap_after_bulk",
+        "CREATE TABLE t (id int PRIMARY KEY, h text);",
+    );
+    let capture = tokio::spawn(run(source.options(Some(Lsn(u64::MAX)))));
+    let stored = |n: u64| {
+        source
+            .store()
+            .collections()
+            .map(|c| c.first().map_or(0, |c| c.changes))
+            .unwrap_or(0)
+            >= n
+    };
+    // About 3 MB of pgoutput messages, well past the point where the stream reads in bulk.
+    source
+        .db
+        .sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g;");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stored(50_000) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the large transaction was not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    source.db.sql("INSERT INTO t VALUES (0, 'small');");
+    let inserted = std::time::Instant::now();
+    while !stored(50_001) {
+        assert!(
+            inserted.elapsed() < std::time::Duration::from_secs(3),
+            "a one-row transaction after a large one was not stored within 3 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    capture.abort();
+    assert_eq!(source.rows("public/t").len(), 50_001);
+}

@@ -12,6 +12,8 @@
 //! - The position reported to the server (write = flush = apply) is only ever what [`Stream::confirm`]
 //!   was given, i.e. what the capture has durably stored; it starts at the stored checkpoint.
 //! - Keepalives that ask for a reply are answered with that same confirmed position.
+//! - Only a transaction past [`BULK_AFTER`] bytes is read in bulk ([`Wire::set_bulk`]), and its
+//!   Commit ends bulk mode: a small transaction is read as soon as its first byte arrives.
 //! - A confirmed position is sent within [`STATUS_INTERVAL`] while the stream waits for the server, and
 //!   at the latest at the next read while it is busy; [`Stream::stop`] sends the last one and returns
 //!   once the server has read it.
@@ -56,6 +58,11 @@ pub enum Event {
 /// `confirmed_flush_lsn` trails the store by as much, and ten small messages a second cost nothing.
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How much of one transaction the server sends before the stream reads in bulk
+/// ([`Wire::set_bulk`]): past this the transaction is large, and waiting up to
+/// [`crate::source::wire::BULK_WAIT`] at its end is small beside how long it takes to arrive.
+const BULK_AFTER: usize = 1 << 20;
+
 /// How long [`Stream::stop`] waits for the server to acknowledge the end of the stream.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -76,6 +83,8 @@ pub struct Stream {
     sent_at: tokio::time::Instant,
     /// The server ended the stream.
     ended: bool,
+    /// How many bytes of changes the open transaction has brought so far.
+    tx_bytes: usize,
 }
 
 /// Where and what to stream.
@@ -155,6 +164,7 @@ impl Stream {
             sent: options.start.0,
             sent_at: tokio::time::Instant::now(),
             ended: false,
+            tx_bytes: 0,
         })
     }
 
@@ -243,6 +253,17 @@ impl Stream {
         match frame.tag {
             b'd' => {
                 let (event, reply) = copy_data(frame.body).map_err(|e| self.error(e))?;
+                match &event {
+                    Event::Begin { .. } => self.tx_bytes = 0,
+                    Event::Data(data) => {
+                        self.tx_bytes += data.len();
+                        if self.tx_bytes >= BULK_AFTER {
+                            self.wire.set_bulk(true);
+                        }
+                    }
+                    Event::Commit { .. } => self.wire.set_bulk(false),
+                    _ => {}
+                }
                 if reply {
                     let confirmed = self.confirmed.load(Ordering::Acquire);
                     self.queue_status(confirmed, false);
