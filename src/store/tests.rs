@@ -560,6 +560,42 @@ fn an_uncommitted_batch_leaves_nothing_behind_and_the_checkpoint_never_moves_bac
 }
 
 #[test]
+fn a_chunk_that_fails_part_way_leaves_nothing_of_its_batch() {
+    let (mut store, dir) = store();
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    store.commit(Lsn(1)).unwrap();
+    store.begin().unwrap();
+    // The log position the chunk's tenth change will take is already used: the chunk's statement
+    // fails there, after writing nine.
+    store
+        .conn
+        .execute(
+            "INSERT INTO changes (seq, collection, lsn, op, doc) VALUES (?1, 1, 2, 'c', '{}')",
+            [store.next_seq + 9],
+        )
+        .unwrap();
+    let written = (1..=write::CHUNK as i64).try_for_each(|i| {
+        store.apply(
+            "public/t",
+            Lsn(2),
+            Op::Create,
+            &format!("[{i}]"),
+            None,
+            format!(r#"{{"id":{i}}}"#),
+        )
+    });
+    assert!(written.is_err(), "the chunk's write was expected to fail");
+    // The batch is gone: a commit now stores the checkpoint and nothing of it.
+    assert!(!store.in_batch());
+    store.commit(Lsn(3)).unwrap();
+    assert!(store.changes("public/t", 0, 100).unwrap().is_empty());
+    assert!(store.rows("public/t", 100).unwrap().is_empty());
+    assert_eq!(store.checkpoint().unwrap(), Lsn(3));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn pages_of_rows_follow_the_key_and_filters_match_as_the_tail_does() {
     let (mut store, dir) = store();
     store.begin().unwrap();
