@@ -30,7 +30,7 @@
 //! - A large value ([`crate::document::large_value`]) is stored once and referred to: taking an unchanged one
 //!   from the stored row copies its reference, never the value.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -222,8 +222,8 @@ struct Capture {
     options: CaptureOptions,
     store: Store,
     sql: Option<Client>,
-    relations: HashMap<u32, Bound>,
-    types: HashMap<u32, Kind>,
+    relations: FxHashMap<u32, Bound>,
+    types: FxHashMap<u32, Kind>,
     checkpoint: Lsn,
     report: CaptureReport,
     /// Commit times of the transactions in the open batch, for the observer.
@@ -457,8 +457,8 @@ async fn run_in_store(
         options,
         store,
         sql: Some(sql),
-        relations: HashMap::new(),
-        types: HashMap::new(),
+        relations: FxHashMap::default(),
+        types: FxHashMap::default(),
         checkpoint,
         report: CaptureReport {
             backfilled_rows,
@@ -572,12 +572,12 @@ async fn next_soon(stream: &mut Stream, quick: bool) -> Result<Option<Event>> {
 
 /// The relation `relid` among those the stream described; a function of the map alone, so the caller
 /// can write to the store while it holds the relation.
-fn relation_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Relation> {
+fn relation_in(relations: &FxHashMap<u32, Bound>, relid: u32) -> Result<&Relation> {
     bound_in(relations, relid).map(|b| &b.rel)
 }
 
 /// [`relation_in`], with what the capture does with the relation's changes.
-fn bound_in(relations: &HashMap<u32, Bound>, relid: u32) -> Result<&Bound> {
+fn bound_in(relations: &FxHashMap<u32, Bound>, relid: u32) -> Result<&Bound> {
     relations.get(&relid).ok_or_else(|| {
         Error::internal(format!(
             "pgoutput: a change for relation {relid} arrived before its Relation message"

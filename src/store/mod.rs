@@ -86,7 +86,7 @@ pub struct Store {
     path: PathBuf,
     batch: Option<u64>,
     /// Collection name → its integer id in the tables.
-    ids: std::collections::HashMap<String, i64>,
+    ids: rustc_hash::FxHashMap<String, i64>,
     /// The next change's position in the log.
     next_seq: i64,
     /// Inserts and upserts not yet written, so they can be written many rows per statement. Anything
@@ -100,9 +100,9 @@ pub struct Store {
     /// are held.
     pending_bytes: usize,
     /// Snapshot files opened so far, by their id in `snapshots`.
-    opened: std::cell::RefCell<std::collections::HashMap<i64, std::sync::Arc<Base>>>,
+    opened: std::cell::RefCell<rustc_hash::FxHashMap<i64, std::sync::Arc<Base>>>,
     /// Each collection's live snapshot (its id), once looked up.
-    live: std::cell::RefCell<std::collections::HashMap<i64, Option<i64>>>,
+    live: std::cell::RefCell<rustc_hash::FxHashMap<i64, Option<i64>>>,
     /// The key of an encrypted store ([`crate::store::encryption`]); its snapshot files are sealed with it.
     key: Option<std::sync::Arc<StoreKey>>,
 }
@@ -336,7 +336,7 @@ fn register_document_function(conn: &Connection) -> Result<()> {
     .map_err(sqlite("registering tidepool_field"))
 }
 
-fn collection_ids(conn: &Connection) -> Result<std::collections::HashMap<String, i64>> {
+fn collection_ids(conn: &Connection) -> Result<rustc_hash::FxHashMap<String, i64>> {
     let mut stmt = conn
         .prepare("SELECT name, id FROM collections")
         .map_err(sqlite("reading collections"))?;
