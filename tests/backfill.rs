@@ -288,8 +288,15 @@ async fn a_slot_created_by_hand_backfills_in_a_snapshot_of_its_own_without_gaps_
     std::fs::remove_dir_all(store).unwrap();
 }
 
+/// How long each writer pauses between statements. Paced, not flat out: two tests of a running
+/// capture run side by side in this binary, each with four writers, against a debug build of the
+/// capture. Unpaced, on a slower machine of the project's kind, the writers outran the captures and a
+/// backfill never reached its snapshot point within four minutes. Paced, each writer still commits
+/// hundreds of changes a second while a table is read.
+const WRITER_PAUSE: Duration = Duration::from_millis(2);
+
 /// Writers that insert, update and delete rows of `table` (ids 1..=rows, new ids above `base`) until
-/// `stop` is set.
+/// `stop` is set, each pausing [`WRITER_PAUSE`] between statements.
 fn writers(
     db: &TestDb,
     table: &'static str,
@@ -319,6 +326,7 @@ fn writers(
                     };
                     client.batch_execute(&sql).await.unwrap();
                     n += 1;
+                    tokio::time::sleep(WRITER_PAUSE).await;
                 }
             })
         })
