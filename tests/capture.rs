@@ -672,8 +672,9 @@ async fn a_lost_replication_connection_is_resumed_from_the_checkpoint() {
 }
 
 /// A large transaction is read in bulk (the socket wakes the capture once per 64 KiB, not per
-/// message); the stream must leave that mode at its commit, or a small transaction after it would
-/// wait for 64 KiB that never come.
+/// message). Once that mode ends the mark must come off the socket, or a small transaction after it
+/// would wait for 64 KiB that never come. (That the Commit ends bulk mode is a unit test in
+/// `source::replication`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_transaction_after_a_large_one_is_stored_at_once() {
     let source = Source::new(

@@ -63,6 +63,32 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// [`crate::source::wire::BULK_WAIT`] at its end is small beside how long it takes to arrive.
 const BULK_AFTER: usize = 1 << 20;
 
+/// Decides when the stream reads in bulk: from [`BULK_AFTER`] bytes into a transaction to its Commit.
+#[derive(Debug, Default)]
+struct Bulk {
+    /// How many bytes of changes the open transaction has brought so far.
+    tx_bytes: usize,
+}
+
+impl Bulk {
+    /// Whether bulk mode starts (`Some(true)`) or ends (`Some(false)`) with `event`.
+    fn after(&mut self, event: &Event) -> Option<bool> {
+        match event {
+            Event::Begin { .. } => {
+                self.tx_bytes = 0;
+                None
+            }
+            Event::Data(data) => {
+                let before = self.tx_bytes;
+                self.tx_bytes = before.saturating_add(data.len());
+                (before < BULK_AFTER && self.tx_bytes >= BULK_AFTER).then_some(true)
+            }
+            Event::Commit { .. } => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// How long [`Stream::stop`] waits for the server to acknowledge the end of the stream.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -83,8 +109,8 @@ pub struct Stream {
     sent_at: tokio::time::Instant,
     /// The server ended the stream.
     ended: bool,
-    /// How many bytes of changes the open transaction has brought so far.
-    tx_bytes: usize,
+    /// When to read in bulk.
+    bulk: Bulk,
 }
 
 /// Where and what to stream.
@@ -164,7 +190,7 @@ impl Stream {
             sent: options.start.0,
             sent_at: tokio::time::Instant::now(),
             ended: false,
-            tx_bytes: 0,
+            bulk: Bulk::default(),
         })
     }
 
@@ -253,16 +279,8 @@ impl Stream {
         match frame.tag {
             b'd' => {
                 let (event, reply) = copy_data(frame.body).map_err(|e| self.error(e))?;
-                match &event {
-                    Event::Begin { .. } => self.tx_bytes = 0,
-                    Event::Data(data) => {
-                        self.tx_bytes += data.len();
-                        if self.tx_bytes >= BULK_AFTER {
-                            self.wire.set_bulk(true);
-                        }
-                    }
-                    Event::Commit { .. } => self.wire.set_bulk(false),
-                    _ => {}
+                if let Some(bulk) = self.bulk.after(&event) {
+                    self.wire.set_bulk(bulk);
                 }
                 if reply {
                     let confirmed = self.confirmed.load(Ordering::Acquire);
@@ -465,6 +483,31 @@ mod tests {
         body.extend_from_slice(&[0; 24]);
         body.extend_from_slice(message);
         body.into()
+    }
+
+    #[test]
+    fn bulk_reads_start_past_a_mebibyte_of_one_transaction_and_end_at_its_commit() {
+        let begin = || Event::Begin {
+            final_lsn: Lsn(1),
+            commit_time_micros: 0,
+            xid: 1,
+        };
+        let commit = || Event::Commit {
+            commit_lsn: Lsn(1),
+            end_lsn: Lsn(2),
+            commit_time_micros: 0,
+        };
+        let data = |n: usize| Event::Data(bytes::Bytes::from(vec![b'I'; n]));
+        let mut bulk = Bulk::default();
+        assert_eq!(bulk.after(&begin()), None);
+        assert_eq!(bulk.after(&data(BULK_AFTER - 1)), None);
+        assert_eq!(bulk.after(&data(1)), Some(true));
+        assert_eq!(bulk.after(&data(BULK_AFTER)), None, "already in bulk");
+        assert_eq!(bulk.after(&commit()), Some(false));
+        // The next transaction counts from zero: its first bytes are read one by one again.
+        assert_eq!(bulk.after(&begin()), None);
+        assert_eq!(bulk.after(&data(BULK_AFTER / 2)), None);
+        assert_eq!(bulk.after(&commit()), Some(false));
     }
 
     #[test]

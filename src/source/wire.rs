@@ -12,8 +12,8 @@
 //! - Reading and writing are cancel-safe: bytes read stay in `input` until framed, bytes queued stay in
 //!   `output` until written, so a future dropped in a `select!` or a timeout loses nothing.
 //! - A message longer than [`MAX_FRAME`] is refused before its body is buffered.
-//! - The socket's receive mark (`SO_RCVLOWAT`) is above one byte only in bulk mode
-//!   ([`Wire::set_bulk`]), and even then no read waits on it longer than [`BULK_WAIT`].
+//! - No read waits on a receive mark (`SO_RCVLOWAT`) above one byte outside bulk mode
+//!   ([`Wire::set_bulk`]), and in bulk mode none waits on it longer than [`BULK_WAIT`].
 //! - The password is only ever used to answer the server's challenge: it is in no error and no log.
 //! - Framing and parsing never panic on what the server sends: short or malformed messages are
 //!   [`WireError::Protocol`].
@@ -39,7 +39,8 @@ pub const MAX_FRAME: usize = (1 << 30) + (1 << 20);
 /// In bulk mode ([`Wire::set_bulk`]), how much the kernel gathers before it wakes the reader
 /// (`SO_RCVLOWAT`).
 pub const BULK_LOW_WATER: usize = 64 * 1024;
-/// In bulk mode, how long a read waits for [`BULK_LOW_WATER`] before it takes what has come.
+/// In bulk mode, how long a read waits for [`BULK_LOW_WATER`] before it takes what has come (1–2 ms:
+/// tokio's timer rounds up to its next millisecond tick).
 pub const BULK_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What went wrong on the wire, for the caller to classify.
@@ -172,6 +173,14 @@ fn set_receive_low_water(tcp: &TcpStream, bytes: usize) -> std::io::Result<()> {
     }
 }
 
+/// The receive mark is above one byte and the socket refused to lower it: a read could wait for
+/// bytes that never come, so the session ends instead (and the capture reconnects).
+fn mark_stuck() -> WireError {
+    WireError::Io(std::io::Error::other(
+        "the socket's receive mark could not be set back to one byte",
+    ))
+}
+
 /// The connection to the server, plain or encrypted.
 enum Socket {
     Tcp(TcpStream),
@@ -236,6 +245,8 @@ pub struct Wire {
     bulk: bool,
     /// The socket's `SO_RCVLOWAT` as last set here (1, the kernel's default, until then).
     low_water: usize,
+    /// The socket refused `SO_RCVLOWAT` once: bulk mode stays off for this session.
+    low_water_refused: bool,
 }
 
 /// What a session starts with besides where to connect.
@@ -269,6 +280,7 @@ impl Wire {
             pending: 0,
             bulk: false,
             low_water: 1,
+            low_water_refused: false,
         };
         let mut parameters = vec![
             ("user", spec.user.as_str()),
@@ -445,16 +457,20 @@ impl Wire {
         let read = if self.bulk && self.apply_low_water(BULK_LOW_WATER) {
             match tokio::time::timeout(BULK_WAIT, self.socket.read_buf(&mut self.input)).await {
                 Ok(read) => read?,
-                Err(_) => {
+                Err(_) if self.apply_low_water(1) => {
                     // Less came within the wait: the end of a transaction, or a server that sends
                     // slowly. Setting the mark back to one byte wakes the reader at once if anything
-                    // at all is there (the kernel re-checks readiness when the mark changes).
-                    self.apply_low_water(1);
+                    // at all is there: Linux re-checks readiness when the mark changes
+                    // (`tcp_set_rcvlowat`), which the tests below show on the running kernel.
                     self.socket.read_buf(&mut self.input).await?
                 }
+                // The mark could not be lowered: never wait on it unbounded.
+                Err(_) => return Err(mark_stuck()),
             }
         } else {
-            self.apply_low_water(1);
+            if !self.apply_low_water(1) {
+                return Err(mark_stuck());
+            }
             self.socket.read_buf(&mut self.input).await?
         };
         if read == 0 {
@@ -470,14 +486,16 @@ impl Wire {
     /// [`BULK_LOW_WATER`] bytes rather than once per message. Over loopback or a fast network a
     /// reader that keeps up with the server otherwise reads each message as it is sent, and every
     /// read costs a wake-up, a system call and an acknowledgement to the server (issue 21's profile
-    /// put the receive path at 17 % of the capture's CPU). Latency is bounded by [`BULK_WAIT`]; a
-    /// Unix socket stays as it is (its readiness ignores the mark).
+    /// put the receive path at 17 % of the capture's CPU). Latency is bounded by [`BULK_WAIT`].
+    /// Linux only (the fallback relies on its re-check of readiness when the mark changes); a Unix
+    /// socket stays as it is (its readiness ignores the mark). Over TLS the kernel still wakes the
+    /// reader per 64 KiB, but rustls hands data back a record (≤ 16 KiB) at a time.
     pub fn set_bulk(&mut self, bulk: bool) {
-        self.bulk = bulk;
+        self.bulk = bulk && cfg!(target_os = "linux") && !self.low_water_refused;
     }
 
     /// Sets the socket's `SO_RCVLOWAT` to `bytes` unless it already is; whether it now is. A socket
-    /// that refuses the option leaves bulk mode (it is only an economy).
+    /// that refuses the option leaves bulk mode for the session (it is only an economy).
     fn apply_low_water(&mut self, bytes: usize) -> bool {
         if self.low_water == bytes {
             return true;
@@ -498,6 +516,7 @@ impl Wire {
             Err(e) => {
                 tracing::debug!(error = %e, "SO_RCVLOWAT refused; reading without it");
                 self.bulk = false;
+                self.low_water_refused = true;
                 false
             }
         }
@@ -675,6 +694,7 @@ mod tests {
             pending: 0,
             bulk: false,
             low_water: 1,
+            low_water_refused: false,
         };
         (wire, server.unwrap().0)
     }
@@ -691,6 +711,8 @@ mod tests {
     async fn in_bulk_mode_every_byte_arrives_in_order_and_a_short_tail_is_not_held() {
         let (mut wire, mut server) = loopback().await;
         wire.set_bulk(true);
+        // The socket takes the mark: the reads below do wait on it.
+        assert!(wire.apply_low_water(BULK_LOW_WATER));
         let sent: Vec<u8> = (0..64 * 4096u32).map(|i| (i % 251) as u8).collect();
         let chunks = sent.clone();
         // Segments that come slower than the mark fills: each read then ends at BULK_WAIT.

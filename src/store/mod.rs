@@ -85,6 +85,9 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     batch: Option<u64>,
+    /// A write of buffered changes failed and took its batch with it: no batch begins (so nothing is
+    /// committed over the lost changes) until the caller acknowledges it with [`Store::rollback`].
+    failed: bool,
     /// Collection name → its integer id in the tables.
     ids: rustc_hash::FxHashMap<String, i64>,
     /// The next change's position in the log.
@@ -511,6 +514,7 @@ impl Store {
             conn,
             path,
             batch: None,
+            failed: false,
             ids,
             next_seq,
             pending: Vec::with_capacity(CHUNK),

@@ -586,8 +586,10 @@ fn a_chunk_that_fails_part_way_leaves_nothing_of_its_batch() {
         )
     });
     assert!(written.is_err(), "the chunk's write was expected to fail");
-    // The batch is gone: a commit now stores the checkpoint and nothing of it.
+    // The batch is gone, and no commit may store a checkpoint past it until the caller knows.
     assert!(!store.in_batch());
+    assert!(store.commit(Lsn(3)).is_err());
+    store.rollback().unwrap();
     store.commit(Lsn(3)).unwrap();
     assert!(store.changes("public/t", 0, 100).unwrap().is_empty());
     assert!(store.rows("public/t", 100).unwrap().is_empty());

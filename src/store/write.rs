@@ -2,7 +2,8 @@
 //! source transactions to the change log and the rows and commits them with the checkpoint LSN.
 //!
 //! Invariants: changes and the checkpoint commit in one SQLite transaction, and the checkpoint never
-//! moves back; a failed write of held changes rolls the whole batch back; inserts are held in `pending` and written many per statement, but anything that must
+//! moves back; a failed write of buffered inserts rolls the whole batch back, and no batch begins
+//! until the caller has called [`Store::rollback`]; inserts are held in `pending` and written many per statement, but anything that must
 //! see them (a read, a delete, a key change, a truncate, a commit) writes them first; changes held for
 //! a table not yet backfilled are replayed only past its snapshot point.
 
@@ -19,7 +20,9 @@ pub(super) const PENDING_BYTES: usize = 8 * 1024 * 1024;
 /// statement that writes many rows inside a transaction first copies every page it touches into a
 /// statement journal, to undo itself alone (a memcpy of a 16 KiB page, a malloc and a free per page:
 /// 8–10 % of the capture's CPU). A failed statement here abandons the whole batch instead
-/// ([`Store::write_pending`]), so the rows it wrote before failing are never committed.
+/// ([`Store::write_pending`]), so the rows it wrote before failing are never committed. Whether a
+/// statement needs the journal is SQLite's decision and can change with its version: a profile
+/// that shows `memjrnlWrite` again means it has.
 pub(super) static CHANGES_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT OR FAIL INTO changes (seq, collection, lsn, op, doc, refs) VALUES {}",
@@ -56,6 +59,11 @@ impl crate::document::LargeValues for Store {
 impl Store {
     /// Starts a batch: one SQLite transaction for one or more whole source transactions.
     pub fn begin(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::internal(
+                "store: a write failed and its batch was rolled back; call rollback before the next batch",
+            ));
+        }
         if self.batch.is_none() {
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
@@ -77,6 +85,7 @@ impl Store {
 
     /// Abandons the open batch.
     pub fn rollback(&mut self) -> Result<()> {
+        self.failed = false;
         self.pending.clear();
         self.pending_bytes = 0;
         if self.batch.take().is_some() {
@@ -437,10 +446,11 @@ impl Store {
         self.pending_keys = keys;
         if written.is_err() {
             // A statement that failed part-way keeps what it wrote (`OR FAIL`): nothing of this
-            // batch may be committed now.
+            // batch may be committed now, and no later commit may store a checkpoint past it.
             if let Err(e) = self.rollback() {
                 tracing::warn!(error = %e, "rolling back after a failed write failed");
             }
+            self.failed = true;
         }
         written
     }
