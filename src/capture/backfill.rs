@@ -28,6 +28,7 @@ use crate::document::copy_text::{
     parse_copy_line, parse_stored_line, refs_row, write_copy_field_json, REF_MARK,
 };
 use crate::document::large_value::{ValueRef, LARGE_VALUE_BYTES};
+use crate::document::source_meta::SourceTable;
 use crate::document::{
     document_of, meta, now_postgres_micros, postgres_time_to_unix_ms, write_row, ColumnInfo,
     Columns, Relation, Transaction,
@@ -162,8 +163,10 @@ async fn copy_table(
         .collect();
     let rel = Relation {
         collection: collection.to_string(),
-        schema: found.schema.clone(),
-        table: found.table.clone(),
+        source: std::sync::Arc::new(SourceTable {
+            schema: found.schema.clone(),
+            table: found.table.clone(),
+        }),
         columns,
         key,
     };

@@ -39,10 +39,11 @@ use tokio_postgres::Client;
 
 use crate::binding::{default_collection_name, Binding, Definition, Mode};
 use crate::document::large_value::{Document, ValueRef};
+use crate::document::source_meta::SourceTable;
 use crate::document::value::{builtin, Kind};
 use crate::document::{
     document, document_of, document_with_meta, meta, meta_at, now_postgres_micros,
-    postgres_time_to_unix_ms, write_meta, write_row, ColumnInfo, Columns, Relation, StoredRow,
+    postgres_time_to_unix_ms, write_meta_cut, write_row, ColumnInfo, Columns, Relation, StoredRow,
     Transaction,
 };
 use crate::error::{Error, ErrorKind, Result};
@@ -942,8 +943,10 @@ impl Capture {
                     Bound {
                         rel: Relation {
                             collection,
-                            schema: namespace,
-                            table: name,
+                            source: std::sync::Arc::new(SourceTable {
+                                schema: namespace,
+                                table: name,
+                            }),
                             columns: infos,
                             key,
                         },
@@ -978,7 +981,7 @@ impl Capture {
                     Some(&mut self.store),
                 )?;
                 let doc = document_with_meta(&mut row, |out, unknown| {
-                    write_meta(out, Op::Create, relid, rel, tx, None, unknown);
+                    write_meta_cut(out, Op::Create, relid, rel, tx, unknown)
                 });
                 write(
                     &mut self.store,
@@ -1106,7 +1109,7 @@ impl Capture {
                 };
                 let mut row = write_row(rel, &old, columns, None, None, tx, Some(&mut self.store))?;
                 let doc = document_with_meta(&mut row, |out, _| {
-                    write_meta(out, Op::Delete, relid, rel, tx, None, &[]);
+                    write_meta_cut(out, Op::Delete, relid, rel, tx, &[])
                 });
                 write(
                     &mut self.store,

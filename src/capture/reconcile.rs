@@ -810,7 +810,7 @@ impl Capture {
             .iter()
             .map(|(id, bound)| {
                 let (collection, handling) =
-                    self.handling_for(*id, &bound.rel.schema, &bound.rel.table);
+                    self.handling_for(*id, &bound.rel.source.schema, &bound.rel.source.table);
                 (*id, collection, handling)
             })
             .collect();

@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::source_meta::SourceCut;
 use crate::document::value::Kind;
 use crate::error::{Error, Result};
 
@@ -45,6 +46,9 @@ pub struct Document {
     pub text: String,
     /// The large values cut out of it, in order of `at`.
     pub refs: Vec<ValueRef>,
+    /// Where `_meta.source` was left out of the text, for the store to keep apart; `None`: the text
+    /// has it ([`crate::document::source_meta`]).
+    pub source: Option<SourceCut>,
 }
 
 impl From<String> for Document {
@@ -52,6 +56,7 @@ impl From<String> for Document {
         Document {
             text,
             refs: Vec::new(),
+            source: None,
         }
     }
 }

@@ -13,10 +13,13 @@
 
 pub mod copy_text;
 pub mod large_value;
+pub mod source_meta;
 pub mod value;
 
 #[cfg(test)]
 mod tests;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{json, Value as Json};
@@ -24,6 +27,7 @@ use serde_json::{json, Value as Json};
 use crate::document::large_value::{
     write_json_pieces, Document, Sink, ValueRef, LARGE_VALUE_BYTES,
 };
+use crate::document::source_meta::{write_source, SourceCut, SourceTable};
 use crate::document::value::Kind;
 use crate::error::{Error, Result};
 use crate::source::pgoutput::{Lsn, Value};
@@ -140,8 +144,8 @@ impl ColumnInfo {
 pub(crate) struct Relation {
     /// The collection its rows go to.
     pub(crate) collection: String,
-    pub(crate) schema: String,
-    pub(crate) table: String,
+    /// The table's schema and name (`_meta.source`), shared with the changes cut from its documents.
+    pub(crate) source: Arc<SourceTable>,
     pub(crate) columns: Vec<ColumnInfo>,
     /// Positions in `columns` of the collection's key, in key order (empty: keyed by position).
     pub(crate) key: Vec<usize>,
@@ -152,8 +156,8 @@ impl Relation {
     pub(crate) fn spec(&self) -> CollectionSpec {
         CollectionSpec {
             name: self.collection.clone(),
-            schema: self.schema.clone(),
-            table: self.table.clone(),
+            schema: self.source.schema.clone(),
+            table: self.source.table.clone(),
             key: self
                 .key
                 .iter()
@@ -190,19 +194,14 @@ impl Transaction {
             Some(at) => at,
             None => {
                 let mut source = String::with_capacity(96);
-                source.push_str("{\"schema\":");
-                crate::document::value::write_json_string(&rel.schema, &mut source);
-                source.push_str(",\"table\":");
-                crate::document::value::write_json_string(&rel.table, &mut source);
-                source.push_str(&format!(
-                    ",\"lsn\":\"{}\",\"txid\":{},\"ts_ms\":{}",
-                    self.final_lsn, self.xid, self.ts_ms
-                ));
-                source.push_str(if self.snapshot {
-                    ",\"snapshot\":true}"
-                } else {
-                    "}"
-                });
+                write_source(
+                    &mut source,
+                    &rel.source,
+                    self.final_lsn,
+                    self.xid,
+                    self.ts_ms,
+                    self.snapshot,
+                );
                 self.sources.push((relid, source));
                 self.sources.len() - 1
             }
@@ -457,11 +456,55 @@ pub(crate) fn write_meta(
     unknown: &[String],
 ) -> Option<usize> {
     let start = out.len();
-    let mut before_at = None;
+    write_op(out, op);
+    out.push_str(",\"source\":");
+    out.push_str(tx.source(relid, rel));
+    write_meta_rest(out, start, before, unknown)
+}
+
+/// [`write_meta`] for a change without `before`, with `source` left out of a streamed change's text:
+/// returns where it goes back ([`crate::document::source_meta`]). A backfilled row keeps it.
+pub(crate) fn write_meta_cut(
+    out: &mut String,
+    op: Op,
+    relid: u32,
+    rel: &Relation,
+    tx: &mut Transaction,
+    unknown: &[String],
+) -> Option<SourceCut> {
+    if tx.snapshot {
+        write_meta(out, op, relid, rel, tx, None, unknown);
+        return None;
+    }
+    let start = out.len();
+    write_op(out, op);
+    let at = out.len();
+    write_meta_rest(out, start, None, unknown);
+    Some(SourceCut {
+        at,
+        table: rel.source.clone(),
+        lsn: tx.final_lsn,
+        txid: tx.xid,
+        ts_ms: tx.ts_ms,
+    })
+}
+
+/// `{"op":"c"`: the start of `_meta`.
+fn write_op(out: &mut String, op: Op) {
     out.push_str("{\"op\":\"");
     out.push_str(op.code());
-    out.push_str("\",\"source\":");
-    out.push_str(tx.source(relid, rel));
+    out.push('"');
+}
+
+/// The rest of `_meta` after its source (`start` is where `_meta` began in `out`); returns where
+/// `before` starts, relative to `start`.
+fn write_meta_rest(
+    out: &mut String,
+    start: usize,
+    before: Option<&str>,
+    unknown: &[String],
+) -> Option<usize> {
+    let mut before_at = None;
     if let Some(before) = before {
         out.push_str(",\"before\":");
         before_at = Some(out.len() - start);
@@ -491,14 +534,15 @@ pub(crate) fn document_of(row: &mut RowJson, meta: &str, meta_refs: &[ValueRef])
 }
 
 /// [`document_of`] for a `_meta` without large values, which `meta` writes straight into the
-/// document (given the row's unknown columns): no buffer of its own per change.
+/// document (given the row's unknown columns): no buffer of its own per change. `meta` returns where
+/// it left `_meta.source` out ([`write_meta_cut`]), if it did.
 pub(crate) fn document_with_meta(
     row: &mut RowJson,
-    meta: impl FnOnce(&mut String, &[String]),
+    meta: impl FnOnce(&mut String, &[String]) -> Option<SourceCut>,
 ) -> Document {
     // About what `_meta` takes without `before` or unknown columns.
     let mut doc = document_opened(row, 160);
-    meta(&mut doc.text, &row.unknown);
+    doc.source = meta(&mut doc.text, &row.unknown);
     doc.text.push('}');
     doc
 }
@@ -511,6 +555,7 @@ fn document_opened(row: &mut RowJson, meta_len: usize) -> Document {
     let mut doc = Document {
         text: members,
         refs: Vec::new(),
+        source: None,
     };
     doc.text.reserve(meta_len + 12);
     // One byte moved along: the members' references shift by it.

@@ -72,8 +72,10 @@ const COLUMNS: &[(&str, u32, Option<&str>)] = &[
 fn relation(key: Vec<usize>) -> Relation {
     Relation {
         collection: "public/all_types".into(),
-        schema: "public".into(),
-        table: "all \"types\"".into(),
+        source: std::sync::Arc::new(SourceTable {
+            schema: "public".into(),
+            table: "all \"types\"".into(),
+        }),
         columns: COLUMNS
             .iter()
             .map(|(name, oid, _)| {
@@ -220,4 +222,100 @@ fn a_delete_by_key_a_keyless_row_and_a_truncate_are_byte_identical_to_their_gold
     m.push_str(",\"truncate\":{\"cascade\":true,\"restartIdentity\":false}}");
     let doc = document("", &m);
     assert_eq!(doc, TRUNCATE, "\nactual:\n{doc}\n");
+}
+
+/// The capture stores a streamed insert or delete without `_meta.source`; made whole again it must be
+/// its golden document, byte for byte, and a backfilled row is never cut.
+#[test]
+fn a_streamed_insert_and_delete_stored_without_their_source_are_made_whole_byte_identical() {
+    let rel = relation(vec![0]);
+    let mut tx = transaction();
+    let mut row = write_row(&rel, &values(), Columns::All, None, None, &tx, None).unwrap();
+    let mut doc = document_with_meta(&mut row, |out, unknown| {
+        write_meta_cut(out, Op::Create, 16384, &rel, &mut tx, unknown)
+    });
+    let cut = doc.source.clone().expect("a streamed insert is cut");
+    assert!(!doc.text.contains("\"source\""), "{}", doc.text);
+    assert!(
+        doc.text.ends_with(",\"_meta\":{\"op\":\"c\"}}"),
+        "{}",
+        doc.text
+    );
+    assert_eq!(
+        (cut.lsn, cut.txid, cut.ts_ms),
+        (tx.final_lsn, tx.xid, tx.ts_ms)
+    );
+    assert_eq!(cut.whole(&doc.text).unwrap(), INSERT);
+    doc.make_whole().unwrap();
+    assert_eq!((doc.text.as_str(), doc.source), (INSERT, None));
+
+    let rel = relation(vec![0, 13]);
+    let mut row = write_row(&rel, &values(), Columns::Key, None, None, &tx, None).unwrap();
+    let doc = document_with_meta(&mut row, |out, _| {
+        write_meta_cut(out, Op::Delete, 16384, &rel, &mut tx, &[])
+    });
+    let cut = doc.source.as_ref().expect("a streamed delete is cut");
+    assert_eq!(cut.whole(&doc.text).unwrap(), DELETE);
+
+    // Unknown columns follow the source: they stay in the text, after the cut.
+    let unknown = vec!["ch".to_string(), "q\"uote".to_string()];
+    let mut whole = String::new();
+    write_meta(&mut whole, Op::Create, 16384, &rel, &mut tx, None, &unknown);
+    let mut stored = String::new();
+    let cut = write_meta_cut(&mut stored, Op::Create, 16384, &rel, &mut tx, &unknown).unwrap();
+    assert_eq!(cut.whole(&stored).unwrap(), whole);
+
+    // A cut that is not a place in the text (a damaged store) is refused, never a panic.
+    assert_eq!(cut.whole("{\"é\":1}"), None);
+    let mut short = Document::from("{}");
+    short.source = Some(SourceCut { at: 99, ..cut });
+    assert_eq!(short.make_whole(), None);
+
+    // A backfill's row keeps its `"snapshot": true` source in its text.
+    let mut snapshot = transaction();
+    snapshot.snapshot = true;
+    let mut row = write_row(&rel, &values(), Columns::All, None, None, &snapshot, None).unwrap();
+    let doc = document_with_meta(&mut row, |out, unknown| {
+        write_meta_cut(out, Op::Create, 16384, &rel, &mut snapshot, unknown)
+    });
+    assert_eq!(doc.source, None);
+    assert!(doc.text.contains("\"snapshot\":true}"), "{}", doc.text);
+}
+
+/// Making a document whole moves the references after its source along, and only those.
+#[test]
+fn making_a_cut_document_whole_moves_the_references_after_the_cut() {
+    let rel = relation(vec![0]);
+    let tx = transaction();
+    let text = r#"{"a":null,"_meta":{"op":"u","before":{"b":null}}}"#;
+    let at_a = text.find("null").unwrap();
+    let at = text.find(",\"before\"").unwrap();
+    let at_b = text.rfind("null").unwrap();
+    let reference = |at: usize, path: &str| ValueRef {
+        at,
+        hash: "h".into(),
+        path: vec![path.into()],
+    };
+    let mut doc = Document {
+        text: text.to_string(),
+        refs: vec![reference(at_a, "a"), reference(at_b, "before")],
+        source: Some(SourceCut {
+            at,
+            table: rel.source.clone(),
+            lsn: tx.final_lsn,
+            txid: tx.xid,
+            ts_ms: tx.ts_ms,
+        }),
+    };
+    doc.make_whole().unwrap();
+    assert_eq!(&doc.text[doc.refs[0].at..doc.refs[0].at + 4], "null");
+    assert_eq!(doc.refs[0].at, at_a);
+    assert_eq!(&doc.text[doc.refs[1].at..doc.refs[1].at + 4], "null");
+    assert!(doc.refs[1].at > at_b);
+    assert!(
+        doc.text
+            .starts_with(r#"{"a":null,"_meta":{"op":"u","source":{"schema":"public""#),
+        "{}",
+        doc.text
+    );
 }

@@ -347,8 +347,13 @@ impl Store {
             rows += self
                 .conn
                 .execute(
-                    "INSERT INTO main.changes (seq, collection, lsn, op, doc, refs)
-                     SELECT ?1 + seq, ?2, lsn, op, doc, refs FROM staging.changes WHERE collection = ?3 ORDER BY seq",
+                    // Whole documents: the staging store's source tables have ids of their own.
+                    &format!(
+                        "INSERT INTO main.changes (seq, collection, lsn, op, doc, refs)
+                         SELECT ?1 + c.seq, ?2, c.lsn, c.op, {DOC}, c.refs FROM staging.changes c
+                         LEFT JOIN staging.source_tables s ON s.id = c.source_table
+                         WHERE c.collection = ?3 ORDER BY c.seq"
+                    ),
                     params![base, id, staged],
                 )
                 .map_err(sqlite("importing a backfill's documents"))? as u64;

@@ -44,15 +44,30 @@ pub(super) struct FilterParams {
 }
 
 impl FilterParams {
-    /// The condition on `c.doc`, matching [`Filter::matches`]. A document with large values has the
-    /// field read in Rust (`tidepool_field`), by the rule the live tails apply.
-    pub(super) const SQL: &'static str = "(?4 IS NULL OR (CASE WHEN ?6 THEN instr(
-            CASE WHEN c.refs IS NOT NULL THEN tidepool_field(c.doc, c.refs, ?4)
-                 ELSE CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
-                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END END, ?5) > 0
-          ELSE CASE WHEN c.refs IS NOT NULL THEN tidepool_field(c.doc, c.refs, ?4)
-                 ELSE CASE json_type(c.doc, ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
-                 ELSE CAST(json_extract(c.doc, ?4) AS TEXT) END END = ?5 END))";
+    /// The condition on a change's whole document ([`doc_sql!`], so the query joins [`SOURCE_JOIN`]),
+    /// matching [`Filter::matches`]. A document with large values has the field read in Rust
+    /// (`tidepool_field`), by the rule the live tails apply.
+    pub(super) const SQL: &'static str = concat!(
+        "(?4 IS NULL OR (CASE WHEN ?6 THEN instr(
+            CASE WHEN c.refs IS NOT NULL THEN tidepool_field(",
+        doc_sql!(),
+        ", c.refs, ?4)
+                 ELSE CASE json_type(",
+        doc_sql!(),
+        ", ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(",
+        doc_sql!(),
+        ", ?4) AS TEXT) END END, ?5) > 0
+          ELSE CASE WHEN c.refs IS NOT NULL THEN tidepool_field(",
+        doc_sql!(),
+        ", c.refs, ?4)
+                 ELSE CASE json_type(",
+        doc_sql!(),
+        ", ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(",
+        doc_sql!(),
+        ", ?4) AS TEXT) END END = ?5 END))"
+    );
 
     pub(super) fn of(filter: Option<&Filter>) -> Result<FilterParams> {
         let Some(f) = filter else {

@@ -11,6 +11,10 @@
 //!   empties the collection; every one of them is also appended to the change log, in order.
 //! - A document is written once: the change log holds it, and a row is the key's pointer to the change
 //!   that last wrote it (so a row always equals a logged document).
+//! - A streamed insert or delete is stored without its `_meta.source` (about half its bytes): the
+//!   change's `lsn`, `txid`, `ts_ms`, `source_table` and `meta_at` columns rebuild it, and every read
+//!   of a change goes through [`DOC`] (`tidepool_doc`), so readers see whole documents, byte for byte
+//!   what the capture built ([`crate::document::source_meta`]). `meta_at` NULL: the text is whole.
 //! - A backfill's rows are a snapshot file ([`crate::store::snapshot`]), recorded in `snapshots` with the
 //!   range of log positions its documents take. The live snapshot of a collection holds its base rows;
 //!   `rows` holds what changed since, and shadows the file: an entry with a document replaces the
@@ -31,6 +35,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::document::large_value::{parse_refs, splice, Document, Sink, ValueRef};
+use crate::document::source_meta::SourceTable;
 use crate::error::{Error, Result};
 use crate::source::pgoutput::Lsn;
 use crate::store::encryption::StoreKey;
@@ -108,6 +113,19 @@ pub struct Store {
     live: std::cell::RefCell<rustc_hash::FxHashMap<i64, Option<i64>>>,
     /// The key of an encrypted store ([`crate::store::encryption`]); its snapshot files are sealed with it.
     key: Option<std::sync::Arc<StoreKey>>,
+    /// Source table → its id in `source_tables`, for changes stored without their `_meta.source`
+    /// ([`crate::document::source_meta`]); forgotten with a rolled-back batch, which may have added it.
+    source_tables: rustc_hash::FxHashMap<std::sync::Arc<SourceTable>, i64>,
+}
+
+/// A change stored without its `_meta.source`: the columns that rebuild it
+/// ([`crate::document::source_meta`]; the LSN is the change's own).
+#[derive(Clone, Copy)]
+struct StoredCut {
+    at: i64,
+    source_table: i64,
+    txid: i64,
+    ts_ms: i64,
 }
 
 struct Pending {
@@ -122,6 +140,7 @@ struct Pending {
     base: bool,
     doc: String,
     refs: Option<String>,
+    cut: Option<StoredCut>,
 }
 
 /// SQLite's page cache while a large value is written: its pages are written once and not read
@@ -271,6 +290,81 @@ fn large_value_schema(conn: &Connection) -> Result<()> {
     add_column(conn, "held", "refs TEXT")?;
     register_document_function(conn)
 }
+
+/// What changes stored without their `_meta.source` need ([`crate::document::source_meta`]): the
+/// source tables' names, the columns beside each change that rebuild its source (`meta_at` NULL:
+/// the document is whole), and the `tidepool_doc` function every read of a change goes through
+/// ([`DOC`]).
+fn source_meta_schema(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS source_tables (
+           id INTEGER PRIMARY KEY,
+           schema_name TEXT NOT NULL,
+           table_name TEXT NOT NULL,
+           UNIQUE (schema_name, table_name));",
+    )
+    .map_err(sqlite("creating the schema"))?;
+    for column in [
+        "meta_at INTEGER",
+        "source_table INTEGER",
+        "txid INTEGER",
+        "ts_ms INTEGER",
+    ] {
+        add_column(conn, "changes", column)?;
+    }
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "tidepool_doc",
+        7,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| -> rusqlite::Result<String> {
+            let text = ctx.get_raw(0).as_str().map_err(|e| {
+                rusqlite::Error::UserFunctionError(Box::new(Error::internal(format!(
+                    "store: a change's document is not text: {e}"
+                ))))
+            })?;
+            let at: i64 = ctx.get(1)?;
+            let schema: Option<String> = ctx.get(2)?;
+            let table: Option<String> = ctx.get(3)?;
+            let lsn: i64 = ctx.get(4)?;
+            let txid: i64 = ctx.get(5)?;
+            let ts_ms: i64 = ctx.get(6)?;
+            let whole = match (schema, table) {
+                (Some(schema), Some(table)) => crate::document::source_meta::splice(
+                    text,
+                    usize::try_from(at).unwrap_or(usize::MAX),
+                    &SourceTable { schema, table },
+                    Lsn(lsn as u64),
+                    txid as u32,
+                    ts_ms,
+                ),
+                _ => None,
+            };
+            whole.ok_or_else(|| {
+                rusqlite::Error::UserFunctionError(Box::new(Error::internal(format!(
+                    "store: a change stored without its source (at byte {at}) cannot be made whole: \
+                     its source table is missing or the position is outside its document"
+                ))))
+            })
+        },
+    )
+    .map_err(sqlite("registering tidepool_doc"))
+}
+
+/// A change's whole document text in a query over `changes c` joined with [`SOURCE_JOIN`]: the
+/// stored text, with `_meta.source` put back when it was left out.
+macro_rules! doc_sql {
+    () => {
+        "CASE WHEN c.meta_at IS NULL THEN c.doc ELSE tidepool_doc(c.doc, c.meta_at, s.schema_name, s.table_name, c.lsn, c.txid, c.ts_ms) END"
+    };
+}
+pub(crate) use doc_sql;
+
+/// [`doc_sql!`] as a constant.
+pub(super) const DOC: &str = doc_sql!();
+
+/// The join every query reading [`DOC`] needs.
+pub(super) const SOURCE_JOIN: &str = "LEFT JOIN source_tables s ON s.id = c.source_table";
 
 /// Adds a column to a table of a store created before it existed.
 fn add_column(conn: &Connection, table: &str, column: &str) -> Result<()> {
@@ -506,6 +600,7 @@ impl Store {
             .map_err(sqlite("creating the schema"))?;
         create_rows(&conn)?;
         large_value_schema(&conn)?;
+        source_meta_schema(&conn)?;
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
         Ok(Store {
@@ -524,6 +619,7 @@ impl Store {
             opened: Default::default(),
             live: Default::default(),
             key,
+            source_tables: Default::default(),
         })
     }
 
@@ -574,7 +670,7 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let cleared = self.conn.execute_batch(
-            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta; DELETE FROM large_values;",
+            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta; DELETE FROM large_values; DELETE FROM source_tables;",
         );
         if let Err(e) = cleared {
             self.rollback()?;
@@ -588,6 +684,7 @@ impl Store {
             .map_err(sqlite("committing"))?;
         self.batch = None;
         self.ids.clear();
+        self.source_tables.clear();
         self.next_seq = 1;
         self.opened.borrow_mut().clear();
         self.live.borrow_mut().clear();
@@ -636,7 +733,7 @@ impl Store {
                           + (SELECT COALESCE(sum(s.rows), 0) FROM snapshots s WHERE s.collection = c.id),
                         CASE WHEN (SELECT max(h.seq) FROM changes h WHERE h.collection = c.id)
                                   >= COALESCE((SELECT max(s.first_seq + s.rows - 1) FROM snapshots s WHERE s.collection = c.id), 0)
-                             THEN (SELECT json_extract(h.doc, '$._meta.source.ts_ms') FROM changes h
+                             THEN (SELECT COALESCE(h.ts_ms, json_extract(h.doc, '$._meta.source.ts_ms')) FROM changes h
                                     WHERE h.collection = c.id ORDER BY h.seq DESC LIMIT 1)
                              ELSE (SELECT json_extract(s.source, '$.tsMs') FROM snapshots s
                                     WHERE s.collection = c.id ORDER BY s.first_seq DESC LIMIT 1) END

@@ -47,7 +47,7 @@ impl Store {
             let mut stmt = self
                 .conn
                 .prepare(
-                    "SELECT seq, lsn, json_extract(doc, '$._meta.source.ts_ms') FROM changes
+                    "SELECT seq, lsn, COALESCE(ts_ms, json_extract(doc, '$._meta.source.ts_ms')) FROM changes
                      WHERE seq > ?1 AND seq < (SELECT max(seq) FROM changes) ORDER BY seq",
                 )
                 .map_err(sqlite("reading the log's age"))?;

@@ -45,7 +45,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT r.key, c.doc, c.refs FROM rows r JOIN changes c ON c.seq = r.seq
+                "SELECT r.key, {DOC}, c.refs FROM rows r JOIN changes c ON c.seq = r.seq {SOURCE_JOIN}
                   WHERE r.collection = ?1 AND {cursor} AND {}
                   ORDER BY r.skey LIMIT ?2",
                 FilterParams::SQL
@@ -93,10 +93,10 @@ impl Store {
          -> Result<bool> {
             let mut stmt = self
                 .conn
-                .prepare_cached(
-                    "SELECT r.skey, r.key, c.doc, c.refs FROM rows r LEFT JOIN changes c ON c.seq = r.seq
+                .prepare_cached(&format!(
+                    "SELECT r.skey, r.key, {DOC}, c.refs FROM rows r LEFT JOIN changes c ON c.seq = r.seq {SOURCE_JOIN}
                       WHERE r.collection = ?1 AND r.skey > ?2 ORDER BY r.skey LIMIT ?3",
-                )
+                ))
                 .map_err(sqlite("reading rows"))?;
             let page = stmt
                 .query_map(
@@ -248,7 +248,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT c.seq, c.doc, c.refs FROM changes c WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
+                "SELECT c.seq, {DOC}, c.refs FROM changes c {SOURCE_JOIN} WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
                 FilterParams::SQL
             ))
             .map_err(sqlite("reading changes"))?;
@@ -352,11 +352,12 @@ impl Store {
     pub(super) fn stored_row(&self, id: i64, skey: &[u8]) -> Result<Option<Document>> {
         let entry: Option<(Option<String>, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT c.doc, c.refs FROM rows r LEFT JOIN changes c ON c.seq = r.seq WHERE r.collection = ?1 AND r.skey = ?2")
+            .prepare_cached(&format!("SELECT {DOC}, c.refs FROM rows r LEFT JOIN changes c ON c.seq = r.seq {SOURCE_JOIN} WHERE r.collection = ?1 AND r.skey = ?2"))
             .and_then(|mut s| s.query_row(params![id, skey], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(sqlite("reading a row"))?;
         match entry {
             Some((Some(text), refs)) => Ok(Some(Document {
+                source: None,
                 text,
                 refs: refs
                     .as_deref()

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::document::copy_text::{parse_stored_line, refs_row};
 use crate::document::large_value::{Document, ValueRef};
+use crate::document::source_meta::SourceTable;
 use crate::document::value::Kind;
 use crate::document::Op;
 use crate::document::{document_of, meta, write_row, ColumnInfo, Columns, Relation, Transaction};
@@ -801,8 +802,8 @@ pub struct SourceColumn {
 impl SnapshotSource {
     pub(crate) fn of(rel: &Relation, lsn: Lsn, ts_ms: i64) -> SnapshotSource {
         SnapshotSource {
-            schema: rel.schema.clone(),
-            table: rel.table.clone(),
+            schema: rel.source.schema.clone(),
+            table: rel.source.table.clone(),
             columns: rel
                 .columns
                 .iter()
@@ -834,8 +835,10 @@ impl Rebuild {
     pub fn new(collection: &str, source: &SnapshotSource) -> Rebuild {
         let rel = Relation {
             collection: collection.to_string(),
-            schema: source.schema.clone(),
-            table: source.table.clone(),
+            source: std::sync::Arc::new(SourceTable {
+                schema: source.schema.clone(),
+                table: source.table.clone(),
+            }),
             columns: source
                 .columns
                 .iter()

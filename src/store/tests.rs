@@ -328,6 +328,7 @@ fn a_large_value_is_stored_once_and_every_reader_gets_it_back() {
                 hash: hash.clone(),
                 path: vec!["big".into()],
             }],
+            source: None,
         }
     };
     store
@@ -758,5 +759,177 @@ fn a_new_store_has_16_kib_pages_and_an_older_one_keeps_its_own() {
     assert_eq!(store.collections().unwrap()[0].rows, 100);
     drop(store);
     assert_eq!(page_size(&dir), 4096);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A document cut by the capture ([`crate::document::source_meta`]): `{"id":i,"_meta":{"op":…}}` with
+/// its source (table `public."we\"ird"`, transaction 77 at `lsn`) left out.
+fn cut_document(i: i64, op: Op, table: &std::sync::Arc<SourceTable>, lsn: Lsn) -> Document {
+    use crate::document::source_meta::SourceCut;
+    let text = format!(r#"{{"id":{i},"_meta":{{"op":"{}"}}}}"#, op.code());
+    let at = text.len() - 2;
+    Document {
+        text,
+        refs: Vec::new(),
+        source: Some(SourceCut {
+            at,
+            table: table.clone(),
+            lsn,
+            txid: 77,
+            ts_ms: 1_700_000_000_000 + i,
+        }),
+    }
+}
+
+/// Changes stored without `_meta.source` read back whole through every reader (rows, one row, the
+/// log, filters on `_meta`, a held change), chunked and one by one; a source table recorded in a
+/// rolled-back batch is recorded again, not pointed at.
+#[test]
+fn changes_stored_without_their_source_read_back_whole_everywhere() {
+    let (mut store, dir) = store();
+    let weird = std::sync::Arc::new(SourceTable {
+        schema: "public".into(),
+        table: "we\"ird".into(),
+    });
+    let whole = |doc: &Document| -> Json {
+        let mut doc = doc.clone();
+        doc.make_whole().unwrap();
+        serde_json::from_str(&doc.text).unwrap()
+    };
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    // 70: a chunk of 64 written by the multi-row statement, and 6 written one by one.
+    let mut expected = Vec::new();
+    for i in 0..70 {
+        let doc = cut_document(i, Op::Create, &weird, Lsn(5));
+        expected.push(whole(&doc));
+        store
+            .apply("public/t", Lsn(5), Op::Create, &format!("[{i}]"), None, doc)
+            .unwrap();
+    }
+    // A cut whose LSN is not the change's cannot be rebuilt from it: stored whole instead.
+    let mismatched = cut_document(70, Op::Create, &weird, Lsn(4));
+    let mismatched_whole = whole(&mismatched);
+    store
+        .apply("public/t", Lsn(5), Op::Create, "[70]", None, mismatched)
+        .unwrap();
+    // A delete is written at once, not buffered; the log's last change, its time is read from its column.
+    let delete = cut_document(69, Op::Delete, &weird, Lsn(5));
+    let delete_whole = whole(&delete);
+    store
+        .apply("public/t", Lsn(5), Op::Delete, "[69]", None, delete)
+        .unwrap();
+    store.commit(Lsn(6)).unwrap();
+
+    let cut: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM changes WHERE meta_at IS NOT NULL AND instr(doc, 'source') = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        cut, 71,
+        "the streamed changes are stored without their source"
+    );
+    assert_eq!(
+        expected[3]["_meta"]["source"],
+        serde_json::json!({"schema":"public","table":"we\"ird","lsn":"0/5","txid":77,"ts_ms":1_700_000_000_003_i64})
+    );
+
+    let mut rows = expected[..69].to_vec();
+    rows.push(mismatched_whole.clone());
+    assert_eq!(store.rows("public/t", 100).unwrap(), rows);
+    assert_eq!(
+        store.row("public/t", "[3]").unwrap(),
+        Some(expected[3].clone())
+    );
+    let log: Vec<Json> = store
+        .changes("public/t", 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, doc)| doc)
+        .collect();
+    let mut all = expected.clone();
+    all.push(mismatched_whole);
+    all.push(delete_whole);
+    assert_eq!(log, all);
+    let on_meta = Filter {
+        field: "_meta".into(),
+        value: "\"ts_ms\":1700000000007".into(),
+        contains: true,
+    };
+    let found = store
+        .changes_matching("public/t", 0, 100, Some(&on_meta))
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].1, expected[7]);
+    let rows_found = store
+        .rows_after("public/t", None, 100, Some(&on_meta))
+        .unwrap();
+    assert_eq!(rows_found, vec![("[7]".to_string(), expected[7].clone())]);
+    let last_change_ms = store.collections().unwrap()[0].last_change_ms;
+    assert_eq!(last_change_ms, Some(1_700_000_000_069));
+
+    // A table first seen in a batch that is rolled back is gone with it.
+    let other = std::sync::Arc::new(SourceTable {
+        schema: "s".into(),
+        table: "other".into(),
+    });
+    store.begin().unwrap();
+    store
+        .apply(
+            "public/t",
+            Lsn(7),
+            Op::Create,
+            "[100]",
+            None,
+            cut_document(100, Op::Create, &other, Lsn(7)),
+        )
+        .unwrap();
+    store.rollback().unwrap();
+    store.begin().unwrap();
+    let doc = cut_document(101, Op::Create, &other, Lsn(8));
+    let expected_other = whole(&doc);
+    store
+        .apply("public/t", Lsn(8), Op::Create, "[101]", None, doc)
+        .unwrap();
+    // A held change is kept whole.
+    store
+        .hold(
+            "public/u",
+            Lsn(8),
+            Op::Create,
+            "[1]",
+            None,
+            &cut_document(1, Op::Create, &other, Lsn(8)),
+        )
+        .unwrap();
+    store.commit(Lsn(9)).unwrap();
+    assert_eq!(
+        store.row("public/t", "[101]").unwrap(),
+        Some(expected_other)
+    );
+    let held: String = store
+        .conn
+        .query_row("SELECT doc FROM held", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        held.contains(r#""source":{"schema":"s","table":"other","lsn":"0/8""#),
+        "{held}"
+    );
+
+    // A damaged position is an error that says what is wrong, not a panic.
+    store
+        .conn
+        .execute(
+            "UPDATE changes SET meta_at = 9999 WHERE seq = (SELECT max(seq) FROM changes)",
+            [],
+        )
+        .unwrap();
+    let err = store.changes("public/t", 0, 1000).unwrap_err();
+    assert!(err.to_string().contains("cannot be made whole"), "{err}");
+    drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -25,8 +25,8 @@ pub(super) const PENDING_BYTES: usize = 8 * 1024 * 1024;
 /// that shows `memjrnlWrite` again means it has.
 pub(super) static CHANGES_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "INSERT OR FAIL INTO changes (seq, collection, lsn, op, doc, refs) VALUES {}",
-        vec!["(?, ?, ?, ?, ?, ?)"; CHUNK].join(", ")
+        "INSERT OR FAIL INTO changes (seq, collection, lsn, op, doc, refs, meta_at, source_table, txid, ts_ms) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; CHUNK].join(", ")
     )
 });
 
@@ -96,7 +96,9 @@ impl Store {
                     .execute_batch("ROLLBACK")
                     .map_err(sqlite("rolling back"))?;
             }
-            // Collections first recorded in the batch are gone with it, and so are their positions.
+            // Collections and source tables first recorded in the batch are gone with it, and so
+            // are their positions.
+            self.source_tables.clear();
             self.ids = collection_ids(&self.conn)?;
             self.next_seq = next_seq(&self.conn)?;
             self.opened.borrow_mut().clear();
@@ -220,9 +222,8 @@ impl Store {
         doc: impl Into<Document>,
     ) -> Result<()> {
         let doc: Document = doc.into();
-        let refs = doc.refs_text();
-        let doc = doc.text;
         self.in_open_batch("writing a change")?;
+        let (doc, refs, cut) = self.stored_form(doc, lsn)?;
         let id = self.id_of(collection)?;
         let key_changed = old_key.is_some_and(|old| old != key);
         // Taken once the key is known good: a bad key leaves no gap in the log's positions.
@@ -252,6 +253,7 @@ impl Store {
                 base,
                 doc,
                 refs,
+                cut,
             });
             if self.pending.len() >= CHUNK || self.pending_bytes >= PENDING_BYTES {
                 self.write_pending()?;
@@ -263,7 +265,7 @@ impl Store {
             };
             self.next_seq += 1;
             self.write_pending()?;
-            self.insert_change(seq, id, lsn, op, &doc, refs.as_deref())?;
+            self.insert_change(seq, id, lsn, op, &doc, refs.as_deref(), cut)?;
             if let Some(old) = old_key.filter(|_| key_changed) {
                 self.delete_row(id, &sort_key(old)?, old)?;
             }
@@ -292,6 +294,17 @@ impl Store {
         doc: &Document,
     ) -> Result<()> {
         self.in_open_batch("holding a change")?;
+        // Held changes are kept whole: they are applied later, maybe by another store version.
+        let mut whole;
+        let doc = if doc.source.is_some() {
+            whole = doc.clone();
+            whole.make_whole().ok_or_else(|| {
+                Error::internal("store: a held change's source does not fit its document")
+            })?;
+            &whole
+        } else {
+            doc
+        };
         self.conn
             .prepare_cached(
                 "INSERT INTO held (collection, lsn, op, key, old_key, doc, refs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -366,6 +379,7 @@ impl Store {
             let op = Op::from_code(&op)
                 .ok_or_else(|| Error::internal(format!("store: a held change has op '{op}'")))?;
             let doc = Document {
+                source: None,
                 text,
                 refs: refs
                     .as_deref()
@@ -388,6 +402,7 @@ impl Store {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn insert_change(
         &self,
         seq: i64,
@@ -396,16 +411,83 @@ impl Store {
         op: Op,
         doc: &str,
         refs: Option<&str>,
+        cut: Option<StoredCut>,
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO changes (seq, collection, lsn, op, doc, refs) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO changes (seq, collection, lsn, op, doc, refs, meta_at, source_table, txid, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut s| {
-                s.execute(params![seq, collection, lsn.0 as i64, op.code(), doc, refs])
+                s.execute(params![
+                    seq,
+                    collection,
+                    lsn.0 as i64,
+                    op.code(),
+                    doc,
+                    refs,
+                    cut.map(|c| c.at),
+                    cut.map(|c| c.source_table),
+                    cut.map(|c| c.txid),
+                    cut.map(|c| c.ts_ms)
+                ])
             })
             .map_err(sqlite("appending a change"))?;
         Ok(())
+    }
+
+    /// A document as stored: its text, its references, and the columns of its source when it was
+    /// cut ([`crate::document::source_meta`]). A source is kept apart only when the change's LSN
+    /// (which rebuilds it) is its own and no reference follows it; otherwise it is put back.
+    fn stored_form(
+        &mut self,
+        mut doc: Document,
+        lsn: Lsn,
+    ) -> Result<(String, Option<String>, Option<StoredCut>)> {
+        let cut = match doc.source.take() {
+            Some(cut) if cut.lsn == lsn && doc.refs.iter().all(|r| r.at < cut.at) => {
+                let source_table = self.source_table_id(&cut.table)?;
+                Some(StoredCut {
+                    at: cut.at as i64,
+                    source_table,
+                    txid: i64::from(cut.txid),
+                    ts_ms: cut.ts_ms,
+                })
+            }
+            Some(cut) => {
+                doc.source = Some(cut);
+                doc.make_whole().ok_or_else(|| {
+                    Error::internal("store: a change's source does not fit its document")
+                })?;
+                None
+            }
+            None => None,
+        };
+        let refs = doc.refs_text();
+        Ok((doc.text, refs, cut))
+    }
+
+    /// The id of a source table in `source_tables`, added in the open batch if it is new.
+    fn source_table_id(&mut self, table: &std::sync::Arc<SourceTable>) -> Result<i64> {
+        if let Some(&id) = self.source_tables.get(&**table) {
+            return Ok(id);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO source_tables (schema_name, table_name) VALUES (?1, ?2)
+                 ON CONFLICT (schema_name, table_name) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![table.schema, table.table]))
+            .map_err(sqlite("recording a source table"))?;
+        let id: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM source_tables WHERE schema_name = ?1 AND table_name = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![table.schema, table.table], |r| r.get(0)))
+            .map_err(sqlite("recording a source table"))?;
+        self.source_tables.insert(table.clone(), id);
+        Ok(id)
     }
 
     pub(super) fn upsert_row(
@@ -458,7 +540,7 @@ impl Store {
     fn write_chunks(&mut self, pending: &[Pending], skeys: &[u8], keys: &str) -> Result<()> {
         use bulk::Param;
         let mut chunks = pending.chunks_exact(CHUNK);
-        let mut changes: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 6);
+        let mut changes: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 10);
         let mut rows: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 5);
         for chunk in &mut chunks {
             changes.clear();
@@ -472,6 +554,15 @@ impl Store {
                     Param::Text(&p.doc),
                     p.refs.as_deref().map_or(Param::Null, Param::Text),
                 ]);
+                match p.cut {
+                    Some(cut) => changes.extend([
+                        Param::Int(cut.at),
+                        Param::Int(cut.source_table),
+                        Param::Int(cut.txid),
+                        Param::Int(cut.ts_ms),
+                    ]),
+                    None => changes.extend([Param::Null; 4]),
+                }
                 rows.extend([
                     Param::Int(p.collection),
                     Param::Blob(&skeys[p.skey.clone()]),
@@ -488,7 +579,15 @@ impl Store {
                 .map_err(sqlite("writing rows"))?;
         }
         for p in chunks.remainder() {
-            self.insert_change(p.seq, p.collection, p.lsn, p.op, &p.doc, p.refs.as_deref())?;
+            self.insert_change(
+                p.seq,
+                p.collection,
+                p.lsn,
+                p.op,
+                &p.doc,
+                p.refs.as_deref(),
+                p.cut,
+            )?;
             self.upsert_row(
                 p.collection,
                 &skeys[p.skey.clone()],
