@@ -36,6 +36,24 @@ impl Filter {
     }
 }
 
+/// The field at ?4 of a change's whole document as text, by [`Filter::matches`]'s rule. A document
+/// with large values has the field read in Rust (`tidepool_field`), by the rule the live tails apply.
+macro_rules! field_sql {
+    () => {
+        concat!(
+            "CASE WHEN c.refs IS NOT NULL THEN tidepool_field(",
+            doc_sql!(),
+            ", c.refs, ?4)
+                 ELSE CASE json_type(",
+            doc_sql!(),
+            ", ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+                 ELSE CAST(json_extract(",
+            doc_sql!(),
+            ", ?4) AS TEXT) END END"
+        )
+    };
+}
+
 /// A filter as statement parameters ?4 (JSON path, NULL for none), ?5 (value), ?6 (contains).
 pub(super) struct FilterParams {
     pub(super) path: Option<String>,
@@ -45,28 +63,13 @@ pub(super) struct FilterParams {
 
 impl FilterParams {
     /// The condition on a change's whole document ([`doc_sql!`], so the query joins [`SOURCE_JOIN`]),
-    /// matching [`Filter::matches`]. A document with large values has the field read in Rust
-    /// (`tidepool_field`), by the rule the live tails apply.
+    /// matching [`Filter::matches`]: the field's text ([`field_sql!`]) contains or equals ?5.
     pub(super) const SQL: &'static str = concat!(
-        "(?4 IS NULL OR (CASE WHEN ?6 THEN instr(
-            CASE WHEN c.refs IS NOT NULL THEN tidepool_field(",
-        doc_sql!(),
-        ", c.refs, ?4)
-                 ELSE CASE json_type(",
-        doc_sql!(),
-        ", ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
-                 ELSE CAST(json_extract(",
-        doc_sql!(),
-        ", ?4) AS TEXT) END END, ?5) > 0
-          ELSE CASE WHEN c.refs IS NOT NULL THEN tidepool_field(",
-        doc_sql!(),
-        ", c.refs, ?4)
-                 ELSE CASE json_type(",
-        doc_sql!(),
-        ", ?4) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
-                 ELSE CAST(json_extract(",
-        doc_sql!(),
-        ", ?4) AS TEXT) END END = ?5 END))"
+        "(?4 IS NULL OR (CASE WHEN ?6 THEN instr(",
+        field_sql!(),
+        ", ?5) > 0 ELSE ",
+        field_sql!(),
+        " = ?5 END))"
     );
 
     pub(super) fn of(filter: Option<&Filter>) -> Result<FilterParams> {
