@@ -761,14 +761,16 @@ impl Capture {
             // Every OID but the current one is retired: its changes still in the stream go to
             // this collection ahead of the re-backfill (a table may have been dropped and created
             // again more than once since the checkpoint).
-            if let Some(new) = current {
-                for old in [state.oid, Some(request.seen)].into_iter().flatten() {
-                    if old != new && !state.retired.contains(&old) {
-                        state.retired.push(old);
-                    }
+            // With no table of the name just now (dropped, the next one not created yet) every OID
+            // seen is retired and the binding takes the next table of the name it meets: the one the
+            // backfill reads. Keeping the dropped OID would ask for a second backfill when that table
+            // shows up in the stream.
+            for old in [state.oid, Some(request.seen)].into_iter().flatten() {
+                if Some(old) != current && !state.retired.contains(&old) {
+                    state.retired.push(old);
                 }
-                state.oid = Some(new);
             }
+            state.oid = current;
             let (oid, collection, backfill) = (state.oid, state.collection.clone(), state.backfill);
             self.notice(request.notice);
             let binding = match self.definition.as_mut().and_then(|d| {
@@ -1059,6 +1061,7 @@ impl Capture {
         let point = session.consistent_point;
         self.store.begin()?;
         for ((binding, was_live), member) in tables.iter().zip(members) {
+            self.supersede(&binding.schema, &binding.table);
             self.store.drop_held(&binding.collection)?;
             let retired = self
                 .states
@@ -1126,6 +1129,19 @@ impl Capture {
         Ok(())
     }
 
+    /// Takes `schema.table` out of the backfills still running for it, as a new one starts (the
+    /// table was dropped and created again while the older one ran). The older snapshot must never
+    /// be brought in: the state's hold point is the new one's, so changes past the older point but
+    /// before the newer are stored as they come, and the older rows would then land on top of them.
+    /// A backfill left with no table runs out and is discarded when it ends.
+    fn supersede(&mut self, schema: &str, table: &str) {
+        for backfill in &mut self.backfills {
+            backfill
+                .tables
+                .retain(|(s, t)| !(s == schema && t == table));
+        }
+    }
+
     /// Brings a finished backfill in (called with no batch open): its rows, then the changes held
     /// since its snapshot, in one store transaction; the tables are live from then on.
     pub(super) async fn finish_backfill(
@@ -1137,6 +1153,12 @@ impl Capture {
             return Ok(());
         };
         let backfill = self.backfills.remove(at);
+        if backfill.tables.is_empty() {
+            // Superseded by newer backfills of its tables: nothing of it is brought in.
+            let _ = std::fs::remove_dir_all(&staging);
+            tracing::debug!(staging = %staging.display(), "a superseded backfill ended; discarded");
+            return Ok(());
+        }
         let rows = match result {
             Ok(rows) => rows,
             Err(e) if e.kind() == ErrorKind::Connection => {
