@@ -1130,10 +1130,10 @@ impl Capture {
     }
 
     /// Takes `schema.table` out of the backfills still running for it, as a new one starts (the
-    /// table was dropped and created again while the older one ran). The older snapshot must never
-    /// be brought in: the state's hold point is the new one's, so changes past the older point but
-    /// before the newer are stored as they come, and the older rows would then land on top of them.
-    /// A backfill left with no table runs out and is discarded when it ends.
+    /// table was dropped and created again while the older one ran). The older one must never be
+    /// brought in: that would end the hold the newer one set, the changes after it would be stored
+    /// as they come, and the newer one's rows, read from an older snapshot than those changes, would
+    /// then replace them. A backfill left with no table runs out and is discarded when it ends.
     fn supersede(&mut self, schema: &str, table: &str) {
         for backfill in &mut self.backfills {
             backfill
