@@ -560,3 +560,30 @@ async fn a_table_dropped_and_created_again_twice_while_capturing_ends_with_the_l
     assert_eq!(definition.bindings[0].oid, Some(last_oid));
     assert_eq!(ops(&source.changes("public/other")), vec!["c"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_stores_left_by_an_interrupted_backfill_are_removed_when_the_capture_starts_again()
+{
+    let source = Source::new(
+        "stale_staging",
+        "CREATE TABLE ev (id int PRIMARY KEY, v text);",
+    );
+    source.db.sql("INSERT INTO ev VALUES (1, 'a');");
+    source.catch_up().await;
+    // What a capture stopped or killed during a backfill beside the stream leaves: its staging
+    // store, under a name no later run uses.
+    let stale = source
+        .store
+        .join("backfills")
+        .join("tidepool_backfill_0123456789ab");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("tidepool.db"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::write(stale.join("tidepool.db-wal"), vec![7u8; 1 << 16]).unwrap();
+    source.db.sql("INSERT INTO ev VALUES (2, 'b');");
+    source.catch_up().await;
+    assert!(!stale.exists(), "the stale staging store is still there");
+    assert_eq!(
+        contents(&source.rows("public/ev")),
+        vec![json!({"id": 1, "v": "a"}), json!({"id": 2, "v": "b"})]
+    );
+}

@@ -379,6 +379,7 @@ async fn run_in_store(
     // Held until the capture returns (or its task is dropped): one writer numbers the log.
     let _writer = crate::store::lock::StoreLock::acquire_soon(&options.store_dir).await?;
     let mut store = Store::open(&options.store_dir)?;
+    reconcile::discard_interrupted_staging(&options.store_dir);
     let mut sql = connect(&options.spec).await?;
     check_publication(&sql, &options.publication).await?;
     let mut definition_text = Definition::saved_text(&store)?;

@@ -132,6 +132,32 @@ pub(super) fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", sql::ident(schema), sql::ident(table))
 }
 
+/// The folder, in the store's, that holds the staging stores of backfills read beside the stream.
+pub(super) const STAGING: &str = "backfills";
+
+/// Removes the staging stores an earlier run's backfills left behind: a stop or a crash while they
+/// ran. None is ever brought in (its snapshot ended with its session, and the backfill starts over
+/// under a new name), and each may be as large as its tables. Called before this run starts any
+/// backfill, under the store's writer lock, so nothing in use is removed.
+pub(super) fn discard_interrupted_staging(store_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(store_dir.join(STAGING)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(
+                staging = %entry.path().display(),
+                "removed the staging store of a backfill an earlier run left unfinished"
+            ),
+            Err(e) => tracing::warn!(
+                staging = %entry.path().display(),
+                error = %e,
+                "could not remove the staging store of an unfinished backfill"
+            ),
+        }
+    }
+}
+
 /// The store meta key naming the slot a first backfill created (so an interrupted one is recognised).
 pub(super) const OWNED: &str = "backfill_slot";
 
@@ -1083,7 +1109,7 @@ impl Capture {
         self.save_states()?;
         self.store.commit(self.checkpoint)?;
         self.refresh_relations();
-        let staging = self.options.store_dir.join("backfills").join(&name);
+        let staging = self.options.store_dir.join(STAGING).join(&name);
         let _ = std::fs::remove_dir_all(&staging);
         tracing::info!(tables = tables.len(), %point, "backfilling alongside the stream");
         let spec = self.options.spec.clone();
