@@ -4,7 +4,8 @@
 //!
 //! Invariants: a table is known by its OID, so a rename keeps its collection and a recreated table
 //! is read again; changes of a table being backfilled are held and replayed only past its snapshot
-//! point, so a backfilled row is never overwritten by an older change nor stored twice.
+//! point, so a backfilled row is never overwritten by an older change nor stored twice; only the
+//! newest backfill of a table is brought in (a table recreated while one ran supersedes it).
 
 use super::*;
 
