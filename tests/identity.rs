@@ -587,3 +587,59 @@ async fn staging_stores_left_by_an_interrupted_backfill_are_removed_when_the_cap
         vec![json!({"id": 1, "v": "a"}), json!({"id": 2, "v": "b"})]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_again_before_its_rebackfill_reads_it_is_emptied_and_follows_the_next_table(
+) {
+    let source = Source::new(
+        "id_gone_before_read",
+        "CREATE TABLE ev (id int PRIMARY KEY, v text);",
+    );
+    let bindings = vec![only_changes("public", "ev")];
+    source
+        .db
+        .sql("INSERT INTO ev VALUES (1, 'old'), (2, 'old');");
+    catch_up_with(&source, bindings).await;
+    assert_eq!(source.rows("public/ev").len(), 2);
+    // One transaction: when the stream meets the second table, no table of the name exists, so
+    // the re-backfill's snapshot has none to read.
+    source.db.sql(
+        "BEGIN;
+         DROP TABLE ev;
+         CREATE TABLE ev (id int PRIMARY KEY, v text);
+         INSERT INTO ev VALUES (2, 'second'), (3, 'second');
+         DROP TABLE ev;
+         COMMIT;",
+    );
+    let report = source.catch_up().await;
+    assert_notice(&report, &["public/ev", "re-backfill"]);
+    // The table is gone: none of its rows is current, and the log keeps what happened.
+    assert!(
+        source.rows("public/ev").is_empty(),
+        "{:?}",
+        source.rows("public/ev")
+    );
+    let changes = source.changes("public/ev");
+    assert_eq!(
+        contents(&changes),
+        vec![
+            json!({"id": 1, "v": "old"}),
+            json!({"id": 2, "v": "old"}),
+            json!({"id": 2, "v": "second"}),
+            json!({"id": 3, "v": "second"}),
+        ]
+    );
+    // The next table of the name is the collection's, with no second re-backfill.
+    source.db.sql(
+        "CREATE TABLE ev (id int PRIMARY KEY, v text);
+         INSERT INTO ev VALUES (9, 'next');",
+    );
+    let report = source.catch_up().await;
+    assert!(report.notices.is_empty(), "{:?}", report.notices);
+    assert_eq!(
+        contents(&source.rows("public/ev")),
+        vec![json!({"id": 9, "v": "next"})]
+    );
+    let definition = Definition::load(&source.store()).unwrap().unwrap();
+    assert_eq!(definition.bindings[0].oid, Some(table_oid(&source, "ev")));
+}

@@ -92,10 +92,15 @@ pub fn parse_table_name(name: &str) -> Result<(String, String)> {
 }
 
 /// Reads `tables` in `snapshot` into the store's open batch. Returns the rows written.
+///
+/// Each table comes with whether it was read before (a re-backfill). Such a table missing from the
+/// snapshot was dropped after it was bound and before the snapshot: it has no rows to read, so it is
+/// left out of the staging store, and bringing the backfill in empties its collection. A table never
+/// read before that is missing is an error naming it.
 pub async fn run(
     spec: &ConnectionSpec,
     store: &mut Store,
-    tables: &[Binding],
+    tables: &[(Binding, bool)],
     snapshot: &str,
     consistent_point: Lsn,
     progress: &mut (dyn FnMut(&BackfillProgress) + Send),
@@ -119,8 +124,15 @@ pub async fn run(
     store.remove_unrecorded_snapshots()?;
     store.begin()?;
     let mut total = 0;
-    for (relid, binding) in tables.iter().enumerate() {
-        let found = crate::source::discovery::bound_table(&discovered, binding, "--tables")?;
+    for (relid, (binding, read_before)) in tables.iter().enumerate() {
+        let found = match crate::source::discovery::bound_table(&discovered, binding, "--tables") {
+            Ok(found) => found,
+            Err(_) if *read_before => {
+                tracing::info!(table = %binding.qualified(), "dropped before its snapshot; nothing to read");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         total += copy_table(
             &client,
             store,

@@ -204,10 +204,11 @@ pub(super) async fn initial_backfill(
             callback(p);
         }
     };
+    let tables: Vec<(Binding, bool)> = tables.iter().map(|b| (b.clone(), false)).collect();
     let result = crate::capture::backfill::run(
         &options.spec,
         store,
-        tables,
+        &tables,
         &session.snapshot,
         session.consistent_point,
         &mut progress,
@@ -1116,7 +1117,7 @@ impl Capture {
         let spec = self.options.spec.clone();
         let progress = self.options.backfill_progress.clone();
         let done = self.backfill_done.0.clone();
-        let bindings: Vec<Binding> = tables.iter().map(|(b, _)| b.clone()).collect();
+        let bindings = tables.clone();
         let dir = staging.clone();
         // The staging store is part of this store: encrypted with its key if it is.
         let key = self.store.key();

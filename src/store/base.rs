@@ -244,7 +244,8 @@ impl Store {
 
     /// Brings a finished backfill in from the store in `staging` (read in one snapshot): for each
     /// `(collection, replace)` its documents are appended to the log and its rows become the
-    /// collection's rows (replacing the current ones when `replace`, for a re-backfill); then the
+    /// collection's rows (replacing the current ones when `replace`, for a re-backfill; a collection
+    /// to replace that the backfill did not stage had no table in its snapshot and is emptied); then the
     /// changes held since the snapshot are applied in order. All of it, and `meta`, commit in one
     /// transaction that keeps the checkpoint where it is, so a crash leaves none of it or all of it.
     pub fn import_backfill(
@@ -303,7 +304,15 @@ impl Store {
                 )
                 .optional()
                 .map_err(sqlite("reading a backfill's collection"))?;
-            let Some(staged) = staged else { continue };
+            let Some(staged) = staged else {
+                // Read before and missing from the snapshot (dropped since): it has no rows now.
+                if *replace {
+                    if let Some(&id) = self.ids.get(collection) {
+                        self.replace_rows(id)?;
+                    }
+                }
+                continue;
+            };
             self.conn
                 .execute(
                     "INSERT INTO main.collections (name, schema_name, table_name, key_columns, columns)
