@@ -15,6 +15,10 @@
 //! `latency`), for quicker before/after comparisons of one step. `TIDEPOOL_BENCH_PERF=DIR` records a
 //! `perf` profile of each `tidepool capture` run into `DIR/<slot>.perf.data`; `TIDEPOOL_BENCH_STAT=DIR`
 //! counts its reads, wake-ups and page writes (`perf stat` on [`SYSCALLS`]) into `DIR/<slot>.stat`.
+//! `TIDEPOOL_BENCH_CALLGRIND=DIR` runs both processes under `valgrind --tool=callgrind` (output in
+//! `DIR/<slot>.callgrind`) and adds the instructions each executes per change: unlike seconds, the
+//! count repeats from run to run (this machine kind has no hardware counters for `perf stat`), so a
+//! step of a few percent shows. Their seconds are then valgrind's, not theirs.
 
 mod support;
 
@@ -37,6 +41,32 @@ struct Bench {
     db: &'static str,
 }
 
+/// `program` as it is to run: under callgrind, writing to `DIR/<slot>.callgrind`, when
+/// `TIDEPOOL_BENCH_CALLGRIND=DIR` is set.
+fn counted(program: &std::path::Path, slot: &str) -> (Command, Option<std::path::PathBuf>) {
+    match std::env::var_os("TIDEPOOL_BENCH_CALLGRIND") {
+        Some(dir) => {
+            let out = std::path::Path::new(&dir).join(format!("{slot}.callgrind"));
+            let mut valgrind = Command::new("valgrind");
+            valgrind
+                .args(["--tool=callgrind", "-q"])
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(program);
+            (valgrind, Some(out))
+        }
+        None => (Command::new(program), None),
+    }
+}
+
+/// The instructions a callgrind run counted (its `summary:` line).
+fn instructions(out: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(out).expect("reading callgrind's output");
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .expect("callgrind's output has a summary line")
+}
+
 impl Bench {
     fn sql(&self, sql: &str) -> String {
         self.cluster.psql(self.db, sql).expect("benchmark SQL")
@@ -57,12 +87,15 @@ impl Bench {
         }
     }
 
-    /// Seconds and CPU seconds `pg_recvlogical` takes to drain `slot` to /dev/null up to `end`.
-    fn pg_recvlogical(&self, slot: &str, end: Lsn) -> (f64, f64) {
+    /// Seconds and CPU seconds `pg_recvlogical` takes to drain `slot` to /dev/null up to `end`, and
+    /// the instructions it executed when counted ([`counted`]).
+    fn pg_recvlogical(&self, slot: &str, end: Lsn) -> (f64, f64, Option<u64>) {
         let started = Instant::now();
+        let (mut command, counted_in) =
+            counted(&self.cluster.bin_dir().join("pg_recvlogical"), slot);
         // Reaped by wait_with_rusage (wait4), which also reads its CPU time.
         #[allow(clippy::zombie_processes)]
-        let child = Command::new(self.cluster.bin_dir().join("pg_recvlogical"))
+        let child = command
             .args([
                 "-h",
                 "127.0.0.1",
@@ -88,12 +121,17 @@ impl Bench {
             .expect("running pg_recvlogical");
         let (status, _, cpu_secs) = support::wait_with_rusage(child.id() as i32);
         assert_eq!(status, 0, "pg_recvlogical failed");
-        (started.elapsed().as_secs_f64(), cpu_secs)
+        (
+            started.elapsed().as_secs_f64(),
+            cpu_secs,
+            counted_in.as_deref().map(instructions),
+        )
     }
 
-    /// Seconds, CPU seconds and peak RSS (MiB) of `tidepool capture` storing `slot` up to `end` in a
+    /// Seconds, CPU seconds, peak RSS (MiB) and, when counted ([`counted`]), instructions of
+    /// `tidepool capture` storing `slot` up to `end` in a
     /// fresh store.
-    fn tidepool(&self, slot: &str, end: Lsn) -> (f64, f64, f64) {
+    fn tidepool(&self, slot: &str, end: Lsn) -> (f64, f64, f64, Option<u64>) {
         let store =
             std::env::temp_dir().join(format!("tidepool-bench-{slot}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&store);
@@ -103,6 +141,7 @@ impl Bench {
             self.db
         );
         let started = Instant::now();
+        let mut counted_in = None;
         let mut command = match std::env::var_os("TIDEPOOL_BENCH_PERF") {
             // A profile of where the capture's CPU goes (perf's software clock, so it works in a VM);
             // its CPU figures then include perf's own.
@@ -123,7 +162,12 @@ impl Bench {
                         .arg(env!("CARGO_BIN_EXE_tidepool"));
                     perf
                 }
-                None => Command::new(env!("CARGO_BIN_EXE_tidepool")),
+                None => {
+                    let (command, out) =
+                        counted(std::path::Path::new(env!("CARGO_BIN_EXE_tidepool")), slot);
+                    counted_in = out;
+                    command
+                }
             },
         };
         // Reaped by wait_with_rusage (wait4), which also reads its peak RSS and CPU time.
@@ -147,7 +191,12 @@ impl Bench {
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(status, 0, "tidepool capture failed");
         let _ = std::fs::remove_dir_all(&store);
-        (seconds, cpu_secs, max_rss_kib as f64 / 1024.0)
+        (
+            seconds,
+            cpu_secs,
+            max_rss_kib as f64 / 1024.0,
+            counted_in.as_deref().map(instructions),
+        )
     }
 }
 
@@ -159,6 +208,8 @@ struct Row {
     tidepool_secs: f64,
     tidepool_cpu_secs: f64,
     rss_mib: f64,
+    /// Instructions executed by pg_recvlogical and by Tidepool, when counted ([`counted`]).
+    instructions: Option<(u64, u64)>,
 }
 
 fn throughput(bench: &Bench, workload: &'static str, table: &str, sql: &str, changes: u64) -> Row {
@@ -171,8 +222,9 @@ fn throughput(bench: &Bench, workload: &'static str, table: &str, sql: &str, cha
         started.elapsed().as_secs_f64()
     );
     let end = bench.current_lsn();
-    let (limit_secs, limit_cpu_secs) = bench.pg_recvlogical(&limit_slot, end);
-    let (tidepool_secs, tidepool_cpu_secs, rss_mib) = bench.tidepool(&tidepool_slot, end);
+    let (limit_secs, limit_cpu_secs, limit_ir) = bench.pg_recvlogical(&limit_slot, end);
+    let (tidepool_secs, tidepool_cpu_secs, rss_mib, tidepool_ir) =
+        bench.tidepool(&tidepool_slot, end);
     bench.sql(&format!("SELECT pg_drop_replication_slot('{limit_slot}'); SELECT pg_drop_replication_slot('{tidepool_slot}');"));
     Row {
         workload,
@@ -182,6 +234,7 @@ fn throughput(bench: &Bench, workload: &'static str, table: &str, sql: &str, cha
         tidepool_secs,
         tidepool_cpu_secs,
         rss_mib,
+        instructions: limit_ir.zip(tidepool_ir),
     }
 }
 
@@ -343,6 +396,23 @@ fn main() {
             ours / limit,
             row.rss_mib
         );
+    }
+    if rows.iter().any(|r| r.instructions.is_some()) {
+        println!();
+        println!("| workload | pg_recvlogical instructions/change | Tidepool instructions/change | ratio |");
+        println!("|---|---|---|---|");
+        for row in &rows {
+            if let Some((limit, ours)) = row.instructions {
+                let per_change = |n: u64| n as f64 / row.changes as f64;
+                println!(
+                    "| {} | {:.0} | **{:.0}** | {:.2}× |",
+                    row.workload,
+                    per_change(limit),
+                    per_change(ours),
+                    ours as f64 / limit as f64
+                );
+            }
+        }
     }
     if let Some((p50, p99, samples)) = latency {
         println!();
