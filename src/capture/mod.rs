@@ -994,6 +994,7 @@ impl Capture {
                     None,
                     doc,
                 )?;
+                self.store.recycle(row.key);
                 tx.index += 1;
                 Ok(())
             }
@@ -1085,6 +1086,7 @@ impl Capture {
                     old_key,
                     doc,
                 )?;
+                self.store.recycle(row.key);
                 tx.index += 1;
                 Ok(())
             }
@@ -1122,6 +1124,7 @@ impl Capture {
                     None,
                     doc,
                 )?;
+                self.store.recycle(row.key);
                 tx.index += 1;
                 Ok(())
             }

@@ -215,6 +215,12 @@ impl Transaction {
 pub(crate) trait LargeValues {
     /// Stores the JSON that `json` writes (in pieces) once; returns its hash.
     fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String>;
+
+    /// An empty buffer for a document, one written earlier when the store keeps them: the capture
+    /// then allocates none per change.
+    fn spare_buffer(&mut self) -> String {
+        String::new()
+    }
 }
 
 /// The stored row an update's unchanged TOAST values are taken from: its document with large values
@@ -266,7 +272,11 @@ pub(crate) fn write_row(
 ) -> Result<RowJson> {
     // Room for the document's `{`, `_meta` (about 150 bytes) and `}` as well: the members' buffer
     // becomes the document's ([`document_of`]).
-    let mut members = String::with_capacity(224 + values.len() * 16);
+    let mut members = store
+        .as_deref_mut()
+        .map(|s| s.spare_buffer())
+        .unwrap_or_default();
+    members.reserve(224 + values.len() * 16);
     let mut unknown = Vec::new();
     let mut refs = Vec::new();
     // Inline: a key of up to four columns takes no allocation per change.
@@ -374,7 +384,8 @@ pub(crate) fn write_row(
     let key = if rel.key.is_empty() {
         json!([tx.final_lsn.to_string(), tx.index]).to_string()
     } else {
-        let mut key = String::from("[");
+        let mut key = store.map(|s| s.spare_buffer()).unwrap_or_default();
+        key.push('[');
         for (n, &k) in rel.key.iter().enumerate() {
             if n > 0 {
                 key.push(',');

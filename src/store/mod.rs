@@ -104,6 +104,10 @@ pub struct Store {
     /// allocations per change.
     pending_skeys: Vec<u8>,
     pending_keys: String,
+    /// Cleared buffers of written documents and keys, handed out again by
+    /// [`crate::document::LargeValues::spare_buffer`]: the capture's hot path then allocates no
+    /// buffer per change once it runs (docs/benchmarks.md, issue 21, step 12).
+    spare: Vec<String>,
     /// The bytes of the documents in `pending`: a few wide rows are written before `CHUNK` of them
     /// are held.
     pending_bytes: usize,
@@ -142,6 +146,13 @@ struct Pending {
     refs: Option<String>,
     cut: Option<StoredCut>,
 }
+
+/// Spare buffers [`Store`] keeps at most: a chunk's documents and the keys of the changes between.
+const SPARE_BUFFERS: usize = 2 * CHUNK;
+
+/// The largest buffer kept spare: a larger one (a wide row's document) is freed, so the spare
+/// buffers hold at most `SPARE_BUFFERS` × this.
+const SPARE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// SQLite's page cache while a large value is written: its pages are written once and not read
 /// again, so they go to the WAL instead of filling the cache ([`CACHE`] otherwise).
@@ -615,6 +626,7 @@ impl Store {
             pending: Vec::with_capacity(CHUNK),
             pending_skeys: Vec::with_capacity(CHUNK * 16),
             pending_keys: String::with_capacity(CHUNK * 16),
+            spare: Vec::with_capacity(SPARE_BUFFERS),
             pending_bytes: 0,
             opened: Default::default(),
             live: Default::default(),

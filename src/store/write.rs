@@ -54,9 +54,21 @@ impl crate::document::LargeValues for Store {
     fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String> {
         Store::put_large_value(self, json)
     }
+
+    fn spare_buffer(&mut self) -> String {
+        self.spare.pop().unwrap_or_default()
+    }
 }
 
 impl Store {
+    /// Keeps `buffer` (a document or key written or done with) to be handed out again, cleared.
+    pub fn recycle(&mut self, mut buffer: String) {
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= SPARE_BUFFER_BYTES {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+    }
+
     /// Starts a batch: one SQLite transaction for one or more whole source transactions.
     pub fn begin(&mut self) -> Result<()> {
         if self.failed {
@@ -520,7 +532,9 @@ impl Store {
         self.pending_bytes = 0;
         let written = self.write_chunks(&pending, &skeys, &keys);
         // The buffers are kept for the next changes, also after an error.
-        pending.clear();
+        for p in pending.drain(..) {
+            self.recycle(p.doc);
+        }
         skeys.clear();
         keys.clear();
         self.pending = pending;
