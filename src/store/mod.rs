@@ -87,6 +87,9 @@ pub struct Store {
     /// before `conn`: they are finalized before it closes ([`bulk`]).
     bulk_changes: Option<bulk::Bulk>,
     bulk_rows: Option<bulk::Bulk>,
+    /// The same for a uniform chunk ([`write::uniform`]), with the values its changes share bound once.
+    bulk_changes_uniform: Option<bulk::Bulk>,
+    bulk_rows_uniform: Option<bulk::Bulk>,
     conn: Connection,
     path: PathBuf,
     batch: Option<u64>,
@@ -617,6 +620,8 @@ impl Store {
         Ok(Store {
             bulk_changes: None,
             bulk_rows: None,
+            bulk_changes_uniform: None,
+            bulk_rows_uniform: None,
             conn,
             path,
             batch: None,

@@ -933,3 +933,81 @@ fn changes_stored_without_their_source_read_back_whole_everywhere() {
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A chunk of one transaction's inserts into one table binds what its changes share once
+/// ([`write::uniform`]): it stores exactly what a chunk binding every value stores, a key written
+/// twice in it ends at the later change, and a chunk of changes from many transactions is not
+/// taken for a uniform one.
+#[test]
+fn a_uniform_chunk_stores_what_a_mixed_one_does() {
+    let (mut store, dir) = store();
+    let table = std::sync::Arc::new(SourceTable {
+        schema: "public".into(),
+        table: "t".into(),
+    });
+    let whole = |doc: &Document| -> Json {
+        let mut doc = doc.clone();
+        doc.make_whole().unwrap();
+        serde_json::from_str(&doc.text).unwrap()
+    };
+    let chunk = write::CHUNK as i64;
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..2 * chunk {
+        let mut doc = cut_document(i, Op::Create, &table, Lsn(5));
+        if i < chunk {
+            // One transaction: one time. The last two changes write keys [0] and [1] again.
+            doc.source.as_mut().unwrap().ts_ms = 1_700_000_000_000;
+        }
+        expected.push(whole(&doc));
+        let key = if i < chunk { i % (chunk - 2) } else { i };
+        if i == chunk - 1 || i == 2 * chunk - 1 {
+            assert_eq!(
+                write::uniform(&store.pending),
+                i < chunk,
+                "the chunk before change {i}"
+            );
+        }
+        store
+            .apply(
+                "public/t",
+                Lsn(5),
+                Op::Create,
+                &format!("[{key}]"),
+                None,
+                doc,
+            )
+            .unwrap();
+    }
+    store.commit(Lsn(6)).unwrap();
+    let log: Vec<Json> = store
+        .changes("public/t", 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, doc)| doc)
+        .collect();
+    assert_eq!(log, expected);
+    let positions: Vec<u64> = store
+        .changes("public/t", 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(positions, (1..=2 * chunk as u64).collect::<Vec<_>>());
+    for key in 0..2 * chunk {
+        let written_by = match key {
+            0 | 1 => Some(chunk - 2 + key),
+            k if k < chunk - 2 || k >= chunk => Some(k),
+            _ => None,
+        };
+        assert_eq!(
+            store.row("public/t", &format!("[{key}]")).unwrap(),
+            written_by.map(|i| expected[i as usize].clone()),
+            "row [{key}]"
+        );
+    }
+    assert_eq!(store.collections().unwrap()[0].rows, 2 * chunk as u64 - 2);
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -37,6 +37,82 @@ pub(super) static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyL
     )
 });
 
+/// [`CHANGES_CHUNK_SQL`] for a uniform chunk ([`uniform`]): what its changes share is bound once
+/// (`?1` the first change's position, the others' following it; `?2`–`?7` collection, LSN, op and
+/// the source's table, transaction id and time), and each change binds only its document and where its
+/// source was cut. A chunk of one source transaction's inserts into one table binds 135 values
+/// instead of 640: binding and unbinding were 10 % of the capture's instructions (docs/benchmarks.md,
+/// issue 21, step 12).
+pub(super) static CHANGES_UNIFORM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(
+    || {
+        let rows: Vec<String> = (0..CHUNK)
+            .map(|k| {
+                let seq = if k == 0 {
+                    "?1".to_string()
+                } else {
+                    format!("?1 + {k}")
+                };
+                format!(
+                    "({seq}, ?2, ?3, ?4, ?{}, NULL, ?{}, ?5, ?6, ?7)",
+                    UNIFORM_CHANGES_SHARED + 1 + 2 * k,
+                    UNIFORM_CHANGES_SHARED + 2 + 2 * k
+                )
+            })
+            .collect();
+        format!(
+            "INSERT OR FAIL INTO changes (seq, collection, lsn, op, doc, refs, meta_at, source_table, txid, ts_ms) VALUES {}",
+            rows.join(", ")
+        )
+    },
+);
+
+/// The values [`CHANGES_UNIFORM_SQL`] binds once per chunk.
+const UNIFORM_CHANGES_SHARED: usize = 7;
+
+/// [`ROWS_CHUNK_SQL`] for a uniform chunk: `?1` the collection, `?2` the first change's position,
+/// `?3` whether rows are in the live snapshot; each row binds its sort key and key.
+pub(super) static ROWS_UNIFORM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let rows: Vec<String> = (0..CHUNK)
+        .map(|k| {
+            let seq = if k == 0 {
+                "?2".to_string()
+            } else {
+                format!("?2 + {k}")
+            };
+            format!(
+                "(?1, ?{}, ?{}, {seq}, ?3)",
+                UNIFORM_ROWS_SHARED + 1 + 2 * k,
+                UNIFORM_ROWS_SHARED + 2 + 2 * k
+            )
+        })
+        .collect();
+    format!(
+        "INSERT OR FAIL INTO rows (collection, skey, key, seq, base) VALUES {} ON CONFLICT (collection, skey) DO UPDATE SET seq = excluded.seq",
+        rows.join(", ")
+    )
+});
+
+/// The values [`ROWS_UNIFORM_SQL`] binds once per chunk.
+const UNIFORM_ROWS_SHARED: usize = 3;
+
+/// Whether `chunk` can be written with the uniform statements: consecutive positions, and one
+/// collection, LSN, op, snapshot membership and source; no references (their column is NULL there).
+pub(super) fn uniform(chunk: &[Pending]) -> bool {
+    let Some(first) = chunk.first() else {
+        return false;
+    };
+    let source = |p: &Pending| p.cut.map(|c| (c.source_table, c.txid, c.ts_ms));
+    chunk.iter().zip(first.seq..).all(|(p, seq)| {
+        p.seq == seq
+            && p.collection == first.collection
+            && p.lsn == first.lsn
+            && p.op == first.op
+            && p.base == first.base
+            && p.refs.is_none()
+            && source(p) == source(first)
+    })
+}
+
 /// The statement in `slot`, prepared from `sql` on first use.
 fn prepared<'s>(
     slot: &'s mut Option<bulk::Bulk>,
@@ -559,6 +635,49 @@ impl Store {
         for chunk in &mut chunks {
             changes.clear();
             rows.clear();
+            if uniform(chunk) {
+                let first = &chunk[0];
+                changes.extend([
+                    Param::Int(first.seq),
+                    Param::Int(first.collection),
+                    Param::Int(first.lsn.0 as i64),
+                    Param::Text(first.op.code()),
+                ]);
+                match first.cut {
+                    Some(cut) => changes.extend([
+                        Param::Int(cut.source_table),
+                        Param::Int(cut.txid),
+                        Param::Int(cut.ts_ms),
+                    ]),
+                    None => changes.extend([Param::Null; 3]),
+                }
+                rows.extend([
+                    Param::Int(first.collection),
+                    Param::Int(first.seq),
+                    Param::Int(first.base as i64),
+                ]);
+                for p in chunk {
+                    changes.extend([
+                        Param::Text(&p.doc),
+                        p.cut.map_or(Param::Null, |c| Param::Int(c.at)),
+                    ]);
+                    rows.extend([
+                        Param::Blob(&skeys[p.skey.clone()]),
+                        Param::Text(&keys[p.key.clone()]),
+                    ]);
+                }
+                prepared(
+                    &mut self.bulk_changes_uniform,
+                    &self.conn,
+                    &CHANGES_UNIFORM_SQL,
+                )
+                .and_then(|s| s.execute(&self.conn, &changes))
+                .map_err(sqlite("appending changes"))?;
+                prepared(&mut self.bulk_rows_uniform, &self.conn, &ROWS_UNIFORM_SQL)
+                    .and_then(|s| s.execute(&self.conn, &rows))
+                    .map_err(sqlite("writing rows"))?;
+                continue;
+            }
             for p in chunk {
                 changes.extend([
                     Param::Int(p.seq),
