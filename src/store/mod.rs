@@ -89,6 +89,7 @@ pub struct Store {
     bulk_rows: Option<bulk::Bulk>,
     /// The same for a uniform chunk ([`write::uniform`]), with the values its changes share bound once.
     bulk_changes_uniform: Option<bulk::Bulk>,
+    bulk_changes_append: Option<bulk::Bulk>,
     bulk_rows_uniform: Option<bulk::Bulk>,
     conn: Connection,
     path: PathBuf,
@@ -621,6 +622,7 @@ impl Store {
             bulk_changes: None,
             bulk_rows: None,
             bulk_changes_uniform: None,
+            bulk_changes_append: None,
             bulk_rows_uniform: None,
             conn,
             path,

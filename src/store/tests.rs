@@ -937,9 +937,15 @@ fn changes_stored_without_their_source_read_back_whole_everywhere() {
 /// A chunk of one transaction's inserts into one table binds what its changes share once
 /// ([`write::uniform`]): it stores exactly what a chunk binding every value stores, a key written
 /// twice in it ends at the later change, and a chunk of changes from many transactions is not
-/// taken for a uniform one.
+/// taken for a uniform one. Both forms: positions left to SQLite (the chunk follows the log's last
+/// change) and positions bound (a snapshot's rows took the positions after it).
 #[test]
 fn a_uniform_chunk_stores_what_a_mixed_one_does() {
+    uniform_chunks(false);
+    uniform_chunks(true);
+}
+
+fn uniform_chunks(after_snapshot: bool) {
     let (mut store, dir) = store();
     let table = std::sync::Arc::new(SourceTable {
         schema: "public".into(),
@@ -951,13 +957,22 @@ fn a_uniform_chunk_stores_what_a_mixed_one_does() {
         serde_json::from_str(&doc.text).unwrap()
     };
     let chunk = write::CHUNK as i64;
+    // Keys apart from the snapshot's (1..=10): every change here is outside it.
+    let key_of = |n: i64| format!("[{}]", 1000 + n);
+    let base_rows = if after_snapshot {
+        with_snapshot(&mut store, 10);
+        10
+    } else {
+        0
+    };
+    let first_seq = store.next_seq as u64;
     store.begin().unwrap();
     store.put_collection(&spec("public/t")).unwrap();
     let mut expected = Vec::new();
     for i in 0..2 * chunk {
-        let mut doc = cut_document(i, Op::Create, &table, Lsn(5));
+        let mut doc = cut_document(i, Op::Create, &table, Lsn(500));
         if i < chunk {
-            // One transaction: one time. The last two changes write keys [0] and [1] again.
+            // One transaction: one time. The last two changes write keys 0 and 1 again.
             doc.source.as_mut().unwrap().ts_ms = 1_700_000_000_000;
         }
         expected.push(whole(&doc));
@@ -970,31 +985,18 @@ fn a_uniform_chunk_stores_what_a_mixed_one_does() {
             );
         }
         store
-            .apply(
-                "public/t",
-                Lsn(5),
-                Op::Create,
-                &format!("[{key}]"),
-                None,
-                doc,
-            )
+            .apply("public/t", Lsn(500), Op::Create, &key_of(key), None, doc)
             .unwrap();
     }
-    store.commit(Lsn(6)).unwrap();
-    let log: Vec<Json> = store
-        .changes("public/t", 0, 1000)
-        .unwrap()
-        .into_iter()
-        .map(|(_, doc)| doc)
-        .collect();
-    assert_eq!(log, expected);
-    let positions: Vec<u64> = store
-        .changes("public/t", 0, 1000)
-        .unwrap()
-        .into_iter()
-        .map(|(seq, _)| seq)
-        .collect();
-    assert_eq!(positions, (1..=2 * chunk as u64).collect::<Vec<_>>());
+    store.commit(Lsn(600)).unwrap();
+    let log = store.changes("public/t", first_seq - 1, 1000).unwrap();
+    let positions: Vec<u64> = log.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        positions,
+        (first_seq..first_seq + 2 * chunk as u64).collect::<Vec<_>>()
+    );
+    let docs: Vec<Json> = log.into_iter().map(|(_, doc)| doc).collect();
+    assert_eq!(docs, expected);
     for key in 0..2 * chunk {
         let written_by = match key {
             0 | 1 => Some(chunk - 2 + key),
@@ -1002,12 +1004,16 @@ fn a_uniform_chunk_stores_what_a_mixed_one_does() {
             _ => None,
         };
         assert_eq!(
-            store.row("public/t", &format!("[{key}]")).unwrap(),
+            store.row("public/t", &key_of(key)).unwrap(),
             written_by.map(|i| expected[i as usize].clone()),
-            "row [{key}]"
+            "row {}",
+            key_of(key)
         );
     }
-    assert_eq!(store.collections().unwrap()[0].rows, 2 * chunk as u64 - 2);
+    assert_eq!(
+        store.collections().unwrap()[0].rows,
+        base_rows + 2 * chunk as u64 - 2
+    );
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }
