@@ -211,7 +211,8 @@ impl Transaction {
 }
 
 /// Where [`write_row`] puts a large value ([`crate::document::large_value`]): the store's values, kept once
-/// by hash. A row built only to read its key needs none.
+/// by hash; and where it takes its buffers from, when the store keeps the written ones. A row built
+/// only to read its key needs none.
 pub(crate) trait LargeValues {
     /// Stores the JSON that `json` writes (in pieces) once; returns its hash.
     fn put_large_value(&mut self, json: &dyn Fn(&mut Sink<'_>) -> Result<()>) -> Result<String>;

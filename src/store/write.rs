@@ -5,7 +5,9 @@
 //! moves back; a failed write of buffered inserts rolls the whole batch back, and no batch begins
 //! until the caller has called [`Store::rollback`]; inserts are held in `pending` and written many per statement, but anything that must
 //! see them (a read, a delete, a key change, a truncate, a commit) writes them first; changes held for
-//! a table not yet backfilled are replayed only past its snapshot point.
+//! a table not yet backfilled are replayed only past its snapshot point; a chunk whose positions
+//! are left to SQLite ([`CHANGES_APPEND_SQL`]) starts right after the log's last change and is checked
+//! to end at the position the store gave its last change, or its batch fails.
 
 use super::*;
 use crate::store::rowkey::push_sort_key;
@@ -41,7 +43,7 @@ pub(super) static ROWS_CHUNK_SQL: std::sync::LazyLock<String> = std::sync::LazyL
 /// (`?1` the first change's position, the others' following it; `?2`–`?7` collection, LSN, op and
 /// the source's table, transaction id and time), and each change binds only its document and where its
 /// source was cut. A chunk of one source transaction's inserts into one table binds 135 values
-/// instead of 640: binding and unbinding were 10 % of the capture's instructions (docs/benchmarks.md,
+/// instead of 640: binding and unbinding were 12 % of the capture's instructions (docs/benchmarks.md,
 /// issue 21, step 12).
 pub(super) static CHANGES_UNIFORM_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| uniform_changes_sql(false));
@@ -148,7 +150,7 @@ impl crate::document::LargeValues for Store {
 
 impl Store {
     /// Keeps `buffer` (a document or key written or done with) to be handed out again, cleared.
-    pub fn recycle(&mut self, mut buffer: String) {
+    pub(crate) fn recycle(&mut self, mut buffer: String) {
         if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= SPARE_BUFFER_BYTES {
             buffer.clear();
             self.spare.push(buffer);
