@@ -764,6 +764,13 @@ fn a_new_store_has_16_kib_pages_and_an_older_one_keeps_its_own() {
 
 /// A document cut by the capture ([`crate::document::source_meta`]): `{"id":i,"_meta":{"op":…}}` with
 /// its source (table `public."we\"ird"`, transaction 77 at `lsn`) left out.
+/// `doc` with its source put back, as every reader returns it.
+fn whole(doc: &Document) -> Json {
+    let mut doc = doc.clone();
+    doc.make_whole().unwrap();
+    serde_json::from_str(&doc.text).unwrap()
+}
+
 fn cut_document(i: i64, op: Op, table: &std::sync::Arc<SourceTable>, lsn: Lsn) -> Document {
     use crate::document::source_meta::SourceCut;
     let text = format!(r#"{{"id":{i},"_meta":{{"op":"{}"}}}}"#, op.code());
@@ -791,11 +798,6 @@ fn changes_stored_without_their_source_read_back_whole_everywhere() {
         schema: "public".into(),
         table: "we\"ird".into(),
     });
-    let whole = |doc: &Document| -> Json {
-        let mut doc = doc.clone();
-        doc.make_whole().unwrap();
-        serde_json::from_str(&doc.text).unwrap()
-    };
     store.begin().unwrap();
     store.put_collection(&spec("public/t")).unwrap();
     // 70: a chunk of 64 written by the multi-row statement, and 6 written one by one.
@@ -951,11 +953,6 @@ fn uniform_chunks(after_snapshot: bool) {
         schema: "public".into(),
         table: "t".into(),
     });
-    let whole = |doc: &Document| -> Json {
-        let mut doc = doc.clone();
-        doc.make_whole().unwrap();
-        serde_json::from_str(&doc.text).unwrap()
-    };
     let chunk = write::CHUNK as i64;
     // Keys apart from the snapshot's (1..=10): every change here is outside it.
     let key_of = |n: i64| format!("[{}]", 1000 + n);
