@@ -125,6 +125,25 @@ pub(super) fn uniform(chunk: &[Pending]) -> bool {
     })
 }
 
+/// The `meta_at` value of a change: where its source was cut, if it was.
+fn at_param(cut: Option<StoredCut>) -> bulk::Param<'static> {
+    cut.map_or(bulk::Param::Null, |c| bulk::Param::Int(c.at))
+}
+
+/// The `source_table`, `txid` and `ts_ms` values of a change, in that order: its cut source's, or
+/// none.
+fn source_params(cut: Option<StoredCut>) -> [bulk::Param<'static>; 3] {
+    use bulk::Param;
+    match cut {
+        Some(cut) => [
+            Param::Int(cut.source_table),
+            Param::Int(cut.txid),
+            Param::Int(cut.ts_ms),
+        ],
+        None => [Param::Null; 3],
+    }
+}
+
 /// The statement in `slot`, prepared from `sql` on first use.
 fn prepared<'s>(
     slot: &'s mut Option<bulk::Bulk>,
@@ -655,24 +674,14 @@ impl Store {
                     Param::Int(first.lsn.0 as i64),
                     Param::Text(first.op.code()),
                 ]);
-                match first.cut {
-                    Some(cut) => changes.extend([
-                        Param::Int(cut.source_table),
-                        Param::Int(cut.txid),
-                        Param::Int(cut.ts_ms),
-                    ]),
-                    None => changes.extend([Param::Null; 3]),
-                }
+                changes.extend(source_params(first.cut));
                 rows.extend([
                     Param::Int(first.collection),
                     Param::Int(first.seq),
                     Param::Int(first.base as i64),
                 ]);
                 for p in chunk {
-                    changes.extend([
-                        Param::Text(&p.doc),
-                        p.cut.map_or(Param::Null, |c| Param::Int(c.at)),
-                    ]);
+                    changes.extend([Param::Text(&p.doc), at_param(p.cut)]);
                     rows.extend([
                         Param::Blob(&skeys[p.skey.clone()]),
                         Param::Text(&keys[p.key.clone()]),
@@ -714,15 +723,8 @@ impl Store {
                     Param::Text(&p.doc),
                     p.refs.as_deref().map_or(Param::Null, Param::Text),
                 ]);
-                match p.cut {
-                    Some(cut) => changes.extend([
-                        Param::Int(cut.at),
-                        Param::Int(cut.source_table),
-                        Param::Int(cut.txid),
-                        Param::Int(cut.ts_ms),
-                    ]),
-                    None => changes.extend([Param::Null; 4]),
-                }
+                changes.push(at_param(p.cut));
+                changes.extend(source_params(p.cut));
                 rows.extend([
                     Param::Int(p.collection),
                     Param::Blob(&skeys[p.skey.clone()]),
