@@ -353,6 +353,18 @@ impl Store {
                     .map_err(sqlite("importing a backfill's snapshot"))?;
                 rows += count as u64;
             }
+            let span: (Option<i64>, Option<i64>, i64) = self
+                .conn
+                .query_row(
+                    "SELECT min(seq), max(seq), count(*) FROM staging.changes WHERE collection = ?1",
+                    [staged],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(sqlite("importing a backfill's documents"))?;
+            if let (Some(first), Some(last), count) = span {
+                // Other collections' staged changes may fall between these: readers skip them.
+                self.cover(id, base + first, base + last, count)?;
+            }
             rows += self
                 .conn
                 .execute(

@@ -21,6 +21,8 @@
 //!   file's row under that key, an entry without one (`seq IS NULL`) deletes it. `base` says whether
 //!   the key has a row in the live snapshot, so counts need no file reads.
 //! - Rows are kept in the order of their sort keys ([`crate::store::rowkey`]), in `rows` and in the files.
+//! - A collection's changes are found through its runs (`change_runs`, [`runs`]), not an index: every
+//!   change lies in a run of its collection, written in the same transaction.
 //! - The store folder and everything in it are owner-only ([`crate::owner_only`]); the database file
 //!   is made `0600` before SQLite opens it, so its `-wal` and `-shm` files are too.
 //! - A large value is stored once in `large_values`, under the hash of its JSON, and documents and
@@ -54,6 +56,7 @@ mod prune;
 mod read;
 pub mod retention;
 pub mod rowkey;
+mod runs;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -124,6 +127,8 @@ pub struct Store {
     /// Source table → its id in `source_tables`, for changes stored without their `_meta.source`
     /// ([`crate::document::source_meta`]); forgotten with a rolled-back batch, which may have added it.
     source_tables: rustc_hash::FxHashMap<std::sync::Arc<SourceTable>, i64>,
+    /// The change run the open batch last wrote ([`runs`]); forgotten when a batch begins or ends.
+    run_tail: Option<runs::Tail>,
 }
 
 /// A change stored without its `_meta.source`: the columns that rebuild it
@@ -592,7 +597,6 @@ impl Store {
                lsn INTEGER NOT NULL,
                op TEXT NOT NULL,
                doc TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS changes_by_collection ON changes (collection, seq);
              CREATE TABLE IF NOT EXISTS snapshots (
                id INTEGER PRIMARY KEY,
                collection INTEGER NOT NULL,
@@ -616,6 +620,7 @@ impl Store {
         create_rows(&conn)?;
         large_value_schema(&conn)?;
         source_meta_schema(&conn)?;
+        runs::schema(&conn)?;
         let ids = collection_ids(&conn)?;
         let next_seq = next_seq(&conn)?;
         Ok(Store {
@@ -639,6 +644,7 @@ impl Store {
             live: Default::default(),
             key,
             source_tables: Default::default(),
+            run_tail: None,
         })
     }
 
@@ -689,7 +695,7 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let cleared = self.conn.execute_batch(
-            "DELETE FROM changes; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta; DELETE FROM large_values; DELETE FROM source_tables;",
+            "DELETE FROM changes; DELETE FROM change_runs; DELETE FROM rows; DELETE FROM held; DELETE FROM snapshots; DELETE FROM collections; DELETE FROM meta; DELETE FROM large_values; DELETE FROM source_tables;",
         );
         if let Err(e) = cleared {
             self.rollback()?;
@@ -741,23 +747,27 @@ impl Store {
 
     /// Every collection with its counts.
     pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        // A collection's changes through its runs ([`runs::RUNS`], the change named `h` here).
+        const RUNS_H: &str = "change_runs r JOIN changes h
+             ON h.seq BETWEEN r.first_seq AND r.last_seq AND h.collection = r.collection";
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT c.name,
                         (SELECT count(*) FROM rows r WHERE r.collection = c.id AND r.seq IS NOT NULL AND r.base = 0)
                           + (SELECT COALESCE(sum(s.rows), 0) FROM snapshots s WHERE s.collection = c.id AND s.live = 1)
                           - (SELECT count(*) FROM rows r WHERE r.collection = c.id AND r.seq IS NULL),
-                        (SELECT count(*) FROM changes h WHERE h.collection = c.id)
+                        (SELECT COALESCE(sum(r.changes), 0) FROM change_runs r WHERE r.collection = c.id)
                           + (SELECT COALESCE(sum(s.rows), 0) FROM snapshots s WHERE s.collection = c.id),
-                        CASE WHEN (SELECT max(h.seq) FROM changes h WHERE h.collection = c.id)
+                        CASE WHEN (SELECT h.seq FROM {RUNS_H} WHERE r.collection = c.id
+                                    ORDER BY r.first_seq DESC, h.seq DESC LIMIT 1)
                                   >= COALESCE((SELECT max(s.first_seq + s.rows - 1) FROM snapshots s WHERE s.collection = c.id), 0)
-                             THEN (SELECT COALESCE(h.ts_ms, json_extract(h.doc, '$._meta.source.ts_ms')) FROM changes h
-                                    WHERE h.collection = c.id ORDER BY h.seq DESC LIMIT 1)
+                             THEN (SELECT COALESCE(h.ts_ms, json_extract(h.doc, '$._meta.source.ts_ms')) FROM {RUNS_H}
+                                    WHERE r.collection = c.id ORDER BY r.first_seq DESC, h.seq DESC LIMIT 1)
                              ELSE (SELECT json_extract(s.source, '$.tsMs') FROM snapshots s
                                     WHERE s.collection = c.id ORDER BY s.first_seq DESC LIMIT 1) END
-                   FROM collections c ORDER BY c.name",
-            )
+                   FROM collections c ORDER BY c.name"
+            ))
             .map_err(sqlite("listing collections"))?;
         let rows = stmt
             .query_map([], |r| {
@@ -778,10 +788,12 @@ impl Store {
     pub fn last_seq(&self, collection: &str) -> Result<u64> {
         let id = self.id_of(collection)?;
         self.conn
-            .prepare_cached(
-                "SELECT max(COALESCE((SELECT max(seq) FROM changes WHERE collection = ?1), 0),
+            .prepare_cached(&format!(
+                "SELECT max(COALESCE((SELECT c.seq FROM {} WHERE r.collection = ?1
+                                      ORDER BY r.first_seq DESC, c.seq DESC LIMIT 1), 0),
                             COALESCE((SELECT max(first_seq + rows - 1) FROM snapshots WHERE collection = ?1 AND rows > 0), 0))",
-            )
+                runs::RUNS
+            ))
             .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)))
             .map(|seq| seq as u64)
             .map_err(sqlite("reading the change log's end"))

@@ -116,6 +116,7 @@ impl Store {
                     params![from, through],
                 )
                 .map_err(sqlite("pruning the log"))?;
+            self.recount_runs(through)?;
             for (name, seq) in newest {
                 let at = pruned.entry(name).or_default();
                 *at = (*at).max(seq as u64);

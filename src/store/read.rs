@@ -6,6 +6,32 @@
 
 use super::*;
 
+/// How [`Store::log_entries`] reads one collection's log (`?1`): its condition and its order, over
+/// the changes joined to their runs ([`runs::RUNS`]: `r` the run, `c` the change).
+pub(super) type LogRead = (&'static str, &'static str);
+
+/// The changes after position `?3`, oldest first. Runs are read from the one holding `?3` on: a
+/// seek, not a walk of the older runs.
+pub(super) const AFTER: LogRead = (
+    "r.collection = ?1 AND c.seq > ?3 AND r.last_seq > ?3
+     AND r.first_seq >= COALESCE((SELECT max(first_seq) FROM change_runs
+                                  WHERE collection = ?1 AND first_seq <= ?3), 0)",
+    "r.first_seq, c.seq",
+);
+
+/// The changes newest first.
+pub(super) const NEWEST: LogRead = ("r.collection = ?1", "r.first_seq DESC, c.seq DESC");
+
+/// The statement of a [`LogRead`]. Runs in `first_seq` order give their changes in position order
+/// ([`runs`]), so SQLite walks both in the order asked, with no sort, and stops at the limit.
+pub(super) fn log_sql((condition, order): LogRead) -> String {
+    format!(
+        "SELECT c.seq, {DOC}, c.refs FROM {} {SOURCE_JOIN} WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
+        runs::RUNS,
+        FilterParams::SQL
+    )
+}
+
 /// An entry of `rows` after a cursor: its sort key, key, and document with its references (none for a
 /// deleted row of a snapshot).
 pub(super) type Entry = (Vec<u8>, String, Option<String>, Option<String>);
@@ -194,8 +220,7 @@ impl Store {
         let id = self.id_of(collection)?;
         let f = FilterParams::of(filter)?;
         let mut entries = self.log_entries(
-            "c.collection = ?1",
-            "c.seq DESC",
+            NEWEST,
             params![
                 id,
                 limit as i64,
@@ -237,20 +262,16 @@ impl Store {
         Ok(entries)
     }
 
-    /// Log entries kept in SQLite (not in snapshot files) that meet `condition` and the filter, in
-    /// `order`; parameters numbered as [`FilterParams`] expects, ?2 the limit.
+    /// Log entries kept in SQLite (not in snapshot files) that meet the filter, read as `read` says
+    /// ([`AFTER`], [`NEWEST`]); parameters numbered as [`FilterParams`] expects, ?2 the limit.
     pub(super) fn log_entries(
         &self,
-        condition: &str,
-        order: &str,
+        read: LogRead,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<(u64, Json)>> {
         let mut stmt = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT c.seq, {DOC}, c.refs FROM changes c {SOURCE_JOIN} WHERE {condition} AND {} ORDER BY {order} LIMIT ?2",
-                FilterParams::SQL
-            ))
+            .prepare_cached(&log_sql(read))
             .map_err(sqlite("reading changes"))?;
         let docs = stmt
             .query_map(params, |r| {
@@ -284,8 +305,7 @@ impl Store {
         let id = self.id_of(collection)?;
         let f = FilterParams::of(filter)?;
         let mut entries = self.log_entries(
-            "c.collection = ?1 AND c.seq > ?3",
-            "c.seq",
+            AFTER,
             params![id, limit as i64, after as i64, f.path, f.value, f.contains],
         )?;
         // Snapshots older than the newest entry found (all after `after` when fewer than `limit` were).

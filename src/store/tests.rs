@@ -1014,3 +1014,304 @@ fn uniform_chunks(after_snapshot: bool) {
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Positions of `collection`'s changes, straight from the log.
+fn logged(store: &Store, collection: &str) -> Vec<u64> {
+    let id = store.id_of(collection).unwrap();
+    store
+        .conn
+        .prepare("SELECT seq FROM changes WHERE collection = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([id], |r| r.get::<_, i64>(0).map(|s| s as u64))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap()
+}
+
+/// `collection`'s runs, in order.
+fn runs_of(store: &Store, collection: &str) -> Vec<(i64, i64)> {
+    let id = store.id_of(collection).unwrap();
+    store
+        .conn
+        .prepare(
+            "SELECT first_seq, last_seq FROM change_runs WHERE collection = ?1 ORDER BY first_seq",
+        )
+        .unwrap()
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap()
+}
+
+/// Every way of reading one collection's log gives exactly its changes, in order: pages after each
+/// position, the newest first, its end and its count; and its runs do not overlap.
+fn assert_logs_read_back(store: &Store, names: &[&str]) {
+    let infos = store.collections().unwrap();
+    for name in names {
+        let truth = logged(store, name);
+        assert!(!truth.is_empty(), "{name} has changes");
+        let seqs = |e: Vec<(u64, Json)>| e.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(store.changes(name, 0, 100_000).unwrap()),
+            truth,
+            "{name}"
+        );
+        let end = *truth.last().unwrap();
+        for after in 0..=end {
+            let expected: Vec<u64> = truth
+                .iter()
+                .copied()
+                .filter(|&s| s > after)
+                .take(5)
+                .collect();
+            assert_eq!(
+                seqs(store.changes(name, after, 5).unwrap()),
+                expected,
+                "{name} after {after}"
+            );
+        }
+        for limit in [1, 7, 100_000] {
+            let newest = &truth[truth.len().saturating_sub(limit)..];
+            assert_eq!(
+                seqs(store.latest_changes(name, limit).unwrap()),
+                newest,
+                "{name}, newest {limit}"
+            );
+        }
+        assert_eq!(store.last_seq(name).unwrap(), end, "{name}");
+        let info = infos.iter().find(|i| i.name == *name).unwrap();
+        assert_eq!(info.changes, truth.len() as u64, "{name}");
+        let runs = runs_of(store, name);
+        assert!(
+            runs.windows(2).all(|w| w[0].1 < w[1].0),
+            "{name}'s runs overlap: {runs:?}"
+        );
+    }
+}
+
+#[test]
+fn each_collections_changes_read_back_through_its_runs() {
+    let (mut store, dir) = store();
+    let names = ["public/a", "public/b", "public/c"];
+    store.begin().unwrap();
+    for name in names {
+        store.put_collection(&spec(name)).unwrap();
+    }
+    let doc = |i: i64| format!(r#"{{"id":{i}}}"#);
+    let apply = |store: &mut Store, name: &str, lsn: u64, op: Op, i: i64| {
+        store
+            .apply(name, Lsn(lsn), op, &format!("[{i}]"), None, doc(i))
+            .unwrap();
+    };
+    // One transaction's long run of inserts into one table: chunks that share their binds.
+    for i in 0..200 {
+        apply(&mut store, "public/a", 1, Op::Create, i);
+    }
+    // Single-row transactions alternating between tables: mixed chunks and the remainder.
+    for i in 0..150 {
+        apply(
+            &mut store,
+            names[(i % 2) as usize],
+            2 + i as u64,
+            Op::Create,
+            1000 + i,
+        );
+    }
+    store.commit(Lsn(200)).unwrap();
+    // Updates and deletes (written one at a time), in stretches and alternating.
+    store.begin().unwrap();
+    for i in 0..10 {
+        apply(&mut store, "public/c", 300, Op::Update, i);
+    }
+    for i in 0..20 {
+        let op = if i % 3 == 0 { Op::Delete } else { Op::Update };
+        apply(&mut store, names[(i % 3) as usize], 301, op, i);
+    }
+    store.commit(Lsn(301)).unwrap();
+    // A rolled-back batch leaves no run behind, and the next one is read right.
+    store.begin().unwrap();
+    for i in 0..100 {
+        apply(&mut store, "public/b", 400, Op::Create, 5000 + i);
+    }
+    store.rollback().unwrap();
+    store.begin().unwrap();
+    for i in 0..70 {
+        apply(&mut store, "public/c", 401, Op::Create, 6000 + i);
+    }
+    store.commit(Lsn(401)).unwrap();
+    // A run that spans another collection's changes, as a backfill's import may write: readers
+    // of either collection skip the other's.
+    store.begin().unwrap();
+    let a = store.id_of("public/a").unwrap();
+    let next = store.next_seq;
+    store.cover(a, next, next + 9, 0).unwrap();
+    for i in 0..10 {
+        apply(
+            &mut store,
+            names[(i % 2) as usize],
+            402,
+            Op::Create,
+            7000 + i,
+        );
+    }
+    store.commit(Lsn(402)).unwrap();
+    assert!(runs_of(&store, "public/a").contains(&(next, next + 9)));
+    assert_logs_read_back(&store, &names);
+
+    // A store made before runs had an index instead: opening it builds the runs.
+    store
+        .conn
+        .execute_batch(
+            "DROP TABLE change_runs; CREATE INDEX changes_by_collection ON changes (collection, seq);",
+        )
+        .unwrap();
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    let index: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'changes_by_collection'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 0, "the index is dropped");
+    assert_logs_read_back(&store, &names);
+    // Built from the log, one run per stretch of one collection's changes.
+    assert_eq!(runs_of(&store, "public/a")[0], (1, 201));
+    assert_eq!(
+        runs_of(&store, "public/c").last(),
+        Some(&(next - 70, next - 1))
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn one_tables_changes_take_one_run_across_batches() {
+    let (mut store, dir) = store();
+    for batch in 0..3 {
+        store.begin().unwrap();
+        if batch == 0 {
+            store.put_collection(&spec("public/t")).unwrap();
+        }
+        create_rows(&mut store, batch * 100..batch * 100 + 100, |i| {
+            format!(r#"{{"id":{i}}}"#)
+        });
+        store.commit(Lsn(10 + batch as u64)).unwrap();
+    }
+    assert_eq!(runs_of(&store, "public/t"), vec![(1, 300)]);
+    // Another table's change between two of this one's starts a run for each.
+    store.begin().unwrap();
+    store.put_collection(&spec("public/u")).unwrap();
+    store
+        .apply("public/u", Lsn(20), Op::Create, "[1]", None, r#"{"id":1}"#)
+        .unwrap();
+    create_rows(&mut store, 300..301, |i| format!(r#"{{"id":{i}}}"#));
+    store.commit(Lsn(20)).unwrap();
+    assert_eq!(runs_of(&store, "public/t"), vec![(1, 300), (302, 302)]);
+    assert_eq!(runs_of(&store, "public/u"), vec![(301, 301)]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn positions_covered_out_of_order_merge_into_one_run() {
+    let (mut store, dir) = store();
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    store.put_collection(&spec("public/u")).unwrap();
+    let (id, other) = (
+        store.id_of("public/t").unwrap(),
+        store.id_of("public/u").unwrap(),
+    );
+    // Another collection between each stretch keeps them apart.
+    store.cover(id, 10, 20, 0).unwrap();
+    store.cover(other, 21, 29, 0).unwrap();
+    store.cover(id, 30, 40, 0).unwrap();
+    store.cover(other, 41, 49, 0).unwrap();
+    store.cover(id, 50, 60, 0).unwrap();
+    assert_eq!(
+        runs_of(&store, "public/t"),
+        vec![(10, 20), (30, 40), (50, 60)]
+    );
+    store.cover(id, 5, 12, 0).unwrap();
+    assert_eq!(
+        runs_of(&store, "public/t"),
+        vec![(5, 20), (30, 40), (50, 60)]
+    );
+    store.cover(id, 25, 55, 0).unwrap();
+    assert_eq!(runs_of(&store, "public/t"), vec![(5, 20), (25, 60)]);
+    store.cover(id, 21, 24, 0).unwrap();
+    assert_eq!(
+        runs_of(&store, "public/t"),
+        vec![(5, 20), (21, 24), (25, 60)]
+    );
+    store.rollback().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn reading_a_collections_log_seeks_its_runs_and_never_sorts() {
+    let (store, dir) = store();
+    for read in [read::AFTER, read::NEWEST] {
+        let sql = read::log_sql(read);
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let mut rows = stmt.raw_query();
+        let mut plan = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            plan.push(row.get::<_, String>(3).unwrap());
+        }
+        let plan = plan.join("\n");
+        assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+        assert!(
+            plan.contains("SEARCH r USING PRIMARY KEY (collection=?"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("SEARCH c USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN"), "{plan}");
+    }
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_pruned_run_is_dropped_and_the_counts_stay_exact() {
+    let (mut store, dir) = store();
+    let doc = |i: i64, ts: i64| format!(r#"{{"id":{i},"_meta":{{"source":{{"ts_ms":{ts}}}}}}}"#);
+    let mut write = |name: &str, lsn: u64, ids: std::ops::Range<i64>, ts: i64| {
+        store.begin().unwrap();
+        if lsn == 1 {
+            store.put_collection(&spec("public/a")).unwrap();
+            store.put_collection(&spec("public/b")).unwrap();
+        }
+        for i in ids {
+            store
+                .apply(
+                    name,
+                    Lsn(lsn),
+                    Op::Create,
+                    &format!("[{i}]"),
+                    None,
+                    doc(i, ts),
+                )
+                .unwrap();
+        }
+        store.commit(Lsn(lsn)).unwrap();
+    };
+    // Transaction 1 is old and every row it wrote was written again: the prune removes it.
+    write("public/a", 1, 0..100, 5);
+    write("public/b", 2, 0..10, 5);
+    write("public/a", 3, 0..100, 5);
+    write("public/b", 4, 100..101, 20);
+    assert_eq!(runs_of(&store, "public/a"), vec![(1, 100), (111, 210)]);
+    let pruned = store.prune_log(10, 10_000, "pruned").unwrap();
+    assert_eq!(pruned.removed, 100);
+    assert_eq!(runs_of(&store, "public/a"), vec![(111, 210)]);
+    assert_logs_read_back(&store, &["public/a", "public/b"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

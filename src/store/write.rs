@@ -188,6 +188,7 @@ impl Store {
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(sqlite("beginning a transaction"))?;
             self.batch = Some(0);
+            self.run_tail = None;
         }
         Ok(())
     }
@@ -207,6 +208,7 @@ impl Store {
         self.failed = false;
         self.pending.clear();
         self.pending_bytes = 0;
+        self.run_tail = None;
         if self.batch.take().is_some() {
             // SQLite rolls a transaction back by itself after some failures (a full disk among them);
             // a second ROLLBACK would fail and hide the first error.
@@ -384,6 +386,7 @@ impl Store {
             };
             self.next_seq += 1;
             self.write_pending()?;
+            self.cover(id, seq, seq, 1)?;
             self.insert_change(seq, id, lsn, op, &doc, refs.as_deref(), cut)?;
             if let Some(old) = old_key.filter(|_| key_changed) {
                 self.delete_row(id, &sort_key(old)?, old)?;
@@ -663,6 +666,7 @@ impl Store {
         let mut chunks = pending.chunks_exact(CHUNK);
         let mut changes: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 10);
         let mut rows: Vec<Param<'_>> = Vec::with_capacity(CHUNK * 5);
+        self.cover_pending(pending)?;
         for chunk in &mut chunks {
             changes.clear();
             rows.clear();
