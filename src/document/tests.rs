@@ -319,3 +319,33 @@ fn making_a_cut_document_whole_moves_the_references_after_the_cut() {
         doc.text
     );
 }
+
+proptest::proptest! {
+    /// The ASCII shortcut takes the same bytes as text, and refuses the same bytes, as the
+    /// general UTF-8 check.
+    #[test]
+    fn values_are_text_exactly_when_they_are_utf8(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        ascii in "[ -~]{0,80}",
+        text in "\\PC{0,40}",
+    ) {
+        for case in [&bytes[..], ascii.as_bytes(), text.as_bytes()] {
+            proptest::prop_assert_eq!(utf8(case), std::str::from_utf8(case).ok());
+        }
+    }
+}
+
+#[test]
+fn a_value_that_is_not_utf8_is_refused_and_one_that_is_is_kept() {
+    assert_eq!(utf8("café 東京".as_bytes()), Some("café 東京"));
+    assert_eq!(utf8(b"plain"), Some("plain"));
+    assert_eq!(utf8(b""), Some(""));
+    for bad in [
+        &b"\xff"[..],
+        b"caf\xc3",
+        b"ok \xc3\x28",
+        b"\xed\xa0\x80 surrogate",
+    ] {
+        assert_eq!(utf8(bad), None, "{bad:?}");
+    }
+}
