@@ -127,7 +127,8 @@ pub struct Store {
     /// Source table → its id in `source_tables`, for changes stored without their `_meta.source`
     /// ([`crate::document::source_meta`]); forgotten with a rolled-back batch, which may have added it.
     source_tables: rustc_hash::FxHashMap<std::sync::Arc<SourceTable>, i64>,
-    /// The change run the open batch last wrote ([`runs`]); forgotten when a batch begins or ends.
+    /// The change run the open batch last wrote ([`runs`]); forgotten when a batch begins or is
+    /// rolled back.
     run_tail: Option<runs::Tail>,
 }
 
@@ -789,10 +790,11 @@ impl Store {
         let id = self.id_of(collection)?;
         self.conn
             .prepare_cached(&format!(
-                "SELECT max(COALESCE((SELECT c.seq FROM {} WHERE r.collection = ?1
+                "SELECT max(COALESCE((SELECT c.seq FROM {} WHERE r.collection = ?1 AND {}
                                       ORDER BY r.first_seq DESC, c.seq DESC LIMIT 1), 0),
                             COALESCE((SELECT max(first_seq + rows - 1) FROM snapshots WHERE collection = ?1 AND rows > 0), 0))",
-                runs::RUNS
+                runs::RUNS,
+                runs::SPAN
             ))
             .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)))
             .map(|seq| seq as u64)

@@ -11,16 +11,22 @@ use super::*;
 pub(super) type LogRead = (&'static str, &'static str);
 
 /// The changes after position `?3`, oldest first. Runs are read from the one holding `?3` on: a
-/// seek, not a walk of the older runs.
+/// seek, not a walk of the older runs. Within a run the changes start at one lower bound, the
+/// larger of the run's start and `?3 + 1`: given both bounds apart, SQLite seeks the run's start
+/// and filters every change before `?3`, a walk of a million changes to read a tail's newest few.
 pub(super) const AFTER: LogRead = (
-    "r.collection = ?1 AND c.seq > ?3 AND r.last_seq > ?3
+    "r.collection = ?1 AND c.seq BETWEEN max(r.first_seq, ?3 + 1) AND r.last_seq
+     AND r.last_seq > ?3
      AND r.first_seq >= COALESCE((SELECT max(first_seq) FROM change_runs
                                   WHERE collection = ?1 AND first_seq <= ?3), 0)",
     "r.first_seq, c.seq",
 );
 
 /// The changes newest first.
-pub(super) const NEWEST: LogRead = ("r.collection = ?1", "r.first_seq DESC, c.seq DESC");
+pub(super) const NEWEST: LogRead = (
+    "r.collection = ?1 AND c.seq BETWEEN r.first_seq AND r.last_seq",
+    "r.first_seq DESC, c.seq DESC",
+);
 
 /// The statement of a [`LogRead`]. Runs in `first_seq` order give their changes in position order
 /// ([`runs`]), so SQLite walks both in the order asked, with no sort, and stops at the limit.

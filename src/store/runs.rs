@@ -10,7 +10,7 @@
 //! Invariants:
 //! - Every change of a collection lies in one of that collection's runs. A run may also span
 //!   positions with no change (a snapshot's range, a pruned change) and, rarely, changes of other
-//!   collections, so readers match both the range and the collection ([`RUNS`]).
+//!   collections, so readers match both the range ([`SPAN`]) and the collection ([`RUNS`]).
 //! - A collection's runs do not overlap: each change is read once, and runs in `first_seq` order
 //!   give their changes in position order, so a read in position order needs no sort.
 //! - A run is written in the transaction that writes the changes it covers, before them.
@@ -20,10 +20,12 @@
 use super::*;
 
 /// The log joined to its runs: `r` the run, `c` the change. Readers of one collection put
-/// `r.collection = ?` in their condition and order by `r.first_seq, c.seq` (both descending for
-/// the newest first).
-pub(super) const RUNS: &str = "change_runs r JOIN changes c
-     ON c.seq BETWEEN r.first_seq AND r.last_seq AND c.collection = r.collection";
+/// `r.collection = ?` and the run's range ([`SPAN`], or a narrower one) in their condition, and
+/// order by `r.first_seq, c.seq` (both descending for the newest first).
+pub(super) const RUNS: &str = "change_runs r JOIN changes c ON c.collection = r.collection";
+
+/// A change within its run's range.
+pub(super) const SPAN: &str = "c.seq BETWEEN r.first_seq AND r.last_seq";
 
 /// Extends run `(?1, ?2)` to `?3` with `?4` more changes.
 const EXTEND: &str = "UPDATE change_runs SET last_seq = ?3, changes = changes + ?4

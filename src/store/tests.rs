@@ -1250,6 +1250,33 @@ fn positions_covered_out_of_order_merge_into_one_run() {
 }
 
 #[test]
+fn reading_after_a_position_deep_in_one_run_seeks_it() {
+    let (mut store, dir) = store();
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    create_rows(&mut store, 0..20_000, |i| format!(r#"{{"id":{i}}}"#));
+    store.commit(Lsn(2)).unwrap();
+    assert_eq!(runs_of(&store, "public/t"), vec![(1, 20_000)]);
+    let id = store.id_of("public/t").unwrap();
+    let f = FilterParams::of(None).unwrap();
+    let mut stmt = store.conn.prepare(&read::log_sql(read::AFTER)).unwrap();
+    let read = stmt
+        .query_map(params![id, 5, 19_990, f.path, f.value, f.contains], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(read, (19_991..=19_995).collect::<Vec<_>>());
+    // A walk from the run's start would take several steps for each of the 19,990 changes before.
+    let steps = stmt.get_status(rusqlite::StatementStatus::VmStep);
+    assert!(steps < 1_000, "{steps} virtual machine steps for 5 changes");
+    drop(stmt);
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn reading_a_collections_log_seeks_its_runs_and_never_sorts() {
     let (store, dir) = store();
     for read in [read::AFTER, read::NEWEST] {
