@@ -499,8 +499,8 @@ fn create_rows(conn: &Connection) -> Result<()> {
             .execute_batch(ROWS_TABLE)
             .map_err(sqlite("creating the schema"));
     }
-    let moved = (|| -> Result<()> {
-        conn.execute_batch("BEGIN IMMEDIATE; ALTER TABLE rows RENAME TO rows_before_sort_keys;")
+    in_transaction(conn, "moving rows", || {
+        conn.execute_batch("ALTER TABLE rows RENAME TO rows_before_sort_keys;")
             .map_err(sqlite("moving rows"))?;
         conn.execute_batch(ROWS_TABLE)
             .map_err(sqlite("moving rows"))?;
@@ -519,13 +519,25 @@ fn create_rows(conn: &Connection) -> Result<()> {
                 .execute(params![collection, sort_key(&key)?, key, seq])
                 .map_err(sqlite("moving rows"))?;
         }
-        conn.execute_batch("DROP TABLE rows_before_sort_keys; COMMIT;")
+        conn.execute_batch("DROP TABLE rows_before_sort_keys;")
             .map_err(sqlite("moving rows"))
-    })();
-    if moved.is_err() {
+    })
+}
+
+/// Runs `steps` of a schema change in one transaction: an error or a crash leaves the layout
+/// before it, and the next open makes the change again.
+fn in_transaction(
+    conn: &Connection,
+    what: &'static str,
+    steps: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(sqlite(what))?;
+    let done = steps().and_then(|_| conn.execute_batch("COMMIT").map_err(sqlite(what)));
+    if done.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    moved
+    done
 }
 
 fn unix_ms() -> i64 {

@@ -67,8 +67,8 @@ pub(super) fn schema(conn: &Connection) -> Result<()> {
     if !indexed {
         return Ok(());
     }
-    let built = (|| -> Result<()> {
-        conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM change_runs;")
+    in_transaction(conn, "building change runs", || {
+        conn.execute_batch("DELETE FROM change_runs;")
             .map_err(sqlite("building change runs"))?;
         let mut insert = conn
             .prepare(START)
@@ -102,13 +102,9 @@ pub(super) fn schema(conn: &Connection) -> Result<()> {
                 .execute(params![done.0, done.1, done.2, done.3])
                 .map_err(sqlite("building change runs"))?;
         }
-        conn.execute_batch("DROP INDEX changes_by_collection; COMMIT;")
+        conn.execute_batch("DROP INDEX changes_by_collection;")
             .map_err(sqlite("building change runs"))
-    })();
-    if built.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    built
+    })
 }
 
 impl Store {

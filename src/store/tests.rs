@@ -1342,3 +1342,45 @@ fn a_pruned_run_is_dropped_and_the_counts_stay_exact() {
     assert_logs_read_back(&store, &["public/a", "public/b"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_store_made_before_sort_keys_is_moved_to_them_on_open() {
+    let (mut store, dir) = store();
+    store.begin().unwrap();
+    store.put_collection(&spec("public/t")).unwrap();
+    create_rows(&mut store, 0..100, |i| format!(r#"{{"id":{i}}}"#));
+    store.commit(Lsn(2)).unwrap();
+    store
+        .conn
+        .execute_batch(
+            "CREATE TABLE old_rows AS SELECT collection, key, seq FROM rows;
+             DROP TABLE rows; ALTER TABLE old_rows RENAME TO rows;",
+        )
+        .unwrap();
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    drop(store);
+    // The move was committed, not left to roll back with the connection.
+    let moved: bool = Connection::open(dir.join("tidepool.db"))
+        .unwrap()
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rows') WHERE name = 'skey')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(moved, "rows have sort keys after the store closed");
+    let mut store = Store::open(&dir).unwrap();
+    let skeys: i64 = store
+        .conn
+        .query_row("SELECT count(skey) FROM rows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(skeys, 100);
+    assert_eq!(store.collections().unwrap()[0].rows, 100);
+    assert_eq!(
+        store.row("public/t", "[42]").unwrap(),
+        Some(serde_json::json!({"id": 42}))
+    );
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
